@@ -1,0 +1,18 @@
+"""saezarr: Gemma Scope SAE features of Gemma-2 on labeled sentences, in one resumable Zarr store."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("saezarr")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
+
+
+def open_store(path):
+    """Open a saezarr store as a lazy, dask-backed xarray Dataset."""
+    from saezarr.analysis import open_store as _open_store
+
+    return _open_store(path)
+
+
+__all__ = ["__version__", "open_store"]

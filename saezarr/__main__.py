@@ -1,0 +1,3 @@
+from saezarr.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,286 @@
+"""The build loop: validate everything, then stream fragment chunks through the model and SAEs into the store."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from saezarr import __version__
+from saezarr.configs import SAEConfig, load_config_file, select_configs
+from saezarr.errors import SaezarrError
+from saezarr.fragments import Fragments, make_fragments
+from saezarr.inputs import read_labeled_csv
+from saezarr.locking import StoreLock
+from saezarr.residuals import ResidualReader, load_model, load_tokenizer, resolve_model
+from saezarr.sae import JumpReLUEncoder, SAEFile, locate_sae, plan_passes, resolve_sae_repo
+from saezarr.store import DEFAULT_CHUNK_FRAGMENTS, Store, check_output_path, check_resume, create_store
+
+DEFAULT_SAE_MEMORY = 8 * 2**30  # leaves room for Gemma-2-2B in float32 (~10.5 GB) on a 24 GiB host
+
+
+@dataclass
+class BuildOptions:
+    """Everything `saezarr build` takes."""
+
+    input: Path
+    output: Path
+    config_file: Path
+    model: str | None = None
+    sae_repo: str | None = None
+    layers: Sequence[int] | None = None
+    configs: Sequence[str] | None = None
+    fragments: str = "token"
+    device: str | None = None
+    dtype: str = "float32"
+    batch_size: int = 16
+    sae_memory: int = DEFAULT_SAE_MEMORY
+    chunk_fragments: int = DEFAULT_CHUNK_FRAGMENTS
+    workers: int | None = None
+    resume: bool = False
+    overwrite: bool = False
+    force_unlock: bool = False
+    quiet: bool = False
+    max_chunks: int | None = None
+
+
+@dataclass
+class BuildSummary:
+    """What a build did, with the counters the benchmarks read."""
+
+    store: Path
+    n_configs: int
+    n_fragments: int
+    n_sentences: int
+    bytes_on_disk: int = 0
+    elapsed: float = 0.0
+    model_passes: int = 0
+    forward_batches: int = 0
+    sae_loads: int = 0
+    units_written: int = 0
+    units_skipped: int = 0
+    units_total: int = 0
+    complete: bool = False
+
+    def line(self) -> str:
+        """One summary line for the terminal."""
+        state = "built" if self.complete else "partly built"
+        return (
+            f"saezarr: {state} {self.store}: {self.n_configs} configs x {self.n_fragments} fragments "
+            f"({self.n_sentences} sentences), {_human_bytes(self.bytes_on_disk)} on disk, {self.elapsed:.1f} s; "
+            f"model passes {self.model_passes}, SAE loads {self.sae_loads}, "
+            f"chunks written {self.units_written}, already done {self.units_skipped} of {self.units_total}"
+        )
+
+
+@dataclass
+class _Plan:
+    fragments: Fragments
+    configs: tuple[SAEConfig, ...]
+    saes: list[SAEFile]
+    attrs: dict
+    model_info: object = field(repr=False, default=None)
+
+
+def build(options: BuildOptions) -> BuildSummary:
+    """Build (or resume) a store; every input is validated before the output is touched."""
+    started = time.perf_counter()
+    plan = _plan(options)
+    exists = check_output_path(options.output)
+    if exists and not (options.resume or options.overwrite):
+        raise SaezarrError(f"--output {options.output}: a store exists there; use --resume to continue it or --overwrite to replace it")
+    if exists and options.resume:
+        check_resume(options.output, plan.attrs)
+    store, lock = _open_or_create(options, plan, exists)
+    summary = BuildSummary(options.output, len(plan.configs), len(plan.fragments), plan.attrs["n_sentences"])
+    with lock:
+        _run_passes(options, plan, store, summary)
+    done = store.done_matrix()
+    summary.complete = bool(done.all())
+    summary.bytes_on_disk = store.bytes_on_disk()
+    summary.elapsed = time.perf_counter() - started
+    return summary
+
+
+def _plan(options: BuildOptions) -> _Plan:
+    data = read_labeled_csv(options.input)
+    config_file = load_config_file(options.config_file)
+    configs = select_configs(config_file.configs, options.layers, options.configs)
+    info = resolve_model(options.model or config_file.model)
+    deepest = max(configs, key=lambda c: c.layer)
+    if deepest.layer >= info.num_layers:
+        raise SaezarrError(
+            f"{options.config_file}: config {deepest.name} reads layer {deepest.layer}, but the model has "
+            f"{info.num_layers} layers (0-{info.num_layers - 1})"
+        )
+    tokenizer = load_tokenizer(info)
+    fragments = make_fragments(data, tokenizer, options.fragments, info.max_tokens)
+    sae_source = resolve_sae_repo(options.sae_repo or config_file.sae_repo, configs[0])
+    saes = [locate_sae(sae_source, c, info.hidden_size) for c in configs]
+    widths = {s.width for s in saes}
+    if len(widths) > 1:
+        raise SaezarrError(f"{options.config_file}: the selected SAEs have different widths {sorted(widths)}; select one width")
+    attrs = {
+        "saezarr_version": __version__,
+        "model": info.source.name,
+        "model_revision": info.source.revision,
+        "sae_repo": sae_source.name,
+        "sae_revision": sae_source.revision,
+        "model_dtype": options.dtype,
+        "fragments": options.fragments,
+        "input_file": data.path.name,
+        "input_sha256": data.sha256,
+        "n_sentences": len(data),
+        "configs": [c.name for c in configs],
+    }
+    return _Plan(fragments=fragments, configs=configs, saes=saes, attrs=attrs, model_info=info)
+
+
+def _open_or_create(options: BuildOptions, plan: _Plan, exists: bool) -> tuple[Store, StoreLock]:
+    """Open the store to resume, or create it (replacing an old one only when nobody writes it)."""
+    if exists:
+        old = Store(options.output, mode="r+")
+        lock = old.lock()
+        lock.acquire(force=options.force_unlock)
+        if options.resume:
+            return old, lock
+        lock.release()
+    store = create_store(
+        options.output, plan.fragments.table, plan.configs, plan.saes[0].width, plan.attrs,
+        options.chunk_fragments, replace=exists,
+    )
+    lock = store.lock()
+    lock.acquire()
+    return store, lock
+
+
+def _run_passes(options: BuildOptions, plan: _Plan, store: Store, summary: BuildSummary) -> None:
+    done = store.done_matrix()
+    summary.units_total = done.size
+    summary.units_skipped = int(done.sum())
+    passes = plan_passes(plan.saes, options.sae_memory)
+    index = {name: i for i, name in enumerate(store.config_names)}
+    todo_fragments = sum(
+        _chunk_sizes(store, np.flatnonzero(~done[[index[s.config.name] for s in group]].all(0))) for group in passes
+    )
+    device = options.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = None
+    budget = options.max_chunks
+    with tqdm(total=todo_fragments, unit="frag", disable=options.quiet, desc="saezarr build", dynamic_ncols=True) as bar:
+        for group in passes:
+            rows = [index[s.config.name] for s in group]
+            pending = np.flatnonzero(~done[rows].all(0))
+            if len(pending) == 0:
+                continue
+            if model is None:
+                model = load_model(plan.model_info, device, options.dtype)
+            encoders = [JumpReLUEncoder.load(sae, device) for sae in group]
+            summary.sae_loads += len(group)
+            summary.model_passes += 1
+            layers = sorted({s.config.layer for s in group})
+            with ResidualReader(model, layers) as reader, ChunkWriter(store, options.workers) as writer:
+                for chunk in pending:
+                    if budget is not None and budget <= 0:
+                        return
+                    residuals = _chunk_residuals(reader, plan.fragments, store, int(chunk), options.batch_size, summary)
+                    for sae, encoder, row in zip(group, encoders, rows):
+                        if not done[row, chunk]:
+                            latents = encoder.encode(residuals[sae.config.layer]).cpu().numpy()
+                            writer.submit(row, int(chunk), latents)
+                            summary.units_written += 1
+                    bar.update(np.subtract(*store.chunk_bounds(int(chunk))[::-1]))
+                    if budget is not None:
+                        budget -= 1
+            del encoders
+
+
+def _chunk_sizes(store: Store, chunks: np.ndarray) -> int:
+    return int(sum(np.subtract(*store.chunk_bounds(int(c))[::-1]) for c in chunks))
+
+
+def _chunk_residuals(reader: ResidualReader, fragments: Fragments, store: Store, chunk: int, batch_size: int, summary) -> dict[int, torch.Tensor]:
+    """Residuals of one chunk's fragments; the chunk alone decides its batches, so reruns are bit-identical."""
+    start, stop = store.chunk_bounds(chunk)
+    table = fragments.table.iloc[start:stop]
+    sentences = table["sentence_index"].to_numpy()
+    positions = table["token_position"].to_numpy()
+    unique = list(dict.fromkeys(sentences.tolist()))
+    parts: dict[int, list[torch.Tensor]] = {}
+    for first in range(0, len(unique), batch_size):
+        batch = unique[first : first + batch_size]
+        in_batch = np.isin(sentences, batch)
+        row_of = {s: r for r, s in enumerate(batch)}
+        rows = np.array([row_of[s] for s in sentences[in_batch]])
+        # a causal model needs no token after the last fragment of the chunk
+        ends = {s: positions[sentences == s].max() + 1 for s in batch}
+        token_ids = [fragments.token_ids[s][: ends[s]] for s in batch]
+        captured = reader.read(token_ids, rows, positions[in_batch])
+        summary.forward_batches += 1
+        for layer, tensor in captured.items():
+            parts.setdefault(layer, []).append(tensor)
+    return {layer: torch.cat(tensors) if len(tensors) > 1 else tensors[0] for layer, tensors in parts.items()}
+
+
+class ChunkWriter:
+    """Compresses and writes units on worker threads, with a bounded queue so memory stays flat."""
+
+    def __init__(self, store: Store, workers: int | None = None):
+        self.store = store
+        workers = workers or os.cpu_count() or 1
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="saezarr-write")
+        self._slots = threading.BoundedSemaphore(2 * workers)
+        self._futures: set[Future] = set()
+        self._error: BaseException | None = None
+
+    def submit(self, config_index: int, chunk: int, latents: np.ndarray) -> None:
+        """Queue one unit; blocks while the queue is full, and raises a worker's error."""
+        self._raise_if_failed()
+        self._slots.acquire()
+        future = self._pool.submit(self.store.write_chunk, config_index, chunk, latents)
+        self._futures.add(future)
+        future.add_done_callback(self._finished)
+
+    def _finished(self, future: Future) -> None:
+        self._futures.discard(future)
+        self._slots.release()
+        if future.exception() is not None and self._error is None:
+            self._error = future.exception()
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise _write_error(self._error, self.store)
+
+    def __enter__(self) -> ChunkWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._pool.shutdown(wait=True)
+        if exc[0] is None:
+            self._raise_if_failed()
+
+
+def _write_error(error: BaseException, store: Store) -> BaseException:
+    if isinstance(error, OSError):
+        where = error.filename or store.path
+        return SaezarrError(
+            f"{store.path}: writing failed at {where}: {error.strerror or error}; "
+            "fix the cause, then rerun the same command with --resume",
+            exit_code=1,
+        )
+    return error
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"

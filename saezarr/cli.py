@@ -1,0 +1,178 @@
+"""The `python -m saezarr` command line: build, export-npz, info."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from saezarr.errors import SaezarrError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "gemma_scope_16k_configurations.json"
+DEMO_OUTPUT = Path("saezarr-demo.zarr")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the process exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except SaezarrError as exc:
+        print(f"saezarr: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("saezarr: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="saezarr", description="Gemma Scope SAE features of Gemma-2 in one Zarr store.")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    _add_build(commands)
+    _add_export(commands)
+    _add_info(commands)
+    return parser
+
+
+def _add_build(commands) -> None:
+    p = commands.add_parser("build", help="build or resume a store from a labeled CSV")
+    p.add_argument("--input", type=Path, help="CSV with columns sentence,concept_strength_label")
+    p.add_argument("--output", type=Path, help="the Zarr store folder to write")
+    p.add_argument("--config", type=Path, default=None, help=f"SAE configuration file (default: {DEFAULT_CONFIG.name})")
+    p.add_argument("--model", help="hub repo id or local folder; overrides the config file")
+    p.add_argument("--sae-repo", help="hub repo id or local folder; overrides the config file")
+    p.add_argument("--layers", help="only configs on these layers, e.g. 3,12")
+    p.add_argument("--configs", help="only these configs, e.g. layer_12_l0_82,layer_3_l0_59")
+    p.add_argument("--fragments", choices=("token", "word", "final"), default="token", help="fragment granularity")
+    p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="model dtype")
+    p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=16, help="sentences per forward")
+    p.add_argument("--sae-memory", default="8GiB", help="memory for SAE encoders per pass (default 8GiB)")
+    p.add_argument("--chunk-fragments", type=_positive_int("--chunk-fragments"), default=256, help="fragments per chunk")
+    p.add_argument("--workers", type=_positive_int("--workers"), default=None, help="writer threads (default: all cores)")
+    p.add_argument("--max-chunks", type=_positive_int("--max-chunks"), default=None, help="stop after this many chunks (try a small part first)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue an interrupted build")
+    mode.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    p.add_argument("--force-unlock", action="store_true", help="take the store's lock even if another build seems to hold it")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--demo", action="store_true", help="build from the bundled sample with a tiny generated model (offline)")
+    p.set_defaults(run=_run_build)
+
+
+def _run_build(args) -> int:
+    from saezarr.build import BuildOptions, build
+    from saezarr.configs import parse_layers
+    from saezarr.sae import parse_size
+
+    _quiet_libraries()
+    if args.demo:
+        from saezarr.synthetic import DEMO_CSV, ensure_demo
+
+        if args.output is None and not args.resume:
+            args.overwrite = True  # the default demo store is rebuilt each time
+        args.input = args.input or DEMO_CSV
+        args.output = args.output or DEMO_OUTPUT
+        args.config = args.config or ensure_demo()
+    if args.input is None or args.output is None:
+        raise SaezarrError("build: --input and --output are required (or use --demo)")
+    options = BuildOptions(
+        input=args.input,
+        output=args.output,
+        config_file=args.config or DEFAULT_CONFIG,
+        model=args.model,
+        sae_repo=args.sae_repo,
+        layers=parse_layers(args.layers) if args.layers else None,
+        configs=args.configs.split(",") if args.configs else None,
+        fragments=args.fragments,
+        device=args.device,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        sae_memory=parse_size(args.sae_memory),
+        chunk_fragments=args.chunk_fragments,
+        workers=args.workers,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        force_unlock=args.force_unlock,
+        quiet=args.quiet,
+        max_chunks=args.max_chunks,
+    )
+    summary = build(options)
+    print(summary.line())
+    return 0
+
+
+def _add_export(commands) -> None:
+    p = commands.add_parser("export-npz", help="write one legacy .npz file per configuration")
+    p.add_argument("store", type=Path)
+    p.add_argument("--output", type=Path, required=True, help="folder for the .npz files")
+    p.add_argument("--configs", help="only these configs")
+    p.add_argument("--layers", help="only configs on these layers")
+    p.add_argument("--uncompressed", action="store_true", help="np.savez instead of np.savez_compressed")
+    p.add_argument("--jobs", type=_positive_int("--jobs"), default=None, help="parallel files (default: all cores)")
+    p.add_argument("--overwrite", action="store_true", help="rewrite files that already exist")
+    p.set_defaults(run=_run_export)
+
+
+def _run_export(args) -> int:
+    from saezarr.configs import parse_layers
+    from saezarr.export import export_npz
+
+    written = export_npz(
+        args.store,
+        args.output,
+        configs=args.configs.split(",") if args.configs else None,
+        layers=parse_layers(args.layers) if args.layers else None,
+        compressed=not args.uncompressed,
+        jobs=args.jobs,
+        overwrite=args.overwrite,
+    )
+    print(f"saezarr: {written.line()}")
+    return 0
+
+
+def _add_info(commands) -> None:
+    p = commands.add_parser("info", help="summarise a store")
+    p.add_argument("store", type=Path)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(run=_run_info)
+
+
+def _run_info(args) -> int:
+    import json
+
+    from saezarr.export import store_info
+
+    info = store_info(args.store)
+    print(json.dumps(info, indent=2) if args.json else info_text(info))
+    return 0
+
+
+def info_text(info: dict) -> str:
+    """The human form of `saezarr info`."""
+    from saezarr.export import format_info
+
+    return format_info(info)
+
+
+def _positive_int(option: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{option}: expected a positive integer, got {text!r}")
+        return value
+
+    return parse
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()

@@ -1,0 +1,9 @@
+"""The one exception type whose message the command line prints as a single line."""
+
+
+class SaezarrError(Exception):
+    """A user-facing failure: the message names the file, row or option at fault."""
+
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code

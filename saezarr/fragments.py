@@ -1,0 +1,96 @@
+"""Turning sentences into fragments: one sentence prefix per selected token."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from saezarr.errors import SaezarrError
+from saezarr.inputs import LabeledSentences
+
+GRANULARITIES = ("token", "word", "final")
+FRAGMENT_FIELDS = (
+    "fragment_text",
+    "original_sentence",
+    "concept_strength_label",
+    "sentence_index",
+    "token_position",
+    "is_final_token",
+    "fragment_length",
+)
+_WORD = re.compile(r"\S+")
+
+
+@dataclass(frozen=True)
+class Fragments:
+    """The fragment table (one row per fragment, ordered by sentence then position) and each sentence's token ids."""
+
+    table: pd.DataFrame
+    token_ids: list[np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+
+def make_fragments(data: LabeledSentences, tokenizer, granularity: str = "token", max_tokens: int | None = None) -> Fragments:
+    """Tokenize every sentence (BOS first) and select its fragments at the given granularity."""
+    if granularity not in GRANULARITIES:
+        raise SaezarrError(f"--fragments: expected one of {', '.join(GRANULARITIES)}, got {granularity!r}")
+    encoded = tokenizer(list(data.sentences), add_special_tokens=True, return_offsets_mapping=True)
+    bos = tokenizer.bos_token_id
+    columns: dict[str, list] = {field: [] for field in FRAGMENT_FIELDS}
+    token_ids = []
+    for row, sentence in enumerate(data.sentences):
+        ids, offsets = _with_bos(encoded["input_ids"][row], encoded["offset_mapping"][row], bos)
+        if max_tokens is not None and len(ids) > max_tokens:
+            raise SaezarrError(
+                f"{data.path}: data row {row + 1}: the sentence is {len(ids)} tokens long, more than the "
+                f"model's context of {max_tokens} tokens; shorten or split it"
+            )
+        if len(ids) < 2:
+            raise SaezarrError(f"{data.path}: data row {row + 1}: the sentence has no tokens")
+        token_ids.append(np.asarray(ids, dtype=np.int64))
+        ends = [end for _, end in offsets]
+        for position in select_positions(sentence, ends, granularity):
+            text = sentence[: ends[position]]
+            columns["fragment_text"].append(text)
+            columns["original_sentence"].append(sentence)
+            columns["concept_strength_label"].append(int(data.labels[row]))
+            columns["sentence_index"].append(row)
+            columns["token_position"].append(position)
+            columns["is_final_token"].append(position == len(ids) - 1)
+            columns["fragment_length"].append(len(text.split()))
+    table = pd.DataFrame(columns)
+    for field in ("concept_strength_label", "sentence_index", "token_position", "fragment_length"):
+        table[field] = table[field].astype(np.int64)
+    table["is_final_token"] = table["is_final_token"].astype(bool)
+    return Fragments(table=table, token_ids=token_ids)
+
+
+def select_positions(sentence: str, token_ends: Sequence[int], granularity: str) -> list[int]:
+    """Token positions (BOS is 0) that become fragments, given each token's end offset in the sentence."""
+    last = len(token_ends) - 1
+    if granularity == "final":
+        return [last]
+    if granularity == "token":
+        return list(range(1, last + 1))
+    positions: list[int] = []
+    position = 1
+    for word in _WORD.finditer(sentence):
+        # the word's last token is the first token that reaches the word's end
+        while position < last and token_ends[position] < word.end():
+            position += 1
+        if not positions or position > positions[-1]:
+            positions.append(position)
+    return positions or [last]
+
+
+def _with_bos(ids: Sequence[int], offsets: Sequence[tuple[int, int]], bos: int | None):
+    ids, offsets = list(ids), [tuple(o) for o in offsets]
+    if bos is not None and (not ids or ids[0] != bos):
+        ids, offsets = [bos, *ids], [(0, 0), *offsets]
+    return ids, offsets

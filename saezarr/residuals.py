@@ -1,0 +1,142 @@
+"""Loading Gemma-2 and reading the residual stream after chosen decoder layers with forward hooks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from saezarr.errors import SaezarrError
+from saezarr.hub import Source, resolve
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the build needs to know of a model before loading its weights."""
+
+    source: Source
+    num_layers: int
+    hidden_size: int
+    max_tokens: int
+
+
+def resolve_model(name: str, revision: str | None = None) -> ModelInfo:
+    """Find the model (hub id or folder) and read its config."""
+    from transformers import AutoConfig
+
+    source = resolve(name, "config.json", "--model", revision)
+    config = AutoConfig.from_pretrained(_load_name(source), revision=_load_revision(source))
+    config = getattr(config, "text_config", config)
+    return ModelInfo(
+        source=source,
+        num_layers=int(config.num_hidden_layers),
+        hidden_size=int(config.hidden_size),
+        max_tokens=int(getattr(config, "max_position_embeddings", 0) or 0) or None,
+    )
+
+
+def load_tokenizer(info: ModelInfo):
+    """Load the model's fast tokenizer (offsets are needed for exact fragment texts)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(_load_name(info.source), revision=_load_revision(info.source))
+    except Exception as exc:
+        raise SaezarrError(f"--model {info.source.name}: could not load its tokenizer ({type(exc).__name__}: {exc})") from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise SaezarrError(f"--model {info.source.name}: a fast tokenizer (tokenizer.json) is required for offsets")
+    return tokenizer
+
+
+def load_model(info: ModelInfo, device: str, dtype: str) -> torch.nn.Module:
+    """Load the base decoder (no LM head) with eager attention, which keeps Gemma 2's soft-capping."""
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(
+        _load_name(info.source),
+        revision=_load_revision(info.source),
+        dtype=DTYPES[dtype],
+        attn_implementation="eager",
+    )
+    return model.to(device).eval()
+
+
+def decoder_layers(model: torch.nn.Module) -> Sequence[torch.nn.Module]:
+    """The model's decoder layers, in order."""
+    inner = getattr(model, "model", model)
+    return inner.layers
+
+
+class _StopForward(Exception):
+    """Raised by the deepest hook: nothing after that layer is needed."""
+
+
+class ResidualReader:
+    """Reads resid_post (the output of decoder layer L) at chosen token positions, for a set of layers."""
+
+    def __init__(self, model: torch.nn.Module, layers: Iterable[int]):
+        self.model = model
+        self.layers = sorted(set(layers))
+        self._selection: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._captured: dict[int, torch.Tensor] = {}
+        self._handles = []
+
+    def __enter__(self) -> ResidualReader:
+        modules = decoder_layers(self.model)
+        deepest = self.layers[-1]
+        for layer in self.layers:
+            hook = self._make_hook(layer, stop=layer == deepest)
+            self._handles.append(modules[layer].register_forward_hook(hook))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _make_hook(self, layer: int, stop: bool):
+        def hook(module, args, output):
+            hidden = output[0] if isinstance(output, tuple) else output  # tuple in transformers 4.x
+            rows, positions = self._selection
+            self._captured[layer] = hidden[rows, positions]
+            if stop:
+                raise _StopForward
+
+        return hook
+
+    @torch.inference_mode()
+    def read(self, token_ids: Sequence[np.ndarray], rows: np.ndarray, positions: np.ndarray) -> dict[int, torch.Tensor]:
+        """Run the sentences (right-padded batch) and return {layer: residuals at (rows, positions)}."""
+        device = next(self.model.parameters()).device
+        input_ids, mask = pad_batch(token_ids)
+        self._selection = (torch.as_tensor(rows, device=device), torch.as_tensor(positions, device=device))
+        self._captured = {}
+        try:
+            self.model(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False)
+        except _StopForward:
+            pass
+        captured, self._captured = self._captured, {}
+        return captured
+
+
+def pad_batch(token_ids: Sequence[np.ndarray], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token id sequences; with a causal model, right padding leaves real tokens untouched."""
+    width = max(len(ids) for ids in token_ids)
+    input_ids = torch.full((len(token_ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(token_ids), width), dtype=torch.long)
+    for row, ids in enumerate(token_ids):
+        input_ids[row, : len(ids)] = torch.as_tensor(ids)
+        mask[row, : len(ids)] = 1
+    return input_ids, mask
+
+
+def _load_name(source: Source) -> str:
+    return str(source.local_dir) if source.is_local else source.name
+
+
+def _load_revision(source: Source) -> str | None:
+    return None if source.is_local else source.revision

@@ -1,0 +1,134 @@
+"""Gemma Scope JumpReLU SAEs: locating `params.npz`, reading shapes, loading and encoding."""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from saezarr.configs import SAEConfig
+from saezarr.errors import SaezarrError
+from saezarr.hub import Source, download, resolve
+
+PARAMS_FILE = "params.npz"
+ENCODER_KEYS = ("W_enc", "b_enc", "threshold")
+
+
+@dataclass(frozen=True)
+class SAEFile:
+    """One SAE's `params.npz` on local disk, with its encoder shape read from the file header."""
+
+    config: SAEConfig
+    path: Path
+    d_model: int
+    width: int
+
+    @property
+    def encoder_bytes(self) -> int:
+        """Memory the encoder weights take as float32."""
+        return 4 * (self.d_model * self.width + 2 * self.width)
+
+
+def resolve_sae_repo(name: str, first: SAEConfig, revision: str | None = None) -> Source:
+    """Find the SAE repository (hub id or folder)."""
+    return resolve(name, f"{first.path}/{PARAMS_FILE}", "--sae-repo", revision)
+
+
+def locate_sae(source: Source, config: SAEConfig, d_model: int) -> SAEFile:
+    """Get one SAE's params.npz and check its encoder shapes against the model's hidden size."""
+    if source.is_local:
+        path = source.local_dir / config.path / PARAMS_FILE
+        if not path.is_file():
+            raise SaezarrError(f"--sae-repo {source.name}: config {config.name}: no {PARAMS_FILE} in {path.parent}")
+    else:
+        path = download(source.name, PARAMS_FILE, "--sae-repo", source.revision, subfolder=config.path)
+    shapes = _npz_shapes(path, config)
+    d_in, width = shapes["W_enc"]
+    if d_in != d_model:
+        raise SaezarrError(
+            f"{path}: config {config.name}: W_enc is {d_in} x {width} but the model's hidden size is {d_model}"
+        )
+    for key in ("b_enc", "threshold"):
+        if shapes[key] != (width,):
+            raise SaezarrError(f"{path}: config {config.name}: {key} has shape {shapes[key]}, expected ({width},)")
+    return SAEFile(config=config, path=path, d_model=d_in, width=width)
+
+
+def _npz_shapes(path: Path, config: SAEConfig) -> dict[str, tuple[int, ...]]:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            shapes = {}
+            for key in ENCODER_KEYS:
+                if f"{key}.npy" not in names:
+                    raise SaezarrError(f"{path}: config {config.name}: {PARAMS_FILE} has no {key!r} array")
+                with archive.open(f"{key}.npy") as member:
+                    major, _ = np.lib.format.read_magic(member)
+                    read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                    shape, _, _ = read_header(member)
+                shapes[key] = tuple(shape)
+    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise SaezarrError(f"{path}: config {config.name}: not a readable {PARAMS_FILE} ({exc})") from None
+    if len(shapes["W_enc"]) != 2:
+        raise SaezarrError(f"{path}: config {config.name}: W_enc must be 2-D, got shape {shapes['W_enc']}")
+    return shapes
+
+
+class JumpReLUEncoder:
+    """The encoder half of a JumpReLU SAE, held on one device in float32."""
+
+    def __init__(self, W_enc: torch.Tensor, b_enc: torch.Tensor, threshold: torch.Tensor):
+        self.W_enc, self.b_enc, self.threshold = W_enc, b_enc, threshold
+
+    @classmethod
+    def load(cls, sae: SAEFile, device: str | torch.device) -> JumpReLUEncoder:
+        """Read W_enc, b_enc and threshold (not the decoder) from params.npz onto a device."""
+        with np.load(sae.path) as params:
+            tensors = [torch.from_numpy(np.ascontiguousarray(params[k], dtype=np.float32)) for k in ENCODER_KEYS]
+        return cls(*(t.to(device) for t in tensors))
+
+    @property
+    def width(self) -> int:
+        """Number of SAE features."""
+        return self.W_enc.shape[1]
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """JumpReLU latents of residuals x [n, d_model], in float32."""
+        pre = torch.addmm(self.b_enc, x.to(torch.float32), self.W_enc)
+        return pre.mul_(pre > self.threshold)
+
+
+def plan_passes(saes: Sequence[SAEFile], budget_bytes: int) -> list[list[SAEFile]]:
+    """Group SAEs into passes that fit the memory budget, keeping a layer's SAEs together where possible."""
+    by_layer: dict[int, list[SAEFile]] = {}
+    for sae in saes:
+        by_layer.setdefault(sae.config.layer, []).append(sae)
+    passes: list[list[SAEFile]] = [[]]
+    used = 0
+    for layer in sorted(by_layer):
+        for sae in by_layer[layer]:
+            if passes[-1] and used + sae.encoder_bytes > budget_bytes:
+                passes.append([])
+                used = 0
+            passes[-1].append(sae)
+            used += sae.encoder_bytes
+    return passes
+
+
+def parse_size(text: str) -> int:
+    """Parse a byte size such as `8GiB`, `512MB` or `1000000`."""
+    units = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+    number = text.strip().lower()
+    digits = number.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = number[len(digits):].strip()
+    try:
+        value = float(digits)
+    except ValueError:
+        value = -1
+    if unit not in units or value <= 0:
+        raise SaezarrError(f"--sae-memory: expected a size such as 8GiB or 500MB, got {text!r}")
+    return int(value * units[unit])

@@ -1,0 +1,190 @@
+"""Tiny stand-ins for Gemma-2-2B and Gemma Scope, generated offline for the demo, tests and benchmarks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from saezarr.configs import SAEConfig
+
+PAD, EOS, BOS, UNK = "<pad>", "<eos>", "<bos>", "<unk>"
+# Gemma's special token ids: pad 0, eos 1, bos 2, unk 3
+SPECIAL_TOKENS = [PAD, EOS, BOS, UNK]
+_CORPUS_EXTRA = (
+    "the quick brown fox jumps over the lazy dog. I think that you are right, and we can talk about it later! "
+    "Numbers 0 1 2 3 4 5 6 7 8 9, punctuation: ; - ( ) ' \" ? and accents é ü ñ ç à."
+)
+
+
+def write_tokenizer(folder: Path, corpus: Iterable[str], vocab_size: int = 512) -> None:
+    """Train a small Gemma-like BPE tokenizer (metaspace, BOS prepended, byte fallback) and save it."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE(unk_token=UNK, byte_fallback=True))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size + 256, special_tokens=SPECIAL_TOKENS + byte_tokens, show_progress=False)
+    tokenizer.train_from_iterator([*corpus, _CORPUS_EXTRA], trainer=trainer)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, tokenizer.token_to_id(BOS))]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK, padding_side="right"
+    )
+    fast.save_pretrained(folder)
+
+
+def write_model(
+    folder: str | Path,
+    corpus: Iterable[str],
+    *,
+    num_layers: int = 6,
+    hidden_size: int = 64,
+    intermediate_size: int = 128,
+    num_heads: int = 2,
+    num_kv_heads: int = 1,
+    head_dim: int = 32,
+    max_tokens: int = 512,
+    vocab_size: int = 512,
+    seed: int = 0,
+) -> Path:
+    """Write a random-weight Gemma-2 checkpoint (`Gemma2ForCausalLM`, safetensors) with its tokenizer."""
+    from transformers import AutoTokenizer, Gemma2Config, Gemma2ForCausalLM
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_tokenizer(folder, corpus, vocab_size)
+    vocab = len(AutoTokenizer.from_pretrained(folder))
+    config = Gemma2Config(
+        vocab_size=vocab,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        head_dim=head_dim,
+        max_position_embeddings=max_tokens,
+        sliding_window=min(4096, max_tokens),
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    )
+    torch.manual_seed(seed)
+    model = Gemma2ForCausalLM(config).eval()
+    model.save_pretrained(folder)
+    return folder
+
+
+def write_saes(
+    folder: str | Path,
+    model_folder: str | Path,
+    configs: Sequence[SAEConfig],
+    calibration: Sequence[str],
+    width: int = 256,
+    seed: int = 0,
+) -> Path:
+    """Write one Gemma Scope-layout `params.npz` per config, thresholds calibrated to its average_l0."""
+    folder = Path(folder)
+    residuals = _calibration_residuals(Path(model_folder), sorted({c.layer for c in configs}), calibration)
+    rng = np.random.default_rng(seed)
+    for config in configs:
+        x = residuals[config.layer]
+        d_model = x.shape[1]
+        W_enc = rng.standard_normal((d_model, width), dtype=np.float32) / np.float32(np.sqrt(d_model))
+        W_enc /= np.float32(np.sqrt((x**2).sum(1).mean() / d_model))
+        b_enc = rng.normal(0, 0.1, width).astype(np.float32)
+        pre = x @ W_enc + b_enc
+        keep = min(max(config.average_l0, 1), width) / width
+        threshold = np.maximum(np.quantile(pre, 1 - keep, axis=0), 1e-3).astype(np.float32)
+        target = folder / config.path
+        target.mkdir(parents=True, exist_ok=True)
+        np.savez(
+            target / "params.npz",
+            W_enc=W_enc,
+            W_dec=np.ascontiguousarray(W_enc.T),
+            b_enc=b_enc,
+            b_dec=np.zeros(d_model, dtype=np.float32),
+            threshold=threshold,
+        )
+    return folder
+
+
+def _calibration_residuals(model_folder: Path, layers: list[int], sentences: Sequence[str]) -> dict[int, np.ndarray]:
+    from transformers import AutoModel, AutoTokenizer
+
+    from saezarr.residuals import ResidualReader
+
+    tokenizer = AutoTokenizer.from_pretrained(model_folder)
+    model = AutoModel.from_pretrained(model_folder, dtype=torch.float32, attn_implementation="eager").eval()
+    ids = [np.asarray(t) for t in tokenizer(list(sentences))["input_ids"]]
+    rows = np.concatenate([np.full(len(t) - 1, i) for i, t in enumerate(ids)])
+    positions = np.concatenate([np.arange(1, len(t)) for t in ids])
+    with ResidualReader(model, layers) as reader:
+        captured = reader.read(ids, rows, positions)
+    return {layer: captured[layer].float().numpy() for layer in layers}
+
+
+def populate_hf_cache(cache_dir: str | Path, repo_id: str, source: str | Path, commit: str | None = None) -> str:
+    """Copy a folder into a Hugging Face hub cache as `repo_id` at `commit`, usable with HF_HUB_OFFLINE=1."""
+    commit = commit or "0123456789abcdef0123456789abcdef01234567"
+    repo = Path(cache_dir) / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    shutil.copytree(source, snapshot, dirs_exist_ok=True)
+    return commit
+
+
+def demo_configs(layers: Sequence[int] = (0, 2, 5), l0s: Sequence[int] = (8, 24)) -> list[SAEConfig]:
+    """Gemma Scope-style configs for the demo model."""
+    return [SAEConfig(layer, l0, f"layer_{layer}/width_16k/average_l0_{l0}") for layer in layers for l0 in l0s]
+
+
+def write_config_file(path: str | Path, model: str, sae_repo: str, configs: Sequence[SAEConfig]) -> Path:
+    """Write a config file in the `gemma_scope_16k_configurations.json` schema."""
+    entries = [{"layer": c.layer, "average_l0": c.average_l0, "path": c.path} for c in configs]
+    Path(path).write_text(json.dumps({"model": model, "sae_repo": sae_repo, "configs": entries}, indent=1))
+    return Path(path)
+
+
+DEMO_CSV = Path(__file__).parent / "data" / "aggression_demo.csv"
+DEMO_VERSION = "demo-v1"
+
+
+def default_cache() -> Path:
+    """Where generated demo assets live: $SAEZARR_CACHE, else ~/.cache/saezarr."""
+    import os
+
+    return Path(os.environ.get("SAEZARR_CACHE") or Path.home() / ".cache" / "saezarr")
+
+
+def ensure_demo(cache: str | Path | None = None) -> Path:
+    """Generate the demo model, SAEs and config file once; return the config file's path."""
+    import os
+    import tempfile
+
+    import pandas as pd
+
+    root = Path(cache or default_cache()) / DEMO_VERSION
+    config_file = root / "config.json"
+    if config_file.exists():
+        return config_file
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".demo-", dir=root.parent))
+    sentences = pd.read_csv(DEMO_CSV)["sentence"].tolist()
+    write_model(staging / "model", sentences)
+    configs = demo_configs()
+    write_saes(staging / "saes", staging / "model", configs, sentences, width=512)
+    write_config_file(staging / "config.json", str(root / "model"), str(root / "saes"), configs)
+    try:
+        os.rename(staging, root)
+    except OSError:  # another process finished first
+        shutil.rmtree(staging, ignore_errors=True)
+    return config_file

@@ -1,0 +1,72 @@
+"""Shared fixtures: tiny generated Gemma-2 models and Gemma Scope-layout SAEs, made once per test session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from saezarr.configs import SAEConfig
+from saezarr.synthetic import DEMO_CSV, demo_configs, write_config_file, write_model, write_saes
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_LAYERS = 26
+TINY_SAE_LAYERS = (0, 12, 25)
+TINY_L0S = (6, 20)
+TINY_WIDTH = 128
+
+
+@dataclass(frozen=True)
+class TinyAssets:
+    """A generated model folder, SAE folder, config file and labeled CSV."""
+
+    model: Path
+    saes: Path
+    config_file: Path
+    csv: Path
+    configs: tuple[SAEConfig, ...]
+    sentences: tuple[str, ...]
+
+
+def demo_sentences() -> list[str]:
+    return pd.read_csv(DEMO_CSV)["sentence"].tolist()
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> TinyAssets:
+    """A 26-layer tiny Gemma-2 with two SAEs on layers 0, 12 and 25, as local folders."""
+    root = tmp_path_factory.mktemp("tiny")
+    sentences = demo_sentences()
+    configs = tuple(demo_configs(TINY_SAE_LAYERS, TINY_L0S))
+    write_model(root / "model", sentences, num_layers=TINY_LAYERS, hidden_size=32, intermediate_size=64, head_dim=16)
+    write_saes(root / "saes", root / "model", configs, sentences, width=TINY_WIDTH)
+    config_file = write_config_file(root / "config.json", str(root / "model"), str(root / "saes"), configs)
+    return TinyAssets(root / "model", root / "saes", config_file, DEMO_CSV, configs, tuple(sentences))
+
+
+@pytest.fixture(scope="session")
+def demo_config(tmp_path_factory) -> Path:
+    """The demo's generated assets (6-layer model, SAEs on layers 0, 2, 5), made in a private cache."""
+    from saezarr.synthetic import ensure_demo
+
+    return ensure_demo(tmp_path_factory.mktemp("demo-cache"))
+
+
+def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `python -m saezarr ARGS` in a subprocess and capture its output."""
+    full_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "saezarr", *map(str, args)],
+        capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout,
+    )
+
+
+def write_csv(path: Path, text: str, encoding: str = "utf-8") -> Path:
+    """Write a CSV file's exact text."""
+    path.write_bytes(text.encode(encoding))
+    return path
