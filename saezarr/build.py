@@ -22,8 +22,9 @@ from saezarr.inputs import read_labeled_csv
 from saezarr.locking import StoreLock
 from saezarr.residuals import ResidualReader, load_model, load_tokenizer, resolve_model
 from saezarr.sae import JumpReLUEncoder, SAEFile, locate_sae, plan_passes, resolve_sae_repo
-from saezarr.store import DEFAULT_CHUNK_FRAGMENTS, Store, check_output_path, check_resume, create_store
+from saezarr.store import DEFAULT_CHUNK_FRAGMENTS, Store, check_output_path, check_resume, create_store, read_saezarr_attrs
 
+DEFAULT_BATCH_SIZE = 16
 DEFAULT_SAE_MEMORY = 8 * 2**30  # leaves room for Gemma-2-2B in float32 (~10.5 GB) on a 24 GiB host
 
 
@@ -41,9 +42,9 @@ class BuildOptions:
     fragments: str = "token"
     device: str | None = None
     dtype: str = "float32"
-    batch_size: int = 16
+    batch_size: int | None = None  # None: the store's own, else 16
     sae_memory: int = DEFAULT_SAE_MEMORY
-    chunk_fragments: int = DEFAULT_CHUNK_FRAGMENTS
+    chunk_fragments: int | None = None  # None: DEFAULT_CHUNK_FRAGMENTS
     workers: int | None = None
     resume: bool = False
     overwrite: bool = False
@@ -99,10 +100,20 @@ def build(options: BuildOptions) -> BuildSummary:
         raise SaezarrError(f"--output {options.output}: a store exists there; use --resume to continue it or --overwrite to replace it")
     if exists and options.resume:
         check_resume(options.output, plan.attrs)
+        # a chunk's batches decide its last bits: keep the store's batch size unless told otherwise
+        plan.attrs["batch_size"] = options.batch_size or read_saezarr_attrs(options.output).get("batch_size", DEFAULT_BATCH_SIZE)
     store, lock = _open_or_create(options, plan, exists)
     summary = BuildSummary(options.output, len(plan.configs), len(plan.fragments), plan.attrs["n_sentences"])
     with lock:
-        _run_passes(options, plan, store, summary)
+        try:
+            _run_passes(options, plan, store, summary)
+        except KeyboardInterrupt:
+            done = store.done_matrix()
+            raise SaezarrError(
+                f"interrupted: {int(done.sum())} of {done.size} chunks of {options.output} are done and kept; "
+                "rerun the same command with --resume to continue",
+                exit_code=130,
+            ) from None
     done = store.done_matrix()
     summary.complete = bool(done.all())
     summary.bytes_on_disk = store.bytes_on_disk()
@@ -140,6 +151,7 @@ def _plan(options: BuildOptions) -> _Plan:
         "input_sha256": data.sha256,
         "n_sentences": len(data),
         "configs": [c.name for c in configs],
+        "batch_size": options.batch_size or DEFAULT_BATCH_SIZE,
     }
     return _Plan(fragments=fragments, configs=configs, saes=saes, attrs=attrs, model_info=info)
 
@@ -155,7 +167,7 @@ def _open_or_create(options: BuildOptions, plan: _Plan, exists: bool) -> tuple[S
         lock.release()
     store = create_store(
         options.output, plan.fragments.table, plan.configs, plan.saes[0].width, plan.attrs,
-        options.chunk_fragments, replace=exists,
+        options.chunk_fragments or DEFAULT_CHUNK_FRAGMENTS, replace=exists,
     )
     lock = store.lock()
     lock.acquire()
@@ -190,7 +202,7 @@ def _run_passes(options: BuildOptions, plan: _Plan, store: Store, summary: Build
                 for chunk in pending:
                     if budget is not None and budget <= 0:
                         return
-                    residuals = _chunk_residuals(reader, plan.fragments, store, int(chunk), options.batch_size, summary)
+                    residuals = _chunk_residuals(reader, plan.fragments, store, int(chunk), plan.attrs["batch_size"], summary)
                     for sae, encoder, row in zip(group, encoders, rows):
                         if not done[row, chunk]:
                             latents = encoder.encode(residuals[sae.config.layer]).cpu().numpy()

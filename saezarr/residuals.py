@@ -21,7 +21,7 @@ class ModelInfo:
     source: Source
     num_layers: int
     hidden_size: int
-    max_tokens: int
+    max_tokens: int | None
 
 
 def resolve_model(name: str, revision: str | None = None) -> ModelInfo:
