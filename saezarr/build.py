@@ -106,7 +106,7 @@ def build(options: BuildOptions) -> BuildSummary:
     summary = BuildSummary(options.output, len(plan.configs), len(plan.fragments), plan.attrs["n_sentences"])
     with lock:
         try:
-            _run_passes(options, plan, store, summary)
+            _PassRunner(options, plan, store, summary).run()
         except KeyboardInterrupt:
             done = store.done_matrix()
             raise SaezarrError(
@@ -174,71 +174,79 @@ def _open_or_create(options: BuildOptions, plan: _Plan, exists: bool) -> tuple[S
     return store, lock
 
 
-def _run_passes(options: BuildOptions, plan: _Plan, store: Store, summary: BuildSummary) -> None:
-    done = store.done_matrix()
-    summary.units_total = done.size
-    summary.units_skipped = int(done.sum())
-    passes = plan_passes(plan.saes, options.sae_memory)
-    index = {name: i for i, name in enumerate(store.config_names)}
-    todo_fragments = sum(
-        _chunk_sizes(store, np.flatnonzero(~done[[index[s.config.name] for s in group]].all(0))) for group in passes
-    )
-    device = options.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = None
-    budget = options.max_chunks
-    with tqdm(total=todo_fragments, unit="frag", disable=options.quiet, desc="saezarr build", dynamic_ncols=True) as bar:
-        for group in passes:
-            rows = [index[s.config.name] for s in group]
-            pending = np.flatnonzero(~done[rows].all(0))
-            if len(pending) == 0:
-                continue
-            if model is None:
-                model = load_model(plan.model_info, device, options.dtype)
-            encoders = [JumpReLUEncoder.load(sae, device) for sae in group]
-            summary.sae_loads += len(group)
-            summary.model_passes += 1
-            layers = sorted({s.config.layer for s in group})
-            with ResidualReader(model, layers) as reader, ChunkWriter(store, options.workers) as writer:
-                for chunk in pending:
-                    if budget is not None and budget <= 0:
-                        return
-                    residuals = _chunk_residuals(reader, plan.fragments, store, int(chunk), plan.attrs["batch_size"], summary)
-                    for sae, encoder, row in zip(group, encoders, rows):
-                        if not done[row, chunk]:
-                            latents = encoder.encode(residuals[sae.config.layer]).cpu().numpy()
-                            writer.submit(row, int(chunk), latents)
-                            summary.units_written += 1
-                    bar.update(np.subtract(*store.chunk_bounds(int(chunk))[::-1]))
-                    if budget is not None:
-                        budget -= 1
-            del encoders
+class _PassRunner:
+    """Runs each SAE pass over the chunks it still lacks, writing through a ChunkWriter."""
 
+    def __init__(self, options: BuildOptions, plan: _Plan, store: Store, summary: BuildSummary):
+        self.options, self.plan, self.store, self.summary = options, plan, store, summary
+        self.done = store.done_matrix()
+        self.device = options.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = None
 
-def _chunk_sizes(store: Store, chunks: np.ndarray) -> int:
-    return int(sum(np.subtract(*store.chunk_bounds(int(c))[::-1]) for c in chunks))
+    def run(self) -> None:
+        """Run every pass that has pending chunks; the model is loaded only if something is left."""
+        self.summary.units_total, self.summary.units_skipped = self.done.size, int(self.done.sum())
+        passes = self._pending_passes()
+        if not passes:
+            return
+        self.model = load_model(self.plan.model_info, self.device, self.options.dtype)
+        chunks_left = self.options.max_chunks
+        total = sum(self.store.chunk_size(chunk) for _, _, pending in passes for chunk in pending)
+        with tqdm(total=total, unit="frag", disable=self.options.quiet, desc="saezarr build", dynamic_ncols=True) as bar:
+            for group, rows, pending in passes:
+                if chunks_left is not None:
+                    pending = pending[:chunks_left]
+                    chunks_left -= len(pending)
+                if pending:
+                    self._run_pass(group, rows, pending, bar)
 
+    def _pending_passes(self) -> list[tuple[list[SAEFile], list[int], list[int]]]:
+        index = {name: i for i, name in enumerate(self.store.config_names)}
+        passes = []
+        for group in plan_passes(self.plan.saes, self.options.sae_memory):
+            rows = [index[sae.config.name] for sae in group]
+            pending = [int(chunk) for chunk in np.flatnonzero(~self.done[rows].all(axis=0))]
+            if pending:
+                passes.append((group, rows, pending))
+        return passes
 
-def _chunk_residuals(reader: ResidualReader, fragments: Fragments, store: Store, chunk: int, batch_size: int, summary) -> dict[int, torch.Tensor]:
-    """Residuals of one chunk's fragments; the chunk alone decides its batches, so reruns are bit-identical."""
-    start, stop = store.chunk_bounds(chunk)
-    table = fragments.table.iloc[start:stop]
-    sentences = table["sentence_index"].to_numpy()
-    positions = table["token_position"].to_numpy()
-    unique = list(dict.fromkeys(sentences.tolist()))
-    parts: dict[int, list[torch.Tensor]] = {}
-    for first in range(0, len(unique), batch_size):
-        batch = unique[first : first + batch_size]
-        in_batch = np.isin(sentences, batch)
-        row_of = {s: r for r, s in enumerate(batch)}
-        rows = np.array([row_of[s] for s in sentences[in_batch]])
-        # a causal model needs no token after the last fragment of the chunk
-        ends = {s: positions[sentences == s].max() + 1 for s in batch}
-        token_ids = [fragments.token_ids[s][: ends[s]] for s in batch]
-        captured = reader.read(token_ids, rows, positions[in_batch])
-        summary.forward_batches += 1
-        for layer, tensor in captured.items():
-            parts.setdefault(layer, []).append(tensor)
-    return {layer: torch.cat(tensors) if len(tensors) > 1 else tensors[0] for layer, tensors in parts.items()}
+    def _run_pass(self, group: list[SAEFile], rows: list[int], pending: list[int], bar: tqdm) -> None:
+        """One model pass: each pending chunk goes through the model once and through every SAE of the group."""
+        encoders = [JumpReLUEncoder.load(sae, self.device) for sae in group]
+        self.summary.sae_loads += len(group)
+        self.summary.model_passes += 1
+        layers = sorted({sae.config.layer for sae in group})
+        with ResidualReader(self.model, layers) as reader, ChunkWriter(self.store, self.options.workers) as writer:
+            for chunk in pending:
+                residuals = self._chunk_residuals(reader, chunk)
+                for sae, encoder, row in zip(group, encoders, rows):
+                    if not self.done[row, chunk]:
+                        # the chunk's latents reach the host once; compression runs on the writer's threads
+                        writer.submit(row, chunk, encoder.encode(residuals[sae.config.layer]).cpu().numpy())
+                        self.summary.units_written += 1
+                bar.update(self.store.chunk_size(chunk))
+
+    def _chunk_residuals(self, reader: ResidualReader, chunk: int) -> dict[int, torch.Tensor]:
+        """Residuals of one chunk's fragments; the chunk alone decides its batches, so reruns are bit-identical."""
+        start, stop = self.store.chunk_bounds(chunk)
+        table = self.plan.fragments.table.iloc[start:stop]
+        sentences = table["sentence_index"].to_numpy()
+        positions = table["token_position"].to_numpy()
+        unique = list(dict.fromkeys(sentences.tolist()))
+        batch_size = self.plan.attrs["batch_size"]
+        parts: dict[int, list[torch.Tensor]] = {}
+        for first in range(0, len(unique), batch_size):
+            batch = unique[first : first + batch_size]
+            in_batch = np.isin(sentences, batch)
+            row_of = {s: r for r, s in enumerate(batch)}
+            rows = np.array([row_of[s] for s in sentences[in_batch]])
+            # a causal model needs no token after the chunk's last fragment of a sentence
+            token_ids = [self.plan.fragments.token_ids[s][: positions[sentences == s].max() + 1] for s in batch]
+            captured = reader.read(token_ids, rows, positions[in_batch])
+            self.summary.forward_batches += 1
+            for layer, tensor in captured.items():
+                parts.setdefault(layer, []).append(tensor)
+        return {layer: torch.cat(tensors) for layer, tensors in parts.items()}
 
 
 class ChunkWriter:

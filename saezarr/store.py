@@ -36,7 +36,8 @@ class Store:
     def __init__(self, path: str | Path, mode: str = "r"):
         self.path = Path(path)
         self.attrs = read_saezarr_attrs(self.path)
-        self.array = zarr.open_array(self.path / ACTIVATIONS, mode=mode)
+        # every unit is written whole, so zarr need not test chunks for being all fill value
+        self.array = zarr.open_array(self.path / ACTIVATIONS, mode=mode, config={"write_empty_chunks": True})
         self.n_configs, self.n_fragments, self.width = self.array.shape
         self.chunk_fragments = (self.array.shards or self.array.chunks)[1]
         self.n_chunks = -(-self.n_fragments // self.chunk_fragments)
@@ -47,6 +48,11 @@ class Store:
         """Fragment index range [start, stop) of a fragment chunk."""
         start = chunk * self.chunk_fragments
         return start, min(start + self.chunk_fragments, self.n_fragments)
+
+    def chunk_size(self, chunk: int) -> int:
+        """Number of fragments in a fragment chunk."""
+        start, stop = self.chunk_bounds(chunk)
+        return stop - start
 
     def _mark(self, config_index: int, chunk: int) -> Path:
         return self.marks / self.config_names[config_index] / str(chunk)
