@@ -108,10 +108,13 @@ def _add_export(commands) -> None:
     p = commands.add_parser("export-npz", help="write one legacy .npz file per configuration")
     p.add_argument("store", type=Path)
     p.add_argument("--output", type=Path, required=True, help="folder for the .npz files")
-    p.add_argument("--configs", help="only these configs")
-    p.add_argument("--layers", help="only configs on these layers")
+    p.add_argument("--configs", help="only these configs, e.g. layer_12_l0_82,layer_3_l0_59")
+    p.add_argument("--layers", help="only configs on these layers, e.g. 3,12")
     p.add_argument("--uncompressed", action="store_true", help="np.savez instead of np.savez_compressed")
-    p.add_argument("--jobs", type=_positive_int("--jobs"), default=None, help="parallel files (default: all cores)")
+    p.add_argument(
+        "--jobs", type=_positive_int("--jobs"), default=None,
+        help="files written at once (default: all cores, fewer if memory is short)",
+    )
     p.add_argument("--overwrite", action="store_true", help="rewrite files that already exist")
     p.set_defaults(run=_run_export)
 
@@ -143,7 +146,7 @@ def _add_info(commands) -> None:
 def _run_info(args) -> int:
     import json
 
-    from saezarr.export import store_info
+    from saezarr.analysis import store_info
 
     info = store_info(args.store)
     print(json.dumps(info, indent=2) if args.json else info_text(info))
@@ -152,7 +155,7 @@ def _run_info(args) -> int:
 
 def info_text(info: dict) -> str:
     """The human form of `saezarr info`."""
-    from saezarr.export import format_info
+    from saezarr.analysis import format_info
 
     return format_info(info)
 

@@ -110,7 +110,7 @@ def read_saezarr_attrs(path: Path) -> dict:
     except (OSError, ValueError):
         attrs = {}
     if "saezarr_version" not in attrs:
-        raise SaezarrError(f"{path}: not a saezarr store (no saezarr attributes in zarr.json); refusing to touch it")
+        raise SaezarrError(f"{path}: not a saezarr store (no saezarr attributes in zarr.json)")
     return attrs
 
 
@@ -120,7 +120,10 @@ def check_output_path(path: Path) -> bool:
         raise SaezarrError(f"--output {path}: is a file, not a store folder")
     if not path.exists() or (path.is_dir() and not any(path.iterdir())):
         return False
-    read_saezarr_attrs(path)
+    try:
+        read_saezarr_attrs(path)
+    except SaezarrError as exc:
+        raise SaezarrError(f"--output {exc}; refusing to touch it") from None
     return True
 
 
@@ -189,7 +192,7 @@ def _write_layout(path: Path, fragments: pd.DataFrame, configs, width, attrs, ch
         ACTIVATIONS: {
             "chunks": (1, chunk_fragments, _feature_chunk(width)),
             "shards": (1, chunk_fragments, width),
-            "compressors": (ZstdCodec(level=ZSTD_LEVEL),),
+            "compressors": (ZstdCodec(level=ZSTD_LEVEL, checksum=True),),  # a damaged chunk fails to decode
             "fill_value": np.nan,
         }
     }

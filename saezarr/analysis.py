@@ -1,0 +1,125 @@
+"""Reading a finished (or partial) store: the lazy xarray view, and the `saezarr info` summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from saezarr.errors import SaezarrError
+from saezarr.store import ACTIVATIONS, Store, read_saezarr_attrs
+
+# coordinates on `config` that are short names, exposed as fixed-width str rather than numpy's StringDType
+_CONFIG_STRINGS = ("config", "sae_path")
+
+
+def open_store(path: str | Path) -> xr.Dataset:
+    """Open a saezarr store as a lazy, dask-backed Dataset whose coordinates are in memory."""
+    path = _existing_store_path(path)
+    read_saezarr_attrs(path)
+    ds = xr.open_zarr(path)
+    # boolean masks such as `ds.where(ds.is_final_token, drop=True)` need in-memory coordinates
+    ds = ds.assign_coords({name: ds[name].compute() for name in ds.coords if name not in ds.indexes})
+    return ds.assign_coords({name: _fixed_width(ds[name]) for name in _CONFIG_STRINGS})
+
+
+def open_existing(path: str | Path) -> Store:
+    """Open a saezarr store read-only, with one-line errors for a missing, foreign or broken folder."""
+    path = _existing_store_path(path)
+    read_saezarr_attrs(path)
+    try:
+        return Store(path)
+    except (OSError, ValueError, KeyError, zarr.errors.BaseZarrError) as exc:
+        raise SaezarrError(f"{path}: cannot read the store's {ACTIVATIONS} array ({type(exc).__name__}: {exc})") from None
+
+
+def _existing_store_path(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise SaezarrError(f"{path}: no such store")
+    if not path.is_dir():
+        raise SaezarrError(f"{path}: is a file, not a store folder")
+    return path
+
+
+def _fixed_width(strings: xr.DataArray) -> xr.DataArray:
+    """The strings as a `<U` array just wide enough for the longest."""
+    return strings.astype(f"<U{max([1, *(len(str(v)) for v in strings.values.ravel())])}")
+
+
+def store_info(path: str | Path) -> dict:
+    """A JSON-serialisable summary of a store: provenance, sizes, and completion per configuration."""
+    store = open_existing(path)
+    done = store.done_matrix()
+    group = zarr.open_group(store.path, mode="r")
+    layers, l0s = group["layer"][:], group["average_l0"][:]
+    chunk_sizes = np.array([stop - start for start, stop in map(store.chunk_bounds, range(store.n_chunks))])
+    dense_done = int((done * chunk_sizes).sum()) * store.width * 4
+    on_disk = store.bytes_on_disk()
+    attrs = store.attrs
+    return {
+        "store": str(store.path),
+        "saezarr_version": attrs.get("saezarr_version"),
+        "model": attrs.get("model"),
+        "model_revision": attrs.get("model_revision"),
+        "model_dtype": attrs.get("model_dtype"),
+        "sae_repo": attrs.get("sae_repo"),
+        "sae_revision": attrs.get("sae_revision"),
+        "fragments": attrs.get("fragments"),
+        "input_file": attrs.get("input_file"),
+        "input_sha256": attrs.get("input_sha256"),
+        "n_sentences": attrs.get("n_sentences"),
+        "n_fragments": store.n_fragments,
+        "n_features": store.width,
+        "chunk_fragments": store.chunk_fragments,
+        "n_chunks": store.n_chunks,
+        "complete": bool(done.all()),
+        "configs": [
+            {
+                "name": name,
+                "layer": int(layers[ci]),
+                "average_l0": int(l0s[ci]),
+                "done_chunks": int(done[ci].sum()),
+                "total_chunks": store.n_chunks,
+            }
+            for ci, name in enumerate(store.config_names)
+        ],
+        "bytes_on_disk": on_disk,
+        "dense_float32_bytes": dense_done,
+        "compression_ratio": round(dense_done / on_disk, 2) if on_disk else None,
+    }
+
+
+def format_info(info: dict) -> str:
+    """The human form of `saezarr info`: a few labelled lines."""
+    configs = info["configs"]
+    n_complete = sum(c["done_chunks"] == c["total_chunks"] for c in configs)
+    lines = [
+        f"store        {info['store']} (saezarr {info['saezarr_version']})",
+        f"model        {info['model']} @ {info['model_revision']} ({info['model_dtype']})",
+        f"SAE repo     {info['sae_repo']} @ {info['sae_revision']}",
+        f"input        {info['input_file']}, sha256 {info['input_sha256']}",
+        f"fragments    {info['fragments']}: {info['n_sentences']} sentences, {info['n_fragments']} fragments, "
+        f"{info['n_features']} features; {info['n_chunks']} chunks of {info['chunk_fragments']} fragments",
+        f"configs      {len(configs)}, {n_complete} complete (done/total chunks):",
+    ]
+    for layer in sorted({c["layer"] for c in configs}):
+        entries = [f"{c['name']} {c['done_chunks']}/{c['total_chunks']}" for c in configs if c["layer"] == layer]
+        lines.append(f"  layer {layer:<5}{', '.join(entries)}")
+    ratio = info["compression_ratio"]
+    lines.append(
+        f"on disk      {human_bytes(info['bytes_on_disk'])}; dense float32 of the done chunks "
+        f"{human_bytes(info['dense_float32_bytes'])}" + (f", {ratio:.1f}x compression" if ratio else "")
+    )
+    return "\n".join(lines)
+
+
+def human_bytes(n: float) -> str:
+    """A byte count in B, KiB, MiB, GiB or TiB."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
