@@ -81,8 +81,11 @@ def select_positions(sentence: str, token_ends: Sequence[int], granularity: str)
     positions: list[int] = []
     position = 1
     for word in _WORD.finditer(sentence):
-        # the word's last token is the first token that reaches the word's end
+        # the word's last token is the first token that reaches the word's end, or the last of the tokens
+        # sharing that end offset (byte-fallback pieces of one character, a prepended '▁' and its character)
         while position < last and token_ends[position] < word.end():
+            position += 1
+        while position < last and token_ends[position + 1] == token_ends[position]:
             position += 1
         if not positions or position > positions[-1]:
             positions.append(position)

@@ -51,7 +51,7 @@ def download(repo: str, filename: str, option: str, revision: str | None = None,
 
 
 def _looks_like_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or name.count("/") != 1
+    return name.startswith((".", "/", "~")) or name.count("/") > 1
 
 
 def _short(exc: Exception) -> str:

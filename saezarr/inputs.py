@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import difflib
 import hashlib
@@ -48,11 +49,7 @@ def read_labeled_csv(path: str | Path) -> LabeledSentences:
     text = _read_utf8(path)
     if not text.strip():
         raise SaezarrError(f"{path}: the file is empty; expected a header 'sentence,concept_strength_label'")
-    try:
-        table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, quoting=csv.QUOTE_MINIMAL)
-    except (pd.errors.ParserError, csv.Error) as exc:
-        raise SaezarrError(f"{path}: not a valid CSV file ({_first_line(exc)})") from None
-    table.columns = [str(c).strip() for c in table.columns]
+    table = _parse_csv(path, text)
     for column in (SENTENCE_COLUMN, LABEL_COLUMN):
         _require_column(path, table, column)
     if table.empty:
@@ -83,15 +80,36 @@ def _read_utf8(path: Path) -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise SaezarrError(f"{path}: line {line}: not valid UTF-8 (byte offset {exc.start})") from None
+        offset = exc.start + (len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0)  # utf-8-sig counts after the BOM
+        line = raw[:offset].count(b"\n") + 1
+        raise SaezarrError(f"{path}: line {line}: not valid UTF-8 (byte offset {offset})") from None
+
+
+def _parse_csv(path: Path, text: str) -> pd.DataFrame:
+    """Parse CSV text into a table of strings, refusing rows with more fields than the header."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        records = [record for record in reader if record]  # blank lines are skipped
+    except csv.Error as exc:
+        raise SaezarrError(f"{path}: line {reader.line_num}: not a valid CSV file ({_first_line(exc)})") from None
+    header = [c.strip() for c in records[0]]
+    for row, record in enumerate(records[1:], start=1):
+        if len(record) > len(header):
+            raise SaezarrError(
+                f"{path}: data row {row}: {len(record)} fields but the header has {len(header)}; "
+                "quote a sentence that contains a comma"
+            )
+    rows = [record + [""] * (len(header) - len(record)) for record in records[1:]]
+    # the first of repeated column names wins, as a reader by name would see it
+    keep = [i for i, name in enumerate(header) if name not in header[:i]]
+    return pd.DataFrame([[r[i] for i in keep] for r in rows], columns=[header[i] for i in keep], dtype=object)
 
 
 def _require_column(path: Path, table: pd.DataFrame, column: str) -> None:
     if column in table.columns:
         return
     close = difflib.get_close_matches(column, list(table.columns), n=1, cutoff=0.6)
-    hint = f"; did you mean to name column {close[0]!r} {column!r}?" if close else ""
+    hint = f"; rename column {close[0]!r} to {column!r}?" if close else ""
     found = ", ".join(repr(c) for c in table.columns)
     raise SaezarrError(f"{path}: missing column {column!r} (found {found}){hint}")
 

@@ -97,9 +97,10 @@ class JumpReLUEncoder:
         return self.W_enc.shape[1]
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """JumpReLU latents of residuals x [n, d_model], in float32."""
+        """JumpReLU latents of residuals x [n, d_model], in float32; gated-off entries are +0.0, not -0.0."""
         pre = torch.addmm(self.b_enc, x.to(torch.float32), self.W_enc)
-        return pre.mul_(pre > self.threshold)
+        # pre * (pre > threshold) would leave -0.0 for negative pre, whose sign bits halve zstd's ratio
+        return pre.masked_fill_(pre <= self.threshold, 0.0)
 
 
 def plan_passes(saes: Sequence[SAEFile], budget_bytes: int) -> list[list[SAEFile]]:
