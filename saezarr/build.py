@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from collections.abc import Sequence
@@ -20,9 +21,9 @@ from saezarr.errors import SaezarrError
 from saezarr.fragments import Fragments, make_fragments
 from saezarr.inputs import read_labeled_csv
 from saezarr.locking import StoreLock
-from saezarr.residuals import ResidualReader, load_model, load_tokenizer, resolve_model
+from saezarr.residuals import ResidualReader, check_weights, load_model, load_tokenizer, resolve_model
 from saezarr.sae import JumpReLUEncoder, SAEFile, locate_sae, plan_passes, resolve_sae_repo
-from saezarr.store import DEFAULT_CHUNK_FRAGMENTS, Store, check_output_path, check_resume, create_store, read_saezarr_attrs
+from saezarr.store import DEFAULT_CHUNK_FRAGMENTS, Store, check_output_path, check_resume, create_store, read_saezarr_attrs, remove_stale_staging
 
 DEFAULT_BATCH_SIZE = 16
 DEFAULT_SAE_MEMORY = 8 * 2**30  # leaves room for Gemma-2-2B in float32 (~10.5 GB) on a 24 GiB host
@@ -108,6 +109,7 @@ def build(options: BuildOptions) -> BuildSummary:
         try:
             _PassRunner(options, plan, store, summary).run()
         except KeyboardInterrupt:
+            _ignore_further_interrupts()
             done = store.done_matrix()
             raise SaezarrError(
                 f"interrupted: {int(done.sum())} of {done.size} chunks of {options.output} are done and kept; "
@@ -121,11 +123,18 @@ def build(options: BuildOptions) -> BuildSummary:
     return summary
 
 
+def _ignore_further_interrupts() -> None:
+    """A second Ctrl-C while saying how to resume would only lose the message."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _plan(options: BuildOptions) -> _Plan:
     data = read_labeled_csv(options.input)
     config_file = load_config_file(options.config_file)
     configs = select_configs(config_file.configs, options.layers, options.configs)
     info = resolve_model(options.model or config_file.model)
+    check_weights(info)
     deepest = max(configs, key=lambda c: c.layer)
     if deepest.layer >= info.num_layers:
         raise SaezarrError(
@@ -163,6 +172,8 @@ def _open_or_create(options: BuildOptions, plan: _Plan, exists: bool) -> tuple[S
         lock = old.lock()
         lock.acquire(force=options.force_unlock)
         if options.resume:
+            old.discard_partial_writes()
+            remove_stale_staging(options.output)
             return old, lock
         lock.release()
     store = create_store(

@@ -27,9 +27,16 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one `saezarr: error:` line."""
+
+    def error(self, message: str):
+        self.exit(2, f"saezarr: error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="saezarr", description="Gemma Scope SAE features of Gemma-2 in one Zarr store.")
-    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    parser = _Parser(prog="saezarr", description="Gemma Scope SAE features of Gemma-2 in one Zarr store.")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND", parser_class=_Parser)
     _add_build(commands)
     _add_export(commands)
     _add_info(commands)
@@ -48,11 +55,11 @@ def _add_build(commands) -> None:
     p.add_argument("--fragments", choices=("token", "word", "final"), default="token", help="fragment granularity")
     p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="model dtype")
-    p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=None, help="sentences per forward (default 16, or the store's own on --resume)")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="sentences per forward (default 16, or the store's own on --resume)")
     p.add_argument("--sae-memory", default="8GiB", help="memory for SAE encoders per pass (default 8GiB)")
-    p.add_argument("--chunk-fragments", type=_positive_int("--chunk-fragments"), default=None, help="fragments per chunk, the unit of writing and resuming (default 512)")
-    p.add_argument("--workers", type=_positive_int("--workers"), default=None, help="writer threads (default: all cores)")
-    p.add_argument("--max-chunks", type=_positive_int("--max-chunks"), default=None, help="stop after this many chunks (try a small part first)")
+    p.add_argument("--chunk-fragments", type=_positive_int, default=None, help="fragments per chunk, the unit of writing and resuming (default 512)")
+    p.add_argument("--workers", type=_positive_int, default=None, help="writer threads (default: all cores)")
+    p.add_argument("--max-chunks", type=_positive_int, default=None, help="stop after this many chunks (try a small part first)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue an interrupted build")
     mode.add_argument("--overwrite", action="store_true", help="replace an existing store")
@@ -112,7 +119,7 @@ def _add_export(commands) -> None:
     p.add_argument("--layers", help="only configs on these layers, e.g. 3,12")
     p.add_argument("--uncompressed", action="store_true", help="np.savez instead of np.savez_compressed")
     p.add_argument(
-        "--jobs", type=_positive_int("--jobs"), default=None,
+        "--jobs", type=_positive_int, default=None,
         help="files written at once (default: all cores, fewer if memory is short)",
     )
     p.add_argument("--overwrite", action="store_true", help="rewrite files that already exist")
@@ -160,17 +167,15 @@ def info_text(info: dict) -> str:
     return format_info(info)
 
 
-def _positive_int(option: str):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = 0
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{option}: expected a positive integer, got {text!r}")
-        return value
-
-    return parse
+def _positive_int(text: str) -> int:
+    """Parse a positive integer option value."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def _quiet_libraries() -> None:

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from saezarr.analysis import human_bytes, open_existing
 from saezarr.errors import SaezarrError
+from saezarr.locking import process_alive
 from saezarr.store import Store
 
 # npz key -> the store's coordinate on the fragment dimension
@@ -323,15 +324,5 @@ def remove_stale_partials(path: Path) -> None:
     """Delete the temporary files that a killed export left for this file (their process is gone)."""
     for leftover in path.parent.glob(f".{path.name}.*{PARTIAL_SUFFIX}"):
         pid = leftover.name[len(path.name) + 2 :].split(".")[0]
-        if pid.isdigit() and not _process_alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             leftover.unlink(missing_ok=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    return True

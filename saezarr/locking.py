@@ -1,7 +1,17 @@
-"""One writer per store: a lock file naming the process that holds it."""
+"""One writer per store: a lock file naming the process that holds it.
+
+The file holds JSON naming its holder (pid, host, start time, and the process's start in clock ticks since
+boot, which tells a reused pid apart). Where the file system has advisory locks (flock on Linux and macOS),
+the holder also keeps an exclusive flock on the open file. The kernel drops that the moment the process
+dies, however it dies, so two processes that start together, or that both find a stale lock, can never both
+take the store: exactly one gets the flock. The JSON still decides between processes that hold no flock on
+it: a holder on another host, or a live process on this host, is respected; a dead or reused pid on this
+host is stale and taken over.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -10,56 +20,159 @@ from pathlib import Path
 
 from saezarr.errors import SaezarrError
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; the JSON alone decides
+    fcntl = None
+
+_ATTEMPTS = 20
+_READ_PATIENCE_S = 1.0  # a holder writes its JSON right after taking the flock
+
 
 class StoreLock:
     """An exclusive, stale-aware lock file; a lock left by a dead process on this host is taken over."""
 
     def __init__(self, path: Path, store: Path):
-        self.path = path
+        self.path = Path(path)
         self.store = store
         self.held = False
+        self._fd: int | None = None
 
     def acquire(self, force: bool = False) -> None:
-        """Take the lock or explain who holds it."""
+        """Take the lock or explain who holds it; `force` takes it whoever holds it."""
+        if self.held:
+            return
+        try:
+            self._acquire(force)
+        except OSError as exc:
+            self._close()
+            raise SaezarrError(
+                f"{self.store}: could not take the lock {self.path} ({exc.strerror or exc}); "
+                "fix the cause, then rerun the same command",
+                exit_code=1,
+            ) from None
+
+    def _acquire(self, force: bool) -> None:
         if force:
-            self.path.unlink(missing_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self.holder()
-                if holder is not None and not _is_stale(holder):
-                    raise SaezarrError(
-                        f"{self.store}: another build is writing this store (pid {holder.get('pid')} on "
-                        f"{holder.get('host')}, started {holder.get('started')}); wait for it, or if it is "
-                        "gone use --force-unlock"
-                    ) from None
-                self.path.unlink(missing_ok=True)  # stale: its process is dead
+            self.path.unlink(missing_ok=True)  # a new file: whoever holds the old one no longer counts
+        for _ in range(_ATTEMPTS):
+            self._fd = fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)  # closed by acquire on any error
+            locked = _try_flock(fd)
+            if locked is False:  # a live process holds it
+                self._close()
+                raise self._held_error(self._read_patiently())
+            if not _is_same_file(fd, self.path):  # its holder released (unlinked) it meanwhile: start over
+                self._close()
                 continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(_me(), f)
+            holder = _read_json(fd)
+            if holder is not None and not force and not _is_stale(holder):
+                # named by a process that holds no flock here: another host, or a writer without flock
+                self._close()
+                raise self._held_error(holder)
+            if locked is None and holder is None and _size(fd) == 0 and not force and _age(fd) < _READ_PATIENCE_S:
+                # no flock on this file system: a fresh empty file is someone writing their JSON right now
+                self._close()
+                time.sleep(0.05)
+                continue
+            _write_json(fd, _me())
             self.held = True
             return
-        raise SaezarrError(f"{self.store}: could not take the lock {self.path}; use --force-unlock")
+        raise SaezarrError(f"{self.store}: could not take the lock {self.path}; use --force-unlock", exit_code=1)
+
+    def _held_error(self, holder: dict | None) -> SaezarrError:
+        holder = holder or {}
+        return SaezarrError(
+            f"{self.store}: another build is writing this store (pid {holder.get('pid')} on "
+            f"{holder.get('host')}, started {holder.get('started')}); wait for it, or if it is "
+            "gone use --force-unlock"
+        )
+
+    def _read_patiently(self) -> dict | None:
+        deadline = time.monotonic() + _READ_PATIENCE_S
+        while True:
+            holder = self.holder()
+            if holder is not None or time.monotonic() > deadline:
+                return holder
+            time.sleep(0.02)
 
     def holder(self) -> dict | None:
-        """Who holds the lock, as written in the lock file (None if unreadable)."""
+        """Who holds the lock, as written in the lock file (None if absent or unreadable)."""
         try:
-            return json.loads(self.path.read_text())
+            holder = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return None
+        return holder if isinstance(holder, dict) else None
 
     def release(self) -> None:
-        """Drop the lock if this process holds it."""
+        """Drop the lock if this process holds it (unlink first, so a waiting opener sees a new file)."""
         if self.held:
-            self.path.unlink(missing_ok=True)
+            try:
+                self.path.unlink(missing_ok=True)
+            except OSError:
+                pass
+            self._close()
             self.held = False
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def __enter__(self) -> StoreLock:
         return self
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _try_flock(fd: int) -> bool | None:
+    """True if this process now holds the flock, False if another does, None if the file system has none."""
+    if fcntl is None:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return False
+        return None  # ENOLCK, EOPNOTSUPP...: some network file systems
+    return True
+
+
+def _is_same_file(fd: int, path: Path) -> bool:
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
+def _read_json(fd: int) -> dict | None:
+    data = b""
+    while chunk := os.pread(fd, 1 << 16, len(data)):
+        data += chunk
+    try:
+        holder = json.loads(data)
+    except ValueError:
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def _write_json(fd: int, holder: dict) -> None:
+    data = json.dumps(holder).encode()
+    os.ftruncate(fd, 0)
+    written = 0
+    while written < len(data):
+        written += os.pwrite(fd, data[written:], written)
+
+
+def _size(fd: int) -> int:
+    return os.fstat(fd).st_size
+
+
+def _age(fd: int) -> float:
+    return time.time() - os.fstat(fd).st_mtime
 
 
 def _me() -> dict:
@@ -71,23 +184,45 @@ def _me() -> dict:
     }
 
 
-def _start_ticks(pid: int) -> str | None:
-    """The process start time in clock ticks since boot, which tells a reused pid apart (Linux only)."""
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (Linux only)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
+    return stat.rsplit(")", 1)[1].split()
+
+
+def _start_ticks(pid: int) -> str | None:
+    """The process start time in clock ticks since boot, which tells a reused pid apart (Linux only)."""
+    fields = _proc_stat(pid)
+    return fields[19] if fields else None
+
+
+def process_alive(pid: int) -> bool:
+    """True if a process with this pid runs on this host (a zombie counts as dead)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, owned by someone else
+    except OverflowError:
+        return False
+    fields = _proc_stat(pid)
+    return not (fields and fields[0] in ("Z", "X"))
 
 
 def _is_stale(holder: dict) -> bool:
     if holder.get("host") != socket.gethostname():
         return False  # can't tell from here
     try:
-        os.kill(int(holder["pid"]), 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, KeyError, ValueError, TypeError):
+        pid = int(holder["pid"])
+    except (KeyError, ValueError, TypeError):
         return False
-    recorded = holder.get("boot_ticks")
-    return recorded is not None and recorded != _start_ticks(int(holder["pid"]))
+    if not process_alive(pid):
+        return True
+    recorded, fields = holder.get("boot_ticks"), _proc_stat(pid)
+    return recorded is not None and fields is not None and recorded != fields[19]

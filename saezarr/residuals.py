@@ -29,7 +29,11 @@ def resolve_model(name: str, revision: str | None = None) -> ModelInfo:
     from transformers import AutoConfig
 
     source = resolve(name, "config.json", "--model", revision)
-    config = AutoConfig.from_pretrained(_load_name(source), revision=_load_revision(source))
+    try:
+        config = AutoConfig.from_pretrained(_load_name(source), revision=_load_revision(source))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        text = " ".join(str(exc).split())
+        raise SaezarrError(f"--model {name}: cannot read its config.json as a model config ({type(exc).__name__}: {text[:200]})") from None
     config = getattr(config, "text_config", config)
     return ModelInfo(
         source=source,
@@ -37,6 +41,20 @@ def resolve_model(name: str, revision: str | None = None) -> ModelInfo:
         hidden_size=int(config.hidden_size),
         max_tokens=int(getattr(config, "max_position_embeddings", 0) or 0) or None,
     )
+
+
+def check_weights(info: ModelInfo) -> None:
+    """Refuse a local model whose safetensors files are damaged, before anything is written."""
+    if not info.source.is_local:
+        return  # hub downloads are checked by huggingface_hub
+    from safetensors import safe_open
+
+    for path in sorted(info.source.local_dir.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except Exception as exc:  # safetensors raises its own error types
+            raise SaezarrError(f"--model {info.source.name}: {path.name} is damaged ({exc}); download it again") from None
 
 
 def load_tokenizer(info: ModelInfo):

@@ -69,7 +69,14 @@ def _npz_shapes(path: Path, config: SAEConfig) -> dict[str, tuple[int, ...]]:
                 with archive.open(f"{key}.npy") as member:
                     major, _ = np.lib.format.read_magic(member)
                     read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-                    shape, _, _ = read_header(member)
+                    shape, _, dtype = read_header(member)
+                    expected = member.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                size = archive.getinfo(f"{key}.npy").file_size
+                if size != expected:
+                    raise SaezarrError(
+                        f"{path}: config {config.name}: {PARAMS_FILE} is damaged ({key} has {size} bytes, "
+                        f"its header says {expected}); download it again"
+                    )
                 shapes[key] = tuple(shape)
     except (zipfile.BadZipFile, ValueError, OSError) as exc:
         raise SaezarrError(f"{path}: config {config.name}: not a readable {PARAMS_FILE} ({exc})") from None

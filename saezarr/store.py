@@ -19,12 +19,13 @@ from zarr.codecs import ZstdCodec
 
 from saezarr.configs import SAEConfig
 from saezarr.errors import SaezarrError
-from saezarr.locking import StoreLock
+from saezarr.locking import StoreLock, process_alive
 
 ACTIVATIONS = "activations"
 STATE_GROUP = "_saezarr"
 DEFAULT_CHUNK_FRAGMENTS = 512
 DEFAULT_FEATURE_CHUNK = 2048
+STAGING_SUFFIX = ".creating"
 ZSTD_LEVEL = 1  # on SAE latents level 1 is both smaller and faster than 3 (USAGE.md)
 # fields a resumed build must share with the build that started the store
 RESUME_FIELDS = ("input_sha256", "configs", "model", "model_revision", "sae_repo", "sae_revision", "model_dtype", "fragments")
@@ -83,10 +84,20 @@ class Store:
     def write_chunk(self, config_index: int, chunk: int, latents: np.ndarray) -> None:
         """Write one unit's latents, then mark it complete."""
         start, stop = self.chunk_bounds(chunk)
+        # an unmarked unit may have a torn shard from a crash, which zarr would read back to merge into
+        self._shard_file(config_index, chunk).unlink(missing_ok=True)
         self.array[config_index, start:stop, :] = latents
+        _fsync(self._shard_file(config_index, chunk))  # durable before marked, even across a power cut
         mark = self._mark(config_index, chunk)
         mark.parent.mkdir(parents=True, exist_ok=True)
         mark.touch()
+
+    def discard_partial_writes(self) -> int:
+        """Delete the temporary files of writes that a killed build left; return how many."""
+        leftovers = list((self.path / ACTIVATIONS).rglob("*.partial"))
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+        return len(leftovers)
 
     def lock(self) -> StoreLock:
         """The store's writer lock (not yet acquired)."""
@@ -95,6 +106,14 @@ class Store:
     def bytes_on_disk(self) -> int:
         """Total size of the store's files."""
         return directory_bytes(self.path)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def directory_bytes(path: Path) -> int:
@@ -155,7 +174,8 @@ def create_store(
     """Create the store with its coordinates and an unwritten activations array, atomically by rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".creating", dir=path.parent))
+    remove_stale_staging(path)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=STAGING_SUFFIX, dir=path.parent))
     try:
         _write_layout(staging, fragments, configs, width, attrs, chunk_fragments)
         if replace:
@@ -171,6 +191,14 @@ def create_store(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return Store(path, mode="r+")
+
+
+def remove_stale_staging(path: Path) -> None:
+    """Delete half-created stores (`.NAME.PID.*.creating`) whose creating process is gone."""
+    for staging in Path(path).parent.glob(f".{Path(path).name}.*{STAGING_SUFFIX}"):
+        pid = staging.name[len(Path(path).name) + 2 :].split(".")[0]
+        if not (pid.isdigit() and process_alive(int(pid))):
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _write_layout(path: Path, fragments: pd.DataFrame, configs, width, attrs, chunk_fragments) -> None:
