@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from saezarr.analysis import human_bytes, open_existing
 from saezarr.errors import SaezarrError
 from saezarr.locking import process_alive
+from saezarr.npyzip import read_members
 from saezarr.store import Store
 
 # npz key -> the store's coordinate on the fragment dimension
@@ -174,12 +175,15 @@ def is_complete_npz(path: Path, n_fragments: int, width: int) -> bool:
     """True if path is a readable `.npz` with exactly the export's keys, dtypes and shapes (headers only)."""
     expected = _expected_headers(n_fragments, width)
     try:
-        with zipfile.ZipFile(path) as archive:
-            if sorted(archive.namelist()) != sorted(f"{key}.npy" for key in expected):
-                return False
-            return all(_header_matches(archive, key, kind, shape) for key, (kind, shape) in expected.items())
+        members = read_members(path)
     except (OSError, zipfile.BadZipFile, ValueError, EOFError):
         return False
+    if sorted(members) != sorted(expected):
+        return False
+    return all(
+        members[key].shape == shape and members[key].dtype.kind == kind and members[key].complete
+        for key, (kind, shape) in expected.items()
+    )
 
 
 def _expected_headers(n: int, width: int) -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -188,14 +192,6 @@ def _expected_headers(n: int, width: int) -> dict[str, tuple[str, tuple[int, ...
     headers.update({key: (kinds.get(key, "i"), (n,)) for key in FRAGMENT_KEYS})
     headers.update({"layer": ("i", ()), "average_l0": ("f", ()), "num_features": ("i", ())})
     return headers
-
-
-def _header_matches(archive: zipfile.ZipFile, key: str, kind: str, shape: tuple[int, ...]) -> bool:
-    with archive.open(f"{key}.npy") as member:
-        version = np.lib.format.read_magic(member)
-        read_header = np.lib.format.read_array_header_1_0 if version[0] == 1 else np.lib.format.read_array_header_2_0
-        stored_shape, _, dtype = read_header(member)
-    return tuple(stored_shape) == shape and dtype.kind == kind
 
 
 def is_up_to_date(target: ConfigTarget, store: Store) -> bool:

@@ -13,6 +13,7 @@ import torch
 from saezarr.configs import SAEConfig
 from saezarr.errors import SaezarrError
 from saezarr.hub import Source, download, resolve
+from saezarr.npyzip import load_member, read_members
 
 PARAMS_FILE = "params.npz"
 ENCODER_KEYS = ("W_enc", "b_enc", "threshold")
@@ -60,26 +61,18 @@ def locate_sae(source: Source, config: SAEConfig, d_model: int) -> SAEFile:
 
 def _npz_shapes(path: Path, config: SAEConfig) -> dict[str, tuple[int, ...]]:
     try:
-        with zipfile.ZipFile(path) as archive:
-            names = set(archive.namelist())
-            shapes = {}
-            for key in ENCODER_KEYS:
-                if f"{key}.npy" not in names:
-                    raise SaezarrError(f"{path}: config {config.name}: {PARAMS_FILE} has no {key!r} array")
-                with archive.open(f"{key}.npy") as member:
-                    major, _ = np.lib.format.read_magic(member)
-                    read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-                    shape, _, dtype = read_header(member)
-                    expected = member.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-                size = archive.getinfo(f"{key}.npy").file_size
-                if size != expected:
-                    raise SaezarrError(
-                        f"{path}: config {config.name}: {PARAMS_FILE} is damaged ({key} has {size} bytes, "
-                        f"its header says {expected}); download it again"
-                    )
-                shapes[key] = tuple(shape)
-    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        members = read_members(path)
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
         raise SaezarrError(f"{path}: config {config.name}: not a readable {PARAMS_FILE} ({exc})") from None
+    for key in ENCODER_KEYS:
+        if key not in members:
+            raise SaezarrError(f"{path}: config {config.name}: {PARAMS_FILE} has no {key!r} array")
+        if not members[key].complete:
+            raise SaezarrError(
+                f"{path}: config {config.name}: {PARAMS_FILE} is damaged ({key} has {members[key].stored_bytes} "
+                f"bytes, its header says {members[key].expected_bytes}); download it again"
+            )
+    shapes = {key: members[key].shape for key in ENCODER_KEYS}
     if len(shapes["W_enc"]) != 2:
         raise SaezarrError(f"{path}: config {config.name}: W_enc must be 2-D, got shape {shapes['W_enc']}")
     return shapes
@@ -94,9 +87,10 @@ class JumpReLUEncoder:
     @classmethod
     def load(cls, sae: SAEFile, device: str | torch.device) -> JumpReLUEncoder:
         """Read W_enc, b_enc and threshold (not the decoder) from params.npz onto a device."""
-        with np.load(sae.path) as params:
-            tensors = [torch.from_numpy(np.ascontiguousarray(params[k], dtype=np.float32)) for k in ENCODER_KEYS]
-        return cls(*(t.to(device) for t in tensors))
+        members = read_members(sae.path)
+        # Gemma Scope's params.npz is stored uncompressed: W_enc maps straight from the page cache
+        arrays = [np.ascontiguousarray(load_member(sae.path, members[key]), dtype=np.float32) for key in ENCODER_KEYS]
+        return cls(*(torch.from_numpy(array).to(device) for array in arrays))
 
     @property
     def width(self) -> int:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +11,6 @@ import pytest
 from saezarr.configs import SAEConfig
 from saezarr.synthetic import DEMO_CSV, demo_configs, write_config_file, write_model, write_saes
 
-REPO = Path(__file__).resolve().parent.parent
 TINY_LAYERS = 26
 TINY_SAE_LAYERS = (0, 12, 25)
 TINY_L0S = (6, 20)
@@ -55,18 +51,3 @@ def demo_config(tmp_path_factory) -> Path:
     from saezarr.synthetic import ensure_demo
 
     return ensure_demo(tmp_path_factory.mktemp("demo-cache"))
-
-
-def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run `python -m saezarr ARGS` in a subprocess and capture its output."""
-    full_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "saezarr", *map(str, args)],
-        capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout,
-    )
-
-
-def write_csv(path: Path, text: str, encoding: str = "utf-8") -> Path:
-    """Write a CSV file's exact text."""
-    path.write_bytes(text.encode(encoding))
-    return path

@@ -16,7 +16,7 @@ import pytest
 import torch
 import zarr
 
-from conftest import run_cli
+from clitools import run_cli
 from saezarr import cli
 from saezarr.errors import SaezarrError
 from saezarr.export import NPZ_KEYS, export_npz, npz_name, parallel_jobs

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from clitools import run_cli
 from saezarr import cli
 from saezarr.analysis import human_bytes
 from saezarr.inputs import file_sha256

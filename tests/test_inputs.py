@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_cli, write_csv
+from clitools import run_cli, write_csv
 from saezarr.errors import SaezarrError
 from saezarr.inputs import read_labeled_csv
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import zarr
 
-from conftest import run_cli
+from clitools import run_cli
 from saezarr.build import BuildOptions, build
 from saezarr.errors import SaezarrError
 

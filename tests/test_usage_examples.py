@@ -12,7 +12,7 @@ import xarray as xr
 import zarr
 
 import saezarr
-from conftest import REPO, run_cli
+from clitools import REPO, run_cli
 from saezarr.errors import SaezarrError
 
 DEMO_STORE = "saezarr-demo.zarr"
