@@ -21,7 +21,7 @@ from saezarr.errors import SaezarrError
 from saezarr.fragments import Fragments, make_fragments
 from saezarr.inputs import read_labeled_csv
 from saezarr.locking import StoreLock
-from saezarr.residuals import ResidualReader, check_weights, load_model, load_tokenizer, resolve_model
+from saezarr.residuals import ModelInfo, ResidualReader, check_weights, load_model, load_tokenizer, resolve_model
 from saezarr.sae import JumpReLUEncoder, SAEFile, locate_sae, plan_passes, resolve_sae_repo
 from saezarr.store import DEFAULT_CHUNK_FRAGMENTS, Store, check_output_path, check_resume, create_store, read_saezarr_attrs, remove_stale_staging
 
@@ -85,11 +85,14 @@ class BuildSummary:
 
 @dataclass
 class _Plan:
+    """Everything validated before the output is touched."""
+
     fragments: Fragments
     configs: tuple[SAEConfig, ...]
     saes: list[SAEFile]
     attrs: dict
-    model_info: object = field(repr=False, default=None)
+    model_info: ModelInfo = field(repr=False)
+    device: str
 
 
 def build(options: BuildOptions) -> BuildSummary:
@@ -129,7 +132,21 @@ def _ignore_further_interrupts() -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def resolve_device(device: str | None) -> str:
+    """The torch device to run on: as asked, else CUDA when available; refuse one this machine lacks."""
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError):
+        raise SaezarrError(f"--device {device}: not a torch device (use cpu or cuda)") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise SaezarrError(f"--device {device}: CUDA is not available here (torch {torch.__version__}); use --device cpu")
+    return device
+
+
 def _plan(options: BuildOptions) -> _Plan:
+    device = resolve_device(options.device)
     data = read_labeled_csv(options.input)
     config_file = load_config_file(options.config_file)
     configs = select_configs(config_file.configs, options.layers, options.configs)
@@ -162,7 +179,7 @@ def _plan(options: BuildOptions) -> _Plan:
         "configs": [c.name for c in configs],
         "batch_size": options.batch_size or DEFAULT_BATCH_SIZE,
     }
-    return _Plan(fragments=fragments, configs=configs, saes=saes, attrs=attrs, model_info=info)
+    return _Plan(fragments=fragments, configs=configs, saes=saes, attrs=attrs, model_info=info, device=device)
 
 
 def _open_or_create(options: BuildOptions, plan: _Plan, exists: bool) -> tuple[Store, StoreLock]:
@@ -191,7 +208,7 @@ class _PassRunner:
     def __init__(self, options: BuildOptions, plan: _Plan, store: Store, summary: BuildSummary):
         self.options, self.plan, self.store, self.summary = options, plan, store, summary
         self.done = store.done_matrix()
-        self.device = options.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = plan.device
         self.model = None
 
     def run(self) -> None:

@@ -15,6 +15,8 @@ DEMO_OUTPUT = Path("saezarr-demo.zarr")
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the process exit code."""
+    # idle OpenMP threads that spin would take the cores from the threads that compress and write
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = _parser()
     args = parser.parse_args(argv)
     try:
@@ -153,18 +155,11 @@ def _add_info(commands) -> None:
 def _run_info(args) -> int:
     import json
 
-    from saezarr.analysis import store_info
+    from saezarr.analysis import format_info, store_info
 
     info = store_info(args.store)
-    print(json.dumps(info, indent=2) if args.json else info_text(info))
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
     return 0
-
-
-def info_text(info: dict) -> str:
-    """The human form of `saezarr info`."""
-    from saezarr.analysis import format_info
-
-    return format_info(info)
 
 
 def _positive_int(text: str) -> int:

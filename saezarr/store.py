@@ -38,7 +38,7 @@ class Store:
         self.path = Path(path)
         self.attrs = read_saezarr_attrs(self.path)
         # every unit is written whole, so zarr need not test chunks for being all fill value
-        self.array = zarr.open_array(self.path / ACTIVATIONS, mode=mode, config={"write_empty_chunks": True})
+        self.array = zarr.open_array(self.path / ACTIVATIONS, mode=mode).with_config({"write_empty_chunks": True})
         self.n_configs, self.n_fragments, self.width = self.array.shape
         self.chunk_fragments = (self.array.shards or self.array.chunks)[1]
         self.n_chunks = -(-self.n_fragments // self.chunk_fragments)
