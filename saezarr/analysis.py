@@ -9,6 +9,7 @@ import xarray as xr
 import zarr
 
 from saezarr.errors import SaezarrError
+from saezarr.units import human_bytes
 from saezarr.store import ACTIVATIONS, Store, read_saezarr_attrs
 
 # coordinates on `config` that are short names, exposed as fixed-width str rather than numpy's StringDType
@@ -114,12 +115,3 @@ def format_info(info: dict) -> str:
         f"{human_bytes(info['dense_float32_bytes'])}" + (f", {ratio:.1f}x compression" if ratio else "")
     )
     return "\n".join(lines)
-
-
-def human_bytes(n: float) -> str:
-    """A byte count in B, KiB, MiB, GiB or TiB."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"

@@ -23,7 +23,16 @@ from saezarr.inputs import read_labeled_csv
 from saezarr.locking import StoreLock
 from saezarr.residuals import ModelInfo, ResidualReader, check_weights, load_model, load_tokenizer, resolve_model
 from saezarr.sae import JumpReLUEncoder, SAEFile, locate_sae, plan_passes, resolve_sae_repo
-from saezarr.store import DEFAULT_CHUNK_FRAGMENTS, Store, check_output_path, check_resume, create_store, read_saezarr_attrs, remove_stale_staging
+from saezarr.store import (
+    DEFAULT_CHUNK_FRAGMENTS,
+    Store,
+    check_output_path,
+    check_resume,
+    create_store,
+    read_saezarr_attrs,
+    remove_stale_staging,
+)
+from saezarr.units import human_bytes
 
 DEFAULT_BATCH_SIZE = 16
 DEFAULT_SAE_MEMORY = 8 * 2**30  # leaves room for Gemma-2-2B in float32 (~10.5 GB) on a 24 GiB host
@@ -77,7 +86,7 @@ class BuildSummary:
         state = "built" if self.complete else "partly built"
         return (
             f"saezarr: {state} {self.store}: {self.n_configs} configs x {self.n_fragments} fragments "
-            f"({self.n_sentences} sentences), {_human_bytes(self.bytes_on_disk)} on disk, {self.elapsed:.1f} s; "
+            f"({self.n_sentences} sentences), {human_bytes(self.bytes_on_disk)} on disk, {self.elapsed:.1f} s; "
             f"model passes {self.model_passes}, SAE loads {self.sae_loads}, "
             f"chunks written {self.units_written}, already done {self.units_skipped} of {self.units_total}"
         )
@@ -324,11 +333,3 @@ def _write_error(error: BaseException, store: Store) -> BaseException:
             exit_code=1,
         )
     return error
-
-
-def _human_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"

@@ -74,7 +74,7 @@ def _add_build(commands) -> None:
 def _run_build(args) -> int:
     from saezarr.build import BuildOptions, build
     from saezarr.configs import parse_layers
-    from saezarr.sae import parse_size
+    from saezarr.units import parse_size
 
     _quiet_libraries()
     if args.demo:

@@ -17,11 +17,12 @@ import numpy as np
 import zarr
 from tqdm.auto import tqdm
 
-from saezarr.analysis import human_bytes, open_existing
+from saezarr.analysis import open_existing
 from saezarr.errors import SaezarrError
 from saezarr.locking import process_alive
 from saezarr.npyzip import read_members
 from saezarr.store import Store
+from saezarr.units import human_bytes
 
 # npz key -> the store's coordinate on the fragment dimension
 FRAGMENT_KEYS = {

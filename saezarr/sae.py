@@ -119,18 +119,3 @@ def plan_passes(saes: Sequence[SAEFile], budget_bytes: int) -> list[list[SAEFile
             passes[-1].append(sae)
             used += sae.encoder_bytes
     return passes
-
-
-def parse_size(text: str) -> int:
-    """Parse a byte size such as `8GiB`, `512MB` or `1000000`."""
-    units = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
-    number = text.strip().lower()
-    digits = number.rstrip("abcdefghijklmnopqrstuvwxyz")
-    unit = number[len(digits):].strip()
-    try:
-        value = float(digits)
-    except ValueError:
-        value = -1
-    if unit not in units or value <= 0:
-        raise SaezarrError(f"--sae-memory: expected a size such as 8GiB or 500MB, got {text!r}")
-    return int(value * units[unit])

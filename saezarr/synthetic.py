@@ -92,7 +92,7 @@ def write_saes(
 ) -> Path:
     """Write one Gemma Scope-layout `params.npz` per config, thresholds calibrated to its average_l0."""
     folder = Path(folder)
-    residuals = _calibration_residuals(Path(model_folder), sorted({c.layer for c in configs}), calibration)
+    residuals = calibration_residuals(Path(model_folder), sorted({c.layer for c in configs}), calibration)
     rng = np.random.default_rng(seed)
     for config in configs:
         x = residuals[config.layer]
@@ -116,7 +116,8 @@ def write_saes(
     return folder
 
 
-def _calibration_residuals(model_folder: Path, layers: list[int], sentences: Sequence[str]) -> dict[int, np.ndarray]:
+def calibration_residuals(model_folder: Path, layers: list[int], sentences: Sequence[str]) -> dict[int, np.ndarray]:
+    """Residuals after each layer at every non-BOS token of the sentences, as float32 [tokens, d_model]."""
     from transformers import AutoModel, AutoTokenizer
 
     from saezarr.residuals import ResidualReader

@@ -36,6 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from saezarr.units import human_bytes
+
 REPO = Path(__file__).resolve().parent.parent
 RESULT_TAG = "BENCH_RESULT "
 ASSET_VERSION = "v2"
@@ -159,30 +161,13 @@ def _write_sae_params(folder: Path, configs, residuals: dict, width: int, seed: 
         del W_enc, pre
 
 
-def _calibration_residuals(model_folder: Path, layers: list[int], sentences: list[str]) -> dict:
-    import numpy as np
-    import torch
-    from transformers import AutoModel, AutoTokenizer
-
-    from saezarr.residuals import ResidualReader
-
-    tokenizer = AutoTokenizer.from_pretrained(model_folder)
-    model = AutoModel.from_pretrained(model_folder, dtype=torch.float32, attn_implementation="eager").eval()
-    ids = [np.asarray(t) for t in tokenizer(list(sentences))["input_ids"]]
-    rows = np.concatenate([np.full(len(t) - 1, i) for i, t in enumerate(ids)])
-    positions = np.concatenate([np.arange(1, len(t)) for t in ids])
-    with ResidualReader(model, layers) as reader:
-        captured = reader.read(ids, rows, positions)
-    return {layer: captured[layer].float().numpy() for layer in layers}
-
-
 def task_gen(spec: dict) -> dict:
     """Generate a workload's model, SAEs, config file and CSVs into spec['folder'] (atomically)."""
     import pandas as pd
     from transformers import AutoTokenizer
 
     from saezarr.configs import SAEConfig
-    from saezarr.synthetic import DEMO_CSV, write_config_file, write_model
+    from saezarr.synthetic import DEMO_CSV, calibration_residuals, write_config_file, write_model
 
     started = time.perf_counter()
     final = Path(spec["folder"])
@@ -218,7 +203,7 @@ def task_gen(spec: dict) -> dict:
         configs = [SAEConfig(layer, l0, f"layer_{layer}/width_16k/average_l0_{l0}")
                    for layer in range(sizes["w2_layers"]) for l0 in GEMMA_SCOPE_L0[layer][: sizes["w2_l0s_per_layer"]]]
         calibration = chosen[:128]
-    residuals = _calibration_residuals(folder / "model", sorted({c.layer for c in configs}), calibration)
+    residuals = calibration_residuals(folder / "model", sorted({c.layer for c in configs}), calibration)
     _write_sae_params(folder / "saes", configs, residuals, SAE_WIDTH, seed=spec["workload"])
     # the config file names the final folder
     write_config_file(folder / "config.json", str(final / "model"), str(final / "saes"), configs)
@@ -801,14 +786,6 @@ def fmt_s(x: float) -> str:
     return f"{x:7.2f} s"
 
 
-def fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
-
-
 def _runs(builds: list[dict], repeat: int) -> str:
     return "   (runs: " + ", ".join(f"{b['wall']:.2f}" for b in builds) + ")" if repeat > 1 else ""
 
@@ -872,8 +849,8 @@ def workload_1(root: Path, scratch: Path, mode: str, repeat: int, log) -> tuple[
         f"  baseline/build         {base_over_b:7.2f}     target >= {TARGETS['baseline_over_build']}   {verdict(base_over_b >= TARGETS['baseline_over_build'])}",
         *counters_lines(build),
         cpu_line(build),
-        f"  store {fmt_bytes(build['bytes_on_disk'])} vs seed-style npz {fmt_bytes(base['npz_bytes'])}; "
-        f"mean L0 {floor['nnz'] / build['n_fragments'] / build['n_configs']:.1f}; peak RSS build {fmt_bytes(build['peak_rss'])}",
+        f"  store {human_bytes(build['bytes_on_disk'])} vs seed-style npz {human_bytes(base['npz_bytes'])}; "
+        f"mean L0 {floor['nnz'] / build['n_fragments'] / build['n_configs']:.1f}; peak RSS build {human_bytes(build['peak_rss'])}",
     ]
     shutil.rmtree(store, ignore_errors=True)
     return lines, {"build": build, "floor": floor, "baseline": base}
@@ -920,10 +897,10 @@ def workload_2_3(root: Path, scratch: Path, mode: str, selected: set[int], repea
         lines += [
             f"Workload 2 - write-bound: tiny Gemma-2 ({meta.get('w2_layers', SIZES[mode]['w2_layers'])} layers, hidden "
             f"{W2_MODEL['hidden_size']}); {build['n_configs']} SAEs x {SAE_WIDTH}; {build['n_fragments']} fragments "
-            f"({build['n_sentences']} sentences); {fmt_bytes(dense)} dense; inner chunk {codec['inner_chunk']}, "
+            f"({build['n_sentences']} sentences); {human_bytes(dense)} dense; inner chunk {codec['inner_chunk']}, "
             f"shard (1, {build['chunk_fragments']}, {SAE_WIDTH}); {codec['cores']} cores",
             f"  {n_chunks} fragment chunks per config, the last holding {tail} of {build['chunk_fragments']} fragments: zarr "
-            f"encodes {fmt_bytes(encoded)} (edge shards padded with fill) for {fmt_bytes(dense)} of data",
+            f"encodes {human_bytes(encoded)} (edge shards padded with fill) for {human_bytes(dense)} of data",
             f"  saezarr build          {fmt_s(build['wall'])}   {build_tp:8.0f} MB/s dense"
             + _runs(builds, len(builds)),
             f"  codec floor            {fmt_s(codec['codec_time'])}   {codec_tp:8.0f} MB/s dense   (the store's codec, numcodecs "
@@ -951,10 +928,10 @@ def workload_2_3(root: Path, scratch: Path, mode: str, selected: set[int], repea
             f"Workload 3 - storage (workload 2's data: {codec['nnz']} nonzeros, mean L0 "
             f"{codec['nnz'] / build['n_fragments'] / build['n_configs']:.1f})",
             f"  bytes per nonzero      {per_nnz:7.2f}     target <= {TARGETS['bytes_per_nnz']}   {verdict(per_nnz <= TARGETS['bytes_per_nnz'])}"
-            f"   (whole store {fmt_bytes(build['bytes_on_disk'])}; activations alone {act_per_nnz:.2f} B/nnz;"
+            f"   (whole store {human_bytes(build['bytes_on_disk'])}; activations alone {act_per_nnz:.2f} B/nnz;"
             f" bare zstd chunks {codec['codec_bytes'] / codec['nnz']:.2f} B/nnz)",
             f"  store/seed npz         {build['bytes_on_disk'] / codec['npz_bytes']:7.2f}     target <= 1   "
-            f"{verdict(build['bytes_on_disk'] <= codec['npz_bytes'])}   (npz total {fmt_bytes(codec['npz_bytes'])})",
+            f"{verdict(build['bytes_on_disk'] <= codec['npz_bytes'])}   (npz total {human_bytes(codec['npz_bytes'])})",
             f"  np.savez_compressed    {fmt_s(codec['savez_time'])}   {savez_tp:8.0f} MB/s dense (one config per file, 1 core)",
             f"  write path/savez       {write_tp / savez_tp:7.2f}     target >= {TARGETS['write_over_savez']}   "
             f"{verdict(write_tp / savez_tp >= TARGETS['write_over_savez'])}   (saezarr's writer on the same data)",
@@ -967,11 +944,11 @@ def workload_2_3(root: Path, scratch: Path, mode: str, selected: set[int], repea
         f"Peak RSS of fresh-process builds (workload 2 shapes; highest of {n_builds} and {rss_runs} run(s))",
         "  peak RSS by run: N " + ", ".join(f"{b['peak_rss'] / 2**20:.0f}" for b in builds) + " MiB; 4N "
         + ", ".join(f"{b['peak_rss'] / 2**20:.0f}" for b in bigs) + " MiB",
-        f"  N  = {small['n_sentences']:5d} sentences ({small['n_fragments']} fragments)   peak RSS {fmt_bytes(small['peak_rss'])}"
-        f"   (before build {fmt_bytes(small['rss_before'])}; {small['wall']:.1f} s; highest per quarter of the build "
+        f"  N  = {small['n_sentences']:5d} sentences ({small['n_fragments']} fragments)   peak RSS {human_bytes(small['peak_rss'])}"
+        f"   (before build {human_bytes(small['rss_before'])}; {small['wall']:.1f} s; highest per quarter of the build "
         f"{', '.join(f'{q / 2**20:.0f}' for q in small['rss_quarters'])} MiB)",
-        f"  4N = {big['n_sentences']:5d} sentences ({big['n_fragments']} fragments)   peak RSS {fmt_bytes(big['peak_rss'])}"
-        f"   (before build {fmt_bytes(big['rss_before'])}; {big['wall']:.1f} s; highest per quarter of the build "
+        f"  4N = {big['n_sentences']:5d} sentences ({big['n_fragments']} fragments)   peak RSS {human_bytes(big['peak_rss'])}"
+        f"   (before build {human_bytes(big['rss_before'])}; {big['wall']:.1f} s; highest per quarter of the build "
         f"{', '.join(f'{q / 2**20:.0f}' for q in big['rss_quarters'])} MiB)",
         f"  RSS 4N/N               {rss_ratio:7.2f}     target <= {TARGETS['rss_ratio']}   {verdict(rss_ratio <= TARGETS['rss_ratio'])}",
         *[line.replace("  model passes", "  4N model passes").replace("  SAE loads", "  4N SAE loads") for line in counters_lines(big)],

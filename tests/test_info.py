@@ -9,7 +9,7 @@ import pytest
 
 from clitools import run_cli
 from saezarr import cli
-from saezarr.analysis import human_bytes
+from saezarr.units import human_bytes
 from saezarr.inputs import file_sha256
 from saezarr.store import Store, directory_bytes
 from saezarr.synthetic import DEMO_CSV

@@ -1,0 +1,29 @@
+"""Byte sizes: parsing them from options and writing them for people."""
+
+from __future__ import annotations
+
+from saezarr.errors import SaezarrError
+
+
+def human_bytes(n: float) -> str:
+    """A byte count in B, KiB, MiB, GiB or TiB."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def parse_size(text: str) -> int:
+    """Parse a byte size such as `8GiB`, `512MB` or `1000000`."""
+    units = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+    number = text.strip().lower()
+    digits = number.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = number[len(digits):].strip()
+    try:
+        value = float(digits)
+    except ValueError:
+        value = -1
+    if unit not in units or value <= 0:
+        raise SaezarrError(f"--sae-memory: expected a size such as 8GiB or 500MB, got {text!r}")
+    return int(value * units[unit])
