@@ -31,6 +31,7 @@ from saezarr.store import (
     create_store,
     read_saezarr_attrs,
     remove_stale_staging,
+    write_tuning,
 )
 from saezarr.units import human_bytes
 
@@ -291,22 +292,19 @@ class ChunkWriter:
 
     def __init__(self, store: Store, workers: int | None = None):
         self.store = store
-        workers = workers or os.cpu_count() or 1
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="saezarr-write")
-        self._slots = threading.BoundedSemaphore(2 * workers)
-        self._futures: set[Future] = set()
+        self.workers = workers or os.cpu_count() or 1
+        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="saezarr-write")
+        self._slots = threading.BoundedSemaphore(2 * self.workers)
         self._error: BaseException | None = None
+        self._tuning = None
 
     def submit(self, config_index: int, chunk: int, latents: np.ndarray) -> None:
         """Queue one unit; blocks while the queue is full, and raises a worker's error."""
         self._raise_if_failed()
         self._slots.acquire()
-        future = self._pool.submit(self.store.write_chunk, config_index, chunk, latents)
-        self._futures.add(future)
-        future.add_done_callback(self._finished)
+        self._pool.submit(self.store.write_chunk, config_index, chunk, latents).add_done_callback(self._finished)
 
     def _finished(self, future: Future) -> None:
-        self._futures.discard(future)
         self._slots.release()
         if future.exception() is not None and self._error is None:
             self._error = future.exception()
@@ -316,10 +314,15 @@ class ChunkWriter:
             raise _write_error(self._error, self.store)
 
     def __enter__(self) -> ChunkWriter:
+        self._tuning = write_tuning(self.workers)
+        self._tuning.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._pool.shutdown(wait=True)
+        try:
+            self._pool.shutdown(wait=True)
+        finally:
+            self._tuning.__exit__(None, None, None)
         if exc[0] is None:
             self._raise_if_failed()
 

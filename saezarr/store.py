@@ -116,6 +116,15 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def write_tuning(workers: int):
+    """Zarr settings for whole-shard writes from `workers` threads, as a context manager.
+
+    Zarr's event loop otherwise keeps 10 chunk encodings in flight per call; with one shard per call and as
+    many calls as cores, fewer in flight wins (1.9 -> 2.4 GB/s on 2 cores, scripts/BENCHMARKS.md).
+    """
+    return zarr.config.set({"async.concurrency": workers})
+
+
 def directory_bytes(path: Path) -> int:
     """Total size of the files below a folder."""
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
