@@ -55,15 +55,15 @@ def make_fragments(data: LabeledSentences, tokenizer, granularity: str = "token"
             raise SaezarrError(f"{data.path}: data row {row + 1}: the sentence has no tokens")
         token_ids.append(np.asarray(ids, dtype=np.int64))
         ends = [end for _, end in offsets]
-        for position in select_positions(sentence, ends, granularity):
-            text = sentence[: ends[position]]
-            columns["fragment_text"].append(text)
-            columns["original_sentence"].append(sentence)
-            columns["concept_strength_label"].append(int(data.labels[row]))
-            columns["sentence_index"].append(row)
-            columns["token_position"].append(position)
-            columns["is_final_token"].append(position == len(ids) - 1)
-            columns["fragment_length"].append(len(text.split()))
+        positions = select_positions(sentence, ends, granularity)
+        texts = [sentence[: ends[position]] for position in positions]
+        columns["fragment_text"] += texts
+        columns["original_sentence"] += [sentence] * len(positions)
+        columns["concept_strength_label"] += [int(data.labels[row])] * len(positions)
+        columns["sentence_index"] += [row] * len(positions)
+        columns["token_position"] += positions
+        columns["is_final_token"] += [position == len(ids) - 1 for position in positions]
+        columns["fragment_length"] += [len(text.split()) for text in texts]
     table = pd.DataFrame(columns)
     for field in ("concept_strength_label", "sentence_index", "token_position", "fragment_length"):
         table[field] = table[field].astype(np.int64)
