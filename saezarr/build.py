@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -29,8 +30,9 @@ from saezarr.store import (
     check_output_path,
     check_resume,
     create_store,
-    read_saezarr_attrs,
+    open_for_resume,
     remove_stale_staging,
+    store_lock,
     write_tuning,
 )
 from saezarr.units import human_bytes
@@ -114,19 +116,18 @@ def build(options: BuildOptions) -> BuildSummary:
         raise SaezarrError(f"--output {options.output}: a store exists there; use --resume to continue it or --overwrite to replace it")
     if exists and options.resume:
         check_resume(options.output, plan.attrs)
-        # a chunk's batches decide its last bits: keep the store's batch size unless told otherwise
-        plan.attrs["batch_size"] = options.batch_size or read_saezarr_attrs(options.output).get("batch_size", DEFAULT_BATCH_SIZE)
+        plan.attrs["batch_size"] = _resumed_batch_size(options)
     store, lock = _open_or_create(options, plan, exists)
     summary = BuildSummary(options.output, len(plan.configs), len(plan.fragments), plan.attrs["n_sentences"])
     with lock:
         try:
             _PassRunner(options, plan, store, summary).run()
         except KeyboardInterrupt:
-            _ignore_further_interrupts()
-            done = store.done_matrix()
+            with _interrupts_ignored():
+                done = store.done_matrix()
             raise SaezarrError(
                 f"interrupted: {int(done.sum())} of {done.size} chunks of {options.output} are done and kept; "
-                "rerun the same command with --resume to continue",
+                "rerun the same command with --resume (in place of --overwrite, if given) to continue",
                 exit_code=130,
             ) from None
     done = store.done_matrix()
@@ -136,10 +137,33 @@ def build(options: BuildOptions) -> BuildSummary:
     return summary
 
 
-def _ignore_further_interrupts() -> None:
-    """A second Ctrl-C while saying how to resume would only lose the message."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _resumed_batch_size(options: BuildOptions) -> int:
+    """The store's batch size: a chunk's batches decide its last bits, so a resume may not change them."""
+    store = open_for_resume(options.output)
+    stored = store.attrs.get("batch_size", DEFAULT_BATCH_SIZE)
+    for option, given, kept in (
+        ("--batch-size", options.batch_size, stored),
+        ("--chunk-fragments", options.chunk_fragments, store.chunk_fragments),
+    ):
+        if given is not None and given != kept:
+            raise SaezarrError(
+                f"{option} {given}: the store at {options.output} was started with {kept}; a resumed store must "
+                f"keep it to stay bitwise equal, so leave {option} out (or use --overwrite)"
+            )
+    return stored
+
+
+@contextlib.contextmanager
+def _interrupts_ignored():
+    """A second Ctrl-C while counting what is done would only lose the message saying how to resume."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def resolve_device(device: str | None) -> str:
@@ -147,11 +171,15 @@ def resolve_device(device: str | None) -> str:
     if device is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        kind = torch.device(device).type
+        parsed = torch.device(device)
     except (RuntimeError, ValueError):
-        raise SaezarrError(f"--device {device}: not a torch device (use cpu or cuda)") from None
-    if kind == "cuda" and not torch.cuda.is_available():
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise SaezarrError(f"--device {device}: not a device saezarr runs on (use cpu or cuda)")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
         raise SaezarrError(f"--device {device}: CUDA is not available here (torch {torch.__version__}); use --device cpu")
+    if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
+        raise SaezarrError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 
@@ -193,20 +221,27 @@ def _plan(options: BuildOptions) -> _Plan:
 
 
 def _open_or_create(options: BuildOptions, plan: _Plan, exists: bool) -> tuple[Store, StoreLock]:
-    """Open the store to resume, or create it (replacing an old one only when nobody writes it)."""
-    if exists:
-        old = Store(options.output, mode="r+")
-        lock = old.lock()
+    """Open the store to resume, or create it; an old store is replaced only while its lock is held."""
+    if not exists:
+        store = create_store(options.output, plan.fragments.table, plan.configs, plan.saes[0].width, plan.attrs,
+                             options.chunk_fragments or DEFAULT_CHUNK_FRAGMENTS)
+    elif options.resume:
+        lock = store_lock(options.output)
         lock.acquire(force=options.force_unlock)
-        if options.resume:
-            old.discard_partial_writes()
-            remove_stale_staging(options.output)
-            return old, lock
-        lock.release()
-    store = create_store(
-        options.output, plan.fragments.table, plan.configs, plan.saes[0].width, plan.attrs,
-        options.chunk_fragments or DEFAULT_CHUNK_FRAGMENTS, replace=exists,
-    )
+        try:
+            store = open_for_resume(options.output)
+        except SaezarrError:
+            lock.release()
+            raise
+        store.discard_partial_writes()
+        remove_stale_staging(options.output)
+        return store, lock
+    else:
+        # held through the swap, so no --resume can take the old store and then write into the new one
+        with store_lock(options.output) as old_lock:
+            old_lock.acquire(force=options.force_unlock)
+            store = create_store(options.output, plan.fragments.table, plan.configs, plan.saes[0].width,
+                                 plan.attrs, options.chunk_fragments or DEFAULT_CHUNK_FRAGMENTS, replace=True)
     lock = store.lock()
     lock.acquire()
     return store, lock
@@ -305,9 +340,9 @@ class ChunkWriter:
         self._pool.submit(self.store.write_chunk, config_index, chunk, latents).add_done_callback(self._finished)
 
     def _finished(self, future: Future) -> None:
-        self._slots.release()
         if future.exception() is not None and self._error is None:
-            self._error = future.exception()
+            self._error = future.exception()  # before the slot frees, so no further unit is queued
+        self._slots.release()
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
@@ -332,7 +367,7 @@ def _write_error(error: BaseException, store: Store) -> BaseException:
         where = error.filename or store.path
         return SaezarrError(
             f"{store.path}: writing failed at {where}: {error.strerror or error}; "
-            "fix the cause, then rerun the same command with --resume",
+            "fix the cause, then rerun the same command with --resume (in place of --overwrite, if given)",
             exit_code=1,
         )
     return error

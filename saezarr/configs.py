@@ -107,13 +107,14 @@ def select_configs(
         known = {c.name for c in configs}
         for name in names:
             if name not in known:
-                raise SaezarrError(f"--configs: unknown config {name!r}{_suggest(name, known)}")
+                raise SaezarrError(f"--configs: unknown config {name!r}{suggest(name, known)}")
         chosen = [c for c in chosen if c.name in names]
     if not chosen:
         raise SaezarrError("--layers/--configs: the selection matches no config")
     return tuple(chosen)
 
 
-def _suggest(name: str, known: Iterable[str]) -> str:
+def suggest(name: str, known: Iterable[str]) -> str:
+    """A ' (did you mean ...?)' hint for a misspelled name, or '' if nothing is close."""
     close = difflib.get_close_matches(name, list(known), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""

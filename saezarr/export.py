@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import os
 import secrets
 import tempfile
@@ -18,6 +17,7 @@ import zarr
 from tqdm.auto import tqdm
 
 from saezarr.analysis import open_existing
+from saezarr.configs import suggest
 from saezarr.errors import SaezarrError
 from saezarr.locking import process_alive
 from saezarr.npyzip import read_members
@@ -120,7 +120,7 @@ def select_targets(store: Store, output: Path, names: Sequence[str] | None, laye
         names = [n.strip() for n in names if n.strip()]
         for name in names:
             if name not in store.config_names:
-                raise SaezarrError(f"--configs: the store has no config {name!r}{_suggest(name, store.config_names)}")
+                raise SaezarrError(f"--configs: the store has no config {name!r}{suggest(name, store.config_names) or _listing(store.config_names)}")
         chosen = [t for t in chosen if t.name in names]
     if not chosen:
         raise SaezarrError("--layers/--configs: the selection matches no config of the store")
@@ -137,9 +137,8 @@ def all_targets(store: Store, output: Path) -> list[ConfigTarget]:
     ]
 
 
-def _suggest(name: str, known: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else f" (it has {', '.join(known)})"
+def _listing(known: Sequence[str]) -> str:
+    return f" (it has {', '.join(known)})"
 
 
 def refuse_incomplete(store: Store, targets: Sequence[ConfigTarget]) -> None:

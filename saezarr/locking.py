@@ -107,7 +107,8 @@ class StoreLock:
         """Drop the lock if this process holds it (unlink first, so a waiting opener sees a new file)."""
         if self.held:
             try:
-                self.path.unlink(missing_ok=True)
+                if _is_same_file(self._fd, self.path):  # after --force-unlock elsewhere it is someone else's
+                    self.path.unlink(missing_ok=True)
             except OSError:
                 pass
             self._close()

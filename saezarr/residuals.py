@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -11,7 +12,8 @@ import torch
 from saezarr.errors import SaezarrError
 from saezarr.hub import Source, resolve
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+WEIGHT_FILES = ["*.safetensors", "*.safetensors.index.json", "*.json"]
 
 
 @dataclass(frozen=True)
@@ -44,17 +46,28 @@ def resolve_model(name: str, revision: str | None = None) -> ModelInfo:
 
 
 def check_weights(info: ModelInfo) -> None:
-    """Refuse a local model whose safetensors files are damaged, before anything is written."""
-    if not info.source.is_local:
-        return  # hub downloads are checked by huggingface_hub
+    """Fetch (from the hub) and check the model's safetensors files, before anything is written."""
     from safetensors import safe_open
 
-    for path in sorted(info.source.local_dir.glob("*.safetensors")):
+    folder = info.source.local_dir or _fetch_weights(info.source)
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise SaezarrError(f"--model {info.source.name}: no *.safetensors weights in {folder}")
+    for path in files:
         try:
             with safe_open(str(path), framework="pt"):
                 pass
         except Exception as exc:  # safetensors raises its own error types
             raise SaezarrError(f"--model {info.source.name}: {path.name} is damaged ({exc}); download it again") from None
+
+
+def _fetch_weights(source: Source) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(source.name, revision=source.revision, allow_patterns=WEIGHT_FILES))
+    except Exception as exc:  # the hub raises a zoo of types: offline, missing, gated, network
+        raise SaezarrError(f"--model {source.name}: could not get its weights ({type(exc).__name__}: {exc})") from None
 
 
 def load_tokenizer(info: ModelInfo):
@@ -74,13 +87,17 @@ def load_model(info: ModelInfo, device: str, dtype: str) -> torch.nn.Module:
     """Load the base decoder (no LM head) with eager attention, which keeps Gemma 2's soft-capping."""
     from transformers import AutoModel
 
-    model = AutoModel.from_pretrained(
-        _load_name(info.source),
-        revision=_load_revision(info.source),
-        dtype=DTYPES[dtype],
-        attn_implementation="eager",
-    )
-    return model.to(device).eval()
+    try:
+        model = AutoModel.from_pretrained(
+            _load_name(info.source),
+            revision=_load_revision(info.source),
+            dtype=DTYPES[dtype],
+            attn_implementation="eager",
+        )
+        return model.to(device).eval()
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:  # RuntimeError includes out of memory
+        text = " ".join(str(exc).split())[:300]
+        raise SaezarrError(f"--model {info.source.name}: could not load it ({type(exc).__name__}: {text})", exit_code=1) from None
 
 
 def decoder_layers(model: torch.nn.Module) -> Sequence[torch.nn.Module]:

@@ -92,11 +92,6 @@ class JumpReLUEncoder:
         arrays = [np.ascontiguousarray(load_member(sae.path, members[key]), dtype=np.float32) for key in ENCODER_KEYS]
         return cls(*(torch.from_numpy(array).to(device) for array in arrays))
 
-    @property
-    def width(self) -> int:
-        """Number of SAE features."""
-        return self.W_enc.shape[1]
-
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """JumpReLU latents of residuals x [n, d_model], in float32; gated-off entries are +0.0, not -0.0."""
         pre = torch.addmm(self.b_enc, x.to(torch.float32), self.W_enc)
@@ -105,7 +100,7 @@ class JumpReLUEncoder:
 
 
 def plan_passes(saes: Sequence[SAEFile], budget_bytes: int) -> list[list[SAEFile]]:
-    """Group SAEs into passes that fit the memory budget, keeping a layer's SAEs together where possible."""
+    """Group SAEs, in layer order, into passes whose encoders fit the memory budget (a layer may span two)."""
     by_layer: dict[int, list[SAEFile]] = {}
     for sae in saes:
         by_layer.setdefault(sae.config.layer, []).append(sae)

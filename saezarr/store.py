@@ -92,16 +92,14 @@ class Store:
         mark.parent.mkdir(parents=True, exist_ok=True)
         mark.touch()
 
-    def discard_partial_writes(self) -> int:
-        """Delete the temporary files of writes that a killed build left; return how many."""
-        leftovers = list((self.path / ACTIVATIONS).rglob("*.partial"))
-        for path in leftovers:
+    def discard_partial_writes(self) -> None:
+        """Delete the temporary files of writes that a killed build left."""
+        for path in (self.path / ACTIVATIONS).rglob("*.partial"):
             path.unlink(missing_ok=True)
-        return len(leftovers)
 
     def lock(self) -> StoreLock:
         """The store's writer lock (not yet acquired)."""
-        return StoreLock(self.path / STATE_GROUP / "lock", self.path)
+        return store_lock(self.path)
 
     def bytes_on_disk(self) -> int:
         """Total size of the store's files."""
@@ -188,11 +186,7 @@ def create_store(
     try:
         _write_layout(staging, fragments, configs, width, attrs, chunk_fragments)
         if replace:
-            trash = path.with_name(f".{path.name}.replaced")
-            shutil.rmtree(trash, ignore_errors=True)
-            os.rename(path, trash)
-            os.rename(staging, path)
-            shutil.rmtree(trash, ignore_errors=True)
+            _swap(staging, path)
         else:
             os.rename(staging, path)
     except OSError as exc:
@@ -200,6 +194,35 @@ def create_store(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return Store(path, mode="r+")
+
+
+def _swap(staging: Path, path: Path) -> None:
+    """Put the staged store in place of the old one; if that fails, the old one goes back."""
+    trash = path.with_name(f".{path.name}.replaced")
+    shutil.rmtree(trash, ignore_errors=True)
+    os.rename(path, trash)
+    try:
+        os.rename(staging, path)
+    except OSError:
+        os.rename(trash, path)
+        raise
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def store_lock(path: Path) -> StoreLock:
+    """The writer lock of the store at path (not yet acquired), usable even if the store is damaged."""
+    return StoreLock(Path(path) / STATE_GROUP / "lock", Path(path))
+
+
+def open_for_resume(path: Path) -> Store:
+    """Open an existing store for writing, or say in one line that it is too damaged to resume."""
+    try:
+        return Store(path, mode="r+")
+    except (OSError, ValueError, KeyError, zarr.errors.BaseZarrError) as exc:
+        raise SaezarrError(
+            f"--resume {path}: the store is damaged and cannot be resumed ({type(exc).__name__}: {exc}); "
+            "rebuild it with --overwrite"
+        ) from None
 
 
 def remove_stale_staging(path: Path) -> None:

@@ -14,9 +14,9 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-def parse_size(text: str) -> int:
+def parse_size(text: str, option: str = "size") -> int:
     """Parse a byte size such as `8GiB`, `512MB` or `1000000`."""
-    units = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+    units = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tb": 10**12, "tib": 2**40}
     number = text.strip().lower()
     digits = number.rstrip("abcdefghijklmnopqrstuvwxyz")
     unit = number[len(digits):].strip()
@@ -25,5 +25,5 @@ def parse_size(text: str) -> int:
     except ValueError:
         value = -1
     if unit not in units or value <= 0:
-        raise SaezarrError(f"--sae-memory: expected a size such as 8GiB or 500MB, got {text!r}")
+        raise SaezarrError(f"{option}: expected a size such as 8GiB or 500MB, got {text!r}")
     return int(value * units[unit])

@@ -17,7 +17,8 @@ def _build(tmp_path, demo_config, *extra: str) -> list[str]:
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [
-        (("--device", "tpu9"), "saezarr: error: --device tpu9: not a torch device (use cpu or cuda)"),
+        (("--device", "tpu9"), "saezarr: error: --device tpu9: not a device saezarr runs on (use cpu or cuda)"),
+        (("--device", "meta"), "saezarr: error: --device meta: not a device saezarr runs on (use cpu or cuda)"),
         (("--sae-memory", "lots"), "saezarr: error: --sae-memory: expected a size such as 8GiB or 500MB, got 'lots'"),
         (("--layers", "1"), "saezarr: error: --layers: no config for layer 1 in the config file"),
         (("--configs", "layer_2_l0_25"), "saezarr: error: --configs: unknown config 'layer_2_l0_25' (did you mean 'layer_2_l0_24'?)"),
