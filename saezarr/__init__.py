@@ -1,6 +1,13 @@
 """saezarr: Gemma Scope SAE features of Gemma-2 on labeled sentences, in one resumable Zarr store."""
 
+from __future__ import annotations
+
 from importlib.metadata import PackageNotFoundError, version
+from os import PathLike
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import xarray
 
 try:
     __version__ = version("saezarr")
@@ -8,7 +15,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0+unknown"
 
 
-def open_store(path):
+def open_store(path: str | PathLike) -> xarray.Dataset:
     """Open a saezarr store as a lazy, dask-backed xarray Dataset."""
     from saezarr.analysis import open_store as _open_store
 

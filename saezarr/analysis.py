@@ -9,8 +9,8 @@ import xarray as xr
 import zarr
 
 from saezarr.errors import SaezarrError
-from saezarr.units import human_bytes
 from saezarr.store import ACTIVATIONS, Store, read_saezarr_attrs
+from saezarr.units import human_bytes
 
 # coordinates on `config` that are short names, exposed as fixed-width str rather than numpy's StringDType
 _CONFIG_STRINGS = ("config", "sae_path")
@@ -56,7 +56,7 @@ def store_info(path: str | Path) -> dict:
     done = store.done_matrix()
     group = zarr.open_group(store.path, mode="r")
     layers, l0s = group["layer"][:], group["average_l0"][:]
-    chunk_sizes = np.array([stop - start for start, stop in map(store.chunk_bounds, range(store.n_chunks))])
+    chunk_sizes = np.array([store.chunk_size(chunk) for chunk in range(store.n_chunks)])
     dense_done = int((done * chunk_sizes).sum()) * store.width * 4
     on_disk = store.bytes_on_disk()
     attrs = store.attrs

@@ -22,8 +22,21 @@ from saezarr.errors import SaezarrError
 from saezarr.fragments import Fragments, make_fragments
 from saezarr.inputs import read_labeled_csv
 from saezarr.locking import StoreLock
-from saezarr.residuals import ModelInfo, ResidualReader, check_weights, load_model, load_tokenizer, resolve_model
-from saezarr.sae import JumpReLUEncoder, SAEFile, locate_sae, plan_passes, resolve_sae_repo
+from saezarr.residuals import (
+    ModelInfo,
+    ResidualReader,
+    check_weights,
+    load_model,
+    load_tokenizer,
+    resolve_model,
+)
+from saezarr.sae import (
+    JumpReLUEncoder,
+    SAEFile,
+    locate_sae,
+    plan_passes,
+    resolve_sae_repo,
+)
 from saezarr.store import (
     DEFAULT_CHUNK_FRAGMENTS,
     Store,
@@ -253,7 +266,6 @@ class _PassRunner:
     def __init__(self, options: BuildOptions, plan: _Plan, store: Store, summary: BuildSummary):
         self.options, self.plan, self.store, self.summary = options, plan, store, summary
         self.done = store.done_matrix()
-        self.device = plan.device
         self.model = None
 
     def run(self) -> None:
@@ -262,7 +274,7 @@ class _PassRunner:
         passes = self._pending_passes()
         if not passes:
             return
-        self.model = load_model(self.plan.model_info, self.device, self.options.dtype)
+        self.model = load_model(self.plan.model_info, self.plan.device, self.options.dtype)
         chunks_left = self.options.max_chunks
         total = sum(self.store.chunk_size(chunk) for _, _, pending in passes for chunk in pending)
         with tqdm(total=total, unit="frag", disable=self.options.quiet, desc="saezarr build", dynamic_ncols=True) as bar:
@@ -285,7 +297,7 @@ class _PassRunner:
 
     def _run_pass(self, group: list[SAEFile], rows: list[int], pending: list[int], bar: tqdm) -> None:
         """One model pass: each pending chunk goes through the model once and through every SAE of the group."""
-        encoders = [JumpReLUEncoder.load(sae, self.device) for sae in group]
+        encoders = [JumpReLUEncoder.load(sae, self.plan.device) for sae in group]
         self.summary.sae_loads += len(group)
         self.summary.model_passes += 1
         layers = sorted({sae.config.layer for sae in group})

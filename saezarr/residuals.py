@@ -5,9 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 from saezarr.errors import SaezarrError
 from saezarr.hub import Source, resolve
@@ -70,7 +74,7 @@ def _fetch_weights(source: Source) -> Path:
         raise SaezarrError(f"--model {source.name}: could not get its weights ({type(exc).__name__}: {exc})") from None
 
 
-def load_tokenizer(info: ModelInfo):
+def load_tokenizer(info: ModelInfo) -> PreTrainedTokenizerFast:
     """Load the model's fast tokenizer (offsets are needed for exact fragment texts)."""
     from transformers import AutoTokenizer
 

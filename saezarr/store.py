@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -64,8 +65,9 @@ class Store:
 
     def is_done(self, config_index: int, chunk: int) -> bool:
         """True if the unit is marked complete and the data file it marks is there."""
-        if not self._mark(config_index, chunk).exists():
-            return False
+        return self._mark(config_index, chunk).exists() and self._shard_written(config_index, chunk)
+
+    def _shard_written(self, config_index: int, chunk: int) -> bool:
         shard = self._shard_file(config_index, chunk)
         return shard.is_file() and shard.stat().st_size > 0
 
@@ -78,7 +80,7 @@ class Store:
                 continue
             for entry in os.scandir(folder):
                 if entry.name.isdigit() and int(entry.name) < self.n_chunks:
-                    done[ci, int(entry.name)] = self.is_done(ci, int(entry.name))
+                    done[ci, int(entry.name)] = self._shard_written(ci, int(entry.name))
         return done
 
     def write_chunk(self, config_index: int, chunk: int, latents: np.ndarray) -> None:
@@ -114,12 +116,10 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def write_tuning(workers: int):
-    """Zarr settings for whole-shard writes from `workers` threads, as a context manager.
-
-    Zarr's event loop otherwise keeps 10 chunk encodings in flight per call; with one shard per call and as
-    many calls as cores, fewer in flight wins (1.9 -> 2.4 GB/s on 2 cores, scripts/BENCHMARKS.md).
-    """
+def write_tuning(workers: int) -> contextlib.AbstractContextManager:
+    """Zarr settings for whole-shard writes from `workers` threads, as a context manager."""
+    # zarr keeps 10 encodings in flight per call by default; with one shard per call and one call per core,
+    # fewer in flight is faster (1.9 -> 2.4 GB/s on 2 cores, scripts/BENCHMARKS.md)
     return zarr.config.set({"async.concurrency": workers})
 
 

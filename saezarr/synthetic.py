@@ -23,7 +23,14 @@ _CORPUS_EXTRA = (
 
 def write_tokenizer(folder: Path, corpus: Iterable[str], vocab_size: int = 512) -> None:
     """Train a small Gemma-like BPE tokenizer (metaspace, BOS prepended, byte fallback) and save it."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE(unk_token=UNK, byte_fallback=True))

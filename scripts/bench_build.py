@@ -139,9 +139,9 @@ def _take_fragments(tokenizer, sentences: list[str], target: int) -> tuple[list[
 
 def _write_sae_params(folder: Path, configs, residuals: dict, width: int, seed: int) -> None:
     """Gemma Scope layout params.npz; thresholds put each feature's firing rate near average_l0 / width."""
-    import numpy as np
     from statistics import NormalDist
 
+    import numpy as np
     import torch
 
     for k, config in enumerate(configs):

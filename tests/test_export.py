@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 import zarr
-
 from clitools import run_cli
+
 from saezarr import cli
 from saezarr.errors import SaezarrError
 from saezarr.export import NPZ_KEYS, export_npz, npz_name, parallel_jobs

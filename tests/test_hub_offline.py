@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-
 from clitools import run_cli
+
 from saezarr.build import BuildOptions, build
 from saezarr.synthetic import populate_hf_cache, write_config_file
 

@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-
 from clitools import run_cli
+
 from saezarr import cli
-from saezarr.units import human_bytes
 from saezarr.inputs import file_sha256
 from saezarr.store import Store, directory_bytes
 from saezarr.synthetic import DEMO_CSV
+from saezarr.units import human_bytes
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from clitools import run_cli, write_csv
+
 from saezarr.errors import SaezarrError
 from saezarr.inputs import read_labeled_csv
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
+from clitools import REPO, run_cli
 
 import saezarr
-from clitools import REPO, run_cli
 from saezarr.errors import SaezarrError
 
 DEMO_STORE = "saezarr-demo.zarr"

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-
 ACTIVATIONS = "activations"
 STATE = "_saezarr"
 CHUNK = 16  # fragments per chunk in this suite: many small units, many moments to crash at
