@@ -129,7 +129,6 @@ def build(options: BuildOptions) -> BuildSummary:
         raise SaezarrError(f"--output {options.output}: a store exists there; use --resume to continue it or --overwrite to replace it")
     if exists and options.resume:
         check_resume(options.output, plan.attrs)
-        plan.attrs["batch_size"] = _resumed_batch_size(options)
     store, lock = _open_or_create(options, plan, exists)
     summary = BuildSummary(options.output, len(plan.configs), len(plan.fragments), plan.attrs["n_sentences"])
     with lock:
@@ -150,12 +149,10 @@ def build(options: BuildOptions) -> BuildSummary:
     return summary
 
 
-def _resumed_batch_size(options: BuildOptions) -> int:
-    """The store's batch size: a chunk's batches decide its last bits, so a resume may not change them."""
-    store = open_for_resume(options.output)
-    stored = store.attrs.get("batch_size", DEFAULT_BATCH_SIZE)
+def _check_resume_options(options: BuildOptions, store: Store) -> None:
+    """Refuse a batch or chunk size other than the store's: a chunk's batches decide its last bits."""
     for option, given, kept in (
-        ("--batch-size", options.batch_size, stored),
+        ("--batch-size", options.batch_size, store.attrs.get("batch_size", DEFAULT_BATCH_SIZE)),
         ("--chunk-fragments", options.chunk_fragments, store.chunk_fragments),
     ):
         if given is not None and given != kept:
@@ -163,7 +160,6 @@ def _resumed_batch_size(options: BuildOptions) -> int:
                 f"{option} {given}: the store at {options.output} was started with {kept}; a resumed store must "
                 f"keep it to stay bitwise equal, so leave {option} out (or use --overwrite)"
             )
-    return stored
 
 
 @contextlib.contextmanager
@@ -243,6 +239,7 @@ def _open_or_create(options: BuildOptions, plan: _Plan, exists: bool) -> tuple[S
         lock.acquire(force=options.force_unlock)
         try:
             store = open_for_resume(options.output)
+            _check_resume_options(options, store)
         except SaezarrError:
             lock.release()
             raise
@@ -318,7 +315,7 @@ class _PassRunner:
         sentences = table["sentence_index"].to_numpy()
         positions = table["token_position"].to_numpy()
         unique = list(dict.fromkeys(sentences.tolist()))
-        batch_size = self.plan.attrs["batch_size"]
+        batch_size = self.store.attrs.get("batch_size", DEFAULT_BATCH_SIZE)  # on resume, the store's own
         parts: dict[int, list[torch.Tensor]] = {}
         for first in range(0, len(unique), batch_size):
             batch = unique[first : first + batch_size]
