@@ -21,6 +21,7 @@ from zarr.codecs import ZstdCodec
 from saezarr.configs import SAEConfig
 from saezarr.errors import SaezarrError
 from saezarr.locking import StoreLock, process_alive
+from saezarr.shards import ShardEncoder
 
 ACTIVATIONS = "activations"
 STATE_GROUP = "_saezarr"
@@ -45,6 +46,7 @@ class Store:
         self.n_chunks = -(-self.n_fragments // self.chunk_fragments)
         self.config_names: list[str] = list(self.attrs["configs"])
         self.marks = self.path / STATE_GROUP / "done"
+        self._shard_encoder = ShardEncoder.for_array(self.array)
 
     def chunk_bounds(self, chunk: int) -> tuple[int, int]:
         """Fragment index range [start, stop) of a fragment chunk."""
@@ -85,11 +87,17 @@ class Store:
 
     def write_chunk(self, config_index: int, chunk: int, latents: np.ndarray) -> None:
         """Write one unit's latents, then mark it complete."""
-        start, stop = self.chunk_bounds(chunk)
-        # an unmarked unit may have a torn shard from a crash, which zarr would read back to merge into
-        self._shard_file(config_index, chunk).unlink(missing_ok=True)
-        self.array[config_index, start:stop, :] = latents
-        _fsync(self._shard_file(config_index, chunk))  # durable before marked, even across a power cut
+        shard = self._shard_file(config_index, chunk)
+        if self._shard_encoder is not None:
+            # zarr's array API merges each inner chunk into a fill-value buffer on one event-loop thread;
+            # encoding the whole shard here runs at the codec's speed on every writer thread
+            write_durably(shard, b"".join(self._shard_encoder.encode(latents)))
+        else:
+            start, stop = self.chunk_bounds(chunk)
+            # an unmarked unit may have a torn shard from a crash, which zarr would read back to merge into
+            shard.unlink(missing_ok=True)
+            self.array[config_index, start:stop, :] = latents
+            _fsync(shard)  # durable before marked, even across a power cut
         mark = self._mark(config_index, chunk)
         mark.parent.mkdir(parents=True, exist_ok=True)
         mark.touch()
@@ -106,6 +114,19 @@ class Store:
     def bytes_on_disk(self) -> int:
         """Total size of the store's files."""
         return directory_bytes(self.path)
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """Write a file's whole content and fsync it, creating its folder if needed."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+    except OSError as exc:
+        exc.filename = exc.filename or str(path)  # a failed write() (disk full) names no file by itself
+        raise
 
 
 def _fsync(path: Path) -> None:

@@ -75,23 +75,44 @@ def test_enospc_in_store_write_chunk(demo_config, demo_reference, tmp_path, monk
     assert_same_store(store, demo_reference)
 
 
+class _FailingFile:
+    """A file whose write() fails like a real one: an OSError naming no file."""
+
+    def __init__(self, file, budget: _Budget):
+        self._file, self._budget = file, budget
+
+    def write(self, data):
+        try:
+            self._budget.spend(None)
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror) from None
+        return self._file.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._file.close()
+
+
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EACCES, errno.EROFS], ids=["ENOSPC", "EACCES", "EROFS"])
-def test_oserror_in_zarr_local_store(demo_config, demo_reference, tmp_path, monkeypatch, capsys, code):
-    """The fault at the lowest level zarr has: its LocalStore's file write."""
+def test_oserror_writing_a_shard_file(demo_config, demo_reference, tmp_path, monkeypatch, capsys, code):
+    """The fault at the lowest level: the write() of a shard file's bytes."""
     store = copy_store(demo_reference, tmp_path / "faulty.zarr")
     for chunk in range(5, 10):  # five chunks still to build, as after a crash
         for ci in range(len(config_names(store))):
             for path in unit_paths(store, ci, chunk):
                 path.unlink()
     budget = _Budget(11, code)
-    original = zarr_local._put
 
-    def put(path, value, exclusive=False):
-        if f"{ACTIVATIONS}/c/" in str(path):
-            budget.spend(str(path))
-        return original(path, value, exclusive)
+    def failing_open(path, mode="r", *args, **kwargs):
+        file = open(path, mode, *args, **kwargs)
+        return _FailingFile(file, budget) if f"{ACTIVATIONS}/c/" in str(path) and "w" in mode else file
 
-    monkeypatch.setattr(zarr_local, "_put", put)
+    monkeypatch.setattr(saezarr.store, "open", failing_open, raising=False)
     result = main(build_args(DEMO_CSV, store, demo_config, "--resume"))
     line = _check_failed_run(capsys, result, store, demo_reference, os.strerror(code))
     assert f"{ACTIVATIONS}/c/" in line, "the message should name the file that could not be written"

@@ -1,0 +1,67 @@
+"""Whole-shard encoding in the Zarr v3 `sharding_indexed` format, for the activations layout saezarr creates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import google_crc32c  # a dependency of zarr, which checksums shard indexes with it
+import numpy as np
+import zarr
+from numcodecs import Zstd
+from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ShardingCodecIndexLocation, ZstdCodec
+
+
+@dataclass(frozen=True)
+class ShardEncoder:
+    """Encodes one shard of rows [fragment, feature] into the exact bytes zarr would write for it."""
+
+    shard_rows: int
+    inner_width: int
+    fill_value: float
+    zstd: Zstd
+
+    @classmethod
+    def for_array(cls, array: zarr.Array) -> ShardEncoder | None:
+        """The encoder for a [config, fragment, feature] array, or None if its codecs are not saezarr's layout."""
+        codecs = array.metadata.codecs
+        if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec) or array.shards is None:
+            return None
+        sharding = codecs[0]
+        inner, index = sharding.codecs, sharding.index_codecs
+        shard, chunk = array.shards, sharding.chunk_shape
+        if not (
+            len(inner) == 2
+            and _is_little_endian_bytes(inner[0])
+            and isinstance(inner[1], ZstdCodec)
+            and len(index) == 2
+            and _is_little_endian_bytes(index[0])
+            and isinstance(index[1], Crc32cCodec)
+            and sharding.index_location == ShardingCodecIndexLocation.end
+            and array.dtype == np.dtype("float32")
+            and shard[0] == chunk[0] == 1
+            and shard[1] == chunk[1]
+            and shard[2] == array.shape[2]
+            and shard[2] % chunk[2] == 0
+        ):
+            return None
+        zstd = Zstd(level=inner[1].level, checksum=inner[1].checksum)
+        return cls(shard_rows=shard[1], inner_width=chunk[2], fill_value=float(array.fill_value), zstd=zstd)
+
+    def encode(self, rows: np.ndarray) -> list[bytes]:
+        """The shard file's content as a list of byte strings: compressed inner chunks, then the index."""
+        n_rows, width = rows.shape
+        # inner chunks past the array's last fragment are padded with the fill value, as zarr does
+        block = np.full((self.shard_rows, self.inner_width), self.fill_value, dtype="<f4")
+        parts = []
+        for start in range(0, width, self.inner_width):
+            block[:n_rows] = rows[:, start : start + self.inner_width]
+            parts.append(self.zstd.encode(block))
+        lengths = np.array([len(part) for part in parts], dtype="<u8")
+        offsets = np.cumsum(lengths) - lengths
+        index = np.stack([offsets, lengths], axis=1).astype("<u8").tobytes()
+        checksum = np.uint32(google_crc32c.value(index)).astype("<u4").tobytes()
+        return [*parts, index + checksum]
+
+
+def _is_little_endian_bytes(codec: object) -> bool:
+    return isinstance(codec, BytesCodec) and codec.endian is not None and codec.endian.value == "little"

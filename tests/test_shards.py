@@ -1,0 +1,75 @@
+"""Shards saezarr encodes itself are byte for byte the shards zarr's own write path makes, and read back right."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+import zarr
+from zarr.codecs import BloscCodec
+
+from saezarr import __version__
+from saezarr.configs import SAEConfig
+from saezarr.shards import ShardEncoder
+from saezarr.store import ACTIVATIONS, Store, create_store
+
+CONFIGS = (SAEConfig(3, 20, "layer_3/width_16k/average_l0_20"), SAEConfig(7, 41, "layer_7/width_16k/average_l0_41"))
+
+
+def _latents(rng: np.random.Generator, rows: int, width: int) -> np.ndarray:
+    """JumpReLU-like rows: mostly +0.0, some positive values, a NaN row and a -0.0 to keep every bit pattern."""
+    values = rng.gamma(2.0, 3.0, size=(rows, width)).astype(np.float32)
+    latents = np.where(rng.random((rows, width)) < 0.03, values, np.float32(0.0))
+    latents[rows // 2] = np.nan
+    latents[0, 0] = -0.0
+    return latents
+
+
+def _new_store(path, n_fragments: int, width: int, chunk_fragments: int) -> Store:
+    fragments = pd.DataFrame({"fragment_text": [f"f{i}" for i in range(n_fragments)], "sentence_id": np.arange(n_fragments)})
+    attrs = {"saezarr_version": __version__, "configs": [c.name for c in CONFIGS]}
+    return create_store(path, fragments, CONFIGS, width, attrs, chunk_fragments)
+
+
+@pytest.mark.parametrize(
+    ("n_fragments", "width", "chunk_fragments"),
+    [(250, 6144, 100), (37, 512, 512), (300, 2050, 128)],
+    ids=["3 inner chunks, short last shard", "one shard smaller than the chunk", "odd width: 2 inner chunks of 1025"],
+)
+def test_shard_bytes_equal_zarrs_and_read_back(tmp_path, n_fragments, width, chunk_fragments):
+    ours = _new_store(tmp_path / "ours.zarr", n_fragments, width, chunk_fragments)
+    theirs = _new_store(tmp_path / "zarr.zarr", n_fragments, width, chunk_fragments)
+    assert ours._shard_encoder is not None
+    theirs._shard_encoder = None  # zarr's array API writes this one
+    rng = np.random.default_rng(n_fragments)
+    written = np.empty((len(CONFIGS), n_fragments, width), dtype=np.float32)
+    for ci in range(len(CONFIGS)):
+        for chunk in range(ours.n_chunks):
+            start, stop = ours.chunk_bounds(chunk)
+            written[ci, start:stop] = _latents(rng, stop - start, width)
+            ours.write_chunk(ci, chunk, written[ci, start:stop])
+            theirs.write_chunk(ci, chunk, written[ci, start:stop])
+            assert ours._shard_file(ci, chunk).read_bytes() == theirs._shard_file(ci, chunk).read_bytes()
+    assert ours.done_matrix().all()
+    read = xr.open_zarr(tmp_path / "ours.zarr")[ACTIVATIONS].values
+    np.testing.assert_array_equal(read.view(np.uint32), written.view(np.uint32))
+
+
+def test_inner_chunks_are_split_along_features(tmp_path):
+    store = _new_store(tmp_path / "s.zarr", 10, 6144, 512)
+    encoder = ShardEncoder.for_array(store.array)
+    assert (encoder.shard_rows, encoder.inner_width) == (10, 2048)
+    parts = encoder.encode(np.zeros((10, 6144), dtype=np.float32))
+    assert len(parts) == 4  # three compressed inner chunks and the index
+    assert len(parts[-1]) == 3 * 16 + 4  # (offset, length) as uint64 per inner chunk, then a crc32c
+
+
+def test_an_unknown_layout_falls_back_to_zarr(tmp_path):
+    array = zarr.create_array(
+        tmp_path / "blosc.zarr", shape=(1, 20, 64), chunks=(1, 20, 32), shards=(1, 20, 64), dtype="float32",
+        compressors=BloscCodec(), fill_value=np.nan,
+    )
+    assert ShardEncoder.for_array(array) is None
+    unsharded = zarr.create_array(tmp_path / "plain.zarr", shape=(1, 20, 64), chunks=(1, 20, 64), dtype="float32")
+    assert ShardEncoder.for_array(unsharded) is None
