@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import threading
 import time
@@ -48,7 +47,7 @@ from saezarr.store import (
     store_lock,
     write_tuning,
 )
-from saezarr.units import human_bytes
+from saezarr.units import human_bytes, usable_cores
 
 DEFAULT_BATCH_SIZE = 16
 DEFAULT_SAE_MEMORY = 8 * 2**30  # leaves room for Gemma-2-2B in float32 (~10.5 GB) on a 24 GiB host
@@ -336,7 +335,7 @@ class ChunkWriter:
 
     def __init__(self, store: Store, workers: int | None = None):
         self.store = store
-        self.workers = workers or os.cpu_count() or 1
+        self.workers = workers or usable_cores()
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="saezarr-write")
         self._slots = threading.BoundedSemaphore(2 * self.workers)
         self._error: BaseException | None = None

@@ -22,7 +22,7 @@ from saezarr.errors import SaezarrError
 from saezarr.locking import process_alive
 from saezarr.npyzip import read_members
 from saezarr.store import Store
-from saezarr.units import human_bytes
+from saezarr.units import human_bytes, usable_cores
 
 # npz key -> the store's coordinate on the fragment dimension
 FRAGMENT_KEYS = {
@@ -205,7 +205,7 @@ def is_up_to_date(target: ConfigTarget, store: Store) -> bool:
 
 def parallel_jobs(requested: int | None, n_files: int, array_bytes: int) -> int:
     """Files written at once: as asked (default: all cores), but no more than there are files or memory for."""
-    jobs = requested or os.cpu_count() or 1
+    jobs = requested or usable_cores()
     available = _available_memory()
     if available is not None:
         # each job holds one output array, plus zlib's and the zip writer's small buffers

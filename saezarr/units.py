@@ -1,6 +1,8 @@
-"""Byte sizes: parsing them from options and writing them for people."""
+"""Machine quantities: byte sizes for options and for people, and the cores this process may use."""
 
 from __future__ import annotations
+
+import os
 
 from saezarr.errors import SaezarrError
 
@@ -27,3 +29,11 @@ def parse_size(text: str, option: str = "size") -> int:
     if unit not in units or value <= 0:
         raise SaezarrError(f"{option}: expected a size such as 8GiB or 500MB, got {text!r}")
     return int(value * units[unit])
+
+
+def usable_cores() -> int:
+    """Cores this process may run on: its CPU affinity (as set by taskset or a batch scheduler), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # no affinity call on macOS and Windows
+        return os.cpu_count() or 1

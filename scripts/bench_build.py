@@ -705,6 +705,7 @@ def task_codec(spec: dict) -> dict:
             del data
     if not target.done_matrix().all():
         raise SystemExit("write-path copy is incomplete")
+    thinnest_encode_cpu = _thinnest_encode_cpu(store.chunk_fragments, store.width, len(units))
     shutil.rmtree(skeleton, ignore_errors=True)
     savez_time = 0.0
     npz_bytes = 0
@@ -718,8 +719,26 @@ def task_codec(spec: dict) -> dict:
         path.unlink()
         del dense_config
     return {"dense_bytes": dense, "nnz": int(nnz), "codec_time": codec_time, "codec_bytes": compressed,
-            "write_time": write_time, "savez_time": savez_time, "codec_cpu": codec_cpu, "write_cpu": write_cpu, "npz_bytes": npz_bytes, "cores": cores,
+            "write_time": write_time, "savez_time": savez_time, "thinnest_encode_cpu": thinnest_encode_cpu, "codec_cpu": codec_cpu, "write_cpu": write_cpu, "npz_bytes": npz_bytes, "cores": cores,
             "inner_chunk": list(inner), "codec": codec_name, "peak_rss": _peak_rss(), "imports": imports}
+
+
+def _thinnest_encode_cpu(rows: int, width: int, units: int) -> float:
+    """CPU seconds to make the same units' latents with a hidden size of 1: the cheapest model any build could have.
+    What is left is writing the [rows, width] pre-activations and the threshold pass over them."""
+    import torch
+
+    from saezarr.sae import JumpReLUEncoder
+
+    generator = torch.Generator().manual_seed(0)
+    encoder = JumpReLUEncoder(torch.randn(1, width, generator=generator), torch.zeros(width), torch.full((width,), 1.5))
+    x = torch.randn(rows, 1, generator=generator)
+    encoder.encode(x)
+    start = os.times()
+    for _ in range(units):
+        encoder.encode(x).numpy()
+    end = os.times()
+    return end.user - start.user + end.system - start.system
 
 
 def _store_codec(array):
@@ -894,6 +913,7 @@ def workload_2_3(root: Path, scratch: Path, mode: str, selected: set[int], repea
         ratio = build_tp / codec_tp
         overlap = max(compute["total"], (compute["cpu"] + codec["codec_cpu"]) / codec["cores"])
         ceiling = codec["codec_time"] / overlap
+        thinnest = codec["codec_cpu"] / (codec["codec_cpu"] + codec["thinnest_encode_cpu"])
         lines += [
             f"Workload 2 - write-bound: tiny Gemma-2 ({meta.get('w2_layers', SIZES[mode]['w2_layers'])} layers, hidden "
             f"{W2_MODEL['hidden_size']}); {build['n_configs']} SAEs x {SAE_WIDTH}; {build['n_fragments']} fragments "
@@ -916,6 +936,9 @@ def workload_2_3(root: Path, scratch: Path, mode: str, selected: set[int], repea
             f"  reachable at best      {ceiling:7.2f}     build/codec floor if the encodes and the codec shared the "
             f"{codec['cores']} cores perfectly: codec {codec['codec_time']:.2f} s / max(compute floor, (compute CPU + codec CPU)"
             f" / cores = {overlap:.2f} s)",
+            f"  at any model size      {thinnest:7.2f}     reachable at best with hidden size 1 (the cheapest encode: "
+            f"{codec['thinnest_encode_cpu']:.2f} CPU s for the same latents, no model forward): codec CPU "
+            f"{codec['codec_cpu']:.2f} s / (codec CPU + that encode CPU)",
             f"  CPU seconds per dense GB (robust to other load): build {build['cpu'] / dense * 1e9:.2f}, write path "
             f"{codec['write_cpu'] / dense * 1e9:.2f}, codec {codec['codec_cpu'] / dense * 1e9:.2f}",
             *counters_lines(build),
@@ -936,8 +959,8 @@ def workload_2_3(root: Path, scratch: Path, mode: str, selected: set[int], repea
             f"  write path/savez       {write_tp / savez_tp:7.2f}     target >= {TARGETS['write_over_savez']}   "
             f"{verdict(write_tp / savez_tp >= TARGETS['write_over_savez'])}   (saezarr's writer on the same data)",
             f"  codec floor/savez      {codec_tp / savez_tp:7.2f}     (the most any writer using this codec could reach on these cores)",
-            f"  whole build/savez      {build_tp / savez_tp:7.2f}     target >= {TARGETS['write_over_savez']}   "
-            f"{verdict(build_tp / savez_tp >= TARGETS['write_over_savez'])}   (end to end, model and encodes included)",
+            f"  whole build/savez      {build_tp / savez_tp:7.2f}     (informative: end to end, the model and encodes "
+            f"included, against savez compressing ready latents)",
         ]
     rss_ratio = big["peak_rss"] / small["peak_rss"]
     lines += [

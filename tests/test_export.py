@@ -21,6 +21,7 @@ from saezarr import cli
 from saezarr.errors import SaezarrError
 from saezarr.export import NPZ_KEYS, export_npz, npz_name, parallel_jobs
 from saezarr.store import Store
+from saezarr.units import usable_cores
 
 NEAR_THRESHOLD = 1e-5
 
@@ -221,6 +222,19 @@ def test_jobs_are_capped_by_files_and_memory(monkeypatch):
     assert parallel_jobs(8, 20, 100) == 8
     assert parallel_jobs(8, 20, 300) == 2
     assert parallel_jobs(8, 20, 10_000) == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this platform")
+def test_default_jobs_follow_the_cpu_affinity(monkeypatch):
+    monkeypatch.setattr("saezarr.export._available_memory", lambda: 10**12)
+    allowed = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(allowed)})  # as `taskset -c N` or a batch scheduler would
+        assert usable_cores() == 1
+        assert parallel_jobs(None, 20, 100) == 1
+    finally:
+        os.sched_setaffinity(0, allowed)
+    assert parallel_jobs(None, 20, 100) == min(len(allowed), 20)
 
 
 # --- crashes and leftovers --------------------------------------------------------------------------------------

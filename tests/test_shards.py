@@ -27,7 +27,8 @@ def _latents(rng: np.random.Generator, rows: int, width: int) -> np.ndarray:
 
 
 def _new_store(path, n_fragments: int, width: int, chunk_fragments: int) -> Store:
-    fragments = pd.DataFrame({"fragment_text": [f"f{i}" for i in range(n_fragments)], "sentence_id": np.arange(n_fragments)})
+    texts = [f"f{i}" for i in range(n_fragments)]
+    fragments = pd.DataFrame({"fragment_text": texts, "sentence_id": np.arange(n_fragments)})
     attrs = {"saezarr_version": __version__, "configs": [c.name for c in CONFIGS]}
     return create_store(path, fragments, CONFIGS, width, attrs, chunk_fragments)
 
