@@ -87,11 +87,14 @@ class Store:
 
     def write_chunk(self, config_index: int, chunk: int, latents: np.ndarray) -> None:
         """Write one unit's latents, then mark it complete."""
+        expected = (self.chunk_size(chunk), self.width)
+        if latents.shape != expected:
+            raise ValueError(f"unit ({config_index}, {chunk}) takes latents of shape {expected}, got {latents.shape}")
         shard = self._shard_file(config_index, chunk)
         if self._shard_encoder is not None:
             # zarr's array API merges each inner chunk into a fill-value buffer on one event-loop thread;
             # encoding the whole shard here runs at the codec's speed on every writer thread
-            write_durably(shard, b"".join(self._shard_encoder.encode(latents)))
+            _write_durably(shard, b"".join(self._shard_encoder.encode(latents)))
         else:
             start, stop = self.chunk_bounds(chunk)
             # an unmarked unit may have a torn shard from a crash, which zarr would read back to merge into
@@ -116,7 +119,7 @@ class Store:
         return directory_bytes(self.path)
 
 
-def write_durably(path: Path, data: bytes) -> None:
+def _write_durably(path: Path, data: bytes) -> None:
     """Write a file's whole content and fsync it, creating its folder if needed."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

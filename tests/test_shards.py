@@ -74,3 +74,11 @@ def test_an_unknown_layout_falls_back_to_zarr(tmp_path):
     assert ShardEncoder.for_array(array) is None
     unsharded = zarr.create_array(tmp_path / "plain.zarr", shape=(1, 20, 64), chunks=(1, 20, 64), dtype="float32")
     assert ShardEncoder.for_array(unsharded) is None
+
+
+def test_latents_of_the_wrong_shape_are_refused_before_anything_is_written(tmp_path):
+    store = _new_store(tmp_path / "s.zarr", 250, 512, 100)
+    with pytest.raises(ValueError, match=r"unit \(1, 2\) takes latents of shape \(50, 512\), got \(100, 512\)"):
+        store.write_chunk(1, 2, np.zeros((100, 512), dtype=np.float32))
+    assert not store._shard_file(1, 2).exists()
+    assert not store.done_matrix().any()
