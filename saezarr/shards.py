@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import google_crc32c  # a dependency of zarr, which checksums shard indexes with it
 import numpy as np
 import zarr
-from numcodecs import Zstd
+from numcodecs import CRC32C, Zstd
 from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ShardingCodecIndexLocation, ZstdCodec
 
 
@@ -58,9 +57,8 @@ class ShardEncoder:
             parts.append(self.zstd.encode(block))
         lengths = np.array([len(part) for part in parts], dtype="<u8")
         offsets = np.cumsum(lengths) - lengths
-        index = np.stack([offsets, lengths], axis=1).astype("<u8").tobytes()
-        checksum = np.uint32(google_crc32c.value(index)).astype("<u4").tobytes()
-        return [*parts, index + checksum]
+        index = np.stack([offsets, lengths], axis=1).astype("<u8")
+        return [*parts, bytes(CRC32C().encode(index))]  # the index, then its little-endian CRC32C
 
 
 def _is_little_endian_bytes(codec: object) -> bool:
