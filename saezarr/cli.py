@@ -60,7 +60,7 @@ def _add_build(commands) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=None, help="sentences per forward (default 16, or the store's own on --resume)")
     p.add_argument("--sae-memory", default=None, help="memory for SAE encoders per pass (default 8GiB)")
     p.add_argument("--chunk-fragments", type=_positive_int, default=None, help="fragments per chunk, the unit of writing and resuming (default 512)")
-    p.add_argument("--workers", type=_positive_int, default=None, help="writer threads (default: all cores)")
+    p.add_argument("--workers", type=_positive_int, default=None, help="writer threads (default: one per usable core)")
     p.add_argument("--max-chunks", type=_positive_int, default=None, help="stop after this many chunks (try a small part first)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue an interrupted build")
@@ -122,7 +122,7 @@ def _add_export(commands) -> None:
     p.add_argument("--uncompressed", action="store_true", help="np.savez instead of np.savez_compressed")
     p.add_argument(
         "--jobs", type=_positive_int, default=None,
-        help="files written at once (default: all cores, fewer if memory is short)",
+        help="files written at once (default: one per usable core, fewer if memory is short)",
     )
     p.add_argument("--overwrite", action="store_true", help="rewrite files that already exist")
     p.set_defaults(run=_run_export)
