@@ -204,7 +204,7 @@ def is_up_to_date(target: ConfigTarget, store: Store) -> bool:
 
 
 def parallel_jobs(requested: int | None, n_files: int, array_bytes: int) -> int:
-    """Files written at once: as asked (default: all cores), but no more than there are files or memory for."""
+    """Files written at once: as asked (default: one per usable core), but no more than there are files or memory for."""
     jobs = requested or usable_cores()
     available = _available_memory()
     if available is not None:

@@ -742,17 +742,14 @@ def _thinnest_encode_cpu(rows: int, width: int, units: int) -> float:
 
 
 def _store_codec(array):
-    """The store's own compressor (read from its metadata), as the numcodecs codec zarr wraps."""
-    import numcodecs
-    from zarr.codecs import ShardingCodec, ZstdCodec
+    """The store's own inner-chunk compressor (read from its metadata, as saezarr's shard writer reads it)."""
+    from saezarr.shards import ShardEncoder
 
-    codecs = array.metadata.codecs
-    inner = codecs[0].codecs if isinstance(codecs[0], ShardingCodec) else codecs
-    zstd = next((c for c in inner if isinstance(c, ZstdCodec)), None)
-    if zstd is None:
-        raise SystemExit(f"the store's codecs {inner} have no zstd: the codec floor needs updating")
-    return (numcodecs.Zstd(level=zstd.level, checksum=zstd.checksum),
-            f"zstd level {zstd.level}{' with checksum' if zstd.checksum else ''}")
+    encoder = ShardEncoder.for_array(array)
+    if encoder is None:
+        raise SystemExit(f"the store's codecs {array.metadata.codecs} are not saezarr's layout: update the codec floor")
+    zstd = encoder.zstd
+    return zstd, f"zstd level {zstd.level}{' with checksum' if zstd.checksum else ''}"
 
 
 def task_reference(spec: dict) -> dict:
