@@ -71,6 +71,7 @@ class BuildOptions:
     sae_memory: int = DEFAULT_SAE_MEMORY
     chunk_fragments: int | None = None  # None: DEFAULT_CHUNK_FRAGMENTS
     workers: int | None = None
+    overlap_writes: bool | None = None  # None: on GPUs only (overlaps_writes)
     resume: bool = False
     overwrite: bool = False
     force_unlock: bool = False
@@ -297,7 +298,11 @@ class _PassRunner:
         self.summary.sae_loads += len(group)
         self.summary.model_passes += 1
         layers = sorted({sae.config.layer for sae in group})
-        with ResidualReader(self.model, layers) as reader, ChunkWriter(self.store, self.options.workers) as writer:
+        overlap = self.options.overlap_writes
+        if overlap is None:
+            overlap = overlaps_writes(self.plan.device)
+        writer = ChunkWriter(self.store, self.options.workers, overlap)
+        with ResidualReader(self.model, layers) as reader, writer:
             for chunk in pending:
                 residuals = self._chunk_residuals(reader, chunk)
                 for sae, encoder, row in zip(group, encoders, rows):
@@ -330,22 +335,47 @@ class _PassRunner:
         return {layer: torch.cat(tensors) for layer, tensors in parts.items()}
 
 
-class ChunkWriter:
-    """Compresses and writes units on worker threads, with a bounded queue so memory stays flat."""
+def overlaps_writes(device: str) -> bool:
+    """Whether writes run behind the compute by default: on a GPU yes, on a CPU they would compete for its cores."""
+    return torch.device(device).type != "cpu"
 
-    def __init__(self, store: Store, workers: int | None = None):
+
+class ChunkWriter:
+    """Compresses and writes units on worker threads, holding a bounded number of units so memory stays flat.
+
+    With `overlap` (for GPUs), units queue behind the compute. Without it (for CPUs), units gather until there is one
+    per thread, then all are written at once while the compute waits: writer threads running beside the model's
+    OpenMP threads stall its matmuls, which made overlapped builds slower (scripts/BENCHMARKS.md).
+    """
+
+    def __init__(self, store: Store, workers: int | None = None, overlap: bool = True):
         self.store = store
         self.workers = workers or usable_cores()
+        self.overlap = overlap
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="saezarr-write")
         self._slots = threading.BoundedSemaphore(2 * self.workers)
+        self._gathered: list[tuple[int, int, np.ndarray]] = []
         self._error: BaseException | None = None
         self._tuning = None
 
     def submit(self, config_index: int, chunk: int, latents: np.ndarray) -> None:
-        """Queue one unit; blocks while the queue is full, and raises a worker's error."""
+        """Hand over one unit; blocks while units are being written or the queue is full, and raises write errors."""
         self._raise_if_failed()
+        if not self.overlap:
+            self._gathered.append((config_index, chunk, latents))
+            if len(self._gathered) >= self.workers:
+                self._write_gathered()
+            return
         self._slots.acquire()
         self._pool.submit(self.store.write_chunk, config_index, chunk, latents).add_done_callback(self._finished)
+
+    def _write_gathered(self) -> None:
+        units, self._gathered = self._gathered, []
+        try:
+            for _ in self._pool.map(lambda unit: self.store.write_chunk(*unit), units):
+                pass
+        except OSError as error:
+            raise _write_error(error, self.store) from None
 
     def _finished(self, future: Future) -> None:
         if future.exception() is not None and self._error is None:
@@ -363,9 +393,13 @@ class ChunkWriter:
 
     def __exit__(self, *exc) -> None:
         try:
-            self._pool.shutdown(wait=True)
+            if exc[0] is None:
+                self._write_gathered()  # units gathered but not yet written; dropped (unmarked) after an error
         finally:
-            self._tuning.__exit__(None, None, None)
+            try:
+                self._pool.shutdown(wait=True)
+            finally:
+                self._tuning.__exit__(None, None, None)
         if exc[0] is None:
             self._raise_if_failed()
 

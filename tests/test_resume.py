@@ -110,6 +110,13 @@ def test_resumed_build_equals_uninterrupted_bit_for_bit(runs):
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("overlap", [True, False], ids=["writes behind the compute (GPU mode)", "writes between steps"])
+def test_both_write_modes_give_the_same_store(tiny, runs, tmp_path, overlap):
+    store = tmp_path / "store.zarr"
+    assert build(options(tiny, store, overlap_writes=overlap, workers=3)).complete
+    assert files(store) == files(runs["full"])
+
+
 def test_resume_does_not_recompute_marked_chunks(runs, tiny):
     summary = parse_summary(runs["processes"]["resume"].stdout)
     n = len(tiny.configs)

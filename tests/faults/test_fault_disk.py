@@ -23,6 +23,7 @@ from faultkit import (
     unit_paths,
 )
 
+import saezarr.build
 import saezarr.store
 from saezarr.cli import main
 from saezarr.synthetic import DEMO_CSV
@@ -55,9 +56,11 @@ def _check_failed_run(capsys, code: int, store, reference, *expect: str) -> str:
     return line
 
 
+@pytest.mark.parametrize("overlap", [False, True], ids=["CPU writes", "GPU-mode writes"])
 @pytest.mark.parametrize("after", [0, 7])
-def test_enospc_in_store_write_chunk(demo_config, demo_reference, tmp_path, monkeypatch, capsys, after):
+def test_enospc_in_store_write_chunk(demo_config, demo_reference, tmp_path, monkeypatch, capsys, after, overlap):
     store = tmp_path / "full.zarr"
+    monkeypatch.setattr(saezarr.build, "overlaps_writes", lambda device: overlap)
     budget = _Budget(after, errno.ENOSPC)
     original = saezarr.store.Store.write_chunk
 
