@@ -92,9 +92,14 @@ class JumpReLUEncoder:
         arrays = [np.ascontiguousarray(load_member(sae.path, members[key]), dtype=np.float32) for key in ENCODER_KEYS]
         return cls(*(torch.from_numpy(array).to(device) for array in arrays))
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """JumpReLU latents of residuals x [n, d_model], in float32; gated-off entries are +0.0, not -0.0."""
-        pre = torch.addmm(self.b_enc, x.to(torch.float32), self.W_enc)
+    def encode(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """JumpReLU latents of residuals x [n, d_model] in float32, into `out` if given (on any device).
+
+        Gated-off entries are +0.0, not -0.0.
+        """
+        if out is not None and out.device != self.W_enc.device:
+            return out.copy_(self.encode(x))
+        pre = torch.addmm(self.b_enc, x.to(torch.float32), self.W_enc, out=out)
         # pre * (pre > threshold) would leave -0.0 for negative pre, whose sign bits halve zstd's ratio
         return pre.masked_fill_(pre <= self.threshold, 0.0)
 
