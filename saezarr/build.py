@@ -45,7 +45,6 @@ from saezarr.store import (
     open_for_resume,
     remove_stale_staging,
     store_lock,
-    write_tuning,
 )
 from saezarr.units import human_bytes, usable_cores
 
@@ -359,7 +358,6 @@ class ChunkWriter:
         self._free: list[torch.Tensor] = []
         self._free_lock = threading.Lock()
         self._error: BaseException | None = None
-        self._tuning = None
 
     def host_buffer(self, rows: int, width: int) -> torch.Tensor:
         """A float32 host tensor for a unit's latents: one whose unit is written, else a new one."""
@@ -404,8 +402,6 @@ class ChunkWriter:
             raise _write_error(self._error, self.store)
 
     def __enter__(self) -> ChunkWriter:
-        self._tuning = write_tuning(self.workers)
-        self._tuning.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -413,10 +409,7 @@ class ChunkWriter:
             if exc[0] is None:
                 self._write_gathered()  # units gathered but not yet written; dropped (unmarked) after an error
         finally:
-            try:
-                self._pool.shutdown(wait=True)
-            finally:
-                self._tuning.__exit__(None, None, None)
+            self._pool.shutdown(wait=True)
         if exc[0] is None:
             self._raise_if_failed()
 

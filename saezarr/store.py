@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -138,13 +137,6 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def write_tuning(workers: int) -> contextlib.AbstractContextManager:
-    """Zarr settings for whole-shard writes from `workers` threads, as a context manager."""
-    # zarr keeps 10 encodings in flight per call by default; with one shard per call and one call per core,
-    # fewer in flight is faster (1.9 -> 2.4 GB/s on 2 cores, scripts/BENCHMARKS.md)
-    return zarr.config.set({"async.concurrency": workers})
 
 
 def directory_bytes(path: Path) -> int:
