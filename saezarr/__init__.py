@@ -17,7 +17,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 def open_store(path: str | PathLike) -> xarray.Dataset:
     """Open a saezarr store as a lazy, dask-backed xarray Dataset."""
-    from saezarr.analysis import open_store as _open_store
+    from saezarr.store.reading import open_store as _open_store
 
     return _open_store(path)
 

@@ -72,7 +72,7 @@ def _add_build(commands) -> None:
 
 
 def _run_build(args) -> int:
-    from saezarr.build import DEFAULT_SAE_MEMORY, BuildOptions, build
+    from saezarr.build.pipeline import DEFAULT_SAE_MEMORY, BuildOptions, build
     from saezarr.configs import parse_layers
     from saezarr.units import parse_size
 
@@ -155,7 +155,7 @@ def _add_info(commands) -> None:
 def _run_info(args) -> int:
     import json
 
-    from saezarr.analysis import format_info, store_info
+    from saezarr.store.reading import format_info, store_info
 
     info = store_info(args.store)
     print(json.dumps(info, indent=2) if args.json else format_info(info))

@@ -16,12 +16,12 @@ import numpy as np
 import zarr
 from tqdm.auto import tqdm
 
-from saezarr.analysis import open_existing
+from saezarr.store.reading import open_existing
 from saezarr.configs import suggest
 from saezarr.errors import SaezarrError
-from saezarr.locking import process_alive
+from saezarr.store.locking import process_alive
 from saezarr.npyzip import read_members
-from saezarr.store import Store
+from saezarr.store.layout import Store
 from saezarr.units import human_bytes, usable_cores
 
 # npz key -> the store's coordinate on the fragment dimension

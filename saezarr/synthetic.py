@@ -127,7 +127,7 @@ def calibration_residuals(model_folder: Path, layers: list[int], sentences: Sequ
     """Residuals after each layer at every non-BOS token of the sentences, as float32 [tokens, d_model]."""
     from transformers import AutoModel, AutoTokenizer
 
-    from saezarr.residuals import ResidualReader
+    from saezarr.build.residuals import ResidualReader
 
     tokenizer = AutoTokenizer.from_pretrained(model_folder)
     model = AutoModel.from_pretrained(model_folder, dtype=torch.float32, attn_implementation="eager").eval()

@@ -347,10 +347,10 @@ def task_build(spec: dict) -> dict:
     imports = _warm_imports()
     import torch
 
-    import saezarr.build as B
+    import saezarr.build.pipeline as B
     from saezarr.configs import load_config_file
-    from saezarr.residuals import resolve_model
-    from saezarr.sae import locate_sae, plan_passes, resolve_sae_repo
+    from saezarr.build.residuals import resolve_model
+    from saezarr.build.sae import locate_sae, plan_passes, resolve_sae_repo
 
     options = B.BuildOptions(input=Path(spec["input"]), output=Path(spec["output"]), config_file=Path(spec["config"]),
                              device="cpu", dtype="float32", quiet=True, overwrite=True,
@@ -418,7 +418,7 @@ def task_build(spec: dict) -> dict:
     expected_passes = len(plan_passes(saes, options.sae_memory))
     fields = ("n_configs", "n_fragments", "n_sentences", "bytes_on_disk", "elapsed", "model_passes", "forward_batches",
               "sae_loads", "units_written", "units_total", "complete")
-    from saezarr.store import Store, directory_bytes
+    from saezarr.store.layout import Store, directory_bytes
 
     store = Store(options.output)
     return {
@@ -445,9 +445,9 @@ def task_build(spec: dict) -> dict:
 
 def _fragment_table(input_csv: str, config_path: str):
     from saezarr.configs import load_config_file
-    from saezarr.fragments import make_fragments
-    from saezarr.inputs import read_labeled_csv
-    from saezarr.residuals import load_tokenizer, resolve_model
+    from saezarr.build.fragments import make_fragments
+    from saezarr.build.inputs import read_labeled_csv
+    from saezarr.build.residuals import load_tokenizer, resolve_model
 
     config_file = load_config_file(config_path)
     info = resolve_model(config_file.model)
@@ -465,7 +465,7 @@ def _load_encoder(path: Path):
 
 
 def _encoder(path: Path):
-    from saezarr.sae import JumpReLUEncoder
+    from saezarr.build.sae import JumpReLUEncoder
 
     return JumpReLUEncoder(*_load_encoder(path))  # the build's own encode arithmetic
 
@@ -480,7 +480,7 @@ def _warm_imports() -> float:
     import zarr  # noqa: F401
     from transformers import AutoConfig, AutoModel, AutoTokenizer  # noqa: F401
 
-    import saezarr.build  # noqa: F401
+    import saezarr.build.pipeline  # noqa: F401
 
     return time.perf_counter() - t
 
@@ -492,7 +492,7 @@ class _Capture:
         pass
 
     def __init__(self, model, layers, stop: bool):
-        from saezarr.residuals import decoder_layers
+        from saezarr.build.residuals import decoder_layers
 
         self.out = {}
         self.handles = []
@@ -529,8 +529,8 @@ def task_floor(spec: dict) -> dict:
     import numpy as np
     import torch
 
-    from saezarr.residuals import load_model, pad_batch
-    from saezarr.store import Store
+    from saezarr.build.residuals import load_model, pad_batch
+    from saezarr.store.layout import Store
 
     if spec.get("torch_threads"):
         torch.set_num_threads(spec["torch_threads"])
@@ -543,7 +543,7 @@ def task_floor(spec: dict) -> dict:
     model_load = time.perf_counter() - t
     t = time.perf_counter()
     # the build's own loader, so W_enc lives in the same kind of memory (e.g. mapped from the page cache)
-    from saezarr.sae import JumpReLUEncoder, locate_sae, resolve_sae_repo
+    from saezarr.build.sae import JumpReLUEncoder, locate_sae, resolve_sae_repo
 
     source = resolve_sae_repo(config_file.sae_repo, config_file.configs[0])
     encoders = [(c.layer, JumpReLUEncoder.load(locate_sae(source, c, info.hidden_size), "cpu")) for c in config_file.configs]
@@ -608,7 +608,7 @@ def task_baseline(spec: dict) -> dict:
     from transformers import AutoModel, AutoTokenizer
 
     from saezarr.configs import load_config_file
-    from saezarr.residuals import pad_batch
+    from saezarr.build.residuals import pad_batch
 
     if spec.get("torch_threads"):
         torch.set_num_threads(spec["torch_threads"])
@@ -660,8 +660,8 @@ def task_codec(spec: dict) -> dict:
     import numpy as np
     import torch
 
-    from saezarr.build import ChunkWriter
-    from saezarr.store import STATE_GROUP, Store
+    from saezarr.build.pipeline import ChunkWriter
+    from saezarr.store.layout import STATE_GROUP, Store
 
     store = Store(spec["store"])
     array = store.array
@@ -738,7 +738,7 @@ def _thinnest_encode_cpu(rows: int, width: int, units: int) -> float:
     What is left is writing the [rows, width] pre-activations and the threshold pass over them."""
     import torch
 
-    from saezarr.sae import JumpReLUEncoder
+    from saezarr.build.sae import JumpReLUEncoder
 
     generator = torch.Generator().manual_seed(0)
     encoder = JumpReLUEncoder(torch.randn(1, width, generator=generator), torch.zeros(width), torch.full((width,), 1.5))
@@ -754,7 +754,7 @@ def _thinnest_encode_cpu(rows: int, width: int, units: int) -> float:
 
 def _store_codec(array):
     """The store's own inner-chunk compressor (read from its metadata, as saezarr's shard writer reads it)."""
-    from saezarr.shards import ShardEncoder
+    from saezarr.store.shards import ShardEncoder
 
     encoder = ShardEncoder.for_array(array)
     if encoder is None:

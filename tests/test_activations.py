@@ -14,10 +14,10 @@ import xarray as xr
 import zarr
 
 import saezarr
-from saezarr.build import BuildOptions, build
-from saezarr.fragments import FRAGMENT_FIELDS, make_fragments
-from saezarr.inputs import read_labeled_csv
-from saezarr.residuals import load_tokenizer, resolve_model
+from saezarr.build.pipeline import BuildOptions, build
+from saezarr.build.fragments import FRAGMENT_FIELDS, make_fragments
+from saezarr.build.inputs import read_labeled_csv
+from saezarr.build.residuals import load_tokenizer, resolve_model
 
 CHUNK = 64
 GATE_MARGIN = 1e-5  # entries whose pre-activation is this close to the threshold may flip either way

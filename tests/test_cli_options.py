@@ -40,8 +40,8 @@ def test_cuda_without_a_gpu_is_refused(tmp_path, demo_config, capsys):
 
 
 def test_sae_memory_budget_splits_passes_without_changing_results(tmp_path, demo_config, capsys):
-    from saezarr.build import BuildOptions, build
-    from saezarr.store import Store
+    from saezarr.build.pipeline import BuildOptions, build
+    from saezarr.store.layout import Store
 
     def run(name: str, budget: int):
         options = BuildOptions(input=DEMO_CSV, output=tmp_path / name, config_file=demo_config,
@@ -61,7 +61,7 @@ def test_bfloat16_model_gives_float32_latents_close_to_float32(tmp_path, demo_co
     import numpy as np
     import xarray as xr
 
-    from saezarr.build import BuildOptions, build
+    from saezarr.build.pipeline import BuildOptions, build
 
     for dtype in ("float32", "bfloat16"):
         summary = build(BuildOptions(input=DEMO_CSV, output=tmp_path / f"{dtype}.zarr", config_file=demo_config,

@@ -20,7 +20,7 @@ from clitools import run_cli
 from saezarr import cli
 from saezarr.errors import SaezarrError
 from saezarr.export import NPZ_KEYS, export_npz, npz_name, parallel_jobs
-from saezarr.store import Store
+from saezarr.store.layout import Store
 from saezarr.units import usable_cores
 
 NEAR_THRESHOLD = 1e-5

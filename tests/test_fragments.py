@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from saezarr.errors import SaezarrError
-from saezarr.fragments import FRAGMENT_FIELDS, GRANULARITIES, make_fragments, select_positions
-from saezarr.inputs import LabeledSentences, read_labeled_csv
-from saezarr.residuals import load_tokenizer, resolve_model
+from saezarr.build.fragments import FRAGMENT_FIELDS, GRANULARITIES, make_fragments, select_positions
+from saezarr.build.inputs import LabeledSentences, read_labeled_csv
+from saezarr.build.residuals import load_tokenizer, resolve_model
 
 WORD = re.compile(r"\S+")
 
@@ -169,7 +169,7 @@ def test_too_long_sentence_is_refused_naming_the_row(tokenizer, model_info):
 
 
 def test_too_long_sentence_stops_the_build_before_any_output(tiny, tmp_path):
-    from saezarr.build import BuildOptions, build
+    from saezarr.build.pipeline import BuildOptions, build
 
     csv = tmp_path / "long.csv"
     long = " ".join(f"w{i}" for i in range(700))

@@ -12,7 +12,7 @@ import pytest
 import zarr
 from clitools import run_cli
 
-from saezarr.build import BuildOptions, build
+from saezarr.build.pipeline import BuildOptions, build
 from saezarr.synthetic import populate_hf_cache, write_config_file
 
 MODEL_ID = "google/gemma-2-2b"

@@ -9,8 +9,8 @@ import pytest
 from clitools import run_cli
 
 from saezarr import cli
-from saezarr.inputs import file_sha256
-from saezarr.store import Store, directory_bytes
+from saezarr.build.inputs import file_sha256
+from saezarr.store.layout import Store, directory_bytes
 from saezarr.synthetic import DEMO_CSV
 from saezarr.units import human_bytes
 

@@ -11,7 +11,7 @@ import pytest
 from clitools import run_cli, write_csv
 
 from saezarr.errors import SaezarrError
-from saezarr.inputs import read_labeled_csv
+from saezarr.build.inputs import read_labeled_csv
 
 HEADER = "sentence,concept_strength_label\n"
 _LATIN1 = f"{HEADER}Fine.,0\n".encode() + "Café au lait.,1\n".encode("latin-1")

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import zarr
 
-from saezarr.build import BuildOptions, build
-from saezarr.fragments import make_fragments
-from saezarr.inputs import read_labeled_csv
-from saezarr.residuals import load_tokenizer, resolve_model
+from saezarr.build.pipeline import BuildOptions, build
+from saezarr.build.fragments import make_fragments
+from saezarr.build.inputs import read_labeled_csv
+from saezarr.build.residuals import load_tokenizer, resolve_model
 
 CONFIG = "layer_12_l0_20"
 

@@ -12,7 +12,7 @@ import pytest
 import zarr
 from clitools import run_cli
 
-from saezarr.build import BuildOptions, build
+from saezarr.build.pipeline import BuildOptions, build
 from saezarr.errors import SaezarrError
 
 CHUNK = 32

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from saezarr.cli import main
-from saezarr.locking import StoreLock
+from saezarr.store.locking import StoreLock
 from saezarr.synthetic import DEMO_CSV
 
 
@@ -73,7 +73,7 @@ def test_a_failed_swap_puts_the_old_store_back(built, demo_config, monkeypatch, 
             raise OSError(28, "No space left on device")
         return real_rename(src, dst)
 
-    monkeypatch.setattr("saezarr.store.os.rename", failing_rename)
+    monkeypatch.setattr("saezarr.store.layout.os.rename", failing_rename)
     assert main(_args(built, demo_config, "--overwrite")) == 1
     assert "could not create the store (No space left on device)" in capsys.readouterr().err
     assert _digest(built) == before

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from faultkit import REPORT, STATE, assert_same_store, build_args, copy_store, one_error_line, tree_digest, unit_paths
 
-import saezarr.locking
+import saezarr.store.locking
 from saezarr.cli import main
 from saezarr.errors import SaezarrError
-from saezarr.locking import StoreLock, _start_ticks
+from saezarr.store.locking import StoreLock, _start_ticks
 from saezarr.synthetic import DEMO_CSV
 
 
@@ -112,7 +112,7 @@ def _holder(pid, host=None, started="2025-01-02T03:04:05+0000", boot_ticks=None)
 @pytest.mark.parametrize("left", ["dead pid", "reused pid", "zombie", "empty file", "garbage", "pid 0"])
 def test_stale_locks_are_taken(tmp_path, monkeypatch, left, flock):
     if not flock:  # as on a file system without flock: the JSON alone decides
-        monkeypatch.setattr(saezarr.locking, "fcntl", None)
+        monkeypatch.setattr(saezarr.store.locking, "fcntl", None)
     path = tmp_path / "lock"
     zombie = None
     if left == "dead pid":
@@ -143,7 +143,7 @@ def test_stale_locks_are_taken(tmp_path, monkeypatch, left, flock):
 @pytest.mark.parametrize("flock", [True, False], ids=["flock", "no-flock"])
 def test_live_and_foreign_locks_are_refused(tmp_path, monkeypatch, flock):
     if not flock:
-        monkeypatch.setattr(saezarr.locking, "fcntl", None)
+        monkeypatch.setattr(saezarr.store.locking, "fcntl", None)
     path = tmp_path / "lock"
     sleeper = subprocess.Popen(["sleep", "120"])
     try:
@@ -169,7 +169,7 @@ def test_disk_full_while_writing_the_lock(tmp_path, monkeypatch):
     def full(fd, holder):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(saezarr.locking, "_write_json", full)
+    monkeypatch.setattr(saezarr.store.locking, "_write_json", full)
     with pytest.raises(SaezarrError, match="No space left on device") as failed:
         StoreLock(tmp_path / "lock", tmp_path).acquire()
     assert failed.value.exit_code == 1
@@ -196,7 +196,7 @@ _RACE = textwrap.dedent(
     import json, multiprocessing as mp, os, socket, sys, time
     from pathlib import Path
     from saezarr.errors import SaezarrError
-    from saezarr.locking import StoreLock
+    from saezarr.store.locking import StoreLock
 
     def contender(path, barrier, results):
         lock = StoreLock(Path(path), Path(path).parent)

@@ -19,8 +19,8 @@ from zarr.codecs import ZstdCodec
 
 from saezarr.configs import SAEConfig
 from saezarr.errors import SaezarrError
-from saezarr.locking import StoreLock, process_alive
-from saezarr.shards import ShardEncoder
+from saezarr.store.locking import StoreLock, process_alive
+from saezarr.store.shards import ShardEncoder
 
 ACTIVATIONS = "activations"
 STATE_GROUP = "_saezarr"

@@ -18,10 +18,10 @@ from tqdm.auto import tqdm
 from saezarr import __version__
 from saezarr.configs import SAEConfig, load_config_file, select_configs
 from saezarr.errors import SaezarrError
-from saezarr.fragments import Fragments, make_fragments
-from saezarr.inputs import read_labeled_csv
-from saezarr.locking import StoreLock
-from saezarr.residuals import (
+from saezarr.build.fragments import Fragments, make_fragments
+from saezarr.build.inputs import read_labeled_csv
+from saezarr.store.locking import StoreLock
+from saezarr.build.residuals import (
     ModelInfo,
     ResidualReader,
     check_weights,
@@ -29,14 +29,14 @@ from saezarr.residuals import (
     load_tokenizer,
     resolve_model,
 )
-from saezarr.sae import (
+from saezarr.build.sae import (
     JumpReLUEncoder,
     SAEFile,
     locate_sae,
     plan_passes,
     resolve_sae_repo,
 )
-from saezarr.store import (
+from saezarr.store.layout import (
     DEFAULT_CHUNK_FRAGMENTS,
     Store,
     check_output_path,

@@ -9,7 +9,7 @@ import xarray as xr
 import zarr
 
 from saezarr.errors import SaezarrError
-from saezarr.store import ACTIVATIONS, Store, read_saezarr_attrs
+from saezarr.store.layout import ACTIVATIONS, Store, read_saezarr_attrs
 from saezarr.units import human_bytes
 
 # coordinates on `config` that are short names, exposed as fixed-width str rather than numpy's StringDType

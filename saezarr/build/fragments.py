@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from saezarr.errors import SaezarrError
-from saezarr.inputs import LabeledSentences
+from saezarr.build.inputs import LabeledSentences
 
 GRANULARITIES = ("token", "word", "final")
 FRAGMENT_FIELDS = (

@@ -12,7 +12,7 @@ import torch
 
 from saezarr.configs import SAEConfig
 from saezarr.errors import SaezarrError
-from saezarr.hub import Source, download, resolve
+from saezarr.build.hub import Source, download, resolve
 from saezarr.npyzip import load_member, read_members
 
 PARAMS_FILE = "params.npz"

@@ -1,0 +1,1 @@
+"""Analysing a store: which SAE features track the concept labels."""
