@@ -7,11 +7,9 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -29,12 +27,15 @@ from saezarr.build.residuals import (
     load_tokenizer,
     resolve_model,
 )
-from saezarr.build.sae import (
-    JumpReLUEncoder,
-    SAEFile,
-    locate_sae,
-    plan_passes,
-    resolve_sae_repo,
+from saezarr.build.sae import JumpReLUEncoder, SAEFile, locate_sae, resolve_sae_repo
+from saezarr.build.work import (  # noqa: F401 (ChunkWriter: the benchmarks write through it)
+    ChunkWriter,
+    FragmentIndex,
+    PassSpec,
+    Task,
+    compute_chunk,
+    overlaps_writes,
+    pending_work,
 )
 from saezarr.store.layout import (
     DEFAULT_CHUNK_FRAGMENTS,
@@ -46,7 +47,7 @@ from saezarr.store.layout import (
     remove_stale_staging,
     store_lock,
 )
-from saezarr.units import human_bytes, usable_cores
+from saezarr.units import human_bytes
 
 DEFAULT_BATCH_SIZE = 16
 DEFAULT_SAE_MEMORY = 8 * 2**30  # leaves room for Gemma-2-2B in float32 (~10.5 GB) on a 24 GiB host
@@ -257,169 +258,37 @@ def _open_or_create(options: BuildOptions, plan: _Plan, exists: bool) -> tuple[S
 
 
 class _PassRunner:
-    """Runs each SAE pass over the chunks it still lacks, writing through a ChunkWriter."""
+    """Runs the pending tasks of each SAE pass in this process, writing (and marking) through a ChunkWriter."""
 
     def __init__(self, options: BuildOptions, plan: _Plan, store: Store, summary: BuildSummary):
         self.options, self.plan, self.store, self.summary = options, plan, store, summary
-        self.done = store.done_matrix()
-        self.model = None
 
     def run(self) -> None:
         """Run every pass that has pending chunks; the model is loaded only if something is left."""
-        self.summary.units_total, self.summary.units_skipped = self.done.size, int(self.done.sum())
-        passes = self._pending_passes()
-        if not passes:
+        done = self.store.done_matrix()
+        self.summary.units_total, self.summary.units_skipped = done.size, int(done.sum())
+        work = pending_work(self.store, self.plan.saes, self.options.sae_memory, self.options.max_chunks)
+        if not work:
             return
-        self.model = load_model(self.plan.model_info, self.plan.device, self.options.dtype)
-        chunks_left = self.options.max_chunks
-        total = sum(self.store.chunk_size(chunk) for _, _, pending in passes for chunk in pending)
+        model = load_model(self.plan.model_info, self.plan.device, self.options.dtype)
+        fragments = FragmentIndex.of(self.plan.fragments)
+        total = sum(self.store.chunk_size(task.chunk) for _, tasks in work for task in tasks)
         with tqdm(total=total, unit="frag", disable=self.options.quiet, desc="saezarr build", dynamic_ncols=True) as bar:
-            for group, rows, pending in passes:
-                if chunks_left is not None:
-                    pending = pending[:chunks_left]
-                    chunks_left -= len(pending)
-                if pending:
-                    self._run_pass(group, rows, pending, bar)
+            for pass_, tasks in work:
+                self._run_pass(model, fragments, pass_, tasks, bar)
 
-    def _pending_passes(self) -> list[tuple[list[SAEFile], list[int], list[int]]]:
-        index = {name: i for i, name in enumerate(self.store.config_names)}
-        passes = []
-        for group in plan_passes(self.plan.saes, self.options.sae_memory):
-            rows = [index[sae.config.name] for sae in group]
-            pending = [int(chunk) for chunk in np.flatnonzero(~self.done[rows].all(axis=0))]
-            if pending:
-                passes.append((group, rows, pending))
-        return passes
-
-    def _run_pass(self, group: list[SAEFile], rows: list[int], pending: list[int], bar: tqdm) -> None:
-        """One model pass: each pending chunk goes through the model once and through every SAE of the group."""
-        encoders = [JumpReLUEncoder.load(sae, self.plan.device) for sae in group]
-        self.summary.sae_loads += len(group)
+    def _run_pass(self, model: torch.nn.Module, fragments: FragmentIndex, pass_: PassSpec, tasks: list[Task], bar: tqdm) -> None:
+        """One model pass: each pending chunk goes through the model once and through every SAE of the pass."""
+        encoders = [JumpReLUEncoder.load(sae, self.plan.device) for sae in pass_.saes]
+        self.summary.sae_loads += len(pass_.saes)
         self.summary.model_passes += 1
-        layers = sorted({sae.config.layer for sae in group})
         overlap = self.options.overlap_writes
         if overlap is None:
             overlap = overlaps_writes(self.plan.device)
-        writer = ChunkWriter(self.store, self.options.workers, overlap)
-        with ResidualReader(self.model, layers) as reader, writer:
-            for chunk in pending:
-                residuals = self._chunk_residuals(reader, chunk)
-                for sae, encoder, row in zip(group, encoders, rows):
-                    if not self.done[row, chunk]:
-                        # the chunk's latents reach the host once, into a buffer the writer recycles
-                        latents = writer.host_buffer(self.store.chunk_size(chunk), self.store.width)
-                        writer.submit(row, chunk, encoder.encode(residuals[sae.config.layer], out=latents))
-                        self.summary.units_written += 1
-                bar.update(self.store.chunk_size(chunk))
-
-    def _chunk_residuals(self, reader: ResidualReader, chunk: int) -> dict[int, torch.Tensor]:
-        """Residuals of one chunk's fragments; the chunk alone decides its batches, so reruns are bit-identical."""
-        start, stop = self.store.chunk_bounds(chunk)
-        table = self.plan.fragments.table.iloc[start:stop]
-        sentences = table["sentence_index"].to_numpy()
-        positions = table["token_position"].to_numpy()
-        unique = list(dict.fromkeys(sentences.tolist()))
         batch_size = self.store.attrs.get("batch_size", DEFAULT_BATCH_SIZE)  # on resume, the store's own
-        parts: dict[int, list[torch.Tensor]] = {}
-        for first in range(0, len(unique), batch_size):
-            batch = unique[first : first + batch_size]
-            in_batch = np.isin(sentences, batch)
-            row_of = {s: r for r, s in enumerate(batch)}
-            rows = np.array([row_of[s] for s in sentences[in_batch]])
-            # a causal model needs no token after the chunk's last fragment of a sentence
-            token_ids = [self.plan.fragments.token_ids[s][: positions[sentences == s].max() + 1] for s in batch]
-            captured = reader.read(token_ids, rows, positions[in_batch])
-            self.summary.forward_batches += 1
-            for layer, tensor in captured.items():
-                parts.setdefault(layer, []).append(tensor)
-        return {layer: torch.cat(tensors) for layer, tensors in parts.items()}
-
-
-def overlaps_writes(device: str) -> bool:
-    """Whether writes run behind the compute by default: on a GPU yes, on a CPU they would compete for its cores."""
-    return torch.device(device).type != "cpu"
-
-
-class ChunkWriter:
-    """Compresses and writes units on worker threads, holding a bounded number of units so memory stays flat.
-
-    With `overlap` (for GPUs), units queue behind the compute. Without it (for CPUs), units gather until there is one
-    per thread, then all are written at once while the compute waits: writer threads running beside the model's
-    OpenMP threads stall its matmuls, which made overlapped builds slower (scripts/BENCHMARKS.md).
-    """
-
-    def __init__(self, store: Store, workers: int | None = None, overlap: bool = True):
-        self.store = store
-        self.workers = workers or usable_cores()
-        self.overlap = overlap
-        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="saezarr-write")
-        self._slots = threading.BoundedSemaphore(2 * self.workers)
-        self._gathered: list[tuple[int, int, torch.Tensor]] = []
-        self._free: list[torch.Tensor] = []
-        self._free_lock = threading.Lock()
-        self._error: BaseException | None = None
-
-    def host_buffer(self, rows: int, width: int) -> torch.Tensor:
-        """A float32 host tensor for a unit's latents: one whose unit is written, else a new one."""
-        # reusing them spares the page faults of a fresh tensor per unit (about 11% of a write-bound build)
-        with self._free_lock:
-            self._free = [buffer for buffer in self._free if buffer.shape == (rows, width)]
-            if self._free:
-                return self._free.pop()
-        return torch.empty((rows, width), dtype=torch.float32)
-
-    def _write(self, config_index: int, chunk: int, latents: torch.Tensor) -> None:
-        self.store.write_chunk(config_index, chunk, latents.numpy())
-        with self._free_lock:
-            self._free.append(latents)
-
-    def submit(self, config_index: int, chunk: int, latents: torch.Tensor) -> None:
-        """Hand over one unit; blocks while units are being written or the queue is full, and raises write errors."""
-        self._raise_if_failed()
-        if not self.overlap:
-            self._gathered.append((config_index, chunk, latents))
-            if len(self._gathered) >= self.workers:
-                self._write_gathered()
-            return
-        self._slots.acquire()
-        self._pool.submit(self._write, config_index, chunk, latents).add_done_callback(self._finished)
-
-    def _write_gathered(self) -> None:
-        units, self._gathered = self._gathered, []
-        try:
-            for _ in self._pool.map(lambda unit: self._write(*unit), units):
-                pass
-        except OSError as error:
-            raise _write_error(error, self.store) from None
-
-    def _finished(self, future: Future) -> None:
-        if future.exception() is not None and self._error is None:
-            self._error = future.exception()  # before the slot frees, so no further unit is queued
-        self._slots.release()
-
-    def _raise_if_failed(self) -> None:
-        if self._error is not None:
-            raise _write_error(self._error, self.store)
-
-    def __enter__(self) -> ChunkWriter:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        try:
-            if exc[0] is None:
-                self._write_gathered()  # units gathered but not yet written; dropped (unmarked) after an error
-        finally:
-            self._pool.shutdown(wait=True)
-        if exc[0] is None:
-            self._raise_if_failed()
-
-
-def _write_error(error: BaseException, store: Store) -> BaseException:
-    if isinstance(error, OSError):
-        where = error.filename or store.path
-        return SaezarrError(
-            f"{store.path}: writing failed at {where}: {error.strerror or error}; "
-            "fix the cause, then rerun the same command with --resume (in place of --overwrite, if given)",
-            exit_code=1,
-        )
-    return error
+        writer = ChunkWriter(self.store, self.options.workers, overlap)
+        with ResidualReader(model, pass_.layers) as reader, writer:
+            for task in tasks:
+                self.summary.forward_batches += compute_chunk(reader, encoders, pass_, fragments, task, batch_size, writer)
+                self.summary.units_written += len(task.rows)
+                bar.update(self.store.chunk_size(task.chunk))

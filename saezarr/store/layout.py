@@ -86,6 +86,11 @@ class Store:
 
     def write_chunk(self, config_index: int, chunk: int, latents: np.ndarray) -> None:
         """Write one unit's latents, then mark it complete."""
+        self.write_shard(config_index, chunk, latents)
+        self.mark_done(config_index, chunk)
+
+    def write_shard(self, config_index: int, chunk: int, latents: np.ndarray) -> None:
+        """Write one unit's latents durably, without marking it: any process may do this, the writer marks."""
         expected = (self.chunk_size(chunk), self.width)
         if latents.shape != expected:
             raise ValueError(f"unit ({config_index}, {chunk}) takes latents of shape {expected}, got {latents.shape}")
@@ -100,6 +105,9 @@ class Store:
             shard.unlink(missing_ok=True)
             self.array[config_index, start:stop, :] = latents
             _fsync(shard)  # durable before marked, even across a power cut
+
+    def mark_done(self, config_index: int, chunk: int) -> None:
+        """Mark a unit complete; only once its shard is durable."""
         mark = self._mark(config_index, chunk)
         mark.parent.mkdir(parents=True, exist_ok=True)
         mark.touch()
