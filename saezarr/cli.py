@@ -68,7 +68,31 @@ def _add_build(commands) -> None:
     p.add_argument("--force-unlock", action="store_true", help="take the store's lock even if another build seems to hold it")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--demo", action="store_true", help="build from the bundled sample with a tiny generated model (offline)")
+    _add_cluster_options(p, local=True)
     p.set_defaults(run=_run_build)
+
+
+def _add_cluster_options(p, local: bool) -> None:
+    """Options choosing the dask cluster a command runs on."""
+    where = p.add_mutually_exclusive_group()
+    if local:
+        where.add_argument("--local-workers", type=_positive_int, default=None,
+                           help="run on a local dask cluster of N single-thread worker processes (on CUDA: one per GPU)")
+    where.add_argument("--scheduler", default=None, help="run on the dask cluster of this scheduler, e.g. tcp://host:8786")
+    where.add_argument("--scheduler-file", type=Path, default=None, help="run on the dask cluster of this scheduler file")
+    p.add_argument("--worker-timeout", type=_positive_float, default=None,
+                   help="seconds to wait for the scheduler and a first worker (default 60)")
+
+
+def _cluster_options(args):
+    from saezarr.build.cluster import DEFAULT_WORKER_TIMEOUT, ClusterOptions
+
+    return ClusterOptions(
+        local_workers=getattr(args, "local_workers", None),
+        scheduler=args.scheduler,
+        scheduler_file=args.scheduler_file,
+        worker_timeout=args.worker_timeout or DEFAULT_WORKER_TIMEOUT,
+    )
 
 
 def _run_build(args) -> int:
@@ -107,6 +131,7 @@ def _run_build(args) -> int:
         force_unlock=args.force_unlock,
         quiet=args.quiet,
         max_chunks=args.max_chunks,
+        cluster=_cluster_options(args),
     )
     summary = build(options)
     print(summary.line())
@@ -170,6 +195,17 @@ def _positive_int(text: str) -> int:
         value = 0
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    """Parse a positive number option value."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
 
 

@@ -28,8 +28,10 @@ from saezarr.build.residuals import (
     resolve_model,
 )
 from saezarr.build.sae import JumpReLUEncoder, SAEFile, locate_sae, resolve_sae_repo
+from saezarr.build.cluster import ClusterOptions, check_workers, cluster_client, local_spec, run_tasks
 from saezarr.build.work import (  # noqa: F401 (ChunkWriter: the benchmarks write through it)
     ChunkWriter,
+    ComputeSpec,
     FragmentIndex,
     PassSpec,
     Task,
@@ -77,6 +79,7 @@ class BuildOptions:
     force_unlock: bool = False
     quiet: bool = False
     max_chunks: int | None = None
+    cluster: ClusterOptions = field(default_factory=ClusterOptions)  # default: run in this process
 
 
 @dataclass
@@ -96,6 +99,7 @@ class BuildSummary:
     units_skipped: int = 0
     units_total: int = 0
     complete: bool = False
+    workers: list[str] = field(default_factory=list)  # dask workers that ran tasks; empty in this process
 
     def line(self) -> str:
         """One summary line for the terminal."""
@@ -105,6 +109,7 @@ class BuildSummary:
             f"({self.n_sentences} sentences), {human_bytes(self.bytes_on_disk)} on disk, {self.elapsed:.1f} s; "
             f"model passes {self.model_passes}, SAE loads {self.sae_loads}, "
             f"chunks written {self.units_written}, already done {self.units_skipped} of {self.units_total}"
+            + (f"; {len(self.workers)} workers: {', '.join(self.workers)}" if self.workers else "")
         )
 
 
@@ -129,24 +134,58 @@ def build(options: BuildOptions) -> BuildSummary:
         raise SaezarrError(f"--output {options.output}: a store exists there; use --resume to continue it or --overwrite to replace it")
     if exists and options.resume:
         check_resume(options.output, plan.attrs)
-    store, lock = _open_or_create(options, plan, exists)
-    summary = BuildSummary(options.output, len(plan.configs), len(plan.fragments), plan.attrs["n_sentences"])
-    with lock:
-        try:
-            _PassRunner(options, plan, store, summary).run()
-        except KeyboardInterrupt:
-            with _interrupts_ignored():
-                done = store.done_matrix()
-            raise SaezarrError(
-                f"interrupted: {int(done.sum())} of {done.size} chunks of {options.output} are done and kept; "
-                "rerun the same command with --resume (in place of --overwrite, if given) to continue",
-                exit_code=130,
-            ) from None
+    with _cluster(options, plan) as client:  # connected, and every worker checked, before the store is touched
+        store, lock = _open_or_create(options, plan, exists)
+        summary = BuildSummary(options.output, len(plan.configs), len(plan.fragments), plan.attrs["n_sentences"])
+        with lock:
+            try:
+                if client is None:
+                    _PassRunner(options, plan, store, summary).run()
+                else:
+                    _run_on_cluster(client, options, plan, store, summary)
+            except KeyboardInterrupt:
+                with _interrupts_ignored():
+                    done = store.done_matrix()
+                raise SaezarrError(
+                    f"interrupted: {int(done.sum())} of {done.size} chunks of {options.output} are done and kept; "
+                    "rerun the same command with --resume (in place of --overwrite, if given) to continue",
+                    exit_code=130,
+                ) from None
     done = store.done_matrix()
     summary.complete = bool(done.all())
     summary.bytes_on_disk = store.bytes_on_disk()
     summary.elapsed = time.perf_counter() - started
     return summary
+
+
+@contextlib.contextmanager
+def _cluster(options: BuildOptions, plan: _Plan):
+    """A dask client whose every worker can run this build, or None to run in this process."""
+    if not options.cluster.wanted:
+        yield None
+        return
+    with cluster_client(options.cluster, plan.device) as client:
+        check_workers(client, options.cluster, plan.model_info, [sae.path for sae in plan.saes], plan.device,
+                      options.output.resolve())
+        yield client
+
+
+def _run_on_cluster(client, options: BuildOptions, plan: _Plan, store: Store, summary: BuildSummary) -> None:
+    """Run the pending tasks on the cluster's workers; this process marks what they report durable."""
+    done = store.done_matrix()
+    summary.units_total, summary.units_skipped = done.size, int(done.sum())
+    work = pending_work(store, plan.saes, options.sae_memory, options.max_chunks)
+    spec = ComputeSpec(model=plan.model_info, device=plan.device, dtype=options.dtype,
+                       batch_size=store.attrs.get("batch_size", DEFAULT_BATCH_SIZE), store=store.path.resolve(),
+                       write_threads=options.workers, overlap_writes=options.overlap_writes)
+    if options.cluster.local_workers is not None:
+        spec = local_spec(spec, options.cluster.local_workers, options.workers)
+    results = run_tasks(client, options.cluster, spec, FragmentIndex.of(plan.fragments), work, store, options.quiet)
+    summary.model_passes = len(work)
+    summary.sae_loads = sum(result.sae_loads for result in results)
+    summary.forward_batches = sum(result.forward_batches for result in results)
+    summary.units_written = sum(len(result.units) for result in results)
+    summary.workers = sorted({result.worker for result in results})
 
 
 def _check_resume_options(options: BuildOptions, store: Store) -> None:
@@ -175,8 +214,8 @@ def _interrupts_ignored():
         signal.signal(signal.SIGINT, previous)
 
 
-def resolve_device(device: str | None) -> str:
-    """The torch device to run on: as asked, else CUDA when available; refuse one this machine lacks."""
+def resolve_device(device: str | None, here: bool = True) -> str:
+    """The torch device to run on: as asked, else CUDA when available; refuse one this machine lacks (if `here`)."""
     if device is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -185,6 +224,8 @@ def resolve_device(device: str | None) -> str:
         parsed = None
     if parsed is None or parsed.type not in ("cpu", "cuda"):
         raise SaezarrError(f"--device {device}: not a device saezarr runs on (use cpu or cuda)")
+    if not here:
+        return device  # runs on the cluster's workers, which check it themselves
     if parsed.type == "cuda" and not torch.cuda.is_available():
         raise SaezarrError(f"--device {device}: CUDA is not available here (torch {torch.__version__}); use --device cpu")
     if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
@@ -193,7 +234,7 @@ def resolve_device(device: str | None) -> str:
 
 
 def _plan(options: BuildOptions) -> _Plan:
-    device = resolve_device(options.device)
+    device = resolve_device(options.device, here=not options.cluster.remote)
     data = read_labeled_csv(options.input)
     config_file = load_config_file(options.config_file)
     configs = select_configs(config_file.configs, options.layers, options.configs)

@@ -66,9 +66,10 @@ class Store:
 
     def is_done(self, config_index: int, chunk: int) -> bool:
         """True if the unit is marked complete and the data file it marks is there."""
-        return self._mark(config_index, chunk).exists() and self._shard_written(config_index, chunk)
+        return self._mark(config_index, chunk).exists() and self.shard_written(config_index, chunk)
 
-    def _shard_written(self, config_index: int, chunk: int) -> bool:
+    def shard_written(self, config_index: int, chunk: int) -> bool:
+        """True if the unit's shard file is there and not empty (marked or not)."""
         shard = self._shard_file(config_index, chunk)
         return shard.is_file() and shard.stat().st_size > 0
 
@@ -81,7 +82,7 @@ class Store:
                 continue
             for entry in os.scandir(folder):
                 if entry.name.isdigit() and int(entry.name) < self.n_chunks:
-                    done[ci, int(entry.name)] = self._shard_written(ci, int(entry.name))
+                    done[ci, int(entry.name)] = self.shard_written(ci, int(entry.name))
         return done
 
     def write_chunk(self, config_index: int, chunk: int, latents: np.ndarray) -> None:
