@@ -1,0 +1,197 @@
+#!/usr/bin/env python
+"""Benchmark builds on dask.distributed against the single-process build, and measure the per-unit costs that the
+multi-GPU estimate in scripts/BENCHMARKS.md is computed from. Every measured thing runs in a fresh child process.
+
+1. Cluster overhead: the same build (bench_build's workloads, `--quick` sizes) as 1 process x 2 threads (the plain
+   build: torch and the writer threads share the cores) and as a LocalCluster of 2 worker processes x 1 thread (each
+   with half the cores for torch and for writing), alternated, best of `--repeat`. Ratio = single wall / cluster
+   wall, with and without the cluster's start (measured apart in the same run). Workload 2 is write-bound (tiny
+   model, 8 SAEs of width 16384), workload 1 compute-bound (real Gemma-2-2B widths, 4 layers).
+2. Per-unit costs at Gemma Scope widths (chunk 512 x 16384 latents): compress+write of one unit on one core, bytes
+   per unit on disk, and the CPU encode of one SAE per chunk; dask's task round trip rate on a local cluster.
+
+    python scripts/bench_cluster.py                              # ~5 min on 2 cores
+    python scripts/bench_cluster.py --out-md scripts/BENCHMARKS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+TARGET_RATIO = 0.85
+_spec = importlib.util.spec_from_file_location("bench_build", Path(__file__).with_name("bench_build.py"))
+bench_build = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench_build)
+
+
+# ------------------------------------------------------------------------------------------------- child tasks
+
+
+def task_build(spec: dict) -> dict:
+    """One build, timed without imports; `local_workers` runs it on a LocalCluster."""
+    import torch  # noqa: F401 (imported before the clock starts, as in bench_build)
+
+    from saezarr.build.cluster import ClusterOptions
+    from saezarr.build.pipeline import BuildOptions, build
+
+    cluster = ClusterOptions(local_workers=spec.get("local_workers"))
+    options = BuildOptions(input=Path(spec["input"]), output=Path(spec["output"]), config_file=Path(spec["config"]),
+                           quiet=True, overwrite=True, cluster=cluster)
+    started = time.perf_counter()
+    summary = build(options)
+    wall = time.perf_counter() - started
+    return {"wall": wall, "n_fragments": summary.n_fragments, "units": summary.units_written,
+            "bytes": summary.bytes_on_disk, "workers": len(summary.workers)}
+
+
+def task_cluster_start(spec: dict) -> dict:
+    """Start and stop a LocalCluster as a build does (start, connect, first worker, worker check), timed."""
+    from saezarr.build.cluster import ClusterOptions, cluster_client
+
+    started = time.perf_counter()
+    with cluster_client(ClusterOptions(local_workers=spec["n"]), "cpu") as client:
+        client.wait_for_workers(spec["n"])
+        up = time.perf_counter() - started
+        futures = client.map(abs, range(spec["tasks"]), pure=False)
+        t0 = time.perf_counter()
+        client.gather(futures)
+        rate = spec["tasks"] / (time.perf_counter() - t0)
+    return {"start": up, "task_rate": rate}
+
+
+def task_units(spec: dict) -> dict:
+    """Per-unit costs on a finished workload-2 store: compress+write on one thread, bytes; CPU encode per SAE."""
+    import numpy as np
+    import torch
+
+    from saezarr.store.layout import Store
+
+    source = Store(spec["store"])
+    copy = Path(spec["scratch"]) / "units.zarr"
+    shutil.copytree(spec["store"], copy)
+    store = Store(copy, mode="r+")
+    chunk = 0
+    latents = [np.ascontiguousarray(source.array[ci, slice(*source.chunk_bounds(chunk)), :]) for ci in range(store.n_configs)]
+    started = time.perf_counter()
+    for ci, unit in enumerate(latents):
+        store.write_shard(ci, chunk, unit)
+    write_s = (time.perf_counter() - started) / len(latents)
+    sizes = [store._shard_file(ci, chunk).stat().st_size for ci in range(store.n_configs)]
+    nnz = float(np.mean([np.count_nonzero(unit) / unit.shape[0] for unit in latents]))
+    x, w = torch.randn(512, 2304), torch.randn(2304, 16384) / 48
+    encode = {}
+    for threads in (1, torch.get_num_threads()):
+        torch.set_num_threads(threads)
+        torch.addmm(torch.zeros(16384), x, w)
+        t0 = time.perf_counter()
+        for _ in range(3):
+            torch.addmm(torch.zeros(16384), x, w)
+        encode[threads] = (time.perf_counter() - t0) / 3
+    return {"rows": latents[0].shape[0], "width": latents[0].shape[1], "write_s": write_s,
+            "bytes": float(np.mean(sizes)), "l0": nnz, "encode_s": {str(k): v for k, v in encode.items()}}
+
+
+CHILD_TASKS = {"build": task_build, "cluster_start": task_cluster_start, "units": task_units}
+
+
+def run_child(spec: dict, timeout: float = 900) -> dict:
+    """Run a task of this script in a fresh process, with bench_build's environment."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))  # workers inherit it
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+    for line in proc.stdout.splitlines():
+        if line.startswith(bench_build.RESULT_TAG):
+            return json.loads(line[len(bench_build.RESULT_TAG):])
+    sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
+    raise SystemExit(f"bench_cluster: child task {spec['task']} failed (exit {proc.returncode})")
+
+
+# ------------------------------------------------------------------------------------------------- the run
+
+
+def overhead(meta: dict, scratch: Path, repeat: int, log) -> dict:
+    folder = meta["folder"]
+    common = {"task": "build", "input": str(folder / "input.csv"), "config": str(folder / "config.json")}
+    single, cluster = [], []
+    for i in range(repeat):
+        log(f"    run {i + 1}/{repeat}: 1 process x 2 threads, then 2 worker processes x 1 thread ...")
+        single.append(run_child({**common, "output": str(scratch / "single.zarr")}))
+        cluster.append(run_child({**common, "output": str(scratch / "cluster.zarr"), "local_workers": 2}))
+    return {"single": min(single, key=lambda r: r["wall"]), "cluster": min(cluster, key=lambda r: r["wall"]),
+            "all_single": [r["wall"] for r in single], "all_cluster": [r["wall"] for r in cluster]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--workloads", default="2,1")
+    parser.add_argument("--assets", type=Path, default=Path(tempfile.gettempdir()) / "saezarr-bench")
+    parser.add_argument("--out-md", type=Path)
+    args = parser.parse_args(argv)
+    if args.child:
+        spec = json.loads(args.child)
+        result = CHILD_TASKS[spec.pop("task")](spec)
+        print(bench_build.RESULT_TAG + json.dumps(result), flush=True)
+        return 0
+    begun = time.perf_counter()
+
+    def log(message: str) -> None:
+        print(f"[{time.perf_counter() - begun:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+    lines = []
+    with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
+        scratch = Path(tmp)
+        log("cluster start and scheduler task rate ...")
+        start = run_child({"task": "cluster_start", "n": 2, "tasks": 2000})
+        lines.append(f"- LocalCluster of 2 workers: start + connect + worker check {start['start']:.2f} s; "
+                     f"scheduler round trip {start['task_rate']:.0f} no-op tasks/s")
+        for workload in [int(w) for w in args.workloads.split(",")]:
+            meta = bench_build.ensure_assets(args.assets, workload, "quick", log)
+            log(f"workload {workload}: {meta['n_fragments']} fragments x {meta['n_configs']} SAEs of width {meta['width']}")
+            result = overhead(meta, scratch, args.repeat, log)
+            s, c = result["single"]["wall"], result["cluster"]["wall"]
+            ratio, steady = s / c, s / max(c - start["start"], 1e-9)
+            lines.append(
+                f"- workload {workload} ({meta['n_fragments']} fragments x {meta['n_configs']} SAEs): 1 process x 2 threads "
+                f"{s:.2f} s, 2 workers x 1 thread {c:.2f} s (runs {_runs(result['all_single'])} / "
+                f"{_runs(result['all_cluster'])}): throughput ratio {ratio:.2f} with the cluster's start, "
+                f"{steady:.2f} without; target >= {TARGET_RATIO} {'PASS' if steady >= TARGET_RATIO else 'MISS'} "
+                f"(without start)")
+            if workload == 2:
+                units = run_child({"task": "units", "store": str(scratch / "single.zarr"), "scratch": str(scratch)})
+                encode = ", ".join(f"{k} thread(s) {v * 1e3:.0f} ms" for k, v in units["encode_s"].items())
+                lines.append(
+                    f"- per unit ({units['rows']} fragments x {units['width']} latents, mean L0 {units['l0']:.0f}): "
+                    f"compress + write on one core {units['write_s'] * 1e3:.1f} ms, {units['bytes'] / 1e3:.0f} kB on "
+                    f"disk; CPU encode of one SAE per 512-fragment chunk at d_model 2304: {encode}")
+    log("done")
+    entry = "\n".join(lines)
+    print(entry)
+    if args.out_md:
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        block = f"\n## {stamp} - bench_cluster.py ({time.perf_counter() - begun:.0f} s)\n\n{entry}\n"
+        with open(args.out_md, "a") as file:
+            file.write(block)
+    return 0
+
+
+def _runs(walls: list[float]) -> str:
+    return "/".join(f"{w:.2f}" for w in walls)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
