@@ -17,6 +17,7 @@ multi-GPU estimate in scripts/BENCHMARKS.md is computed from. Every measured thi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import importlib.util
 import json
@@ -30,6 +31,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET_RATIO = 0.85
+WORKLOAD_SIZE = {1: "full", 2: "quick"}  # bench_build's sizes: 300 and ~1000 fragments
+CHUNKS = {1: 32, 2: 128}  # enough tasks to share between two workers (the same chunking on both sides)
 _spec = importlib.util.spec_from_file_location("bench_build", Path(__file__).with_name("bench_build.py"))
 bench_build = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench_build)
@@ -38,21 +41,48 @@ _spec.loader.exec_module(bench_build)
 # ------------------------------------------------------------------------------------------------- child tasks
 
 
+def _warm(threads: int) -> None:
+    """On a worker: the imports a first task would pay, and the torch threads `--local-workers` gives it."""
+    import torch
+    import transformers  # noqa: F401
+
+    import saezarr.build.work  # noqa: F401
+
+    torch.set_num_threads(threads)
+
+
 def task_build(spec: dict) -> dict:
-    """One build, timed without imports; `local_workers` runs it on a LocalCluster."""
-    import torch  # noqa: F401 (imported before the clock starts, as in bench_build)
+    """One build, timed without imports: in this process, on a warm LocalCluster, or with `--local-workers`."""
+    import logging
+
+    import torch
+    from transformers import AutoModel  # noqa: F401 (imported before the clock starts, as in bench_build)
 
     from saezarr.build.cluster import ClusterOptions
     from saezarr.build.pipeline import BuildOptions, build
+    from saezarr.units import usable_cores
 
-    cluster = ClusterOptions(local_workers=spec.get("local_workers"))
+    n, writers, stack = spec.get("workers"), None, contextlib.ExitStack()
+    cluster = ClusterOptions()
+    if spec.get("mode") == "warm":
+        from distributed import Client, LocalCluster
+
+        local = stack.enter_context(LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                                                 silence_logs=logging.CRITICAL, memory_limit=0))
+        writers = max(1, usable_cores() // n)
+        with Client(local) as client:
+            client.run(_warm, writers)
+        cluster = ClusterOptions(scheduler=local.scheduler_address)
+    elif spec.get("mode") == "cold":
+        cluster = ClusterOptions(local_workers=n)
     options = BuildOptions(input=Path(spec["input"]), output=Path(spec["output"]), config_file=Path(spec["config"]),
-                           quiet=True, overwrite=True, cluster=cluster)
-    started = time.perf_counter()
-    summary = build(options)
-    wall = time.perf_counter() - started
+                           quiet=True, overwrite=True, chunk_fragments=spec["chunk"], workers=writers, cluster=cluster)
+    with stack:
+        started = time.perf_counter()
+        summary = build(options)
+        wall = time.perf_counter() - started
     return {"wall": wall, "n_fragments": summary.n_fragments, "units": summary.units_written,
-            "bytes": summary.bytes_on_disk, "workers": len(summary.workers)}
+            "bytes": summary.bytes_on_disk, "workers": len(summary.workers), "torch_threads": torch.get_num_threads()}
 
 
 def task_cluster_start(spec: dict) -> dict:
@@ -75,11 +105,15 @@ def task_units(spec: dict) -> dict:
     import numpy as np
     import torch
 
+    from saezarr.build.pipeline import BuildOptions, build
     from saezarr.store.layout import Store
 
-    source = Store(spec["store"])
+    built = Path(spec["scratch"]) / "units-source.zarr"  # Gemma Scope's 512-fragment chunks
+    build(BuildOptions(input=Path(spec["input"]), output=built, config_file=Path(spec["config"]), quiet=True,
+                       overwrite=True, chunk_fragments=512))
+    source = Store(built)
     copy = Path(spec["scratch"]) / "units.zarr"
-    shutil.copytree(spec["store"], copy)
+    shutil.copytree(built, copy)
     store = Store(copy, mode="r+")
     chunk = 0
     latents = [np.ascontiguousarray(source.array[ci, slice(*source.chunk_bounds(chunk)), :]) for ci in range(store.n_configs)]
@@ -122,16 +156,16 @@ def run_child(spec: dict, timeout: float = 900) -> dict:
 # ------------------------------------------------------------------------------------------------- the run
 
 
-def overhead(meta: dict, scratch: Path, repeat: int, log) -> dict:
+def overhead(meta: dict, scratch: Path, chunk: int, repeat: int, log) -> dict[str, list[dict]]:
+    """The same build in this process, on a warm 2-worker cluster and with `--local-workers 2`, alternated."""
     folder = meta["folder"]
-    common = {"task": "build", "input": str(folder / "input.csv"), "config": str(folder / "config.json")}
-    single, cluster = [], []
+    common = {"task": "build", "input": str(folder / "input.csv"), "config": str(folder / "config.json"), "chunk": chunk}
+    runs: dict[str, list[dict]] = {"single": [], "warm": [], "cold": []}
     for i in range(repeat):
-        log(f"    run {i + 1}/{repeat}: 1 process x 2 threads, then 2 worker processes x 1 thread ...")
-        single.append(run_child({**common, "output": str(scratch / "single.zarr")}))
-        cluster.append(run_child({**common, "output": str(scratch / "cluster.zarr"), "local_workers": 2}))
-    return {"single": min(single, key=lambda r: r["wall"]), "cluster": min(cluster, key=lambda r: r["wall"]),
-            "all_single": [r["wall"] for r in single], "all_cluster": [r["wall"] for r in cluster]}
+        log(f"    run {i + 1}/{repeat}: 1 process x 2 threads; 2 warm workers x 1 thread; --local-workers 2 ...")
+        for mode in runs:
+            runs[mode].append(run_child({**common, "output": str(scratch / f"{mode}.zarr"), "mode": mode, "workers": 2}))
+    return runs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,19 +194,23 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"- LocalCluster of 2 workers: start + connect + worker check {start['start']:.2f} s; "
                      f"scheduler round trip {start['task_rate']:.0f} no-op tasks/s")
         for workload in [int(w) for w in args.workloads.split(",")]:
-            meta = bench_build.ensure_assets(args.assets, workload, "quick", log)
-            log(f"workload {workload}: {meta['n_fragments']} fragments x {meta['n_configs']} SAEs of width {meta['width']}")
-            result = overhead(meta, scratch, args.repeat, log)
-            s, c = result["single"]["wall"], result["cluster"]["wall"]
-            ratio, steady = s / c, s / max(c - start["start"], 1e-9)
+            meta = bench_build.ensure_assets(args.assets, workload, WORKLOAD_SIZE[workload], log)
+            chunk = CHUNKS[workload]
+            n_tasks = -(-meta["n_fragments"] // chunk)
+            log(f"workload {workload}: {meta['n_fragments']} fragments x {meta['n_configs']} SAEs, {n_tasks} tasks")
+            runs = overhead(meta, scratch, chunk, args.repeat, log)
+            best = {mode: min(r["wall"] for r in results) for mode, results in runs.items()}
+            warm, cold = best["single"] / best["warm"], best["single"] / best["cold"]
             lines.append(
-                f"- workload {workload} ({meta['n_fragments']} fragments x {meta['n_configs']} SAEs): 1 process x 2 threads "
-                f"{s:.2f} s, 2 workers x 1 thread {c:.2f} s (runs {_runs(result['all_single'])} / "
-                f"{_runs(result['all_cluster'])}): throughput ratio {ratio:.2f} with the cluster's start, "
-                f"{steady:.2f} without; target >= {TARGET_RATIO} {'PASS' if steady >= TARGET_RATIO else 'MISS'} "
-                f"(without start)")
+                f"- workload {workload} ({meta['n_fragments']} fragments x {meta['n_configs']} SAEs of width "
+                f"{meta['width']}, chunk {chunk}: {n_tasks} tasks of {meta['n_configs']} units): "
+                + "; ".join(f"{mode} {_runs([r['wall'] for r in results])} s" for mode, results in runs.items())
+                + f". Throughput ratio on a warm cluster {warm:.2f} (target >= {TARGET_RATIO}: "
+                f"{'PASS' if warm >= TARGET_RATIO else 'MISS'}); with the cluster's start and each worker's imports "
+                f"(`--local-workers 2`) {cold:.2f}")
             if workload == 2:
-                units = run_child({"task": "units", "store": str(scratch / "single.zarr"), "scratch": str(scratch)})
+                units = run_child({"task": "units", "input": str(meta["folder"] / "input.csv"),
+                                   "config": str(meta["folder"] / "config.json"), "scratch": str(scratch)})
                 encode = ", ".join(f"{k} thread(s) {v * 1e3:.0f} ms" for k, v in units["encode_s"].items())
                 lines.append(
                     f"- per unit ({units['rows']} fragments x {units['width']} latents, mean L0 {units['l0']:.0f}): "
