@@ -1,0 +1,68 @@
+"""The report's matplotlib figures, rendered to PNG bytes."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+
+SCORE_CMAP = "viridis"
+
+
+def config_summary(features: pd.DataFrame) -> pd.DataFrame:
+    """Per config: layer, average_l0, the number passing, and the best interpretability_score, its feature and link."""
+    grouped = features.groupby("config", sort=False, observed=True)
+    summary = grouped[["layer", "average_l0"]].first()
+    summary["passing"] = grouped["passes_filter"].sum().astype(int)
+    columns = ["config", "feature_id", "interpretability_score", "neuronpedia_url"]
+    scored = features.loc[features["interpretability_score"].notna(), columns]
+    best = scored.loc[scored.groupby("config", sort=False, observed=True)["interpretability_score"].idxmax()]
+    best = best.set_index("config")
+    summary["best_score"] = best["interpretability_score"].reindex(summary.index)
+    summary["best_feature"] = best["feature_id"].reindex(summary.index).astype("Int64")
+    summary["best_url"] = best["neuronpedia_url"].reindex(summary.index).fillna("")
+    return summary.reset_index().sort_values(["layer", "average_l0"], kind="stable", ignore_index=True)
+
+
+def overview_png(summary: pd.DataFrame) -> bytes:
+    """A layer × average-L0 map of each config's best interpretability score, as PNG bytes."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4.2), dpi=110, layout="constrained")
+    ax = fig.add_subplot()
+    scored = summary[summary["best_score"].notna()]
+    unscored = summary[summary["best_score"].isna()]
+    if len(scored):
+        points = ax.scatter(scored["layer"], scored["average_l0"], c=scored["best_score"], cmap=SCORE_CMAP,
+                            marker="s", s=90, edgecolors="none", zorder=2)
+        fig.colorbar(points, ax=ax, label="best interpretability score", pad=0.01)
+        passing = scored[scored["passing"] > 0]
+        ax.scatter(passing["layer"], passing["average_l0"], marker="s", s=150, facecolors="none",
+                   edgecolors="#c2410c", linewidths=1.6, zorder=3, label="has features passing the filter")
+    if len(unscored):
+        ax.scatter(unscored["layer"], unscored["average_l0"], marker="x", s=45, color="#9ca3af", zorder=2,
+                   label="no score (NaN)")
+    _style_axes(ax, summary)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left", bbox_to_anchor=(0, -0.14), ncols=2, frameon=False, fontsize=8)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _style_axes(ax, summary: pd.DataFrame) -> None:
+    layers = np.unique(summary["layer"].to_numpy())
+    ax.set_xticks(layers)
+    ax.set_xlim(layers.min() - 0.7, layers.max() + 0.7)
+    l0 = summary["average_l0"].to_numpy(dtype=float)
+    if (l0 > 0).all():
+        ax.set_yscale("log")
+        ax.set_ylim(l0.min() / 1.35, l0.max() * 1.35)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("average L0" + (" (log scale)" if ax.get_yscale() == "log" else ""))
+    ax.set_title("Best interpretability score per SAE", fontsize=11, loc="left")
+    ax.grid(True, which="major", color="#e5e7eb", linewidth=0.6, zorder=0)
+    ax.tick_params(labelsize=8)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
