@@ -332,7 +332,7 @@ def test_final_fragment_store_says_shading_needs_token_fragments(stores, tmp_pat
     for entry in examples.values():
         for ex in entry["examples_by_label"]["3"]:
             assert f'<span class="sent">{html.escape(ex["sentence"])}</span>' in text
-            assert f'title="activation">{ex["activation"]:.3g}</span>' in text
+            assert f'title="sentence activation (final)">{ex["activation"]:.3g}</span>' in text
 
 
 def test_nothing_passing_and_nan_scores_still_give_a_report(token_inputs, tmp_path):

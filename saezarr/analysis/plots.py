@@ -29,14 +29,15 @@ def overview_png(summary: pd.DataFrame) -> bytes:
     """A layer × average-L0 map of each config's best interpretability score, as PNG bytes."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 4.2), dpi=110, layout="constrained")
-    ax = fig.add_subplot()
+    # fixed axes positions: constrained layout would cost more than everything else in the report together
+    fig = Figure(figsize=(10, 4.2), dpi=110)
+    ax = fig.add_axes((0.065, 0.22, 0.8, 0.7))
     scored = summary[summary["best_score"].notna()]
     unscored = summary[summary["best_score"].isna()]
     if len(scored):
         points = ax.scatter(scored["layer"], scored["average_l0"], c=scored["best_score"], cmap=SCORE_CMAP,
                             marker="s", s=90, edgecolors="none", zorder=2)
-        fig.colorbar(points, ax=ax, label="best interpretability score", pad=0.01)
+        fig.colorbar(points, cax=fig.add_axes((0.885, 0.22, 0.015, 0.7)), label="best interpretability score")
         passing = scored[scored["passing"] > 0]
         ax.scatter(passing["layer"], passing["average_l0"], marker="s", s=150, facecolors="none",
                    edgecolors="#c2410c", linewidths=1.6, zorder=3, label="has features passing the filter")
@@ -45,13 +46,15 @@ def overview_png(summary: pd.DataFrame) -> bytes:
                    label="no score (NaN)")
     _style_axes(ax, summary)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="upper left", bbox_to_anchor=(0, -0.14), ncols=2, frameon=False, fontsize=8)
+        ax.legend(loc="upper left", bbox_to_anchor=(0, -0.13), ncols=2, frameon=False, fontsize=8)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()
 
 
 def _style_axes(ax, summary: pd.DataFrame) -> None:
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
     layers = np.unique(summary["layer"].to_numpy())
     ax.set_xticks(layers)
     ax.set_xlim(layers.min() - 0.7, layers.max() + 0.7)
@@ -59,6 +62,9 @@ def _style_axes(ax, summary: pd.DataFrame) -> None:
     if (l0 > 0).all():
         ax.set_yscale("log")
         ax.set_ylim(l0.min() / 1.35, l0.max() * 1.35)
+        ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("layer")
     ax.set_ylabel("average L0" + (" (log scale)" if ax.get_yscale() == "log" else ""))
     ax.set_title("Best interpretability score per SAE", fontsize=11, loc="left")

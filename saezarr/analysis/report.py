@@ -34,7 +34,7 @@ def write_report(directory: Path, features: pd.DataFrame, ranked: pd.DataFrame, 
         _provenance(info),
         _overview(summary, png),
         _ranked_table(ranked, {key for key, _ in entries}, max(RANKED_ROWS, len(entries))),
-        _feature_sections(entries, ranked, extra),
+        _feature_sections(entries, extra, str(info.get("pool", ""))),
     ]
     path = directory / "report.html"
     path.write_text(_page(info, "\n".join(body)), encoding="utf-8")
@@ -206,7 +206,7 @@ def _share(value: float, top: float) -> float:
 
 
 def _extra_metrics(features: pd.DataFrame, entries: list[dict]) -> dict[tuple[str, int], dict]:
-    """(config, feature_id) → the features.parquet row of each top feature."""
+    """(config, feature_id) → the features.parquet row (all metrics) of each top feature."""
     if not entries or "config" not in features:
         return {}
     ids = {int(entry["feature_id"]) for entry in entries}
@@ -216,30 +216,23 @@ def _extra_metrics(features: pd.DataFrame, entries: list[dict]) -> dict[tuple[st
             if (key := (str(row["config"]), int(row["feature_id"]))) in wanted}
 
 
-def _feature_sections(entries: list[tuple[str, dict]], ranked: pd.DataFrame, extra: dict) -> str:
+def _feature_sections(entries: list[tuple[str, dict]], extra: dict, pool: str) -> str:
     if not entries:
         return ""
     shading = all(ex.get("tokens") is not None for _, e in entries for exs in e["examples_by_label"].values()
                   for ex in exs)
     note = "" if shading else f'<p class="notice">{_esc(FINAL_FRAGMENTS_NOTE)}</p>'
-    ranked_rows = _ranked_lookup(ranked)
-    cards = "".join(_feature_card(key, entry, {**ranked_rows.get(key, {}),
-                                               **extra.get((str(entry.get("config")), int(entry["feature_id"])), {})})
-                    for key, entry in entries)
+    cards = "".join(_feature_card(key, entry, extra.get((str(entry.get("config")), int(entry["feature_id"])), {}),
+                                  pool) for key, entry in entries)
     return (f'<section id="features"><h2>Top features</h2><p class="hint">Mean activation by concept-strength label, '
             f"then each label's top example sentences; every token is shaded by this feature's activation at it "
             f"(hover for the value).</p>{note}{cards}</section>")
 
 
-def _ranked_lookup(ranked: pd.DataFrame) -> dict[str, dict]:
-    head = ranked.head(max(RANKED_ROWS, 1000))
-    return {example_key(r["layer"], r["average_l0"], r["feature_id"]): r for r in head.to_dict("records")}
-
-
-def _feature_card(key: str, entry: dict, metrics: dict) -> str:
+def _feature_card(key: str, entry: dict, metrics: dict, pool: str) -> str:
     config = entry.get("config", f"layer {int(entry['layer'])}")
     title = f"#{int(entry['rank'])} · {_esc(config)} · feature {int(entry['feature_id'])}"
-    link = _np_link(entry.get("neuronpedia_url"), "Neuronpedia ↗" if entry.get("neuronpedia_url") else
+    link = _np_link(entry.get("neuronpedia_url"), "Neuronpedia" if entry.get("neuronpedia_url") else
                     "no Neuronpedia page for this SAE")
     stats = [("score", entry.get("interpretability_score")), ("pearson", entry.get("pearson_correlation")),
              ("spearman", metrics.get("spearman_corr")), ("separation", metrics.get("separation_score")),
@@ -252,7 +245,7 @@ def _feature_card(key: str, entry: dict, metrics: dict) -> str:
             f'<span class="meta">layer {int(entry["layer"])} · L0 {_l0(entry["average_l0"])} · {link}</span>'
             f'<a class="up" href="#ranked">↑ table</a></header>'
             f'<div class="stats">{stats_html}</div><div class="body">{_mean_bars(means, metrics)}'
-            f'<div class="examples">{_examples(entry["examples_by_label"], scale)}</div></div></article>')
+            f'<div class="examples">{_examples(entry["examples_by_label"], scale, pool)}</div></div></article>')
 
 
 def _scale(entry: dict, metrics: dict) -> float:
@@ -286,19 +279,20 @@ def _mean_bars(means: list, metrics: dict) -> str:
             f"<figcaption>mean activation by label</figcaption></figure>")
 
 
-def _examples(by_label: dict, scale: float) -> str:
+def _examples(by_label: dict, scale: float, pool: str) -> str:
     blocks = []
     for label in reversed(LABELS):
         examples = by_label.get(label, [])
-        items = "".join(_example(example, scale) for example in examples) or '<li class="muted">no sentences</li>'
+        items = "".join(_example(example, scale, pool) for example in examples) or '<li class="muted">no sentences</li>'
         blocks.append(f'<div class="label"><h4><span class="chip l{label}">label {label}</span></h4>'
                       f'<ol>{items}</ol></div>')
     return "".join(blocks)
 
 
-def _example(example: dict, scale: float) -> str:
+def _example(example: dict, scale: float, pool: str) -> str:
     activation = float(example["activation"])
-    badge = f'<span class="act" style="--a:{_alpha(activation, scale)}" title="activation">{activation:.3g}</span>'
+    badge = (f'<span class="act" style="--a:{_alpha(activation, scale)}" title="sentence activation ({_esc(pool)})">'
+             f"{activation:.3g}</span>")
     tokens = example.get("tokens")
     text = _esc(example["sentence"]) if tokens is None else _shaded(example["sentence"], tokens, scale)
     return f'<li>{badge}<span class="sent">{text}</span></li>'
