@@ -213,6 +213,10 @@ class Page(HTMLParser):
             self.tokens[-1]["text"] += data
 
 
+def _section_id(key: str) -> str:
+    return "f-" + re.sub(r"[^\w-]", "_", key)
+
+
 def _hrefs(page: Page) -> list[str]:
     return [attrs["href"] for tag, attrs in page.tags if "href" in attrs]
 
@@ -261,7 +265,7 @@ def test_every_example_token_is_shaded_in_order_of_its_activation(token_report, 
     assert examples, "the demo store must give passing features to show"
     page = Page(text)
     for key, entry in examples.items():
-        shown = [t for t in page.tokens if t["section"] == "f-" + re.sub(r"[^\w-]", "_", key)]
+        shown = [t for t in page.tokens if t["section"] == _section_id(key)]
         expected = [t for label in "3210" for ex in entry["examples_by_label"][label] for t in ex["tokens"]]
         assert [t["text"] for t in shown] == [t["text"] for t in expected]
         activations = np.array([t["activation"] for t in expected])
@@ -279,15 +283,26 @@ def test_every_example_token_is_shaded_in_order_of_its_activation(token_report, 
 
 def test_links_exactly_for_features_with_a_neuronpedia_page(token_report, token_inputs):
     _, text = token_report
-    _, ranked, examples, _ = token_inputs
-    linked = set(ranked["neuronpedia_url"]) - {""}
-    assert linked and (ranked["neuronpedia_url"] == "").any(), "the inputs must mix linked and unlinked SAEs"
-    hrefs = [h for h in _hrefs(Page(text)) if h.startswith(NEURONPEDIA)]
-    assert set(hrefs) <= linked
-    assert linked <= set(hrefs)
-    for entry in examples.values():
-        if not entry["neuronpedia_url"]:
-            assert not any(h.endswith(f"/{entry['feature_id']}") and entry["config"] in h for h in hrefs)
+    features, ranked, examples, _ = token_inputs
+    assert (ranked["neuronpedia_url"] != "").any() and (ranked["neuronpedia_url"] == "").any(), \
+        "the inputs must mix linked and unlinked SAEs"
+    table = text[text.index('<section id="ranked">'):text.index('<section id="features">')]
+    cells = dict(re.findall(r'<td class=n data-v="\d+">(?:<a href="#[^"]+">)?(\d+)(?:</a>)?</td><td>[^<]*</td>'
+                            r'<td class=n data-v="[^"]*">[^<]*</td><td class=n data-v="\d+">(.*?)</td>', table))
+    assert len(cells) == len(ranked)
+    for row in ranked.itertuples():
+        link = re.fullmatch(r'<a class="ext" href="([^"]+)"[^>]*>(\d+)</a>', cells[str(row.rank)])
+        if row.neuronpedia_url:
+            assert link and link.group(1) == row.neuronpedia_url and int(link.group(2)) == row.feature_id
+        else:
+            assert not link and "<a" not in cells[str(row.rank)] and str(row.feature_id) in cells[str(row.rank)]
+    for key, entry in examples.items():
+        card = text[text.index(f'<article class="feature" id="{_section_id(key)}"'):]
+        card = card[:card.index("</article>")]
+        hrefs = re.findall(r'href="(https?://[^"]+)"', card)
+        assert hrefs == ([entry["neuronpedia_url"]] if entry["neuronpedia_url"] else [])
+    every = set(features["neuronpedia_url"]) - {""}
+    assert {h for h in _hrefs(Page(text)) if not h.startswith("#")} <= every
 
 
 def test_ranked_rows_jump_to_their_sections(token_report, token_inputs):
@@ -296,7 +311,7 @@ def test_ranked_rows_jump_to_their_sections(token_report, token_inputs):
     page = Page(text)
     ids = {attrs["id"] for _, attrs in page.tags if "id" in attrs}
     jumps = {h[1:] for h in _hrefs(page) if h.startswith("#f-")}
-    sections = {"f-" + re.sub(r"[^\w-]", "_", key) for key in examples}
+    sections = {_section_id(key) for key in examples}
     assert jumps == sections and sections <= ids
     ranks = [int(m) for m in re.findall(r'<article class="feature" id="[^"]+"><header><h3>#(\d+)', text)]
     assert ranks == sorted(entry["rank"] for entry in examples.values())

@@ -27,6 +27,7 @@ def config_summary(features: pd.DataFrame) -> pd.DataFrame:
 
 def overview_png(summary: pd.DataFrame) -> bytes:
     """A layer × average-L0 map of each config's best interpretability score, as PNG bytes."""
+    from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
     # fixed axes positions: constrained layout would cost more than everything else in the report together
@@ -35,18 +36,21 @@ def overview_png(summary: pd.DataFrame) -> bytes:
     scored = summary[summary["best_score"].notna()]
     unscored = summary[summary["best_score"].isna()]
     if len(scored):
-        points = ax.scatter(scored["layer"], scored["average_l0"], c=scored["best_score"], cmap=SCORE_CMAP,
-                            marker="s", s=90, edgecolors="none", zorder=2)
+        norm = Normalize(scored["best_score"].min(), scored["best_score"].max())
+        for passing, marker, size, label in ((True, "s", 70, "has features passing the filter"),
+                                             (False, "o", 30, "no feature passes the filter")):
+            part = scored[(scored["passing"] > 0) == passing]
+            points = ax.scatter(part["layer"], part["average_l0"], c=part["best_score"], cmap=SCORE_CMAP, norm=norm,
+                                marker=marker, s=size, edgecolors="white", linewidths=0.6, zorder=2, label=label)
         fig.colorbar(points, cax=fig.add_axes((0.885, 0.22, 0.015, 0.7)), label="best interpretability score")
-        passing = scored[scored["passing"] > 0]
-        ax.scatter(passing["layer"], passing["average_l0"], marker="s", s=150, facecolors="none",
-                   edgecolors="#c2410c", linewidths=1.6, zorder=3, label="has features passing the filter")
     if len(unscored):
-        ax.scatter(unscored["layer"], unscored["average_l0"], marker="x", s=45, color="#9ca3af", zorder=2,
+        ax.scatter(unscored["layer"], unscored["average_l0"], marker="x", s=40, color="#9ca3af", zorder=2,
                    label="no score (NaN)")
     _style_axes(ax, summary)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="upper left", bbox_to_anchor=(0, -0.13), ncols=2, frameon=False, fontsize=8)
+    handles, labels = ax.get_legend_handles_labels()
+    shown = [(h, label) for h, label in zip(handles, labels) if len(h.get_offsets())]
+    if shown:
+        ax.legend(*zip(*shown), loc="upper left", bbox_to_anchor=(0, -0.13), ncols=3, frameon=False, fontsize=8)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()

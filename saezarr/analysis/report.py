@@ -136,8 +136,9 @@ def _overview(summary: pd.DataFrame, png: bytes) -> str:
     rows = "".join(_overview_row(row) for row in summary.itertuples(index=False))
     head = "".join(f"<th>{h}</th>" for h in ("SAE", "layer", "L0", "best score", "best feature", "passing"))
     return (f'<section id="overview"><h2>Overview</h2>'
-            f'<p class="hint">Each square is one SAE (layer × average L0); its colour is the best interpretability score '
-            f'of any of its features; outlined SAEs have features passing the filter; grey crosses have no score.</p>'
+            f'<p class="hint">One mark per SAE at its layer and average L0, coloured by the best interpretability score '
+            f"of any of its features: squares have features passing the filter, dots have none, grey crosses have "
+            f"no score (NaN).</p>"
             f'<img class="plot" alt="best interpretability score per SAE, layer by average L0" '
             f'src="data:image/png;base64,{image}">'
             f'<details><summary>Per-SAE table ({len(summary)} SAEs)</summary>'
