@@ -44,7 +44,8 @@ def _metrics(values: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
         tpr = (x[labels == 3] > threshold).mean(0)
         fpr = (x[labels == 0] > threshold).mean(0)
         d3, d0 = x[labels == 3], x[labels == 0]
-        pooled = np.sqrt(((len(d3) - 1) * d3.var(0, ddof=1) + (len(d0) - 1) * d0.var(0, ddof=1)) / (len(d3) + len(d0) - 2))
+        pooled = np.sqrt(((len(d3) - 1) * d3.var(0, ddof=1) + (len(d0) - 1) * d0.var(0, ddof=1))
+                         / (len(d3) + len(d0) - 2))
         cohens = (d3.mean(0) - d0.mean(0)) / pooled
     auroc = ((d3[:, None, :] > d0[None, :, :]).mean((0, 1)) + 0.5 * (d3[:, None, :] == d0[None, :, :]).mean((0, 1)))
     score = 0.4 * pearson + 0.3 * separation + 0.3 * (tpr - fpr)
@@ -174,10 +175,12 @@ def token_report(token_inputs, tmp_path_factory) -> tuple[Path, str]:
 # ---------------------------------------------------------------- parsing the page
 
 
+VOID = frozenset({"meta", "img", "br", "hr", "link", "input", "rect"})
+
+
 class Page(HTMLParser):
     """Collects attributes of every tag, token spans (with their section) and checks tags nest."""
 
-    VOID = {"meta", "img", "br", "hr", "link", "input", "rect"}
 
     def __init__(self, text: str):
         super().__init__(convert_charrefs=True)
@@ -196,14 +199,14 @@ class Page(HTMLParser):
         if tag == "span" and attrs.get("class") == "t":
             alpha = float(re.fullmatch(r"--a:([0-9.]+)", attrs["style"]).group(1))
             self.tokens.append({"section": self.section, "text": "", "alpha": alpha, "title": attrs["title"]})
-        if tag not in self.VOID:
+        if tag not in VOID:
             self.stack.append(tag)
 
     def handle_startendtag(self, tag, attrs):
         self.tags.append((tag, dict(attrs)))
 
     def handle_endtag(self, tag):
-        if tag in self.VOID:
+        if tag in VOID:
             return
         assert self.stack and self.stack[-1] == tag, f"</{tag}> closes <{self.stack[-1] if self.stack else None}>"
         self.stack.pop()
@@ -225,14 +228,14 @@ def _hrefs(page: Page) -> list[str]:
 
 
 def test_report_is_self_contained(token_report):
-    path, text = token_report
+    _path, text = token_report
     page = Page(text)
     assert not page.stack, f"unclosed tags: {page.stack}"
-    assert not re.search(r"<script[^>]*\bsrc", text, re.I)
-    assert not re.search(r"<link\b", text, re.I)
-    assert not re.search(r"@import|url\(", text, re.I)
+    assert not re.search(r"<script[^>]*\bsrc", text, re.IGNORECASE)
+    assert not re.search(r"<link\b", text, re.IGNORECASE)
+    assert not re.search(r"@import|url\(", text, re.IGNORECASE)
     for href in _hrefs(page):
-        assert href.startswith("#") or href.startswith(NEURONPEDIA), href
+        assert href.startswith(("#", NEURONPEDIA)), href
     images = [attrs for tag, attrs in page.tags if tag == "img"]
     assert images
     for attrs in images:
@@ -351,7 +354,7 @@ def test_final_fragment_store_says_shading_needs_token_fragments(stores, tmp_pat
 
 
 def test_nothing_passing_and_nan_scores_still_give_a_report(token_inputs, tmp_path):
-    features, ranked, examples, info = token_inputs
+    features, ranked, _, info = token_inputs
     layer0 = features["layer"] == 0
     features = features.assign(interpretability_score=features["interpretability_score"].where(~layer0),
                                passes_filter=False)

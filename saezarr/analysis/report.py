@@ -96,8 +96,9 @@ def _header(info: dict, summary: pd.DataFrame, ranked: pd.DataFrame) -> str:
     ]
     if len(ranked):
         top = ranked.iloc[0]
-        facts.append(("best", f"feature {int(top['feature_id'])} · layer {int(top['layer'])} · L0 {_l0(top['average_l0'])}"
-                              f" · score {_num(top['interpretability_score'])}"))
+        best = (f"feature {int(top['feature_id'])} · layer {int(top['layer'])} · "
+                f"L0 {_l0(top['average_l0'])} · score {_num(top['interpretability_score'])}")
+        facts.append(("best", best))
     strip = "".join(f'<div class="fact"><span>{_esc(k)}</span><b>{v}</b></div>' for k, v in facts)
     return (f'<header class="top"><h1>Which SAE features track the concept?</h1>'
             f'<p class="sub">{_esc(info.get("input_file", ""))} · pool <b>{_esc(info.get("pool", ""))}</b> · '
@@ -116,9 +117,10 @@ def _provenance(info: dict) -> str:
         ("input sha256", f"<code class=\"hash\">{_esc(info.get('input_sha256', ''))}</code>"),
         ("fragments", _esc(info.get("fragments", ""))),
         ("pool", _esc(info.get("pool", ""))),
-        ("filter", f"pearson ≥ {_esc(thresholds.get('min_pearson', ''))}, monotonic means, "
-                   f"tpr ≥ {_esc(thresholds.get('min_tpr', ''))}, fpr ≤ {_esc(thresholds.get('max_fpr', ''))}"),
-        ("top-n", f"{_esc(info.get('top_n', ''))} features, {_esc(info.get('examples_per_label', ''))} examples per label"),
+        ("filter", (f"pearson ≥ {_esc(thresholds.get('min_pearson', ''))}, monotonic means, "
+                    f"tpr ≥ {_esc(thresholds.get('min_tpr', ''))}, fpr ≤ {_esc(thresholds.get('max_fpr', ''))}")),
+        ("top-n", (f"{_esc(info.get('top_n', ''))} features, "
+                   f"{_esc(info.get('examples_per_label', ''))} examples per label")),
         ("counts", f"{_esc(counts.get('configs', ''))} SAEs, {_esc(counts.get('features', ''))} features, "
                    f"{_esc(counts.get('passing', ''))} passing; {_esc(counts.get('sentences', ''))} sentences ("
                    + ", ".join(f"label {_esc(k)}: {_esc(v)}" for k, v in by_label.items()) + ")"),
@@ -136,9 +138,9 @@ def _overview(summary: pd.DataFrame, png: bytes) -> str:
     rows = "".join(_overview_row(row) for row in summary.itertuples(index=False))
     head = "".join(f"<th>{h}</th>" for h in ("SAE", "layer", "L0", "best score", "best feature", "passing"))
     return (f'<section id="overview"><h2>Overview</h2>'
-            f'<p class="hint">One mark per SAE at its layer and average L0, coloured by the best interpretability score '
-            f"of any of its features: squares have features passing the filter, dots have none, grey crosses have "
-            f"no score (NaN).</p>"
+            f'<p class="hint">One mark per SAE at its layer and average L0, coloured by the best interpretability '
+            f"score of any of its features: squares have features passing the filter, dots have none, grey crosses "
+            f"have no score (NaN).</p>"
             f'<img class="plot" alt="best interpretability score per SAE, layer by average L0" '
             f'src="data:image/png;base64,{image}">'
             f'<details><summary>Per-SAE table ({len(summary)} SAEs)</summary>'
@@ -183,8 +185,8 @@ def _ranked_row(row: dict, sections: set[str]) -> str:
     config = row.get("config", f"layer_{int(row['layer'])}")
     cells = [f"<td class=n data-v=\"{int(row['rank'])}\">{rank}</td>", f"<td>{_esc(config)}</td>",
              f"<td class=n data-v=\"{_sortkey(row['average_l0'])}\">{_l0(row['average_l0'])}</td>",
-             f"<td class=n data-v=\"{int(row['feature_id'])}\">"
-             f"{_np_link(row.get('neuronpedia_url'), _esc(int(row['feature_id'])))}</td>"]
+             (f"<td class=n data-v=\"{int(row['feature_id'])}\">"
+              f"{_np_link(row.get('neuronpedia_url'), _esc(int(row['feature_id'])))}</td>")]
     cells += [f"<td class=n data-v=\"{_sortkey(row[c])}\">{_num(row[c])}</td>" for c, _ in RANKED_COLUMNS]
     cells.append(f"<td>{_sparkline([row[f'mean_label_{label}'] for label in LABELS])}</td>")
     return "<tr>" + "".join(cells) + "</tr>"
@@ -336,7 +338,8 @@ section{background:var(--bg);border:1px solid var(--line);border-radius:8px;padd
 code{font:12px/1.4 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;background:var(--soft);padding:1px 4px;
 border-radius:3px;word-break:break-all}
 a{color:#1d4ed8;text-decoration:none}a:hover{text-decoration:underline}a.ext:after{content:" ↗";font-size:10px}
-.sub{color:var(--muted);margin:0 0 12px}.muted{color:var(--muted)}.hint{color:var(--muted);margin:0 0 10px;font-size:13px}
+.sub{color:var(--muted);margin:0 0 12px}.muted{color:var(--muted)}
+.hint{color:var(--muted);margin:0 0 10px;font-size:13px}
 .facts{display:flex;flex-wrap:wrap;gap:10px}
 .fact{background:var(--bg);border:1px solid var(--line);border-radius:8px;padding:8px 14px;min-width:110px}
 .fact span{display:block;color:var(--muted);font-size:11px;text-transform:uppercase;letter-spacing:.04em}
