@@ -29,6 +29,12 @@ NASTY = "<bos><script>alert(\"x\")</script> & 'q' </span>"
 # ---------------------------------------------------------------- realistic inputs from a real store
 
 
+def _corr(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each column of x with y (NaN for a constant column)."""
+    xc, yc = x - x.mean(0), y - y.mean()
+    return (xc * yc[:, None]).sum(0) / np.sqrt((xc**2).sum(0) * (yc**2).sum())
+
+
 def _metrics(values: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
     """Legacy-style metrics per feature of one config's (sentence, feature) activations, plain numpy."""
     x = values.astype(np.float64)
@@ -36,9 +42,8 @@ def _metrics(values: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
     std = x.std(0)
     constant = std == 0
     with np.errstate(invalid="ignore", divide="ignore"):
-        pearson = np.array([np.corrcoef(col, labels)[0, 1] for col in x.T])
-        ranks = pd.DataFrame(x).rank().to_numpy()
-        spearman = np.array([np.corrcoef(col, pd.Series(labels).rank())[0, 1] for col in ranks.T])
+        pearson = _corr(x, labels.astype(np.float64))
+        spearman = _corr(pd.DataFrame(x).rank().to_numpy(), pd.Series(labels).rank().to_numpy())
         separation = (means[3] - means[0]) / std
         threshold = np.percentile(x[labels == 0], 95, axis=0)
         tpr = (x[labels == 3] > threshold).mean(0)

@@ -78,7 +78,7 @@ def _anchor(key: str) -> str:
 
 def _np_link(url, text: str) -> str:
     """`text` linked to its Neuronpedia page, plain where the SAE has none."""
-    if isinstance(url, str) and url:
+    if isinstance(url, str) and url.startswith(("https://", "http://")):
         return f'<a class="ext" href="{_esc(url)}" title="open on Neuronpedia">{text}</a>'
     return f'<span title="no Neuronpedia page published for this SAE">{text}</span>'
 
