@@ -389,7 +389,8 @@ background:rgba(var(--shade),calc(var(--a) * .85));border-radius:3px;padding:0 4
 """
 
 SORT_JS = """
-document.querySelectorAll("table.sortable th").forEach(function(th, i) {
+document.querySelectorAll("table.sortable th").forEach(function(th) {
+  var i = th.cellIndex;
   th.title = "sort";
   th.addEventListener("click", function() {
     var body = th.closest("table").tBodies[0], rows = Array.from(body.rows);
