@@ -14,8 +14,6 @@ from saezarr.analysis.plots import config_summary, overview_png
 
 RANKED_ROWS = 200  # the table shows at least this many ranked features (all top-n ones in any case)
 LABELS = ("0", "1", "2", "3")
-EXTRA_METRICS = ("auroc_3v0", "cohens_d_3v0", "max_activation", "frac_active",
-                 "frac_active_label_0", "frac_active_label_1", "frac_active_label_2", "frac_active_label_3")
 FINAL_FRAGMENTS_NOTE = ("Token shading needs a store built with token fragments (saezarr build --fragments token); "
                         "this store holds final fragments only, so each sentence shows its activation as a whole.")
 
@@ -28,13 +26,13 @@ def write_report(directory: Path, features: pd.DataFrame, ranked: pd.DataFrame, 
     png = overview_png(summary)
     (directory / "plots" / "overview.png").write_bytes(png)
     entries = sorted(examples.items(), key=lambda item: item[1]["rank"])
-    extra = _extra_metrics(features, [entry for _, entry in entries])
+    rows = _top_feature_rows(features, [entry for _, entry in entries])
     body = [
         _header(info, summary, ranked),
         _provenance(info),
         _overview(summary, png),
         _ranked_table(ranked, {key for key, _ in entries}, max(RANKED_ROWS, len(entries))),
-        _feature_sections(entries, extra, str(info.get("pool", ""))),
+        _feature_sections(entries, rows, str(info.get("pool", ""))),
     ]
     path = directory / "report.html"
     path.write_text(_page(info, "\n".join(body)), encoding="utf-8")
@@ -208,7 +206,7 @@ def _share(value: float, top: float) -> float:
 # ---------------------------------------------------------------- per-feature sections
 
 
-def _extra_metrics(features: pd.DataFrame, entries: list[dict]) -> dict[tuple[str, int], dict]:
+def _top_feature_rows(features: pd.DataFrame, entries: list[dict]) -> dict[tuple[str, int], dict]:
     """(config, feature_id) → the features.parquet row (all metrics) of each top feature."""
     if not entries or "config" not in features:
         return {}
@@ -219,13 +217,13 @@ def _extra_metrics(features: pd.DataFrame, entries: list[dict]) -> dict[tuple[st
             if (key := (str(row["config"]), int(row["feature_id"]))) in wanted}
 
 
-def _feature_sections(entries: list[tuple[str, dict]], extra: dict, pool: str) -> str:
+def _feature_sections(entries: list[tuple[str, dict]], rows: dict, pool: str) -> str:
     if not entries:
         return ""
     shading = all(ex.get("tokens") is not None for _, e in entries for exs in e["examples_by_label"].values()
                   for ex in exs)
     note = "" if shading else f'<p class="notice">{_esc(FINAL_FRAGMENTS_NOTE)}</p>'
-    cards = "".join(_feature_card(key, entry, extra.get((str(entry.get("config")), int(entry["feature_id"])), {}),
+    cards = "".join(_feature_card(key, entry, rows.get((str(entry.get("config")), int(entry["feature_id"])), {}),
                                   pool) for key, entry in entries)
     return (f'<section id="features"><h2>Top features</h2><p class="hint">Mean activation by concept-strength label, '
             f"then each label's top example sentences; every token is shaded by this feature's activation at it "
