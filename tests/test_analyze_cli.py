@@ -74,7 +74,9 @@ def test_outputs_have_the_legacy_layout(analysed, store):
     assert info["counts"] == {"configs": 6, "features": 768, "sentences": 40,
                               "sentences_by_label": {"0": 10, "1": 10, "2": 10, "3": 10}, "passing": len(ranked)}
     assert info["pool"] == "final" and info["thresholds"] == {"min_pearson": 0.1, "min_tpr": 0.1, "max_fpr": 0.5}
-    assert info["token_shading"] is True and info["notes"] == []
+    assert info["token_shading"] is True
+    assert info["notes"] == ["4 of 6 SAEs have no published Neuronpedia source, so their features have no link "
+                             "(layer_0_l0_6, layer_0_l0_20, layer_25_l0_6, layer_25_l0_20)"]
 
 
 def test_examples_are_the_top_sentences_by_pooled_activation(analysed, store):

@@ -7,7 +7,6 @@ from functools import partial
 import dask.array as da
 import numpy as np
 import xarray as xr
-from scipy.stats import rankdata
 
 LABELS = (0, 1, 2, 3)
 # metrics the legacy analysis computes; NaN for a constant feature or without label-0 or label-3 sentences
@@ -78,6 +77,8 @@ def _block_metrics(block: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def block_metrics(x: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
     """Every metric of a [sentences, features] array, one value per feature, in METRICS order."""
+    from scipy.stats import rankdata  # here, not at the top: a cached rerun never computes metrics (1 s import)
+
     x = np.asarray(x, dtype=np.float64)
     y = labels.astype(np.float64)
     masks = {k: labels == k for k in LABELS}
@@ -133,6 +134,8 @@ def _auroc(x3: np.ndarray, x0: np.ndarray) -> np.ndarray:
     n3, n0 = len(x3), len(x0)
     if not n3 or not n0:
         return np.full(x3.shape[1], np.nan)
+    from scipy.stats import rankdata
+
     ranks = rankdata(np.concatenate([x3, x0]), axis=0)
     return (ranks[:n3].sum(axis=0) - n3 * (n3 + 1) / 2) / (n3 * n0)
 

@@ -216,6 +216,13 @@ def _notes(labels: np.ndarray, ds: xr.Dataset) -> list[str]:
         )
     if "neuronpedia_source" not in ds.coords:
         notes.append(NO_SOURCES_NOTE)
+    else:
+        unlinked = [str(c) for c, s in zip(ds.config.values, ds.neuronpedia_source.values) if not str(s)]
+        if unlinked:
+            notes.append(
+                f"{len(unlinked)} of {ds.sizes['config']} SAEs have no published Neuronpedia source, so their features "
+                f"have no link ({', '.join(unlinked[:5])}{', ...' if len(unlinked) > 5 else ''})"
+            )
     return notes
 
 
