@@ -228,3 +228,29 @@ def test_existing_output_without_overwrite_is_left_alone(store, tmp_path):
     result = analyze(store, out, cache=tmp_path / "cache")
     assert result.returncode == 2 and f"--output {out}: already exists; use --overwrite" in result.stderr
     assert [p.name for p in out.iterdir()] == ["mine.txt"] and (out / "mine.txt").read_text() == "keep"
+
+
+def test_bundled_config_file_names_each_published_sae_exactly():
+    from saezarr.cli import DEFAULT_CONFIG
+    from saezarr.configs import load_config_file
+
+    configs = load_config_file(DEFAULT_CONFIG).configs
+    linked = [c for c in configs if c.neuronpedia]
+    assert len(configs) == 135 and len(linked) == 38
+    canonical = [c for c in linked if c.neuronpedia == f"gemma-2-2b/{c.layer}-gemmascope-res-16k"]
+    variants = [c for c in linked if c.neuronpedia == f"gemma-2-2b/{c.layer}-gemmascope-res-16k__l0-{c.average_l0}"]
+    assert sorted(c.layer for c in canonical) == list(range(26)) and len(canonical) + len(variants) == 38
+    assert {c.layer for c in variants} == {5, 12, 19}
+
+
+@pytest.mark.parametrize("value", [5, "", ["a"]])
+def test_a_bad_neuronpedia_field_is_one_line(tmp_path, tiny, value):
+    from saezarr.configs import load_config_file
+    from saezarr.errors import SaezarrError
+
+    data = json.loads(tiny.config_file.read_text())
+    data["configs"][1]["neuronpedia"] = value
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(SaezarrError, match=r"configs\[1\]: 'neuronpedia' must be a Neuronpedia source string or null"):
+        load_config_file(path)
