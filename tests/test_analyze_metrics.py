@@ -64,3 +64,17 @@ def test_without_label_0_or_3_the_legacy_metrics_are_nan(tmp_path, tiny, missing
         assert np.isnan(computed[name].values).all(), name
     assert (computed[f"mean_label_{missing}"].values == 0.0).all()
     assert not np.isnan(computed.mean_label_1.values).any()
+
+
+@pytest.mark.parametrize("density", [0.0, 0.05, 0.2, 0.9])
+def test_average_ranks_equal_scipys_on_sparse_dense_and_negative_data(density):
+    from scipy.stats import rankdata
+
+    from saezarr.analysis.metrics import average_ranks
+
+    rng = np.random.default_rng(int(density * 100))
+    for _ in range(50):
+        shape = tuple(rng.integers(1, 40, size=2))
+        x = rng.integers(0, 5, shape) * (rng.random(shape) < density) * 0.5  # many ties, zeros and repeats
+        np.testing.assert_array_equal(average_ranks(x), rankdata(x, axis=0))
+        np.testing.assert_array_equal(average_ranks(x - 1.0), rankdata(x - 1.0, axis=0))
