@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from saezarr.analysis.examples import example_key
 from saezarr.analysis.plots import config_summary, overview_png
 
 RANKED_ROWS = 200  # the table shows at least this many ranked features (all top-n ones in any case)
@@ -63,11 +64,6 @@ def _sortkey(value) -> str:
 
 def _l0(value) -> str:
     return f"{float(value):g}"
-
-
-def example_key(layer, average_l0, feature_id) -> str:
-    """The feature_examples.json key of a feature (the legacy layout)."""
-    return f"layer_{int(layer)}_l0_{float(average_l0)}_feature_{int(feature_id)}"
 
 
 def _anchor(key: str) -> str:
