@@ -40,7 +40,10 @@ def make_fragments(data: LabeledSentences, tokenizer, granularity: str = "token"
     """Tokenize every sentence (BOS first) and select its fragments at the given granularity."""
     if granularity not in GRANULARITIES:
         raise SaezarrError(f"--fragments: expected one of {', '.join(GRANULARITIES)}, got {granularity!r}")
-    encoded = tokenizer(list(data.sentences), add_special_tokens=True, return_offsets_mapping=True)
+    # user text is text: a literal "<bos>" or "<start_of_turn>" in a sentence must not become a control token
+    encoded = tokenizer(
+        list(data.sentences), add_special_tokens=True, return_offsets_mapping=True, split_special_tokens=True
+    )
     bos = tokenizer.bos_token_id
     columns: dict[str, list] = {field: [] for field in FRAGMENT_FIELDS}
     token_ids = []
