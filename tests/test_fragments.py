@@ -174,7 +174,8 @@ def chat_tokenizer(model_info):
 def test_special_token_strings_in_a_sentence_are_text(chat_tokenizer):
     """A literal `<bos>`, `<eos>`, `<pad>`, `<unk>` or `<start_of_turn>` is tokenized as plain text, BOS only first."""
     specials = set(chat_tokenizer.all_special_ids)
-    assert {"<bos>", "<eos>", "<pad>", "<unk>", "<start_of_turn>", "<end_of_turn>"} <= set(chat_tokenizer.all_special_tokens)
+    markers = {"<bos>", "<eos>", "<pad>", "<unk>", "<start_of_turn>", "<end_of_turn>"}
+    assert markers <= set(chat_tokenizer.all_special_tokens)
     data = labeled(SPECIAL_TEXT)
     fragments = make_fragments(data, chat_tokenizer, "token")
     for index, sentence in enumerate(SPECIAL_TEXT):
@@ -232,8 +233,8 @@ def test_unknown_granularity(demo, tokenizer):
 # ---- property tests -------------------------------------------------------------------------------------------
 
 PIECES = st.one_of(
-    st.sampled_from([" ", "  ", "   ", "\t", "\n", "a", "the", "é", "ü", "ñ", "😀", "☕", "中文", ".", ",", "!", "'", "0",
-                     "<bos>", "<eos>", "<pad>", "<unk>", "<start_of_turn>"]),
+    st.sampled_from([" ", "  ", "   ", "\t", "\n", "a", "the", "é", "ü", "ñ", "😀", "☕", "中文", ".", ",", "!", "'",
+                     "0", "<bos>", "<eos>", "<pad>", "<unk>", "<start_of_turn>"]),
     st.characters(exclude_categories=("Cs", "Cc")),
 )
 TEXT = st.lists(PIECES, min_size=1, max_size=24).map("".join).filter(lambda s: s.strip() != "")
@@ -281,3 +282,19 @@ def test_make_fragments_properties(tokenizer, sentences, granularity):
             if not sentence[-1].isspace():
                 rows = fragments.table[fragments.table["sentence_index"] == index]
                 assert rows["is_final_token"].iloc[-1] and rows["fragment_text"].iloc[-1] == sentence
+
+
+def test_tokens_sha256_follows_the_token_ids_and_positions(demo, tokenizer, model_info):
+    token = make_fragments(demo, tokenizer, "token")
+    again = make_fragments(demo, load_tokenizer(model_info), "token")
+    assert token.tokens_sha256() == again.tokens_sha256()
+    assert len(token.tokens_sha256()) == 64
+    # another selection of positions, or one token id changed, gives another fingerprint
+    assert make_fragments(demo, tokenizer, "word").tokens_sha256() != token.tokens_sha256()
+    changed = [ids.copy() for ids in token.token_ids]
+    changed[3][2] += 1
+    assert type(token)(token.table, changed).tokens_sha256() != token.tokens_sha256()
+    # ids moved from one sentence to the next are not the same tokenization
+    moved = [ids.copy() for ids in token.token_ids]
+    moved[0], moved[1] = moved[0][:-1], np.concatenate([moved[0][-1:], moved[1]])
+    assert type(token)(token.table, moved).tokens_sha256() != token.tokens_sha256()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +35,15 @@ class Fragments:
 
     def __len__(self) -> int:
         return len(self.table)
+
+    def tokens_sha256(self) -> str:
+        """sha256 of every sentence's token ids and of the selected (sentence, position) pairs."""
+        digest = hashlib.sha256()
+        for ids in self.token_ids:
+            digest.update(np.int64(len(ids)).tobytes())  # lengths keep [1 2][3] apart from [1][2 3]
+            digest.update(np.asarray(ids, dtype="<i8").tobytes())
+        digest.update(self.table[["sentence_index", "token_position"]].to_numpy(dtype="<i8").tobytes())
+        return digest.hexdigest()
 
 
 def make_fragments(data: LabeledSentences, tokenizer, granularity: str = "token", max_tokens: int | None = None) -> Fragments:

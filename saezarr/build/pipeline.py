@@ -127,7 +127,7 @@ def build(options: BuildOptions) -> BuildSummary:
     if exists and not (options.resume or options.overwrite):
         raise SaezarrError(f"--output {options.output}: a store exists there; use --resume to continue it or --overwrite to replace it")
     if exists and options.resume:
-        check_resume(options.output, plan.attrs)
+        check_resume(options.output, plan.attrs, plan.configs)
     store, lock = _open_or_create(options, plan, exists)
     summary = BuildSummary(options.output, len(plan.configs), len(plan.fragments), plan.attrs["n_sentences"])
     with lock:
@@ -219,6 +219,7 @@ def _plan(options: BuildOptions) -> _Plan:
         "sae_revision": sae_source.revision,
         "model_dtype": options.dtype,
         "fragments": options.fragments,
+        "tokens_sha256": fragments.tokens_sha256(),
         "input_file": data.path.name,
         "input_sha256": data.sha256,
         "n_sentences": len(data),
