@@ -59,9 +59,9 @@ def _add_build(commands) -> None:
     p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="model dtype")
     p.add_argument("--batch-size", type=_positive_int, default=None, help="sentences per forward (default 16, or the store's own on --resume)")
-    p.add_argument("--sae-memory", default=None, help="memory for SAE encoders per pass (default 8GiB)")
+    p.add_argument("--sae-memory", default=None, help="memory for SAE encoders per pass (default: on CUDA the free memory less a reserve, on CPU 8GiB)")
     p.add_argument("--chunk-fragments", type=_positive_int, default=None, help="fragments per chunk, the unit of writing and resuming (default 512)")
-    p.add_argument("--workers", type=_positive_int, default=None, help="writer threads (default: one per usable core)")
+    p.add_argument("--workers", type=_positive_int, default=None, help="writer threads (default: one per usable core, at most 32)")
     p.add_argument("--max-chunks", type=_positive_int, default=None, help="stop after this many chunks (try a small part first)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue an interrupted build")
@@ -73,7 +73,7 @@ def _add_build(commands) -> None:
 
 
 def _run_build(args) -> int:
-    from saezarr.build.pipeline import DEFAULT_SAE_MEMORY, BuildOptions, build
+    from saezarr.build.pipeline import BuildOptions, build
     from saezarr.configs import parse_layers
     from saezarr.units import parse_size
 
@@ -100,7 +100,7 @@ def _run_build(args) -> int:
         device=args.device,
         dtype=args.dtype,
         batch_size=args.batch_size,
-        sae_memory=parse_size(args.sae_memory, "--sae-memory") if args.sae_memory else DEFAULT_SAE_MEMORY,
+        sae_memory=parse_size(args.sae_memory, "--sae-memory") if args.sae_memory else None,
         chunk_fragments=args.chunk_fragments,
         workers=args.workers,
         resume=args.resume,

@@ -20,6 +20,7 @@ from saezarr.configs import SAEConfig, load_config_file, select_configs
 from saezarr.errors import SaezarrError
 from saezarr.build.fragments import Fragments, make_fragments
 from saezarr.build.inputs import read_labeled_csv
+from saezarr.build.memory import default_sae_memory, units_in_flight, writer_threads
 from saezarr.store.locking import StoreLock
 from saezarr.build.residuals import (
     ModelInfo,
@@ -46,10 +47,9 @@ from saezarr.store.layout import (
     remove_stale_staging,
     store_lock,
 )
-from saezarr.units import human_bytes, usable_cores
+from saezarr.units import human_bytes
 
 DEFAULT_BATCH_SIZE = 16
-DEFAULT_SAE_MEMORY = 8 * 2**30  # leaves room for Gemma-2-2B in float32 (~10.5 GB) on a 24 GiB host
 
 
 @dataclass
@@ -67,7 +67,7 @@ class BuildOptions:
     device: str | None = None
     dtype: str = "float32"
     batch_size: int | None = None  # None: the store's own, else 16
-    sae_memory: int = DEFAULT_SAE_MEMORY
+    sae_memory: int | None = None  # None: from the device's free memory (default_sae_memory)
     chunk_fragments: int | None = None  # None: DEFAULT_CHUNK_FRAGMENTS
     workers: int | None = None
     overlap_writes: bool | None = None  # None: on GPUs only (overlaps_writes)
@@ -127,12 +127,15 @@ def build(options: BuildOptions) -> BuildSummary:
     if exists and not (options.resume or options.overwrite):
         raise SaezarrError(f"--output {options.output}: a store exists there; use --resume to continue it or --overwrite to replace it")
     if exists and options.resume:
-        check_resume(options.output, plan.attrs)
+        check_resume(options.output, plan.attrs, plan.configs)
     store, lock = _open_or_create(options, plan, exists)
     summary = BuildSummary(options.output, len(plan.configs), len(plan.fragments), plan.attrs["n_sentences"])
     with lock:
+        runner = _PassRunner(options, plan, store, summary)
         try:
-            _PassRunner(options, plan, store, summary).run()
+            runner.run()
+        except torch.cuda.OutOfMemoryError:
+            raise _out_of_memory(options, store, runner) from None
         except KeyboardInterrupt:
             with _interrupts_ignored():
                 done = store.done_matrix()
@@ -146,6 +149,18 @@ def build(options: BuildOptions) -> BuildSummary:
     summary.bytes_on_disk = store.bytes_on_disk()
     summary.elapsed = time.perf_counter() - started
     return summary
+
+
+def _out_of_memory(options: BuildOptions, store: Store, runner: _PassRunner) -> SaezarrError:
+    """The one line for a device out of memory: what is kept, and which options lower the need."""
+    done = store.done_matrix()
+    budget = human_bytes(runner.sae_memory) if runner.sae_memory else "not reached"
+    return SaezarrError(
+        f"{runner.plan.device}: out of memory ({int(done.sum())} of {done.size} chunks of {options.output} are done "
+        f"and kept); rerun the same command with --resume and a smaller --sae-memory (this run: {budget}), or "
+        f"start over with --overwrite and a smaller --batch-size (this run: {store.attrs.get('batch_size')})",
+        exit_code=1,
+    )
 
 
 def _check_resume_options(options: BuildOptions, store: Store) -> None:
@@ -219,6 +234,7 @@ def _plan(options: BuildOptions) -> _Plan:
         "sae_revision": sae_source.revision,
         "model_dtype": options.dtype,
         "fragments": options.fragments,
+        "tokens_sha256": fragments.tokens_sha256(),
         "input_file": data.path.name,
         "input_sha256": data.sha256,
         "n_sentences": len(data),
@@ -263,14 +279,17 @@ class _PassRunner:
         self.options, self.plan, self.store, self.summary = options, plan, store, summary
         self.done = store.done_matrix()
         self.model = None
+        self.sae_memory: int | None = None
 
     def run(self) -> None:
         """Run every pass that has pending chunks; the model is loaded only if something is left."""
         self.summary.units_total, self.summary.units_skipped = self.done.size, int(self.done.sum())
-        passes = self._pending_passes()
-        if not passes:
+        if self.done.all():
             return
         self.model = load_model(self.plan.model_info, self.plan.device, self.options.dtype)
+        # on CUDA the default budget is what the loaded model leaves free
+        self.sae_memory = self.options.sae_memory or default_sae_memory(self.plan.device)
+        passes = self._pending_passes()
         chunks_left = self.options.max_chunks
         total = sum(self.store.chunk_size(chunk) for _, _, pending in passes for chunk in pending)
         with tqdm(total=total, unit="frag", disable=self.options.quiet, desc="saezarr build", dynamic_ncols=True) as bar:
@@ -284,7 +303,7 @@ class _PassRunner:
     def _pending_passes(self) -> list[tuple[list[SAEFile], list[int], list[int]]]:
         index = {name: i for i, name in enumerate(self.store.config_names)}
         passes = []
-        for group in plan_passes(self.plan.saes, self.options.sae_memory):
+        for group in plan_passes(self.plan.saes, self.sae_memory):
             rows = [index[sae.config.name] for sae in group]
             pending = [int(chunk) for chunk in np.flatnonzero(~self.done[rows].all(axis=0))]
             if pending:
@@ -350,10 +369,12 @@ class ChunkWriter:
 
     def __init__(self, store: Store, workers: int | None = None, overlap: bool = True):
         self.store = store
-        self.workers = workers or usable_cores()
+        self.workers = writer_threads(workers)
         self.overlap = overlap
+        # units held on the host at once (queued, or gathered), each a chunk_fragments x width float32 buffer
+        self.units = units_in_flight(self.workers, 4 * store.chunk_fragments * store.width, overlap)
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="saezarr-write")
-        self._slots = threading.BoundedSemaphore(2 * self.workers)
+        self._slots = threading.BoundedSemaphore(self.units)
         self._gathered: list[tuple[int, int, torch.Tensor]] = []
         self._free: list[torch.Tensor] = []
         self._free_lock = threading.Lock()
@@ -378,7 +399,7 @@ class ChunkWriter:
         self._raise_if_failed()
         if not self.overlap:
             self._gathered.append((config_index, chunk, latents))
-            if len(self._gathered) >= self.workers:
+            if len(self._gathered) >= self.units:
                 self._write_gathered()
             return
         self._slots.acquire()

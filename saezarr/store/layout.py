@@ -29,7 +29,11 @@ DEFAULT_FEATURE_CHUNK = 2048
 STAGING_SUFFIX = ".creating"
 ZSTD_LEVEL = 1  # on SAE latents level 1 is both smaller and faster than 3 (USAGE.md)
 # fields a resumed build must share with the build that started the store
-RESUME_FIELDS = ("input_sha256", "configs", "model", "model_revision", "sae_repo", "sae_revision", "model_dtype", "fragments")
+RESUME_FIELDS = (
+    "input_sha256", "configs", "model", "model_revision", "sae_repo", "sae_revision", "model_dtype", "fragments",
+    "tokens_sha256",
+)
+FIELD_NAMES = {"tokens_sha256": "tokenization (sha256 of the token ids and fragment positions)"}
 
 
 class Store:
@@ -169,15 +173,41 @@ def check_output_path(path: Path) -> bool:
     return True
 
 
-def check_resume(path: Path, attrs: dict) -> None:
-    """Refuse to resume a store started with a different input, config selection, model, SAEs or options."""
+def check_resume(path: Path, attrs: dict, configs: Sequence[SAEConfig] = ()) -> None:
+    """Refuse to resume a store started with a different input, config selection, model, SAEs, tokens or options."""
     stored = read_saezarr_attrs(path)
     for field in RESUME_FIELDS:
+        name = FIELD_NAMES.get(field, field.replace("_", " "))
+        if field not in stored and field in attrs:
+            # a store from before the field was recorded: resuming it could mix what the field now guards
+            raise SaezarrError(
+                f"--resume {path}: the store records no {name}: an older saezarr "
+                f"({stored.get('saezarr_version')}) started it, so this resume could not be checked against it; "
+                "finish it with that saezarr or use --overwrite to start over"
+            )
         if stored.get(field) != attrs.get(field):
             raise SaezarrError(
-                f"--resume {path}: the store was started with a different {field.replace('_', ' ')} "
+                f"--resume {path}: the store was started with a different {name} "
                 f"({_brief(stored.get(field))}, now {_brief(attrs.get(field))}); use --overwrite to start over"
             )
+    stored_paths = dict(zip(stored["configs"], _stored_sae_paths(path)))
+    for config in configs:
+        if stored_paths.get(config.name, config.path) != config.path:
+            raise SaezarrError(
+                f"--resume {path}: the store was started with a different SAE path for config {config.name} "
+                f"({_brief(stored_paths[config.name])}, now {_brief(config.path)}); use --overwrite to start over"
+            )
+
+
+def _stored_sae_paths(path: Path) -> list[str]:
+    """The store's `sae_path` coordinate, one per config."""
+    try:
+        return [str(value) for value in zarr.open_array(Path(path) / "sae_path", mode="r")[:]]
+    except (OSError, ValueError, KeyError, zarr.errors.BaseZarrError) as exc:
+        raise SaezarrError(
+            f"--resume {path}: the store is damaged and cannot be resumed (its sae_path coordinate: "
+            f"{type(exc).__name__}: {exc}); rebuild it with --overwrite"
+        ) from None
 
 
 def _brief(value) -> str:
