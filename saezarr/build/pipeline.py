@@ -130,10 +130,11 @@ def build(options: BuildOptions) -> BuildSummary:
 
 def _build(options: BuildOptions) -> BuildSummary:
     started = time.perf_counter()
-    plan = _plan(options)
+    # the output and flags first: a forgotten --resume must not wait for gigabytes of downloads
     exists = check_output_path(options.output)
     if exists and not (options.resume or options.overwrite):
         raise SaezarrError(f"--output {options.output}: a store exists there; use --resume to continue it or --overwrite to replace it")
+    plan = _plan(options)
     if exists and options.resume:
         check_resume(options.output, plan.attrs)
     store, lock = _open_or_create(options, plan, exists)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -181,8 +183,21 @@ def read_saezarr_attrs(path: Path) -> dict:
     return attrs
 
 
+# `s3://b/x` as a Path is `s3:/b/x`; a scheme has two or more letters, so `C:/x` is no URL
+_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):/+")
+
+
 def check_output_path(path: Path) -> bool:
-    """Return whether a saezarr store already exists at path; refuse files and foreign folders."""
+    """Return whether a saezarr store already exists at path; refuse URLs, files and foreign folders."""
+    url = _URL.match(str(path))
+    if url and url.group(1).lower() == "file":
+        local = str(path)[url.end() - 1 :]
+        raise SaezarrError(f"--output file://{local}: a file:// URL; give the path itself ({local})")
+    if url:
+        raise SaezarrError(
+            f"--output {url.group(1)}://{str(path)[url.end():]}: a URL; saezarr writes stores to a file system path "
+            "only (object stores are not supported yet)"
+        )
     if path.is_file() or (path.exists() and not path.is_dir()):
         raise SaezarrError(f"--output {path}: is a file, not a store folder")
     if not path.exists() or (path.is_dir() and not any(path.iterdir())):
@@ -267,10 +282,12 @@ def open_for_resume(path: Path) -> Store:
 
 
 def remove_stale_staging(path: Path) -> None:
-    """Delete half-created stores (`.NAME.PID.*.creating`) whose creating process is gone."""
-    for staging in Path(path).parent.glob(f".{Path(path).name}.*{STAGING_SUFFIX}"):
-        pid = staging.name[len(Path(path).name) + 2 :].split(".")[0]
-        if not (pid.isdigit() and process_alive(int(pid))):
+    """Delete this output's half-created stores (`.NAME.PID.RANDOM.creating`) whose creating process is gone."""
+    # exact, so `--output out` never matches `.out.zarr.PID.RANDOM.creating`, the staging of a build of out.zarr
+    own = re.compile(rf"\.{re.escape(Path(path).name)}\.(\d+)\.[a-z0-9_]+{re.escape(STAGING_SUFFIX)}")
+    for staging in Path(path).parent.glob(f".{glob.escape(Path(path).name)}.*{STAGING_SUFFIX}"):
+        match = own.fullmatch(staging.name)
+        if match and not process_alive(int(match.group(1))):
             shutil.rmtree(staging, ignore_errors=True)
 
 

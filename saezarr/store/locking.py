@@ -55,6 +55,7 @@ class StoreLock:
             ) from None
 
     def _acquire(self, force: bool) -> None:
+        self.path.parent.mkdir(exist_ok=True)  # a store whose state folder was deleted can still be locked
         if force:
             self.path.unlink(missing_ok=True)  # a new file: whoever holds the old one no longer counts
         for _ in range(_ATTEMPTS):

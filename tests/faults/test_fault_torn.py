@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import tempfile
 
 import numpy as np
@@ -114,7 +115,9 @@ def test_resume_removes_temporary_shards_left_by_a_killed_write(demo_config, dem
 def test_build_removes_staging_left_by_a_killed_creation(demo_config, tmp_path):
     store = tmp_path / "fresh.zarr"
     # what a SIGKILL during create_store leaves beside the output (the crash test meets this for real)
-    staging = tempfile.mkdtemp(prefix=f".{store.name}.", suffix=".creating", dir=tmp_path)
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # reaped: its pid names no process now
+    staging = tempfile.mkdtemp(prefix=f".{store.name}.{dead.pid}.", suffix=".creating", dir=tmp_path)
     os.makedirs(os.path.join(staging, "activations"))
     assert main(build_args(DEMO_CSV, store, demo_config, "--resume", "--max-chunks", "1")) == 0
     assert sorted(p.name for p in tmp_path.glob(f".{store.name}.*")) == []
