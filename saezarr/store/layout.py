@@ -139,7 +139,7 @@ def _write_durably(path: Path, data: bytes) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with open(temp, "xb") as file:
+            with open(temp, "wb") as file:
                 file.write(data)
                 file.flush()
                 os.fsync(file.fileno())
@@ -149,7 +149,8 @@ def _write_durably(path: Path, data: bytes) -> None:
             raise
         _fsync(path.parent)  # the rename itself durable before the unit is marked
     except OSError as exc:
-        exc.filename = exc.filename or str(path)  # a failed write() (disk full) names no file by itself
+        if exc.filename in (None, str(temp)):  # a failed write() (disk full) names no file by itself
+            exc.filename = str(path)
         raise
 
 

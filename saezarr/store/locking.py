@@ -79,7 +79,7 @@ class StoreLock:
                 continue
             _write_json(fd, _me())
             self.held = True
-            if holder is not None and not force:
+            if holder is not None and holder.get("pid") is not None and not force:
                 _say_taken_over(holder)
             return
         raise SaezarrError(f"{self.store}: could not take the lock {self.path}; use --force-unlock", exit_code=1)
