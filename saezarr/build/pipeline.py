@@ -121,11 +121,20 @@ class _Plan:
 
 def build(options: BuildOptions) -> BuildSummary:
     """Build (or resume) a store; every input is validated before the output is touched."""
+    with _sigterm_interrupts():
+        try:
+            return _build(options)
+        except _Terminated:  # before the lock was taken: nothing of this build is in the store
+            raise SaezarrError(f"terminated (SIGTERM) before {options.output} was written to", exit_code=143) from None
+
+
+def _build(options: BuildOptions) -> BuildSummary:
     started = time.perf_counter()
-    plan = _plan(options)
+    # the output and flags first: a forgotten --resume must not wait for gigabytes of downloads
     exists = check_output_path(options.output)
     if exists and not (options.resume or options.overwrite):
         raise SaezarrError(f"--output {options.output}: a store exists there; use --resume to continue it or --overwrite to replace it")
+    plan = _plan(options)
     if exists and options.resume:
         check_resume(options.output, plan.attrs, plan.configs)
     store, lock = _open_or_create(options, plan, exists)
@@ -136,13 +145,15 @@ def build(options: BuildOptions) -> BuildSummary:
             runner.run()
         except torch.cuda.OutOfMemoryError:
             raise _out_of_memory(options, store, runner) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:
             with _interrupts_ignored():
                 done = store.done_matrix()
+            terminated = isinstance(stop, _Terminated)
             raise SaezarrError(
-                f"interrupted: {int(done.sum())} of {done.size} chunks of {options.output} are done and kept; "
-                "rerun the same command with --resume (in place of --overwrite, if given) to continue",
-                exit_code=130,
+                f"{'terminated (SIGTERM)' if terminated else 'interrupted'}: {int(done.sum())} of {done.size} chunks "
+                f"of {options.output} are done and kept; rerun the same command with --resume (in place of "
+                "--overwrite, if given) to continue",
+                exit_code=143 if terminated else 130,
             ) from None
     done = store.done_matrix()
     summary.complete = bool(done.all())
@@ -187,6 +198,28 @@ def _interrupts_ignored():
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, as Slurm, Kubernetes and systemd stop a job: stopped like Ctrl-C, with exit code 143."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once is enough; a second would cut the clean stop short
+    raise _Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """For the duration of a build, SIGTERM interrupts it as Ctrl-C does (only the main thread can handle it)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def resolve_device(device: str | None) -> str:
@@ -255,7 +288,7 @@ def _open_or_create(options: BuildOptions, plan: _Plan, exists: bool) -> tuple[S
         try:
             store = open_for_resume(options.output)
             _check_resume_options(options, store)
-        except SaezarrError:
+        except BaseException:  # a refusal, Ctrl-C or SIGTERM: the lock goes back
             lock.release()
             raise
         store.discard_partial_writes()
