@@ -16,12 +16,12 @@ import numpy as np
 import zarr
 from tqdm.auto import tqdm
 
-from saezarr.store.reading import open_existing
 from saezarr.configs import suggest
 from saezarr.errors import SaezarrError
-from saezarr.store.locking import process_alive
 from saezarr.npyzip import read_members
 from saezarr.store.layout import Store
+from saezarr.store.locking import process_alive
+from saezarr.store.reading import open_existing
 from saezarr.units import available_memory as _available_memory
 from saezarr.units import human_bytes, usable_cores
 

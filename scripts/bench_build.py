@@ -348,10 +348,10 @@ def task_build(spec: dict) -> dict:
     import torch
 
     import saezarr.build.pipeline as B
-    from saezarr.configs import load_config_file
-    from saezarr.build.residuals import resolve_model
     from saezarr.build.memory import default_sae_memory
+    from saezarr.build.residuals import resolve_model
     from saezarr.build.sae import locate_sae, plan_passes, resolve_sae_repo
+    from saezarr.configs import load_config_file
 
     options = B.BuildOptions(input=Path(spec["input"]), output=Path(spec["output"]), config_file=Path(spec["config"]),
                              device="cpu", dtype="float32", quiet=True, overwrite=True,
@@ -445,10 +445,10 @@ def task_build(spec: dict) -> dict:
 
 
 def _fragment_table(input_csv: str, config_path: str):
-    from saezarr.configs import load_config_file
     from saezarr.build.fragments import make_fragments
     from saezarr.build.inputs import read_labeled_csv
     from saezarr.build.residuals import load_tokenizer, resolve_model
+    from saezarr.configs import load_config_file
 
     config_file = load_config_file(config_path)
     info = resolve_model(config_file.model)
@@ -608,8 +608,8 @@ def task_baseline(spec: dict) -> dict:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from saezarr.configs import load_config_file
     from saezarr.build.residuals import pad_batch
+    from saezarr.configs import load_config_file
 
     if spec.get("torch_threads"):
         torch.set_num_threads(spec["torch_threads"])

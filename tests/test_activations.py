@@ -14,9 +14,9 @@ import xarray as xr
 import zarr
 
 import saezarr
-from saezarr.build.pipeline import BuildOptions, build
 from saezarr.build.fragments import FRAGMENT_FIELDS, make_fragments
 from saezarr.build.inputs import read_labeled_csv
+from saezarr.build.pipeline import BuildOptions, build
 from saezarr.build.residuals import load_tokenizer, resolve_model
 
 CHUNK = 64

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from saezarr.errors import SaezarrError
 from saezarr.build.fragments import FRAGMENT_FIELDS, GRANULARITIES, make_fragments, select_positions
 from saezarr.build.inputs import LabeledSentences, read_labeled_csv
 from saezarr.build.residuals import load_tokenizer, resolve_model
+from saezarr.errors import SaezarrError
 
 WORD = re.compile(r"\S+")
 

@@ -4,7 +4,6 @@ written into a temporary folder beside DIR and renamed into place."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from saezarr.errors import SaezarrError
+from saezarr.folders import swap_into_place
 
 # the legacy ranked_features.csv columns, in the legacy order; saezarr's own columns follow
 LEGACY_COLUMNS = (
@@ -46,7 +46,7 @@ def write_outputs(path: Path, features: pd.DataFrame, ranked: pd.DataFrame, exam
         _write_json(staging / EXAMPLES, examples)
         _write_json(staging / INFO, info)
         write_report(staging, features, ranked, examples, info)
-        _replace(staging, path)
+        swap_into_place(staging, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -54,18 +54,3 @@ def write_outputs(path: Path, features: pd.DataFrame, ranked: pd.DataFrame, exam
 def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False), encoding="utf-8")
 
-
-def _replace(staging: Path, path: Path) -> None:
-    """Rename staging to path; an old path is swapped out only now, and comes back if the rename fails."""
-    if not path.exists():
-        os.rename(staging, path)
-        return
-    trash = path.with_name(f".{path.name}.replaced")
-    shutil.rmtree(trash, ignore_errors=True)
-    os.rename(path, trash)
-    try:
-        os.rename(staging, path)
-    except OSError:
-        os.rename(trash, path)
-        raise
-    shutil.rmtree(trash, ignore_errors=True)

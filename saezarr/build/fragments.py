@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from saezarr.errors import SaezarrError
 from saezarr.build.inputs import LabeledSentences
+from saezarr.errors import SaezarrError
 
 GRANULARITIES = ("token", "word", "final")
 FRAGMENT_FIELDS = (

@@ -13,8 +13,8 @@ import torch
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
-from saezarr.errors import SaezarrError
 from saezarr.build.hub import Source, resolve
+from saezarr.errors import SaezarrError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 WEIGHT_FILES = ["*.safetensors", "*.safetensors.index.json", "*.json"]

@@ -25,6 +25,7 @@ from zarr.storage import MemoryStore
 
 from saezarr.configs import SAEConfig
 from saezarr.errors import SaezarrError
+from saezarr.folders import swap_into_place
 from saezarr.store.locking import StoreLock, process_alive
 from saezarr.store.shards import ShardEncoder
 
@@ -273,7 +274,7 @@ def create_store(
     try:
         _write_layout(staging, fragments, configs, width, attrs, chunk_fragments)
         if replace:
-            _swap(staging, path)
+            swap_into_place(staging, path)
         else:
             os.rename(staging, path)
     except OSError as exc:
@@ -281,19 +282,6 @@ def create_store(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return Store(path, mode="r+")
-
-
-def _swap(staging: Path, path: Path) -> None:
-    """Put the staged store in place of the old one; if that fails, the old one goes back."""
-    trash = path.with_name(f".{path.name}.replaced")
-    shutil.rmtree(trash, ignore_errors=True)
-    os.rename(path, trash)
-    try:
-        os.rename(staging, path)
-    except OSError:
-        os.rename(trash, path)
-        raise
-    shutil.rmtree(trash, ignore_errors=True)
 
 
 def store_lock(path: Path) -> StoreLock:
