@@ -1,4 +1,4 @@
-"""The `python -m saezarr` command line: build, export-npz, info."""
+"""The `python -m saezarr` command line: build, export-npz, info, analyze."""
 
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_build(commands)
     _add_export(commands)
     _add_info(commands)
+    _add_analyze(commands)
     return parser
 
 
@@ -58,9 +59,9 @@ def _add_build(commands) -> None:
     p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="model dtype")
     p.add_argument("--batch-size", type=_positive_int, default=None, help="sentences per forward (default 16, or the store's own on --resume)")
-    p.add_argument("--sae-memory", default=None, help="memory for SAE encoders per pass (default 8GiB)")
+    p.add_argument("--sae-memory", default=None, help="memory for SAE encoders per pass (default: on CUDA the free memory less a reserve, on CPU 8GiB)")
     p.add_argument("--chunk-fragments", type=_positive_int, default=None, help="fragments per chunk, the unit of writing and resuming (default 512)")
-    p.add_argument("--workers", type=_positive_int, default=None, help="writer threads (default: one per usable core)")
+    p.add_argument("--workers", type=_positive_int, default=None, help="writer threads (default: one per usable core, at most 32)")
     p.add_argument("--max-chunks", type=_positive_int, default=None, help="stop after this many chunks (try a small part first)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue an interrupted build")
@@ -96,7 +97,7 @@ def _cluster_options(args):
 
 
 def _run_build(args) -> int:
-    from saezarr.build.pipeline import DEFAULT_SAE_MEMORY, BuildOptions, build
+    from saezarr.build.pipeline import BuildOptions, build
     from saezarr.configs import parse_layers
     from saezarr.units import parse_size
 
@@ -123,7 +124,7 @@ def _run_build(args) -> int:
         device=args.device,
         dtype=args.dtype,
         batch_size=args.batch_size,
-        sae_memory=parse_size(args.sae_memory, "--sae-memory") if args.sae_memory else DEFAULT_SAE_MEMORY,
+        sae_memory=parse_size(args.sae_memory, "--sae-memory") if args.sae_memory else None,
         chunk_fragments=args.chunk_fragments,
         workers=args.workers,
         resume=args.resume,
@@ -185,6 +186,63 @@ def _run_info(args) -> int:
     info = store_info(args.store)
     print(json.dumps(info, indent=2) if args.json else format_info(info))
     return 0
+
+
+def _add_analyze(commands) -> None:
+    p = commands.add_parser("analyze", help="rank every SAE feature against the concept labels")
+    p.add_argument("store", type=Path)
+    p.add_argument("--output", type=Path, required=True, help="folder for the analysis files (must not exist)")
+    p.add_argument("--configs", help="only these configs, e.g. layer_12_l0_82,layer_3_l0_59")
+    p.add_argument("--layers", help="only configs on these layers, e.g. 3,12")
+    p.add_argument("--pool", choices=("final", "max", "mean"), default="final",
+                   help="one activation per sentence: its final token's, or the max or mean over its fragments")
+    p.add_argument("--min-pearson", type=float, default=0.4, help="filter: Pearson correlation at least this (-1..1)")
+    p.add_argument("--min-tpr", type=float, default=0.5, help="filter: true positive rate at least this (0..1)")
+    p.add_argument("--max-fpr", type=float, default=0.2, help="filter: false positive rate at most this (0..1)")
+    p.add_argument("--top-n", type=_positive_int, default=50, help="features with examples and in the report")
+    p.add_argument("--examples-per-label", type=_positive_int, default=5, help="example sentences per label")
+    p.add_argument("--allow-partial", action="store_true", help="analyse the finished configs of an unfinished store")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_cluster_options(p, local=False)
+    p.set_defaults(run=_run_analyze)
+
+
+def _run_analyze(args) -> int:
+    from saezarr.analysis.run import AnalyzeOptions, analyze
+    from saezarr.configs import parse_layers
+
+    options = AnalyzeOptions(
+        store=args.store,
+        output=args.output,
+        configs=args.configs.split(",") if args.configs else None,
+        layers=parse_layers(args.layers) if args.layers else None,
+        pool=args.pool,
+        min_pearson=args.min_pearson,
+        min_tpr=args.min_tpr,
+        max_fpr=args.max_fpr,
+        top_n=args.top_n,
+        examples_per_label=args.examples_per_label,
+        overwrite=args.overwrite,
+        allow_partial=args.allow_partial,
+        quiet=args.quiet,
+    )
+    with _analysis_cluster(args):
+        print(analyze(options).line())
+    return 0
+
+
+def _analysis_cluster(args):
+    """With --scheduler or --scheduler-file, the analysis's dask computations run on that cluster."""
+    import contextlib
+
+    cluster = _cluster_options(args)
+    if not cluster.wanted:
+        return contextlib.nullcontext()
+    from saezarr.analysis.cache import cache_root
+    from saezarr.build.cluster import analysis_client
+
+    return analysis_client(cluster, args.store, cache_root())
 
 
 def _positive_int(text: str) -> int:

@@ -16,12 +16,13 @@ import numpy as np
 import zarr
 from tqdm.auto import tqdm
 
-from saezarr.store.reading import open_existing
 from saezarr.configs import suggest
 from saezarr.errors import SaezarrError
-from saezarr.store.locking import process_alive
 from saezarr.npyzip import read_members
 from saezarr.store.layout import Store
+from saezarr.store.locking import process_alive
+from saezarr.store.reading import open_existing
+from saezarr.units import available_memory as _available_memory
 from saezarr.units import human_bytes, usable_cores
 
 # npz key -> the store's coordinate on the fragment dimension
@@ -211,20 +212,6 @@ def parallel_jobs(requested: int | None, n_files: int, array_bytes: int) -> int:
         # each job holds one output array, plus zlib's and the zip writer's small buffers
         jobs = min(jobs, max(1, int(available * 0.8) // max(array_bytes, 1)))
     return max(1, min(jobs, n_files))
-
-
-def _available_memory() -> int | None:
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def _export_all(store: Store, targets: Sequence[ConfigTarget], compressed: bool, summary: ExportSummary) -> None:

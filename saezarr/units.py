@@ -1,4 +1,4 @@
-"""Machine quantities: byte sizes for options and for people, and the cores this process may use."""
+"""Machine quantities: byte sizes for options and for people, the cores this process may use, free host memory."""
 
 from __future__ import annotations
 
@@ -37,3 +37,18 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0)) or 1
     except AttributeError:  # no affinity call on macOS and Windows
         return os.cpu_count() or 1
+
+
+def available_memory() -> int | None:
+    """Host memory available to new allocations (MemAvailable), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None

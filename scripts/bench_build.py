@@ -348,9 +348,10 @@ def task_build(spec: dict) -> dict:
     import torch
 
     import saezarr.build.pipeline as B
-    from saezarr.configs import load_config_file
+    from saezarr.build.memory import default_sae_memory
     from saezarr.build.residuals import resolve_model
     from saezarr.build.sae import locate_sae, plan_passes, resolve_sae_repo
+    from saezarr.configs import load_config_file
 
     options = B.BuildOptions(input=Path(spec["input"]), output=Path(spec["output"]), config_file=Path(spec["config"]),
                              device="cpu", dtype="float32", quiet=True, overwrite=True,
@@ -415,7 +416,7 @@ def task_build(spec: dict) -> dict:
     source = resolve_sae_repo(config_file.sae_repo, config_file.configs[0])
     d_model = resolve_model(config_file.model).hidden_size
     saes = [locate_sae(source, c, d_model) for c in config_file.configs]
-    expected_passes = len(plan_passes(saes, options.sae_memory))
+    expected_passes = len(plan_passes(saes, options.sae_memory or default_sae_memory(options.device)))
     fields = ("n_configs", "n_fragments", "n_sentences", "bytes_on_disk", "elapsed", "model_passes", "forward_batches",
               "sae_loads", "units_written", "units_total", "complete")
     from saezarr.store.layout import Store, directory_bytes
@@ -444,10 +445,10 @@ def task_build(spec: dict) -> dict:
 
 
 def _fragment_table(input_csv: str, config_path: str):
-    from saezarr.configs import load_config_file
     from saezarr.build.fragments import make_fragments
     from saezarr.build.inputs import read_labeled_csv
     from saezarr.build.residuals import load_tokenizer, resolve_model
+    from saezarr.configs import load_config_file
 
     config_file = load_config_file(config_path)
     info = resolve_model(config_file.model)
@@ -607,8 +608,8 @@ def task_baseline(spec: dict) -> dict:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from saezarr.configs import load_config_file
     from saezarr.build.residuals import pad_batch
+    from saezarr.configs import load_config_file
 
     if spec.get("torch_threads"):
         torch.set_num_threads(spec["torch_threads"])

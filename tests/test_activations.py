@@ -14,9 +14,9 @@ import xarray as xr
 import zarr
 
 import saezarr
-from saezarr.build.pipeline import BuildOptions, build
 from saezarr.build.fragments import FRAGMENT_FIELDS, make_fragments
 from saezarr.build.inputs import read_labeled_csv
+from saezarr.build.pipeline import BuildOptions, build
 from saezarr.build.residuals import load_tokenizer, resolve_model
 
 CHUNK = 64
@@ -46,8 +46,7 @@ def stores(tiny, tmp_path_factory):
     return built
 
 
-@pytest.fixture(scope="module")
-def reference(tiny):
+def hooked_residuals(tiny, sentences):
     """Per sentence: {layer: resid_post [seq, hidden]} from our own hooks, each sentence run alone and unpadded."""
     from transformers import AutoModel, AutoTokenizer
 
@@ -67,9 +66,10 @@ def reference(tiny):
     per_sentence = []
     try:
         with torch.no_grad():
-            for sentence in read_labeled_csv(tiny.csv).sentences:
-                ids = tokenizer(sentence)["input_ids"]
-                assert ids[0] == tokenizer.bos_token_id
+            for sentence in sentences:
+                # sentences are text: a literal "<bos>" in one is characters, not the control token
+                ids = tokenizer(sentence, split_special_tokens=True)["input_ids"]
+                assert ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1
                 captured.clear()
                 model(input_ids=torch.tensor([ids]))
                 per_sentence.append({layer: captured[layer][0].numpy() for layer in layers})
@@ -77,6 +77,12 @@ def reference(tiny):
         for handle in handles:
             handle.remove()
     return per_sentence
+
+
+@pytest.fixture(scope="module")
+def reference(tiny):
+    """Per demo sentence: {layer: resid_post [seq, hidden]} from our own hooks."""
+    return hooked_residuals(tiny, read_labeled_csv(tiny.csv).sentences)
 
 
 def sae_params(tiny, config):
@@ -243,3 +249,34 @@ def test_summary_counters_and_marks(tiny, stores):
     assert summary.bytes_on_disk == sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     array = zarr.open_array(path / "activations", mode="r")
     assert array.shards == (1, CHUNK, 128)
+
+
+SPECIAL_CSV = (
+    "sentence,concept_strength_label\n"
+    '"He typed <bos> into the chat, then <eos>.",1\n'
+    "<bos> at the start is text too,0\n"
+    '"Quote: <start_of_turn>user <pad><unk> <end_of_turn>",2\n'
+    "Plain words here.,3\n"
+)
+
+
+def test_special_token_strings_are_encoded_as_text(tiny, tmp_path):
+    """Sentences quoting <bos>, <eos>, <pad>, <unk>: stored latents equal a per-sentence run on the text's tokens."""
+    from transformers import AutoTokenizer
+
+    csv = tmp_path / "markup.csv"
+    csv.write_text(SPECIAL_CSV, encoding="utf-8")
+    path = tmp_path / "markup.zarr"
+    assert _build(tiny, path, input=csv).complete
+    sentences = read_labeled_csv(csv).sentences
+    tokenizer = AutoTokenizer.from_pretrained(tiny.model)
+    lengths = [len(tokenizer(s, split_special_tokens=True)["input_ids"]) for s in sentences]
+    rows = [(s, p) for s, n in enumerate(lengths) for p in range(1, n)]
+    dataset = xr.open_zarr(path)
+    assert list(zip(dataset["sentence_index"].values.tolist(), dataset["token_position"].values.tolist())) == rows
+    reference = hooked_residuals(tiny, sentences)
+    for index, config in enumerate(tiny.configs):
+        expected, ambiguous = expected_latents(tiny, reference, config, rows)
+        compare(dataset["activations"][index].values, expected, ambiguous)
+    finals = dataset["fragment_text"].values[dataset["is_final_token"].values].tolist()
+    assert finals == sentences

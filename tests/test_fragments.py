@@ -11,10 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from saezarr.errors import SaezarrError
 from saezarr.build.fragments import FRAGMENT_FIELDS, GRANULARITIES, make_fragments, select_positions
 from saezarr.build.inputs import LabeledSentences, read_labeled_csv
 from saezarr.build.residuals import load_tokenizer, resolve_model
+from saezarr.errors import SaezarrError
 
 WORD = re.compile(r"\S+")
 
@@ -42,7 +42,7 @@ def labeled(sentences, labels=None, path="mem.csv") -> LabeledSentences:
 
 def reference_tokens(tokenizer, sentence):
     """Token ids (BOS first) and each token's end offset, from the tokenizer alone, one sentence at a time."""
-    encoded = tokenizer(sentence, add_special_tokens=True, return_offsets_mapping=True)
+    encoded = tokenizer(sentence, add_special_tokens=True, return_offsets_mapping=True, split_special_tokens=True)
     ids = list(encoded["input_ids"])
     ends = [end for _, end in encoded["offset_mapping"]]
     if ids[0] != tokenizer.bos_token_id:
@@ -78,6 +78,9 @@ def check_table(fragments, data, tokenizer, granularity):
         ids, ends = reference_tokens(tokenizer, sentence)
         assert fragments.token_ids[index].dtype == np.int64
         assert fragments.token_ids[index].tolist() == ids
+        # BOS once, first; no control token from the text (a literal "<eos>" is text)
+        assert ids[0] == tokenizer.bos_token_id
+        assert set(ids[1:]).isdisjoint(tokenizer.all_special_ids)
         assert ends == sorted(ends), "token end offsets must not go backwards"
         rows = table[table["sentence_index"] == index]
         positions = rows["token_position"].tolist()
@@ -152,6 +155,48 @@ def test_word_fragment_ends_after_the_words_last_token(tokenizer, sentence):
     assert table["token_position"].iloc[-1] == len(ids) - 1
 
 
+SPECIAL_TEXT = [
+    "He typed <bos> into the chat",
+    "<bos>Hello <eos> <pad> <unk>",
+    "Say <start_of_turn>user then <end_of_turn>",
+    "<eos>",
+]
+
+
+@pytest.fixture(scope="module")
+def chat_tokenizer(model_info):
+    """The tiny tokenizer with Gemma's turn markers added as special tokens, as in Gemma's own tokenizer."""
+    tokenizer = load_tokenizer(model_info)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]})
+    return tokenizer
+
+
+def test_special_token_strings_in_a_sentence_are_text(chat_tokenizer):
+    """A literal `<bos>`, `<eos>`, `<pad>`, `<unk>` or `<start_of_turn>` is tokenized as plain text, BOS only first."""
+    specials = set(chat_tokenizer.all_special_ids)
+    markers = {"<bos>", "<eos>", "<pad>", "<unk>", "<start_of_turn>", "<end_of_turn>"}
+    assert markers <= set(chat_tokenizer.all_special_tokens)
+    data = labeled(SPECIAL_TEXT)
+    fragments = make_fragments(data, chat_tokenizer, "token")
+    for index, sentence in enumerate(SPECIAL_TEXT):
+        ids = fragments.token_ids[index].tolist()
+        assert ids[0] == chat_tokenizer.bos_token_id and ids.count(chat_tokenizer.bos_token_id) == 1
+        assert specials.isdisjoint(ids[1:]), chat_tokenizer.convert_ids_to_tokens(ids)
+        # without splitting, the same sentence does hold a control token: the test would catch the old behaviour
+        assert not specials.isdisjoint(chat_tokenizer(sentence)["input_ids"][1:])
+    for granularity in GRANULARITIES:
+        check_table(make_fragments(data, chat_tokenizer, granularity), data, chat_tokenizer, granularity)
+    # single-spaced words: word k's fragment is the sentence up to the end of word k, markup included
+    words = make_fragments(data, chat_tokenizer, "word").table
+    for index, sentence in enumerate(SPECIAL_TEXT):
+        texts = words[words["sentence_index"] == index]["fragment_text"].tolist()
+        assert texts == [sentence[: w.end()] for w in WORD.finditer(sentence)]
+    tokens = fragments.table
+    assert tokens[tokens["is_final_token"]]["fragment_text"].tolist() == SPECIAL_TEXT
+    first = tokens[tokens["sentence_index"] == 0]["fragment_text"].tolist()
+    assert "He typed <" in first and "He typed <bos>" in first  # the marker's characters are ordinary fragments
+
+
 def test_too_long_sentence_is_refused_naming_the_row(tokenizer, model_info):
     long = " ".join(f"word{i}" for i in range(600))
     data = labeled(["Short one.", long, "Another."], path="long.csv")
@@ -188,7 +233,8 @@ def test_unknown_granularity(demo, tokenizer):
 # ---- property tests -------------------------------------------------------------------------------------------
 
 PIECES = st.one_of(
-    st.sampled_from([" ", "  ", "   ", "\t", "\n", "a", "the", "é", "ü", "ñ", "😀", "☕", "中文", ".", ",", "!", "'", "0"]),
+    st.sampled_from([" ", "  ", "   ", "\t", "\n", "a", "the", "é", "ü", "ñ", "😀", "☕", "中文", ".", ",", "!", "'",
+                     "0", "<bos>", "<eos>", "<pad>", "<unk>", "<start_of_turn>"]),
     st.characters(exclude_categories=("Cs", "Cc")),
 )
 TEXT = st.lists(PIECES, min_size=1, max_size=24).map("".join).filter(lambda s: s.strip() != "")
@@ -236,3 +282,19 @@ def test_make_fragments_properties(tokenizer, sentences, granularity):
             if not sentence[-1].isspace():
                 rows = fragments.table[fragments.table["sentence_index"] == index]
                 assert rows["is_final_token"].iloc[-1] and rows["fragment_text"].iloc[-1] == sentence
+
+
+def test_tokens_sha256_follows_the_token_ids_and_positions(demo, tokenizer, model_info):
+    token = make_fragments(demo, tokenizer, "token")
+    again = make_fragments(demo, load_tokenizer(model_info), "token")
+    assert token.tokens_sha256() == again.tokens_sha256()
+    assert len(token.tokens_sha256()) == 64
+    # another selection of positions, or one token id changed, gives another fingerprint
+    assert make_fragments(demo, tokenizer, "word").tokens_sha256() != token.tokens_sha256()
+    changed = [ids.copy() for ids in token.token_ids]
+    changed[3][2] += 1
+    assert type(token)(token.table, changed).tokens_sha256() != token.tokens_sha256()
+    # ids moved from one sentence to the next are not the same tokenization
+    moved = [ids.copy() for ids in token.token_ids]
+    moved[0], moved[1] = moved[0][:-1], np.concatenate([moved[0][-1:], moved[1]])
+    assert type(token)(token.table, moved).tokens_sha256() != token.tokens_sha256()

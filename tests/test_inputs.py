@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from clitools import run_cli, write_csv
 
-from saezarr.errors import SaezarrError
 from saezarr.build.inputs import read_labeled_csv
+from saezarr.errors import SaezarrError
 
 HEADER = "sentence,concept_strength_label\n"
 _LATIN1 = f"{HEADER}Fine.,0\n".encode() + "Café au lait.,1\n".encode("latin-1")

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import zarr
 
-from saezarr.build.pipeline import BuildOptions, build
 from saezarr.build.fragments import make_fragments
 from saezarr.build.inputs import read_labeled_csv
+from saezarr.build.pipeline import BuildOptions, build
 from saezarr.build.residuals import load_tokenizer, resolve_model
 
 CONFIG = "layer_12_l0_20"

@@ -287,3 +287,66 @@ def test_max_chunks_used_up_at_a_pass_boundary_loads_no_more_saes(tiny, tmp_path
     summary = build(options(tiny, tmp_path / "boundary.zarr", sae_memory=SMALL_SAE_MEMORY, max_chunks=N_CHUNKS))
     assert summary.units_written == 2 * N_CHUNKS
     assert (summary.model_passes, summary.sae_loads) == (1, 2)
+
+
+def test_resume_with_a_changed_sae_path_is_refused(tiny, runs):
+    """Same config name, another SAE folder: the store's `sae_path` coordinate decides."""
+    from saezarr.configs import SAEConfig
+    from saezarr.synthetic import write_config_file
+
+    guarded = runs["guarded"]
+    other = "layer_0/width_16k/average_l0_20"  # a real SAE of the repo, under the name layer_0_l0_6
+    moved = [SAEConfig(c.layer, c.average_l0, other) if c.name == "layer_0_l0_6" else c for c in tiny.configs]
+    config_file = write_config_file(runs["root"] / "moved.json", str(tiny.model), str(tiny.saes), moved)
+    with pytest.raises(SaezarrError) as caught:
+        build(options(tiny, guarded, config_file=config_file, resume=True))
+    assert str(caught.value) == (
+        f"--resume {guarded}: the store was started with a different SAE path for config layer_0_l0_6 "
+        f'("layer_0/width_16k/average_l0_6", now "{other}"); use --overwrite to start over'
+    )
+    assert files(guarded) == runs["guarded_before"]
+
+
+def test_resume_after_a_tokenizer_change_is_refused(tiny, tmp_path):
+    """A retrained tokenizer in the same model folder must not add a second tokenization to the store."""
+    from saezarr.build.fragments import make_fragments
+    from saezarr.build.inputs import read_labeled_csv
+    from saezarr.build.residuals import load_tokenizer, resolve_model
+    from saezarr.synthetic import write_tokenizer
+
+    model = shutil.copytree(tiny.model, tmp_path / "model")
+    store = tmp_path / "store.zarr"
+    build(options(tiny, store, model=str(model), max_chunks=1))
+    before = files(store)
+    started = zarr.open_group(store, mode="r").attrs["tokens_sha256"]
+    write_tokenizer(model, tiny.sentences, vocab_size=300)  # a smaller vocabulary splits words differently
+    now = make_fragments(read_labeled_csv(tiny.csv), load_tokenizer(resolve_model(str(model))), "token").tokens_sha256()
+    assert now != started
+    with pytest.raises(SaezarrError) as caught:
+        build(options(tiny, store, model=str(model), resume=True))
+    assert str(caught.value) == (
+        f"--resume {store}: the store was started with a different tokenization (sha256 of the token ids and fragment "
+        f'positions) ("{started}", now "{now}"); use --overwrite to start over'
+    )
+    assert files(store) == before
+
+
+def test_resume_of_a_store_without_a_token_fingerprint_is_refused(tiny, runs, tmp_path):
+    """Stores from before the fingerprint: the tokenization cannot be checked, so the resume is refused."""
+    import json
+
+    store = tmp_path / "old.zarr"
+    shutil.copytree(runs["guarded"], store)
+    meta = json.loads((store / "zarr.json").read_text())
+    del meta["attributes"]["tokens_sha256"]
+    (store / "zarr.json").write_text(json.dumps(meta))
+    before = files(store)
+    with pytest.raises(SaezarrError) as caught:
+        build(options(tiny, store, resume=True))
+    version = meta["attributes"]["saezarr_version"]
+    assert str(caught.value) == (
+        f"--resume {store}: the store records no tokenization (sha256 of the token ids and fragment positions): an "
+        f"older saezarr ({version}) started it, so this resume could not be checked against it; finish it with that "
+        "saezarr or use --overwrite to start over"
+    )
+    assert files(store) == before

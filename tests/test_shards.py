@@ -11,8 +11,8 @@ from zarr.codecs import BloscCodec
 
 from saezarr import __version__
 from saezarr.configs import SAEConfig
-from saezarr.store.shards import ShardEncoder
 from saezarr.store.layout import ACTIVATIONS, Store, create_store
+from saezarr.store.shards import ShardEncoder
 
 CONFIGS = (SAEConfig(3, 20, "layer_3/width_16k/average_l0_20"), SAEConfig(7, 41, "layer_7/width_16k/average_l0_41"))
 

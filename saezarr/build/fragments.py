@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -9,8 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from saezarr.errors import SaezarrError
 from saezarr.build.inputs import LabeledSentences
+from saezarr.errors import SaezarrError
 
 GRANULARITIES = ("token", "word", "final")
 FRAGMENT_FIELDS = (
@@ -35,12 +36,24 @@ class Fragments:
     def __len__(self) -> int:
         return len(self.table)
 
+    def tokens_sha256(self) -> str:
+        """sha256 of every sentence's token ids and of the selected (sentence, position) pairs."""
+        digest = hashlib.sha256()
+        for ids in self.token_ids:
+            digest.update(np.int64(len(ids)).tobytes())  # lengths keep [1 2][3] apart from [1][2 3]
+            digest.update(np.asarray(ids, dtype="<i8").tobytes())
+        digest.update(self.table[["sentence_index", "token_position"]].to_numpy(dtype="<i8").tobytes())
+        return digest.hexdigest()
+
 
 def make_fragments(data: LabeledSentences, tokenizer, granularity: str = "token", max_tokens: int | None = None) -> Fragments:
     """Tokenize every sentence (BOS first) and select its fragments at the given granularity."""
     if granularity not in GRANULARITIES:
         raise SaezarrError(f"--fragments: expected one of {', '.join(GRANULARITIES)}, got {granularity!r}")
-    encoded = tokenizer(list(data.sentences), add_special_tokens=True, return_offsets_mapping=True)
+    # user text is text: a literal "<bos>" or "<start_of_turn>" in a sentence must not become a control token
+    encoded = tokenizer(
+        list(data.sentences), add_special_tokens=True, return_offsets_mapping=True, split_special_tokens=True
+    )
     bos = tokenizer.bos_token_id
     columns: dict[str, list] = {field: [] for field in FRAGMENT_FIELDS}
     token_ids = []

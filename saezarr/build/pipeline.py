@@ -18,6 +18,7 @@ from saezarr.configs import SAEConfig, load_config_file, select_configs
 from saezarr.errors import SaezarrError
 from saezarr.build.fragments import Fragments, make_fragments
 from saezarr.build.inputs import read_labeled_csv
+from saezarr.build.memory import default_sae_memory
 from saezarr.store.locking import StoreLock
 from saezarr.build.residuals import (
     ModelInfo,
@@ -28,7 +29,14 @@ from saezarr.build.residuals import (
     resolve_model,
 )
 from saezarr.build.sae import JumpReLUEncoder, SAEFile, locate_sae, resolve_sae_repo
-from saezarr.build.cluster import ClusterOptions, check_workers, cluster_client, local_spec, run_tasks
+from saezarr.build.cluster import (
+    ClusterOptions,
+    check_workers,
+    cluster_client,
+    cluster_sae_memory,
+    local_spec,
+    run_tasks,
+)
 from saezarr.build.work import (  # noqa: F401 (ChunkWriter: the benchmarks write through it)
     ChunkWriter,
     ComputeSpec,
@@ -52,7 +60,6 @@ from saezarr.store.layout import (
 from saezarr.units import human_bytes
 
 DEFAULT_BATCH_SIZE = 16
-DEFAULT_SAE_MEMORY = 8 * 2**30  # leaves room for Gemma-2-2B in float32 (~10.5 GB) on a 24 GiB host
 
 
 @dataclass
@@ -70,7 +77,7 @@ class BuildOptions:
     device: str | None = None
     dtype: str = "float32"
     batch_size: int | None = None  # None: the store's own, else 16
-    sae_memory: int = DEFAULT_SAE_MEMORY
+    sae_memory: int | None = None  # None: from the device's free memory (default_sae_memory)
     chunk_fragments: int | None = None  # None: DEFAULT_CHUNK_FRAGMENTS
     workers: int | None = None
     overlap_writes: bool | None = None  # None: on GPUs only (overlaps_writes)
@@ -127,29 +134,40 @@ class _Plan:
 
 def build(options: BuildOptions) -> BuildSummary:
     """Build (or resume) a store; every input is validated before the output is touched."""
+    with _sigterm_interrupts():
+        try:
+            return _build(options)
+        except _Terminated:  # before the lock was taken: nothing of this build is in the store
+            raise SaezarrError(f"terminated (SIGTERM) before {options.output} was written to", exit_code=143) from None
+
+
+def _build(options: BuildOptions) -> BuildSummary:
     started = time.perf_counter()
-    plan = _plan(options)
+    # the output and flags first: a forgotten --resume must not wait for gigabytes of downloads
     exists = check_output_path(options.output)
     if exists and not (options.resume or options.overwrite):
         raise SaezarrError(f"--output {options.output}: a store exists there; use --resume to continue it or --overwrite to replace it")
+    plan = _plan(options)
     if exists and options.resume:
-        check_resume(options.output, plan.attrs)
+        check_resume(options.output, plan.attrs, plan.configs)
     with _cluster(options, plan) as client:  # connected, and every worker checked, before the store is touched
         store, lock = _open_or_create(options, plan, exists)
         summary = BuildSummary(options.output, len(plan.configs), len(plan.fragments), plan.attrs["n_sentences"])
         with lock:
+            runner = _PassRunner(options, plan, store, summary) if client is None else _ClusterRunner(client, options, plan, store, summary)
             try:
-                if client is None:
-                    _PassRunner(options, plan, store, summary).run()
-                else:
-                    _run_on_cluster(client, options, plan, store, summary)
-            except KeyboardInterrupt:
+                runner.run()
+            except torch.cuda.OutOfMemoryError:
+                raise _out_of_memory(options, store, runner) from None
+            except KeyboardInterrupt as stop:
                 with _interrupts_ignored():
                     done = store.done_matrix()
+                terminated = isinstance(stop, _Terminated)
                 raise SaezarrError(
-                    f"interrupted: {int(done.sum())} of {done.size} chunks of {options.output} are done and kept; "
-                    "rerun the same command with --resume (in place of --overwrite, if given) to continue",
-                    exit_code=130,
+                    f"{'terminated (SIGTERM)' if terminated else 'interrupted'}: {int(done.sum())} of {done.size} chunks "
+                    f"of {options.output} are done and kept; rerun the same command with --resume (in place of "
+                    "--overwrite, if given) to continue",
+                    exit_code=143 if terminated else 130,
                 ) from None
     done = store.done_matrix()
     summary.complete = bool(done.all())
@@ -170,22 +188,16 @@ def _cluster(options: BuildOptions, plan: _Plan):
         yield client
 
 
-def _run_on_cluster(client, options: BuildOptions, plan: _Plan, store: Store, summary: BuildSummary) -> None:
-    """Run the pending tasks on the cluster's workers; this process marks what they report durable."""
+def _out_of_memory(options: BuildOptions, store: Store, runner: _PassRunner | _ClusterRunner) -> SaezarrError:
+    """The one line for a device out of memory: what is kept, and which options lower the need."""
     done = store.done_matrix()
-    summary.units_total, summary.units_skipped = done.size, int(done.sum())
-    work = pending_work(store, plan.saes, options.sae_memory, options.max_chunks)
-    spec = ComputeSpec(model=plan.model_info, device=plan.device, dtype=options.dtype,
-                       batch_size=store.attrs.get("batch_size", DEFAULT_BATCH_SIZE), store=store.path.resolve(),
-                       write_threads=options.workers, overlap_writes=options.overlap_writes)
-    if options.cluster.local_workers is not None:
-        spec = local_spec(spec, options.cluster.local_workers, options.workers)
-    results = run_tasks(client, options.cluster, spec, FragmentIndex.of(plan.fragments), work, store, options.quiet)
-    summary.model_passes = len(work)
-    summary.sae_loads = sum(result.sae_loads for result in results)
-    summary.forward_batches = sum(result.forward_batches for result in results)
-    summary.units_written = sum(len(result.units) for result in results)
-    summary.workers = sorted({result.worker for result in results})
+    budget = human_bytes(runner.sae_memory) if runner.sae_memory else "not reached"
+    return SaezarrError(
+        f"{runner.plan.device}: out of memory ({int(done.sum())} of {done.size} chunks of {options.output} are done "
+        f"and kept); rerun the same command with --resume and a smaller --sae-memory (this run: {budget}), or "
+        f"start over with --overwrite and a smaller --batch-size (this run: {store.attrs.get('batch_size')})",
+        exit_code=1,
+    )
 
 
 def _check_resume_options(options: BuildOptions, store: Store) -> None:
@@ -212,6 +224,28 @@ def _interrupts_ignored():
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, as Slurm, Kubernetes and systemd stop a job: stopped like Ctrl-C, with exit code 143."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once is enough; a second would cut the clean stop short
+    raise _Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """For the duration of a build, SIGTERM interrupts it as Ctrl-C does (only the main thread can handle it)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def resolve_device(device: str | None, here: bool = True) -> str:
@@ -261,6 +295,7 @@ def _plan(options: BuildOptions) -> _Plan:
         "sae_revision": sae_source.revision,
         "model_dtype": options.dtype,
         "fragments": options.fragments,
+        "tokens_sha256": fragments.tokens_sha256(),
         "input_file": data.path.name,
         "input_sha256": data.sha256,
         "n_sentences": len(data),
@@ -281,7 +316,7 @@ def _open_or_create(options: BuildOptions, plan: _Plan, exists: bool) -> tuple[S
         try:
             store = open_for_resume(options.output)
             _check_resume_options(options, store)
-        except SaezarrError:
+        except BaseException:  # a refusal, Ctrl-C or SIGTERM: the lock goes back
             lock.release()
             raise
         store.discard_partial_writes()
@@ -303,15 +338,18 @@ class _PassRunner:
 
     def __init__(self, options: BuildOptions, plan: _Plan, store: Store, summary: BuildSummary):
         self.options, self.plan, self.store, self.summary = options, plan, store, summary
+        self.sae_memory: int | None = None
 
     def run(self) -> None:
         """Run every pass that has pending chunks; the model is loaded only if something is left."""
         done = self.store.done_matrix()
         self.summary.units_total, self.summary.units_skipped = done.size, int(done.sum())
-        work = pending_work(self.store, self.plan.saes, self.options.sae_memory, self.options.max_chunks)
-        if not work:
+        if done.all():
             return
         model = load_model(self.plan.model_info, self.plan.device, self.options.dtype)
+        # on CUDA the default budget is what the loaded model leaves free
+        self.sae_memory = self.options.sae_memory or default_sae_memory(self.plan.device)
+        work = pending_work(self.store, self.plan.saes, self.sae_memory, self.options.max_chunks)
         fragments = FragmentIndex.of(self.plan.fragments)
         total = sum(self.store.chunk_size(task.chunk) for _, tasks in work for task in tasks)
         with tqdm(total=total, unit="frag", disable=self.options.quiet, desc="saezarr build", dynamic_ncols=True) as bar:
@@ -333,3 +371,35 @@ class _PassRunner:
                 self.summary.forward_batches += compute_chunk(reader, encoders, pass_, fragments, task, batch_size, writer)
                 self.summary.units_written += len(task.rows)
                 bar.update(self.store.chunk_size(task.chunk))
+
+
+class _ClusterRunner:
+    """Runs the pending tasks on a dask cluster's workers; this process marks the units they report durable."""
+
+    def __init__(self, client, options: BuildOptions, plan: _Plan, store: Store, summary: BuildSummary):
+        self.client, self.options, self.plan, self.store, self.summary = client, options, plan, store, summary
+        self.sae_memory: int | None = None
+
+    def run(self) -> None:
+        """Submit every pending task, mark what comes back, and count it in the summary."""
+        done = self.store.done_matrix()
+        self.summary.units_total, self.summary.units_skipped = done.size, int(done.sum())
+        if done.all():
+            return
+        options, plan = self.options, self.plan
+        spec = ComputeSpec(model=plan.model_info, device=plan.device, dtype=options.dtype,
+                           batch_size=self.store.attrs.get("batch_size", DEFAULT_BATCH_SIZE),
+                           store=self.store.path.resolve(), write_threads=options.workers,
+                           overlap_writes=options.overlap_writes)
+        if options.cluster.local_workers is not None:
+            spec = local_spec(spec, options.cluster.local_workers, options.workers)
+        # on CUDA the default budget is what the loaded model leaves free on the tightest worker
+        self.sae_memory = options.sae_memory or cluster_sae_memory(self.client, options.cluster, spec)
+        work = pending_work(self.store, plan.saes, self.sae_memory, options.max_chunks)
+        results = run_tasks(self.client, options.cluster, spec, FragmentIndex.of(plan.fragments), work, self.store,
+                            options.quiet)
+        self.summary.model_passes = len(work)
+        self.summary.sae_loads = sum(result.sae_loads for result in results)
+        self.summary.forward_batches = sum(result.forward_batches for result in results)
+        self.summary.units_written = sum(len(result.units) for result in results)
+        self.summary.workers = sorted({result.worker for result in results})

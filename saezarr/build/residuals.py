@@ -13,8 +13,8 @@ import torch
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
-from saezarr.errors import SaezarrError
 from saezarr.build.hub import Source, resolve
+from saezarr.errors import SaezarrError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 WEIGHT_FILES = ["*.safetensors", "*.safetensors.index.json", "*.json"]
@@ -88,7 +88,10 @@ def load_tokenizer(info: ModelInfo) -> PreTrainedTokenizerFast:
 
 
 def load_model(info: ModelInfo, device: str, dtype: str) -> torch.nn.Module:
-    """Load the base decoder (no LM head) with eager attention, which keeps Gemma 2's soft-capping."""
+    """Load the base decoder (no LM head) with eager attention, which keeps Gemma 2's soft-capping.
+
+    Each weight goes from its safetensors file straight to the device in `dtype`: no whole copy in host memory.
+    """
     from transformers import AutoModel
 
     try:
@@ -97,8 +100,9 @@ def load_model(info: ModelInfo, device: str, dtype: str) -> torch.nn.Module:
             revision=_load_revision(info.source),
             dtype=DTYPES[dtype],
             attn_implementation="eager",
+            device_map={"": torch.device(device)},
         )
-        return model.to(device).eval()
+        return model.eval()
     except (OSError, ValueError, RuntimeError, KeyError) as exc:  # RuntimeError includes out of memory
         text = " ".join(str(exc).split())[:300]
         raise SaezarrError(f"--model {info.source.name}: could not load it ({type(exc).__name__}: {text})", exit_code=1) from None

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import os
+import re
+import secrets
 import shutil
 import tempfile
 import warnings
@@ -16,9 +20,12 @@ import pandas as pd
 import xarray as xr
 import zarr
 from zarr.codecs import ZstdCodec
+from zarr.core.buffer import default_buffer_prototype
+from zarr.storage import MemoryStore
 
 from saezarr.configs import SAEConfig
 from saezarr.errors import SaezarrError
+from saezarr.folders import swap_into_place
 from saezarr.store.locking import StoreLock, process_alive
 from saezarr.store.shards import ShardEncoder
 
@@ -27,9 +34,14 @@ STATE_GROUP = "_saezarr"
 DEFAULT_CHUNK_FRAGMENTS = 512
 DEFAULT_FEATURE_CHUNK = 2048
 STAGING_SUFFIX = ".creating"
+TEMP_SUFFIX = ".tmp"  # a shard being written: `.KEY.PID.RANDOM.tmp` beside it
 ZSTD_LEVEL = 1  # on SAE latents level 1 is both smaller and faster than 3 (USAGE.md)
 # fields a resumed build must share with the build that started the store
-RESUME_FIELDS = ("input_sha256", "configs", "model", "model_revision", "sae_repo", "sae_revision", "model_dtype", "fragments")
+RESUME_FIELDS = (
+    "input_sha256", "configs", "model", "model_revision", "sae_repo", "sae_revision", "model_dtype", "fragments",
+    "tokens_sha256",
+)
+FIELD_NAMES = {"tokens_sha256": "tokenization (sha256 of the token ids and fragment positions)"}
 
 
 class Store:
@@ -95,17 +107,13 @@ class Store:
         expected = (self.chunk_size(chunk), self.width)
         if latents.shape != expected:
             raise ValueError(f"unit ({config_index}, {chunk}) takes latents of shape {expected}, got {latents.shape}")
-        shard = self._shard_file(config_index, chunk)
         if self._shard_encoder is not None:
             # zarr's array API merges each inner chunk into a fill-value buffer on one event-loop thread;
             # encoding the whole shard here runs at the codec's speed on every writer thread
-            _write_durably(shard, b"".join(self._shard_encoder.encode(latents)))
+            data = b"".join(self._shard_encoder.encode(latents))
         else:
-            start, stop = self.chunk_bounds(chunk)
-            # an unmarked unit may have a torn shard from a crash, which zarr would read back to merge into
-            shard.unlink(missing_ok=True)
-            self.array[config_index, start:stop, :] = latents
-            _fsync(shard)  # durable before marked, even across a power cut
+            data = self._encode_with_zarr(config_index, chunk, latents)
+        _write_durably(self._shard_file(config_index, chunk), data)
 
     def mark_done(self, config_index: int, chunk: int) -> None:
         """Mark a unit complete; only once its shard is durable."""
@@ -113,10 +121,21 @@ class Store:
         mark.parent.mkdir(parents=True, exist_ok=True)
         mark.touch()
 
+    def _encode_with_zarr(self, config_index: int, chunk: int, latents: np.ndarray) -> bytes:
+        """One shard's bytes as zarr's array API encodes them, written to a scratch in-memory copy of the array."""
+        scratch: dict = {}
+        metadata = (self.path / ACTIVATIONS / "zarr.json").read_bytes()
+        scratch["zarr.json"] = default_buffer_prototype().buffer.from_bytes(metadata)
+        array = zarr.open_array(MemoryStore(scratch), mode="r+").with_config({"write_empty_chunks": True})
+        start, stop = self.chunk_bounds(chunk)
+        array[config_index, start:stop, :] = latents
+        return scratch[array.metadata.encode_chunk_key((config_index, chunk, 0))].to_bytes()
+
     def discard_partial_writes(self) -> None:
-        """Delete the temporary files of writes that a killed build left."""
-        for path in (self.path / ACTIVATIONS).rglob("*.partial"):
-            path.unlink(missing_ok=True)
+        """Delete the temporary files of writes that a killed build left (saezarr's and zarr's)."""
+        for pattern in ("*.partial", f".*{TEMP_SUFFIX}"):
+            for path in (self.path / ACTIVATIONS).rglob(pattern):
+                path.unlink(missing_ok=True)
 
     def lock(self) -> StoreLock:
         """The store's writer lock (not yet acquired)."""
@@ -128,15 +147,24 @@ class Store:
 
 
 def _write_durably(path: Path, data: bytes) -> None:
-    """Write a file's whole content and fsync it, creating its folder if needed."""
+    """Put a file's whole content in place at once, durably: readers see the old file or the new, never a part."""
+    # the temporary name starts with a dot and is no chunk key, so zarr never reads it as a chunk
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
+        try:
+            with open(temp, "wb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temp, path)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        _fsync(path.parent)  # the rename itself durable before the unit is marked
     except OSError as exc:
-        exc.filename = exc.filename or str(path)  # a failed write() (disk full) names no file by itself
+        if exc.filename in (None, str(temp)):  # a failed write() (disk full) names no file by itself
+            exc.filename = str(path)
         raise
 
 
@@ -149,8 +177,13 @@ def _fsync(path: Path) -> None:
 
 
 def directory_bytes(path: Path) -> int:
-    """Total size of the files below a folder."""
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+    """Total size of the files below a folder (one that a build is writing into too)."""
+    total = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):  # a shard's temporary file, renamed meanwhile
+                total += os.stat(os.path.join(folder, name)).st_size
+    return total
 
 
 def read_saezarr_attrs(path: Path) -> dict:
@@ -165,8 +198,21 @@ def read_saezarr_attrs(path: Path) -> dict:
     return attrs
 
 
+# `s3://b/x` as a Path is `s3:/b/x`; a scheme has two or more letters, so `C:/x` is no URL
+_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):/+")
+
+
 def check_output_path(path: Path) -> bool:
-    """Return whether a saezarr store already exists at path; refuse files and foreign folders."""
+    """Return whether a saezarr store already exists at path; refuse URLs, files and foreign folders."""
+    url = _URL.match(str(path))
+    if url and url.group(1).lower() == "file":
+        local = str(path)[url.end() - 1 :]
+        raise SaezarrError(f"--output file://{local}: a file:// URL; give the path itself ({local})")
+    if url:
+        raise SaezarrError(
+            f"--output {url.group(1)}://{str(path)[url.end():]}: a URL; saezarr writes stores to a file system path "
+            "only (object stores are not supported yet)"
+        )
     if path.is_file() or (path.exists() and not path.is_dir()):
         raise SaezarrError(f"--output {path}: is a file, not a store folder")
     if not path.exists() or (path.is_dir() and not any(path.iterdir())):
@@ -178,15 +224,41 @@ def check_output_path(path: Path) -> bool:
     return True
 
 
-def check_resume(path: Path, attrs: dict) -> None:
-    """Refuse to resume a store started with a different input, config selection, model, SAEs or options."""
+def check_resume(path: Path, attrs: dict, configs: Sequence[SAEConfig] = ()) -> None:
+    """Refuse to resume a store started with a different input, config selection, model, SAEs, tokens or options."""
     stored = read_saezarr_attrs(path)
     for field in RESUME_FIELDS:
+        name = FIELD_NAMES.get(field, field.replace("_", " "))
+        if field not in stored and field in attrs:
+            # a store from before the field was recorded: resuming it could mix what the field now guards
+            raise SaezarrError(
+                f"--resume {path}: the store records no {name}: an older saezarr "
+                f"({stored.get('saezarr_version')}) started it, so this resume could not be checked against it; "
+                "finish it with that saezarr or use --overwrite to start over"
+            )
         if stored.get(field) != attrs.get(field):
             raise SaezarrError(
-                f"--resume {path}: the store was started with a different {field.replace('_', ' ')} "
+                f"--resume {path}: the store was started with a different {name} "
                 f"({_brief(stored.get(field))}, now {_brief(attrs.get(field))}); use --overwrite to start over"
             )
+    stored_paths = dict(zip(stored["configs"], _stored_sae_paths(path)))
+    for config in configs:
+        if stored_paths.get(config.name, config.path) != config.path:
+            raise SaezarrError(
+                f"--resume {path}: the store was started with a different SAE path for config {config.name} "
+                f"({_brief(stored_paths[config.name])}, now {_brief(config.path)}); use --overwrite to start over"
+            )
+
+
+def _stored_sae_paths(path: Path) -> list[str]:
+    """The store's `sae_path` coordinate, one per config."""
+    try:
+        return [str(value) for value in zarr.open_array(Path(path) / "sae_path", mode="r")[:]]
+    except (OSError, ValueError, KeyError, zarr.errors.BaseZarrError) as exc:
+        raise SaezarrError(
+            f"--resume {path}: the store is damaged and cannot be resumed (its sae_path coordinate: "
+            f"{type(exc).__name__}: {exc}); rebuild it with --overwrite"
+        ) from None
 
 
 def _brief(value) -> str:
@@ -211,7 +283,7 @@ def create_store(
     try:
         _write_layout(staging, fragments, configs, width, attrs, chunk_fragments)
         if replace:
-            _swap(staging, path)
+            swap_into_place(staging, path)
         else:
             os.rename(staging, path)
     except OSError as exc:
@@ -219,19 +291,6 @@ def create_store(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return Store(path, mode="r+")
-
-
-def _swap(staging: Path, path: Path) -> None:
-    """Put the staged store in place of the old one; if that fails, the old one goes back."""
-    trash = path.with_name(f".{path.name}.replaced")
-    shutil.rmtree(trash, ignore_errors=True)
-    os.rename(path, trash)
-    try:
-        os.rename(staging, path)
-    except OSError:
-        os.rename(trash, path)
-        raise
-    shutil.rmtree(trash, ignore_errors=True)
 
 
 def store_lock(path: Path) -> StoreLock:
@@ -251,10 +310,12 @@ def open_for_resume(path: Path) -> Store:
 
 
 def remove_stale_staging(path: Path) -> None:
-    """Delete half-created stores (`.NAME.PID.*.creating`) whose creating process is gone."""
-    for staging in Path(path).parent.glob(f".{Path(path).name}.*{STAGING_SUFFIX}"):
-        pid = staging.name[len(Path(path).name) + 2 :].split(".")[0]
-        if not (pid.isdigit() and process_alive(int(pid))):
+    """Delete this output's half-created stores (`.NAME.PID.RANDOM.creating`) whose creating process is gone."""
+    # exact, so `--output out` never matches `.out.zarr.PID.RANDOM.creating`, the staging of a build of out.zarr
+    own = re.compile(rf"\.{re.escape(Path(path).name)}\.(\d+)\.[a-z0-9_]+{re.escape(STAGING_SUFFIX)}")
+    for staging in Path(path).parent.glob(f".{glob.escape(Path(path).name)}.*{STAGING_SUFFIX}"):
+        match = own.fullmatch(staging.name)
+        if match and not process_alive(int(match.group(1))):
             shutil.rmtree(staging, ignore_errors=True)
 
 
@@ -267,6 +328,7 @@ def _write_layout(path: Path, fragments: pd.DataFrame, configs, width, attrs, ch
         "layer": ("config", np.array([c.layer for c in configs], dtype=np.int64)),
         "average_l0": ("config", np.array([c.average_l0 for c in configs], dtype=np.int64)),
         "sae_path": ("config", _strings(c.path for c in configs)),
+        "neuronpedia_source": ("config", _strings(c.neuronpedia or "" for c in configs)),
         "feature": ("feature", np.arange(width, dtype=np.int64)),
     }
     for field in fragments.columns:

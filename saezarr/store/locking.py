@@ -2,11 +2,12 @@
 
 The file holds JSON naming its holder (pid, host, start time, and the process's start in clock ticks since
 boot, which tells a reused pid apart). Where the file system has advisory locks (flock on Linux and macOS),
-the holder also keeps an exclusive flock on the open file. The kernel drops that the moment the process
-dies, however it dies, so two processes that start together, or that both find a stale lock, can never both
-take the store: exactly one gets the flock. The JSON still decides between processes that hold no flock on
-it: a holder on another host, or a live process on this host, is respected; a dead or reused pid on this
-host is stale and taken over.
+the holder also keeps an exclusive flock on the open file. The kernel (or, on a shared file system, its lock
+manager) drops that the moment the process dies, however it dies, so two processes that start together, or
+that both find a stale lock, can never both take the store: exactly one gets the flock. So where the flock can
+be taken, the holder named in the JSON is gone, whatever host it names (a job requeued on another node), and
+the lock is taken over. Where the file system has no flock, the JSON alone decides: a holder on another host,
+or a live process on this host, is respected; a dead or reused pid on this host is stale and taken over.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import errno
 import json
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -30,7 +32,7 @@ _READ_PATIENCE_S = 1.0  # a holder writes its JSON right after taking the flock
 
 
 class StoreLock:
-    """An exclusive, stale-aware lock file; a lock left by a dead process on this host is taken over."""
+    """An exclusive, stale-aware lock file; a lock whose holder is gone is taken over, saying so on stderr."""
 
     def __init__(self, path: Path, store: Path):
         self.path = Path(path)
@@ -53,6 +55,7 @@ class StoreLock:
             ) from None
 
     def _acquire(self, force: bool) -> None:
+        self.path.parent.mkdir(exist_ok=True)  # a store whose state folder was deleted can still be locked
         if force:
             self.path.unlink(missing_ok=True)  # a new file: whoever holds the old one no longer counts
         for _ in range(_ATTEMPTS):
@@ -65,8 +68,8 @@ class StoreLock:
                 self._close()
                 continue
             holder = _read_json(fd)
-            if holder is not None and not force and not _is_stale(holder):
-                # named by a process that holds no flock here: another host, or a writer without flock
+            if locked is None and holder is not None and not force and not _is_stale(holder):
+                # no flock to ask: a holder on another host, or a live one on this host, is respected
                 self._close()
                 raise self._held_error(holder)
             if locked is None and holder is None and _size(fd) == 0 and not force and _age(fd) < _READ_PATIENCE_S:
@@ -76,6 +79,8 @@ class StoreLock:
                 continue
             _write_json(fd, _me())
             self.held = True
+            if holder is not None and holder.get("pid") is not None and not force:
+                _say_taken_over(holder)
             return
         raise SaezarrError(f"{self.store}: could not take the lock {self.path}; use --force-unlock", exit_code=1)
 
@@ -124,6 +129,12 @@ class StoreLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _say_taken_over(holder: dict) -> None:
+    """One line on stderr: whose lock this build took over, so a requeued job's log tells why it could start."""
+    print(f"saezarr: taking over the lock of pid {holder.get('pid')} on {holder.get('host')}, which is gone",
+          file=sys.stderr)
 
 
 def _try_flock(fd: int) -> bool | None:

@@ -14,8 +14,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from saezarr.errors import SaezarrError
 from saezarr.build.inputs import read_labeled_csv
+from saezarr.errors import SaezarrError
 
 _EXAMPLES = int(os.environ.get("FAULTS_HYPOTHESIS_EXAMPLES", "150"))  # more for a deeper search
 _SETTINGS = settings(max_examples=_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])

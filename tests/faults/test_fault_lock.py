@@ -5,6 +5,7 @@ A real running build being refused is in test_fault_crash.py (the SIGINT test ho
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -71,16 +72,32 @@ def _refused(capsys, store, args, holder):
 
 def test_live_holder_on_this_host_is_refused(demo_config, demo_reference, tmp_path, capsys):
     store = _unfinished_copy(demo_reference, tmp_path / "held.zarr")
-    sleeper = subprocess.Popen(["sleep", "120"])
-    try:
-        holder = _write_lock(store, sleeper.pid, boot_ticks=_start_ticks(sleeper.pid))
+    holder = {"pid": 4243, "host": socket.gethostname(), "started": "2025-01-02T03:04:05+0000"}
+    with _flock_holder(_lock_file(store), holder):
         _refused(capsys, store, build_args(DEMO_CSV, store, demo_config, "--resume"), holder)
-    finally:
-        sleeper.kill()
-        sleeper.wait()
 
 
-def test_lock_from_another_host_is_respected_and_force_unlock_takes_it(demo_config, demo_reference, tmp_path, capsys):
+def test_requeued_on_another_host_takes_over_a_lock_whose_flock_is_free(demo_config, demo_reference, tmp_path, capsys):
+    """A job requeued on another node finds the lock its first run left: nobody holds its flock, so it is taken."""
+    store = _unfinished_copy(demo_reference, tmp_path / "requeued.zarr")
+    holder = _write_lock(store, 4242, host="build-node-7.example.org", boot_ticks="123456")
+    assert main(build_args(DEMO_CSV, store, demo_config, "--resume")) == 0
+    err = capsys.readouterr().err
+    assert err.strip() == f"saezarr: taking over the lock of pid 4242 on {holder['host']}, which is gone", err
+    assert not _lock_file(store).exists()
+    assert_same_store(store, demo_reference)
+
+
+def test_live_flock_holder_naming_another_host_is_refused(demo_config, demo_reference, tmp_path, capsys):
+    store = _unfinished_copy(demo_reference, tmp_path / "held-elsewhere.zarr")
+    holder = {"pid": 4242, "host": "build-node-7.example.org", "started": "2025-01-02T03:04:05+0000"}
+    with _flock_holder(_lock_file(store), holder):
+        _refused(capsys, store, build_args(DEMO_CSV, store, demo_config, "--resume"), holder)
+
+
+def test_lock_from_another_host_without_flock_is_respected_and_force_unlock_takes_it(
+        demo_config, demo_reference, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(saezarr.store.locking, "fcntl", None)  # as on a file system without flock
     store = _unfinished_copy(demo_reference, tmp_path / "elsewhere.zarr")
     holder = _write_lock(store, 4242, host="build-node-7.example.org", boot_ticks="123456")
     args = build_args(DEMO_CSV, store, demo_config, "--resume")
@@ -140,10 +157,66 @@ def test_stale_locks_are_taken(tmp_path, monkeypatch, left, flock):
     assert not path.exists()
 
 
-@pytest.mark.parametrize("flock", [True, False], ids=["flock", "no-flock"])
-def test_live_and_foreign_locks_are_refused(tmp_path, monkeypatch, flock):
-    if not flock:
-        monkeypatch.setattr(saezarr.store.locking, "fcntl", None)
+_HOLD = textwrap.dedent(
+    """
+    import fcntl, json, os, sys, time
+    fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(fd, sys.argv[2].encode())
+    print("held", flush=True)
+    time.sleep(120)
+    """
+)
+
+
+@contextlib.contextmanager
+def _flock_holder(path: Path, holder: dict):
+    """A live process holding the lock file's flock, its JSON naming `holder` (any host)."""
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(path), json.dumps(holder)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize("host", ["this host", "other host"])
+def test_a_live_flock_holder_is_refused_on_any_host(tmp_path, host):
+    path = tmp_path / "lock"
+    holder = {"pid": 1234, "host": socket.gethostname() if host == "this host" else "other-host", "started": "s1"}
+    with _flock_holder(path, holder):
+        with pytest.raises(SaezarrError, match=f"pid 1234 on {holder['host']}, started s1"):
+            StoreLock(path, tmp_path).acquire()
+        assert json.loads(path.read_text()) == holder
+        forced = StoreLock(path, tmp_path)
+        forced.acquire(force=True)
+        forced.release()
+
+
+def test_a_lock_naming_a_live_process_that_holds_no_flock_is_taken_over(tmp_path, capsys):
+    """With flock, the flock decides: a JSON whose writer holds no flock is left by a holder that is gone."""
+    path = tmp_path / "lock"
+    sleeper = subprocess.Popen(["sleep", "120"])
+    try:
+        for holder in (
+            {"pid": 1, "host": "other-host", "started": "s1", "boot_ticks": "9"},
+            {"pid": sleeper.pid, "host": socket.gethostname(), "started": "s2", "boot_ticks": _start_ticks(sleeper.pid)},
+        ):
+            path.write_text(json.dumps(holder))
+            lock = StoreLock(path, tmp_path)
+            lock.acquire()
+            assert json.loads(path.read_text())["pid"] == os.getpid()
+            lock.release()
+            err = capsys.readouterr().err
+            assert err == f"saezarr: taking over the lock of pid {holder['pid']} on {holder['host']}, which is gone\n"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_live_and_foreign_locks_are_refused_without_flock(tmp_path, monkeypatch):
+    monkeypatch.setattr(saezarr.store.locking, "fcntl", None)  # the JSON alone decides
     path = tmp_path / "lock"
     sleeper = subprocess.Popen(["sleep", "120"])
     try:

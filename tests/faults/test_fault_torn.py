@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import tempfile
 
 import numpy as np
@@ -97,10 +98,26 @@ def test_resume_removes_partial_files_left_by_a_killed_write(demo_config, demo_r
     assert leftovers(store) == []
 
 
+def test_resume_removes_temporary_shards_left_by_a_killed_write(demo_config, demo_reference, tmp_path):
+    """A kill between writing a shard's temporary file and renaming it leaves `.KEY.PID.RANDOM.tmp`, unmarked."""
+    store = copy_store(demo_reference, tmp_path / "tmp-litter.zarr")
+    shard, mark = unit_paths(store, 2, 5)
+    half = shard.read_bytes()[: shard.stat().st_size // 2]
+    mark.unlink()
+    shard.unlink()
+    (shard.parent / f".{shard.name}.4242.0a1b2c3d.tmp").write_bytes(half)
+    (shard.parent / f".{shard.name}.4243.9f8e7d6c.tmp").write_bytes(b"")
+    _resume(store, demo_config)
+    assert sorted(p.name for p in store.rglob(".*.tmp")) == []
+    assert_same_store(store, demo_reference)
+
+
 def test_build_removes_staging_left_by_a_killed_creation(demo_config, tmp_path):
     store = tmp_path / "fresh.zarr"
     # what a SIGKILL during create_store leaves beside the output (the crash test meets this for real)
-    staging = tempfile.mkdtemp(prefix=f".{store.name}.", suffix=".creating", dir=tmp_path)
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # reaped: its pid names no process now
+    staging = tempfile.mkdtemp(prefix=f".{store.name}.{dead.pid}.", suffix=".creating", dir=tmp_path)
     os.makedirs(os.path.join(staging, "activations"))
     assert main(build_args(DEMO_CSV, store, demo_config, "--resume", "--max-chunks", "1")) == 0
     assert sorted(p.name for p in tmp_path.glob(f".{store.name}.*")) == []

@@ -1,0 +1,78 @@
+"""The report's matplotlib figures, rendered to PNG bytes."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+
+SCORE_CMAP = "viridis"
+
+
+def config_summary(features: pd.DataFrame) -> pd.DataFrame:
+    """Per config: layer, average_l0, the number passing, and the best interpretability_score, its feature and link."""
+    grouped = features.groupby("config", sort=False, observed=True)
+    summary = grouped[["layer", "average_l0"]].first()
+    summary["passing"] = grouped["passes_filter"].sum().astype(int)
+    columns = ["config", "feature_id", "interpretability_score", "neuronpedia_url"]
+    scored = features.loc[features["interpretability_score"].notna(), columns]
+    best = scored.loc[scored.groupby("config", sort=False, observed=True)["interpretability_score"].idxmax()]
+    best = best.set_index("config")
+    summary["best_score"] = best["interpretability_score"].reindex(summary.index)
+    summary["best_feature"] = best["feature_id"].reindex(summary.index).astype("Int64")
+    summary["best_url"] = best["neuronpedia_url"].reindex(summary.index).fillna("")
+    return summary.reset_index().sort_values(["layer", "average_l0"], kind="stable", ignore_index=True)
+
+
+def overview_png(summary: pd.DataFrame) -> bytes:
+    """A layer × average-L0 map of each config's best interpretability score, as PNG bytes."""
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
+    # fixed axes positions: constrained layout would cost more than everything else in the report together
+    fig = Figure(figsize=(10, 4.2), dpi=110)
+    ax = fig.add_axes((0.065, 0.22, 0.8, 0.7))
+    scored = summary[summary["best_score"].notna()]
+    unscored = summary[summary["best_score"].isna()]
+    if len(scored):
+        norm = Normalize(scored["best_score"].min(), scored["best_score"].max())
+        for passing, marker, size, label in ((True, "s", 70, "has features passing the filter"),
+                                             (False, "o", 30, "no feature passes the filter")):
+            part = scored[(scored["passing"] > 0) == passing]
+            points = ax.scatter(part["layer"], part["average_l0"], c=part["best_score"], cmap=SCORE_CMAP, norm=norm,
+                                marker=marker, s=size, edgecolors="white", linewidths=0.6, zorder=2, label=label)
+        fig.colorbar(points, cax=fig.add_axes((0.885, 0.22, 0.015, 0.7)), label="best interpretability score")
+    if len(unscored):
+        ax.scatter(unscored["layer"], unscored["average_l0"], marker="x", s=40, color="#9ca3af", zorder=2,
+                   label="no score (NaN)")
+    _style_axes(ax, summary)
+    handles, labels = ax.get_legend_handles_labels()
+    shown = [(h, label) for h, label in zip(handles, labels) if len(h.get_offsets())]
+    if shown:
+        ax.legend(*zip(*shown), loc="upper left", bbox_to_anchor=(0, -0.13), ncols=3, frameon=False, fontsize=8)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _style_axes(ax, summary: pd.DataFrame) -> None:
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    layers = np.unique(summary["layer"].to_numpy())
+    ax.set_xticks(layers)
+    ax.set_xlim(layers.min() - 0.7, layers.max() + 0.7)
+    l0 = summary["average_l0"].to_numpy(dtype=float)
+    if (l0 > 0).all():
+        ax.set_yscale("log")
+        ax.set_ylim(l0.min() / 1.35, l0.max() * 1.35)
+        ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("layer")
+    ax.set_ylabel("average L0" + (" (log scale)" if ax.get_yscale() == "log" else ""))
+    ax.set_title("Best interpretability score per SAE", fontsize=11, loc="left")
+    ax.grid(True, which="major", color="#e5e7eb", linewidth=0.6, zorder=0)
+    ax.tick_params(labelsize=8)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)

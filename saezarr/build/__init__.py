@@ -1,0 +1,1 @@
+"""Building a store: CSV → fragments → residual stream → SAE latents, written unit by unit."""
