@@ -230,3 +230,34 @@ def test_bad_worker_is_named(demo_config, lone_scheduler, tmp_path, bad):
     assert expected in line
     if bad == "other saezarr":
         assert "but the client runs 0.1.0 (code " in line and "install the same saezarr everywhere" in line
+
+
+LOOSE = ("--min-pearson", "0.1", "--min-tpr", "0.1", "--max-fpr", "0.5")
+
+
+def test_analyze_on_a_cluster_equals_local(reference, lone_scheduler, tmp_path):
+    """`analyze --scheduler-file`: the computations run on the cluster's workers; the outputs equal a local run."""
+    import pandas as pd
+
+    def analyze(name: str, *extra) -> subprocess.CompletedProcess:
+        return run_cli("analyze", reference, "--output", tmp_path / name, "--quiet", *LOOSE, *extra,
+                       env={"SAEZARR_CACHE": str(tmp_path / f"cache-{name}")}, timeout=TIMEOUT)
+
+    local = analyze("local")
+    with workers(lone_scheduler, 1) as started:
+        clustered = analyze("cluster", "--scheduler-file", lone_scheduler)
+    assert local.returncode == 0 and clustered.returncode == 0, local.stderr + clustered.stderr
+    assert started[0][1]  # a worker was there to compute it
+    for name in ("features.parquet",):
+        assert pd.read_parquet(tmp_path / "cluster" / name).equals(pd.read_parquet(tmp_path / "local" / name))
+    assert (tmp_path / "cluster" / "ranked_features.csv").read_text() == (tmp_path / "local" / "ranked_features.csv").read_text()
+
+
+def test_analyze_refuses_a_worker_that_cannot_see_the_store(reference, lone_scheduler, tmp_path):
+    with workers(lone_scheduler, 1, prefix=_with_unshare(reference.parent)) as started:
+        process = run_cli("analyze", reference, "--output", tmp_path / "out", "--quiet",
+                          "--scheduler-file", lone_scheduler, env={"SAEZARR_CACHE": str(tmp_path / "cache")})
+    assert process.returncode == 2, process.stderr
+    line = one_error_line(process.stderr)
+    assert f"--scheduler-file {lone_scheduler}: worker {started[0][1]} cannot see the store {reference} as the client does" in line
+    assert not (tmp_path / "out").exists()
