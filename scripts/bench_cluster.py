@@ -221,9 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     print(entry)
     if args.out_md:
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        block = f"\n## {stamp} - bench_cluster.py ({time.perf_counter() - begun:.0f} s)\n\n{entry}\n"
-        with open(args.out_md, "a") as file:
-            file.write(block)
+        block = f"### {stamp} - bench_cluster.py ({time.perf_counter() - begun:.0f} s, load {os.getloadavg()[0]:.1f})\n\n{entry}\n\n"
+        text = args.out_md.read_text() if args.out_md.exists() else ""
+        marker = "<!-- bench_cluster entries -->\n"
+        text = text.replace(marker, marker + "\n" + block, 1) if marker in text else text + "\n" + block
+        args.out_md.write_text(text)
     return 0
 
 
