@@ -18,6 +18,7 @@ import os
 import pickle
 import uuid
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from distributed import Client
 
 DEFAULT_WORKER_TIMEOUT = 60.0
+MARK_THREADS = 16
 
 
 @dataclass(frozen=True)
@@ -277,22 +279,28 @@ def run_tasks(client: Client, options: ClusterOptions, spec: ComputeSpec, fragme
     }
     results = []
     total = sum(store.chunk_size(task.chunk) for task in futures.values())
+    # marks are file creates: on a network filesystem each is a round trip, so a task's are made at once
+    marker = ThreadPoolExecutor(max_workers=MARK_THREADS, thread_name_prefix="saezarr-mark")
     try:
-        with tqdm(total=total, unit="frag", disable=quiet, dynamic_ncols=True,
-                  desc=f"saezarr build on {len(client.scheduler_info()['workers'])} workers") as bar:
+        with marker, tqdm(total=total, unit="frag", disable=quiet, dynamic_ncols=True,
+                          desc=f"saezarr build on {len(client.scheduler_info()['workers'])} workers") as bar:
             for future in as_completed(futures, loop=client.loop):
                 result = _result(future, options, store)
-                for config_index, chunk in result.units:
-                    if not store.shard_written(config_index, chunk):
-                        raise SaezarrError(
-                            f"{options.option}: worker {result.worker} wrote unit ({config_index}, {chunk}) but this "
-                            f"client cannot see {store.path}'s shard; the store must be on a shared filesystem", exit_code=1)
-                    store.mark_done(config_index, chunk)
+                list(marker.map(lambda unit: _mark(store, options, result, unit), result.units))
                 results.append(result)
                 bar.update(store.chunk_size(futures[future].chunk))
     finally:
         client.cancel(list(futures))
     return results
+
+
+def _mark(store: Store, options: ClusterOptions, result: TaskResult, unit: tuple[int, int]) -> None:
+    """Mark a unit a worker wrote, once this client sees its shard (a worker on another filesystem would not)."""
+    if not store.shard_written(*unit):
+        raise SaezarrError(
+            f"{options.option}: worker {result.worker} wrote unit {unit} but this client cannot see its shard in "
+            f"{store.path}; the store must be on a filesystem shared by every worker", exit_code=1)
+    store.mark_done(*unit)
 
 
 def _result(future, options: ClusterOptions, store: Store) -> TaskResult:
