@@ -2,15 +2,17 @@
 """Benchmark builds on dask.distributed against the single-process build, and measure the per-unit costs that the
 multi-GPU estimate in scripts/BENCHMARKS.md is computed from. Every measured thing runs in a fresh child process.
 
-1. Cluster overhead: the same build (bench_build's workloads, `--quick` sizes) as 1 process x 2 threads (the plain
-   build: torch and the writer threads share the cores) and as a LocalCluster of 2 worker processes x 1 thread (each
-   with half the cores for torch and for writing), alternated, best of `--repeat`. Ratio = single wall / cluster
-   wall, with and without the cluster's start (measured apart in the same run). Workload 2 is write-bound (tiny
-   model, 8 SAEs of width 16384), workload 1 compute-bound (real Gemma-2-2B widths, 4 layers).
+1. Cluster overhead: the same build as 1 process x 2 threads (the plain build: torch and the writer threads share
+   the cores), on a warm LocalCluster of 2 worker processes x 1 thread (started and imported before the clock, each
+   with half the cores for torch and for writing, as `--local-workers 2` gives), and with `--local-workers 2` (the
+   cluster's start and the workers' imports included); alternated, best of `--repeat`. Ratio = single wall / cluster
+   wall. Workload 2 (bench_build's quick assets, its 4N input: ~4000 fragments) is write-bound (tiny model, 8 SAEs of
+   width 16384); workload 1 (bench_build's full assets, 315 fragments) compute-bound (Gemma-2-2B widths, 4 layers).
+   Chunks are smaller than the default so both workers get tasks (the same chunking on both sides).
 2. Per-unit costs at Gemma Scope widths (chunk 512 x 16384 latents): compress+write of one unit on one core, bytes
    per unit on disk, and the CPU encode of one SAE per chunk; dask's task round trip rate on a local cluster.
 
-    python scripts/bench_cluster.py                              # ~5 min on 2 cores
+    python scripts/bench_cluster.py                              # ~8 min on 2 cores
     python scripts/bench_cluster.py --out-md scripts/BENCHMARKS.md
 """
 
@@ -33,6 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 TARGET_RATIO = 0.85
 WORKLOAD_SIZE = {1: "full", 2: "quick"}  # bench_build's sizes: 300 and ~1000 fragments
 CHUNKS = {1: 32, 2: 128}  # enough tasks to share between two workers (the same chunking on both sides)
+INPUTS = {1: ("input.csv", "n_fragments"), 2: ("input_x4.csv", "n_fragments_big")}  # W2: its 4N input, ~4000 fragments
 _spec = importlib.util.spec_from_file_location("bench_build", Path(__file__).with_name("bench_build.py"))
 bench_build = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench_build)
@@ -156,10 +159,10 @@ def run_child(spec: dict, timeout: float = 900) -> dict:
 # ------------------------------------------------------------------------------------------------- the run
 
 
-def overhead(meta: dict, scratch: Path, chunk: int, repeat: int, log) -> dict[str, list[dict]]:
+def overhead(meta: dict, scratch: Path, csv: str, chunk: int, repeat: int, log) -> dict[str, list[dict]]:
     """The same build in this process, on a warm 2-worker cluster and with `--local-workers 2`, alternated."""
     folder = meta["folder"]
-    common = {"task": "build", "input": str(folder / "input.csv"), "config": str(folder / "config.json"), "chunk": chunk}
+    common = {"task": "build", "input": str(folder / csv), "config": str(folder / "config.json"), "chunk": chunk}
     runs: dict[str, list[dict]] = {"single": [], "warm": [], "cold": []}
     for i in range(repeat):
         log(f"    run {i + 1}/{repeat}: 1 process x 2 threads; 2 warm workers x 1 thread; --local-workers 2 ...")
@@ -195,14 +198,15 @@ def main(argv: list[str] | None = None) -> int:
                      f"scheduler round trip {start['task_rate']:.0f} no-op tasks/s")
         for workload in [int(w) for w in args.workloads.split(",")]:
             meta = bench_build.ensure_assets(args.assets, workload, WORKLOAD_SIZE[workload], log)
-            chunk = CHUNKS[workload]
-            n_tasks = -(-meta["n_fragments"] // chunk)
-            log(f"workload {workload}: {meta['n_fragments']} fragments x {meta['n_configs']} SAEs, {n_tasks} tasks")
-            runs = overhead(meta, scratch, chunk, args.repeat, log)
+            chunk, (csv, count) = CHUNKS[workload], INPUTS[workload]
+            n_fragments = meta[count]
+            n_tasks = -(-n_fragments // chunk)
+            log(f"workload {workload}: {n_fragments} fragments x {meta['n_configs']} SAEs, {n_tasks} tasks")
+            runs = overhead(meta, scratch, csv, chunk, args.repeat, log)
             best = {mode: min(r["wall"] for r in results) for mode, results in runs.items()}
             warm, cold = best["single"] / best["warm"], best["single"] / best["cold"]
             lines.append(
-                f"- workload {workload} ({meta['n_fragments']} fragments x {meta['n_configs']} SAEs of width "
+                f"- workload {workload} ({n_fragments} fragments x {meta['n_configs']} SAEs of width "
                 f"{meta['width']}, chunk {chunk}: {n_tasks} tasks of {meta['n_configs']} units): "
                 + "; ".join(f"{mode} {_runs([r['wall'] for r in results])} s" for mode, results in runs.items())
                 + f". Throughput ratio on a warm cluster {warm:.2f} (target >= {TARGET_RATIO}: "
