@@ -398,6 +398,8 @@ class _ClusterRunner:
         work = pending_work(self.store, plan.saes, self.sae_memory, options.max_chunks)
         results = run_tasks(self.client, options.cluster, spec, FragmentIndex.of(plan.fragments), work, self.store,
                             options.quiet)
+        # every task has finished: a temporary shard file left now is a killed worker's, whose task ran again
+        self.store.discard_partial_writes()
         self.summary.model_passes = len(work)
         self.summary.sae_loads = sum(result.sae_loads for result in results)
         self.summary.forward_batches = sum(result.forward_batches for result in results)
