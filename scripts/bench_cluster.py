@@ -81,10 +81,11 @@ def task_build(spec: dict) -> dict:
     options = BuildOptions(input=Path(spec["input"]), output=Path(spec["output"]), config_file=Path(spec["config"]),
                            quiet=True, overwrite=True, chunk_fragments=spec["chunk"], workers=writers, cluster=cluster)
     with stack:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         summary = build(options)
-        wall = time.perf_counter() - started
-    return {"wall": wall, "n_fragments": summary.n_fragments, "units": summary.units_written,
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+    # the client's own CPU time (with a LocalCluster, its scheduler's too): cores the workers did not get
+    return {"wall": wall, "client_cpu": cpu, "n_fragments": summary.n_fragments, "units": summary.units_written,
             "bytes": summary.bytes_on_disk, "workers": len(summary.workers), "torch_threads": torch.get_num_threads()}
 
 
@@ -209,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"- workload {workload} ({n_fragments} fragments x {meta['n_configs']} SAEs of width "
                 f"{meta['width']}, chunk {chunk}: {n_tasks} tasks of {meta['n_configs']} units): "
                 + "; ".join(f"{mode} {_runs([r['wall'] for r in results])} s" for mode, results in runs.items())
+                + f" (CPU seconds of the client process: {_runs([r['client_cpu'] for r in runs['single']])} single, "
+                f"{_runs([r['client_cpu'] for r in runs['warm']])} warm)"
                 + f". Throughput ratio on a warm cluster {warm:.2f} (target >= {TARGET_RATIO}: "
                 f"{'PASS' if warm >= TARGET_RATIO else 'MISS'}); with the cluster's start and each worker's imports "
                 f"(`--local-workers 2`) {cold:.2f}")
