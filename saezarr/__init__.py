@@ -22,4 +22,11 @@ def open_store(path: str | PathLike) -> xarray.Dataset:
     return _open_store(path)
 
 
-__all__ = ["__version__", "open_store"]
+def feature_metrics(ds: xarray.Dataset, pool: str = "final") -> xarray.Dataset:
+    """Every feature's metrics against the concept labels: a lazy Dataset with dims config x feature."""
+    from saezarr.analysis.metrics import feature_metrics as _feature_metrics
+
+    return _feature_metrics(ds, pool)
+
+
+__all__ = ["__version__", "feature_metrics", "open_store"]

@@ -1,4 +1,4 @@
-"""The `python -m saezarr` command line: build, export-npz, info."""
+"""The `python -m saezarr` command line: build, export-npz, info, analyze."""
 
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_build(commands)
     _add_export(commands)
     _add_info(commands)
+    _add_analyze(commands)
     return parser
 
 
@@ -159,6 +160,48 @@ def _run_info(args) -> int:
 
     info = store_info(args.store)
     print(json.dumps(info, indent=2) if args.json else format_info(info))
+    return 0
+
+
+def _add_analyze(commands) -> None:
+    p = commands.add_parser("analyze", help="rank every SAE feature against the concept labels")
+    p.add_argument("store", type=Path)
+    p.add_argument("--output", type=Path, required=True, help="folder for the analysis files (must not exist)")
+    p.add_argument("--configs", help="only these configs, e.g. layer_12_l0_82,layer_3_l0_59")
+    p.add_argument("--layers", help="only configs on these layers, e.g. 3,12")
+    p.add_argument("--pool", choices=("final", "max", "mean"), default="final",
+                   help="one activation per sentence: its final token's, or the max or mean over its fragments")
+    p.add_argument("--min-pearson", type=float, default=0.4, help="filter: Pearson correlation at least this (-1..1)")
+    p.add_argument("--min-tpr", type=float, default=0.5, help="filter: true positive rate at least this (0..1)")
+    p.add_argument("--max-fpr", type=float, default=0.2, help="filter: false positive rate at most this (0..1)")
+    p.add_argument("--top-n", type=_positive_int, default=50, help="features with examples and in the report")
+    p.add_argument("--examples-per-label", type=_positive_int, default=5, help="example sentences per label")
+    p.add_argument("--allow-partial", action="store_true", help="analyse the finished configs of an unfinished store")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_run_analyze)
+
+
+def _run_analyze(args) -> int:
+    from saezarr.analysis.run import AnalyzeOptions, analyze
+    from saezarr.configs import parse_layers
+
+    options = AnalyzeOptions(
+        store=args.store,
+        output=args.output,
+        configs=args.configs.split(",") if args.configs else None,
+        layers=parse_layers(args.layers) if args.layers else None,
+        pool=args.pool,
+        min_pearson=args.min_pearson,
+        min_tpr=args.min_tpr,
+        max_fpr=args.max_fpr,
+        top_n=args.top_n,
+        examples_per_label=args.examples_per_label,
+        overwrite=args.overwrite,
+        allow_partial=args.allow_partial,
+        quiet=args.quiet,
+    )
+    print(analyze(options).line())
     return 0
 
 

@@ -18,6 +18,7 @@ class SAEConfig:
     layer: int
     average_l0: int
     path: str
+    neuronpedia: str | None = None  # this exact SAE's Neuronpedia source, e.g. "gemma-2-2b/12-gemmascope-res-16k"
 
     @property
     def name(self) -> str:
@@ -69,7 +70,10 @@ def _parse_entry(path: Path, index: int, entry: object) -> SAEConfig:
         raise SaezarrError(f"{where}: 'average_l0' must be a non-negative integer, got {l0!r}")
     if not isinstance(folder, str) or not folder.strip():
         raise SaezarrError(f"{where}: 'path' must be a non-empty string")
-    return SAEConfig(layer=layer, average_l0=l0, path=folder.strip("/"))
+    neuronpedia = entry.get("neuronpedia")
+    if neuronpedia is not None and (not isinstance(neuronpedia, str) or not neuronpedia.strip("/ ")):
+        raise SaezarrError(f"{where}: 'neuronpedia' must be a Neuronpedia source string or null, got {neuronpedia!r}")
+    return SAEConfig(layer=layer, average_l0=l0, path=folder.strip("/"), neuronpedia=neuronpedia and neuronpedia.strip("/ "))
 
 
 def _refuse_repeats(path: Path, configs: Sequence[SAEConfig]) -> None:

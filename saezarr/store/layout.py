@@ -258,6 +258,7 @@ def _write_layout(path: Path, fragments: pd.DataFrame, configs, width, attrs, ch
         "layer": ("config", np.array([c.layer for c in configs], dtype=np.int64)),
         "average_l0": ("config", np.array([c.average_l0 for c in configs], dtype=np.int64)),
         "sae_path": ("config", _strings(c.path for c in configs)),
+        "neuronpedia_source": ("config", _strings(c.neuronpedia or "" for c in configs)),
         "feature": ("feature", np.arange(width, dtype=np.int64)),
     }
     for field in fragments.columns:

@@ -1,0 +1,101 @@
+"""The analysis cache: per-sentence activations and metrics, keyed by a fingerprint of the store, pool and configs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+
+from saezarr.analysis.metrics import METRICS, feature_block, metrics_of
+from saezarr.store.layout import ACTIVATIONS, Store
+
+CACHE_FORMAT = 1  # bump when what the cache holds or how it is computed changes
+POOLED = "pooled.zarr"
+METRICS_FILE = "metrics.npy"
+SENTENCE_BLOCK = 1024
+
+
+def cache_root() -> Path:
+    """Where saezarr keeps caches: $SAEZARR_CACHE, else ~/.cache/saezarr."""
+    return Path(os.environ.get("SAEZARR_CACHE") or Path.home() / ".cache" / "saezarr")
+
+
+def fingerprint(store: Store, pool: str, config_indices: Sequence[int]) -> str:
+    """A hex digest of the store's identity and every selected unit's shard file, the pool and the configs."""
+    units = []
+    for ci in config_indices:
+        for chunk in range(store.n_chunks):
+            key = store.array.metadata.encode_chunk_key((ci, chunk, 0))
+            stat = (store.path / ACTIVATIONS / key).stat()
+            units.append([key, stat.st_size, stat.st_mtime_ns])
+    identity = {
+        "format": CACHE_FORMAT,
+        "store": str(store.path.resolve()),
+        "attrs": store.attrs,
+        "shape": list(store.array.shape),
+        "pool": pool,
+        "configs": [store.config_names[ci] for ci in config_indices],
+        "units": units,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+class AnalysisCache:
+    """One fingerprint's cache folder: `pooled.zarr` [config, sentence, feature] and `metrics.npy` [metric, config, feature]."""
+
+    def __init__(self, key: str, root: Path | None = None):
+        self.path = (root or cache_root()) / "analysis" / key
+
+    @property
+    def complete(self) -> bool:
+        """True if both parts are there (the folder appears only once written whole)."""
+        return (self.path / POOLED / "zarr.json").is_file() and (self.path / METRICS_FILE).is_file()
+
+    def fill(self, pooled: xr.DataArray) -> None:
+        """Compute and store per-sentence activations, then their metrics; the folder appears by rename."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
+        try:
+            _, n_sentences, width = pooled.shape
+            chunks = (1, min(n_sentences, SENTENCE_BLOCK), feature_block(n_sentences, width))
+            da.to_zarr(pooled.data.rechunk(chunks), str(staging / POOLED), zarr_format=3)
+            cached = pooled.copy(data=da.from_zarr(str(staging / POOLED)))
+            metrics = metrics_of(cached).compute()
+            np.save(staging / METRICS_FILE, np.stack([metrics[name].values.astype(np.float64) for name in METRICS]))
+            try:
+                os.rename(staging, self.path)
+            except OSError:  # another run filled it first
+                pass
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def pooled(self, like: xr.DataArray) -> xr.DataArray:
+        """The cached per-sentence activations, lazily, with the coordinates of `like`."""
+        return like.copy(data=da.from_zarr(str(self.path / POOLED)))
+
+    def pooled_array(self) -> zarr.Array:
+        """The cached per-sentence activations as a zarr array, for reading a few features."""
+        return zarr.open_array(self.path / POOLED, mode="r")
+
+    def metrics(self, like: xr.DataArray) -> xr.Dataset:
+        """The cached metrics as an in-memory Dataset with the config and feature coordinates of `like`."""
+        stacked = np.load(self.path / METRICS_FILE)
+        coords = {name: like[name] for name in like.coords if like[name].dims in (("config",), ("feature",))}
+        variables = {
+            name: (("config", "feature"), stacked[i].astype(bool) if name == "monotonic" else stacked[i])
+            for i, name in enumerate(METRICS)
+        }
+        return xr.Dataset(variables, coords=coords)
+
+    def touch(self) -> None:
+        """Mark the cache as used now (its folder's mtime), leaving its files as they are."""
+        os.utime(self.path)

@@ -1,0 +1,119 @@
+"""Example sentences for the top features: the most activating sentences per label, with per-token activations."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pandas as pd
+import zarr
+
+from saezarr.analysis.metrics import LABELS
+from saezarr.store.layout import Store
+from saezarr.units import usable_cores
+
+
+def example_key(layer: int, average_l0: float, feature_id: int) -> str:
+    """The legacy feature_examples.json key, e.g. `layer_12_l0_82.0_feature_1234`."""
+    return f"layer_{int(layer)}_l0_{float(average_l0)}_feature_{int(feature_id)}"
+
+
+def feature_examples(
+    top: pd.DataFrame,
+    pooled: zarr.Array,
+    sentences: pd.DataFrame,
+    store: Store,
+    fragments: pd.DataFrame | None,
+    per_label: int,
+) -> dict:
+    """The feature_examples.json dict for the ranked rows in `top` (columns of ranked_features.csv plus `config_index`
+    and `store_index`); `sentences` has `concept_strength_label, original_sentence` per pooled sentence, `fragments`
+    the store's `sentence_index, fragment_text` (None: no per-token activations)."""
+    picks = _pick_sentences(top, pooled, sentences, per_label)
+    tokens = _token_activations(top, picks, store, fragments) if fragments is not None else {}
+    examples = {}
+    for row, chosen in zip(top.itertuples(index=False), picks):
+        by_label = {
+            str(k): [
+                {
+                    "sentence": str(sentences.original_sentence.iat[s]),
+                    "activation": float(value),
+                    "tokens": tokens.get((row.store_index, int(row.feature_id), s)) if fragments is not None else None,
+                }
+                for s, value in chosen[k]
+            ]
+            for k in LABELS
+        }
+        examples[example_key(row.layer, row.average_l0, row.feature_id)] = {
+            "rank": int(row.rank),
+            "layer": int(row.layer),
+            "average_l0": float(row.average_l0),
+            "feature_id": int(row.feature_id),
+            "neuronpedia_url": row.neuronpedia_url,
+            "interpretability_score": float(row.interpretability_score),
+            "pearson_correlation": float(row.pearson_corr),
+            "tpr": float(row.tpr),
+            "fpr": float(row.fpr),
+            "config": row.config,
+            "examples_by_label": by_label,
+        }
+    return examples
+
+
+def _pick_sentences(top: pd.DataFrame, pooled: zarr.Array, sentences: pd.DataFrame, per_label: int) -> list[dict]:
+    """For each top row, per label, the (sentence, activation) pairs with the highest pooled activation."""
+    labels = sentences.concept_strength_label.to_numpy()
+    columns = {}
+    for ci, group in top.groupby("config_index"):
+        fids = np.unique(group.feature_id.to_numpy())
+        values = pooled.get_orthogonal_selection((int(ci), slice(None), fids))  # [sentence, feature]
+        columns.update({(ci, f): values[:, j] for j, f in enumerate(fids)})
+    picks = []
+    for row in top.itertuples(index=False):
+        column = columns[(row.config_index, row.feature_id)]
+        chosen = {}
+        for k in LABELS:
+            members = np.flatnonzero(labels == k)
+            order = members[np.argsort(-column[members], kind="stable")][:per_label]
+            chosen[k] = [(int(s), float(column[s])) for s in order]
+        picks.append(chosen)
+    return picks
+
+
+def _token_activations(top: pd.DataFrame, picks: list[dict], store: Store, fragments: pd.DataFrame) -> dict:
+    """(store config index, feature, sentence) -> [{text, activation}] over the sentence's fragments."""
+    sentence_of = fragments.sentence_index.to_numpy()
+    starts = np.searchsorted(sentence_of, np.arange(sentence_of[-1] + 2))
+    wanted: dict[tuple[int, int], set] = defaultdict(set)  # (config, fragment chunk) -> features
+    rows_of: dict[tuple[int, int, int], np.ndarray] = {}
+    for row, chosen in zip(top.itertuples(index=False), picks):
+        for k in LABELS:
+            for s, _ in chosen[k]:
+                rows = np.arange(starts[s], starts[s + 1])
+                rows_of[(row.store_index, int(row.feature_id), s)] = rows
+                for chunk in np.unique(rows // store.chunk_fragments):
+                    wanted[(row.store_index, int(chunk))].add(int(row.feature_id))
+    values: dict[tuple[int, int], dict[int, np.ndarray]] = {}
+
+    def read(unit: tuple[int, int]) -> None:
+        ci, chunk = unit
+        fids = sorted(wanted[unit])
+        start, stop = store.chunk_bounds(chunk)
+        block = store.array.get_orthogonal_selection((ci, slice(start, stop), fids))
+        values[unit] = {f: block[:, j] for j, f in enumerate(fids)}
+
+    with ThreadPoolExecutor(max_workers=usable_cores()) as pool:
+        list(pool.map(read, wanted))
+    texts = fragments.fragment_text.to_numpy()
+    out = {}
+    for (ci, fid, s), rows in rows_of.items():
+        segments, previous = [], ""
+        for r in rows:
+            text = str(texts[r])
+            chunk = r // store.chunk_fragments
+            activation = float(values[(ci, chunk)][fid][r - chunk * store.chunk_fragments])
+            segments.append({"text": text[len(previous):] if text.startswith(previous) else text, "activation": activation})
+            previous = text
+        out[(ci, fid, s)] = segments
+    return out

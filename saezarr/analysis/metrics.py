@@ -1,0 +1,162 @@
+"""Per-feature metrics of per-sentence activations against the 0-3 concept labels, vectorised over features."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+LABELS = (0, 1, 2, 3)
+# metrics the legacy analysis computes; NaN for a constant feature or without label-0 or label-3 sentences
+LEGACY_NAN = ("pearson_corr", "spearman_corr", "separation_score", "threshold", "tpr", "fpr", "interpretability_score")
+METRICS = (
+    "pearson_corr",
+    "spearman_corr",
+    *(f"mean_label_{k}" for k in LABELS),
+    "monotonic",
+    "separation_score",
+    "threshold",
+    "tpr",
+    "fpr",
+    "interpretability_score",
+    "frac_active",
+    *(f"frac_active_label_{k}" for k in LABELS),
+    "max_activation",
+    "auroc_3v0",
+    "cohens_d_3v0",
+)
+# bytes of one float64 [sentences x features] block in the metrics pass; its temporaries are a few times this
+BLOCK_BYTES = 16 * 2**20
+
+
+def feature_metrics(ds: xr.Dataset, pool: str = "final") -> xr.Dataset:
+    """Every feature's metrics against the concept labels: a lazy Dataset with dims config x feature."""
+    from saezarr.analysis.pooling import sentence_activations
+
+    return metrics_of(sentence_activations(ds, pool))
+
+
+def feature_block(n_sentences: int, width: int) -> int:
+    """Features per block so that a float64 [sentences x features] block stays within BLOCK_BYTES."""
+    fit = max(1, BLOCK_BYTES // (8 * max(n_sentences, 1)))
+    block = 1 << (fit.bit_length() - 1)  # a power of two, so blocks tile power-of-two widths
+    return int(min(block, width))
+
+
+def metrics_of(pooled: xr.DataArray) -> xr.Dataset:
+    """The metrics of per-sentence activations [config, sentence, feature] (lazy if they are dask-backed)."""
+    labels = np.asarray(pooled.concept_strength_label.values, dtype=np.int64)
+    data = pooled.data if isinstance(pooled.data, da.Array) else da.from_array(pooled.data)
+    block = feature_block(data.shape[1], data.shape[2])
+    data = data.rechunk({0: 1, 1: -1, 2: block})
+    stacked = da.map_blocks(
+        partial(_block_metrics, labels=labels),
+        data,
+        chunks=((len(METRICS),), data.chunks[0], data.chunks[2]),
+        new_axis=[0],
+        drop_axis=[1],
+        dtype=np.float64,
+        meta=np.empty((0, 0, 0), dtype=np.float64),
+    )
+    coords = {name: pooled[name] for name in pooled.coords if pooled[name].dims in (("config",), ("feature",))}
+    variables = {}
+    for i, name in enumerate(METRICS):
+        values = stacked[i]
+        variables[name] = (("config", "feature"), values.astype(bool) if name == "monotonic" else values)
+    attrs = {"pool": pooled.attrs.get("pool"), "n_sentences": int(data.shape[1]),
+             **{f"n_label_{k}": int((labels == k).sum()) for k in LABELS}}
+    return xr.Dataset(variables, coords=coords, attrs=attrs)
+
+
+def _block_metrics(block: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Metrics of one config's [1, sentences, features] block, stacked as [metric, 1, features]."""
+    return np.stack([column[None, :] for column in block_metrics(block[0], labels).values()])
+
+
+def block_metrics(x: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+    """Every metric of a [sentences, features] array, one value per feature, in METRICS order."""
+    from scipy.stats import rankdata  # here, not at the top: a cached rerun never computes metrics (1 s import)
+
+    x = np.asarray(x, dtype=np.float64)
+    y = labels.astype(np.float64)
+    masks = {k: labels == k for k in LABELS}
+    counts = {k: int(m.sum()) for k, m in masks.items()}
+    means = {k: x[masks[k]].mean(axis=0) if counts[k] else np.zeros(x.shape[1]) for k in LABELS}
+    std = x.std(axis=0)
+    pearson = _pearson(x, y)
+    spearman = _pearson(rankdata(x, axis=0), rankdata(y))
+    x0, x3 = x[masks[0]], x[masks[3]]
+    if counts[0] and counts[3]:
+        threshold = np.percentile(x0, 95, axis=0)
+        tpr = (x3 > threshold).mean(axis=0)
+        fpr = (x0 > threshold).mean(axis=0)
+    else:
+        threshold = tpr = fpr = np.full(x.shape[1], np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        separation = (means[3] - means[0]) / std
+    out = {
+        "pearson_corr": pearson,
+        "spearman_corr": spearman,
+        **{f"mean_label_{k}": means[k] for k in LABELS},
+        "monotonic": ((means[0] <= means[1]) & (means[1] <= means[2]) & (means[2] <= means[3])).astype(np.float64),
+        "separation_score": separation,
+        "threshold": threshold,
+        "tpr": tpr,
+        "fpr": fpr,
+        "interpretability_score": 0.4 * pearson + 0.3 * separation + 0.3 * (tpr - fpr),
+        "frac_active": (x > 0).mean(axis=0),
+        **{f"frac_active_label_{k}": (x[masks[k]] > 0).mean(axis=0) if counts[k] else np.full(x.shape[1], np.nan)
+           for k in LABELS},
+        "max_activation": x.max(axis=0),
+        "auroc_3v0": _auroc(x3, x0),
+        "cohens_d_3v0": _cohens_d(x3, x0),
+    }
+    constant = x.max(axis=0) == x.min(axis=0)
+    skipped = constant | (counts[0] == 0) | (counts[3] == 0)
+    for name in LEGACY_NAN:
+        out[name] = np.where(skipped, np.nan, out[name])
+    return out
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson correlation of every column of x with y (NaN where either is constant)."""
+    xc = x - x.mean(axis=0)
+    yc = y - y.mean()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = (yc @ xc) / np.sqrt((xc * xc).sum(axis=0) * (yc @ yc))
+    return np.clip(r, -1.0, 1.0)
+
+
+def _auroc(x3: np.ndarray, x0: np.ndarray) -> np.ndarray:
+    """P(a label-3 sentence outscores a label-0 one), ties counting half: Mann-Whitney U / (n3 n0)."""
+    n3, n0 = len(x3), len(x0)
+    if not n3 or not n0:
+        return np.full(x3.shape[1], np.nan)
+    from scipy.stats import rankdata
+
+    ranks = rankdata(np.concatenate([x3, x0]), axis=0)
+    return (ranks[:n3].sum(axis=0) - n3 * (n3 + 1) / 2) / (n3 * n0)
+
+
+def _cohens_d(x3: np.ndarray, x0: np.ndarray) -> np.ndarray:
+    """(mean_3 - mean_0) / pooled standard deviation (ddof 1); NaN where it is undefined or zero."""
+    n3, n0 = len(x3), len(x0)
+    if n3 + n0 <= 2 or not n3 or not n0:
+        return np.full(x3.shape[1], np.nan)
+    var3 = x3.var(axis=0, ddof=1) if n3 > 1 else np.zeros(x3.shape[1])
+    var0 = x0.var(axis=0, ddof=1) if n0 > 1 else np.zeros(x0.shape[1])
+    pooled = np.sqrt(((n3 - 1) * var3 + (n0 - 1) * var0) / (n3 + n0 - 2))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(pooled > 0, (x3.mean(axis=0) - x0.mean(axis=0)) / np.where(pooled > 0, pooled, 1), np.nan)
+
+
+def passes_filter(metrics: xr.Dataset, min_pearson: float, min_tpr: float, max_fpr: float) -> xr.DataArray:
+    """pearson >= min_pearson, monotonic, tpr >= min_tpr and fpr <= max_fpr (NaN never passes)."""
+    return (
+        (metrics.pearson_corr >= min_pearson)
+        & metrics.monotonic
+        & (metrics.tpr >= min_tpr)
+        & (metrics.fpr <= max_fpr)
+    )

@@ -1,0 +1,71 @@
+"""The analysis files: features.parquet, ranked_features.csv, feature_examples.json, analysis.json (and the report),
+written into a temporary folder beside DIR and renamed into place."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from saezarr.errors import SaezarrError
+
+# the legacy ranked_features.csv columns, in the legacy order; saezarr's own columns follow
+LEGACY_COLUMNS = (
+    "rank", "layer", "average_l0", "feature_id", "neuronpedia_url", "interpretability_score", "pearson_corr",
+    "spearman_corr", "separation_score", "tpr", "fpr", "mean_label_0", "mean_label_1", "mean_label_2",
+    "mean_label_3", "monotonic",
+)
+FEATURES = "features.parquet"
+RANKED = "ranked_features.csv"
+EXAMPLES = "feature_examples.json"
+INFO = "analysis.json"
+
+
+def check_output(path: Path, overwrite: bool) -> None:
+    """Refuse an existing DIR without --overwrite, and a DIR that is a file."""
+    if path.exists() and not path.is_dir():
+        raise SaezarrError(f"--output {path}: is a file, not a folder")
+    if path.exists() and not overwrite:
+        raise SaezarrError(f"--output {path}: already exists; use --overwrite to replace it")
+
+
+def write_outputs(path: Path, features: pd.DataFrame, ranked: pd.DataFrame, examples: dict, info: dict) -> None:
+    """Write every output file into a temporary folder beside path, then put it in place of path."""
+    from saezarr.analysis.report import write_report
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".analyzing", dir=path.parent))
+    try:
+        features.to_parquet(staging / FEATURES, index=False)
+        ranked.to_csv(staging / RANKED, index=False)
+        _write_json(staging / EXAMPLES, examples)
+        _write_json(staging / INFO, info)
+        write_report(staging, features, ranked, examples, info)
+        _replace(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False), encoding="utf-8")
+
+
+def _replace(staging: Path, path: Path) -> None:
+    """Rename staging to path; an old path is swapped out only now, and comes back if the rename fails."""
+    if not path.exists():
+        os.rename(staging, path)
+        return
+    trash = path.with_name(f".{path.name}.replaced")
+    shutil.rmtree(trash, ignore_errors=True)
+    os.rename(path, trash)
+    try:
+        os.rename(staging, path)
+    except OSError:
+        os.rename(trash, path)
+        raise
+    shutil.rmtree(trash, ignore_errors=True)

@@ -1,0 +1,251 @@
+"""`saezarr analyze`: rank every SAE feature of a store against the concept labels and write the analysis files."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from saezarr import __version__
+from saezarr.analysis.cache import AnalysisCache, fingerprint
+from saezarr.analysis.examples import feature_examples
+from saezarr.analysis.metrics import LABELS, METRICS, passes_filter
+from saezarr.analysis.outputs import LEGACY_COLUMNS, check_output, write_outputs
+from saezarr.analysis.pooling import POOLS, sentence_activations
+from saezarr.errors import SaezarrError
+from saezarr.export import select_targets
+from saezarr.store.layout import Store
+from saezarr.store.reading import open_existing, open_store
+
+NEURONPEDIA = "https://www.neuronpedia.org"
+NO_SOURCES_NOTE = (
+    "neuronpedia_url is empty for every feature: the store was built before saezarr recorded each SAE's "
+    "Neuronpedia source (rebuild it to get links)"
+)
+
+
+@dataclass(frozen=True)
+class AnalyzeOptions:
+    """What `saezarr analyze` was asked to do."""
+
+    store: Path
+    output: Path
+    configs: list[str] | None = None
+    layers: list[int] | None = None
+    pool: str = "final"
+    min_pearson: float = 0.4
+    min_tpr: float = 0.5
+    max_fpr: float = 0.2
+    top_n: int = 50
+    examples_per_label: int = 5
+    overwrite: bool = False
+    allow_partial: bool = False
+    quiet: bool = False
+    cache: Path | None = None  # cache root; None: $SAEZARR_CACHE or ~/.cache/saezarr
+
+
+@dataclass
+class AnalyzeSummary:
+    """What an analysis did."""
+
+    output: Path
+    n_configs: int
+    n_features: int
+    n_sentences: int
+    n_passing: int
+    pool: str
+    cache: Path
+    cache_reused: bool
+    notes: list[str] = field(default_factory=list)
+    elapsed: float = 0.0
+
+    def line(self) -> str:
+        """One summary line for the terminal."""
+        reused = "cached activations and metrics reused" if self.cache_reused else "activations and metrics cached"
+        return (
+            f"saezarr: analysed {self.n_configs} configs x {self.n_features} features over {self.n_sentences} "
+            f"sentences (pool {self.pool}): {self.n_passing} pass the filter; wrote {self.output} in "
+            f"{self.elapsed:.1f} s ({reused})"
+        )
+
+
+def analyze(options: AnalyzeOptions) -> AnalyzeSummary:
+    """Compute (or reuse) every selected feature's metrics, rank them, pick examples and write DIR."""
+    started = time.perf_counter()
+    check_options(options)
+    store = open_existing(options.store)
+    check_output(Path(options.output), options.overwrite)
+    indices = _finished_selection(store, options)
+    ds = open_store(store.path).isel(config=indices)
+    like = sentence_activations(ds, options.pool)
+    cache = AnalysisCache(fingerprint(store, options.pool, indices), options.cache)
+    reused = cache.complete
+    if reused:
+        cache.touch()
+    else:
+        with _progress(options.quiet):
+            cache.fill(like)
+    metrics = cache.metrics(like)
+    sentences = like.concept_strength_label.to_series().to_frame().assign(original_sentence=like.original_sentence.values)
+    notes = _notes(sentences.concept_strength_label.to_numpy(), ds)
+    for note in notes:
+        print(f"saezarr: note: {note}", file=sys.stderr)
+    features = features_table(metrics, options)
+    ranked = ranked_table(features)
+    top = ranked.head(options.top_n).copy()
+    top["config_index"] = top.config.map({str(name): i for i, name in enumerate(ds.config.values)})
+    top["store_index"] = np.asarray(indices, dtype=np.int64)[top.config_index.to_numpy(dtype=np.int64)]
+    token_fragments = _token_fragments(ds)
+    examples = feature_examples(top, cache.pooled_array(), sentences, store, token_fragments, options.examples_per_label)
+    info = _info(store, options, features, sentences, notes, token_fragments is not None)
+    write_outputs(Path(options.output), features, ranked, examples, info)
+    return AnalyzeSummary(
+        output=Path(options.output), n_configs=len(indices), n_features=int(ds.sizes["feature"]),
+        n_sentences=len(sentences), n_passing=len(ranked), pool=options.pool, cache=cache.path, cache_reused=reused,
+        notes=notes, elapsed=time.perf_counter() - started,
+    )
+
+
+def check_options(options: AnalyzeOptions) -> None:
+    """Refuse thresholds outside their range, a non-positive top-n or examples count, and an unknown pool."""
+    if options.pool not in POOLS:
+        raise SaezarrError(f"--pool: expected one of {', '.join(POOLS)}, got {options.pool!r}")
+    ranges = {"--min-pearson": (options.min_pearson, -1.0, 1.0), "--min-tpr": (options.min_tpr, 0.0, 1.0),
+              "--max-fpr": (options.max_fpr, 0.0, 1.0)}
+    for option, (value, low, high) in ranges.items():
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
+            raise SaezarrError(f"{option}: expected a number from {low:g} to {high:g}, got {value!r}")
+    for option, value in (("--top-n", options.top_n), ("--examples-per-label", options.examples_per_label)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise SaezarrError(f"{option}: expected a positive integer, got {value!r}")
+
+
+def _finished_selection(store: Store, options: AnalyzeOptions) -> list[int]:
+    """Store indices of the selected configs; unfinished ones are refused, or left out with --allow-partial."""
+    targets = select_targets(store, Path("."), options.configs, options.layers)
+    done = store.done_matrix()
+    unfinished = [t for t in targets if not done[t.index].all()]
+    if unfinished and not options.allow_partial:
+        progress = ", ".join(f"{t.name} ({int(done[t.index].sum())}/{store.n_chunks} chunks)" for t in unfinished)
+        raise SaezarrError(
+            f"{store.path}: not analysed, the build is unfinished for {progress}; finish it with "
+            "`saezarr build ... --resume`, or analyse the finished configs only with --allow-partial"
+        )
+    finished = [t.index for t in targets if done[t.index].all()]
+    if not finished:
+        raise SaezarrError(f"{store.path}: none of the selected configs is finished; nothing to analyse")
+    return finished
+
+
+@contextlib.contextmanager
+def _progress(quiet: bool):
+    """dask's progress bar on the local schedulers, unless quiet (a distributed client shows its own dashboard)."""
+    if quiet:
+        yield
+        return
+    from dask.diagnostics import ProgressBar
+
+    with ProgressBar(out=sys.stderr):
+        yield
+
+
+def features_table(metrics: xr.Dataset, options: AnalyzeOptions) -> pd.DataFrame:
+    """features.parquet: one row per (config, feature) with every metric, passes_filter and neuronpedia_url."""
+    passing = passes_filter(metrics, options.min_pearson, options.min_tpr, options.max_fpr)
+    n_configs, width = passing.shape
+    config = np.repeat(metrics.config.values.astype(str), width)
+    sources = _sources(metrics)
+    feature_id = np.tile(np.arange(width, dtype=np.int64), n_configs)
+    table = pd.DataFrame({
+        "config": config,
+        "layer": np.repeat(metrics.layer.values.astype(np.int64), width),
+        "average_l0": np.repeat(metrics.average_l0.values.astype(np.int64), width),
+        "feature_id": feature_id,
+        **{name: metrics[name].values.ravel() for name in METRICS},
+        "passes_filter": passing.values.ravel(),
+    })
+    table["neuronpedia_url"] = neuronpedia_urls(np.repeat(sources, width), feature_id)
+    return table
+
+
+def _sources(metrics: xr.Dataset) -> np.ndarray:
+    if "neuronpedia_source" not in metrics.coords:
+        return np.full(metrics.sizes["config"], "", dtype=object)
+    return np.array([str(s) for s in metrics.neuronpedia_source.values], dtype=object)
+
+
+def neuronpedia_urls(sources: np.ndarray, feature_ids: np.ndarray) -> np.ndarray:
+    """`https://www.neuronpedia.org/{source}/{feature_id}`, or "" where the SAE has no source."""
+    sources = pd.Series(sources, dtype=object)
+    urls = NEURONPEDIA + "/" + sources + "/" + pd.Series(feature_ids).astype(str)
+    return np.where(sources.to_numpy() != "", urls.to_numpy(), "")
+
+
+def ranked_table(features: pd.DataFrame) -> pd.DataFrame:
+    """ranked_features.csv: the passing features by interpretability_score descending, legacy columns first."""
+    ranked = features[features.passes_filter].sort_values("interpretability_score", ascending=False, kind="stable")
+    ranked = ranked.drop(columns="passes_filter").reset_index(drop=True)
+    ranked.insert(0, "rank", np.arange(1, len(ranked) + 1))
+    ranked["average_l0"] = ranked.average_l0.astype(np.float64)  # the legacy files carry it as a float
+    rest = [c for c in ranked.columns if c not in LEGACY_COLUMNS]
+    return ranked[[*LEGACY_COLUMNS, *rest]]
+
+
+def _token_fragments(ds: xr.Dataset) -> pd.DataFrame | None:
+    """The fragments' sentence and text, for per-token shading; None for a store with one fragment per sentence."""
+    if ds.attrs.get("fragments") == "final":
+        return None
+    return pd.DataFrame({"sentence_index": ds.sentence_index.values, "fragment_text": ds.fragment_text.values})
+
+
+def _notes(labels: np.ndarray, ds: xr.Dataset) -> list[str]:
+    notes = []
+    missing = [k for k in (0, 3) if not (labels == k).any()]
+    if missing:
+        which = " and ".join(f"label-{k}" for k in missing)
+        notes.append(
+            f"the data has no {which} sentences: pearson_corr, spearman_corr, separation_score, threshold, tpr, fpr, "
+            "interpretability_score, auroc_3v0 and cohens_d_3v0 are NaN and no feature passes the filter"
+        )
+    if "neuronpedia_source" not in ds.coords:
+        notes.append(NO_SOURCES_NOTE)
+    else:
+        unlinked = [str(c) for c, s in zip(ds.config.values, ds.neuronpedia_source.values) if not str(s)]
+        if unlinked:
+            notes.append(
+                f"{len(unlinked)} of {ds.sizes['config']} SAEs have no published Neuronpedia source, so their features "
+                f"have no link ({', '.join(unlinked[:5])}{', ...' if len(unlinked) > 5 else ''})"
+            )
+    return notes
+
+
+def _info(store: Store, options: AnalyzeOptions, features: pd.DataFrame, sentences: pd.DataFrame, notes: list[str],
+          token_shading: bool) -> dict:
+    attrs = store.attrs
+    labels = sentences.concept_strength_label.to_numpy()
+    return {
+        "store": str(store.path),
+        "saezarr_version": __version__,
+        **{key: attrs.get(key) for key in ("model", "model_revision", "sae_repo", "sae_revision", "input_file",
+                                           "input_sha256", "fragments")},
+        "pool": options.pool,
+        "thresholds": {"min_pearson": options.min_pearson, "min_tpr": options.min_tpr, "max_fpr": options.max_fpr},
+        "top_n": options.top_n,
+        "examples_per_label": options.examples_per_label,
+        "counts": {
+            "configs": int(features.config.nunique()),
+            "features": len(features),
+            "sentences": len(sentences),
+            "sentences_by_label": {str(k): int((labels == k).sum()) for k in LABELS},
+            "passing": int(features.passes_filter.sum()),
+        },
+        "token_shading": token_shading,
+        "notes": notes,
+    }
