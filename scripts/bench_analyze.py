@@ -325,8 +325,12 @@ def compare_tables(legacy_csv: Path, analyze_csv: Path) -> dict:
         "nan_mismatch": nan_mismatch, "layout_ok": layout_ok,
         "monotonic_same": bool((both["monotonic_legacy"].astype(bool) == both["monotonic_new"].astype(bool)).all()),
         "rank_same": bool((both["rank_legacy"] == both["rank_new"]).all()),
-        "urls_differ": int((both["neuronpedia_url_legacy"].fillna("") != both["neuronpedia_url_new"].fillna("")).sum()),
+        "urls_differ": int((_text(both["neuronpedia_url_legacy"]) != _text(both["neuronpedia_url_new"])).sum()),
     }
+
+
+def _text(column):
+    return column.astype("string").fillna("")
 
 
 def run_benchmark(root: Path, scratch: Path, mode: str, log) -> tuple[list[str], dict]:
