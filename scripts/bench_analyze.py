@@ -40,7 +40,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 LEGACY = REPO / "scripts" / "legacy_analyze.py"
 RESULT_TAG = "BENCH_RESULT "
-ASSET_VERSION = "a5"
+ASSET_VERSION = "a6"
 
 SIZES = {
     "full": {"sentences": 800, "layers": 4, "l0s": (20, 60), "width": 16384, "rss_factor": 4},
@@ -51,7 +51,7 @@ MODEL = dict(hidden_size=64, intermediate_size=128, num_heads=2, num_kv_heads=1,
 # words that end most sentences of each label; the SAEs are calibrated on sentences without them, and the model's
 # embeddings are scaled up so that residuals follow the token more than its random context: then an ending fires
 # the same features in every sentence, and some features track the label (the ranked tables are not empty)
-ENDINGS = {0: ("gently", "softly"), 1: ("firmly", "sharply"), 2: ("angrily", "harshly"), 3: ("violently", "brutally")}
+ENDINGS = {0: ("gently",), 1: ("firmly",), 2: ("angrily",), 3: ("violently",)}
 ENDING_SHARE = 0.65
 EMBEDDING_SCALE = 25.0
 RERUN_OPTIONS = ["--min-pearson", "0.3", "--min-tpr", "0.4", "--max-fpr", "0.3", "--top-n", "20",
