@@ -29,9 +29,24 @@ import pandas as pd
 from scipy import stats
 
 FILE_PATTERN = re.compile(r"^layer_(\d+)_l0_(\d+)_activations\.npz$")
-COLUMNS = ["rank", "layer", "average_l0", "feature_id", "neuronpedia_url", "interpretability_score", "pearson_corr",
-           "spearman_corr", "separation_score", "tpr", "fpr", "mean_label_0", "mean_label_1", "mean_label_2",
-           "mean_label_3", "monotonic"]
+COLUMNS = [
+    "rank",
+    "layer",
+    "average_l0",
+    "feature_id",
+    "neuronpedia_url",
+    "interpretability_score",
+    "pearson_corr",
+    "spearman_corr",
+    "separation_score",
+    "tpr",
+    "fpr",
+    "mean_label_0",
+    "mean_label_1",
+    "mean_label_2",
+    "mean_label_3",
+    "monotonic",
+]
 TIMES_TAG = "LEGACY_TIMES "
 
 
@@ -69,15 +84,26 @@ def feature_row(x: np.ndarray, labels: np.ndarray, masks: list[np.ndarray]) -> d
     tpr = float(np.mean(label_3 > threshold))
     fpr = float(np.mean(label_0 > threshold))
     score = 0.4 * pearson + 0.3 * separation + 0.3 * (tpr - fpr)
-    return {"interpretability_score": float(score), "pearson_corr": float(pearson), "spearman_corr": float(spearman),
-            "separation_score": float(separation), "tpr": tpr, "fpr": fpr,
-            **{f"mean_label_{k}": means[k] for k in range(4)}, "monotonic": bool(monotonic)}
+    return {
+        "interpretability_score": float(score),
+        "pearson_corr": float(pearson),
+        "spearman_corr": float(spearman),
+        "separation_score": float(separation),
+        "tpr": tpr,
+        "fpr": fpr,
+        **{f"mean_label_{k}": means[k] for k in range(4)},
+        "monotonic": bool(monotonic),
+    }
 
 
 def passes(row: dict, args: argparse.Namespace) -> bool:
     """The legacy filter."""
-    return (row["pearson_corr"] >= args.min_pearson and row["monotonic"] and row["tpr"] >= args.min_tpr
-            and row["fpr"] <= args.max_fpr)
+    return (
+        row["pearson_corr"] >= args.min_pearson
+        and row["monotonic"]
+        and row["tpr"] >= args.min_tpr
+        and row["fpr"] <= args.max_fpr
+    )
 
 
 def top_examples(x: np.ndarray, labels: np.ndarray, sentences: np.ndarray, per_label: int) -> dict:
@@ -107,9 +133,16 @@ def analyze_file(path: Path, args: argparse.Namespace, times: dict) -> list[dict
         row = feature_row(x, labels, masks)
         if row is None or not passes(row, args):
             continue
-        rows.append({"layer": data["layer"], "average_l0": data["average_l0"], "feature_id": feature_id,
-                     "neuronpedia_url": neuronpedia_url(data["layer"], feature_id), **row,
-                     "examples_by_label": top_examples(x, labels, data["sentences"], args.examples_per_label)})
+        rows.append(
+            {
+                "layer": data["layer"],
+                "average_l0": data["average_l0"],
+                "feature_id": feature_id,
+                "neuronpedia_url": neuronpedia_url(data["layer"], feature_id),
+                **row,
+                "examples_by_label": top_examples(x, labels, data["sentences"], args.examples_per_label),
+            }
+        )
     times["loop"] += time.perf_counter() - started
     return rows
 
@@ -124,11 +157,18 @@ def write_outputs(rows: list[dict], output: Path, top_n: int) -> None:
     examples = {}
     for row in rows[:top_n]:
         key = f"layer_{row['layer']}_l0_{row['average_l0']}_feature_{row['feature_id']}"
-        examples[key] = {"rank": row["rank"], "layer": row["layer"], "average_l0": row["average_l0"],
-                         "feature_id": row["feature_id"], "neuronpedia_url": row["neuronpedia_url"],
-                         "interpretability_score": row["interpretability_score"],
-                         "pearson_correlation": row["pearson_corr"], "tpr": row["tpr"], "fpr": row["fpr"],
-                         "examples_by_label": row["examples_by_label"]}
+        examples[key] = {
+            "rank": row["rank"],
+            "layer": row["layer"],
+            "average_l0": row["average_l0"],
+            "feature_id": row["feature_id"],
+            "neuronpedia_url": row["neuronpedia_url"],
+            "interpretability_score": row["interpretability_score"],
+            "pearson_correlation": row["pearson_corr"],
+            "tpr": row["tpr"],
+            "fpr": row["fpr"],
+            "examples_by_label": row["examples_by_label"],
+        }
     (output / "feature_examples.json").write_text(json.dumps(examples, indent=2))
 
 
@@ -142,8 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-n", type=int, default=50)
     parser.add_argument("--examples-per-label", type=int, default=5)
     args = parser.parse_args(argv)
-    files = sorted((p for p in args.npz_dir.iterdir() if FILE_PATTERN.match(p.name)),
-                   key=lambda p: tuple(map(int, FILE_PATTERN.match(p.name).groups())))
+    files = sorted(
+        (p for p in args.npz_dir.iterdir() if FILE_PATTERN.match(p.name)),
+        key=lambda p: tuple(map(int, FILE_PATTERN.match(p.name).groups())),
+    )
     if not files:
         parser.error(f"no layer_*_l0_*_activations.npz files in {args.npz_dir}")
     times = {"load": 0.0, "loop": 0.0, "write": 0.0}
