@@ -20,7 +20,7 @@ really track the label and the ranked tables are not empty. Two stores are built
    as whole processes and inside processes after imports.
 
     python scripts/bench_analyze.py --quick                          # ~30 s on 2 cores
-    python scripts/bench_analyze.py --out-md scripts/BENCHMARKS.md   # full run, ~5 min on 2 cores
+    python scripts/bench_analyze.py --out-md scripts/BENCHMARKS.md   # full run, 5-7 min on 2 shared cores
 """
 
 from __future__ import annotations
