@@ -1,0 +1,714 @@
+#!/usr/bin/env python
+"""Benchmark `saezarr analyze` against the legacy analysis and a plain read of the store, all in the same run.
+
+Data: a tiny random Gemma-2 (`saezarr.synthetic.write_model`), 8 Gemma Scope-layout SAEs of width 16384
+(`write_saes`, 2 per layer on 4 layers) and a labeled CSV of N sentences with all four labels: random prefixes of
+the bundled demo sentences of that label, most ending in a word typical of the label, so that some features
+really track the label and the ranked tables are not empty. Two stores are built with `--fragments token`: N and
+4N sentences.  Figures, each side measured in this run (whole processes are fresh children of this script):
+
+1. legacy vs analyze: `saezarr export-npz` + `scripts/legacy_analyze.py` (load each npz whole, per-feature scipy
+   loop) against `python -m saezarr analyze`, whole processes. The target ratio compares the legacy analysis
+   process with the analyze process (the npz files were the legacy input; the export is reported apart).  The
+   two ranked_features.csv must hold the same features with the same numbers (neuronpedia_url differs by design).
+2. peak RSS of the analyze process (the process tree: getrusage of the children, and psutil polling of the
+   tree's summed RSS) for the N and 4N stores.
+3. a cold final-token analysis against a plain decompression of the same chunks on all cores (zarr reading every
+   shard of every config with a thread pool; the bare zstd decode of the shards' inner chunks is shown too).
+   Both are timed inside fresh processes after their imports.
+4. a re-run with other thresholds, top-n and examples on the unchanged store (cache hit) against the first run,
+   as whole processes and inside processes after imports.
+
+    python scripts/bench_analyze.py --quick                          # ~30 s on 2 cores
+    python scripts/bench_analyze.py --out-md scripts/BENCHMARKS.md   # full run, 5-7 min on 2 shared cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+LEGACY = REPO / "scripts" / "legacy_analyze.py"
+RESULT_TAG = "BENCH_RESULT "
+ASSET_VERSION = "a6"
+
+SIZES = {
+    "full": {"sentences": 800, "layers": 4, "l0s": (20, 60), "width": 16384, "rss_factor": 4},
+    "quick": {"sentences": 48, "layers": 2, "l0s": (20,), "width": 2048, "rss_factor": 4},
+}
+MODEL = dict(
+    hidden_size=64, intermediate_size=128, num_heads=2, num_kv_heads=1, head_dim=32, max_tokens=128, vocab_size=512
+)
+# words that end most sentences of each label; the SAEs are calibrated on sentences without them, and the model's
+# embeddings are scaled up so that residuals follow the token more than its random context: then an ending fires
+# the same features in every sentence, and some features track the label (the ranked tables are not empty)
+ENDINGS = {0: ("gently",), 1: ("firmly",), 2: ("angrily",), 3: ("violently",)}
+ENDING_SHARE = 0.65
+EMBEDDING_SCALE = 25.0
+RERUN_OPTIONS = [
+    "--min-pearson",
+    "0.3",
+    "--min-tpr",
+    "0.4",
+    "--max-fpr",
+    "0.3",
+    "--top-n",
+    "20",
+    "--examples-per-label",
+    "3",
+]
+NUMERIC = [
+    "interpretability_score",
+    "pearson_corr",
+    "spearman_corr",
+    "separation_score",
+    "tpr",
+    "fpr",
+    "mean_label_0",
+    "mean_label_1",
+    "mean_label_2",
+    "mean_label_3",
+]
+KEY = ["layer", "average_l0", "feature_id"]
+
+TARGETS = {
+    "speedup": 20.0,  # legacy analysis process / analyze process, at least
+    "max_abs_diff": 1e-9,  # ranked tables' numeric columns, at most
+    "rss_ratio": 1.2,  # peak RSS 4N / N, at most
+    "read_ratio": 1.2,  # cold analysis / plain read of the same chunks, at most ("about one read")
+    "rerun_ratio": 0.10,  # re-run / first run, at most
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# child processes: each prints one RESULT_TAG line with a JSON object
+
+
+def _child_main(spec: dict) -> None:
+    task = spec.pop("task")
+    result = CHILD_TASKS[task](spec)
+    print(RESULT_TAG + json.dumps(result), flush=True)
+
+
+def make_sentences(n: int, seed: int, ending_share: float = ENDING_SHARE) -> tuple[list[str], list[int]]:
+    """n sentences with labels 0-3 in equal shares: random prefixes of the demo sentences of the same label, most
+    ending in a word typical of the label."""
+    import numpy as np
+    import pandas as pd
+
+    from saezarr.synthetic import DEMO_CSV
+
+    demo = pd.read_csv(DEMO_CSV)
+    words = {k: [s.strip(' .!?"').split() for s in demo.sentence[demo.concept_strength_label == k]] for k in range(4)}
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.arange(n) % 4).tolist()
+    sentences = []
+    for label in labels:
+        base = words[label][rng.integers(len(words[label]))]
+        chosen = base[: rng.integers(min(3, len(base)), len(base) + 1)]
+        if rng.random() < ending_share:
+            chosen = [*chosen, ENDINGS[label][rng.integers(len(ENDINGS[label]))]]
+        sentences.append(" ".join(chosen))
+    return sentences, labels
+
+
+def emphasise_tokens(model_folder: Path, scale: float) -> None:
+    """Scale the random model's token embeddings so that a token's residual mostly depends on the token itself."""
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    path = model_folder / "model.safetensors"
+    weights = load_file(path)
+    weights["model.embed_tokens.weight"] = weights["model.embed_tokens.weight"] * np.float32(scale)
+    save_file(weights, path, metadata={"format": "pt"})
+
+
+def task_gen(spec: dict) -> dict:
+    """The model, SAEs, config file and the N and 4N CSVs, written into spec['folder'] atomically."""
+    import pandas as pd
+
+    from saezarr.configs import SAEConfig
+    from saezarr.synthetic import write_config_file, write_model, write_saes
+
+    started = time.perf_counter()
+    sizes = spec["sizes"]
+    final = Path(spec["folder"])
+    folder = final.with_name(final.name + ".partial")
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    n_big = sizes["sentences"] * sizes["rss_factor"]
+    sentences, labels = make_sentences(n_big, seed=1)
+    for name, n in (("input.csv", sizes["sentences"]), ("input_big.csv", n_big)):
+        pd.DataFrame({"sentence": sentences[:n], "concept_strength_label": labels[:n]}).to_csv(
+            folder / name, index=False
+        )
+    write_model(folder / "model", sentences, num_layers=sizes["layers"], **MODEL)
+    configs = [
+        SAEConfig(layer, l0, f"layer_{layer}/width_16k/average_l0_{l0}")
+        for layer in range(sizes["layers"])
+        for l0 in sizes["l0s"]
+    ]
+    emphasise_tokens(folder / "model", EMBEDDING_SCALE)
+    calibration, _ = make_sentences(256, seed=2, ending_share=0.0)
+    write_saes(folder / "saes", folder / "model", configs, calibration, width=sizes["width"], seed=1)
+    write_config_file(folder / "config.json", str(final / "model"), str(final / "saes"), configs)
+    shutil.rmtree(final, ignore_errors=True)
+    os.rename(folder, final)
+    return {"seconds": time.perf_counter() - started, "configs": len(configs)}
+
+
+def task_measure(spec: dict) -> dict:
+    """Run one command as a fresh process: wall time, CPU time and peak RSS of its process tree."""
+    import resource
+
+    import psutil
+
+    started = time.perf_counter()
+    process = psutil.Popen(
+        spec["cmd"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **spec.get("env", {})},
+        cwd=spec.get("cwd"),
+    )
+    import threading
+
+    tree_peak = [0]
+
+    def poll() -> None:
+        while process.poll() is None:
+            try:
+                members = [process, *process.children(recursive=True)]
+                tree_peak[0] = max(tree_peak[0], sum(_rss(p) for p in members))
+            except psutil.Error:
+                pass
+            time.sleep(0.02)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    output = process.communicate()[0]
+    wall = time.perf_counter() - started
+    poller.join()
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {
+        "rc": process.returncode,
+        "wall": wall,
+        "cpu": usage.ru_utime + usage.ru_stime,
+        "maxrss": usage.ru_maxrss * 1024,
+        "tree_peak": tree_peak[0],
+        "output": output[-6000:],
+    }
+
+
+def _rss(process) -> int:
+    import psutil
+
+    try:
+        return process.memory_info().rss
+    except psutil.Error:
+        return 0
+
+
+def task_read(spec: dict) -> dict:
+    """Time a plain read of every shard of the store on all cores: through zarr, and as bare zstd decodes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    from saezarr.store.layout import Store
+
+    store = Store(spec["store"])
+    cores = os.cpu_count() or 1
+    units = [(c, k) for c in range(store.n_configs) for k in range(store.n_chunks)]
+
+    def zarr_read(unit: tuple[int, int]) -> int:
+        start, stop = store.chunk_bounds(unit[1])
+        return store.array[unit[0], start:stop, :].nbytes
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(cores) as pool:
+        dense = sum(pool.map(zarr_read, units))
+    zarr_time = time.perf_counter() - started
+    encoder = store._shard_encoder
+    files = [store._shard_file(c, k) for c, k in units]
+    started = time.perf_counter()
+    with ThreadPoolExecutor(cores) as pool:
+        decoded = sum(pool.map(lambda path: _decode_shard(path, encoder.zstd), files))
+    codec_time = time.perf_counter() - started
+    assert decoded >= dense, (decoded, dense)  # edge shards are padded to whole inner chunks
+    return {
+        "zarr_read": zarr_time,
+        "codec_decode": codec_time,
+        "dense_bytes": dense,
+        "decoded_bytes": decoded,
+        "cores": cores,
+        "units": len(units),
+        "disk_bytes": int(sum(p.stat().st_size for p in files)),
+        "nan_free": bool(np.isfinite(store.array[0, :, :8]).all()),
+    }
+
+
+def _decode_shard(path: Path, zstd) -> int:
+    """Decompress every inner chunk of one shard file (zarr's sharding index at the end: offset, length pairs)."""
+    import numpy as np
+
+    data = path.read_bytes()
+    n_inner = (len(data) - 4) // 16  # upper bound; the true count is where the index starts
+    for n in range(1, n_inner + 1):
+        index = np.frombuffer(data, dtype="<u8", count=2 * n, offset=len(data) - 4 - 16 * n).reshape(n, 2)
+        if int(index[:, 1].sum()) + 16 * n + 4 == len(data):
+            break
+    return sum(len(zstd.decode(data[o : o + size])) for o, size in index.tolist())
+
+
+def task_analyze(spec: dict) -> dict:
+    """`saezarr analyze` in this process, timed after its imports."""
+    import importlib
+    import pkgutil
+
+    started = time.perf_counter()
+    import saezarr.analysis
+    from saezarr import cli
+
+    for module in pkgutil.iter_modules(saezarr.analysis.__path__, "saezarr.analysis."):
+        importlib.import_module(module.name)
+    for name in ("numpy", "pandas", "xarray", "dask.array", "zarr", "scipy.stats", "pyarrow", "matplotlib.pyplot"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+    imports = time.perf_counter() - started
+    cpu_before = os.times()
+    started = time.perf_counter()
+    rc = cli.main(spec["argv"])
+    wall = time.perf_counter() - started
+    cpu_after = os.times()
+    cpu = sum(
+        getattr(cpu_after, f) - getattr(cpu_before, f) for f in ("user", "system", "children_user", "children_system")
+    )
+    return {"rc": rc, "wall": wall, "cpu": cpu, "imports": imports}
+
+
+CHILD_TASKS = {"gen": task_gen, "measure": task_measure, "read": task_read, "analyze": task_analyze}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# parent side
+
+
+def run_child(spec: dict, env: dict | None = None) -> dict:
+    """Run one child task of this script in a fresh process and return its result."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})}, check=False)
+    for line in done.stdout.splitlines():
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG) :])
+    raise SystemExit(
+        f"child {spec.get('task')} failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    )
+
+
+def measure(cmd: list[str], what: str, env: dict | None = None) -> dict:
+    """Time one command as a fresh process; stop the benchmark if it fails."""
+    result = run_child({"task": "measure", "cmd": cmd, "env": env or {}})
+    if result["rc"] != 0:
+        raise SystemExit(f"{what} failed (exit {result['rc']}): {' '.join(cmd)}\n{result['output']}")
+    result["peak_rss"] = max(result["maxrss"], result["tree_peak"])
+    return result
+
+
+def saezarr_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "saezarr", *map(str, args)]
+
+
+def analyze_available() -> bool:
+    done = subprocess.run(saezarr_cmd("analyze", "--help"), capture_output=True, text=True, check=False)
+    return done.returncode == 0
+
+
+def store_files(path: Path) -> set[Path]:
+    return {p for p in path.rglob("*")}
+
+
+def forget_new_files(path: Path, before: set[Path]) -> list[str]:
+    """Remove what appeared in the store since `before` (an analysis cache kept there), so the next run is cold."""
+    removed = []
+    for p in sorted(store_files(path) - before, key=lambda p: len(p.parts), reverse=True):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(str(p.relative_to(path)))
+    return removed
+
+
+def compare_tables(legacy_csv: Path, analyze_csv: Path) -> dict:
+    """How far analyze's ranked table is from the legacy one on the numeric columns, matched by (layer, L0, id)."""
+    import numpy as np
+    import pandas as pd
+
+    legacy, new = pd.read_csv(legacy_csv), pd.read_csv(analyze_csv)
+    layout_ok = list(new.columns[: len(legacy.columns)]) == list(legacy.columns)
+    for table in (legacy, new):
+        table["average_l0"] = table["average_l0"].astype(float)
+    merged = legacy.merge(new, on=KEY, how="outer", suffixes=("_legacy", "_new"), indicator=True)
+    both = merged[merged["_merge"] == "both"]
+    diffs = {
+        c: float(np.nanmax(np.abs(both[f"{c}_legacy"].to_numpy(float) - both[f"{c}_new"].to_numpy(float)), initial=0.0))
+        for c in NUMERIC
+    }
+    nan_mismatch = sum(int((both[f"{c}_legacy"].isna() != both[f"{c}_new"].isna()).sum()) for c in NUMERIC)
+    return {
+        "legacy_rows": len(legacy),
+        "analyze_rows": len(new),
+        "common": len(both),
+        "only_legacy": int((merged["_merge"] == "left_only").sum()),
+        "only_analyze": int((merged["_merge"] == "right_only").sum()),
+        "max_abs_diff": max(diffs.values()) if diffs else 0.0,
+        "worst_column": max(diffs, key=diffs.get) if diffs else "",
+        "nan_mismatch": nan_mismatch,
+        "layout_ok": layout_ok,
+        "monotonic_same": bool((both["monotonic_legacy"].astype(bool) == both["monotonic_new"].astype(bool)).all()),
+        "rank_same": bool((both["rank_legacy"] == both["rank_new"]).all()),
+        "urls_differ": int((_text(both["neuronpedia_url_legacy"]) != _text(both["neuronpedia_url_new"])).sum()),
+    }
+
+
+def _text(column):
+    return column.astype("string").fillna("")
+
+
+def run_benchmark(root: Path, scratch: Path, mode: str, log) -> tuple[list[str], dict]:
+    """Generate the data, build the stores, measure everything; return the report lines and the raw figures."""
+    sizes = SIZES[mode]
+    assets = root / f"assets-{mode}-{ASSET_VERSION}"
+    if not (assets / "config.json").exists():
+        log("generating the model, SAEs and CSVs ...")
+        run_child({"task": "gen", "folder": str(assets), "sizes": sizes})
+    stores = {}
+    for name, csv in (("N", "input.csv"), ("4N", "input_big.csv")):
+        stores[name] = scratch / f"store-{name}.zarr"
+        log(f"building the {name} store ...")
+        measure(
+            saezarr_cmd(
+                "build",
+                "--input",
+                assets / csv,
+                "--output",
+                stores[name],
+                "--config",
+                assets / "config.json",
+                "--fragments",
+                "token",
+                "--quiet",
+            ),
+            f"build of the {name} store",
+        )
+    info = json.loads(
+        subprocess.run(saezarr_cmd("info", stores["N"], "--json"), capture_output=True, text=True, check=True).stdout
+    )
+    info_big = json.loads(
+        subprocess.run(saezarr_cmd("info", stores["4N"], "--json"), capture_output=True, text=True, check=True).stdout
+    )
+    raw = {"sizes": sizes, "info": _brief_info(info), "info_4n": _brief_info(info_big)}
+
+    log("legacy: export-npz ...")
+    npz = scratch / "npz"
+    raw["export"] = measure(saezarr_cmd("export-npz", stores["N"], "--output", npz), "export-npz")
+    raw["npz_bytes"] = sum(p.stat().st_size for p in npz.iterdir())
+    log(f"legacy: analysis of {len(list(npz.iterdir()))} npz files (per-feature scipy loop) ...")
+    legacy_out = scratch / "legacy-out"
+    raw["legacy"] = measure([sys.executable, str(LEGACY), str(npz), "--output", str(legacy_out)], "legacy analysis")
+    raw["legacy_times"] = next(
+        json.loads(line.split(" ", 1)[1])
+        for line in raw["legacy"]["output"].splitlines()
+        if line.startswith("LEGACY_TIMES ")
+    )
+    shutil.rmtree(npz)
+
+    env = {
+        "XDG_CACHE_HOME": str(scratch / "user-cache"),
+        "SAEZARR_CACHE": str(scratch / "user-cache" / "saezarr"),
+        "MPLCONFIGDIR": str(scratch / "mpl"),
+    }
+    before = {name: store_files(path) for name, path in stores.items()}
+    out = scratch / "analyze-out"
+    log("analyze: first run (whole process) ...")
+    raw["analyze"] = measure(saezarr_cmd("analyze", stores["N"], "--output", out, "--quiet"), "analyze", env)
+    raw["compare"] = compare_tables(legacy_out / "ranked_features.csv", out / "ranked_features.csv")
+    raw["cache_files"] = sorted(str(p.relative_to(stores["N"])) for p in store_files(stores["N"]) - before["N"])[:8]
+    log("analyze: re-run with other thresholds, top-n and examples (whole process) ...")
+    raw["rerun"] = measure(
+        saezarr_cmd("analyze", stores["N"], "--output", out, "--overwrite", "--quiet", *RERUN_OPTIONS),
+        "analyze re-run",
+        env,
+    )
+
+    log("plain read of every shard on all cores ...")
+    raw["read"] = run_child({"task": "read", "store": str(stores["N"])})
+    log("analyze: first run and re-run inside processes, after imports ...")
+    forget_new_files(stores["N"], before["N"])
+    shutil.rmtree(scratch / "user-cache", ignore_errors=True)
+    out2 = scratch / "analyze-out-2"
+    argv = ["analyze", str(stores["N"]), "--output", str(out2), "--quiet"]
+    raw["inproc"] = _checked(run_child({"task": "analyze", "argv": argv}, env), "analyze in process")
+    raw["inproc_rerun"] = _checked(
+        run_child({"task": "analyze", "argv": argv + ["--overwrite", *RERUN_OPTIONS]}, env), "analyze re-run in process"
+    )
+
+    log("analyze: the 4N store (whole process) ...")
+    shutil.rmtree(scratch / "user-cache", ignore_errors=True)
+    raw["analyze_4n"] = measure(
+        saezarr_cmd("analyze", stores["4N"], "--output", scratch / "analyze-out-4n", "--quiet"),
+        "analyze of the 4N store",
+        env,
+    )
+    return report_lines(raw), raw
+
+
+def _checked(result: dict, what: str) -> dict:
+    if result["rc"] != 0:
+        raise SystemExit(f"{what} failed with exit code {result['rc']}")
+    return result
+
+
+def _brief_info(info: dict) -> dict:
+    return {
+        "n_configs": len(info["configs"]),
+        "n_sentences": info["n_sentences"],
+        "n_fragments": info["n_fragments"],
+        "n_features": info["n_features"],
+        "bytes_on_disk": info["bytes_on_disk"],
+    }
+
+
+def verdict(ok: bool) -> str:
+    return "MET" if ok else "MISS"
+
+
+def report_lines(raw: dict) -> list[str]:
+    """The results table and the details behind it."""
+    legacy, analyze, rerun = raw["legacy"], raw["analyze"], raw["rerun"]
+    times, cmp, read = raw["legacy_times"], raw["compare"], raw["read"]
+    speedup = legacy["wall"] / analyze["wall"]
+    rss_ratio = raw["analyze_4n"]["peak_rss"] / analyze["peak_rss"]
+    read_ratio = raw["inproc"]["wall"] / read["zarr_read"]
+    rerun_ratio = rerun["wall"] / analyze["wall"]
+    inproc_rerun_ratio = raw["inproc_rerun"]["wall"] / raw["inproc"]["wall"]
+    exact = cmp["max_abs_diff"] <= TARGETS["max_abs_diff"] and not (
+        cmp["only_legacy"] or cmp["only_analyze"] or cmp["nan_mismatch"]
+    )
+    mib = 2**20
+    rows = [
+        (
+            "legacy analysis / analyze (whole processes)",
+            f"{analyze['wall']:.2f} s",
+            f"{legacy['wall']:.2f} s",
+            f"{speedup:.1f}x",
+            f">= {TARGETS['speedup']:.0f}x",
+            verdict(speedup >= TARGETS["speedup"]),
+        ),
+        (
+            "ranked tables: max abs diff, numeric columns",
+            f"{cmp['max_abs_diff']:.1e}",
+            "legacy CSV",
+            f"{cmp['common']}/{cmp['legacy_rows']} rows",
+            f"<= {TARGETS['max_abs_diff']:.0e}, same rows",
+            verdict(exact),
+        ),
+        (
+            "peak RSS of analyze, 4N / N",
+            f"{raw['analyze_4n']['peak_rss'] / mib:.0f} MiB",
+            f"{analyze['peak_rss'] / mib:.0f} MiB",
+            f"{rss_ratio:.2f}",
+            f"<= {TARGETS['rss_ratio']}",
+            verdict(rss_ratio <= TARGETS["rss_ratio"]),
+        ),
+        (
+            "cold analysis / plain read of the chunks",
+            f"{raw['inproc']['wall']:.2f} s",
+            f"{read['zarr_read']:.2f} s",
+            f"{read_ratio:.2f}",
+            f"<= {TARGETS['read_ratio']}",
+            verdict(read_ratio <= TARGETS["read_ratio"]),
+        ),
+        (
+            "re-run (cache) / first run, whole processes",
+            f"{rerun['wall']:.2f} s",
+            f"{analyze['wall']:.2f} s",
+            f"{rerun_ratio:.3f}",
+            f"<= {TARGETS['rerun_ratio']}",
+            verdict(rerun_ratio <= TARGETS["rerun_ratio"]),
+        ),
+        (
+            "re-run (cache) / first run, after imports",
+            f"{raw['inproc_rerun']['wall']:.2f} s",
+            f"{raw['inproc']['wall']:.2f} s",
+            f"{inproc_rerun_ratio:.3f}",
+            f"<= {TARGETS['rerun_ratio']}",
+            verdict(inproc_rerun_ratio <= TARGETS["rerun_ratio"]),
+        ),
+    ]
+    widths = [max(len(str(r[i])) for r in rows + [HEADER]) for i in range(len(HEADER))]
+    table = [
+        " | ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()
+        for r in [HEADER, tuple("-" * w for w in widths), *rows]
+    ]
+    info, info4 = raw["info"], raw["info_4n"]
+    export = raw["export"]
+    legacy_total = export["wall"] + legacy["wall"]
+    return [
+        *table,
+        "",
+        f"data: {_describe(info)}; 4N store: {_describe(info4)}",
+        f"legacy: export-npz {export['wall']:.2f} s ({export['cpu']:.2f} CPU s, {raw['npz_bytes'] / mib:.0f} MiB of npz) + "
+        f"analysis {legacy['wall']:.2f} s ({legacy['cpu']:.2f} CPU s, peak RSS {legacy['peak_rss'] / mib:.0f} MiB): "
+        f"loading the npz files {times['load']:.2f} s, per-feature loop {times['loop']:.2f} s, writing {times['write']:.2f} s; "
+        f"{times['passing']} passing features",
+        f"analyze: {analyze['wall']:.2f} s whole process ({analyze['cpu']:.2f} CPU s), {raw['inproc']['wall']:.2f} s after "
+        f"{raw['inproc']['imports']:.2f} s of imports ({raw['inproc']['cpu']:.2f} CPU s); 4N store "
+        f"{raw['analyze_4n']['wall']:.2f} s",
+        f"speedups: legacy incl. export / analyze {legacy_total / analyze['wall']:.1f}x; per-feature loop alone / analyze "
+        f"{times['loop'] / analyze['wall']:.1f}x; CPU seconds legacy analysis / analyze {legacy['cpu'] / analyze['cpu']:.1f}x",
+        f"tables: {cmp['legacy_rows']} legacy rows, {cmp['analyze_rows']} analyze rows, {cmp['common']} in both, "
+        f"{cmp['only_legacy']} only legacy, {cmp['only_analyze']} only analyze; worst column {cmp['worst_column'] or '-'}; "
+        f"NaN mismatches {cmp['nan_mismatch']}; monotonic equal {cmp['monotonic_same']}; ranks equal {cmp['rank_same']}; "
+        f"legacy columns first and in order {cmp['layout_ok']}; neuronpedia_url differs in {cmp['urls_differ']} rows (by design)",
+        f"peak RSS: N {analyze['peak_rss'] / mib:.0f} MiB (getrusage {analyze['maxrss'] / mib:.0f}, tree polled "
+        f"{analyze['tree_peak'] / mib:.0f}), 4N {raw['analyze_4n']['peak_rss'] / mib:.0f} MiB (getrusage "
+        f"{raw['analyze_4n']['maxrss'] / mib:.0f}, tree polled {raw['analyze_4n']['tree_peak'] / mib:.0f})",
+        f"plain read: zarr, {read['cores']} threads over {read['units']} shards: {read['zarr_read']:.2f} s "
+        f"({read['dense_bytes'] / read['zarr_read'] / 1e6:.0f} MB/s dense, {read['disk_bytes'] / mib:.0f} MiB on disk); "
+        f"bare zstd decode of the same shards {read['codec_decode']:.2f} s (cold analysis / bare decode "
+        f"{raw['inproc']['wall'] / read['codec_decode']:.2f})",
+        f"re-run options: {' '.join(RERUN_OPTIONS)} (--overwrite, same output folder); new files in the store after the "
+        f"first run: {', '.join(raw['cache_files']) or 'none'}",
+    ]
+
+
+HEADER = ("figure", "analyze", "baseline", "ratio", "target", "status")
+
+
+def _describe(info: dict) -> str:
+    return (
+        f"{info['n_configs']} SAEs x {info['n_features']} features, {info['n_sentences']} sentences, "
+        f"{info['n_fragments']} token fragments, {info['bytes_on_disk'] / 2**20:.1f} MiB on disk"
+    )
+
+
+def machine() -> dict:
+    import psutil
+
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor() or "unknown"
+    return {"nproc": os.cpu_count(), "ram": psutil.virtual_memory().total, "cpu": cpu, "load": os.getloadavg()}
+
+
+def versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    parts = []
+    for name in ("saezarr", "numpy", "scipy", "pandas", "xarray", "dask", "zarr"):
+        try:
+            parts.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            continue
+    rev = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(REPO), "status", "--porcelain", "--", "saezarr"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    if rev:
+        parts.insert(1, f"git {rev}{' + uncommitted saezarr/ changes' if dirty else ''}")
+    return ", ".join(parts) + f", python {platform.python_version()}"
+
+
+SECTION = "# analyze"
+SECTION_INTRO = """
+Written by `scripts/bench_analyze.py` (its docstring says what each figure measures; the legacy baseline is
+`scripts/legacy_analyze.py`). Every ratio compares figures measured in the same run on the same machine; MET/MISS
+are informational. `--quick` entries use tiny data and say little. Newest first.
+"""
+MD_MARKER = "<!-- newest first: bench_analyze.py inserts new results below this line -->\n"
+
+
+def write_markdown(path: Path, entry: str) -> None:
+    """Insert an entry at the top of the analyze section, which is appended to the file the first time."""
+    text = path.read_text() if path.exists() else ""
+    if MD_MARKER not in text:
+        text = text.rstrip("\n") + ("\n\n" if text.strip() else "") + SECTION + "\n" + SECTION_INTRO + "\n" + MD_MARKER
+    head, tail = text.split(MD_MARKER, 1)
+    path.write_text(head + MD_MARKER + "\n" + entry + ("\n" + tail.lstrip("\n") if tail.strip() else ""))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny data (2 SAEs of width 2048, 48 sentences), ~30 s")
+    parser.add_argument("--out-md", type=Path, help="insert the results into this Markdown file, newest first")
+    parser.add_argument("--cache", type=Path, help="keep the generated model, SAEs and CSVs here and reuse them")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        _child_main(json.loads(args.child))
+        return 0
+    mode = "quick" if args.quick else "full"
+    command = "python " + " ".join([os.path.relpath(__file__)] + (argv if argv is not None else sys.argv[1:]))
+    started = time.perf_counter()
+
+    def log(message: str) -> None:
+        print(f"[{time.perf_counter() - started:6.1f} s] {message}", file=sys.stderr, flush=True)
+
+    if not analyze_available():
+        raise SystemExit("`python -m saezarr analyze` is not available in this checkout")
+    info = machine()
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    root = args.cache or Path(tempfile.mkdtemp(prefix="saezarr-bench-analyze-"))
+    root.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="run-", dir=root))
+    log(f"{mode} run; assets in {root}; load average {info['load'][0]:.2f}")
+    try:
+        lines, raw = run_benchmark(root, scratch, mode, log)
+        if args.cache is not None:
+            (args.cache / f"last-{mode}-run.json").write_text(json.dumps(raw, indent=1, default=str))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        if args.cache is None:
+            shutil.rmtree(root, ignore_errors=True)
+    elapsed = time.perf_counter() - started
+    header = [
+        f"## {stamp} - analyze, {mode} run ({elapsed:.0f} s)",
+        "",
+        f"- command: `{command}`",
+        f"- machine: nproc {info['nproc']}, RAM {info['ram'] / 2**30:.1f} GiB, CPU {info['cpu']}; load average "
+        f"{info['load'][0]:.2f} at start, {os.getloadavg()[0]:.2f} at end",
+        f"- software: {versions()}",
+        "",
+    ]
+    entry = "\n".join(header + ["```text", *lines, "```", ""])
+    print("\n".join(header[2:5]))
+    print("\n".join(lines))
+    if args.out_md:
+        write_markdown(args.out_md, entry)
+        log(f"results written to {args.out_md}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""`scripts/bench_analyze.py` runs from a checkout, compares analyze with the legacy loop and records its figures;
+its timings are never asserted here."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+
+import pytest
+from clitools import REPO
+
+SCRIPT = REPO / "scripts" / "bench_analyze.py"
+MARKER = "<!-- newest first: bench_analyze.py inserts new results below this line -->"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("bench_analyze", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_results_go_into_an_analyze_section_newest_first_and_leave_other_sections_alone(tmp_path):
+    bench = _module()
+    record = tmp_path / "BENCHMARKS.md"
+    build_part = "# saezarr build benchmarks\n\n<!-- newest first: bench_build.py inserts new results below this line -->\n\n## old build run\n"
+    record.write_text(build_part)
+    bench.write_markdown(record, "## first\n")
+    bench.write_markdown(record, "## second\n")
+    text = record.read_text()
+    assert text.startswith(build_part)
+    assert text.count("# analyze\n") == 1 and text.count(MARKER) == 1
+    assert text.index(MARKER) < text.index("## second") < text.index("## first")
+
+
+@pytest.mark.slow
+def test_quick_analyze_benchmark_runs_and_records_its_figures(tmp_path):
+    record = tmp_path / "BENCHMARKS.md"
+    record.write_text("# results\n\nolder text\n")
+    command = [sys.executable, str(SCRIPT), "--quick", "--cache", str(tmp_path / "cache"), "--out-md", str(record)]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=tmp_path, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    text = record.read_text()
+    assert text.startswith("# results\n\nolder text\n"), "earlier results must be kept"
+    entry = text.split(MARKER, 1)[1]
+    assert "analyze, quick run" in entry and "- command: `python " in entry and "- machine: nproc" in entry
+    rows = {
+        name: (ratio, status)
+        for name, ratio, status in re.findall(
+            r"^(\S[^|]*?) +\|[^|]+\|[^|]+\| ([^|]+?) +\|[^|]+\| (MET|MISS)$", entry, flags=re.MULTILINE
+        )
+    }
+    assert set(rows) == {
+        "legacy analysis / analyze (whole processes)",
+        "ranked tables: max abs diff, numeric columns",
+        "peak RSS of analyze, 4N / N",
+        "cold analysis / plain read of the chunks",
+        "re-run (cache) / first run, whole processes",
+        "re-run (cache) / first run, after imports",
+    }, entry
+    for name, (ratio, _) in rows.items():
+        if name.startswith("ranked tables"):
+            continue
+        assert float(ratio.rstrip("x")) > 0, (name, ratio)
+    # not a timing: the legacy loop and analyze rank the same features with the same numbers
+    common, legacy_rows = map(
+        int, re.match(r"(\d+)/(\d+) rows", rows["ranked tables: max abs diff, numeric columns"][0]).groups()
+    )
+    assert common == legacy_rows > 0
+    assert rows["ranked tables: max abs diff, numeric columns"][1] == "MET", entry
+    assert re.search(r"0 only legacy, 0 only analyze", entry) and "legacy columns first and in order True" in entry
+    assert run.stdout.count("legacy analysis / analyze (whole processes)") == 1, "the table is printed too"
