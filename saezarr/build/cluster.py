@@ -28,8 +28,8 @@ import torch
 from tqdm.auto import tqdm
 
 import saezarr
-from saezarr.build.residuals import ModelInfo, check_weights
 from saezarr.build.memory import default_sae_memory
+from saezarr.build.residuals import ModelInfo, check_weights
 from saezarr.build.work import (
     ComputeSpec,
     FragmentIndex,

@@ -14,12 +14,17 @@ import torch
 from tqdm.auto import tqdm
 
 from saezarr import __version__
-from saezarr.configs import SAEConfig, load_config_file, select_configs
-from saezarr.errors import SaezarrError
+from saezarr.build.cluster import (
+    ClusterOptions,
+    check_workers,
+    cluster_client,
+    cluster_sae_memory,
+    local_spec,
+    run_tasks,
+)
 from saezarr.build.fragments import Fragments, make_fragments
 from saezarr.build.inputs import read_labeled_csv
 from saezarr.build.memory import default_sae_memory
-from saezarr.store.locking import StoreLock
 from saezarr.build.residuals import (
     ModelInfo,
     ResidualReader,
@@ -29,14 +34,6 @@ from saezarr.build.residuals import (
     resolve_model,
 )
 from saezarr.build.sae import JumpReLUEncoder, SAEFile, locate_sae, resolve_sae_repo
-from saezarr.build.cluster import (
-    ClusterOptions,
-    check_workers,
-    cluster_client,
-    cluster_sae_memory,
-    local_spec,
-    run_tasks,
-)
 from saezarr.build.work import (  # noqa: F401 (ChunkWriter: the benchmarks write through it)
     ChunkWriter,
     ComputeSpec,
@@ -47,6 +44,8 @@ from saezarr.build.work import (  # noqa: F401 (ChunkWriter: the benchmarks writ
     overlaps_writes,
     pending_work,
 )
+from saezarr.configs import SAEConfig, load_config_file, select_configs
+from saezarr.errors import SaezarrError
 from saezarr.store.layout import (
     DEFAULT_CHUNK_FRAGMENTS,
     Store,
@@ -57,6 +56,7 @@ from saezarr.store.layout import (
     remove_stale_staging,
     store_lock,
 )
+from saezarr.store.locking import StoreLock
 from saezarr.units import human_bytes
 
 DEFAULT_BATCH_SIZE = 16
@@ -333,6 +333,13 @@ def _open_or_create(options: BuildOptions, plan: _Plan, exists: bool) -> tuple[S
     return store, lock
 
 
+def _count_pending(store: Store, summary: BuildSummary) -> bool:
+    """Count the store's done and total units into the summary; return whether any unit is left."""
+    done = store.done_matrix()
+    summary.units_total, summary.units_skipped = done.size, int(done.sum())
+    return not done.all()
+
+
 class _PassRunner:
     """Runs the pending tasks of each SAE pass in this process, writing (and marking) through a ChunkWriter."""
 
@@ -342,9 +349,7 @@ class _PassRunner:
 
     def run(self) -> None:
         """Run every pass that has pending chunks; the model is loaded only if something is left."""
-        done = self.store.done_matrix()
-        self.summary.units_total, self.summary.units_skipped = done.size, int(done.sum())
-        if done.all():
+        if not _count_pending(self.store, self.summary):
             return
         model = load_model(self.plan.model_info, self.plan.device, self.options.dtype)
         # on CUDA the default budget is what the loaded model leaves free
@@ -382,9 +387,7 @@ class _ClusterRunner:
 
     def run(self) -> None:
         """Submit every pending task, mark what comes back, and count it in the summary."""
-        done = self.store.done_matrix()
-        self.summary.units_total, self.summary.units_skipped = done.size, int(done.sum())
-        if done.all():
+        if not _count_pending(self.store, self.summary):
             return
         options, plan = self.options, self.plan
         spec = ComputeSpec(model=plan.model_info, device=plan.device, dtype=options.dtype,
