@@ -84,7 +84,7 @@ def analyze(options: AnalyzeOptions) -> AnalyzeSummary:
     check_output(Path(options.output), options.overwrite)
     indices = _finished_selection(store, options)
     ds = open_store(store.path).isel(config=indices)
-    like = sentence_activations(ds, options.pool)
+    like = sentence_activations(ds, options.pool, store)
     cache = AnalysisCache(fingerprint(store, options.pool, indices), options.cache)
     reused = cache.complete
     if reused:

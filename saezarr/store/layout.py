@@ -11,7 +11,7 @@ import secrets
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import dask.array as da
@@ -95,6 +95,18 @@ class Store:
                 if entry.name.isdigit() and int(entry.name) < self.n_chunks:
                     done[ci, int(entry.name)] = self._shard_written(ci, int(entry.name))
         return done
+
+    def read_chunk(self, config_index: int, chunk: int, reduce: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """`reduce` of one unit's latents [fragment, feature], applied to column blocks (it must act on rows alone)."""
+        start, stop = self.chunk_bounds(chunk)
+        if self._shard_encoder is None:
+            return reduce(self.array[config_index, start:stop, :])
+        try:
+            data = self._shard_file(config_index, chunk).read_bytes()
+        except FileNotFoundError:
+            data = None  # never written: zarr reads it as the fill value
+        # decoding the shard here runs at the codec's speed on the caller's thread, no event loop in between
+        return self._shard_encoder.decode(data, stop - start, reduce)
 
     def write_chunk(self, config_index: int, chunk: int, latents: np.ndarray) -> None:
         """Write one unit's latents, then mark it complete."""
