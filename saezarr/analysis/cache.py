@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
@@ -65,11 +66,7 @@ class AnalysisCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
         try:
-            _, n_sentences, width = pooled.shape
-            chunks = (1, min(n_sentences, SENTENCE_BLOCK), feature_block(n_sentences, width))
-            da.to_zarr(pooled.data.rechunk(chunks), str(staging / POOLED), zarr_format=3)
-            cached = pooled.copy(data=da.from_zarr(str(staging / POOLED)))
-            metrics = metrics_of(cached).compute()
+            metrics = _write_pooled_and_metrics(pooled, staging / POOLED)
             np.save(staging / METRICS_FILE, np.stack([metrics[name].values.astype(np.float64) for name in METRICS]))
             try:
                 os.rename(staging, self.path)
@@ -99,3 +96,17 @@ class AnalysisCache:
     def touch(self) -> None:
         """Mark the cache as used now (its folder's mtime), leaving its files as they are."""
         os.utime(self.path)
+
+
+def _write_pooled_and_metrics(pooled: xr.DataArray, path: Path) -> xr.Dataset:
+    """Write the per-sentence activations to a zarr array at path and return their metrics, computed."""
+    _, n_sentences, width = pooled.shape
+    blocks = pooled.data.rechunk((1, min(n_sentences, SENTENCE_BLOCK), feature_block(n_sentences, width)))
+    if n_sentences <= SENTENCE_BLOCK:
+        # each block holds every sentence of its features: the metrics use the blocks as they are written
+        written = da.to_zarr(blocks, str(path), zarr_format=3, compute=False)
+        return dask.compute(metrics_of(pooled.copy(data=blocks)), written)[0]
+    # a feature block of every sentence gathers several sentence blocks: read back from disk, so that memory stays
+    # at one sentence block per config instead of the whole config
+    da.to_zarr(blocks, str(path), zarr_format=3)
+    return metrics_of(pooled.copy(data=da.from_zarr(str(path)))).compute()
