@@ -78,12 +78,17 @@ class AnalyzeSummary:
 
 def analyze(options: AnalyzeOptions) -> AnalyzeSummary:
     """Compute (or reuse) every selected feature's metrics, rank them, pick examples and write DIR."""
+    with _local_dask():
+        return _analyze(options)
+
+
+def _analyze(options: AnalyzeOptions) -> AnalyzeSummary:
     started = time.perf_counter()
     check_options(options)
     store = open_existing(options.store)
     check_output(Path(options.output), options.overwrite)
     indices = _finished_selection(store, options)
-    ds = open_store(store.path).isel(config=indices)
+    ds = open_store(store.path, dask=False).isel(config=indices)
     like = sentence_activations(ds, options.pool, store)
     cache = AnalysisCache(fingerprint(store, options.pool, indices), options.cache)
     reused = cache.complete
@@ -153,6 +158,20 @@ def _progress(quiet: bool):
     from dask.diagnostics import ProgressBar
 
     with ProgressBar(out=sys.stderr):
+        yield
+
+
+@contextlib.contextmanager
+def _local_dask():
+    """dask's threaded scheduler and task rechunking, named so that dask does not import distributed (0.3-1 s) to
+    look for a client; where distributed is imported already, a client may be running, and dask chooses as usual."""
+    if "distributed" in sys.modules:
+        yield
+        return
+    import dask
+    import dask.threaded
+
+    with dask.config.set({"scheduler": dask.threaded.get, "array.rechunk.method": "tasks"}):
         yield
 
 
