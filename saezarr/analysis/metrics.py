@@ -27,6 +27,7 @@ METRICS = (
     "auroc_3v0",
     "cohens_d_3v0",
 )
+GROUPED = (3, 0, 1, 2)  # the order of the labels' rows in _metrics
 # bytes of one float64 [sentences x features] block in the metrics pass; its temporaries are a few times this
 BLOCK_BYTES = 16 * 2**20
 
@@ -82,7 +83,9 @@ def block_metrics(x: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
     # SAE activations are mostly exact zeros: an all-zero column's metrics are known without looking at it
     active = np.flatnonzero(np.count_nonzero(x, axis=0))
     if len(active):
-        for name, values in _metrics(x[:, active].astype(np.float64), labels).items():
+        # rows grouped by label, 3 and 0 first: each label's rows, and label 3's then label 0's, are slices
+        order = np.argsort((labels + 1) % 4, kind="stable")
+        for name, values in _metrics(x[np.ix_(order, active)].astype(np.float64), labels[order]).items():
             out[name][active] = values
     return out
 
@@ -99,15 +102,20 @@ def _all_zero_metrics(labels: np.ndarray, n_features: int) -> dict[str, np.ndarr
 
 
 def _metrics(x: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
-    """Every metric of a float64 [sentences, features] array, one value per feature, in METRICS order."""
-    y = labels.astype(np.float64)
-    masks = {k: labels == k for k in LABELS}
-    counts = {k: int(m.sum()) for k, m in masks.items()}
-    means = {k: x[masks[k]].mean(axis=0) if counts[k] else np.zeros(x.shape[1]) for k in LABELS}
-    std = x.std(axis=0)
-    pearson = _pearson(x, y)
-    spearman = _pearson(average_ranks(x), _label_ranks(labels))
-    x0, x3 = x[masks[0]], x[masks[3]]
+    """Every metric of a float64 [sentences, features] array whose rows are grouped by label, label 3's and label 0's
+    first, one value per feature, in METRICS order."""
+    counts = {k: int((labels == k).sum()) for k in LABELS}
+    starts = np.cumsum([0, *(counts[k] for k in GROUPED)])
+    rows = {k: x[starts[i] : starts[i + 1]] for i, k in enumerate(GROUPED)}
+    means = {k: rows[k].mean(axis=0) if counts[k] else np.zeros(x.shape[1]) for k in LABELS}
+    xc = x - x.mean(axis=0)
+    squares = np.einsum("ij,ij->j", xc, xc)
+    std = np.sqrt(squares / len(x))
+    pearson = _pearson(xc, squares, labels.astype(np.float64))
+    ranks = average_ranks(x)
+    ranks -= ranks.mean(axis=0)
+    spearman = _pearson(ranks, np.einsum("ij,ij->j", ranks, ranks), _label_ranks(labels))
+    x0, x3 = rows[0], rows[3]
     if counts[0] and counts[3]:
         threshold = np.percentile(x0, 95, axis=0)
         tpr = (x3 > threshold).mean(axis=0)
@@ -127,10 +135,10 @@ def _metrics(x: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
         "fpr": fpr,
         "interpretability_score": 0.4 * pearson + 0.3 * separation + 0.3 * (tpr - fpr),
         "frac_active": (x > 0).mean(axis=0),
-        **{f"frac_active_label_{k}": (x[masks[k]] > 0).mean(axis=0) if counts[k] else np.full(x.shape[1], np.nan)
+        **{f"frac_active_label_{k}": (rows[k] > 0).mean(axis=0) if counts[k] else np.full(x.shape[1], np.nan)
            for k in LABELS},
         "max_activation": x.max(axis=0),
-        "auroc_3v0": _auroc(x3, x0),
+        "auroc_3v0": _auroc(x[: counts[3] + counts[0]], counts[3]),
         "cohens_d_3v0": _cohens_d(x3, x0),
     }
     constant = x.max(axis=0) == x.min(axis=0)
@@ -147,13 +155,13 @@ def _label_ranks(labels: np.ndarray) -> np.ndarray:
     return (below + (counts + 1) / 2)[inverse].astype(np.float64)
 
 
-def _pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Pearson correlation of every column of x with y (NaN where either is constant)."""
-    xc = x - x.mean(axis=0)
+def _pearson(xc: np.ndarray, squares: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson correlation of every column of x with y, from x's centered columns and their sums of squares (NaN
+    where either is constant)."""
     yc = y - y.mean()
     with np.errstate(divide="ignore", invalid="ignore"):
         # xc.T @ yc, not yc @ xc: the same sums, but BLAS runs it several times faster on C-ordered xc
-        r = (xc.T @ yc) / np.sqrt(np.einsum("ij,ij->j", xc, xc) * (yc @ yc))
+        r = (xc.T @ yc) / np.sqrt(squares * (yc @ yc))
     return np.clip(r, -1.0, 1.0)
 
 
@@ -181,12 +189,13 @@ def average_ranks(x: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def _auroc(x3: np.ndarray, x0: np.ndarray) -> np.ndarray:
-    """P(a label-3 sentence outscores a label-0 one), ties counting half: Mann-Whitney U / (n3 n0)."""
-    n3, n0 = len(x3), len(x0)
+def _auroc(x30: np.ndarray, n3: int) -> np.ndarray:
+    """P(a label-3 sentence outscores a label-0 one), ties counting half: Mann-Whitney U / (n3 n0), from the rows of
+    label 3 followed by those of label 0."""
+    n0 = len(x30) - n3
     if not n3 or not n0:
-        return np.full(x3.shape[1], np.nan)
-    ranks = average_ranks(np.concatenate([x3, x0]))
+        return np.full(x30.shape[1], np.nan)
+    ranks = average_ranks(x30)
     return (ranks[:n3].sum(axis=0) - n3 * (n3 + 1) / 2) / (n3 * n0)
 
 
