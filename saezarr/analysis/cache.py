@@ -15,11 +15,13 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 import zarr
+from numcodecs import Zstd
+from zarr.codecs import ZstdCodec
 
 from saezarr.analysis.metrics import METRICS, feature_block, metrics_of
 from saezarr.store.layout import ACTIVATIONS, Store
 
-CACHE_FORMAT = 1  # bump when what the cache holds or how it is computed changes
+CACHE_FORMAT = 2  # bump when what the cache holds or how it is computed changes
 POOLED = "pooled.zarr"
 METRICS_FILE = "metrics.npy"
 SENTENCE_BLOCK = 1024
@@ -101,12 +103,39 @@ class AnalysisCache:
 def _write_pooled_and_metrics(pooled: xr.DataArray, path: Path) -> xr.Dataset:
     """Write the per-sentence activations to a zarr array at path and return their metrics, computed."""
     _, n_sentences, width = pooled.shape
-    blocks = pooled.data.rechunk((1, min(n_sentences, SENTENCE_BLOCK), feature_block(n_sentences, width)))
+    chunks = (1, min(n_sentences, SENTENCE_BLOCK), feature_block(n_sentences, width))
+    blocks = pooled.data.rechunk(chunks)
+    target = ChunkFiles(path, blocks.shape, chunks, blocks.dtype)
     if n_sentences <= SENTENCE_BLOCK:
         # each block holds every sentence of its features: the metrics use the blocks as they are written
-        written = da.to_zarr(blocks, str(path), zarr_format=3, compute=False)
+        written = da.store(blocks, target, lock=False, compute=False)
         return dask.compute(metrics_of(pooled.copy(data=blocks)), written)[0]
     # a feature block of every sentence gathers several sentence blocks: read back from disk, so that memory stays
     # at one sentence block per config instead of the whole config
-    da.to_zarr(blocks, str(path), zarr_format=3)
+    da.store(blocks, target, lock=False)
     return metrics_of(pooled.copy(data=da.from_zarr(str(path)))).compute()
+
+
+class ChunkFiles:
+    """A new zarr array whose chunks are written straight to their files (zstd level 1), one block at a time: a
+    dask store target that costs the encoding alone, not a trip through zarr's event loop per chunk."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: np.dtype):
+        self.path = Path(path)
+        self.chunks = chunks
+        codec = ZstdCodec(level=1, checksum=False)
+        self.array = zarr.create_array(str(path), shape=shape, chunks=chunks, dtype=dtype, compressors=codec,
+                                       fill_value=0)
+        self.dtype = np.dtype(dtype).newbyteorder("<")
+        self.zstd = Zstd(level=1, checksum=False)
+
+    def __setitem__(self, region: tuple[slice, ...], block: np.ndarray) -> None:
+        """Write the block at region, which is one whole chunk (or the part of an edge chunk inside the array)."""
+        coords = tuple(s.start // c for s, c in zip(region, self.chunks))
+        if block.shape != self.chunks:  # zarr stores edge chunks whole, the part outside the array as fill value
+            padded = np.zeros(self.chunks, dtype=block.dtype)
+            padded[tuple(slice(0, n) for n in block.shape)] = block
+            block = padded
+        file = self.path / self.array.metadata.encode_chunk_key(coords)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_bytes(self.zstd.encode(np.ascontiguousarray(block, dtype=self.dtype)))
