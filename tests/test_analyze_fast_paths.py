@@ -32,13 +32,15 @@ def test_pooling_from_the_shards_equals_pooling_through_xarray(store, pool):
     np.testing.assert_allclose(direct.astype(np.float64), expected[[2, 0]], rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize("density", [0.1, 0.6], ids=["sparse: ranks from the positives", "dense: scipy's ranks"])
 @pytest.mark.parametrize("missing", [None, 1, 3], ids=["all labels", "no label 1", "no label 3"])
-def test_all_zero_features_get_the_reference_metrics(missing):
+def test_all_zero_features_get_the_reference_metrics(missing, density):
     rng = np.random.default_rng(3)
     labels = np.arange(40) % 4
     if missing is not None:
         labels[labels == missing] = 2
-    x = np.where(rng.random((40, 12)) < 0.2, rng.gamma(2.0, 1.0, (40, 12)), 0.0).astype(np.float32)
+    x = np.where(rng.random((40, 12)) < density, rng.gamma(2.0, 1.0, (40, 12)), 0.0).astype(np.float32)
+    x[rng.random((40, 12)) < 0.1] = 1.0  # ties among the positives
     x[:, [0, 5, 6]] = 0.0  # all zero
     x[:, 7] = 1.5  # constant, not zero
     x[::3, 8] = 2.0  # ties

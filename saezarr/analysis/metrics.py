@@ -112,9 +112,7 @@ def _metrics(x: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
     squares = np.einsum("ij,ij->j", xc, xc)
     std = np.sqrt(squares / len(x))
     pearson = _pearson(xc, squares, labels.astype(np.float64))
-    ranks = average_ranks(x)
-    ranks -= ranks.mean(axis=0)
-    spearman = _pearson(ranks, np.einsum("ij,ij->j", ranks, ranks), _label_ranks(labels))
+    spearman = _spearman(x, _label_ranks(labels))
     x0, x3 = rows[0], rows[3]
     if counts[0] and counts[3]:
         threshold = np.percentile(x0, 95, axis=0)
@@ -165,28 +163,21 @@ def _pearson(xc: np.ndarray, squares: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.clip(r, -1.0, 1.0)
 
 
-def average_ranks(x: np.ndarray) -> np.ndarray:
-    """Ranks of each column of x (ties get their average rank), as scipy.stats.rankdata(x, axis=0)."""
-    if x.size == 0 or x.min() < 0 or (x > 0).mean() > 0.25:
-        from scipy.stats import rankdata  # imported here: a cached rerun never ranks (a 1 s import)
-
-        return rankdata(x, axis=0)
-    # SAE activations are mostly exact zeros: those tie at the bottom, so only the positive values need sorting
+def _spearman(x: np.ndarray, label_ranks: np.ndarray) -> np.ndarray:
+    """Spearman correlation of every column of x with the labels: Pearson's of their average ranks."""
+    if not _mostly_zero(x):
+        ranks = average_ranks(x)
+        ranks -= ranks.mean(axis=0)
+        return _pearson(ranks, np.einsum("ij,ij->j", ranks, ranks), label_ranks)
+    # from the positive entries alone: a column's zeros share rank c, and every column's ranks average (n + 1) / 2
+    rows, cols, ranks, zeros = _positive_ranks(x)
     n_rows, n_cols = x.shape
-    zeros = n_rows - np.count_nonzero(x, axis=0)
-    ranks = np.broadcast_to((zeros + 1) / 2, x.shape).copy()
-    rows, cols = np.nonzero(x)
-    if not len(rows):
-        return ranks
-    values = x[rows, cols]
-    order = np.lexsort((values, cols))
-    rows, cols, values = rows[order], cols[order], values[order]
-    position = np.arange(len(cols)) - np.searchsorted(cols, np.arange(n_cols))[cols]  # among the column's positives
-    starts = np.flatnonzero(np.r_[True, (cols[1:] != cols[:-1]) | (values[1:] != values[:-1])])
-    sizes = np.diff(np.r_[starts, len(cols)])
-    tied = np.repeat(position[starts] + (sizes - 1) / 2, sizes)  # a run of equal values shares its average position
-    ranks[rows, cols] = zeros[cols] + tied + 1
-    return ranks
+    c, middle = (zeros + 1) / 2, (n_rows + 1) / 2
+    yc = label_ranks - label_ranks.mean()
+    covariance = np.bincount(cols, yc[rows] * (ranks - c[cols]), minlength=n_cols)  # the zeros add c * sum(yc) = 0
+    squares = np.bincount(cols, (ranks - middle) ** 2, minlength=n_cols) + zeros * (c - middle) ** 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.clip(covariance / np.sqrt(squares * (yc @ yc)), -1.0, 1.0)
 
 
 def _auroc(x30: np.ndarray, n3: int) -> np.ndarray:
@@ -195,8 +186,49 @@ def _auroc(x30: np.ndarray, n3: int) -> np.ndarray:
     n0 = len(x30) - n3
     if not n3 or not n0:
         return np.full(x30.shape[1], np.nan)
-    ranks = average_ranks(x30)
-    return (ranks[:n3].sum(axis=0) - n3 * (n3 + 1) / 2) / (n3 * n0)
+    if _mostly_zero(x30):
+        rows, cols, ranks, zeros = _positive_ranks(x30)
+        of3 = rows < n3
+        positive3 = np.bincount(cols[of3], minlength=x30.shape[1])
+        rank_sum3 = np.bincount(cols[of3], ranks[of3], minlength=x30.shape[1]) + (n3 - positive3) * (zeros + 1) / 2
+    else:
+        rank_sum3 = average_ranks(x30)[:n3].sum(axis=0)
+    return (rank_sum3 - n3 * (n3 + 1) / 2) / (n3 * n0)
+
+
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks of each column of x (ties get their average rank), as scipy.stats.rankdata(x, axis=0)."""
+    if not _mostly_zero(x):
+        from scipy.stats import rankdata  # imported here: a cached rerun never ranks (a 1 s import)
+
+        return rankdata(x, axis=0)
+    rows, cols, ranks, zeros = _positive_ranks(x)
+    out = np.broadcast_to((zeros + 1) / 2, x.shape).copy()
+    out[rows, cols] = ranks
+    return out
+
+
+def _mostly_zero(x: np.ndarray) -> bool:
+    """Whether x is non-negative with at most a quarter of its entries positive (SAE activations are)."""
+    return x.size > 0 and not x.min() < 0 and (x > 0).mean() <= 0.25
+
+
+def _positive_ranks(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The nonzero entries of a non-negative x as (row, column, average rank within the column), and each column's
+    number of zeros: the zeros tie at the bottom, so only the positive values need sorting."""
+    n_rows, n_cols = x.shape
+    zeros = n_rows - np.count_nonzero(x, axis=0)
+    rows, cols = np.nonzero(x)
+    if not len(rows):
+        return rows, cols, np.empty(0), zeros
+    values = x[rows, cols]
+    order = np.lexsort((values, cols))
+    rows, cols, values = rows[order], cols[order], values[order]
+    position = np.arange(len(cols)) - np.searchsorted(cols, np.arange(n_cols))[cols]  # among the column's positives
+    starts = np.flatnonzero(np.r_[True, (cols[1:] != cols[:-1]) | (values[1:] != values[:-1])])
+    sizes = np.diff(np.r_[starts, len(cols)])
+    tied = np.repeat(position[starts] + (sizes - 1) / 2, sizes)  # a run of equal values shares its average position
+    return rows, cols, zeros[cols] + tied + 1, zeros
 
 
 def _cohens_d(x3: np.ndarray, x0: np.ndarray) -> np.ndarray:
