@@ -202,9 +202,11 @@ def _sources(metrics: xr.Dataset) -> np.ndarray:
 
 def neuronpedia_urls(sources: np.ndarray, feature_ids: np.ndarray) -> np.ndarray:
     """`https://www.neuronpedia.org/{source}/{feature_id}`, or "" where the SAE has no source."""
-    sources = pd.Series(sources, dtype=object)
-    urls = NEURONPEDIA + "/" + sources + "/" + pd.Series(feature_ids).astype(str)
-    return np.where(sources.to_numpy() != "", urls.to_numpy(), "")
+    sources = np.asarray(sources, dtype=object)
+    urls = np.full(len(sources), "", dtype=object)
+    linked = sources != ""  # only these need a string built (most SAEs have no source)
+    urls[linked] = NEURONPEDIA + "/" + sources[linked] + "/" + np.asarray(feature_ids)[linked].astype(str).astype(object)
+    return urls
 
 
 def ranked_table(features: pd.DataFrame) -> pd.DataFrame:
