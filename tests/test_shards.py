@@ -131,3 +131,22 @@ def test_a_damaged_shard_index_is_refused(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(RuntimeError, match="(?i)checksum"):
         store.read_chunk(0, 0, np.copy)
+
+
+@pytest.mark.parametrize("layout", ["saezarr's shards", "zarr's fallback"])
+def test_read_columns_equals_zarrs_read(tmp_path, layout):
+    store = _new_store(tmp_path / "s.zarr", 250, 6144, 100)
+    if layout == "zarr's fallback":
+        store._shard_encoder = None
+    rng = np.random.default_rng(9)
+    for chunk in range(store.n_chunks):
+        start, stop = store.chunk_bounds(chunk)
+        store.write_chunk(0, chunk, _latents(rng, stop - start, 6144))
+    expected = zarr.open_array(tmp_path / "s.zarr" / ACTIVATIONS, mode="r")[:]
+    features = np.array([5, 2047, 2048, 6000, 6143])  # in the first and last inner chunks, and across an edge
+    for ci in range(len(CONFIGS)):  # config 1 was never written: NaN
+        for chunk in range(store.n_chunks):
+            start, stop = store.chunk_bounds(chunk)
+            np.testing.assert_array_equal(
+                _bits(store.read_columns(ci, chunk, features)), _bits(expected[ci, start:stop][:, features])
+            )

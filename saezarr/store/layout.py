@@ -101,12 +101,21 @@ class Store:
         start, stop = self.chunk_bounds(chunk)
         if self._shard_encoder is None:
             return reduce(self.array[config_index, start:stop, :])
-        try:
-            data = self._shard_file(config_index, chunk).read_bytes()
-        except FileNotFoundError:
-            data = None  # never written: zarr reads it as the fill value
         # decoding the shard here runs at the codec's speed on the caller's thread, no event loop in between
-        return self._shard_encoder.decode(data, stop - start, reduce)
+        return self._shard_encoder.decode(self._shard_bytes(config_index, chunk), stop - start, reduce)
+
+    def read_columns(self, config_index: int, chunk: int, features: np.ndarray) -> np.ndarray:
+        """One unit's latents [fragment, len(features)] of some features."""
+        start, stop = self.chunk_bounds(chunk)
+        if self._shard_encoder is None:
+            return self.array.get_orthogonal_selection((config_index, slice(start, stop), features))
+        return self._shard_encoder.decode_columns(self._shard_bytes(config_index, chunk), stop - start, features)
+
+    def _shard_bytes(self, config_index: int, chunk: int) -> bytes | None:
+        try:
+            return self._shard_file(config_index, chunk).read_bytes()
+        except FileNotFoundError:
+            return None  # never written: zarr reads it as the fill value
 
     def write_chunk(self, config_index: int, chunk: int, latents: np.ndarray) -> None:
         """Write one unit's latents, then mark it complete."""

@@ -66,16 +66,33 @@ class ShardEncoder:
         data None is a shard never written (all fill value). `reduce` must return a new array, not a view."""
         block = self._block()
         out = None
-        for i, (offset, length) in enumerate(self._index(data)):
-            if offset == MISSING and length == MISSING:
-                block.fill(self.fill_value)
-            else:
-                self.zstd.decode(memoryview(data)[offset : offset + length], out=block)
+        for i, entry in enumerate(self._index(data)):
+            self._decode_inner_chunk(data, entry, block)
             part = reduce(block[:n_rows])
             if out is None:
                 out = np.empty((part.shape[0], self.width), dtype=part.dtype)
             out[:, i * self.inner_width : (i + 1) * self.inner_width] = part
         return out
+
+    def decode_columns(self, data: bytes | None, n_rows: int, columns: np.ndarray) -> np.ndarray:
+        """A shard's rows [n_rows, len(columns)] of some feature columns (data None: never written), decoding only the
+        inner chunks that hold them."""
+        columns = np.asarray(columns, dtype=np.int64)
+        out = np.empty((n_rows, len(columns)), dtype="<f4")
+        index, block = self._index(data), self._block()
+        inner = columns // self.inner_width
+        for i in np.unique(inner):
+            self._decode_inner_chunk(data, index[i], block)
+            here = inner == i
+            out[:, here] = block[:n_rows, columns[here] - i * self.inner_width]
+        return out
+
+    def _decode_inner_chunk(self, data: bytes | None, entry: tuple[int, int], block: np.ndarray) -> None:
+        offset, length = entry
+        if offset == MISSING and length == MISSING:
+            block.fill(self.fill_value)
+        else:
+            self.zstd.decode(memoryview(data)[offset : offset + length], out=block)
 
     def _index(self, data: bytes | None) -> list[tuple[int, int]]:
         """(offset, length) of every inner chunk, from the CRC32C-checked index at the shard's end."""
