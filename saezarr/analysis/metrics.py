@@ -27,6 +27,8 @@ METRICS = (
     "auroc_3v0",
     "cohens_d_3v0",
 )
+# a mostly-zero array's positive entries: row, column and value, sorted by column, then value
+Positives = tuple[np.ndarray, np.ndarray, np.ndarray]
 GROUPED = (3, 0, 1, 2)  # the order of the labels' rows in _metrics
 # bytes of one float64 [sentences x features] block in the metrics pass; its temporaries are a few times this
 BLOCK_BYTES = 16 * 2**20
@@ -112,7 +114,8 @@ def _metrics(x: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
     squares = np.einsum("ij,ij->j", xc, xc)
     std = np.sqrt(squares / len(x))
     pearson = _pearson(xc, squares, labels.astype(np.float64))
-    spearman = _spearman(x, _label_ranks(labels))
+    positives = _positive_entries(x) if _mostly_zero(x) else None
+    spearman = _spearman(x, _label_ranks(labels), positives)
     x0, x3 = rows[0], rows[3]
     if counts[0] and counts[3]:
         threshold = np.percentile(x0, 95, axis=0)
@@ -136,7 +139,7 @@ def _metrics(x: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
         **{f"frac_active_label_{k}": (rows[k] > 0).mean(axis=0) if counts[k] else np.full(x.shape[1], np.nan)
            for k in LABELS},
         "max_activation": x.max(axis=0),
-        "auroc_3v0": _auroc(x[: counts[3] + counts[0]], counts[3]),
+        "auroc_3v0": _auroc(x[: counts[3] + counts[0]], counts[3], positives),
         "cohens_d_3v0": _cohens_d(x3, x0),
     }
     constant = x.max(axis=0) == x.min(axis=0)
@@ -163,15 +166,16 @@ def _pearson(xc: np.ndarray, squares: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.clip(r, -1.0, 1.0)
 
 
-def _spearman(x: np.ndarray, label_ranks: np.ndarray) -> np.ndarray:
+def _spearman(x: np.ndarray, label_ranks: np.ndarray, positives: Positives | None) -> np.ndarray:
     """Spearman correlation of every column of x with the labels: Pearson's of their average ranks."""
-    if not _mostly_zero(x):
+    if positives is None:
         ranks = average_ranks(x)
         ranks -= ranks.mean(axis=0)
         return _pearson(ranks, np.einsum("ij,ij->j", ranks, ranks), label_ranks)
     # from the positive entries alone: a column's zeros share rank c, and every column's ranks average (n + 1) / 2
-    rows, cols, ranks, zeros = _positive_ranks(x)
+    rows, cols, values = positives
     n_rows, n_cols = x.shape
+    zeros, ranks = _positive_ranks(n_rows, n_cols, cols, values)
     c, middle = (zeros + 1) / 2, (n_rows + 1) / 2
     yc = label_ranks - label_ranks.mean()
     covariance = np.bincount(cols, yc[rows] * (ranks - c[cols]), minlength=n_cols)  # the zeros add c * sum(yc) = 0
@@ -180,19 +184,22 @@ def _spearman(x: np.ndarray, label_ranks: np.ndarray) -> np.ndarray:
         return np.clip(covariance / np.sqrt(squares * (yc @ yc)), -1.0, 1.0)
 
 
-def _auroc(x30: np.ndarray, n3: int) -> np.ndarray:
+def _auroc(x30: np.ndarray, n3: int, positives: Positives | None) -> np.ndarray:
     """P(a label-3 sentence outscores a label-0 one), ties counting half: Mann-Whitney U / (n3 n0), from the rows of
-    label 3 followed by those of label 0."""
+    label 3 followed by those of label 0 (the first rows of the array `positives` describes)."""
     n0 = len(x30) - n3
     if not n3 or not n0:
         return np.full(x30.shape[1], np.nan)
-    if _mostly_zero(x30):
-        rows, cols, ranks, zeros = _positive_ranks(x30)
+    if positives is None:
+        rank_sum3 = average_ranks(x30)[:n3].sum(axis=0)
+    else:
+        rows, cols, values = positives
+        inside = rows < len(x30)  # still sorted by column, then value
+        rows, cols, values = rows[inside], cols[inside], values[inside]
+        zeros, ranks = _positive_ranks(len(x30), x30.shape[1], cols, values)
         of3 = rows < n3
         positive3 = np.bincount(cols[of3], minlength=x30.shape[1])
         rank_sum3 = np.bincount(cols[of3], ranks[of3], minlength=x30.shape[1]) + (n3 - positive3) * (zeros + 1) / 2
-    else:
-        rank_sum3 = average_ranks(x30)[:n3].sum(axis=0)
     return (rank_sum3 - n3 * (n3 + 1) / 2) / (n3 * n0)
 
 
@@ -202,7 +209,8 @@ def average_ranks(x: np.ndarray) -> np.ndarray:
         from scipy.stats import rankdata  # imported here: a cached rerun never ranks (a 1 s import)
 
         return rankdata(x, axis=0)
-    rows, cols, ranks, zeros = _positive_ranks(x)
+    rows, cols, values = _positive_entries(x)
+    zeros, ranks = _positive_ranks(*x.shape, cols, values)
     out = np.broadcast_to((zeros + 1) / 2, x.shape).copy()
     out[rows, cols] = ranks
     return out
@@ -213,22 +221,26 @@ def _mostly_zero(x: np.ndarray) -> bool:
     return x.size > 0 and not x.min() < 0 and (x > 0).mean() <= 0.25
 
 
-def _positive_ranks(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The nonzero entries of a non-negative x as (row, column, average rank within the column), and each column's
-    number of zeros: the zeros tie at the bottom, so only the positive values need sorting."""
-    n_rows, n_cols = x.shape
-    zeros = n_rows - np.count_nonzero(x, axis=0)
+def _positive_entries(x: np.ndarray) -> Positives:
+    """The nonzero entries of x as (row, column, value), sorted by column, then value."""
     rows, cols = np.nonzero(x)
-    if not len(rows):
-        return rows, cols, np.empty(0), zeros
     values = x[rows, cols]
     order = np.lexsort((values, cols))
-    rows, cols, values = rows[order], cols[order], values[order]
+    return rows[order], cols[order], values[order]
+
+
+def _positive_ranks(n_rows: int, n_cols: int, cols: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each column's number of zeros, and the average rank within its column of each positive entry (sorted by
+    column, then value) of a non-negative [n_rows, n_cols] array: the zeros tie at the bottom, so only the positive
+    values need sorting."""
+    zeros = n_rows - np.bincount(cols, minlength=n_cols)
+    if not len(cols):
+        return zeros, np.empty(0)
     position = np.arange(len(cols)) - np.searchsorted(cols, np.arange(n_cols))[cols]  # among the column's positives
     starts = np.flatnonzero(np.r_[True, (cols[1:] != cols[:-1]) | (values[1:] != values[:-1])])
     sizes = np.diff(np.r_[starts, len(cols)])
     tied = np.repeat(position[starts] + (sizes - 1) / 2, sizes)  # a run of equal values shares its average position
-    return rows, cols, zeros[cols] + tied + 1, zeros
+    return zeros, zeros[cols] + tied + 1
 
 
 def _cohens_d(x3: np.ndarray, x0: np.ndarray) -> np.ndarray:
