@@ -110,11 +110,11 @@ def _metrics(x: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
     starts = np.cumsum([0, *(counts[k] for k in GROUPED)])
     rows = {k: x[starts[i] : starts[i + 1]] for i, k in enumerate(GROUPED)}
     means = {k: rows[k].mean(axis=0) if counts[k] else np.zeros(x.shape[1]) for k in LABELS}
-    xc = x - x.mean(axis=0)
-    squares = np.einsum("ij,ij->j", xc, xc)
-    std = np.sqrt(squares / len(x))
-    pearson = _pearson(xc, squares, labels.astype(np.float64))
     positives = _positive_entries(x) if _mostly_zero(x) else None
+    y = labels - labels.mean()
+    squares, covariance = _moments(x, y, positives)
+    std = np.sqrt(squares / len(x))
+    pearson = _correlation(squares, covariance, y)
     spearman = _spearman(x, _label_ranks(labels), positives)
     x0, x3 = rows[0], rows[3]
     if counts[0] and counts[3]:
@@ -156,32 +156,40 @@ def _label_ranks(labels: np.ndarray) -> np.ndarray:
     return (below + (counts + 1) / 2)[inverse].astype(np.float64)
 
 
-def _pearson(xc: np.ndarray, squares: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Pearson correlation of every column of x with y, from x's centered columns and their sums of squares (NaN
-    where either is constant)."""
-    yc = y - y.mean()
-    with np.errstate(divide="ignore", invalid="ignore"):
+def _moments(x: np.ndarray, yc: np.ndarray, positives: Positives | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per column of x: the sum of squared deviations from its mean, and the sum of those deviations times yc."""
+    if positives is None:
+        xc = x - x.mean(axis=0)
         # xc.T @ yc, not yc @ xc: the same sums, but BLAS runs it several times faster on C-ordered xc
-        r = (xc.T @ yc) / np.sqrt(squares * (yc @ yc))
-    return np.clip(r, -1.0, 1.0)
+        return np.einsum("ij,ij->j", xc, xc), xc.T @ yc
+    # from the positive entries alone: a column's zeros deviate by -mean, and add nothing to sum(x * yc)
+    rows, cols, values = positives
+    n_rows, n_cols = x.shape
+    mean = np.bincount(cols, values, minlength=n_cols) / n_rows
+    zeros = n_rows - np.bincount(cols, minlength=n_cols)
+    squares = np.bincount(cols, (values - mean[cols]) ** 2, minlength=n_cols) + zeros * mean**2
+    return squares, np.bincount(cols, yc[rows] * values, minlength=n_cols) - mean * yc.sum()
+
+
+def _correlation(squares: np.ndarray, covariance: np.ndarray, yc: np.ndarray) -> np.ndarray:
+    """Pearson correlation from _moments (NaN where either side is constant)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.clip(covariance / np.sqrt(squares * (yc @ yc)), -1.0, 1.0)
 
 
 def _spearman(x: np.ndarray, label_ranks: np.ndarray, positives: Positives | None) -> np.ndarray:
     """Spearman correlation of every column of x with the labels: Pearson's of their average ranks."""
+    yc = label_ranks - label_ranks.mean()
     if positives is None:
-        ranks = average_ranks(x)
-        ranks -= ranks.mean(axis=0)
-        return _pearson(ranks, np.einsum("ij,ij->j", ranks, ranks), label_ranks)
+        return _correlation(*_moments(average_ranks(x), yc, None), yc)
     # from the positive entries alone: a column's zeros share rank c, and every column's ranks average (n + 1) / 2
     rows, cols, values = positives
     n_rows, n_cols = x.shape
     zeros, ranks = _positive_ranks(n_rows, n_cols, cols, values)
     c, middle = (zeros + 1) / 2, (n_rows + 1) / 2
-    yc = label_ranks - label_ranks.mean()
-    covariance = np.bincount(cols, yc[rows] * (ranks - c[cols]), minlength=n_cols)  # the zeros add c * sum(yc) = 0
     squares = np.bincount(cols, (ranks - middle) ** 2, minlength=n_cols) + zeros * (c - middle) ** 2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.clip(covariance / np.sqrt(squares * (yc @ yc)), -1.0, 1.0)
+    covariance = np.bincount(cols, yc[rows] * (ranks - c[cols]), minlength=n_cols) + (c - middle) * yc.sum()
+    return _correlation(squares, covariance, yc)
 
 
 def _auroc(x30: np.ndarray, n3: int, positives: Positives | None) -> np.ndarray:
