@@ -76,3 +76,5 @@ def test_chunk_files_read_back_through_zarr_with_edge_chunks(tmp_path, dtype):
     target = ChunkFiles(tmp_path / "a.zarr", values.shape, (1, 3, 4), values.dtype)
     da.store(da.from_array(values, chunks=(1, 3, 4)), target, lock=False)
     np.testing.assert_array_equal(zarr.open_array(tmp_path / "a.zarr", mode="r")[:], values)
+    np.testing.assert_array_equal(target[1:2, :, 4:], values[1:2, :, 4:])  # across sentence chunks, to the edges
+    np.testing.assert_array_equal(target[:, 3:, :], values[:, 3:, :])

@@ -21,12 +21,17 @@ class StoreChunks:
         self.store = store
         self.config_indices = config_indices
         self.dtype = store.array.dtype
-        self.chunks = ((1,) * len(config_indices), tuple(map(store.chunk_size, range(store.n_chunks))), (store.width,))
+        # one block per feature chunk: a task decodes one inner chunk, and what it returns is small enough to regroup
+        # by sentences without holding whole shards in memory
+        width, step = store.width, store.feature_chunk
+        self.chunks = ((1,) * len(config_indices), tuple(map(store.chunk_size, range(store.n_chunks))),
+                       tuple(min(step, width - start) for start in range(0, width, step)))
 
     def read(self, reduce, block_info=None) -> np.ndarray:
-        """`reduce` of the unit at the output block's location, with a leading config axis."""
-        ci, chunk, _ = block_info[None]["chunk-location"]
-        return self.store.read_chunk(self.config_indices[ci], chunk, reduce)[None]
+        """`reduce` of the unit's feature chunk at the output block's location, with a leading config axis."""
+        ci, chunk, part = block_info[None]["chunk-location"]
+        step = self.store.feature_chunk
+        return self.store.read_chunk(self.config_indices[ci], chunk, reduce, slice(part * step, (part + 1) * step))[None]
 
 
 def sentence_activations(ds: xr.Dataset, pool: str = "final", store: Store | None = None) -> xr.DataArray:

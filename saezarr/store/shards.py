@@ -61,17 +61,21 @@ class ShardEncoder:
         index = np.stack([offsets, lengths], axis=1).astype("<u8")
         return [*parts, bytes(CRC32C().encode(index))]  # the index, then its little-endian CRC32C
 
-    def decode(self, data: bytes | None, n_rows: int, reduce: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-        """`reduce` of a shard's rows [n_rows, feature], applied to each inner chunk's columns and put side by side;
-        data None is a shard never written (all fill value). `reduce` must return a new array, not a view."""
-        block = self._block()
+    def decode(
+        self, data: bytes | None, n_rows: int, reduce: Callable[[np.ndarray], np.ndarray], inner: range | None = None
+    ) -> np.ndarray:
+        """`reduce` of a shard's rows [n_rows, feature], applied to each inner chunk's columns (those in `inner`, or
+        all) and put side by side; data None is a shard never written (all fill value). `reduce` must return a new
+        array, not a view."""
+        inner = range(self.width // self.inner_width) if inner is None else inner
+        index, block = self._index(data), self._block()
         out = None
-        for i, entry in enumerate(self._index(data)):
-            self._decode_inner_chunk(data, entry, block)
+        for j, i in enumerate(inner):
+            self._decode_inner_chunk(data, index[i], block)
             part = reduce(block[:n_rows])
             if out is None:
-                out = np.empty((part.shape[0], self.width), dtype=part.dtype)
-            out[:, i * self.inner_width : (i + 1) * self.inner_width] = part
+                out = np.empty((part.shape[0], len(inner) * self.inner_width), dtype=part.dtype)
+            out[:, j * self.inner_width : (j + 1) * self.inner_width] = part
         return out
 
     def decode_columns(self, data: bytes | None, n_rows: int, columns: np.ndarray) -> np.ndarray:
