@@ -151,7 +151,7 @@ def _metrics(x: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
 
 def _label_ranks(labels: np.ndarray) -> np.ndarray:
     """Average ranks of the integer labels (ties share their mean rank), as scipy.stats.rankdata."""
-    values, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
     below = np.cumsum(counts) - counts
     return (below + (counts + 1) / 2)[inverse].astype(np.float64)
 
