@@ -69,7 +69,31 @@ def _add_build(commands) -> None:
     p.add_argument("--force-unlock", action="store_true", help="take the store's lock even if another build seems to hold it")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--demo", action="store_true", help="build from the bundled sample with a tiny generated model (offline)")
+    _add_cluster_options(p, local=True)
     p.set_defaults(run=_run_build)
+
+
+def _add_cluster_options(p, local: bool) -> None:
+    """Options choosing the dask cluster a command runs on."""
+    where = p.add_mutually_exclusive_group()
+    if local:
+        where.add_argument("--local-workers", type=_positive_int, default=None,
+                           help="run on a local dask cluster of N single-thread worker processes (on CUDA: one per GPU)")
+    where.add_argument("--scheduler", default=None, help="run on the dask cluster of this scheduler, e.g. tcp://host:8786")
+    where.add_argument("--scheduler-file", type=Path, default=None, help="run on the dask cluster of this scheduler file")
+    p.add_argument("--worker-timeout", type=_positive_float, default=None,
+                   help="seconds to wait for the scheduler and a first worker (default 60)")
+
+
+def _cluster_options(args):
+    from saezarr.build.cluster import DEFAULT_WORKER_TIMEOUT, ClusterOptions
+
+    return ClusterOptions(
+        local_workers=getattr(args, "local_workers", None),
+        scheduler=args.scheduler,
+        scheduler_file=args.scheduler_file,
+        worker_timeout=args.worker_timeout or DEFAULT_WORKER_TIMEOUT,
+    )
 
 
 def _run_build(args) -> int:
@@ -108,6 +132,7 @@ def _run_build(args) -> int:
         force_unlock=args.force_unlock,
         quiet=args.quiet,
         max_chunks=args.max_chunks,
+        cluster=_cluster_options(args),
     )
     summary = build(options)
     print(summary.line())
@@ -179,6 +204,7 @@ def _add_analyze(commands) -> None:
     p.add_argument("--allow-partial", action="store_true", help="analyse the finished configs of an unfinished store")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_cluster_options(p, local=False)
     p.set_defaults(run=_run_analyze)
 
 
@@ -201,8 +227,22 @@ def _run_analyze(args) -> int:
         allow_partial=args.allow_partial,
         quiet=args.quiet,
     )
-    print(analyze(options).line())
+    with _analysis_cluster(args):
+        print(analyze(options).line())
     return 0
+
+
+def _analysis_cluster(args):
+    """With --scheduler or --scheduler-file, the analysis's dask computations run on that cluster."""
+    import contextlib
+
+    cluster = _cluster_options(args)
+    if not cluster.wanted:
+        return contextlib.nullcontext()
+    from saezarr.analysis.cache import cache_root
+    from saezarr.build.cluster import analysis_client
+
+    return analysis_client(cluster, args.store, cache_root())
 
 
 def _positive_int(text: str) -> int:
@@ -213,6 +253,17 @@ def _positive_int(text: str) -> int:
         value = 0
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    """Parse a positive number option value."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
 
 

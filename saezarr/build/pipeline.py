@@ -7,11 +7,9 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -20,7 +18,7 @@ from saezarr.configs import SAEConfig, load_config_file, select_configs
 from saezarr.errors import SaezarrError
 from saezarr.build.fragments import Fragments, make_fragments
 from saezarr.build.inputs import read_labeled_csv
-from saezarr.build.memory import default_sae_memory, units_in_flight, writer_threads
+from saezarr.build.memory import default_sae_memory
 from saezarr.store.locking import StoreLock
 from saezarr.build.residuals import (
     ModelInfo,
@@ -30,12 +28,24 @@ from saezarr.build.residuals import (
     load_tokenizer,
     resolve_model,
 )
-from saezarr.build.sae import (
-    JumpReLUEncoder,
-    SAEFile,
-    locate_sae,
-    plan_passes,
-    resolve_sae_repo,
+from saezarr.build.sae import JumpReLUEncoder, SAEFile, locate_sae, resolve_sae_repo
+from saezarr.build.cluster import (
+    ClusterOptions,
+    check_workers,
+    cluster_client,
+    cluster_sae_memory,
+    local_spec,
+    run_tasks,
+)
+from saezarr.build.work import (  # noqa: F401 (ChunkWriter: the benchmarks write through it)
+    ChunkWriter,
+    ComputeSpec,
+    FragmentIndex,
+    PassSpec,
+    Task,
+    compute_chunk,
+    overlaps_writes,
+    pending_work,
 )
 from saezarr.store.layout import (
     DEFAULT_CHUNK_FRAGMENTS,
@@ -76,6 +86,7 @@ class BuildOptions:
     force_unlock: bool = False
     quiet: bool = False
     max_chunks: int | None = None
+    cluster: ClusterOptions = field(default_factory=ClusterOptions)  # default: run in this process
 
 
 @dataclass
@@ -95,6 +106,7 @@ class BuildSummary:
     units_skipped: int = 0
     units_total: int = 0
     complete: bool = False
+    workers: list[str] = field(default_factory=list)  # dask workers that ran tasks; empty in this process
 
     def line(self) -> str:
         """One summary line for the terminal."""
@@ -104,6 +116,7 @@ class BuildSummary:
             f"({self.n_sentences} sentences), {human_bytes(self.bytes_on_disk)} on disk, {self.elapsed:.1f} s; "
             f"model passes {self.model_passes}, SAE loads {self.sae_loads}, "
             f"chunks written {self.units_written}, already done {self.units_skipped} of {self.units_total}"
+            + (f"; {len(self.workers)} workers: {', '.join(self.workers)}" if self.workers else "")
         )
 
 
@@ -137,24 +150,25 @@ def _build(options: BuildOptions) -> BuildSummary:
     plan = _plan(options)
     if exists and options.resume:
         check_resume(options.output, plan.attrs, plan.configs)
-    store, lock = _open_or_create(options, plan, exists)
-    summary = BuildSummary(options.output, len(plan.configs), len(plan.fragments), plan.attrs["n_sentences"])
-    with lock:
-        runner = _PassRunner(options, plan, store, summary)
-        try:
-            runner.run()
-        except torch.cuda.OutOfMemoryError:
-            raise _out_of_memory(options, store, runner) from None
-        except KeyboardInterrupt as stop:
-            with _interrupts_ignored():
-                done = store.done_matrix()
-            terminated = isinstance(stop, _Terminated)
-            raise SaezarrError(
-                f"{'terminated (SIGTERM)' if terminated else 'interrupted'}: {int(done.sum())} of {done.size} chunks "
-                f"of {options.output} are done and kept; rerun the same command with --resume (in place of "
-                "--overwrite, if given) to continue",
-                exit_code=143 if terminated else 130,
-            ) from None
+    with _cluster(options, plan) as client:  # connected, and every worker checked, before the store is touched
+        store, lock = _open_or_create(options, plan, exists)
+        summary = BuildSummary(options.output, len(plan.configs), len(plan.fragments), plan.attrs["n_sentences"])
+        with lock:
+            runner = _PassRunner(options, plan, store, summary) if client is None else _ClusterRunner(client, options, plan, store, summary)
+            try:
+                runner.run()
+            except torch.cuda.OutOfMemoryError:
+                raise _out_of_memory(options, store, runner) from None
+            except KeyboardInterrupt as stop:
+                with _interrupts_ignored():
+                    done = store.done_matrix()
+                terminated = isinstance(stop, _Terminated)
+                raise SaezarrError(
+                    f"{'terminated (SIGTERM)' if terminated else 'interrupted'}: {int(done.sum())} of {done.size} chunks "
+                    f"of {options.output} are done and kept; rerun the same command with --resume (in place of "
+                    "--overwrite, if given) to continue",
+                    exit_code=143 if terminated else 130,
+                ) from None
     done = store.done_matrix()
     summary.complete = bool(done.all())
     summary.bytes_on_disk = store.bytes_on_disk()
@@ -162,7 +176,19 @@ def _build(options: BuildOptions) -> BuildSummary:
     return summary
 
 
-def _out_of_memory(options: BuildOptions, store: Store, runner: _PassRunner) -> SaezarrError:
+@contextlib.contextmanager
+def _cluster(options: BuildOptions, plan: _Plan):
+    """A dask client whose every worker can run this build, or None to run in this process."""
+    if not options.cluster.wanted:
+        yield None
+        return
+    with cluster_client(options.cluster, plan.device) as client:
+        check_workers(client, options.cluster, plan.model_info, [sae.path for sae in plan.saes], plan.device,
+                      options.output.resolve())
+        yield client
+
+
+def _out_of_memory(options: BuildOptions, store: Store, runner: _PassRunner | _ClusterRunner) -> SaezarrError:
     """The one line for a device out of memory: what is kept, and which options lower the need."""
     done = store.done_matrix()
     budget = human_bytes(runner.sae_memory) if runner.sae_memory else "not reached"
@@ -222,8 +248,8 @@ def _sigterm_interrupts():
         signal.signal(signal.SIGTERM, previous)
 
 
-def resolve_device(device: str | None) -> str:
-    """The torch device to run on: as asked, else CUDA when available; refuse one this machine lacks."""
+def resolve_device(device: str | None, here: bool = True) -> str:
+    """The torch device to run on: as asked, else CUDA when available; refuse one this machine lacks (if `here`)."""
     if device is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -232,6 +258,8 @@ def resolve_device(device: str | None) -> str:
         parsed = None
     if parsed is None or parsed.type not in ("cpu", "cuda"):
         raise SaezarrError(f"--device {device}: not a device saezarr runs on (use cpu or cuda)")
+    if not here:
+        return device  # runs on the cluster's workers, which check it themselves
     if parsed.type == "cuda" and not torch.cuda.is_available():
         raise SaezarrError(f"--device {device}: CUDA is not available here (torch {torch.__version__}); use --device cpu")
     if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
@@ -240,7 +268,7 @@ def resolve_device(device: str | None) -> str:
 
 
 def _plan(options: BuildOptions) -> _Plan:
-    device = resolve_device(options.device)
+    device = resolve_device(options.device, here=not options.cluster.remote)
     data = read_labeled_csv(options.input)
     config_file = load_config_file(options.config_file)
     configs = select_configs(config_file.configs, options.layers, options.configs)
@@ -306,174 +334,74 @@ def _open_or_create(options: BuildOptions, plan: _Plan, exists: bool) -> tuple[S
 
 
 class _PassRunner:
-    """Runs each SAE pass over the chunks it still lacks, writing through a ChunkWriter."""
+    """Runs the pending tasks of each SAE pass in this process, writing (and marking) through a ChunkWriter."""
 
     def __init__(self, options: BuildOptions, plan: _Plan, store: Store, summary: BuildSummary):
         self.options, self.plan, self.store, self.summary = options, plan, store, summary
-        self.done = store.done_matrix()
-        self.model = None
         self.sae_memory: int | None = None
 
     def run(self) -> None:
         """Run every pass that has pending chunks; the model is loaded only if something is left."""
-        self.summary.units_total, self.summary.units_skipped = self.done.size, int(self.done.sum())
-        if self.done.all():
+        done = self.store.done_matrix()
+        self.summary.units_total, self.summary.units_skipped = done.size, int(done.sum())
+        if done.all():
             return
-        self.model = load_model(self.plan.model_info, self.plan.device, self.options.dtype)
+        model = load_model(self.plan.model_info, self.plan.device, self.options.dtype)
         # on CUDA the default budget is what the loaded model leaves free
         self.sae_memory = self.options.sae_memory or default_sae_memory(self.plan.device)
-        passes = self._pending_passes()
-        chunks_left = self.options.max_chunks
-        total = sum(self.store.chunk_size(chunk) for _, _, pending in passes for chunk in pending)
+        work = pending_work(self.store, self.plan.saes, self.sae_memory, self.options.max_chunks)
+        fragments = FragmentIndex.of(self.plan.fragments)
+        total = sum(self.store.chunk_size(task.chunk) for _, tasks in work for task in tasks)
         with tqdm(total=total, unit="frag", disable=self.options.quiet, desc="saezarr build", dynamic_ncols=True) as bar:
-            for group, rows, pending in passes:
-                if chunks_left is not None:
-                    pending = pending[:chunks_left]
-                    chunks_left -= len(pending)
-                if pending:
-                    self._run_pass(group, rows, pending, bar)
+            for pass_, tasks in work:
+                self._run_pass(model, fragments, pass_, tasks, bar)
 
-    def _pending_passes(self) -> list[tuple[list[SAEFile], list[int], list[int]]]:
-        index = {name: i for i, name in enumerate(self.store.config_names)}
-        passes = []
-        for group in plan_passes(self.plan.saes, self.sae_memory):
-            rows = [index[sae.config.name] for sae in group]
-            pending = [int(chunk) for chunk in np.flatnonzero(~self.done[rows].all(axis=0))]
-            if pending:
-                passes.append((group, rows, pending))
-        return passes
-
-    def _run_pass(self, group: list[SAEFile], rows: list[int], pending: list[int], bar: tqdm) -> None:
-        """One model pass: each pending chunk goes through the model once and through every SAE of the group."""
-        encoders = [JumpReLUEncoder.load(sae, self.plan.device) for sae in group]
-        self.summary.sae_loads += len(group)
+    def _run_pass(self, model: torch.nn.Module, fragments: FragmentIndex, pass_: PassSpec, tasks: list[Task], bar: tqdm) -> None:
+        """One model pass: each pending chunk goes through the model once and through every SAE of the pass."""
+        encoders = [JumpReLUEncoder.load(sae, self.plan.device) for sae in pass_.saes]
+        self.summary.sae_loads += len(pass_.saes)
         self.summary.model_passes += 1
-        layers = sorted({sae.config.layer for sae in group})
         overlap = self.options.overlap_writes
         if overlap is None:
             overlap = overlaps_writes(self.plan.device)
-        writer = ChunkWriter(self.store, self.options.workers, overlap)
-        with ResidualReader(self.model, layers) as reader, writer:
-            for chunk in pending:
-                residuals = self._chunk_residuals(reader, chunk)
-                for sae, encoder, row in zip(group, encoders, rows):
-                    if not self.done[row, chunk]:
-                        # the chunk's latents reach the host once, into a buffer the writer recycles
-                        latents = writer.host_buffer(self.store.chunk_size(chunk), self.store.width)
-                        writer.submit(row, chunk, encoder.encode(residuals[sae.config.layer], out=latents))
-                        self.summary.units_written += 1
-                bar.update(self.store.chunk_size(chunk))
-
-    def _chunk_residuals(self, reader: ResidualReader, chunk: int) -> dict[int, torch.Tensor]:
-        """Residuals of one chunk's fragments; the chunk alone decides its batches, so reruns are bit-identical."""
-        start, stop = self.store.chunk_bounds(chunk)
-        table = self.plan.fragments.table.iloc[start:stop]
-        sentences = table["sentence_index"].to_numpy()
-        positions = table["token_position"].to_numpy()
-        unique = list(dict.fromkeys(sentences.tolist()))
         batch_size = self.store.attrs.get("batch_size", DEFAULT_BATCH_SIZE)  # on resume, the store's own
-        parts: dict[int, list[torch.Tensor]] = {}
-        for first in range(0, len(unique), batch_size):
-            batch = unique[first : first + batch_size]
-            in_batch = np.isin(sentences, batch)
-            row_of = {s: r for r, s in enumerate(batch)}
-            rows = np.array([row_of[s] for s in sentences[in_batch]])
-            # a causal model needs no token after the chunk's last fragment of a sentence
-            token_ids = [self.plan.fragments.token_ids[s][: positions[sentences == s].max() + 1] for s in batch]
-            captured = reader.read(token_ids, rows, positions[in_batch])
-            self.summary.forward_batches += 1
-            for layer, tensor in captured.items():
-                parts.setdefault(layer, []).append(tensor)
-        return {layer: torch.cat(tensors) for layer, tensors in parts.items()}
+        writer = ChunkWriter(self.store, self.options.workers, overlap)
+        with ResidualReader(model, pass_.layers) as reader, writer:
+            for task in tasks:
+                self.summary.forward_batches += compute_chunk(reader, encoders, pass_, fragments, task, batch_size, writer)
+                self.summary.units_written += len(task.rows)
+                bar.update(self.store.chunk_size(task.chunk))
 
 
-def overlaps_writes(device: str) -> bool:
-    """Whether writes run behind the compute by default: on a GPU yes, on a CPU they would compete for its cores."""
-    return torch.device(device).type != "cpu"
+class _ClusterRunner:
+    """Runs the pending tasks on a dask cluster's workers; this process marks the units they report durable."""
 
+    def __init__(self, client, options: BuildOptions, plan: _Plan, store: Store, summary: BuildSummary):
+        self.client, self.options, self.plan, self.store, self.summary = client, options, plan, store, summary
+        self.sae_memory: int | None = None
 
-class ChunkWriter:
-    """Compresses and writes units on worker threads, holding a bounded number of units so memory stays flat.
-
-    With `overlap` (for GPUs), units queue behind the compute. Without it (for CPUs), units gather until there is one
-    per thread, then all are written at once while the compute waits: writer threads running beside the model's
-    OpenMP threads stall its matmuls, which made overlapped builds slower (scripts/BENCHMARKS.md).
-    """
-
-    def __init__(self, store: Store, workers: int | None = None, overlap: bool = True):
-        self.store = store
-        self.workers = writer_threads(workers)
-        self.overlap = overlap
-        # units held on the host at once (queued, or gathered), each a chunk_fragments x width float32 buffer
-        self.units = units_in_flight(self.workers, 4 * store.chunk_fragments * store.width, overlap)
-        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="saezarr-write")
-        self._slots = threading.BoundedSemaphore(self.units)
-        self._gathered: list[tuple[int, int, torch.Tensor]] = []
-        self._free: list[torch.Tensor] = []
-        self._free_lock = threading.Lock()
-        self._error: BaseException | None = None
-
-    def host_buffer(self, rows: int, width: int) -> torch.Tensor:
-        """A float32 host tensor for a unit's latents: one whose unit is written, else a new one."""
-        # reusing them spares the page faults of a fresh tensor per unit (about 11% of a write-bound build)
-        with self._free_lock:
-            self._free = [buffer for buffer in self._free if buffer.shape == (rows, width)]
-            if self._free:
-                return self._free.pop()
-        return torch.empty((rows, width), dtype=torch.float32)
-
-    def _write(self, config_index: int, chunk: int, latents: torch.Tensor) -> None:
-        self.store.write_chunk(config_index, chunk, latents.numpy())
-        with self._free_lock:
-            self._free.append(latents)
-
-    def submit(self, config_index: int, chunk: int, latents: torch.Tensor) -> None:
-        """Hand over one unit; blocks while units are being written or the queue is full, and raises write errors."""
-        self._raise_if_failed()
-        if not self.overlap:
-            self._gathered.append((config_index, chunk, latents))
-            if len(self._gathered) >= self.units:
-                self._write_gathered()
+    def run(self) -> None:
+        """Submit every pending task, mark what comes back, and count it in the summary."""
+        done = self.store.done_matrix()
+        self.summary.units_total, self.summary.units_skipped = done.size, int(done.sum())
+        if done.all():
             return
-        self._slots.acquire()
-        self._pool.submit(self._write, config_index, chunk, latents).add_done_callback(self._finished)
-
-    def _write_gathered(self) -> None:
-        units, self._gathered = self._gathered, []
-        try:
-            for _ in self._pool.map(lambda unit: self._write(*unit), units):
-                pass
-        except OSError as error:
-            raise _write_error(error, self.store) from None
-
-    def _finished(self, future: Future) -> None:
-        if future.exception() is not None and self._error is None:
-            self._error = future.exception()  # before the slot frees, so no further unit is queued
-        self._slots.release()
-
-    def _raise_if_failed(self) -> None:
-        if self._error is not None:
-            raise _write_error(self._error, self.store)
-
-    def __enter__(self) -> ChunkWriter:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        try:
-            if exc[0] is None:
-                self._write_gathered()  # units gathered but not yet written; dropped (unmarked) after an error
-        finally:
-            self._pool.shutdown(wait=True)
-        if exc[0] is None:
-            self._raise_if_failed()
-
-
-def _write_error(error: BaseException, store: Store) -> BaseException:
-    if isinstance(error, OSError):
-        where = error.filename or store.path
-        return SaezarrError(
-            f"{store.path}: writing failed at {where}: {error.strerror or error}; "
-            "fix the cause, then rerun the same command with --resume (in place of --overwrite, if given)",
-            exit_code=1,
-        )
-    return error
+        options, plan = self.options, self.plan
+        spec = ComputeSpec(model=plan.model_info, device=plan.device, dtype=options.dtype,
+                           batch_size=self.store.attrs.get("batch_size", DEFAULT_BATCH_SIZE),
+                           store=self.store.path.resolve(), write_threads=options.workers,
+                           overlap_writes=options.overlap_writes)
+        if options.cluster.local_workers is not None:
+            spec = local_spec(spec, options.cluster.local_workers, options.workers)
+        # on CUDA the default budget is what the loaded model leaves free on the tightest worker
+        self.sae_memory = options.sae_memory or cluster_sae_memory(self.client, options.cluster, spec)
+        work = pending_work(self.store, plan.saes, self.sae_memory, options.max_chunks)
+        results = run_tasks(self.client, options.cluster, spec, FragmentIndex.of(plan.fragments), work, self.store,
+                            options.quiet)
+        # every task has finished: a temporary shard file left now is a killed worker's, whose task ran again
+        self.store.discard_partial_writes()
+        self.summary.model_passes = len(work)
+        self.summary.sae_loads = sum(result.sae_loads for result in results)
+        self.summary.forward_batches = sum(result.forward_batches for result in results)
+        self.summary.units_written = sum(len(result.units) for result in results)
+        self.summary.workers = sorted({result.worker for result in results})

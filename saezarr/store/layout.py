@@ -79,9 +79,10 @@ class Store:
 
     def is_done(self, config_index: int, chunk: int) -> bool:
         """True if the unit is marked complete and the data file it marks is there."""
-        return self._mark(config_index, chunk).exists() and self._shard_written(config_index, chunk)
+        return self._mark(config_index, chunk).exists() and self.shard_written(config_index, chunk)
 
-    def _shard_written(self, config_index: int, chunk: int) -> bool:
+    def shard_written(self, config_index: int, chunk: int) -> bool:
+        """True if the unit's shard file is there and not empty (marked or not)."""
         shard = self._shard_file(config_index, chunk)
         return shard.is_file() and shard.stat().st_size > 0
 
@@ -94,7 +95,7 @@ class Store:
                 continue
             for entry in os.scandir(folder):
                 if entry.name.isdigit() and int(entry.name) < self.n_chunks:
-                    done[ci, int(entry.name)] = self._shard_written(ci, int(entry.name))
+                    done[ci, int(entry.name)] = self.shard_written(ci, int(entry.name))
         return done
 
     def read_chunk(
@@ -125,6 +126,11 @@ class Store:
 
     def write_chunk(self, config_index: int, chunk: int, latents: np.ndarray) -> None:
         """Write one unit's latents, then mark it complete."""
+        self.write_shard(config_index, chunk, latents)
+        self.mark_done(config_index, chunk)
+
+    def write_shard(self, config_index: int, chunk: int, latents: np.ndarray) -> None:
+        """Write one unit's latents durably, without marking it: any process may do this, the writer marks."""
         expected = (self.chunk_size(chunk), self.width)
         if latents.shape != expected:
             raise ValueError(f"unit ({config_index}, {chunk}) takes latents of shape {expected}, got {latents.shape}")
@@ -135,6 +141,9 @@ class Store:
         else:
             data = self._encode_with_zarr(config_index, chunk, latents)
         _write_durably(self._shard_file(config_index, chunk), data)
+
+    def mark_done(self, config_index: int, chunk: int) -> None:
+        """Mark a unit complete; only once its shard is durable."""
         mark = self._mark(config_index, chunk)
         mark.parent.mkdir(parents=True, exist_ok=True)
         mark.touch()

@@ -1,0 +1,299 @@
+"""A build's unit of work, wherever it runs: one fragment chunk through one SAE pass, written shard by shard.
+
+What a task computes is described by picklable values (`ComputeSpec`, `FragmentIndex`, `PassSpec`); `run_task`
+computes one (pass, chunk) task and writes its shards durably without marking them, so running it twice writes
+the same bytes. A process keeps its model and its current pass's encoders across tasks (`loaded`). Runners decide
+where tasks run and mark what they report: `pipeline` in this process, `cluster` on dask.distributed workers.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from saezarr.build.fragments import Fragments
+from saezarr.build.memory import default_sae_memory, units_in_flight, writer_threads
+from saezarr.build.residuals import ModelInfo, ResidualReader, load_model
+from saezarr.build.sae import JumpReLUEncoder, SAEFile, plan_passes
+from saezarr.errors import SaezarrError
+from saezarr.store.layout import Store
+
+
+@dataclass(frozen=True)
+class FragmentIndex:
+    """What the model reads of the fragments: each sentence's token ids, and each fragment's sentence and position."""
+
+    token_ids: tuple[np.ndarray, ...]
+    sentences: np.ndarray
+    positions: np.ndarray
+
+    @classmethod
+    def of(cls, fragments: Fragments) -> FragmentIndex:
+        """The index of a fragment table."""
+        return cls(
+            token_ids=tuple(fragments.token_ids),
+            sentences=fragments.table["sentence_index"].to_numpy(),
+            positions=fragments.table["token_position"].to_numpy(),
+        )
+
+
+@dataclass(frozen=True)
+class ComputeSpec:
+    """What every task of a build shares: the model and how to run it, and the store the shards go to."""
+
+    model: ModelInfo
+    device: str
+    dtype: str
+    batch_size: int
+    store: Path
+    torch_threads: int | None = None  # None: the process's own setting
+    write_threads: int | None = None  # None: one per usable core
+    overlap_writes: bool | None = None  # None: on GPUs only
+
+
+@dataclass(frozen=True)
+class PassSpec:
+    """One SAE pass: the SAEs encoded from one model pass, and the store's config index of each."""
+
+    saes: tuple[SAEFile, ...]
+    rows: tuple[int, ...]
+
+    @property
+    def layers(self) -> list[int]:
+        """The layers whose residuals the pass reads."""
+        return sorted({sae.config.layer for sae in self.saes})
+
+
+@dataclass(frozen=True)
+class Task:
+    """One fragment chunk through one pass, writing the units of `rows` (the pass's configs not yet done)."""
+
+    pass_index: int
+    chunk: int
+    rows: tuple[int, ...]
+
+
+@dataclass
+class TaskResult:
+    """What a task wrote (each unit durable, none marked) and what it cost."""
+
+    units: list[tuple[int, int]]
+    forward_batches: int = 0
+    model_loads: int = 0
+    sae_loads: int = 0
+    worker: str = ""
+
+
+def pending_work(store: Store, saes: Sequence[SAEFile], sae_memory: int, max_chunks: int | None = None) -> list[tuple[PassSpec, list[Task]]]:
+    """Each pass that has units left, with one task per chunk that lacks one of its units; `max_chunks` caps the tasks."""
+    done = store.done_matrix()
+    index = {name: i for i, name in enumerate(store.config_names)}
+    work = []
+    for group in plan_passes(list(saes), sae_memory):
+        rows = tuple(index[sae.config.name] for sae in group)
+        tasks = [
+            Task(len(work), int(chunk), tuple(r for r in rows if not done[r, chunk]))
+            for chunk in np.flatnonzero(~done[list(rows)].all(axis=0))
+        ]
+        if max_chunks is not None:
+            tasks, max_chunks = tasks[:max_chunks], max_chunks - min(len(tasks), max_chunks)
+        if tasks:
+            work.append((PassSpec(tuple(group), rows), tasks))
+    return work
+
+
+def overlaps_writes(device: str) -> bool:
+    """Whether writes run behind the compute by default: on a GPU yes, on a CPU they would compete for its cores."""
+    return torch.device(device).type != "cpu"
+
+
+def chunk_residuals(reader: ResidualReader, fragments: FragmentIndex, start: int, stop: int, batch_size: int) -> tuple[dict[int, torch.Tensor], int]:
+    """Residuals of fragments [start, stop), and the forward batches run; the chunk alone decides its batches."""
+    sentences, positions = fragments.sentences[start:stop], fragments.positions[start:stop]
+    unique = list(dict.fromkeys(sentences.tolist()))
+    parts: dict[int, list[torch.Tensor]] = {}
+    batches = 0
+    for first in range(0, len(unique), batch_size):
+        batch = unique[first : first + batch_size]
+        in_batch = np.isin(sentences, batch)
+        row_of = {s: r for r, s in enumerate(batch)}
+        rows = np.array([row_of[s] for s in sentences[in_batch]])
+        # a causal model needs no token after the chunk's last fragment of a sentence
+        token_ids = [fragments.token_ids[s][: positions[sentences == s].max() + 1] for s in batch]
+        captured = reader.read(token_ids, rows, positions[in_batch])
+        batches += 1
+        for layer, tensor in captured.items():
+            parts.setdefault(layer, []).append(tensor)
+    return {layer: torch.cat(tensors) for layer, tensors in parts.items()}, batches
+
+
+def compute_chunk(reader: ResidualReader, encoders: Sequence[JumpReLUEncoder], pass_: PassSpec, fragments: FragmentIndex,
+                  task: Task, batch_size: int, writer: ChunkWriter) -> int:
+    """Run one chunk through the model once and through the pass's SAEs for `task.rows`; return the forward batches."""
+    start, stop = writer.store.chunk_bounds(task.chunk)
+    residuals, batches = chunk_residuals(reader, fragments, start, stop, batch_size)
+    for sae, encoder, row in zip(pass_.saes, encoders, pass_.rows):
+        if row in task.rows:
+            # the chunk's latents reach the host once, into a buffer the writer recycles
+            latents = writer.host_buffer(stop - start, writer.store.width)
+            writer.submit(row, task.chunk, encoder.encode(residuals[sae.config.layer], out=latents))
+    return batches
+
+
+class ChunkWriter:
+    """Compresses and writes units on worker threads, holding a bounded number of units so memory stays flat.
+
+    With `overlap` (for GPUs), units queue behind the compute. Without it (for CPUs), units gather until there is one
+    per thread, then all are written at once while the compute waits: writer threads running beside the model's
+    OpenMP threads stall its matmuls, which made overlapped builds slower (scripts/BENCHMARKS.md). With `mark`, each
+    unit is marked done once written; without, the units written are listed in `written` for a runner to mark.
+    """
+
+    def __init__(self, store: Store, workers: int | None = None, overlap: bool = True, mark: bool = True,
+                 buffers: list[torch.Tensor] | None = None):
+        self.store = store
+        self.workers = writer_threads(workers)
+        self.overlap = overlap
+        self.mark = mark
+        self.written: list[tuple[int, int]] = []
+        # units held on the host at once (queued, or gathered), each a chunk_fragments x width float32 buffer
+        self.units = units_in_flight(self.workers, 4 * store.chunk_fragments * store.width, overlap)
+        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="saezarr-write")
+        self._slots = threading.BoundedSemaphore(self.units)
+        self._gathered: list[tuple[int, int, torch.Tensor]] = []
+        self._free: list[torch.Tensor] = [] if buffers is None else buffers  # a list kept across writers, if given
+        self._free_lock = threading.Lock()
+        self._error: BaseException | None = None
+
+    def host_buffer(self, rows: int, width: int) -> torch.Tensor:
+        """A float32 host tensor for a unit's latents: one whose unit is written, else a new one."""
+        # reusing them spares the page faults of a fresh tensor per unit (about 11% of a write-bound build)
+        with self._free_lock:
+            self._free[:] = [buffer for buffer in self._free if buffer.shape == (rows, width)]
+            if self._free:
+                return self._free.pop()
+        return torch.empty((rows, width), dtype=torch.float32)
+
+    def _write(self, config_index: int, chunk: int, latents: torch.Tensor) -> None:
+        if self.mark:
+            self.store.write_chunk(config_index, chunk, latents.numpy())
+        else:
+            self.store.write_shard(config_index, chunk, latents.numpy())
+        with self._free_lock:
+            self._free.append(latents)
+            self.written.append((config_index, chunk))
+
+    def submit(self, config_index: int, chunk: int, latents: torch.Tensor) -> None:
+        """Hand over one unit; blocks while units are being written or the queue is full, and raises write errors."""
+        self._raise_if_failed()
+        if not self.overlap:
+            self._gathered.append((config_index, chunk, latents))
+            if len(self._gathered) >= self.units:
+                self._write_gathered()
+            return
+        self._slots.acquire()
+        self._pool.submit(self._write, config_index, chunk, latents).add_done_callback(self._finished)
+
+    def _write_gathered(self) -> None:
+        units, self._gathered = self._gathered, []
+        try:
+            for _ in self._pool.map(lambda unit: self._write(*unit), units):
+                pass
+        except OSError as error:
+            raise write_error(error, self.store.path) from None
+
+    def _finished(self, future: Future) -> None:
+        if future.exception() is not None and self._error is None:
+            self._error = future.exception()  # before the slot frees, so no further unit is queued
+        self._slots.release()
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise write_error(self._error, self.store.path)
+
+    def __enter__(self) -> ChunkWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if exc[0] is None:
+                self._write_gathered()  # units gathered but not yet written; dropped (unmarked) after an error
+        finally:
+            self._pool.shutdown(wait=True)
+        if exc[0] is None:
+            self._raise_if_failed()
+
+
+def write_error(error: BaseException, store: Path) -> BaseException:
+    """A failed write as one line saying how to continue; other errors unchanged."""
+    if isinstance(error, OSError):
+        where = error.filename or store
+        return SaezarrError(
+            f"{store}: writing failed at {where}: {error.strerror or error}; "
+            "fix the cause, then rerun the same command with --resume (in place of --overwrite, if given)",
+            exit_code=1,
+        )
+    return error
+
+
+@dataclass
+class _Loaded:
+    """What one process keeps across tasks: the model, the open store, and the current pass's encoders."""
+
+    spec: ComputeSpec
+    model: torch.nn.Module
+    store: Store
+    pass_: PassSpec | None = None
+    encoders: list[JumpReLUEncoder] = field(default_factory=list)
+    buffers: list[torch.Tensor] = field(default_factory=list)  # host buffers for latents, recycled across tasks
+
+
+_loaded: _Loaded | None = None
+_one_task_at_a_time = threading.Lock()  # tasks share the model and its hooks: a worker with many threads queues them
+
+
+def _model_loaded(spec: ComputeSpec) -> int:
+    """Load the model (and open the store) for a spec unless this process has them; return the model loads done."""
+    global _loaded
+    if _loaded is not None and _loaded.spec == spec:
+        return 0
+    _loaded = None  # the old model goes before the new one loads
+    if spec.torch_threads:
+        torch.set_num_threads(spec.torch_threads)
+    _loaded = _Loaded(spec, load_model(spec.model, spec.device, spec.dtype), Store(spec.store, mode="r+"))
+    return 1
+
+
+def loaded(spec: ComputeSpec, pass_: PassSpec) -> tuple[_Loaded, int, int]:
+    """This process's model and encoders for a pass, loading what is not kept yet; also the model and SAE loads done."""
+    model_loads, sae_loads = _model_loaded(spec), 0
+    if _loaded.pass_ != pass_:
+        _loaded.pass_, _loaded.encoders = None, []  # one pass's encoders at a time: what --sae-memory budgets
+        _loaded.encoders = [JumpReLUEncoder.load(sae, spec.device) for sae in pass_.saes]
+        _loaded.pass_ = pass_
+        sae_loads = len(pass_.saes)
+    return _loaded, model_loads, sae_loads
+
+
+def device_budget(spec: ComputeSpec) -> int:
+    """This process's default `--sae-memory`: what its device leaves free once the model is loaded (kept for tasks)."""
+    with _one_task_at_a_time:
+        _model_loaded(spec)
+    return default_sae_memory(spec.device)
+
+
+def run_task(spec: ComputeSpec, fragments: FragmentIndex, pass_: PassSpec, task: Task) -> TaskResult:
+    """Compute one task and write its units' shards durably, unmarked; rerunning it writes the same bytes."""
+    overlap = overlaps_writes(spec.device) if spec.overlap_writes is None else spec.overlap_writes
+    with _one_task_at_a_time:
+        state, model_loads, sae_loads = loaded(spec, pass_)
+        writer = ChunkWriter(state.store, spec.write_threads, overlap, mark=False, buffers=state.buffers)
+        with ResidualReader(state.model, pass_.layers) as reader, writer:
+            batches = compute_chunk(reader, state.encoders, pass_, fragments, task, spec.batch_size, writer)
+    return TaskResult(sorted(writer.written), batches, model_loads, sae_loads)
