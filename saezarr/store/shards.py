@@ -53,6 +53,10 @@ class ShardEncoder:
         zstd = Zstd(level=inner[1].level, checksum=inner[1].checksum)
         return cls(shard_rows=shard[1], inner_width=chunk[2], width=shard[2], fill_value=float(array.fill_value), zstd=zstd)
 
+    def __reduce__(self):
+        # pickled for dask workers: a fresh per-thread buffer there
+        return type(self), (self.shard_rows, self.inner_width, self.width, self.fill_value, self.zstd)
+
     def encode(self, rows: np.ndarray) -> list[bytes]:
         """The shard file's content as a list of byte strings: compressed inner chunks, then the index."""
         parts = [self._encode_inner_chunk(rows, start) for start in range(0, rows.shape[1], self.inner_width)]
