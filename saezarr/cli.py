@@ -236,6 +236,8 @@ def _analysis_cluster(args):
     """With --scheduler or --scheduler-file, the analysis's dask computations run on that cluster."""
     import contextlib
 
+    if args.scheduler is None and args.scheduler_file is None:  # nor import the cluster module: it imports torch
+        return contextlib.nullcontext()
     cluster = _cluster_options(args)
     if not cluster.wanted:
         return contextlib.nullcontext()

@@ -82,3 +82,82 @@ def test_latents_of_the_wrong_shape_are_refused_before_anything_is_written(tmp_p
         store.write_chunk(1, 2, np.zeros((100, 512), dtype=np.float32))
     assert not store._shard_file(1, 2).exists()
     assert not store.done_matrix().any()
+
+
+def _bits(values: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(values).view(np.uint32)
+
+
+@pytest.mark.parametrize("layout", ["saezarr's shards", "zarr's fallback"])
+def test_read_chunk_equals_zarrs_read_including_unwritten_units(tmp_path, layout):
+    store = _new_store(tmp_path / "s.zarr", 250, 6144, 100)
+    if layout == "zarr's fallback":
+        store._shard_encoder = None
+    rng = np.random.default_rng(5)
+    for ci, chunk in [(0, 0), (0, 2), (1, 1)]:  # (0, 1), (1, 0) and (1, 2) are never written: NaN
+        start, stop = store.chunk_bounds(chunk)
+        store.write_chunk(ci, chunk, _latents(rng, stop - start, 6144))
+    expected = zarr.open_array(tmp_path / "s.zarr" / ACTIVATIONS, mode="r")[:]
+    rows = np.array([0, 3, 3, 17])
+    for ci in range(len(CONFIGS)):
+        for chunk in range(store.n_chunks):
+            start, stop = store.chunk_bounds(chunk)
+            whole = store.read_chunk(ci, chunk, np.copy)
+            np.testing.assert_array_equal(_bits(whole), _bits(expected[ci, start:stop]))
+            picked = store.read_chunk(ci, chunk, lambda block: block[rows])
+            np.testing.assert_array_equal(_bits(picked), _bits(expected[ci, start:stop][rows]))
+            peak = store.read_chunk(ci, chunk, lambda block: np.maximum.reduceat(block, [0, 40], axis=0))
+            np.testing.assert_array_equal(peak, np.maximum.reduceat(expected[ci, start:stop], [0, 40], axis=0))
+    assert np.isnan(store.read_chunk(1, 0, np.copy)).all()
+
+
+def test_inner_chunks_zarr_left_out_read_as_the_fill_value(tmp_path):
+    store = _new_store(tmp_path / "s.zarr", 100, 6144, 100)
+    latents = _latents(np.random.default_rng(6), 100, 6144)
+    latents[:, 2048:4096] = np.nan  # zarr skips an inner chunk that holds only the fill value
+    zarr.open_array(tmp_path / "s.zarr" / ACTIVATIONS, mode="r+")[0, :, :] = latents
+    data = store._shard_file(0, 0).read_bytes()
+    index = np.frombuffer(data[-(3 * 16 + 4) : -4], dtype="<u8").reshape(3, 2)
+    assert (index[1] == 2**64 - 1).all()  # the middle inner chunk is missing from the shard
+    np.testing.assert_array_equal(_bits(store.read_chunk(0, 0, np.copy)), _bits(latents))
+
+
+def test_a_damaged_shard_index_is_refused(tmp_path):
+    store = _new_store(tmp_path / "s.zarr", 100, 4096, 100)
+    store.write_chunk(0, 0, _latents(np.random.default_rng(7), 100, 4096))
+    path = store._shard_file(0, 0)
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(RuntimeError, match="(?i)checksum"):
+        store.read_chunk(0, 0, np.copy)
+
+
+@pytest.mark.parametrize("layout", ["saezarr's shards", "zarr's fallback"])
+def test_read_columns_equals_zarrs_read(tmp_path, layout):
+    store = _new_store(tmp_path / "s.zarr", 250, 6144, 100)
+    if layout == "zarr's fallback":
+        store._shard_encoder = None
+    rng = np.random.default_rng(9)
+    for chunk in range(store.n_chunks):
+        start, stop = store.chunk_bounds(chunk)
+        store.write_chunk(0, chunk, _latents(rng, stop - start, 6144))
+    expected = zarr.open_array(tmp_path / "s.zarr" / ACTIVATIONS, mode="r")[:]
+    features = np.array([5, 2047, 2048, 6000, 6143])  # in the first and last inner chunks, and across an edge
+    for ci in range(len(CONFIGS)):  # config 1 was never written: NaN
+        for chunk in range(store.n_chunks):
+            start, stop = store.chunk_bounds(chunk)
+            np.testing.assert_array_equal(
+                _bits(store.read_columns(ci, chunk, features)), _bits(expected[ci, start:stop][:, features])
+            )
+
+
+def test_a_pickled_store_reads_the_same(tmp_path):
+    """dask workers get the store pickled: its shard encoder comes back with a fresh per-thread buffer."""
+    import pickle
+
+    store = _new_store(tmp_path / "s.zarr", 100, 4096, 100)
+    store.write_chunk(0, 0, _latents(np.random.default_rng(10), 100, 4096))
+    store.read_chunk(0, 0, np.copy)  # the buffer exists before pickling
+    copy = pickle.loads(pickle.dumps(store))
+    np.testing.assert_array_equal(_bits(copy.read_chunk(0, 0, np.copy)), _bits(store.read_chunk(0, 0, np.copy)))

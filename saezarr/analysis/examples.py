@@ -99,8 +99,7 @@ def _token_activations(top: pd.DataFrame, picks: list[dict], store: Store, fragm
     def read(unit: tuple[int, int]) -> None:
         ci, chunk = unit
         fids = sorted(wanted[unit])
-        start, stop = store.chunk_bounds(chunk)
-        block = store.array.get_orthogonal_selection((ci, slice(start, stop), fids))
+        block = store.read_columns(ci, chunk, np.array(fids, dtype=np.int64))
         values[unit] = {f: block[:, j] for j, f in enumerate(fids)}
 
     with ThreadPoolExecutor(max_workers=usable_cores()) as pool:

@@ -27,6 +27,9 @@ METRICS = (
     "auroc_3v0",
     "cohens_d_3v0",
 )
+# a mostly-zero array's positive entries: row, column and value, sorted by column, then value
+Positives = tuple[np.ndarray, np.ndarray, np.ndarray]
+GROUPED = (3, 0, 1, 2)  # the order of the labels' rows in _metrics
 # bytes of one float64 [sentences x features] block in the metrics pass; its temporaries are a few times this
 BLOCK_BYTES = 16 * 2**20
 
@@ -77,15 +80,43 @@ def _block_metrics(block: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def block_metrics(x: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
     """Every metric of a [sentences, features] array, one value per feature, in METRICS order."""
-    x = np.asarray(x, dtype=np.float64)
-    y = labels.astype(np.float64)
-    masks = {k: labels == k for k in LABELS}
-    counts = {k: int(m.sum()) for k, m in masks.items()}
-    means = {k: x[masks[k]].mean(axis=0) if counts[k] else np.zeros(x.shape[1]) for k in LABELS}
-    std = x.std(axis=0)
-    pearson = _pearson(x, y)
-    spearman = _pearson(average_ranks(x), average_ranks(y[:, None])[:, 0])
-    x0, x3 = x[masks[0]], x[masks[3]]
+    x = np.asarray(x)
+    out = _all_zero_metrics(labels, x.shape[1])
+    # SAE activations are mostly exact zeros: an all-zero column's metrics are known without looking at it
+    active = np.flatnonzero(np.count_nonzero(x, axis=0))
+    if len(active):
+        # rows grouped by label, 3 and 0 first: each label's rows, and label 3's then label 0's, are slices
+        order = np.argsort((labels + 1) % 4, kind="stable")
+        for name, values in _metrics(x[np.ix_(order, active)].astype(np.float64), labels[order]).items():
+            out[name][active] = values
+    return out
+
+
+def _all_zero_metrics(labels: np.ndarray, n_features: int) -> dict[str, np.ndarray]:
+    """The metrics of features that are 0.0 for every sentence (what _metrics gives for them)."""
+    counts = {k: int((labels == k).sum()) for k in LABELS}
+    both = counts[0] > 0 and counts[3] > 0
+    values = {name: np.nan for name in METRICS}
+    values.update({f"mean_label_{k}": 0.0 for k in LABELS})
+    values.update({"monotonic": 1.0, "frac_active": 0.0, "max_activation": 0.0, "auroc_3v0": 0.5 if both else np.nan})
+    values.update({f"frac_active_label_{k}": 0.0 for k in LABELS if counts[k]})
+    return {name: np.full(n_features, values[name]) for name in METRICS}
+
+
+def _metrics(x: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+    """Every metric of a float64 [sentences, features] array whose rows are grouped by label, label 3's and label 0's
+    first, one value per feature, in METRICS order."""
+    counts = {k: int((labels == k).sum()) for k in LABELS}
+    starts = np.cumsum([0, *(counts[k] for k in GROUPED)])
+    rows = {k: x[starts[i] : starts[i + 1]] for i, k in enumerate(GROUPED)}
+    means = {k: rows[k].mean(axis=0) if counts[k] else np.zeros(x.shape[1]) for k in LABELS}
+    positives = _positive_entries(x) if _mostly_zero(x) else None
+    y = labels - labels.mean()
+    squares, covariance = _moments(x, y, positives)
+    std = np.sqrt(squares / len(x))
+    pearson = _correlation(squares, covariance, y)
+    spearman = _spearman(x, _label_ranks(labels), positives)
+    x0, x3 = rows[0], rows[3]
     if counts[0] and counts[3]:
         threshold = np.percentile(x0, 95, axis=0)
         tpr = (x3 > threshold).mean(axis=0)
@@ -105,10 +136,10 @@ def block_metrics(x: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
         "fpr": fpr,
         "interpretability_score": 0.4 * pearson + 0.3 * separation + 0.3 * (tpr - fpr),
         "frac_active": (x > 0).mean(axis=0),
-        **{f"frac_active_label_{k}": (x[masks[k]] > 0).mean(axis=0) if counts[k] else np.full(x.shape[1], np.nan)
+        **{f"frac_active_label_{k}": (rows[k] > 0).mean(axis=0) if counts[k] else np.full(x.shape[1], np.nan)
            for k in LABELS},
         "max_activation": x.max(axis=0),
-        "auroc_3v0": _auroc(x3, x0),
+        "auroc_3v0": _auroc(x[: counts[3] + counts[0]], counts[3], positives),
         "cohens_d_3v0": _cohens_d(x3, x0),
     }
     constant = x.max(axis=0) == x.min(axis=0)
@@ -118,46 +149,106 @@ def block_metrics(x: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def _pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Pearson correlation of every column of x with y (NaN where either is constant)."""
-    xc = x - x.mean(axis=0)
-    yc = y - y.mean()
+def _label_ranks(labels: np.ndarray) -> np.ndarray:
+    """Average ranks of the integer labels (ties share their mean rank), as scipy.stats.rankdata."""
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    below = np.cumsum(counts) - counts
+    return (below + (counts + 1) / 2)[inverse].astype(np.float64)
+
+
+def _moments(x: np.ndarray, yc: np.ndarray, positives: Positives | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per column of x: the sum of squared deviations from its mean, and the sum of those deviations times yc."""
+    if positives is None:
+        xc = x - x.mean(axis=0)
+        # xc.T @ yc, not yc @ xc: the same sums, but BLAS runs it several times faster on C-ordered xc
+        return np.einsum("ij,ij->j", xc, xc), xc.T @ yc
+    # from the positive entries alone: a column's zeros deviate by -mean, and add nothing to sum(x * yc)
+    rows, cols, values = positives
+    n_rows, n_cols = x.shape
+    mean = np.bincount(cols, values, minlength=n_cols) / n_rows
+    zeros = n_rows - np.bincount(cols, minlength=n_cols)
+    squares = np.bincount(cols, (values - mean[cols]) ** 2, minlength=n_cols) + zeros * mean**2
+    return squares, np.bincount(cols, yc[rows] * values, minlength=n_cols) - mean * yc.sum()
+
+
+def _correlation(squares: np.ndarray, covariance: np.ndarray, yc: np.ndarray) -> np.ndarray:
+    """Pearson correlation from _moments (NaN where either side is constant)."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        r = (yc @ xc) / np.sqrt((xc * xc).sum(axis=0) * (yc @ yc))
-    return np.clip(r, -1.0, 1.0)
+        return np.clip(covariance / np.sqrt(squares * (yc @ yc)), -1.0, 1.0)
+
+
+def _spearman(x: np.ndarray, label_ranks: np.ndarray, positives: Positives | None) -> np.ndarray:
+    """Spearman correlation of every column of x with the labels: Pearson's of their average ranks."""
+    yc = label_ranks - label_ranks.mean()
+    if positives is None:
+        return _correlation(*_moments(average_ranks(x), yc, None), yc)
+    # from the positive entries alone: a column's zeros share rank c, and every column's ranks average (n + 1) / 2
+    rows, cols, values = positives
+    n_rows, n_cols = x.shape
+    zeros, ranks = _positive_ranks(n_rows, n_cols, cols, values)
+    c, middle = (zeros + 1) / 2, (n_rows + 1) / 2
+    squares = np.bincount(cols, (ranks - middle) ** 2, minlength=n_cols) + zeros * (c - middle) ** 2
+    covariance = np.bincount(cols, yc[rows] * (ranks - c[cols]), minlength=n_cols) + (c - middle) * yc.sum()
+    return _correlation(squares, covariance, yc)
+
+
+def _auroc(x30: np.ndarray, n3: int, positives: Positives | None) -> np.ndarray:
+    """P(a label-3 sentence outscores a label-0 one), ties counting half: Mann-Whitney U / (n3 n0), from the rows of
+    label 3 followed by those of label 0 (the first rows of the array `positives` describes)."""
+    n0 = len(x30) - n3
+    if not n3 or not n0:
+        return np.full(x30.shape[1], np.nan)
+    if positives is None:
+        rank_sum3 = average_ranks(x30)[:n3].sum(axis=0)
+    else:
+        rows, cols, values = positives
+        inside = rows < len(x30)  # still sorted by column, then value
+        rows, cols, values = rows[inside], cols[inside], values[inside]
+        zeros, ranks = _positive_ranks(len(x30), x30.shape[1], cols, values)
+        of3 = rows < n3
+        positive3 = np.bincount(cols[of3], minlength=x30.shape[1])
+        rank_sum3 = np.bincount(cols[of3], ranks[of3], minlength=x30.shape[1]) + (n3 - positive3) * (zeros + 1) / 2
+    return (rank_sum3 - n3 * (n3 + 1) / 2) / (n3 * n0)
 
 
 def average_ranks(x: np.ndarray) -> np.ndarray:
     """Ranks of each column of x (ties get their average rank), as scipy.stats.rankdata(x, axis=0)."""
-    if x.size == 0 or x.min() < 0 or (x > 0).mean() > 0.25:
+    if not _mostly_zero(x):
         from scipy.stats import rankdata  # imported here: a cached rerun never ranks (a 1 s import)
 
         return rankdata(x, axis=0)
-    # SAE activations are mostly exact zeros: those tie at the bottom, so only the positive values need sorting
-    n_rows, n_cols = x.shape
-    zeros = n_rows - np.count_nonzero(x, axis=0)
-    ranks = np.broadcast_to((zeros + 1) / 2, x.shape).copy()
+    rows, cols, values = _positive_entries(x)
+    zeros, ranks = _positive_ranks(*x.shape, cols, values)
+    out = np.broadcast_to((zeros + 1) / 2, x.shape).copy()
+    out[rows, cols] = ranks
+    return out
+
+
+def _mostly_zero(x: np.ndarray) -> bool:
+    """Whether x is non-negative with at most a quarter of its entries positive (SAE activations are)."""
+    return x.size > 0 and not x.min() < 0 and (x > 0).mean() <= 0.25
+
+
+def _positive_entries(x: np.ndarray) -> Positives:
+    """The nonzero entries of x as (row, column, value), sorted by column, then value."""
     rows, cols = np.nonzero(x)
-    if not len(rows):
-        return ranks
     values = x[rows, cols]
     order = np.lexsort((values, cols))
-    rows, cols, values = rows[order], cols[order], values[order]
+    return rows[order], cols[order], values[order]
+
+
+def _positive_ranks(n_rows: int, n_cols: int, cols: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each column's number of zeros, and the average rank within its column of each positive entry (sorted by
+    column, then value) of a non-negative [n_rows, n_cols] array: the zeros tie at the bottom, so only the positive
+    values need sorting."""
+    zeros = n_rows - np.bincount(cols, minlength=n_cols)
+    if not len(cols):
+        return zeros, np.empty(0)
     position = np.arange(len(cols)) - np.searchsorted(cols, np.arange(n_cols))[cols]  # among the column's positives
     starts = np.flatnonzero(np.r_[True, (cols[1:] != cols[:-1]) | (values[1:] != values[:-1])])
     sizes = np.diff(np.r_[starts, len(cols)])
     tied = np.repeat(position[starts] + (sizes - 1) / 2, sizes)  # a run of equal values shares its average position
-    ranks[rows, cols] = zeros[cols] + tied + 1
-    return ranks
-
-
-def _auroc(x3: np.ndarray, x0: np.ndarray) -> np.ndarray:
-    """P(a label-3 sentence outscores a label-0 one), ties counting half: Mann-Whitney U / (n3 n0)."""
-    n3, n0 = len(x3), len(x0)
-    if not n3 or not n0:
-        return np.full(x3.shape[1], np.nan)
-    ranks = average_ranks(np.concatenate([x3, x0]))
-    return (ranks[:n3].sum(axis=0) - n3 * (n3 + 1) / 2) / (n3 * n0)
+    return zeros, zeros[cols] + tied + 1
 
 
 def _cohens_d(x3: np.ndarray, x0: np.ndarray) -> np.ndarray:

@@ -78,13 +78,18 @@ class AnalyzeSummary:
 
 def analyze(options: AnalyzeOptions) -> AnalyzeSummary:
     """Compute (or reuse) every selected feature's metrics, rank them, pick examples and write DIR."""
+    with _local_dask():
+        return _analyze(options)
+
+
+def _analyze(options: AnalyzeOptions) -> AnalyzeSummary:
     started = time.perf_counter()
     check_options(options)
     store = open_existing(options.store)
     check_output(Path(options.output), options.overwrite)
     indices = _finished_selection(store, options)
-    ds = open_store(store.path).isel(config=indices)
-    like = sentence_activations(ds, options.pool)
+    ds = open_store(store.path, dask=False).isel(config=indices)
+    like = sentence_activations(ds, options.pool, store)
     cache = AnalysisCache(fingerprint(store, options.pool, indices), options.cache)
     reused = cache.complete
     if reused:
@@ -156,6 +161,20 @@ def _progress(quiet: bool):
         yield
 
 
+@contextlib.contextmanager
+def _local_dask():
+    """dask's threaded scheduler and task rechunking, named so that dask does not import distributed (0.3-1 s) to
+    look for a client; where distributed is imported already, a client may be running, and dask chooses as usual."""
+    if "distributed" in sys.modules:
+        yield
+        return
+    import dask
+    import dask.threaded
+
+    with dask.config.set({"scheduler": dask.threaded.get, "array.rechunk.method": "tasks"}):
+        yield
+
+
 def features_table(metrics: xr.Dataset, options: AnalyzeOptions) -> pd.DataFrame:
     """features.parquet: one row per (config, feature) with every metric, passes_filter and neuronpedia_url."""
     passing = passes_filter(metrics, options.min_pearson, options.min_tpr, options.max_fpr)
@@ -183,9 +202,11 @@ def _sources(metrics: xr.Dataset) -> np.ndarray:
 
 def neuronpedia_urls(sources: np.ndarray, feature_ids: np.ndarray) -> np.ndarray:
     """`https://www.neuronpedia.org/{source}/{feature_id}`, or "" where the SAE has no source."""
-    sources = pd.Series(sources, dtype=object)
-    urls = NEURONPEDIA + "/" + sources + "/" + pd.Series(feature_ids).astype(str)
-    return np.where(sources.to_numpy() != "", urls.to_numpy(), "")
+    sources = np.asarray(sources, dtype=object)
+    urls = np.full(len(sources), "", dtype=object)
+    linked = sources != ""  # only these need a string built (most SAEs have no source)
+    urls[linked] = NEURONPEDIA + "/" + sources[linked] + "/" + np.asarray(feature_ids)[linked].astype(str).astype(object)
+    return urls
 
 
 def ranked_table(features: pd.DataFrame) -> pd.DataFrame:

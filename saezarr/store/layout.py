@@ -11,7 +11,7 @@ import secrets
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import dask.array as da
@@ -58,6 +58,7 @@ class Store:
         self.config_names: list[str] = list(self.attrs["configs"])
         self.marks = self.path / STATE_GROUP / "done"
         self._shard_encoder = ShardEncoder.for_array(self.array)
+        self.feature_chunk = self.array.chunks[2]  # features per (inner) chunk
 
     def chunk_bounds(self, chunk: int) -> tuple[int, int]:
         """Fragment index range [start, stop) of a fragment chunk."""
@@ -96,6 +97,32 @@ class Store:
                 if entry.name.isdigit() and int(entry.name) < self.n_chunks:
                     done[ci, int(entry.name)] = self.shard_written(ci, int(entry.name))
         return done
+
+    def read_chunk(
+        self, config_index: int, chunk: int, reduce: Callable[[np.ndarray], np.ndarray], features: slice = slice(None)
+    ) -> np.ndarray:
+        """`reduce` of one unit's latents [fragment, feature] (of a range of whole feature chunks, or all), applied to
+        column blocks (it must act on rows alone)."""
+        start, stop = self.chunk_bounds(chunk)
+        if self._shard_encoder is None:
+            return reduce(self.array[config_index, start:stop, features])
+        first, last, _ = features.indices(self.width)
+        inner = range(first // self.feature_chunk, -(-last // self.feature_chunk))
+        # decoding the shard here runs at the codec's speed on the caller's thread, no event loop in between
+        return self._shard_encoder.decode(self._shard_bytes(config_index, chunk), stop - start, reduce, inner)
+
+    def read_columns(self, config_index: int, chunk: int, features: np.ndarray) -> np.ndarray:
+        """One unit's latents [fragment, len(features)] of some features."""
+        start, stop = self.chunk_bounds(chunk)
+        if self._shard_encoder is None:
+            return self.array.get_orthogonal_selection((config_index, slice(start, stop), features))
+        return self._shard_encoder.decode_columns(self._shard_bytes(config_index, chunk), stop - start, features)
+
+    def _shard_bytes(self, config_index: int, chunk: int) -> bytes | None:
+        try:
+            return self._shard_file(config_index, chunk).read_bytes()
+        except FileNotFoundError:
+            return None  # never written: zarr reads it as the fill value
 
     def write_chunk(self, config_index: int, chunk: int, latents: np.ndarray) -> None:
         """Write one unit's latents, then mark it complete."""

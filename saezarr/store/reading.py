@@ -16,11 +16,12 @@ from saezarr.units import human_bytes
 _CONFIG_STRINGS = ("config", "sae_path")
 
 
-def open_store(path: str | Path) -> xr.Dataset:
-    """Open a saezarr store as a lazy, dask-backed Dataset whose coordinates are in memory."""
+def open_store(path: str | Path, dask: bool = True) -> xr.Dataset:
+    """Open a saezarr store as a lazy Dataset whose coordinates are in memory; its activations are dask-backed, or
+    with dask=False a lazily indexed zarr array (no graph to build: for readers of the shard files)."""
     path = _existing_store_path(path)
     read_saezarr_attrs(path)
-    ds = xr.open_zarr(path)
+    ds = xr.open_zarr(path) if dask else xr.open_zarr(path, chunks=None)
     # boolean masks such as `ds.where(ds.is_final_token, drop=True)` need in-memory coordinates
     ds = ds.assign_coords({name: ds[name].compute() for name in ds.coords if name not in ds.indexes})
     return ds.assign_coords({name: _fixed_width(ds[name]) for name in _CONFIG_STRINGS})

@@ -1,8 +1,10 @@
-"""Whole-shard encoding in the Zarr v3 `sharding_indexed` format, for the activations layout saezarr creates."""
+"""Whole-shard encoding and decoding in the Zarr v3 `sharding_indexed` format, for the activations layout saezarr
+creates."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -10,13 +12,16 @@ import zarr
 from numcodecs import CRC32C, Zstd
 from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ShardingCodecIndexLocation, ZstdCodec
 
+MISSING = 2**64 - 1  # an index entry (offset and length) for an inner chunk that holds only the fill value
+
 
 @dataclass(frozen=True)
 class ShardEncoder:
-    """Encodes one shard of rows [fragment, feature] into the exact bytes zarr would write for it."""
+    """Encodes one shard of rows [fragment, feature] into the exact bytes zarr would write for it, and decodes them."""
 
     shard_rows: int
     inner_width: int
+    width: int
     fill_value: float
     zstd: Zstd
     _buffers: threading.local = field(default_factory=threading.local, compare=False, repr=False)
@@ -46,7 +51,11 @@ class ShardEncoder:
         ):
             return None
         zstd = Zstd(level=inner[1].level, checksum=inner[1].checksum)
-        return cls(shard_rows=shard[1], inner_width=chunk[2], fill_value=float(array.fill_value), zstd=zstd)
+        return cls(shard_rows=shard[1], inner_width=chunk[2], width=shard[2], fill_value=float(array.fill_value), zstd=zstd)
+
+    def __reduce__(self):
+        # pickled for dask workers: a fresh per-thread buffer there
+        return type(self), (self.shard_rows, self.inner_width, self.width, self.fill_value, self.zstd)
 
     def encode(self, rows: np.ndarray) -> list[bytes]:
         """The shard file's content as a list of byte strings: compressed inner chunks, then the index."""
@@ -56,11 +65,63 @@ class ShardEncoder:
         index = np.stack([offsets, lengths], axis=1).astype("<u8")
         return [*parts, bytes(CRC32C().encode(index))]  # the index, then its little-endian CRC32C
 
-    def _encode_inner_chunk(self, rows: np.ndarray, start: int) -> bytes:
+    def decode(
+        self, data: bytes | None, n_rows: int, reduce: Callable[[np.ndarray], np.ndarray], inner: range | None = None
+    ) -> np.ndarray:
+        """`reduce` of a shard's rows [n_rows, feature], applied to each inner chunk's columns (those in `inner`, or
+        all) and put side by side; data None is a shard never written (all fill value). `reduce` must return a new
+        array, not a view."""
+        inner = range(self.width // self.inner_width) if inner is None else inner
+        index, block = self._index(data), self._block()
+        out = None
+        for j, i in enumerate(inner):
+            self._decode_inner_chunk(data, index[i], block)
+            part = reduce(block[:n_rows])
+            if out is None:
+                out = np.empty((part.shape[0], len(inner) * self.inner_width), dtype=part.dtype)
+            out[:, j * self.inner_width : (j + 1) * self.inner_width] = part
+        return out
+
+    def decode_columns(self, data: bytes | None, n_rows: int, columns: np.ndarray) -> np.ndarray:
+        """A shard's rows [n_rows, len(columns)] of some feature columns (data None: never written), decoding only the
+        inner chunks that hold them."""
+        columns = np.asarray(columns, dtype=np.int64)
+        out = np.empty((n_rows, len(columns)), dtype="<f4")
+        index, block = self._index(data), self._block()
+        inner = columns // self.inner_width
+        for i in np.unique(inner):
+            self._decode_inner_chunk(data, index[i], block)
+            here = inner == i
+            out[:, here] = block[:n_rows, columns[here] - i * self.inner_width]
+        return out
+
+    def _decode_inner_chunk(self, data: bytes | None, entry: tuple[int, int], block: np.ndarray) -> None:
+        offset, length = entry
+        if offset == MISSING and length == MISSING:
+            block.fill(self.fill_value)
+        else:
+            self.zstd.decode(memoryview(data)[offset : offset + length], out=block)
+
+    def _index(self, data: bytes | None) -> list[tuple[int, int]]:
+        """(offset, length) of every inner chunk, from the CRC32C-checked index at the shard's end."""
+        n_inner = self.width // self.inner_width
+        if data is None:
+            return [(MISSING, MISSING)] * n_inner
+        size = 16 * n_inner + 4
+        if len(data) < size:
+            raise ValueError(f"a shard of {len(data)} bytes is too short for its index of {size} bytes")
+        index = np.frombuffer(CRC32C().decode(data[-size:]), dtype="<u8").reshape(n_inner, 2)
+        return [(int(offset), int(length)) for offset, length in index]
+
+    def _block(self) -> np.ndarray:
         # one contiguous buffer per thread, reused: a fresh 4 MiB array per chunk costs its page faults
         block = getattr(self._buffers, "block", None)
         if block is None:
             block = self._buffers.block = np.empty((self.shard_rows, self.inner_width), dtype="<f4")
+        return block
+
+    def _encode_inner_chunk(self, rows: np.ndarray, start: int) -> bytes:
+        block = self._block()
         n_rows = rows.shape[0]
         block[:n_rows] = rows[:, start : start + self.inner_width]
         block[n_rows:] = self.fill_value  # rows past the array's last fragment hold the fill value, as zarr writes
