@@ -1,10 +1,31 @@
-"""Putting a fully written folder in place of another in one rename, so readers see the old one or the new one."""
+"""Writing a folder beside its final path and renaming it into place, so readers see the old one or the new one."""
 
 from __future__ import annotations
 
+import glob
 import os
+import re
 import shutil
+import tempfile
 from pathlib import Path
+
+from saezarr.store.locking import process_alive
+
+
+def make_staging(path: Path, suffix: str) -> Path:
+    """A new empty folder `.NAME.PID.RANDOM{suffix}` beside path, after removing path's stale ones."""
+    remove_stale_staging(path, suffix)
+    return Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=suffix, dir=path.parent))
+
+
+def remove_stale_staging(path: Path, suffix: str) -> None:
+    """Delete path's staging folders (`.NAME.PID.RANDOM{suffix}`) whose writing process is gone."""
+    # exact, so `out` never matches `.out.zarr.PID.RANDOM{suffix}`, the staging folder of out.zarr
+    own = re.compile(rf"\.{re.escape(Path(path).name)}\.(\d+)\.[a-z0-9_]+{re.escape(suffix)}")
+    for staging in Path(path).parent.glob(f".{glob.escape(Path(path).name)}.*{suffix}"):
+        match = own.fullmatch(staging.name)
+        if match and not process_alive(int(match.group(1))):
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def swap_into_place(staging: Path, path: Path) -> None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -254,3 +257,24 @@ def test_a_bad_neuronpedia_field_is_one_line(tmp_path, tiny, value):
     path.write_text(json.dumps(data))
     with pytest.raises(SaezarrError, match=r"configs\[1\]: 'neuronpedia' must be a Neuronpedia source string or null"):
         load_config_file(path)
+
+
+def test_a_killed_runs_staging_folder_is_removed_and_a_live_ones_kept(analysed, store, tmp_path):
+    out = tmp_path / "out"
+    dead_pid = _a_pid_that_is_gone()
+    stale = tmp_path / f".out.{dead_pid}.abc123.analyzing"
+    live = tmp_path / f".out.{os.getpid()}.def456.analyzing"
+    other = tmp_path / f".out.zarr.{dead_pid}.ghi789.analyzing"  # another output's staging: never ours to delete
+    for folder in (stale, live, other):
+        folder.mkdir()
+        (folder / "features.parquet").write_text("half-written")
+    result = analyze(store, out, "--configs", "layer_25_l0_6", cache=analysed[1])
+    assert result.returncode == 0, result.stderr
+    assert not stale.exists() and live.is_dir() and other.is_dir()
+    assert (out / "report.html").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", live.name, other.name])
+
+
+def _a_pid_that_is_gone() -> int:
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(finished.stdout)

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
 from saezarr.errors import SaezarrError
-from saezarr.folders import swap_into_place
+from saezarr.folders import make_staging, swap_into_place
 
 # the legacy ranked_features.csv columns, in the legacy order; saezarr's own columns follow
 LEGACY_COLUMNS = (
@@ -23,6 +22,7 @@ FEATURES = "features.parquet"
 RANKED = "ranked_features.csv"
 EXAMPLES = "feature_examples.json"
 INFO = "analysis.json"
+STAGING_SUFFIX = ".analyzing"  # a folder being written beside DIR: `.DIR.PID.RANDOM.analyzing`
 
 
 def check_output(path: Path, overwrite: bool) -> None:
@@ -39,7 +39,7 @@ def write_outputs(path: Path, features: pd.DataFrame, ranked: pd.DataFrame, exam
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".analyzing", dir=path.parent))
+    staging = make_staging(path, STAGING_SUFFIX)
     try:
         features.to_parquet(staging / FEATURES, index=False)
         ranked.to_csv(staging / RANKED, index=False)

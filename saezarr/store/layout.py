@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
 import os
 import re
 import secrets
 import shutil
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -23,10 +21,10 @@ from zarr.codecs import ZstdCodec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.storage import MemoryStore
 
+from saezarr import folders
 from saezarr.configs import SAEConfig
 from saezarr.errors import SaezarrError
-from saezarr.folders import swap_into_place
-from saezarr.store.locking import StoreLock, process_alive
+from saezarr.store.locking import StoreLock
 from saezarr.store.shards import ShardEncoder
 
 ACTIVATIONS = "activations"
@@ -305,12 +303,11 @@ def create_store(
     """Create the store with its coordinates and an unwritten activations array, atomically by rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_staging(path)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=STAGING_SUFFIX, dir=path.parent))
+    staging = folders.make_staging(path, STAGING_SUFFIX)
     try:
         _write_layout(staging, fragments, configs, width, attrs, chunk_fragments)
         if replace:
-            swap_into_place(staging, path)
+            folders.swap_into_place(staging, path)
         else:
             os.rename(staging, path)
     except OSError as exc:
@@ -338,12 +335,7 @@ def open_for_resume(path: Path) -> Store:
 
 def remove_stale_staging(path: Path) -> None:
     """Delete this output's half-created stores (`.NAME.PID.RANDOM.creating`) whose creating process is gone."""
-    # exact, so `--output out` never matches `.out.zarr.PID.RANDOM.creating`, the staging of a build of out.zarr
-    own = re.compile(rf"\.{re.escape(Path(path).name)}\.(\d+)\.[a-z0-9_]+{re.escape(STAGING_SUFFIX)}")
-    for staging in Path(path).parent.glob(f".{glob.escape(Path(path).name)}.*{STAGING_SUFFIX}"):
-        match = own.fullmatch(staging.name)
-        if match and not process_alive(int(match.group(1))):
-            shutil.rmtree(staging, ignore_errors=True)
+    folders.remove_stale_staging(path, STAGING_SUFFIX)
 
 
 def _write_layout(path: Path, fragments: pd.DataFrame, configs, width, attrs, chunk_fragments) -> None:
