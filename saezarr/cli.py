@@ -238,13 +238,10 @@ def _analysis_cluster(args):
 
     if args.scheduler is None and args.scheduler_file is None:  # nor import the cluster module: it imports torch
         return contextlib.nullcontext()
-    cluster = _cluster_options(args)
-    if not cluster.wanted:
-        return contextlib.nullcontext()
     from saezarr.analysis.cache import cache_root
     from saezarr.build.cluster import analysis_client
 
-    return analysis_client(cluster, args.store, cache_root())
+    return analysis_client(_cluster_options(args), args.store, cache_root())
 
 
 def _positive_int(text: str) -> int:

@@ -40,7 +40,7 @@ from saezarr.build.work import (
     run_task,
     write_error,
 )
-from saezarr.errors import SaezarrError
+from saezarr.errors import SaezarrError, one_line
 from saezarr.store.layout import Store
 from saezarr.units import usable_cores
 
@@ -104,7 +104,7 @@ def cluster_client(options: ClusterOptions, device: str, as_default: bool = Fals
         except (OSError, TimeoutError, ValueError) as exc:
             raise SaezarrError(
                 f"{options.option}: cannot reach the dask scheduler at {address} within {options.worker_timeout:g} s "
-                f"(--worker-timeout) ({type(exc).__name__}: {_short(exc)}); nothing was written"
+                f"(--worker-timeout) ({type(exc).__name__}: {one_line(exc)}); nothing was written"
             ) from None
         try:
             client.wait_for_workers(1, timeout=options.worker_timeout)
@@ -123,7 +123,7 @@ def _scheduler_address(options: ClusterOptions) -> str:
         return json.loads(Path(options.scheduler_file).read_text())["address"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise SaezarrError(
-            f"--scheduler-file {options.scheduler_file}: not a dask scheduler file ({type(exc).__name__}: {_short(exc)})"
+            f"--scheduler-file {options.scheduler_file}: not a dask scheduler file ({type(exc).__name__}: {one_line(exc)})"
         ) from None
 
 
@@ -192,7 +192,7 @@ def _probe_workers(client: Client, options: ClusterOptions, paths: list[tuple[Pa
     results = client.run(probe.probe_worker, expected, on_error="return")
     for address, result in sorted(results.items()):
         if isinstance(result, BaseException):
-            result = f"failed its check ({type(result).__name__}: {_short(result)})"
+            result = f"failed its check ({type(result).__name__}: {one_line(result)})"
         if result:
             raise SaezarrError(f"{options.option}: worker {address} {result}")
     return sorted(results)
@@ -314,13 +314,13 @@ def _result(future, options: ClusterOptions, store: Store) -> TaskResult:
         raise write_error(exc, store.path) from None
     except KilledWorker as exc:
         raise SaezarrError(
-            f"{options.option}: task {future.key} was lost with every worker that ran it ({_short(exc)}); "
+            f"{options.option}: task {future.key} was lost with every worker that ran it ({one_line(exc)}); "
             "the units done are kept: rerun the same command with --resume", exit_code=1) from None
     except Exception as exc:
         if isinstance(exc, SaezarrError):
             raise
         raise SaezarrError(
-            f"{options.option}: task {future.key} failed ({type(exc).__name__}: {_short(exc)}); the units done "
+            f"{options.option}: task {future.key} failed ({type(exc).__name__}: {one_line(exc)}); the units done "
             "are kept: rerun the same command with --resume", exit_code=1) from None
 
 
@@ -337,8 +337,3 @@ def _task_on_worker(spec: ComputeSpec, fragments: FragmentIndex, pass_: PassSpec
     result = run_task(_on_this_worker(spec, pin), fragments, pass_, task)
     result.worker = worker.address
     return result
-
-
-def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text if len(text) <= 200 else text[:197] + "..."

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from saezarr.errors import SaezarrError
+from saezarr.errors import SaezarrError, one_line
 
 _SNAPSHOT = re.compile(r"[\\/]snapshots[\\/]([0-9a-f]{40})[\\/]")
 
@@ -47,13 +47,8 @@ def download(repo: str, filename: str, option: str, revision: str | None = None,
         return Path(hf_hub_download(repo, filename, subfolder=subfolder, revision=revision))
     except Exception as exc:  # the hub raises a zoo of types: offline, missing, gated, network
         where = f"{subfolder}/{filename}" if subfolder else filename
-        raise SaezarrError(f"{option} {repo}: could not get {where} ({type(exc).__name__}: {_short(exc)})") from None
+        raise SaezarrError(f"{option} {repo}: could not get {where} ({type(exc).__name__}: {one_line(exc)})") from None
 
 
 def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1
-
-
-def _short(exc: Exception) -> str:
-    text = " ".join(str(exc).split())
-    return text if len(text) <= 200 else text[:197] + "..."
