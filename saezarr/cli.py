@@ -233,10 +233,10 @@ def _run_analyze(args) -> int:
 
 
 def _analysis_cluster(args):
-    """With --scheduler or --scheduler-file, the analysis's dask computations run on that cluster."""
+    """With --scheduler or --scheduler-file, the analysis's units of work run on that cluster's workers."""
     import contextlib
 
-    if args.scheduler is None and args.scheduler_file is None:  # nor import the cluster module: it imports torch
+    if args.scheduler is None and args.scheduler_file is None:  # nor import distributed (0.3-1 s)
         return contextlib.nullcontext()
     from saezarr.analysis.cache import cache_root
     from saezarr.clients import analysis_client

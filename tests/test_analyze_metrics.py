@@ -8,8 +8,8 @@ import pytest
 from analyzetools import build_store, csv_without, reference_metrics, reference_pooled, write_linked_config
 
 import saezarr
-from saezarr.analysis.metrics import METRICS
 from saezarr.analysis.lazy import sentence_activations
+from saezarr.analysis.metrics import METRICS
 
 CHUNK = 7  # fragments per chunk: the demo's sentences (9-16 tokens) span two or three chunks
 

@@ -248,6 +248,15 @@ def test_analyze_on_a_cluster_equals_local(reference, lone_scheduler, tmp_path):
         clustered = analyze("cluster", "--scheduler-file", lone_scheduler)
     assert local.returncode == 0 and clustered.returncode == 0, local.stderr + clustered.stderr
     assert started[0][1]  # a worker was there to compute it
+    from distributed import Client
+
+    def finished_by_prefix(dask_scheduler) -> dict[str, int]:  # a local function: pickled by value to the scheduler
+        return {name: sum(prefix.state_counts.get(state, 0) for state in ("memory", "released", "forgotten"))
+                for name, prefix in dask_scheduler.task_prefixes.items()}
+
+    with Client(scheduler_file=str(lone_scheduler), timeout=TIMEOUT) as client:
+        ran = client.run_on_scheduler(finished_by_prefix)
+    assert ran.get("compute_unit", 0) >= 6  # every (config, feature chunk) unit of the 6 configs ran on the cluster
     for name in ("features.parquet",):
         assert pd.read_parquet(tmp_path / "cluster" / name).equals(pd.read_parquet(tmp_path / "local" / name))
     assert (tmp_path / "cluster" / "ranked_features.csv").read_text() == (tmp_path / "local" / "ranked_features.csv").read_text()

@@ -14,8 +14,8 @@ import numpy as np
 
 from saezarr.analysis.metrics import stacked_metrics
 from saezarr.analysis.pooling import SentenceLayout, pool_sentences
-from saezarr.store.shards import ChunkFiles
 from saezarr.store.layout import Store
+from saezarr.store.shards import ChunkFiles
 from saezarr.units import usable_cores
 
 

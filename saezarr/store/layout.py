@@ -11,7 +11,6 @@ import shutil
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import itertools
 import threading
-from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import zarr
