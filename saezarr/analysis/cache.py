@@ -22,6 +22,7 @@ from saezarr.store.shards import ChunkFiles
 CACHE_FORMAT = 3  # bump when what the cache holds or how it is computed changes
 POOLED = "pooled.zarr"
 METRICS_FILE = "metrics.npy"
+PLOTS = "plots"  # the report's plots, by a digest of what they show
 
 
 def cache_root() -> Path:
@@ -50,8 +51,8 @@ def fingerprint(store: Store, pool: str, config_indices: Sequence[int]) -> str:
 
 
 class AnalysisCache:
-    """One fingerprint's cache folder: `pooled.zarr` [config, sentence, feature] and `metrics.npy` [metric, config,
-    feature]."""
+    """One fingerprint's cache folder: `pooled.zarr` [config, sentence, feature], `metrics.npy` [metric, config,
+    feature], and `plots/`."""
 
     def __init__(self, key: str, root: Path | None = None):
         self.path = (root or cache_root()) / "analysis" / key

@@ -33,7 +33,8 @@ def check_output(path: Path, overwrite: bool) -> None:
         raise SaezarrError(f"--output {path}: already exists; use --overwrite to replace it")
 
 
-def write_outputs(path: Path, features: pd.DataFrame, ranked: pd.DataFrame, examples: dict, info: dict) -> None:
+def write_outputs(path: Path, features: pd.DataFrame, ranked: pd.DataFrame, examples: dict, info: dict,
+                  plot_memo: Path | None = None) -> None:
     """Write every output file into a temporary folder beside path, then put it in place of path."""
     from saezarr.analysis.report import write_report
 
@@ -45,7 +46,7 @@ def write_outputs(path: Path, features: pd.DataFrame, ranked: pd.DataFrame, exam
         ranked.to_csv(staging / RANKED, index=False)
         _write_json(staging / EXAMPLES, examples)
         _write_json(staging / INFO, info)
-        write_report(staging, features, ranked, examples, info)
+        write_report(staging, features, ranked, examples, info, plot_memo)
         swap_into_place(staging, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -25,8 +28,25 @@ def config_summary(features: pd.DataFrame) -> pd.DataFrame:
     return summary.reset_index().sort_values(["layer", "average_l0"], kind="stable", ignore_index=True)
 
 
-def overview_png(summary: pd.DataFrame) -> bytes:
-    """A layer × average-L0 map of each config's best interpretability score, as PNG bytes."""
+def overview_png(summary: pd.DataFrame, memo: Path | None = None) -> bytes:
+    """A layer × average-L0 map of each config's best interpretability score, as PNG bytes; kept in the folder
+    `memo`, if given, and taken from there when the same map is asked again (a re-run need not import matplotlib)."""
+    if memo is None:
+        return _draw_overview(summary)
+    plotted = summary[["layer", "average_l0", "best_score"]].assign(passing=summary["passing"] > 0)
+    key = hashlib.sha256(pd.util.hash_pandas_object(plotted, index=False).to_numpy().tobytes()).hexdigest()[:32]
+    path = Path(memo) / f"overview-{key}.png"
+    if path.is_file():
+        return path.read_bytes()
+    png = _draw_overview(summary)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_bytes(png)
+    os.replace(partial, path)  # whole or absent for a run reading it at the same time
+    return png
+
+
+def _draw_overview(summary: pd.DataFrame) -> bytes:
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 

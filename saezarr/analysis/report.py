@@ -19,12 +19,14 @@ FINAL_FRAGMENTS_NOTE = ("Token shading needs a store built with token fragments 
                         "this store holds final fragments only, so each sentence shows its activation as a whole.")
 
 
-def write_report(directory: Path, features: pd.DataFrame, ranked: pd.DataFrame, examples: dict, info: dict) -> Path:
-    """Write report.html and plots/*.png into directory; return the report's path."""
+def write_report(directory: Path, features: pd.DataFrame, ranked: pd.DataFrame, examples: dict, info: dict,
+                 plot_memo: Path | None = None) -> Path:
+    """Write report.html and plots/*.png into directory (plots kept in and reused from plot_memo); return the
+    report's path."""
     directory = Path(directory)
     (directory / "plots").mkdir(parents=True, exist_ok=True)
     summary = config_summary(features)
-    png = overview_png(summary)
+    png = overview_png(summary, plot_memo)
     (directory / "plots" / "overview.png").write_bytes(png)
     entries = sorted(examples.items(), key=lambda item: item[1]["rank"])
     rows = _top_feature_rows(features, [entry for _, entry in entries])

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from saezarr import __version__
-from saezarr.analysis.cache import AnalysisCache, fingerprint
+from saezarr.analysis.cache import PLOTS, AnalysisCache, fingerprint
 from saezarr.analysis.examples import feature_examples
 from saezarr.analysis.metrics import LABELS, METRICS, passes_filter
 from saezarr.analysis.outputs import LEGACY_COLUMNS, check_output, write_outputs
@@ -126,7 +126,7 @@ def analyze(options: AnalyzeOptions) -> AnalyzeSummary:
     token_fragments = _token_fragments(store)
     examples = feature_examples(top, cache.pooled(), sentences, store, token_fragments, options.examples_per_label)
     info = _info(store, options, features, sentences, notes, token_fragments is not None)
-    write_outputs(Path(options.output), features, ranked, examples, info)
+    write_outputs(Path(options.output), features, ranked, examples, info, cache.path / PLOTS)
     return AnalyzeSummary(
         output=Path(options.output), n_configs=len(indices), n_features=store.width,
         n_sentences=len(sentences), n_passing=len(ranked), pool=options.pool, cache=cache.path, cache_reused=reused,
