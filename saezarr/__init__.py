@@ -24,7 +24,7 @@ def open_store(path: str | PathLike) -> xarray.Dataset:
 
 def feature_metrics(ds: xarray.Dataset, pool: str = "final") -> xarray.Dataset:
     """Every feature's metrics against the concept labels: a lazy Dataset with dims config x feature."""
-    from saezarr.analysis.metrics import feature_metrics as _feature_metrics
+    from saezarr.analysis.lazy import feature_metrics as _feature_metrics
 
     return _feature_metrics(ds, pool)
 

@@ -86,7 +86,7 @@ def _add_cluster_options(p, local: bool) -> None:
 
 
 def _cluster_options(args):
-    from saezarr.build.cluster import DEFAULT_WORKER_TIMEOUT, ClusterOptions
+    from saezarr.clients import DEFAULT_WORKER_TIMEOUT, ClusterOptions
 
     return ClusterOptions(
         local_workers=getattr(args, "local_workers", None),
@@ -239,7 +239,7 @@ def _analysis_cluster(args):
     if args.scheduler is None and args.scheduler_file is None:  # nor import the cluster module: it imports torch
         return contextlib.nullcontext()
     from saezarr.analysis.cache import cache_root
-    from saezarr.build.cluster import analysis_client
+    from saezarr.clients import analysis_client
 
     return analysis_client(_cluster_options(args), args.store, cache_root())
 

@@ -61,8 +61,8 @@ def task_build(spec: dict) -> dict:
     import torch
     from transformers import AutoModel  # noqa: F401 (imported before the clock starts, as in bench_build)
 
-    from saezarr.build.cluster import ClusterOptions
     from saezarr.build.pipeline import BuildOptions, build
+    from saezarr.clients import ClusterOptions
     from saezarr.units import usable_cores
 
     n, writers, stack = spec.get("workers"), None, contextlib.ExitStack()
@@ -91,7 +91,7 @@ def task_build(spec: dict) -> dict:
 
 def task_cluster_start(spec: dict) -> dict:
     """Start and stop a LocalCluster as a build does (start, connect, first worker, worker check), timed."""
-    from saezarr.build.cluster import ClusterOptions, cluster_client
+    from saezarr.clients import ClusterOptions, cluster_client
 
     started = time.perf_counter()
     with cluster_client(ClusterOptions(local_workers=spec["n"]), "cpu") as client:

@@ -1,18 +1,21 @@
-"""analyze's fast paths give what the general ones give: pooling from the shard files, the metrics of all-zero
-features, and the cache filled in one pass or two."""
+"""analyze's fast paths give what the general ones give: its units of work reading the shard files against the lazy
+xarray path, the metrics of all-zero features, and the cache's chunk files against zarr."""
 
 from __future__ import annotations
+
+import pickle
 
 import numpy as np
 import pytest
 from analyzetools import build_store, reference_metrics, reference_pooled
 
 import saezarr
-from saezarr.analysis import cache as cache_module
-from saezarr.analysis.cache import AnalysisCache, ChunkFiles
+from saezarr.analysis.cache import AnalysisCache
+from saezarr.analysis.lazy import sentence_activations
 from saezarr.analysis.metrics import METRICS, block_metrics
-from saezarr.analysis.pooling import sentence_activations
+from saezarr.analysis.pooling import SentenceLayout
 from saezarr.store.reading import open_existing
+from saezarr.store.shards import ChunkFiles
 
 CHUNK = 7  # fragments per chunk: sentences span chunk edges
 
@@ -24,12 +27,20 @@ def store(tmp_path_factory, tiny):
 
 
 @pytest.mark.parametrize("pool", ["final", "max", "mean"])
-def test_pooling_from_the_shards_equals_pooling_through_xarray(store, pool):
-    ds = saezarr.open_store(store).isel(config=[2, 0])
-    direct = sentence_activations(ds, pool, open_existing(store)).values
-    np.testing.assert_array_equal(direct, sentence_activations(ds, pool).values)
+def test_units_reading_the_shards_equal_the_lazy_xarray_path(store, pool, tmp_path):
+    configs = [2, 0]
+    ds = saezarr.open_store(store).isel(config=configs)
+    shards = open_existing(store)
+    layout = SentenceLayout.of(ds.sentence_index.values, ds.is_final_token.values, ds.concept_strength_label.values)
+    cache = AnalysisCache(pool, tmp_path)
+    cache.fill(shards, configs, layout, pool)
+    lazy = sentence_activations(ds, pool)
+    np.testing.assert_array_equal(cache.pooled()[:, :, :], lazy.values)
     expected, _, _ = reference_pooled(store, pool)
-    np.testing.assert_allclose(direct.astype(np.float64), expected[[2, 0]], rtol=1e-12, atol=0)
+    np.testing.assert_allclose(lazy.values.astype(np.float64), expected[configs], rtol=1e-12, atol=0)
+    metrics, lazy_metrics = cache.metrics(), saezarr.feature_metrics(ds, pool).compute()
+    for name in METRICS:
+        np.testing.assert_array_equal(metrics[name], lazy_metrics[name].values, err_msg=name)
 
 
 @pytest.mark.parametrize("density", [0.1, 0.6], ids=["sparse: ranks from the positives", "dense: scipy's ranks"])
@@ -51,22 +62,6 @@ def test_all_zero_features_get_the_reference_metrics(missing, density):
         np.testing.assert_allclose(computed[name], expected[name][0], rtol=1e-9, atol=1e-12, err_msg=name)
 
 
-def test_the_cache_filled_in_one_pass_or_two_holds_the_same(store, tmp_path, monkeypatch):
-    ds = saezarr.open_store(store)
-    pooled = sentence_activations(ds, "max", open_existing(store))
-    one_pass = AnalysisCache("one", tmp_path)
-    one_pass.fill(pooled)
-    # fewer sentences per block than the store has: written, then read back; the second block is an edge chunk
-    monkeypatch.setattr(cache_module, "SENTENCE_BLOCK", pooled.sizes["sentence"] // 2 + 1)
-    two_passes = AnalysisCache("two", tmp_path)
-    two_passes.fill(pooled)
-    np.testing.assert_array_equal(one_pass.pooled_array()[:], two_passes.pooled_array()[:])
-    np.testing.assert_array_equal(one_pass.pooled_array()[:], pooled.values)
-    first, second = one_pass.metrics(pooled), two_passes.metrics(pooled)
-    for name in METRICS:
-        np.testing.assert_array_equal(first[name].values, second[name].values)
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_chunk_files_read_back_through_zarr_with_edge_chunks(tmp_path, dtype):
     import dask.array as da
@@ -78,3 +73,5 @@ def test_chunk_files_read_back_through_zarr_with_edge_chunks(tmp_path, dtype):
     np.testing.assert_array_equal(zarr.open_array(tmp_path / "a.zarr", mode="r")[:], values)
     np.testing.assert_array_equal(target[1:2, :, 4:], values[1:2, :, 4:])  # across sentence chunks, to the edges
     np.testing.assert_array_equal(target[:, 3:, :], values[:, 3:, :])
+    reopened = pickle.loads(pickle.dumps(ChunkFiles.existing(tmp_path / "a.zarr")))  # as dask workers get it
+    np.testing.assert_array_equal(reopened[:, :, :], values)

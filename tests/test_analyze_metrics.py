@@ -9,7 +9,7 @@ from analyzetools import build_store, csv_without, reference_metrics, reference_
 
 import saezarr
 from saezarr.analysis.metrics import METRICS
-from saezarr.analysis.pooling import sentence_activations
+from saezarr.analysis.lazy import sentence_activations
 
 CHUNK = 7  # fragments per chunk: the demo's sentences (9-16 tokens) span two or three chunks
 

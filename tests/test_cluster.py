@@ -21,8 +21,8 @@ import pytest
 from clitools import run_cli
 from faults.faultkit import compare_stores, count_marks, one_error_line
 
-from saezarr.build.cluster import ClusterOptions
 from saezarr.build.pipeline import BuildOptions, build
+from saezarr.clients import ClusterOptions
 from saezarr.synthetic import DEMO_CSV
 
 CHUNK = 16  # 34 chunks x 6 configs: many tasks, so kills land mid-build
@@ -261,3 +261,31 @@ def test_analyze_refuses_a_worker_that_cannot_see_the_store(reference, lone_sche
     line = one_error_line(process.stderr)
     assert f"--scheduler-file {lone_scheduler}: worker {started[0][1]} cannot see the store {reference} as the client does" in line
     assert not (tmp_path / "out").exists()
+
+
+def _imports_torch(code: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh Python, then fail (exit 3) if torch got imported."""
+    check = "\nimport sys\nif 'torch' in sys.modules:\n    print('torch was imported', file=sys.stderr)\n    sys.exit(3)\n"
+    return subprocess.run([sys.executable, "-c", code + check], capture_output=True, text=True, timeout=TIMEOUT,
+                          env={**_env(), **(env or {})})
+
+
+def test_cluster_connection_code_imports_no_torch():
+    process = _imports_torch("import saezarr.clients, saezarr.probe, saezarr.cli")
+    assert process.returncode == 0, process.stderr
+
+
+def test_analyze_on_a_cluster_imports_no_torch(reference, lone_scheduler, tmp_path):
+    """`analyze --scheduler-file` imports torch neither in the client nor on the workers (seconds, or not installed)."""
+    from distributed import Client
+
+    argv = ["analyze", str(reference), "--output", str(tmp_path / "out"), "--quiet", *LOOSE,
+            "--scheduler-file", str(lone_scheduler)]
+    code = f"import sys, saezarr.cli\nrc = saezarr.cli.main({argv!r})\nif rc:\n    sys.exit(rc)"
+    with workers(lone_scheduler, 1):
+        process = _imports_torch(code, env={"SAEZARR_CACHE": str(tmp_path / "cache")})
+        with Client(scheduler_file=str(lone_scheduler), timeout=30) as client:
+            on_workers = client.run(lambda: "torch" in sys.modules)
+    assert process.returncode == 0, process.stderr
+    assert (tmp_path / "out" / "ranked_features.csv").exists()
+    assert on_workers and not any(on_workers.values()), f"a worker imported torch: {on_workers}"

@@ -4,29 +4,24 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import itertools
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import dask
-import dask.array as da
 import numpy as np
-import xarray as xr
-import zarr
-from numcodecs import Zstd
-from zarr.codecs import ZstdCodec
 
-from saezarr.analysis.metrics import METRICS, feature_block, metrics_of
+from saezarr.analysis.metrics import METRICS
+from saezarr.analysis.pooling import SentenceLayout, pooled_dtype
+from saezarr.analysis.work import feature_units, map_units, unit_function
 from saezarr.store.layout import ACTIVATIONS, Store
+from saezarr.store.shards import ChunkFiles
 
-CACHE_FORMAT = 2  # bump when what the cache holds or how it is computed changes
+CACHE_FORMAT = 3  # bump when what the cache holds or how it is computed changes
 POOLED = "pooled.zarr"
 METRICS_FILE = "metrics.npy"
-SENTENCE_BLOCK = 1024
 
 
 def cache_root() -> Path:
@@ -55,7 +50,8 @@ def fingerprint(store: Store, pool: str, config_indices: Sequence[int]) -> str:
 
 
 class AnalysisCache:
-    """One fingerprint's cache folder: `pooled.zarr` [config, sentence, feature] and `metrics.npy` [metric, config, feature]."""
+    """One fingerprint's cache folder: `pooled.zarr` [config, sentence, feature] and `metrics.npy` [metric, config,
+    feature]."""
 
     def __init__(self, key: str, root: Path | None = None):
         self.path = (root or cache_root()) / "analysis" / key
@@ -65,14 +61,23 @@ class AnalysisCache:
         """True if both parts are there (the folder appears only once written whole)."""
         return (self.path / POOLED / "zarr.json").is_file() and (self.path / METRICS_FILE).is_file()
 
-    def fill(self, pooled: xr.DataArray) -> None:
-        """Compute and store per-sentence activations, then their metrics; the folder appears by rename."""
+    def fill(self, store: Store, config_indices: Sequence[int], layout: SentenceLayout, pool: str,
+             progress: Callable[[int], None] | None = None) -> None:
+        """Compute and store the per-sentence activations of the configs, and their metrics, one unit of work per
+        (config, feature chunk); the folder appears by rename once whole."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
         try:
-            metrics = _write_pooled_and_metrics(pooled, staging / POOLED)
+            shape = (len(config_indices), layout.n_sentences, store.width)
+            pooled = ChunkFiles(staging / POOLED, shape, (1, layout.n_sentences, store.feature_chunk),
+                                pooled_dtype(pool, store.array.dtype))
+            units = feature_units(store, config_indices)
+            results = map_units(unit_function(store, layout, pool, pooled), units, progress)
+            metrics = np.empty((len(METRICS), *shape[::2]), dtype=np.float64)
+            for unit, values in zip(units, results):
+                metrics[:, unit.position, unit.start : unit.stop] = values
             release_freed_memory()
-            np.save(staging / METRICS_FILE, np.stack([metrics[name].values.astype(np.float64) for name in METRICS]))
+            np.save(staging / METRICS_FILE, metrics)
             try:
                 os.rename(staging, self.path)
             except OSError:  # another run filled it first
@@ -80,44 +85,18 @@ class AnalysisCache:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    def pooled(self, like: xr.DataArray) -> xr.DataArray:
-        """The cached per-sentence activations, lazily, with the coordinates of `like`."""
-        return like.copy(data=da.from_zarr(str(self.path / POOLED)))
+    def pooled(self) -> ChunkFiles:
+        """The cached per-sentence activations, read chunk by chunk."""
+        return ChunkFiles.existing(self.path / POOLED)
 
-    def pooled_array(self) -> zarr.Array:
-        """The cached per-sentence activations as a zarr array, for reading a few features."""
-        return zarr.open_array(self.path / POOLED, mode="r")
-
-    def metrics(self, like: xr.DataArray) -> xr.Dataset:
-        """The cached metrics as an in-memory Dataset with the config and feature coordinates of `like`."""
+    def metrics(self) -> dict[str, np.ndarray]:
+        """The cached metrics, each a [config, feature] array (`monotonic` as bool), by name in METRICS order."""
         stacked = np.load(self.path / METRICS_FILE)
-        coords = {name: like[name] for name in like.coords if like[name].dims in (("config",), ("feature",))}
-        variables = {
-            name: (("config", "feature"), stacked[i].astype(bool) if name == "monotonic" else stacked[i])
-            for i, name in enumerate(METRICS)
-        }
-        return xr.Dataset(variables, coords=coords)
+        return {name: stacked[i].astype(bool) if name == "monotonic" else stacked[i] for i, name in enumerate(METRICS)}
 
     def touch(self) -> None:
         """Mark the cache as used now (its folder's mtime), leaving its files as they are."""
         os.utime(self.path)
-
-
-def _write_pooled_and_metrics(pooled: xr.DataArray, path: Path) -> xr.Dataset:
-    """Write the per-sentence activations to a zarr array at path and return their metrics, computed."""
-    _, n_sentences, width = pooled.shape
-    chunks = (1, min(n_sentences, SENTENCE_BLOCK), feature_block(n_sentences, width))
-    blocks = pooled.data.rechunk(chunks)
-    target = ChunkFiles(path, blocks.shape, chunks, blocks.dtype)
-    if n_sentences <= SENTENCE_BLOCK:
-        # each block holds every sentence of its features: the metrics use the blocks as they are written
-        written = da.store(blocks, target, lock=False, compute=False)
-        return dask.compute(metrics_of(pooled.copy(data=blocks)), written)[0]
-    # a feature block of every sentence gathers several sentence blocks: read back from disk, so that memory stays
-    # at one sentence block per config instead of the whole config
-    da.store(blocks, target, lock=False)
-    cached = da.from_array(target, chunks=(1, n_sentences, chunks[2]), asarray=False, fancy=False)
-    return metrics_of(pooled.copy(data=cached)).compute()
 
 
 def release_freed_memory() -> None:
@@ -127,45 +106,3 @@ def release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
-
-
-class ChunkFiles:
-    """A new zarr array whose chunks are written straight to their files (zstd level 1), one block at a time: a
-    dask store target that costs the encoding alone, not a trip through zarr's event loop per chunk."""
-
-    def __init__(self, path: Path, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: np.dtype):
-        self.path = Path(path)
-        self.chunks = chunks
-        codec = ZstdCodec(level=1, checksum=False)
-        self.array = zarr.create_array(str(path), shape=shape, chunks=chunks, dtype=dtype, compressors=codec,
-                                       fill_value=0)
-        self.dtype = np.dtype(dtype).newbyteorder("<")
-        self.shape, self.ndim = tuple(shape), len(shape)
-        self.zstd = Zstd(level=1, checksum=False)
-
-    def __setitem__(self, region: tuple[slice, ...], block: np.ndarray) -> None:
-        """Write the block at region, which is one whole chunk (or the part of an edge chunk inside the array)."""
-        coords = tuple(s.start // c for s, c in zip(region, self.chunks))
-        if block.shape != self.chunks:  # zarr stores edge chunks whole, the part outside the array as fill value
-            padded = np.zeros(self.chunks, dtype=block.dtype)
-            padded[tuple(slice(0, n) for n in block.shape)] = block
-            block = padded
-        file = self._file(coords)
-        file.parent.mkdir(parents=True, exist_ok=True)
-        file.write_bytes(self.zstd.encode(np.ascontiguousarray(block, dtype=self.dtype)))
-
-    def __getitem__(self, region: tuple[slice, ...]) -> np.ndarray:
-        """The values at region, which starts at a chunk edge: read from the chunk files, without zarr's event loop."""
-        region = tuple(slice(*s.indices(n)[:2]) for s, n in zip(region, self.shape))
-        out = np.empty(tuple(s.stop - s.start for s in region), dtype=self.dtype)
-        ranges = [range(s.start // c, -(-s.stop // c)) for s, c in zip(region, self.chunks)]
-        for coords in itertools.product(*ranges):
-            block = np.frombuffer(self.zstd.decode(self._file(coords).read_bytes()), dtype=self.dtype)
-            block = block.reshape(self.chunks)
-            place = tuple(slice(i * c - s.start, min((i + 1) * c, s.stop) - s.start)
-                          for i, c, s in zip(coords, self.chunks, region))
-            out[place] = block[tuple(slice(0, p.stop - p.start) for p in place)]
-        return out
-
-    def _file(self, coords: tuple[int, ...]) -> Path:
-        return self.path / self.array.metadata.encode_chunk_key(coords)

@@ -7,10 +7,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
-import zarr
 
 from saezarr.analysis.metrics import LABELS
 from saezarr.store.layout import Store
+from saezarr.store.shards import ChunkFiles
 from saezarr.units import usable_cores
 
 
@@ -21,7 +21,7 @@ def example_key(layer: int, average_l0: float, feature_id: int) -> str:
 
 def feature_examples(
     top: pd.DataFrame,
-    pooled: zarr.Array,
+    pooled: ChunkFiles,
     sentences: pd.DataFrame,
     store: Store,
     fragments: pd.DataFrame | None,
@@ -61,14 +61,14 @@ def feature_examples(
     return examples
 
 
-def _pick_sentences(top: pd.DataFrame, pooled: zarr.Array, sentences: pd.DataFrame, per_label: int) -> list[dict]:
+def _pick_sentences(top: pd.DataFrame, pooled: ChunkFiles, sentences: pd.DataFrame, per_label: int) -> list[dict]:
     """For each top row, per label, the (sentence, activation) pairs with the highest pooled activation."""
     labels = sentences.concept_strength_label.to_numpy()
+    step = pooled.chunks[2]
     columns = {}
-    for ci, group in top.groupby("config_index"):
-        fids = np.unique(group.feature_id.to_numpy())
-        values = pooled.get_orthogonal_selection((int(ci), slice(None), fids))  # [sentence, feature]
-        columns.update({(ci, f): values[:, j] for j, f in enumerate(fids)})
+    for (ci, part), group in top.groupby([top.config_index, top.feature_id // step]):
+        block = pooled[int(ci) : int(ci) + 1, :, int(part) * step : (int(part) + 1) * step][0]  # one chunk
+        columns.update({(ci, f): block[:, f - int(part) * step] for f in group.feature_id.unique()})
     picks = []
     for row in top.itertuples(index=False):
         column = columns[(row.config_index, row.feature_id)]

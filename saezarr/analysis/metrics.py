@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from functools import partial
-
-import dask.array as da
 import numpy as np
-import xarray as xr
 
 LABELS = (0, 1, 2, 3)
 # metrics the legacy analysis computes; NaN for a constant feature or without label-0 or label-3 sentences
@@ -34,13 +30,6 @@ GROUPED = (3, 0, 1, 2)  # the order of the labels' rows in _metrics
 BLOCK_BYTES = 16 * 2**20
 
 
-def feature_metrics(ds: xr.Dataset, pool: str = "final") -> xr.Dataset:
-    """Every feature's metrics against the concept labels: a lazy Dataset with dims config x feature."""
-    from saezarr.analysis.pooling import sentence_activations
-
-    return metrics_of(sentence_activations(ds, pool))
-
-
 def feature_block(n_sentences: int, width: int) -> int:
     """Features per block so that a float64 [sentences x features] block stays within BLOCK_BYTES."""
     fit = max(1, BLOCK_BYTES // (8 * max(n_sentences, 1)))
@@ -48,34 +37,27 @@ def feature_block(n_sentences: int, width: int) -> int:
     return int(min(block, width))
 
 
-def metrics_of(pooled: xr.DataArray) -> xr.Dataset:
-    """The metrics of per-sentence activations [config, sentence, feature] (lazy if they are dask-backed)."""
-    labels = np.asarray(pooled.concept_strength_label.values, dtype=np.int64)
-    data = pooled.data if isinstance(pooled.data, da.Array) else da.from_array(pooled.data)
-    block = feature_block(data.shape[1], data.shape[2])
-    data = data.rechunk({0: 1, 1: -1, 2: block})
-    stacked = da.map_blocks(
-        partial(_block_metrics, labels=labels),
-        data,
-        chunks=((len(METRICS),), data.chunks[0], data.chunks[2]),
-        new_axis=[0],
-        drop_axis=[1],
-        dtype=np.float64,
-        meta=np.empty((0, 0, 0), dtype=np.float64),
+def stacked_metrics(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Every metric of a [sentences, features] array as [metric, feature] float64, in METRICS order, computed in
+    blocks of features that bound the temporaries' memory."""
+    n_sentences, width = x.shape
+    out = np.empty((len(METRICS), width), dtype=np.float64)
+    step = feature_block(n_sentences, width)
+    for start in range(0, width, step):
+        for i, values in enumerate(block_metrics(x[:, start : start + step], labels).values()):
+            out[i, start : start + step] = values
+    return out
+
+
+def passes_filter(metrics, min_pearson: float, min_tpr: float, max_fpr: float):
+    """pearson >= min_pearson, monotonic, tpr >= min_tpr and fpr <= max_fpr (NaN never passes), for metrics held
+    as arrays or DataArrays by name."""
+    return (
+        (metrics["pearson_corr"] >= min_pearson)
+        & (metrics["monotonic"] != 0)
+        & (metrics["tpr"] >= min_tpr)
+        & (metrics["fpr"] <= max_fpr)
     )
-    coords = {name: pooled[name] for name in pooled.coords if pooled[name].dims in (("config",), ("feature",))}
-    variables = {}
-    for i, name in enumerate(METRICS):
-        values = stacked[i]
-        variables[name] = (("config", "feature"), values.astype(bool) if name == "monotonic" else values)
-    attrs = {"pool": pooled.attrs.get("pool"), "n_sentences": int(data.shape[1]),
-             **{f"n_label_{k}": int((labels == k).sum()) for k in LABELS}}
-    return xr.Dataset(variables, coords=coords, attrs=attrs)
-
-
-def _block_metrics(block: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Metrics of one config's [1, sentences, features] block, stacked as [metric, 1, features]."""
-    return np.stack([column[None, :] for column in block_metrics(block[0], labels).values()])
 
 
 def block_metrics(x: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
@@ -391,13 +373,3 @@ def _cohens_d(counts: dict[int, int], means: dict[int, np.ndarray], variances: d
     pooled = np.sqrt(((n3 - 1) * variances[3] + (n0 - 1) * variances[0]) / (n3 + n0 - 2))
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(pooled > 0, (means[3] - means[0]) / np.where(pooled > 0, pooled, 1), np.nan)
-
-
-def passes_filter(metrics: xr.Dataset, min_pearson: float, min_tpr: float, max_fpr: float) -> xr.DataArray:
-    """pearson >= min_pearson, monotonic, tpr >= min_tpr and fpr <= max_fpr (NaN never passes)."""
-    return (
-        (metrics.pearson_corr >= min_pearson)
-        & metrics.monotonic
-        & (metrics.tpr >= min_tpr)
-        & (metrics.fpr <= max_fpr)
-    )

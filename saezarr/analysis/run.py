@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import sys
 import time
@@ -11,18 +10,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import xarray as xr
 
 from saezarr import __version__
 from saezarr.analysis.cache import AnalysisCache, fingerprint
 from saezarr.analysis.examples import feature_examples
 from saezarr.analysis.metrics import LABELS, METRICS, passes_filter
 from saezarr.analysis.outputs import LEGACY_COLUMNS, check_output, write_outputs
-from saezarr.analysis.pooling import POOLS, sentence_activations
+from saezarr.analysis.pooling import POOLS, SentenceLayout
 from saezarr.errors import SaezarrError
 from saezarr.export import select_targets
 from saezarr.store.layout import Store
-from saezarr.store.reading import open_existing, open_store
+from saezarr.store.reading import open_existing
 
 NEURONPEDIA = "https://www.neuronpedia.org"
 NO_SOURCES_NOTE = (
@@ -76,43 +74,61 @@ class AnalyzeSummary:
         )
 
 
+@dataclass(frozen=True)
+class ConfigTable:
+    """The analysed configs: store indices, names, layers, average L0s and Neuronpedia sources ("" for none)."""
+
+    indices: np.ndarray
+    names: np.ndarray
+    layer: np.ndarray
+    average_l0: np.ndarray
+    sources: np.ndarray | None  # None: the store predates recorded sources
+
+    @classmethod
+    def of(cls, store: Store, indices: list[int]) -> ConfigTable:
+        """The table of the store's configs at indices."""
+        sources = None
+        if store.has_coordinate("neuronpedia_source"):
+            sources = np.asarray(store.coordinate("neuronpedia_source"), dtype=object)[indices].astype(str)
+        return cls(np.asarray(indices, dtype=np.int64), np.asarray(store.config_names, dtype=object)[indices],
+                   store.coordinate("layer")[indices].astype(np.int64),
+                   store.coordinate("average_l0")[indices].astype(np.int64), sources)
+
+
 def analyze(options: AnalyzeOptions) -> AnalyzeSummary:
     """Compute (or reuse) every selected feature's metrics, rank them, pick examples and write DIR."""
-    with _local_dask():
-        return _analyze(options)
-
-
-def _analyze(options: AnalyzeOptions) -> AnalyzeSummary:
     started = time.perf_counter()
     check_options(options)
     store = open_existing(options.store)
     check_output(Path(options.output), options.overwrite)
     indices = _finished_selection(store, options)
-    ds = open_store(store.path, dask=False).isel(config=indices)
-    like = sentence_activations(ds, options.pool, store)
+    layout = SentenceLayout.of(store.coordinate("sentence_index"), store.coordinate("is_final_token"),
+                               store.coordinate("concept_strength_label"))
+    layout.check(options.pool)
     cache = AnalysisCache(fingerprint(store, options.pool, indices), options.cache)
     reused = cache.complete
     if reused:
         cache.touch()
     else:
-        with _progress(options.quiet):
-            cache.fill(like)
-    metrics = cache.metrics(like)
-    sentences = like.concept_strength_label.to_series().to_frame().assign(original_sentence=like.original_sentence.values)
-    notes = _notes(sentences.concept_strength_label.to_numpy(), ds)
+        with _progress(options.quiet, len(indices) * -(-store.width // store.feature_chunk)) as progress:
+            cache.fill(store, indices, layout, options.pool, progress)
+    configs = ConfigTable.of(store, indices)
+    texts = np.asarray(store.coordinate("original_sentence"), dtype=object)[layout.starts]
+    sentences = pd.DataFrame({"concept_strength_label": layout.labels, "original_sentence": texts})
+    notes = _notes(layout.labels, configs)
     for note in notes:
         print(f"saezarr: note: {note}", file=sys.stderr)
-    features = features_table(metrics, options)
+    features = features_table(cache.metrics(), configs, options)
     ranked = ranked_table(features)
     top = ranked.head(options.top_n).copy()
-    top["config_index"] = top.config.map({str(name): i for i, name in enumerate(ds.config.values)})
-    top["store_index"] = np.asarray(indices, dtype=np.int64)[top.config_index.to_numpy(dtype=np.int64)]
-    token_fragments = _token_fragments(ds)
-    examples = feature_examples(top, cache.pooled_array(), sentences, store, token_fragments, options.examples_per_label)
+    top["config_index"] = top.config.map({str(name): i for i, name in enumerate(configs.names)})
+    top["store_index"] = configs.indices[top.config_index.to_numpy(dtype=np.int64)]
+    token_fragments = _token_fragments(store)
+    examples = feature_examples(top, cache.pooled(), sentences, store, token_fragments, options.examples_per_label)
     info = _info(store, options, features, sentences, notes, token_fragments is not None)
     write_outputs(Path(options.output), features, ranked, examples, info)
     return AnalyzeSummary(
-        output=Path(options.output), n_configs=len(indices), n_features=int(ds.sizes["feature"]),
+        output=Path(options.output), n_configs=len(indices), n_features=store.width,
         n_sentences=len(sentences), n_passing=len(ranked), pool=options.pool, cache=cache.path, cache_reused=reused,
         notes=notes, elapsed=time.perf_counter() - started,
     )
@@ -149,55 +165,41 @@ def _finished_selection(store: Store, options: AnalyzeOptions) -> list[int]:
     return finished
 
 
-@contextlib.contextmanager
-def _progress(quiet: bool):
-    """dask's progress bar on the local schedulers, unless quiet (a distributed client shows its own dashboard)."""
-    if quiet:
-        yield
-        return
-    from dask.diagnostics import ProgressBar
+class _progress:
+    """A progress bar over the units of work on stderr, unless quiet; called with the number of units done."""
 
-    with ProgressBar(out=sys.stderr):
-        yield
+    def __init__(self, quiet: bool, total: int):
+        self.quiet, self.total, self.bar = quiet, total, None
 
+    def __enter__(self):
+        if self.quiet:
+            return None
+        from tqdm import tqdm
 
-@contextlib.contextmanager
-def _local_dask():
-    """dask's threaded scheduler and task rechunking, named so that dask does not import distributed (0.3-1 s) to
-    look for a client; where distributed is imported already, a client may be running, and dask chooses as usual."""
-    if "distributed" in sys.modules:
-        yield
-        return
-    import dask
-    import dask.threaded
+        self.bar = tqdm(total=self.total, desc="saezarr: analysing", unit="unit", file=sys.stderr, leave=False)
+        return self.bar.update
 
-    with dask.config.set({"scheduler": dask.threaded.get, "array.rechunk.method": "tasks"}):
-        yield
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
-def features_table(metrics: xr.Dataset, options: AnalyzeOptions) -> pd.DataFrame:
+def features_table(metrics: dict[str, np.ndarray], configs: ConfigTable, options: AnalyzeOptions) -> pd.DataFrame:
     """features.parquet: one row per (config, feature) with every metric, passes_filter and neuronpedia_url."""
     passing = passes_filter(metrics, options.min_pearson, options.min_tpr, options.max_fpr)
     n_configs, width = passing.shape
-    config = np.repeat(metrics.config.values.astype(str), width)
-    sources = _sources(metrics)
     feature_id = np.tile(np.arange(width, dtype=np.int64), n_configs)
+    sources = configs.sources if configs.sources is not None else np.full(n_configs, "", dtype=object)
     table = pd.DataFrame({
-        "config": config,
-        "layer": np.repeat(metrics.layer.values.astype(np.int64), width),
-        "average_l0": np.repeat(metrics.average_l0.values.astype(np.int64), width),
+        "config": np.repeat(configs.names.astype(str), width),
+        "layer": np.repeat(configs.layer, width),
+        "average_l0": np.repeat(configs.average_l0, width),
         "feature_id": feature_id,
-        **{name: metrics[name].values.ravel() for name in METRICS},
-        "passes_filter": passing.values.ravel(),
+        **{name: metrics[name].ravel() for name in METRICS},
+        "passes_filter": passing.ravel(),
     })
-    table["neuronpedia_url"] = neuronpedia_urls(np.repeat(sources, width), feature_id)
+    table["neuronpedia_url"] = neuronpedia_urls(np.repeat(sources.astype(object), width), feature_id)
     return table
-
-
-def _sources(metrics: xr.Dataset) -> np.ndarray:
-    if "neuronpedia_source" not in metrics.coords:
-        return np.full(metrics.sizes["config"], "", dtype=object)
-    return np.array([str(s) for s in metrics.neuronpedia_source.values], dtype=object)
 
 
 def neuronpedia_urls(sources: np.ndarray, feature_ids: np.ndarray) -> np.ndarray:
@@ -219,14 +221,15 @@ def ranked_table(features: pd.DataFrame) -> pd.DataFrame:
     return ranked[[*LEGACY_COLUMNS, *rest]]
 
 
-def _token_fragments(ds: xr.Dataset) -> pd.DataFrame | None:
+def _token_fragments(store: Store) -> pd.DataFrame | None:
     """The fragments' sentence and text, for per-token shading; None for a store with one fragment per sentence."""
-    if ds.attrs.get("fragments") == "final":
+    if store.attrs.get("fragments") == "final":
         return None
-    return pd.DataFrame({"sentence_index": ds.sentence_index.values, "fragment_text": ds.fragment_text.values})
+    return pd.DataFrame({"sentence_index": store.coordinate("sentence_index"),
+                         "fragment_text": np.asarray(store.coordinate("fragment_text"), dtype=object)})
 
 
-def _notes(labels: np.ndarray, ds: xr.Dataset) -> list[str]:
+def _notes(labels: np.ndarray, configs: ConfigTable) -> list[str]:
     notes = []
     missing = [k for k in (0, 3) if not (labels == k).any()]
     if missing:
@@ -235,13 +238,13 @@ def _notes(labels: np.ndarray, ds: xr.Dataset) -> list[str]:
             f"the data has no {which} sentences: pearson_corr, spearman_corr, separation_score, threshold, tpr, fpr, "
             "interpretability_score, auroc_3v0 and cohens_d_3v0 are NaN and no feature passes the filter"
         )
-    if "neuronpedia_source" not in ds.coords:
+    if configs.sources is None:
         notes.append(NO_SOURCES_NOTE)
     else:
-        unlinked = [str(c) for c, s in zip(ds.config.values, ds.neuronpedia_source.values) if not str(s)]
+        unlinked = [str(c) for c, s in zip(configs.names, configs.sources) if not s]
         if unlinked:
             notes.append(
-                f"{len(unlinked)} of {ds.sizes['config']} SAEs have no published Neuronpedia source, so their features "
+                f"{len(unlinked)} of {len(configs.names)} SAEs have no published Neuronpedia source, so their features "
                 f"have no link ({', '.join(unlinked[:5])}{', ...' if len(unlinked) > 5 else ''})"
             )
     return notes

@@ -14,14 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from saezarr import __version__
-from saezarr.build.cluster import (
-    ClusterOptions,
-    check_workers,
-    cluster_client,
-    cluster_sae_memory,
-    local_spec,
-    run_tasks,
-)
+from saezarr.build.cluster import check_workers, cluster_sae_memory, local_spec, run_tasks
 from saezarr.build.fragments import Fragments, make_fragments
 from saezarr.build.inputs import read_labeled_csv
 from saezarr.build.memory import default_sae_memory
@@ -44,6 +37,7 @@ from saezarr.build.work import (  # noqa: F401 (ChunkWriter: the benchmarks writ
     overlaps_writes,
     pending_work,
 )
+from saezarr.clients import ClusterOptions, cluster_client
 from saezarr.configs import SAEConfig, load_config_file, select_configs
 from saezarr.errors import SaezarrError
 from saezarr.store.layout import (

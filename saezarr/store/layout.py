@@ -12,10 +12,9 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-import dask.array as da
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
-import xarray as xr
 import zarr
 from zarr.codecs import ZstdCodec
 from zarr.core.buffer import default_buffer_prototype
@@ -26,6 +25,9 @@ from saezarr.configs import SAEConfig
 from saezarr.errors import SaezarrError
 from saezarr.store.locking import StoreLock
 from saezarr.store.shards import ShardEncoder
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ACTIVATIONS = "activations"
 STATE_GROUP = "_saezarr"
@@ -57,6 +59,14 @@ class Store:
         self.marks = self.path / STATE_GROUP / "done"
         self._shard_encoder = ShardEncoder.for_array(self.array)
         self.feature_chunk = self.array.chunks[2]  # features per (inner) chunk
+
+    def coordinate(self, name: str) -> np.ndarray:
+        """One coordinate of the store, e.g. `sentence_index` or `layer`, read whole (strings as numpy StringDType)."""
+        return zarr.open_array(self.path / name, mode="r")[...]
+
+    def has_coordinate(self, name: str) -> bool:
+        """True if the store has the coordinate (stores built by older saezarr versions lack some)."""
+        return (self.path / name / "zarr.json").is_file()
 
     def chunk_bounds(self, chunk: int) -> tuple[int, int]:
         """Fragment index range [start, stop) of a fragment chunk."""
@@ -339,6 +349,9 @@ def remove_stale_staging(path: Path) -> None:
 
 
 def _write_layout(path: Path, fragments: pd.DataFrame, configs, width, attrs, chunk_fragments) -> None:
+    import dask.array as da
+    import xarray as xr
+
     n_configs, n_fragments = len(configs), len(fragments)
     chunk_fragments = max(1, min(chunk_fragments, n_fragments))
     activations = da.zeros((n_configs, n_fragments, width), dtype=np.float32, chunks=(1, chunk_fragments, width))

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import xarray as xr
 import zarr
 
 from saezarr.errors import SaezarrError
 from saezarr.store.layout import ACTIVATIONS, Store, read_saezarr_attrs
 from saezarr.units import human_bytes
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 # coordinates on `config` that are short names, exposed as fixed-width str rather than numpy's StringDType
 _CONFIG_STRINGS = ("config", "sae_path")
@@ -19,6 +22,8 @@ _CONFIG_STRINGS = ("config", "sae_path")
 def open_store(path: str | Path, dask: bool = True) -> xr.Dataset:
     """Open a saezarr store as a lazy Dataset whose coordinates are in memory; its activations are dask-backed, or
     with dask=False a lazily indexed zarr array (no graph to build: for readers of the shard files)."""
+    import xarray as xr
+
     path = _existing_store_path(path)
     read_saezarr_attrs(path)
     ds = xr.open_zarr(path) if dask else xr.open_zarr(path, chunks=None)

@@ -1,9 +1,11 @@
-"""Whole-shard encoding and decoding in the Zarr v3 `sharding_indexed` format, for the activations layout saezarr
-creates."""
+"""Zarr v3 chunks encoded and decoded at the codec's speed, without zarr's event loop: whole shards in the
+`sharding_indexed` format of the activations layout saezarr creates, and the plain chunks of the arrays it caches."""
 
 from __future__ import annotations
 
+import itertools
 import threading
+from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -130,3 +132,56 @@ class ShardEncoder:
 
 def _is_little_endian_bytes(codec: object) -> bool:
     return isinstance(codec, BytesCodec) and codec.endian is not None and codec.endian.value == "little"
+
+
+class ChunkFiles:
+    """A new zarr array (zstd level 1) whose chunks are written and read straight from their files, one whole chunk at
+    a time; picklable, so that dask workers can write chunks of it."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: np.dtype):
+        array = zarr.create_array(str(path), shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
+                                  compressors=ZstdCodec(level=1, checksum=False))
+        self._attach(path, array)
+
+    @classmethod
+    def existing(cls, path: Path) -> ChunkFiles:
+        """The array that a ChunkFiles wrote at path before."""
+        files = cls.__new__(cls)
+        files._attach(path, zarr.open_array(str(path), mode="r"))
+        return files
+
+    def _attach(self, path: Path, array: zarr.Array) -> None:
+        self.path, self.shape, self.chunks = Path(path), tuple(array.shape), tuple(array.chunks)
+        self.dtype = np.dtype(array.dtype).newbyteorder("<")
+        self.key_encoding = array.metadata.chunk_key_encoding
+        self.zstd = Zstd(level=1, checksum=False)
+
+    def __setitem__(self, region: tuple[slice, ...], block: np.ndarray) -> None:
+        """Write the block at region, which is one whole chunk (or the part of an edge chunk inside the array)."""
+        coords = tuple(s.start // c for s, c in zip(self._region(region), self.chunks))
+        if block.shape != self.chunks:  # zarr stores edge chunks whole, the part outside the array as fill value
+            padded = np.zeros(self.chunks, dtype=block.dtype)
+            padded[tuple(slice(0, n) for n in block.shape)] = block
+            block = padded
+        file = self._file(coords)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_bytes(self.zstd.encode(np.ascontiguousarray(block, dtype=self.dtype)))
+
+    def __getitem__(self, region: tuple[slice, ...]) -> np.ndarray:
+        """The values at region, which starts at a chunk edge."""
+        region = self._region(region)
+        out = np.empty(tuple(s.stop - s.start for s in region), dtype=self.dtype)
+        ranges = [range(s.start // c, -(-s.stop // c)) for s, c in zip(region, self.chunks)]
+        for coords in itertools.product(*ranges):
+            block = np.frombuffer(self.zstd.decode(self._file(coords).read_bytes()), dtype=self.dtype)
+            block = block.reshape(self.chunks)
+            place = tuple(slice(i * c - s.start, min((i + 1) * c, s.stop) - s.start)
+                          for i, c, s in zip(coords, self.chunks, region))
+            out[place] = block[tuple(slice(0, p.stop - p.start) for p in place)]
+        return out
+
+    def _region(self, region: tuple[slice, ...]) -> tuple[slice, ...]:
+        return tuple(slice(*s.indices(n)[:2]) for s, n in zip(region, self.shape))
+
+    def _file(self, coords: tuple[int, ...]) -> Path:
+        return self.path / self.key_encoding.encode_chunk_key(coords)
