@@ -127,3 +127,12 @@ def test_positive_entries_are_sorted_by_column_then_value():
     np.testing.assert_array_equal(values, x[rows, cols])
     x[0, 0] = np.nan
     assert _positive_entries(x) is None
+
+
+def test_a_view_of_some_columns_gives_what_a_copy_gives():
+    x, labels = sae_like((10, 10, 10, 10), seed=4)
+    view = x[:, 5:33]  # not contiguous, as analyze's feature blocks of a config are
+    assert _positive_entries(view) is not None
+    computed, from_copy = block_metrics(view, labels), block_metrics(view.copy(), labels)
+    for name in METRICS:
+        np.testing.assert_array_equal(computed[name], from_copy[name], err_msg=name)

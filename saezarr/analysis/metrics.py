@@ -323,15 +323,15 @@ def _positive_entries(x: np.ndarray, most: float = 0.25) -> Positives | None:
     """The nonzero entries of a mostly-zero [rows, columns] array (SAE activations are: non-negative, at most a
     share `most` of the entries of its not all-zero columns positive) as (row, column, value), sorted by column,
     then value; None for any other array."""
-    flat = np.ascontiguousarray(x).reshape(-1)
-    nonzero = flat != 0  # a boolean mask: np.flatnonzero of it is far faster than of the floats
-    if x.ndim != 2 or not x.size or np.count_nonzero(nonzero) > most * x.size:
+    if x.ndim != 2 or not x.size:
         return None
-    index = np.flatnonzero(nonzero)
-    values = flat[index]
+    nonzero = x != 0  # a C-ordered mask, even of a view: np.flatnonzero of it is far faster than np.nonzero(x)
+    if np.count_nonzero(nonzero) > most * x.size:
+        return None
+    rows, cols = np.divmod(np.flatnonzero(nonzero), x.shape[1])
+    values = x[rows, cols]
     if len(values) and not values.min() > 0:  # a negative or NaN entry
         return None
-    rows, cols = np.divmod(index, x.shape[1])
     if len(values) > most * x.shape[0] * np.count_nonzero(np.bincount(cols, minlength=x.shape[1])):
         return None
     order = _column_value_order(rows, cols, values, x.shape)
