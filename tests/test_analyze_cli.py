@@ -107,18 +107,39 @@ def test_links_point_at_the_exact_sae_or_nowhere(analysed):
 
 def test_rerun_with_other_thresholds_reuses_the_cache(analysed, store, tmp_path):
     out, cache, _ = analysed
-    files = [p for p in cache.rglob("*") if p.is_file()]
-    before = {p: p.stat().st_mtime_ns for p in files}
+
+    def cached_data() -> dict:  # the activations and metrics (the plots folder may gain another plot)
+        return {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file() and "plots" not in p.parts}
+
+    before = cached_data()
+    assert any(p.name == "metrics.npy" for p in before)
     result = analyze(store, tmp_path / "again", "--min-pearson", "0.3", "--top-n", "2", "--examples-per-label", "1",
                      cache=cache)
     assert result.returncode == 0, result.stderr
     assert "cached activations and metrics reused" in result.stdout
-    assert {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()} == before
+    assert cached_data() == before
     ranked = pd.read_csv(tmp_path / "again" / "ranked_features.csv")
     assert (ranked.pearson_corr >= 0.3).all() and len(json.loads((tmp_path / "again" / "feature_examples.json").read_text())) == min(2, len(ranked))
     first = pd.read_parquet(out / "features.parquet")
     second = pd.read_parquet(tmp_path / "again" / "features.parquet")
     pd.testing.assert_frame_equal(first.drop(columns="passes_filter"), second.drop(columns="passes_filter"))
+
+
+def test_a_rerun_showing_the_same_overview_takes_its_plot_from_the_cache(analysed, store, tmp_path):
+    out, cache, _ = analysed
+    again = tmp_path / "again"
+    argv = ["analyze", str(store), "--output", str(again), "--quiet", *LOOSE, "--top-n", "1"]
+    code = (f"import sys, saezarr.cli; code = saezarr.cli.main({argv!r}); "
+            "sys.exit(code or (3 if 'matplotlib' in sys.modules else 0))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "SAEZARR_CACHE": str(cache)})
+    assert result.returncode == 0, result.stderr  # 3: matplotlib was imported to draw the plot again
+    assert (again / "plots" / "overview.png").read_bytes() == (out / "plots" / "overview.png").read_bytes()
+    strict = analyze(store, tmp_path / "strict", "--min-pearson", "0.99", cache=cache)  # nothing passes: another map
+    assert strict.returncode == 0, strict.stderr
+    assert (tmp_path / "strict" / "plots" / "overview.png").read_bytes() != (out / "plots" / "overview.png").read_bytes()
+    kept = {p.read_bytes() for p in cache.rglob("overview-*.png")}
+    assert (tmp_path / "strict" / "plots" / "overview.png").read_bytes() in kept and len(kept) >= 2
 
 
 def test_a_changed_store_or_other_pool_is_not_served_from_the_cache(tiny, tmp_path):

@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from saezarr.errors import SaezarrError
 from saezarr.folders import make_staging, swap_into_place
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # the legacy ranked_features.csv columns, in the legacy order; saezarr's own columns follow
 LEGACY_COLUMNS = (

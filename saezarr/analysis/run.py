@@ -2,27 +2,36 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from saezarr import __version__
 from saezarr.analysis.cache import PLOTS, AnalysisCache, fingerprint
-from saezarr.analysis.examples import feature_examples
-from saezarr.analysis.metrics import LABELS, METRICS, passes_filter
-from saezarr.analysis.outputs import LEGACY_COLUMNS, check_output, write_outputs
+from saezarr.analysis.metrics import LABELS
+from saezarr.analysis.outputs import check_output
 from saezarr.analysis.pooling import POOLS, SentenceLayout
 from saezarr.errors import SaezarrError
 from saezarr.export import select_targets
 from saezarr.store.layout import Store
 from saezarr.store.reading import open_existing
 
-NEURONPEDIA = "https://www.neuronpedia.org"
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from saezarr.analysis.tables import ConfigTable
+
+# what writing the outputs imports (~0.7 s of single-threaded Python), in the order it needs them
+OUTPUT_MODULES = ("pandas", "saezarr.analysis.tables", "saezarr.analysis.examples", "pyarrow.parquet",
+                  "saezarr.analysis.report", "matplotlib.figure", "matplotlib.backends.backend_agg")
+
 NO_SOURCES_NOTE = (
     "neuronpedia_url is empty for every feature: the store was built before saezarr recorded each SAE's "
     "Neuronpedia source (rebuild it to get links)"
@@ -74,27 +83,6 @@ class AnalyzeSummary:
         )
 
 
-@dataclass(frozen=True)
-class ConfigTable:
-    """The analysed configs: store indices, names, layers, average L0s and Neuronpedia sources ("" for none)."""
-
-    indices: np.ndarray
-    names: np.ndarray
-    layer: np.ndarray
-    average_l0: np.ndarray
-    sources: np.ndarray | None  # None: the store predates recorded sources
-
-    @classmethod
-    def of(cls, store: Store, indices: list[int]) -> ConfigTable:
-        """The table of the store's configs at indices."""
-        sources = None
-        if store.has_coordinate("neuronpedia_source"):
-            sources = np.asarray(store.coordinate("neuronpedia_source"), dtype=object)[indices].astype(str)
-        return cls(np.asarray(indices, dtype=np.int64), np.asarray(store.config_names, dtype=object)[indices],
-                   store.coordinate("layer")[indices].astype(np.int64),
-                   store.coordinate("average_l0")[indices].astype(np.int64), sources)
-
-
 def analyze(options: AnalyzeOptions) -> AnalyzeSummary:
     """Compute (or reuse) every selected feature's metrics, rank them, pick examples and write DIR."""
     started = time.perf_counter()
@@ -110,15 +98,22 @@ def analyze(options: AnalyzeOptions) -> AnalyzeSummary:
     if reused:
         cache.touch()
     else:
+        _import_in_background(OUTPUT_MODULES)
         with _progress(options.quiet, len(indices) * -(-store.width // store.feature_chunk)) as progress:
             cache.fill(store, indices, layout, options.pool, progress)
+    import pandas as pd
+
+    from saezarr.analysis.examples import feature_examples
+    from saezarr.analysis.outputs import write_outputs
+    from saezarr.analysis.tables import ConfigTable, features_table, ranked_table
+
     configs = ConfigTable.of(store, indices)
     texts = np.asarray(store.coordinate("original_sentence"), dtype=object)[layout.starts]
     sentences = pd.DataFrame({"concept_strength_label": layout.labels, "original_sentence": texts})
     notes = _notes(layout.labels, configs)
     for note in notes:
         print(f"saezarr: note: {note}", file=sys.stderr)
-    features = features_table(cache.metrics(), configs, options)
+    features = features_table(cache.metrics(), configs, options.min_pearson, options.min_tpr, options.max_fpr)
     ranked = ranked_table(features)
     top = ranked.head(options.top_n).copy()
     top["config_index"] = top.config.map({str(name): i for i, name in enumerate(configs.names)})
@@ -165,6 +160,20 @@ def _finished_selection(store: Store, options: AnalyzeOptions) -> list[int]:
     return finished
 
 
+def _import_in_background(modules: tuple[str, ...]) -> None:
+    """Import modules on a daemon thread while the units of work run: they spend their time in zstd and numpy,
+    outside the GIL, so the imports overlap them instead of following them."""
+
+    def load() -> None:
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except ImportError:  # the main thread's own import says what is missing
+                return
+
+    threading.Thread(target=load, name="saezarr-imports", daemon=True).start()
+
+
 class _progress:
     """A progress bar over the units of work on stderr, unless quiet; called with the number of units done."""
 
@@ -184,45 +193,10 @@ class _progress:
             self.bar.close()
 
 
-def features_table(metrics: dict[str, np.ndarray], configs: ConfigTable, options: AnalyzeOptions) -> pd.DataFrame:
-    """features.parquet: one row per (config, feature) with every metric, passes_filter and neuronpedia_url."""
-    passing = passes_filter(metrics, options.min_pearson, options.min_tpr, options.max_fpr)
-    n_configs, width = passing.shape
-    feature_id = np.tile(np.arange(width, dtype=np.int64), n_configs)
-    sources = configs.sources if configs.sources is not None else np.full(n_configs, "", dtype=object)
-    table = pd.DataFrame({
-        "config": np.repeat(configs.names.astype(str), width),
-        "layer": np.repeat(configs.layer, width),
-        "average_l0": np.repeat(configs.average_l0, width),
-        "feature_id": feature_id,
-        **{name: metrics[name].ravel() for name in METRICS},
-        "passes_filter": passing.ravel(),
-    })
-    table["neuronpedia_url"] = neuronpedia_urls(np.repeat(sources.astype(object), width), feature_id)
-    return table
-
-
-def neuronpedia_urls(sources: np.ndarray, feature_ids: np.ndarray) -> np.ndarray:
-    """`https://www.neuronpedia.org/{source}/{feature_id}`, or "" where the SAE has no source."""
-    sources = np.asarray(sources, dtype=object)
-    urls = np.full(len(sources), "", dtype=object)
-    linked = sources != ""  # only these need a string built (most SAEs have no source)
-    urls[linked] = NEURONPEDIA + "/" + sources[linked] + "/" + np.asarray(feature_ids)[linked].astype(str).astype(object)
-    return urls
-
-
-def ranked_table(features: pd.DataFrame) -> pd.DataFrame:
-    """ranked_features.csv: the passing features by interpretability_score descending, legacy columns first."""
-    ranked = features[features.passes_filter].sort_values("interpretability_score", ascending=False, kind="stable")
-    ranked = ranked.drop(columns="passes_filter").reset_index(drop=True)
-    ranked.insert(0, "rank", np.arange(1, len(ranked) + 1))
-    ranked["average_l0"] = ranked.average_l0.astype(np.float64)  # the legacy files carry it as a float
-    rest = [c for c in ranked.columns if c not in LEGACY_COLUMNS]
-    return ranked[[*LEGACY_COLUMNS, *rest]]
-
-
 def _token_fragments(store: Store) -> pd.DataFrame | None:
     """The fragments' sentence and text, for per-token shading; None for a store with one fragment per sentence."""
+    import pandas as pd
+
     if store.attrs.get("fragments") == "final":
         return None
     return pd.DataFrame({"sentence_index": store.coordinate("sentence_index"),
