@@ -21,9 +21,20 @@ def make_staging(path: Path, suffix: str) -> Path:
 def remove_stale_staging(path: Path, suffix: str) -> None:
     """Delete path's staging folders (`.NAME.PID.RANDOM{suffix}`) whose writing process is gone."""
     # exact, so `out` never matches `.out.zarr.PID.RANDOM{suffix}`, the staging folder of out.zarr
-    own = re.compile(rf"\.{re.escape(Path(path).name)}\.(\d+)\.[a-z0-9_]+{re.escape(suffix)}")
-    for staging in Path(path).parent.glob(f".{glob.escape(Path(path).name)}.*{suffix}"):
-        match = own.fullmatch(staging.name)
+    _remove_dead(Path(path).parent, glob.escape(Path(path).name), re.escape(Path(path).name), suffix)
+
+
+def remove_stale_staging_in(folder: Path, suffix: str) -> None:
+    """Delete the staging folders (`.NAME.PID.RANDOM{suffix}`, any NAME) in folder whose writing process is gone."""
+    _remove_dead(Path(folder), "*", r".+", suffix)
+
+
+def _remove_dead(folder: Path, name_glob: str, name_regex: str, suffix: str) -> None:
+    # the PID is looked up on this host: on a file system shared between hosts, another host's live writer can look
+    # dead here, so don't write one path from two hosts at once
+    staging_name = re.compile(rf"\.{name_regex}\.(\d+)\.[a-z0-9_]+{re.escape(suffix)}")
+    for staging in folder.glob(f".{name_glob}.*{glob.escape(suffix)}"):
+        match = staging_name.fullmatch(staging.name)
         if match and not process_alive(int(match.group(1))):
             shutil.rmtree(staging, ignore_errors=True)
 

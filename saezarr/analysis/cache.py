@@ -7,7 +7,7 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -16,18 +16,32 @@ import numpy as np
 from saezarr.analysis.metrics import METRICS
 from saezarr.analysis.pooling import SentenceLayout, pooled_dtype
 from saezarr.analysis.work import feature_units, map_units, unit_function
+from saezarr.folders import make_staging, remove_stale_staging_in
 from saezarr.store.layout import ACTIVATIONS, Store
 from saezarr.store.shards import ChunkFiles
+from saezarr.units import human_bytes, parse_size
 
 CACHE_FORMAT = 3  # bump when what the cache holds or how it is computed changes
 POOLED = "pooled.zarr"
 METRICS_FILE = "metrics.npy"
 PLOTS = "plots"  # the report's plots, by a digest of what they show
+STAGING_SUFFIX = ".filling"  # an entry being filled, or an evicted one being deleted: `.KEY.PID.RANDOM.filling`
+MAX_BYTES_VARIABLE = "SAEZARR_CACHE_MAX_BYTES"
+DEFAULT_MAX_BYTES = 20 * 2**30
 
 
 def cache_root() -> Path:
     """Where saezarr keeps caches: $SAEZARR_CACHE, else ~/.cache/saezarr."""
     return Path(os.environ.get("SAEZARR_CACHE") or Path.home() / ".cache" / "saezarr")
+
+
+def cache_max_bytes() -> int:
+    """The analysis cache's size cap: $SAEZARR_CACHE_MAX_BYTES (a size such as `20GiB`; `0` keeps only the entry in
+    use), else 20 GiB."""
+    text = os.environ.get(MAX_BYTES_VARIABLE, "").strip()
+    if not text:
+        return DEFAULT_MAX_BYTES
+    return 0 if text == "0" else parse_size(text, MAX_BYTES_VARIABLE)
 
 
 def fingerprint(store: Store, pool: str, config_indices: Sequence[int]) -> str:
@@ -52,10 +66,16 @@ def fingerprint(store: Store, pool: str, config_indices: Sequence[int]) -> str:
 
 class AnalysisCache:
     """One fingerprint's cache folder: `pooled.zarr` [config, sentence, feature], `metrics.npy` [metric, config,
-    feature], and `plots/`."""
+    feature], and `plots/`; other entries are evicted, least recently used first, to keep them under max_bytes
+    (None: $SAEZARR_CACHE_MAX_BYTES, checked here)."""
 
-    def __init__(self, key: str, root: Path | None = None):
+    def __init__(self, key: str, root: Path | None = None, max_bytes: int | None = None):
         self.path = (root or cache_root()) / "analysis" / key
+        self.max_bytes = cache_max_bytes() if max_bytes is None else max_bytes
+
+    def remove_dead_fills(self) -> None:
+        """Delete the half-filled entries (and half-deleted ones) of every fingerprint left by processes now gone."""
+        remove_stale_staging_in(self.path.parent, STAGING_SUFFIX)
 
     @property
     def complete(self) -> bool:
@@ -65,9 +85,9 @@ class AnalysisCache:
     def fill(self, store: Store, config_indices: Sequence[int], layout: SentenceLayout, pool: str,
              progress: Callable[[int], None] | None = None) -> None:
         """Compute and store the per-sentence activations of the configs, and their metrics, one unit of work per
-        (config, feature chunk); the folder appears by rename once whole."""
+        (config, feature chunk); the folder appears by rename once whole. Then evict old entries over the cap."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
+        staging = make_staging(self.path, STAGING_SUFFIX)
         try:
             shape = (len(config_indices), layout.n_sentences, store.width)
             pooled = ChunkFiles(staging / POOLED, shape, (1, layout.n_sentences, store.feature_chunk),
@@ -85,6 +105,8 @@ class AnalysisCache:
                 pass
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+        self.touch()
+        evict_old_entries(self.path.parent, self.max_bytes, keep=self.path)
 
     def pooled(self) -> ChunkFiles:
         """The cached per-sentence activations, read chunk by chunk."""
@@ -98,6 +120,62 @@ class AnalysisCache:
     def touch(self) -> None:
         """Mark the cache as used now (its folder's mtime), leaving its files as they are."""
         os.utime(self.path)
+
+
+def evict_old_entries(folder: Path, max_bytes: int, keep: Path) -> None:
+    """Delete whole entries of folder, least recently used (folder mtime) first, until they total at most max_bytes;
+    never keep, nor a staging folder; say so in one line if any went."""
+    entries = [entry for entry in _entries(folder) if entry != keep]
+    sizes = {entry: _size(entry) for entry in entries}
+    excess = sum(sizes.values()) + _size(keep) - max_bytes
+    removed = []
+    for entry in sorted(entries, key=_mtime):
+        if excess <= 0:
+            break
+        if _delete_entry(entry):
+            removed.append(entry)
+            excess -= sizes[entry]
+    if removed:
+        freed = human_bytes(sum(sizes[entry] for entry in removed))
+        print(f"saezarr: removed {len(removed)} old analysis cache entr{'y' if len(removed) == 1 else 'ies'} ({freed}) "
+              f"to stay under {human_bytes(max_bytes)}; see {MAX_BYTES_VARIABLE}", file=sys.stderr)
+
+
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return [entry for entry in folder.iterdir() if not entry.name.startswith(".") and entry.is_dir()]
+    except FileNotFoundError:
+        return []
+
+
+def _size(folder: Path) -> int:
+    total = 0
+    for parent, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(parent, name)).st_size
+            except OSError:  # deleted meanwhile
+                pass
+    return total
+
+
+def _mtime(folder: Path) -> float:
+    try:
+        return folder.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _delete_entry(entry: Path) -> bool:
+    """Move entry into a staging folder first, so no reader sees it half deleted; False if it is gone already."""
+    trash = make_staging(entry, STAGING_SUFFIX)
+    try:
+        os.rename(entry, trash / entry.name)
+        return True
+    except OSError:  # another run deleted it first
+        return False
+    finally:
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 def release_freed_memory() -> None:

@@ -93,7 +93,8 @@ def analyze(options: AnalyzeOptions) -> AnalyzeSummary:
     layout = SentenceLayout.of(store.coordinate("sentence_index"), store.coordinate("is_final_token"),
                                store.coordinate("concept_strength_label"))
     layout.check(options.pool)
-    cache = AnalysisCache(fingerprint(store, options.pool, indices), options.cache)
+    cache = AnalysisCache(fingerprint(store, options.pool, indices), options.cache)  # checks the size cap
+    cache.remove_dead_fills()
     reused = cache.complete
     if reused:
         cache.touch()

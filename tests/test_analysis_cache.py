@@ -1,0 +1,133 @@
+"""The analysis cache keeps no debris of killed runs and stays under $SAEZARR_CACHE_MAX_BYTES, evicting LRU entries."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from analyzetools import build_store
+from clitools import run_cli
+
+from saezarr.units import human_bytes
+
+REUSED = "cached activations and metrics reused"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, tiny):
+    return build_store(tmp_path_factory.mktemp("cache-store"), tiny.config_file, tiny.csv, "--chunk-fragments", "7")
+
+
+def analyze(store, output, *args, cache, max_bytes=None):
+    env = {"SAEZARR_CACHE": str(cache)}
+    if max_bytes is not None:
+        env["SAEZARR_CACHE_MAX_BYTES"] = str(max_bytes)
+    return run_cli("analyze", store, "--output", output, "--quiet", *args, env=env)
+
+
+def evictions(result: subprocess.CompletedProcess) -> list[str]:
+    """The stderr lines about removed cache entries (the tiny SAEs also get a note about Neuronpedia links)."""
+    return [line for line in result.stderr.splitlines() if "analysis cache" in line]
+
+
+def entries(cache: Path) -> list[str]:
+    return sorted(p.name for p in (cache / "analysis").iterdir() if not p.name.startswith("."))
+
+
+def size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def dead_pid() -> int:
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    return finished.pid
+
+
+def staging(cache: Path, key: str, pid: int) -> Path:
+    """A staging folder as a fill by process pid leaves it, with a file in it."""
+    folder = cache / "analysis" / f".{key}.{pid}.k3x_9q.filling"
+    (folder / "pooled.zarr").mkdir(parents=True)
+    (folder / "pooled.zarr" / "c0").write_bytes(b"x" * 1000)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def filled(store, tmp_path_factory) -> dict[str, Path]:
+    """An entry of the store's analysis per pool, filled by real runs (each copied into the tests' own caches)."""
+    folder = tmp_path_factory.mktemp("filled")
+    made = {}
+    for pool in ("final", "max", "mean"):
+        result = analyze(store, folder / pool, "--pool", pool, cache=folder / "cache")
+        assert result.returncode == 0 and evictions(result) == [], result.stderr
+        [key] = set(entries(folder / "cache")) - {path.name for path in made.values()}
+        made[pool] = folder / "cache" / "analysis" / key
+    return made
+
+
+def cache_with(cache: Path, *paths: Path) -> Path:
+    """A cache holding copies of these entries."""
+    for path in paths:
+        shutil.copytree(path, cache / "analysis" / path.name)
+    return cache
+
+
+def test_a_killed_fill_of_any_entry_is_removed_by_the_next_run_a_live_one_kept(store, filled, tmp_path):
+    cache = cache_with(tmp_path / "cache", filled["final"])
+    key = filled["final"].name
+    dead_same, dead_other = staging(cache, key, dead_pid()), staging(cache, "f" * 32, dead_pid())
+    live = staging(cache, "e" * 32, os.getpid())
+    result = analyze(store, tmp_path / "out", cache=cache)  # a cache hit: no fill, still tidies
+    assert result.returncode == 0, result.stderr
+    assert REUSED in result.stdout
+    assert not dead_same.exists() and not dead_other.exists()
+    assert live.is_dir() and (live / "pooled.zarr" / "c0").stat().st_size == 1000
+    assert entries(cache) == [key]
+    assert evictions(result) == []
+
+
+def test_over_the_cap_the_least_recently_used_entry_goes(store, filled, tmp_path):
+    cache = cache_with(tmp_path / "cache", filled["max"], filled["final"])
+    hit = analyze(store, tmp_path / "final", cache=cache)  # uses final's entry: max's is now the least recent
+    assert REUSED in hit.stdout and evictions(hit) == []
+    live = staging(cache, "e" * 32, os.getpid())
+    sizes = {pool: size(path) for pool, path in filled.items()}
+    cap = sizes["final"] + sizes["mean"] + sizes["max"] // 2  # room for two of the three entries
+
+    fill = analyze(store, tmp_path / "mean", "--pool", "mean", cache=cache, max_bytes=cap)
+    assert fill.returncode == 0, fill.stderr
+    assert REUSED not in fill.stdout
+    assert entries(cache) == sorted([filled["final"].name, filled["mean"].name])
+    assert evictions(fill) == [f"saezarr: removed 1 old analysis cache entry ({human_bytes(sizes['max'])}) to stay "
+                               f"under {human_bytes(cap)}; see SAEZARR_CACHE_MAX_BYTES"]
+    assert live.is_dir()  # a live fill's staging folder is never evicted
+    assert not any(p.name.startswith(f".{filled['max'].name}.") for p in (cache / "analysis").iterdir())
+
+    again = analyze(store, tmp_path / "mean-again", "--pool", "mean", cache=cache, max_bytes=cap)
+    assert again.returncode == 0 and evictions(again) == []
+    assert REUSED in again.stdout
+    assert entries(cache) == sorted([filled["final"].name, filled["mean"].name])
+
+
+def test_a_cap_of_zero_keeps_only_the_entry_in_use(store, filled, tmp_path):
+    cache = cache_with(tmp_path / "cache", filled["final"], filled["mean"])
+    result = analyze(store, tmp_path / "max", "--pool", "max", cache=cache, max_bytes=0)
+    assert result.returncode == 0, result.stderr
+    assert entries(cache) == [filled["max"].name]
+    [line] = evictions(result)
+    assert line.startswith("saezarr: removed 2 old analysis cache entries (") and line.endswith(
+        "to stay under 0 B; see SAEZARR_CACHE_MAX_BYTES")
+
+
+@pytest.mark.parametrize("value", ["lots", "-1GiB", "20 GB of it"])
+def test_a_bad_cap_is_one_line_before_anything_is_written(store, tmp_path, value):
+    cache = tmp_path / "cache"
+    result = analyze(store, tmp_path / "out", cache=cache, max_bytes=value)
+    assert result.returncode == 2
+    assert result.stderr == (f"saezarr: error: SAEZARR_CACHE_MAX_BYTES: expected a size such as 8GiB or 500MB, "
+                             f"got {value!r}\n")
+    assert not (tmp_path / "out").exists() and not cache.exists()
