@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,16 +45,19 @@ def write_outputs(path: Path, features: pd.DataFrame, ranked: pd.DataFrame, exam
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = make_staging(path, STAGING_SUFFIX)
     try:
-        features.to_parquet(staging / FEATURES, index=False)
-        ranked.to_csv(staging / RANKED, index=False)
-        _write_json(staging / EXAMPLES, examples)
-        _write_json(staging / INFO, info)
-        write_report(staging, features, ranked, examples, info, plot_memo)
+        # pyarrow encodes and compresses outside the GIL: the parquet file is written while the rest is
+        with ThreadPoolExecutor(max_workers=1) as background:
+            parquet = background.submit(features.to_parquet, staging / FEATURES, index=False)
+            ranked.to_csv(staging / RANKED, index=False)
+            _write_json(staging / EXAMPLES, examples, indent=None)  # the largest: no indent, json's C encoder
+            _write_json(staging / INFO, info)
+            write_report(staging, features, ranked, examples, info, plot_memo)
+            parquet.result()
         swap_into_place(staging, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False), encoding="utf-8")
+def _write_json(path: Path, data: dict, indent: int | None = 2) -> None:
+    path.write_text(json.dumps(data, indent=indent, ensure_ascii=False, allow_nan=False), encoding="utf-8")
 

@@ -2,35 +2,26 @@
 
 from __future__ import annotations
 
-import importlib
 import math
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 
 from saezarr import __version__
 from saezarr.analysis.cache import PLOTS, AnalysisCache, fingerprint
+from saezarr.analysis.examples import feature_examples
 from saezarr.analysis.metrics import LABELS
-from saezarr.analysis.outputs import check_output
+from saezarr.analysis.outputs import check_output, write_outputs
 from saezarr.analysis.pooling import POOLS, SentenceLayout
+from saezarr.analysis.tables import ConfigTable, features_table, ranked_table
 from saezarr.errors import SaezarrError
 from saezarr.export import select_targets
 from saezarr.store.layout import Store
 from saezarr.store.reading import open_existing
-
-if TYPE_CHECKING:
-    import pandas as pd
-
-    from saezarr.analysis.tables import ConfigTable
-
-# what writing the outputs imports (~0.7 s of single-threaded Python), in the order it needs them
-OUTPUT_MODULES = ("pandas", "saezarr.analysis.tables", "saezarr.analysis.examples", "pyarrow.parquet",
-                  "saezarr.analysis.report", "matplotlib.figure", "matplotlib.backends.backend_agg")
 
 NO_SOURCES_NOTE = (
     "neuronpedia_url is empty for every feature: the store was built before saezarr recorded each SAE's "
@@ -99,15 +90,8 @@ def analyze(options: AnalyzeOptions) -> AnalyzeSummary:
     if reused:
         cache.touch()
     else:
-        _import_in_background(OUTPUT_MODULES)
         with _progress(options.quiet, len(indices) * -(-store.width // store.feature_chunk)) as progress:
             cache.fill(store, indices, layout, options.pool, progress)
-    import pandas as pd
-
-    from saezarr.analysis.examples import feature_examples
-    from saezarr.analysis.outputs import write_outputs
-    from saezarr.analysis.tables import ConfigTable, features_table, ranked_table
-
     configs = ConfigTable.of(store, indices)
     texts = np.asarray(store.coordinate("original_sentence"), dtype=object)[layout.starts]
     sentences = pd.DataFrame({"concept_strength_label": layout.labels, "original_sentence": texts})
@@ -161,20 +145,6 @@ def _finished_selection(store: Store, options: AnalyzeOptions) -> list[int]:
     return finished
 
 
-def _import_in_background(modules: tuple[str, ...]) -> None:
-    """Import modules on a daemon thread while the units of work run: they spend their time in zstd and numpy,
-    outside the GIL, so the imports overlap them instead of following them."""
-
-    def load() -> None:
-        for name in modules:
-            try:
-                importlib.import_module(name)
-            except ImportError:  # the main thread's own import says what is missing
-                return
-
-    threading.Thread(target=load, name="saezarr-imports", daemon=True).start()
-
-
 class _progress:
     """A progress bar over the units of work on stderr, unless quiet; called with the number of units done."""
 
@@ -196,8 +166,6 @@ class _progress:
 
 def _token_fragments(store: Store) -> pd.DataFrame | None:
     """The fragments' sentence and text, for per-token shading; None for a store with one fragment per sentence."""
-    import pandas as pd
-
     if store.attrs.get("fragments") == "final":
         return None
     return pd.DataFrame({"sentence_index": store.coordinate("sentence_index"),
