@@ -75,3 +75,7 @@ def test_chunk_files_read_back_through_zarr_with_edge_chunks(tmp_path, dtype):
     np.testing.assert_array_equal(target[:, 3:, :], values[:, 3:, :])
     reopened = pickle.loads(pickle.dumps(ChunkFiles.existing(tmp_path / "a.zarr")))  # as dask workers get it
     np.testing.assert_array_equal(reopened[:, :, :], values)
+    at_once = ChunkFiles(tmp_path / "b.zarr", values.shape, (1, 3, 4), values.dtype)
+    at_once[1:2, :, :] = values[1:2]  # one write of several chunks, edge chunks included
+    at_once[0:1, :, :] = values[0:1]
+    np.testing.assert_array_equal(zarr.open_array(tmp_path / "b.zarr", mode="r")[:], values)

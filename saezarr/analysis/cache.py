@@ -21,9 +21,10 @@ from saezarr.store.layout import ACTIVATIONS, Store
 from saezarr.store.shards import ChunkFiles
 from saezarr.units import human_bytes, parse_size
 
-CACHE_FORMAT = 3  # bump when what the cache holds or how it is computed changes
+CACHE_FORMAT = 4  # bump when what the cache holds or how it is computed changes
 POOLED = "pooled.zarr"
 METRICS_FILE = "metrics.npy"
+POOLED_FEATURES = 256  # features per chunk of pooled.zarr: the examples read a few features' chunks
 PLOTS = "plots"  # the report's plots, by a digest of what they show
 STAGING_SUFFIX = ".filling"  # an entry being filled, or an evicted one being deleted: `.KEY.PID.RANDOM.filling`
 MAX_BYTES_VARIABLE = "SAEZARR_CACHE_MAX_BYTES"
@@ -90,8 +91,8 @@ class AnalysisCache:
         staging = make_staging(self.path, STAGING_SUFFIX)
         try:
             shape = (len(config_indices), layout.n_sentences, store.width)
-            pooled = ChunkFiles(staging / POOLED, shape, (1, layout.n_sentences, store.feature_chunk),
-                                pooled_dtype(pool, store.array.dtype))
+            chunks = (1, layout.n_sentences, min(POOLED_FEATURES, store.feature_chunk))
+            pooled = ChunkFiles(staging / POOLED, shape, chunks, pooled_dtype(pool, store.array.dtype))
             units = feature_units(store, config_indices)
             results = map_units(unit_function(store, layout, pool, pooled), units, progress)
             metrics = np.empty((len(METRICS), *shape[::2]), dtype=np.float64)

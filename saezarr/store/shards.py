@@ -135,8 +135,8 @@ def _is_little_endian_bytes(codec: object) -> bool:
 
 
 class ChunkFiles:
-    """A new zarr array (zstd level 1) whose chunks are written and read straight from their files, one whole chunk at
-    a time; picklable, so that dask workers can write chunks of it."""
+    """A new zarr array (zstd level 1) whose chunks are written and read straight from their files, whole chunks at a
+    time; picklable, so that dask workers can write chunks of it."""
 
     def __init__(self, path: Path, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: np.dtype):
         array = zarr.create_array(str(path), shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
@@ -156,29 +156,34 @@ class ChunkFiles:
         self.key_encoding = array.metadata.chunk_key_encoding
         self.zstd = Zstd(level=1, checksum=False)
 
-    def __setitem__(self, region: tuple[slice, ...], block: np.ndarray) -> None:
-        """Write the block at region, which is one whole chunk (or the part of an edge chunk inside the array)."""
-        coords = tuple(s.start // c for s, c in zip(self._region(region), self.chunks))
-        if block.shape != self.chunks:  # zarr stores edge chunks whole, the part outside the array as fill value
-            padded = np.zeros(self.chunks, dtype=block.dtype)
-            padded[tuple(slice(0, n) for n in block.shape)] = block
-            block = padded
-        file = self._file(coords)
-        file.parent.mkdir(parents=True, exist_ok=True)
-        file.write_bytes(self.zstd.encode(np.ascontiguousarray(block, dtype=self.dtype)))
+    def __setitem__(self, region: tuple[slice, ...], values: np.ndarray) -> None:
+        """Write the values at region, which covers whole chunks (or the parts of edge chunks inside the array)."""
+        region = self._region(region)
+        for coords, place in self._chunks_in(region):
+            block = values[place]
+            if block.shape != self.chunks:  # zarr stores edge chunks whole, the part outside the array as fill value
+                padded = np.zeros(self.chunks, dtype=block.dtype)
+                padded[tuple(slice(0, n) for n in block.shape)] = block
+                block = padded
+            file = self._file(coords)
+            file.parent.mkdir(parents=True, exist_ok=True)
+            file.write_bytes(self.zstd.encode(np.ascontiguousarray(block, dtype=self.dtype)))
 
     def __getitem__(self, region: tuple[slice, ...]) -> np.ndarray:
         """The values at region, which starts at a chunk edge."""
         region = self._region(region)
         out = np.empty(tuple(s.stop - s.start for s in region), dtype=self.dtype)
+        for coords, place in self._chunks_in(region):
+            block = np.frombuffer(self.zstd.decode(self._file(coords).read_bytes()), dtype=self.dtype)
+            out[place] = block.reshape(self.chunks)[tuple(slice(0, p.stop - p.start) for p in place)]
+        return out
+
+    def _chunks_in(self, region: tuple[slice, ...]):
+        """Each chunk that region (starting at a chunk edge) touches, and where its part lies within the region."""
         ranges = [range(s.start // c, -(-s.stop // c)) for s, c in zip(region, self.chunks)]
         for coords in itertools.product(*ranges):
-            block = np.frombuffer(self.zstd.decode(self._file(coords).read_bytes()), dtype=self.dtype)
-            block = block.reshape(self.chunks)
-            place = tuple(slice(i * c - s.start, min((i + 1) * c, s.stop) - s.start)
-                          for i, c, s in zip(coords, self.chunks, region))
-            out[place] = block[tuple(slice(0, p.stop - p.start) for p in place)]
-        return out
+            yield coords, tuple(slice(i * c - s.start, min((i + 1) * c, s.stop) - s.start)
+                                for i, c, s in zip(coords, self.chunks, region))
 
     def _region(self, region: tuple[slice, ...]) -> tuple[slice, ...]:
         return tuple(slice(*s.indices(n)[:2]) for s, n in zip(region, self.shape))
