@@ -18,8 +18,12 @@ really track the label and the ranked tables are not empty. Two stores are built
    Both are timed inside fresh processes after their imports.
 4. a re-run with other thresholds, top-n and examples on the unchanged store (cache hit) against the first run,
    as whole processes and inside processes after imports.
+5. the same first run and re-run at the real scale: a third store of the N sentences over 135 generated SAEs of
+   width 16384 with the layers, L0s and paths of config/gemma_scope_16k_configurations.json, on a random model
+   with Gemma-2-2B's 26 layers (`--scale-configs K`: K of them, evenly spread over that list; `--quick`: 12 of
+   width 2048; `--no-scale` skips it). Its SAEs (~1.1 GiB at full scale) are kept under `--cache`.
 
-    python scripts/bench_analyze.py --quick                          # ~30 s on 2 cores
+    python scripts/bench_analyze.py --quick                          # ~1 min on 2 cores
     python scripts/bench_analyze.py --out-md scripts/BENCHMARKS.md   # full run, 5-7 min on 2 shared cores
 """
 
@@ -769,7 +773,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="tiny data (2 SAEs of width 2048, 48 sentences), ~30 s")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny data (2 SAEs of width 2048, 48 sentences; 12 in the scale store), ~1 min",
+    )
     parser.add_argument("--out-md", type=Path, help="insert the results into this Markdown file, newest first")
     parser.add_argument("--cache", type=Path, help="keep the generated model, SAEs and CSVs here and reuse them")
     parser.add_argument(
