@@ -24,7 +24,8 @@ really track the label and the ranked tables are not empty. Two stores are built
    width 2048; `--no-scale` skips it). Its SAEs (~1.1 GiB at full scale) are kept under `--cache`.
 
     python scripts/bench_analyze.py --quick                          # ~1 min on 2 cores
-    python scripts/bench_analyze.py --out-md scripts/BENCHMARKS.md   # full run, 5-7 min on 2 shared cores
+    python scripts/bench_analyze.py --out-md scripts/BENCHMARKS.md   # full run, 5-7 min on 2 shared cores (+3 min
+                                                                     # the first time, to generate the 135 SAEs)
 """
 
 from __future__ import annotations
@@ -502,8 +503,7 @@ def first_run_and_rerun(store: Path, out: Path, env: dict, log, label: str = "")
     user_cache = Path(env["XDG_CACHE_HOME"])
     shutil.rmtree(user_cache, ignore_errors=True)
     before = store_files(store)
-    argv = ["analyze", str(store), "--output", str(out), "--quiet"]
-    rerun_argv = [*argv, "--overwrite", *RERUN_OPTIONS]
+    argv, rerun_argv = analyze_argvs(store, out)
     runs = {}
     log(f"analyze{label}: first run (whole process) ...")
     runs["analyze"] = measure(saezarr_cmd(*argv), f"analyze{label}", env)
@@ -516,8 +516,7 @@ def first_run_and_rerun(store: Path, out: Path, env: dict, log, label: str = "")
     log(f"analyze{label}: first run and re-run inside processes, after imports ...")
     forget_new_files(store, before)
     shutil.rmtree(user_cache, ignore_errors=True)
-    out = out.with_name(out.name + "-inproc")
-    argv[3], rerun_argv[3] = str(out), str(out)
+    argv, rerun_argv = analyze_argvs(store, out.with_name(out.name + "-inproc"))
     runs["inproc"] = _checked(run_child({"task": "analyze", "argv": argv}, env), f"analyze{label} in process")
     runs["inproc_rerun"] = _checked(
         run_child({"task": "analyze", "argv": rerun_argv}, env), f"analyze{label} re-run in process"
@@ -525,11 +524,22 @@ def first_run_and_rerun(store: Path, out: Path, env: dict, log, label: str = "")
     return runs
 
 
-def scale_layout(n: int) -> tuple[list[dict], int]:
-    """n of the real Gemma Scope configs (all 135, else evenly spread over their list) and the model's layer count."""
+def analyze_argvs(store: Path, out: Path) -> tuple[list[str], list[str]]:
+    """The CLI arguments of a first analyze of the store into `out` and of its re-run with RERUN_OPTIONS."""
+    first = ["analyze", str(store), "--output", str(out), "--quiet"]
+    return first, [*first, "--overwrite", *RERUN_OPTIONS]
+
+
+def real_configs() -> tuple:
+    """The configs of the real Gemma Scope 16k configuration file (135)."""
     from saezarr.configs import load_config_file
 
-    real = load_config_file(REAL_CONFIGS).configs
+    return load_config_file(REAL_CONFIGS).configs
+
+
+def scale_layout(n: int) -> tuple[list[dict], int]:
+    """n of the real configs (all of them, else evenly spread over their list) and the model's layer count."""
+    real = real_configs()
     picks = (
         sorted({round(i * (len(real) - 1) / max(n - 1, 1)) for i in range(n)}) if n < len(real) else range(len(real))
     )
@@ -542,7 +552,12 @@ def measure_scale(root: Path, scratch: Path, mode: str, n: int, csv: Path, env: 
     sizes = SIZES[mode]
     configs, layers = scale_layout(n)
     assets = root / f"scale-{mode}-{len(configs)}-{ASSET_VERSION}"
-    raw = {"layers": layers, "n_layers_used": len({c["layer"] for c in configs}), "generated": None}
+    raw = {
+        "layers": layers,
+        "n_layers_used": len({c["layer"] for c in configs}),
+        "n_real": len(real_configs()),
+        "generated": None,
+    }
     if not (assets / "config.json").exists():
         log(f"generating {len(configs)} SAEs of width {sizes['width']} on a {layers}-layer model ...")
         spec = {"task": "gen_scale", "folder": str(assets), "sizes": sizes, "configs": configs, "layers": layers}
@@ -693,20 +708,27 @@ def report_lines(raw: dict) -> list[str]:
 
 def scale_lines(scale: dict) -> list[str]:
     """The details behind the scale row: layout, store, build and the analyze times."""
-    mib, info = 2**20, scale["info"]
+    mib, info, build = 2**20, scale["info"], scale["build"]
     first, rerun, inproc, inproc_rerun = scale["analyze"], scale["rerun"], scale["inproc"], scale["inproc_rerun"]
     made = f"generated in {scale['generated']:.0f} s" if scale["generated"] is not None else "reused from --cache"
+    which = "all of them" if info["n_configs"] == scale["n_real"] else "evenly spread over its list"
+    layers = f"{scale['n_layers_used']} of the {scale['layers']}-layer model's layers"
     return [
-        f"scale: {info['n_configs']} generated SAEs in the layout of {REAL_CONFIGS.name} (same layers, L0s and paths; "
-        f"{'all of them' if info['n_configs'] == 135 else 'evenly spread over its list'}: {scale['n_layers_used']} of "
-        f"the {scale['layers']}-layer model's layers), {made}, {scale['assets_bytes'] / mib:.0f} MiB of SAEs and model",
-        f"scale store: {_describe(info)}; built in {scale['build']['wall']:.1f} s ({scale['build']['cpu']:.1f} CPU s, "
-        f"peak RSS {scale['build']['peak_rss'] / mib:.0f} MiB); analysis cache after the first run "
-        f"{scale['cache_bytes'] / mib:.0f} MiB",
-        f"scale analyze: first run {first['wall']:.2f} s whole process ({first['cpu']:.2f} CPU s, peak RSS "
-        f"{first['peak_rss'] / mib:.0f} MiB), re-run {rerun['wall']:.2f} s ({rerun['cpu']:.2f} CPU s); after imports: "
-        f"first run {inproc['wall']:.2f} s ({inproc['imports']:.2f} s of imports), re-run {inproc_rerun['wall']:.2f} s, "
-        f"ratio {inproc_rerun['wall'] / inproc['wall']:.3f}",
+        (
+            f"scale: {info['n_configs']} generated SAEs in the layout of {REAL_CONFIGS.name} (same layers, L0s and "
+            f"paths; {which}: {layers}), {made}, {scale['assets_bytes'] / mib:.0f} MiB of SAEs and model"
+        ),
+        (
+            f"scale store: {_describe(info)}; built in {build['wall']:.1f} s ({build['cpu']:.1f} CPU s, peak RSS "
+            f"{build['peak_rss'] / mib:.0f} MiB); analysis cache after the first run "
+            f"{scale['cache_bytes'] / mib:.0f} MiB"
+        ),
+        (
+            f"scale analyze, whole processes (the row): first run {first['wall']:.2f} s ({first['cpu']:.2f} CPU s, "
+            f"peak RSS {first['peak_rss'] / mib:.0f} MiB), re-run {rerun['wall']:.2f} s ({rerun['cpu']:.2f} CPU s); "
+            f"after imports: first run {inproc['wall']:.2f} s ({inproc['imports']:.2f} s of imports), re-run "
+            f"{inproc_rerun['wall']:.2f} s, ratio {inproc_rerun['wall'] / inproc['wall']:.3f}"
+        ),
     ]
 
 
@@ -789,8 +811,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-scale", action="store_true", help="skip the scale store's first run and re-run")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.scale_configs is not None and not 1 <= args.scale_configs <= 135:
-        parser.error(f"--scale-configs must be 1-135 (the real configs), got {args.scale_configs}")
+    if args.scale_configs is not None and not 1 <= args.scale_configs <= len(real_configs()):
+        parser.error(f"--scale-configs must be 1-{len(real_configs())} (the real configs), got {args.scale_configs}")
     if args.child:
         _child_main(json.loads(args.child))
         return 0
