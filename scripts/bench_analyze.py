@@ -18,14 +18,20 @@ really track the label and the ranked tables are not empty. Two stores are built
    Both are timed inside fresh processes after their imports.
 4. a re-run with other thresholds, top-n and examples on the unchanged store (cache hit) against the first run,
    as whole processes and inside processes after imports.
+5. the same first run and re-run at the real scale: a third store of the N sentences over 135 generated SAEs of
+   width 16384 with the layers, L0s and paths of config/gemma_scope_16k_configurations.json, on a random model
+   with Gemma-2-2B's 26 layers (`--scale-configs K`: K of them, evenly spread over that list; `--quick`: 12 of
+   width 2048; `--no-scale` skips it). Its SAEs (~1.1 GiB at full scale) are kept under `--cache`.
 
-    python scripts/bench_analyze.py --quick                          # ~30 s on 2 cores
-    python scripts/bench_analyze.py --out-md scripts/BENCHMARKS.md   # full run, 5-7 min on 2 shared cores
+    python scripts/bench_analyze.py --quick                          # ~1 min on 2 cores
+    python scripts/bench_analyze.py --out-md scripts/BENCHMARKS.md   # full run, 5-7 min on 2 shared cores (+3 min
+                                                                     # the first time, to generate the 135 SAEs)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -35,16 +41,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 LEGACY = REPO / "scripts" / "legacy_analyze.py"
+REAL_CONFIGS = REPO / "config" / "gemma_scope_16k_configurations.json"
 RESULT_TAG = "BENCH_RESULT "
 ASSET_VERSION = "a6"
 
 SIZES = {
-    "full": {"sentences": 800, "layers": 4, "l0s": (20, 60), "width": 16384, "rss_factor": 4},
-    "quick": {"sentences": 48, "layers": 2, "l0s": (20,), "width": 2048, "rss_factor": 4},
+    "full": {"sentences": 800, "layers": 4, "l0s": (20, 60), "width": 16384, "rss_factor": 4, "scale_configs": 135},
+    "quick": {"sentences": 48, "layers": 2, "l0s": (20,), "width": 2048, "rss_factor": 4, "scale_configs": 12},
 }
 MODEL = dict(
     hidden_size=64, intermediate_size=128, num_heads=2, num_kv_heads=1, head_dim=32, max_tokens=128, vocab_size=512
@@ -138,33 +146,60 @@ def task_gen(spec: dict) -> dict:
     import pandas as pd
 
     from saezarr.configs import SAEConfig
-    from saezarr.synthetic import write_config_file, write_model, write_saes
 
     started = time.perf_counter()
     sizes = spec["sizes"]
     final = Path(spec["folder"])
+    with staged_folder(final) as folder:
+        n_big = sizes["sentences"] * sizes["rss_factor"]
+        sentences, labels = make_sentences(n_big, seed=1)
+        for name, n in (("input.csv", sizes["sentences"]), ("input_big.csv", n_big)):
+            pd.DataFrame({"sentence": sentences[:n], "concept_strength_label": labels[:n]}).to_csv(
+                folder / name, index=False
+            )
+        configs = [
+            SAEConfig(layer, l0, f"layer_{layer}/width_16k/average_l0_{l0}")
+            for layer in range(sizes["layers"])
+            for l0 in sizes["l0s"]
+        ]
+        write_model_and_saes(folder, final, sentences, sizes["layers"], configs, sizes["width"])
+    return {"seconds": time.perf_counter() - started, "configs": len(configs)}
+
+
+def task_gen_scale(spec: dict) -> dict:
+    """A model with the real Gemma-2-2B's layer count and SAEs for spec['configs'], written into spec['folder']."""
+    from saezarr.configs import SAEConfig
+
+    started = time.perf_counter()
+    sizes = spec["sizes"]
+    configs = [SAEConfig(**entry) for entry in spec["configs"]]
+    sentences, _ = make_sentences(sizes["sentences"] * sizes["rss_factor"], seed=1)  # task_gen's tokenizer corpus
+    final = Path(spec["folder"])
+    with staged_folder(final) as folder:
+        write_model_and_saes(folder, final, sentences, spec["layers"], configs, sizes["width"])
+    return {"seconds": time.perf_counter() - started, "configs": len(configs)}
+
+
+@contextlib.contextmanager
+def staged_folder(final: Path) -> Iterator[Path]:
+    """A fresh folder beside `final` that replaces it once the block succeeds."""
     folder = final.with_name(final.name + ".partial")
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    n_big = sizes["sentences"] * sizes["rss_factor"]
-    sentences, labels = make_sentences(n_big, seed=1)
-    for name, n in (("input.csv", sizes["sentences"]), ("input_big.csv", n_big)):
-        pd.DataFrame({"sentence": sentences[:n], "concept_strength_label": labels[:n]}).to_csv(
-            folder / name, index=False
-        )
-    write_model(folder / "model", sentences, num_layers=sizes["layers"], **MODEL)
-    configs = [
-        SAEConfig(layer, l0, f"layer_{layer}/width_16k/average_l0_{l0}")
-        for layer in range(sizes["layers"])
-        for l0 in sizes["l0s"]
-    ]
-    emphasise_tokens(folder / "model", EMBEDDING_SCALE)
-    calibration, _ = make_sentences(256, seed=2, ending_share=0.0)
-    write_saes(folder / "saes", folder / "model", configs, calibration, width=sizes["width"], seed=1)
-    write_config_file(folder / "config.json", str(final / "model"), str(final / "saes"), configs)
+    yield folder
     shutil.rmtree(final, ignore_errors=True)
     os.rename(folder, final)
-    return {"seconds": time.perf_counter() - started, "configs": len(configs)}
+
+
+def write_model_and_saes(folder: Path, final: Path, corpus: list[str], layers: int, configs: list, width: int) -> None:
+    """The token-emphasised random model, calibrated SAEs and a config file pointing at them once in `final`."""
+    from saezarr.synthetic import write_config_file, write_model, write_saes
+
+    write_model(folder / "model", corpus, num_layers=layers, **MODEL)
+    emphasise_tokens(folder / "model", EMBEDDING_SCALE)
+    calibration, _ = make_sentences(256, seed=2, ending_share=0.0)
+    write_saes(folder / "saes", folder / "model", configs, calibration, width=width, seed=1)
+    write_config_file(folder / "config.json", str(final / "model"), str(final / "saes"), configs)
 
 
 def task_measure(spec: dict) -> dict:
@@ -300,7 +335,13 @@ def task_analyze(spec: dict) -> dict:
     return {"rc": rc, "wall": wall, "cpu": cpu, "imports": imports}
 
 
-CHILD_TASKS = {"gen": task_gen, "measure": task_measure, "read": task_read, "analyze": task_analyze}
+CHILD_TASKS = {
+    "gen": task_gen,
+    "gen_scale": task_gen_scale,
+    "measure": task_measure,
+    "read": task_read,
+    "analyze": task_analyze,
+}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -389,7 +430,7 @@ def _text(column):
     return column.astype("string").fillna("")
 
 
-def run_benchmark(root: Path, scratch: Path, mode: str, log) -> tuple[list[str], dict]:
+def run_benchmark(root: Path, scratch: Path, mode: str, log, scale_configs: int = 0) -> tuple[list[str], dict]:
     """Generate the data, build the stores, measure everything; return the report lines and the raw figures."""
     sizes = SIZES[mode]
     assets = root / f"assets-{mode}-{ASSET_VERSION}"
@@ -400,28 +441,8 @@ def run_benchmark(root: Path, scratch: Path, mode: str, log) -> tuple[list[str],
     for name, csv in (("N", "input.csv"), ("4N", "input_big.csv")):
         stores[name] = scratch / f"store-{name}.zarr"
         log(f"building the {name} store ...")
-        measure(
-            saezarr_cmd(
-                "build",
-                "--input",
-                assets / csv,
-                "--output",
-                stores[name],
-                "--config",
-                assets / "config.json",
-                "--fragments",
-                "token",
-                "--quiet",
-            ),
-            f"build of the {name} store",
-        )
-    info = json.loads(
-        subprocess.run(saezarr_cmd("info", stores["N"], "--json"), capture_output=True, text=True, check=True).stdout
-    )
-    info_big = json.loads(
-        subprocess.run(saezarr_cmd("info", stores["4N"], "--json"), capture_output=True, text=True, check=True).stdout
-    )
-    raw = {"sizes": sizes, "info": _brief_info(info), "info_4n": _brief_info(info_big)}
+        build_store(assets / "config.json", assets / csv, stores[name], f"build of the {name} store")
+    raw = {"sizes": sizes, "info": store_info(stores["N"]), "info_4n": store_info(stores["4N"])}
 
     log("legacy: export-npz ...")
     npz = scratch / "npz"
@@ -442,30 +463,12 @@ def run_benchmark(root: Path, scratch: Path, mode: str, log) -> tuple[list[str],
         "SAEZARR_CACHE": str(scratch / "user-cache" / "saezarr"),
         "MPLCONFIGDIR": str(scratch / "mpl"),
     }
-    before = {name: store_files(path) for name, path in stores.items()}
-    out = scratch / "analyze-out"
-    log("analyze: first run (whole process) ...")
-    raw["analyze"] = measure(saezarr_cmd("analyze", stores["N"], "--output", out, "--quiet"), "analyze", env)
-    raw["compare"] = compare_tables(legacy_out / "ranked_features.csv", out / "ranked_features.csv")
-    raw["cache_files"] = sorted(str(p.relative_to(stores["N"])) for p in store_files(stores["N"]) - before["N"])[:8]
-    log("analyze: re-run with other thresholds, top-n and examples (whole process) ...")
-    raw["rerun"] = measure(
-        saezarr_cmd("analyze", stores["N"], "--output", out, "--overwrite", "--quiet", *RERUN_OPTIONS),
-        "analyze re-run",
-        env,
-    )
+    runs = first_run_and_rerun(stores["N"], scratch / "analyze-N", env, log)
+    raw.update({key: runs[key] for key in ("analyze", "rerun", "inproc", "inproc_rerun", "cache_files")})
+    raw["compare"] = compare_tables(legacy_out / "ranked_features.csv", runs["first_ranked"])
 
     log("plain read of every shard on all cores ...")
     raw["read"] = run_child({"task": "read", "store": str(stores["N"])})
-    log("analyze: first run and re-run inside processes, after imports ...")
-    forget_new_files(stores["N"], before["N"])
-    shutil.rmtree(scratch / "user-cache", ignore_errors=True)
-    out2 = scratch / "analyze-out-2"
-    argv = ["analyze", str(stores["N"]), "--output", str(out2), "--quiet"]
-    raw["inproc"] = _checked(run_child({"task": "analyze", "argv": argv}, env), "analyze in process")
-    raw["inproc_rerun"] = _checked(
-        run_child({"task": "analyze", "argv": argv + ["--overwrite", *RERUN_OPTIONS]}, env), "analyze re-run in process"
-    )
 
     log("analyze: the 4N store (whole process) ...")
     shutil.rmtree(scratch / "user-cache", ignore_errors=True)
@@ -474,7 +477,99 @@ def run_benchmark(root: Path, scratch: Path, mode: str, log) -> tuple[list[str],
         "analyze of the 4N store",
         env,
     )
+    if scale_configs:
+        shutil.rmtree(stores["4N"])  # disk: the scale store is the big one
+        raw["scale"] = measure_scale(root, scratch, mode, scale_configs, assets / "input.csv", env, log)
     return report_lines(raw), raw
+
+
+def build_store(config: Path, csv: Path, store: Path, what: str) -> dict:
+    """`saezarr build --fragments token` of one CSV as a fresh process."""
+    command = saezarr_cmd(
+        "build", "--input", csv, "--output", store, "--config", config, "--fragments", "token", "--quiet"
+    )
+    return measure(command, what)
+
+
+def store_info(store: Path) -> dict:
+    """The brief `saezarr info --json` of a store."""
+    done = subprocess.run(saezarr_cmd("info", store, "--json"), capture_output=True, text=True, check=True)
+    return _brief_info(json.loads(done.stdout))
+
+
+def first_run_and_rerun(store: Path, out: Path, env: dict, log, label: str = "") -> dict:
+    """A cold analyze of the store and its re-run with RERUN_OPTIONS into the same folder (cache hit): as whole
+    processes, then inside processes after imports (the analysis caches removed in between)."""
+    user_cache = Path(env["XDG_CACHE_HOME"])
+    shutil.rmtree(user_cache, ignore_errors=True)
+    before = store_files(store)
+    argv, rerun_argv = analyze_argvs(store, out)
+    runs = {}
+    log(f"analyze{label}: first run (whole process) ...")
+    runs["analyze"] = measure(saezarr_cmd(*argv), f"analyze{label}", env)
+    runs["first_ranked"] = out.with_name(out.name + "-first-ranked.csv")
+    shutil.copyfile(out / "ranked_features.csv", runs["first_ranked"])
+    runs["cache_files"] = sorted(str(p.relative_to(store)) for p in store_files(store) - before)[:8]
+    runs["cache_bytes"] = sum(p.stat().st_size for p in user_cache.rglob("*") if p.is_file())
+    log(f"analyze{label}: re-run with other thresholds, top-n and examples (whole process) ...")
+    runs["rerun"] = measure(saezarr_cmd(*rerun_argv), f"analyze{label} re-run", env)
+    log(f"analyze{label}: first run and re-run inside processes, after imports ...")
+    forget_new_files(store, before)
+    shutil.rmtree(user_cache, ignore_errors=True)
+    argv, rerun_argv = analyze_argvs(store, out.with_name(out.name + "-inproc"))
+    runs["inproc"] = _checked(run_child({"task": "analyze", "argv": argv}, env), f"analyze{label} in process")
+    runs["inproc_rerun"] = _checked(
+        run_child({"task": "analyze", "argv": rerun_argv}, env), f"analyze{label} re-run in process"
+    )
+    return runs
+
+
+def analyze_argvs(store: Path, out: Path) -> tuple[list[str], list[str]]:
+    """The CLI arguments of a first analyze of the store into `out` and of its re-run with RERUN_OPTIONS."""
+    first = ["analyze", str(store), "--output", str(out), "--quiet"]
+    return first, [*first, "--overwrite", *RERUN_OPTIONS]
+
+
+def real_configs() -> tuple:
+    """The configs of the real Gemma Scope 16k configuration file (135)."""
+    from saezarr.configs import load_config_file
+
+    return load_config_file(REAL_CONFIGS).configs
+
+
+def scale_layout(n: int) -> tuple[list[dict], int]:
+    """n of the real configs (all of them, else evenly spread over their list) and the model's layer count."""
+    real = real_configs()
+    picks = (
+        sorted({round(i * (len(real) - 1) / max(n - 1, 1)) for i in range(n)}) if n < len(real) else range(len(real))
+    )
+    configs = [{"layer": real[i].layer, "average_l0": real[i].average_l0, "path": real[i].path} for i in picks]
+    return configs, max(c.layer for c in real) + 1
+
+
+def measure_scale(root: Path, scratch: Path, mode: str, n: int, csv: Path, env: dict, log) -> dict:
+    """Build a store of n generated SAEs in the real configs' layout and time its first analyze and re-run."""
+    sizes = SIZES[mode]
+    configs, layers = scale_layout(n)
+    assets = root / f"scale-{mode}-{len(configs)}-{ASSET_VERSION}"
+    raw = {
+        "layers": layers,
+        "n_layers_used": len({c["layer"] for c in configs}),
+        "n_real": len(real_configs()),
+        "generated": None,
+    }
+    if not (assets / "config.json").exists():
+        log(f"generating {len(configs)} SAEs of width {sizes['width']} on a {layers}-layer model ...")
+        spec = {"task": "gen_scale", "folder": str(assets), "sizes": sizes, "configs": configs, "layers": layers}
+        raw["generated"] = run_child(spec)["seconds"]
+    raw["assets_bytes"] = sum(p.stat().st_size for p in assets.rglob("*") if p.is_file())
+    store = scratch / "store-scale.zarr"
+    log(f"building the {len(configs)}-SAE store ...")
+    raw["build"] = build_store(assets / "config.json", csv, store, "build of the scale store")
+    raw["info"] = store_info(store)
+    raw.update(first_run_and_rerun(store, scratch / "analyze-scale", env, log, f" ({len(configs)} SAEs)"))
+    shutil.rmtree(store, ignore_errors=True)
+    return raw
 
 
 def _checked(result: dict, what: str) -> dict:
@@ -560,6 +655,19 @@ def report_lines(raw: dict) -> list[str]:
             verdict(inproc_rerun_ratio <= TARGETS["rerun_ratio"]),
         ),
     ]
+    scale = raw.get("scale")
+    if scale:
+        scale_ratio = scale["rerun"]["wall"] / scale["analyze"]["wall"]
+        rows.append(
+            (
+                f"re-run (cache) / first run, {scale['info']['n_configs']} SAEs",
+                f"{scale['rerun']['wall']:.2f} s",
+                f"{scale['analyze']['wall']:.2f} s",
+                f"{scale_ratio:.3f}",
+                f"<= {TARGETS['rerun_ratio']}",
+                verdict(scale_ratio <= TARGETS["rerun_ratio"]),
+            )
+        )
     widths = [max(len(str(r[i])) for r in rows + [HEADER]) for i in range(len(HEADER))]
     table = [
         " | ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()
@@ -594,6 +702,33 @@ def report_lines(raw: dict) -> list[str]:
         f"{raw['inproc']['wall'] / read['codec_decode']:.2f})",
         f"re-run options: {' '.join(RERUN_OPTIONS)} (--overwrite, same output folder); new files in the store after the "
         f"first run: {', '.join(raw['cache_files']) or 'none'}",
+        *(scale_lines(scale) if scale else []),
+    ]
+
+
+def scale_lines(scale: dict) -> list[str]:
+    """The details behind the scale row: layout, store, build and the analyze times."""
+    mib, info, build = 2**20, scale["info"], scale["build"]
+    first, rerun, inproc, inproc_rerun = scale["analyze"], scale["rerun"], scale["inproc"], scale["inproc_rerun"]
+    made = f"generated in {scale['generated']:.0f} s" if scale["generated"] is not None else "reused from --cache"
+    which = "all of them" if info["n_configs"] == scale["n_real"] else "evenly spread over its list"
+    layers = f"{scale['n_layers_used']} of the {scale['layers']}-layer model's layers"
+    return [
+        (
+            f"scale: {info['n_configs']} generated SAEs in the layout of {REAL_CONFIGS.name} (same layers, L0s and "
+            f"paths; {which}: {layers}), {made}, {scale['assets_bytes'] / mib:.0f} MiB of SAEs and model"
+        ),
+        (
+            f"scale store: {_describe(info)}; built in {build['wall']:.1f} s ({build['cpu']:.1f} CPU s, peak RSS "
+            f"{build['peak_rss'] / mib:.0f} MiB); analysis cache after the first run "
+            f"{scale['cache_bytes'] / mib:.0f} MiB"
+        ),
+        (
+            f"scale analyze, whole processes (the row): first run {first['wall']:.2f} s ({first['cpu']:.2f} CPU s, "
+            f"peak RSS {first['peak_rss'] / mib:.0f} MiB), re-run {rerun['wall']:.2f} s ({rerun['cpu']:.2f} CPU s); "
+            f"after imports: first run {inproc['wall']:.2f} s ({inproc['imports']:.2f} s of imports), re-run "
+            f"{inproc_rerun['wall']:.2f} s, ratio {inproc_rerun['wall'] / inproc['wall']:.3f}"
+        ),
     ]
 
 
@@ -660,11 +795,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="tiny data (2 SAEs of width 2048, 48 sentences), ~30 s")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny data (2 SAEs of width 2048, 48 sentences; 12 in the scale store), ~1 min",
+    )
     parser.add_argument("--out-md", type=Path, help="insert the results into this Markdown file, newest first")
     parser.add_argument("--cache", type=Path, help="keep the generated model, SAEs and CSVs here and reuse them")
+    parser.add_argument(
+        "--scale-configs",
+        type=int,
+        metavar="N",
+        help="SAEs in the scale store, in the real configs' layout (default 135, --quick 12 of width 2048)",
+    )
+    parser.add_argument("--no-scale", action="store_true", help="skip the scale store's first run and re-run")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.scale_configs is not None and not 1 <= args.scale_configs <= len(real_configs()):
+        parser.error(f"--scale-configs must be 1-{len(real_configs())} (the real configs), got {args.scale_configs}")
     if args.child:
         _child_main(json.loads(args.child))
         return 0
@@ -684,7 +832,8 @@ def main(argv: list[str] | None = None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="run-", dir=root))
     log(f"{mode} run; assets in {root}; load average {info['load'][0]:.2f}")
     try:
-        lines, raw = run_benchmark(root, scratch, mode, log)
+        scale = 0 if args.no_scale else args.scale_configs or SIZES[mode]["scale_configs"]
+        lines, raw = run_benchmark(root, scratch, mode, log, scale)
         if args.cache is not None:
             (args.cache / f"last-{mode}-run.json").write_text(json.dumps(raw, indent=1, default=str))
     finally:

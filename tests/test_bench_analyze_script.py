@@ -4,6 +4,7 @@ its timings are never asserted here."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import subprocess
 import sys
@@ -35,6 +36,26 @@ def test_results_go_into_an_analyze_section_newest_first_and_leave_other_section
     assert text.index(MARKER) < text.index("## second") < text.index("## first")
 
 
+def test_scale_store_takes_the_real_configs_layout_all_or_evenly_spread():
+    bench = _module()
+    real = json.loads(bench.REAL_CONFIGS.read_text())["configs"]
+    layout = [{key: entry[key] for key in ("layer", "average_l0", "path")} for entry in real]
+    configs, layers = bench.scale_layout(135)
+    assert configs == layout and layers == 26
+    configs, layers = bench.scale_layout(12)
+    assert len(configs) == 12 and layers == 26
+    assert configs[0] == layout[0] and configs[-1] == layout[-1]
+    assert all(c in layout for c in configs) and len({c["path"] for c in configs}) == 12
+    assert len({c["layer"] for c in configs}) == 12, "spread over the layers, not bunched in the first ones"
+
+
+def test_scale_configs_outside_the_real_ones_are_refused():
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), "--scale-configs", "136"], capture_output=True, text=True, check=False
+    )
+    assert run.returncode == 2 and "--scale-configs must be 1-135" in run.stderr
+
+
 @pytest.mark.slow
 def test_quick_analyze_benchmark_runs_and_records_its_figures(tmp_path):
     record = tmp_path / "BENCHMARKS.md"
@@ -59,6 +80,7 @@ def test_quick_analyze_benchmark_runs_and_records_its_figures(tmp_path):
         "cold analysis / plain read of the chunks",
         "re-run (cache) / first run, whole processes",
         "re-run (cache) / first run, after imports",
+        "re-run (cache) / first run, 12 SAEs",
     }, entry
     for name, (ratio, _) in rows.items():
         if name.startswith("ranked tables"):
@@ -72,3 +94,11 @@ def test_quick_analyze_benchmark_runs_and_records_its_figures(tmp_path):
     assert rows["ranked tables: max abs diff, numeric columns"][1] == "MET", entry
     assert re.search(r"0 only legacy, 0 only analyze", entry) and "legacy columns first and in order True" in entry
     assert run.stdout.count("legacy analysis / analyze (whole processes)") == 1, "the table is printed too"
+    details = entry.splitlines()
+    assert any(
+        line.startswith("scale: 12 generated SAEs in the layout of gemma_scope_16k_configurations.json")
+        for line in details
+    )
+    assert any(
+        re.match(r"scale store: 12 SAEs x 2048 features, 48 sentences, \d+ token fragments", line) for line in details
+    )
