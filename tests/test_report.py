@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from saezarr.analysis.report import FINAL_FRAGMENTS_NOTE, write_report
+from saezarr.analysis.tables import ConfigTable, config_summary
 from saezarr.build.pipeline import BuildOptions, build
 from saezarr.store.reading import open_store
 from saezarr.synthetic import DEMO_CSV
@@ -139,8 +140,20 @@ def _info(ds, store: Path, features: pd.DataFrame, ranked: pd.DataFrame, labels:
             "notes": ["Layers 0 and 5 at L0 8 have no Neuronpedia source: their features are not linked."]}
 
 
+def summary_of(features: pd.DataFrame) -> pd.DataFrame:
+    """The report's per-SAE summary of a features table whose rows are configs x features, config by config."""
+    first = features.groupby("config", sort=False).first()
+    configs = ConfigTable(np.arange(len(first)), first.index.to_numpy(dtype=object), first["layer"].to_numpy(),
+                          first["average_l0"].to_numpy(),
+                          np.array([_source(layer, l0) for layer, l0 in zip(first["layer"], first["average_l0"])]))
+    shape = (len(first), -1)
+    return config_summary(configs, features["interpretability_score"].to_numpy().reshape(shape),
+                          features["passes_filter"].to_numpy().reshape(shape))
+
+
 def analysis_inputs(store: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict, dict]:
-    """features, ranked, examples and info as analyze makes them, from the store's final-token activations."""
+    """features, ranked, examples and info as analyze makes them, from the store's final-token activations (the
+    report takes `summary_of(features)` in place of features)."""
     ds = open_store(store)
     acts = ds["activations"].values
     final = np.flatnonzero(ds["is_final_token"].values)
@@ -173,7 +186,8 @@ def token_inputs(stores):
 
 @pytest.fixture(scope="module")
 def token_report(token_inputs, tmp_path_factory) -> tuple[Path, str]:
-    path = write_report(tmp_path_factory.mktemp("report"), *token_inputs)
+    features, ranked, examples, info = token_inputs
+    path = write_report(tmp_path_factory.mktemp("report"), summary_of(features), ranked, examples, info)
     return path, path.read_text(encoding="utf-8")
 
 
@@ -334,7 +348,7 @@ def test_data_is_escaped(token_inputs, tmp_path):
     examples = {**examples, next(iter(examples)): {
         **entry, "examples_by_label": {**entry["examples_by_label"], "3": [nasty]}}}
     info = {**info, "notes": [*info["notes"], "<b>bold</b> & co"], "input_file": "<i>in</i>.csv"}
-    text = write_report(tmp_path, features, ranked, examples, info).read_text()
+    text = write_report(tmp_path, summary_of(features), ranked, examples, info).read_text()
     assert "<script>alert" not in text and "<bos>" not in text and "<b>bold" not in text and "<i>in" not in text
     assert "&lt;bos&gt;&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &#x27;q&#x27; &lt;/span&gt;" in text
     assert "&lt;b&gt;bold&lt;/b&gt; &amp; co" in text
@@ -347,7 +361,7 @@ def test_final_fragment_store_says_shading_needs_token_fragments(stores, tmp_pat
     features, ranked, examples, info = analysis_inputs(stores["final"])
     assert examples and not info["token_shading"]
     assert all(ex["tokens"] is None for e in examples.values() for exs in e["examples_by_label"].values() for ex in exs)
-    text = write_report(tmp_path, features, ranked, examples, info).read_text()
+    text = write_report(tmp_path, summary_of(features), ranked, examples, info).read_text()
     assert text.count("--fragments token") == 1
     assert FINAL_FRAGMENTS_NOTE in text
     page = Page(text)
@@ -364,7 +378,7 @@ def test_nothing_passing_and_nan_scores_still_give_a_report(token_inputs, tmp_pa
     features = features.assign(interpretability_score=features["interpretability_score"].where(~layer0),
                                passes_filter=False)
     info = {**info, "counts": {**info["counts"], "passing": 0}}
-    path = write_report(tmp_path, features, ranked.iloc[:0], {}, info)
+    path = write_report(tmp_path, summary_of(features), ranked.iloc[:0], {}, info)
     text = path.read_text()
     assert "No feature passes the filter" in text
     assert (tmp_path / "plots" / "overview.png").read_bytes().startswith(PNG_MAGIC)

@@ -115,7 +115,7 @@ class AnalysisCache:
 
     def metrics(self) -> dict[str, np.ndarray]:
         """The cached metrics, each a [config, feature] array (`monotonic` as bool), by name in METRICS order."""
-        stacked = np.load(self.path / METRICS_FILE)
+        stacked = np.load(self.path / METRICS_FILE, mmap_mode="r")  # pages are read as the tables need them
         return {name: stacked[i].astype(bool) if name == "monotonic" else stacked[i] for i, name in enumerate(METRICS)}
 
     def touch(self) -> None:

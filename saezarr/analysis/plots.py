@@ -13,21 +13,6 @@ import pandas as pd
 SCORE_CMAP = "viridis"
 
 
-def config_summary(features: pd.DataFrame) -> pd.DataFrame:
-    """Per config: layer, average_l0, the number passing, and the best interpretability_score, its feature and link."""
-    grouped = features.groupby("config", sort=False, observed=True)
-    summary = grouped[["layer", "average_l0"]].first()
-    summary["passing"] = grouped["passes_filter"].sum().astype(int)
-    columns = ["config", "feature_id", "interpretability_score", "neuronpedia_url"]
-    scored = features.loc[features["interpretability_score"].notna(), columns]
-    best = scored.loc[scored.groupby("config", sort=False, observed=True)["interpretability_score"].idxmax()]
-    best = best.set_index("config")
-    summary["best_score"] = best["interpretability_score"].reindex(summary.index)
-    summary["best_feature"] = best["feature_id"].reindex(summary.index).astype("Int64")
-    summary["best_url"] = best["neuronpedia_url"].reindex(summary.index).fillna("")
-    return summary.reset_index().sort_values(["layer", "average_l0"], kind="stable", ignore_index=True)
-
-
 def overview_png(summary: pd.DataFrame, memo: Path | None = None) -> bytes:
     """A layer × average-L0 map of each config's best interpretability score, as PNG bytes; kept in the folder
     `memo`, if given, and taken from there when the same map is asked again (a re-run need not import matplotlib)."""

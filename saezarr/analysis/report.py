@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from saezarr.analysis.examples import example_key
-from saezarr.analysis.plots import config_summary, overview_png
+from saezarr.analysis.plots import overview_png
 
 RANKED_ROWS = 200  # the table shows at least this many ranked features (all top-n ones in any case)
 LABELS = ("0", "1", "2", "3")
@@ -19,17 +19,16 @@ FINAL_FRAGMENTS_NOTE = ("Token shading needs a store built with token fragments 
                         "this store holds final fragments only, so each sentence shows its activation as a whole.")
 
 
-def write_report(directory: Path, features: pd.DataFrame, ranked: pd.DataFrame, examples: dict, info: dict,
+def write_report(directory: Path, summary: pd.DataFrame, ranked: pd.DataFrame, examples: dict, info: dict,
                  plot_memo: Path | None = None) -> Path:
     """Write report.html and plots/*.png into directory (plots kept in and reused from plot_memo); return the
     report's path."""
     directory = Path(directory)
     (directory / "plots").mkdir(parents=True, exist_ok=True)
-    summary = config_summary(features)
     png = overview_png(summary, plot_memo)
     (directory / "plots" / "overview.png").write_bytes(png)
     entries = sorted(examples.items(), key=lambda item: item[1]["rank"])
-    rows = _top_feature_rows(features, [entry for _, entry in entries])
+    rows = _top_feature_rows(ranked, [entry for _, entry in entries])
     body = [
         _header(info, summary, ranked),
         _provenance(info),
@@ -204,12 +203,12 @@ def _share(value: float, top: float) -> float:
 # ---------------------------------------------------------------- per-feature sections
 
 
-def _top_feature_rows(features: pd.DataFrame, entries: list[dict]) -> dict[tuple[str, int], dict]:
-    """(config, feature_id) → the features.parquet row (all metrics) of each top feature."""
-    if not entries or "config" not in features:
+def _top_feature_rows(ranked: pd.DataFrame, entries: list[dict]) -> dict[tuple[str, int], dict]:
+    """(config, feature_id) → the ranked row (all metrics) of each top feature."""
+    if not entries or "config" not in ranked:
         return {}
     ids = {int(entry["feature_id"]) for entry in entries}
-    rows = features[features["feature_id"].isin(ids)]
+    rows = ranked[ranked["feature_id"].isin(ids)]
     wanted = {(str(entry.get("config")), int(entry["feature_id"])) for entry in entries}
     return {key: row for row in rows.to_dict("records")
             if (key := (str(row["config"]), int(row["feature_id"]))) in wanted}

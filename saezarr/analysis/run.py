@@ -14,10 +14,10 @@ import pandas as pd
 from saezarr import __version__
 from saezarr.analysis.cache import PLOTS, AnalysisCache, fingerprint
 from saezarr.analysis.examples import feature_examples
-from saezarr.analysis.metrics import LABELS
+from saezarr.analysis.metrics import LABELS, passes_filter
 from saezarr.analysis.outputs import check_output, write_outputs
 from saezarr.analysis.pooling import POOLS, SentenceLayout
-from saezarr.analysis.tables import ConfigTable, features_table, ranked_table
+from saezarr.analysis.tables import ConfigTable, config_summary, features_table, ranked_table
 from saezarr.errors import SaezarrError
 from saezarr.export import select_targets
 from saezarr.store.layout import Store
@@ -98,15 +98,18 @@ def analyze(options: AnalyzeOptions) -> AnalyzeSummary:
     notes = _notes(layout.labels, configs)
     for note in notes:
         print(f"saezarr: note: {note}", file=sys.stderr)
-    features = features_table(cache.metrics(), configs, options.min_pearson, options.min_tpr, options.max_fpr)
+    metrics = cache.metrics()
+    passing = passes_filter(metrics, options.min_pearson, options.min_tpr, options.max_fpr)
+    features = features_table(metrics, passing, configs)
     ranked = ranked_table(features)
     top = ranked.head(options.top_n).copy()
     top["config_index"] = top.config.map({str(name): i for i, name in enumerate(configs.names)})
     top["store_index"] = configs.indices[top.config_index.to_numpy(dtype=np.int64)]
     token_fragments = _token_fragments(store)
     examples = feature_examples(top, cache.pooled(), sentences, store, token_fragments, options.examples_per_label)
-    info = _info(store, options, features, sentences, notes, token_fragments is not None)
-    write_outputs(Path(options.output), features, ranked, examples, info, cache.path / PLOTS)
+    info = _info(store, options, passing, sentences, notes, token_fragments is not None)
+    summary = config_summary(configs, metrics["interpretability_score"], passing)
+    write_outputs(Path(options.output), features, ranked, summary, examples, info, cache.path / PLOTS)
     return AnalyzeSummary(
         output=Path(options.output), n_configs=len(indices), n_features=store.width,
         n_sentences=len(sentences), n_passing=len(ranked), pool=options.pool, cache=cache.path, cache_reused=reused,
@@ -193,7 +196,7 @@ def _notes(labels: np.ndarray, configs: ConfigTable) -> list[str]:
     return notes
 
 
-def _info(store: Store, options: AnalyzeOptions, features: pd.DataFrame, sentences: pd.DataFrame, notes: list[str],
+def _info(store: Store, options: AnalyzeOptions, passing: np.ndarray, sentences: pd.DataFrame, notes: list[str],
           token_shading: bool) -> dict:
     attrs = store.attrs
     labels = sentences.concept_strength_label.to_numpy()
@@ -207,11 +210,11 @@ def _info(store: Store, options: AnalyzeOptions, features: pd.DataFrame, sentenc
         "top_n": options.top_n,
         "examples_per_label": options.examples_per_label,
         "counts": {
-            "configs": int(features.config.nunique()),
-            "features": len(features),
+            "configs": int(passing.shape[0]),
+            "features": int(passing.size),
             "sentences": len(sentences),
             "sentences_by_label": {str(k): int((labels == k).sum()) for k in LABELS},
-            "passing": int(features.passes_filter.sum()),
+            "passing": int(passing.sum()),
         },
         "token_shading": token_shading,
         "notes": notes,

@@ -6,8 +6,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from saezarr.analysis.metrics import METRICS, passes_filter
+from saezarr.analysis.metrics import METRICS
 from saezarr.analysis.outputs import LEGACY_COLUMNS
 from saezarr.store.layout import Store
 
@@ -35,39 +37,65 @@ class ConfigTable:
                    store.coordinate("average_l0")[indices].astype(np.int64), sources)
 
 
-def features_table(metrics: dict[str, np.ndarray], configs: ConfigTable, min_pearson: float, min_tpr: float,
-                   max_fpr: float) -> pd.DataFrame:
-    """features.parquet: one row per (config, feature) with every metric, passes_filter and neuronpedia_url."""
-    passing = passes_filter(metrics, min_pearson, min_tpr, max_fpr)
+def features_table(metrics: dict[str, np.ndarray], passing: np.ndarray, configs: ConfigTable) -> pa.Table:
+    """features.parquet: one row per (config, feature) with every metric, passes_filter and neuronpedia_url (an
+    arrow table over the metrics' own memory: no copy of 25 columns of configs × features)."""
     n_configs, width = passing.shape
-    feature_id = np.tile(np.arange(width, dtype=np.int64), n_configs)
-    sources = configs.sources if configs.sources is not None else np.full(n_configs, "", dtype=object)
-    table = pd.DataFrame({
-        "config": np.repeat(configs.names.astype(str), width),
-        "layer": np.repeat(configs.layer, width),
-        "average_l0": np.repeat(configs.average_l0, width),
-        "feature_id": feature_id,
+    config_index = np.repeat(np.arange(n_configs), width)
+    columns = {
+        "config": pa.chunked_array([pa.repeat(str(name), width) for name in configs.names], pa.string()),
+        "layer": configs.layer[config_index],
+        "average_l0": configs.average_l0[config_index],
+        "feature_id": np.tile(np.arange(width, dtype=np.int64), n_configs),
         **{name: metrics[name].ravel() for name in METRICS},
         "passes_filter": passing.ravel(),
-    })
-    table["neuronpedia_url"] = neuronpedia_urls(np.repeat(sources.astype(object), width), feature_id)
-    return table
+        "neuronpedia_url": _urls(_sources(configs), width),
+    }
+    return pa.table(columns)
+
+
+def _urls(sources: list[str], width: int) -> pa.ChunkedArray:
+    """neuronpedia_url for `width` features of each source, "" where there is none: one chunk per config."""
+    ids = pc.cast(pa.array(np.arange(width)), pa.string())
+    unlinked = pa.repeat("", width)
+    return pa.chunked_array([pc.binary_join_element_wise(f"{NEURONPEDIA}/{source}/", ids, "") if source else unlinked
+                             for source in sources], pa.string())
+
+
+def _sources(configs: ConfigTable) -> list[str]:
+    return list(configs.sources) if configs.sources is not None else [""] * len(configs.names)
 
 
 def neuronpedia_urls(sources: np.ndarray, feature_ids: np.ndarray) -> np.ndarray:
     """`https://www.neuronpedia.org/{source}/{feature_id}`, or "" where the SAE has no source."""
-    sources = np.asarray(sources, dtype=object)
-    urls = np.full(len(sources), "", dtype=object)
-    linked = sources != ""  # only these need a string built (most SAEs have no source)
-    urls[linked] = NEURONPEDIA + "/" + sources[linked] + "/" + np.asarray(feature_ids)[linked].astype(str).astype(object)
-    return urls
+    return np.array([f"{NEURONPEDIA}/{source}/{int(fid)}" if source else "" for source, fid in zip(sources, feature_ids)],
+                    dtype=object)
 
 
-def ranked_table(features: pd.DataFrame) -> pd.DataFrame:
+def ranked_table(features: pa.Table) -> pd.DataFrame:
     """ranked_features.csv: the passing features by interpretability_score descending, legacy columns first."""
-    ranked = features[features.passes_filter].sort_values("interpretability_score", ascending=False, kind="stable")
-    ranked = ranked.drop(columns="passes_filter").reset_index(drop=True)
+    ranked = features.filter(features["passes_filter"]).drop_columns("passes_filter").to_pandas()
+    ranked = ranked.sort_values("interpretability_score", ascending=False, kind="stable", ignore_index=True)
     ranked.insert(0, "rank", np.arange(1, len(ranked) + 1))
     ranked["average_l0"] = ranked.average_l0.astype(np.float64)  # the legacy files carry it as a float
     rest = [c for c in ranked.columns if c not in LEGACY_COLUMNS]
     return ranked[[*LEGACY_COLUMNS, *rest]]
+
+
+def config_summary(configs: ConfigTable, score: np.ndarray, passing: np.ndarray) -> pd.DataFrame:
+    """Per config (by layer, then average L0): the number of features passing, and the best interpretability_score
+    [config, feature], its feature and link (NaN, <NA> and "" where every score is NaN)."""
+    scored = ~np.isnan(score).all(axis=1)
+    best = np.argmax(np.where(np.isnan(score), -np.inf, score), axis=1)  # the first of equal best scores
+    best_score = np.where(scored, score[np.arange(len(score)), best], np.nan)
+    links = neuronpedia_urls(np.array(_sources(configs), dtype=object), best)
+    summary = pd.DataFrame({
+        "config": configs.names.astype(str),
+        "layer": configs.layer,
+        "average_l0": configs.average_l0,
+        "passing": passing.sum(axis=1).astype(int),
+        "best_score": best_score,
+        "best_feature": pd.Series(best, dtype="Int64").where(scored),
+        "best_url": np.where(scored, links, ""),
+    })
+    return summary.sort_values(["layer", "average_l0"], kind="stable", ignore_index=True)
