@@ -15,7 +15,8 @@ import numpy as np
 
 from saezarr.analysis.metrics import METRICS
 from saezarr.analysis.pooling import SentenceLayout, pooled_dtype
-from saezarr.analysis.work import feature_units, map_units, unit_function
+from saezarr.analysis.runner import map_units
+from saezarr.analysis.work import feature_units, unit_function
 from saezarr.folders import make_staging, remove_stale_staging_in
 from saezarr.store.layout import ACTIVATIONS, Store
 from saezarr.store.shards import ChunkFiles

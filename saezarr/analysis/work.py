@@ -1,11 +1,9 @@
 """The analysis's unit of work, one config's range of features: its per-sentence activations, written to the cache,
-and their metrics; and where units run: a thread pool here, or the workers of the default dask client."""
+and their metrics (where units run is `saezarr.analysis.runner`'s concern)."""
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from pathlib import Path
@@ -16,7 +14,6 @@ from saezarr.analysis.metrics import stacked_metrics
 from saezarr.analysis.pooling import SentenceLayout, pool_sentences
 from saezarr.store.layout import Store
 from saezarr.store.shards import ChunkFiles
-from saezarr.units import usable_cores
 
 
 @dataclass(frozen=True)
@@ -55,40 +52,6 @@ def compute_unit(unit: FeatureUnit, store_path: str, layout: SentenceLayout, poo
 def _open_store(path: str) -> Store:
     """The store at path, opened once per process (workers run many units of the same store)."""
     return Store(path)
-
-
-def map_units(function: Callable, units: Sequence, progress: Callable[[int], None] | None = None) -> list:
-    """function(unit) for every unit, in order: on the default dask client's workers if one is set (the CLI's
-    --scheduler), else on a thread pool here; progress(1) after each."""
-    client = _default_client()
-    if client is None:
-        with ThreadPoolExecutor(max_workers=usable_cores()) as threads:
-            return list(_reporting(threads.map(function, units), progress))
-    futures = client.map(function, units, pure=False)
-    from distributed import as_completed
-
-    for _ in _reporting(as_completed(futures), progress):
-        pass
-    return client.gather(futures)
-
-
-def _reporting(results: Iterable, progress: Callable[[int], None] | None) -> Iterable:
-    for result in results:
-        if progress is not None:
-            progress(1)
-        yield result
-
-
-def _default_client():
-    """The default dask.distributed client, if distributed is imported and one is set."""
-    if "distributed" not in sys.modules:  # nothing can have set a client; importing distributed costs 0.3-1 s
-        return None
-    from distributed import default_client
-
-    try:
-        return default_client()
-    except ValueError:
-        return None
 
 
 def unit_function(store: Store, layout: SentenceLayout, pool: str, pooled: ChunkFiles) -> Callable[[FeatureUnit], np.ndarray]:
