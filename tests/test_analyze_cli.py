@@ -47,6 +47,11 @@ def test_outputs_have_the_legacy_layout(analysed, store):
     features = pd.read_parquet(out / "features.parquet")
     assert len(features) == 6 * 128
     assert list(features.columns[:4]) == ["config", "layer", "average_l0", "feature_id"]
+    assert features.config.dtype == object or pd.api.types.is_string_dtype(features.config.dtype)  # not categorical
+    assert not isinstance(features.config.dtype, pd.CategoricalDtype)
+    assert [str(features[c].dtype) for c in ("layer", "average_l0", "feature_id", "passes_filter")] == \
+        ["int64", "int64", "int64", "bool"]
+    assert features.groupby("config", sort=False).feature_id.apply(list).map(lambda ids: ids == list(range(128))).all()
     metrics = saezarr.feature_metrics(saezarr.open_store(store)).compute()
     np.testing.assert_array_equal(features.pearson_corr.to_numpy(), metrics.pearson_corr.values.ravel())
     ranked = pd.read_csv(out / "ranked_features.csv", keep_default_na=False)

@@ -15,7 +15,7 @@ from saezarr import __version__
 from saezarr.analysis.cache import PLOTS, AnalysisCache, fingerprint
 from saezarr.analysis.examples import feature_examples
 from saezarr.analysis.metrics import LABELS, passes_filter
-from saezarr.analysis.outputs import check_output, write_outputs
+from saezarr.analysis.outputs import OutputWriter, check_output
 from saezarr.analysis.pooling import POOLS, SentenceLayout
 from saezarr.analysis.tables import ConfigTable, config_summary, features_table, ranked_table
 from saezarr.errors import SaezarrError
@@ -101,15 +101,17 @@ def analyze(options: AnalyzeOptions) -> AnalyzeSummary:
     metrics = cache.metrics()
     passing = passes_filter(metrics, options.min_pearson, options.min_tpr, options.max_fpr)
     features = features_table(metrics, passing, configs)
-    ranked = ranked_table(features)
-    top = ranked.head(options.top_n).copy()
-    top["config_index"] = top.config.map({str(name): i for i, name in enumerate(configs.names)})
-    top["store_index"] = configs.indices[top.config_index.to_numpy(dtype=np.int64)]
-    token_fragments = _token_fragments(store)
-    examples = feature_examples(top, cache.pooled(), sentences, store, token_fragments, options.examples_per_label)
-    info = _info(store, options, passing, sentences, notes, token_fragments is not None)
-    summary = config_summary(configs, metrics["interpretability_score"], passing)
-    write_outputs(Path(options.output), features, ranked, summary, examples, info, cache.path / PLOTS)
+    with OutputWriter(Path(options.output)) as output:
+        output.write_features(features)
+        ranked = ranked_table(features)
+        top = ranked.head(options.top_n).copy()
+        top["config_index"] = top.config.map({str(name): i for i, name in enumerate(configs.names)})
+        top["store_index"] = configs.indices[top.config_index.to_numpy(dtype=np.int64)]
+        token_fragments = _token_fragments(store)
+        examples = feature_examples(top, cache.pooled(), sentences, store, token_fragments, options.examples_per_label)
+        info = _info(store, options, passing, sentences, notes, token_fragments is not None)
+        summary = config_summary(configs, metrics["interpretability_score"], passing)
+        output.write_rest(ranked, summary, examples, info, cache.path / PLOTS)
     return AnalyzeSummary(
         output=Path(options.output), n_configs=len(indices), n_features=store.width,
         n_sentences=len(sentences), n_passing=len(ranked), pool=options.pool, cache=cache.path, cache_reused=reused,

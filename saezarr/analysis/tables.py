@@ -39,19 +39,25 @@ class ConfigTable:
 
 def features_table(metrics: dict[str, np.ndarray], passing: np.ndarray, configs: ConfigTable) -> pa.Table:
     """features.parquet: one row per (config, feature) with every metric, passes_filter and neuronpedia_url (an
-    arrow table over the metrics' own memory: no copy of 25 columns of configs × features)."""
+    arrow table over the metrics' own memory, its per-config columns one chunk per config: no copy of configs ×
+    features values)."""
     n_configs, width = passing.shape
-    config_index = np.repeat(np.arange(n_configs), width)
     columns = {
-        "config": pa.chunked_array([pa.repeat(str(name), width) for name in configs.names], pa.string()),
-        "layer": configs.layer[config_index],
-        "average_l0": configs.average_l0[config_index],
-        "feature_id": np.tile(np.arange(width, dtype=np.int64), n_configs),
+        "config": _per_config([str(name) for name in configs.names], width, pa.string()),
+        "layer": _per_config(configs.layer.tolist(), width, pa.int64()),
+        "average_l0": _per_config(configs.average_l0.tolist(), width, pa.int64()),
+        "feature_id": pa.chunked_array([pa.array(np.arange(width, dtype=np.int64))] * n_configs),
         **{name: metrics[name].ravel() for name in METRICS},
         "passes_filter": passing.ravel(),
         "neuronpedia_url": _urls(_sources(configs), width),
     }
     return pa.table(columns)
+
+
+def _per_config(values: list, width: int, type_: pa.DataType) -> pa.ChunkedArray:
+    """A column holding each config's value for its `width` rows: one chunk per config, shared by equal values."""
+    chunks = {value: pa.repeat(pa.scalar(value, type_), width) for value in set(values)}
+    return pa.chunked_array([chunks[value] for value in values], type_)
 
 
 def _urls(sources: list[str], width: int) -> pa.ChunkedArray:
