@@ -7,36 +7,48 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from saezarr.store.locking import process_alive
 
 
-def make_staging(path: Path, suffix: str) -> Path:
-    """A new empty folder `.NAME.PID.RANDOM{suffix}` beside path, after removing path's stale ones."""
-    remove_stale_staging(path, suffix)
+def make_staging(path: Path, suffix: str, older_than: float = 0.0) -> Path:
+    """A new empty folder `.NAME.PID.RANDOM{suffix}` beside path, after removing path's stale ones (those last
+    modified over `older_than` seconds ago)."""
+    remove_stale_staging(path, suffix, older_than)
     return Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=suffix, dir=path.parent))
 
 
-def remove_stale_staging(path: Path, suffix: str) -> None:
-    """Delete path's staging folders (`.NAME.PID.RANDOM{suffix}`) whose writing process is gone."""
+def remove_stale_staging(path: Path, suffix: str, older_than: float = 0.0) -> None:
+    """Delete path's staging folders (`.NAME.PID.RANDOM{suffix}`) whose writing process is gone (and that were last
+    modified over `older_than` seconds ago)."""
     # exact, so `out` never matches `.out.zarr.PID.RANDOM{suffix}`, the staging folder of out.zarr
-    _remove_dead(Path(path).parent, glob.escape(Path(path).name), re.escape(Path(path).name), suffix)
+    _remove_dead(Path(path).parent, glob.escape(Path(path).name), re.escape(Path(path).name), suffix, older_than)
 
 
-def remove_stale_staging_in(folder: Path, suffix: str) -> None:
-    """Delete the staging folders (`.NAME.PID.RANDOM{suffix}`, any NAME) in folder whose writing process is gone."""
-    _remove_dead(Path(folder), "*", r".+", suffix)
+def remove_stale_staging_in(folder: Path, suffix: str, older_than: float = 0.0) -> None:
+    """Delete the staging folders (`.NAME.PID.RANDOM{suffix}`, any NAME) in folder whose writing process is gone (and
+    that were last modified over `older_than` seconds ago)."""
+    _remove_dead(Path(folder), "*", r".+", suffix, older_than)
 
 
-def _remove_dead(folder: Path, name_glob: str, name_regex: str, suffix: str) -> None:
+def _remove_dead(folder: Path, name_glob: str, name_regex: str, suffix: str, older_than: float) -> None:
     # the PID is looked up on this host: on a file system shared between hosts, another host's live writer can look
-    # dead here, so don't write one path from two hosts at once
+    # dead here; `older_than` spares the writers of the last so many seconds
     staging_name = re.compile(rf"\.{name_regex}\.(\d+)\.[a-z0-9_]+{re.escape(suffix)}")
+    cutoff = time.time() - older_than
     for staging in folder.glob(f".{name_glob}.*{glob.escape(suffix)}"):
         match = staging_name.fullmatch(staging.name)
-        if match and not process_alive(int(match.group(1))):
+        if match and not process_alive(int(match.group(1))) and _modified(staging) <= cutoff:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _modified(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # removed meanwhile
+        return float("inf")
 
 
 def swap_into_place(staging: Path, path: Path) -> None:

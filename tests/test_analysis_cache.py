@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -80,12 +81,17 @@ def test_a_killed_fill_of_any_entry_is_removed_by_the_next_run_a_live_one_kept(s
     cache = cache_with(tmp_path / "cache", filled["final"])
     key = filled["final"].name
     dead_same, dead_other = staging(cache, key, dead_pid()), staging(cache, "f" * 32, dead_pid())
+    long_ago = time.time() - 2 * 24 * 3600
+    for folder in (dead_same, dead_other):
+        os.utime(folder, (long_ago, long_ago))
     live = staging(cache, "e" * 32, os.getpid())
+    elsewhere = staging(cache, "d" * 32, dead_pid())  # just written by a PID this host lacks: another host's fill?
     result = analyze(store, tmp_path / "out", cache=cache)  # a cache hit: no fill, still tidies
     assert result.returncode == 0, result.stderr
     assert REUSED in result.stdout
     assert not dead_same.exists() and not dead_other.exists()
     assert live.is_dir() and (live / "pooled.zarr" / "c0").stat().st_size == 1000
+    assert elsewhere.is_dir(), "a fill of the last day is spared: it may be another host's on a shared cache"
     assert entries(cache) == [key]
     assert evictions(result) == []
 

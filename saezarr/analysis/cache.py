@@ -25,6 +25,8 @@ from saezarr.units import human_bytes, parse_size
 CACHE_FORMAT = 4  # bump when what the cache holds or how it is computed changes
 POOLED = "pooled.zarr"
 METRICS_FILE = "metrics.npy"
+# a fill whose process this host cannot see is left alone for a day: it may be another host's, on a shared cache
+FILL_GRACE = 24 * 3600.0
 POOLED_FEATURES = 256  # features per chunk of pooled.zarr: the examples read a few features' chunks
 PLOTS = "plots"  # the report's plots, by a digest of what they show
 STAGING_SUFFIX = ".filling"  # an entry being filled, or an evicted one being deleted: `.KEY.PID.RANDOM.filling`
@@ -77,7 +79,7 @@ class AnalysisCache:
 
     def remove_dead_fills(self) -> None:
         """Delete the half-filled entries (and half-deleted ones) of every fingerprint left by processes now gone."""
-        remove_stale_staging_in(self.path.parent, STAGING_SUFFIX)
+        remove_stale_staging_in(self.path.parent, STAGING_SUFFIX, FILL_GRACE)
 
     @property
     def complete(self) -> bool:
@@ -89,7 +91,7 @@ class AnalysisCache:
         """Compute and store the per-sentence activations of the configs, and their metrics, one unit of work per
         (config, feature chunk); the folder appears by rename once whole. Then evict old entries over the cap."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        staging = make_staging(self.path, STAGING_SUFFIX)
+        staging = make_staging(self.path, STAGING_SUFFIX, FILL_GRACE)
         try:
             shape = (len(config_indices), layout.n_sentences, store.width)
             chunks = (1, layout.n_sentences, min(POOLED_FEATURES, store.feature_chunk))
@@ -170,7 +172,7 @@ def _mtime(folder: Path) -> float:
 
 def _delete_entry(entry: Path) -> bool:
     """Move entry into a staging folder first, so no reader sees it half deleted; False if it is gone already."""
-    trash = make_staging(entry, STAGING_SUFFIX)
+    trash = make_staging(entry, STAGING_SUFFIX, FILL_GRACE)
     try:
         os.rename(entry, trash / entry.name)
         return True
