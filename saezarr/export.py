@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import zarr
 from tqdm.auto import tqdm
 
 from saezarr.configs import suggest
@@ -130,8 +129,7 @@ def select_targets(store: Store, output: Path, names: Sequence[str] | None, laye
 
 def all_targets(store: Store, output: Path) -> list[ConfigTarget]:
     """Every configuration of the store, with its output file in the output folder."""
-    group = zarr.open_group(store.path, mode="r")
-    layers, l0s = group["layer"][:].tolist(), group["average_l0"][:].tolist()
+    layers, l0s = store.coordinate("layer").tolist(), store.coordinate("average_l0").tolist()
     return [
         ConfigTarget(ci, name, layers[ci], l0s[ci], output / npz_name(layers[ci], l0s[ci]))
         for ci, name in enumerate(store.config_names)
@@ -249,10 +247,9 @@ def _raise_write_error(error: BaseException | None, target: ConfigTarget) -> Non
 
 def read_fragment_arrays(store: Store) -> dict[str, np.ndarray]:
     """The per-fragment arrays shared by every configuration's file, under their npz keys."""
-    group = zarr.open_group(store.path, mode="r")
     arrays = {}
     for key, coordinate in FRAGMENT_KEYS.items():
-        values = group[coordinate][:]
+        values = store.coordinate(coordinate)
         arrays[key] = _unicode(values) if values.dtype.kind in "OTU" else values
     return arrays
 

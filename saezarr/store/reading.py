@@ -60,8 +60,7 @@ def store_info(path: str | Path) -> dict:
     """A JSON-serialisable summary of a store: provenance, sizes, and completion per configuration."""
     store = open_existing(path)
     done = store.done_matrix()
-    group = zarr.open_group(store.path, mode="r")
-    layers, l0s = group["layer"][:], group["average_l0"][:]
+    layers, l0s = store.coordinate("layer"), store.coordinate("average_l0")
     chunk_sizes = np.array([store.chunk_size(chunk) for chunk in range(store.n_chunks)])
     dense_done = int((done * chunk_sizes).sum()) * store.width * 4
     on_disk = store.bytes_on_disk()
