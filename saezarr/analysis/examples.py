@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from saezarr.analysis.metrics import LABELS
+from saezarr.analysis.pooling import SentenceLayout
 from saezarr.store.layout import Store
 from saezarr.store.shards import ChunkFiles
 from saezarr.units import usable_cores
@@ -24,14 +25,15 @@ def feature_examples(
     pooled: ChunkFiles,
     sentences: pd.DataFrame,
     store: Store,
-    fragments: pd.DataFrame | None,
+    layout: SentenceLayout,
+    fragment_texts: np.ndarray | None,
     per_label: int,
 ) -> dict:
     """The feature_examples.json dict for the ranked rows in `top` (columns of ranked_features.csv plus `config_index`
-    and `store_index`); `sentences` has `concept_strength_label, original_sentence` per pooled sentence, `fragments`
-    the store's `sentence_index, fragment_text` (None: no per-token activations)."""
+    and `store_index`); `sentences` has `concept_strength_label, original_sentence` per pooled sentence, `layout`
+    where their fragments lie, `fragment_texts` the store's fragment texts (None: no per-token activations)."""
     picks = _pick_sentences(top, pooled, sentences, per_label)
-    tokens = _token_activations(top, picks, store, fragments) if fragments is not None else {}
+    tokens = _token_activations(top, picks, store, layout, fragment_texts) if fragment_texts is not None else {}
     examples = {}
     for row, chosen in zip(top.itertuples(index=False), picks):
         by_label = {
@@ -39,7 +41,7 @@ def feature_examples(
                 {
                     "sentence": str(sentences.original_sentence.iat[s]),
                     "activation": float(value),
-                    "tokens": tokens.get((row.store_index, int(row.feature_id), s)) if fragments is not None else None,
+                    "tokens": tokens.get((row.store_index, int(row.feature_id), s)) if fragment_texts is not None else None,
                 }
                 for s, value in chosen[k]
             ]
@@ -81,16 +83,15 @@ def _pick_sentences(top: pd.DataFrame, pooled: ChunkFiles, sentences: pd.DataFra
     return picks
 
 
-def _token_activations(top: pd.DataFrame, picks: list[dict], store: Store, fragments: pd.DataFrame) -> dict:
+def _token_activations(top: pd.DataFrame, picks: list[dict], store: Store, layout: SentenceLayout,
+                       texts: np.ndarray) -> dict:
     """(store config index, feature, sentence) -> [{text, activation}] over the sentence's fragments."""
-    sentence_of = fragments.sentence_index.to_numpy()
-    starts = np.searchsorted(sentence_of, np.arange(sentence_of[-1] + 2))
     wanted: dict[tuple[int, int], set] = defaultdict(set)  # (config, fragment chunk) -> features
     rows_of: dict[tuple[int, int, int], np.ndarray] = {}
     for row, chosen in zip(top.itertuples(index=False), picks):
         for k in LABELS:
             for s, _ in chosen[k]:
-                rows = np.arange(starts[s], starts[s + 1])
+                rows = np.arange(layout.starts[s], layout.stops[s])
                 rows_of[(row.store_index, int(row.feature_id), s)] = rows
                 for chunk in np.unique(rows // store.chunk_fragments):
                     wanted[(row.store_index, int(chunk))].add(int(row.feature_id))
@@ -104,7 +105,6 @@ def _token_activations(top: pd.DataFrame, picks: list[dict], store: Store, fragm
 
     with ThreadPoolExecutor(max_workers=usable_cores()) as pool:
         list(pool.map(read, wanted))
-    texts = fragments.fragment_text.to_numpy()
     out = {}
     for (ci, fid, s), rows in rows_of.items():
         segments, previous = [], ""

@@ -107,9 +107,10 @@ def analyze(options: AnalyzeOptions) -> AnalyzeSummary:
         top = ranked.head(options.top_n).copy()
         top["config_index"] = top.config.map({str(name): i for i, name in enumerate(configs.names)})
         top["store_index"] = configs.indices[top.config_index.to_numpy(dtype=np.int64)]
-        token_fragments = _token_fragments(store)
-        examples = feature_examples(top, cache.pooled(), sentences, store, token_fragments, options.examples_per_label)
-        info = _info(store, options, passing, sentences, notes, token_fragments is not None)
+        fragment_texts = _fragment_texts(store)
+        examples = feature_examples(top, cache.pooled(), sentences, store, layout, fragment_texts,
+                                    options.examples_per_label)
+        info = _info(store, options, passing, sentences, notes, fragment_texts is not None)
         summary = config_summary(configs, metrics["interpretability_score"], passing)
         output.write_rest(ranked, summary, examples, info, cache.path / PLOTS)
     return AnalyzeSummary(
@@ -169,12 +170,11 @@ class _progress:
             self.bar.close()
 
 
-def _token_fragments(store: Store) -> pd.DataFrame | None:
-    """The fragments' sentence and text, for per-token shading; None for a store with one fragment per sentence."""
+def _fragment_texts(store: Store) -> np.ndarray | None:
+    """The fragments' texts, for per-token shading; None for a store with one fragment per sentence."""
     if store.attrs.get("fragments") == "final":
         return None
-    return pd.DataFrame({"sentence_index": store.coordinate("sentence_index"),
-                         "fragment_text": np.asarray(store.coordinate("fragment_text"), dtype=object)})
+    return np.asarray(store.coordinate("fragment_text"), dtype=object)
 
 
 def _notes(labels: np.ndarray, configs: ConfigTable) -> list[str]:
