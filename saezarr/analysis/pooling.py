@@ -43,10 +43,15 @@ class SentenceLayout:
 
     def check(self, pool: str) -> None:
         """Refuse an unknown pool, and `final` where some sentence lacks exactly one final-token fragment."""
-        if pool not in POOLS:
-            raise SaezarrError(f"--pool: expected one of {', '.join(POOLS)}, got {pool!r}")
+        check_pool(pool)
         if pool == "final" and self.finals is None:
             raise SaezarrError("--pool final: not every sentence has exactly one final-token fragment in the store")
+
+
+def check_pool(pool: str) -> None:
+    """Refuse a pool that is not one of POOLS."""
+    if pool not in POOLS:
+        raise SaezarrError(f"--pool: expected one of {', '.join(POOLS)}, got {pool!r}")
 
 
 def pooled_dtype(pool: str, dtype: np.dtype) -> np.dtype:

@@ -16,7 +16,7 @@ from saezarr.analysis.cache import PLOTS, AnalysisCache, fingerprint
 from saezarr.analysis.examples import feature_examples
 from saezarr.analysis.metrics import LABELS, passes_filter
 from saezarr.analysis.outputs import OutputWriter, check_output
-from saezarr.analysis.pooling import POOLS, SentenceLayout
+from saezarr.analysis.pooling import SentenceLayout, check_pool
 from saezarr.analysis.tables import ConfigTable, config_summary, features_table, ranked_table
 from saezarr.errors import SaezarrError
 from saezarr.export import select_targets
@@ -122,8 +122,7 @@ def analyze(options: AnalyzeOptions) -> AnalyzeSummary:
 
 def check_options(options: AnalyzeOptions) -> None:
     """Refuse thresholds outside their range, a non-positive top-n or examples count, and an unknown pool."""
-    if options.pool not in POOLS:
-        raise SaezarrError(f"--pool: expected one of {', '.join(POOLS)}, got {options.pool!r}")
+    check_pool(options.pool)
     ranges = {"--min-pearson": (options.min_pearson, -1.0, 1.0), "--min-tpr": (options.min_tpr, 0.0, 1.0),
               "--max-fpr": (options.max_fpr, 0.0, 1.0)}
     for option, (value, low, high) in ranges.items():
