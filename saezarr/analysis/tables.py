@@ -64,7 +64,7 @@ def _urls(sources: list[str], width: int) -> pa.ChunkedArray:
     """neuronpedia_url for `width` features of each source, "" where there is none: one chunk per config."""
     ids = pc.cast(pa.array(np.arange(width)), pa.string())
     unlinked = pa.repeat("", width)
-    return pa.chunked_array([pc.binary_join_element_wise(f"{NEURONPEDIA}/{source}/", ids, "") if source else unlinked
+    return pa.chunked_array([pc.binary_join_element_wise(_page(source), ids, "") if source else unlinked
                              for source in sources], pa.string())
 
 
@@ -72,10 +72,9 @@ def _sources(configs: ConfigTable) -> list[str]:
     return list(configs.sources) if configs.sources is not None else [""] * len(configs.names)
 
 
-def neuronpedia_urls(sources: np.ndarray, feature_ids: np.ndarray) -> np.ndarray:
-    """`https://www.neuronpedia.org/{source}/{feature_id}`, or "" where the SAE has no source."""
-    return np.array([f"{NEURONPEDIA}/{source}/{int(fid)}" if source else "" for source, fid in zip(sources, feature_ids)],
-                    dtype=object)
+def _page(source: str) -> str:
+    """The start of a Neuronpedia feature link, `https://www.neuronpedia.org/{source}/` (the feature id follows)."""
+    return f"{NEURONPEDIA}/{source}/"
 
 
 def ranked_table(features: pa.Table) -> pd.DataFrame:
@@ -94,7 +93,7 @@ def config_summary(configs: ConfigTable, score: np.ndarray, passing: np.ndarray)
     scored = ~np.isnan(score).all(axis=1)
     best = np.argmax(np.where(np.isnan(score), -np.inf, score), axis=1)  # the first of equal best scores
     best_score = np.where(scored, score[np.arange(len(score)), best], np.nan)
-    links = neuronpedia_urls(np.array(_sources(configs), dtype=object), best)
+    links = [_page(source) + str(feature) if source else "" for source, feature in zip(_sources(configs), best)]
     summary = pd.DataFrame({
         "config": configs.names.astype(str),
         "layer": configs.layer,
