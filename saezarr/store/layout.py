@@ -9,7 +9,7 @@ import re
 import secrets
 import shutil
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,7 +23,7 @@ from saezarr import folders
 from saezarr.configs import SAEConfig
 from saezarr.errors import SaezarrError
 from saezarr.store.locking import StoreLock
-from saezarr.store.shards import ShardEncoder
+from saezarr.store.shards import ShardEncoder, ShardFile
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -116,20 +116,27 @@ class Store:
         first, last, _ = features.indices(self.width)
         inner = range(first // self.feature_chunk, -(-last // self.feature_chunk))
         # decoding the shard here runs at the codec's speed on the caller's thread, no event loop in between
-        return self._shard_encoder.decode(self._shard_bytes(config_index, chunk), stop - start, reduce, inner)
+        with self._shard(config_index, chunk) as data:
+            return self._shard_encoder.decode(data, stop - start, reduce, inner)
 
     def read_columns(self, config_index: int, chunk: int, features: np.ndarray) -> np.ndarray:
         """One unit's latents [fragment, len(features)] of some features."""
         start, stop = self.chunk_bounds(chunk)
         if self._shard_encoder is None:
             return self.array.get_orthogonal_selection((config_index, slice(start, stop), features))
-        return self._shard_encoder.decode_columns(self._shard_bytes(config_index, chunk), stop - start, features)
+        with self._shard(config_index, chunk) as data:
+            return self._shard_encoder.decode_columns(data, stop - start, features)
 
-    def _shard_bytes(self, config_index: int, chunk: int) -> bytes | None:
+    @contextlib.contextmanager
+    def _shard(self, config_index: int, chunk: int) -> Iterator[ShardFile | None]:
+        """The unit's shard file, read in parts: a unit of analysis reads one inner chunk of it, not all."""
         try:
-            return self._shard_file(config_index, chunk).read_bytes()
+            shard = ShardFile(self._shard_file(config_index, chunk))
         except FileNotFoundError:
-            return None  # never written: zarr reads it as the fill value
+            yield None  # never written: zarr reads it as the fill value
+            return
+        with shard:
+            yield shard
 
     def write_chunk(self, config_index: int, chunk: int, latents: np.ndarray) -> None:
         """Write one unit's latents, then mark it complete."""

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -68,7 +69,7 @@ class ShardEncoder:
         return [*parts, bytes(CRC32C().encode(index))]  # the index, then its little-endian CRC32C
 
     def decode(
-        self, data: bytes | None, n_rows: int, reduce: Callable[[np.ndarray], np.ndarray], inner: range | None = None
+        self, data: bytes | ShardFile | None, n_rows: int, reduce: Callable[[np.ndarray], np.ndarray], inner: range | None = None
     ) -> np.ndarray:
         """`reduce` of a shard's rows [n_rows, feature], applied to each inner chunk's columns (those in `inner`, or
         all) and put side by side; data None is a shard never written (all fill value). `reduce` must return a new
@@ -84,7 +85,7 @@ class ShardEncoder:
             out[:, j * self.inner_width : (j + 1) * self.inner_width] = part
         return out
 
-    def decode_columns(self, data: bytes | None, n_rows: int, columns: np.ndarray) -> np.ndarray:
+    def decode_columns(self, data: bytes | ShardFile | None, n_rows: int, columns: np.ndarray) -> np.ndarray:
         """A shard's rows [n_rows, len(columns)] of some feature columns (data None: never written), decoding only the
         inner chunks that hold them."""
         columns = np.asarray(columns, dtype=np.int64)
@@ -97,14 +98,14 @@ class ShardEncoder:
             out[:, here] = block[:n_rows, columns[here] - i * self.inner_width]
         return out
 
-    def _decode_inner_chunk(self, data: bytes | None, entry: tuple[int, int], block: np.ndarray) -> None:
+    def _decode_inner_chunk(self, data: bytes | ShardFile | None, entry: tuple[int, int], block: np.ndarray) -> None:
         offset, length = entry
         if offset == MISSING and length == MISSING:
             block.fill(self.fill_value)
         else:
-            self.zstd.decode(memoryview(data)[offset : offset + length], out=block)
+            self.zstd.decode(data[offset : offset + length], out=block)
 
-    def _index(self, data: bytes | None) -> list[tuple[int, int]]:
+    def _index(self, data: bytes | ShardFile | None) -> list[tuple[int, int]]:
         """(offset, length) of every inner chunk, from the CRC32C-checked index at the shard's end."""
         n_inner = self.width // self.inner_width
         if data is None:
@@ -128,6 +129,29 @@ class ShardEncoder:
         block[:n_rows] = rows[:, start : start + self.inner_width]
         block[n_rows:] = self.fill_value  # rows past the array's last fragment hold the fill value, as zarr writes
         return self.zstd.encode(block)
+
+
+class ShardFile:
+    """A shard file read in parts, its index and then only the inner chunks asked for, instead of whole: it has the
+    len() and slices of the shard's bytes that ShardEncoder's decoding uses."""
+
+    def __init__(self, path: Path):
+        self.file = open(path, "rb", buffering=0)
+        self.size = os.fstat(self.file.fileno()).st_size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, part: slice) -> bytes:
+        start, stop, _ = part.indices(self.size)
+        self.file.seek(start)
+        return self.file.read(max(0, stop - start))
+
+    def __enter__(self) -> ShardFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
 
 
 def _is_little_endian_bytes(codec: object) -> bool:
