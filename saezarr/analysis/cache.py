@@ -96,10 +96,9 @@ class AnalysisCache:
             shape = (len(config_indices), layout.n_sentences, store.width)
             chunks = (1, layout.n_sentences, min(POOLED_FEATURES, store.feature_chunk))
             pooled = ChunkFiles(staging / POOLED, shape, chunks, pooled_dtype(pool, store.array.dtype))
+            metrics = np.empty((len(METRICS), len(config_indices), store.width), dtype=np.float64)
             units = feature_units(store, config_indices)
-            results = map_units(unit_function(store, layout, pool, pooled), units, progress)
-            metrics = np.empty((len(METRICS), *shape[::2]), dtype=np.float64)
-            for unit, values in zip(units, results):
+            for unit, values in map_units(unit_function(store, layout, pool, pooled), units, progress):
                 metrics[:, unit.position, unit.start : unit.stop] = values
             release_freed_memory()
             np.save(staging / METRICS_FILE, metrics)
