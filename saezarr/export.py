@@ -292,11 +292,7 @@ def read_activations(store: Store, target: ConfigTarget) -> np.ndarray:
         try:
             out[start:stop] = store.array[target.index, start:stop, :]
         except (OSError, ValueError, RuntimeError) as exc:
-            raise SaezarrError(
-                f"{store.path}: cannot read chunk {chunk} of {target.name} ({type(exc).__name__}: {exc}); "
-                "the store may be damaged; rebuild it with `saezarr build ... --overwrite`",
-                exit_code=1,
-            ) from None
+            raise store.unreadable(target.index, chunk, exc) from None
     return out
 
 

@@ -250,6 +250,30 @@ def test_unfinished_configs_are_named_with_done_and_total(unfinished, tmp_path):
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
 
 
+@pytest.mark.parametrize("damage", ["truncated", "bit flip"])
+def test_a_damaged_shard_is_one_line_and_leaves_outputs_and_cache_alone(store, tmp_path, damage):
+    damaged = tmp_path / "damaged.zarr"
+    shutil.copytree(store, damaged)
+    names = json.loads((damaged / "zarr.json").read_text())["attributes"]["configs"]
+    shard = damaged / "activations" / "c" / "1" / "2" / "0"  # config 1, fragment chunk 2
+    data = bytearray(shard.read_bytes())
+    if damage == "truncated":
+        data = data[:40]
+    else:
+        data[10] ^= 0xFF  # inside the first inner chunk: its zstd checksum no longer matches
+    shard.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep")
+    result = analyze(damaged, out, "--overwrite", cache=tmp_path / "cache")
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert f"{damaged}: cannot read chunk 2 of {names[1]} (ShardDamaged: " in result.stderr
+    assert "the store may be damaged; rebuild it with `saezarr build ... --overwrite`" in result.stderr
+    assert [p.name for p in out.iterdir()] == ["mine.txt"] and (out / "mine.txt").read_text() == "keep"
+    assert not any((tmp_path / "cache" / "analysis").iterdir())  # no entry, no staging left
+    assert shard.read_bytes() == bytes(data)  # the store is only read
+
+
 def test_existing_output_without_overwrite_is_left_alone(store, tmp_path):
     out = tmp_path / "out"
     out.mkdir()

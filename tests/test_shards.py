@@ -11,6 +11,7 @@ from zarr.codecs import BloscCodec
 
 from saezarr import __version__
 from saezarr.configs import SAEConfig
+from saezarr.errors import SaezarrError
 from saezarr.store.layout import ACTIVATIONS, Store, create_store
 from saezarr.store.shards import ShardEncoder
 
@@ -129,7 +130,8 @@ def test_a_damaged_shard_index_is_refused(tmp_path):
     data = bytearray(path.read_bytes())
     data[-10] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(RuntimeError, match="(?i)checksum"):
+    # one line for the user, naming the unit, with the checksum failure that found it
+    with pytest.raises(SaezarrError, match=r"s\.zarr: cannot read chunk 0 of \S+ \(ShardDamaged: .*(?i:checksum)"):
         store.read_chunk(0, 0, np.copy)
 
 

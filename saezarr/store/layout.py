@@ -23,7 +23,7 @@ from saezarr import folders
 from saezarr.configs import SAEConfig
 from saezarr.errors import SaezarrError
 from saezarr.store.locking import StoreLock
-from saezarr.store.shards import ShardEncoder, ShardFile
+from saezarr.store.shards import ShardDamaged, ShardEncoder, ShardFile
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -117,7 +117,10 @@ class Store:
         inner = range(first // self.feature_chunk, -(-last // self.feature_chunk))
         # decoding the shard here runs at the codec's speed on the caller's thread, no event loop in between
         with self._shard(config_index, chunk) as data:
-            return self._shard_encoder.decode(data, stop - start, reduce, inner)
+            try:
+                return self._shard_encoder.decode(data, stop - start, reduce, inner)
+            except ShardDamaged as exc:
+                raise self.unreadable(config_index, chunk, exc) from None
 
     def read_columns(self, config_index: int, chunk: int, features: np.ndarray) -> np.ndarray:
         """One unit's latents [fragment, len(features)] of some features."""
@@ -125,7 +128,18 @@ class Store:
         if self._shard_encoder is None:
             return self.array.get_orthogonal_selection((config_index, slice(start, stop), features))
         with self._shard(config_index, chunk) as data:
-            return self._shard_encoder.decode_columns(data, stop - start, features)
+            try:
+                return self._shard_encoder.decode_columns(data, stop - start, features)
+            except ShardDamaged as exc:
+                raise self.unreadable(config_index, chunk, exc) from None
+
+    def unreadable(self, config_index: int, chunk: int, exc: Exception) -> SaezarrError:
+        """The one-line error for a unit whose data cannot be read back."""
+        return SaezarrError(
+            f"{self.path}: cannot read chunk {chunk} of {self.config_names[config_index]} ({type(exc).__name__}: "
+            f"{exc}); the store may be damaged; rebuild it with `saezarr build ... --overwrite`",
+            exit_code=1,
+        )
 
     @contextlib.contextmanager
     def _shard(self, config_index: int, chunk: int) -> Iterator[ShardFile | None]:

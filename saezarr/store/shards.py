@@ -18,6 +18,10 @@ from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ShardingCodecInd
 MISSING = 2**64 - 1  # an index entry (offset and length) for an inner chunk that holds only the fill value
 
 
+class ShardDamaged(ValueError):
+    """A shard's bytes do not decode: too short for its index, or a checksum that does not match."""
+
+
 @dataclass(frozen=True)
 class ShardEncoder:
     """Encodes one shard of rows [fragment, feature] into the exact bytes zarr would write for it, and decodes them."""
@@ -102,8 +106,11 @@ class ShardEncoder:
         offset, length = entry
         if offset == MISSING and length == MISSING:
             block.fill(self.fill_value)
-        else:
+            return
+        try:
             self.zstd.decode(data[offset : offset + length], out=block)
+        except RuntimeError as exc:  # numcodecs' zstd: a bad frame or checksum
+            raise ShardDamaged(str(exc)) from None
 
     def _index(self, data: bytes | ShardFile | None) -> list[tuple[int, int]]:
         """(offset, length) of every inner chunk, from the CRC32C-checked index at the shard's end."""
@@ -112,8 +119,11 @@ class ShardEncoder:
             return [(MISSING, MISSING)] * n_inner
         size = 16 * n_inner + 4
         if len(data) < size:
-            raise ValueError(f"a shard of {len(data)} bytes is too short for its index of {size} bytes")
-        index = np.frombuffer(CRC32C().decode(data[-size:]), dtype="<u8").reshape(n_inner, 2)
+            raise ShardDamaged(f"a shard of {len(data)} bytes is too short for its index of {size} bytes")
+        try:
+            index = np.frombuffer(CRC32C().decode(data[-size:]), dtype="<u8").reshape(n_inner, 2)
+        except RuntimeError as exc:  # numcodecs' CRC32C: the index does not match its checksum
+            raise ShardDamaged(str(exc)) from None
         return [(int(offset), int(length)) for offset, length in index]
 
     def _block(self) -> np.ndarray:
