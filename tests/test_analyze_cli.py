@@ -328,3 +328,20 @@ def test_a_killed_runs_staging_folder_is_removed_and_a_live_ones_kept(analysed, 
 def _a_pid_that_is_gone() -> int:
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     return int(finished.stdout)
+
+
+def test_features_parquet_is_under_way_before_pandas_is_imported(analysed, store, tmp_path):
+    # pandas' import (0.2 s) then overlaps the parquet writer's thread: a re-run's critical path
+    _, cache, _ = analysed
+    argv = ["analyze", str(store), "--output", str(tmp_path / "again"), "--quiet", *LOOSE]
+    code = ("import sys, pyarrow.parquet as pq, saezarr.cli\n"
+            "write, seen = pq.write_table, []\n"
+            "pq.write_table = lambda *a, **k: (seen.append('pandas' in sys.modules), write(*a, **k))[1]\n"
+            f"code = saezarr.cli.main({argv!r})\n"
+            "sys.exit(code or (3 if seen != [False] else 0))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "SAEZARR_CACHE": str(cache)})
+    assert result.returncode == 0, result.stderr  # 3: pandas was imported before features.parquet was started
+    first = pd.read_parquet(analysed[0] / "features.parquet")
+    again = pd.read_parquet(tmp_path / "again" / "features.parquet")
+    pd.testing.assert_frame_equal(first, again)

@@ -12,8 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from saezarr.analysis.ranking import config_summary
 from saezarr.analysis.report import FINAL_FRAGMENTS_NOTE, write_report
-from saezarr.analysis.tables import ConfigTable, config_summary
+from saezarr.analysis.tables import ConfigTable
 from saezarr.build.pipeline import BuildOptions, build
 from saezarr.store.reading import open_store
 from saezarr.synthetic import DEMO_CSV

@@ -23,23 +23,23 @@ def example_key(layer: int, average_l0: float, feature_id: int) -> str:
 def feature_examples(
     top: pd.DataFrame,
     pooled: ChunkFiles,
-    sentences: pd.DataFrame,
+    texts: np.ndarray,
     store: Store,
     layout: SentenceLayout,
     fragment_texts: np.ndarray | None,
     per_label: int,
 ) -> dict:
     """The feature_examples.json dict for the ranked rows in `top` (columns of ranked_features.csv plus `config_index`
-    and `store_index`); `sentences` has `concept_strength_label, original_sentence` per pooled sentence, `layout`
+    and `store_index`); `texts` are the pooled sentences' texts, `layout` their labels and
     where their fragments lie, `fragment_texts` the store's fragment texts (None: no per-token activations)."""
-    picks = _pick_sentences(top, pooled, sentences, per_label)
+    picks = _pick_sentences(top, pooled, layout.labels, per_label)
     tokens = _token_activations(top, picks, store, layout, fragment_texts) if fragment_texts is not None else {}
     examples = {}
     for row, chosen in zip(top.itertuples(index=False), picks):
         by_label = {
             str(k): [
                 {
-                    "sentence": str(sentences.original_sentence.iat[s]),
+                    "sentence": str(texts[s]),
                     "activation": float(value),
                     "tokens": tokens.get((row.store_index, int(row.feature_id), s)) if fragment_texts is not None else None,
                 }
@@ -63,9 +63,8 @@ def feature_examples(
     return examples
 
 
-def _pick_sentences(top: pd.DataFrame, pooled: ChunkFiles, sentences: pd.DataFrame, per_label: int) -> list[dict]:
+def _pick_sentences(top: pd.DataFrame, pooled: ChunkFiles, labels: np.ndarray, per_label: int) -> list[dict]:
     """For each top row, per label, the (sentence, activation) pairs with the highest pooled activation."""
-    labels = sentences.concept_strength_label.to_numpy()
     step = pooled.chunks[2]
     columns = {}
     for (ci, part), group in top.groupby([top.config_index, top.feature_id // step]):

@@ -7,21 +7,23 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from saezarr import __version__
 from saezarr.analysis.cache import PLOTS, AnalysisCache, fingerprint
-from saezarr.analysis.examples import feature_examples
 from saezarr.analysis.metrics import LABELS, passes_filter
 from saezarr.analysis.outputs import OutputWriter, check_output
 from saezarr.analysis.pooling import SentenceLayout, check_pool
-from saezarr.analysis.tables import ConfigTable, config_summary, features_table, ranked_table
+from saezarr.analysis.tables import ConfigTable, features_table
 from saezarr.errors import SaezarrError
 from saezarr.export import select_targets
 from saezarr.store.layout import Store
 from saezarr.store.reading import open_existing
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 NO_SOURCES_NOTE = (
     "neuronpedia_url is empty for every feature: the store was built before saezarr recorded each SAE's "
@@ -93,8 +95,6 @@ def analyze(options: AnalyzeOptions) -> AnalyzeSummary:
         with _progress(options.quiet, len(indices) * -(-store.width // store.feature_chunk)) as progress:
             cache.fill(store, indices, layout, options.pool, progress)
     configs = ConfigTable.of(store, indices)
-    texts = np.asarray(store.coordinate("original_sentence"), dtype=object)[layout.starts]
-    sentences = pd.DataFrame({"concept_strength_label": layout.labels, "original_sentence": texts})
     notes = _notes(layout.labels, configs)
     for note in notes:
         print(f"saezarr: note: {note}", file=sys.stderr)
@@ -103,21 +103,34 @@ def analyze(options: AnalyzeOptions) -> AnalyzeSummary:
     features = features_table(metrics, passing, configs)
     with OutputWriter(Path(options.output)) as output:
         output.write_features(features)
-        ranked = ranked_table(features)
-        top = ranked.head(options.top_n).copy()
-        top["config_index"] = top.config.map({str(name): i for i, name in enumerate(configs.names)})
-        top["store_index"] = configs.indices[top.config_index.to_numpy(dtype=np.int64)]
-        fragment_texts = _fragment_texts(store)
-        examples = feature_examples(top, cache.pooled(), sentences, store, layout, fragment_texts,
-                                    options.examples_per_label)
-        info = _info(store, options, passing, sentences, notes, fragment_texts is not None)
-        summary = config_summary(configs, metrics["interpretability_score"], passing)
-        output.write_rest(ranked, summary, examples, info, cache.path / PLOTS)
+        n_passing = _write_findings(output, options, store, features, configs, layout, cache, notes)
     return AnalyzeSummary(
         output=Path(options.output), n_configs=len(indices), n_features=store.width,
-        n_sentences=len(sentences), n_passing=len(ranked), pool=options.pool, cache=cache.path, cache_reused=reused,
+        n_sentences=layout.n_sentences, n_passing=n_passing, pool=options.pool, cache=cache.path, cache_reused=reused,
         notes=notes, elapsed=time.perf_counter() - started,
     )
+
+
+def _write_findings(output: OutputWriter, options: AnalyzeOptions, store: Store, features: pa.Table,
+                    configs: ConfigTable, layout: SentenceLayout, cache: AnalysisCache, notes: list[str]) -> int:
+    """Write the ranked features, their examples, analysis.json and the report; return how many features pass."""
+    # imported only now, once features.parquet is being written on its thread: pandas' import (0.2 s) overlaps it
+    from saezarr.analysis.examples import feature_examples
+    from saezarr.analysis.ranking import config_summary, ranked_table
+
+    texts = np.asarray(store.coordinate("original_sentence"), dtype=object)[layout.starts]
+    ranked = ranked_table(features)
+    top = ranked.head(options.top_n).copy()
+    top["config_index"] = top.config.map({str(name): i for i, name in enumerate(configs.names)})
+    top["store_index"] = configs.indices[top.config_index.to_numpy(dtype=np.int64)]
+    fragment_texts = _fragment_texts(store)
+    examples = feature_examples(top, cache.pooled(), texts, store, layout, fragment_texts,
+                                options.examples_per_label)
+    passing = features["passes_filter"].to_numpy().reshape(len(configs.names), -1)
+    info = _info(store, options, passing, layout.labels, notes, fragment_texts is not None)
+    score = features["interpretability_score"].to_numpy().reshape(passing.shape)
+    output.write_rest(ranked, config_summary(configs, score, passing), examples, info, cache.path / PLOTS)
+    return len(ranked)
 
 
 def check_options(options: AnalyzeOptions) -> None:
@@ -197,10 +210,9 @@ def _notes(labels: np.ndarray, configs: ConfigTable) -> list[str]:
     return notes
 
 
-def _info(store: Store, options: AnalyzeOptions, passing: np.ndarray, sentences: pd.DataFrame, notes: list[str],
+def _info(store: Store, options: AnalyzeOptions, passing: np.ndarray, labels: np.ndarray, notes: list[str],
           token_shading: bool) -> dict:
     attrs = store.attrs
-    labels = sentences.concept_strength_label.to_numpy()
     return {
         "store": str(store.path),
         "saezarr_version": __version__,
@@ -213,7 +225,7 @@ def _info(store: Store, options: AnalyzeOptions, passing: np.ndarray, sentences:
         "counts": {
             "configs": int(passing.shape[0]),
             "features": int(passing.size),
-            "sentences": len(sentences),
+            "sentences": len(labels),
             "sentences_by_label": {str(k): int((labels == k).sum()) for k in LABELS},
             "passing": int(passing.sum()),
         },
