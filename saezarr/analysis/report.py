@@ -134,8 +134,8 @@ def _overview(summary: pd.DataFrame, png: bytes) -> str:
     head = "".join(f"<th>{h}</th>" for h in ("SAE", "layer", "L0", "best score", "best feature", "passing"))
     return (f'<section id="overview"><h2>Overview</h2>'
             f'<p class="hint">One mark per SAE at its layer and average L0, coloured by the best interpretability '
-            f"score of any of its features: squares have features passing the filter, dots have none, grey crosses "
-            f"have no score (NaN).</p>"
+            f"score of any of its features (whether or not it passes the filter); grey crosses have no score (NaN). "
+            f"The table below counts each SAE's features passing the filter.</p>"
             f'<img class="plot" alt="best interpretability score per SAE, layer by average L0" '
             f'src="data:image/png;base64,{image}">'
             f'<details><summary>Per-SAE table ({len(summary)} SAEs)</summary>'

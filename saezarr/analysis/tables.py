@@ -57,7 +57,9 @@ def features_table(metrics: dict[str, np.ndarray], passing: np.ndarray, configs:
         "passes_filter": _numbers(passing.ravel()),
         "neuronpedia_url": _urls(configs.links(), width),
     }
-    return pa.table(columns)
+    # no column has missing values: declared so, the parquet writer need not encode a definition level per value
+    schema = pa.schema([pa.field(name, column.type, nullable=False) for name, column in columns.items()])
+    return pa.table(columns, schema=schema)
 
 
 def _per_config(values: list, width: int, repeat) -> pa.ChunkedArray:
