@@ -17,7 +17,8 @@ really track the label and the ranked tables are not empty. Two stores are built
    shard of every config with a thread pool; the bare zstd decode of the shards' inner chunks is shown too).
    Both are timed inside fresh processes after their imports.
 4. a re-run with other thresholds, top-n and examples on the unchanged store (cache hit) against the first run,
-   as whole processes and inside processes after imports.
+   as whole processes and inside processes after imports; beside it, the floor of any whole-process re-run: a
+   process that only imports numpy, zarr, pyarrow.parquet and pandas (best of 3), against each first run.
 5. the same first run and re-run at the real scale: a third store of the N sentences over 135 generated SAEs of
    width 16384 with the layers, L0s and paths of config/gemma_scope_16k_configurations.json, on a random model
    with Gemma-2-2B's 26 layers (`--scale-configs K`: K of them, evenly spread over that list; `--quick`: 12 of
@@ -466,6 +467,9 @@ def run_benchmark(root: Path, scratch: Path, mode: str, log, scale_configs: int 
     runs = first_run_and_rerun(stores["N"], scratch / "analyze-N", env, log)
     raw.update({key: runs[key] for key in ("analyze", "rerun", "inproc", "inproc_rerun", "cache_files")})
     raw["compare"] = compare_tables(legacy_out / "ranked_features.csv", runs["first_ranked"])
+    log("a process that only imports what every analyze needs (the floor of a whole-process re-run) ...")
+    raw["floor"] = min((measure([sys.executable, "-c", FLOOR_IMPORTS], "imports") for _ in range(3)),
+                       key=lambda result: result["wall"])
 
     log("plain read of every shard on all cores ...")
     raw["read"] = run_child({"task": "read", "store": str(stores["N"])})
@@ -702,8 +706,17 @@ def report_lines(raw: dict) -> list[str]:
         f"{raw['inproc']['wall'] / read['codec_decode']:.2f})",
         f"re-run options: {' '.join(RERUN_OPTIONS)} (--overwrite, same output folder); new files in the store after the "
         f"first run: {', '.join(raw['cache_files']) or 'none'}",
+        *(floor_lines(raw["floor"], analyze, scale) if "floor" in raw else []),
         *(scale_lines(scale) if scale else []),
     ]
+
+
+def floor_lines(floor: dict, analyze: dict, scale: dict | None) -> list[str]:
+    """What a whole process costs before analyze does anything, against each first run."""
+    against = f"{floor['wall'] / analyze['wall']:.3f} of the first run"
+    if scale:
+        against += f" ({floor['wall'] / scale['analyze']['wall']:.3f} at {scale['info']['n_configs']} SAEs)"
+    return [f"floor of a whole-process re-run: `python -c \"{FLOOR_IMPORTS}\"` {floor['wall']:.2f} s, {against}"]
 
 
 def scale_lines(scale: dict) -> list[str]:
@@ -733,6 +746,7 @@ def scale_lines(scale: dict) -> list[str]:
 
 
 HEADER = ("figure", "analyze", "baseline", "ratio", "target", "status")
+FLOOR_IMPORTS = "import numpy, zarr, pyarrow.parquet, pandas"  # what every analyze imports; best of 3 processes
 
 
 def _describe(info: dict) -> str:
