@@ -96,12 +96,15 @@ class AnalysisCache:
             shape = (len(config_indices), layout.n_sentences, store.width)
             chunks = (1, layout.n_sentences, min(POOLED_FEATURES, store.feature_chunk))
             pooled = ChunkFiles(staging / POOLED, shape, chunks, pooled_dtype(pool, store.array.dtype))
-            metrics = np.empty((len(METRICS), len(config_indices), store.width), dtype=np.float64)
+            # written straight into the file: no heap copy of configs × features × metrics that glibc may keep
+            metrics = np.lib.format.open_memmap(staging / METRICS_FILE, mode="w+", dtype=np.float64,
+                                                shape=(len(METRICS), len(config_indices), store.width))
             units = feature_units(store, config_indices)
             for unit, values in map_units(unit_function(store, layout, pool, pooled), units, progress):
                 metrics[:, unit.position, unit.start : unit.stop] = values
+            metrics.flush()
+            del metrics
             release_freed_memory()
-            np.save(staging / METRICS_FILE, metrics)
             try:
                 os.rename(staging, self.path)
             except OSError:  # another run filled it first

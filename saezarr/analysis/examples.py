@@ -69,7 +69,8 @@ def _pick_sentences(top: pd.DataFrame, pooled: ChunkFiles, labels: np.ndarray, p
     columns = {}
     for (ci, part), group in top.groupby([top.config_index, top.feature_id // step]):
         block = pooled[int(ci) : int(ci) + 1, :, int(part) * step : (int(part) + 1) * step][0]  # one chunk
-        columns.update({(ci, f): block[:, f - int(part) * step] for f in group.feature_id.unique()})
+        # copies: a view would keep its whole chunk (sentences × 256 features) alive for every top feature
+        columns.update({(ci, f): block[:, f - int(part) * step].copy() for f in group.feature_id.unique()})
     picks = []
     for row in top.itertuples(index=False):
         column = columns[(row.config_index, row.feature_id)]
