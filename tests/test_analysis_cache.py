@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from analyzetools import build_store
 from clitools import run_cli
@@ -138,3 +139,21 @@ def test_a_bad_cap_is_one_line_before_anything_is_written(store, tmp_path, value
     assert result.stderr == (f"saezarr: error: SAEZARR_CACHE_MAX_BYTES: expected a size such as 8GiB or 500MB, "
                              f"got {value!r}\n")
     assert not (tmp_path / "out").exists() and not cache.exists()
+
+
+def test_a_store_rebuilt_in_place_is_read_anew_by_the_same_process(tmp_path, tiny):
+    # the units open their store once per process (a cluster worker runs many); a notebook or a long-lived worker
+    # that analyses a store, which is then rebuilt at the same path with other chunks, must read the new one
+    from saezarr.analysis.run import AnalyzeOptions
+    from saezarr.analysis.run import analyze as analyze_here
+
+    store = build_store(tmp_path, tiny.config_file, tiny.csv, "--chunk-fragments", "7")
+    analyze_here(AnalyzeOptions(store, tmp_path / "before", cache=tmp_path / "cache", quiet=True))
+    rebuilt = run_cli("build", "--input", tiny.csv, "--output", store, "--config", tiny.config_file, "--quiet",
+                      "--overwrite", "--chunk-fragments", "5")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    analyze_here(AnalyzeOptions(store, tmp_path / "after", cache=tmp_path / "cache", quiet=True))
+    fresh = analyze(store, tmp_path / "fresh", cache=tmp_path / "fresh-cache")  # a new process
+    assert fresh.returncode == 0, fresh.stderr
+    after, expected = (pd.read_parquet(tmp_path / name / "features.parquet") for name in ("after", "fresh"))
+    pd.testing.assert_frame_equal(after, expected)

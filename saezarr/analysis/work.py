@@ -12,7 +12,7 @@ import numpy as np
 
 from saezarr.analysis.metrics import stacked_metrics
 from saezarr.analysis.pooling import SentenceLayout, pool_sentences
-from saezarr.store.layout import Store
+from saezarr.store.layout import ACTIVATIONS, Store
 from saezarr.store.shards import ChunkFiles
 
 
@@ -33,10 +33,10 @@ def feature_units(store: Store, config_indices: Sequence[int]) -> list[FeatureUn
             for position, ci in enumerate(config_indices) for start in range(0, store.width, step)]
 
 
-def compute_unit(unit: FeatureUnit, store_path: str, layout: SentenceLayout, pool: str,
-                 pooled: ChunkFiles) -> np.ndarray:
+def compute_unit(unit: FeatureUnit, store_path: str, store_version: tuple[int, ...], layout: SentenceLayout,
+                 pool: str, pooled: ChunkFiles) -> np.ndarray:
     """Pool the unit's activations per sentence, write them to `pooled`, and return their metrics [metric, feature]."""
-    store = _open_store(store_path)
+    store = _open_store(store_path, store_version)
     features = slice(unit.start, unit.stop)
     bounds = [store.chunk_bounds(chunk) for chunk in range(store.n_chunks)]
 
@@ -49,11 +49,20 @@ def compute_unit(unit: FeatureUnit, store_path: str, layout: SentenceLayout, poo
 
 
 @lru_cache(maxsize=4)
-def _open_store(path: str) -> Store:
-    """The store at path, opened once per process (workers run many units of the same store)."""
+def _open_store(path: str, version: tuple[int, ...]) -> Store:
+    """The store at path, opened once per process and version (workers run many units of the same store; a process
+    that outlives an analysis, a notebook's or a cluster worker, must not read a store rebuilt in place as the old)."""
     return Store(path)
+
+
+def _store_version(path: Path) -> tuple[int, ...]:
+    """What changes when a store is created again at the same path: its activations array's metadata file."""
+    stat = (Path(path) / ACTIVATIONS / "zarr.json").stat()
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
 def unit_function(store: Store, layout: SentenceLayout, pool: str, pooled: ChunkFiles) -> Callable[[FeatureUnit], np.ndarray]:
     """compute_unit bound to one analysis (picklable)."""
-    return partial(compute_unit, store_path=str(Path(store.path).resolve()), layout=layout, pool=pool, pooled=pooled)
+    path = Path(store.path).resolve()
+    return partial(compute_unit, store_path=str(path), store_version=_store_version(path), layout=layout, pool=pool,
+                   pooled=pooled)
