@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from saezarr.analysis.metrics import METRICS
+from saezarr.analysis.metrics import METRICS, unstacked
 from saezarr.analysis.pooling import SentenceLayout, pooled_dtype
 from saezarr.analysis.runner import map_units
 from saezarr.analysis.work import feature_units, unit_function
@@ -120,8 +120,7 @@ class AnalysisCache:
 
     def metrics(self) -> dict[str, np.ndarray]:
         """The cached metrics, each a [config, feature] array (`monotonic` as bool), by name in METRICS order."""
-        stacked = np.load(self.path / METRICS_FILE, mmap_mode="r")  # pages are read as the tables need them
-        return {name: stacked[i].astype(bool) if name == "monotonic" else stacked[i] for i, name in enumerate(METRICS)}
+        return unstacked(np.load(self.path / METRICS_FILE, mmap_mode="r"))  # pages are read as the tables need them
 
     def touch(self) -> None:
         """Mark the cache as used now (its folder's mtime), leaving its files as they are."""

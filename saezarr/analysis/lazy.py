@@ -8,7 +8,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from saezarr.analysis.metrics import LABELS, METRICS, stacked_metrics
+from saezarr.analysis.metrics import LABELS, METRICS, stacked_metrics, unstacked
 from saezarr.analysis.pooling import SentenceLayout, pool_sentences, pooled_dtype
 
 FRAGMENT_STEP = 512  # fragments read at a time from activations that are not chunked by dask
@@ -67,10 +67,7 @@ def metrics_of(pooled: xr.DataArray) -> xr.Dataset:
         meta=np.empty((0, 0, 0), dtype=np.float64),
     )
     coords = {name: pooled[name] for name in pooled.coords if pooled[name].dims in (("config",), ("feature",))}
-    variables = {}
-    for i, name in enumerate(METRICS):
-        values = stacked[i]
-        variables[name] = (("config", "feature"), values.astype(bool) if name == "monotonic" else values)
+    variables = {name: (("config", "feature"), values) for name, values in unstacked(stacked).items()}
     attrs = {"pool": pooled.attrs.get("pool"), "n_sentences": int(data.shape[1]),
              **{f"n_label_{k}": int((labels == k).sum()) for k in LABELS}}
     return xr.Dataset(variables, coords=coords, attrs=attrs)

@@ -49,6 +49,11 @@ def stacked_metrics(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return out
 
 
+def unstacked(stacked) -> dict:
+    """The metrics of a [metric, ...] stack (numpy or dask) by name, in METRICS order, `monotonic` as bool."""
+    return {name: stacked[i].astype(bool) if name == "monotonic" else stacked[i] for i, name in enumerate(METRICS)}
+
+
 def passes_filter(metrics, min_pearson: float, min_tpr: float, max_fpr: float):
     """pearson >= min_pearson, monotonic, tpr >= min_tpr and fpr <= max_fpr (NaN never passes), for metrics held
     as arrays or DataArrays by name."""
