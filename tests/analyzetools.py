@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +35,13 @@ def build_store(folder: Path, config: Path, csv: Path = DEMO_CSV, *extra: str) -
     result = run_cli("build", "--input", csv, "--output", store, "--config", config, "--quiet", *extra)
     assert result.returncode == 0, result.stderr
     return store
+
+
+def dead_pid() -> int:
+    """The PID of a process that has finished."""
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    return finished.pid
 
 
 def csv_without(folder: Path, label: int) -> Path:

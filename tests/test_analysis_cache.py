@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from analyzetools import build_store
+from analyzetools import build_store, dead_pid
 from clitools import run_cli
 
 from saezarr.units import human_bytes
@@ -42,12 +41,6 @@ def entries(cache: Path) -> list[str]:
 
 def size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-
-
-def dead_pid() -> int:
-    finished = subprocess.Popen([sys.executable, "-c", "pass"])
-    finished.wait()
-    return finished.pid
 
 
 def staging(cache: Path, key: str, pid: int) -> Path:

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import zarr
-from analyzetools import SOURCES, build_store, csv_without, strip_neuronpedia, write_linked_config
+from analyzetools import SOURCES, build_store, csv_without, dead_pid, strip_neuronpedia, write_linked_config
 from clitools import run_cli
 
 import saezarr
@@ -308,10 +308,10 @@ def test_a_bad_neuronpedia_field_is_one_line(tmp_path, tiny, value):
 
 def test_a_killed_runs_staging_folder_is_removed_and_a_live_ones_kept(analysed, store, tmp_path):
     out = tmp_path / "out"
-    dead_pid = _a_pid_that_is_gone()
-    stale = tmp_path / f".out.{dead_pid}.abc123.analyzing"
+    gone = dead_pid()
+    stale = tmp_path / f".out.{gone}.abc123.analyzing"
     live = tmp_path / f".out.{os.getpid()}.def456.analyzing"
-    other = tmp_path / f".out.zarr.{dead_pid}.ghi789.analyzing"  # another output's staging: never ours to delete
+    other = tmp_path / f".out.zarr.{gone}.ghi789.analyzing"  # another output's staging: never ours to delete
     for folder in (stale, live, other):
         folder.mkdir()
         (folder / "features.parquet").write_text("half-written")
@@ -320,11 +320,6 @@ def test_a_killed_runs_staging_folder_is_removed_and_a_live_ones_kept(analysed, 
     assert not stale.exists() and live.is_dir() and other.is_dir()
     assert (out / "report.html").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", live.name, other.name])
-
-
-def _a_pid_that_is_gone() -> int:
-    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    return int(finished.stdout)
 
 
 def test_features_parquet_is_under_way_before_pandas_is_imported(analysed, store, tmp_path):
