@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from saezarr.configs import suggest
 from saezarr.errors import SaezarrError
 from saezarr.npyzip import read_members
 from saezarr.store.layout import Store
 from saezarr.store.locking import process_alive
 from saezarr.store.reading import open_existing
+from saezarr.store.selection import select_configs
 from saezarr.units import available_memory as _available_memory
 from saezarr.units import human_bytes, usable_cores
 
@@ -108,23 +108,8 @@ def export_npz(
 
 def select_targets(store: Store, output: Path, names: Sequence[str] | None, layers: Sequence[int] | None) -> list[ConfigTarget]:
     """The configurations chosen by --configs and --layers (all by default), in store order."""
-    chosen = all_targets(store, output)
-    if layers is not None:
-        known_layers = sorted({t.layer for t in chosen})
-        for layer in layers:
-            if layer not in known_layers:
-                listed = ", ".join(map(str, known_layers))
-                raise SaezarrError(f"--layers: the store has no config on layer {layer} (its layers: {listed})")
-        chosen = [t for t in chosen if t.layer in layers]
-    if names is not None:
-        names = [n.strip() for n in names if n.strip()]
-        for name in names:
-            if name not in store.config_names:
-                raise SaezarrError(f"--configs: the store has no config {name!r}{suggest(name, store.config_names) or _listing(store.config_names)}")
-        chosen = [t for t in chosen if t.name in names]
-    if not chosen:
-        raise SaezarrError("--layers/--configs: the selection matches no config of the store")
-    return chosen
+    targets = all_targets(store, output)
+    return [targets[i] for i in select_configs(store.config_names, [t.layer for t in targets], names, layers)]
 
 
 def all_targets(store: Store, output: Path) -> list[ConfigTarget]:
@@ -134,10 +119,6 @@ def all_targets(store: Store, output: Path) -> list[ConfigTarget]:
         ConfigTarget(ci, name, layers[ci], l0s[ci], output / npz_name(layers[ci], l0s[ci]))
         for ci, name in enumerate(store.config_names)
     ]
-
-
-def _listing(known: Sequence[str]) -> str:
-    return f" (it has {', '.join(known)})"
 
 
 def refuse_incomplete(store: Store, targets: Sequence[ConfigTarget]) -> None:

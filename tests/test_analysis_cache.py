@@ -8,9 +8,11 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
-from analyzetools import build_store, dead_pid
+import zarr
+from analyzetools import build_store, csv_without, dead_pid
 from clitools import run_cli
 
 from saezarr.units import human_bytes
@@ -150,3 +152,45 @@ def test_a_store_rebuilt_in_place_is_read_anew_by_the_same_process(tmp_path, tin
     assert fresh.returncode == 0, fresh.stderr
     after, expected = (pd.read_parquet(tmp_path / name / "features.parquet") for name in ("after", "fresh"))
     pd.testing.assert_frame_equal(after, expected)
+
+
+def memos(cache: Path) -> list[Path]:
+    return sorted((cache / "coordinates").glob("*.npz"))
+
+
+def test_coordinates_are_memoized_per_store_and_read_anew_once_it_changes(tmp_path, tiny):
+    # a re-run takes the coordinates from the memo (no zarr before features.parquet: test_analyze_cli); a store
+    # rebuilt in place from other sentences gets its own coordinates, equal to a fresh cache's analysis of it
+    store = build_store(tmp_path / "a", tiny.config_file, tiny.csv)
+    cache = tmp_path / "cache"
+    assert analyze(store, tmp_path / "first", cache=cache).returncode == 0
+    [memo] = memos(cache)
+    written = memo.stat().st_mtime_ns
+    assert analyze(store, tmp_path / "again", "--min-pearson", "0.1", cache=cache).returncode == 0
+    assert memos(cache) == [memo] and memo.stat().st_mtime_ns == written  # read, not rewritten
+    rebuilt = run_cli("build", "--input", csv_without(tmp_path, 3), "--output", store, "--config", tiny.config_file,
+                      "--quiet", "--overwrite")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    after = analyze(store, tmp_path / "after", cache=cache)
+    fresh = analyze(store, tmp_path / "fresh", cache=tmp_path / "fresh-cache")
+    assert after.returncode == 0 and fresh.returncode == 0, after.stderr + fresh.stderr
+    assert "no label-3 sentences" in after.stderr  # the new labels, not the memo's
+    for name in ("features.parquet", "ranked_features.csv"):
+        assert (tmp_path / "after" / name).read_bytes() == (tmp_path / "fresh" / name).read_bytes()
+
+
+def test_a_damaged_memo_is_rewritten_and_the_memos_of_deleted_stores_go(tmp_path, tiny):
+    kept, gone = (build_store(tmp_path / name, tiny.config_file, tiny.csv) for name in ("kept", "gone"))
+    cache = tmp_path / "cache"
+    for store in (kept, gone):
+        assert analyze(store, tmp_path / f"out-{store.parent.name}", cache=cache).returncode == 0
+    assert len(memos(cache)) == 2
+    shutil.rmtree(gone)
+    for memo in memos(cache):
+        memo.write_bytes(b"not a memo")
+    result = analyze(kept, tmp_path / "again", cache=cache)
+    assert result.returncode == 0, result.stderr
+    [memo] = memos(cache)  # the deleted store's is gone, the damaged one written anew
+    with np.load(memo) as npz:
+        assert npz["layer"].tolist() == zarr.open_array(kept / "layer", mode="r")[:].tolist()
+    assert (tmp_path / "again" / "features.parquet").read_bytes() == (tmp_path / "out-kept" / "features.parquet").read_bytes()

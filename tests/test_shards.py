@@ -13,7 +13,8 @@ from saezarr import __version__
 from saezarr.configs import SAEConfig
 from saezarr.errors import SaezarrError
 from saezarr.store.layout import ACTIVATIONS, Store, create_store
-from saezarr.store.shards import ShardEncoder
+from saezarr.store.reading import open_existing
+from saezarr.store.shards import ChunkLayout, ShardEncoder
 
 CONFIGS = (SAEConfig(3, 20, "layer_3/width_16k/average_l0_20"), SAEConfig(7, 41, "layer_7/width_16k/average_l0_41"))
 
@@ -52,7 +53,7 @@ def test_shard_bytes_equal_zarrs_and_read_back(tmp_path, n_fragments, width, chu
             written[ci, start:stop] = _latents(rng, stop - start, width)
             ours.write_chunk(ci, chunk, written[ci, start:stop])
             theirs.write_chunk(ci, chunk, written[ci, start:stop])
-            assert ours._shard_file(ci, chunk).read_bytes() == theirs._shard_file(ci, chunk).read_bytes()
+            assert ours.shard_file(ci, chunk).read_bytes() == theirs.shard_file(ci, chunk).read_bytes()
     assert ours.done_matrix().all()
     read = xr.open_zarr(tmp_path / "ours.zarr")[ACTIVATIONS].values
     np.testing.assert_array_equal(read.view(np.uint32), written.view(np.uint32))
@@ -81,7 +82,7 @@ def test_latents_of_the_wrong_shape_are_refused_before_anything_is_written(tmp_p
     store = _new_store(tmp_path / "s.zarr", 250, 512, 100)
     with pytest.raises(ValueError, match=r"unit \(1, 2\) takes latents of shape \(50, 512\), got \(100, 512\)"):
         store.write_chunk(1, 2, np.zeros((100, 512), dtype=np.float32))
-    assert not store._shard_file(1, 2).exists()
+    assert not store.shard_file(1, 2).exists()
     assert not store.done_matrix().any()
 
 
@@ -117,7 +118,7 @@ def test_inner_chunks_zarr_left_out_read_as_the_fill_value(tmp_path):
     latents = _latents(np.random.default_rng(6), 100, 6144)
     latents[:, 2048:4096] = np.nan  # zarr skips an inner chunk that holds only the fill value
     zarr.open_array(tmp_path / "s.zarr" / ACTIVATIONS, mode="r+")[0, :, :] = latents
-    data = store._shard_file(0, 0).read_bytes()
+    data = store.shard_file(0, 0).read_bytes()
     index = np.frombuffer(data[-(3 * 16 + 4) : -4], dtype="<u8").reshape(3, 2)
     assert (index[1] == 2**64 - 1).all()  # the middle inner chunk is missing from the shard
     np.testing.assert_array_equal(_bits(store.read_chunk(0, 0, np.copy)), _bits(latents))
@@ -126,7 +127,7 @@ def test_inner_chunks_zarr_left_out_read_as_the_fill_value(tmp_path):
 def test_a_damaged_shard_index_is_refused(tmp_path):
     store = _new_store(tmp_path / "s.zarr", 100, 4096, 100)
     store.write_chunk(0, 0, _latents(np.random.default_rng(7), 100, 4096))
-    path = store._shard_file(0, 0)
+    path = store.shard_file(0, 0)
     data = bytearray(path.read_bytes())
     data[-10] ^= 0xFF
     path.write_bytes(bytes(data))
@@ -163,3 +164,36 @@ def test_a_pickled_store_reads_the_same(tmp_path):
     store.read_chunk(0, 0, np.copy)  # the buffer exists before pickling
     copy = pickle.loads(pickle.dumps(store))
     np.testing.assert_array_equal(_bits(copy.read_chunk(0, 0, np.copy)), _bits(store.read_chunk(0, 0, np.copy)))
+
+
+@pytest.mark.parametrize(
+    ("options", "coords"),
+    [
+        ({"chunks": (1, 4, 8), "shards": (1, 8, 16)}, [(0, 0, 0), (2, 1, 1)]),
+        ({"chunks": (2, 3, 5)}, [(0, 0, 0), (1, 3, 2)]),
+        ({"chunks": (2, 3, 5), "chunk_key_encoding": {"name": "v2", "separator": "."}}, [(0, 0, 0), (1, 3, 2)]),
+        ({"chunks": (2, 3, 5), "chunk_key_encoding": {"name": "default", "separator": "."}}, [(1, 3, 2)]),
+    ],
+    ids=["sharded", "plain", "v2 keys", "default keys with dots"],
+)
+def test_chunk_layout_from_zarr_json_is_what_zarr_reads(tmp_path, options, coords):
+    array = zarr.create_array(tmp_path / "a", shape=(3, 16, 20), dtype="float32", **options)
+    array[:] = np.arange(3 * 16 * 20, dtype=np.float32).reshape(3, 16, 20)
+    layout = ChunkLayout.read(tmp_path / "a")
+    assert layout.shape == array.shape and layout.dtype == array.dtype
+    assert layout.chunks == (array.shards or array.chunks) and layout.inner_chunks == array.chunks
+    for where in coords:
+        key = layout.chunk_key(where)
+        assert key == array.metadata.encode_chunk_key(where)
+        assert (tmp_path / "a" / key).is_file()
+
+
+def test_a_store_finds_its_layout_without_zarr_and_opens_zarr_on_first_use(tmp_path):
+    store = _new_store(tmp_path / "s.zarr", 20, 64, 8)
+    opened = Store(tmp_path / "s.zarr")
+    assert "array" not in vars(opened)  # not opened yet
+    assert (opened.shape, opened.chunk_fragments, opened.feature_chunk) == ((2, 20, 64), 8, 64)
+    assert opened.shard_file(1, 2) == tmp_path / "s.zarr" / ACTIVATIONS / store.array.metadata.encode_chunk_key((1, 2, 0))
+    (tmp_path / "s.zarr" / ACTIVATIONS / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group"}')
+    with pytest.raises(SaezarrError, match="cannot read the store's activations array"):
+        open_existing(tmp_path / "s.zarr")

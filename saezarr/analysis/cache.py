@@ -18,7 +18,7 @@ from saezarr.analysis.pooling import SentenceLayout, pooled_dtype
 from saezarr.analysis.runner import map_units
 from saezarr.analysis.work import feature_units, unit_function
 from saezarr.folders import make_staging, remove_stale_staging_in
-from saezarr.store.layout import ACTIVATIONS, Store
+from saezarr.store.layout import Store
 from saezarr.store.shards import ChunkFiles
 from saezarr.units import human_bytes, parse_size
 
@@ -53,14 +53,13 @@ def fingerprint(store: Store, pool: str, config_indices: Sequence[int]) -> str:
     units = []
     for ci in config_indices:
         for chunk in range(store.n_chunks):
-            key = store.array.metadata.encode_chunk_key((ci, chunk, 0))
-            stat = (store.path / ACTIVATIONS / key).stat()
-            units.append([key, stat.st_size, stat.st_mtime_ns])
+            stat = store.shard_file(ci, chunk).stat()
+            units.append([store.layout.chunk_key((ci, chunk, 0)), stat.st_size, stat.st_mtime_ns])
     identity = {
         "format": CACHE_FORMAT,
         "store": str(store.path.resolve()),
         "attrs": store.attrs,
-        "shape": list(store.array.shape),
+        "shape": list(store.shape),
         "pool": pool,
         "configs": [store.config_names[ci] for ci in config_indices],
         "units": units,
@@ -95,7 +94,7 @@ class AnalysisCache:
         try:
             shape = (len(config_indices), layout.n_sentences, store.width)
             chunks = (1, layout.n_sentences, min(POOLED_FEATURES, store.feature_chunk))
-            pooled = ChunkFiles(staging / POOLED, shape, chunks, pooled_dtype(pool, store.array.dtype))
+            pooled = ChunkFiles(staging / POOLED, shape, chunks, pooled_dtype(pool, store.dtype))
             # written straight into the file: no heap copy of configs × features × metrics that glibc may keep
             metrics = np.lib.format.open_memmap(staging / METRICS_FILE, mode="w+", dtype=np.float64,
                                                 shape=(len(METRICS), len(config_indices), store.width))

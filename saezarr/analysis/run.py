@@ -12,15 +12,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from saezarr import __version__
-from saezarr.analysis.cache import PLOTS, AnalysisCache, fingerprint
+from saezarr.analysis.cache import PLOTS, AnalysisCache, cache_root, fingerprint
+from saezarr.analysis.coordinates import AnalysisCoordinates
 from saezarr.analysis.metrics import LABELS, passes_filter
 from saezarr.analysis.outputs import OutputWriter, check_output
 from saezarr.analysis.pooling import SentenceLayout, check_pool
 from saezarr.analysis.tables import ConfigTable, features_table
 from saezarr.errors import SaezarrError
-from saezarr.export import select_targets
 from saezarr.store.layout import Store
 from saezarr.store.reading import open_existing
+from saezarr.store.selection import select_configs
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -82,11 +83,14 @@ def analyze(options: AnalyzeOptions) -> AnalyzeSummary:
     check_options(options)
     store = open_existing(options.store)
     check_output(Path(options.output), options.overwrite)
-    indices = _finished_selection(store, options)
-    layout = SentenceLayout.of(store.coordinate("sentence_index"), store.coordinate("is_final_token"),
-                               store.coordinate("concept_strength_label"))
+    root = options.cache or cache_root()
+    coordinates = AnalysisCoordinates.of(store, root)
+    indices = _finished_selection(store, coordinates["layer"].tolist(), options)
+    layout = SentenceLayout.of(coordinates["sentence_index"], coordinates["is_final_token"],
+                               coordinates["concept_strength_label"])
     layout.check(options.pool)
-    cache = AnalysisCache(fingerprint(store, options.pool, indices), options.cache)  # checks the size cap
+    cache = AnalysisCache(fingerprint(store, options.pool, indices), root)  # checks the size cap
+    coordinates.memoize()
     cache.remove_dead_fills()
     reused = cache.complete
     if reused:
@@ -94,7 +98,7 @@ def analyze(options: AnalyzeOptions) -> AnalyzeSummary:
     else:
         with _progress(options.quiet, len(indices) * -(-store.width // store.feature_chunk)) as progress:
             cache.fill(store, indices, layout, options.pool, progress)
-    configs = ConfigTable.of(store, indices)
+    configs = ConfigTable.of(store.config_names, coordinates.values, indices)
     notes = _notes(layout.labels, configs)
     for note in notes:
         print(f"saezarr: note: {note}", file=sys.stderr)
@@ -146,18 +150,18 @@ def check_options(options: AnalyzeOptions) -> None:
             raise SaezarrError(f"{option}: expected a positive integer, got {value!r}")
 
 
-def _finished_selection(store: Store, options: AnalyzeOptions) -> list[int]:
+def _finished_selection(store: Store, layers: list[int], options: AnalyzeOptions) -> list[int]:
     """Store indices of the selected configs; unfinished ones are refused, or left out with --allow-partial."""
-    targets = select_targets(store, Path("."), options.configs, options.layers)
+    selected = select_configs(store.config_names, layers, options.configs, options.layers)
     done = store.done_matrix()
-    unfinished = [t for t in targets if not done[t.index].all()]
+    unfinished = [i for i in selected if not done[i].all()]
     if unfinished and not options.allow_partial:
-        progress = ", ".join(f"{t.name} ({int(done[t.index].sum())}/{store.n_chunks} chunks)" for t in unfinished)
+        progress = ", ".join(f"{store.config_names[i]} ({int(done[i].sum())}/{store.n_chunks} chunks)" for i in unfinished)
         raise SaezarrError(
             f"{store.path}: not analysed, the build is unfinished for {progress}; finish it with "
             "`saezarr build ... --resume`, or analyse the finished configs only with --allow-partial"
         )
-    finished = [t.index for t in targets if done[t.index].all()]
+    finished = [i for i in selected if done[i].all()]
     if not finished:
         raise SaezarrError(f"{store.path}: none of the selected configs is finished; nothing to analyse")
     return finished

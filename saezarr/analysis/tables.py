@@ -5,6 +5,7 @@ converts those, and features.parquet should be on its way before that import."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,7 +13,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from saezarr.analysis.metrics import METRICS
-from saezarr.store.layout import Store
 
 NEURONPEDIA = "https://www.neuronpedia.org"
 
@@ -28,14 +28,12 @@ class ConfigTable:
     sources: np.ndarray | None  # None: the store predates recorded sources
 
     @classmethod
-    def of(cls, store: Store, indices: list[int]) -> ConfigTable:
-        """The table of the store's configs at indices."""
-        sources = None
-        if store.has_coordinate("neuronpedia_source"):
-            sources = np.asarray(store.coordinate("neuronpedia_source"), dtype=object)[indices].astype(str)
-        return cls(np.asarray(indices, dtype=np.int64), np.asarray(store.config_names, dtype=object)[indices],
-                   store.coordinate("layer")[indices].astype(np.int64),
-                   store.coordinate("average_l0")[indices].astype(np.int64), sources)
+    def of(cls, names: Sequence[str], coordinates: Mapping[str, np.ndarray], indices: list[int]) -> ConfigTable:
+        """The table of the configs at indices, given all config names and the store's coordinates by name."""
+        sources = coordinates.get("neuronpedia_source")
+        return cls(np.asarray(indices, dtype=np.int64), np.asarray(names, dtype=object)[indices],
+                   coordinates["layer"][indices].astype(np.int64), coordinates["average_l0"][indices].astype(np.int64),
+                   None if sources is None else np.asarray(sources)[indices].astype(str))
 
     def links(self) -> list[str]:
         """Each config's Neuronpedia page prefix `https://www.neuronpedia.org/{source}/`, "" where it has none."""

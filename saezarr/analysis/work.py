@@ -43,7 +43,7 @@ def compute_unit(unit: FeatureUnit, store_path: str, store_version: tuple[int, .
     def read(chunk: int, reduce: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
         return store.read_chunk(unit.config, chunk, reduce, features)
 
-    values = pool_sentences(read, bounds, layout, pool, unit.stop - unit.start, store.array.dtype)
+    values = pool_sentences(read, bounds, layout, pool, unit.stop - unit.start, store.dtype)
     pooled[unit.position : unit.position + 1, :, unit.start : unit.stop] = values[None]
     return stacked_metrics(values, layout.labels)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -14,19 +15,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import zarr
-from zarr.codecs import ZstdCodec
-from zarr.core.buffer import default_buffer_prototype
-from zarr.storage import MemoryStore
 
 from saezarr import folders
 from saezarr.configs import SAEConfig
 from saezarr.errors import SaezarrError
 from saezarr.store.locking import StoreLock
-from saezarr.store.shards import ShardDamaged, ShardEncoder, ShardFile
+from saezarr.store.shards import ChunkLayout, ShardDamaged, ShardEncoder, ShardFile
 
 if TYPE_CHECKING:
     import pandas as pd
+    import zarr
 
 ACTIVATIONS = "activations"
 STATE_GROUP = "_saezarr"
@@ -44,23 +42,43 @@ FIELD_NAMES = {"tokens_sha256": "tokenization (sha256 of the token ids and fragm
 
 
 class Store:
-    """An open saezarr store: its layout, and the completion marks of its (config, fragment-chunk) units."""
+    """An open saezarr store: its layout, and the completion marks of its (config, fragment-chunk) units.
+
+    The layout comes from the activations' zarr.json; zarr itself is opened on first use of `array` or of a chunk."""
 
     def __init__(self, path: str | Path, mode: str = "r"):
         self.path = Path(path)
+        self.mode = mode
         self.attrs = read_saezarr_attrs(self.path)
-        # every unit is written whole, so zarr need not test chunks for being all fill value
-        self.array = zarr.open_array(self.path / ACTIVATIONS, mode=mode).with_config({"write_empty_chunks": True})
-        self.n_configs, self.n_fragments, self.width = self.array.shape
-        self.chunk_fragments = (self.array.shards or self.array.chunks)[1]
+        self.layout = ChunkLayout.read(self.path / ACTIVATIONS)
+        self.shape = self.n_configs, self.n_fragments, self.width = self.layout.shape
+        self.dtype = self.layout.dtype
+        self.chunk_fragments = self.layout.chunks[1]  # fragments per shard (or chunk, without sharding)
         self.n_chunks = -(-self.n_fragments // self.chunk_fragments)
         self.config_names: list[str] = list(self.attrs["configs"])
         self.marks = self.path / STATE_GROUP / "done"
-        self._shard_encoder = ShardEncoder.for_array(self.array)
-        self.feature_chunk = self.array.chunks[2]  # features per (inner) chunk
+        self.feature_chunk = self.layout.inner_chunks[2]  # features per (inner) chunk
+
+    @functools.cached_property
+    def array(self) -> zarr.Array:
+        """The activations array, opened with zarr (a one-line error if zarr cannot open it)."""
+        import zarr
+
+        try:
+            array = zarr.open_array(self.path / ACTIVATIONS, mode=self.mode)
+        except (OSError, ValueError, KeyError, TypeError, zarr.errors.BaseZarrError) as exc:
+            raise SaezarrError(f"{self.path}: {array_unreadable(exc)}") from None
+        # every unit is written whole, so zarr need not test chunks for being all fill value
+        return array.with_config({"write_empty_chunks": True})
+
+    @functools.cached_property
+    def _shard_encoder(self) -> ShardEncoder | None:
+        return ShardEncoder.for_array(self.array)
 
     def coordinate(self, name: str) -> np.ndarray:
         """One coordinate of the store, e.g. `sentence_index` or `layer`, read whole (strings as numpy StringDType)."""
+        import zarr
+
         return zarr.open_array(self.path / name, mode="r")[...]
 
     def has_coordinate(self, name: str) -> bool:
@@ -80,9 +98,9 @@ class Store:
     def _mark(self, config_index: int, chunk: int) -> Path:
         return self.marks / self.config_names[config_index] / str(chunk)
 
-    def _shard_file(self, config_index: int, chunk: int) -> Path:
-        key = self.array.metadata.encode_chunk_key((config_index, chunk, 0))
-        return self.path / ACTIVATIONS / key
+    def shard_file(self, config_index: int, chunk: int) -> Path:
+        """The file that holds one unit's latents (there once written)."""
+        return self.path / ACTIVATIONS / self.layout.chunk_key((config_index, chunk, 0))
 
     def is_done(self, config_index: int, chunk: int) -> bool:
         """True if the unit is marked complete and the data file it marks is there."""
@@ -90,7 +108,7 @@ class Store:
 
     def shard_written(self, config_index: int, chunk: int) -> bool:
         """True if the unit's shard file is there and not empty (marked or not)."""
-        shard = self._shard_file(config_index, chunk)
+        shard = self.shard_file(config_index, chunk)
         return shard.is_file() and shard.stat().st_size > 0
 
     def done_matrix(self) -> np.ndarray:
@@ -145,7 +163,7 @@ class Store:
     def _shard(self, config_index: int, chunk: int) -> Iterator[ShardFile | None]:
         """The unit's shard file, read in parts: a unit of analysis reads one inner chunk of it, not all."""
         try:
-            shard = ShardFile(self._shard_file(config_index, chunk))
+            shard = ShardFile(self.shard_file(config_index, chunk))
         except FileNotFoundError:
             yield None  # never written: zarr reads it as the fill value
             return
@@ -168,7 +186,7 @@ class Store:
             data = b"".join(self._shard_encoder.encode(latents))
         else:
             data = self._encode_with_zarr(config_index, chunk, latents)
-        _write_durably(self._shard_file(config_index, chunk), data)
+        _write_durably(self.shard_file(config_index, chunk), data)
 
     def mark_done(self, config_index: int, chunk: int) -> None:
         """Mark a unit complete; only once its shard is durable."""
@@ -178,6 +196,10 @@ class Store:
 
     def _encode_with_zarr(self, config_index: int, chunk: int, latents: np.ndarray) -> bytes:
         """One shard's bytes as zarr's array API encodes them, written to a scratch in-memory copy of the array."""
+        import zarr
+        from zarr.core.buffer import default_buffer_prototype
+        from zarr.storage import MemoryStore
+
         scratch: dict = {}
         metadata = (self.path / ACTIVATIONS / "zarr.json").read_bytes()
         scratch["zarr.json"] = default_buffer_prototype().buffer.from_bytes(metadata)
@@ -307,6 +329,8 @@ def check_resume(path: Path, attrs: dict, configs: Sequence[SAEConfig] = ()) -> 
 
 def _stored_sae_paths(path: Path) -> list[str]:
     """The store's `sae_path` coordinate, one per config."""
+    import zarr
+
     try:
         return [str(value) for value in zarr.open_array(Path(path) / "sae_path", mode="r")[:]]
     except (OSError, ValueError, KeyError, zarr.errors.BaseZarrError) as exc:
@@ -355,12 +379,19 @@ def store_lock(path: Path) -> StoreLock:
 def open_for_resume(path: Path) -> Store:
     """Open an existing store for writing, or say in one line that it is too damaged to resume."""
     try:
-        return Store(path, mode="r+")
-    except (OSError, ValueError, KeyError, zarr.errors.BaseZarrError) as exc:
+        store = Store(path, mode="r+")
+        store.array  # opened now: a resume should stop before it computes anything
+        return store
+    except (OSError, ValueError, KeyError, TypeError, SaezarrError) as exc:
+        reason = str(exc).removeprefix(f"{path}: ") if isinstance(exc, SaezarrError) else array_unreadable(exc)
         raise SaezarrError(
-            f"--resume {path}: the store is damaged and cannot be resumed ({type(exc).__name__}: {exc}); "
-            "rebuild it with --overwrite"
+            f"--resume {path}: the store is damaged and cannot be resumed ({reason}); rebuild it with --overwrite"
         ) from None
+
+
+def array_unreadable(exc: Exception) -> str:
+    """Why the activations array cannot be read, for one-line errors."""
+    return f"cannot read the store's {ACTIVATIONS} array ({type(exc).__name__}: {exc})"
 
 
 def remove_stale_staging(path: Path) -> None:
@@ -371,6 +402,8 @@ def remove_stale_staging(path: Path) -> None:
 def _write_layout(path: Path, fragments: pd.DataFrame, configs, width, attrs, chunk_fragments) -> None:
     import dask.array as da
     import xarray as xr
+    import zarr
+    from zarr.codecs import ZstdCodec
 
     n_configs, n_fragments = len(configs), len(fragments)
     chunk_fragments = max(1, min(chunk_fragments, n_fragments))

@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import zarr
 
 from saezarr.errors import SaezarrError
-from saezarr.store.layout import ACTIVATIONS, Store, read_saezarr_attrs
+from saezarr.store.layout import Store, array_unreadable, read_saezarr_attrs
 from saezarr.units import human_bytes
 
 if TYPE_CHECKING:
@@ -33,13 +32,14 @@ def open_store(path: str | Path, dask: bool = True) -> xr.Dataset:
 
 
 def open_existing(path: str | Path) -> Store:
-    """Open a saezarr store read-only, with one-line errors for a missing, foreign or broken folder."""
+    """Open a saezarr store read-only, with one-line errors for a missing, foreign or broken folder (zarr itself
+    opens the activations array on first use)."""
     path = _existing_store_path(path)
     read_saezarr_attrs(path)
     try:
         return Store(path)
-    except (OSError, ValueError, KeyError, zarr.errors.BaseZarrError) as exc:
-        raise SaezarrError(f"{path}: cannot read the store's {ACTIVATIONS} array ({type(exc).__name__}: {exc})") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SaezarrError(f"{path}: {array_unreadable(exc)}") from None
 
 
 def _existing_store_path(path: str | Path) -> Path:

@@ -1,19 +1,25 @@
 """Zarr v3 chunks encoded and decoded at the codec's speed, without zarr's event loop: whole shards in the
-`sharding_indexed` format of the activations layout saezarr creates, and the plain chunks of the arrays it caches."""
+`sharding_indexed` format of the activations layout saezarr creates, and the plain chunks of the arrays it caches.
+
+zarr and numcodecs (0.1 s to import) are imported only where chunks are encoded or decoded: a cached analysis reads
+an array's layout from its zarr.json and has features.parquet under way before it reads any chunk."""
 
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import zarr
-from numcodecs import CRC32C, Zstd
-from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ShardingCodecIndexLocation, ZstdCodec
+
+if TYPE_CHECKING:
+    import zarr
+    from numcodecs import Zstd
 
 MISSING = 2**64 - 1  # an index entry (offset and length) for an inner chunk that holds only the fill value
 
@@ -36,6 +42,9 @@ class ShardEncoder:
     @classmethod
     def for_array(cls, array: zarr.Array) -> ShardEncoder | None:
         """The encoder for a [config, fragment, feature] array, or None if its codecs are not saezarr's layout."""
+        from numcodecs import Zstd
+        from zarr.codecs import Crc32cCodec, ShardingCodec, ShardingCodecIndexLocation, ZstdCodec
+
         codecs = array.metadata.codecs
         if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec) or array.shards is None:
             return None
@@ -70,6 +79,8 @@ class ShardEncoder:
         lengths = np.array([len(part) for part in parts], dtype="<u8")
         offsets = np.cumsum(lengths) - lengths
         index = np.stack([offsets, lengths], axis=1).astype("<u8")
+        from numcodecs import CRC32C
+
         return [*parts, bytes(CRC32C().encode(index))]  # the index, then its little-endian CRC32C
 
     def decode(
@@ -118,6 +129,8 @@ class ShardEncoder:
         if data is None:
             return [(MISSING, MISSING)] * n_inner
         size = 16 * n_inner + 4
+        from numcodecs import CRC32C
+
         if len(data) < size:
             raise ShardDamaged(f"a shard of {len(data)} bytes is too short for its index of {size} bytes")
         try:
@@ -165,7 +178,46 @@ class ShardFile:
 
 
 def _is_little_endian_bytes(codec: object) -> bool:
+    from zarr.codecs import BytesCodec
+
     return isinstance(codec, BytesCodec) and codec.endian is not None and codec.endian.value == "little"
+
+
+@dataclass(frozen=True)
+class ChunkLayout:
+    """Where a Zarr v3 array keeps its data, as its zarr.json says: shape, data type, the chunk grid (shards, for a
+    sharded array), the chunks inside a shard, and the file of each grid cell."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    chunks: tuple[int, ...]
+    inner_chunks: tuple[int, ...]  # = chunks for an array without sharding
+    key_encoding: str  # "default" (`c/1/2`) or "v2" (`1.2`)
+    separator: str
+
+    @classmethod
+    def read(cls, path: Path) -> ChunkLayout:
+        """The layout of the array at path (OSError, ValueError, KeyError or TypeError for a broken zarr.json)."""
+        meta = json.loads((Path(path) / "zarr.json").read_text())
+        if meta.get("zarr_format") != 3 or meta.get("node_type") != "array":
+            raise ValueError(f"{path} is no Zarr v3 array")
+        chunks = tuple(meta["chunk_grid"]["configuration"]["chunk_shape"])
+        codecs = meta.get("codecs") or [{}]
+        sharded = codecs[0].get("name") == "sharding_indexed"
+        encoding = meta["chunk_key_encoding"]
+        name = encoding["name"]
+        if name not in ("default", "v2"):
+            raise ValueError(f"unknown chunk key encoding {name!r}")
+        separator = encoding.get("configuration", {}).get("separator", "/" if name == "default" else ".")
+        return cls(tuple(meta["shape"]), np.dtype(meta["data_type"]), chunks,
+                   tuple(codecs[0]["configuration"]["chunk_shape"]) if sharded else chunks, name, separator)
+
+    def chunk_key(self, coords: tuple[int, ...]) -> str:
+        """The path, relative to the array, of the chunk (or shard) at grid coordinates coords."""
+        parts = [str(i) for i in coords]
+        if self.key_encoding == "default":
+            return self.separator.join(["c", *parts])
+        return self.separator.join(parts) or "0"
 
 
 class ChunkFiles:
@@ -173,21 +225,26 @@ class ChunkFiles:
     time; picklable, so that dask workers can write chunks of it."""
 
     def __init__(self, path: Path, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: np.dtype):
-        array = zarr.create_array(str(path), shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
-                                  compressors=ZstdCodec(level=1, checksum=False))
-        self._attach(path, array)
+        import zarr
+        from zarr.codecs import ZstdCodec
+
+        zarr.create_array(str(path), shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
+                          compressors=ZstdCodec(level=1, checksum=False))
+        self._attach(path)
 
     @classmethod
     def existing(cls, path: Path) -> ChunkFiles:
         """The array that a ChunkFiles wrote at path before."""
         files = cls.__new__(cls)
-        files._attach(path, zarr.open_array(str(path), mode="r"))
+        files._attach(path)
         return files
 
-    def _attach(self, path: Path, array: zarr.Array) -> None:
-        self.path, self.shape, self.chunks = Path(path), tuple(array.shape), tuple(array.chunks)
-        self.dtype = np.dtype(array.dtype).newbyteorder("<")
-        self.key_encoding = array.metadata.chunk_key_encoding
+    def _attach(self, path: Path) -> None:
+        from numcodecs import Zstd
+
+        self.path, self.layout = Path(path), ChunkLayout.read(path)
+        self.shape, self.chunks = self.layout.shape, self.layout.chunks
+        self.dtype = self.layout.dtype.newbyteorder("<")
         self.zstd = Zstd(level=1, checksum=False)
 
     def __setitem__(self, region: tuple[slice, ...], values: np.ndarray) -> None:
@@ -223,4 +280,4 @@ class ChunkFiles:
         return tuple(slice(*s.indices(n)[:2]) for s, n in zip(region, self.shape))
 
     def _file(self, coords: tuple[int, ...]) -> Path:
-        return self.path / self.key_encoding.encode_chunk_key(coords)
+        return self.path / self.layout.chunk_key(coords)
