@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from os import PathLike
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import xarray
 
-try:
-    __version__ = version("saezarr")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
+    __version__: str
+
+
+def __getattr__(name: str) -> str:
+    # looked up on first use: importlib.metadata costs every command ~10 ms of start-up
+    if name != "__version__":
+        raise AttributeError(f"module 'saezarr' has no attribute {name!r}")
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        found = version("saezarr")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        found = "0.0.0+unknown"
+    globals()["__version__"] = found
+    return found
 
 
 def open_store(path: str | PathLike) -> xarray.Dataset:

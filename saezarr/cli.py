@@ -15,8 +15,10 @@ DEMO_OUTPUT = Path("saezarr-demo.zarr")
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the process exit code."""
-    # idle OpenMP threads that spin would take the cores from the threads that compress and write
+    # idle OpenMP threads that spin would take the cores from the threads that compress and write; so would
+    # numpy's OpenBLAS threads, which spin ~0.1 s of CPU after numpy's import and after each BLAS call
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
     parser = _parser()
     args = parser.parse_args(argv)
     try:

@@ -57,10 +57,13 @@ class OutputWriter:
         """Start writing features.parquet."""
         import pyarrow.parquet as pq
 
+        from saezarr.analysis.tables import arrow_pool
+
         # dictionary encoding for the repetitive columns only (trying it on every float column costs a third more),
         # and min/max statistics for the columns readers filter row groups on (those of 19 float columns cost 15%)
         self.parquet = self.background.submit(pq.write_table, features, self.staging / FEATURES,
-                                              use_dictionary=REPETITIVE, write_statistics=INDEXING)
+                                              use_dictionary=REPETITIVE, write_statistics=INDEXING,
+                                              memory_pool=arrow_pool())
 
     def write_rest(self, ranked: pd.DataFrame, summary: pd.DataFrame, examples: dict, info: dict,
                    plot_memo: Path | None = None) -> None:

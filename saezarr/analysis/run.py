@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from saezarr import __version__
+import saezarr
 from saezarr.analysis.cache import PLOTS, AnalysisCache, cache_root, fingerprint
 from saezarr.analysis.coordinates import AnalysisCoordinates
 from saezarr.analysis.metrics import LABELS, passes_filter
@@ -219,7 +219,7 @@ def _info(store: Store, options: AnalyzeOptions, passing: np.ndarray, labels: np
     attrs = store.attrs
     return {
         "store": str(store.path),
-        "saezarr_version": __version__,
+        "saezarr_version": saezarr.__version__,
         **{key: attrs.get(key) for key in ("model", "model_revision", "sae_repo", "sae_revision", "input_file",
                                            "input_sha256", "fragments")},
         "pool": options.pool,

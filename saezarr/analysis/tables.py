@@ -17,6 +17,12 @@ from saezarr.analysis.metrics import METRICS
 NEURONPEDIA = "https://www.neuronpedia.org"
 
 
+def arrow_pool() -> pa.MemoryPool:
+    """The allocator for features.parquet's arrow buffers: the system's. Arrow's default (mimalloc) faults in 2 MiB
+    huge pages for these one-off buffers, which made building the table take 0.05-0.1 s instead of 0.04 s."""
+    return pa.system_memory_pool()
+
+
 @dataclass(frozen=True)
 class ConfigTable:
     """The analysed configs: store indices, names, layers, average L0s and Neuronpedia sources ("" for none)."""
@@ -68,9 +74,10 @@ def _per_config(values: list, width: int, repeat) -> pa.ChunkedArray:
 
 def _urls(links: list[str], width: int) -> pa.ChunkedArray:
     """neuronpedia_url for `width` features of each config, "" where it has no link: one chunk per config."""
-    ids = pc.cast(_numbers(np.arange(width, dtype=np.int64)), pa.string())
+    ids = pc.cast(_numbers(np.arange(width, dtype=np.int64)), pa.string(), memory_pool=arrow_pool())
     unlinked = _repeated_text("", width)
-    return pa.chunked_array([pc.binary_join_element_wise(_repeated_text(link, width), ids, unlinked) if link
+    return pa.chunked_array([pc.binary_join_element_wise(_repeated_text(link, width), ids, unlinked,
+                                                         memory_pool=arrow_pool()) if link
                              else unlinked for link in links], pa.string())
 
 
