@@ -1,14 +1,18 @@
-"""Writing a folder beside its final path and renaming it into place, so readers see the old one or the new one."""
+"""Writing a folder (or a file) beside its final path and renaming it into place, so readers see the old one or the
+new one."""
 
 from __future__ import annotations
 
 import glob
 import os
 import re
+import secrets
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from saezarr.store.locking import process_alive
 
@@ -65,3 +69,18 @@ def swap_into_place(staging: Path, path: Path) -> None:
         os.rename(trash, path)
         raise
     shutil.rmtree(trash, ignore_errors=True)
+
+
+def replace_file(path: Path, write: Callable[[BinaryIO], None]) -> bool:
+    """Write a file by `write` beside path and rename it into place (making path's folder); False, leaving path as it
+    was, if that fails: for caches, where a file that cannot be written only costs the next run a recomputation."""
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(temp, "wb") as file:
+            write(file)
+        os.replace(temp, path)
+        return True
+    except OSError:
+        temp.unlink(missing_ok=True)
+        return False

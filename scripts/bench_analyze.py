@@ -320,7 +320,7 @@ def task_analyze(spec: dict) -> dict:
 
     for module in pkgutil.iter_modules(saezarr.analysis.__path__, "saezarr.analysis."):
         importlib.import_module(module.name)
-    for name in ("numpy", "pandas", "xarray", "dask.array", "zarr", "scipy.stats", "pyarrow", "matplotlib.pyplot"):
+    for name in ("numpy", "pandas", "xarray", "dask.array", "zarr", "scipy.stats", "pyarrow.parquet", "matplotlib.pyplot"):
         try:
             importlib.import_module(name)
         except ImportError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -194,3 +195,33 @@ def test_a_damaged_memo_is_rewritten_and_the_memos_of_deleted_stores_go(tmp_path
     with np.load(memo) as npz:
         assert npz["layer"].tolist() == zarr.open_array(kept / "layer", mode="r")[:].tolist()
     assert (tmp_path / "again" / "features.parquet").read_bytes() == (tmp_path / "out-kept" / "features.parquet").read_bytes()
+
+
+def test_token_activations_of_features_shown_are_kept_and_a_rerun_reads_no_shard(tmp_path, tiny, monkeypatch):
+    from saezarr.analysis.run import AnalyzeOptions
+    from saezarr.analysis.run import analyze as analyze_here
+    from saezarr.store.layout import Store
+
+    store = build_store(tmp_path, tiny.config_file, tiny.csv, "--chunk-fragments", "7")
+    cache = tmp_path / "cache"
+    loose = dict(min_pearson=-1.0, min_tpr=0.0, max_fpr=1.0, quiet=True, cache=cache)
+    analyze_here(AnalyzeOptions(store, tmp_path / "first", top_n=6, **loose))
+    [entry] = (cache / "analysis").iterdir()
+    kept = sorted((entry / "tokens").glob("*.npy"))
+    assert len(kept) == 6
+    activations = zarr.open_array(store / "activations", mode="r")
+    for path in kept:  # each file: the feature's activation at every fragment
+        config, feature = map(int, path.stem.split("_"))
+        np.testing.assert_array_equal(np.load(path), activations[config, :, feature])
+    kept[0].write_bytes(b"damaged")  # read from the store again, and rewritten
+
+    def no_shard(self, *args):
+        raise AssertionError("a re-run showing the same features read a shard")
+
+    analyze_here(AnalyzeOptions(store, tmp_path / "again", top_n=6, **loose))
+    config, feature = map(int, kept[0].stem.split("_"))
+    np.testing.assert_array_equal(np.load(kept[0]), activations[config, :, feature])
+    monkeypatch.setattr(Store, "read_columns", no_shard)
+    analyze_here(AnalyzeOptions(store, tmp_path / "fewer", top_n=3, **loose))
+    first, fewer = (json.loads((tmp_path / name / "feature_examples.json").read_text()) for name in ("first", "fewer"))
+    assert len(fewer) == 3 and all(fewer[key] == {**first[key], "rank": fewer[key]["rank"]} for key in fewer)

@@ -8,7 +8,9 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +19,10 @@ from saezarr.analysis.metrics import METRICS, unstacked
 from saezarr.analysis.pooling import SentenceLayout, pooled_dtype
 from saezarr.analysis.runner import map_units
 from saezarr.analysis.work import feature_units, unit_function
-from saezarr.folders import make_staging, remove_stale_staging_in
+from saezarr.folders import make_staging, remove_stale_staging_in, replace_file
 from saezarr.store.layout import Store
 from saezarr.store.shards import ChunkFiles
-from saezarr.units import human_bytes, parse_size
+from saezarr.units import human_bytes, parse_size, usable_cores
 
 CACHE_FORMAT = 4  # bump when what the cache holds or how it is computed changes
 POOLED = "pooled.zarr"
@@ -29,6 +31,7 @@ METRICS_FILE = "metrics.npy"
 FILL_GRACE = 24 * 3600.0
 POOLED_FEATURES = 256  # features per chunk of pooled.zarr: the examples read a few features' chunks
 PLOTS = "plots"  # the report's plots, by a digest of what they show
+TOKENS = "tokens"  # each feature shown with examples: its activation at every fragment, `CONFIG_FEATURE.npy`
 STAGING_SUFFIX = ".filling"  # an entry being filled, or an evicted one being deleted: `.KEY.PID.RANDOM.filling`
 MAX_BYTES_VARIABLE = "SAEZARR_CACHE_MAX_BYTES"
 DEFAULT_MAX_BYTES = 20 * 2**30
@@ -120,6 +123,30 @@ class AnalysisCache:
     def metrics(self) -> dict[str, np.ndarray]:
         """The cached metrics, each a [config, feature] array (`monotonic` as bool), by name in METRICS order."""
         return unstacked(np.load(self.path / METRICS_FILE, mmap_mode="r"))  # pages are read as the tables need them
+
+    def token_columns(self, store: Store, features: Iterable[tuple[int, int]]) -> dict[tuple[int, int], np.ndarray]:
+        """Each (store config index, feature)'s activation at every fragment: from the entry's tokens/ folder, else read
+        from the store (whole inner chunks) and kept there, so that a re-run showing the feature decodes nothing."""
+        columns, missing = {}, defaultdict(list)
+        for ci, feature in dict.fromkeys(features):
+            try:
+                columns[(ci, feature)] = np.load(self._token_file(ci, feature))
+            except (OSError, ValueError):
+                missing[ci].append(feature)
+
+        def read(ci: int) -> dict[tuple[int, int], np.ndarray]:
+            block = store.read_feature_columns(ci, np.array(missing[ci], dtype=np.int64))
+            return {(ci, feature): np.ascontiguousarray(block[:, j]) for j, feature in enumerate(missing[ci])}
+
+        with ThreadPoolExecutor(max_workers=usable_cores()) as pool:
+            for read_columns in pool.map(read, missing):
+                columns.update(read_columns)
+                for (ci, feature), column in read_columns.items():
+                    replace_file(self._token_file(ci, feature), lambda file, column=column: np.save(file, column))
+        return columns
+
+    def _token_file(self, config_index: int, feature: int) -> Path:
+        return self.path / TOKENS / f"{config_index}_{feature}.npy"
 
     def touch(self) -> None:
         """Mark the cache as used now (its folder's mtime), leaving its files as they are."""

@@ -6,13 +6,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from saezarr.folders import replace_file
 from saezarr.store.layout import Store
 
 # each config's layer, L0 and Neuronpedia source; each fragment's sentence, final-token flag and label
@@ -80,17 +80,9 @@ def _load(memo: Path, identity: str) -> dict[str, np.ndarray] | None:
 
 
 def _save(memo: Path, identity: str, values: dict[str, np.ndarray]) -> None:
-    """Write the memo whole by rename; a cache folder that cannot be written only costs the next run the reads."""
-    temp = memo.with_name(f".{memo.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        with open(temp, "wb") as file:
-            np.savez(file, **{_IDENTITY: np.array(identity)}, **values)
-        os.replace(temp, memo)
-    except OSError:
-        temp.unlink(missing_ok=True)
-        return
-    _remove_memos_of_stores_gone(memo.parent, keep=memo)
+    """Write the memo whole by rename, then delete those of deleted stores."""
+    if replace_file(memo, lambda file: np.savez(file, **{_IDENTITY: np.array(identity)}, **values)):
+        _remove_memos_of_stores_gone(memo.parent, keep=memo)
 
 
 def _remove_memos_of_stores_gone(folder: Path, keep: Path) -> None:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -12,7 +11,9 @@ from saezarr.analysis.metrics import LABELS
 from saezarr.analysis.pooling import SentenceLayout
 from saezarr.store.layout import Store
 from saezarr.store.shards import ChunkFiles
-from saezarr.units import usable_cores
+
+if TYPE_CHECKING:
+    from saezarr.analysis.cache import AnalysisCache
 
 
 def example_key(layer: int, average_l0: float, feature_id: int) -> str:
@@ -22,7 +23,7 @@ def example_key(layer: int, average_l0: float, feature_id: int) -> str:
 
 def feature_examples(
     top: pd.DataFrame,
-    pooled: ChunkFiles,
+    cache: AnalysisCache,
     texts: np.ndarray,
     store: Store,
     layout: SentenceLayout,
@@ -30,10 +31,14 @@ def feature_examples(
     per_label: int,
 ) -> dict:
     """The feature_examples.json dict for the ranked rows in `top` (columns of ranked_features.csv plus `config_index`
-    and `store_index`); `texts` are the pooled sentences' texts, `layout` their labels and
-    where their fragments lie, `fragment_texts` the store's fragment texts (None: no per-token activations)."""
-    picks = _pick_sentences(top, pooled, layout.labels, per_label)
-    tokens = _token_activations(top, picks, store, layout, fragment_texts) if fragment_texts is not None else {}
+    and `store_index`), from the cache's pooled activations (and its token columns); `texts` are the pooled
+    sentences' texts, `layout` their labels and where their fragments lie, `fragment_texts` the store's fragment
+    texts (None: no per-token activations)."""
+    picks = _pick_sentences(top, cache.pooled(), layout.labels, per_label)
+    tokens = {}
+    if fragment_texts is not None:
+        columns = cache.token_columns(store, zip(top.store_index.tolist(), top.feature_id.tolist()))
+        tokens = _token_activations(top, picks, columns, layout, fragment_texts)
     examples = {}
     for row, chosen in zip(top.itertuples(index=False), picks):
         by_label = {
@@ -83,36 +88,20 @@ def _pick_sentences(top: pd.DataFrame, pooled: ChunkFiles, labels: np.ndarray, p
     return picks
 
 
-def _token_activations(top: pd.DataFrame, picks: list[dict], store: Store, layout: SentenceLayout,
-                       texts: np.ndarray) -> dict:
-    """(store config index, feature, sentence) -> [{text, activation}] over the sentence's fragments."""
-    wanted: dict[tuple[int, int], set] = defaultdict(set)  # (config, fragment chunk) -> features
-    rows_of: dict[tuple[int, int, int], np.ndarray] = {}
+def _token_activations(top: pd.DataFrame, picks: list[dict], columns: dict[tuple[int, int], np.ndarray],
+                       layout: SentenceLayout, texts: np.ndarray) -> dict:
+    """(store config index, feature, sentence) -> [{text, activation}] over the sentence's fragments, from each
+    feature's activation at every fragment (columns)."""
+    out = {}
     for row, chosen in zip(top.itertuples(index=False), picks):
+        column = columns[(row.store_index, int(row.feature_id))]
         for k in LABELS:
             for s, _ in chosen[k]:
-                rows = np.arange(layout.starts[s], layout.stops[s])
-                rows_of[(row.store_index, int(row.feature_id), s)] = rows
-                for chunk in np.unique(rows // store.chunk_fragments):
-                    wanted[(row.store_index, int(chunk))].add(int(row.feature_id))
-    values: dict[tuple[int, int], dict[int, np.ndarray]] = {}
-
-    def read(unit: tuple[int, int]) -> None:
-        ci, chunk = unit
-        fids = sorted(wanted[unit])
-        block = store.read_columns(ci, chunk, np.array(fids, dtype=np.int64))
-        values[unit] = {f: block[:, j] for j, f in enumerate(fids)}
-
-    with ThreadPoolExecutor(max_workers=usable_cores()) as pool:
-        list(pool.map(read, wanted))
-    out = {}
-    for (ci, fid, s), rows in rows_of.items():
-        segments, previous = [], ""
-        for r in rows:
-            text = str(texts[r])
-            chunk = r // store.chunk_fragments
-            activation = float(values[(ci, chunk)][fid][r - chunk * store.chunk_fragments])
-            segments.append({"text": text[len(previous):] if text.startswith(previous) else text, "activation": activation})
-            previous = text
-        out[(ci, fid, s)] = segments
+                segments, previous = [], ""
+                for r in range(layout.starts[s], layout.stops[s]):
+                    text = str(texts[r])
+                    segments.append({"text": text[len(previous):] if text.startswith(previous) else text,
+                                     "activation": float(column[r])})
+                    previous = text
+                out[(row.store_index, int(row.feature_id), s)] = segments
     return out

@@ -128,7 +128,7 @@ def _write_findings(output: OutputWriter, options: AnalyzeOptions, store: Store,
     top["config_index"] = top.config.map({str(name): i for i, name in enumerate(configs.names)})
     top["store_index"] = configs.indices[top.config_index.to_numpy(dtype=np.int64)]
     fragment_texts = _fragment_texts(store)
-    examples = feature_examples(top, cache.pooled(), texts, store, layout, fragment_texts,
+    examples = feature_examples(top, cache, texts, store, layout, fragment_texts,
                                 options.examples_per_label)
     passing = features["passes_filter"].to_numpy().reshape(len(configs.names), -1)
     info = _info(store, options, passing, layout.labels, notes, fragment_texts is not None)

@@ -151,6 +151,10 @@ class Store:
             except ShardDamaged as exc:
                 raise self.unreadable(config_index, chunk, exc) from None
 
+    def read_feature_columns(self, config_index: int, features: np.ndarray) -> np.ndarray:
+        """One config's latents [fragment, len(features)] of some features, at every fragment."""
+        return np.concatenate([self.read_columns(config_index, chunk, features) for chunk in range(self.n_chunks)])
+
     def unreadable(self, config_index: int, chunk: int, exc: Exception) -> SaezarrError:
         """The one-line error for a unit whose data cannot be read back."""
         return SaezarrError(
