@@ -669,7 +669,7 @@ def task_codec(spec: dict) -> dict:
     inner = array.chunks
     feature_chunk = inner[2]
     cores = os.cpu_count() or 1
-    codec, codec_name = _store_codec(array)
+    codec, codec_name = _store_codec(store)
     scratch = Path(spec["scratch"])
     scratch.mkdir(parents=True, exist_ok=True)
     skeleton = scratch / "write-path.zarr"
@@ -753,13 +753,13 @@ def _thinnest_encode_cpu(rows: int, width: int, units: int) -> float:
     return end.user - start.user + end.system - start.system
 
 
-def _store_codec(array):
+def _store_codec(store):
     """The store's own inner-chunk compressor (read from its metadata, as saezarr's shard writer reads it)."""
     from saezarr.store.shards import ShardEncoder
 
-    encoder = ShardEncoder.for_array(array)
+    encoder = ShardEncoder.for_layout(store.layout)
     if encoder is None:
-        raise SystemExit(f"the store's codecs {array.metadata.codecs} are not saezarr's layout: update the codec floor")
+        raise SystemExit(f"the store's codecs {store.layout.codecs} are not saezarr's layout: update the codec floor")
     zstd = encoder.zstd
     return zstd, f"zstd level {zstd.level}{' with checksum' if zstd.checksum else ''}"
 

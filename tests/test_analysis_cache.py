@@ -210,17 +210,24 @@ def test_token_activations_of_features_shown_are_kept_and_a_rerun_reads_no_shard
     kept = sorted((entry / "tokens").glob("*.npy"))
     assert len(kept) == 6
     activations = zarr.open_array(store / "activations", mode="r")
-    for path in kept:  # each file: the feature's activation at every fragment
+
+    def equal_to_the_store(path: Path) -> None:  # the feature's activations at whole fragment chunks of 7
         config, feature = map(int, path.stem.split("_"))
-        np.testing.assert_array_equal(np.load(path), activations[config, :, feature])
+        tokens = np.load(path)
+        rows = tokens["row"]
+        assert len(rows) and np.all(np.diff(rows) > 0)
+        assert all(np.count_nonzero(rows // 7 == c) == min(7, activations.shape[1] - 7 * c) for c in np.unique(rows // 7))
+        np.testing.assert_array_equal(tokens["value"], activations[config, :, feature][rows])
+
+    for path in kept:
+        equal_to_the_store(path)
     kept[0].write_bytes(b"damaged")  # read from the store again, and rewritten
 
     def no_shard(self, *args):
         raise AssertionError("a re-run showing the same features read a shard")
 
     analyze_here(AnalyzeOptions(store, tmp_path / "again", top_n=6, **loose))
-    config, feature = map(int, kept[0].stem.split("_"))
-    np.testing.assert_array_equal(np.load(kept[0]), activations[config, :, feature])
+    equal_to_the_store(kept[0])
     monkeypatch.setattr(Store, "read_columns", no_shard)
     analyze_here(AnalyzeOptions(store, tmp_path / "fewer", top_n=3, **loose))
     first, fewer = (json.loads((tmp_path / name / "feature_examples.json").read_text()) for name in ("first", "fewer"))

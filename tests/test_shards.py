@@ -61,7 +61,7 @@ def test_shard_bytes_equal_zarrs_and_read_back(tmp_path, n_fragments, width, chu
 
 def test_inner_chunks_are_split_along_features(tmp_path):
     store = _new_store(tmp_path / "s.zarr", 10, 6144, 512)
-    encoder = ShardEncoder.for_array(store.array)
+    encoder = ShardEncoder.for_layout(store.layout)
     assert (encoder.shard_rows, encoder.inner_width) == (10, 2048)
     parts = encoder.encode(np.zeros((10, 6144), dtype=np.float32))
     assert len(parts) == 4  # three compressed inner chunks and the index
@@ -69,13 +69,13 @@ def test_inner_chunks_are_split_along_features(tmp_path):
 
 
 def test_an_unknown_layout_falls_back_to_zarr(tmp_path):
-    array = zarr.create_array(
+    zarr.create_array(
         tmp_path / "blosc.zarr", shape=(1, 20, 64), chunks=(1, 20, 32), shards=(1, 20, 64), dtype="float32",
         compressors=BloscCodec(), fill_value=np.nan,
     )
-    assert ShardEncoder.for_array(array) is None
-    unsharded = zarr.create_array(tmp_path / "plain.zarr", shape=(1, 20, 64), chunks=(1, 20, 64), dtype="float32")
-    assert ShardEncoder.for_array(unsharded) is None
+    assert ShardEncoder.for_layout(ChunkLayout.read(tmp_path / "blosc.zarr")) is None
+    zarr.create_array(tmp_path / "plain.zarr", shape=(1, 20, 64), chunks=(1, 20, 64), dtype="float32")
+    assert ShardEncoder.for_layout(ChunkLayout.read(tmp_path / "plain.zarr")) is None
 
 
 def test_latents_of_the_wrong_shape_are_refused_before_anything_is_written(tmp_path):

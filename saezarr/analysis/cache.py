@@ -9,7 +9,7 @@ import os
 import shutil
 import sys
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,7 +31,9 @@ METRICS_FILE = "metrics.npy"
 FILL_GRACE = 24 * 3600.0
 POOLED_FEATURES = 256  # features per chunk of pooled.zarr: the examples read a few features' chunks
 PLOTS = "plots"  # the report's plots, by a digest of what they show
-TOKENS = "tokens"  # each feature shown with examples: its activation at every fragment, `CONFIG_FEATURE.npy`
+TOKENS = "tokens"  # each feature shown with examples: its activations at the fragment chunks read, `CONFIG_FEATURE.npy`
+Feature = tuple[int, int]  # (store config index, feature id)
+TOKEN_ROWS = np.dtype([("row", "<i8"), ("value", "<f4")])  # a fragment and the feature's activation there
 STAGING_SUFFIX = ".filling"  # an entry being filled, or an evicted one being deleted: `.KEY.PID.RANDOM.filling`
 MAX_BYTES_VARIABLE = "SAEZARR_CACHE_MAX_BYTES"
 DEFAULT_MAX_BYTES = 20 * 2**30
@@ -124,26 +126,42 @@ class AnalysisCache:
         """The cached metrics, each a [config, feature] array (`monotonic` as bool), by name in METRICS order."""
         return unstacked(np.load(self.path / METRICS_FILE, mmap_mode="r"))  # pages are read as the tables need them
 
-    def token_columns(self, store: Store, features: Iterable[tuple[int, int]]) -> dict[tuple[int, int], np.ndarray]:
-        """Each (store config index, feature)'s activation at every fragment: from the entry's tokens/ folder, else read
-        from the store (whole inner chunks) and kept there, so that a re-run showing the feature decodes nothing."""
-        columns, missing = {}, defaultdict(list)
-        for ci, feature in dict.fromkeys(features):
-            try:
-                columns[(ci, feature)] = np.load(self._token_file(ci, feature))
-            except (OSError, ValueError):
-                missing[ci].append(feature)
+    def token_activations(self, store: Store, rows: dict[Feature, np.ndarray]) -> dict[Feature, np.ndarray]:
+        """Each (store config index, feature)'s activations at its fragment rows, in their order. The
+        entry's tokens/ folder keeps, per feature, every fragment chunk read for it (rows and values); the chunks it
+        lacks are read from the store and added, so that a re-run showing the feature again decodes no shard."""
+        kept = {key: self._kept_tokens(*key) for key in rows}
+        lacking = defaultdict(list)  # (config, fragment chunk) -> features
+        for (ci, feature), wanted in rows.items():
+            for chunk in np.unique(wanted[~np.isin(wanted, kept[(ci, feature)]["row"])] // store.chunk_fragments):
+                lacking[(ci, int(chunk))].append(feature)
 
-        def read(ci: int) -> dict[tuple[int, int], np.ndarray]:
-            block = store.read_feature_columns(ci, np.array(missing[ci], dtype=np.int64))
-            return {(ci, feature): np.ascontiguousarray(block[:, j]) for j, feature in enumerate(missing[ci])}
+        def read(unit: tuple[int, int]) -> list[tuple[Feature, np.ndarray]]:
+            (ci, chunk), features = unit, lacking[unit]
+            block = store.read_columns(ci, chunk, np.array(features, dtype=np.int64))
+            fragments = np.arange(*store.chunk_bounds(chunk))
+            return [((ci, feature), _tokens(fragments, block[:, j])) for j, feature in enumerate(features)]
 
+        read_now = defaultdict(list)
         with ThreadPoolExecutor(max_workers=usable_cores()) as pool:
-            for read_columns in pool.map(read, missing):
-                columns.update(read_columns)
-                for (ci, feature), column in read_columns.items():
-                    replace_file(self._token_file(ci, feature), lambda file, column=column: np.save(file, column))
-        return columns
+            for tokens in pool.map(read, lacking):
+                for key, part in tokens:
+                    read_now[key].append(part)
+        out = {}
+        for key, wanted in rows.items():
+            tokens = kept[key]
+            if key in read_now:
+                tokens = np.sort(np.concatenate([tokens, *read_now[key]]), order="row")
+                replace_file(self._token_file(*key), lambda file, tokens=tokens: np.save(file, tokens))
+            out[key] = tokens["value"][np.searchsorted(tokens["row"], wanted)]
+        return out
+
+    def _kept_tokens(self, config_index: int, feature: int) -> np.ndarray:
+        try:
+            kept = np.load(self._token_file(config_index, feature))
+        except (OSError, ValueError, EOFError):  # none yet, or damaged: read again
+            return np.empty(0, dtype=TOKEN_ROWS)
+        return kept if kept.dtype == TOKEN_ROWS else np.empty(0, dtype=TOKEN_ROWS)
 
     def _token_file(self, config_index: int, feature: int) -> Path:
         return self.path / TOKENS / f"{config_index}_{feature}.npy"
@@ -151,6 +169,12 @@ class AnalysisCache:
     def touch(self) -> None:
         """Mark the cache as used now (its folder's mtime), leaving its files as they are."""
         os.utime(self.path)
+
+
+def _tokens(rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+    tokens = np.empty(len(rows), dtype=TOKEN_ROWS)
+    tokens["row"], tokens["value"] = rows, values
+    return tokens
 
 
 def evict_old_entries(folder: Path, max_bytes: int, keep: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -37,8 +38,10 @@ def feature_examples(
     picks = _pick_sentences(top, cache.pooled(), layout.labels, per_label)
     tokens = {}
     if fragment_texts is not None:
-        columns = cache.token_columns(store, zip(top.store_index.tolist(), top.feature_id.tolist()))
-        tokens = _token_activations(top, picks, columns, layout, fragment_texts)
+        sentences = _example_sentences(top, picks)
+        rows = {key: np.concatenate([np.arange(layout.starts[s], layout.stops[s]) for s in found])
+                for key, found in sentences.items()}
+        tokens = _token_activations(sentences, rows, cache.token_activations(store, rows), layout, fragment_texts)
     examples = {}
     for row, chosen in zip(top.itertuples(index=False), picks):
         by_label = {
@@ -88,20 +91,27 @@ def _pick_sentences(top: pd.DataFrame, pooled: ChunkFiles, labels: np.ndarray, p
     return picks
 
 
-def _token_activations(top: pd.DataFrame, picks: list[dict], columns: dict[tuple[int, int], np.ndarray],
-                       layout: SentenceLayout, texts: np.ndarray) -> dict:
-    """(store config index, feature, sentence) -> [{text, activation}] over the sentence's fragments, from each
-    feature's activation at every fragment (columns)."""
-    out = {}
+def _example_sentences(top: pd.DataFrame, picks: list[dict]) -> dict[tuple[int, int], list[int]]:
+    """(store config index, feature) -> its example sentences, ascending."""
+    sentences = defaultdict(set)
     for row, chosen in zip(top.itertuples(index=False), picks):
-        column = columns[(row.store_index, int(row.feature_id))]
-        for k in LABELS:
-            for s, _ in chosen[k]:
-                segments, previous = [], ""
-                for r in range(layout.starts[s], layout.stops[s]):
-                    text = str(texts[r])
-                    segments.append({"text": text[len(previous):] if text.startswith(previous) else text,
-                                     "activation": float(column[r])})
-                    previous = text
-                out[(row.store_index, int(row.feature_id), s)] = segments
+        sentences[(row.store_index, int(row.feature_id))].update(s for k in LABELS for s, _ in chosen[k])
+    return {key: sorted(found) for key, found in sentences.items() if found}
+
+
+def _token_activations(sentences: dict[tuple[int, int], list[int]], rows: dict[tuple[int, int], np.ndarray],
+                       values: dict[tuple[int, int], np.ndarray], layout: SentenceLayout, texts: np.ndarray) -> dict:
+    """(store config index, feature, sentence) -> [{text, activation}] over the sentence's fragments, from each
+    feature's activations (values) at its example sentences' fragments (rows)."""
+    out = {}
+    for (ci, feature), found in sentences.items():
+        at = dict(zip(rows[(ci, feature)].tolist(), values[(ci, feature)].tolist()))
+        for s in found:
+            segments, previous = [], ""
+            for r in range(layout.starts[s], layout.stops[s]):
+                text = str(texts[r])
+                piece = text[len(previous):] if text.startswith(previous) else text
+                segments.append({"text": piece, "activation": at[r]})
+                previous = text
+            out[(ci, feature, s)] = segments
     return out

@@ -107,7 +107,7 @@ def analyze(options: AnalyzeOptions) -> AnalyzeSummary:
     features = features_table(metrics, passing, configs)
     with OutputWriter(Path(options.output)) as output:
         output.write_features(features)
-        n_passing = _write_findings(output, options, store, features, configs, layout, cache, notes)
+        n_passing = _write_findings(output, options, store, features, configs, coordinates, layout, cache, notes)
     return AnalyzeSummary(
         output=Path(options.output), n_configs=len(indices), n_features=store.width,
         n_sentences=layout.n_sentences, n_passing=n_passing, pool=options.pool, cache=cache.path, cache_reused=reused,
@@ -116,19 +116,19 @@ def analyze(options: AnalyzeOptions) -> AnalyzeSummary:
 
 
 def _write_findings(output: OutputWriter, options: AnalyzeOptions, store: Store, features: pa.Table,
-                    configs: ConfigTable, layout: SentenceLayout, cache: AnalysisCache, notes: list[str]) -> int:
+                    configs: ConfigTable, coordinates: AnalysisCoordinates, layout: SentenceLayout,
+                    cache: AnalysisCache, notes: list[str]) -> int:
     """Write the ranked features, their examples, analysis.json and the report; return how many features pass."""
     # imported only now, once features.parquet is being written on its thread: pandas' import (0.2 s) overlaps it
     from saezarr.analysis.examples import feature_examples
     from saezarr.analysis.ranking import config_summary, ranked_table
 
-    texts = np.asarray(store.coordinate("original_sentence"), dtype=object)[layout.starts]
     ranked = ranked_table(features)
     top = ranked.head(options.top_n).copy()
     top["config_index"] = top.config.map({str(name): i for i, name in enumerate(configs.names)})
     top["store_index"] = configs.indices[top.config_index.to_numpy(dtype=np.int64)]
-    fragment_texts = _fragment_texts(store)
-    examples = feature_examples(top, cache, texts, store, layout, fragment_texts,
+    fragment_texts = coordinates.values.get("fragment_text")  # None: one fragment per sentence, no token shading
+    examples = feature_examples(top, cache, coordinates["sentence_text"], store, layout, fragment_texts,
                                 options.examples_per_label)
     passing = features["passes_filter"].to_numpy().reshape(len(configs.names), -1)
     info = _info(store, options, passing, layout.labels, notes, fragment_texts is not None)
@@ -156,7 +156,8 @@ def _finished_selection(store: Store, layers: list[int], options: AnalyzeOptions
     done = store.done_matrix()
     unfinished = [i for i in selected if not done[i].all()]
     if unfinished and not options.allow_partial:
-        progress = ", ".join(f"{store.config_names[i]} ({int(done[i].sum())}/{store.n_chunks} chunks)" for i in unfinished)
+        names = store.config_names
+        progress = ", ".join(f"{names[i]} ({int(done[i].sum())}/{store.n_chunks} chunks)" for i in unfinished)
         raise SaezarrError(
             f"{store.path}: not analysed, the build is unfinished for {progress}; finish it with "
             "`saezarr build ... --resume`, or analyse the finished configs only with --allow-partial"
@@ -184,13 +185,6 @@ class _progress:
     def __exit__(self, *exc) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-def _fragment_texts(store: Store) -> np.ndarray | None:
-    """The fragments' texts, for per-token shading; None for a store with one fragment per sentence."""
-    if store.attrs.get("fragments") == "final":
-        return None
-    return np.asarray(store.coordinate("fragment_text"), dtype=object)
 
 
 def _notes(labels: np.ndarray, configs: ConfigTable) -> list[str]:

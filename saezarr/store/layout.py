@@ -44,7 +44,8 @@ FIELD_NAMES = {"tokens_sha256": "tokenization (sha256 of the token ids and fragm
 class Store:
     """An open saezarr store: its layout, and the completion marks of its (config, fragment-chunk) units.
 
-    The layout comes from the activations' zarr.json; zarr itself is opened on first use of `array` or of a chunk."""
+    The layout and codecs come from the activations' zarr.json: shards in saezarr's layout are read and written
+    without zarr, which opens the array on first use of `array` (or of a shard in another layout)."""
 
     def __init__(self, path: str | Path, mode: str = "r"):
         self.path = Path(path)
@@ -73,7 +74,7 @@ class Store:
 
     @functools.cached_property
     def _shard_encoder(self) -> ShardEncoder | None:
-        return ShardEncoder.for_array(self.array)
+        return ShardEncoder.for_layout(self.layout)
 
     def coordinate(self, name: str) -> np.ndarray:
         """One coordinate of the store, e.g. `sentence_index` or `layer`, read whole (strings as numpy StringDType)."""
@@ -150,10 +151,6 @@ class Store:
                 return self._shard_encoder.decode_columns(data, stop - start, features)
             except ShardDamaged as exc:
                 raise self.unreadable(config_index, chunk, exc) from None
-
-    def read_feature_columns(self, config_index: int, features: np.ndarray) -> np.ndarray:
-        """One config's latents [fragment, len(features)] of some features, at every fragment."""
-        return np.concatenate([self.read_columns(config_index, chunk, features) for chunk in range(self.n_chunks)])
 
     def unreadable(self, config_index: int, chunk: int, exc: Exception) -> SaezarrError:
         """The one-line error for a unit whose data cannot be read back."""

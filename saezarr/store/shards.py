@@ -1,8 +1,9 @@
 """Zarr v3 chunks encoded and decoded at the codec's speed, without zarr's event loop: whole shards in the
 `sharding_indexed` format of the activations layout saezarr creates, and the plain chunks of the arrays it caches.
 
-zarr and numcodecs (0.1 s to import) are imported only where chunks are encoded or decoded: a cached analysis reads
-an array's layout from its zarr.json and has features.parquet under way before it reads any chunk."""
+Both read an array's layout and codecs from its zarr.json; zarr itself (0.1 s to import) is needed only to create
+arrays. numcodecs is imported where chunks are encoded or decoded: a cached analysis has features.parquet under
+way before it reads any chunk."""
 
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    import zarr
     from numcodecs import Zstd
 
 MISSING = 2**64 - 1  # an index entry (offset and length) for an inner chunk that holds only the fill value
@@ -40,34 +40,35 @@ class ShardEncoder:
     _buffers: threading.local = field(default_factory=threading.local, compare=False, repr=False)
 
     @classmethod
-    def for_array(cls, array: zarr.Array) -> ShardEncoder | None:
+    def for_layout(cls, layout: ChunkLayout) -> ShardEncoder | None:
         """The encoder for a [config, fragment, feature] array, or None if its codecs are not saezarr's layout."""
         from numcodecs import Zstd
-        from zarr.codecs import Crc32cCodec, ShardingCodec, ShardingCodecIndexLocation, ZstdCodec
 
-        codecs = array.metadata.codecs
-        if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec) or array.shards is None:
+        if len(layout.codecs) != 1 or layout.codecs[0].get("name") != "sharding_indexed":
             return None
-        sharding = codecs[0]
-        inner, index = sharding.codecs, sharding.index_codecs
-        shard, chunk = array.shards, sharding.chunk_shape
+        sharding = layout.codecs[0].get("configuration", {})
+        inner, index = sharding.get("codecs", []), sharding.get("index_codecs", [])
+        shard, chunk = layout.chunks, layout.inner_chunks
+        fill_value = _float(layout.fill_value)
         if not (
             len(inner) == 2
             and _is_little_endian_bytes(inner[0])
-            and isinstance(inner[1], ZstdCodec)
+            and inner[1].get("name") == "zstd"
             and len(index) == 2
             and _is_little_endian_bytes(index[0])
-            and isinstance(index[1], Crc32cCodec)
-            and sharding.index_location == ShardingCodecIndexLocation.end
-            and array.dtype == np.dtype("float32")
+            and index[1].get("name") == "crc32c"
+            and sharding.get("index_location", "end") == "end"
+            and layout.dtype == np.dtype("float32")
+            and fill_value is not None
             and shard[0] == chunk[0] == 1
             and shard[1] == chunk[1]
-            and shard[2] == array.shape[2]
+            and shard[2] == layout.shape[2]
             and shard[2] % chunk[2] == 0
         ):
             return None
-        zstd = Zstd(level=inner[1].level, checksum=inner[1].checksum)
-        return cls(shard_rows=shard[1], inner_width=chunk[2], width=shard[2], fill_value=float(array.fill_value), zstd=zstd)
+        zstd = inner[1].get("configuration", {})
+        return cls(shard_rows=shard[1], inner_width=chunk[2], width=shard[2], fill_value=fill_value,
+                   zstd=Zstd(level=zstd.get("level", 0), checksum=zstd.get("checksum", False)))
 
     def __reduce__(self):
         # pickled for dask workers: a fresh per-thread buffer there
@@ -177,10 +178,15 @@ class ShardFile:
         self.file.close()
 
 
-def _is_little_endian_bytes(codec: object) -> bool:
-    from zarr.codecs import BytesCodec
+def _is_little_endian_bytes(codec: dict) -> bool:
+    return codec.get("name") == "bytes" and codec.get("configuration", {}).get("endian") == "little"
 
-    return isinstance(codec, BytesCodec) and codec.endian is not None and codec.endian.value == "little"
+
+def _float(fill_value: object) -> float | None:
+    """A zarr.json fill value of a float array as a float ("NaN", "Infinity", numbers); None for other forms."""
+    if isinstance(fill_value, (int, float)) or fill_value in ("NaN", "Infinity", "-Infinity"):
+        return float(fill_value)
+    return None
 
 
 @dataclass(frozen=True)
@@ -194,6 +200,8 @@ class ChunkLayout:
     inner_chunks: tuple[int, ...]  # = chunks for an array without sharding
     key_encoding: str  # "default" (`c/1/2`) or "v2" (`1.2`)
     separator: str
+    codecs: tuple[dict, ...]  # as zarr.json lists them
+    fill_value: object  # as zarr.json writes it
 
     @classmethod
     def read(cls, path: Path) -> ChunkLayout:
@@ -210,7 +218,8 @@ class ChunkLayout:
             raise ValueError(f"unknown chunk key encoding {name!r}")
         separator = encoding.get("configuration", {}).get("separator", "/" if name == "default" else ".")
         return cls(tuple(meta["shape"]), np.dtype(meta["data_type"]), chunks,
-                   tuple(codecs[0]["configuration"]["chunk_shape"]) if sharded else chunks, name, separator)
+                   tuple(codecs[0]["configuration"]["chunk_shape"]) if sharded else chunks, name, separator,
+                   tuple(meta.get("codecs", [])), meta.get("fill_value"))
 
     def chunk_key(self, coords: tuple[int, ...]) -> str:
         """The path, relative to the array, of the chunk (or shard) at grid coordinates coords."""
