@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -197,3 +199,19 @@ def test_a_store_finds_its_layout_without_zarr_and_opens_zarr_on_first_use(tmp_p
     (tmp_path / "s.zarr" / ACTIVATIONS / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group"}')
     with pytest.raises(SaezarrError, match="cannot read the store's activations array"):
         open_existing(tmp_path / "s.zarr")
+
+
+def test_an_array_that_zarr_cannot_open_is_one_line_on_first_use_and_left_as_it_is(tmp_path):
+    # the layout parses, so the store opens without zarr; zarr refuses the codec when a chunk is read
+    _new_store(tmp_path / "s.zarr", 20, 64, 8)
+    meta_path = tmp_path / "s.zarr" / ACTIVATIONS / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    meta["codecs"] = [{"name": "no_such_codec"}]
+    meta_path.write_text(json.dumps(meta))
+    before = {p: p.read_bytes() for p in (tmp_path / "s.zarr").rglob("*") if p.is_file()}
+    store = open_existing(tmp_path / "s.zarr")
+    with pytest.raises(SaezarrError) as caught:
+        store.read_chunk(0, 0, lambda rows: rows)
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path / 's.zarr'}: cannot read the store's activations array (") and "\n" not in message
+    assert {p: p.read_bytes() for p in (tmp_path / "s.zarr").rglob("*") if p.is_file()} == before

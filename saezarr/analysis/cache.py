@@ -160,8 +160,8 @@ class AnalysisCache:
         try:
             kept = np.load(self._token_file(config_index, feature))
         except (OSError, ValueError, EOFError):  # none yet, or damaged: read again
-            return np.empty(0, dtype=TOKEN_ROWS)
-        return kept if kept.dtype == TOKEN_ROWS else np.empty(0, dtype=TOKEN_ROWS)
+            kept = None
+        return kept if kept is not None and kept.dtype == TOKEN_ROWS else np.empty(0, dtype=TOKEN_ROWS)
 
     def _token_file(self, config_index: int, feature: int) -> Path:
         return self.path / TOKENS / f"{config_index}_{feature}.npy"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from saezarr.analysis.pooling import sentence_starts
 from saezarr.folders import replace_file
 from saezarr.store.layout import Store
 
@@ -70,8 +71,7 @@ def _identity(store: Store, names: list[str]) -> str:
 
 def _read(store: Store, names: list[str]) -> dict[str, np.ndarray]:
     values = {name: _plain(store.coordinate(name)) for name in names}
-    sentence = values["sentence_index"]
-    firsts = np.flatnonzero(np.r_[True, sentence[1:] != sentence[:-1]])
+    firsts = sentence_starts(values["sentence_index"])
     values["sentence_text"] = np.asarray(store.coordinate("original_sentence"), dtype=object)[firsts]
     if store.attrs.get("fragments") != "final":
         values["fragment_text"] = np.asarray(store.coordinate("fragment_text"), dtype=object)

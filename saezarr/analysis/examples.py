@@ -49,7 +49,7 @@ def feature_examples(
                 {
                     "sentence": str(texts[s]),
                     "activation": float(value),
-                    "tokens": tokens.get((row.store_index, int(row.feature_id), s)) if fragment_texts is not None else None,
+                    "tokens": tokens.get((row.store_index, int(row.feature_id), s)),  # None without token fragments
                 }
                 for s, value in chosen[k]
             ]

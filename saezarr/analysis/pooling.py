@@ -29,7 +29,7 @@ class SentenceLayout:
         sentence = np.asarray(sentence_index)
         if np.any(np.diff(sentence) < 0):
             raise SaezarrError("the store's fragments are not ordered by sentence")
-        starts = np.flatnonzero(np.r_[True, sentence[1:] != sentence[:-1]])
+        starts = sentence_starts(sentence)
         stops = np.r_[starts[1:], len(sentence)]
         finals = np.flatnonzero(np.asarray(is_final_token, dtype=bool))
         if len(finals) != len(starts) or np.any(sentence[finals] != sentence[starts]):
@@ -46,6 +46,11 @@ class SentenceLayout:
         check_pool(pool)
         if pool == "final" and self.finals is None:
             raise SaezarrError("--pool final: not every sentence has exactly one final-token fragment in the store")
+
+
+def sentence_starts(sentence_index: np.ndarray) -> np.ndarray:
+    """The index of each sentence's first fragment, given the fragments' sentence index (ordered)."""
+    return np.flatnonzero(np.r_[True, sentence_index[1:] != sentence_index[:-1]])
 
 
 def check_pool(pool: str) -> None:

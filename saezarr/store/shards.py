@@ -210,8 +210,8 @@ class ChunkLayout:
         if meta.get("zarr_format") != 3 or meta.get("node_type") != "array":
             raise ValueError(f"{path} is no Zarr v3 array")
         chunks = tuple(meta["chunk_grid"]["configuration"]["chunk_shape"])
-        codecs = meta.get("codecs") or [{}]
-        sharded = codecs[0].get("name") == "sharding_indexed"
+        codecs = tuple(meta.get("codecs") or ())
+        sharded = bool(codecs) and codecs[0].get("name") == "sharding_indexed"
         encoding = meta["chunk_key_encoding"]
         name = encoding["name"]
         if name not in ("default", "v2"):
@@ -219,7 +219,7 @@ class ChunkLayout:
         separator = encoding.get("configuration", {}).get("separator", "/" if name == "default" else ".")
         return cls(tuple(meta["shape"]), np.dtype(meta["data_type"]), chunks,
                    tuple(codecs[0]["configuration"]["chunk_shape"]) if sharded else chunks, name, separator,
-                   tuple(meta.get("codecs", [])), meta.get("fill_value"))
+                   codecs, meta.get("fill_value"))
 
     def chunk_key(self, coords: tuple[int, ...]) -> str:
         """The path, relative to the array, of the chunk (or shard) at grid coordinates coords."""
