@@ -60,17 +60,39 @@ def _add_build(commands) -> None:
     p.add_argument("--fragments", choices=("token", "word", "final"), default="token", help="fragment granularity")
     p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="model dtype")
-    p.add_argument("--batch-size", type=_positive_int, default=None, help="sentences per forward (default 16, or the store's own on --resume)")
-    p.add_argument("--sae-memory", default=None, help="memory for SAE encoders per pass (default: on CUDA the free memory less a reserve, on CPU 8GiB)")
-    p.add_argument("--chunk-fragments", type=_positive_int, default=None, help="fragments per chunk, the unit of writing and resuming (default 512)")
-    p.add_argument("--workers", type=_positive_int, default=None, help="writer threads (default: one per usable core, at most 32)")
-    p.add_argument("--max-chunks", type=_positive_int, default=None, help="stop after this many chunks (try a small part first)")
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        help="sentences per forward (default 16, or the store's own on --resume)",
+    )
+    p.add_argument(
+        "--sae-memory",
+        default=None,
+        help="memory for SAE encoders per pass (default: on CUDA the free memory less a reserve, on CPU 8GiB)",
+    )
+    p.add_argument(
+        "--chunk-fragments",
+        type=_positive_int,
+        default=None,
+        help="fragments per chunk, the unit of writing and resuming (default 512)",
+    )
+    p.add_argument(
+        "--workers", type=_positive_int, default=None, help="writer threads (default: one per usable core, at most 32)"
+    )
+    p.add_argument(
+        "--max-chunks", type=_positive_int, default=None, help="stop after this many chunks (try a small part first)"
+    )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue an interrupted build")
     mode.add_argument("--overwrite", action="store_true", help="replace an existing store")
-    p.add_argument("--force-unlock", action="store_true", help="take the store's lock even if another build seems to hold it")
+    p.add_argument(
+        "--force-unlock", action="store_true", help="take the store's lock even if another build seems to hold it"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--demo", action="store_true", help="build from the bundled sample with a tiny generated model (offline)")
+    p.add_argument(
+        "--demo", action="store_true", help="build from the bundled sample with a tiny generated model (offline)"
+    )
     _add_cluster_options(p, local=True)
     p.set_defaults(run=_run_build)
 
@@ -79,12 +101,24 @@ def _add_cluster_options(p, local: bool) -> None:
     """Options choosing the dask cluster a command runs on."""
     where = p.add_mutually_exclusive_group()
     if local:
-        where.add_argument("--local-workers", type=_positive_int, default=None,
-                           help="run on a local dask cluster of N single-thread worker processes (on CUDA: one per GPU)")
-    where.add_argument("--scheduler", default=None, help="run on the dask cluster of this scheduler, e.g. tcp://host:8786")
-    where.add_argument("--scheduler-file", type=Path, default=None, help="run on the dask cluster of this scheduler file")
-    p.add_argument("--worker-timeout", type=_positive_float, default=None,
-                   help="seconds to wait for the scheduler and a first worker (default 60)")
+        where.add_argument(
+            "--local-workers",
+            type=_positive_int,
+            default=None,
+            help="run on a local dask cluster of N single-thread worker processes (on CUDA: one per GPU)",
+        )
+    where.add_argument(
+        "--scheduler", default=None, help="run on the dask cluster of this scheduler, e.g. tcp://host:8786"
+    )
+    where.add_argument(
+        "--scheduler-file", type=Path, default=None, help="run on the dask cluster of this scheduler file"
+    )
+    p.add_argument(
+        "--worker-timeout",
+        type=_positive_float,
+        default=None,
+        help="seconds to wait for the scheduler and a first worker (default 60)",
+    )
 
 
 def _cluster_options(args):
@@ -99,8 +133,8 @@ def _cluster_options(args):
 
 
 def _run_build(args) -> int:
-    from saezarr.build.pipeline import BuildOptions, build
     from saezarr.configs import parse_layers
+    from saezarr.extract.pipeline import BuildOptions, build
     from saezarr.units import parse_size
 
     _quiet_libraries()
@@ -149,7 +183,9 @@ def _add_export(commands) -> None:
     p.add_argument("--layers", help="only configs on these layers, e.g. 3,12")
     p.add_argument("--uncompressed", action="store_true", help="np.savez instead of np.savez_compressed")
     p.add_argument(
-        "--jobs", type=_positive_int, default=None,
+        "--jobs",
+        type=_positive_int,
+        default=None,
         help="files written at once (default: one per usable core, fewer if memory is short)",
     )
     p.add_argument("--overwrite", action="store_true", help="rewrite files that already exist")
@@ -196,8 +232,12 @@ def _add_analyze(commands) -> None:
     p.add_argument("--output", type=Path, required=True, help="folder for the analysis files (must not exist)")
     p.add_argument("--configs", help="only these configs, e.g. layer_12_l0_82,layer_3_l0_59")
     p.add_argument("--layers", help="only configs on these layers, e.g. 3,12")
-    p.add_argument("--pool", choices=("final", "max", "mean"), default="final",
-                   help="one activation per sentence: its final token's, or the max or mean over its fragments")
+    p.add_argument(
+        "--pool",
+        choices=("final", "max", "mean"),
+        default="final",
+        help="one activation per sentence: its final token's, or the max or mean over its fragments",
+    )
     p.add_argument("--min-pearson", type=float, default=0.4, help="filter: Pearson correlation at least this (-1..1)")
     p.add_argument("--min-tpr", type=float, default=0.5, help="filter: true positive rate at least this (0..1)")
     p.add_argument("--max-fpr", type=float, default=0.2, help="filter: false positive rate at most this (0..1)")

@@ -44,8 +44,11 @@ class ClusterOptions:
             raise SaezarrError(f"{' and '.join(given)}: give only one of them")
 
     def _options(self) -> list[tuple[str, object]]:
-        return [("--local-workers", self.local_workers), ("--scheduler", self.scheduler),
-                ("--scheduler-file", self.scheduler_file)]
+        return [
+            ("--local-workers", self.local_workers),
+            ("--scheduler", self.scheduler),
+            ("--scheduler-file", self.scheduler_file),
+        ]
 
     @property
     def wanted(self) -> bool:
@@ -118,8 +121,14 @@ def _local_cluster(n_workers: int, device: str) -> Iterator[str]:
                 f"--local-workers {n_workers}: one worker per GPU, and this node has {torch.cuda.device_count()}"
             )
     # memory_limit=0: the nanny must not kill a worker for holding a model; saezarr bounds its own memory
-    with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                      silence_logs=logging.CRITICAL, memory_limit=0) as cluster:
+    with LocalCluster(
+        n_workers=n_workers,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        silence_logs=logging.CRITICAL,
+        memory_limit=0,
+    ) as cluster:
         yield cluster.scheduler_address
 
 
@@ -129,8 +138,14 @@ def analysis_client(options: ClusterOptions, store: Path, cache: Path) -> Iterat
     with cluster_client(options, "cpu", as_default=True) as client:
         cache.mkdir(parents=True, exist_ok=True)
         with probe_marker(cache, "analysis") as marker:
-            probe_workers(client, options, [(Path(store).resolve() / "zarr.json", False, f"the store {store}"),
-                                            (marker, True, f"the analysis cache folder {cache}")])
+            probe_workers(
+                client,
+                options,
+                [
+                    (Path(store).resolve() / "zarr.json", False, f"the store {store}"),
+                    (marker, True, f"the analysis cache folder {cache}"),
+                ],
+            )
         yield client
 
 
@@ -145,8 +160,12 @@ def probe_marker(folder: Path, name: str) -> Iterator[Path]:
         marker.unlink(missing_ok=True)
 
 
-def probe_workers(client: Client, options: ClusterOptions, paths: list[tuple[Path, bool, str]],
-                  needs: tuple[Callable[..., str | None], ...] | None = None) -> list[str]:
+def probe_workers(
+    client: Client,
+    options: ClusterOptions,
+    paths: list[tuple[Path, bool, str]],
+    needs: tuple[Callable[..., str | None], ...] | None = None,
+) -> list[str]:
     """Check every worker's code and paths, then `needs` (a check run there and its arguments); return their addresses.
 
     `needs` travels pickled, so a worker unpickles it (and imports what it refers to) only once its code is checked.
@@ -156,9 +175,12 @@ def probe_workers(client: Client, options: ClusterOptions, paths: list[tuple[Pat
     from saezarr import probe
 
     cloudpickle.register_pickle_by_value(probe)  # a worker without saezarr can unpickle it and say so
-    expected = {"version": saezarr.__version__, "code": code_digest(),
-                "needs": None if needs is None else pickle.dumps(needs),
-                "paths": [(str(path), writable, what) for path, writable, what in paths]}
+    expected = {
+        "version": saezarr.__version__,
+        "code": code_digest(),
+        "needs": None if needs is None else pickle.dumps(needs),
+        "paths": [(str(path), writable, what) for path, writable, what in paths],
+    }
     results = client.run(probe.probe_worker, expected, on_error="return")
     for address, result in sorted(results.items()):
         if isinstance(result, BaseException):

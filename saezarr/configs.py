@@ -73,7 +73,9 @@ def _parse_entry(path: Path, index: int, entry: object) -> SAEConfig:
     neuronpedia = entry.get("neuronpedia")
     if neuronpedia is not None and (not isinstance(neuronpedia, str) or not neuronpedia.strip("/ ")):
         raise SaezarrError(f"{where}: 'neuronpedia' must be a Neuronpedia source string or null, got {neuronpedia!r}")
-    return SAEConfig(layer=layer, average_l0=l0, path=folder.strip("/"), neuronpedia=neuronpedia and neuronpedia.strip("/ "))
+    return SAEConfig(
+        layer=layer, average_l0=l0, path=folder.strip("/"), neuronpedia=neuronpedia and neuronpedia.strip("/ ")
+    )
 
 
 def _refuse_repeats(path: Path, configs: Sequence[SAEConfig]) -> None:

@@ -106,7 +106,9 @@ def export_npz(
     return summary
 
 
-def select_targets(store: Store, output: Path, names: Sequence[str] | None, layers: Sequence[int] | None) -> list[ConfigTarget]:
+def select_targets(
+    store: Store, output: Path, names: Sequence[str] | None, layers: Sequence[int] | None
+) -> list[ConfigTarget]:
     """The configurations chosen by --configs and --layers (all by default), in store order."""
     targets = all_targets(store, output)
     return [targets[i] for i in select_configs(store.config_names, [t.layer for t in targets], names, layers)]
@@ -240,7 +242,9 @@ def _unicode(values: np.ndarray) -> np.ndarray:
     return np.array(values.tolist(), dtype=str) if len(values) else np.array([], dtype="<U1")
 
 
-def write_config_npz(store: Store, target: ConfigTarget, fragment_arrays: dict[str, np.ndarray], compressed: bool) -> None:
+def write_config_npz(
+    store: Store, target: ConfigTarget, fragment_arrays: dict[str, np.ndarray], compressed: bool
+) -> None:
     """Write one configuration's `.npz` under a temporary name in the output folder, then rename it."""
     arrays = {
         "activations": read_activations(store, target),

@@ -37,7 +37,9 @@ def write_tokenizer(folder: Path, corpus: Iterable[str], vocab_size: int = 512) 
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
     tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
     byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size + 256, special_tokens=SPECIAL_TOKENS + byte_tokens, show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size + 256, special_tokens=SPECIAL_TOKENS + byte_tokens, show_progress=False
+    )
     tokenizer.train_from_iterator([*corpus, _CORPUS_EXTRA], trainer=trainer)
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, tokenizer.token_to_id(BOS))]
@@ -127,7 +129,7 @@ def calibration_residuals(model_folder: Path, layers: list[int], sentences: Sequ
     """Residuals after each layer at every non-BOS token of the sentences, as float32 [tokens, d_model]."""
     from transformers import AutoModel, AutoTokenizer
 
-    from saezarr.build.residuals import ResidualReader
+    from saezarr.extract.residuals import ResidualReader
 
     tokenizer = AutoTokenizer.from_pretrained(model_folder)
     model = AutoModel.from_pretrained(model_folder, dtype=torch.float32, attn_implementation="eager").eval()

@@ -18,10 +18,21 @@ def human_bytes(n: float) -> str:
 
 def parse_size(text: str, option: str = "size") -> int:
     """Parse a byte size such as `8GiB`, `512MB` or `1000000`."""
-    units = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tb": 10**12, "tib": 2**40}
+    units = {
+        "": 1,
+        "b": 1,
+        "kb": 10**3,
+        "mb": 10**6,
+        "gb": 10**9,
+        "kib": 2**10,
+        "mib": 2**20,
+        "gib": 2**30,
+        "tb": 10**12,
+        "tib": 2**40,
+    }
     number = text.strip().lower()
     digits = number.rstrip("abcdefghijklmnopqrstuvwxyz")
-    unit = number[len(digits):].strip()
+    unit = number[len(digits) :].strip()
     try:
         value = float(digits)
     except ValueError:

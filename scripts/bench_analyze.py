@@ -321,7 +321,16 @@ def task_analyze(spec: dict) -> dict:
 
     for module in pkgutil.iter_modules(saezarr.analysis.__path__, "saezarr.analysis."):
         importlib.import_module(module.name)
-    for name in ("numpy", "pandas", "xarray", "dask.array", "zarr", "scipy.stats", "pyarrow.parquet", "matplotlib.pyplot"):
+    for name in (
+        "numpy",
+        "pandas",
+        "xarray",
+        "dask.array",
+        "zarr",
+        "scipy.stats",
+        "pyarrow.parquet",
+        "matplotlib.pyplot",
+    ):
         try:
             importlib.import_module(name)
         except ImportError:
@@ -473,8 +482,9 @@ def run_benchmark(root: Path, scratch: Path, mode: str, log, scale_configs: int 
     raw.update({key: runs[key] for key in ("analyze", "rerun", "inproc", "inproc_rerun", "cache_files")})
     raw["compare"] = compare_tables(legacy_out / "ranked_features.csv", runs["first_ranked"])
     log("a process that only imports what a cached re-run needs (the floor of a whole-process re-run) ...")
-    raw["floor"] = min((measure([sys.executable, "-c", FLOOR_IMPORTS], "imports") for _ in range(3)),
-                       key=lambda result: result["wall"])
+    raw["floor"] = min(
+        (measure([sys.executable, "-c", FLOOR_IMPORTS], "imports") for _ in range(3)), key=lambda result: result["wall"]
+    )
 
     log("plain read of every shard on all cores ...")
     raw["read"] = run_child({"task": "read", "store": str(stores["N"])})
@@ -721,7 +731,7 @@ def floor_lines(floor: dict, analyze: dict, scale: dict | None) -> list[str]:
     against = f"{floor['wall'] / analyze['wall']:.3f} of the first run"
     if scale:
         against += f" ({floor['wall'] / scale['analyze']['wall']:.3f} at {scale['info']['n_configs']} SAEs)"
-    return [f"floor of a whole-process re-run: `python -c \"{FLOOR_IMPORTS}\"` {floor['wall']:.2f} s, {against}"]
+    return [f'floor of a whole-process re-run: `python -c "{FLOOR_IMPORTS}"` {floor["wall"]:.2f} s, {against}']
 
 
 def scale_lines(scale: dict) -> list[str]:

@@ -60,14 +60,29 @@ SIZES = {
         "rss_factor": 4,
     },
 }
-W1_MODEL = dict(num_layers=4, hidden_size=2304, intermediate_size=9216, num_heads=8, num_kv_heads=4, head_dim=256,
-                max_tokens=1024, vocab_size=512)
-W2_MODEL = dict(hidden_size=64, intermediate_size=128, num_heads=2, num_kv_heads=1, head_dim=32, max_tokens=512,
-                vocab_size=512)
+W1_MODEL = dict(
+    num_layers=4,
+    hidden_size=2304,
+    intermediate_size=9216,
+    num_heads=8,
+    num_kv_heads=4,
+    head_dim=256,
+    max_tokens=1024,
+    vocab_size=512,
+)
+W2_MODEL = dict(
+    hidden_size=64, intermediate_size=128, num_heads=2, num_kv_heads=1, head_dim=32, max_tokens=512, vocab_size=512
+)
 SAE_WIDTH = 16384
 # Gemma Scope 2B 16k average_l0 values on layers 0-5 (config/gemma_scope_16k_configurations.json), 4 smallest each
-GEMMA_SCOPE_L0 = {0: [13, 25, 46, 105], 1: [10, 20, 40, 102], 2: [13, 24, 53, 141], 3: [14, 28, 59, 142],
-                  4: [17, 31, 60, 124], 5: [18, 34, 68, 143]}
+GEMMA_SCOPE_L0 = {
+    0: [13, 25, 46, 105],
+    1: [10, 20, 40, 102],
+    2: [13, 24, 53, 141],
+    3: [14, 28, 59, 142],
+    4: [17, 31, 60, 124],
+    5: [18, 34, 68, 143],
+}
 
 TARGETS = {
     "build_over_floor": 1.15,
@@ -156,8 +171,14 @@ def _write_sae_params(folder: Path, configs, residuals: dict, width: int, seed: 
         threshold = np.maximum(pre.mean(0) + z * pre.std(0), 1e-3).astype(np.float32)
         target = folder / config.path
         target.mkdir(parents=True, exist_ok=True)
-        np.savez(target / "params.npz", W_enc=W_enc, W_dec=np.ascontiguousarray(W_enc.T), b_enc=b_enc,
-                 b_dec=np.zeros(d, dtype=np.float32), threshold=threshold)
+        np.savez(
+            target / "params.npz",
+            W_enc=W_enc,
+            W_dec=np.ascontiguousarray(W_enc.T),
+            b_enc=b_enc,
+            b_dec=np.zeros(d, dtype=np.float32),
+            threshold=threshold,
+        )
         del W_enc, pre
 
 
@@ -184,8 +205,11 @@ def task_gen(spec: dict) -> dict:
         chosen, n = _take_fragments(tokenizer, pool, sizes["w1_fragments"])
         _write_csv(folder / "input.csv", chosen, seed=1)
         meta.update(n_sentences=len(chosen), n_fragments=n)
-        configs = [SAEConfig(layer, l0, f"layer_{layer}/width_16k/average_l0_{l0}")
-                   for layer in range(W1_MODEL["num_layers"]) for l0 in GEMMA_SCOPE_L0[layer][1:3]]
+        configs = [
+            SAEConfig(layer, l0, f"layer_{layer}/width_16k/average_l0_{l0}")
+            for layer in range(W1_MODEL["num_layers"])
+            for l0 in GEMMA_SCOPE_L0[layer][1:3]
+        ]
         calibration = chosen[:16]
     else:
         # sentences have >= 8 words, so >= 8 fragments: this pool covers 4N
@@ -200,8 +224,11 @@ def task_gen(spec: dict) -> dict:
         _write_csv(folder / "input.csv", chosen, seed=2)
         _write_csv(folder / "input_x4.csv", big, seed=3)
         meta.update(n_sentences=len(chosen), n_fragments=n, n_sentences_big=len(big), n_fragments_big=n_big)
-        configs = [SAEConfig(layer, l0, f"layer_{layer}/width_16k/average_l0_{l0}")
-                   for layer in range(sizes["w2_layers"]) for l0 in GEMMA_SCOPE_L0[layer][: sizes["w2_l0s_per_layer"]]]
+        configs = [
+            SAEConfig(layer, l0, f"layer_{layer}/width_16k/average_l0_{l0}")
+            for layer in range(sizes["w2_layers"])
+            for l0 in GEMMA_SCOPE_L0[layer][: sizes["w2_l0s_per_layer"]]
+        ]
         calibration = chosen[:128]
     residuals = calibration_residuals(folder / "model", sorted({c.layer for c in configs}), calibration)
     _write_sae_params(folder / "saes", configs, residuals, SAE_WIDTH, seed=spec["workload"])
@@ -347,15 +374,22 @@ def task_build(spec: dict) -> dict:
     imports = _warm_imports()
     import torch
 
-    import saezarr.build.pipeline as B
-    from saezarr.build.memory import default_sae_memory
-    from saezarr.build.residuals import resolve_model
-    from saezarr.build.sae import locate_sae, plan_passes, resolve_sae_repo
+    import saezarr.extract.pipeline as B
     from saezarr.configs import load_config_file
+    from saezarr.extract.memory import default_sae_memory
+    from saezarr.extract.residuals import resolve_model
+    from saezarr.extract.sae import locate_sae, plan_passes, resolve_sae_repo
 
-    options = B.BuildOptions(input=Path(spec["input"]), output=Path(spec["output"]), config_file=Path(spec["config"]),
-                             device="cpu", dtype="float32", quiet=True, overwrite=True,
-                             overlap_writes=spec.get("overlap_writes"))
+    options = B.BuildOptions(
+        input=Path(spec["input"]),
+        output=Path(spec["output"]),
+        config_file=Path(spec["config"]),
+        device="cpu",
+        dtype="float32",
+        quiet=True,
+        overwrite=True,
+        overlap_writes=spec.get("overlap_writes"),
+    )
     # independent cross-checks of the BuildSummary counters: actual model calls and params.npz opens
     observed = {"model_calls": 0, "sae_load_calls": {}}
 
@@ -417,8 +451,19 @@ def task_build(spec: dict) -> dict:
     d_model = resolve_model(config_file.model).hidden_size
     saes = [locate_sae(source, c, d_model) for c in config_file.configs]
     expected_passes = len(plan_passes(saes, options.sae_memory or default_sae_memory(options.device)))
-    fields = ("n_configs", "n_fragments", "n_sentences", "bytes_on_disk", "elapsed", "model_passes", "forward_batches",
-              "sae_loads", "units_written", "units_total", "complete")
+    fields = (
+        "n_configs",
+        "n_fragments",
+        "n_sentences",
+        "bytes_on_disk",
+        "elapsed",
+        "model_passes",
+        "forward_batches",
+        "sae_loads",
+        "units_written",
+        "units_total",
+        "complete",
+    )
     from saezarr.store.layout import Store, directory_bytes
 
     store = Store(options.output)
@@ -445,10 +490,10 @@ def task_build(spec: dict) -> dict:
 
 
 def _fragment_table(input_csv: str, config_path: str):
-    from saezarr.build.fragments import make_fragments
-    from saezarr.build.inputs import read_labeled_csv
-    from saezarr.build.residuals import load_tokenizer, resolve_model
     from saezarr.configs import load_config_file
+    from saezarr.extract.fragments import make_fragments
+    from saezarr.extract.inputs import read_labeled_csv
+    from saezarr.extract.residuals import load_tokenizer, resolve_model
 
     config_file = load_config_file(config_path)
     info = resolve_model(config_file.model)
@@ -462,11 +507,13 @@ def _load_encoder(path: Path):
     import torch
 
     with np.load(path) as params:
-        return [torch.from_numpy(np.ascontiguousarray(params[k], dtype=np.float32)) for k in ("W_enc", "b_enc", "threshold")]
+        return [
+            torch.from_numpy(np.ascontiguousarray(params[k], dtype=np.float32)) for k in ("W_enc", "b_enc", "threshold")
+        ]
 
 
 def _encoder(path: Path):
-    from saezarr.build.sae import JumpReLUEncoder
+    from saezarr.extract.sae import JumpReLUEncoder
 
     return JumpReLUEncoder(*_load_encoder(path))  # the build's own encode arithmetic
 
@@ -475,13 +522,13 @@ def _warm_imports() -> float:
     """Import what a build imports lazily, so no timing below includes Python imports (reported apart)."""
     t = time.perf_counter()
     import dask.array  # noqa: F401
-    import transformers  # noqa: F401
+    import transformers
     import transformers.models.gemma2.modeling_gemma2  # noqa: F401
     import xarray  # noqa: F401
     import zarr  # noqa: F401
     from transformers import AutoConfig, AutoModel, AutoTokenizer  # noqa: F401
 
-    import saezarr.build.pipeline  # noqa: F401
+    import saezarr.extract.pipeline  # noqa: F401
 
     return time.perf_counter() - t
 
@@ -493,7 +540,7 @@ class _Capture:
         pass
 
     def __init__(self, model, layers, stop: bool):
-        from saezarr.build.residuals import decoder_layers
+        from saezarr.extract.residuals import decoder_layers
 
         self.out = {}
         self.handles = []
@@ -530,7 +577,7 @@ def task_floor(spec: dict) -> dict:
     import numpy as np
     import torch
 
-    from saezarr.build.residuals import load_model, pad_batch
+    from saezarr.extract.residuals import load_model, pad_batch
     from saezarr.store.layout import Store
 
     if spec.get("torch_threads"):
@@ -544,10 +591,12 @@ def task_floor(spec: dict) -> dict:
     model_load = time.perf_counter() - t
     t = time.perf_counter()
     # the build's own loader, so W_enc lives in the same kind of memory (e.g. mapped from the page cache)
-    from saezarr.build.sae import JumpReLUEncoder, locate_sae, resolve_sae_repo
+    from saezarr.extract.sae import JumpReLUEncoder, locate_sae, resolve_sae_repo
 
     source = resolve_sae_repo(config_file.sae_repo, config_file.configs[0])
-    encoders = [(c.layer, JumpReLUEncoder.load(locate_sae(source, c, info.hidden_size), "cpu")) for c in config_file.configs]
+    encoders = [
+        (c.layer, JumpReLUEncoder.load(locate_sae(source, c, info.hidden_size), "cpu")) for c in config_file.configs
+    ]
     sae_load = time.perf_counter() - t
     layers = sorted({layer for layer, _ in encoders})
     capture = _Capture(model, layers, stop=True)
@@ -582,7 +631,9 @@ def task_floor(spec: dict) -> dict:
         shape = (len(sentences), store.width)
         if not outputs or outputs[0].shape != shape:
             outputs = [torch.empty(shape) for _ in encoders]
-        latents = [encoder.encode(residuals[layer], out=out).numpy() for (layer, encoder), out in zip(encoders, outputs)]
+        latents = [
+            encoder.encode(residuals[layer], out=out).numpy() for (layer, encoder), out in zip(encoders, outputs)
+        ]
         encode += time.perf_counter() - t_e
         t_count, c_count = time.perf_counter(), os.times()
         nnz += sum(int(np.count_nonzero(x)) for x in latents)  # the mean L0 check, neither timed nor in the CPU time
@@ -594,10 +645,20 @@ def task_floor(spec: dict) -> dict:
     c_end = os.times()
     capture.remove()
     cpu = c_end.user - c.user + c_end.system - c.system - uncounted_cpu
-    return {"total": total, "forward": forward, "encode": encode, "cpu": cpu,
-            "model_load": model_load, "sae_load": sae_load, "nnz": nnz, "chunk_fragments": chunk_fragments,
-            "batch_size": batch_size,
-            "torch_threads": torch.get_num_threads(), "peak_rss": _peak_rss(), "imports": imports}
+    return {
+        "total": total,
+        "forward": forward,
+        "encode": encode,
+        "cpu": cpu,
+        "model_load": model_load,
+        "sae_load": sae_load,
+        "nnz": nnz,
+        "chunk_fragments": chunk_fragments,
+        "batch_size": batch_size,
+        "torch_threads": torch.get_num_threads(),
+        "peak_rss": _peak_rss(),
+        "imports": imports,
+    }
 
 
 def task_baseline(spec: dict) -> dict:
@@ -608,8 +669,8 @@ def task_baseline(spec: dict) -> dict:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from saezarr.build.residuals import pad_batch
     from saezarr.configs import load_config_file
+    from saezarr.extract.residuals import pad_batch
 
     if spec.get("torch_threads"):
         torch.set_num_threads(spec["torch_threads"])
@@ -647,8 +708,16 @@ def task_baseline(spec: dict) -> dict:
         t_end = time.perf_counter()
         forward, encode, save = forward + t_e - t, encode + t_s - t_e, save + t_end - t_s
         npz_bytes += path.stat().st_size
-    return {"total": time.perf_counter() - started, "forward": forward, "encode": encode, "savez": save,
-            "npz_bytes": npz_bytes, "torch_threads": torch.get_num_threads(), "peak_rss": _peak_rss(), "imports": imports}
+    return {
+        "total": time.perf_counter() - started,
+        "forward": forward,
+        "encode": encode,
+        "savez": save,
+        "npz_bytes": npz_bytes,
+        "torch_threads": torch.get_num_threads(),
+        "peak_rss": _peak_rss(),
+        "imports": imports,
+    }
 
 
 def task_codec(spec: dict) -> dict:
@@ -661,7 +730,7 @@ def task_codec(spec: dict) -> dict:
     import numpy as np
     import torch
 
-    from saezarr.build.pipeline import ChunkWriter
+    from saezarr.extract.pipeline import ChunkWriter
     from saezarr.store.layout import STATE_GROUP, Store
 
     store = Store(spec["store"])
@@ -694,6 +763,7 @@ def task_codec(spec: dict) -> dict:
     def cpu() -> float:
         t = os.times()
         return t.user + t.system
+
     compressed = dense = 0
     with ThreadPoolExecutor(cores) as pool:
         for first in range(0, len(units), per_batch):
@@ -701,7 +771,11 @@ def task_codec(spec: dict) -> dict:
             data = [array[ci, slice(*store.chunk_bounds(ch)), :] for ci, ch in batch]
             nnz += sum(int(np.count_nonzero(d)) for d in data)
             dense += sum(d.nbytes for d in data)
-            pieces = [np.ascontiguousarray(d[:, j : j + feature_chunk]) for d in data for j in range(0, store.width, feature_chunk)]
+            pieces = [
+                np.ascontiguousarray(d[:, j : j + feature_chunk])
+                for d in data
+                for j in range(0, store.width, feature_chunk)
+            ]
             t, c = time.perf_counter(), cpu()
             compressed += sum(pool.map(lambda p: len(codec.encode(p)), pieces))
             codec_time += time.perf_counter() - t
@@ -729,9 +803,23 @@ def task_codec(spec: dict) -> dict:
         npz_bytes += path.stat().st_size
         path.unlink()
         del dense_config
-    return {"dense_bytes": dense, "nnz": int(nnz), "codec_time": codec_time, "codec_bytes": compressed,
-            "write_time": write_time, "savez_time": savez_time, "thinnest_encode_cpu": thinnest_encode_cpu, "codec_cpu": codec_cpu, "write_cpu": write_cpu, "npz_bytes": npz_bytes, "cores": cores,
-            "inner_chunk": list(inner), "codec": codec_name, "peak_rss": _peak_rss(), "imports": imports}
+    return {
+        "dense_bytes": dense,
+        "nnz": int(nnz),
+        "codec_time": codec_time,
+        "codec_bytes": compressed,
+        "write_time": write_time,
+        "savez_time": savez_time,
+        "thinnest_encode_cpu": thinnest_encode_cpu,
+        "codec_cpu": codec_cpu,
+        "write_cpu": write_cpu,
+        "npz_bytes": npz_bytes,
+        "cores": cores,
+        "inner_chunk": list(inner),
+        "codec": codec_name,
+        "peak_rss": _peak_rss(),
+        "imports": imports,
+    }
 
 
 def _thinnest_encode_cpu(rows: int, width: int, units: int) -> float:
@@ -739,7 +827,7 @@ def _thinnest_encode_cpu(rows: int, width: int, units: int) -> float:
     What is left is writing the [rows, width] pre-activations and the threshold pass over them."""
     import torch
 
-    from saezarr.build.sae import JumpReLUEncoder
+    from saezarr.extract.sae import JumpReLUEncoder
 
     generator = torch.Generator().manual_seed(0)
     encoder = JumpReLUEncoder(torch.randn(1, width, generator=generator), torch.zeros(width), torch.full((width,), 1.5))
@@ -774,8 +862,14 @@ def task_reference(spec: dict) -> dict:
     return {"floor": floor, "baseline": baseline}
 
 
-CHILD_TASKS = {"gen": task_gen, "build": task_build, "floor": task_floor, "baseline": task_baseline, "codec": task_codec,
-               "reference": task_reference}
+CHILD_TASKS = {
+    "gen": task_gen,
+    "build": task_build,
+    "floor": task_floor,
+    "baseline": task_baseline,
+    "codec": task_codec,
+    "reference": task_reference,
+}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -786,11 +880,16 @@ def run_child(spec: dict, timeout: float = 900) -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `python -m saezarr` sets it, for every child alike
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
-                          capture_output=True, text=True, timeout=timeout, env=env)
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_TAG):
-            return json.loads(line[len(RESULT_TAG):])
+            return json.loads(line[len(RESULT_TAG) :])
     sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
     raise SystemExit(f"bench_build: child task {spec['task']} failed (exit {proc.returncode})")
 
@@ -803,7 +902,9 @@ def ensure_assets(root: Path, workload: int, mode: str, log) -> dict:
     folder = root / f"assets-w{workload}-{mode}-{ASSET_VERSION}"
     if not (folder / "meta.json").exists():
         log(f"  generating workload {workload} assets in {folder} ...")
-        meta = run_child({"task": "gen", "workload": workload, "folder": str(folder), "sizes": SIZES[mode]}, timeout=1200)
+        meta = run_child(
+            {"task": "gen", "workload": workload, "folder": str(folder), "sizes": SIZES[mode]}, timeout=1200
+        )
         log(f"  generated in {meta['seconds']:.1f} s")
     meta = json.loads((folder / "meta.json").read_text())
     meta["folder"] = folder
@@ -835,8 +936,10 @@ def counters_lines(build: dict) -> list[str]:
 
 def cpu_line(build: dict) -> str:
     groups = ", ".join(f"{k} {v:.1f}" for k, v in build["cpu_by_thread"].items())
-    return (f"  build CPU {build['cpu']:.1f} s over {build['wall']:.1f} s wall ({build['cpu'] / build['wall']:.2f} cores busy);"
-            f" by thread: {groups}; Python imports before timing {build['imports']:.1f} s (never timed)")
+    return (
+        f"  build CPU {build['cpu']:.1f} s over {build['wall']:.1f} s wall ({build['cpu'] / build['wall']:.2f} cores busy);"
+        f" by thread: {groups}; Python imports before timing {build['imports']:.1f} s (never timed)"
+    )
 
 
 def workload_1(root: Path, scratch: Path, mode: str, repeat: int, log) -> tuple[list[str], dict]:
@@ -850,9 +953,16 @@ def workload_1(root: Path, scratch: Path, mode: str, repeat: int, log) -> tuple[
         builds.append(run_child({"task": "build", "output": str(store), **common}))
         last = i == repeat - 1
         log(f"  workload 1: compute floor {i + 1}/{repeat}{', then seed-style baseline' if last else ''} ...")
-        reference = run_child({"task": "reference", "store": str(store), "baseline": last,
-                               "torch_threads": builds[-1]["torch_threads"],  # whatever the build ran with
-                               "npz_output": str(scratch / "w1-npz"), **common})
+        reference = run_child(
+            {
+                "task": "reference",
+                "store": str(store),
+                "baseline": last,
+                "torch_threads": builds[-1]["torch_threads"],  # whatever the build ran with
+                "npz_output": str(scratch / "w1-npz"),
+                **common,
+            }
+        )
         floors.append(reference["floor"])
     base = reference["baseline"]
     build = min(builds, key=lambda b: b["wall"])
@@ -864,8 +974,9 @@ def workload_1(root: Path, scratch: Path, mode: str, repeat: int, log) -> tuple[
     (scratch / "w1x4.csv").write_text(lines_in[0] + "".join(lines_in[1:]) * 4)
     big_common = {**common, "input": str(scratch / "w1x4.csv")}
     big = run_child({"task": "build", "output": str(scratch / "w1x4.zarr"), **big_common})
-    big_floor = run_child({"task": "floor", "store": str(scratch / "w1x4.zarr"), "torch_threads": big["torch_threads"],
-                           **big_common})
+    big_floor = run_child(
+        {"task": "floor", "store": str(scratch / "w1x4.zarr"), "torch_threads": big["torch_threads"], **big_common}
+    )
     shutil.rmtree(scratch / "w1x4.zarr", ignore_errors=True)
     marginal = (big["wall"] - build["wall"]) / max(big_floor["total"] - floor["total"], 1e-9)
     b_over_f = build["wall"] / floor["total"]
@@ -876,9 +987,12 @@ def workload_1(root: Path, scratch: Path, mode: str, repeat: int, log) -> tuple[
         f"{W1_MODEL['head_dim']}), {W1_MODEL['num_layers']} layers, random weights; {build['n_configs']} SAEs "
         f"{W1_MODEL['hidden_size']}x{SAE_WIDTH}; {build['n_fragments']} fragments, {build['n_sentences']} sentences; "
         f"chunk {build['chunk_fragments']} fragments, batch {build['batch_size']}, torch threads {build['torch_threads']}",
-        f"  saezarr build          {fmt_s(build['wall'])}" + _runs(builds, repeat)
+        f"  saezarr build          {fmt_s(build['wall'])}"
+        + _runs(builds, repeat)
         + f"   (of which SAE loads {build['sae_load']:.2f} s, model load {build['model_load']:.2f} s)",
-        f"  compute floor          {fmt_s(floor['total'])}" + _runs([{"wall": f["total"]} for f in floors], repeat) + f"   (forward {floor['forward']:.2f} s + SAE encode {floor['encode']:.2f} s;"
+        f"  compute floor          {fmt_s(floor['total'])}"
+        + _runs([{"wall": f["total"]} for f in floors], repeat)
+        + f"   (forward {floor['forward']:.2f} s + SAE encode {floor['encode']:.2f} s;"
         f" not in it: model load {floor['model_load']:.2f} s, SAE load {floor['sae_load']:.2f} s)",
         f"  seed-style baseline    {fmt_s(base['total'])}   (8 full-model passes {base['forward']:.2f} s, encode "
         f"{base['encode']:.2f} s, savez_compressed {base['savez']:.2f} s)",
@@ -896,7 +1010,9 @@ def workload_1(root: Path, scratch: Path, mode: str, repeat: int, log) -> tuple[
     return lines, {"build": build, "floor": floor, "baseline": base, "build_4n": big, "floor_4n": big_floor}
 
 
-def workload_2_3(root: Path, scratch: Path, mode: str, selected: set[int], repeat: int, rss_runs: int, log) -> tuple[list[str], dict]:
+def workload_2_3(
+    root: Path, scratch: Path, mode: str, selected: set[int], repeat: int, rss_runs: int, log
+) -> tuple[list[str], dict]:
     meta = ensure_assets(root, 2, mode, log)
     folder = meta["folder"]
     store = scratch / "w2.zarr"
@@ -905,22 +1021,48 @@ def workload_2_3(root: Path, scratch: Path, mode: str, selected: set[int], repea
     n_builds = max(repeat, rss_runs)
     for i in range(n_builds):
         log(f"  workload 2: build {i + 1}/{n_builds} (N = {meta['n_sentences']} sentences) ...")
-        builds.append(run_child({"task": "build", "input": str(folder / "input.csv"), "output": str(store), "config": config}))
+        builds.append(
+            run_child({"task": "build", "input": str(folder / "input.csv"), "output": str(store), "config": config})
+        )
     build = min(builds, key=lambda b: b["wall"])
     log(f"  workload 2: build x{repeat} with writes behind the compute (the GPU mode) ...")
-    overlapped = min((run_child({"task": "build", "input": str(folder / "input.csv"), "output": str(scratch / "w2-overlap.zarr"),
-                                 "config": config, "overlap_writes": True}) for _ in range(repeat)), key=lambda b: b["wall"])
+    overlapped = min(
+        (
+            run_child(
+                {
+                    "task": "build",
+                    "input": str(folder / "input.csv"),
+                    "output": str(scratch / "w2-overlap.zarr"),
+                    "config": config,
+                    "overlap_writes": True,
+                }
+            )
+            for _ in range(repeat)
+        ),
+        key=lambda b: b["wall"],
+    )
     shutil.rmtree(scratch / "w2-overlap.zarr", ignore_errors=True)
     log("  workload 2/3: compute floor, codec floor, write path, savez ...")
     log(f"  workload 2: compute floor x{repeat} ...")
-    computes = [run_child({"task": "floor", "store": str(store), "input": str(folder / "input.csv"), "config": config})
-                for _ in range(repeat)]
+    computes = [
+        run_child({"task": "floor", "store": str(store), "input": str(folder / "input.csv"), "config": config})
+        for _ in range(repeat)
+    ]
     compute = min(computes, key=lambda c: c["total"])
     codec = run_child({"task": "codec", "store": str(store), "scratch": str(scratch / "codec")})
     shutil.rmtree(store, ignore_errors=True)
     log(f"  RSS: build with 4N = {meta['n_sentences_big']} sentences ...")
-    bigs = [run_child({"task": "build", "input": str(folder / "input_x4.csv"), "output": str(scratch / "w2x4.zarr"), "config": config})
-            for _ in range(rss_runs)]
+    bigs = [
+        run_child(
+            {
+                "task": "build",
+                "input": str(folder / "input_x4.csv"),
+                "output": str(scratch / "w2x4.zarr"),
+                "config": config,
+            }
+        )
+        for _ in range(rss_runs)
+    ]
     # peak RSS depends on thread timing: compare the highest of each size's runs
     small = max(builds, key=lambda b: b["peak_rss"])
     big = max(bigs, key=lambda b: b["peak_rss"])
@@ -995,8 +1137,11 @@ def workload_2_3(root: Path, scratch: Path, mode: str, selected: set[int], repea
     rss_ratio = big["peak_rss"] / small["peak_rss"]
     lines += [
         f"Peak RSS of fresh-process builds (workload 2 shapes; highest of {n_builds} and {rss_runs} run(s))",
-        "  peak RSS by run: N " + ", ".join(f"{b['peak_rss'] / 2**20:.0f}" for b in builds) + " MiB; 4N "
-        + ", ".join(f"{b['peak_rss'] / 2**20:.0f}" for b in bigs) + " MiB",
+        "  peak RSS by run: N "
+        + ", ".join(f"{b['peak_rss'] / 2**20:.0f}" for b in builds)
+        + " MiB; 4N "
+        + ", ".join(f"{b['peak_rss'] / 2**20:.0f}" for b in bigs)
+        + " MiB",
         f"  N  = {small['n_sentences']:5d} sentences ({small['n_fragments']} fragments)   peak RSS {human_bytes(small['peak_rss'])}"
         f"   (before build {human_bytes(small['rss_before'])}; {small['wall']:.1f} s; highest per quarter of the build "
         f"{', '.join(f'{q / 2**20:.0f}' for q in small['rss_quarters'])} MiB)",
@@ -1004,9 +1149,17 @@ def workload_2_3(root: Path, scratch: Path, mode: str, selected: set[int], repea
         f"   (before build {human_bytes(big['rss_before'])}; {big['wall']:.1f} s; highest per quarter of the build "
         f"{', '.join(f'{q / 2**20:.0f}' for q in big['rss_quarters'])} MiB)",
         f"  RSS 4N/N               {rss_ratio:7.2f}     target <= {TARGETS['rss_ratio']}   {verdict(rss_ratio <= TARGETS['rss_ratio'])}",
-        *[line.replace("  model passes", "  4N model passes").replace("  SAE loads", "  4N SAE loads") for line in counters_lines(big)],
+        *[
+            line.replace("  model passes", "  4N model passes").replace("  SAE loads", "  4N SAE loads")
+            for line in counters_lines(big)
+        ],
     ]
-    return lines, {"build": build, "codec": codec, "build_4n": big, "meta": {k: v for k, v in meta.items() if k != "folder"}}
+    return lines, {
+        "build": build,
+        "codec": codec,
+        "build_4n": big,
+        "meta": {k: v for k, v in meta.items() if k != "folder"},
+    }
 
 
 def machine() -> dict:
@@ -1030,8 +1183,12 @@ def versions() -> str:
         except Exception:
             pass
     try:
-        rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "saezarr"], capture_output=True, text=True).stdout.strip()
+        rev = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--", "saezarr"], capture_output=True, text=True
+        ).stdout.strip()
         parts.insert(1, f"git {rev}{' + uncommitted saezarr/ changes' if dirty else ''}")
     except OSError:
         pass
@@ -1058,15 +1215,37 @@ def write_markdown(path: Path, entry: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small data (workload 1 keeps its shapes; workload 2 uses 8 SAEs), under 2 minutes on 2 cores")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small data (workload 1 keeps its shapes; workload 2 uses 8 SAEs), under 2 minutes on 2 cores",
+    )
     parser.add_argument("--workloads", default="1,2,3", help="which workloads, e.g. 1,3 (default 1,2,3)")
     parser.add_argument("--out-md", type=Path, help="insert the results into this Markdown file, newest first")
-    parser.add_argument("--profile", action="store_true", help="afterwards, rebuild each workload's store under pyinstrument, then under an all-thread stack sampler")
-    parser.add_argument("--profile-dir", type=Path, default=None, help="where --profile writes its reports (default: a new temp folder, kept)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="afterwards, rebuild each workload's store under pyinstrument, then under an all-thread stack sampler",
+    )
+    parser.add_argument(
+        "--profile-dir",
+        type=Path,
+        default=None,
+        help="where --profile writes its reports (default: a new temp folder, kept)",
+    )
     parser.add_argument("--cache", type=Path, help="keep generated models and SAEs here and reuse them")
-    parser.add_argument("--repeat", type=int, default=1, help="builds and floors per workload; the fastest counts (default 1)")
-    parser.add_argument("--rss-runs", type=int, default=None, help="fresh-process builds per size for peak RSS (default 2, 1 with --quick)")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="builds and floors per workload; the fastest counts (default 1)"
+    )
+    parser.add_argument(
+        "--rss-runs",
+        type=int,
+        default=None,
+        help="fresh-process builds per size for peak RSS (default 2, 1 with --quick)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -1079,7 +1258,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python " + " ".join([os.path.relpath(__file__)] + (argv if argv is not None else sys.argv[1:]))
     started = time.perf_counter()
     info = machine()
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
     def log(message: str) -> None:
         print(f"[{time.perf_counter() - started:6.1f} s] {message}", file=sys.stderr, flush=True)
@@ -1105,8 +1284,12 @@ def main(argv: list[str] | None = None) -> int:
             for w in sorted({1 if 1 in selected else None, 2 if selected & {2, 3} else None} - {None}):
                 folder = root / f"assets-w{w}-{mode}-{ASSET_VERSION}"
                 log(f"  profiling workload {w}'s build ...")
-                common = {"task": "build", "input": str(folder / "input.csv"), "output": str(scratch / f"profile-w{w}.zarr"),
-                          "config": str(folder / "config.json")}
+                common = {
+                    "task": "build",
+                    "input": str(folder / "input.csv"),
+                    "output": str(scratch / f"profile-w{w}.zarr"),
+                    "config": str(folder / "config.json"),
+                }
                 run_child({**common, "profile": str(pdir / f"profile-w{w}")})
                 log(f"  sampling all threads of workload {w}'s build ...")
                 run_child({**common, "profile": "stacks", "stacks": str(pdir / f"profile-w{w}-threads.txt")})

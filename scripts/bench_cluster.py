@@ -49,7 +49,7 @@ def _warm(threads: int) -> None:
     import torch
     import transformers  # noqa: F401
 
-    import saezarr.build.work  # noqa: F401
+    import saezarr.extract.work  # noqa: F401
 
     torch.set_num_threads(threads)
 
@@ -61,8 +61,8 @@ def task_build(spec: dict) -> dict:
     import torch
     from transformers import AutoModel  # noqa: F401 (imported before the clock starts, as in bench_build)
 
-    from saezarr.build.pipeline import BuildOptions, build
     from saezarr.clients import ClusterOptions
+    from saezarr.extract.pipeline import BuildOptions, build
     from saezarr.units import usable_cores
 
     n, writers, stack = spec.get("workers"), None, contextlib.ExitStack()
@@ -70,23 +70,46 @@ def task_build(spec: dict) -> dict:
     if spec.get("mode") == "warm":
         from distributed import Client, LocalCluster
 
-        local = stack.enter_context(LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                                                 silence_logs=logging.CRITICAL, memory_limit=0))
+        local = stack.enter_context(
+            LocalCluster(
+                n_workers=n,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=logging.CRITICAL,
+                memory_limit=0,
+            )
+        )
         writers = max(1, usable_cores() // n)
         with Client(local) as client:
             client.run(_warm, writers)
         cluster = ClusterOptions(scheduler=local.scheduler_address)
     elif spec.get("mode") == "cold":
         cluster = ClusterOptions(local_workers=n)
-    options = BuildOptions(input=Path(spec["input"]), output=Path(spec["output"]), config_file=Path(spec["config"]),
-                           quiet=True, overwrite=True, chunk_fragments=spec["chunk"], workers=writers, cluster=cluster)
+    options = BuildOptions(
+        input=Path(spec["input"]),
+        output=Path(spec["output"]),
+        config_file=Path(spec["config"]),
+        quiet=True,
+        overwrite=True,
+        chunk_fragments=spec["chunk"],
+        workers=writers,
+        cluster=cluster,
+    )
     with stack:
         started, cpu = time.perf_counter(), time.process_time()
         summary = build(options)
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     # the client's own CPU time (with a LocalCluster, its scheduler's too): cores the workers did not get
-    return {"wall": wall, "client_cpu": cpu, "n_fragments": summary.n_fragments, "units": summary.units_written,
-            "bytes": summary.bytes_on_disk, "workers": len(summary.workers), "torch_threads": torch.get_num_threads()}
+    return {
+        "wall": wall,
+        "client_cpu": cpu,
+        "n_fragments": summary.n_fragments,
+        "units": summary.units_written,
+        "bytes": summary.bytes_on_disk,
+        "workers": len(summary.workers),
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def task_cluster_start(spec: dict) -> dict:
@@ -109,18 +132,28 @@ def task_units(spec: dict) -> dict:
     import numpy as np
     import torch
 
-    from saezarr.build.pipeline import BuildOptions, build
+    from saezarr.extract.pipeline import BuildOptions, build
     from saezarr.store.layout import Store
 
     built = Path(spec["scratch"]) / "units-source.zarr"  # Gemma Scope's 512-fragment chunks
-    build(BuildOptions(input=Path(spec["input"]), output=built, config_file=Path(spec["config"]), quiet=True,
-                       overwrite=True, chunk_fragments=512))
+    build(
+        BuildOptions(
+            input=Path(spec["input"]),
+            output=built,
+            config_file=Path(spec["config"]),
+            quiet=True,
+            overwrite=True,
+            chunk_fragments=512,
+        )
+    )
     source = Store(built)
     copy = Path(spec["scratch"]) / "units.zarr"
     shutil.copytree(built, copy)
     store = Store(copy, mode="r+")
     chunk = 0
-    latents = [np.ascontiguousarray(source.array[ci, slice(*source.chunk_bounds(chunk)), :]) for ci in range(store.n_configs)]
+    latents = [
+        np.ascontiguousarray(source.array[ci, slice(*source.chunk_bounds(chunk)), :]) for ci in range(store.n_configs)
+    ]
     started = time.perf_counter()
     for ci, unit in enumerate(latents):
         store.write_shard(ci, chunk, unit)
@@ -136,8 +169,14 @@ def task_units(spec: dict) -> dict:
         for _ in range(3):
             torch.addmm(torch.zeros(16384), x, w)
         encode[threads] = (time.perf_counter() - t0) / 3
-    return {"rows": latents[0].shape[0], "width": latents[0].shape[1], "write_s": write_s,
-            "bytes": float(np.mean(sizes)), "l0": nnz, "encode_s": {str(k): v for k, v in encode.items()}}
+    return {
+        "rows": latents[0].shape[0],
+        "width": latents[0].shape[1],
+        "write_s": write_s,
+        "bytes": float(np.mean(sizes)),
+        "l0": nnz,
+        "encode_s": {str(k): v for k, v in encode.items()},
+    }
 
 
 CHILD_TASKS = {"build": task_build, "cluster_start": task_cluster_start, "units": task_units}
@@ -148,11 +187,16 @@ def run_child(spec: dict, timeout: float = 900) -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))  # workers inherit it
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
-                          capture_output=True, text=True, timeout=timeout, env=env)
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
     for line in proc.stdout.splitlines():
         if line.startswith(bench_build.RESULT_TAG):
-            return json.loads(line[len(bench_build.RESULT_TAG):])
+            return json.loads(line[len(bench_build.RESULT_TAG) :])
     sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
     raise SystemExit(f"bench_cluster: child task {spec['task']} failed (exit {proc.returncode})")
 
@@ -168,7 +212,9 @@ def overhead(meta: dict, scratch: Path, csv: str, chunk: int, repeat: int, log) 
     for i in range(repeat):
         log(f"    run {i + 1}/{repeat}: 1 process x 2 threads; 2 warm workers x 1 thread; --local-workers 2 ...")
         for mode in runs:
-            runs[mode].append(run_child({**common, "output": str(scratch / f"{mode}.zarr"), "mode": mode, "workers": 2}))
+            runs[mode].append(
+                run_child({**common, "output": str(scratch / f"{mode}.zarr"), "mode": mode, "workers": 2})
+            )
     return runs
 
 
@@ -195,8 +241,10 @@ def main(argv: list[str] | None = None) -> int:
         scratch = Path(tmp)
         log("cluster start and scheduler task rate ...")
         start = run_child({"task": "cluster_start", "n": 2, "tasks": 2000})
-        lines.append(f"- LocalCluster of 2 workers: start + connect + worker check {start['start']:.2f} s; "
-                     f"scheduler round trip {start['task_rate']:.0f} no-op tasks/s")
+        lines.append(
+            f"- LocalCluster of 2 workers: start + connect + worker check {start['start']:.2f} s; "
+            f"scheduler round trip {start['task_rate']:.0f} no-op tasks/s"
+        )
         for workload in [int(w) for w in args.workloads.split(",")]:
             meta = bench_build.ensure_assets(args.assets, workload, WORKLOAD_SIZE[workload], log)
             chunk, (csv, count) = CHUNKS[workload], INPUTS[workload]
@@ -214,20 +262,28 @@ def main(argv: list[str] | None = None) -> int:
                 f"{_runs([r['client_cpu'] for r in runs['warm']])} warm)"
                 + f". Throughput ratio on a warm cluster {warm:.2f} (target >= {TARGET_RATIO}: "
                 f"{'PASS' if warm >= TARGET_RATIO else 'MISS'}); with the cluster's start and each worker's imports "
-                f"(`--local-workers 2`) {cold:.2f}")
+                f"(`--local-workers 2`) {cold:.2f}"
+            )
             if workload == 2:
-                units = run_child({"task": "units", "input": str(meta["folder"] / "input.csv"),
-                                   "config": str(meta["folder"] / "config.json"), "scratch": str(scratch)})
+                units = run_child(
+                    {
+                        "task": "units",
+                        "input": str(meta["folder"] / "input.csv"),
+                        "config": str(meta["folder"] / "config.json"),
+                        "scratch": str(scratch),
+                    }
+                )
                 encode = ", ".join(f"{k} thread(s) {v * 1e3:.0f} ms" for k, v in units["encode_s"].items())
                 lines.append(
                     f"- per unit ({units['rows']} fragments x {units['width']} latents, mean L0 {units['l0']:.0f}): "
                     f"compress + write on one core {units['write_s'] * 1e3:.1f} ms, {units['bytes'] / 1e3:.0f} kB on "
-                    f"disk; CPU encode of one SAE per 512-fragment chunk at d_model 2304: {encode}")
+                    f"disk; CPU encode of one SAE per 512-fragment chunk at d_model 2304: {encode}"
+                )
     log("done")
     entry = "\n".join(lines)
     print(entry)
     if args.out_md:
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
         block = f"### {stamp} - bench_cluster.py ({time.perf_counter() - begun:.0f} s, load {os.getloadavg()[0]:.1f})\n\n{entry}\n\n"
         text = args.out_md.read_text() if args.out_md.exists() else ""
         marker = "<!-- bench_cluster entries -->\n"

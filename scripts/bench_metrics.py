@@ -30,8 +30,15 @@ sys.path.insert(0, str(REPO))
 from saezarr.analysis.metrics import METRICS, block_metrics, feature_block
 
 WIDTH = 16384
-EXACT = ("threshold", "tpr", "fpr", "monotonic", "max_activation", "frac_active",
-         *(f"frac_active_label_{k}" for k in range(4)))
+EXACT = (
+    "threshold",
+    "tpr",
+    "fpr",
+    "monotonic",
+    "max_activation",
+    "frac_active",
+    *(f"frac_active_label_{k}" for k in range(4)),
+)
 
 
 def sae_block(n_sentences: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -47,8 +54,9 @@ def sae_block(n_sentences: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def previous_block_metrics(ref: str):
     """block_metrics of saezarr/analysis/metrics.py at the git ref, imported from a temporary copy."""
-    source = subprocess.run(["git", "show", f"{ref}:saezarr/analysis/metrics.py"], cwd=REPO, check=True,
-                            capture_output=True, text=True).stdout
+    source = subprocess.run(
+        ["git", "show", f"{ref}:saezarr/analysis/metrics.py"], cwd=REPO, check=True, capture_output=True, text=True
+    ).stdout
     path = Path(tempfile.mkdtemp()) / "previous_metrics.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("previous_metrics", path)
@@ -102,8 +110,10 @@ def main() -> None:
             old_s, old = best_of(args.repeats, call, previous, x, labels)
             new_s, new = best_of(args.repeats, call, block_metrics, x, labels)
             assert_same(new, old)
-            print(f"{n} sentences x {WIDTH} features, {how}: {args.ref} {old_s * 1e3:.1f} ms, "
-                  f"now {new_s * 1e3:.1f} ms ({old_s / new_s:.2f}x faster), outputs equal")
+            print(
+                f"{n} sentences x {WIDTH} features, {how}: {args.ref} {old_s * 1e3:.1f} ms, "
+                f"now {new_s * 1e3:.1f} ms ({old_s / new_s:.2f}x faster), outputs equal"
+            )
 
 
 if __name__ == "__main__":

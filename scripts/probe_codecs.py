@@ -33,8 +33,10 @@ def probe(name: str, codec, shape: tuple[int, int], latents: np.ndarray) -> None
             total += len(codec.encode(np.ascontiguousarray(latents[i : i + rows, j : j + cols])))
     seconds = time.perf_counter() - start
     nonzeros = np.count_nonzero(latents)
-    print(f"{name:26s} {str(shape):14s} bytes/nonzero {total / nonzeros:5.2f}  "
-          f"ratio {latents.nbytes / total:6.1f}  {latents.nbytes / seconds / 1e6:6.0f} MB/s")
+    print(
+        f"{name:26s} {shape!s:14s} bytes/nonzero {total / nonzeros:5.2f}  "
+        f"ratio {latents.nbytes / total:6.1f}  {latents.nbytes / seconds / 1e6:6.0f} MB/s"
+    )
 
 
 def main() -> None:
@@ -45,13 +47,19 @@ def main() -> None:
         probe("zstd level 3", Zstd(level=3), shape, latents)
     probe("zstd level 9", Zstd(level=9), (512, 2048), latents)
     probe("lz4", LZ4(), (512, 2048), latents)
-    for label, shuffle in [("noshuffle", Blosc.NOSHUFFLE), ("shuffle", Blosc.SHUFFLE), ("bitshuffle", Blosc.BITSHUFFLE)]:
+    for label, shuffle in [
+        ("noshuffle", Blosc.NOSHUFFLE),
+        ("shuffle", Blosc.SHUFFLE),
+        ("bitshuffle", Blosc.BITSHUFFLE),
+    ]:
         probe(f"blosc zstd3 {label}", Blosc("zstd", 3, shuffle), (512, 2048), latents)
     start, buffer = time.perf_counter(), io.BytesIO()
     np.savez_compressed(buffer, activations=latents)
     seconds = time.perf_counter() - start
-    print(f"np.savez_compressed        bytes/nonzero {len(buffer.getvalue()) / np.count_nonzero(latents):5.2f}  "
-          f"{latents.nbytes / seconds / 1e6:6.0f} MB/s")
+    print(
+        f"np.savez_compressed        bytes/nonzero {len(buffer.getvalue()) / np.count_nonzero(latents):5.2f}  "
+        f"{latents.nbytes / seconds / 1e6:6.0f} MB/s"
+    )
 
 
 if __name__ == "__main__":

@@ -111,12 +111,21 @@ def reference_feature(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     separation = (means[3] - means[0]) / np.std(x)
     threshold = np.percentile(x0, 95)
     tpr, fpr = float(np.mean(x3 > threshold)), float(np.mean(x0 > threshold))
-    return {**out, "pearson_corr": pearson, "spearman_corr": spearman, "separation_score": separation,
-            "threshold": threshold, "tpr": tpr, "fpr": fpr,
-            "interpretability_score": 0.4 * pearson + 0.3 * separation + 0.3 * (tpr - fpr)}
+    return {
+        **out,
+        "pearson_corr": pearson,
+        "spearman_corr": spearman,
+        "separation_score": separation,
+        "threshold": threshold,
+        "tpr": tpr,
+        "fpr": fpr,
+        "interpretability_score": 0.4 * pearson + 0.3 * separation + 0.3 * (tpr - fpr),
+    }
 
 
 def reference_metrics(pooled: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
     """reference_feature for every (config, feature), as [config, feature] arrays."""
-    rows = [[reference_feature(pooled[c, :, f], labels) for f in range(pooled.shape[2])] for c in range(pooled.shape[0])]
+    rows = [
+        [reference_feature(pooled[c, :, f], labels) for f in range(pooled.shape[2])] for c in range(pooled.shape[0])
+    ]
     return {name: np.array([[r[name] for r in row] for row in rows]) for name in rows[0][0]}

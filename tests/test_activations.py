@@ -14,10 +14,10 @@ import xarray as xr
 import zarr
 
 import saezarr
-from saezarr.build.fragments import FRAGMENT_FIELDS, make_fragments
-from saezarr.build.inputs import read_labeled_csv
-from saezarr.build.pipeline import BuildOptions, build
-from saezarr.build.residuals import load_tokenizer, resolve_model
+from saezarr.extract.fragments import FRAGMENT_FIELDS, make_fragments
+from saezarr.extract.inputs import read_labeled_csv
+from saezarr.extract.pipeline import BuildOptions, build
+from saezarr.extract.residuals import load_tokenizer, resolve_model
 
 CHUNK = 64
 GATE_MARGIN = 1e-5  # entries whose pre-activation is this close to the threshold may flip either way
@@ -238,10 +238,11 @@ def test_summary_counters_and_marks(tiny, stores):
     assert summary.complete
     assert summary.model_passes == 1 and summary.sae_loads == 6
     sentences = table["sentence_index"].to_numpy()
-    batches = sum(math.ceil(len(np.unique(sentences[c * CHUNK:(c + 1) * CHUNK])) / 16) for c in range(n_chunks))
+    batches = sum(math.ceil(len(np.unique(sentences[c * CHUNK : (c + 1) * CHUNK])) / 16) for c in range(n_chunks))
     assert summary.forward_batches == batches
     assert stores["token_batch1"][1].forward_batches == sum(
-        len(np.unique(sentences[c * CHUNK:(c + 1) * CHUNK])) for c in range(n_chunks))
+        len(np.unique(sentences[c * CHUNK : (c + 1) * CHUNK])) for c in range(n_chunks)
+    )
     for config in tiny.configs:
         marks = sorted(int(p.name) for p in (path / "_saezarr" / "done" / config.name).iterdir())
         assert marks == list(range(n_chunks))

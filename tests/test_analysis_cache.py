@@ -105,8 +105,10 @@ def test_over_the_cap_the_least_recently_used_entry_goes(store, filled, tmp_path
     assert fill.returncode == 0, fill.stderr
     assert REUSED not in fill.stdout
     assert entries(cache) == sorted([filled["final"].name, filled["mean"].name])
-    line = (f"saezarr: removed 1 old analysis cache entry ({human_bytes(sizes['max'])}) to stay under "
-            f"{human_bytes(cap)}; see SAEZARR_CACHE_MAX_BYTES")
+    line = (
+        f"saezarr: removed 1 old analysis cache entry ({human_bytes(sizes['max'])}) to stay under "
+        f"{human_bytes(cap)}; see SAEZARR_CACHE_MAX_BYTES"
+    )
     assert evictions(fill) == [line]
     assert live.is_dir()  # a live fill's staging folder is never evicted
     assert not any(p.name.startswith(f".{filled['max'].name}.") for p in (cache / "analysis").iterdir())
@@ -124,7 +126,8 @@ def test_a_cap_of_zero_keeps_only_the_entry_in_use(store, filled, tmp_path):
     assert entries(cache) == [filled["max"].name]
     [line] = evictions(result)
     assert line.startswith("saezarr: removed 2 old analysis cache entries (") and line.endswith(
-        "to stay under 0 B; see SAEZARR_CACHE_MAX_BYTES")
+        "to stay under 0 B; see SAEZARR_CACHE_MAX_BYTES"
+    )
 
 
 @pytest.mark.parametrize("value", ["lots", "-1GiB", "20 GB of it"])
@@ -132,8 +135,9 @@ def test_a_bad_cap_is_one_line_before_anything_is_written(store, tmp_path, value
     cache = tmp_path / "cache"
     result = analyze(store, tmp_path / "out", cache=cache, max_bytes=value)
     assert result.returncode == 2
-    assert result.stderr == (f"saezarr: error: SAEZARR_CACHE_MAX_BYTES: expected a size such as 8GiB or 500MB, "
-                             f"got {value!r}\n")
+    assert result.stderr == (
+        f"saezarr: error: SAEZARR_CACHE_MAX_BYTES: expected a size such as 8GiB or 500MB, got {value!r}\n"
+    )
     assert not (tmp_path / "out").exists() and not cache.exists()
 
 
@@ -145,8 +149,19 @@ def test_a_store_rebuilt_in_place_is_read_anew_by_the_same_process(tmp_path, tin
 
     store = build_store(tmp_path, tiny.config_file, tiny.csv, "--chunk-fragments", "7")
     analyze_here(AnalyzeOptions(store, tmp_path / "before", cache=tmp_path / "cache", quiet=True))
-    rebuilt = run_cli("build", "--input", tiny.csv, "--output", store, "--config", tiny.config_file, "--quiet",
-                      "--overwrite", "--chunk-fragments", "5")
+    rebuilt = run_cli(
+        "build",
+        "--input",
+        tiny.csv,
+        "--output",
+        store,
+        "--config",
+        tiny.config_file,
+        "--quiet",
+        "--overwrite",
+        "--chunk-fragments",
+        "5",
+    )
     assert rebuilt.returncode == 0, rebuilt.stderr
     analyze_here(AnalyzeOptions(store, tmp_path / "after", cache=tmp_path / "cache", quiet=True))
     fresh = analyze(store, tmp_path / "fresh", cache=tmp_path / "fresh-cache")  # a new process
@@ -169,8 +184,17 @@ def test_coordinates_are_memoized_per_store_and_read_anew_once_it_changes(tmp_pa
     written = memo.stat().st_mtime_ns
     assert analyze(store, tmp_path / "again", "--min-pearson", "0.1", cache=cache).returncode == 0
     assert memos(cache) == [memo] and memo.stat().st_mtime_ns == written  # read, not rewritten
-    rebuilt = run_cli("build", "--input", csv_without(tmp_path, 3), "--output", store, "--config", tiny.config_file,
-                      "--quiet", "--overwrite")
+    rebuilt = run_cli(
+        "build",
+        "--input",
+        csv_without(tmp_path, 3),
+        "--output",
+        store,
+        "--config",
+        tiny.config_file,
+        "--quiet",
+        "--overwrite",
+    )
     assert rebuilt.returncode == 0, rebuilt.stderr
     after = analyze(store, tmp_path / "after", cache=cache)
     fresh = analyze(store, tmp_path / "fresh", cache=tmp_path / "fresh-cache")
@@ -194,7 +218,9 @@ def test_a_damaged_memo_is_rewritten_and_the_memos_of_deleted_stores_go(tmp_path
     [memo] = memos(cache)  # the deleted store's is gone, the damaged one written anew
     with np.load(memo) as npz:
         assert npz["layer"].tolist() == zarr.open_array(kept / "layer", mode="r")[:].tolist()
-    assert (tmp_path / "again" / "features.parquet").read_bytes() == (tmp_path / "out-kept" / "features.parquet").read_bytes()
+    assert (tmp_path / "again" / "features.parquet").read_bytes() == (
+        tmp_path / "out-kept" / "features.parquet"
+    ).read_bytes()
 
 
 def test_token_activations_of_features_shown_are_kept_and_a_rerun_reads_no_shard(tmp_path, tiny, monkeypatch):
@@ -216,7 +242,9 @@ def test_token_activations_of_features_shown_are_kept_and_a_rerun_reads_no_shard
         tokens = np.load(path)
         rows = tokens["row"]
         assert len(rows) and np.all(np.diff(rows) > 0)
-        assert all(np.count_nonzero(rows // 7 == c) == min(7, activations.shape[1] - 7 * c) for c in np.unique(rows // 7))
+        assert all(
+            np.count_nonzero(rows // 7 == c) == min(7, activations.shape[1] - 7 * c) for c in np.unique(rows // 7)
+        )
         np.testing.assert_array_equal(tokens["value"], activations[config, :, feature][rows])
 
     for path in kept:

@@ -42,20 +42,33 @@ def analysed(store, tmp_path_factory):
 def test_outputs_have_the_legacy_layout(analysed, store):
     out, _, result = analysed
     assert sorted(p.name for p in out.iterdir()) == [
-        "analysis.json", "feature_examples.json", "features.parquet", "plots", "ranked_features.csv", "report.html"]
+        "analysis.json",
+        "feature_examples.json",
+        "features.parquet",
+        "plots",
+        "ranked_features.csv",
+        "report.html",
+    ]
     assert "cached activations and metrics reused" not in result.stdout
     features = pd.read_parquet(out / "features.parquet")
     assert len(features) == 6 * 128
     assert list(features.columns[:4]) == ["config", "layer", "average_l0", "feature_id"]
     assert features.config.dtype == object or pd.api.types.is_string_dtype(features.config.dtype)  # not categorical
     assert not isinstance(features.config.dtype, pd.CategoricalDtype)
-    assert [str(features[c].dtype) for c in ("layer", "average_l0", "feature_id", "passes_filter")] == \
-        ["int64", "int64", "int64", "bool"]
+    assert [str(features[c].dtype) for c in ("layer", "average_l0", "feature_id", "passes_filter")] == [
+        "int64",
+        "int64",
+        "int64",
+        "bool",
+    ]
     assert features.groupby("config", sort=False).feature_id.apply(list).map(lambda ids: ids == list(range(128))).all()
     metrics = saezarr.feature_metrics(saezarr.open_store(store)).compute()
     np.testing.assert_array_equal(features.pearson_corr.to_numpy(), metrics.pearson_corr.values.ravel())
     ranked = pd.read_csv(out / "ranked_features.csv", keep_default_na=False)
-    assert tuple(ranked.columns[: len(LEGACY_COLUMNS)]) == LEGACY_COLUMNS and ranked.columns[len(LEGACY_COLUMNS)] == "config"
+    assert (
+        tuple(ranked.columns[: len(LEGACY_COLUMNS)]) == LEGACY_COLUMNS
+        and ranked.columns[len(LEGACY_COLUMNS)] == "config"
+    )
     passing = features[features.passes_filter]
     assert len(ranked) == len(passing) > 4
     assert ranked["rank"].tolist() == list(range(1, len(ranked) + 1))
@@ -66,11 +79,21 @@ def test_outputs_have_the_legacy_layout(analysed, store):
     assert len(examples) == 4
     for (key, entry), row in zip(examples.items(), ranked.head(4).itertuples()):
         assert key == f"layer_{row.layer}_l0_{float(row.average_l0)}_feature_{row.feature_id}"
-        assert list(entry)[:10] == ["rank", "layer", "average_l0", "feature_id", "neuronpedia_url",
-                                    "interpretability_score", "pearson_correlation", "tpr", "fpr", "config"]
+        assert list(entry)[:10] == [
+            "rank",
+            "layer",
+            "average_l0",
+            "feature_id",
+            "neuronpedia_url",
+            "interpretability_score",
+            "pearson_correlation",
+            "tpr",
+            "fpr",
+            "config",
+        ]
         assert entry["pearson_correlation"] == pytest.approx(row.pearson_corr)
         assert sorted(entry["examples_by_label"]) == ["0", "1", "2", "3"]
-        for label, picks in entry["examples_by_label"].items():
+        for _label, picks in entry["examples_by_label"].items():
             assert len(picks) == 2
             assert picks[0]["activation"] >= picks[1]["activation"]
             for pick in picks:
@@ -79,12 +102,19 @@ def test_outputs_have_the_legacy_layout(analysed, store):
                 assert max(t["activation"] for t in pick["tokens"]) >= 0
                 assert pick["tokens"][-1]["activation"] == pytest.approx(pick["activation"])  # final pool = last token
     info = json.loads((out / "analysis.json").read_text())
-    assert info["counts"] == {"configs": 6, "features": 768, "sentences": 40,
-                              "sentences_by_label": {"0": 10, "1": 10, "2": 10, "3": 10}, "passing": len(ranked)}
+    assert info["counts"] == {
+        "configs": 6,
+        "features": 768,
+        "sentences": 40,
+        "sentences_by_label": {"0": 10, "1": 10, "2": 10, "3": 10},
+        "passing": len(ranked),
+    }
     assert info["pool"] == "final" and info["thresholds"] == {"min_pearson": 0.1, "min_tpr": 0.1, "max_fpr": 0.5}
     assert info["token_shading"] is True
-    assert info["notes"] == ["4 of 6 SAEs have no published Neuronpedia source, so their features have no link "
-                             "(layer_0_l0_6, layer_0_l0_20, layer_25_l0_6, layer_25_l0_20)"]
+    assert info["notes"] == [
+        "4 of 6 SAEs have no published Neuronpedia source, so their features have no link "
+        "(layer_0_l0_6, layer_0_l0_20, layer_25_l0_6, layer_25_l0_20)"
+    ]
 
 
 def test_examples_are_the_top_sentences_by_pooled_activation(analysed, store):
@@ -118,13 +148,16 @@ def test_rerun_with_other_thresholds_reuses_the_cache(analysed, store, tmp_path)
 
     before = cached_data()
     assert any(p.name == "metrics.npy" for p in before)
-    result = analyze(store, tmp_path / "again", "--min-pearson", "0.3", "--top-n", "2", "--examples-per-label", "1",
-                     cache=cache)
+    result = analyze(
+        store, tmp_path / "again", "--min-pearson", "0.3", "--top-n", "2", "--examples-per-label", "1", cache=cache
+    )
     assert result.returncode == 0, result.stderr
     assert "cached activations and metrics reused" in result.stdout
     assert cached_data() == before
     ranked = pd.read_csv(tmp_path / "again" / "ranked_features.csv")
-    assert (ranked.pearson_corr >= 0.3).all() and len(json.loads((tmp_path / "again" / "feature_examples.json").read_text())) == min(2, len(ranked))
+    assert (ranked.pearson_corr >= 0.3).all() and len(
+        json.loads((tmp_path / "again" / "feature_examples.json").read_text())
+    ) == min(2, len(ranked))
     first = pd.read_parquet(out / "features.parquet")
     second = pd.read_parquet(tmp_path / "again" / "features.parquet")
     pd.testing.assert_frame_equal(first.drop(columns="passes_filter"), second.drop(columns="passes_filter"))
@@ -136,12 +169,20 @@ def test_a_rerun_with_other_thresholds_takes_its_overview_plot_from_the_cache(an
     others = ("--min-pearson", "0.25", "--min-tpr", "0.2", "--max-fpr", "0.4")
     for name, thresholds in (("other", others), ("strict", ("--min-pearson", "0.99"))):  # strict: nothing passes
         argv = ["analyze", str(store), "--output", str(tmp_path / name), "--quiet", *thresholds, "--top-n", "1"]
-        code = (f"import sys, saezarr.cli; code = saezarr.cli.main({argv!r}); "
-                "sys.exit(code or (3 if 'matplotlib' in sys.modules else 0))")
-        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                env={**os.environ, "SAEZARR_CACHE": str(cache)})
+        code = (
+            f"import sys, saezarr.cli; code = saezarr.cli.main({argv!r}); "
+            "sys.exit(code or (3 if 'matplotlib' in sys.modules else 0))"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "SAEZARR_CACHE": str(cache)},
+        )
         assert result.returncode == 0, result.stderr  # 3: matplotlib was imported to draw the plot again
-        assert (tmp_path / name / "plots" / "overview.png").read_bytes() == (out / "plots" / "overview.png").read_bytes()
+        assert (tmp_path / name / "plots" / "overview.png").read_bytes() == (
+            out / "plots" / "overview.png"
+        ).read_bytes()
 
 
 def test_a_changed_store_or_other_pool_is_not_served_from_the_cache(tiny, tmp_path):
@@ -168,8 +209,9 @@ def test_max_pool_and_final_fragment_store(tiny, tmp_path):
 
 
 def test_missing_label_is_said_once_and_nothing_passes(tiny, tmp_path):
-    store = build_store(tmp_path, tiny.config_file, csv_without(tmp_path, 3), "--configs", "layer_12_l0_6",
-                        "--fragments", "final")
+    store = build_store(
+        tmp_path, tiny.config_file, csv_without(tmp_path, 3), "--configs", "layer_12_l0_6", "--fragments", "final"
+    )
     result = analyze(store, tmp_path / "out", *LOOSE, cache=tmp_path / "cache")
     assert result.returncode == 0, result.stderr
     notes = [line for line in result.stderr.splitlines() if "label-3" in line]
@@ -231,8 +273,13 @@ BAD = [
 def test_bad_input_is_one_line_and_writes_nothing(store, tmp_path, args, message):
     (tmp_path / "plain").mkdir()
     before = sorted(p.name for p in tmp_path.iterdir())
-    result = run_cli("analyze", *args(store, tmp_path / "plain"), "--output", tmp_path / "out",
-                     env={"SAEZARR_CACHE": str(tmp_path / "cache")})
+    result = run_cli(
+        "analyze",
+        *args(store, tmp_path / "plain"),
+        "--output",
+        tmp_path / "out",
+        env={"SAEZARR_CACHE": str(tmp_path / "cache")},
+    )
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before
@@ -327,17 +374,30 @@ def test_a_rerun_starts_features_parquet_before_importing_pandas_and_needs_no_za
     # texts come from the cache's memo, the store's layout from its zarr.json, the shown features' per-token
     # activations from the cache entry: a re-run showing the same features never imports zarr (0.1 s)
     _, cache, _ = analysed
-    argv = ["analyze", str(store), "--output", str(tmp_path / "again"), "--quiet", *LOOSE, "--top-n", "4",
-            "--examples-per-label", "2"]
-    code = ("import sys, pyarrow.parquet as pq, saezarr.cli\n"
-            "write, seen = pq.write_table, []\n"
-            "imported = lambda: sorted(m for m in ('pandas', 'zarr', 'numcodecs') if m in sys.modules)\n"
-            "pq.write_table = lambda *a, **k: (seen.append(imported()), write(*a, **k))[1]\n"
-            f"code = saezarr.cli.main({argv!r})\n"
-            "print(seen, imported(), file=sys.stderr)\n"
-            "sys.exit(code or (3 if seen != [[]] or 'zarr' in sys.modules else 0))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env={**os.environ, "SAEZARR_CACHE": str(cache)})
+    argv = [
+        "analyze",
+        str(store),
+        "--output",
+        str(tmp_path / "again"),
+        "--quiet",
+        *LOOSE,
+        "--top-n",
+        "4",
+        "--examples-per-label",
+        "2",
+    ]
+    code = (
+        "import sys, pyarrow.parquet as pq, saezarr.cli\n"
+        "write, seen = pq.write_table, []\n"
+        "imported = lambda: sorted(m for m in ('pandas', 'zarr', 'numcodecs') if m in sys.modules)\n"
+        "pq.write_table = lambda *a, **k: (seen.append(imported()), write(*a, **k))[1]\n"
+        f"code = saezarr.cli.main({argv!r})\n"
+        "print(seen, imported(), file=sys.stderr)\n"
+        "sys.exit(code or (3 if seen != [[]] or 'zarr' in sys.modules else 0))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "SAEZARR_CACHE": str(cache)}
+    )
     assert result.returncode == 0, result.stderr  # 3: imported too soon, or zarr at all (stderr: which)
     first = pd.read_parquet(analysed[0] / "features.parquet")
     again = pd.read_parquet(tmp_path / "again" / "features.parquet")

@@ -17,7 +17,9 @@ CHUNK = 7  # fragments per chunk: the demo's sentences (9-16 tokens) span two or
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, tiny):
     folder = tmp_path_factory.mktemp("analyze-metrics")
-    return build_store(folder, write_linked_config(folder / "config.json", tiny), tiny.csv, "--chunk-fragments", str(CHUNK))
+    return build_store(
+        folder, write_linked_config(folder / "config.json", tiny), tiny.csv, "--chunk-fragments", str(CHUNK)
+    )
 
 
 @pytest.mark.parametrize("pool", ["final", "max", "mean"])
@@ -41,8 +43,14 @@ def test_metrics_equal_a_per_feature_scipy_computation(store, pool):
     computed = metrics.compute()
     expected = reference_metrics(*reference_pooled(store, pool)[:2])
     for name in METRICS:
-        np.testing.assert_allclose(computed[name].values.astype(np.float64), expected[name], rtol=1e-9, atol=1e-12,
-                                   equal_nan=True, err_msg=name)
+        np.testing.assert_allclose(
+            computed[name].values.astype(np.float64),
+            expected[name],
+            rtol=1e-9,
+            atol=1e-12,
+            equal_nan=True,
+            err_msg=name,
+        )
     constant = np.isnan(expected["pearson_corr"])
     assert constant.any() and (~constant).any()  # both constant (all-zero) and varying features are covered
     pooled = reference_pooled(store, pool)[0]
@@ -52,15 +60,36 @@ def test_metrics_equal_a_per_feature_scipy_computation(store, pool):
 
 @pytest.mark.parametrize("missing", [0, 3])
 def test_without_label_0_or_3_the_legacy_metrics_are_nan(tmp_path, tiny, missing):
-    store = build_store(tmp_path, tiny.config_file, csv_without(tmp_path, missing), "--configs", "layer_12_l0_20",
-                        "--fragments", "final")
+    store = build_store(
+        tmp_path,
+        tiny.config_file,
+        csv_without(tmp_path, missing),
+        "--configs",
+        "layer_12_l0_20",
+        "--fragments",
+        "final",
+    )
     computed = saezarr.feature_metrics(saezarr.open_store(store)).compute()
     expected = reference_metrics(*reference_pooled(store, "final")[:2])
     for name in METRICS:
-        np.testing.assert_allclose(computed[name].values.astype(np.float64), expected[name], rtol=1e-9, atol=1e-12,
-                                   equal_nan=True, err_msg=name)
-    for name in ("pearson_corr", "spearman_corr", "separation_score", "tpr", "fpr", "interpretability_score",
-                 "auroc_3v0", "cohens_d_3v0"):
+        np.testing.assert_allclose(
+            computed[name].values.astype(np.float64),
+            expected[name],
+            rtol=1e-9,
+            atol=1e-12,
+            equal_nan=True,
+            err_msg=name,
+        )
+    for name in (
+        "pearson_corr",
+        "spearman_corr",
+        "separation_score",
+        "tpr",
+        "fpr",
+        "interpretability_score",
+        "auroc_3v0",
+        "cohens_d_3v0",
+    ):
         assert np.isnan(computed[name].values).all(), name
     assert (computed[f"mean_label_{missing}"].values == 0.0).all()
     assert not np.isnan(computed.mean_label_1.values).any()

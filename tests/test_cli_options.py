@@ -10,8 +10,17 @@ from saezarr.synthetic import DEMO_CSV
 
 
 def _build(tmp_path, demo_config, *extra: str) -> list[str]:
-    return ["build", "--input", str(DEMO_CSV), "--output", str(tmp_path / "out.zarr"),
-            "--config", str(demo_config), "--quiet", *extra]
+    return [
+        "build",
+        "--input",
+        str(DEMO_CSV),
+        "--output",
+        str(tmp_path / "out.zarr"),
+        "--config",
+        str(demo_config),
+        "--quiet",
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize(
@@ -21,7 +30,10 @@ def _build(tmp_path, demo_config, *extra: str) -> list[str]:
         (("--device", "meta"), "saezarr: error: --device meta: not a device saezarr runs on (use cpu or cuda)"),
         (("--sae-memory", "lots"), "saezarr: error: --sae-memory: expected a size such as 8GiB or 500MB, got 'lots'"),
         (("--layers", "1"), "saezarr: error: --layers: no config for layer 1 in the config file"),
-        (("--configs", "layer_2_l0_25"), "saezarr: error: --configs: unknown config 'layer_2_l0_25' (did you mean 'layer_2_l0_24'?)"),
+        (
+            ("--configs", "layer_2_l0_25"),
+            "saezarr: error: --configs: unknown config 'layer_2_l0_25' (did you mean 'layer_2_l0_24'?)",
+        ),
     ],
 )
 def test_bad_option_is_one_line_and_writes_nothing(tmp_path, demo_config, capsys, extra, expected):
@@ -40,12 +52,18 @@ def test_cuda_without_a_gpu_is_refused(tmp_path, demo_config, capsys):
 
 
 def test_sae_memory_budget_splits_passes_without_changing_results(tmp_path, demo_config, capsys):
-    from saezarr.build.pipeline import BuildOptions, build
+    from saezarr.extract.pipeline import BuildOptions, build
     from saezarr.store.layout import Store
 
     def run(name: str, budget: int):
-        options = BuildOptions(input=DEMO_CSV, output=tmp_path / name, config_file=demo_config,
-                               sae_memory=budget, quiet=True, chunk_fragments=128)
+        options = BuildOptions(
+            input=DEMO_CSV,
+            output=tmp_path / name,
+            config_file=demo_config,
+            sae_memory=budget,
+            quiet=True,
+            chunk_fragments=128,
+        )
         return build(options)
 
     one = run("one.zarr", 8 * 2**30)
@@ -61,11 +79,14 @@ def test_bfloat16_model_gives_float32_latents_close_to_float32(tmp_path, demo_co
     import numpy as np
     import xarray as xr
 
-    from saezarr.build.pipeline import BuildOptions, build
+    from saezarr.extract.pipeline import BuildOptions, build
 
     for dtype in ("float32", "bfloat16"):
-        summary = build(BuildOptions(input=DEMO_CSV, output=tmp_path / f"{dtype}.zarr", config_file=demo_config,
-                                     dtype=dtype, quiet=True))
+        summary = build(
+            BuildOptions(
+                input=DEMO_CSV, output=tmp_path / f"{dtype}.zarr", config_file=demo_config, dtype=dtype, quiet=True
+            )
+        )
         assert summary.complete
     full = xr.open_zarr(tmp_path / "float32.zarr")
     half = xr.open_zarr(tmp_path / "bfloat16.zarr")

@@ -21,8 +21,8 @@ import pytest
 from clitools import run_cli
 from faults.faultkit import compare_stores, count_marks, one_error_line
 
-from saezarr.build.pipeline import BuildOptions, build
 from saezarr.clients import ClusterOptions
+from saezarr.extract.pipeline import BuildOptions, build
 from saezarr.synthetic import DEMO_CSV
 
 CHUNK = 16  # 34 chunks x 6 configs: many tasks, so kills land mid-build
@@ -30,8 +30,19 @@ TIMEOUT = 240
 
 
 def build_args(store: Path, config: Path, *extra) -> list:
-    return ["build", "--input", DEMO_CSV, "--output", store, "--config", config, "--chunk-fragments", CHUNK,
-            "--quiet", *extra]
+    return [
+        "build",
+        "--input",
+        DEMO_CSV,
+        "--output",
+        store,
+        "--config",
+        config,
+        "--chunk-fragments",
+        CHUNK,
+        "--quiet",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +57,20 @@ def _env() -> dict:
     return {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_WAIT_POLICY": "PASSIVE"}
 
 
-def _dask(role: str, *args, prefix: tuple = (), flags: tuple = (), env: dict | None = None, log: Path) -> subprocess.Popen:
+def _dask(
+    role: str, *args, prefix: tuple = (), flags: tuple = (), env: dict | None = None, log: Path
+) -> subprocess.Popen:
     """Start `dask scheduler` or `dask worker` (as `python -m distributed.cli.dask_ROLE`) in its own session."""
     command = [*prefix, sys.executable, *flags, "-m", f"distributed.cli.dask_{role}", *map(str, args)]
     # run from the log's folder: `python -m` puts the working folder first on sys.path
-    return subprocess.Popen(command, env=env or _env(), stdout=subprocess.DEVNULL, stderr=open(log, "wb"),
-                            cwd=log.parent, start_new_session=True)
+    return subprocess.Popen(
+        command,
+        env=env or _env(),
+        stdout=subprocess.DEVNULL,
+        stderr=open(log, "wb"),
+        cwd=log.parent,
+        start_new_session=True,
+    )
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -64,7 +83,9 @@ def _stop(process: subprocess.Popen) -> None:
 def scheduler(folder: Path):
     """A `dask scheduler` subprocess; yields its scheduler file once written."""
     sched_file = folder / "sched.json"
-    process = _dask("scheduler", "--scheduler-file", sched_file, "--port", 0, "--no-dashboard", log=folder / "scheduler.log")
+    process = _dask(
+        "scheduler", "--scheduler-file", sched_file, "--port", 0, "--no-dashboard", log=folder / "scheduler.log"
+    )
     try:
         deadline = time.monotonic() + 60
         while not sched_file.exists():
@@ -81,8 +102,22 @@ def workers(sched_file: Path, n: int = 1, prefix: tuple = (), flags: tuple = (),
     from distributed import Client
 
     folder = sched_file.parent
-    processes = [_dask("worker", "--scheduler-file", sched_file, "--nthreads", 1, "--no-nanny", "--no-dashboard",
-                       prefix=prefix, flags=flags, env=env, log=folder / f"worker{i}.log") for i in range(n)]
+    processes = [
+        _dask(
+            "worker",
+            "--scheduler-file",
+            sched_file,
+            "--nthreads",
+            1,
+            "--no-nanny",
+            "--no-dashboard",
+            prefix=prefix,
+            flags=flags,
+            env=env,
+            log=folder / f"worker{i}.log",
+        )
+        for i in range(n)
+    ]
     try:
         with Client(scheduler_file=str(sched_file), timeout=30) as client:
             client.wait_for_workers(n, timeout=90)
@@ -108,8 +143,16 @@ def _wait_for_marks(store: Path, process: subprocess.Popen, at_least: int = 1) -
 
 def test_local_cluster_build_equals_single_process(demo_config, reference, tmp_path):
     store = tmp_path / "local.zarr"
-    summary = build(BuildOptions(input=DEMO_CSV, output=store, config_file=demo_config, chunk_fragments=CHUNK, quiet=True,
-                                 cluster=ClusterOptions(local_workers=2)))
+    summary = build(
+        BuildOptions(
+            input=DEMO_CSV,
+            output=store,
+            config_file=demo_config,
+            chunk_fragments=CHUNK,
+            quiet=True,
+            cluster=ClusterOptions(local_workers=2),
+        )
+    )
     assert summary.complete and summary.units_written == summary.units_total == 204
     assert len(summary.workers) == 2 and all(w.startswith("tcp://") for w in summary.workers)
     assert summary.sae_loads == 12  # each worker process loads the pass's 6 encoders once and keeps them
@@ -122,8 +165,17 @@ def test_dask_cli_cluster_survives_a_killed_worker(demo_config, reference, tmp_p
     store = tmp_path / "killed-worker.zarr"
     with scheduler(tmp_path) as sched_file, workers(sched_file, 2) as started:
         build_process = subprocess.Popen(
-            [sys.executable, "-m", "saezarr", *map(str, build_args(store, demo_config, "--scheduler-file", sched_file))],
-            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                "-m",
+                "saezarr",
+                *map(str, build_args(store, demo_config, "--scheduler-file", sched_file)),
+            ],
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         marks = _wait_for_marks(store, build_process)
         (victim, victim_address), (_, survivor) = started
         os.kill(victim.pid, signal.SIGKILL)
@@ -138,10 +190,16 @@ def test_killed_client_resumes_without_a_cluster(demo_config, reference, tmp_pat
     store = tmp_path / "killed-client.zarr"
     client = subprocess.Popen(
         [sys.executable, "-m", "saezarr", *map(str, build_args(store, demo_config, "--local-workers", 2))],
-        env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         _wait_for_marks(store, client)
-        os.kill(client.pid, signal.SIGKILL)  # the client alone; its local workers are stopped below, as a batch job's are
+        os.kill(
+            client.pid, signal.SIGKILL
+        )  # the client alone; its local workers are stopped below, as a batch job's are
         client.wait(timeout=30)
     finally:
         _stop(client)  # the rest of its process group: orphaned local workers
@@ -240,8 +298,17 @@ def test_analyze_on_a_cluster_equals_local(reference, lone_scheduler, tmp_path):
     import pandas as pd
 
     def analyze(name: str, *extra) -> subprocess.CompletedProcess:
-        return run_cli("analyze", reference, "--output", tmp_path / name, "--quiet", *LOOSE, *extra,
-                       env={"SAEZARR_CACHE": str(tmp_path / f"cache-{name}")}, timeout=TIMEOUT)
+        return run_cli(
+            "analyze",
+            reference,
+            "--output",
+            tmp_path / name,
+            "--quiet",
+            *LOOSE,
+            *extra,
+            env={"SAEZARR_CACHE": str(tmp_path / f"cache-{name}")},
+            timeout=TIMEOUT,
+        )
 
     local = analyze("local")
     with workers(lone_scheduler, 1) as started:
@@ -251,32 +318,54 @@ def test_analyze_on_a_cluster_equals_local(reference, lone_scheduler, tmp_path):
     from distributed import Client
 
     def finished_by_prefix(dask_scheduler) -> dict[str, int]:  # a local function: pickled by value to the scheduler
-        return {name: sum(prefix.state_counts.get(state, 0) for state in ("memory", "released", "forgotten"))
-                for name, prefix in dask_scheduler.task_prefixes.items()}
+        return {
+            name: sum(prefix.state_counts.get(state, 0) for state in ("memory", "released", "forgotten"))
+            for name, prefix in dask_scheduler.task_prefixes.items()
+        }
 
     with Client(scheduler_file=str(lone_scheduler), timeout=TIMEOUT) as client:
         ran = client.run_on_scheduler(finished_by_prefix)
     assert ran.get("compute_unit", 0) >= 6  # every (config, feature chunk) unit of the 6 configs ran on the cluster
     for name in ("features.parquet",):
         assert pd.read_parquet(tmp_path / "cluster" / name).equals(pd.read_parquet(tmp_path / "local" / name))
-    assert (tmp_path / "cluster" / "ranked_features.csv").read_text() == (tmp_path / "local" / "ranked_features.csv").read_text()
+    assert (tmp_path / "cluster" / "ranked_features.csv").read_text() == (
+        tmp_path / "local" / "ranked_features.csv"
+    ).read_text()
 
 
 def test_analyze_refuses_a_worker_that_cannot_see_the_store(reference, lone_scheduler, tmp_path):
     with workers(lone_scheduler, 1, prefix=_with_unshare(reference.parent)) as started:
-        process = run_cli("analyze", reference, "--output", tmp_path / "out", "--quiet",
-                          "--scheduler-file", lone_scheduler, env={"SAEZARR_CACHE": str(tmp_path / "cache")})
+        process = run_cli(
+            "analyze",
+            reference,
+            "--output",
+            tmp_path / "out",
+            "--quiet",
+            "--scheduler-file",
+            lone_scheduler,
+            env={"SAEZARR_CACHE": str(tmp_path / "cache")},
+        )
     assert process.returncode == 2, process.stderr
     line = one_error_line(process.stderr)
-    assert f"--scheduler-file {lone_scheduler}: worker {started[0][1]} cannot see the store {reference} as the client does" in line
+    assert (
+        f"--scheduler-file {lone_scheduler}: worker {started[0][1]} cannot see the store {reference} as the client does"
+        in line
+    )
     assert not (tmp_path / "out").exists()
 
 
 def _imports_torch(code: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `code` in a fresh Python, then fail (exit 3) if torch got imported."""
-    check = "\nimport sys\nif 'torch' in sys.modules:\n    print('torch was imported', file=sys.stderr)\n    sys.exit(3)\n"
-    return subprocess.run([sys.executable, "-c", code + check], capture_output=True, text=True, timeout=TIMEOUT,
-                          env={**_env(), **(env or {})})
+    check = (
+        "\nimport sys\nif 'torch' in sys.modules:\n    print('torch was imported', file=sys.stderr)\n    sys.exit(3)\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code + check],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env={**_env(), **(env or {})},
+    )
 
 
 def test_cluster_connection_code_imports_no_torch():
@@ -288,8 +377,16 @@ def test_analyze_on_a_cluster_imports_no_torch(reference, lone_scheduler, tmp_pa
     """`analyze --scheduler-file` imports torch neither in the client nor on the workers (seconds, or not installed)."""
     from distributed import Client
 
-    argv = ["analyze", str(reference), "--output", str(tmp_path / "out"), "--quiet", *LOOSE,
-            "--scheduler-file", str(lone_scheduler)]
+    argv = [
+        "analyze",
+        str(reference),
+        "--output",
+        str(tmp_path / "out"),
+        "--quiet",
+        *LOOSE,
+        "--scheduler-file",
+        str(lone_scheduler),
+    ]
     code = f"import sys, saezarr.cli\nrc = saezarr.cli.main({argv!r})\nif rc:\n    sys.exit(rc)"
     with workers(lone_scheduler, 1):
         process = _imports_torch(code, env={"SAEZARR_CACHE": str(tmp_path / "cache")})

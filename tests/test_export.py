@@ -69,8 +69,18 @@ def reference_fragments(model_dir: Path, csv_path: Path) -> tuple[dict[str, np.n
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     with open(csv_path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    columns: dict[str, list] = {key: [] for key in ("fragments", "original_sentences", "concept_strength_labels",
-                                                    "sentence_indices", "token_positions", "is_final_token", "fragment_lengths")}
+    columns: dict[str, list] = {
+        key: []
+        for key in (
+            "fragments",
+            "original_sentences",
+            "concept_strength_labels",
+            "sentence_indices",
+            "token_positions",
+            "is_final_token",
+            "fragment_lengths",
+        )
+    }
     all_ids = []
     for index, row in enumerate(rows):
         sentence = row["sentence"]
@@ -125,8 +135,20 @@ def jumprelu(residuals: np.ndarray, params_path: Path) -> tuple[np.ndarray, np.n
 
 def test_export_matches_an_independent_reference(tiny, tmp_path):
     store, out = tmp_path / "tiny.zarr", tmp_path / "npz"
-    built = run_cli("build", "--input", tiny.csv, "--output", store, "--config", tiny.config_file,
-                    "--chunk-fragments", "100", "--batch-size", "7", "--quiet")
+    built = run_cli(
+        "build",
+        "--input",
+        tiny.csv,
+        "--output",
+        store,
+        "--config",
+        tiny.config_file,
+        "--chunk-fragments",
+        "100",
+        "--batch-size",
+        "7",
+        "--quiet",
+    )
     assert built.returncode == 0, built.stderr
     exported = run_cli("export-npz", store, "--output", out, "--jobs", "2")
     assert exported.returncode == 0, exported.stderr
@@ -183,7 +205,9 @@ def test_configs_selection_is_compressed_and_loads_without_pickle(demo_store, tm
         assert tuple(npz.files) == NPZ_KEYS
         assert npz["fragments"].dtype.kind == "U" and npz["original_sentences"].dtype.kind == "U"
         np.testing.assert_array_equal(npz["activations"], store_activations(demo_store, "layer_2_l0_24"))
-        np.testing.assert_array_equal(npz["fragments"], zarr.open_array(demo_store / "fragment_text", mode="r")[:].tolist())
+        np.testing.assert_array_equal(
+            npz["fragments"], zarr.open_array(demo_store / "fragment_text", mode="r")[:].tolist()
+        )
 
 
 def test_rerun_skips_complete_files_rewrites_broken_ones_and_overwrite_rewrites_all(demo_store, tmp_path):

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from saezarr.build.fragments import FRAGMENT_FIELDS, GRANULARITIES, make_fragments, select_positions
-from saezarr.build.inputs import LabeledSentences, read_labeled_csv
-from saezarr.build.residuals import load_tokenizer, resolve_model
 from saezarr.errors import SaezarrError
+from saezarr.extract.fragments import FRAGMENT_FIELDS, GRANULARITIES, make_fragments, select_positions
+from saezarr.extract.inputs import LabeledSentences, read_labeled_csv
+from saezarr.extract.residuals import load_tokenizer, resolve_model
 
 WORD = re.compile(r"\S+")
 
@@ -37,7 +37,9 @@ def demo(tiny):
 def labeled(sentences, labels=None, path="mem.csv") -> LabeledSentences:
     """LabeledSentences made in memory (the CSV reader has its own tests)."""
     labels = np.array(labels if labels is not None else [i % 4 for i in range(len(sentences))], dtype=np.int64)
-    return LabeledSentences(Path(path), list(sentences), labels, hashlib.sha256("".join(sentences).encode()).hexdigest())
+    return LabeledSentences(
+        Path(path), list(sentences), labels, hashlib.sha256("".join(sentences).encode()).hexdigest()
+    )
 
 
 def reference_tokens(tokenizer, sentence):
@@ -214,7 +216,7 @@ def test_too_long_sentence_is_refused_naming_the_row(tokenizer, model_info):
 
 
 def test_too_long_sentence_stops_the_build_before_any_output(tiny, tmp_path):
-    from saezarr.build.pipeline import BuildOptions, build
+    from saezarr.extract.pipeline import BuildOptions, build
 
     csv = tmp_path / "long.csv"
     long = " ".join(f"w{i}" for i in range(700))
@@ -233,8 +235,33 @@ def test_unknown_granularity(demo, tokenizer):
 # ---- property tests -------------------------------------------------------------------------------------------
 
 PIECES = st.one_of(
-    st.sampled_from([" ", "  ", "   ", "\t", "\n", "a", "the", "é", "ü", "ñ", "😀", "☕", "中文", ".", ",", "!", "'",
-                     "0", "<bos>", "<eos>", "<pad>", "<unk>", "<start_of_turn>"]),
+    st.sampled_from(
+        [
+            " ",
+            "  ",
+            "   ",
+            "\t",
+            "\n",
+            "a",
+            "the",
+            "é",
+            "ü",
+            "ñ",
+            "😀",
+            "☕",
+            "中文",
+            ".",
+            ",",
+            "!",
+            "'",
+            "0",
+            "<bos>",
+            "<eos>",
+            "<pad>",
+            "<unk>",
+            "<start_of_turn>",
+        ]
+    ),
     st.characters(exclude_categories=("Cs", "Cc")),
 )
 TEXT = st.lists(PIECES, min_size=1, max_size=24).map("".join).filter(lambda s: s.strip() != "")
@@ -258,7 +285,7 @@ def test_select_positions_properties(case):
     assert select_positions(sentence, ends, "final") == [last]
     words = select_positions(sentence, ends, "word")
     assert words == word_positions_oracle(sentence, ends)
-    assert words == sorted(set(words)) and 1 <= words[0] and words[-1] <= last
+    assert words == sorted(set(words)) and words[0] >= 1 and words[-1] <= last
     assert len(words) <= max(1, len(WORD.findall(sentence)))
     for word in WORD.finditer(sentence):
         # every word is complete in some word fragment, and nothing earlier than needed is taken

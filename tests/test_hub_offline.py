@@ -12,7 +12,7 @@ import pytest
 import zarr
 from clitools import run_cli
 
-from saezarr.build.pipeline import BuildOptions, build
+from saezarr.extract.pipeline import BuildOptions, build
 from saezarr.synthetic import populate_hf_cache, write_config_file
 
 MODEL_ID = "google/gemma-2-2b"
@@ -44,7 +44,9 @@ def hub(tiny, tmp_path_factory):
 
     hub_config = write_config_file(root / "hub.json", MODEL_ID, SAE_ID, tiny.configs)
     # the same entries under repo ids that are not in the cache
-    absent_config = write_config_file(root / "absent.json", "google/gemma-2-9b", "google/gemma-scope-9b-pt-res", tiny.configs)
+    absent_config = write_config_file(
+        root / "absent.json", "google/gemma-2-9b", "google/gemma-scope-9b-pt-res", tiny.configs
+    )
     with_missing = json.loads(hub_config.read_text())
     with_missing["configs"].append({"layer": 12, "average_l0": 999, "path": "layer_12/width_16k/average_l0_999"})
     missing_entry_config = root / "missing-entry.json"
@@ -54,8 +56,16 @@ def hub(tiny, tmp_path_factory):
     common = ("--input", tiny.csv, "--quiet", "--chunk-fragments", CHUNK)
     runs = {
         "hub": ("--config", hub_config),
-        "override": ("--config", absent_config, "--model", MODEL_ID, "--sae-repo", SAE_ID,
-                     "--configs", "layer_12_l0_6,layer_25_l0_20"),
+        "override": (
+            "--config",
+            absent_config,
+            "--model",
+            MODEL_ID,
+            "--sae-repo",
+            SAE_ID,
+            "--configs",
+            "layer_12_l0_6,layer_25_l0_20",
+        ),
         "real_config": ("--configs", REAL_ENTRY),  # the default config file: the real one
         "missing_model": ("--config", absent_config),
         "missing_sae_repo": ("--config", absent_config, "--model", MODEL_ID),
@@ -95,7 +105,9 @@ def test_hub_build_equals_local_build_bit_for_bit(hub, tiny):
     for key in hub_files:
         if key != "zarr.json":  # the root metadata holds the attributes, which name the sources
             assert hub_files[key] == local_files[key], key
-    np.testing.assert_array_equal(zarr.open_array(store / "activations")[:], zarr.open_array(hub["local"] / "activations")[:])
+    np.testing.assert_array_equal(
+        zarr.open_array(store / "activations")[:], zarr.open_array(hub["local"] / "activations")[:]
+    )
 
 
 def test_hub_build_records_ids_and_commits(hub, tiny):
@@ -155,7 +167,9 @@ def test_missing_model_repo_offline_is_one_clear_line(hub):
 def test_missing_sae_repo_offline_is_one_clear_line(hub, tiny):
     message = _refused(hub, "missing_sae_repo")
     first = tiny.configs[0].path
-    assert message.startswith(f"saezarr: error: --sae-repo google/gemma-scope-9b-pt-res: could not get {first}/params.npz (")
+    assert message.startswith(
+        f"saezarr: error: --sae-repo google/gemma-scope-9b-pt-res: could not get {first}/params.npz ("
+    )
 
 
 def test_missing_sae_in_a_cached_repo_is_one_clear_line(hub):

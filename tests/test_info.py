@@ -9,7 +9,7 @@ import pytest
 from clitools import run_cli
 
 from saezarr import cli
-from saezarr.build.inputs import file_sha256
+from saezarr.extract.inputs import file_sha256
 from saezarr.store.layout import Store, directory_bytes
 from saezarr.synthetic import DEMO_CSV
 from saezarr.units import human_bytes
@@ -21,7 +21,9 @@ def stores(tmp_path_factory, demo_config) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("info")
     base = ["build", "--demo", "--config", str(demo_config), "--quiet"]
     assert cli.main([*base, "--output", str(root / "complete.zarr")]) == 0
-    assert cli.main([*base, "--output", str(root / "partial.zarr"), "--max-chunks", "1", "--chunk-fragments", "64"]) == 0
+    assert (
+        cli.main([*base, "--output", str(root / "partial.zarr"), "--max-chunks", "1", "--chunk-fragments", "64"]) == 0
+    )
     return {"complete": root / "complete.zarr", "partial": root / "partial.zarr"}
 
 
@@ -46,14 +48,21 @@ def test_json_reports_provenance_sizes_and_completion(stores, kind):
     for field in ("model", "model_revision", "sae_repo", "sae_revision", "fragments", "n_sentences", "input_file"):
         assert info[field] == store.attrs[field], field
     assert info["input_sha256"] == file_sha256(DEMO_CSV)
-    assert (info["n_fragments"], info["n_features"], info["n_chunks"]) == (store.n_fragments, store.width, store.n_chunks)
+    assert (info["n_fragments"], info["n_features"], info["n_chunks"]) == (
+        store.n_fragments,
+        store.width,
+        store.n_chunks,
+    )
     completion = {c["name"]: (c["done_chunks"], c["total_chunks"]) for c in info["configs"]}
     assert completion == expected_completion(path)
     assert info["complete"] == (kind == "complete")
     assert info["bytes_on_disk"] == directory_bytes(path)
     done_fragments = sum(
-        stop - start for ci in range(store.n_configs) for k in range(store.n_chunks)
-        if store.is_done(ci, k) for start, stop in [store.chunk_bounds(k)]
+        stop - start
+        for ci in range(store.n_configs)
+        for k in range(store.n_chunks)
+        if store.is_done(ci, k)
+        for start, stop in [store.chunk_bounds(k)]
     )
     assert info["dense_float32_bytes"] == done_fragments * store.width * 4
     assert info["compression_ratio"] == pytest.approx(info["dense_float32_bytes"] / info["bytes_on_disk"], abs=0.01)
@@ -70,9 +79,18 @@ def test_text_summary_names_everything(stores, kind):
     assert result.returncode == 0, result.stderr
     text = result.stdout
     info = info_json(path)
-    for value in (info["model"], info["model_revision"], info["sae_repo"], info["sae_revision"], info["input_sha256"],
-                  f"{info['n_sentences']} sentences", f"{info['n_fragments']} fragments", info["fragments"],
-                  human_bytes(info["bytes_on_disk"]), f"{info['compression_ratio']:.1f}x"):
+    for value in (
+        info["model"],
+        info["model_revision"],
+        info["sae_repo"],
+        info["sae_revision"],
+        info["input_sha256"],
+        f"{info['n_sentences']} sentences",
+        f"{info['n_fragments']} fragments",
+        info["fragments"],
+        human_bytes(info["bytes_on_disk"]),
+        f"{info['compression_ratio']:.1f}x",
+    ):
         assert str(value) in text, value
     for name, (done, total) in expected_completion(path).items():
         assert f"{name} {done}/{total}" in text

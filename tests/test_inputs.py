@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from clitools import run_cli, write_csv
 
-from saezarr.build.inputs import read_labeled_csv
 from saezarr.errors import SaezarrError
+from saezarr.extract.inputs import read_labeled_csv
 
 HEADER = "sentence,concept_strength_label\n"
 _LATIN1 = f"{HEADER}Fine.,0\n".encode() + "Café au lait.,1\n".encode("latin-1")
@@ -31,29 +31,63 @@ REFUSALS: dict[str, tuple[bytes | None, str]] = {
     ),
     "unrelated_columns": (b"text,score\nHello there.,1\n", "missing column 'sentence' (found 'text', 'score')"),
     "empty_sentence": (f"{HEADER}Fine.,0\n,2\n".encode(), "data row 2: the sentence is empty"),
-    "whitespace_sentence": (f'{HEADER}Fine.,0\nAlso fine.,1\n"  \t ",2\n'.encode(), "data row 3: the sentence is empty"),
-    "label_4": (f"{HEADER}Fine.,0\nBad.,4\n".encode(), "data row 2: concept_strength_label '4' is not an integer from 0 to 3"),
-    "label_minus_1": (f"{HEADER}Bad.,-1\n".encode(), "data row 1: concept_strength_label '-1' is not an integer from 0 to 3"),
-    "label_1_5": (f"{HEADER}Fine.,3\nFine.,2\nBad.,1.5\n".encode(),
-                  "data row 3: concept_strength_label '1.5' is not an integer from 0 to 3"),
-    "label_high": (f"{HEADER}Bad.,high\n".encode(), "data row 1: concept_strength_label 'high' is not an integer from 0 to 3"),
-    "label_blank": (f"{HEADER}Fine.,1\nBad.,\n".encode(), "data row 2: concept_strength_label '' is not an integer from 0 to 3"),
+    "whitespace_sentence": (
+        f'{HEADER}Fine.,0\nAlso fine.,1\n"  \t ",2\n'.encode(),
+        "data row 3: the sentence is empty",
+    ),
+    "label_4": (
+        f"{HEADER}Fine.,0\nBad.,4\n".encode(),
+        "data row 2: concept_strength_label '4' is not an integer from 0 to 3",
+    ),
+    "label_minus_1": (
+        f"{HEADER}Bad.,-1\n".encode(),
+        "data row 1: concept_strength_label '-1' is not an integer from 0 to 3",
+    ),
+    "label_1_5": (
+        f"{HEADER}Fine.,3\nFine.,2\nBad.,1.5\n".encode(),
+        "data row 3: concept_strength_label '1.5' is not an integer from 0 to 3",
+    ),
+    "label_high": (
+        f"{HEADER}Bad.,high\n".encode(),
+        "data row 1: concept_strength_label 'high' is not an integer from 0 to 3",
+    ),
+    "label_blank": (
+        f"{HEADER}Fine.,1\nBad.,\n".encode(),
+        "data row 2: concept_strength_label '' is not an integer from 0 to 3",
+    ),
     "empty_file": (b"", "the file is empty; expected a header 'sentence,concept_strength_label'"),
     "blank_lines_only": (b"\n  \n\n", "the file is empty; expected a header 'sentence,concept_strength_label'"),
     "header_only": (HEADER.encode(), "the file has a header but no data rows"),
     "invalid_utf8": (_LATIN1, f"line 3: not valid UTF-8 (byte offset {_LATIN1.index(0xE9)})"),
     # the reported offset and line count the BOM's bytes too
-    "invalid_utf8_after_bom": (b"\xef\xbb\xbf" + _LATIN1, f"line 3: not valid UTF-8 (byte offset {3 + _LATIN1.index(0xE9)})"),
+    "invalid_utf8_after_bom": (
+        b"\xef\xbb\xbf" + _LATIN1,
+        f"line 3: not valid UTF-8 (byte offset {3 + _LATIN1.index(0xE9)})",
+    ),
     # an unquoted comma in every sentence must not silently shift the columns
-    "unquoted_commas": (f"{HEADER}Well, fine.,0\nNo, never.,3\n".encode(),
-                        "data row 1: 3 fields but the header has 2; quote a sentence that contains a comma"),
-    "unquoted_comma_later_row": (f"{HEADER}Fine.,0\nNo, never.,3\n".encode(),
-                                 "data row 2: 3 fields but the header has 2; quote a sentence that contains a comma"),
-    "unterminated_quote": (f'{HEADER}Fine.,0\n"Never closed,3\n'.encode(), "line 3: not a valid CSV file (unexpected end of data)"),
+    "unquoted_commas": (
+        f"{HEADER}Well, fine.,0\nNo, never.,3\n".encode(),
+        "data row 1: 3 fields but the header has 2; quote a sentence that contains a comma",
+    ),
+    "unquoted_comma_later_row": (
+        f"{HEADER}Fine.,0\nNo, never.,3\n".encode(),
+        "data row 2: 3 fields but the header has 2; quote a sentence that contains a comma",
+    ),
+    "unterminated_quote": (
+        f'{HEADER}Fine.,0\n"Never closed,3\n'.encode(),
+        "line 3: not a valid CSV file (unexpected end of data)",
+    ),
 }
 # the refusals also run through the real command line (the rest only through read_labeled_csv)
-CLI_CASES = ("missing_file", "misspelled_sentence", "whitespace_sentence", "label_1_5", "header_only", "invalid_utf8_after_bom",
-             "unquoted_commas")
+CLI_CASES = (
+    "missing_file",
+    "misspelled_sentence",
+    "whitespace_sentence",
+    "label_1_5",
+    "header_only",
+    "invalid_utf8_after_bom",
+    "unquoted_commas",
+)
 
 
 def _case_file(folder: Path, name: str) -> Path:
@@ -78,7 +112,7 @@ def test_invalid_utf8_offset_is_the_bad_byte(tmp_path):
     for name in ("invalid_utf8", "invalid_utf8_after_bom"):
         raw = _case_file(tmp_path, name).read_bytes()
         offset = int(REFUSALS[name][1].split("byte offset ")[1].rstrip(")"))
-        assert raw[offset:offset + 1] == b"\xe9"
+        assert raw[offset : offset + 1] == b"\xe9"
         assert raw[:offset].count(b"\n") + 1 == 3
 
 
@@ -92,8 +126,17 @@ def cli_refusals(tmp_path_factory, tiny):
         folder.mkdir()
         path = _case_file(folder, name)
         output = folder / "out.zarr"
-        process = run_cli("build", "--input", path, "--output", output, "--config", tiny.config_file, "--quiet",
-                          env={"HF_HUB_OFFLINE": "1"})
+        process = run_cli(
+            "build",
+            "--input",
+            path,
+            "--output",
+            output,
+            "--config",
+            tiny.config_file,
+            "--quiet",
+            env={"HF_HUB_OFFLINE": "1"},
+        )
         return name, (path, output, process)
 
     with ThreadPoolExecutor(max_workers=2) as pool:

@@ -11,7 +11,9 @@ import pytest
 import torch
 from clitools import REPO
 
-from saezarr.build.memory import (
+from saezarr.cli import main
+from saezarr.configs import load_config_file
+from saezarr.extract.memory import (
     CPU_SAE_MEMORY,
     HOST_BUFFER_CAP,
     WRITER_THREADS_CAP,
@@ -20,11 +22,9 @@ from saezarr.build.memory import (
     units_in_flight,
     writer_threads,
 )
-from saezarr.build.pipeline import BuildOptions, ChunkWriter, build
-from saezarr.build.residuals import load_model, resolve_model
-from saezarr.build.sae import JumpReLUEncoder, SAEFile, plan_passes
-from saezarr.cli import main
-from saezarr.configs import load_config_file
+from saezarr.extract.pipeline import BuildOptions, ChunkWriter, build
+from saezarr.extract.residuals import load_model, resolve_model
+from saezarr.extract.sae import JumpReLUEncoder, SAEFile, plan_passes
 
 GB, GiB = 10**9, 2**30
 GEMMA_FP32 = 10_457_367_552  # Gemma-2-2B without its LM head (2.61e9 parameters) in float32
@@ -97,7 +97,7 @@ def test_writer_threads_are_capped_on_a_many_core_host(monkeypatch):
     ids=["big host, GPU", "big host, CPU", "4 GiB free", "unknown", "almost nothing free"],
 )
 def test_units_in_flight_stay_within_the_host_budget(monkeypatch, available, overlap, units):
-    monkeypatch.setattr("saezarr.build.memory.available_memory", lambda: available)
+    monkeypatch.setattr("saezarr.extract.memory.available_memory", lambda: available)
     unit = 4 * 512 * 16384  # one Gemma Scope 16k unit of 512 fragments: 32 MiB
     expected_budget = HOST_BUFFER_CAP if available is None else min(HOST_BUFFER_CAP, available // 4)
     assert host_buffer_budget() == expected_budget
@@ -109,11 +109,12 @@ def test_units_in_flight_stay_within_the_host_budget(monkeypatch, available, ove
 def test_a_small_host_budget_bounds_the_writers_buffers_and_keeps_results(tiny, tmp_path, monkeypatch, overlap):
     """With room for 2 units, a build holds at most 3 host buffers (2 held, 1 being filled) and gives the same store."""
     reference = tmp_path / "reference.zarr"
-    kwargs = dict(input=tiny.csv, config_file=tiny.config_file, quiet=True, chunk_fragments=32, workers=4,
-                  overlap_writes=overlap)
+    kwargs = dict(
+        input=tiny.csv, config_file=tiny.config_file, quiet=True, chunk_fragments=32, workers=4, overlap_writes=overlap
+    )
     build(BuildOptions(output=reference, **kwargs))
     unit = 4 * 32 * 128
-    monkeypatch.setattr("saezarr.build.memory.available_memory", lambda: 4 * 2 * unit)
+    monkeypatch.setattr("saezarr.extract.memory.available_memory", lambda: 4 * 2 * unit)
     live, most, real_host_buffer = set(), [0], ChunkWriter.host_buffer
 
     def counting_host_buffer(self, rows, width):
@@ -169,8 +170,18 @@ def test_device_out_of_memory_is_one_line_and_the_store_resumes(tiny, tmp_path, 
 
     monkeypatch.setattr(JumpReLUEncoder, "encode", encode_until_out_of_memory)
     store = tmp_path / "store.zarr"
-    args = ["build", "--input", str(tiny.csv), "--output", str(store), "--config", str(tiny.config_file), "--quiet",
-            "--chunk-fragments", "32"]
+    args = [
+        "build",
+        "--input",
+        str(tiny.csv),
+        "--output",
+        str(store),
+        "--config",
+        str(tiny.config_file),
+        "--quiet",
+        "--chunk-fragments",
+        "32",
+    ]
     assert main(args) == 1
     captured = capsys.readouterr()
     assert captured.out == ""

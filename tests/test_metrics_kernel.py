@@ -16,13 +16,30 @@ from saezarr.analysis.metrics import (
 )
 
 # bit for bit: counts, order statistics and numpy's percentile interpolation, no sums in another order
-EXACT = ("threshold", "tpr", "fpr", "monotonic", "max_activation", "frac_active",
-         *(f"frac_active_label_{k}" for k in range(4)))
+EXACT = (
+    "threshold",
+    "tpr",
+    "fpr",
+    "monotonic",
+    "max_activation",
+    "frac_active",
+    *(f"frac_active_label_{k}" for k in range(4)),
+)
 LEVELS = np.array([0.25, 0.5, 1.5, 3.0])  # dyadic: label means are exact, so equal ones tie in every summation order
 # sentences per label 0, 1, 2, 3; label 0's 95th percentile at index (n0 - 1) 0.95 has fraction 0.55 for 10 (the
 # t >= 0.5 branch of numpy's _lerp), 0.4 for 13, 0.3 for 15 and 0.0 for 21; n0 = 1 takes the top value alone
-COUNTS = [(10, 10, 10, 10), (13, 5, 6, 7), (21, 3, 0, 9), (15, 2, 2, 15), (0, 4, 4, 4), (5, 5, 5, 0),
-          (1, 1, 1, 1), (2, 0, 1, 3), (3, 2, 2, 1), (1, 3, 0, 4)]
+COUNTS = [
+    (10, 10, 10, 10),
+    (13, 5, 6, 7),
+    (21, 3, 0, 9),
+    (15, 2, 2, 15),
+    (0, 4, 4, 4),
+    (5, 5, 5, 0),
+    (1, 1, 1, 1),
+    (2, 0, 1, 3),
+    (3, 2, 2, 1),
+    (1, 3, 0, 4),
+]
 
 
 def sae_like(counts: tuple[int, ...], seed: int) -> tuple[np.ndarray, np.ndarray]:

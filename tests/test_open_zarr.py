@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import zarr
 
-from saezarr.build.fragments import make_fragments
-from saezarr.build.inputs import read_labeled_csv
-from saezarr.build.pipeline import BuildOptions, build
-from saezarr.build.residuals import load_tokenizer, resolve_model
+from saezarr.extract.fragments import make_fragments
+from saezarr.extract.inputs import read_labeled_csv
+from saezarr.extract.pipeline import BuildOptions, build
+from saezarr.extract.residuals import load_tokenizer, resolve_model
 
 CONFIG = "layer_12_l0_20"
 
@@ -88,14 +88,28 @@ def test_open_zarr_without_saezarr(tiny, store, tmp_path):
     expected = zarr.open_array(store / "activations", mode="r")[index][finals]
     assert expected.shape == (40, 128) and (expected > 0).any()
     np.save(tmp_path / "expected.npy", expected)
-    (tmp_path / "texts.json").write_text(json.dumps(table["fragment_text"].to_numpy()[finals].tolist()), encoding="utf-8")
+    (tmp_path / "texts.json").write_text(
+        json.dumps(table["fragment_text"].to_numpy()[finals].tolist()), encoding="utf-8"
+    )
     script = tmp_path / "reader.py"
     script.write_text(READER, encoding="utf-8")
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     process = subprocess.run(
-        [sys.executable, "-I", str(script), str(store), CONFIG, str(tmp_path / "expected.npy"), str(tmp_path / "texts.json")],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+        [
+            sys.executable,
+            "-I",
+            str(script),
+            str(store),
+            CONFIG,
+            str(tmp_path / "expected.npy"),
+            str(tmp_path / "texts.json"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
     )
     assert process.returncode == 0, process.stderr + process.stdout
     assert process.stdout.strip() == f"read 40 fragments of {CONFIG}"
@@ -105,9 +119,13 @@ def test_block_really_blocks(tmp_path):
     """The same isolation makes `import saezarr` fail (so the test above would notice a dependency on it)."""
     script = tmp_path / "probe.py"
     script.write_text(READER.split("import dask.array")[0] + "import saezarr\n", encoding="utf-8")
-    process = subprocess.run([sys.executable, "-I", str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    process = subprocess.run(
+        [sys.executable, "-I", str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
     assert process.returncode == 1
     assert "ModuleNotFoundError: No module named 'saezarr' (blocked)" in process.stderr
     # and without the block, this interpreter would import it
-    plain = subprocess.run([sys.executable, "-I", "-c", "import saezarr"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    plain = subprocess.run(
+        [sys.executable, "-I", "-c", "import saezarr"], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
     assert plain.returncode == 0, plain.stderr

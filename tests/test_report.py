@@ -15,16 +15,31 @@ import pytest
 from saezarr.analysis.ranking import config_summary
 from saezarr.analysis.report import FINAL_FRAGMENTS_NOTE, write_report
 from saezarr.analysis.tables import ConfigTable
-from saezarr.build.pipeline import BuildOptions, build
+from saezarr.extract.pipeline import BuildOptions, build
 from saezarr.store.reading import open_store
 from saezarr.synthetic import DEMO_CSV
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NEURONPEDIA = "https://www.neuronpedia.org/"
 THRESHOLDS = {"min_pearson": 0.2, "min_tpr": 0.3, "max_fpr": 0.2}
-RANKED_LEGACY = ["rank", "layer", "average_l0", "feature_id", "neuronpedia_url", "interpretability_score",
-                 "pearson_corr", "spearman_corr", "separation_score", "tpr", "fpr", "mean_label_0", "mean_label_1",
-                 "mean_label_2", "mean_label_3", "monotonic"]
+RANKED_LEGACY = [
+    "rank",
+    "layer",
+    "average_l0",
+    "feature_id",
+    "neuronpedia_url",
+    "interpretability_score",
+    "pearson_corr",
+    "spearman_corr",
+    "separation_score",
+    "tpr",
+    "fpr",
+    "mean_label_0",
+    "mean_label_1",
+    "mean_label_2",
+    "mean_label_3",
+    "monotonic",
+]
 NASTY = "<bos><script>alert(\"x\")</script> & 'q' </span>"
 
 
@@ -51,15 +66,26 @@ def _metrics(values: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
         tpr = (x[labels == 3] > threshold).mean(0)
         fpr = (x[labels == 0] > threshold).mean(0)
         d3, d0 = x[labels == 3], x[labels == 0]
-        pooled = np.sqrt(((len(d3) - 1) * d3.var(0, ddof=1) + (len(d0) - 1) * d0.var(0, ddof=1))
-                         / (len(d3) + len(d0) - 2))
+        pooled = np.sqrt(
+            ((len(d3) - 1) * d3.var(0, ddof=1) + (len(d0) - 1) * d0.var(0, ddof=1)) / (len(d3) + len(d0) - 2)
+        )
         cohens = (d3.mean(0) - d0.mean(0)) / pooled
-    auroc = ((d3[:, None, :] > d0[None, :, :]).mean((0, 1)) + 0.5 * (d3[:, None, :] == d0[None, :, :]).mean((0, 1)))
+    auroc = (d3[:, None, :] > d0[None, :, :]).mean((0, 1)) + 0.5 * (d3[:, None, :] == d0[None, :, :]).mean((0, 1))
     score = 0.4 * pearson + 0.3 * separation + 0.3 * (tpr - fpr)
     nan = np.where(constant, np.nan, 1.0)
-    out = {"pearson_corr": pearson * nan, "spearman_corr": spearman * nan, "separation_score": separation * nan,
-           "threshold": threshold, "tpr": tpr * nan, "fpr": fpr * nan, "interpretability_score": score * nan,
-           "frac_active": (x > 0).mean(0), "max_activation": x.max(0), "auroc_3v0": auroc, "cohens_d_3v0": cohens}
+    out = {
+        "pearson_corr": pearson * nan,
+        "spearman_corr": spearman * nan,
+        "separation_score": separation * nan,
+        "threshold": threshold,
+        "tpr": tpr * nan,
+        "fpr": fpr * nan,
+        "interpretability_score": score * nan,
+        "frac_active": (x > 0).mean(0),
+        "max_activation": x.max(0),
+        "auroc_3v0": auroc,
+        "cohens_d_3v0": cohens,
+    }
     out |= {f"mean_label_{k}": means[k] for k in range(4)}
     out |= {f"frac_active_label_{k}": (x[labels == k] > 0).mean(0) for k in range(4)}
     out["monotonic"] = (means[0] <= means[1]) & (means[1] <= means[2]) & (means[2] <= means[3])
@@ -76,8 +102,12 @@ def _features(ds, per_sentence: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
     for c, config in enumerate(ds["config"].values.tolist()):
         layer, l0 = int(ds["layer"].values[c]), int(ds["average_l0"].values[c])
         frame = pd.DataFrame(_metrics(per_sentence[c], labels))
-        passes = ((frame["pearson_corr"] >= THRESHOLDS["min_pearson"]) & frame["monotonic"]
-                  & (frame["tpr"] >= THRESHOLDS["min_tpr"]) & (frame["fpr"] <= THRESHOLDS["max_fpr"]))
+        passes = (
+            (frame["pearson_corr"] >= THRESHOLDS["min_pearson"])
+            & frame["monotonic"]
+            & (frame["tpr"] >= THRESHOLDS["min_tpr"])
+            & (frame["fpr"] <= THRESHOLDS["max_fpr"])
+        )
         source = _source(layer, l0)
         frame.insert(0, "feature_id", np.arange(per_sentence.shape[2]))
         frame.insert(0, "average_l0", l0)
@@ -90,8 +120,9 @@ def _features(ds, per_sentence: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
 
 
 def _ranked(features: pd.DataFrame) -> pd.DataFrame:
-    ranked = features[features["passes_filter"]].sort_values("interpretability_score", ascending=False,
-                                                             kind="stable", ignore_index=True)
+    ranked = features[features["passes_filter"]].sort_values(
+        "interpretability_score", ascending=False, kind="stable", ignore_index=True
+    )
     ranked.insert(0, "rank", np.arange(1, len(ranked) + 1))
     rest = [c for c in ranked.columns if c not in RANKED_LEGACY]
     return ranked[RANKED_LEGACY + rest]
@@ -103,8 +134,10 @@ def _tokens(ds, acts: np.ndarray, c: int, sentence: int, feature: int) -> list[d
         return None
     rows = rows[np.argsort(ds["token_position"].values[rows])]
     texts = ds["fragment_text"].values[rows].tolist()
-    return [{"text": text[len(previous):], "activation": float(acts[c, row, feature])}
-            for previous, text, row in zip(["", *texts[:-1]], texts, rows)]
+    return [
+        {"text": text[len(previous) :], "activation": float(acts[c, row, feature])}
+        for previous, text, row in zip(["", *texts[:-1]], texts, rows)
+    ]
 
 
 def _examples(ds, acts, per_sentence, labels, sentences, ranked, top_n: int = 10, per_label: int = 3) -> dict:
@@ -116,40 +149,75 @@ def _examples(ds, acts, per_sentence, labels, sentences, ranked, top_n: int = 10
         for label in range(4):
             idx = np.flatnonzero(labels == label)
             top = idx[np.argsort(-per_sentence[c, idx, feature], kind="stable")[:per_label]]
-            by_label[str(label)] = [{"sentence": sentences[s], "activation": float(per_sentence[c, s, feature]),
-                                     "tokens": _tokens(ds, acts, c, int(s), feature)} for s in top]
+            by_label[str(label)] = [
+                {
+                    "sentence": sentences[s],
+                    "activation": float(per_sentence[c, s, feature]),
+                    "tokens": _tokens(ds, acts, c, int(s), feature),
+                }
+                for s in top
+            ]
         key = f"layer_{row['layer']}_l0_{float(row['average_l0'])}_feature_{feature}"
-        examples[key] = {"rank": int(row["rank"]), "layer": int(row["layer"]), "average_l0": int(row["average_l0"]),
-                         "feature_id": feature, "neuronpedia_url": row["neuronpedia_url"],
-                         "interpretability_score": float(row["interpretability_score"]),
-                         "pearson_correlation": float(row["pearson_corr"]), "tpr": float(row["tpr"]),
-                         "fpr": float(row["fpr"]), "config": row["config"], "examples_by_label": by_label}
+        examples[key] = {
+            "rank": int(row["rank"]),
+            "layer": int(row["layer"]),
+            "average_l0": int(row["average_l0"]),
+            "feature_id": feature,
+            "neuronpedia_url": row["neuronpedia_url"],
+            "interpretability_score": float(row["interpretability_score"]),
+            "pearson_correlation": float(row["pearson_corr"]),
+            "tpr": float(row["tpr"]),
+            "fpr": float(row["fpr"]),
+            "config": row["config"],
+            "examples_by_label": by_label,
+        }
     return examples
 
 
 def _info(ds, store: Path, features: pd.DataFrame, ranked: pd.DataFrame, labels: np.ndarray, shading: bool) -> dict:
     attrs = ds.attrs
-    return {"store": str(store), "saezarr_version": attrs["saezarr_version"], "model": attrs["model"],
-            "model_revision": attrs["model_revision"], "sae_repo": attrs["sae_repo"],
-            "sae_revision": attrs["sae_revision"], "input_file": attrs["input_file"],
-            "input_sha256": attrs["input_sha256"], "fragments": attrs["fragments"], "pool": "final",
-            "thresholds": THRESHOLDS, "top_n": 10, "examples_per_label": 3,
-            "counts": {"configs": ds.sizes["config"], "features": len(features), "sentences": len(labels),
-                       "sentences_by_label": {str(k): int((labels == k).sum()) for k in range(4)},
-                       "passing": len(ranked)},
-            "token_shading": shading,
-            "notes": ["Layers 0 and 5 at L0 8 have no Neuronpedia source: their features are not linked."]}
+    return {
+        "store": str(store),
+        "saezarr_version": attrs["saezarr_version"],
+        "model": attrs["model"],
+        "model_revision": attrs["model_revision"],
+        "sae_repo": attrs["sae_repo"],
+        "sae_revision": attrs["sae_revision"],
+        "input_file": attrs["input_file"],
+        "input_sha256": attrs["input_sha256"],
+        "fragments": attrs["fragments"],
+        "pool": "final",
+        "thresholds": THRESHOLDS,
+        "top_n": 10,
+        "examples_per_label": 3,
+        "counts": {
+            "configs": ds.sizes["config"],
+            "features": len(features),
+            "sentences": len(labels),
+            "sentences_by_label": {str(k): int((labels == k).sum()) for k in range(4)},
+            "passing": len(ranked),
+        },
+        "token_shading": shading,
+        "notes": ["Layers 0 and 5 at L0 8 have no Neuronpedia source: their features are not linked."],
+    }
 
 
 def summary_of(features: pd.DataFrame) -> pd.DataFrame:
     """The report's per-SAE summary of a features table whose rows are configs x features, config by config."""
     first = features.groupby("config", sort=False).first()
-    configs = ConfigTable(np.arange(len(first)), first.index.to_numpy(dtype=object), first["layer"].to_numpy(),
-                          first["average_l0"].to_numpy(),
-                          np.array([_source(layer, l0) for layer, l0 in zip(first["layer"], first["average_l0"])]))
+    configs = ConfigTable(
+        np.arange(len(first)),
+        first.index.to_numpy(dtype=object),
+        first["layer"].to_numpy(),
+        first["average_l0"].to_numpy(),
+        np.array([_source(layer, l0) for layer, l0 in zip(first["layer"], first["average_l0"])]),
+    )
     shape = (len(first), -1)
-    return config_summary(configs, features["interpretability_score"].to_numpy().reshape(shape),
-                          features["passes_filter"].to_numpy().reshape(shape))
+    return config_summary(
+        configs,
+        features["interpretability_score"].to_numpy().reshape(shape),
+        features["passes_filter"].to_numpy().reshape(shape),
+    )
 
 
 def analysis_inputs(store: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict, dict]:
@@ -175,8 +243,11 @@ def stores(demo_config, tmp_path_factory) -> dict[str, Path]:
     paths = {}
     for fragments in ("token", "final"):
         paths[fragments] = root / f"{fragments}.zarr"
-        build(BuildOptions(input=DEMO_CSV, output=paths[fragments], config_file=demo_config, fragments=fragments,
-                           quiet=True))
+        build(
+            BuildOptions(
+                input=DEMO_CSV, output=paths[fragments], config_file=demo_config, fragments=fragments, quiet=True
+            )
+        )
     return paths
 
 
@@ -200,7 +271,6 @@ VOID = frozenset({"meta", "img", "br", "hr", "link", "input", "rect"})
 
 class Page(HTMLParser):
     """Collects attributes of every tag, token spans (with their section) and checks tags nest."""
-
 
     def __init__(self, text: str):
         super().__init__(convert_charrefs=True)
@@ -275,8 +345,15 @@ def test_overview_plot_is_saved_and_embedded(token_report):
 def test_provenance_names_the_store_and_its_inputs(token_report, token_inputs):
     _, text = token_report
     info = token_inputs[3]
-    for value in (info["store"], info["model"], info["sae_repo"], info["input_sha256"], info["input_file"],
-                  info["saezarr_version"], info["notes"][0]):
+    for value in (
+        info["store"],
+        info["model"],
+        info["sae_repo"],
+        info["input_sha256"],
+        info["input_file"],
+        info["saezarr_version"],
+        info["notes"][0],
+    ):
         assert value in text, value
     assert "pool <b>final</b>" in text
     assert f"pearson ≥ {THRESHOLDS['min_pearson']}" in text and f"fpr ≤ {THRESHOLDS['max_fpr']}" in text
@@ -299,19 +376,26 @@ def test_every_example_token_is_shaded_in_order_of_its_activation(token_report, 
         clearly = np.diff(activations[order]) > 1e-3 * activations.max()
         assert (np.diff(alphas[order])[clearly] > 0).all(), key
         assert alphas.max() <= 1 and (alphas[activations <= 0] == 0).all()
-    assert len(page.tokens) == sum(len(ex["tokens"]) for e in examples.values()
-                                   for exs in e["examples_by_label"].values() for ex in exs)
+    assert len(page.tokens) == sum(
+        len(ex["tokens"]) for e in examples.values() for exs in e["examples_by_label"].values() for ex in exs
+    )
     assert FINAL_FRAGMENTS_NOTE not in text
 
 
 def test_links_exactly_for_features_with_a_neuronpedia_page(token_report, token_inputs):
     _, text = token_report
     features, ranked, examples, _ = token_inputs
-    assert (ranked["neuronpedia_url"] != "").any() and (ranked["neuronpedia_url"] == "").any(), \
+    assert (ranked["neuronpedia_url"] != "").any() and (ranked["neuronpedia_url"] == "").any(), (
         "the inputs must mix linked and unlinked SAEs"
-    table = text[text.index('<section id="ranked">'):text.index('<section id="features">')]
-    cells = dict(re.findall(r'<td class=n data-v="\d+">(?:<a href="#[^"]+">)?(\d+)(?:</a>)?</td><td>[^<]*</td>'
-                            r'<td class=n data-v="[^"]*">[^<]*</td><td class=n data-v="\d+">(.*?)</td>', table))
+    )
+    table = text[text.index('<section id="ranked">') : text.index('<section id="features">')]
+    cells = dict(
+        re.findall(
+            r'<td class=n data-v="\d+">(?:<a href="#[^"]+">)?(\d+)(?:</a>)?</td><td>[^<]*</td>'
+            r'<td class=n data-v="[^"]*">[^<]*</td><td class=n data-v="\d+">(.*?)</td>',
+            table,
+        )
+    )
     assert len(cells) == len(ranked)
     for row in ranked.itertuples():
         link = re.fullmatch(r'<a class="ext" href="([^"]+)"[^>]*>(\d+)</a>', cells[str(row.rank)])
@@ -320,8 +404,8 @@ def test_links_exactly_for_features_with_a_neuronpedia_page(token_report, token_
         else:
             assert not link and "<a" not in cells[str(row.rank)] and str(row.feature_id) in cells[str(row.rank)]
     for key, entry in examples.items():
-        card = text[text.index(f'<article class="feature" id="{_section_id(key)}"'):]
-        card = card[:card.index("</article>")]
+        card = text[text.index(f'<article class="feature" id="{_section_id(key)}"') :]
+        card = card[: card.index("</article>")]
         hrefs = re.findall(r'href="(https?://[^"]+)"', card)
         assert hrefs == ([entry["neuronpedia_url"]] if entry["neuronpedia_url"] else [])
     every = set(features["neuronpedia_url"]) - {""}
@@ -344,10 +428,15 @@ def test_data_is_escaped(token_inputs, tmp_path):
     features, ranked, examples, info = token_inputs
     entry = next(iter(examples.values()))
     example = entry["examples_by_label"]["3"][0]
-    nasty = {**example, "sentence": NASTY + example["sentence"],
-             "tokens": [{"text": NASTY, "activation": 0.5}, *example["tokens"]]}
-    examples = {**examples, next(iter(examples)): {
-        **entry, "examples_by_label": {**entry["examples_by_label"], "3": [nasty]}}}
+    nasty = {
+        **example,
+        "sentence": NASTY + example["sentence"],
+        "tokens": [{"text": NASTY, "activation": 0.5}, *example["tokens"]],
+    }
+    examples = {
+        **examples,
+        next(iter(examples)): {**entry, "examples_by_label": {**entry["examples_by_label"], "3": [nasty]}},
+    }
     info = {**info, "notes": [*info["notes"], "<b>bold</b> & co"], "input_file": "<i>in</i>.csv"}
     text = write_report(tmp_path, summary_of(features), ranked, examples, info).read_text()
     assert "<script>alert" not in text and "<bos>" not in text and "<b>bold" not in text and "<i>in" not in text
@@ -376,8 +465,9 @@ def test_final_fragment_store_says_shading_needs_token_fragments(stores, tmp_pat
 def test_nothing_passing_and_nan_scores_still_give_a_report(token_inputs, tmp_path):
     features, ranked, _, info = token_inputs
     layer0 = features["layer"] == 0
-    features = features.assign(interpretability_score=features["interpretability_score"].where(~layer0),
-                               passes_filter=False)
+    features = features.assign(
+        interpretability_score=features["interpretability_score"].where(~layer0), passes_filter=False
+    )
     info = {**info, "counts": {**info["counts"], "passing": 0}}
     path = write_report(tmp_path, summary_of(features), ranked.iloc[:0], {}, info)
     text = path.read_text()

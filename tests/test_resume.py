@@ -12,8 +12,8 @@ import pytest
 import zarr
 from clitools import run_cli
 
-from saezarr.build.pipeline import BuildOptions, build
 from saezarr.errors import SaezarrError
+from saezarr.extract.pipeline import BuildOptions, build
 
 CHUNK = 32
 N_FRAGMENTS = 540  # token fragments of the demo CSV with the tiny tokenizer
@@ -71,8 +71,14 @@ def runs(tiny, tmp_path_factory):
     partial_files = files(resumed)
     processes["resume"] = run_cli("build", "--output", resumed, *common, "--resume")
     return {
-        "root": root, "full": full, "full_summary": full_summary, "resumed": resumed, "partial_files": partial_files,
-        "guarded": guarded, "guarded_before": guarded_before, "processes": processes,
+        "root": root,
+        "full": full,
+        "full_summary": full_summary,
+        "resumed": resumed,
+        "partial_files": partial_files,
+        "guarded": guarded,
+        "guarded_before": guarded_before,
+        "processes": processes,
     }
 
 
@@ -183,7 +189,9 @@ def copies(tiny, runs):
 )
 def test_resume_with_a_difference_is_refused(tiny, runs, copies, change, field):
     guarded = runs["guarded"]
-    kwargs = {key: (copies[value] if isinstance(value, str) and value in copies else value) for key, value in change.items()}
+    kwargs = {
+        key: (copies[value] if isinstance(value, str) and value in copies else value) for key, value in change.items()
+    }
     for key in ("model", "sae_repo"):
         if key in kwargs:
             kwargs[key] = str(kwargs[key])
@@ -309,9 +317,9 @@ def test_resume_with_a_changed_sae_path_is_refused(tiny, runs):
 
 def test_resume_after_a_tokenizer_change_is_refused(tiny, tmp_path):
     """A retrained tokenizer in the same model folder must not add a second tokenization to the store."""
-    from saezarr.build.fragments import make_fragments
-    from saezarr.build.inputs import read_labeled_csv
-    from saezarr.build.residuals import load_tokenizer, resolve_model
+    from saezarr.extract.fragments import make_fragments
+    from saezarr.extract.inputs import read_labeled_csv
+    from saezarr.extract.residuals import load_tokenizer, resolve_model
     from saezarr.synthetic import write_tokenizer
 
     model = shutil.copytree(tiny.model, tmp_path / "model")

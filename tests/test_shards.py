@@ -72,8 +72,13 @@ def test_inner_chunks_are_split_along_features(tmp_path):
 
 def test_an_unknown_layout_falls_back_to_zarr(tmp_path):
     zarr.create_array(
-        tmp_path / "blosc.zarr", shape=(1, 20, 64), chunks=(1, 20, 32), shards=(1, 20, 64), dtype="float32",
-        compressors=BloscCodec(), fill_value=np.nan,
+        tmp_path / "blosc.zarr",
+        shape=(1, 20, 64),
+        chunks=(1, 20, 32),
+        shards=(1, 20, 64),
+        dtype="float32",
+        compressors=BloscCodec(),
+        fill_value=np.nan,
     )
     assert ShardEncoder.for_layout(ChunkLayout.read(tmp_path / "blosc.zarr")) is None
     zarr.create_array(tmp_path / "plain.zarr", shape=(1, 20, 64), chunks=(1, 20, 64), dtype="float32")
@@ -195,7 +200,9 @@ def test_a_store_finds_its_layout_without_zarr_and_opens_zarr_on_first_use(tmp_p
     opened = Store(tmp_path / "s.zarr")
     assert "array" not in vars(opened)  # not opened yet
     assert (opened.shape, opened.chunk_fragments, opened.feature_chunk) == ((2, 20, 64), 8, 64)
-    assert opened.shard_file(1, 2) == tmp_path / "s.zarr" / ACTIVATIONS / store.array.metadata.encode_chunk_key((1, 2, 0))
+    assert opened.shard_file(1, 2) == tmp_path / "s.zarr" / ACTIVATIONS / store.array.metadata.encode_chunk_key(
+        (1, 2, 0)
+    )
     (tmp_path / "s.zarr" / ACTIVATIONS / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group"}')
     with pytest.raises(SaezarrError, match="cannot read the store's activations array"):
         open_existing(tmp_path / "s.zarr")
@@ -213,5 +220,8 @@ def test_an_array_that_zarr_cannot_open_is_one_line_on_first_use_and_left_as_it_
     with pytest.raises(SaezarrError) as caught:
         store.read_chunk(0, 0, lambda rows: rows)
     message = str(caught.value)
-    assert message.startswith(f"{tmp_path / 's.zarr'}: cannot read the store's activations array (") and "\n" not in message
+    assert (
+        message.startswith(f"{tmp_path / 's.zarr'}: cannot read the store's activations array (")
+        and "\n" not in message
+    )
     assert {p: p.read_bytes() for p in (tmp_path / "s.zarr").rglob("*") if p.is_file()} == before

@@ -39,7 +39,7 @@ def analysis_blocks() -> list[str]:
     """The ```python blocks of USAGE.md's "Analysis with xarray" section."""
     text = (REPO / "USAGE.md").read_text(encoding="utf-8")
     section = text.split("\n## Analysis with xarray\n", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    return re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
 
 
 def run_block(index: int, folder: Path, monkeypatch) -> dict:
@@ -115,8 +115,9 @@ def test_plain_open_zarr_has_the_same_variables_and_coordinates(demo_folder):
     for name in ours.coords:
         assert ours[name].dims == plain[name].dims, name
         assert ours[name].values.tolist() == plain[name].values.tolist(), name
-    np.testing.assert_array_equal(plain.activations.sel(config="layer_5_l0_8").values,
-                                  ours.activations.sel(config="layer_5_l0_8").values)
+    np.testing.assert_array_equal(
+        plain.activations.sel(config="layer_5_l0_8").values, ours.activations.sel(config="layer_5_l0_8").values
+    )
 
 
 @pytest.mark.parametrize("name", ["missing.zarr", "plain-folder", "plain.zarr"])

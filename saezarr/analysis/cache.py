@@ -90,8 +90,14 @@ class AnalysisCache:
         """True if both parts are there (the folder appears only once written whole)."""
         return (self.path / POOLED / "zarr.json").is_file() and (self.path / METRICS_FILE).is_file()
 
-    def fill(self, store: Store, config_indices: Sequence[int], layout: SentenceLayout, pool: str,
-             progress: Callable[[int], None] | None = None) -> None:
+    def fill(
+        self,
+        store: Store,
+        config_indices: Sequence[int],
+        layout: SentenceLayout,
+        pool: str,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
         """Compute and store the per-sentence activations of the configs, and their metrics, one unit of work per
         (config, feature chunk); the folder appears by rename once whole. Then evict old entries over the cap."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -101,8 +107,12 @@ class AnalysisCache:
             chunks = (1, layout.n_sentences, min(POOLED_FEATURES, store.feature_chunk))
             pooled = ChunkFiles(staging / POOLED, shape, chunks, pooled_dtype(pool, store.dtype))
             # written straight into the file: no heap copy of configs × features × metrics that glibc may keep
-            metrics = np.lib.format.open_memmap(staging / METRICS_FILE, mode="w+", dtype=np.float64,
-                                                shape=(len(METRICS), len(config_indices), store.width))
+            metrics = np.lib.format.open_memmap(
+                staging / METRICS_FILE,
+                mode="w+",
+                dtype=np.float64,
+                shape=(len(METRICS), len(config_indices), store.width),
+            )
             units = feature_units(store, config_indices)
             for unit, values in map_units(unit_function(store, layout, pool, pooled), units, progress):
                 metrics[:, unit.position, unit.start : unit.stop] = values
@@ -192,8 +202,11 @@ def evict_old_entries(folder: Path, max_bytes: int, keep: Path) -> None:
             excess -= sizes[entry]
     if removed:
         freed = human_bytes(sum(sizes[entry] for entry in removed))
-        print(f"saezarr: removed {len(removed)} old analysis cache entr{'y' if len(removed) == 1 else 'ies'} ({freed}) "
-              f"to stay under {human_bytes(max_bytes)}; see {MAX_BYTES_VARIABLE}", file=sys.stderr)
+        print(
+            f"saezarr: removed {len(removed)} old analysis cache entr{'y' if len(removed) == 1 else 'ies'} ({freed}) "
+            f"to stay under {human_bytes(max_bytes)}; see {MAX_BYTES_VARIABLE}",
+            file=sys.stderr,
+        )
 
 
 def _entries(folder: Path) -> list[Path]:

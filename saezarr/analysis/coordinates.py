@@ -64,8 +64,14 @@ def _identity(store: Store, names: list[str]) -> str:
         for folder, _, entries in os.walk(store.path / name):
             for entry in sorted(entries):
                 stat = os.stat(os.path.join(folder, entry))
-                files.append([os.path.relpath(os.path.join(folder, entry), store.path), stat.st_size,
-                              stat.st_mtime_ns, stat.st_ino])
+                files.append(
+                    [
+                        os.path.relpath(os.path.join(folder, entry), store.path),
+                        stat.st_size,
+                        stat.st_mtime_ns,
+                        stat.st_ino,
+                    ]
+                )
     return json.dumps({"store": str(store.path.resolve()), "files": sorted(files)})
 
 

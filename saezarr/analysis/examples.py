@@ -39,8 +39,10 @@ def feature_examples(
     tokens = {}
     if fragment_texts is not None:
         sentences = _example_sentences(top, picks)
-        rows = {key: np.concatenate([np.arange(layout.starts[s], layout.stops[s]) for s in found])
-                for key, found in sentences.items()}
+        rows = {
+            key: np.concatenate([np.arange(layout.starts[s], layout.stops[s]) for s in found])
+            for key, found in sentences.items()
+        }
         tokens = _token_activations(sentences, rows, cache.token_activations(store, rows), layout, fragment_texts)
     examples = {}
     for row, chosen in zip(top.itertuples(index=False), picks):
@@ -99,8 +101,13 @@ def _example_sentences(top: pd.DataFrame, picks: list[dict]) -> dict[tuple[int, 
     return {key: sorted(found) for key, found in sentences.items() if found}
 
 
-def _token_activations(sentences: dict[tuple[int, int], list[int]], rows: dict[tuple[int, int], np.ndarray],
-                       values: dict[tuple[int, int], np.ndarray], layout: SentenceLayout, texts: np.ndarray) -> dict:
+def _token_activations(
+    sentences: dict[tuple[int, int], list[int]],
+    rows: dict[tuple[int, int], np.ndarray],
+    values: dict[tuple[int, int], np.ndarray],
+    layout: SentenceLayout,
+    texts: np.ndarray,
+) -> dict:
     """(store config index, feature, sentence) -> [{text, activation}] over the sentence's fragments, from each
     feature's activations (values) at its example sentences' fragments (rows)."""
     out = {}
@@ -110,7 +117,7 @@ def _token_activations(sentences: dict[tuple[int, int], list[int]], rows: dict[t
             segments, previous = [], ""
             for r in range(layout.starts[s], layout.stops[s]):
                 text = str(texts[r])
-                piece = text[len(previous):] if text.startswith(previous) else text
+                piece = text.removeprefix(previous)
                 segments.append({"text": piece, "activation": at[r]})
                 previous = text
             out[(ci, feature, s)] = segments

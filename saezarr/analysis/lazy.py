@@ -33,8 +33,14 @@ def sentence_activations(ds: xr.Dataset, pool: str = "final") -> xr.DataArray:
     bounds = np.cumsum((0, *fragment_chunks))
     dtype = pooled_dtype(pool, activations.dtype)
     pooled = da.map_blocks(
-        partial(_pool_block, activations=activations, bounds=list(zip(bounds[:-1], bounds[1:])), layout=layout,
-                pool=pool, feature_bounds=np.cumsum((0, *feature_chunks))),
+        partial(
+            _pool_block,
+            activations=activations,
+            bounds=list(zip(bounds[:-1], bounds[1:])),
+            layout=layout,
+            pool=pool,
+            feature_bounds=np.cumsum((0, *feature_chunks)),
+        ),
         chunks=((1,) * activations.shape[0], (layout.n_sentences,), feature_chunks),
         dtype=dtype,
         meta=np.empty((0, 0, 0), dtype=dtype),
@@ -44,12 +50,16 @@ def sentence_activations(ds: xr.Dataset, pool: str = "final") -> xr.DataArray:
         "sentence": np.arange(layout.n_sentences),
         "sentence_index": ("sentence", np.asarray(ds.sentence_index.values)[starts]),
         "concept_strength_label": ("sentence", layout.labels),
-        "original_sentence": ("sentence", np.array(np.asarray(ds.original_sentence.values)[starts].tolist(), dtype=object)),
+        "original_sentence": (
+            "sentence",
+            np.array(np.asarray(ds.original_sentence.values)[starts].tolist(), dtype=object),
+        ),
     }
     coords.update({name: ds[name] for name in ds.coords if ds[name].dims == ("config",)})
     coords["feature"] = ds.feature
-    return xr.DataArray(pooled, dims=("config", "sentence", "feature"), coords=coords, name="activation",
-                        attrs={"pool": pool})
+    return xr.DataArray(
+        pooled, dims=("config", "sentence", "feature"), coords=coords, name="activation", attrs={"pool": pool}
+    )
 
 
 def metrics_of(pooled: xr.DataArray) -> xr.Dataset:
@@ -68,13 +78,17 @@ def metrics_of(pooled: xr.DataArray) -> xr.Dataset:
     )
     coords = {name: pooled[name] for name in pooled.coords if pooled[name].dims in (("config",), ("feature",))}
     variables = {name: (("config", "feature"), values) for name, values in unstacked(stacked).items()}
-    attrs = {"pool": pooled.attrs.get("pool"), "n_sentences": int(data.shape[1]),
-             **{f"n_label_{k}": int((labels == k).sum()) for k in LABELS}}
+    attrs = {
+        "pool": pooled.attrs.get("pool"),
+        "n_sentences": int(data.shape[1]),
+        **{f"n_label_{k}": int((labels == k).sum()) for k in LABELS},
+    }
     return xr.Dataset(variables, coords=coords, attrs=attrs)
 
 
-def _pool_block(activations, bounds, layout: SentenceLayout, pool: str, feature_bounds: np.ndarray,
-                block_info=None) -> np.ndarray:
+def _pool_block(
+    activations, bounds, layout: SentenceLayout, pool: str, feature_bounds: np.ndarray, block_info=None
+) -> np.ndarray:
     """The pooled block at the output block's location, reading its config's features one fragment chunk at a time."""
     config, _, part = block_info[None]["chunk-location"]
     features = slice(int(feature_bounds[part]), int(feature_bounds[part + 1]))

@@ -140,8 +140,10 @@ def _metrics(x: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
         "tpr": tpr,
         "fpr": fpr,
         "frac_active": (x > 0).mean(axis=0),
-        **{f"frac_active_label_{k}": (rows[k] > 0).mean(axis=0) if counts[k] else np.full(x.shape[1], np.nan)
-           for k in LABELS},
+        **{
+            f"frac_active_label_{k}": (rows[k] > 0).mean(axis=0) if counts[k] else np.full(x.shape[1], np.nan)
+            for k in LABELS
+        },
         "max_activation": x.max(axis=0),
         "auroc_3v0": _auroc(x[: counts[3] + counts[0]], counts[3]),
         "cohens_d_3v0": _cohens_d(counts, means, variances),
@@ -163,8 +165,12 @@ def _sparse_metrics(positives: Positives, labels: np.ndarray, starts: np.ndarray
     deviations = values - np.stack([means[k] for k in LABELS])[label, cols]
     squared = np.bincount(cell, deviations**2, minlength=4 * n_cols).reshape(4, n_cols)
     # a label's zeros each deviate from its mean by -mean
-    variances = {k: (squared[k] + (counts[k] - positive[k]) * means[k] ** 2) / (counts[k] - 1) if counts[k] > 1
-                 else np.zeros(n_cols) for k in (0, 3)}
+    variances = {
+        k: (squared[k] + (counts[k] - positive[k]) * means[k] ** 2) / (counts[k] - 1)
+        if counts[k] > 1
+        else np.zeros(n_cols)
+        for k in (0, 3)
+    }
     y = labels - labels.mean()
     squares, covariance = _sparse_moments(positives, y, n_rows, n_cols)
     per_column = np.bincount(cols, minlength=n_cols)
@@ -184,8 +190,7 @@ def _sparse_metrics(positives: Positives, labels: np.ndarray, starts: np.ndarray
         "tpr": tpr,
         "fpr": fpr,
         "frac_active": per_column / n_rows,
-        **{f"frac_active_label_{k}": positive[k] / counts[k] if counts[k] else np.full(n_cols, np.nan)
-           for k in LABELS},
+        **{f"frac_active_label_{k}": positive[k] / counts[k] if counts[k] else np.full(n_cols, np.nan) for k in LABELS},
         "max_activation": maximum,
         "auroc_3v0": _sparse_auroc(positives, label, counts, n_cols),
         "cohens_d_3v0": _cohens_d(counts, means, variances),
@@ -195,8 +200,9 @@ def _sparse_metrics(positives: Positives, labels: np.ndarray, starts: np.ndarray
     return _completed(measured, np.sqrt(squares / n_rows), constant, counts)
 
 
-def _completed(measured: dict[str, np.ndarray], std: np.ndarray, constant: np.ndarray,
-               counts: dict[int, int]) -> dict[str, np.ndarray]:
+def _completed(
+    measured: dict[str, np.ndarray], std: np.ndarray, constant: np.ndarray, counts: dict[int, int]
+) -> dict[str, np.ndarray]:
     """Every metric, in METRICS order, from the measured ones, the columns' population std and which columns are
     constant; the legacy metrics NaN where the legacy script skips the feature."""
     means = [measured[f"mean_label_{k}"] for k in LABELS]
@@ -206,7 +212,8 @@ def _completed(measured: dict[str, np.ndarray], std: np.ndarray, constant: np.nd
         **measured,
         "monotonic": ((means[0] <= means[1]) & (means[1] <= means[2]) & (means[2] <= means[3])).astype(np.float64),
         "separation_score": separation,
-        "interpretability_score": 0.4 * measured["pearson_corr"] + 0.3 * separation
+        "interpretability_score": 0.4 * measured["pearson_corr"]
+        + 0.3 * separation
         + 0.3 * (measured["tpr"] - measured["fpr"]),
     }
     skipped = constant | (counts[0] == 0) | (counts[3] == 0)

@@ -18,9 +18,22 @@ if TYPE_CHECKING:
 
 # the legacy ranked_features.csv columns, in the legacy order; saezarr's own columns follow
 LEGACY_COLUMNS = (
-    "rank", "layer", "average_l0", "feature_id", "neuronpedia_url", "interpretability_score", "pearson_corr",
-    "spearman_corr", "separation_score", "tpr", "fpr", "mean_label_0", "mean_label_1", "mean_label_2",
-    "mean_label_3", "monotonic",
+    "rank",
+    "layer",
+    "average_l0",
+    "feature_id",
+    "neuronpedia_url",
+    "interpretability_score",
+    "pearson_corr",
+    "spearman_corr",
+    "separation_score",
+    "tpr",
+    "fpr",
+    "mean_label_0",
+    "mean_label_1",
+    "mean_label_2",
+    "mean_label_3",
+    "monotonic",
 )
 FEATURES = "features.parquet"
 RANKED = "ranked_features.csv"
@@ -61,12 +74,18 @@ class OutputWriter:
 
         # dictionary encoding for the repetitive columns only (trying it on every float column costs a third more),
         # and min/max statistics for the columns readers filter row groups on (those of 19 float columns cost 15%)
-        self.parquet = self.background.submit(pq.write_table, features, self.staging / FEATURES,
-                                              use_dictionary=REPETITIVE, write_statistics=INDEXING,
-                                              memory_pool=arrow_pool())
+        self.parquet = self.background.submit(
+            pq.write_table,
+            features,
+            self.staging / FEATURES,
+            use_dictionary=REPETITIVE,
+            write_statistics=INDEXING,
+            memory_pool=arrow_pool(),
+        )
 
-    def write_rest(self, ranked: pd.DataFrame, summary: pd.DataFrame, examples: dict, info: dict,
-                   plot_memo: Path | None = None) -> None:
+    def write_rest(
+        self, ranked: pd.DataFrame, summary: pd.DataFrame, examples: dict, info: dict, plot_memo: Path | None = None
+    ) -> None:
         """Write ranked_features.csv, feature_examples.json, analysis.json and the report."""
         from saezarr.analysis.report import write_report
 
@@ -88,4 +107,3 @@ class OutputWriter:
 
 def _write_json(path: Path, data: dict, indent: int | None = 2) -> None:
     path.write_text(json.dumps(data, indent=indent, ensure_ascii=False, allow_nan=False), encoding="utf-8")
-

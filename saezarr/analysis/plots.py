@@ -43,12 +43,29 @@ def _draw_overview(summary: pd.DataFrame) -> bytes:
     unscored = summary[summary["best_score"].isna()]
     if len(scored):
         norm = Normalize(scored["best_score"].min(), scored["best_score"].max())
-        points = ax.scatter(scored["layer"], scored["average_l0"], c=scored["best_score"], cmap=SCORE_CMAP, norm=norm,
-                            marker="s", s=60, edgecolors="white", linewidths=0.6, zorder=2)
+        points = ax.scatter(
+            scored["layer"],
+            scored["average_l0"],
+            c=scored["best_score"],
+            cmap=SCORE_CMAP,
+            norm=norm,
+            marker="s",
+            s=60,
+            edgecolors="white",
+            linewidths=0.6,
+            zorder=2,
+        )
         fig.colorbar(points, cax=fig.add_axes((0.885, 0.22, 0.015, 0.7)), label="best interpretability score")
     if len(unscored):
-        ax.scatter(unscored["layer"], unscored["average_l0"], marker="x", s=40, color="#9ca3af", zorder=2,
-                   label="no score (NaN)")
+        ax.scatter(
+            unscored["layer"],
+            unscored["average_l0"],
+            marker="x",
+            s=40,
+            color="#9ca3af",
+            zorder=2,
+            label="no score (NaN)",
+        )
         ax.legend(loc="upper left", bbox_to_anchor=(0, -0.13), frameon=False, fontsize=8)
     _style_axes(ax, summary)
     buffer = io.BytesIO()

@@ -64,8 +64,9 @@ def pooled_dtype(pool: str, dtype: np.dtype) -> np.dtype:
     return np.dtype(np.float64) if pool == "mean" else np.dtype(dtype)
 
 
-def pool_sentences(read: ChunkReader, bounds: Sequence[tuple[int, int]], layout: SentenceLayout, pool: str,
-                   width: int, dtype: np.dtype) -> np.ndarray:
+def pool_sentences(
+    read: ChunkReader, bounds: Sequence[tuple[int, int]], layout: SentenceLayout, pool: str, width: int, dtype: np.dtype
+) -> np.ndarray:
     """Per-sentence activations [sentence, feature] of one config's `width` features, reading one fragment chunk
     (fragments bounds[i] = [start, stop)) at a time: memory is one chunk plus the result."""
     layout.check(pool)
@@ -85,7 +86,9 @@ def pool_sentences(read: ChunkReader, bounds: Sequence[tuple[int, int]], layout:
             part = read(chunk, lambda block, s=segments: np.maximum.reduceat(block, s, axis=0))
             np.maximum(out[first:last], part, out=out[first:last])
         else:
-            out[first:last] += read(chunk, lambda block, s=segments: np.add.reduceat(block, s, axis=0, dtype=np.float64))
+            out[first:last] += read(
+                chunk, lambda block, s=segments: np.add.reduceat(block, s, axis=0, dtype=np.float64)
+            )
     if pool == "mean":
         out /= (layout.stops - layout.starts).astype(np.float64)[:, None]
     return out

@@ -27,13 +27,15 @@ def config_summary(configs: ConfigTable, score: np.ndarray, passing: np.ndarray)
     best = np.argmax(np.where(np.isnan(score), -np.inf, score), axis=1)  # the first of equal best scores
     best_score = np.where(scored, score[np.arange(len(score)), best], np.nan)
     links = [link + str(feature) if link else "" for link, feature in zip(configs.links(), best)]
-    summary = pd.DataFrame({
-        "config": configs.names.astype(str),
-        "layer": configs.layer,
-        "average_l0": configs.average_l0,
-        "passing": passing.sum(axis=1).astype(int),
-        "best_score": best_score,
-        "best_feature": pd.Series(best, dtype="Int64").where(scored),
-        "best_url": np.where(scored, links, ""),
-    })
+    summary = pd.DataFrame(
+        {
+            "config": configs.names.astype(str),
+            "layer": configs.layer,
+            "average_l0": configs.average_l0,
+            "passing": passing.sum(axis=1).astype(int),
+            "best_score": best_score,
+            "best_feature": pd.Series(best, dtype="Int64").where(scored),
+            "best_url": np.where(scored, links, ""),
+        }
+    )
     return summary.sort_values(["layer", "average_l0"], kind="stable", ignore_index=True)

@@ -15,12 +15,20 @@ from saezarr.analysis.plots import overview_png
 
 RANKED_ROWS = 200  # the table shows at least this many ranked features (all top-n ones in any case)
 LABELS = ("0", "1", "2", "3")
-FINAL_FRAGMENTS_NOTE = ("Token shading needs a store built with token fragments (saezarr build --fragments token); "
-                        "this store holds final fragments only, so each sentence shows its activation as a whole.")
+FINAL_FRAGMENTS_NOTE = (
+    "Token shading needs a store built with token fragments (saezarr build --fragments token); "
+    "this store holds final fragments only, so each sentence shows its activation as a whole."
+)
 
 
-def write_report(directory: Path, summary: pd.DataFrame, ranked: pd.DataFrame, examples: dict, info: dict,
-                 plot_memo: Path | None = None) -> Path:
+def write_report(
+    directory: Path,
+    summary: pd.DataFrame,
+    ranked: pd.DataFrame,
+    examples: dict,
+    info: dict,
+    plot_memo: Path | None = None,
+) -> Path:
     """Write report.html and plots/*.png into directory (plots kept in and reused from plot_memo); return the
     report's path."""
     directory = Path(directory)
@@ -91,13 +99,17 @@ def _header(info: dict, summary: pd.DataFrame, ranked: pd.DataFrame) -> str:
     ]
     if len(ranked):
         top = ranked.iloc[0]
-        best = (f"feature {int(top['feature_id'])} · layer {int(top['layer'])} · "
-                f"L0 {_l0(top['average_l0'])} · score {_num(top['interpretability_score'])}")
+        best = (
+            f"feature {int(top['feature_id'])} · layer {int(top['layer'])} · "
+            f"L0 {_l0(top['average_l0'])} · score {_num(top['interpretability_score'])}"
+        )
         facts.append(("best", best))
     strip = "".join(f'<div class="fact"><span>{_esc(k)}</span><b>{v}</b></div>' for k, v in facts)
-    return (f'<header class="top"><h1>Which SAE features track the concept?</h1>'
-            f'<p class="sub">{_esc(info.get("input_file", ""))} · pool <b>{_esc(info.get("pool", ""))}</b> · '
-            f'saezarr analyze</p><div class="facts">{strip}</div></header>')
+    return (
+        f'<header class="top"><h1>Which SAE features track the concept?</h1>'
+        f'<p class="sub">{_esc(info.get("input_file", ""))} · pool <b>{_esc(info.get("pool", ""))}</b> · '
+        f'saezarr analyze</p><div class="facts">{strip}</div></header>'
+    )
 
 
 def _provenance(info: dict) -> str:
@@ -109,16 +121,27 @@ def _provenance(info: dict) -> str:
         ("model", f"<code>{_esc(info.get('model', ''))}</code> @ <code>{_esc(info.get('model_revision', ''))}</code>"),
         ("SAEs", f"<code>{_esc(info.get('sae_repo', ''))}</code> @ <code>{_esc(info.get('sae_revision', ''))}</code>"),
         ("input", f"<code>{_esc(info.get('input_file', ''))}</code>"),
-        ("input sha256", f"<code class=\"hash\">{_esc(info.get('input_sha256', ''))}</code>"),
+        ("input sha256", f'<code class="hash">{_esc(info.get("input_sha256", ""))}</code>'),
         ("fragments", _esc(info.get("fragments", ""))),
         ("pool", _esc(info.get("pool", ""))),
-        ("filter", (f"pearson ≥ {_esc(thresholds.get('min_pearson', ''))}, monotonic means, "
-                    f"tpr ≥ {_esc(thresholds.get('min_tpr', ''))}, fpr ≤ {_esc(thresholds.get('max_fpr', ''))}")),
-        ("top-n", (f"{_esc(info.get('top_n', ''))} features, "
-                   f"{_esc(info.get('examples_per_label', ''))} examples per label")),
-        ("counts", f"{_esc(counts.get('configs', ''))} SAEs, {_esc(counts.get('features', ''))} features, "
-                   f"{_esc(counts.get('passing', ''))} passing; {_esc(counts.get('sentences', ''))} sentences ("
-                   + ", ".join(f"label {_esc(k)}: {_esc(v)}" for k, v in by_label.items()) + ")"),
+        (
+            "filter",
+            (
+                f"pearson ≥ {_esc(thresholds.get('min_pearson', ''))}, monotonic means, "
+                f"tpr ≥ {_esc(thresholds.get('min_tpr', ''))}, fpr ≤ {_esc(thresholds.get('max_fpr', ''))}"
+            ),
+        ),
+        (
+            "top-n",
+            (f"{_esc(info.get('top_n', ''))} features, {_esc(info.get('examples_per_label', ''))} examples per label"),
+        ),
+        (
+            "counts",
+            f"{_esc(counts.get('configs', ''))} SAEs, {_esc(counts.get('features', ''))} features, "
+            f"{_esc(counts.get('passing', ''))} passing; {_esc(counts.get('sentences', ''))} sentences ("
+            + ", ".join(f"label {_esc(k)}: {_esc(v)}" for k, v in by_label.items())
+            + ")",
+        ),
         ("score", "0.4·pearson + 0.3·separation + 0.3·(tpr − fpr)"),
         ("saezarr", _esc(info.get("saezarr_version", ""))),
     ]
@@ -132,45 +155,69 @@ def _overview(summary: pd.DataFrame, png: bytes) -> str:
     image = base64.b64encode(png).decode("ascii")
     rows = "".join(_overview_row(row) for row in summary.itertuples(index=False))
     head = "".join(f"<th>{h}</th>" for h in ("SAE", "layer", "L0", "best score", "best feature", "passing"))
-    return (f'<section id="overview"><h2>Overview</h2>'
-            f'<p class="hint">One mark per SAE at its layer and average L0, coloured by the best interpretability '
-            f"score of any of its features (whether or not it passes the filter); grey crosses have no score (NaN). "
-            f"The table below counts each SAE's features passing the filter.</p>"
-            f'<img class="plot" alt="best interpretability score per SAE, layer by average L0" '
-            f'src="data:image/png;base64,{image}">'
-            f'<details><summary>Per-SAE table ({len(summary)} SAEs)</summary>'
-            f'<table class="data sortable"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></details>'
-            f"</section>")
+    return (
+        f'<section id="overview"><h2>Overview</h2>'
+        f'<p class="hint">One mark per SAE at its layer and average L0, coloured by the best interpretability '
+        f"score of any of its features (whether or not it passes the filter); grey crosses have no score (NaN). "
+        f"The table below counts each SAE's features passing the filter.</p>"
+        f'<img class="plot" alt="best interpretability score per SAE, layer by average L0" '
+        f'src="data:image/png;base64,{image}">'
+        f"<details><summary>Per-SAE table ({len(summary)} SAEs)</summary>"
+        f'<table class="data sortable"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></details>'
+        f"</section>"
+    )
 
 
 def _overview_row(row) -> str:
     best = "" if pd.isna(row.best_feature) else _np_link(row.best_url, _esc(int(row.best_feature)))
-    return (f"<tr><td>{_esc(row.config)}</td><td class=n>{int(row.layer)}</td>"
-            f"<td class=n data-v=\"{_sortkey(row.average_l0)}\">{_l0(row.average_l0)}</td>"
-            f"<td class=n data-v=\"{_sortkey(row.best_score)}\">{_num(row.best_score)}</td>"
-            f"<td class=n>{best}</td><td class=n>{int(row.passing)}</td></tr>")
+    return (
+        f"<tr><td>{_esc(row.config)}</td><td class=n>{int(row.layer)}</td>"
+        f'<td class=n data-v="{_sortkey(row.average_l0)}">{_l0(row.average_l0)}</td>'
+        f'<td class=n data-v="{_sortkey(row.best_score)}">{_num(row.best_score)}</td>'
+        f"<td class=n>{best}</td><td class=n>{int(row.passing)}</td></tr>"
+    )
 
 
-RANKED_COLUMNS = (("interpretability_score", "score"), ("pearson_corr", "pearson"), ("spearman_corr", "spearman"),
-                  ("separation_score", "separation"), ("tpr", "tpr"), ("fpr", "fpr"), ("mean_label_0", "mean 0"),
-                  ("mean_label_1", "mean 1"), ("mean_label_2", "mean 2"), ("mean_label_3", "mean 3"))
+RANKED_COLUMNS = (
+    ("interpretability_score", "score"),
+    ("pearson_corr", "pearson"),
+    ("spearman_corr", "spearman"),
+    ("separation_score", "separation"),
+    ("tpr", "tpr"),
+    ("fpr", "fpr"),
+    ("mean_label_0", "mean 0"),
+    ("mean_label_1", "mean 1"),
+    ("mean_label_2", "mean 2"),
+    ("mean_label_3", "mean 3"),
+)
 
 
 def _ranked_table(ranked: pd.DataFrame, sections: set[str], limit: int) -> str:
     if not len(ranked):
-        return ('<section id="ranked"><h2>Ranked features</h2><p class="empty">No feature passes the filter. '
-                "Loosen the thresholds (--min-pearson, --min-tpr, --max-fpr) to see candidates.</p></section>")
+        return (
+            '<section id="ranked"><h2>Ranked features</h2><p class="empty">No feature passes the filter. '
+            "Loosen the thresholds (--min-pearson, --min-tpr, --max-fpr) to see candidates.</p></section>"
+        )
     shown = ranked.head(limit)
-    head = "".join(f"<th>{h}</th>" for h in ("#", "SAE", "L0", "feature")) + "".join(
-        f"<th>{label}</th>" for _, label in RANKED_COLUMNS) + "<th>means 0–3</th>"
+    head = (
+        "".join(f"<th>{h}</th>" for h in ("#", "SAE", "L0", "feature"))
+        + "".join(f"<th>{label}</th>" for _, label in RANKED_COLUMNS)
+        + "<th>means 0–3</th>"
+    )
     rows = "".join(_ranked_row(row, sections) for row in shown.to_dict("records"))
-    more = (f'<p class="hint">Showing the top {len(shown):,} of {len(ranked):,} passing features; '
-            f"all of them are in ranked_features.csv.</p>" if len(shown) < len(ranked) else "")
-    return (f'<section id="ranked"><h2>Ranked features</h2><p class="hint">Features passing the filter, by '
-            f"interpretability score. The feature id opens its Neuronpedia page; the rank jumps to its examples "
-            f"below. Click a column to sort.</p>"
-            f'<div class="scroll"><table class="data sortable"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody>'
-            f"</table></div>{more}</section>")
+    more = (
+        f'<p class="hint">Showing the top {len(shown):,} of {len(ranked):,} passing features; '
+        f"all of them are in ranked_features.csv.</p>"
+        if len(shown) < len(ranked)
+        else ""
+    )
+    return (
+        f'<section id="ranked"><h2>Ranked features</h2><p class="hint">Features passing the filter, by '
+        f"interpretability score. The feature id opens its Neuronpedia page; the rank jumps to its examples "
+        f"below. Click a column to sort.</p>"
+        f'<div class="scroll"><table class="data sortable"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody>'
+        f"</table></div>{more}</section>"
+    )
 
 
 def _ranked_row(row: dict, sections: set[str]) -> str:
@@ -178,11 +225,16 @@ def _ranked_row(row: dict, sections: set[str]) -> str:
     rank = _esc(int(row["rank"]))
     rank = f'<a href="#{_anchor(key)}">{rank}</a>' if key in sections else rank
     config = row.get("config", f"layer_{int(row['layer'])}")
-    cells = [f"<td class=n data-v=\"{int(row['rank'])}\">{rank}</td>", f"<td>{_esc(config)}</td>",
-             f"<td class=n data-v=\"{_sortkey(row['average_l0'])}\">{_l0(row['average_l0'])}</td>",
-             (f"<td class=n data-v=\"{int(row['feature_id'])}\">"
-              f"{_np_link(row.get('neuronpedia_url'), _esc(int(row['feature_id'])))}</td>")]
-    cells += [f"<td class=n data-v=\"{_sortkey(row[c])}\">{_num(row[c])}</td>" for c, _ in RANKED_COLUMNS]
+    cells = [
+        f'<td class=n data-v="{int(row["rank"])}">{rank}</td>',
+        f"<td>{_esc(config)}</td>",
+        f'<td class=n data-v="{_sortkey(row["average_l0"])}">{_l0(row["average_l0"])}</td>',
+        (
+            f'<td class=n data-v="{int(row["feature_id"])}">'
+            f"{_np_link(row.get('neuronpedia_url'), _esc(int(row['feature_id'])))}</td>"
+        ),
+    ]
+    cells += [f'<td class=n data-v="{_sortkey(row[c])}">{_num(row[c])}</td>' for c, _ in RANKED_COLUMNS]
     cells.append(f"<td>{_sparkline([row[f'mean_label_{label}'] for label in LABELS])}</td>")
     return "<tr>" + "".join(cells) + "</tr>"
 
@@ -210,40 +262,56 @@ def _top_feature_rows(ranked: pd.DataFrame, entries: list[dict]) -> dict[tuple[s
     ids = {int(entry["feature_id"]) for entry in entries}
     rows = ranked[ranked["feature_id"].isin(ids)]
     wanted = {(str(entry.get("config")), int(entry["feature_id"])) for entry in entries}
-    return {key: row for row in rows.to_dict("records")
-            if (key := (str(row["config"]), int(row["feature_id"]))) in wanted}
+    return {
+        key: row for row in rows.to_dict("records") if (key := (str(row["config"]), int(row["feature_id"]))) in wanted
+    }
 
 
 def _feature_sections(entries: list[tuple[str, dict]], rows: dict, pool: str) -> str:
     if not entries:
         return ""
-    shading = all(ex.get("tokens") is not None for _, e in entries for exs in e["examples_by_label"].values()
-                  for ex in exs)
+    shading = all(
+        ex.get("tokens") is not None for _, e in entries for exs in e["examples_by_label"].values() for ex in exs
+    )
     note = "" if shading else f'<p class="notice">{_esc(FINAL_FRAGMENTS_NOTE)}</p>'
-    cards = "".join(_feature_card(key, entry, rows.get((str(entry.get("config")), int(entry["feature_id"])), {}),
-                                  pool) for key, entry in entries)
-    return (f'<section id="features"><h2>Top features</h2><p class="hint">Mean activation by concept-strength label, '
-            f"then each label's top example sentences; every token is shaded by this feature's activation at it "
-            f"(hover for the value).</p>{note}{cards}</section>")
+    cards = "".join(
+        _feature_card(key, entry, rows.get((str(entry.get("config")), int(entry["feature_id"])), {}), pool)
+        for key, entry in entries
+    )
+    return (
+        f'<section id="features"><h2>Top features</h2><p class="hint">Mean activation by concept-strength label, '
+        f"then each label's top example sentences; every token is shaded by this feature's activation at it "
+        f"(hover for the value).</p>{note}{cards}</section>"
+    )
 
 
 def _feature_card(key: str, entry: dict, metrics: dict, pool: str) -> str:
     config = entry.get("config", f"layer {int(entry['layer'])}")
     title = f"#{int(entry['rank'])} · {_esc(config)} · feature {int(entry['feature_id'])}"
-    link = _np_link(entry.get("neuronpedia_url"), "Neuronpedia" if entry.get("neuronpedia_url") else
-                    "no Neuronpedia page for this SAE")
-    stats = [("score", entry.get("interpretability_score")), ("pearson", entry.get("pearson_correlation")),
-             ("spearman", metrics.get("spearman_corr")), ("separation", metrics.get("separation_score")),
-             ("tpr", entry.get("tpr")), ("fpr", entry.get("fpr")), ("AUROC 3v0", metrics.get("auroc_3v0")),
-             ("Cohen's d 3v0", metrics.get("cohens_d_3v0"))]
+    link = _np_link(
+        entry.get("neuronpedia_url"),
+        "Neuronpedia" if entry.get("neuronpedia_url") else "no Neuronpedia page for this SAE",
+    )
+    stats = [
+        ("score", entry.get("interpretability_score")),
+        ("pearson", entry.get("pearson_correlation")),
+        ("spearman", metrics.get("spearman_corr")),
+        ("separation", metrics.get("separation_score")),
+        ("tpr", entry.get("tpr")),
+        ("fpr", entry.get("fpr")),
+        ("AUROC 3v0", metrics.get("auroc_3v0")),
+        ("Cohen's d 3v0", metrics.get("cohens_d_3v0")),
+    ]
     stats_html = "".join(f"<span><em>{name}</em> {_num(value)}</span>" for name, value in stats if value is not None)
     scale = _scale(entry, metrics)
     means = [metrics.get(f"mean_label_{label}") for label in LABELS]
-    return (f'<article class="feature" id="{_anchor(key)}"><header><h3>{title}</h3>'
-            f'<span class="meta">layer {int(entry["layer"])} · L0 {_l0(entry["average_l0"])} · {link}</span>'
-            f'<a class="up" href="#ranked">↑ table</a></header>'
-            f'<div class="stats">{stats_html}</div><div class="body">{_mean_bars(means, metrics)}'
-            f'<div class="examples">{_examples(entry["examples_by_label"], scale, pool)}</div></div></article>')
+    return (
+        f'<article class="feature" id="{_anchor(key)}"><header><h3>{title}</h3>'
+        f'<span class="meta">layer {int(entry["layer"])} · L0 {_l0(entry["average_l0"])} · {link}</span>'
+        f'<a class="up" href="#ranked">↑ table</a></header>'
+        f'<div class="stats">{stats_html}</div><div class="body">{_mean_bars(means, metrics)}'
+        f'<div class="examples">{_examples(entry["examples_by_label"], scale, pool)}</div></div></article>'
+    )
 
 
 def _scale(entry: dict, metrics: dict) -> float:
@@ -269,12 +337,16 @@ def _mean_bars(means: list, metrics: dict) -> str:
         x = 10 + i * (bar + gap)
         active = metrics.get(f"frac_active_label_{label}")
         tip = f"label {label}: mean {value:.4g}" + ("" if active is None else f", active in {active:.0%}")
-        parts.append(f'<g><title>{_esc(tip)}</title><rect x="{x}" y="{95 - h:.1f}" width="{bar}" height="{h:.1f}" '
-                     f'class="l{label}"/><text x="{x + bar / 2}" y="{90 - h:.1f}" class="v">{value:.3g}</text>'
-                     f'<text x="{x + bar / 2}" y="112" class="k">{label}</text></g>')
-    return (f'<figure class="means"><svg viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
-            f'role="img" aria-label="mean activation by label">{"".join(parts)}</svg>'
-            f"<figcaption>mean activation by label</figcaption></figure>")
+        parts.append(
+            f'<g><title>{_esc(tip)}</title><rect x="{x}" y="{95 - h:.1f}" width="{bar}" height="{h:.1f}" '
+            f'class="l{label}"/><text x="{x + bar / 2}" y="{90 - h:.1f}" class="v">{value:.3g}</text>'
+            f'<text x="{x + bar / 2}" y="112" class="k">{label}</text></g>'
+        )
+    return (
+        f'<figure class="means"><svg viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+        f'role="img" aria-label="mean activation by label">{"".join(parts)}</svg>'
+        f"<figcaption>mean activation by label</figcaption></figure>"
+    )
 
 
 def _examples(by_label: dict, scale: float, pool: str) -> str:
@@ -282,15 +354,18 @@ def _examples(by_label: dict, scale: float, pool: str) -> str:
     for label in reversed(LABELS):
         examples = by_label.get(label, [])
         items = "".join(_example(example, scale, pool) for example in examples) or '<li class="muted">no sentences</li>'
-        blocks.append(f'<div class="label"><h4><span class="chip l{label}">label {label}</span></h4>'
-                      f'<ol>{items}</ol></div>')
+        blocks.append(
+            f'<div class="label"><h4><span class="chip l{label}">label {label}</span></h4><ol>{items}</ol></div>'
+        )
     return "".join(blocks)
 
 
 def _example(example: dict, scale: float, pool: str) -> str:
     activation = float(example["activation"])
-    badge = (f'<span class="act" style="--a:{_alpha(activation, scale)}" title="sentence activation ({_esc(pool)})">'
-             f"{activation:.3g}</span>")
+    badge = (
+        f'<span class="act" style="--a:{_alpha(activation, scale)}" title="sentence activation ({_esc(pool)})">'
+        f"{activation:.3g}</span>"
+    )
     tokens = example.get("tokens")
     text = _esc(example["sentence"]) if tokens is None else _shaded(example["sentence"], tokens, scale)
     return f'<li>{badge}<span class="sent">{text}</span></li>'
@@ -300,9 +375,12 @@ def _shaded(sentence: str, tokens: list[dict], scale: float) -> str:
     """The sentence with one span per token, its background alpha proportional to the activation there."""
     joined = "".join(token["text"] for token in tokens)
     start = sentence.find(joined) if joined else -1
-    before, after = (sentence[:start], sentence[start + len(joined):]) if start >= 0 else ("", "")
-    spans = "".join(f'<span class="t" style="--a:{_alpha(token["activation"], scale)}" '
-                    f'title="{float(token["activation"]):.4g}">{_esc(token["text"])}</span>' for token in tokens)
+    before, after = (sentence[:start], sentence[start + len(joined) :]) if start >= 0 else ("", "")
+    spans = "".join(
+        f'<span class="t" style="--a:{_alpha(token["activation"], scale)}" '
+        f'title="{float(token["activation"]):.4g}">{_esc(token["text"])}</span>'
+        for token in tokens
+    )
     return f"{_esc(before)}{spans}{_esc(after)}"
 
 
@@ -315,10 +393,12 @@ def _alpha(activation: float, scale: float) -> str:
 
 def _page(info: dict, body: str) -> str:
     title = f"saezarr analyze · {info.get('input_file', '')}"
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{_esc(title)}</title><style>{CSS}</style></head>\n<body><main>\n{body}\n</main>"
-            f"<script>{SORT_JS}</script></body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{_esc(title)}</title><style>{CSS}</style></head>\n<body><main>\n{body}\n</main>"
+        f"<script>{SORT_JS}</script></body></html>\n"
+    )
 
 
 CSS = """

@@ -86,8 +86,9 @@ def analyze(options: AnalyzeOptions) -> AnalyzeSummary:
     root = options.cache or cache_root()
     coordinates = AnalysisCoordinates.of(store, root)
     indices = _finished_selection(store, coordinates["layer"].tolist(), options)
-    layout = SentenceLayout.of(coordinates["sentence_index"], coordinates["is_final_token"],
-                               coordinates["concept_strength_label"])
+    layout = SentenceLayout.of(
+        coordinates["sentence_index"], coordinates["is_final_token"], coordinates["concept_strength_label"]
+    )
     layout.check(options.pool)
     cache = AnalysisCache(fingerprint(store, options.pool, indices), root)  # checks the size cap
     coordinates.memoize()
@@ -109,15 +110,30 @@ def analyze(options: AnalyzeOptions) -> AnalyzeSummary:
         output.write_features(features)
         n_passing = _write_findings(output, options, store, features, configs, coordinates, layout, cache, notes)
     return AnalyzeSummary(
-        output=Path(options.output), n_configs=len(indices), n_features=store.width,
-        n_sentences=layout.n_sentences, n_passing=n_passing, pool=options.pool, cache=cache.path, cache_reused=reused,
-        notes=notes, elapsed=time.perf_counter() - started,
+        output=Path(options.output),
+        n_configs=len(indices),
+        n_features=store.width,
+        n_sentences=layout.n_sentences,
+        n_passing=n_passing,
+        pool=options.pool,
+        cache=cache.path,
+        cache_reused=reused,
+        notes=notes,
+        elapsed=time.perf_counter() - started,
     )
 
 
-def _write_findings(output: OutputWriter, options: AnalyzeOptions, store: Store, features: pa.Table,
-                    configs: ConfigTable, coordinates: AnalysisCoordinates, layout: SentenceLayout,
-                    cache: AnalysisCache, notes: list[str]) -> int:
+def _write_findings(
+    output: OutputWriter,
+    options: AnalyzeOptions,
+    store: Store,
+    features: pa.Table,
+    configs: ConfigTable,
+    coordinates: AnalysisCoordinates,
+    layout: SentenceLayout,
+    cache: AnalysisCache,
+    notes: list[str],
+) -> int:
     """Write the ranked features, their examples, analysis.json and the report; return how many features pass."""
     # imported only now, once features.parquet is being written on its thread: pandas' import (0.2 s) overlaps it
     from saezarr.analysis.examples import feature_examples
@@ -128,8 +144,9 @@ def _write_findings(output: OutputWriter, options: AnalyzeOptions, store: Store,
     top["config_index"] = top.config.map({str(name): i for i, name in enumerate(configs.names)})
     top["store_index"] = configs.indices[top.config_index.to_numpy(dtype=np.int64)]
     fragment_texts = coordinates.values.get("fragment_text")  # None: one fragment per sentence, no token shading
-    examples = feature_examples(top, cache, coordinates["sentence_text"], store, layout, fragment_texts,
-                                options.examples_per_label)
+    examples = feature_examples(
+        top, cache, coordinates["sentence_text"], store, layout, fragment_texts, options.examples_per_label
+    )
     passing = features["passes_filter"].to_numpy().reshape(len(configs.names), -1)
     info = _info(store, options, passing, layout.labels, notes, fragment_texts is not None)
     score = features["interpretability_score"].to_numpy().reshape(passing.shape)
@@ -140,8 +157,11 @@ def _write_findings(output: OutputWriter, options: AnalyzeOptions, store: Store,
 def check_options(options: AnalyzeOptions) -> None:
     """Refuse thresholds outside their range, a non-positive top-n or examples count, and an unknown pool."""
     check_pool(options.pool)
-    ranges = {"--min-pearson": (options.min_pearson, -1.0, 1.0), "--min-tpr": (options.min_tpr, 0.0, 1.0),
-              "--max-fpr": (options.max_fpr, 0.0, 1.0)}
+    ranges = {
+        "--min-pearson": (options.min_pearson, -1.0, 1.0),
+        "--min-tpr": (options.min_tpr, 0.0, 1.0),
+        "--max-fpr": (options.max_fpr, 0.0, 1.0),
+    }
     for option, (value, low, high) in ranges.items():
         if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
             raise SaezarrError(f"{option}: expected a number from {low:g} to {high:g}, got {value!r}")
@@ -208,14 +228,30 @@ def _notes(labels: np.ndarray, configs: ConfigTable) -> list[str]:
     return notes
 
 
-def _info(store: Store, options: AnalyzeOptions, passing: np.ndarray, labels: np.ndarray, notes: list[str],
-          token_shading: bool) -> dict:
+def _info(
+    store: Store,
+    options: AnalyzeOptions,
+    passing: np.ndarray,
+    labels: np.ndarray,
+    notes: list[str],
+    token_shading: bool,
+) -> dict:
     attrs = store.attrs
     return {
         "store": str(store.path),
         "saezarr_version": saezarr.__version__,
-        **{key: attrs.get(key) for key in ("model", "model_revision", "sae_repo", "sae_revision", "input_file",
-                                           "input_sha256", "fragments")},
+        **{
+            key: attrs.get(key)
+            for key in (
+                "model",
+                "model_revision",
+                "sae_repo",
+                "sae_revision",
+                "input_file",
+                "input_sha256",
+                "fragments",
+            )
+        },
         "pool": options.pool,
         "thresholds": {"min_pearson": options.min_pearson, "min_tpr": options.min_tpr, "max_fpr": options.max_fpr},
         "top_n": options.top_n,

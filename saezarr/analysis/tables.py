@@ -37,9 +37,13 @@ class ConfigTable:
     def of(cls, names: Sequence[str], coordinates: Mapping[str, np.ndarray], indices: list[int]) -> ConfigTable:
         """The table of the configs at indices, given all config names and the store's coordinates by name."""
         sources = coordinates.get("neuronpedia_source")
-        return cls(np.asarray(indices, dtype=np.int64), np.asarray(names, dtype=object)[indices],
-                   coordinates["layer"][indices].astype(np.int64), coordinates["average_l0"][indices].astype(np.int64),
-                   None if sources is None else np.asarray(sources)[indices].astype(str))
+        return cls(
+            np.asarray(indices, dtype=np.int64),
+            np.asarray(names, dtype=object)[indices],
+            coordinates["layer"][indices].astype(np.int64),
+            coordinates["average_l0"][indices].astype(np.int64),
+            None if sources is None else np.asarray(sources)[indices].astype(str),
+        )
 
     def links(self) -> list[str]:
         """Each config's Neuronpedia page prefix `https://www.neuronpedia.org/{source}/`, "" where it has none."""
@@ -76,9 +80,15 @@ def _urls(links: list[str], width: int) -> pa.ChunkedArray:
     """neuronpedia_url for `width` features of each config, "" where it has no link: one chunk per config."""
     ids = pc.cast(_numbers(np.arange(width, dtype=np.int64)), pa.string(), memory_pool=arrow_pool())
     unlinked = _repeated_text("", width)
-    return pa.chunked_array([pc.binary_join_element_wise(_repeated_text(link, width), ids, unlinked,
-                                                         memory_pool=arrow_pool()) if link
-                             else unlinked for link in links], pa.string())
+    return pa.chunked_array(
+        [
+            pc.binary_join_element_wise(_repeated_text(link, width), ids, unlinked, memory_pool=arrow_pool())
+            if link
+            else unlinked
+            for link in links
+        ],
+        pa.string(),
+    )
 
 
 def _numbers(values: np.ndarray) -> pa.Array:

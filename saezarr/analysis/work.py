@@ -29,12 +29,21 @@ class FeatureUnit:
 def feature_units(store: Store, config_indices: Sequence[int]) -> list[FeatureUnit]:
     """One unit per (config, inner feature chunk) of the store: the shards' smallest decodable part."""
     step = store.feature_chunk
-    return [FeatureUnit(position, ci, start, min(start + step, store.width))
-            for position, ci in enumerate(config_indices) for start in range(0, store.width, step)]
+    return [
+        FeatureUnit(position, ci, start, min(start + step, store.width))
+        for position, ci in enumerate(config_indices)
+        for start in range(0, store.width, step)
+    ]
 
 
-def compute_unit(unit: FeatureUnit, store_path: str, store_version: tuple[int, ...], layout: SentenceLayout,
-                 pool: str, pooled: ChunkFiles) -> np.ndarray:
+def compute_unit(
+    unit: FeatureUnit,
+    store_path: str,
+    store_version: tuple[int, ...],
+    layout: SentenceLayout,
+    pool: str,
+    pooled: ChunkFiles,
+) -> np.ndarray:
     """Pool the unit's activations per sentence, write them to `pooled`, and return their metrics [metric, feature]."""
     store = _open_store(store_path, store_version)
     features = slice(unit.start, unit.stop)
@@ -61,8 +70,11 @@ def _store_version(path: Path) -> tuple[int, ...]:
     return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
-def unit_function(store: Store, layout: SentenceLayout, pool: str, pooled: ChunkFiles) -> Callable[[FeatureUnit], np.ndarray]:
+def unit_function(
+    store: Store, layout: SentenceLayout, pool: str, pooled: ChunkFiles
+) -> Callable[[FeatureUnit], np.ndarray]:
     """compute_unit bound to one analysis (picklable)."""
     path = Path(store.path).resolve()
-    return partial(compute_unit, store_path=str(path), store_version=_store_version(path), layout=layout, pool=pool,
-                   pooled=pooled)
+    return partial(
+        compute_unit, store_path=str(path), store_version=_store_version(path), layout=layout, pool=pool, pooled=pooled
+    )

@@ -35,7 +35,14 @@ TEMP_SUFFIX = ".tmp"  # a shard being written: `.KEY.PID.RANDOM.tmp` beside it
 ZSTD_LEVEL = 1  # on SAE latents level 1 is both smaller and faster than 3 (USAGE.md)
 # fields a resumed build must share with the build that started the store
 RESUME_FIELDS = (
-    "input_sha256", "configs", "model", "model_revision", "sae_repo", "sae_revision", "model_dtype", "fragments",
+    "input_sha256",
+    "configs",
+    "model",
+    "model_revision",
+    "sae_repo",
+    "sae_revision",
+    "model_dtype",
+    "fragments",
     "tokens_sha256",
 )
 FIELD_NAMES = {"tokens_sha256": "tokenization (sha256 of the token ids and fragment positions)"}
@@ -288,7 +295,7 @@ def check_output_path(path: Path) -> bool:
         raise SaezarrError(f"--output file://{local}: a file:// URL; give the path itself ({local})")
     if url:
         raise SaezarrError(
-            f"--output {url.group(1)}://{str(path)[url.end():]}: a URL; saezarr writes stores to a file system path "
+            f"--output {url.group(1)}://{str(path)[url.end() :]}: a URL; saezarr writes stores to a file system path "
             "only (object stores are not supported yet)"
         )
     if path.is_file() or (path.exists() and not path.is_dir()):
@@ -366,7 +373,9 @@ def create_store(
         else:
             os.rename(staging, path)
     except OSError as exc:
-        raise SaezarrError(f"--output {path}: could not create the store ({exc.strerror or exc})", exit_code=1) from None
+        raise SaezarrError(
+            f"--output {path}: could not create the store ({exc.strerror or exc})", exit_code=1
+        ) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return Store(path, mode="r+")
@@ -381,7 +390,7 @@ def open_for_resume(path: Path) -> Store:
     """Open an existing store for writing, or say in one line that it is too damaged to resume."""
     try:
         store = Store(path, mode="r+")
-        store.array  # opened now: a resume should stop before it computes anything
+        _ = store.array  # opened now: a resume should stop before it computes anything
         return store
     except (OSError, ValueError, KeyError, TypeError, SaezarrError) as exc:
         reason = str(exc).removeprefix(f"{path}: ") if isinstance(exc, SaezarrError) else array_unreadable(exc)
@@ -419,7 +428,10 @@ def _write_layout(path: Path, fragments: pd.DataFrame, configs, width, attrs, ch
     }
     for field in fragments.columns:
         values = fragments[field].to_numpy()
-        coords[field] = ("fragment", _strings(values) if values.dtype.kind in "OUT" or field.endswith(("text", "sentence")) else values)
+        coords[field] = (
+            "fragment",
+            _strings(values) if values.dtype.kind in "OUT" or field.endswith(("text", "sentence")) else values,
+        )
     dataset = xr.Dataset({ACTIVATIONS: (("config", "fragment", "feature"), activations)}, coords=coords, attrs=attrs)
     encoding = {
         ACTIVATIONS: {

@@ -133,8 +133,10 @@ class StoreLock:
 
 def _say_taken_over(holder: dict) -> None:
     """One line on stderr: whose lock this build took over, so a requeued job's log tells why it could start."""
-    print(f"saezarr: taking over the lock of pid {holder.get('pid')} on {holder.get('host')}, which is gone",
-          file=sys.stderr)
+    print(
+        f"saezarr: taking over the lock of pid {holder.get('pid')} on {holder.get('host')}, which is gone",
+        file=sys.stderr,
+    )
 
 
 def _try_flock(fd: int) -> bool | None:

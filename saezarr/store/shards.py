@@ -67,8 +67,13 @@ class ShardEncoder:
         ):
             return None
         zstd = inner[1].get("configuration", {})
-        return cls(shard_rows=shard[1], inner_width=chunk[2], width=shard[2], fill_value=fill_value,
-                   zstd=Zstd(level=zstd.get("level", 0), checksum=zstd.get("checksum", False)))
+        return cls(
+            shard_rows=shard[1],
+            inner_width=chunk[2],
+            width=shard[2],
+            fill_value=fill_value,
+            zstd=Zstd(level=zstd.get("level", 0), checksum=zstd.get("checksum", False)),
+        )
 
     def __reduce__(self):
         # pickled for dask workers: a fresh per-thread buffer there
@@ -85,7 +90,11 @@ class ShardEncoder:
         return [*parts, bytes(CRC32C().encode(index))]  # the index, then its little-endian CRC32C
 
     def decode(
-        self, data: bytes | ShardFile | None, n_rows: int, reduce: Callable[[np.ndarray], np.ndarray], inner: range | None = None
+        self,
+        data: bytes | ShardFile | None,
+        n_rows: int,
+        reduce: Callable[[np.ndarray], np.ndarray],
+        inner: range | None = None,
     ) -> np.ndarray:
         """`reduce` of a shard's rows [n_rows, feature], applied to each inner chunk's columns (those in `inner`, or
         all) and put side by side; data None is a shard never written (all fill value). `reduce` must return a new
@@ -217,9 +226,16 @@ class ChunkLayout:
         if name not in ("default", "v2"):
             raise ValueError(f"unknown chunk key encoding {name!r}")
         separator = encoding.get("configuration", {}).get("separator", "/" if name == "default" else ".")
-        return cls(tuple(meta["shape"]), np.dtype(meta["data_type"]), chunks,
-                   tuple(codecs[0]["configuration"]["chunk_shape"]) if sharded else chunks, name, separator,
-                   codecs, meta.get("fill_value"))
+        return cls(
+            tuple(meta["shape"]),
+            np.dtype(meta["data_type"]),
+            chunks,
+            tuple(codecs[0]["configuration"]["chunk_shape"]) if sharded else chunks,
+            name,
+            separator,
+            codecs,
+            meta.get("fill_value"),
+        )
 
     def chunk_key(self, coords: tuple[int, ...]) -> str:
         """The path, relative to the array, of the chunk (or shard) at grid coordinates coords."""
@@ -237,8 +253,14 @@ class ChunkFiles:
         import zarr
         from zarr.codecs import ZstdCodec
 
-        zarr.create_array(str(path), shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
-                          compressors=ZstdCodec(level=1, checksum=False))
+        zarr.create_array(
+            str(path),
+            shape=shape,
+            chunks=chunks,
+            dtype=dtype,
+            fill_value=0,
+            compressors=ZstdCodec(level=1, checksum=False),
+        )
         self._attach(path)
 
     @classmethod
@@ -282,8 +304,13 @@ class ChunkFiles:
         """Each chunk that region (starting at a chunk edge) touches, and where its part lies within the region."""
         ranges = [range(s.start // c, -(-s.stop // c)) for s, c in zip(region, self.chunks)]
         for coords in itertools.product(*ranges):
-            yield coords, tuple(slice(i * c - s.start, min((i + 1) * c, s.stop) - s.start)
-                                for i, c, s in zip(coords, self.chunks, region))
+            yield (
+                coords,
+                tuple(
+                    slice(i * c - s.start, min((i + 1) * c, s.stop) - s.start)
+                    for i, c, s in zip(coords, self.chunks, region)
+                ),
+            )
 
     def _region(self, region: tuple[slice, ...]) -> tuple[slice, ...]:
         return tuple(slice(*s.indices(n)[:2]) for s, n in zip(region, self.shape))

@@ -34,8 +34,19 @@ def note(text: str) -> None:
 
 def build_args(csv: Path, store: Path, config: Path, *extra: str) -> list[str]:
     """Arguments of `saezarr build` as the suite runs it."""
-    return ["build", "--input", str(csv), "--output", str(store), "--config", str(config),
-            "--chunk-fragments", str(CHUNK), "--quiet", *extra]
+    return [
+        "build",
+        "--input",
+        str(csv),
+        "--output",
+        str(store),
+        "--config",
+        str(config),
+        "--chunk-fragments",
+        str(CHUNK),
+        "--quiet",
+        *extra,
+    ]
 
 
 # ----------------------------------------------------------------------------- hashing and comparing
@@ -85,7 +96,9 @@ def compare_stores(store: Path, reference: Path) -> list[str]:
             problems.append(f"{name}: {a.shape} {a.dtype} vs {b.shape} {b.dtype}")
         elif a.dtype.kind in "fc":
             if a.tobytes() != b.tobytes():  # bitwise, NaN and -0.0 included
-                problems.append(f"{name}: decoded values differ at {int(np.sum(a.view(np.uint8) != b.view(np.uint8)))} bytes")
+                problems.append(
+                    f"{name}: decoded values differ at {int(np.sum(a.view(np.uint8) != b.view(np.uint8)))} bytes"
+                )
         elif not np.array_equal(a, b):
             problems.append(f"{name}: decoded values differ")
     return problems
@@ -121,7 +134,9 @@ def shard_key(config_index: int, chunk: int) -> str:
 def unit_paths(store: Path, config_index: int, chunk: int) -> tuple[Path, Path]:
     """(shard file, completion mark) of one unit."""
     store = Path(store)
-    return store / shard_key(config_index, chunk), store / STATE / "done" / config_names(store)[config_index] / str(chunk)
+    return store / shard_key(config_index, chunk), store / STATE / "done" / config_names(store)[config_index] / str(
+        chunk
+    )
 
 
 def marked_units_wrong(store: Path, reference: Path) -> list[str]:
@@ -184,8 +199,14 @@ class Run:
         self._err = open(self.logdir / f"{n:02d}.err", "w+")
         env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(cli_command(*self.args), stdout=self._out, stderr=self._err, env=env,
-                                     stdin=subprocess.DEVNULL, preexec_fn=_default_sigint)
+        self.proc = subprocess.Popen(
+            cli_command(*self.args),
+            stdout=self._out,
+            stderr=self._err,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_default_sigint,
+        )
 
     @property
     def pid(self) -> int:

@@ -46,8 +46,12 @@ def _pending_units(store: Path, reference: Path) -> list[tuple[int, int]]:
     """Units not yet marked, in the order the build writes them (chunk by chunk, configs in order)."""
     names = config_names(reference)
     n_chunks = len(list((reference / "_saezarr" / "done" / names[0]).iterdir()))
-    return [(ci, chunk) for chunk in range(n_chunks) for ci in range(len(names))
-            if not (store / "_saezarr" / "done" / names[ci] / str(chunk)).exists()]
+    return [
+        (ci, chunk)
+        for chunk in range(n_chunks)
+        for ci in range(len(names))
+        if not (store / "_saezarr" / "done" / names[ci] / str(chunk)).exists()
+    ]
 
 
 @dataclass
@@ -62,12 +66,15 @@ class Ctx:
 def _after(seconds: float):
     def arm(c: Ctx) -> bool:
         return c.run.wait_for(lambda: time.monotonic() - c.run.started >= seconds)
+
     return arm
 
 
 def _staging_exists(c: Ctx) -> bool:
     # the staging folder lives a fraction of a second; should a poll miss it, the store it became stops the run
-    return c.run.wait_for(lambda: any(c.store.parent.glob(f".{c.store.name}.*.creating")) or (c.store / "zarr.json").exists())
+    return c.run.wait_for(
+        lambda: any(c.store.parent.glob(f".{c.store.name}.*.creating")) or (c.store / "zarr.json").exists()
+    )
 
 
 def _store_created(c: Ctx) -> bool:
@@ -80,36 +87,43 @@ def _lock_taken(c: Ctx) -> bool:
 
 def _unit_folder_appears(skip: int):
     """The folder of a pending unit's shard is made just before the shard is written: kill mid-write."""
+
     def arm(c: Ctx) -> bool:
         ci, chunk = _pending_units(c.store, c.reference)[skip]
         folder = unit_paths(c.store, ci, chunk)[0].parent
         return c.run.wait_for(folder.exists)
+
     return arm
 
 
 def _shard_appears(skip: int):
     """A pending unit's shard file is in place; its mark comes next: kill between data and mark."""
+
     def arm(c: Ctx) -> bool:
         ci, chunk = _pending_units(c.store, c.reference)[skip]
         shard = unit_paths(c.store, ci, chunk)[0]
         return c.run.wait_for(shard.exists)
+
     return arm
 
 
 def _marks(delta: int, then_sleep: float = 0.0):
     """Right when the `delta`-th new completion mark appears (optionally a moment later)."""
+
     def arm(c: Ctx) -> bool:
         target = min(c.marks_at_start + delta, c.total)
         hit = c.run.wait_for(lambda: count_marks(c.store) >= target)
         if hit and then_sleep:
             time.sleep(then_sleep)
         return hit
+
     return arm
 
 
 def _marks_left(left: int):
     def arm(c: Ctx) -> bool:
         return c.run.wait_for(lambda: count_marks(c.store) >= c.total - left)
+
     return arm
 
 

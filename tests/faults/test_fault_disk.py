@@ -23,7 +23,7 @@ from faultkit import (
     unit_paths,
 )
 
-import saezarr.build.pipeline
+import saezarr.extract.pipeline
 import saezarr.store.layout
 from saezarr.cli import main
 from saezarr.synthetic import DEMO_CSV
@@ -60,7 +60,7 @@ def _check_failed_run(capsys, code: int, store, reference, *expect: str) -> str:
 @pytest.mark.parametrize("after", [0, 7])
 def test_enospc_in_store_write_chunk(demo_config, demo_reference, tmp_path, monkeypatch, capsys, after, overlap):
     store = tmp_path / "full.zarr"
-    monkeypatch.setattr(saezarr.build.pipeline, "overlaps_writes", lambda device: overlap)
+    monkeypatch.setattr(saezarr.extract.pipeline, "overlaps_writes", lambda device: overlap)
     budget = _Budget(after, errno.ENOSPC)
     original = saezarr.store.layout.Store.write_chunk
 

@@ -61,6 +61,7 @@ def _npz_edit(**changes):
         for key in [k for k, v in changes.items() if v is None]:
             del arrays[key]
         np.savez(path, **arrays)
+
     return edit
 
 
@@ -75,6 +76,7 @@ def _folder(env: Env, name: str, files: dict[str, str] | None = None) -> Path:
 def _csv_build(text, *expect, mode="--overwrite"):
     def case(env: Env):
         return build_args(env.csv(text), env.store, env.config, mode), expect
+
     return case
 
 
@@ -82,6 +84,7 @@ def _config_build(data, *expect):
     def case(env: Env):
         data_ = data(env) if callable(data) else data
         return build_args(DEMO_CSV, env.store, env.config_file(data_), "--overwrite"), expect
+
     return case
 
 
@@ -93,14 +96,21 @@ LONG_SENTENCE = " ".join(["the quick brown fox jumps over the lazy dog"] * 75) +
 
 CASES: dict[str, Callable[[Env], tuple[list[str], tuple[str, ...]]]] = {
     # ---- the CSV
-    "missing CSV": lambda env: (build_args(env.tmp / "nope.csv", env.store, env.config, "--overwrite"), ("nope.csv", "no such")),
+    "missing CSV": lambda env: (
+        build_args(env.tmp / "nope.csv", env.store, env.config, "--overwrite"),
+        ("nope.csv", "no such"),
+    ),
     "CSV is a folder": lambda env: (build_args(env.tmp, env.store, env.config, "--overwrite"), ("folder",)),
     "empty CSV": _csv_build("", "empty"),
     "whitespace-only CSV": _csv_build(" \n\n  \n", "empty"),
     "header only": _csv_build(HEADER, "no data rows"),
     "header only, with BOM": _csv_build("\ufeff" + HEADER, "no data rows"),
-    "misspelled sentence column": _csv_build("sentense,concept_strength_label\nhi there,1\n", "'sentence'", "'sentense'"),
-    "misspelled label column": _csv_build("sentence,concept_strenght_label\nhi there,1\n", "'concept_strength_label'", "'concept_strenght_label'"),
+    "misspelled sentence column": _csv_build(
+        "sentense,concept_strength_label\nhi there,1\n", "'sentence'", "'sentense'"
+    ),
+    "misspelled label column": _csv_build(
+        "sentence,concept_strenght_label\nhi there,1\n", "'concept_strength_label'", "'concept_strenght_label'"
+    ),
     "capitalised column": _csv_build("Sentence,concept_strength_label\nhi there,1\n", "'sentence'", "'Sentence'"),
     "no header at all": _csv_build(GOOD_ROW, "missing column"),
     "label 4": _csv_build(HEADER + GOOD_ROW + "Another one.,4\n", "row 2", "'4'", "0 to 3"),
@@ -113,59 +123,115 @@ CASES: dict[str, Callable[[Env], tuple[list[str], tuple[str, ...]]]] = {
     "empty sentence": _csv_build(HEADER + GOOD_ROW + ",2\n", "row 2", "empty"),
     "whitespace-only sentence": _csv_build(HEADER + GOOD_ROW + '"   \t ",2\n', "row 2", "empty"),
     "sentence longer than the context": _csv_build(HEADER + GOOD_ROW + f"{LONG_SENTENCE},3\n", "row 2", "512"),
-    "invalid UTF-8 (latin-1)": _csv_build(HEADER.encode() + GOOD_ROW.encode() + "Caf\u00e9 au lait.,1\n".encode("latin-1"), "UTF-8", "line 3"),
+    "invalid UTF-8 (latin-1)": _csv_build(
+        HEADER.encode() + GOOD_ROW.encode() + "Caf\u00e9 au lait.,1\n".encode("latin-1"), "UTF-8", "line 3"
+    ),
     "UTF-16 file": _csv_build((HEADER + GOOD_ROW).encode("utf-16"), "UTF-8"),
     "unquoted comma in a sentence": _csv_build(HEADER + "Well, that went badly.,2\n", "row 1"),
     "unterminated quote": _csv_build(HEADER + GOOD_ROW + '"It never ends,1\nAnd more.,2\n', "CSV"),
     # ---- the config file
-    "missing config file": lambda env: (build_args(DEMO_CSV, env.store, env.tmp / "nope.json", "--overwrite"), ("nope.json",)),
+    "missing config file": lambda env: (
+        build_args(DEMO_CSV, env.store, env.tmp / "nope.json", "--overwrite"),
+        ("nope.json",),
+    ),
     "config not JSON": _config_build("{'model': oops", "JSON"),
     "config is a list": _config_build([], "JSON object"),
-    "config misses sae_repo": _config_build(lambda env: {"model": env.config_data()["model"], "configs": _entries(env)}, "'sae_repo'"),
-    "config misses configs": _config_build(lambda env: {k: v for k, v in env.config_data().items() if k != "configs"}, "'configs'"),
+    "config misses sae_repo": _config_build(
+        lambda env: {"model": env.config_data()["model"], "configs": _entries(env)}, "'sae_repo'"
+    ),
+    "config misses configs": _config_build(
+        lambda env: {k: v for k, v in env.config_data().items() if k != "configs"}, "'configs'"
+    ),
     "config with no configs": _config_build(lambda env: {**env.config_data(), "configs": []}, "configs"),
     "config entry misses path": _config_build(
-        lambda env: {**env.config_data(), "configs": [{"layer": 0, "average_l0": 8}]}, "configs[0]", "'path'"),
+        lambda env: {**env.config_data(), "configs": [{"layer": 0, "average_l0": 8}]}, "configs[0]", "'path'"
+    ),
     "config layer is a string": _config_build(
-        lambda env: {**env.config_data(), "configs": [{**_entries(env)[0], "layer": "2"}]}, "'layer'"),
+        lambda env: {**env.config_data(), "configs": [{**_entries(env)[0], "layer": "2"}]}, "'layer'"
+    ),
     "config layer beyond the model": _config_build(
-        lambda env: {**env.config_data(), "configs": [*_entries(env), {"layer": 6, "average_l0": 8, "path": "layer_6/x"}]},
-        "layer 6", "6 layers"),
+        lambda env: {
+            **env.config_data(),
+            "configs": [*_entries(env), {"layer": 6, "average_l0": 8, "path": "layer_6/x"}],
+        },
+        "layer 6",
+        "6 layers",
+    ),
     "config repeated": _config_build(
-        lambda env: {**env.config_data(), "configs": [*_entries(env), _entries(env)[2]]}, "layer_2_l0_8", "more than once"),
+        lambda env: {**env.config_data(), "configs": [*_entries(env), _entries(env)[2]]},
+        "layer_2_l0_8",
+        "more than once",
+    ),
     "SAE folder without params.npz": _config_build(
-        lambda env: {**env.config_data(), "configs": [*_entries(env)[:2], {"layer": 2, "average_l0": 9, "path": "layer_2/nothing"}]},
-        "params.npz", "layer_2_l0_9"),
-    "model folder missing": _config_build(lambda env: {**env.config_data(), "model": str(env.tmp / "no-model")}, "no-model"),
-    "model folder without config.json": _config_build(lambda env: {**env.config_data(), "model": str(_folder(env, "empty"))}, "config.json"),
+        lambda env: {
+            **env.config_data(),
+            "configs": [*_entries(env)[:2], {"layer": 2, "average_l0": 9, "path": "layer_2/nothing"}],
+        },
+        "params.npz",
+        "layer_2_l0_9",
+    ),
+    "model folder missing": _config_build(
+        lambda env: {**env.config_data(), "model": str(env.tmp / "no-model")}, "no-model"
+    ),
+    "model folder without config.json": _config_build(
+        lambda env: {**env.config_data(), "model": str(_folder(env, "empty"))}, "config.json"
+    ),
     "model folder whose config.json is no model's": _config_build(
-        lambda env: {**env.config_data(), "model": str(_folder(env, "odd", {"config.json": '{"hello": 1}'}))}, "odd", "config.json"),
+        lambda env: {**env.config_data(), "model": str(_folder(env, "odd", {"config.json": '{"hello": 1}'}))},
+        "odd",
+        "config.json",
+    ),
     "params.npz W_enc of another hidden size": lambda env: (
         build_args(DEMO_CSV, env.store, env.saes_with(_npz_edit(W_enc=np.zeros((32, 512), np.float32))), "--overwrite"),
-        ("W_enc", "32", "64")),
+        ("W_enc", "32", "64"),
+    ),
     "params.npz threshold of another width": lambda env: (
         build_args(DEMO_CSV, env.store, env.saes_with(_npz_edit(threshold=np.zeros(511, np.float32))), "--overwrite"),
-        ("threshold", "511")),
+        ("threshold", "511"),
+    ),
     "params.npz without threshold": lambda env: (
-        build_args(DEMO_CSV, env.store, env.saes_with(_npz_edit(threshold=None)), "--overwrite"), ("threshold",)),
+        build_args(DEMO_CSV, env.store, env.saes_with(_npz_edit(threshold=None)), "--overwrite"),
+        ("threshold",),
+    ),
     "params.npz W_enc 1-D": lambda env: (
         build_args(DEMO_CSV, env.store, env.saes_with(_npz_edit(W_enc=np.zeros(512, np.float32))), "--overwrite"),
-        ("W_enc", "2-D")),
+        ("W_enc", "2-D"),
+    ),
     "params.npz not a zip": lambda env: (
         build_args(DEMO_CSV, env.store, env.saes_with(lambda p: p.write_bytes(b"not a zip file")), "--overwrite"),
-        ("params.npz",)),
+        ("params.npz",),
+    ),
     # ---- the output
-    "a store exists, neither --resume nor --overwrite": lambda env: (build_args(DEMO_CSV, env.store, env.config), ("--resume", "--overwrite")),
+    "a store exists, neither --resume nor --overwrite": lambda env: (
+        build_args(DEMO_CSV, env.store, env.config),
+        ("--resume", "--overwrite"),
+    ),
     "--resume with another CSV": _csv_build(HEADER + GOOD_ROW, "input sha256", mode="--resume"),
-    "--resume with fewer configs": lambda env: (build_args(DEMO_CSV, env.store, env.config, "--resume", "--layers", "0"), ("configs",)),
+    "--resume with fewer configs": lambda env: (
+        build_args(DEMO_CSV, env.store, env.config, "--resume", "--layers", "0"),
+        ("configs",),
+    ),
     "--resume with word fragments": lambda env: (
-        build_args(DEMO_CSV, env.store, env.config, "--resume", "--fragments", "word"), ("fragments",)),
+        build_args(DEMO_CSV, env.store, env.config, "--resume", "--fragments", "word"),
+        ("fragments",),
+    ),
     # ---- options
-    "--layers not in the config": lambda env: (build_args(DEMO_CSV, env.store, env.config, "--overwrite", "--layers", "4"), ("layer 4",)),
-    "--layers not numbers": lambda env: (build_args(DEMO_CSV, env.store, env.config, "--overwrite", "--layers", "two"), ("--layers",)),
+    "--layers not in the config": lambda env: (
+        build_args(DEMO_CSV, env.store, env.config, "--overwrite", "--layers", "4"),
+        ("layer 4",),
+    ),
+    "--layers not numbers": lambda env: (
+        build_args(DEMO_CSV, env.store, env.config, "--overwrite", "--layers", "two"),
+        ("--layers",),
+    ),
     "--configs misspelled": lambda env: (
-        build_args(DEMO_CSV, env.store, env.config, "--overwrite", "--configs", "layer_2_l0_88"), ("layer_2_l0_8",)),
-    "--sae-memory nonsense": lambda env: (build_args(DEMO_CSV, env.store, env.config, "--overwrite", "--sae-memory", "lots"), ("--sae-memory",)),
+        build_args(DEMO_CSV, env.store, env.config, "--overwrite", "--configs", "layer_2_l0_88"),
+        ("layer_2_l0_8",),
+    ),
+    "--sae-memory nonsense": lambda env: (
+        build_args(DEMO_CSV, env.store, env.config, "--overwrite", "--sae-memory", "lots"),
+        ("--sae-memory",),
+    ),
 }
 
 
@@ -178,7 +244,11 @@ def _regular_file_output(env: Env):
 def _foreign_zarr_output(env: Env):
     target = env.tmp / "someone-elses.zarr"
     zarr.create_array(target, shape=(4, 4), dtype="f4", fill_value=0.0)[...] = np.arange(16, dtype="f4").reshape(4, 4)
-    return build_args(DEMO_CSV, target, env.config, "--overwrite"), ("someone-elses.zarr", "not a saezarr store"), target
+    return (
+        build_args(DEMO_CSV, target, env.config, "--overwrite"),
+        ("someone-elses.zarr", "not a saezarr store"),
+        target,
+    )
 
 
 def _foreign_xarray_output(env: Env):
@@ -255,7 +325,9 @@ def test_bad_output_is_refused_and_left_as_it_was(case, existing, demo_config, t
     _assert_refused(args, expect, capsys)
     assert _digest_of(target) == before, f"{case}: {target} changed"
     assert tree_digest(store) == digest
-    assert sorted(p.name for p in target.parent.iterdir() if p.name.startswith(".")) == [], "temporary files left beside"
+    assert sorted(p.name for p in target.parent.iterdir() if p.name.startswith(".")) == [], (
+        "temporary files left beside"
+    )
 
 
 @pytest.mark.parametrize("args", [["--chunk-fragments", "0"], ["--batch-size", "-3"], ["--fragments", "letters"]])
@@ -331,13 +403,17 @@ def _truncated_sae_data(env: Env) -> Path:
     return env.saes_with(edit)
 
 
-LOADED_LATE = {"model.safetensors truncated": (_truncated_weights, "model.safetensors"),
-               "params.npz W_enc data truncated": (_truncated_sae_data, "params.npz")}
+LOADED_LATE = {
+    "model.safetensors truncated": (_truncated_weights, "model.safetensors"),
+    "params.npz W_enc data truncated": (_truncated_sae_data, "params.npz"),
+}
 
 
 @pytest.mark.parametrize("mode", ["--overwrite", "--resume"])
 @pytest.mark.parametrize("case", list(LOADED_LATE))
-def test_broken_weights_are_refused_before_the_store_is_touched(case, mode, demo_config, demo_reference, tmp_path, capsys):
+def test_broken_weights_are_refused_before_the_store_is_touched(
+    case, mode, demo_config, demo_reference, tmp_path, capsys
+):
     store = copy_store(demo_reference, tmp_path / "existing.zarr")
     digest = tree_digest(store)
     make, expect = LOADED_LATE[case]

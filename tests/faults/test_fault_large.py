@@ -40,20 +40,39 @@ def _write_large_csv(path, n: int, seed: int = 0) -> None:
 def test_100k_sentences_plan_in_bounded_memory(demo_config, tmp_path):
     source, store = tmp_path / "large.csv", tmp_path / "large.zarr"
     _write_large_csv(source, N_SENTENCES)
-    args = [sys.executable, "-m", "saezarr", "build", "--input", str(source), "--output", str(store),
-            "--config", str(demo_config), "--max-chunks", "1", "--quiet"]
+    args = [
+        sys.executable,
+        "-m",
+        "saezarr",
+        "build",
+        "--input",
+        str(source),
+        "--output",
+        str(store),
+        "--config",
+        str(demo_config),
+        "--max-chunks",
+        "1",
+        "--quiet",
+    ]
     with open(tmp_path / "out", "w+") as out, open(tmp_path / "err", "w+") as err:
         started = time.monotonic()
-        pid = os.posix_spawn(sys.executable, args, {**os.environ, "TOKENIZERS_PARALLELISM": "false"},
-                             file_actions=[(os.POSIX_SPAWN_DUP2, out.fileno(), 1), (os.POSIX_SPAWN_DUP2, err.fileno(), 2)])
+        pid = os.posix_spawn(
+            sys.executable,
+            args,
+            {**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+            file_actions=[(os.POSIX_SPAWN_DUP2, out.fileno(), 1), (os.POSIX_SPAWN_DUP2, err.fileno(), 2)],
+        )
         _, status, usage = os.wait4(pid, 0)  # this child's own peak RSS, not the session's largest child
         elapsed = time.monotonic() - started
         err.seek(0)
         stderr = err.read()
     peak = usage.ru_maxrss * 1024  # KiB on Linux
     REPORT["large input: sentences planned"] += N_SENTENCES
-    note(f"large input: {N_SENTENCES} sentences validated and planned, store initialised, 1 chunk built: "
-         f"{elapsed:.1f} s wall, peak RSS {peak / 2**20:.0f} MiB (bound {PEAK_RSS_LIMIT / 2**30:.0f} GiB)")
+    note(
+        f"large input: {N_SENTENCES} sentences validated and planned, store initialised, 1 chunk built: "
+        f"{elapsed:.1f} s wall, peak RSS {peak / 2**20:.0f} MiB (bound {PEAK_RSS_LIMIT / 2**30:.0f} GiB)"
+    )
     assert os.waitstatus_to_exitcode(status) == 0, stderr
     assert "Traceback" not in stderr
     assert peak < PEAK_RSS_LIMIT, f"peak RSS {peak / 2**20:.0f} MiB"

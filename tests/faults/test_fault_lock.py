@@ -96,7 +96,8 @@ def test_live_flock_holder_naming_another_host_is_refused(demo_config, demo_refe
 
 
 def test_lock_from_another_host_without_flock_is_respected_and_force_unlock_takes_it(
-        demo_config, demo_reference, tmp_path, capsys, monkeypatch):
+    demo_config, demo_reference, tmp_path, capsys, monkeypatch
+):
     monkeypatch.setattr(saezarr.store.locking, "fcntl", None)  # as on a file system without flock
     store = _unfinished_copy(demo_reference, tmp_path / "elsewhere.zarr")
     holder = _write_lock(store, 4242, host="build-node-7.example.org", boot_ticks="123456")
@@ -172,7 +173,9 @@ _HOLD = textwrap.dedent(
 @contextlib.contextmanager
 def _flock_holder(path: Path, holder: dict):
     """A live process holding the lock file's flock, its JSON naming `holder` (any host)."""
-    proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(path), json.dumps(holder)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(path), json.dumps(holder)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout.readline().strip() == "held"
         yield proc
@@ -201,7 +204,12 @@ def test_a_lock_naming_a_live_process_that_holds_no_flock_is_taken_over(tmp_path
     try:
         for holder in (
             {"pid": 1, "host": "other-host", "started": "s1", "boot_ticks": "9"},
-            {"pid": sleeper.pid, "host": socket.gethostname(), "started": "s2", "boot_ticks": _start_ticks(sleeper.pid)},
+            {
+                "pid": sleeper.pid,
+                "host": socket.gethostname(),
+                "started": "s2",
+                "boot_ticks": _start_ticks(sleeper.pid),
+            },
         ):
             path.write_text(json.dumps(holder))
             lock = StoreLock(path, tmp_path)
@@ -221,12 +229,19 @@ def test_live_and_foreign_locks_are_refused_without_flock(tmp_path, monkeypatch)
     sleeper = subprocess.Popen(["sleep", "120"])
     try:
         for holder in (
-            {"pid": sleeper.pid, "host": socket.gethostname(), "started": "s1", "boot_ticks": _start_ticks(sleeper.pid)},
+            {
+                "pid": sleeper.pid,
+                "host": socket.gethostname(),
+                "started": "s1",
+                "boot_ticks": _start_ticks(sleeper.pid),
+            },
             {"pid": sleeper.pid, "host": socket.gethostname(), "started": "s2"},  # no ticks recorded: trust the pid
             {"pid": 1, "host": "other-host", "started": "s3", "boot_ticks": "9"},
         ):
             path.write_text(json.dumps(holder))
-            with pytest.raises(SaezarrError, match=f"pid {holder['pid']} on {holder['host']}, started {holder['started']}"):
+            with pytest.raises(
+                SaezarrError, match=f"pid {holder['pid']} on {holder['host']}, started {holder['started']}"
+            ):
                 StoreLock(path, tmp_path).acquire()
             assert json.loads(path.read_text()) == holder
             forced = StoreLock(path, tmp_path)
@@ -239,6 +254,7 @@ def test_live_and_foreign_locks_are_refused_without_flock(tmp_path, monkeypatch)
 
 def test_disk_full_while_writing_the_lock(tmp_path, monkeypatch):
     """One clear error (exit code 1), and no flock left behind that would refuse the next try."""
+
     def full(fd, holder):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
@@ -304,8 +320,12 @@ _RACE = textwrap.dedent(
 def test_only_one_of_many_simultaneous_writers_gets_the_lock(tmp_path):
     """Six processes race for a fresh or a stale lock, ten times: each time exactly one may win."""
     rounds, contenders = 10, 6
-    out = subprocess.run([sys.executable, "-c", _RACE, str(tmp_path / "lock"), str(rounds), str(contenders)],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", _RACE, str(tmp_path / "lock"), str(rounds), str(contenders)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     winners = json.loads(out.stdout)
     REPORT["lock races run (6 contenders each)"] += rounds

@@ -48,8 +48,10 @@ def test_the_missing_model_is_an_error_of_its_own(demo_config, tmp_path):
 def test_a_forgotten_resume_is_refused_before_the_model_is_fetched(kept, demo_config, tmp_path):
     before = tree_digest(kept)
     line = _refused_before_fetching(build_args(DEMO_CSV, kept, demo_config), tmp_path)
-    assert line == (f"saezarr: error: --output {kept}: a store exists there; use --resume to continue it or "
-                    "--overwrite to replace it")
+    assert line == (
+        f"saezarr: error: --output {kept}: a store exists there; use --resume to continue it or "
+        "--overwrite to replace it"
+    )
     assert tree_digest(kept) == before
 
 
@@ -64,17 +66,28 @@ def test_an_output_that_is_no_store_is_refused_before_the_model_is_fetched(demo_
         (output / "notes.txt").write_text("keep me")
         expect = "not a saezarr store"
     before = tree_digest(tmp_path)
-    _refused_before_fetching(build_args(DEMO_CSV, output, demo_config, "--overwrite"), tmp_path, f"--output {output}", expect)
+    _refused_before_fetching(
+        build_args(DEMO_CSV, output, demo_config, "--overwrite"), tmp_path, f"--output {output}", expect
+    )
     assert tree_digest(tmp_path) == before
 
 
-@pytest.mark.parametrize(("url", "expect"), [
-    ("s3://bucket/acts.zarr", "--output s3://bucket/acts.zarr: a URL; saezarr writes stores to a file system path "
-                              "only (object stores are not supported yet)"),
-    ("gs://bucket/acts.zarr", "--output gs://bucket/acts.zarr: a URL;"),
-    ("http://example.org/acts.zarr", "--output http://example.org/acts.zarr: a URL;"),
-    ("file:///data/acts.zarr", "--output file:///data/acts.zarr: a file:// URL; give the path itself (/data/acts.zarr)"),
-])
+@pytest.mark.parametrize(
+    ("url", "expect"),
+    [
+        (
+            "s3://bucket/acts.zarr",
+            "--output s3://bucket/acts.zarr: a URL; saezarr writes stores to a file system path "
+            "only (object stores are not supported yet)",
+        ),
+        ("gs://bucket/acts.zarr", "--output gs://bucket/acts.zarr: a URL;"),
+        ("http://example.org/acts.zarr", "--output http://example.org/acts.zarr: a URL;"),
+        (
+            "file:///data/acts.zarr",
+            "--output file:///data/acts.zarr: a file:// URL; give the path itself (/data/acts.zarr)",
+        ),
+    ],
+)
 @pytest.mark.parametrize("mode", ["new", "--resume", "--overwrite"])
 def test_a_url_output_is_refused_and_nothing_is_written(demo_config, tmp_path, url, expect, mode):
     args = build_args(DEMO_CSV, Path("placeholder"), demo_config, *(() if mode == "new" else (mode,)))

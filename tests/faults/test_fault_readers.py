@@ -59,8 +59,21 @@ def test_readers_during_a_build_never_see_a_torn_shard(tiny, tmp_path):
     one renamed into place is whole from the moment its name exists.
     """
     store = tmp_path / "growing.zarr"
-    run = Run(["build", "--input", str(tiny.csv), "--output", str(store), "--config", str(tiny.config_file),
-               "--chunk-fragments", str(CHUNK), "--quiet"], tmp_path / "logs")
+    run = Run(
+        [
+            "build",
+            "--input",
+            str(tiny.csv),
+            "--output",
+            str(store),
+            "--config",
+            str(tiny.config_file),
+            "--chunk-fragments",
+            str(CHUNK),
+            "--quiet",
+        ],
+        tmp_path / "logs",
+    )
     seen: dict[tuple[int, int], np.ndarray] = {}  # each shard, read as soon as its name appeared
     marked_reads: dict[tuple[int, int], np.ndarray] = {}  # marked units, from the whole-store reads
     reads = 0
@@ -83,9 +96,15 @@ def test_readers_during_a_build_never_see_a_torn_shard(tiny, tmp_path):
     REPORT["whole-store reads during a build"] += reads
     REPORT["shards read as they appeared"] += len(seen)
     final = zarr.open_array(store / ACTIVATIONS, mode="r")[...]
-    assert reads >= 3 and len(seen) >= 100 and marked_reads, f"the build ended too soon to test: {reads} reads, {len(seen)} units seen"
-    wrong = [unit for read in (seen, marked_reads) for unit, values in read.items()
-             if values.tobytes() != final[unit[0], unit[1] * CHUNK : (unit[1] + 1) * CHUNK].tobytes()]
+    assert reads >= 3 and len(seen) >= 100 and marked_reads, (
+        f"the build ended too soon to test: {reads} reads, {len(seen)} units seen"
+    )
+    wrong = [
+        unit
+        for read in (seen, marked_reads)
+        for unit, values in read.items()
+        if values.tobytes() != final[unit[0], unit[1] * CHUNK : (unit[1] + 1) * CHUNK].tobytes()
+    ]
     assert not wrong, f"{len(wrong)} units read during the build differ from the finished store: {wrong[:10]}"
     assert not np.isnan(final).any()
     assert leftovers(store) == [] and not list(store.rglob(".*.tmp")), "temporary files left after the build"

@@ -8,15 +8,26 @@ import signal
 import pytest
 from faultkit import REPORT, Run, assert_same_store, count_marks, marked_units_wrong, one_error_line, tree_digest
 
-import saezarr.build.pipeline
+import saezarr.extract.pipeline
 from saezarr.cli import main
 
 CHUNK = 8
 
 
 def _args(tiny, store, *extra: str) -> list[str]:
-    return ["build", "--input", str(tiny.csv), "--output", str(store), "--config", str(tiny.config_file),
-            "--chunk-fragments", str(CHUNK), "--quiet", *extra]
+    return [
+        "build",
+        "--input",
+        str(tiny.csv),
+        "--output",
+        str(store),
+        "--config",
+        str(tiny.config_file),
+        "--chunk-fragments",
+        str(CHUNK),
+        "--quiet",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -57,17 +68,19 @@ def test_sigterm_before_the_store_is_touched_leaves_it_as_it_was(tiny, tiny_refe
     store = tmp_path / "kept.zarr"
     assert main(_args(tiny, store, "--max-chunks", "2")) == 0
     before = tree_digest(store)
-    resolve = saezarr.build.pipeline.resolve_model
+    resolve = saezarr.extract.pipeline.resolve_model
 
     def terminated_while_resolving(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
         return resolve(*args, **kwargs)
 
-    monkeypatch.setattr(saezarr.build.pipeline, "resolve_model", terminated_while_resolving)
+    monkeypatch.setattr(saezarr.extract.pipeline, "resolve_model", terminated_while_resolving)
     capsys.readouterr()
     previous = signal.getsignal(signal.SIGTERM)
     assert main(_args(tiny, store, "--resume")) == 143
-    assert one_error_line(capsys.readouterr().err) == f"saezarr: error: terminated (SIGTERM) before {store} was written to"
+    assert (
+        one_error_line(capsys.readouterr().err) == f"saezarr: error: terminated (SIGTERM) before {store} was written to"
+    )
     assert signal.getsignal(signal.SIGTERM) is previous
     assert tree_digest(store) == before
     assert not (store / "_saezarr" / "lock").exists()

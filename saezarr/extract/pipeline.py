@@ -14,11 +14,14 @@ import torch
 from tqdm.auto import tqdm
 
 from saezarr import __version__
-from saezarr.build.cluster import check_workers, cluster_sae_memory, local_spec, run_tasks
-from saezarr.build.fragments import Fragments, make_fragments
-from saezarr.build.inputs import read_labeled_csv
-from saezarr.build.memory import default_sae_memory
-from saezarr.build.residuals import (
+from saezarr.clients import ClusterOptions, cluster_client
+from saezarr.configs import SAEConfig, load_config_file, select_configs
+from saezarr.errors import SaezarrError
+from saezarr.extract.cluster import check_workers, cluster_sae_memory, local_spec, run_tasks
+from saezarr.extract.fragments import Fragments, make_fragments
+from saezarr.extract.inputs import read_labeled_csv
+from saezarr.extract.memory import default_sae_memory
+from saezarr.extract.residuals import (
     ModelInfo,
     ResidualReader,
     check_weights,
@@ -26,8 +29,8 @@ from saezarr.build.residuals import (
     load_tokenizer,
     resolve_model,
 )
-from saezarr.build.sae import JumpReLUEncoder, SAEFile, locate_sae, resolve_sae_repo
-from saezarr.build.work import (  # noqa: F401 (ChunkWriter: the benchmarks write through it)
+from saezarr.extract.sae import JumpReLUEncoder, SAEFile, locate_sae, resolve_sae_repo
+from saezarr.extract.work import (
     ChunkWriter,
     ComputeSpec,
     FragmentIndex,
@@ -37,9 +40,6 @@ from saezarr.build.work import (  # noqa: F401 (ChunkWriter: the benchmarks writ
     overlaps_writes,
     pending_work,
 )
-from saezarr.clients import ClusterOptions, cluster_client
-from saezarr.configs import SAEConfig, load_config_file, select_configs
-from saezarr.errors import SaezarrError
 from saezarr.store.layout import (
     DEFAULT_CHUNK_FRAGMENTS,
     Store,
@@ -140,7 +140,9 @@ def _build(options: BuildOptions) -> BuildSummary:
     # the output and flags first: a forgotten --resume must not wait for gigabytes of downloads
     exists = check_output_path(options.output)
     if exists and not (options.resume or options.overwrite):
-        raise SaezarrError(f"--output {options.output}: a store exists there; use --resume to continue it or --overwrite to replace it")
+        raise SaezarrError(
+            f"--output {options.output}: a store exists there; use --resume to continue it or --overwrite to replace it"
+        )
     plan = _plan(options)
     if exists and options.resume:
         check_resume(options.output, plan.attrs, plan.configs)
@@ -148,7 +150,11 @@ def _build(options: BuildOptions) -> BuildSummary:
         store, lock = _open_or_create(options, plan, exists)
         summary = BuildSummary(options.output, len(plan.configs), len(plan.fragments), plan.attrs["n_sentences"])
         with lock:
-            runner = _PassRunner(options, plan, store, summary) if client is None else _ClusterRunner(client, options, plan, store, summary)
+            runner = (
+                _PassRunner(options, plan, store, summary)
+                if client is None
+                else _ClusterRunner(client, options, plan, store, summary)
+            )
             try:
                 runner.run()
             except torch.cuda.OutOfMemoryError:
@@ -177,8 +183,14 @@ def _cluster(options: BuildOptions, plan: _Plan):
         yield None
         return
     with cluster_client(options.cluster, plan.device) as client:
-        check_workers(client, options.cluster, plan.model_info, [sae.path for sae in plan.saes], plan.device,
-                      options.output.resolve())
+        check_workers(
+            client,
+            options.cluster,
+            plan.model_info,
+            [sae.path for sae in plan.saes],
+            plan.device,
+            options.output.resolve(),
+        )
         yield client
 
 
@@ -255,7 +267,9 @@ def resolve_device(device: str | None, here: bool = True) -> str:
     if not here:
         return device  # runs on the cluster's workers, which check it themselves
     if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise SaezarrError(f"--device {device}: CUDA is not available here (torch {torch.__version__}); use --device cpu")
+        raise SaezarrError(
+            f"--device {device}: CUDA is not available here (torch {torch.__version__}); use --device cpu"
+        )
     if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
         raise SaezarrError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
@@ -280,7 +294,9 @@ def _plan(options: BuildOptions) -> _Plan:
     saes = [locate_sae(sae_source, c, info.hidden_size) for c in configs]
     widths = {s.width for s in saes}
     if len(widths) > 1:
-        raise SaezarrError(f"{options.config_file}: the selected SAEs have different widths {sorted(widths)}; select one width")
+        raise SaezarrError(
+            f"{options.config_file}: the selected SAEs have different widths {sorted(widths)}; select one width"
+        )
     attrs = {
         "saezarr_version": __version__,
         "model": info.source.name,
@@ -302,8 +318,14 @@ def _plan(options: BuildOptions) -> _Plan:
 def _open_or_create(options: BuildOptions, plan: _Plan, exists: bool) -> tuple[Store, StoreLock]:
     """Open the store to resume, or create it; an old store is replaced only while its lock is held."""
     if not exists:
-        store = create_store(options.output, plan.fragments.table, plan.configs, plan.saes[0].width, plan.attrs,
-                             options.chunk_fragments or DEFAULT_CHUNK_FRAGMENTS)
+        store = create_store(
+            options.output,
+            plan.fragments.table,
+            plan.configs,
+            plan.saes[0].width,
+            plan.attrs,
+            options.chunk_fragments or DEFAULT_CHUNK_FRAGMENTS,
+        )
     elif options.resume:
         lock = store_lock(options.output)
         lock.acquire(force=options.force_unlock)
@@ -320,8 +342,15 @@ def _open_or_create(options: BuildOptions, plan: _Plan, exists: bool) -> tuple[S
         # held through the swap, so no --resume can take the old store and then write into the new one
         with store_lock(options.output) as old_lock:
             old_lock.acquire(force=options.force_unlock)
-            store = create_store(options.output, plan.fragments.table, plan.configs, plan.saes[0].width,
-                                 plan.attrs, options.chunk_fragments or DEFAULT_CHUNK_FRAGMENTS, replace=True)
+            store = create_store(
+                options.output,
+                plan.fragments.table,
+                plan.configs,
+                plan.saes[0].width,
+                plan.attrs,
+                options.chunk_fragments or DEFAULT_CHUNK_FRAGMENTS,
+                replace=True,
+            )
     lock = store.lock()
     lock.acquire()
     return store, lock
@@ -351,11 +380,15 @@ class _PassRunner:
         work = pending_work(self.store, self.plan.saes, self.sae_memory, self.options.max_chunks)
         fragments = FragmentIndex.of(self.plan.fragments)
         total = sum(self.store.chunk_size(task.chunk) for _, tasks in work for task in tasks)
-        with tqdm(total=total, unit="frag", disable=self.options.quiet, desc="saezarr build", dynamic_ncols=True) as bar:
+        with tqdm(
+            total=total, unit="frag", disable=self.options.quiet, desc="saezarr build", dynamic_ncols=True
+        ) as bar:
             for pass_, tasks in work:
                 self._run_pass(model, fragments, pass_, tasks, bar)
 
-    def _run_pass(self, model: torch.nn.Module, fragments: FragmentIndex, pass_: PassSpec, tasks: list[Task], bar: tqdm) -> None:
+    def _run_pass(
+        self, model: torch.nn.Module, fragments: FragmentIndex, pass_: PassSpec, tasks: list[Task], bar: tqdm
+    ) -> None:
         """One model pass: each pending chunk goes through the model once and through every SAE of the pass."""
         encoders = [JumpReLUEncoder.load(sae, self.plan.device) for sae in pass_.saes]
         self.summary.sae_loads += len(pass_.saes)
@@ -367,7 +400,9 @@ class _PassRunner:
         writer = ChunkWriter(self.store, self.options.workers, overlap)
         with ResidualReader(model, pass_.layers) as reader, writer:
             for task in tasks:
-                self.summary.forward_batches += compute_chunk(reader, encoders, pass_, fragments, task, batch_size, writer)
+                self.summary.forward_batches += compute_chunk(
+                    reader, encoders, pass_, fragments, task, batch_size, writer
+                )
                 self.summary.units_written += len(task.rows)
                 bar.update(self.store.chunk_size(task.chunk))
 
@@ -384,17 +419,23 @@ class _ClusterRunner:
         if not _count_pending(self.store, self.summary):
             return
         options, plan = self.options, self.plan
-        spec = ComputeSpec(model=plan.model_info, device=plan.device, dtype=options.dtype,
-                           batch_size=self.store.attrs.get("batch_size", DEFAULT_BATCH_SIZE),
-                           store=self.store.path.resolve(), write_threads=options.workers,
-                           overlap_writes=options.overlap_writes)
+        spec = ComputeSpec(
+            model=plan.model_info,
+            device=plan.device,
+            dtype=options.dtype,
+            batch_size=self.store.attrs.get("batch_size", DEFAULT_BATCH_SIZE),
+            store=self.store.path.resolve(),
+            write_threads=options.workers,
+            overlap_writes=options.overlap_writes,
+        )
         if options.cluster.local_workers is not None:
             spec = local_spec(spec, options.cluster.local_workers, options.workers)
         # on CUDA the default budget is what the loaded model leaves free on the tightest worker
         self.sae_memory = options.sae_memory or cluster_sae_memory(self.client, options.cluster, spec)
         work = pending_work(self.store, plan.saes, self.sae_memory, options.max_chunks)
-        results = run_tasks(self.client, options.cluster, spec, FragmentIndex.of(plan.fragments), work, self.store,
-                            options.quiet)
+        results = run_tasks(
+            self.client, options.cluster, spec, FragmentIndex.of(plan.fragments), work, self.store, options.quiet
+        )
         # every task has finished: a temporary shard file left now is a killed worker's, whose task ran again
         self.store.discard_partial_writes()
         self.summary.model_passes = len(work)

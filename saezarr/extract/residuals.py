@@ -13,8 +13,8 @@ import torch
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
-from saezarr.build.hub import Source, resolve
 from saezarr.errors import SaezarrError
+from saezarr.extract.hub import Source, resolve
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 WEIGHT_FILES = ["*.safetensors", "*.safetensors.index.json", "*.json"]
@@ -39,7 +39,9 @@ def resolve_model(name: str, revision: str | None = None) -> ModelInfo:
         config = AutoConfig.from_pretrained(_load_name(source), revision=_load_revision(source))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         text = " ".join(str(exc).split())
-        raise SaezarrError(f"--model {name}: cannot read its config.json as a model config ({type(exc).__name__}: {text[:200]})") from None
+        raise SaezarrError(
+            f"--model {name}: cannot read its config.json as a model config ({type(exc).__name__}: {text[:200]})"
+        ) from None
     config = getattr(config, "text_config", config)
     return ModelInfo(
         source=source,
@@ -62,7 +64,9 @@ def check_weights(info: ModelInfo) -> None:
             with safe_open(str(path), framework="pt"):
                 pass
         except Exception as exc:  # safetensors raises its own error types
-            raise SaezarrError(f"--model {info.source.name}: {path.name} is damaged ({exc}); download it again") from None
+            raise SaezarrError(
+                f"--model {info.source.name}: {path.name} is damaged ({exc}); download it again"
+            ) from None
 
 
 def _fetch_weights(source: Source) -> Path:
@@ -81,7 +85,9 @@ def load_tokenizer(info: ModelInfo) -> PreTrainedTokenizerFast:
     try:
         tokenizer = AutoTokenizer.from_pretrained(_load_name(info.source), revision=_load_revision(info.source))
     except Exception as exc:
-        raise SaezarrError(f"--model {info.source.name}: could not load its tokenizer ({type(exc).__name__}: {exc})") from None
+        raise SaezarrError(
+            f"--model {info.source.name}: could not load its tokenizer ({type(exc).__name__}: {exc})"
+        ) from None
     if not getattr(tokenizer, "is_fast", False):
         raise SaezarrError(f"--model {info.source.name}: a fast tokenizer (tokenizer.json) is required for offsets")
     return tokenizer
@@ -105,7 +111,9 @@ def load_model(info: ModelInfo, device: str, dtype: str) -> torch.nn.Module:
         return model.eval()
     except (OSError, ValueError, RuntimeError, KeyError) as exc:  # RuntimeError includes out of memory
         text = " ".join(str(exc).split())[:300]
-        raise SaezarrError(f"--model {info.source.name}: could not load it ({type(exc).__name__}: {text})", exit_code=1) from None
+        raise SaezarrError(
+            f"--model {info.source.name}: could not load it ({type(exc).__name__}: {text})", exit_code=1
+        ) from None
 
 
 def decoder_layers(model: torch.nn.Module) -> Sequence[torch.nn.Module]:

@@ -80,7 +80,9 @@ def _read_utf8(path: Path) -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        offset = exc.start + (len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0)  # utf-8-sig counts after the BOM
+        offset = exc.start + (
+            len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
+        )  # utf-8-sig counts after the BOM
         line = raw[:offset].count(b"\n") + 1
         raise SaezarrError(f"{path}: line {line}: not valid UTF-8 (byte offset {offset})") from None
 

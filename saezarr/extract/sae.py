@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from saezarr.build.hub import Source, download, resolve
 from saezarr.configs import SAEConfig
 from saezarr.errors import SaezarrError
+from saezarr.extract.hub import Source, download, resolve
 from saezarr.npyzip import load_member, read_members
 
 PARAMS_FILE = "params.npz"

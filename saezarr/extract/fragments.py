@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from saezarr.build.inputs import LabeledSentences
 from saezarr.errors import SaezarrError
+from saezarr.extract.inputs import LabeledSentences
 
 GRANULARITIES = ("token", "word", "final")
 FRAGMENT_FIELDS = (
@@ -46,7 +46,9 @@ class Fragments:
         return digest.hexdigest()
 
 
-def make_fragments(data: LabeledSentences, tokenizer, granularity: str = "token", max_tokens: int | None = None) -> Fragments:
+def make_fragments(
+    data: LabeledSentences, tokenizer, granularity: str = "token", max_tokens: int | None = None
+) -> Fragments:
     """Tokenize every sentence (BOS first) and select its fragments at the given granularity."""
     if granularity not in GRANULARITIES:
         raise SaezarrError(f"--fragments: expected one of {', '.join(GRANULARITIES)}, got {granularity!r}")

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from saezarr.build.fragments import Fragments
-from saezarr.build.memory import default_sae_memory, units_in_flight, writer_threads
-from saezarr.build.residuals import ModelInfo, ResidualReader, load_model
-from saezarr.build.sae import JumpReLUEncoder, SAEFile, plan_passes
 from saezarr.errors import SaezarrError
+from saezarr.extract.fragments import Fragments
+from saezarr.extract.memory import default_sae_memory, units_in_flight, writer_threads
+from saezarr.extract.residuals import ModelInfo, ResidualReader, load_model
+from saezarr.extract.sae import JumpReLUEncoder, SAEFile, plan_passes
 from saezarr.store.layout import Store
 
 
@@ -90,7 +90,9 @@ class TaskResult:
     worker: str = ""
 
 
-def pending_work(store: Store, saes: Sequence[SAEFile], sae_memory: int, max_chunks: int | None = None) -> list[tuple[PassSpec, list[Task]]]:
+def pending_work(
+    store: Store, saes: Sequence[SAEFile], sae_memory: int, max_chunks: int | None = None
+) -> list[tuple[PassSpec, list[Task]]]:
     """Each pass that has units left, with one task per chunk that lacks one of its units; `max_chunks` caps the tasks."""
     done = store.done_matrix()
     index = {name: i for i, name in enumerate(store.config_names)}
@@ -113,7 +115,9 @@ def overlaps_writes(device: str) -> bool:
     return torch.device(device).type != "cpu"
 
 
-def chunk_residuals(reader: ResidualReader, fragments: FragmentIndex, start: int, stop: int, batch_size: int) -> tuple[dict[int, torch.Tensor], int]:
+def chunk_residuals(
+    reader: ResidualReader, fragments: FragmentIndex, start: int, stop: int, batch_size: int
+) -> tuple[dict[int, torch.Tensor], int]:
     """Residuals of fragments [start, stop), and the forward batches run; the chunk alone decides its batches."""
     sentences, positions = fragments.sentences[start:stop], fragments.positions[start:stop]
     unique = list(dict.fromkeys(sentences.tolist()))
@@ -133,8 +137,15 @@ def chunk_residuals(reader: ResidualReader, fragments: FragmentIndex, start: int
     return {layer: torch.cat(tensors) for layer, tensors in parts.items()}, batches
 
 
-def compute_chunk(reader: ResidualReader, encoders: Sequence[JumpReLUEncoder], pass_: PassSpec, fragments: FragmentIndex,
-                  task: Task, batch_size: int, writer: ChunkWriter) -> int:
+def compute_chunk(
+    reader: ResidualReader,
+    encoders: Sequence[JumpReLUEncoder],
+    pass_: PassSpec,
+    fragments: FragmentIndex,
+    task: Task,
+    batch_size: int,
+    writer: ChunkWriter,
+) -> int:
     """Run one chunk through the model once and through the pass's SAEs for `task.rows`; return the forward batches."""
     start, stop = writer.store.chunk_bounds(task.chunk)
     residuals, batches = chunk_residuals(reader, fragments, start, stop, batch_size)
@@ -155,8 +166,14 @@ class ChunkWriter:
     unit is marked done once written; without, the units written are listed in `written` for a runner to mark.
     """
 
-    def __init__(self, store: Store, workers: int | None = None, overlap: bool = True, mark: bool = True,
-                 buffers: list[torch.Tensor] | None = None):
+    def __init__(
+        self,
+        store: Store,
+        workers: int | None = None,
+        overlap: bool = True,
+        mark: bool = True,
+        buffers: list[torch.Tensor] | None = None,
+    ):
         self.store = store
         self.workers = writer_threads(workers)
         self.overlap = overlap

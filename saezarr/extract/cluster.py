@@ -23,9 +23,11 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
-from saezarr.build.memory import default_sae_memory
-from saezarr.build.residuals import ModelInfo, check_weights
-from saezarr.build.work import (
+from saezarr.clients import ClusterOptions, code_digest, probe_marker, probe_workers
+from saezarr.errors import SaezarrError, one_line
+from saezarr.extract.memory import default_sae_memory
+from saezarr.extract.residuals import ModelInfo, check_weights
+from saezarr.extract.work import (
     ComputeSpec,
     FragmentIndex,
     PassSpec,
@@ -35,8 +37,6 @@ from saezarr.build.work import (
     run_task,
     write_error,
 )
-from saezarr.clients import ClusterOptions, code_digest, probe_marker, probe_workers
-from saezarr.errors import SaezarrError, one_line
 from saezarr.store.layout import Store
 from saezarr.units import usable_cores
 
@@ -53,13 +53,18 @@ def local_spec(spec: ComputeSpec, n_workers: int, write_threads: int | None) -> 
     return dataclasses.replace(spec, torch_threads=threads, write_threads=write_threads or share)
 
 
-def check_workers(client: Client, options: ClusterOptions, model: ModelInfo, saes: Sequence[Path], device: str,
-                  output: Path) -> list[str]:
+def check_workers(
+    client: Client, options: ClusterOptions, model: ModelInfo, saes: Sequence[Path], device: str, output: Path
+) -> list[str]:
     """Check on every worker what a build needs there; refuse in one line naming the first worker that lacks it."""
     output.parent.mkdir(parents=True, exist_ok=True)
     with probe_marker(output.parent, output.name) as marker:
-        return probe_workers(client, options, [(marker, True, f"the store's folder {output.parent}")],
-                             (check_build_needs, model, tuple(saes), device))
+        return probe_workers(
+            client,
+            options,
+            [(marker, True, f"the store's folder {output.parent}")],
+            (check_build_needs, model, tuple(saes), device),
+        )
 
 
 def check_build_needs(model: ModelInfo, saes: Sequence[Path], device: str) -> str | None:
@@ -81,8 +86,10 @@ def cluster_sae_memory(client: Client, options: ClusterOptions, spec: ComputeSpe
     if torch.device(spec.device).type != "cuda":
         return default_sae_memory(spec.device)
     pin = _pins(options, spec)
-    futures = [client.submit(_budget_on_worker, spec, pin, workers=[address], allow_other_workers=False, pure=False)
-               for address in client.scheduler_info()["workers"]]
+    futures = [
+        client.submit(_budget_on_worker, spec, pin, workers=[address], allow_other_workers=False, pure=False)
+        for address in client.scheduler_info()["workers"]
+    ]
     return min(client.gather(futures))
 
 
@@ -103,8 +110,15 @@ def _budget_on_worker(spec: ComputeSpec, pin: bool) -> int:
     return device_budget(_on_this_worker(spec, pin))
 
 
-def run_tasks(client: Client, options: ClusterOptions, spec: ComputeSpec, fragments: FragmentIndex,
-              work: list[tuple[PassSpec, list[Task]]], store: Store, quiet: bool) -> list[TaskResult]:
+def run_tasks(
+    client: Client,
+    options: ClusterOptions,
+    spec: ComputeSpec,
+    fragments: FragmentIndex,
+    work: list[tuple[PassSpec, list[Task]]],
+    store: Store,
+    quiet: bool,
+) -> list[TaskResult]:
     """Run every task on the cluster, marking each unit once its task reports it durable; return the results."""
     from distributed import as_completed
 
@@ -112,20 +126,38 @@ def run_tasks(client: Client, options: ClusterOptions, spec: ComputeSpec, fragme
     build_id = uuid.uuid4().hex[:8]
     pin = _pins(options, spec)
     futures = {
-        client.submit(_task_on_worker, spec, scattered, pass_, task, pin, code_digest(), priority=-task.pass_index,
-                      key=f"saezarr-{build_id}-pass{task.pass_index}-chunk{task.chunk}"): task
-        for pass_, tasks in work for task in tasks
+        client.submit(
+            _task_on_worker,
+            spec,
+            scattered,
+            pass_,
+            task,
+            pin,
+            code_digest(),
+            priority=-task.pass_index,
+            key=f"saezarr-{build_id}-pass{task.pass_index}-chunk{task.chunk}",
+        ): task
+        for pass_, tasks in work
+        for task in tasks
     }
     results = []
     total = sum(store.chunk_size(task.chunk) for task in futures.values())
     # marks are file creates: on a network filesystem each is a round trip, so a task's are made at once
     marker = ThreadPoolExecutor(max_workers=MARK_THREADS, thread_name_prefix="saezarr-mark")
     try:
-        with marker, tqdm(total=total, unit="frag", disable=quiet, dynamic_ncols=True,
-                          desc=f"saezarr build on {len(client.scheduler_info()['workers'])} workers") as bar:
+        with (
+            marker,
+            tqdm(
+                total=total,
+                unit="frag",
+                disable=quiet,
+                dynamic_ncols=True,
+                desc=f"saezarr build on {len(client.scheduler_info()['workers'])} workers",
+            ) as bar,
+        ):
             for future in as_completed(futures, loop=client.loop):
                 result = _result(future, options, store)
-                list(marker.map(lambda unit: _mark(store, options, result, unit), result.units))
+                list(marker.map(lambda unit, result=result: _mark(store, options, result, unit), result.units))
                 results.append(result)
                 bar.update(store.chunk_size(futures[future].chunk))
     finally:
@@ -138,7 +170,9 @@ def _mark(store: Store, options: ClusterOptions, result: TaskResult, unit: tuple
     if not store.shard_written(*unit):
         raise SaezarrError(
             f"{options.option}: worker {result.worker} wrote unit {unit} but this client cannot see its shard in "
-            f"{store.path}; the store must be on a filesystem shared by every worker", exit_code=1)
+            f"{store.path}; the store must be on a filesystem shared by every worker",
+            exit_code=1,
+        )
     store.mark_done(*unit)
 
 
@@ -154,17 +188,22 @@ def _result(future, options: ClusterOptions, store: Store) -> TaskResult:
     except KilledWorker as exc:
         raise SaezarrError(
             f"{options.option}: task {future.key} was lost with every worker that ran it ({one_line(exc)}); "
-            "the units done are kept: rerun the same command with --resume", exit_code=1) from None
+            "the units done are kept: rerun the same command with --resume",
+            exit_code=1,
+        ) from None
     except Exception as exc:
         if isinstance(exc, SaezarrError):
             raise
         raise SaezarrError(
             f"{options.option}: task {future.key} failed ({type(exc).__name__}: {one_line(exc)}); the units done "
-            "are kept: rerun the same command with --resume", exit_code=1) from None
+            "are kept: rerun the same command with --resume",
+            exit_code=1,
+        ) from None
 
 
-def _task_on_worker(spec: ComputeSpec, fragments: FragmentIndex, pass_: PassSpec, task: Task, pin: bool,
-                    code: str) -> TaskResult:
+def _task_on_worker(
+    spec: ComputeSpec, fragments: FragmentIndex, pass_: PassSpec, task: Task, pin: bool, code: str
+) -> TaskResult:
     """Run one task on this dask worker, on its own GPU when the local cluster pins one per worker."""
     from distributed import get_worker
     from transformers.utils import logging as hf_logging
