@@ -82,8 +82,8 @@ def analyze(options: AnalyzeOptions) -> AnalyzeSummary:
     started = time.perf_counter()
     check_options(options)
     store = open_existing(options.store)
-    check_output(Path(options.output), options.overwrite)
-    root = options.cache or cache_root()
+    check_output(Path(options.output), options.overwrite, store.path)
+    root = Path(options.cache).absolute() if options.cache else cache_root()
     coordinates = AnalysisCoordinates.of(store, root)
     indices = _finished_selection(store, coordinates["layer"].tolist(), options)
     layout = SentenceLayout.of(
