@@ -249,11 +249,10 @@ def test_allow_partial_analyses_the_finished_configs(unfinished, tmp_path):
 
 def test_overwrite_replaces_an_existing_output(analysed, store, tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "old.txt").write_text("old")
+    shutil.copytree(analysed[0], out)  # an earlier analysis: analyze wrote it, so --overwrite may replace it
     result = analyze(store, out, "--overwrite", "--configs", "layer_25_l0_6", cache=analysed[1])
     assert result.returncode == 0, result.stderr
-    assert not (out / "old.txt").exists() and (out / "report.html").is_file()
+    assert set(pd.read_parquet(out / "features.parquet").config) == {"layer_25_l0_6"}
 
 
 BAD = [

@@ -24,7 +24,7 @@ from saezarr.errors import SaezarrError
 from saezarr.folders import make_staging, remove_stale_staging_in, replace_file
 from saezarr.store.layout import Store
 from saezarr.store.locking import SharedLease, exclusive_if_free
-from saezarr.store.shards import ChunkFiles, ShardDamaged
+from saezarr.store.shards import ChunkFiles, ShardDamaged, chunk_file_count
 from saezarr.units import human_bytes, parse_size, usable_cores
 
 CACHE_FORMAT = 5  # bump when what the cache holds or how it is computed changes
@@ -109,7 +109,7 @@ class AnalysisCache:
         """True if the entry holds everything a fill wrote: its marker, the metrics and every pooled chunk file."""
         try:
             expected = json.loads((self.path / COMPLETE).read_text())["pooled_chunk_files"]
-            return (self.path / METRICS_FILE).is_file() and self.pooled().chunk_files() == expected
+            return (self.path / METRICS_FILE).is_file() and chunk_file_count(self.path / POOLED) == expected
         except (OSError, ValueError, KeyError, TypeError):
             return False
 
@@ -142,7 +142,7 @@ class AnalysisCache:
             metrics.flush()
             del metrics
             release_freed_memory()
-            (staging / COMPLETE).write_text(json.dumps({"pooled_chunk_files": pooled.chunk_files()}))
+            (staging / COMPLETE).write_text(json.dumps({"pooled_chunk_files": chunk_file_count(staging / POOLED)}))
             self._move_into_place(staging)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

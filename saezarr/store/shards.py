@@ -309,10 +309,6 @@ class ChunkFiles:
         except (OSError, RuntimeError, ValueError) as exc:  # numcodecs' zstd: a bad frame; a wrong decoded size
             raise ShardDamaged(f"chunk file {file} does not decode ({type(exc).__name__}: {exc})") from None
 
-    def chunk_files(self) -> int:
-        """How many chunk files the array has on disk."""
-        return sum(len(files) for _, _, files in os.walk(self.path)) - 1  # less zarr.json
-
     def _chunks_in(self, region: tuple[slice, ...]):
         """Each chunk that region (starting at a chunk edge) touches, and where its part lies within the region."""
         ranges = [range(s.start // c, -(-s.stop // c)) for s, c in zip(region, self.chunks)]
@@ -330,3 +326,8 @@ class ChunkFiles:
 
     def _file(self, coords: tuple[int, ...]) -> Path:
         return self.path / self.layout.chunk_key(coords)
+
+
+def chunk_file_count(path: Path) -> int:
+    """How many chunk files the array at path (a ChunkFiles) has on disk, without importing numcodecs."""
+    return sum(len(files) for _, _, files in os.walk(path)) - 1  # less zarr.json
