@@ -21,7 +21,7 @@ import pytest
 from clitools import run_cli
 from faults.faultkit import compare_stores, count_marks, one_error_line
 
-from saezarr.clients import ClusterOptions
+from saezarr.execution.connect import ClusterOptions
 from saezarr.extract.pipeline import BuildOptions, build
 from saezarr.synthetic import DEMO_CSV
 
@@ -257,7 +257,7 @@ def _other_saezarr(tmp_path: Path) -> dict:
     """An environment whose saezarr is a copy of this one with one source file changed."""
     copy = tmp_path / "other-saezarr"
     shutil.copytree(Path(__file__).resolve().parent.parent / "saezarr", copy / "saezarr")
-    with open(copy / "saezarr" / "units.py", "a") as file:
+    with open(copy / "saezarr" / "machine.py", "a") as file:
         file.write("\n# a later edit\n")
     return {**_env(), "PYTHONPATH": str(copy)}
 
@@ -369,7 +369,9 @@ def _imports_torch(code: str, env: dict | None = None) -> subprocess.CompletedPr
 
 
 def test_cluster_connection_code_imports_no_torch():
-    process = _imports_torch("import saezarr.clients, saezarr.probe, saezarr.cli")
+    process = _imports_torch(
+        "import saezarr.execution.connect, saezarr.execution.checks, saezarr.execution.probe, saezarr.cli"
+    )
     assert process.returncode == 0, process.stderr
 
 

@@ -17,12 +17,12 @@ import numpy as np
 
 from saezarr.analysis.metrics import METRICS, unstacked
 from saezarr.analysis.pooling import SentenceLayout, pooled_dtype
-from saezarr.analysis.runner import map_units
-from saezarr.analysis.work import feature_units, unit_function
+from saezarr.analysis.units import feature_units, unit_function
+from saezarr.execution.running import map_units
 from saezarr.folders import make_staging, remove_stale_staging_in, replace_file
+from saezarr.machine import human_bytes, parse_size, usable_cores
 from saezarr.store.layout import Store
 from saezarr.store.shards import ChunkFiles
-from saezarr.units import human_bytes, parse_size, usable_cores
 
 CACHE_FORMAT = 4  # bump when what the cache holds or how it is computed changes
 POOLED = "pooled.zarr"
@@ -41,7 +41,7 @@ DEFAULT_MAX_BYTES = 20 * 2**30
 
 def cache_root() -> Path:
     """Where saezarr keeps caches: $SAEZARR_CACHE, else ~/.cache/saezarr."""
-    return Path(os.environ.get("SAEZARR_CACHE") or Path.home() / ".cache" / "saezarr")
+    return Path(os.environ.get("SAEZARR_CACHE") or Path.home() / ".cache" / "saezarr").absolute()  # sent to workers
 
 
 def cache_max_bytes() -> int:
