@@ -290,6 +290,28 @@ def test_bad_worker_is_named(demo_config, lone_scheduler, tmp_path, bad):
         assert "but the client runs 0.1.0 (code " in line and "install the same saezarr everywhere" in line
 
 
+def test_a_worker_joining_later_is_checked(lone_scheduler, tmp_path):
+    """A worker that joins after the start (adaptive, jobqueue) gets the check plugin; running other code, it refuses."""
+    from distributed import Client
+
+    from saezarr.errors import SaezarrError
+    from saezarr.execution.checks import watch_workers
+    from saezarr.execution.probe import PLUGIN_NAME
+    from saezarr.execution.running import map_units, units_run_on
+
+    with Client(scheduler_file=str(lone_scheduler), timeout=30) as client:
+        watch_workers(client)  # no worker yet
+        with workers(lone_scheduler, 1, env=_other_saezarr(tmp_path)) as started:
+            problems = client.run(lambda dask_worker: dask_worker.plugins[PLUGIN_NAME].problem)
+            with units_run_on(client), pytest.raises(SaezarrError) as refused:
+                list(map_units(abs, [-1]))
+    address = started[0][1]
+    assert (
+        "runs saezarr 0.1.0 (code " in problems[address] and "install the same saezarr everywhere" in problems[address]
+    )
+    assert str(refused.value).startswith(f"worker {address} runs saezarr 0.1.0 (code ")
+
+
 LOOSE = ("--min-pearson", "0.1", "--min-tpr", "0.1", "--max-fpr", "0.5")
 
 
