@@ -175,6 +175,35 @@ def built(demo_config, csvs, tmp_path_factory) -> Path:
     return store
 
 
+def test_an_analysis_unit_for_a_replaced_store_is_refused(built, tmp_path):
+    import shutil
+
+    from saezarr.analysis.pooling import SentenceLayout, pooled_dtype
+    from saezarr.analysis.units import feature_units, unit_function
+    from saezarr.store.shards import ChunkFiles
+
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(built, copy)
+    store = Store(copy)
+    layout = SentenceLayout.of(
+        *(store.coordinate(n) for n in ("sentence_index", "is_final_token", "concept_strength_label"))
+    )
+    shape = (1, layout.n_sentences, store.width)
+    pooled = ChunkFiles(
+        tmp_path / "pooled.zarr", shape, (1, layout.n_sentences, store.width), pooled_dtype("final", store.dtype)
+    )
+    compute = unit_function(store, layout, "final", pooled)
+    unit = feature_units(store, [0])[0]
+    assert compute(unit).shape[1] == unit.stop - unit.start  # for the store as it is
+    renewed = renew_store_id(copy)
+    with pytest.raises(SaezarrError) as refused:
+        compute(unit)
+    assert str(refused.value).startswith(
+        f"{copy.resolve()}: the store there was replaced (store_id {renewed}) since this work was planned for store_id "
+        f"{store.identity}; nothing was written for it"
+    )
+
+
 def test_analyze_from_python_runs_on_a_given_cluster(built, tmp_path):
     local = analyze(AnalyzeOptions(built, tmp_path / "local", quiet=True, cache=tmp_path / "c1", **LOOSE))
     with in_process_cluster() as (cluster, client):
