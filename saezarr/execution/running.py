@@ -28,7 +28,7 @@ _client: ContextVar[Client | None] = ContextVar("saezarr_units_client", default=
 
 @contextlib.contextmanager
 def units_run_on(client: Client | None) -> Iterator[None]:
-    """While open, `map_units` runs its units on this client's cluster (None: in this process)."""
+    """While open, `map_units` runs its units on this client's cluster (None: as if none were open)."""
     token = _client.set(client)
     try:
         yield
