@@ -119,23 +119,31 @@ def _add_cluster_options(p, local: bool) -> None:
         default=None,
         help="seconds to wait for the scheduler and a first worker (default 60)",
     )
+    p.add_argument(
+        "--tls-ca-file", type=Path, default=None, help="TLS: the CA certificate the scheduler's is signed by"
+    )
+    p.add_argument("--tls-cert", type=Path, default=None, help="TLS: this client's certificate")
+    p.add_argument("--tls-key", type=Path, default=None, help="TLS: this client's private key")
 
 
 def _cluster_options(args):
-    from saezarr.clients import DEFAULT_WORKER_TIMEOUT, ClusterOptions
+    from saezarr.execution.connect import DEFAULT_WORKER_TIMEOUT, ClusterOptions
 
     return ClusterOptions(
         local_workers=getattr(args, "local_workers", None),
         scheduler=args.scheduler,
         scheduler_file=args.scheduler_file,
         worker_timeout=args.worker_timeout or DEFAULT_WORKER_TIMEOUT,
+        tls_ca_file=args.tls_ca_file,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
     )
 
 
 def _run_build(args) -> int:
     from saezarr.configs import parse_layers
     from saezarr.extract.pipeline import BuildOptions, build
-    from saezarr.units import parse_size
+    from saezarr.machine import parse_size
 
     _quiet_libraries()
     if args.demo:
@@ -268,22 +276,10 @@ def _run_analyze(args) -> int:
         overwrite=args.overwrite,
         allow_partial=args.allow_partial,
         quiet=args.quiet,
+        cluster=_cluster_options(args),
     )
-    with _analysis_cluster(args):
-        print(analyze(options).line())
+    print(analyze(options).line())
     return 0
-
-
-def _analysis_cluster(args):
-    """With --scheduler or --scheduler-file, the analysis's units of work run on that cluster's workers."""
-    import contextlib
-
-    if args.scheduler is None and args.scheduler_file is None:  # nor import distributed (0.3-1 s)
-        return contextlib.nullcontext()
-    from saezarr.analysis.cache import cache_root
-    from saezarr.clients import analysis_client
-
-    return analysis_client(_cluster_options(args), args.store, cache_root())
 
 
 def _positive_int(text: str) -> int:

@@ -16,13 +16,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from saezarr.errors import SaezarrError
+from saezarr.machine import available_memory as _available_memory
+from saezarr.machine import human_bytes, usable_cores
 from saezarr.npyzip import read_members
 from saezarr.store.layout import Store
 from saezarr.store.locking import process_alive
 from saezarr.store.reading import open_existing
 from saezarr.store.selection import select_configs
-from saezarr.units import available_memory as _available_memory
-from saezarr.units import human_bytes, usable_cores
 
 # npz key -> the store's coordinate on the fragment dimension
 FRAGMENT_KEYS = {

@@ -36,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from saezarr.units import human_bytes
+from saezarr.machine import human_bytes
 
 REPO = Path(__file__).resolve().parent.parent
 RESULT_TAG = "BENCH_RESULT "

@@ -16,7 +16,7 @@ import zarr
 from analyzetools import build_store, csv_without, dead_pid
 from clitools import run_cli
 
-from saezarr.units import human_bytes
+from saezarr.machine import human_bytes
 
 REUSED = "cached activations and metrics reused"
 

@@ -123,9 +123,9 @@ def test_the_key_changes_with_saezarrs_version_and_code(store, monkeypatch):
     monkeypatch.setattr(saezarr, "__version__", "99.0.0", raising=False)
     newer = fingerprint(opened, "final", [0, 1])
     assert newer != key
-    from saezarr import clients
+    from saezarr.execution import checks
 
-    monkeypatch.setattr(clients, "code_digest", lambda: "0123456789ab")
+    monkeypatch.setattr(checks, "code_digest", lambda: "0123456789ab")
     assert fingerprint(opened, "final", [0, 1]) not in (key, newer)
 
 

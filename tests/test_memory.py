@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from clitools import REPO
+from faults.faultkit import compare_stores
 
 from saezarr.cli import main
 from saezarr.configs import load_config_file
@@ -130,7 +131,7 @@ def test_a_small_host_budget_bounds_the_writers_buffers_and_keeps_results(tiny, 
     bounded = tmp_path / "bounded.zarr"
     assert build(BuildOptions(output=bounded, **kwargs)).complete
     assert 1 <= most[0] <= 3
-    assert store_files(bounded) == store_files(reference)
+    assert compare_stores(bounded, reference) == []
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
@@ -150,10 +151,6 @@ def test_model_is_loaded_straight_in_its_dtype(tiny, monkeypatch, dtype):
     assert {t.device for t in tensors} == {torch.device("cpu")}
     assert not model.training
     assert moves == []
-
-
-def store_files(store: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file()}
 
 
 def test_device_out_of_memory_is_one_line_and_the_store_resumes(tiny, tmp_path, monkeypatch, capsys):
@@ -200,4 +197,4 @@ def test_device_out_of_memory_is_one_line_and_the_store_resumes(tiny, tmp_path, 
     assert not (store / "_saezarr" / "lock").exists()
     monkeypatch.setattr(JumpReLUEncoder, "encode", real_encode)
     assert main([*args, "--resume"]) == 0
-    assert store_files(store) == store_files(full)
+    assert compare_stores(store, full) == []

@@ -18,14 +18,14 @@ import numpy as np
 
 from saezarr.analysis.metrics import METRICS, unstacked
 from saezarr.analysis.pooling import SentenceLayout, pooled_dtype
-from saezarr.analysis.runner import map_units
-from saezarr.analysis.work import feature_units, unit_function
+from saezarr.analysis.units import feature_units, unit_function
 from saezarr.errors import SaezarrError
+from saezarr.execution.running import map_units
 from saezarr.folders import make_staging, remove_stale_staging_in, replace_file
+from saezarr.machine import human_bytes, parse_size, usable_cores
 from saezarr.store.layout import Store
 from saezarr.store.locking import SharedLease, exclusive_if_free
 from saezarr.store.shards import ChunkFiles, ShardDamaged, chunk_file_count
-from saezarr.units import human_bytes, parse_size, usable_cores
 
 CACHE_FORMAT = 5  # bump when what the cache holds or how it is computed changes
 POOLED = "pooled.zarr"
@@ -63,7 +63,7 @@ def fingerprint(store: Store, pool: str, config_indices: Sequence[int]) -> str:
     """A hex digest of the store's identity and every selected unit's shard file, the pool, the configs and the code
     that computes the entry (saezarr's version and source digest)."""
     import saezarr
-    from saezarr.clients import code_digest
+    from saezarr.execution.checks import code_digest
 
     units = []
     for ci in config_indices:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from saezarr.units import available_memory, usable_cores
+from saezarr.machine import available_memory, usable_cores
 
 CPU_SAE_MEMORY = 8 * 2**30  # leaves room for Gemma-2-2B in float32 (~10.5 GB) on a 24 GiB host
 DEVICE_RESERVE_FRACTION = 0.1  # of the device's free memory, kept for activations and the allocator's slack

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import signal
 import threading
 import time
@@ -14,9 +15,9 @@ import torch
 from tqdm.auto import tqdm
 
 from saezarr import __version__
-from saezarr.clients import ClusterOptions, cluster_client
 from saezarr.configs import SAEConfig, load_config_file, select_configs
 from saezarr.errors import SaezarrError
+from saezarr.execution.connect import ClusterOptions, cluster_client
 from saezarr.extract.cluster import check_workers, cluster_sae_memory, local_spec, run_tasks
 from saezarr.extract.fragments import Fragments, make_fragments
 from saezarr.extract.inputs import read_labeled_csv
@@ -40,6 +41,7 @@ from saezarr.extract.work import (
     overlaps_writes,
     pending_work,
 )
+from saezarr.machine import human_bytes
 from saezarr.store.layout import (
     DEFAULT_CHUNK_FRAGMENTS,
     Store,
@@ -51,7 +53,6 @@ from saezarr.store.layout import (
     store_lock,
 )
 from saezarr.store.locking import StoreLock
-from saezarr.units import human_bytes
 
 DEFAULT_BATCH_SIZE = 16
 
@@ -425,6 +426,7 @@ class _ClusterRunner:
             dtype=options.dtype,
             batch_size=self.store.attrs.get("batch_size", DEFAULT_BATCH_SIZE),
             store=self.store.path.resolve(),
+            store_id=self.store.identity,
             write_threads=options.workers,
             overlap_writes=options.overlap_writes,
         )
@@ -432,7 +434,8 @@ class _ClusterRunner:
             spec = local_spec(spec, options.cluster.local_workers, options.workers)
         # on CUDA the default budget is what the loaded model leaves free on the tightest worker
         self.sae_memory = options.sae_memory or cluster_sae_memory(self.client, options.cluster, spec)
-        work = pending_work(self.store, plan.saes, self.sae_memory, options.max_chunks)
+        saes = [dataclasses.replace(sae, path=sae.path.resolve()) for sae in plan.saes]  # as workers see them
+        work = pending_work(self.store, saes, self.sae_memory, options.max_chunks)
         results = run_tasks(
             self.client, options.cluster, spec, FragmentIndex.of(plan.fragments), work, self.store, options.quiet
         )

@@ -9,6 +9,7 @@ import os
 import re
 import secrets
 import shutil
+import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -32,6 +33,7 @@ DEFAULT_CHUNK_FRAGMENTS = 512
 DEFAULT_FEATURE_CHUNK = 2048
 STAGING_SUFFIX = ".creating"
 TEMP_SUFFIX = ".tmp"  # a shard being written: `.KEY.PID.RANDOM.tmp` beside it
+STORE_ID = "store_id"  # root attribute: a random id, new on each create or overwrite (or extend) of a store
 ZSTD_LEVEL = 1  # on SAE latents level 1 is both smaller and faster than 3 (USAGE.md)
 # fields a resumed build must share with the build that started the store
 RESUME_FIELDS = (
@@ -66,6 +68,11 @@ class Store:
         self.config_names: list[str] = list(self.attrs["configs"])
         self.marks = self.path / STATE_GROUP / "done"
         self.feature_chunk = self.layout.inner_chunks[2]  # features per (inner) chunk
+
+    @functools.cached_property
+    def identity(self) -> str:
+        """Which store this is: its store_id, new whenever a store is created (or renewed) at this path."""
+        return self.attrs.get(STORE_ID) or _legacy_identity(self.path)
 
     @functools.cached_property
     def array(self) -> zarr.Array:
@@ -283,6 +290,26 @@ def read_saezarr_attrs(path: Path) -> dict:
     return attrs
 
 
+def store_identity(path: Path) -> str:
+    """The identity of the store at path as it is on disk now (see `Store.identity`)."""
+    return read_saezarr_attrs(path).get(STORE_ID) or _legacy_identity(Path(path))
+
+
+def _legacy_identity(path: Path) -> str:
+    # a store from before store_id: its activations' metadata file, written anew whenever a store is created
+    stat = (Path(path) / ACTIVATIONS / "zarr.json").stat()
+    return f"legacy-{stat.st_ino}-{stat.st_mtime_ns}-{stat.st_size}"
+
+
+def renew_store_id(path: Path) -> str:
+    """Give the store at path a new store_id (its data changed shape or meaning in place); return the new id."""
+    meta_file = Path(path) / "zarr.json"
+    meta = json.loads(meta_file.read_text())
+    meta.setdefault("attributes", {})[STORE_ID] = new_id = uuid.uuid4().hex
+    _write_durably(meta_file, json.dumps(meta, indent=2).encode())
+    return new_id
+
+
 # `s3://b/x` as a Path is `s3:/b/x`; a scheme has two or more letters, so `C:/x` is no URL
 _URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):/+")
 
@@ -367,7 +394,7 @@ def create_store(
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = folders.make_staging(path, STAGING_SUFFIX)
     try:
-        _write_layout(staging, fragments, configs, width, attrs, chunk_fragments)
+        _write_layout(staging, fragments, configs, width, {**attrs, STORE_ID: uuid.uuid4().hex}, chunk_fragments)
         if replace:
             folders.swap_into_place(staging, path)
         else:
