@@ -16,7 +16,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from saezarr.errors import SaezarrError
-from saezarr.npyzip import read_members
+from saezarr.extract.saes.npyzip import read_members
 from saezarr.store.layout import Store
 from saezarr.store.locking import process_alive
 from saezarr.store.reading import open_existing

@@ -14,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from saezarr import __version__
+from saezarr.catalogues import with_neuronpedia
 from saezarr.clients import ClusterOptions, cluster_client
 from saezarr.configs import SAEConfig, load_config_file, select_configs
 from saezarr.errors import SaezarrError
@@ -29,7 +30,8 @@ from saezarr.extract.residuals import (
     load_tokenizer,
     resolve_model,
 )
-from saezarr.extract.sae import JumpReLUEncoder, SAEFile, locate_sae, resolve_sae_repo
+from saezarr.extract.saes.encoder import load_encoder
+from saezarr.extract.saes.locate import SAEFile, describe_configs, locate_sae, resolve_sae_repo
 from saezarr.extract.work import (
     ChunkWriter,
     ComputeSpec,
@@ -279,7 +281,11 @@ def _plan(options: BuildOptions) -> _Plan:
     device = resolve_device(options.device, here=not options.cluster.remote)
     data = read_labeled_csv(options.input)
     config_file = load_config_file(options.config_file)
-    configs = select_configs(config_file.configs, options.layers, options.configs)
+    sae_repo = options.sae_repo or config_file.sae_repo
+    described, sae_source = describe_configs(
+        lambda first: resolve_sae_repo(sae_repo, first), config_file.configs, options.config_file
+    )
+    configs = with_neuronpedia(select_configs(described, options.layers, options.configs), sae_repo)
     info = resolve_model(options.model or config_file.model)
     check_weights(info)
     deepest = max(configs, key=lambda c: c.layer)
@@ -290,8 +296,9 @@ def _plan(options: BuildOptions) -> _Plan:
         )
     tokenizer = load_tokenizer(info)
     fragments = make_fragments(data, tokenizer, options.fragments, info.max_tokens)
-    sae_source = resolve_sae_repo(options.sae_repo or config_file.sae_repo, configs[0])
-    saes = [locate_sae(sae_source, c, info.hidden_size) for c in configs]
+    sae_source = sae_source or resolve_sae_repo(sae_repo, configs[0])
+    saes = [locate_sae(sae_source, c, info.hidden_size, options.config_file) for c in configs]
+    configs = tuple(sae.config for sae in saes)
     widths = {s.width for s in saes}
     if len(widths) > 1:
         raise SaezarrError(
@@ -390,7 +397,7 @@ class _PassRunner:
         self, model: torch.nn.Module, fragments: FragmentIndex, pass_: PassSpec, tasks: list[Task], bar: tqdm
     ) -> None:
         """One model pass: each pending chunk goes through the model once and through every SAE of the pass."""
-        encoders = [JumpReLUEncoder.load(sae, self.plan.device) for sae in pass_.saes]
+        encoders = [load_encoder(sae, self.plan.device, pass_.sae_memory) for sae in pass_.saes]
         self.summary.sae_loads += len(pass_.saes)
         self.summary.model_passes += 1
         overlap = self.options.overlap_writes

@@ -21,7 +21,8 @@ from saezarr.errors import SaezarrError
 from saezarr.extract.fragments import Fragments
 from saezarr.extract.memory import default_sae_memory, units_in_flight, writer_threads
 from saezarr.extract.residuals import ModelInfo, ResidualReader, load_model
-from saezarr.extract.sae import JumpReLUEncoder, SAEFile, plan_passes
+from saezarr.extract.saes.encoder import Encoder, load_encoder, plan_passes
+from saezarr.extract.saes.locate import SAEFile
 from saezarr.store.layout import Store
 
 
@@ -63,6 +64,7 @@ class PassSpec:
 
     saes: tuple[SAEFile, ...]
     rows: tuple[int, ...]
+    sae_memory: int | None = None  # an encoder wider than this is encoded in tiles within it
 
     @property
     def layers(self) -> list[int]:
@@ -106,7 +108,7 @@ def pending_work(
         if max_chunks is not None:
             tasks, max_chunks = tasks[:max_chunks], max_chunks - min(len(tasks), max_chunks)
         if tasks:
-            work.append((PassSpec(tuple(group), rows), tasks))
+            work.append((PassSpec(tuple(group), rows, sae_memory), tasks))
     return work
 
 
@@ -139,7 +141,7 @@ def chunk_residuals(
 
 def compute_chunk(
     reader: ResidualReader,
-    encoders: Sequence[JumpReLUEncoder],
+    encoders: Sequence[Encoder],
     pass_: PassSpec,
     fragments: FragmentIndex,
     task: Task,
@@ -267,7 +269,7 @@ class _Loaded:
     model: torch.nn.Module
     store: Store
     pass_: PassSpec | None = None
-    encoders: list[JumpReLUEncoder] = field(default_factory=list)
+    encoders: list[Encoder] = field(default_factory=list)
     buffers: list[torch.Tensor] = field(default_factory=list)  # host buffers for latents, recycled across tasks
 
 
@@ -292,7 +294,7 @@ def loaded(spec: ComputeSpec, pass_: PassSpec) -> tuple[_Loaded, int, int]:
     model_loads, sae_loads = _model_loaded(spec), 0
     if _loaded.pass_ != pass_:
         _loaded.pass_, _loaded.encoders = None, []  # one pass's encoders at a time: what --sae-memory budgets
-        _loaded.encoders = [JumpReLUEncoder.load(sae, spec.device) for sae in pass_.saes]
+        _loaded.encoders = [load_encoder(sae, spec.device, pass_.sae_memory) for sae in pass_.saes]
         _loaded.pass_ = pass_
         sae_loads = len(pass_.saes)
     return _loaded, model_loads, sae_loads

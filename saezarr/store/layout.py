@@ -421,7 +421,9 @@ def _write_layout(path: Path, fragments: pd.DataFrame, configs, width, attrs, ch
     coords = {
         "config": ("config", _strings(c.name for c in configs)),
         "layer": ("config", np.array([c.layer for c in configs], dtype=np.int64)),
-        "average_l0": ("config", np.array([c.average_l0 for c in configs], dtype=np.int64)),
+        "average_l0": ("config", np.array([c.l0_or_missing for c in configs], dtype=np.int64)),  # -1: not known
+        "width": ("config", np.array([c.width or width for c in configs], dtype=np.int64)),
+        "architecture": ("config", _strings(c.architecture or "jumprelu" for c in configs)),
         "sae_path": ("config", _strings(c.path for c in configs)),
         "neuronpedia_source": ("config", _strings(c.neuronpedia or "" for c in configs)),
         "feature": ("feature", np.arange(width, dtype=np.int64)),
