@@ -60,17 +60,18 @@ def resolve_sae_repo(name: str, first: SAEConfig, revision: str | None = None) -
     folder = Path(name).expanduser()
     if folder.is_dir():
         return resolve(name, first.path, OPTION, revision)
-    markers = _markers(first.path)
-    for marker in markers[:-1]:
+    first_error = None
+    for marker in _markers(first.path):
         try:
             return resolve(name, marker, OPTION, revision)
-        except SaezarrError:
-            continue
-    return resolve(name, markers[-1], OPTION, revision)
+        except SaezarrError as error:
+            first_error = first_error or error  # the file the folder's name suggests: the one to name
+    raise first_error
 
 
-def _fetcher(source: Source, config: SAEConfig):
-    """fetch(filename, required): one file of the SAE's folder on local disk, None if absent and not required."""
+def _fetcher(source: Source, config: SAEConfig, misses: list[SaezarrError]):
+    """fetch(filename, required): one file of the SAE's folder on local disk, None if absent and not required
+    (a hub file that could not be had is added to `misses`)."""
 
     def fetch(filename: str, required: bool) -> Path | None:
         if source.is_local:
@@ -83,9 +84,10 @@ def _fetcher(source: Source, config: SAEConfig):
         subfolder = None if config.path == "." else config.path
         try:
             return download(source.name, filename, OPTION, source.revision, subfolder=subfolder)
-        except SaezarrError:
+        except SaezarrError as error:
             if required:
                 raise
+            misses.append(error)
             return None
 
     return fetch
@@ -93,11 +95,14 @@ def _fetcher(source: Source, config: SAEConfig):
 
 def read_layout(source: Source, config: SAEConfig) -> Layout:
     """The SAE's layout, from the first of its layout's files found in its folder."""
-    fetch = _fetcher(source, config)
+    misses: list[SaezarrError] = []
+    fetch = _fetcher(source, config, misses)
     for loader in _loaders_for(config.path):
         layout = loader.describe(config, fetch)
         if layout is not None:
             return layout
+    if misses:  # from the hub: say why the file the folder's name suggests could not be had
+        raise misses[0]
     raise SaezarrError(
         f"{OPTION} {source.name}: config {config.name}: no SAE in a known layout in {config.path} (looked for "
         f"{saelens.CONFIG} + {saelens.WEIGHTS}, {gemma_scope_2.WEIGHTS}, {gemma_scope.WEIGHTS})"
