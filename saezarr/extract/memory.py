@@ -39,3 +39,13 @@ def units_in_flight(threads: int, unit_bytes: int, overlap: bool) -> int:
     """Units of latents the writer holds at once: two per thread (one per thread without overlap), within the budget."""
     wanted = 2 * threads if overlap else threads
     return max(1, min(wanted, host_buffer_budget() // max(unit_bytes, 1)))
+
+
+def host_memory_bound(sae_memory: int, unit_bytes: int, threads: int, overlap: bool) -> int:
+    """Host memory a build's encoding and writing take at most, beyond the model and the interpreter.
+
+    On a CPU: the pass's encoders, whole (mapped from the page cache) or one tile at a time, within `sae_memory`;
+    the units the writer holds (`units_in_flight`) and the one being computed; and one shard's compressed bytes per
+    writer thread (at most a unit each). Units shrink with the width (store.layout.default_chunk_fragments)."""
+    held = units_in_flight(threads, unit_bytes, overlap) + 1 + threads
+    return sae_memory + held * unit_bytes

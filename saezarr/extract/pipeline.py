@@ -43,11 +43,11 @@ from saezarr.extract.work import (
     pending_work,
 )
 from saezarr.store.layout import (
-    DEFAULT_CHUNK_FRAGMENTS,
     Store,
     check_output_path,
     check_resume,
     create_store,
+    default_chunk_fragments,
     open_for_resume,
     remove_stale_staging,
     store_lock,
@@ -74,7 +74,7 @@ class BuildOptions:
     dtype: str = "float32"
     batch_size: int | None = None  # None: the store's own, else 16
     sae_memory: int | None = None  # None: from the device's free memory (default_sae_memory)
-    chunk_fragments: int | None = None  # None: DEFAULT_CHUNK_FRAGMENTS
+    chunk_fragments: int | None = None  # None: default_chunk_fragments(width), 512 up to 16k features
     workers: int | None = None
     overlap_writes: bool | None = None  # None: on GPUs only (overlaps_writes)
     resume: bool = False
@@ -331,7 +331,7 @@ def _open_or_create(options: BuildOptions, plan: _Plan, exists: bool) -> tuple[S
             plan.configs,
             plan.saes[0].width,
             plan.attrs,
-            options.chunk_fragments or DEFAULT_CHUNK_FRAGMENTS,
+            options.chunk_fragments or default_chunk_fragments(plan.saes[0].width),
         )
     elif options.resume:
         lock = store_lock(options.output)
@@ -355,7 +355,7 @@ def _open_or_create(options: BuildOptions, plan: _Plan, exists: bool) -> tuple[S
                 plan.configs,
                 plan.saes[0].width,
                 plan.attrs,
-                options.chunk_fragments or DEFAULT_CHUNK_FRAGMENTS,
+                options.chunk_fragments or default_chunk_fragments(plan.saes[0].width),
                 replace=True,
             )
     lock = store.lock()

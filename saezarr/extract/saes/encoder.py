@@ -45,12 +45,19 @@ class Encoder:
         return torch.from_numpy(as_float32(np.array(mapped(self.sae.layout.weights, tensor)), tensor)).to(self.device)
 
     def _columns(self, start: int, stop: int) -> torch.Tensor:
+        """W_enc[:, start:stop] on the device; on a CPU, float32 weights are used where they are mapped."""
         tensor = self._header[self.sae.layout.W_enc]
-        if start == 0 and stop == self.sae.width and self.device.type == "cpu" and tensor.dtype in ("<f4", "F32"):
-            return torch.from_numpy(self._W)  # the page cache's copy: no second one in this process
-        columns = as_float32(self._W[:, start:stop], tensor)
-        release_pages(self._W)
-        return torch.from_numpy(columns).to(self.device)
+        columns = self._W[:, start:stop]
+        if self.device.type == "cpu" and tensor.dtype in ("<f4", "F32"):
+            return torch.from_numpy(columns)  # a strided view of the page cache's copy: BLAS reads it as it is
+        return torch.from_numpy(as_float32(columns, tensor)).to(self.device)
+
+    def _tile(self, start: int, stop: int) -> torch.Tensor:
+        return self.W_enc[:, start:stop] if self.W_enc is not None else self._columns(start, stop)
+
+    def _done_with_tile(self) -> None:
+        if self.tiled:
+            release_pages(self._W)  # this process holds one tile of mapped weights at a time
 
     def encode(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Latents of residuals x [n, d_model] in float32, into `out` if given (on any device); zeros are +0.0."""
@@ -62,13 +69,14 @@ class Encoder:
         kth = self._kth_largest(x) if self.architecture == "topk" else None
         for start in range(0, self.sae.width, self.tile):
             stop = min(start + self.tile, self.sae.width)
-            W = self.W_enc[:, start:stop] if self.W_enc is not None else self._columns(start, stop)
+            W = self._tile(start, stop)
             target = out[:, start:stop]
             if target.device == self.device and target.is_contiguous():
                 torch.addmm(self.b_enc[start:stop], x, W, out=target)
                 self._activate(target, start, stop, kth)
             else:
                 target.copy_(self._activate(torch.addmm(self.b_enc[start:stop], x, W), start, stop, kth))
+            self._done_with_tile()
         return out
 
     def _activate(self, pre: torch.Tensor, start: int, stop: int, kth: torch.Tensor | None) -> torch.Tensor:
@@ -84,8 +92,8 @@ class Encoder:
         best = None
         for start in range(0, self.sae.width, self.tile):
             stop = min(start + self.tile, self.sae.width)
-            W = self.W_enc[:, start:stop] if self.W_enc is not None else self._columns(start, stop)
-            pre = torch.addmm(self.b_enc[start:stop], x, W)
+            pre = torch.addmm(self.b_enc[start:stop], x, self._tile(start, stop))
+            self._done_with_tile()
             candidates = pre if best is None else torch.cat([best, pre], dim=1)
             best = candidates.topk(min(self.k, candidates.shape[1]), dim=1).values
         return best[:, -1:]
