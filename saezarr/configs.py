@@ -12,7 +12,7 @@ from pathlib import Path
 from saezarr.errors import SaezarrError
 
 MISSING_L0 = -1  # the store's average_l0 of an SAE whose average L0 is not known
-WIDTH_TAGS = {"k": 2**10, "m": 2**20}  # Gemma Scope width tags: 16k = 16384, 1m = 1048576
+WIDTH_TAGS = {"k": 1000, "m": 1000**2}  # Gemma Scope's width tags round a power of two down: 65k = 65536
 _CANONICAL = re.compile(r"(?:^|/)layer_(\d+)/width_\w+/canonical$")
 
 
@@ -128,13 +128,16 @@ def _count(where: str, entry: dict, key: str) -> int | None:
 
 
 def parse_width(value: object, where: str) -> int:
-    """An SAE width given as a number of features or a Gemma Scope tag (`16k` = 16384, `1m` = 1048576)."""
+    """An SAE width given as a number of features or a Gemma Scope tag (`16k` = 16384, `65k` = 65536, `1m` = 2**20):
+    the power of two the tag rounds down, else the tag's number."""
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
     if isinstance(value, str):
         match = re.fullmatch(r"(\d+)([km]?)", value.strip().lower())
         if match and int(match.group(1)) > 0:
-            return int(match.group(1)) * WIDTH_TAGS.get(match.group(2), 1)
+            number, unit = int(match.group(1)), WIDTH_TAGS.get(match.group(2), 1)
+            powers = [2**p for p in range(64) if 2**p // unit == number] if unit > 1 else []
+            return powers[0] if powers else number * unit
     raise SaezarrError(f"{where} must be a positive number of features or a tag like '16k' or '1m', got {value!r}")
 
 

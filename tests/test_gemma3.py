@@ -201,3 +201,22 @@ def test_official_repo_ids_from_an_offline_cache_give_the_same_store(gemma3, loc
     np.testing.assert_array_equal(offline, local["activations"][:])
     assert stores[0].attrs["sae_repo"] == GS2_ID and stores[1].attrs["sae_repo"] == SAELENS_ID
     assert stores[0].attrs["model"] == MODEL_ID
+
+
+def test_export_and_analyze_read_a_store_of_saes_without_average_l0(local_store, tmp_path):
+    """export-npz names each file by its config (no average L0 to name it by); analyze ranks every config."""
+    from saezarr.analysis.run import AnalyzeOptions, analyze
+    from saezarr.export import export_npz
+
+    export_npz(local_store, tmp_path / "npz")
+    group = zarr.open_group(local_store, mode="r")
+    names = [str(n) for n in group["config"][:]]
+    assert sorted(p.name for p in (tmp_path / "npz").iterdir()) == sorted(f"{n}_activations.npz" for n in names)
+    with np.load(tmp_path / "npz" / f"{names[2]}_activations.npz") as npz:
+        np.testing.assert_array_equal(npz["activations"], group["activations"][2])
+    summary = analyze(
+        AnalyzeOptions(store=local_store, output=tmp_path / "analysis", quiet=True, cache=tmp_path / "cache")
+    )
+    assert summary.n_configs == 3 and summary.n_features == 3 * WIDTH
+    features = pd.read_parquet(tmp_path / "analysis" / "features.parquet")
+    assert sorted(features["config"].unique()) == sorted(names)

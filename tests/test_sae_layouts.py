@@ -131,6 +131,8 @@ def bad_saes(root: Path) -> dict[str, tuple[dict, str]]:
         {"path": "resid_post/layer_2_width_16k_l0_small"},
         "w_enc is 16 x 64 but the model's hidden size is 32",
     )
+    write_saelens_sae(root / "d_in_cfg", weights, saelens_cfg(3, 48, 64, "jumprelu"))
+    cases["d_in cfg"] = ({"path": "d_in_cfg"}, "its settings say d_in 48 but the model's hidden size is 32")
     write_gemma_scope_2_sae(root / "resid_post/layer_3_width_16k_l0_small", weights)
     cases["width"] = (
         {"path": "resid_post/layer_3_width_16k_l0_small", "width": "16k"},
@@ -145,7 +147,9 @@ def refused(tiny, tmp_path_factory):
     return root, bad_saes(root / "saes")
 
 
-@pytest.mark.parametrize("case", ["unknown layout", "gated", "normalised", "mlp_out", "d_in", "width", "one name"])
+@pytest.mark.parametrize(
+    "case", ["unknown layout", "gated", "normalised", "mlp_out", "d_in", "d_in cfg", "width", "one name"]
+)
 def test_a_bad_sae_or_config_is_one_line_and_nothing_is_written(tiny, refused, case, capsys):
     root, cases = refused
     if case == "one name":

@@ -30,8 +30,7 @@ ACTIVATIONS = "activations"
 STATE_GROUP = "_saezarr"
 DEFAULT_CHUNK_FRAGMENTS = 512
 DEFAULT_FEATURE_CHUNK = 2048
-REFERENCE_WIDTH = 2**14  # 16k features: wider SAEs get fewer fragments per unit and wider inner chunks
-UNIT_BYTES = DEFAULT_CHUNK_FRAGMENTS * REFERENCE_WIDTH * 4  # a unit's float32 latents at most, by default: 32 MiB
+UNIT_BYTES = 64 * 2**20  # a unit's float32 latents at most, by default, for SAEs wider than 16k (16k: 32 MiB)
 STAGING_SUFFIX = ".creating"
 TEMP_SUFFIX = ".tmp"  # a shard being written: `.KEY.PID.RANDOM.tmp` beside it
 ZSTD_LEVEL = 1  # on SAE latents level 1 is both smaller and faster than 3 (USAGE.md)
@@ -458,13 +457,13 @@ def _strings(values: Iterable) -> np.ndarray:
 
 
 def default_chunk_fragments(width: int) -> int:
-    """Fragments per unit by default: DEFAULT_CHUNK_FRAGMENTS, fewer for SAEs wider than 16k so that a unit's
-    latents stay within UNIT_BYTES (a 1m-wide SAE: 8 fragments, 32 MiB), which bounds the writer's host buffers."""
+    """Fragments per unit by default: DEFAULT_CHUNK_FRAGMENTS, fewer for SAEs wider than 32k so that a unit's
+    latents stay within UNIT_BYTES (a 1m-wide SAE: 16 fragments), which bounds the writer's host buffers."""
     return max(1, min(DEFAULT_CHUNK_FRAGMENTS, UNIT_BYTES // (4 * width)))
 
 
 def _feature_chunk(width: int) -> int:
-    """Largest divisor of width not above DEFAULT_FEATURE_CHUNK, scaled with the width above 16k (a default unit
-    keeps 8 inner chunks of 4 MiB at every width), so inner chunks tile the shard."""
-    wanted = DEFAULT_FEATURE_CHUNK * max(1, width // REFERENCE_WIDTH)
+    """Largest divisor of width not above DEFAULT_FEATURE_CHUNK, more where the default unit has fewer fragments
+    (an inner chunk of a default unit keeps about 4 MiB at every width), so inner chunks tile the shard."""
+    wanted = DEFAULT_FEATURE_CHUNK * DEFAULT_CHUNK_FRAGMENTS // default_chunk_fragments(width)
     return next(c for c in range(min(wanted, width), 0, -1) if width % c == 0)

@@ -29,6 +29,8 @@ class Layout:
     layer: int | None = None
     name: str | None = None
     average_l0: int | None = None
+    d_in: int | None = None  # what the layout's own settings say of the shapes, checked against the weights
+    d_sae: int | None = None
 
     @property
     def keys(self) -> dict[str, str]:

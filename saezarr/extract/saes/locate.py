@@ -168,6 +168,12 @@ def locate_sae(source: Source, config: SAEConfig, d_model: int, where: object = 
     if len(w_enc) != 2:
         raise SaezarrError(f"{at}: {layout.W_enc} must be 2-D, got shape {w_enc}")
     d_in, width = w_enc
+    if layout.d_in is not None and layout.d_in != d_model:
+        raise SaezarrError(f"{at}: its settings say d_in {layout.d_in} but the model's hidden size is {d_model}")
+    if (layout.d_in, layout.d_sae) != (None, None) and (layout.d_in or d_in, layout.d_sae or width) != (d_in, width):
+        raise SaezarrError(
+            f"{at}: its settings say {layout.d_in} x {layout.d_sae} but {layout.W_enc} is {d_in} x {width}"
+        )
     if d_in != d_model:
         raise SaezarrError(f"{at}: {layout.W_enc} is {d_in} x {width} but the model's hidden size is {d_model}")
     expected = {"b_enc": (width,), "threshold": (width,), "b_dec": (d_model,)}

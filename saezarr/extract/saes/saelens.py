@@ -94,5 +94,7 @@ def describe(config: SAEConfig, fetch: Fetch) -> Layout | None:
         b_dec="b_dec" if subtract else None,
         k=k,
         layer=hook_layer(cfg, where),
+        d_in=cfg.get("d_in"),
+        d_sae=cfg.get("d_sae"),
         name=None if config.path != "." else str(field(cfg, "hook_name", "hook_point")),
     )
