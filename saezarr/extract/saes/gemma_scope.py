@@ -8,6 +8,7 @@ from saezarr.configs import SAEConfig
 from saezarr.extract.saes.layout import Fetch, Layout
 
 WEIGHTS = "params.npz"
+MARKER = WEIGHTS  # the file whose presence says the layout
 FOLDER = re.compile(r"(?:^|/)layer_(\d+)/width_\w+/(?:average_l0_(\d+)|canonical)$")
 
 

@@ -15,6 +15,7 @@ from saezarr.extract.saes.layout import Fetch, Layout
 
 WEIGHTS = "params.safetensors"
 CONFIG = "config.json"
+MARKER = WEIGHTS  # the file whose presence says the layout
 FOLDER = re.compile(r"(?:^|/)(layer_(\d+)_width_\w+_l0_\w+)$")
 JUMPRELU_NAMES = ("jumprelu", "jump_relu")
 

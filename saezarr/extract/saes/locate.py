@@ -48,11 +48,8 @@ def _loaders_for(path: str) -> tuple:
 
 
 def _markers(path: str) -> list[str]:
-    return [f"{path}/{_first_file(loader)}" if path != "." else _first_file(loader) for loader in _loaders_for(path)]
-
-
-def _first_file(loader) -> str:
-    return getattr(loader, "CONFIG", None) if loader is saelens else loader.WEIGHTS
+    """The files that would say each layout of the folder, in the order they are tried."""
+    return [loader.MARKER if path == "." else f"{path}/{loader.MARKER}" for loader in _loaders_for(path)]
 
 
 def resolve_sae_repo(name: str, first: SAEConfig, revision: str | None = None) -> Source:

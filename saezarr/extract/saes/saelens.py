@@ -14,6 +14,7 @@ from saezarr.extract.saes.layout import ARCHITECTURES, RESID_POST, Fetch, Layout
 
 CONFIG = "cfg.json"
 WEIGHTS = "sae_weights.safetensors"
+MARKER = CONFIG  # the file whose presence says the layout
 ARCHITECTURE_NAMES = {"jumprelu": "jumprelu", "jump_relu": "jumprelu", "standard": "relu", "relu": "relu"}
 ARCHITECTURE_NAMES.update(topk="topk")
 NO_NORMALISATION = (None, False, "none")
