@@ -41,11 +41,12 @@ def units_in_flight(threads: int, unit_bytes: int, overlap: bool) -> int:
     return max(1, min(wanted, host_buffer_budget() // max(unit_bytes, 1)))
 
 
-def host_memory_bound(sae_memory: int, unit_bytes: int, threads: int, overlap: bool) -> int:
+def host_memory_bound(encoder_bytes: int, unit_bytes: int, threads: int, overlap: bool) -> int:
     """Host memory a build's encoding and writing take at most, beyond the model and the interpreter.
 
-    On a CPU: the pass's encoders, whole (mapped from the page cache) or one tile at a time, within `sae_memory`;
-    the units the writer holds (`units_in_flight`) and the one being computed; and one shard's compressed bytes per
-    writer thread (at most a unit each). Units shrink with the width (store.layout.default_chunk_fragments)."""
+    `encoder_bytes`: the pass's encoders on the host (on a CPU, their mapped weights files: page cache; on a GPU
+    host, one tile being copied, within --sae-memory). Then the units the writer holds (`units_in_flight`), the one
+    being computed, and one shard's compressed bytes per writer thread (at most a unit each). Units shrink with the
+    width (store.layout.default_chunk_fragments)."""
     held = units_in_flight(threads, unit_bytes, overlap) + 1 + threads
-    return sae_memory + held * unit_bytes
+    return encoder_bytes + held * unit_bytes

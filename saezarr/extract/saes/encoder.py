@@ -1,9 +1,11 @@
 """One encoder contract for every layout: residuals [n, d_model] in, float32 latents [n, width] out.
 
 An encoder whose arrays fit the memory budget is held whole on its device; a wider one is encoded in feature tiles
-streamed from its memory-mapped weights (each tile's W_enc columns copied to the device, used, dropped), which
-gives the same values per feature: a latent depends on its own column of W_enc alone (TopK: on every column's
-pre-activation, so its k-th largest value is found across the tiles before any latent is kept).
+streamed from its weights file, which gives the same values per feature: a latent depends on its own column of
+W_enc alone (TopK: on every column's pre-activation, so its k-th largest value is found across the tiles before
+any latent is kept). On a CPU, float32 weights are used where they are memory-mapped, whole or tile by tile (BLAS
+reads the page cache; nothing is copied into this process); on a GPU each tile's columns are read from the file
+into host memory (one tile at a time, not mapped) and copied to the device.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import numpy as np
 import torch
 
 from saezarr.extract.saes.locate import SAEFile
-from saezarr.extract.saes.weights import as_float32, mapped, read_header, release_pages
+from saezarr.extract.saes.weights import as_float32, mapped, read_columns, read_header
 
 MIN_TILE_FEATURES = 1024  # tiles narrower than this spend more time per call than in the matmul
 
@@ -30,10 +32,9 @@ class Encoder:
         self.b_enc = self._vector(layout.b_enc)
         self.threshold = self._vector(layout.threshold) if layout.threshold else None
         self.b_dec = self._vector(layout.b_dec) if layout.b_dec else None
-        self._W = mapped(layout.weights, self._header[layout.W_enc])
         whole = budget is None or sae.encoder_bytes <= budget
         self.tile = sae.width if whole else tile_features(sae, budget)
-        self.W_enc = self._columns(0, sae.width) if whole else None  # None: streamed tile by tile
+        self.W_enc = self._whole() if whole else None  # None: streamed tile by tile
 
     @property
     def tiled(self) -> bool:
@@ -44,20 +45,25 @@ class Encoder:
         tensor = self._header[key]
         return torch.from_numpy(as_float32(np.array(mapped(self.sae.layout.weights, tensor)), tensor)).to(self.device)
 
-    def _columns(self, start: int, stop: int) -> torch.Tensor:
-        """W_enc[:, start:stop] on the device; on a CPU, float32 weights are used where they are mapped."""
+    @property
+    def _maps(self) -> bool:
+        """True if W_enc is used where it is mapped: float32 weights on a CPU."""
+        return self.device.type == "cpu" and self._header[self.sae.layout.W_enc].dtype in ("<f4", "F32")
+
+    def _whole(self) -> torch.Tensor:
+        """W_enc on the device (on a CPU, mapped from the page cache where it is float32)."""
         tensor = self._header[self.sae.layout.W_enc]
-        columns = self._W[:, start:stop]
-        if self.device.type == "cpu" and tensor.dtype in ("<f4", "F32"):
-            return torch.from_numpy(columns)  # a strided view of the page cache's copy: BLAS reads it as it is
-        return torch.from_numpy(as_float32(columns, tensor)).to(self.device)
+        array = mapped(self.sae.layout.weights, tensor)
+        return torch.from_numpy(array if self._maps else as_float32(array, tensor)).to(self.device)
 
     def _tile(self, start: int, stop: int) -> torch.Tensor:
-        return self.W_enc[:, start:stop] if self.W_enc is not None else self._columns(start, stop)
-
-    def _done_with_tile(self) -> None:
-        if self.tiled:
-            release_pages(self._W)  # this process holds one tile of mapped weights at a time
+        """W_enc[:, start:stop] on the device: a view of the whole or of the mapping, or read from the file."""
+        if self.W_enc is not None:
+            return self.W_enc[:, start:stop]
+        tensor = self._header[self.sae.layout.W_enc]
+        if self._maps:  # a strided view: BLAS reads the columns where they are mapped
+            return torch.from_numpy(mapped(self.sae.layout.weights, tensor)[:, start:stop])
+        return torch.from_numpy(read_columns(self.sae.layout.weights, tensor, start, stop)).to(self.device)
 
     def encode(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Latents of residuals x [n, d_model] in float32, into `out` if given (on any device); zeros are +0.0."""
@@ -76,7 +82,6 @@ class Encoder:
                 self._activate(target, start, stop, kth)
             else:
                 target.copy_(self._activate(torch.addmm(self.b_enc[start:stop], x, W), start, stop, kth))
-            self._done_with_tile()
         return out
 
     def _activate(self, pre: torch.Tensor, start: int, stop: int, kth: torch.Tensor | None) -> torch.Tensor:
@@ -93,7 +98,6 @@ class Encoder:
         for start in range(0, self.sae.width, self.tile):
             stop = min(start + self.tile, self.sae.width)
             pre = torch.addmm(self.b_enc[start:stop], x, self._tile(start, stop))
-            self._done_with_tile()
             candidates = pre if best is None else torch.cat([best, pre], dim=1)
             best = candidates.topk(min(self.k, candidates.shape[1]), dim=1).values
         return best[:, -1:]

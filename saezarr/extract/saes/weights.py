@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import mmap
 import struct
 import zipfile
 from dataclasses import dataclass
@@ -87,16 +86,26 @@ def mapped(path: Path, tensor: Tensor) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="c", offset=tensor.offset, shape=tensor.shape)
 
 
+def read_columns(path: Path, tensor: Tensor, start: int, stop: int) -> np.ndarray:
+    """Columns [start, stop) of a stored 2-D tensor, read row by row into this process's memory (not mapped: a
+    column tile of a mapped row-major array would map nearly every page of it), as float32."""
+    if tensor.offset is None:
+        return as_float32(mapped(path, tensor)[:, start:stop], tensor)
+    dtype = np.dtype(tensor.dtype if path.suffix == ".npz" else _SAFETENSORS_DTYPES[tensor.dtype])
+    rows, columns = tensor.shape
+    tile = np.empty((rows, stop - start), dtype=dtype)
+    row_bytes, skip = columns * dtype.itemsize, start * dtype.itemsize
+    with open(path, "rb", buffering=0) as file:
+        for row in range(rows):
+            file.seek(tensor.offset + row * row_bytes + skip)
+            if file.readinto(memoryview(tile[row]).cast("B")) != tile[row].nbytes:
+                raise WeightsUnreadable(f"{tensor.key} is truncated")
+    return as_float32(tile, tensor)
+
+
 def as_float32(array: np.ndarray, tensor: Tensor) -> np.ndarray:
     """A (part of a) tensor as float32; the same memory where it already is float32 and contiguous."""
     if tensor.dtype == "BF16":
         widened = np.ascontiguousarray(array).astype(np.uint32) << 16
         return widened.view(np.float32)
     return np.ascontiguousarray(array, dtype=np.float32)
-
-
-def release_pages(array: np.ndarray) -> None:
-    """Drop a memory-mapped array's pages from this process (the page cache keeps them): RSS stays at one tile."""
-    mapping = getattr(array, "_mmap", None)
-    if isinstance(mapping, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
-        mapping.madvise(mmap.MADV_DONTNEED)
