@@ -167,9 +167,10 @@ def main() -> None:
         f"bench_wide: {base['fragments']} fragments, --sae-memory {human_bytes(sae_memory)}, {threads} writer threads"
     )
     print(
-        "| width | unit (fragments) | inner chunk (features) | encoder | build s | encode+write s | ns per fragment x feature | vs 16k | peak RSS | bound | within |"
+        "| width | unit (fragments) | inner chunk (features) | encoder | build s | encode+write s "
+        "| ns per fragment x feature | vs 16k | peak anon | anon bound | peak RSS | RSS bound | within |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     reference = None
     for tag in tags:
         r = results[tag]

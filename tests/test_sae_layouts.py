@@ -176,3 +176,36 @@ def test_a_layer_that_contradicts_the_layout_is_refused(tmp_path):
     write_saelens_sae(tmp_path / "sae", weights, saelens_cfg(6, D_MODEL, 32, "jumprelu"))
     with pytest.raises(SaezarrError, match="'layer' is 2 but the SAE reads layer 6"):
         locate_sae(local(tmp_path), SAEConfig(2, None, "sae"), D_MODEL)
+
+
+def test_a_build_in_tiles_equals_a_build_of_the_whole_encoder(tiny, tmp_path):
+    """--sae-memory below the encoder's size: the store holds the same latents."""
+    import zarr
+
+    from saezarr.extract.pipeline import BuildOptions, build
+    from saezarr.synthetic import calibration_residuals
+
+    x = calibration_residuals(tiny.model, [12], tiny.sentences)[12]
+    rng = np.random.default_rng(5)
+    (tmp_path / "saes" / "wide").mkdir(parents=True)
+    np.savez(tmp_path / "saes" / "wide" / "params.npz", **random_sae(x, WIDE, 40, rng))
+    config = tmp_path / "wide.json"
+    entries = [{"path": "wide", "layer": 12, "name": "wide"}]
+    config.write_text(json.dumps({"model": str(tiny.model), "sae_repo": str(tmp_path / "saes"), "configs": entries}))
+    stores = {}
+    for name, budget in (("whole", None), ("tiled", 4 * 32 * 1200)):
+        stores[name] = tmp_path / f"{name}.zarr"
+        options = BuildOptions(tiny.csv, stores[name], config, sae_memory=budget, quiet=True, chunk_fragments=128)
+        build(options)
+    whole, tiled = (zarr.open_array(stores[n] / "activations")[:] for n in ("whole", "tiled"))
+    assert whole.shape[2] == WIDE and np.isfinite(whole).all() and (whole > 0).any()
+    np.testing.assert_allclose(tiled, whole, rtol=1e-6, atol=1e-6)
+
+
+def test_units_and_inner_chunks_adapt_to_the_width():
+    from saezarr.store.layout import _feature_chunk, default_chunk_fragments
+
+    for width, fragments, features in ((16384, 512, 2048), (65536, 256, 4096), (2**18, 64, 2**14), (2**20, 64, 2**14)):
+        assert (default_chunk_fragments(width), _feature_chunk(width)) == (fragments, features)
+        assert 4 * fragments * width <= max(64 * 2**20, 4 * 64 * width) and 4 * fragments * features == 4 * 2**20
+    assert _feature_chunk(3000) == 1500 and default_chunk_fragments(3000) == 512
