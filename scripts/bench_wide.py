@@ -7,7 +7,7 @@ b_enc, threshold; random, thresholds set for ~64 active features per token; writ
 without W_dec, which the build never reads). `--sae-memory` (default 2 GiB) makes the 262k and 1m encoders tiled.
 A build at width 256 measures what does not grow with the width. Each width's encode+write time is the time of its
 model pass (the encoder's load, each chunk's forward of the one layer, encode and write; timed by wrapping the
-pass) less the 256-wide build's. Figures: ns per fragment x feature, its ratio to 16k's
+pass) less the 256-wide build's, in wall time and in the process's CPU time (steadier on a shared machine). Figures: ns per fragment x feature, its ratio to 16k's
 (target <= 1.3), the store's unit (fragments per shard) and inner feature chunk, and each child's peak RSS against
 the documented bound (the 256-wide build's peak, which holds the model and interpreter, plus
 saezarr.extract.memory.host_memory_bound). Then `export-npz` and `analyze` on the widest store, each a child
@@ -54,16 +54,19 @@ if spec["kind"] == "build":
     from saezarr.store.layout import Store
     passes = []
     run_pass = B._PassRunner._run_pass
+    cpu = []
     def timed_pass(*args, **kwargs):  # one model pass: the encoder's load, each chunk's forward, encode and write
-        t = time.perf_counter()
+        t, c = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
         run_pass(*args, **kwargs)
         passes.append(time.perf_counter() - t)
+        d = resource.getrusage(resource.RUSAGE_SELF)
+        cpu.append(d.ru_utime - c.ru_utime + d.ru_stime - c.ru_stime)
     B._PassRunner._run_pass = timed_pass
     started = time.perf_counter()
     summary = build(BuildOptions(input=Path(spec["csv"]), output=Path(spec["output"]), config_file=Path(spec["config"]),
                                  device="cpu", sae_memory=spec["sae_memory"], quiet=True, overwrite=True))
     store = Store(spec["output"])
-    result = {"elapsed": summary.elapsed, "encode_write": sum(passes), "fragments": summary.n_fragments, "width": store.width,
+    result = {"elapsed": summary.elapsed, "encode_write": sum(passes), "encode_write_cpu": sum(cpu), "fragments": summary.n_fragments, "width": store.width,
               "chunk_fragments": store.chunk_fragments, "feature_chunk": store.feature_chunk,
               "bytes": summary.bytes_on_disk}
 else:
@@ -167,16 +170,19 @@ def main() -> None:
         f"bench_wide: {base['fragments']} fragments, --sae-memory {human_bytes(sae_memory)}, {threads} writer threads"
     )
     print(
-        "| width | unit (fragments) | inner chunk (features) | encoder | build s | encode+write s "
-        "| ns per fragment x feature | vs 16k | peak anon | anon bound | peak RSS | RSS bound | within |"
+        "| width | unit (fragments) | inner chunk (features) | encoder | build s | encode+write s | CPU s "
+        "| ns per fragment x feature (wall, CPU) | vs 16k (wall, CPU) | peak anon | anon bound | peak RSS "
+        "| RSS bound | within |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    reference = None
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    reference = reference_cpu = None
     for tag in tags:
         r = results[tag]
         net = max(r["encode_write"] - base["encode_write"], 1e-9)
+        net_cpu = max(r["encode_write_cpu"] - base["encode_write_cpu"], 1e-9)
         ns = net / (r["fragments"] * r["width"]) * 1e9
-        reference = reference or ns
+        ns_cpu = net_cpu / (r["fragments"] * r["width"]) * 1e9
+        reference, reference_cpu = reference or ns, reference_cpu or ns_cpu
         unit = 4 * default_chunk_fragments(r["width"]) * r["width"]
         encoder_bytes = 4 * (D_MODEL * r["width"] + 2 * r["width"])
         # anonymous: the interpreter and model (the 256-wide build's), and what the bound counts beside the encoder,
@@ -187,7 +193,8 @@ def main() -> None:
         within = r["peak_anon"] <= anon_bound and r["peak_rss"] <= rss_bound
         print(
             f"| {tag} | {r['chunk_fragments']} | {r['feature_chunk']} | {tiled} | {r['elapsed']:.1f} | {net:.1f} | "
-            f"{ns:.3f} | {ns / reference:.2f} | {human_bytes(r['peak_anon'])} | {human_bytes(anon_bound)} | "
+            f"{net_cpu:.1f} | {ns:.0f}, {ns_cpu:.0f} | {ns / reference:.2f}, {ns_cpu / reference_cpu:.2f} | "
+            f"{human_bytes(r['peak_anon'])} | {human_bytes(anon_bound)} | "
             f"{human_bytes(r['peak_rss'])} | {human_bytes(rss_bound)} | {'yes' if within else 'NO'} |"
         )
     print(f"baseline (width 256): build {base['elapsed']:.1f} s, peak RSS {human_bytes(base['peak_rss'])}")

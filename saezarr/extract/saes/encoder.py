@@ -35,6 +35,7 @@ class Encoder:
         whole = budget is None or sae.encoder_bytes <= budget
         self.tile = sae.width if whole else tile_features(sae, budget)
         self.W_enc = self._whole() if whole else None  # None: streamed tile by tile
+        self._mapped = None if whole or not self._maps else mapped(layout.weights, self._header[layout.W_enc])
 
     @property
     def tiled(self) -> bool:
@@ -61,8 +62,8 @@ class Encoder:
         if self.W_enc is not None:
             return self.W_enc[:, start:stop]
         tensor = self._header[self.sae.layout.W_enc]
-        if self._maps:  # a strided view: BLAS reads the columns where they are mapped
-            return torch.from_numpy(mapped(self.sae.layout.weights, tensor)[:, start:stop])
+        if self._mapped is not None:  # a strided view: BLAS reads the columns where they are mapped
+            return torch.from_numpy(self._mapped[:, start:stop])
         return torch.from_numpy(read_columns(self.sae.layout.weights, tensor, start, stop)).to(self.device)
 
     def encode(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
