@@ -217,6 +217,6 @@ def test_export_and_analyze_read_a_store_of_saes_without_average_l0(local_store,
     summary = analyze(
         AnalyzeOptions(store=local_store, output=tmp_path / "analysis", quiet=True, cache=tmp_path / "cache")
     )
-    assert summary.n_configs == 3 and summary.n_features == 3 * WIDTH
+    assert summary.n_configs == 3 and summary.n_features == WIDTH  # features per config
     features = pd.read_parquet(tmp_path / "analysis" / "features.parquet")
     assert sorted(features["config"].unique()) == sorted(names)
