@@ -9,7 +9,7 @@ from pathlib import Path
 
 from saezarr.errors import SaezarrError
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "gemma_scope_16k_configurations.json"
+DEFAULT_CONFIG = Path("gemma-scope-2b-pt-res-16k")  # a bundled catalogue (saezarr.catalogues.DEFAULT), in the package
 DEMO_OUTPUT = Path("saezarr-demo.zarr")
 
 
@@ -45,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_export(commands)
     _add_info(commands)
     _add_analyze(commands)
+    _add_catalogues(commands)
     return parser
 
 
@@ -52,7 +53,12 @@ def _add_build(commands) -> None:
     p = commands.add_parser("build", help="build or resume a store from a labeled CSV")
     p.add_argument("--input", type=Path, help="CSV with columns sentence,concept_strength_label")
     p.add_argument("--output", type=Path, help="the Zarr store folder to write")
-    p.add_argument("--config", type=Path, default=None, help=f"SAE configuration file (default: {DEFAULT_CONFIG.name})")
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help=f"SAE configuration file, or a bundled catalogue's name (`saezarr catalogues`; default: {DEFAULT_CONFIG})",
+    )
     p.add_argument("--model", help="hub repo id or local folder; overrides the config file")
     p.add_argument("--sae-repo", help="hub repo id or local folder; overrides the config file")
     p.add_argument("--layers", help="only configs on these layers, e.g. 3,12")
@@ -231,6 +237,27 @@ def _run_info(args) -> int:
 
     info = store_info(args.store)
     print(json.dumps(info, indent=2) if args.json else format_info(info))
+    return 0
+
+
+def _add_catalogues(commands) -> None:
+    p = commands.add_parser("catalogues", help="list the bundled SAE catalogues, usable as build --config NAME")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(run=_run_catalogues)
+
+
+def _run_catalogues(args) -> int:
+    import dataclasses
+    import json
+
+    from saezarr.catalogues import list_catalogues
+
+    found = list_catalogues()
+    if args.json:
+        print(json.dumps([dataclasses.asdict(c) for c in found], indent=2))
+        return 0
+    for catalogue in found:
+        print(f"{catalogue.name}  {catalogue.n_configs} SAEs  {catalogue.model}  {catalogue.sae_repo}")
     return 0
 
 

@@ -23,7 +23,8 @@ from saezarr.execution.caches import current_store, process_cache
 from saezarr.extract.fragments import Fragments
 from saezarr.extract.memory import default_sae_memory, units_in_flight, writer_threads
 from saezarr.extract.residuals import ModelInfo, ResidualReader, load_model
-from saezarr.extract.sae import JumpReLUEncoder, SAEFile, plan_passes
+from saezarr.extract.saes.encoder import Encoder, load_encoder, plan_passes
+from saezarr.extract.saes.locate import SAEFile
 from saezarr.store.layout import Store
 
 
@@ -66,6 +67,7 @@ class PassSpec:
 
     saes: tuple[SAEFile, ...]
     rows: tuple[int, ...]
+    sae_memory: int | None = None  # an encoder wider than this is encoded in tiles within it
 
     @property
     def layers(self) -> list[int]:
@@ -111,7 +113,7 @@ def pending_work(
         if max_chunks is not None:
             tasks, max_chunks = tasks[:max_chunks], max_chunks - min(len(tasks), max_chunks)
         if tasks:
-            work.append((PassSpec(tuple(group), rows), tasks))
+            work.append((PassSpec(tuple(group), rows, sae_memory), tasks))
     return work
 
 
@@ -144,7 +146,7 @@ def chunk_residuals(
 
 def compute_chunk(
     reader: ResidualReader,
-    encoders: Sequence[JumpReLUEncoder],
+    encoders: Sequence[Encoder],
     pass_: PassSpec,
     fragments: FragmentIndex,
     task: Task,
@@ -279,10 +281,12 @@ def _model(spec: ComputeSpec) -> tuple[torch.nn.Module, int]:
     return model, int(loaded)
 
 
-def _encoders(spec: ComputeSpec, pass_: PassSpec) -> tuple[list[JumpReLUEncoder], int]:
+def _encoders(spec: ComputeSpec, pass_: PassSpec) -> tuple[list[Encoder], int]:
     """This process's encoders for a pass, one pass's at a time (what --sae-memory budgets); also the SAE loads."""
     encoders, loaded = process_cache.get(
-        "encoders", (pass_, spec.device), lambda: [JumpReLUEncoder.load(sae, spec.device) for sae in pass_.saes]
+        "encoders",
+        (pass_, spec.device),
+        lambda: [load_encoder(sae, spec.device, pass_.sae_memory) for sae in pass_.saes],
     )
     return encoders, len(pass_.saes) if loaded else 0
 

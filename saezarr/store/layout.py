@@ -31,6 +31,8 @@ ACTIVATIONS = "activations"
 STATE_GROUP = "_saezarr"
 DEFAULT_CHUNK_FRAGMENTS = 512
 DEFAULT_FEATURE_CHUNK = 2048
+UNIT_BYTES = 64 * 2**20  # a unit's float32 latents at most, by default, for SAEs wider than 32k (16k: 32 MiB)
+MIN_UNIT_FRAGMENTS = 64  # but no fewer fragments: each read of W_enc then serves 64 rows (a 1m unit: 256 MiB)
 STAGING_SUFFIX = ".creating"
 TEMP_SUFFIX = ".tmp"  # a shard being written: `.KEY.PID.RANDOM.tmp` beside it
 STORE_ID = "store_id"  # root attribute: a random id, new on each create or overwrite (or extend) of a store
@@ -448,7 +450,9 @@ def _write_layout(path: Path, fragments: pd.DataFrame, configs, width, attrs, ch
     coords = {
         "config": ("config", _strings(c.name for c in configs)),
         "layer": ("config", np.array([c.layer for c in configs], dtype=np.int64)),
-        "average_l0": ("config", np.array([c.average_l0 for c in configs], dtype=np.int64)),
+        "average_l0": ("config", np.array([c.l0_or_missing for c in configs], dtype=np.int64)),  # -1: not known
+        "width": ("config", np.array([c.width or width for c in configs], dtype=np.int64)),
+        "architecture": ("config", _strings(c.architecture or "jumprelu" for c in configs)),
         "sae_path": ("config", _strings(c.path for c in configs)),
         "neuronpedia_source": ("config", _strings(c.neuronpedia or "" for c in configs)),
         "feature": ("feature", np.arange(width, dtype=np.int64)),
@@ -480,6 +484,15 @@ def _strings(values: Iterable) -> np.ndarray:
     return np.array(list(values), dtype=object)
 
 
+def default_chunk_fragments(width: int) -> int:
+    """Fragments per unit by default: DEFAULT_CHUNK_FRAGMENTS, fewer for SAEs wider than 32k so that a unit's
+    latents stay within UNIT_BYTES, which bounds the writer's host buffers, but at least MIN_UNIT_FRAGMENTS, below
+    which encoding a unit is bound by reading W_enc rather than by its arithmetic (1m wide: 64 fragments)."""
+    return max(MIN_UNIT_FRAGMENTS, min(DEFAULT_CHUNK_FRAGMENTS, UNIT_BYTES // (4 * width)))
+
+
 def _feature_chunk(width: int) -> int:
-    """Largest divisor of width not above DEFAULT_FEATURE_CHUNK, so inner chunks tile the shard."""
-    return next(c for c in range(min(DEFAULT_FEATURE_CHUNK, width), 0, -1) if width % c == 0)
+    """Largest divisor of width not above DEFAULT_FEATURE_CHUNK, more where the default unit has fewer fragments
+    (an inner chunk of a default unit keeps about 4 MiB at every width), so inner chunks tile the shard."""
+    wanted = DEFAULT_FEATURE_CHUNK * DEFAULT_CHUNK_FRAGMENTS // default_chunk_fragments(width)
+    return next(c for c in range(min(wanted, width), 0, -1) if width % c == 0)
