@@ -125,7 +125,7 @@ def test_hub_build_records_ids_and_commits(hub, tiny):
     assert attrs["sae_repo"] == SAE_ID and attrs["sae_revision"] == SAE_COMMIT
     assert local["model_revision"] == local["sae_revision"] == "local"
     differ = {k for k in attrs.keys() | local.keys() if attrs.get(k) != local.get(k)}
-    assert differ == {"model", "model_revision", "sae_repo", "sae_revision"}
+    assert differ == {"model", "model_revision", "sae_repo", "sae_revision", "store_id"}  # store_id: new per store
 
 
 def test_model_and_sae_repo_options_override_the_config_file(hub, tiny):
