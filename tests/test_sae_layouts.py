@@ -205,7 +205,12 @@ def test_a_build_in_tiles_equals_a_build_of_the_whole_encoder(tiny, tmp_path):
 def test_units_and_inner_chunks_adapt_to_the_width():
     from saezarr.store.layout import _feature_chunk, default_chunk_fragments
 
-    for width, fragments, features in ((16384, 512, 2048), (65536, 256, 4096), (2**18, 64, 2**14), (2**20, 64, 2**14)):
+    for width, fragments, features in (
+        (16384, 512, 2048),
+        (65536, 256, 4096),
+        (2**18, 128, 2**13),
+        (2**20, 128, 2**13),
+    ):
         assert (default_chunk_fragments(width), _feature_chunk(width)) == (fragments, features)
-        assert 4 * fragments * width <= max(64 * 2**20, 4 * 64 * width) and 4 * fragments * features == 4 * 2**20
+        assert 4 * fragments * width <= max(64 * 2**20, 4 * 128 * width) and 4 * fragments * features == 4 * 2**20
     assert _feature_chunk(3000) == 1500 and default_chunk_fragments(3000) == 512

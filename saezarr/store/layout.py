@@ -32,7 +32,7 @@ STATE_GROUP = "_saezarr"
 DEFAULT_CHUNK_FRAGMENTS = 512
 DEFAULT_FEATURE_CHUNK = 2048
 UNIT_BYTES = 64 * 2**20  # a unit's float32 latents at most, by default, for SAEs wider than 32k (16k: 32 MiB)
-MIN_UNIT_FRAGMENTS = 64  # but no fewer fragments: each read of W_enc then serves 64 rows (a 1m unit: 256 MiB)
+MIN_UNIT_FRAGMENTS = 128  # but no fewer: BLAS packs all of W_enc per unit, a cost per row of 1/fragments (1m: 512 MiB)
 STAGING_SUFFIX = ".creating"
 TEMP_SUFFIX = ".tmp"  # a shard being written: `.KEY.PID.RANDOM.tmp` beside it
 STORE_ID = "store_id"  # root attribute: a random id, new on each create or overwrite (or extend) of a store
@@ -487,7 +487,7 @@ def _strings(values: Iterable) -> np.ndarray:
 def default_chunk_fragments(width: int) -> int:
     """Fragments per unit by default: DEFAULT_CHUNK_FRAGMENTS, fewer for SAEs wider than 32k so that a unit's
     latents stay within UNIT_BYTES, which bounds the writer's host buffers, but at least MIN_UNIT_FRAGMENTS, below
-    which encoding a unit is bound by reading W_enc rather than by its arithmetic (1m wide: 64 fragments)."""
+    which encoding a unit is bound by packing W_enc rather than by its arithmetic (1m wide: 128 fragments)."""
     return max(MIN_UNIT_FRAGMENTS, min(DEFAULT_CHUNK_FRAGMENTS, UNIT_BYTES // (4 * width)))
 
 
