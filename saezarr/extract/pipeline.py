@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -37,6 +38,7 @@ from saezarr.extract.work import (
     PassSpec,
     Task,
     compute_chunk,
+    needs_model,
     overlaps_writes,
     pending_work,
 )
@@ -80,6 +82,8 @@ class BuildOptions:
     force_unlock: bool = False
     quiet: bool = False
     max_chunks: int | None = None
+    residuals: Sequence[int] | str | None = None  # None: no residual stream; "all": every layer; else these layers
+    extend: bool = False
     cluster: ClusterOptions = field(default_factory=ClusterOptions)  # default: run in this process
 
 
@@ -124,6 +128,7 @@ class _Plan:
     attrs: dict
     model_info: ModelInfo = field(repr=False)
     device: str
+    residual_layers: tuple[int, ...] | None = None  # the layers whose residual stream the store keeps
 
 
 def build(options: BuildOptions) -> BuildSummary:
@@ -170,7 +175,7 @@ def _build(options: BuildOptions) -> BuildSummary:
                     exit_code=143 if terminated else 130,
                 ) from None
     done = store.done_matrix()
-    summary.complete = bool(done.all())
+    summary.complete = bool(done.all()) and not len(store.pending_residuals())
     summary.bytes_on_disk = store.bytes_on_disk()
     summary.elapsed = time.perf_counter() - started
     return summary
@@ -217,6 +222,23 @@ def _check_resume_options(options: BuildOptions, store: Store) -> None:
                 f"{option} {given}: the store at {options.output} was started with {kept}; a resumed store must "
                 f"keep it to stay bitwise equal, so leave {option} out (or use --overwrite)"
             )
+
+
+def _check_resume_residuals(options: BuildOptions, plan: _Plan, store: Store) -> None:
+    """Refuse a --residuals other than the store's: the layers kept are fixed when the store is created."""
+    if options.residuals is None:
+        return
+    kept = None if store.residuals is None else store.residuals.layers
+    if plan.residual_layers != kept:
+        has = "keeps no residual stream" if kept is None else f"keeps the residuals of layers {_layer_list(kept)}"
+        raise SaezarrError(
+            f"--residuals: the store at {options.output} {has}; the layers kept are fixed when a store is created, so "
+            "leave --residuals out (or use --overwrite)"
+        )
+
+
+def _layer_list(layers: Sequence[int]) -> str:
+    return ",".join(str(layer) for layer in layers)
 
 
 @contextlib.contextmanager
@@ -312,7 +334,27 @@ def _plan(options: BuildOptions) -> _Plan:
         "configs": [c.name for c in configs],
         "batch_size": options.batch_size or DEFAULT_BATCH_SIZE,
     }
-    return _Plan(fragments=fragments, configs=configs, saes=saes, attrs=attrs, model_info=info, device=device)
+    return _Plan(
+        fragments=fragments,
+        configs=configs,
+        saes=saes,
+        attrs=attrs,
+        model_info=info,
+        device=device,
+        residual_layers=residual_layers(options.residuals, info.num_layers),
+    )
+
+
+def residual_layers(asked: Sequence[int] | str | None, num_layers: int) -> tuple[int, ...] | None:
+    """The layers `--residuals` keeps (None: no residual stream), checked against the model's depth."""
+    if asked is None:
+        return None
+    if asked == "all":
+        return tuple(range(num_layers))
+    wrong = [layer for layer in asked if not 0 <= layer < num_layers]
+    if wrong:
+        raise SaezarrError(f"--residuals: layer {wrong[0]} is not a layer of the model (0-{num_layers - 1})")
+    return tuple(sorted(set(asked)))
 
 
 def _open_or_create(options: BuildOptions, plan: _Plan, exists: bool) -> tuple[Store, StoreLock]:
@@ -325,6 +367,8 @@ def _open_or_create(options: BuildOptions, plan: _Plan, exists: bool) -> tuple[S
             plan.saes[0].width,
             plan.attrs,
             options.chunk_fragments or DEFAULT_CHUNK_FRAGMENTS,
+            residual_layers=plan.residual_layers,
+            hidden_size=plan.model_info.hidden_size,
         )
     elif options.resume:
         lock = store_lock(options.output)
@@ -332,6 +376,7 @@ def _open_or_create(options: BuildOptions, plan: _Plan, exists: bool) -> tuple[S
         try:
             store = open_for_resume(options.output)
             _check_resume_options(options, store)
+            _check_resume_residuals(options, plan, store)
         except BaseException:  # a refusal, Ctrl-C or SIGTERM: the lock goes back
             lock.release()
             raise
@@ -350,6 +395,8 @@ def _open_or_create(options: BuildOptions, plan: _Plan, exists: bool) -> tuple[S
                 plan.attrs,
                 options.chunk_fragments or DEFAULT_CHUNK_FRAGMENTS,
                 replace=True,
+                residual_layers=plan.residual_layers,
+                hidden_size=plan.model_info.hidden_size,
             )
     lock = store.lock()
     lock.acquire()
@@ -357,10 +404,13 @@ def _open_or_create(options: BuildOptions, plan: _Plan, exists: bool) -> tuple[S
 
 
 def _count_pending(store: Store, summary: BuildSummary) -> bool:
-    """Count the store's done and total units into the summary; return whether any unit is left."""
+    """Count the store's done and total units (residual units included) into the summary; return whether any unit is
+    left."""
     done = store.done_matrix()
-    summary.units_total, summary.units_skipped = done.size, int(done.sum())
-    return not done.all()
+    residuals = store.residuals.done() if store.residuals is not None else np.zeros(0, dtype=bool)
+    summary.units_total = done.size + residuals.size
+    summary.units_skipped = int(done.sum()) + int(residuals.sum())
+    return not (done.all() and residuals.all())
 
 
 class _PassRunner:
@@ -374,7 +424,9 @@ class _PassRunner:
         """Run every pass that has pending chunks; the model is loaded only if something is left."""
         if not _count_pending(self.store, self.summary):
             return
-        model = load_model(self.plan.model_info, self.plan.device, self.options.dtype)
+        model = None
+        if self._model_needed():
+            model = load_model(self.plan.model_info, self.plan.device, self.options.dtype)
         # on CUDA the default budget is what the loaded model leaves free
         self.sae_memory = self.options.sae_memory or default_sae_memory(self.plan.device)
         work = pending_work(self.store, self.plan.saes, self.sae_memory, self.options.max_chunks)
@@ -386,8 +438,14 @@ class _PassRunner:
             for pass_, tasks in work:
                 self._run_pass(model, fragments, pass_, tasks, bar)
 
+    def _model_needed(self) -> bool:
+        """Whether any pending task runs the model (none does if the store holds every residual they read)."""
+        work = pending_work(self.store, self.plan.saes, 2**62, self.options.max_chunks)
+        done = self.store.residuals.done() if self.store.residuals is not None else None
+        return any(needs_model(self.store, pass_, task, done) for pass_, tasks in work for task in tasks)
+
     def _run_pass(
-        self, model: torch.nn.Module, fragments: FragmentIndex, pass_: PassSpec, tasks: list[Task], bar: tqdm
+        self, model: torch.nn.Module | None, fragments: FragmentIndex, pass_: PassSpec, tasks: list[Task], bar: tqdm
     ) -> None:
         """One model pass: each pending chunk goes through the model once and through every SAE of the pass."""
         encoders = [JumpReLUEncoder.load(sae, self.plan.device) for sae in pass_.saes]
@@ -398,12 +456,13 @@ class _PassRunner:
             overlap = overlaps_writes(self.plan.device)
         batch_size = self.store.attrs.get("batch_size", DEFAULT_BATCH_SIZE)  # on resume, the store's own
         writer = ChunkWriter(self.store, self.options.workers, overlap)
-        with ResidualReader(model, pass_.layers) as reader, writer:
+        reader = contextlib.nullcontext() if model is None else ResidualReader(model, pass_.layers, pass_.embeddings)
+        with reader as reading, writer:
             for task in tasks:
                 self.summary.forward_batches += compute_chunk(
-                    reader, encoders, pass_, fragments, task, batch_size, writer
+                    reading, encoders, pass_, fragments, task, batch_size, writer
                 )
-                self.summary.units_written += len(task.rows)
+                self.summary.units_written += len(task.rows) + task.residuals
                 bar.update(self.store.chunk_size(task.chunk))
 
 

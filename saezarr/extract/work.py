@@ -20,9 +20,10 @@ import torch
 from saezarr.errors import SaezarrError
 from saezarr.extract.fragments import Fragments
 from saezarr.extract.memory import default_sae_memory, units_in_flight, writer_threads
-from saezarr.extract.residuals import ModelInfo, ResidualReader, load_model
+from saezarr.extract.residuals import EMBEDDINGS_KEY, ModelInfo, ResidualReader, load_model
 from saezarr.extract.sae import JumpReLUEncoder, SAEFile, plan_passes
 from saezarr.store.layout import Store
+from saezarr.store.residuals import RESIDUAL_UNIT
 
 
 @dataclass(frozen=True)
@@ -63,20 +64,28 @@ class PassSpec:
 
     saes: tuple[SAEFile, ...]
     rows: tuple[int, ...]
+    residual_layers: tuple[int, ...] = ()  # the store's kept layers, in the pass that writes residual units
 
     @property
     def layers(self) -> list[int]:
         """The layers whose residuals the pass reads."""
-        return sorted({sae.config.layer for sae in self.saes})
+        return sorted({sae.config.layer for sae in self.saes} | set(self.residual_layers))
+
+    @property
+    def embeddings(self) -> bool:
+        """Whether the pass reads the first decoder layer's input (it writes residual units)."""
+        return bool(self.residual_layers)
 
 
 @dataclass(frozen=True)
 class Task:
-    """One fragment chunk through one pass, writing the units of `rows` (the pass's configs not yet done)."""
+    """One fragment chunk through one pass, writing the units of `rows` (the pass's configs not yet done) and, with
+    `residuals`, the chunk's residual unit."""
 
     pass_index: int
     chunk: int
     rows: tuple[int, ...]
+    residuals: bool = False
 
 
 @dataclass
@@ -93,20 +102,32 @@ class TaskResult:
 def pending_work(
     store: Store, saes: Sequence[SAEFile], sae_memory: int, max_chunks: int | None = None
 ) -> list[tuple[PassSpec, list[Task]]]:
-    """Each pass that has units left, with one task per chunk that lacks one of its units; `max_chunks` caps the tasks."""
+    """Each pass that has units left, with one task per chunk that lacks one of its units; `max_chunks` caps the tasks.
+    The first pass also writes the residual units still to write."""
     done = store.done_matrix()
     index = {name: i for i, name in enumerate(store.config_names)}
+    residual_chunks = set(store.pending_residuals().tolist())
     work = []
     for group in plan_passes(list(saes), sae_memory):
         rows = tuple(index[sae.config.name] for sae in group)
+        writes_residuals = bool(residual_chunks) and not work
+        chunks = set(np.flatnonzero(~done[list(rows)].all(axis=0)).tolist()) if rows else set()
+        if writes_residuals:
+            chunks |= residual_chunks
         tasks = [
-            Task(len(work), int(chunk), tuple(r for r in rows if not done[r, chunk]))
-            for chunk in np.flatnonzero(~done[list(rows)].all(axis=0))
+            Task(
+                len(work),
+                chunk,
+                tuple(r for r in rows if not done[r, chunk]),
+                writes_residuals and chunk in residual_chunks,
+            )
+            for chunk in sorted(chunks)
         ]
         if max_chunks is not None:
             tasks, max_chunks = tasks[:max_chunks], max_chunks - min(len(tasks), max_chunks)
         if tasks:
-            work.append((PassSpec(tuple(group), rows), tasks))
+            kept = store.residuals.layers if writes_residuals else ()
+            work.append((PassSpec(tuple(group), rows, kept), tasks))
     return work
 
 
@@ -138,7 +159,7 @@ def chunk_residuals(
 
 
 def compute_chunk(
-    reader: ResidualReader,
+    reader: ResidualReader | None,
     encoders: Sequence[JumpReLUEncoder],
     pass_: PassSpec,
     fragments: FragmentIndex,
@@ -146,15 +167,98 @@ def compute_chunk(
     batch_size: int,
     writer: ChunkWriter,
 ) -> int:
-    """Run one chunk through the model once and through the pass's SAEs for `task.rows`; return the forward batches."""
-    start, stop = writer.store.chunk_bounds(task.chunk)
-    residuals, batches = chunk_residuals(reader, fragments, start, stop, batch_size)
+    """Run one chunk through the model once (only its rows whose residuals the store lacks; no reader is needed if it
+    has them all) and through the pass's SAEs for `task.rows`, and write its residual unit if the task has one;
+    return the forward batches."""
+    store = writer.store
+    start, stop = store.chunk_bounds(task.chunk)
+    residuals, batches = task_residuals(reader, store, pass_, fragments, task, batch_size)
     for sae, encoder, row in zip(pass_.saes, encoders, pass_.rows):
         if row in task.rows:
             # the chunk's latents reach the host once, into a buffer the writer recycles
-            latents = writer.host_buffer(stop - start, writer.store.width)
-            writer.submit(row, task.chunk, encoder.encode(residuals[sae.config.layer], out=latents))
+            latents = writer.host_buffer(stop - start, store.width)
+            encoder.encode(residuals[sae.config.layer].to(encoder.W_enc.device), out=latents)
+            kept = store.kept_rows(row, task.chunk)
+            if kept:  # an extension keeps these rows' latents bitwise as they were
+                latents[:kept] = torch.from_numpy(
+                    store.read_chunk(row, task.chunk, lambda block, kept=kept: block[:kept].copy())
+                )
+            writer.submit(row, task.chunk, latents)
+    if task.residuals:
+        layers = store.residuals.layers
+        writer.submit_residuals(
+            task.chunk,
+            np.stack([_host(residuals[layer], store.residuals.dtype) for layer in layers]),
+            _host(residuals[EMBEDDINGS_KEY], store.residuals.dtype),
+        )
     return batches
+
+
+def needs_model(store: Store, pass_: PassSpec, task: Task, residuals_done: np.ndarray | None) -> bool:
+    """Whether a task runs the model: some of its rows need residuals the store does not hold."""
+    start, stop = store.chunk_bounds(task.chunk)
+    return start + _rows_from_store(store, pass_, task, residuals_done) < stop
+
+
+def _rows_from_store(store: Store, pass_: PassSpec, task: Task, residuals_done: np.ndarray | None = None) -> int:
+    """Leading rows of a task's chunk whose residuals (every layer it reads) come from the store."""
+    if store.residuals is None or not set(_task_layers(store, pass_, task)) <= set(store.residuals.layers):
+        return 0
+    return store.residual_rows_stored(task.chunk, residuals_done)
+
+
+def _task_layers(store: Store, pass_: PassSpec, task: Task) -> list[int]:
+    """The layers a task's units read: its SAEs', and every kept layer if it writes the residual unit."""
+    layers = {sae.config.layer for sae, row in zip(pass_.saes, pass_.rows) if row in task.rows}
+    return sorted(layers | (set(store.residuals.layers) if task.residuals else set()))
+
+
+def task_residuals(
+    reader: ResidualReader | None,
+    store: Store,
+    pass_: PassSpec,
+    fragments: FragmentIndex,
+    task: Task,
+    batch_size: int,
+) -> tuple[dict[int, torch.Tensor], int]:
+    """The residuals a task reads, {layer (EMBEDDINGS_KEY: the embeddings): [rows, hidden]}, read from the store
+    where it holds them and from the model for the other rows; and the forward batches run."""
+    start, stop = store.chunk_bounds(task.chunk)
+    from_store = _rows_from_store(store, pass_, task)
+    parts: list[dict[int, torch.Tensor]] = []
+    if from_store:
+        parts.append(_stored(store, _task_layers(store, pass_, task), task.residuals, start, start + from_store))
+    batches = 0
+    if start + from_store < stop:
+        if reader is None:
+            raise RuntimeError("a task that runs the model was given no model")
+        computed, batches = chunk_residuals(reader, fragments, start + from_store, stop, batch_size)
+        parts.append(computed)
+    if len(parts) == 1:
+        residuals = parts[0]
+    else:  # float32 where stored and computed rows meet: the stored rows are float32
+        residuals = {key: torch.cat([p[key].cpu().float() for p in parts]) for key in parts[0]}
+    kept = store.residual_rows_stored(task.chunk) if task.residuals else 0
+    if task.residuals and from_store == 0 and kept:  # an extension keeps these rows' residuals bitwise as they were
+        stored = _stored(store, list(store.residuals.layers), True, start, start + kept)
+        residuals = {key: value.cpu().float() for key, value in residuals.items()}
+        for key, value in stored.items():
+            residuals[key][:kept] = value
+    return residuals, batches
+
+
+def _stored(store: Store, layers: Sequence[int], embeddings: bool, start: int, stop: int) -> dict[int, torch.Tensor]:
+    """Residuals (and embeddings) of fragments [start, stop) of one chunk, read from the store."""
+    kept = [layer for layer in layers if layer in store.residuals.layers]
+    out = {layer: torch.from_numpy(values.copy()) for layer, values in store.residuals.read(kept, start, stop).items()}
+    if embeddings:
+        out[EMBEDDINGS_KEY] = torch.from_numpy(store.residuals.read_embeddings(start, stop).copy())
+    return out
+
+
+def _host(tensor: torch.Tensor, dtype: np.dtype) -> np.ndarray:
+    """A tensor as a host numpy array of the store's residual dtype."""
+    return tensor.detach().to("cpu", torch.float32).numpy().astype(dtype, copy=False)
 
 
 class ChunkWriter:
@@ -198,6 +302,9 @@ class ChunkWriter:
         return torch.empty((rows, width), dtype=torch.float32)
 
     def _write(self, config_index: int, chunk: int, latents: torch.Tensor) -> None:
+        if config_index == RESIDUAL_UNIT:
+            self._write_residuals(chunk, *latents)
+            return
         if self.mark:
             self.store.write_chunk(config_index, chunk, latents.numpy())
         else:
@@ -205,6 +312,18 @@ class ChunkWriter:
         with self._free_lock:
             self._free.append(latents)
             self.written.append((config_index, chunk))
+
+    def _write_residuals(self, chunk: int, residuals: np.ndarray, embeddings: np.ndarray) -> None:
+        self.store.residuals.write_unit(chunk, residuals, embeddings)
+        if self.mark:
+            self.store.mark_done(RESIDUAL_UNIT, chunk)
+        with self._free_lock:
+            self.written.append((RESIDUAL_UNIT, chunk))
+
+    def submit_residuals(self, chunk: int, residuals: np.ndarray, embeddings: np.ndarray) -> None:
+        """Hand over one chunk's residual unit ([layer, rows, hidden] and [rows, hidden]), written and marked like a
+        unit of latents."""
+        self.submit(RESIDUAL_UNIT, chunk, (residuals, embeddings))
 
     def submit(self, config_index: int, chunk: int, latents: torch.Tensor) -> None:
         """Hand over one unit; blocks while units are being written or the queue is full, and raises write errors."""
@@ -311,6 +430,6 @@ def run_task(spec: ComputeSpec, fragments: FragmentIndex, pass_: PassSpec, task:
     with _one_task_at_a_time:
         state, model_loads, sae_loads = loaded(spec, pass_)
         writer = ChunkWriter(state.store, spec.write_threads, overlap, mark=False, buffers=state.buffers)
-        with ResidualReader(state.model, pass_.layers) as reader, writer:
+        with ResidualReader(state.model, pass_.layers, pass_.embeddings) as reader, writer:
             batches = compute_chunk(reader, state.encoders, pass_, fragments, task, spec.batch_size, writer)
     return TaskResult(sorted(writer.written), batches, model_loads, sae_loads)
