@@ -19,6 +19,7 @@ from saezarr.clients import ClusterOptions, cluster_client
 from saezarr.configs import SAEConfig, load_config_file, select_configs
 from saezarr.errors import SaezarrError
 from saezarr.extract.cluster import check_workers, cluster_sae_memory, local_spec, run_tasks
+from saezarr.extract.extending import plan_extension
 from saezarr.extract.fragments import Fragments, make_fragments
 from saezarr.extract.inputs import read_labeled_csv
 from saezarr.extract.memory import default_sae_memory
@@ -42,6 +43,7 @@ from saezarr.extract.work import (
     overlaps_writes,
     pending_work,
 )
+from saezarr.store.growing import finish_growth, grow_store
 from saezarr.store.layout import (
     DEFAULT_CHUNK_FRAGMENTS,
     Store,
@@ -62,16 +64,16 @@ DEFAULT_BATCH_SIZE = 16
 class BuildOptions:
     """Everything `saezarr build` takes."""
 
-    input: Path
+    input: Path | None  # None only with extend: the store's own sentences
     output: Path
     config_file: Path
     model: str | None = None
     sae_repo: str | None = None
     layers: Sequence[int] | None = None
     configs: Sequence[str] | None = None
-    fragments: str = "token"
+    fragments: str | None = None  # None: "token" (with extend: the store's own)
     device: str | None = None
-    dtype: str = "float32"
+    dtype: str | None = None  # None: "float32" (with extend: the store's own)
     batch_size: int | None = None  # None: the store's own, else 16
     sae_memory: int | None = None  # None: from the device's free memory (default_sae_memory)
     chunk_fragments: int | None = None  # None: DEFAULT_CHUNK_FRAGMENTS
@@ -122,11 +124,11 @@ class BuildSummary:
 class _Plan:
     """Everything validated before the output is touched."""
 
-    fragments: Fragments
+    fragments: Fragments | None  # None: no task runs the model (an extension from stored residuals)
     configs: tuple[SAEConfig, ...]
     saes: list[SAEFile]
     attrs: dict
-    model_info: ModelInfo = field(repr=False)
+    model_info: ModelInfo | None = field(repr=False)
     device: str
     residual_layers: tuple[int, ...] | None = None  # the layers whose residual stream the store keeps
 
@@ -142,6 +144,8 @@ def build(options: BuildOptions) -> BuildSummary:
 
 def _build(options: BuildOptions) -> BuildSummary:
     started = time.perf_counter()
+    if options.extend:
+        return _extend(options, started)
     # the output and flags first: a forgotten --resume must not wait for gigabytes of downloads
     exists = check_output_path(options.output)
     if exists and not (options.resume or options.overwrite):
@@ -160,24 +164,71 @@ def _build(options: BuildOptions) -> BuildSummary:
                 if client is None
                 else _ClusterRunner(client, options, plan, store, summary)
             )
-            try:
-                runner.run()
-            except torch.cuda.OutOfMemoryError:
-                raise _out_of_memory(options, store, runner) from None
-            except KeyboardInterrupt as stop:
-                with _interrupts_ignored():
-                    done = store.done_matrix()
-                terminated = isinstance(stop, _Terminated)
-                raise SaezarrError(
-                    f"{'terminated (SIGTERM)' if terminated else 'interrupted'}: {int(done.sum())} of {done.size} chunks "
-                    f"of {options.output} are done and kept; rerun the same command with --resume (in place of "
-                    "--overwrite, if given) to continue",
-                    exit_code=143 if terminated else 130,
-                ) from None
+            _run(runner, options, store, "rerun the same command with --resume (in place of --overwrite, if given)")
+    return _finish(summary, store, started)
+
+
+def _run(runner: _PassRunner | _ClusterRunner, options: BuildOptions, store: Store, how: str) -> None:
+    """Run the pending tasks; an out-of-memory or an interruption is one line saying what is kept and `how` to go on."""
+    try:
+        runner.run()
+    except torch.cuda.OutOfMemoryError:
+        raise _out_of_memory(options, store, runner) from None
+    except KeyboardInterrupt as stop:
+        with _interrupts_ignored():
+            done = store.done_matrix()
+        terminated = isinstance(stop, _Terminated)
+        raise SaezarrError(
+            f"{'terminated (SIGTERM)' if terminated else 'interrupted'}: {int(done.sum())} of {done.size} chunks "
+            f"of {options.output} are done and kept; {how} to continue",
+            exit_code=143 if terminated else 130,
+        ) from None
+
+
+def _finish(summary: BuildSummary, store: Store, started: float) -> BuildSummary:
+    """The summary's final counts."""
     done = store.done_matrix()
     summary.complete = bool(done.all()) and not len(store.pending_residuals())
     summary.bytes_on_disk = store.bytes_on_disk()
     summary.elapsed = time.perf_counter() - started
+    return summary
+
+
+def _extend(options: BuildOptions, started: float) -> BuildSummary:
+    """Grow an existing store by the config file's new SAEs and the input's new rows, then compute the new units."""
+    if options.cluster.wanted:
+        raise SaezarrError("--extend runs in this process: leave out --local-workers, --scheduler, --scheduler-file")
+    if options.overwrite or options.resume:
+        raise SaezarrError(
+            "--extend grows the store in place (and finishes an interrupted extension itself): leave "
+            "out --overwrite and --resume"
+        )
+    if not check_output_path(options.output):
+        raise SaezarrError(f"--extend: no store at --output {options.output} to extend; build it first")
+    store = open_for_resume(options.output)
+    _check_resume_options(options, store)
+    extension = plan_extension(options, store)
+    device = resolve_device(options.device)
+    with store_lock(options.output) as lock:
+        lock.acquire(force=options.force_unlock)
+        store.discard_partial_writes()
+        remove_stale_staging(options.output)
+        if extension.growth is not None:
+            grow_store(store, extension.growth)
+            store = Store(options.output, mode="r+")
+        plan = _Plan(
+            fragments=extension.fragments,
+            configs=extension.configs,
+            saes=extension.saes,
+            attrs=store.attrs,
+            model_info=extension.model_info,
+            device=device,
+        )
+        summary = BuildSummary(options.output, store.n_configs, store.n_fragments, extension.n_sentences)
+        _run(_PassRunner(options, plan, store, summary), options, store, "rerun the same --extend command")
+        _finish(summary, store, started)
+        if summary.complete:
+            finish_growth(options.output)
     return summary
 
 
@@ -311,7 +362,7 @@ def _plan(options: BuildOptions) -> _Plan:
             f"{info.num_layers} layers (0-{info.num_layers - 1})"
         )
     tokenizer = load_tokenizer(info)
-    fragments = make_fragments(data, tokenizer, options.fragments, info.max_tokens)
+    fragments = make_fragments(data, tokenizer, options.fragments or "token", info.max_tokens)
     sae_source = resolve_sae_repo(options.sae_repo or config_file.sae_repo, configs[0])
     saes = [locate_sae(sae_source, c, info.hidden_size) for c in configs]
     widths = {s.width for s in saes}
@@ -325,8 +376,8 @@ def _plan(options: BuildOptions) -> _Plan:
         "model_revision": info.source.revision,
         "sae_repo": sae_source.name,
         "sae_revision": sae_source.revision,
-        "model_dtype": options.dtype,
-        "fragments": options.fragments,
+        "model_dtype": options.dtype or "float32",
+        "fragments": options.fragments or "token",
         "tokens_sha256": fragments.tokens_sha256(),
         "input_file": data.path.name,
         "input_sha256": data.sha256,
@@ -426,11 +477,13 @@ class _PassRunner:
             return
         model = None
         if self._model_needed():
-            model = load_model(self.plan.model_info, self.plan.device, self.options.dtype)
+            if self.plan.model_info is None:  # the extension's plan said no unit needs it
+                raise SaezarrError(f"{self.store.path}: a unit to compute needs the model, which was not resolved")
+            model = load_model(self.plan.model_info, self.plan.device, self.store.attrs["model_dtype"])
         # on CUDA the default budget is what the loaded model leaves free
         self.sae_memory = self.options.sae_memory or default_sae_memory(self.plan.device)
         work = pending_work(self.store, self.plan.saes, self.sae_memory, self.options.max_chunks)
-        fragments = FragmentIndex.of(self.plan.fragments)
+        fragments = FragmentIndex.of(self.plan.fragments) if self.plan.fragments is not None else FragmentIndex.none()
         total = sum(self.store.chunk_size(task.chunk) for _, tasks in work for task in tasks)
         with tqdm(
             total=total, unit="frag", disable=self.options.quiet, desc="saezarr build", dynamic_ncols=True
@@ -481,7 +534,7 @@ class _ClusterRunner:
         spec = ComputeSpec(
             model=plan.model_info,
             device=plan.device,
-            dtype=options.dtype,
+            dtype=self.store.attrs["model_dtype"],
             batch_size=self.store.attrs.get("batch_size", DEFAULT_BATCH_SIZE),
             store=self.store.path.resolve(),
             write_threads=options.workers,

@@ -43,6 +43,12 @@ class FragmentIndex:
             positions=fragments.table["token_position"].to_numpy(),
         )
 
+    @classmethod
+    def none(cls) -> FragmentIndex:
+        """An empty index, for tasks that read every residual from the store."""
+        empty = np.zeros(0, dtype=np.int64)
+        return cls(token_ids=(), sentences=empty, positions=empty)
+
 
 @dataclass(frozen=True)
 class ComputeSpec:
