@@ -52,7 +52,7 @@ def plan_extension(options, store: Store) -> Extension:
     new_configs = tuple(c for c in chosen if c.name not in by_name)
     data = read_labeled_csv(options.input) if options.input is not None else None
     n_old = int(attrs["n_sentences"])
-    old_table = _stored_table(store, record)
+    old_table = _stored_table(store, n_old)
     if data is not None:
         _refuse_changed_rows(data, old_table, n_old, where, options.input)
     new_sentences = data is not None and len(data) > n_old
@@ -138,9 +138,11 @@ def _stored_configs(store: Store, n_configs: int) -> tuple[SAEConfig, ...]:
     )
 
 
-def _stored_table(store: Store, record: dict | None) -> pd.DataFrame:
-    """The store's fragment table as it was before any extension in progress."""
-    n = record["kept_fragments"] if record else store.n_fragments
+def _stored_table(store: Store, n_sentences: int) -> pd.DataFrame:
+    """The store's fragment table of its first n sentences (those its attributes count: a half-grown store's
+    coordinates may hold more)."""
+    sentences = store.coordinate("sentence_index")
+    n = int(np.searchsorted(sentences, n_sentences))
     table = pd.DataFrame({field: store.coordinate(field)[:n] for field in FRAGMENT_FIELDS})
     for field in ("fragment_text", "original_sentence"):
         table[field] = table[field].astype(str).astype(object)
