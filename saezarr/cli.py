@@ -217,14 +217,20 @@ def _add_export(commands) -> None:
         help="files written at once (default: one per usable core, fewer if memory is short)",
     )
     p.add_argument("--overwrite", action="store_true", help="rewrite files that already exist")
+    p.add_argument(
+        "--per-sentence",
+        action="store_true",
+        help="one sentence_NNNNNN.npz per sentence (all selected configs, and the residual stream if kept)",
+    )
     p.set_defaults(run=_run_export)
 
 
 def _run_export(args) -> int:
     from saezarr.configs import parse_layers
     from saezarr.export import export_npz
+    from saezarr.export_sentences import export_per_sentence
 
-    written = export_npz(
+    written = (export_per_sentence if args.per_sentence else export_npz)(
         args.store,
         args.output,
         configs=args.configs.split(",") if args.configs else None,

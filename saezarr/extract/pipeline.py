@@ -384,6 +384,7 @@ def _plan(options: BuildOptions) -> _Plan:
         "n_sentences": len(data),
         "configs": [c.name for c in configs],
         "batch_size": options.batch_size or DEFAULT_BATCH_SIZE,
+        "hidden_size": info.hidden_size,
     }
     return _Plan(
         fragments=fragments,
