@@ -257,3 +257,19 @@ def test_another_tokenizer_is_refused(tiny, assets, tmp_path):
     build(options(assets["old_csv"], store, config))
     write_tokenizer(model, ["a b c d e f g h i j k l m n o p"], vocab_size=300)  # same model, other tokenizer
     refused(store, "--input", assets["csv"], "--config", config, expect="tokenize differently")
+
+
+def test_a_kill_while_the_store_grows_is_finished_by_rerunning(assets, grown, tmp_path):
+    from saezarr.extract.extending import plan_extension
+    from saezarr.store import growing
+
+    store = tmp_path / "half-grown.zarr"
+    build(options(assets["old_csv"], store, assets["old_config"], residuals="all"))
+    extension = plan_extension(options(assets["csv"], store, assets["all_config"], extend=True), Store(store, "r+"))
+    growth = extension.growth
+    # the first steps of grow_store, as a kill after the coordinates were swapped in would leave them
+    (store / "_saezarr" / "extend.json").write_text(json.dumps(growth.record()))
+    growing._replace_coordinates(store, growth, Store(store).width, CHUNK)
+    assert Store(store).attrs["n_sentences"] == OLD_SENTENCES  # not committed yet
+    build(options(assets["csv"], store, assets["all_config"], extend=True))
+    assert data_files(store) == data_files(grown["extended"])

@@ -149,3 +149,23 @@ def test_resume_with_other_residual_layers_is_refused_and_the_store_unchanged(ti
     assert len(result.stderr.strip().splitlines()) == 1
     assert "keeps the residuals of layers 3,12" in result.stderr
     assert all_files(some) == before
+
+
+def test_a_local_cluster_build_keeps_the_same_residuals(tiny, stores, tmp_path):
+    from saezarr.clients import ClusterOptions
+
+    everything, _, _ = stores
+    out = tmp_path / "cluster.zarr"
+    summary = build(
+        BuildOptions(
+            input=tiny.csv,
+            output=out,
+            config_file=tiny.config_file,
+            quiet=True,
+            chunk_fragments=CHUNK,
+            residuals="all",
+            cluster=ClusterOptions(local_workers=2),
+        )
+    )
+    assert summary.complete
+    assert shard_hashes(out) == shard_hashes(everything)

@@ -161,7 +161,10 @@ class Store:
         return self._mark(config_index, chunk).exists() and self.shard_written(config_index, chunk)
 
     def shard_written(self, config_index: int, chunk: int) -> bool:
-        """True if the unit's shard file is there and not empty (marked or not)."""
+        """True if the unit's shard file (RESIDUAL_UNIT: each of the chunk's residual files) is there and not empty
+        (marked or not)."""
+        if config_index == RESIDUAL_UNIT:
+            return all(f.is_file() and f.stat().st_size > 0 for f in self.residuals.files(chunk))
         shard = self.shard_file(config_index, chunk)
         return shard.is_file() and shard.stat().st_size > 0
 
