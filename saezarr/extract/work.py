@@ -175,15 +175,16 @@ def compute_chunk(
 ) -> int:
     """Run one chunk through the model once (only its rows whose residuals the store lacks; no reader is needed if it
     has them all) and through the pass's SAEs for `task.rows`, and write its residual unit if the task has one;
-    return the forward batches."""
+    return the forward batches. Leading rows that an extension keeps are copied from the store, not computed."""
     store = writer.store
     start, stop = store.chunk_bounds(task.chunk)
-    residuals, batches = task_residuals(reader, store, pass_, fragments, task, batch_size)
+    skip = _kept_by_all(store, task)
+    residuals, batches = task_residuals(reader, store, pass_, fragments, task, batch_size, skip)
     for sae, encoder, row in zip(pass_.saes, encoders, pass_.rows):
         if row in task.rows:
             # the chunk's latents reach the host once, into a buffer the writer recycles
             latents = writer.host_buffer(stop - start, store.width)
-            encoder.encode(residuals[sae.config.layer].to(encoder.W_enc.device), out=latents)
+            encoder.encode(residuals[sae.config.layer].to(encoder.W_enc.device), out=latents[skip:])
             kept = store.kept_rows(row, task.chunk)
             if kept:  # an extension keeps these rows' latents bitwise as they were
                 latents[:kept] = torch.from_numpy(
@@ -191,19 +192,31 @@ def compute_chunk(
                 )
             writer.submit(row, task.chunk, latents)
     if task.residuals:
-        layers = store.residuals.layers
+        layers, dtype = store.residuals.layers, store.residuals.dtype
+        if skip:  # the kept rows' residuals, as stored
+            kept = _stored(store, layers, True, start, start + skip)
+            residuals = {key: torch.cat([value, residuals[key].cpu().float()]) for key, value in kept.items()}
         writer.submit_residuals(
             task.chunk,
-            np.stack([_host(residuals[layer], store.residuals.dtype) for layer in layers]),
-            _host(residuals[EMBEDDINGS_KEY], store.residuals.dtype),
+            np.stack([_host(residuals[layer], dtype) for layer in layers]),
+            _host(residuals[EMBEDDINGS_KEY], dtype),
         )
     return batches
+
+
+def _kept_by_all(store: Store, task: Task) -> int:
+    """Leading rows of the task's chunk that every unit it writes keeps from the store (an extension's old rows of
+    the store's last partial chunk): they need no residuals."""
+    kept = [store.kept_rows(row, task.chunk) for row in task.rows]
+    if task.residuals:
+        kept.append(store.residual_rows_stored(task.chunk))
+    return min(kept, default=0)
 
 
 def needs_model(store: Store, pass_: PassSpec, task: Task, residuals_done: np.ndarray | None) -> bool:
     """Whether a task runs the model: some of its rows need residuals the store does not hold."""
     start, stop = store.chunk_bounds(task.chunk)
-    return start + _rows_from_store(store, pass_, task, residuals_done) < stop
+    return start + max(_kept_by_all(store, task), _rows_from_store(store, pass_, task, residuals_done)) < stop
 
 
 def _rows_from_store(store: Store, pass_: PassSpec, task: Task, residuals_done: np.ndarray | None = None) -> int:
@@ -226,30 +239,33 @@ def task_residuals(
     fragments: FragmentIndex,
     task: Task,
     batch_size: int,
+    skip: int = 0,
 ) -> tuple[dict[int, torch.Tensor], int]:
-    """The residuals a task reads, {layer (EMBEDDINGS_KEY: the embeddings): [rows, hidden]}, read from the store
-    where it holds them and from the model for the other rows; and the forward batches run."""
+    """The residuals a task reads for its chunk's rows after the first `skip`, {layer (EMBEDDINGS_KEY: the
+    embeddings): [rows, hidden]}, read from the store where it holds them and from the model for the other rows;
+    and the forward batches run."""
     start, stop = store.chunk_bounds(task.chunk)
-    from_store = _rows_from_store(store, pass_, task)
+    first = start + skip
+    stored_stop = max(first, start + _rows_from_store(store, pass_, task))
     parts: list[dict[int, torch.Tensor]] = []
-    if from_store:
-        parts.append(_stored(store, _task_layers(store, pass_, task), task.residuals, start, start + from_store))
+    if stored_stop > first:
+        parts.append(_stored(store, _task_layers(store, pass_, task), task.residuals, first, stored_stop))
     batches = 0
-    if start + from_store < stop:
+    if stored_stop < stop:
         if reader is None:
             raise RuntimeError("a task that runs the model was given no model")
-        computed, batches = chunk_residuals(reader, fragments, start + from_store, stop, batch_size)
+        computed, batches = chunk_residuals(reader, fragments, stored_stop, stop, batch_size)
         parts.append(computed)
     if len(parts) == 1:
         residuals = parts[0]
     else:  # float32 where stored and computed rows meet: the stored rows are float32
         residuals = {key: torch.cat([p[key].cpu().float() for p in parts]) for key in parts[0]}
-    kept = store.residual_rows_stored(task.chunk) if task.residuals else 0
-    if task.residuals and from_store == 0 and kept:  # an extension keeps these rows' residuals bitwise as they were
-        stored = _stored(store, list(store.residuals.layers), True, start, start + kept)
+    kept = start + store.residual_rows_stored(task.chunk) if task.residuals else first
+    if stored_stop == first and kept > first:  # an extension keeps these rows' residuals bitwise as they were
+        stored = _stored(store, list(store.residuals.layers), True, first, kept)
         residuals = {key: value.cpu().float() for key, value in residuals.items()}
         for key, value in stored.items():
-            residuals[key][:kept] = value
+            residuals[key][: kept - first] = value
     return residuals, batches
 
 
