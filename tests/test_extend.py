@@ -300,3 +300,18 @@ def test_a_kill_while_the_store_grows_is_finished_by_rerunning(assets, grown, tm
     assert Store(store).attrs["n_sentences"] == OLD_SENTENCES  # not committed yet
     build(options(assets["csv"], store, assets["all_config"], extend=True))
     assert data_files(store) == data_files(grown["extended"])
+
+
+def test_an_extension_keeping_some_layers_runs_the_model_for_the_others(tiny, assets, grown, tmp_path):
+    store = tmp_path / "layer0.zarr"
+    first = write_config_file(tmp_path / "first.json", str(assets["model"]), str(tiny.saes), tiny.configs[:2])
+    build(options(assets["old_csv"], store, first, residuals=[0]))
+    summary = build(options(assets["csv"], store, assets["all_config"], extend=True))
+    assert summary.complete and summary.forward_batches > 0
+    one, ext = xr.open_zarr(grown["one_go"]), xr.open_zarr(store)
+    assert ext.residual_layer.values.tolist() == [0]
+    np.testing.assert_allclose(ext.residuals.values[0], one.residuals.sel(residual_layer=0).values, atol=1e-5)
+    for config in one.config.values:
+        np.testing.assert_allclose(
+            ext.activations.sel(config=config).values, one.activations.sel(config=config), atol=1e-4, rtol=1e-4
+        )
