@@ -26,10 +26,10 @@ from saezarr.export import (
     remove_stale_partials,
     select_targets,
 )
+from saezarr.machine import usable_cores
 from saezarr.npyzip import read_members
 from saezarr.store.layout import Store
 from saezarr.store.reading import open_existing
-from saezarr.units import usable_cores
 
 # key -> (dtype kind, rank): `n` fragments, `c` configs, `w` width, `h` hidden
 SENTENCE_KEYS = {

@@ -13,7 +13,8 @@ from clitools import run_cli
 
 import saezarr
 from saezarr.extract.pipeline import BuildOptions, build
-from saezarr.extract.sae import JumpReLUEncoder, SAEFile
+from saezarr.extract.saes.encoder import load_encoder
+from saezarr.extract.saes.locate import locate_sae, resolve_sae_repo
 
 CHUNK = 64
 
@@ -95,8 +96,7 @@ def test_the_latents_are_the_saes_on_the_stored_residuals(tiny, stores):
     everything, _, _ = stores
     ds = saezarr.open_store(everything)
     for config in tiny.configs[:3]:
-        path = tiny.saes / config.path / "params.npz"
-        encoder = JumpReLUEncoder.load(SAEFile(config, path, 32, 128), "cpu")
+        encoder = load_encoder(locate_sae(resolve_sae_repo(str(tiny.saes), config), config, 32), "cpu")
         x = torch.from_numpy(ds.residuals.sel(residual_layer=config.layer).values)
         expected = encoder.encode(x).numpy()
         np.testing.assert_allclose(ds.activations.sel(config=config.name).values, expected, rtol=1e-5, atol=1e-5)
@@ -152,7 +152,7 @@ def test_resume_with_other_residual_layers_is_refused_and_the_store_unchanged(ti
 
 
 def test_a_local_cluster_build_keeps_the_same_residuals(tiny, stores, tmp_path):
-    from saezarr.clients import ClusterOptions
+    from saezarr.execution.connect import ClusterOptions
 
     everything, _, _ = stores
     out = tmp_path / "cluster.zarr"

@@ -9,12 +9,13 @@ import numpy as np
 import pandas as pd
 
 from saezarr import __version__
+from saezarr.catalogues import with_neuronpedia
 from saezarr.configs import SAEConfig, load_config_file, select_configs
 from saezarr.errors import SaezarrError
 from saezarr.extract.fragments import FRAGMENT_FIELDS, Fragments, make_fragments
 from saezarr.extract.inputs import LabeledSentences, read_labeled_csv
 from saezarr.extract.residuals import ModelInfo, check_weights, load_tokenizer, resolve_model
-from saezarr.extract.sae import SAEFile, locate_sae, resolve_sae_repo
+from saezarr.extract.saes.locate import SAEFile, describe_configs, locate_sae, resolve_sae_repo
 from saezarr.store.growing import Growth, read_record
 from saezarr.store.layout import Store
 
@@ -41,7 +42,11 @@ def plan_extension(options, store: Store) -> Extension:
     stored = _stored_configs(store, len(attrs["configs"]))
     _refuse_other_options(options, attrs, where)
     config_file = load_config_file(options.config_file)
-    chosen = select_configs(config_file.configs, options.layers, options.configs)
+    sae_repo = options.sae_repo or config_file.sae_repo
+    described, _ = describe_configs(
+        lambda first: resolve_sae_repo(sae_repo, first), config_file.configs, options.config_file
+    )
+    chosen = with_neuronpedia(select_configs(described, options.layers, options.configs), sae_repo)
     by_name = {c.name: c for c in stored}
     for config in chosen:
         if config.name in by_name and by_name[config.name].path != config.path:
@@ -79,7 +84,9 @@ def plan_extension(options, store: Store) -> Extension:
                 f"{info.num_layers} layers (0-{info.num_layers - 1})"
             )
     hidden = info.hidden_size if info is not None else store.residuals.hidden
-    saes = _locate(options.sae_repo or config_file.sae_repo, attrs, needed, store, hidden, where)
+    saes = _locate(sae_repo, attrs, needed, store, hidden, where)
+    located = {sae.config.name: sae.config for sae in saes}  # completed from their files (width, architecture)
+    configs = (*stored, *(located.get(c.name, c) for c in new_configs))
     growth = None
     if new_configs or new_sentences:
         growth = _growth(store, record, attrs, configs, data, fragments, old_table, where)
@@ -208,7 +215,7 @@ def _locate(repo: str, attrs: dict, configs, store: Store, hidden: int, where: s
             f"{where}: the store's SAEs come from {attrs['sae_repo']} @ {attrs['sae_revision']}, not "
             f"{source.name} @ {source.revision}; a store keeps one SAE repository"
         )
-    saes = [locate_sae(source, config, hidden) for config in configs]
+    saes = [locate_sae(source, config, hidden, where) for config in configs]
     for sae in saes:
         if sae.width != store.width:
             raise SaezarrError(
