@@ -39,4 +39,18 @@ def feature_metrics(ds: xarray.Dataset, pool: str = "final") -> xarray.Dataset:
     return _feature_metrics(ds, pool)
 
 
-__all__ = ["__version__", "feature_metrics", "open_store"]
+def token_traces(ds: xarray.Dataset, sentence_index: int, config: str, features) -> xarray.DataArray:
+    """The features' activations token by token through one sentence: a DataArray (feature, token)."""
+    from saezarr.analysis.traces import token_traces as _token_traces
+
+    return _token_traces(ds, sentence_index, config, features)
+
+
+def plot_token_traces(traces: xarray.DataArray, ax=None):
+    """Plot `token_traces` with matplotlib, one line per feature; return the axes."""
+    from saezarr.analysis.traces import plot_token_traces as _plot
+
+    return _plot(traces, ax)
+
+
+__all__ = ["__version__", "feature_metrics", "open_store", "plot_token_traces", "token_traces"]

@@ -63,9 +63,11 @@ def _add_build(commands) -> None:
     p.add_argument("--sae-repo", help="hub repo id or local folder; overrides the config file")
     p.add_argument("--layers", help="only configs on these layers, e.g. 3,12")
     p.add_argument("--configs", help="only these configs, e.g. layer_12_l0_82,layer_3_l0_59")
-    p.add_argument("--fragments", choices=("token", "word", "final"), default="token", help="fragment granularity")
+    p.add_argument(
+        "--fragments", choices=("token", "word", "final"), default=None, help="fragment granularity (default token)"
+    )
     p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="model dtype")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="model dtype (default float32)")
     p.add_argument(
         "--batch-size",
         type=_positive_int,
@@ -89,9 +91,21 @@ def _add_build(commands) -> None:
     p.add_argument(
         "--max-chunks", type=_positive_int, default=None, help="stop after this many chunks (try a small part first)"
     )
+    p.add_argument(
+        "--residuals",
+        nargs="?",
+        const="all",
+        default=None,
+        help="also keep the residual stream: of every layer, or of these layers, e.g. --residuals 3,12",
+    )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue an interrupted build")
     mode.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    mode.add_argument(
+        "--extend",
+        action="store_true",
+        help="grow the store at --output: the config file's new SAEs, the input's rows after the store's",
+    )
     p.add_argument(
         "--force-unlock", action="store_true", help="take the store's lock even if another build seems to hold it"
     )
@@ -160,7 +174,7 @@ def _run_build(args) -> int:
         args.input = args.input or DEMO_CSV
         args.output = args.output or DEMO_OUTPUT
         args.config = args.config or ensure_demo()
-    if args.input is None or args.output is None:
+    if args.output is None or (args.input is None and not args.extend):
         raise SaezarrError("build: --input and --output are required (or use --demo)")
     options = BuildOptions(
         input=args.input,
@@ -182,11 +196,25 @@ def _run_build(args) -> int:
         force_unlock=args.force_unlock,
         quiet=args.quiet,
         max_chunks=args.max_chunks,
+        residuals=_residual_layers(args.residuals),
+        extend=args.extend,
         cluster=_cluster_options(args),
     )
     summary = build(options)
     print(summary.line())
     return 0
+
+
+def _residual_layers(text: str | None):
+    """--residuals: None (absent), "all" (given alone), or the layers listed."""
+    from saezarr.configs import parse_layers
+
+    if text is None or text == "all":
+        return text
+    try:
+        return parse_layers(text)
+    except SaezarrError as exc:
+        raise SaezarrError(str(exc).replace("--layers", "--residuals", 1)) from None
 
 
 def _add_export(commands) -> None:
@@ -203,14 +231,20 @@ def _add_export(commands) -> None:
         help="files written at once (default: one per usable core, fewer if memory is short)",
     )
     p.add_argument("--overwrite", action="store_true", help="rewrite files that already exist")
+    p.add_argument(
+        "--per-sentence",
+        action="store_true",
+        help="one sentence_NNNNNN.npz per sentence (all selected configs, and the residual stream if kept)",
+    )
     p.set_defaults(run=_run_export)
 
 
 def _run_export(args) -> int:
     from saezarr.configs import parse_layers
     from saezarr.export import export_npz
+    from saezarr.export_sentences import export_per_sentence
 
-    written = export_npz(
+    written = (export_per_sentence if args.per_sentence else export_npz)(
         args.store,
         args.output,
         configs=args.configs.split(",") if args.configs else None,

@@ -59,6 +59,7 @@ class ExportSummary:
     bytes_written: int = 0
     jobs: int = 1
     elapsed: float = 0.0
+    unit: str = "configs"  # what each file holds: a config's, or a sentence's ("sentences")
 
     def line(self) -> str:
         """One summary line for the terminal."""
@@ -66,7 +67,7 @@ class ExportSummary:
         if not self.written:
             return f"nothing to export to {self.output}: {skipped}"
         text = (
-            f"exported {len(self.written)} configs to {self.output} ({human_bytes(self.bytes_written)}, "
+            f"exported {len(self.written)} {self.unit} to {self.output} ({human_bytes(self.bytes_written)}, "
             f"{self.elapsed:.1f} s, {self.jobs} at a time)"
         )
         return f"{text}; {skipped}" if self.skipped else text

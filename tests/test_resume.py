@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -35,8 +36,13 @@ def options(tiny, output: Path, **kwargs) -> BuildOptions:
 
 
 def files(store: Path) -> dict[str, bytes]:
-    """Every file of a store by relative path, with its bytes."""
-    return {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file()}
+    """Every file of a store by relative path, with its bytes (the root zarr.json without the random store_id)."""
+    out = {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file()}
+    if "zarr.json" in out:
+        root = json.loads(out["zarr.json"])
+        root.get("attributes", {}).pop("store_id", None)
+        out["zarr.json"] = json.dumps(root, sort_keys=True).encode()
+    return out
 
 
 def marks(store: Path) -> set[tuple[str, int]]:

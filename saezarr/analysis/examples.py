@@ -10,11 +10,23 @@ import pandas as pd
 
 from saezarr.analysis.metrics import LABELS
 from saezarr.analysis.pooling import SentenceLayout
+from saezarr.analysis.traces import token_pieces
 from saezarr.store.layout import Store
 from saezarr.store.shards import ChunkFiles
 
 if TYPE_CHECKING:
     from saezarr.analysis.cache import AnalysisCache
+
+
+TRACE_FEATURES = 8  # the report's token traces: the top features drawn, one line each
+TRACE_SENTENCES = 4  # ... through the #1 feature's top example sentence of each label
+
+
+class FeatureExamples(dict):
+    """feature_examples.json's dict; `traces` holds the report's token traces (not part of the JSON file): each
+    `{sentence_index, sentence, label, tokens, features: [{name, values}]}`."""
+
+    traces: list[dict] = []
 
 
 def example_key(layer: int, average_l0: float, feature_id: int) -> str:
@@ -44,7 +56,9 @@ def feature_examples(
             for key, found in sentences.items()
         }
         tokens = _token_activations(sentences, rows, cache.token_activations(store, rows), layout, fragment_texts)
-    examples = {}
+    examples = FeatureExamples()
+    if fragment_texts is not None:
+        examples.traces = report_traces(top, picks, cache, store, layout, fragment_texts, texts)
     for row, chosen in zip(top.itertuples(index=False), picks):
         by_label = {
             str(k): [
@@ -71,6 +85,52 @@ def feature_examples(
             "examples_by_label": by_label,
         }
     return examples
+
+
+def report_traces(
+    top: pd.DataFrame,
+    picks: list[dict],
+    cache: AnalysisCache,
+    store: Store,
+    layout: SentenceLayout,
+    fragment_texts: np.ndarray,
+    texts: np.ndarray,
+    n_features: int = TRACE_FEATURES,
+    n_sentences: int = TRACE_SENTENCES,
+) -> list[dict]:
+    """Token traces of the top features through the #1 feature's top example sentence of each label (highest label
+    first): per sentence, each feature's activation at each of its tokens."""
+    if top.empty:
+        return []
+    sentences = list(dict.fromkeys(chosen[0][0] for k in reversed(LABELS) if (chosen := picks[0][k])))[:n_sentences]
+    if not sentences:
+        return []
+    rows = np.concatenate([np.arange(layout.starts[s], layout.stops[s]) for s in sentences])
+    shown = list(top.head(n_features).itertuples(index=False))
+    keys = list(dict.fromkeys((int(row.store_index), int(row.feature_id)) for row in shown))
+    values = cache.token_activations(store, {key: rows for key in keys})
+    traces, offset = [], 0
+    for s in sentences:
+        n = int(layout.stops[s] - layout.starts[s])
+        pieces = token_pieces([str(t) for t in fragment_texts[layout.starts[s] : layout.stops[s]]])
+        features = [
+            {
+                "name": f"#{int(row.rank)} {row.config} f{int(row.feature_id)}",
+                "values": values[(int(row.store_index), int(row.feature_id))][offset : offset + n].tolist(),
+            }
+            for row in shown
+        ]
+        traces.append(
+            {
+                "sentence_index": int(s),
+                "sentence": str(texts[s]),
+                "label": int(layout.labels[s]),
+                "tokens": pieces,
+                "features": features,
+            }
+        )
+        offset += n
+    return traces
 
 
 def _pick_sentences(top: pd.DataFrame, pooled: ChunkFiles, labels: np.ndarray, per_label: int) -> list[dict]:

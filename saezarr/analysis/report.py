@@ -43,6 +43,7 @@ def write_report(
         _overview(summary, png),
         _ranked_table(ranked, {key for key, _ in entries}, max(RANKED_ROWS, len(entries))),
         _feature_sections(entries, rows, str(info.get("pool", ""))),
+        _token_traces(getattr(examples, "traces", [])),
     ]
     path = directory / "report.html"
     path.write_text(_page(info, "\n".join(body)), encoding="utf-8")
@@ -388,6 +389,65 @@ def _alpha(activation: float, scale: float) -> str:
     return f"{_share(activation, scale):.4f}"
 
 
+# ---------------------------------------------------------------- token traces
+
+TRACE_COLOURS = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563", "#ca8a04")
+
+
+def _token_traces(traces: list[dict]) -> str:
+    """The token-traces section: per example sentence, the top features' activations token by token."""
+    if not traces:
+        return ""
+    figures = "".join(_trace_figure(trace) for trace in traces)
+    return (
+        '<section id="traces"><h2>Token traces</h2><p class="hint">The top features through the #1 feature\'s top '
+        "example sentence of each label: one line per feature, its activation at each token (hover a point for the "
+        "value). From Python: <code>saezarr.token_traces(ds, sentence_index, config, features)</code>.</p>"
+        f"{figures}</section>"
+    )
+
+
+def _trace_figure(trace: dict) -> str:
+    """One sentence's traces as an inline SVG line chart with the tokens along the x axis."""
+    tokens, features = trace["tokens"], trace["features"]
+    step, left, top_pad, plot_h = 46, 44, 12, 150
+    width, height = left + step * max(len(tokens), 1) + 20, top_pad + plot_h + 80
+    peak = max([v for f in features for v in f["values"] if not math.isnan(v)] + [0.0])
+    scale = peak if peak > 0 else 1.0
+
+    def xy(i: int, value: float) -> str:
+        return f"{left + step * i + step / 2:.1f},{top_pad + plot_h - plot_h * _share(value, scale):.1f}"
+
+    parts = [
+        f'<line x1="{left}" y1="{top_pad + plot_h}" x2="{width - 10}" y2="{top_pad + plot_h}" class="axis"/>',
+        f'<text x="{left - 6}" y="{top_pad + 4}" class="yl">{peak:.3g}</text>',
+        f'<text x="{left - 6}" y="{top_pad + plot_h}" class="yl">0</text>',
+    ]
+    for i, token in enumerate(tokens):
+        x = left + step * i + step / 2
+        parts.append(
+            f'<text x="{x:.1f}" y="{top_pad + plot_h + 14}" class="tok" transform="rotate(40 {x:.1f} '
+            f'{top_pad + plot_h + 14})">{_esc(token.strip() or "␣")}</text>'
+        )
+    legend = []
+    for j, feature in enumerate(features):
+        colour = TRACE_COLOURS[j % len(TRACE_COLOURS)]
+        points = " ".join(xy(i, v) for i, v in enumerate(feature["values"]))
+        dots = "".join(
+            f'<circle cx="{xy(i, v).split(",")[0]}" cy="{xy(i, v).split(",")[1]}" r="2.5" fill="{colour}">'
+            f"<title>{_esc(feature['name'])} · {_esc(tokens[i])}: {v:.4g}</title></circle>"
+            for i, v in enumerate(feature["values"])
+        )
+        parts.append(f'<g><polyline points="{points}" fill="none" stroke="{colour}" stroke-width="1.6"/>{dots}</g>')
+        legend.append(f'<span><i style="background:{colour}"></i>{_esc(feature["name"])}</span>')
+    return (
+        f'<figure class="trace"><figcaption><span class="chip l{int(trace["label"])}">label {int(trace["label"])}'
+        f"</span> sentence {int(trace['sentence_index'])}: {_esc(trace['sentence'])}</figcaption>"
+        f'<div class="scroll"><svg viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
+        f'aria-label="token traces">{"".join(parts)}</svg></div><div class="legend">{"".join(legend)}</div></figure>'
+    )
+
+
 # ---------------------------------------------------------------- the page
 
 
@@ -449,6 +509,11 @@ article.feature header{display:flex;align-items:baseline;gap:14px;flex-wrap:wrap
 figure.means{margin:0;flex:0 0 200px}figure.means figcaption{font-size:11px;color:var(--muted);text-align:center}
 svg rect.l0{fill:#cbd5e1}svg rect.l1{fill:#fdba74}svg rect.l2{fill:#f97316}svg rect.l3{fill:#c2410c}
 svg text{font-size:10px;text-anchor:middle;fill:var(--fg)}svg text.k{fill:var(--muted)}
+figure.trace{margin:14px 0;background:var(--bg);border:1px solid var(--line);border-radius:8px;padding:10px 12px}
+figure.trace .scroll{overflow-x:auto}figure.trace svg text.tok{text-anchor:start;font-size:11px}
+figure.trace svg text.yl{text-anchor:end;fill:var(--muted)}figure.trace svg line.axis{stroke:var(--line)}
+figure.trace .legend{display:flex;flex-wrap:wrap;gap:4px 14px;font-size:12px;color:var(--muted)}
+figure.trace .legend i{display:inline-block;width:12px;height:3px;margin-right:5px;vertical-align:middle}
 .examples{flex:1;min-width:0}.label{margin:0 0 8px}
 .chip{display:inline-block;border-radius:10px;padding:0 8px;font-weight:600;font-size:11px}
 .chip.l0{background:#e2e8f0}.chip.l1{background:#fed7aa}.chip.l2{background:#fdba74}.chip.l3{background:#fb923c}

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -19,6 +20,7 @@ from saezarr.configs import SAEConfig, load_config_file, select_configs
 from saezarr.errors import SaezarrError
 from saezarr.execution.connect import ClusterOptions, cluster_client
 from saezarr.extract.cluster import check_workers, cluster_sae_memory, local_spec, run_tasks
+from saezarr.extract.extending import plan_extension
 from saezarr.extract.fragments import Fragments, make_fragments
 from saezarr.extract.inputs import read_labeled_csv
 from saezarr.extract.memory import default_sae_memory
@@ -39,10 +41,12 @@ from saezarr.extract.work import (
     PassSpec,
     Task,
     compute_chunk,
+    needs_model,
     overlaps_writes,
     pending_work,
 )
 from saezarr.machine import human_bytes
+from saezarr.store.growing import finish_growth, grow_store
 from saezarr.store.layout import (
     Store,
     check_output_path,
@@ -62,16 +66,16 @@ DEFAULT_BATCH_SIZE = 16
 class BuildOptions:
     """Everything `saezarr build` takes."""
 
-    input: Path
+    input: Path | None  # None only with extend: the store's own sentences
     output: Path
     config_file: Path
     model: str | None = None
     sae_repo: str | None = None
     layers: Sequence[int] | None = None
     configs: Sequence[str] | None = None
-    fragments: str = "token"
+    fragments: str | None = None  # None: "token" (with extend: the store's own)
     device: str | None = None
-    dtype: str = "float32"
+    dtype: str | None = None  # None: "float32" (with extend: the store's own)
     batch_size: int | None = None  # None: the store's own, else 16
     sae_memory: int | None = None  # None: from the device's free memory (default_sae_memory)
     chunk_fragments: int | None = None  # None: default_chunk_fragments(width), 512 up to 16k features
@@ -82,6 +86,8 @@ class BuildOptions:
     force_unlock: bool = False
     quiet: bool = False
     max_chunks: int | None = None
+    residuals: Sequence[int] | str | None = None  # None: no residual stream; "all": every layer; else these layers
+    extend: bool = False
     cluster: ClusterOptions = field(default_factory=ClusterOptions)  # default: run in this process
 
 
@@ -120,12 +126,13 @@ class BuildSummary:
 class _Plan:
     """Everything validated before the output is touched."""
 
-    fragments: Fragments
+    fragments: Fragments | None  # None: no task runs the model (an extension from stored residuals)
     configs: tuple[SAEConfig, ...]
     saes: list[SAEFile]
     attrs: dict
-    model_info: ModelInfo = field(repr=False)
+    model_info: ModelInfo | None = field(repr=False)
     device: str
+    residual_layers: tuple[int, ...] | None = None  # the layers whose residual stream the store keeps
 
 
 def build(options: BuildOptions) -> BuildSummary:
@@ -139,6 +146,8 @@ def build(options: BuildOptions) -> BuildSummary:
 
 def _build(options: BuildOptions) -> BuildSummary:
     started = time.perf_counter()
+    if options.extend:
+        return _extend(options, started)
     # the output and flags first: a forgotten --resume must not wait for gigabytes of downloads
     exists = check_output_path(options.output)
     if exists and not (options.resume or options.overwrite):
@@ -157,24 +166,71 @@ def _build(options: BuildOptions) -> BuildSummary:
                 if client is None
                 else _ClusterRunner(client, options, plan, store, summary)
             )
-            try:
-                runner.run()
-            except torch.cuda.OutOfMemoryError:
-                raise _out_of_memory(options, store, runner) from None
-            except KeyboardInterrupt as stop:
-                with _interrupts_ignored():
-                    done = store.done_matrix()
-                terminated = isinstance(stop, _Terminated)
-                raise SaezarrError(
-                    f"{'terminated (SIGTERM)' if terminated else 'interrupted'}: {int(done.sum())} of {done.size} chunks "
-                    f"of {options.output} are done and kept; rerun the same command with --resume (in place of "
-                    "--overwrite, if given) to continue",
-                    exit_code=143 if terminated else 130,
-                ) from None
+            _run(runner, options, store, "rerun the same command with --resume (in place of --overwrite, if given)")
+    return _finish(summary, store, started)
+
+
+def _run(runner: _PassRunner | _ClusterRunner, options: BuildOptions, store: Store, how: str) -> None:
+    """Run the pending tasks; an out-of-memory or an interruption is one line saying what is kept and `how` to go on."""
+    try:
+        runner.run()
+    except torch.cuda.OutOfMemoryError:
+        raise _out_of_memory(options, store, runner) from None
+    except KeyboardInterrupt as stop:
+        with _interrupts_ignored():
+            done = store.done_matrix()
+        terminated = isinstance(stop, _Terminated)
+        raise SaezarrError(
+            f"{'terminated (SIGTERM)' if terminated else 'interrupted'}: {int(done.sum())} of {done.size} chunks "
+            f"of {options.output} are done and kept; {how} to continue",
+            exit_code=143 if terminated else 130,
+        ) from None
+
+
+def _finish(summary: BuildSummary, store: Store, started: float) -> BuildSummary:
+    """The summary's final counts."""
     done = store.done_matrix()
-    summary.complete = bool(done.all())
+    summary.complete = bool(done.all()) and not len(store.pending_residuals())
     summary.bytes_on_disk = store.bytes_on_disk()
     summary.elapsed = time.perf_counter() - started
+    return summary
+
+
+def _extend(options: BuildOptions, started: float) -> BuildSummary:
+    """Grow an existing store by the config file's new SAEs and the input's new rows, then compute the new units."""
+    if options.cluster.wanted:
+        raise SaezarrError("--extend runs in this process: leave out --local-workers, --scheduler, --scheduler-file")
+    if options.overwrite or options.resume:
+        raise SaezarrError(
+            "--extend grows the store in place (and finishes an interrupted extension itself): leave "
+            "out --overwrite and --resume"
+        )
+    if not check_output_path(options.output):
+        raise SaezarrError(f"--extend: no store at --output {options.output} to extend; build it first")
+    store = open_for_resume(options.output)
+    _check_resume_options(options, store)
+    extension = plan_extension(options, store)
+    device = resolve_device(options.device)
+    with store_lock(options.output) as lock:
+        lock.acquire(force=options.force_unlock)
+        store.discard_partial_writes()
+        remove_stale_staging(options.output)
+        if extension.growth is not None:
+            grow_store(store, extension.growth)
+            store = Store(options.output, mode="r+")
+        plan = _Plan(
+            fragments=extension.fragments,
+            configs=extension.configs,
+            saes=extension.saes,
+            attrs=store.attrs,
+            model_info=extension.model_info,
+            device=device,
+        )
+        summary = BuildSummary(options.output, store.n_configs, store.n_fragments, extension.n_sentences)
+        _run(_PassRunner(options, plan, store, summary), options, store, "rerun the same --extend command")
+        _finish(summary, store, started)
+        if summary.complete:
+            finish_growth(options.output)
     return summary
 
 
@@ -219,6 +275,23 @@ def _check_resume_options(options: BuildOptions, store: Store) -> None:
                 f"{option} {given}: the store at {options.output} was started with {kept}; a resumed store must "
                 f"keep it to stay bitwise equal, so leave {option} out (or use --overwrite)"
             )
+
+
+def _check_resume_residuals(options: BuildOptions, plan: _Plan, store: Store) -> None:
+    """Refuse a --residuals other than the store's: the layers kept are fixed when the store is created."""
+    if options.residuals is None:
+        return
+    kept = None if store.residuals is None else store.residuals.layers
+    if plan.residual_layers != kept:
+        has = "keeps no residual stream" if kept is None else f"keeps the residuals of layers {_layer_list(kept)}"
+        raise SaezarrError(
+            f"--residuals: the store at {options.output} {has}; the layers kept are fixed when a store is created, so "
+            "leave --residuals out (or use --overwrite)"
+        )
+
+
+def _layer_list(layers: Sequence[int]) -> str:
+    return ",".join(str(layer) for layer in layers)
 
 
 @contextlib.contextmanager
@@ -295,7 +368,7 @@ def _plan(options: BuildOptions) -> _Plan:
             f"{info.num_layers} layers (0-{info.num_layers - 1})"
         )
     tokenizer = load_tokenizer(info)
-    fragments = make_fragments(data, tokenizer, options.fragments, info.max_tokens)
+    fragments = make_fragments(data, tokenizer, options.fragments or "token", info.max_tokens)
     sae_source = sae_source or resolve_sae_repo(sae_repo, configs[0])
     saes = [locate_sae(sae_source, c, info.hidden_size, options.config_file) for c in configs]
     configs = tuple(sae.config for sae in saes)
@@ -310,16 +383,37 @@ def _plan(options: BuildOptions) -> _Plan:
         "model_revision": info.source.revision,
         "sae_repo": sae_source.name,
         "sae_revision": sae_source.revision,
-        "model_dtype": options.dtype,
-        "fragments": options.fragments,
+        "model_dtype": options.dtype or "float32",
+        "fragments": options.fragments or "token",
         "tokens_sha256": fragments.tokens_sha256(),
         "input_file": data.path.name,
         "input_sha256": data.sha256,
         "n_sentences": len(data),
         "configs": [c.name for c in configs],
         "batch_size": options.batch_size or DEFAULT_BATCH_SIZE,
+        "hidden_size": info.hidden_size,
     }
-    return _Plan(fragments=fragments, configs=configs, saes=saes, attrs=attrs, model_info=info, device=device)
+    return _Plan(
+        fragments=fragments,
+        configs=configs,
+        saes=saes,
+        attrs=attrs,
+        model_info=info,
+        device=device,
+        residual_layers=residual_layers(options.residuals, info.num_layers),
+    )
+
+
+def residual_layers(asked: Sequence[int] | str | None, num_layers: int) -> tuple[int, ...] | None:
+    """The layers `--residuals` keeps (None: no residual stream), checked against the model's depth."""
+    if asked is None:
+        return None
+    if asked == "all":
+        return tuple(range(num_layers))
+    wrong = [layer for layer in asked if not 0 <= layer < num_layers]
+    if wrong:
+        raise SaezarrError(f"--residuals: layer {wrong[0]} is not a layer of the model (0-{num_layers - 1})")
+    return tuple(sorted(set(asked)))
 
 
 def _open_or_create(options: BuildOptions, plan: _Plan, exists: bool) -> tuple[Store, StoreLock]:
@@ -332,6 +426,8 @@ def _open_or_create(options: BuildOptions, plan: _Plan, exists: bool) -> tuple[S
             plan.saes[0].width,
             plan.attrs,
             options.chunk_fragments or default_chunk_fragments(plan.saes[0].width),
+            residual_layers=plan.residual_layers,
+            hidden_size=plan.model_info.hidden_size,
         )
     elif options.resume:
         lock = store_lock(options.output)
@@ -339,6 +435,7 @@ def _open_or_create(options: BuildOptions, plan: _Plan, exists: bool) -> tuple[S
         try:
             store = open_for_resume(options.output)
             _check_resume_options(options, store)
+            _check_resume_residuals(options, plan, store)
         except BaseException:  # a refusal, Ctrl-C or SIGTERM: the lock goes back
             lock.release()
             raise
@@ -357,6 +454,8 @@ def _open_or_create(options: BuildOptions, plan: _Plan, exists: bool) -> tuple[S
                 plan.attrs,
                 options.chunk_fragments or default_chunk_fragments(plan.saes[0].width),
                 replace=True,
+                residual_layers=plan.residual_layers,
+                hidden_size=plan.model_info.hidden_size,
             )
     lock = store.lock()
     lock.acquire()
@@ -364,10 +463,13 @@ def _open_or_create(options: BuildOptions, plan: _Plan, exists: bool) -> tuple[S
 
 
 def _count_pending(store: Store, summary: BuildSummary) -> bool:
-    """Count the store's done and total units into the summary; return whether any unit is left."""
+    """Count the store's done and total units (residual units included) into the summary; return whether any unit is
+    left."""
     done = store.done_matrix()
-    summary.units_total, summary.units_skipped = done.size, int(done.sum())
-    return not done.all()
+    residuals = store.residuals.done() if store.residuals is not None else np.zeros(0, dtype=bool)
+    summary.units_total = done.size + residuals.size
+    summary.units_skipped = int(done.sum()) + int(residuals.sum())
+    return not (done.all() and residuals.all())
 
 
 class _PassRunner:
@@ -381,11 +483,15 @@ class _PassRunner:
         """Run every pass that has pending chunks; the model is loaded only if something is left."""
         if not _count_pending(self.store, self.summary):
             return
-        model = load_model(self.plan.model_info, self.plan.device, self.options.dtype)
+        model = None
+        if self._model_needed():
+            if self.plan.model_info is None:  # the extension's plan said no unit needs it
+                raise SaezarrError(f"{self.store.path}: a unit to compute needs the model, which was not resolved")
+            model = load_model(self.plan.model_info, self.plan.device, self.store.attrs["model_dtype"])
         # on CUDA the default budget is what the loaded model leaves free
         self.sae_memory = self.options.sae_memory or default_sae_memory(self.plan.device)
         work = pending_work(self.store, self.plan.saes, self.sae_memory, self.options.max_chunks)
-        fragments = FragmentIndex.of(self.plan.fragments)
+        fragments = FragmentIndex.of(self.plan.fragments) if self.plan.fragments is not None else FragmentIndex.none()
         total = sum(self.store.chunk_size(task.chunk) for _, tasks in work for task in tasks)
         with tqdm(
             total=total, unit="frag", disable=self.options.quiet, desc="saezarr build", dynamic_ncols=True
@@ -393,8 +499,14 @@ class _PassRunner:
             for pass_, tasks in work:
                 self._run_pass(model, fragments, pass_, tasks, bar)
 
+    def _model_needed(self) -> bool:
+        """Whether any pending task runs the model (none does if the store holds every residual they read)."""
+        work = pending_work(self.store, self.plan.saes, 2**62, self.options.max_chunks)
+        done = self.store.residuals.done() if self.store.residuals is not None else None
+        return any(needs_model(self.store, pass_, task, done) for pass_, tasks in work for task in tasks)
+
     def _run_pass(
-        self, model: torch.nn.Module, fragments: FragmentIndex, pass_: PassSpec, tasks: list[Task], bar: tqdm
+        self, model: torch.nn.Module | None, fragments: FragmentIndex, pass_: PassSpec, tasks: list[Task], bar: tqdm
     ) -> None:
         """One model pass: each pending chunk goes through the model once and through every SAE of the pass."""
         encoders = [load_encoder(sae, self.plan.device, pass_.sae_memory) for sae in pass_.saes]
@@ -405,12 +517,13 @@ class _PassRunner:
             overlap = overlaps_writes(self.plan.device)
         batch_size = self.store.attrs.get("batch_size", DEFAULT_BATCH_SIZE)  # on resume, the store's own
         writer = ChunkWriter(self.store, self.options.workers, overlap)
-        with ResidualReader(model, pass_.layers) as reader, writer:
+        reader = contextlib.nullcontext() if model is None else ResidualReader(model, pass_.layers, pass_.embeddings)
+        with reader as reading, writer:
             for task in tasks:
                 self.summary.forward_batches += compute_chunk(
-                    reader, encoders, pass_, fragments, task, batch_size, writer
+                    reading, encoders, pass_, fragments, task, batch_size, writer
                 )
-                self.summary.units_written += len(task.rows)
+                self.summary.units_written += len(task.rows) + task.residuals
                 bar.update(self.store.chunk_size(task.chunk))
 
 
@@ -429,7 +542,7 @@ class _ClusterRunner:
         spec = ComputeSpec(
             model=plan.model_info,
             device=plan.device,
-            dtype=options.dtype,
+            dtype=self.store.attrs["model_dtype"],
             batch_size=self.store.attrs.get("batch_size", DEFAULT_BATCH_SIZE),
             store=self.store.path.resolve(),
             store_id=self.store.identity,

@@ -135,18 +135,28 @@ class _StopForward(Exception):
     """Raised by the deepest hook: nothing after that layer is needed."""
 
 
-class ResidualReader:
-    """Reads resid_post (the output of decoder layer L) at chosen token positions, for a set of layers."""
+EMBEDDINGS_KEY = -1  # where `read` puts the input of decoder layer 0 (the scaled token embeddings), if asked
 
-    def __init__(self, model: torch.nn.Module, layers: Iterable[int]):
+
+class ResidualReader:
+    """Reads resid_post (the output of decoder layer L) at chosen token positions, for a set of layers; with
+    `embeddings`, also the input of the first decoder layer (under EMBEDDINGS_KEY)."""
+
+    def __init__(self, model: torch.nn.Module, layers: Iterable[int], embeddings: bool = False):
         self.model = model
         self.layers = sorted(set(layers))
+        self.embeddings = embeddings
         self._selection: tuple[torch.Tensor, torch.Tensor] | None = None
         self._captured: dict[int, torch.Tensor] = {}
         self._handles = []
 
     def __enter__(self) -> ResidualReader:
         modules = decoder_layers(self.model)
+        if self.embeddings:
+            # a pre-hook on the first block sees exactly what it reads, whatever the model scales or adds before
+            self._handles.append(modules[0].register_forward_pre_hook(self._embedding_hook, with_kwargs=True))
+        if not self.layers:
+            return self
         deepest = self.layers[-1]
         for layer in self.layers:
             hook = self._make_hook(layer, stop=layer == deepest)
@@ -157,6 +167,13 @@ class ResidualReader:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+    def _embedding_hook(self, module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        rows, positions = self._selection
+        self._captured[EMBEDDINGS_KEY] = hidden[rows, positions]
+        if not self.layers:
+            raise _StopForward
 
     def _make_hook(self, layer: int, stop: bool):
         def hook(module, args, output):

@@ -22,10 +22,11 @@ from saezarr.errors import SaezarrError
 from saezarr.execution.caches import current_store, process_cache
 from saezarr.extract.fragments import Fragments
 from saezarr.extract.memory import default_sae_memory, units_in_flight, writer_threads
-from saezarr.extract.residuals import ModelInfo, ResidualReader, load_model
+from saezarr.extract.residuals import EMBEDDINGS_KEY, ModelInfo, ResidualReader, load_model
 from saezarr.extract.saes.encoder import Encoder, load_encoder, plan_passes
 from saezarr.extract.saes.locate import SAEFile
 from saezarr.store.layout import Store
+from saezarr.store.residuals import RESIDUAL_UNIT
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,12 @@ class FragmentIndex:
             sentences=fragments.table["sentence_index"].to_numpy(),
             positions=fragments.table["token_position"].to_numpy(),
         )
+
+    @classmethod
+    def none(cls) -> FragmentIndex:
+        """An empty index, for tasks that read every residual from the store."""
+        empty = np.zeros(0, dtype=np.int64)
+        return cls(token_ids=(), sentences=empty, positions=empty)
 
 
 @dataclass(frozen=True)
@@ -68,20 +75,28 @@ class PassSpec:
     saes: tuple[SAEFile, ...]
     rows: tuple[int, ...]
     sae_memory: int | None = None  # an encoder wider than this is encoded in tiles within it
+    residual_layers: tuple[int, ...] = ()  # the store's kept layers, in the pass that writes residual units
 
     @property
     def layers(self) -> list[int]:
         """The layers whose residuals the pass reads."""
-        return sorted({sae.config.layer for sae in self.saes})
+        return sorted({sae.config.layer for sae in self.saes} | set(self.residual_layers))
+
+    @property
+    def embeddings(self) -> bool:
+        """Whether the pass reads the first decoder layer's input (it writes residual units)."""
+        return bool(self.residual_layers)
 
 
 @dataclass(frozen=True)
 class Task:
-    """One fragment chunk through one pass, writing the units of `rows` (the pass's configs not yet done)."""
+    """One fragment chunk through one pass, writing the units of `rows` (the pass's configs not yet done) and, with
+    `residuals`, the chunk's residual unit."""
 
     pass_index: int
     chunk: int
     rows: tuple[int, ...]
+    residuals: bool = False
 
 
 @dataclass
@@ -100,20 +115,32 @@ class TaskResult:
 def pending_work(
     store: Store, saes: Sequence[SAEFile], sae_memory: int, max_chunks: int | None = None
 ) -> list[tuple[PassSpec, list[Task]]]:
-    """Each pass that has units left, with one task per chunk that lacks one of its units; `max_chunks` caps the tasks."""
+    """Each pass that has units left, with one task per chunk that lacks one of its units; `max_chunks` caps the tasks.
+    The first pass also writes the residual units still to write."""
     done = store.done_matrix()
     index = {name: i for i, name in enumerate(store.config_names)}
+    residual_chunks = set(store.pending_residuals().tolist())
     work = []
     for group in plan_passes(list(saes), sae_memory):
         rows = tuple(index[sae.config.name] for sae in group)
+        writes_residuals = bool(residual_chunks) and not work
+        chunks = set(np.flatnonzero(~done[list(rows)].all(axis=0)).tolist()) if rows else set()
+        if writes_residuals:
+            chunks |= residual_chunks
         tasks = [
-            Task(len(work), int(chunk), tuple(r for r in rows if not done[r, chunk]))
-            for chunk in np.flatnonzero(~done[list(rows)].all(axis=0))
+            Task(
+                len(work),
+                chunk,
+                tuple(r for r in rows if not done[r, chunk]),
+                writes_residuals and chunk in residual_chunks,
+            )
+            for chunk in sorted(chunks)
         ]
         if max_chunks is not None:
             tasks, max_chunks = tasks[:max_chunks], max_chunks - min(len(tasks), max_chunks)
         if tasks:
-            work.append((PassSpec(tuple(group), rows, sae_memory), tasks))
+            kept = store.residuals.layers if writes_residuals else ()
+            work.append((PassSpec(tuple(group), rows, sae_memory, kept), tasks))
     return work
 
 
@@ -145,7 +172,7 @@ def chunk_residuals(
 
 
 def compute_chunk(
-    reader: ResidualReader,
+    reader: ResidualReader | None,
     encoders: Sequence[Encoder],
     pass_: PassSpec,
     fragments: FragmentIndex,
@@ -153,15 +180,114 @@ def compute_chunk(
     batch_size: int,
     writer: ChunkWriter,
 ) -> int:
-    """Run one chunk through the model once and through the pass's SAEs for `task.rows`; return the forward batches."""
-    start, stop = writer.store.chunk_bounds(task.chunk)
-    residuals, batches = chunk_residuals(reader, fragments, start, stop, batch_size)
+    """Run one chunk through the model once (only its rows whose residuals the store lacks; no reader is needed if it
+    has them all) and through the pass's SAEs for `task.rows`, and write its residual unit if the task has one;
+    return the forward batches. Leading rows that an extension keeps are copied from the store, not computed."""
+    store = writer.store
+    start, stop = store.chunk_bounds(task.chunk)
+    skip = _kept_by_all(store, task)
+    residuals, batches = task_residuals(reader, store, pass_, fragments, task, batch_size, skip)
     for sae, encoder, row in zip(pass_.saes, encoders, pass_.rows):
         if row in task.rows:
             # the chunk's latents reach the host once, into a buffer the writer recycles
-            latents = writer.host_buffer(stop - start, writer.store.width)
-            writer.submit(row, task.chunk, encoder.encode(residuals[sae.config.layer], out=latents))
+            latents = writer.host_buffer(stop - start, store.width)
+            encoder.encode(residuals[sae.config.layer], out=latents[skip:])
+            kept = store.kept_rows(row, task.chunk)
+            if kept:  # an extension keeps these rows' latents bitwise as they were
+                latents[:kept] = torch.from_numpy(
+                    store.read_chunk(row, task.chunk, lambda block, kept=kept: block[:kept].copy())
+                )
+            writer.submit(row, task.chunk, latents)
+    if task.residuals:
+        layers, dtype = store.residuals.layers, store.residuals.dtype
+        if skip:  # the kept rows' residuals, as stored
+            kept = _stored(store, layers, True, start, start + skip)
+            residuals = {key: torch.cat([value, residuals[key].cpu().float()]) for key, value in kept.items()}
+        writer.submit_residuals(
+            task.chunk,
+            np.stack([_host(residuals[layer], dtype) for layer in layers]),
+            _host(residuals[EMBEDDINGS_KEY], dtype),
+        )
     return batches
+
+
+def _kept_by_all(store: Store, task: Task) -> int:
+    """Leading rows of the task's chunk that every unit it writes keeps from the store (an extension's old rows of
+    the store's last partial chunk): they need no residuals."""
+    kept = [store.kept_rows(row, task.chunk) for row in task.rows]
+    if task.residuals:
+        kept.append(store.residual_rows_stored(task.chunk))
+    return min(kept, default=0)
+
+
+def needs_model(store: Store, pass_: PassSpec, task: Task, residuals_done: np.ndarray | None) -> bool:
+    """Whether a task runs the model: some of its rows need residuals the store does not hold."""
+    start, stop = store.chunk_bounds(task.chunk)
+    return start + max(_kept_by_all(store, task), _rows_from_store(store, pass_, task, residuals_done)) < stop
+
+
+def _rows_from_store(store: Store, pass_: PassSpec, task: Task, residuals_done: np.ndarray | None = None) -> int:
+    """Leading rows of a task's chunk whose residuals (every layer it reads) come from the store."""
+    if store.residuals is None or not set(_task_layers(store, pass_, task)) <= set(store.residuals.layers):
+        return 0
+    return store.residual_rows_stored(task.chunk, residuals_done)
+
+
+def _task_layers(store: Store, pass_: PassSpec, task: Task) -> list[int]:
+    """The layers a task's units read: its SAEs', and every kept layer if it writes the residual unit."""
+    layers = {sae.config.layer for sae, row in zip(pass_.saes, pass_.rows) if row in task.rows}
+    return sorted(layers | (set(store.residuals.layers) if task.residuals else set()))
+
+
+def task_residuals(
+    reader: ResidualReader | None,
+    store: Store,
+    pass_: PassSpec,
+    fragments: FragmentIndex,
+    task: Task,
+    batch_size: int,
+    skip: int = 0,
+) -> tuple[dict[int, torch.Tensor], int]:
+    """The residuals a task reads for its chunk's rows after the first `skip`, {layer (EMBEDDINGS_KEY: the
+    embeddings): [rows, hidden]}, read from the store where it holds them and from the model for the other rows;
+    and the forward batches run."""
+    start, stop = store.chunk_bounds(task.chunk)
+    first = start + skip
+    stored_stop = max(first, start + _rows_from_store(store, pass_, task))
+    parts: list[dict[int, torch.Tensor]] = []
+    if stored_stop > first:
+        parts.append(_stored(store, _task_layers(store, pass_, task), task.residuals, first, stored_stop))
+    batches = 0
+    if stored_stop < stop:
+        if reader is None:
+            raise RuntimeError("a task that runs the model was given no model")
+        computed, batches = chunk_residuals(reader, fragments, stored_stop, stop, batch_size)
+        parts.append(computed)
+    if len(parts) == 1:
+        residuals = parts[0]
+    else:  # float32 where stored and computed rows meet: the stored rows are float32
+        residuals = {key: torch.cat([p[key].cpu().float() for p in parts]) for key in parts[0]}
+    kept = start + store.residual_rows_stored(task.chunk) if task.residuals else first
+    if stored_stop == first and kept > first:  # an extension keeps these rows' residuals bitwise as they were
+        stored = _stored(store, list(store.residuals.layers), True, first, kept)
+        residuals = {key: value.cpu().float() for key, value in residuals.items()}
+        for key, value in stored.items():
+            residuals[key][: kept - first] = value
+    return residuals, batches
+
+
+def _stored(store: Store, layers: Sequence[int], embeddings: bool, start: int, stop: int) -> dict[int, torch.Tensor]:
+    """Residuals (and embeddings) of fragments [start, stop) of one chunk, read from the store."""
+    kept = [layer for layer in layers if layer in store.residuals.layers]
+    out = {layer: torch.from_numpy(values.copy()) for layer, values in store.residuals.read(kept, start, stop).items()}
+    if embeddings:
+        out[EMBEDDINGS_KEY] = torch.from_numpy(store.residuals.read_embeddings(start, stop).copy())
+    return out
+
+
+def _host(tensor: torch.Tensor, dtype: np.dtype) -> np.ndarray:
+    """A tensor as a host numpy array of the store's residual dtype."""
+    return tensor.detach().to("cpu", torch.float32).numpy().astype(dtype, copy=False)
 
 
 class ChunkWriter:
@@ -205,6 +331,9 @@ class ChunkWriter:
         return torch.empty((rows, width), dtype=torch.float32)
 
     def _write(self, config_index: int, chunk: int, latents: torch.Tensor) -> None:
+        if config_index == RESIDUAL_UNIT:
+            self._write_residuals(chunk, *latents)
+            return
         if self.mark:
             self.store.write_chunk(config_index, chunk, latents.numpy())
         else:
@@ -212,6 +341,18 @@ class ChunkWriter:
         with self._free_lock:
             self._free.append(latents)
             self.written.append((config_index, chunk))
+
+    def _write_residuals(self, chunk: int, residuals: np.ndarray, embeddings: np.ndarray) -> None:
+        self.store.residuals.write_unit(chunk, residuals, embeddings)
+        if self.mark:
+            self.store.mark_done(RESIDUAL_UNIT, chunk)
+        with self._free_lock:
+            self.written.append((RESIDUAL_UNIT, chunk))
+
+    def submit_residuals(self, chunk: int, residuals: np.ndarray, embeddings: np.ndarray) -> None:
+        """Hand over one chunk's residual unit ([layer, rows, hidden] and [rows, hidden]), written and marked like a
+        unit of latents."""
+        self.submit(RESIDUAL_UNIT, chunk, (residuals, embeddings))
 
     def submit(self, config_index: int, chunk: int, latents: torch.Tensor) -> None:
         """Hand over one unit; blocks while units are being written or the queue is full, and raises write errors."""
@@ -308,7 +449,7 @@ def run_task(spec: ComputeSpec, fragments: FragmentIndex, pass_: PassSpec, task:
         encoders, sae_loads = _encoders(spec, pass_)
         buffers, _ = process_cache.get("host buffers", None, list)  # latents' host buffers, recycled across tasks
         writer = ChunkWriter(store, spec.write_threads, overlap, mark=False, buffers=buffers)
-        with ResidualReader(model, pass_.layers) as reader, writer:
+        with ResidualReader(model, pass_.layers, pass_.embeddings) as reader, writer:
             batches = compute_chunk(reader, encoders, pass_, fragments, task, spec.batch_size, writer)
     return TaskResult(
         sorted(writer.written),

@@ -21,6 +21,14 @@ from saezarr import folders
 from saezarr.configs import SAEConfig
 from saezarr.errors import SaezarrError
 from saezarr.store.locking import StoreLock
+from saezarr.store.residuals import (
+    EMBEDDINGS,
+    RESIDUAL_UNIT,
+    RESIDUALS,
+    ResidualArrays,
+    add_residual_arrays,
+    write_consolidated,
+)
 from saezarr.store.shards import ChunkLayout, ShardDamaged, ShardEncoder, ShardFile
 
 if TYPE_CHECKING:
@@ -34,6 +42,7 @@ DEFAULT_FEATURE_CHUNK = 2048
 UNIT_BYTES = 64 * 2**20  # a unit's float32 latents at most, by default, for SAEs wider than 32k (16k: 32 MiB)
 MIN_UNIT_FRAGMENTS = 128  # but no fewer: BLAS packs all of W_enc per unit, a cost per row of 1/fragments (1m: 512 MiB)
 STAGING_SUFFIX = ".creating"
+EXTEND_RECORD = "extend.json"  # in _saezarr/: what an extension keeps of the store's last partial chunk
 TEMP_SUFFIX = ".tmp"  # a shard being written: `.KEY.PID.RANDOM.tmp` beside it
 STORE_ID = "store_id"  # root attribute: a random id, new on each create or overwrite (or extend) of a store
 ZSTD_LEVEL = 1  # on SAE latents level 1 is both smaller and faster than 3 (USAGE.md)
@@ -89,6 +98,42 @@ class Store:
         return array.with_config({"write_empty_chunks": True})
 
     @functools.cached_property
+    def residuals(self) -> ResidualArrays | None:
+        """The store's residual stream arrays, or None if it keeps none."""
+        return ResidualArrays.open(self.path)
+
+    @functools.cached_property
+    def extend_record(self) -> dict | None:
+        """The record of an extension still in progress (`kept_fragments`, `kept_configs`), or None."""
+        record = self.path / STATE_GROUP / EXTEND_RECORD
+        return json.loads(record.read_text()) if record.is_file() else None
+
+    def kept_rows(self, config_index: int, chunk: int) -> int:
+        """Leading rows of a unit that an extension keeps from its shard as they were (0: none)."""
+        record = self.extend_record
+        if record is None or config_index >= record["kept_configs"]:
+            return 0
+        start, _ = self.chunk_bounds(chunk)
+        return max(0, min(record["kept_fragments"] - start, self.chunk_size(chunk)))
+
+    def residual_rows_stored(self, chunk: int, done: np.ndarray | None = None) -> int:
+        """How many leading rows of a chunk have their residuals in the store (its unit done, or kept by an
+        extension); `done` is the residual units' completion, read if not given."""
+        if self.residuals is None:
+            return 0
+        done = self.residuals.done() if done is None else done
+        if done[chunk]:
+            return self.chunk_size(chunk)
+        record = self.extend_record
+        start, _ = self.chunk_bounds(chunk)
+        kept = 0 if record is None else record["kept_fragments"]
+        return max(0, min(kept - start, self.chunk_size(chunk)))
+
+    def pending_residuals(self) -> np.ndarray:
+        """The chunks whose residual unit is still to write (none without residuals)."""
+        return np.array([], dtype=np.int64) if self.residuals is None else np.flatnonzero(~self.residuals.done())
+
+    @functools.cached_property
     def _shard_encoder(self) -> ShardEncoder | None:
         return ShardEncoder.for_layout(self.layout)
 
@@ -124,7 +169,10 @@ class Store:
         return self._mark(config_index, chunk).exists() and self.shard_written(config_index, chunk)
 
     def shard_written(self, config_index: int, chunk: int) -> bool:
-        """True if the unit's shard file is there and not empty (marked or not)."""
+        """True if the unit's shard file (RESIDUAL_UNIT: each of the chunk's residual files) is there and not empty
+        (marked or not)."""
+        if config_index == RESIDUAL_UNIT:
+            return all(f.is_file() and f.stat().st_size > 0 for f in self.residuals.files(chunk))
         shard = self.shard_file(config_index, chunk)
         return shard.is_file() and shard.stat().st_size > 0
 
@@ -203,10 +251,13 @@ class Store:
             data = b"".join(self._shard_encoder.encode(latents))
         else:
             data = self._encode_with_zarr(config_index, chunk, latents)
-        _write_durably(self.shard_file(config_index, chunk), data)
+        write_durably(self.shard_file(config_index, chunk), data)
 
     def mark_done(self, config_index: int, chunk: int) -> None:
-        """Mark a unit complete; only once its shard is durable."""
+        """Mark a unit complete (RESIDUAL_UNIT: a chunk's residuals); only once its files are durable."""
+        if config_index == RESIDUAL_UNIT:
+            self.residuals.mark_done(chunk)
+            return
         mark = self._mark(config_index, chunk)
         mark.parent.mkdir(parents=True, exist_ok=True)
         mark.touch()
@@ -228,8 +279,9 @@ class Store:
     def discard_partial_writes(self) -> None:
         """Delete the temporary files of writes that a killed build left (saezarr's and zarr's)."""
         for pattern in ("*.partial", f".*{TEMP_SUFFIX}"):
-            for path in (self.path / ACTIVATIONS).rglob(pattern):
-                path.unlink(missing_ok=True)
+            for array in (ACTIVATIONS, RESIDUALS, EMBEDDINGS):
+                for path in (self.path / array).rglob(pattern):
+                    path.unlink(missing_ok=True)
 
     def lock(self) -> StoreLock:
         """The store's writer lock (not yet acquired)."""
@@ -240,7 +292,7 @@ class Store:
         return directory_bytes(self.path)
 
 
-def _write_durably(path: Path, data: bytes) -> None:
+def write_durably(path: Path, data: bytes) -> None:
     """Put a file's whole content in place at once, durably: readers see the old file or the new, never a part."""
     # the temporary name starts with a dot and is no chunk key, so zarr never reads it as a chunk
     temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
@@ -268,6 +320,9 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_write_durably = write_durably  # the name tests and older callers use
 
 
 def directory_bytes(path: Path) -> int:
@@ -308,7 +363,7 @@ def renew_store_id(path: Path) -> str:
     meta_file = Path(path) / "zarr.json"
     meta = json.loads(meta_file.read_text())
     meta.setdefault("attributes", {})[STORE_ID] = new_id = uuid.uuid4().hex
-    _write_durably(meta_file, json.dumps(meta, indent=2).encode())
+    write_durably(meta_file, json.dumps(meta, indent=2).encode())
     return new_id
 
 
@@ -390,13 +445,19 @@ def create_store(
     attrs: dict,
     chunk_fragments: int = DEFAULT_CHUNK_FRAGMENTS,
     replace: bool = False,
+    residual_layers: Sequence[int] | None = None,
+    hidden_size: int | None = None,
 ) -> Store:
-    """Create the store with its coordinates and an unwritten activations array, atomically by rename."""
+    """Create the store with its coordinates and unwritten activations (and, with `residual_layers`, residuals and
+    embeddings of `hidden_size`) arrays, atomically by rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = folders.make_staging(path, STAGING_SUFFIX)
     try:
         _write_layout(staging, fragments, configs, width, {**attrs, STORE_ID: uuid.uuid4().hex}, chunk_fragments)
+        if residual_layers is not None:
+            add_residual_arrays(staging, list(residual_layers), hidden_size, len(fragments), chunk_fragments)
+            write_consolidated(staging)
         if replace:
             folders.swap_into_place(staging, path)
         else:

@@ -92,9 +92,28 @@ def store_info(path: str | Path) -> dict:
             }
             for ci, name in enumerate(store.config_names)
         ],
+        "residuals": residuals_info(store),
         "bytes_on_disk": on_disk,
         "dense_float32_bytes": dense_done,
         "compression_ratio": round(dense_done / on_disk, 2) if on_disk else None,
+    }
+
+
+def residuals_info(store: Store) -> dict | None:
+    """What the store keeps of the residual stream (None: nothing): layers, hidden size, dtype, done chunks, bytes."""
+    from saezarr.store.layout import directory_bytes
+    from saezarr.store.residuals import EMBEDDINGS, RESIDUALS
+
+    residuals = store.residuals
+    if residuals is None:
+        return None
+    return {
+        "layers": list(residuals.layers),
+        "hidden": residuals.hidden,
+        "dtype": str(residuals.dtype),
+        "done_chunks": int(residuals.done().sum()),
+        "total_chunks": residuals.n_chunks,
+        "bytes_on_disk": directory_bytes(store.path / RESIDUALS) + directory_bytes(store.path / EMBEDDINGS),
     }
 
 
@@ -114,6 +133,15 @@ def format_info(info: dict) -> str:
     for layer in sorted({c["layer"] for c in configs}):
         entries = [f"{c['name']} {c['done_chunks']}/{c['total_chunks']}" for c in configs if c["layer"] == layer]
         lines.append(f"  layer {layer:<5}{', '.join(entries)}")
+    residuals = info.get("residuals")
+    if residuals:
+        layers = residuals["layers"]
+        shown = ",".join(map(str, layers)) if len(layers) <= 8 else f"{layers[0]}-{layers[-1]}"
+        lines.append(
+            f"residuals    {len(layers)} layers ({shown}) + embeddings, {residuals['hidden']} hidden, "
+            f"{residuals['dtype']}; {residuals['done_chunks']}/{residuals['total_chunks']} chunks, "
+            f"{human_bytes(residuals['bytes_on_disk'])} on disk"
+        )
     ratio = info["compression_ratio"]
     lines.append(
         f"on disk      {human_bytes(info['bytes_on_disk'])}; dense float32 of the done chunks "

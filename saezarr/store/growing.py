@@ -1,0 +1,106 @@
+"""Growing a store in place (`build --extend`): more configs, more fragments, or both, leaving every written shard as
+it is.
+
+The order makes a kill at any point resumable by rerunning the extension: first the record of what the old store
+was (`_saezarr/extend.json`), then the last partial chunk's marks are removed (its shards are rewritten with their
+old rows kept bitwise and the new rows added), then each coordinate array is replaced whole, then the data arrays'
+shapes, and last the root zarr.json (attributes and consolidated metadata), the commit point of the new inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from saezarr import folders
+from saezarr.configs import SAEConfig
+from saezarr.store.layout import (
+    ACTIVATIONS,
+    EXTEND_RECORD,
+    STATE_GROUP,
+    Store,
+    _write_layout,
+    renew_store_id,
+    write_durably,
+)
+from saezarr.store.residuals import EMBEDDINGS, RESIDUALS, write_consolidated
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+GROWING_SUFFIX = ".growing"
+
+
+@dataclass(frozen=True)
+class Growth:
+    """What an extension adds: the whole fragment table and config list after it, and what the store held before."""
+
+    fragments: pd.DataFrame
+    configs: tuple[SAEConfig, ...]
+    attrs: dict
+    kept_fragments: int
+    kept_configs: int
+
+    def record(self) -> dict:
+        """The extension record kept in the store until the extension is complete."""
+        return {
+            "kept_fragments": self.kept_fragments,
+            "kept_configs": self.kept_configs,
+            "target": {key: self.attrs.get(key) for key in ("configs", "input_sha256", "n_sentences")},
+        }
+
+
+def read_record(path: Path) -> dict | None:
+    """The record of an extension in progress in the store at path, or None."""
+    record = Path(path) / STATE_GROUP / EXTEND_RECORD
+    return json.loads(record.read_text()) if record.is_file() else None
+
+
+def grow_store(store: Store, growth: Growth) -> None:
+    """Grow the store to `growth` (idempotent: a rerun after a kill finishes it), then give it a fresh identity."""
+    path = store.path
+    write_durably(path / STATE_GROUP / EXTEND_RECORD, json.dumps(growth.record()).encode())
+    n_fragments, n_configs = len(growth.fragments), len(growth.configs)
+    cf = store.chunk_fragments
+    if n_fragments > growth.kept_fragments and growth.kept_fragments % cf:
+        partial = growth.kept_fragments // cf  # its shards gain rows: written again, the old rows kept
+        for ci in range(growth.kept_configs):
+            store._mark(ci, partial).unlink(missing_ok=True)
+        if store.residuals is not None:
+            store.residuals.unmark(partial)
+    _replace_coordinates(path, growth, store.width, cf)
+    _set_shape(path / ACTIVATIONS, [n_configs, n_fragments, store.width])
+    if store.residuals is not None:
+        _set_shape(path / RESIDUALS, [len(store.residuals.layers), n_fragments, store.residuals.hidden])
+        _set_shape(path / EMBEDDINGS, [n_fragments, store.residuals.hidden])
+    write_consolidated(path, growth.attrs)
+    renew_store_id(path)
+
+
+def finish_growth(path: Path) -> None:
+    """Forget the extension record once every unit of the grown store is done."""
+    (Path(path) / STATE_GROUP / EXTEND_RECORD).unlink(missing_ok=True)
+
+
+def _replace_coordinates(path: Path, growth: Growth, width: int, chunk_fragments: int) -> None:
+    """Each coordinate on `config` or `fragment`, written whole for the grown store and swapped in."""
+    staging = folders.make_staging(path, GROWING_SUFFIX)
+    try:
+        _write_layout(staging, growth.fragments, growth.configs, width, growth.attrs, chunk_fragments)
+        for meta in sorted(staging.glob("*/zarr.json")):
+            name = meta.parent.name
+            dims = json.loads(meta.read_text()).get("dimension_names") or []
+            if name != ACTIVATIONS and len(dims) == 1 and dims[0] in ("config", "fragment"):
+                folders.swap_into_place(meta.parent, path / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _set_shape(array: Path, shape: Sequence[int]) -> None:
+    """Set an array's shape in its zarr.json (its chunk files stay; new ones fill the grown part)."""
+    meta = json.loads((array / "zarr.json").read_text())
+    meta["shape"] = list(shape)
+    write_durably(array / "zarr.json", json.dumps(meta, indent=2).encode())
