@@ -39,4 +39,14 @@ def feature_metrics(ds: xarray.Dataset, pool: str = "final") -> xarray.Dataset:
     return _feature_metrics(ds, pool)
 
 
-__all__ = ["__version__", "feature_metrics", "open_store"]
+def emergence(
+    ds: xarray.Dataset, pool: str = "final", folds: int = 5, seed: int = 0, permutations: int = 20, layers=None
+) -> xarray.Dataset:
+    """Per layer, the held-out scores of the best SAE feature and of linear probes, with chance levels: a Dataset
+    over `layer`."""
+    from saezarr.analysis.emergence import emergence as _emergence
+
+    return _emergence(ds, pool, folds, seed, permutations, layers)
+
+
+__all__ = ["__version__", "emergence", "feature_metrics", "open_store"]

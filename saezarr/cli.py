@@ -243,6 +243,25 @@ def _add_analyze(commands) -> None:
     p.add_argument("--max-fpr", type=float, default=0.2, help="filter: false positive rate at most this (0..1)")
     p.add_argument("--top-n", type=_positive_int, default=50, help="features with examples and in the report")
     p.add_argument("--examples-per-label", type=_positive_int, default=5, help="example sentences per label")
+    p.add_argument(
+        "--permutations",
+        type=_count,
+        default=100,
+        help="label permutations of the chance baseline (family-wise p-values); 0 turns it off (default 100)",
+    )
+    p.add_argument(
+        "--folds",
+        type=_count,
+        default=5,
+        help="folds of the held-out validation and the per-layer emergence curves; 0 turns them off (default 5)",
+    )
+    p.add_argument(
+        "--probe-permutations",
+        type=_count,
+        default=None,
+        help="permuted labellings behind the emergence curves' chance levels (default 20)",
+    )
+    p.add_argument("--seed", type=_count, default=0, help="seed of the permutations and folds (default 0)")
     p.add_argument("--allow-partial", action="store_true", help="analyse the finished configs of an unfinished store")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -268,6 +287,10 @@ def _run_analyze(args) -> int:
         overwrite=args.overwrite,
         allow_partial=args.allow_partial,
         quiet=args.quiet,
+        permutations=args.permutations,
+        folds=args.folds,
+        seed=args.seed,
+        **({} if args.probe_permutations is None else {"probe_permutations": args.probe_permutations}),
     )
     with _analysis_cluster(args):
         print(analyze(options).line())
@@ -294,6 +317,17 @@ def _positive_int(text: str) -> int:
         value = 0
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    """Parse a non-negative integer option value."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
     return value
 
 
