@@ -43,8 +43,10 @@ def test_outputs_have_the_legacy_layout(analysed, store):
     out, _, result = analysed
     assert sorted(p.name for p in out.iterdir()) == [
         "analysis.json",
+        "emergence.csv",
         "feature_examples.json",
         "features.parquet",
+        "heldout.csv",
         "plots",
         "ranked_features.csv",
         "report.html",

@@ -1,7 +1,8 @@
 """The chance level of the best feature: Pearson correlation and AUROC 3-vs-0 recomputed under label permutations,
 the maximum over all analysed features per permutation, and family-wise p-values from those maxima.
 
-p_value_fwer of a feature = (1 + #{permutations whose maximum over every analysed feature >= its score}) / (1 + N):
+p_value_fwer of a feature = (1 + #{permutations whose maximum over every analysed feature >= its score}) / (1 + N)
+(ties within 1e-12 counted):
 the permutation test of the maximum statistic (Westfall & Young), which bounds the family-wise error rate over all
 features analysed together; the +1 counts the observed labelling as one of the permutations, so p is never 0.
 Pearson's null permutes all labels; AUROC 3-vs-0's permutes labels 0 and 3 among the label-0 and label-3 sentences
@@ -16,6 +17,9 @@ import numpy as np
 from saezarr.analysis.features import FeatureMatrix, auroc_many, pearson_many
 
 ALPHA = 0.05  # p_value_fwer below this counts as significant
+# a permuted maximum this close below a score counts as reaching it: permutations that only reorder tied values give
+# the observed score again, computed in another order (sparse features tie at zero often)
+TIE = 1e-12
 CHANCE_QUANTILE = 95  # the chance level: this percentile of the permuted maxima
 
 
@@ -61,11 +65,12 @@ def _column_max(values: np.ndarray) -> np.ndarray:
 
 
 def fwer_p_values(observed: np.ndarray, maxima: np.ndarray) -> np.ndarray:
-    """(1 + #{maxima >= observed}) / (1 + N) for each observed score (NaN where it is NaN, or without maxima)."""
+    """(1 + #{maxima >= observed}) / (1 + N) for each observed score, ties within TIE included (NaN where it is NaN,
+    or without maxima)."""
     maxima = np.sort(np.asarray(maxima, dtype=np.float64))
     if not len(maxima) or np.isnan(maxima).any():
         return np.full(np.shape(observed), np.nan)
-    at_least = len(maxima) - np.searchsorted(maxima, observed, side="left")
+    at_least = len(maxima) - np.searchsorted(maxima, np.asarray(observed) - TIE, side="left")
     with np.errstate(invalid="ignore"):
         return np.where(np.isnan(observed), np.nan, (1.0 + at_least) / (1.0 + len(maxima)))
 
