@@ -1,4 +1,4 @@
-"""The `python -m saezarr` command line: build, export-npz, info, analyze."""
+"""The `python -m saezarr` command line: build, export-npz, info, analyze, compare."""
 
 from __future__ import annotations
 
@@ -45,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_export(commands)
     _add_info(commands)
     _add_analyze(commands)
+    _add_compare(commands)
     return parser
 
 
@@ -294,6 +295,22 @@ def _run_analyze(args) -> int:
     )
     with _analysis_cluster(args):
         print(analyze(options).line())
+    return 0
+
+
+def _add_compare(commands) -> None:
+    p = commands.add_parser("compare", help="compare analyses of several concepts on the same model and SAEs")
+    p.add_argument("analyses", type=Path, nargs="+", metavar="DIR", help="`saezarr analyze` output folders")
+    p.add_argument("--output", type=Path, required=True, help="folder for the comparison (must not exist)")
+    p.add_argument("--overwrite", action="store_true", help="replace an output folder saezarr compare wrote")
+    p.set_defaults(run=_run_compare)
+
+
+def _run_compare(args) -> int:
+    from saezarr.analysis.compare import compare
+
+    output = compare(args.analyses, args.output, args.overwrite)
+    print(f"saezarr: compared {len(args.analyses)} analyses; wrote {output}")
     return 0
 
 

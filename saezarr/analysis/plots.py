@@ -188,3 +188,23 @@ def _png(fig) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()
+
+
+def concepts_png(emergence: pd.DataFrame, curve: str) -> bytes:
+    """Per concept, one curve's held-out Spearman ρ by layer, with each concept's chance level dotted."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 3.8), dpi=110)
+    ax = fig.add_axes((0.065, 0.15, 0.62, 0.75))
+    colors = ["#c2410c", "#2563eb", "#059669", "#7c3aed", "#db2777", "#ca8a04", "#0891b2", "#4b5563"]
+    for i, (concept, rows) in enumerate(emergence.groupby("concept", sort=False)):
+        color = colors[i % len(colors)]
+        ax.plot(rows.layer, rows[f"{curve}_heldout_spearman"], marker="o", markersize=3.5, color=color, label=concept)
+        ax.plot(rows.layer, rows["chance_spearman"], linestyle=":", linewidth=1, color=color)
+    ax.axhline(0, color="#94a3b8", linewidth=0.6)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("held-out Spearman ρ")
+    ax.set_title(f"Emergence by concept ({curve.replace('_', ' ')}; dotted: chance)", fontsize=11, loc="left")
+    ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.02, 1))
+    _plain(ax)
+    return _png(fig)
