@@ -159,14 +159,16 @@ def _draw_emergence(emergence: pd.DataFrame) -> bytes:
     ax = fig.add_axes((0.065, 0.15, 0.62, 0.75))
     layers = emergence["layer"].to_numpy()
     chance = emergence["chance_spearman"].to_numpy(dtype=float)
-    if np.isfinite(chance).any():
-        ax.fill_between(
-            layers, -1, chance, color="#e2e8f0", step="mid", label="chance (95th pct under permuted labels)"
-        )
+    known = np.isfinite(chance)
+    if known.any():
+        label = "chance (95th pct under permuted labels)"
+        ax.fill_between(layers[known], -1, chance[known], color="#e2e8f0", label=label)
     for curve, (label, color) in EMERGENCE_CURVES.items():
         values = emergence[f"{curve}_heldout_spearman"].to_numpy(dtype=float)
-        if np.isfinite(values).any():
-            ax.plot(layers, values, marker="o", markersize=3.5, color=color, label=label)
+        known = np.isfinite(values)  # a layer without SAEs (or residuals) has no point: the line joins the others
+        if known.any():
+            ax.plot(layers[known], values[known], marker="o", markersize=3.5, color=color, label=label)
+    ax.set_xticks(layers)
     ax.set_ylim(min(-0.2, np.nanmin(chance, initial=0.0)), 1.0)
     ax.set_xlabel("layer")
     ax.set_ylabel("held-out Spearman ρ")
@@ -199,8 +201,10 @@ def concepts_png(emergence: pd.DataFrame, curve: str) -> bytes:
     colors = ["#c2410c", "#2563eb", "#059669", "#7c3aed", "#db2777", "#ca8a04", "#0891b2", "#4b5563"]
     for i, (concept, rows) in enumerate(emergence.groupby("concept", sort=False)):
         color = colors[i % len(colors)]
+        rows = rows[rows[f"{curve}_heldout_spearman"].notna()]
         ax.plot(rows.layer, rows[f"{curve}_heldout_spearman"], marker="o", markersize=3.5, color=color, label=concept)
         ax.plot(rows.layer, rows["chance_spearman"], linestyle=":", linewidth=1, color=color)
+    ax.set_xticks(sorted(emergence.layer.unique()))
     ax.axhline(0, color="#94a3b8", linewidth=0.6)
     ax.set_xlabel("layer")
     ax.set_ylabel("held-out Spearman ρ")
