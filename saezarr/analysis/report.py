@@ -327,6 +327,8 @@ def _heldout(summary: dict | None, table: pd.DataFrame | None) -> str:
     )
     head = "".join(f"<th>{h}</th>" for h in ("fold", "chosen", "top-1 pearson", "mean pearson", "mean AUROC 3v0"))
     features = ""
+    if not sum(f["chosen"] for f in summary["per_fold"]):
+        features = '<p class="empty">No feature passes the filter on the training folds of any fold.</p>'
     if table is not None and len(table):
         shown = table.head(20)
         cells = "".join(
