@@ -83,13 +83,16 @@ def _feature_predictions(
     predictions["best_feature"][test] = np.where(scored, x_test, 0.0)  # no feature varies: no signal
     strength = np.where(np.isnan(r), -1.0, np.abs(r))
     k_max = min(max(SPARSE_KS), features.shape[1])
-    top = np.argsort(-strength, axis=0, kind="stable")[:k_max]  # [k, targets], strongest first
-    for t in range(targets.shape[1]):
-        x_train, x_test = standardised(training.columns(top[:, t]), testing.columns(top[:, t]))
-        y = targets[train, t : t + 1].astype(np.float64)
-        for k in SPARSE_KS:
-            used = min(k, k_max)
-            predictions[f"sparse_probe_k{k}"][test, t] = ridge_predictions(x_train[:, :used], y, x_test[:, :used])[:, 0]
+    top = np.argpartition(-strength, k_max - 1, axis=0)[:k_max]  # [k, targets]: the strongest, in no order
+    order = np.argsort(-np.take_along_axis(strength, top, axis=0), axis=0, kind="stable")
+    top = np.take_along_axis(top, order, axis=0)  # strongest first
+    columns_train = np.stack([training.columns(top[:, t]) for t in range(targets.shape[1])])  # [targets, rows, k]
+    columns_test = np.stack([testing.columns(top[:, t]) for t in range(targets.shape[1])])
+    y = targets[train].T.astype(np.float64)[:, :, None]  # [targets, rows, 1]
+    for k in SPARSE_KS:
+        used = min(k, k_max)
+        x_train, x_test = standardised(columns_train[:, :, :used], columns_test[:, :, :used])
+        predictions[f"sparse_probe_k{k}"][test] = ridge_predictions(x_train, y, x_test)[:, :, 0].T
 
 
 def emergence_rows(

@@ -71,6 +71,25 @@ class FeatureMatrix:
         out[rows[taken], position[cols[taken]]] = values[taken]
         return out
 
+    def scaled(self, keep: np.ndarray, scale: np.ndarray) -> FeatureMatrix:
+        """The matrix of the columns where the boolean mask keep is true, each multiplied by its scale."""
+        keep = np.asarray(keep, dtype=bool)
+        shape = (self.shape[0], int(keep.sum()))
+        if self.positives is None:
+            return FeatureMatrix(shape, dense=self.dense[:, keep] * scale[keep])
+        rows, cols, values = self.positives
+        inside = keep[cols]
+        renumber = np.cumsum(keep) - 1
+        return FeatureMatrix(
+            shape, positives=(rows[inside], renumber[cols[inside]], values[inside] * scale[cols[inside]])
+        )
+
+    def active(self) -> np.ndarray:
+        """Which columns hold a value other than zero."""
+        if self.positives is None:
+            return np.count_nonzero(self.dense, axis=0) > 0
+        return np.bincount(self.positives[1], minlength=self.shape[1]) > 0
+
     def t_dot(self, w: np.ndarray) -> np.ndarray:
         """matrixᵀ @ w for a [sentences, k] array w: [features, k] float64."""
         if self.positives is None:
@@ -136,6 +155,34 @@ def pearson_many(matrix: FeatureMatrix, targets: np.ndarray) -> np.ndarray:
         r = covariance / np.sqrt(squares[:, None] * (centered**2).sum(axis=0)[None, :])
     r[matrix.constant()] = np.nan
     return np.clip(r, -1.0, 1.0)
+
+
+def max_pearson(matrix: FeatureMatrix, targets: np.ndarray) -> np.ndarray:
+    """The greatest Pearson correlation over the non-constant columns with each target column [sentences, k] (targets
+    of equal variance, as permutations of one vector are): [k], -inf without such a column."""
+    varying = ~matrix.constant()
+    if not varying.any():
+        return np.full(targets.shape[1], -np.inf)
+    centered = targets - targets.mean(axis=0)
+    with np.errstate(divide="ignore"):
+        scale = 1.0 / np.sqrt(matrix.centered_squares())
+    covariance = matrix.scaled(varying, scale).t_dot(centered)  # only the varying columns, each over its norm
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.clip(covariance.max(axis=0) / np.sqrt((centered**2).sum(axis=0)), -1.0, 1.0)
+
+
+def max_auroc(matrix: FeatureMatrix, positive: np.ndarray) -> np.ndarray:
+    """The greatest AUROC over the columns for each boolean column of positive (as auroc_many): [k]."""
+    n_pos = int(positive[:, 0].sum())
+    n_neg = matrix.shape[0] - n_pos
+    if not n_pos or not n_neg:
+        return np.full(positive.shape[1], np.nan)
+    active = matrix.active()
+    best = np.full(positive.shape[1], 0.5 if not active.all() else -np.inf)  # an all-zero column scores 0.5
+    if active.any():
+        ranked = matrix.scaled(active, np.ones(matrix.shape[1])).ranks_t_dot(positive.astype(np.float64))
+        best = np.maximum(best, (ranked.max(axis=0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return best
 
 
 def auroc_many(matrix: FeatureMatrix, positive: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from saezarr.analysis.features import FeatureMatrix, auroc_many, pearson_many
+from saezarr.analysis.features import FeatureMatrix, max_auroc, max_pearson
 
 ALPHA = 0.05  # p_value_fwer below this counts as significant
 # a permuted maximum this close below a score counts as reaching it: permutations that only reorder tied values give
@@ -53,15 +53,9 @@ def null_maxima(matrix: FeatureMatrix, labels: np.ndarray, permutations: Permuta
     if not ((labels == 0).any() and (labels == 3).any()) or not n:
         return np.full(n, np.nan), np.full(n, np.nan)
     y = labels.astype(np.float64)
-    pearson = pearson_many(matrix, y[permutations.all].T)
     extremes = np.isin(labels, (0, 3))
     is3 = labels[extremes] == 3
-    auroc = auroc_many(matrix.rows(extremes), is3[permutations.extremes].T)
-    return _column_max(pearson), _column_max(auroc)
-
-
-def _column_max(values: np.ndarray) -> np.ndarray:
-    return np.where(np.isnan(values), -np.inf, values).max(axis=0, initial=-np.inf)
+    return max_pearson(matrix, y[permutations.all].T), max_auroc(matrix.rows(extremes), is3[permutations.extremes].T)
 
 
 def fwer_p_values(observed: np.ndarray, maxima: np.ndarray) -> np.ndarray:

@@ -10,28 +10,30 @@ ALPHAS = np.logspace(-3, 5, 17)  # the ridge penalties the inner cross-validatio
 
 
 def standardised(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Both arrays' columns centred and scaled by the training rows' mean and std (constant columns: zero)."""
-    mean, std = train.mean(axis=0), train.std(axis=0)
+    """Both arrays' columns (axis -1, rows on axis -2) centred and scaled by the training rows' mean and std
+    (constant columns: zero)."""
+    mean, std = train.mean(axis=-2, keepdims=True), train.std(axis=-2, keepdims=True)
     scale = np.where(std > 0, std, np.inf)
     return (train - mean) / scale, (test - mean) / scale
 
 
 def ridge_predictions(train: np.ndarray, targets: np.ndarray, test: np.ndarray, alphas=ALPHAS) -> np.ndarray:
-    """Predictions [test rows, targets] of a ridge fit (with intercept) of each target column on the training rows,
-    its penalty the one of `alphas` with the least leave-one-out squared error on those rows."""
-    n = len(train)
-    x_mean, y_mean = train.mean(axis=0), targets.mean(axis=0)
-    u, s, vt = np.linalg.svd(train - x_mean, full_matrices=False)
-    keep = s > s.max(initial=0.0) * 1e-12 if len(s) else s > 0
-    u, s, vt = u[:, keep], s[keep], vt[keep]
-    uty = u.T @ (targets - y_mean)  # [rank, targets]
-    shrink = s**2 / (s**2 + alphas[:, None])  # [alphas, rank]
-    fitted = np.einsum("nr,ar,rt->atn", u, shrink, uty)  # centred fits [alphas, targets, rows]
-    leverage = (u**2) @ shrink.T + 1.0 / n  # [rows, alphas]: the intercept's share is 1/n
-    residual = ((targets - y_mean).T[None] - fitted) / (1.0 - leverage.T)[:, None, :]
-    best = alphas[np.argmin((residual**2).sum(axis=2), axis=0)]  # [targets]
-    coef = vt.T @ (s[:, None] / (s[:, None] ** 2 + best[None, :]) * uty)  # [features, targets]
-    return (test - x_mean) @ coef + y_mean
+    """Predictions [..., test rows, targets] of a ridge fit (with intercept) of each target column on the training
+    rows [..., rows, features], its penalty the one of `alphas` with the least leave-one-out squared error on those
+    rows; leading axes are separate problems, solved at once."""
+    n = train.shape[-2]
+    x_mean, y_mean = train.mean(axis=-2, keepdims=True), targets.mean(axis=-2, keepdims=True)
+    u, s, vt = np.linalg.svd(train - x_mean, full_matrices=False)  # a zero singular value shrinks to nothing
+    centred = targets - y_mean
+    uty = np.swapaxes(u, -1, -2) @ centred  # [..., rank, targets]
+    squares = s[..., None, :] ** 2
+    shrink = squares / (squares + alphas[:, None])  # [..., alphas, rank]
+    fitted = np.einsum("...nr,...ar,...rt->...atn", u, shrink, uty)
+    leverage = np.einsum("...nr,...ar->...an", u**2, shrink) + 1.0 / n  # the intercept's share is 1/n
+    residual = (np.swapaxes(centred, -1, -2)[..., None, :, :] - fitted) / (1.0 - leverage)[..., :, None, :]
+    best = alphas[np.argmin((residual**2).sum(axis=-1), axis=-2)]  # [..., targets]
+    factor = s[..., :, None] / (s[..., :, None] ** 2 + best[..., None, :]) * uty
+    return (test - x_mean) @ (np.swapaxes(vt, -1, -2) @ factor) + y_mean
 
 
 def spearman_columns(predictions: np.ndarray, targets: np.ndarray) -> np.ndarray:
