@@ -159,7 +159,10 @@ def _provenance(info: dict) -> str:
 def _overview(summary: pd.DataFrame, png: bytes) -> str:
     image = base64.b64encode(png).decode("ascii")
     rows = "".join(_overview_row(row) for row in summary.itertuples(index=False))
-    head = "".join(f"<th>{h}</th>" for h in ("SAE", "layer", "L0", "best score", "best feature", "passing"))
+    names = ("SAE", "layer", "L0", "best score", "best feature", "passing")
+    if "chance_pearson" in summary:
+        names += ("best pearson, chance (95th pct)",)
+    head = "".join(f"<th>{h}</th>" for h in names)
     return (
         f'<section id="overview"><h2>Overview</h2>'
         f'<p class="hint">One mark per SAE at its layer and average L0, coloured by the best interpretability '
@@ -179,7 +182,9 @@ def _overview_row(row) -> str:
         f"<tr><td>{_esc(row.config)}</td><td class=n>{int(row.layer)}</td>"
         f'<td class=n data-v="{_sortkey(row.average_l0)}">{_l0(row.average_l0)}</td>'
         f'<td class=n data-v="{_sortkey(row.best_score)}">{_num(row.best_score)}</td>'
-        f"<td class=n>{best}</td><td class=n>{int(row.passing)}</td></tr>"
+        f"<td class=n>{best}</td><td class=n>{int(row.passing)}</td>"
+        + (f"<td class=n>{_num(row.chance_pearson)}</td>" if hasattr(row, "chance_pearson") else "")
+        + "</tr>"
     )
 
 
