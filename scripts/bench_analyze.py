@@ -27,6 +27,7 @@ matplotlib's font list, built once per machine, is built before the first timed 
    width 2048; `--no-scale` skips it). Its SAEs (~1.1 GiB at full scale) are kept under `--cache`.
 
     python scripts/bench_analyze.py --quick                          # ~1 min on 2 cores
+    python scripts/bench_analyze.py --quick --resampling-only        # analyze with/without --permutations, --folds
     python scripts/bench_analyze.py --out-md scripts/BENCHMARKS.md   # full run, 5-7 min on 2 shared cores (+3 min
                                                                      # the first time, to generate the 135 SAEs)
 """
@@ -481,7 +482,6 @@ def run_benchmark(root: Path, scratch: Path, mode: str, log, scale_configs: int 
     runs = first_run_and_rerun(stores["N"], scratch / "analyze-N", env, log)
     raw.update({key: runs[key] for key in ("analyze", "rerun", "inproc", "inproc_rerun", "cache_files")})
     raw["compare"] = compare_tables(legacy_out / "ranked_features.csv", runs["first_ranked"])
-    raw["resampling"] = measure_resampling(stores["N"], scratch / "analyze-N-resampling", env, log)
     log("a process that only imports what a cached re-run needs (the floor of a whole-process re-run) ...")
     raw["floor"] = min(
         (measure([sys.executable, "-c", FLOOR_IMPORTS], "imports") for _ in range(3)), key=lambda result: result["wall"]
@@ -662,7 +662,6 @@ def measure_scale(root: Path, scratch: Path, mode: str, n: int, csv: Path, env: 
     raw["build"] = build_store(assets / "config.json", csv, store, "build of the scale store")
     raw["info"] = store_info(store)
     raw.update(first_run_and_rerun(store, scratch / "analyze-scale", env, log, f" ({len(configs)} SAEs)"))
-    raw["resampling"] = measure_resampling(store, scratch / "analyze-scale-resampling", env, log, f" ({len(configs)})")
     shutil.rmtree(store, ignore_errors=True)
     return raw
 
@@ -799,8 +798,6 @@ def report_lines(raw: dict) -> list[str]:
         f"first run: {', '.join(raw['cache_files']) or 'none'}",
         *(floor_lines(raw["floor"], analyze, scale) if "floor" in raw else []),
         *(scale_lines(scale) if scale else []),
-        *(resampling_lines(raw["resampling"], _describe(raw["info"])) if "resampling" in raw else []),
-        *(resampling_lines(scale["resampling"], _describe(scale["info"])) if scale and "resampling" in scale else []),
     ]
 
 
@@ -920,7 +917,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--resampling-only",
         action="store_true",
-        help="only time analyze with and without --permutations and --folds (N store and scale store)",
+        help="only time analyze with and without --permutations and --folds (N store and scale store); the other "
+        "figures are taken without them",
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
