@@ -189,7 +189,12 @@ def _write_findings(
     summary = config_summary(configs, score, passing)
     if permutation is not None:
         chance = permutation["chance_per_sae"]
-        summary["chance_pearson"] = [chance[str(name)]["pearson"] for name in summary.config]
+        summary["chance_pearson"] = np.array(
+            [
+                np.nan if chance[str(name)]["pearson"] is None else chance[str(name)]["pearson"]
+                for name in summary.config
+            ]
+        )
     output.write_rest(ranked, summary, examples, info, cache.path / PLOTS, tables)
     return len(ranked)
 
