@@ -17,17 +17,17 @@ ROUNDING = 1e-9
 
 
 def fold_ids(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """Each sentence's fold (0..k-1): stratified by label, shuffled with a fixed seed (scikit-learn StratifiedKFold)."""
-    from sklearn.model_selection import StratifiedKFold
-
+    """Each sentence's fold (0..k-1), stratified by label: each label's sentences, shuffled with a fixed seed, dealt
+    round the folds in turn (continuing from where the previous label stopped, so fold sizes differ by at most one)."""
     if k < 2 or k > len(labels):
         raise SaezarrError(f"--folds: expected 0 (off) or 2 to the number of sentences ({len(labels)}), got {k}")
+    rng = np.random.default_rng(seed)
     folds = np.empty(len(labels), dtype=np.int64)
-    with warnings.catch_warnings():  # a label with fewer sentences than folds: sklearn warns, and spreads them
-        warnings.simplefilter("ignore", UserWarning)
-        splits = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels)
-        for fold, (_, test) in enumerate(splits):
-            folds[test] = fold
+    dealt = 0
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        folds[members] = (dealt + np.arange(len(members))) % k
+        dealt += len(members)
     return folds
 
 
