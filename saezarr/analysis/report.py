@@ -364,7 +364,9 @@ def _heldout(summary: dict | None, table: pd.DataFrame | None) -> str:
         f'<p class="hint">In each of {folds} folds stratified by label, the top features are chosen on the other '
         f"folds with the same filter and score, and scored on the held-out sentences only. Held-out pearson across "
         f"the folds' top features: {_num(summary['mean_heldout_pearson'])} (AUROC 3v0 "
-        f"{_num(summary['mean_heldout_auroc_3v0'])}); near 0 means the in-sample ranking does not carry over.</p>"
+        f"{_num(summary['mean_heldout_auroc_3v0'])}); near 0 means the in-sample ranking does not carry over. The "
+        f"held-out score of the best feature of each layer, chosen inside each fold, is the first curve of "
+        '<a href="#emergence">where the concept emerges</a>.</p>'
         f'<table class="data"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>{features}'
     )
 
