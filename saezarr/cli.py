@@ -9,7 +9,7 @@ from pathlib import Path
 
 from saezarr.errors import SaezarrError
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "gemma_scope_16k_configurations.json"
+DEFAULT_CONFIG = Path("gemma-scope-2b-pt-res-16k")  # a bundled catalogue (saezarr.catalogues.DEFAULT), in the package
 DEMO_OUTPUT = Path("saezarr-demo.zarr")
 
 
@@ -46,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_info(commands)
     _add_analyze(commands)
     _add_compare(commands)
+    _add_catalogues(commands)
     return parser
 
 
@@ -53,7 +54,12 @@ def _add_build(commands) -> None:
     p = commands.add_parser("build", help="build or resume a store from a labeled CSV")
     p.add_argument("--input", type=Path, help="CSV with columns sentence,concept_strength_label")
     p.add_argument("--output", type=Path, help="the Zarr store folder to write")
-    p.add_argument("--config", type=Path, default=None, help=f"SAE configuration file (default: {DEFAULT_CONFIG.name})")
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help=f"SAE configuration file, or a bundled catalogue's name (`saezarr catalogues`; default: {DEFAULT_CONFIG})",
+    )
     p.add_argument("--model", help="hub repo id or local folder; overrides the config file")
     p.add_argument("--sae-repo", help="hub repo id or local folder; overrides the config file")
     p.add_argument("--layers", help="only configs on these layers, e.g. 3,12")
@@ -120,23 +126,31 @@ def _add_cluster_options(p, local: bool) -> None:
         default=None,
         help="seconds to wait for the scheduler and a first worker (default 60)",
     )
+    p.add_argument(
+        "--tls-ca-file", type=Path, default=None, help="TLS: the CA certificate the scheduler's is signed by"
+    )
+    p.add_argument("--tls-cert", type=Path, default=None, help="TLS: this client's certificate")
+    p.add_argument("--tls-key", type=Path, default=None, help="TLS: this client's private key")
 
 
 def _cluster_options(args):
-    from saezarr.clients import DEFAULT_WORKER_TIMEOUT, ClusterOptions
+    from saezarr.execution.connect import DEFAULT_WORKER_TIMEOUT, ClusterOptions
 
     return ClusterOptions(
         local_workers=getattr(args, "local_workers", None),
         scheduler=args.scheduler,
         scheduler_file=args.scheduler_file,
         worker_timeout=args.worker_timeout or DEFAULT_WORKER_TIMEOUT,
+        tls_ca_file=args.tls_ca_file,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
     )
 
 
 def _run_build(args) -> int:
     from saezarr.configs import parse_layers
     from saezarr.extract.pipeline import BuildOptions, build
-    from saezarr.units import parse_size
+    from saezarr.machine import parse_size
 
     _quiet_libraries()
     if args.demo:
@@ -227,6 +241,27 @@ def _run_info(args) -> int:
     return 0
 
 
+def _add_catalogues(commands) -> None:
+    p = commands.add_parser("catalogues", help="list the bundled SAE catalogues, usable as build --config NAME")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(run=_run_catalogues)
+
+
+def _run_catalogues(args) -> int:
+    import dataclasses
+    import json
+
+    from saezarr.catalogues import list_catalogues
+
+    found = list_catalogues()
+    if args.json:
+        print(json.dumps([dataclasses.asdict(c) for c in found], indent=2))
+        return 0
+    for catalogue in found:
+        print(f"{catalogue.name}  {catalogue.n_configs} SAEs  {catalogue.model}  {catalogue.sae_repo}")
+    return 0
+
+
 def _add_analyze(commands) -> None:
     p = commands.add_parser("analyze", help="rank every SAE feature against the concept labels")
     p.add_argument("store", type=Path)
@@ -292,9 +327,9 @@ def _run_analyze(args) -> int:
         folds=args.folds,
         seed=args.seed,
         **({} if args.probe_permutations is None else {"probe_permutations": args.probe_permutations}),
+        cluster=_cluster_options(args),
     )
-    with _analysis_cluster(args):
-        print(analyze(options).line())
+    print(analyze(options).line())
     return 0
 
 

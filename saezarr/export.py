@@ -16,13 +16,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from saezarr.errors import SaezarrError
-from saezarr.npyzip import read_members
+from saezarr.extract.saes.npyzip import read_members
+from saezarr.machine import available_memory as _available_memory
+from saezarr.machine import human_bytes, usable_cores
 from saezarr.store.layout import Store
 from saezarr.store.locking import process_alive
 from saezarr.store.reading import open_existing
 from saezarr.store.selection import select_configs
-from saezarr.units import available_memory as _available_memory
-from saezarr.units import human_bytes, usable_cores
 
 # npz key -> the store's coordinate on the fragment dimension
 FRAGMENT_KEYS = {
@@ -72,8 +72,10 @@ class ExportSummary:
         return f"{text}; {skipped}" if self.skipped else text
 
 
-def npz_name(layer: int, average_l0: int) -> str:
-    """The legacy file name of a configuration's export."""
+def npz_name(layer: int, average_l0: int, config: str | None = None) -> str:
+    """The legacy file name of a configuration's export; by the config's name where its average L0 is unknown (-1)."""
+    if average_l0 < 0 and config is not None:
+        return f"{config}_activations.npz"
     return f"layer_{layer}_l0_{average_l0}_activations.npz"
 
 
@@ -118,7 +120,7 @@ def all_targets(store: Store, output: Path) -> list[ConfigTarget]:
     """Every configuration of the store, with its output file in the output folder."""
     layers, l0s = store.coordinate("layer").tolist(), store.coordinate("average_l0").tolist()
     return [
-        ConfigTarget(ci, name, layers[ci], l0s[ci], output / npz_name(layers[ci], l0s[ci]))
+        ConfigTarget(ci, name, layers[ci], l0s[ci], output / npz_name(layers[ci], l0s[ci], name))
         for ci, name in enumerate(store.config_names)
     ]
 

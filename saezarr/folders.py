@@ -71,12 +71,13 @@ def swap_into_place(staging: Path, path: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def replace_file(path: Path, write: Callable[[BinaryIO], None]) -> bool:
-    """Write a file by `write` beside path and rename it into place (making path's folder); False, leaving path as it
-    was, if that fails: for caches, where a file that cannot be written only costs the next run a recomputation."""
+def replace_file(path: Path, write: Callable[[BinaryIO], None], parents: bool = True) -> bool:
+    """Write a file by `write` beside path and rename it into place (making path's folder, and with `parents` the
+    folders above it); False, leaving path as it was, if that fails: for caches, where a file that cannot be written
+    only costs the next run a recomputation."""
     temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=parents, exist_ok=True)
         with open(temp, "wb") as file:
             write(file)
         os.replace(temp, path)

@@ -91,6 +91,68 @@ def write_model(
     return folder
 
 
+def write_gemma3_model(
+    folder: str | Path,
+    corpus: Iterable[str],
+    *,
+    num_layers: int = 4,
+    hidden_size: int = 32,
+    intermediate_size: int = 64,
+    num_heads: int = 2,
+    num_kv_heads: int = 1,
+    head_dim: int = 16,
+    max_tokens: int = 512,
+    vocab_size: int = 512,
+    multimodal: bool = False,
+    seed: int = 0,
+) -> Path:
+    """Write a random-weight Gemma 3 text checkpoint (`Gemma3ForCausalLM`), or a multimodal one
+    (`Gemma3ForConditionalGeneration` with a tiny vision tower) as Gemma 3 4B-27B are, with a Gemma-style tokenizer."""
+    from transformers import (
+        AutoTokenizer,
+        Gemma3Config,
+        Gemma3ForCausalLM,
+        Gemma3ForConditionalGeneration,
+        Gemma3TextConfig,
+        SiglipVisionConfig,
+    )
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_tokenizer(folder, corpus, vocab_size)
+    vocab = len(AutoTokenizer.from_pretrained(folder))
+    text = Gemma3TextConfig(
+        vocab_size=vocab,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        head_dim=head_dim,
+        max_position_embeddings=max_tokens,
+        sliding_window=8,  # shorter than the sentences, so sliding and full attention layers differ
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    )
+    torch.manual_seed(seed)
+    if not multimodal:
+        model = Gemma3ForCausalLM(text).eval()
+    else:
+        vision = SiglipVisionConfig(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=28,
+            patch_size=14,
+        )
+        config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4, image_token_index=vocab)
+        model = Gemma3ForConditionalGeneration(config).eval()
+    model.save_pretrained(folder)
+    return folder
+
+
 def write_saes(
     folder: str | Path,
     model_folder: str | Path,
@@ -104,25 +166,76 @@ def write_saes(
     residuals = calibration_residuals(Path(model_folder), sorted({c.layer for c in configs}), calibration)
     rng = np.random.default_rng(seed)
     for config in configs:
-        x = residuals[config.layer]
-        d_model = x.shape[1]
-        W_enc = rng.standard_normal((d_model, width), dtype=np.float32) / np.float32(np.sqrt(d_model))
-        W_enc /= np.float32(np.sqrt((x**2).sum(1).mean() / d_model))
-        b_enc = rng.normal(0, 0.1, width).astype(np.float32)
-        pre = x @ W_enc + b_enc
-        keep = min(max(config.average_l0, 1), width) / width
-        threshold = np.maximum(np.quantile(pre, 1 - keep, axis=0), 1e-3).astype(np.float32)
+        weights = random_sae(residuals[config.layer], width, config.average_l0, rng)
         target = folder / config.path
         target.mkdir(parents=True, exist_ok=True)
-        np.savez(
-            target / "params.npz",
-            W_enc=W_enc,
-            W_dec=np.ascontiguousarray(W_enc.T),
-            b_enc=b_enc,
-            b_dec=np.zeros(d_model, dtype=np.float32),
-            threshold=threshold,
-        )
+        np.savez(target / "params.npz", **weights)
     return folder
+
+
+def random_sae(
+    x: np.ndarray, width: int, average_l0: int, rng: np.random.Generator, b_dec_scale: float = 0.0
+) -> dict[str, np.ndarray]:
+    """Random JumpReLU SAE arrays for residuals x [tokens, d_model] (W_enc, W_dec, b_enc, b_dec, threshold, float32).
+
+    Thresholds make about `average_l0` features fire per token; b_dec is zero unless `b_dec_scale` is given (then
+    thresholds are calibrated on x - b_dec, as an SAE that subtracts it would see)."""
+    d_model = x.shape[1]
+    b_dec = (rng.standard_normal(d_model) * b_dec_scale * x.std()).astype(np.float32)
+    x = x - b_dec
+    W_enc = rng.standard_normal((d_model, width), dtype=np.float32) / np.float32(np.sqrt(d_model))
+    W_enc /= np.float32(np.sqrt((x**2).sum(1).mean() / d_model))
+    b_enc = rng.normal(0, 0.1, width).astype(np.float32)
+    pre = x @ W_enc + b_enc
+    keep = min(max(average_l0, 1), width) / width
+    threshold = np.maximum(np.quantile(pre, 1 - keep, axis=0), 1e-3).astype(np.float32)
+    return {
+        "W_enc": W_enc,
+        "W_dec": np.ascontiguousarray(W_enc.T),
+        "b_enc": b_enc,
+        "b_dec": b_dec,
+        "threshold": threshold,
+    }
+
+
+def write_gemma_scope_2_sae(folder: str | Path, weights: dict[str, np.ndarray], config: dict | None = None) -> Path:
+    """Write one SAE in Gemma Scope 2's layout: `params.safetensors` with lowercase keys, `config.json` if given."""
+    from safetensors.numpy import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {key.lower(): np.ascontiguousarray(array) for key, array in weights.items()}, folder / "params.safetensors"
+    )
+    if config is not None:
+        (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def write_saelens_sae(folder: str | Path, weights: dict[str, np.ndarray], cfg: dict) -> Path:
+    """Write one SAE in SAELens' format: `cfg.json` and `sae_weights.safetensors` (W_enc, b_enc, W_dec, b_dec, ...)."""
+    from safetensors.numpy import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({key: np.ascontiguousarray(array) for key, array in weights.items()}, folder / "sae_weights.safetensors")
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    return folder
+
+
+def saelens_cfg(
+    layer: int, d_in: int, d_sae: int, architecture: str, new_layout: bool = True, **fields: object
+) -> dict[str, object]:
+    """A SAELens cfg.json for a resid_post SAE: the 6.x layout (hook under `metadata`) or the pre-6.0 one."""
+    hook = f"blocks.{layer}.hook_resid_post"
+    cfg = {"architecture": architecture, "d_in": d_in, "d_sae": d_sae, "dtype": "float32", "device": "cpu"}
+    cfg.update(normalize_activations="none", apply_b_dec_to_input=False)
+    if new_layout:
+        cfg["metadata"] = {"sae_lens_version": "6.12.1", "hook_name": hook, "model_name": "tiny"}
+    else:
+        cfg.update(sae_lens_version="5.9.0", hook_name=hook, hook_layer=layer, model_name="tiny")
+    cfg.update(fields)
+    return cfg
 
 
 def calibration_residuals(model_folder: Path, layers: list[int], sentences: Sequence[str]) -> dict[int, np.ndarray]:

@@ -14,7 +14,7 @@ Workloads (each measured thing runs in a fresh child process of this script, one
 3. storage (on workload 2's store): bytes on disk per nonzero activation, store size against the seed-style npz
    total of the same data, and write speed against np.savez_compressed.
 Also: peak RSS of fresh-process builds for N and 4N sentences, and the model-pass and SAE-load counters of
-BuildSummary (cross-checked by counting the model's actual forward calls and JumpReLUEncoder.load calls in the
+BuildSummary (cross-checked by counting the model's actual forward calls and load_encoder calls in the
 build process).  No timing includes Python imports (each child imports first and reports that time apart); every
 ratio's two sides run in the same invocation, with torch's default thread count unless the build set another.
 
@@ -36,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from saezarr.units import human_bytes
+from saezarr.machine import human_bytes
 
 REPO = Path(__file__).resolve().parent.parent
 RESULT_TAG = "BENCH_RESULT "
@@ -378,7 +378,8 @@ def task_build(spec: dict) -> dict:
     from saezarr.configs import load_config_file
     from saezarr.extract.memory import default_sae_memory
     from saezarr.extract.residuals import resolve_model
-    from saezarr.extract.sae import locate_sae, plan_passes, resolve_sae_repo
+    from saezarr.extract.saes.encoder import plan_passes
+    from saezarr.extract.saes.locate import locate_sae, resolve_sae_repo
 
     options = B.BuildOptions(
         input=Path(spec["input"]),
@@ -411,14 +412,14 @@ def task_build(spec: dict) -> dict:
 
         return wrapper
 
-    real_encoder_load, real_model_load = B.JumpReLUEncoder.load, B.load_model
+    real_encoder_load, real_model_load = B.load_encoder, B.load_model
     timed_encoder_load = timing("sae_load", real_encoder_load)
 
     def counting_encoder_load(sae, *args, **kwargs):
         observed["sae_load_calls"][str(sae.path)] = observed["sae_load_calls"].get(str(sae.path), 0) + 1
         return timed_encoder_load(sae, *args, **kwargs)
 
-    B.JumpReLUEncoder.load = staticmethod(counting_encoder_load)
+    B.load_encoder = counting_encoder_load
     B.load_model = timing("model_load", real_model_load)
     rss_before = _current_rss()
     cpu_before = os.times()
@@ -444,7 +445,7 @@ def task_build(spec: dict) -> dict:
         Path(spec["stacks"]).write_text(sampler.report())
     cpu_after = os.times()
     peak = _peak_rss()
-    B.JumpReLUEncoder.load, B.load_model = classmethod(real_encoder_load.__func__), real_model_load
+    B.load_encoder, B.load_model = real_encoder_load, real_model_load
     handle.remove()
     config_file = load_config_file(options.config_file)
     source = resolve_sae_repo(config_file.sae_repo, config_file.configs[0])
@@ -502,20 +503,17 @@ def _fragment_table(input_csv: str, config_path: str):
     return config_file, info, data, fragments
 
 
-def _load_encoder(path: Path):
-    import numpy as np
-    import torch
-
-    with np.load(path) as params:
-        return [
-            torch.from_numpy(np.ascontiguousarray(params[k], dtype=np.float32)) for k in ("W_enc", "b_enc", "threshold")
-        ]
-
-
 def _encoder(path: Path):
-    from saezarr.extract.sae import JumpReLUEncoder
+    """The build's own encoder of one params.npz (its own encode arithmetic)."""
+    from saezarr.configs import SAEConfig
+    from saezarr.extract.hub import Source
+    from saezarr.extract.saes.encoder import load_encoder
+    from saezarr.extract.saes.locate import locate_sae
+    from saezarr.extract.saes.weights import read_header
 
-    return JumpReLUEncoder(*_load_encoder(path))  # the build's own encode arithmetic
+    d_model = read_header(path)["W_enc"].shape[0]
+    source = Source(str(path.parent), "local", path.parent)
+    return load_encoder(locate_sae(source, SAEConfig(0, 0, "."), d_model), "cpu")
 
 
 def _warm_imports() -> float:
@@ -591,12 +589,11 @@ def task_floor(spec: dict) -> dict:
     model_load = time.perf_counter() - t
     t = time.perf_counter()
     # the build's own loader, so W_enc lives in the same kind of memory (e.g. mapped from the page cache)
-    from saezarr.extract.sae import JumpReLUEncoder, locate_sae, resolve_sae_repo
+    from saezarr.extract.saes.encoder import load_encoder
+    from saezarr.extract.saes.locate import locate_sae, resolve_sae_repo
 
     source = resolve_sae_repo(config_file.sae_repo, config_file.configs[0])
-    encoders = [
-        (c.layer, JumpReLUEncoder.load(locate_sae(source, c, info.hidden_size), "cpu")) for c in config_file.configs
-    ]
+    encoders = [(c.layer, load_encoder(locate_sae(source, c, info.hidden_size), "cpu")) for c in config_file.configs]
     sae_load = time.perf_counter() - t
     layers = sorted({layer for layer, _ in encoders})
     capture = _Capture(model, layers, stop=True)
@@ -825,12 +822,17 @@ def task_codec(spec: dict) -> dict:
 def _thinnest_encode_cpu(rows: int, width: int, units: int) -> float:
     """CPU seconds to make the same units' latents with a hidden size of 1: the cheapest model any build could have.
     What is left is writing the [rows, width] pre-activations and the threshold pass over them."""
+    import tempfile
+
+    import numpy as np
     import torch
 
-    from saezarr.extract.sae import JumpReLUEncoder
-
     generator = torch.Generator().manual_seed(0)
-    encoder = JumpReLUEncoder(torch.randn(1, width, generator=generator), torch.zeros(width), torch.full((width,), 1.5))
+    with tempfile.TemporaryDirectory() as folder:
+        params = Path(folder) / "params.npz"
+        W_enc = torch.randn(1, width, generator=generator).numpy()
+        np.savez(params, W_enc=W_enc, b_enc=np.zeros(width, np.float32), threshold=np.full(width, 1.5, np.float32))
+        encoder = _encoder(params)
     x = torch.randn(rows, 1, generator=generator)
     out = torch.empty(rows, width)  # reused, as the build reuses its host buffers
     encoder.encode(x, out=out)
@@ -927,7 +929,7 @@ def counters_lines(build: dict) -> list[str]:
         f"{build['observed_model_calls']})   target = SAE passes  "
         f"{verdict(build['model_passes'] == build['expected_passes'] and build['observed_model_calls'] == build['forward_batches'])}",
         f"  SAE loads (BuildSummary)      {build['sae_loads']} for {build['n_configs']} configs (observed "
-        f"JumpReLUEncoder.load calls per params.npz: {sorted(set(build['observed_sae_load_calls']))} over "
+        f"load_encoder calls per params.npz: {sorted(set(build['observed_sae_load_calls']))} over "
         f"{len(build['observed_sae_load_calls'])} files)   target = 1 per SAE  "
         f"{verdict(build['sae_loads'] == build['n_configs'] and set(build['observed_sae_load_calls']) == {1} and len(build['observed_sae_load_calls']) == build['n_configs'])}",
     ]

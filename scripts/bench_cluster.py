@@ -61,9 +61,9 @@ def task_build(spec: dict) -> dict:
     import torch
     from transformers import AutoModel  # noqa: F401 (imported before the clock starts, as in bench_build)
 
-    from saezarr.clients import ClusterOptions
+    from saezarr.execution.connect import ClusterOptions
     from saezarr.extract.pipeline import BuildOptions, build
-    from saezarr.units import usable_cores
+    from saezarr.machine import usable_cores
 
     n, writers, stack = spec.get("workers"), None, contextlib.ExitStack()
     cluster = ClusterOptions()
@@ -114,7 +114,7 @@ def task_build(spec: dict) -> dict:
 
 def task_cluster_start(spec: dict) -> dict:
     """Start and stop a LocalCluster as a build does (start, connect, first worker, worker check), timed."""
-    from saezarr.clients import ClusterOptions, cluster_client
+    from saezarr.execution.connect import ClusterOptions, cluster_client
 
     started = time.perf_counter()
     with cluster_client(ClusterOptions(local_workers=spec["n"]), "cpu") as client:

@@ -16,7 +16,7 @@ import zarr
 from analyzetools import build_store, csv_without, dead_pid
 from clitools import run_cli
 
-from saezarr.units import human_bytes
+from saezarr.machine import human_bytes
 
 REUSED = "cached activations and metrics reused"
 
@@ -232,7 +232,7 @@ def test_token_activations_of_features_shown_are_kept_and_a_rerun_reads_no_shard
     cache = tmp_path / "cache"
     loose = dict(min_pearson=-1.0, min_tpr=0.0, max_fpr=1.0, quiet=True, cache=cache)
     analyze_here(AnalyzeOptions(store, tmp_path / "first", top_n=6, **loose))
-    [entry] = (cache / "analysis").iterdir()
+    [entry] = [cache / "analysis" / name for name in entries(cache)]
     kept = sorted((entry / "tokens").glob("*.npy"))
     assert len(kept) == 6
     activations = zarr.open_array(store / "activations", mode="r")

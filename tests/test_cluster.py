@@ -21,7 +21,7 @@ import pytest
 from clitools import run_cli
 from faults.faultkit import compare_stores, count_marks, one_error_line
 
-from saezarr.clients import ClusterOptions
+from saezarr.execution.connect import ClusterOptions
 from saezarr.extract.pipeline import BuildOptions, build
 from saezarr.synthetic import DEMO_CSV
 
@@ -257,7 +257,7 @@ def _other_saezarr(tmp_path: Path) -> dict:
     """An environment whose saezarr is a copy of this one with one source file changed."""
     copy = tmp_path / "other-saezarr"
     shutil.copytree(Path(__file__).resolve().parent.parent / "saezarr", copy / "saezarr")
-    with open(copy / "saezarr" / "units.py", "a") as file:
+    with open(copy / "saezarr" / "machine.py", "a") as file:
         file.write("\n# a later edit\n")
     return {**_env(), "PYTHONPATH": str(copy)}
 
@@ -288,6 +288,28 @@ def test_bad_worker_is_named(demo_config, lone_scheduler, tmp_path, bad):
     assert expected in line
     if bad == "other saezarr":
         assert "but the client runs 0.1.0 (code " in line and "install the same saezarr everywhere" in line
+
+
+def test_a_worker_joining_later_is_checked(lone_scheduler, tmp_path):
+    """A worker that joins after the start (adaptive, jobqueue) gets the check plugin; running other code, it refuses."""
+    from distributed import Client
+
+    from saezarr.errors import SaezarrError
+    from saezarr.execution.checks import watch_workers
+    from saezarr.execution.probe import PLUGIN_NAME
+    from saezarr.execution.running import map_units, units_run_on
+
+    with Client(scheduler_file=str(lone_scheduler), timeout=30) as client:
+        watch_workers(client)  # no worker yet
+        with workers(lone_scheduler, 1, env=_other_saezarr(tmp_path)) as started:
+            problems = client.run(lambda dask_worker: dask_worker.plugins[PLUGIN_NAME].problem)
+            with units_run_on(client), pytest.raises(SaezarrError) as refused:
+                list(map_units(abs, [-1]))
+    address = started[0][1]
+    assert (
+        "runs saezarr 0.1.0 (code " in problems[address] and "install the same saezarr everywhere" in problems[address]
+    )
+    assert str(refused.value).startswith(f"worker {address} runs saezarr 0.1.0 (code ")
 
 
 LOOSE = ("--min-pearson", "0.1", "--min-tpr", "0.1", "--max-fpr", "0.5")
@@ -369,7 +391,9 @@ def _imports_torch(code: str, env: dict | None = None) -> subprocess.CompletedPr
 
 
 def test_cluster_connection_code_imports_no_torch():
-    process = _imports_torch("import saezarr.clients, saezarr.probe, saezarr.cli")
+    process = _imports_torch(
+        "import saezarr.execution.connect, saezarr.execution.checks, saezarr.execution.probe, saezarr.cli"
+    )
     assert process.returncode == 0, process.stderr
 
 

@@ -20,8 +20,8 @@ from clitools import run_cli
 from saezarr import cli
 from saezarr.errors import SaezarrError
 from saezarr.export import NPZ_KEYS, export_npz, npz_name, parallel_jobs
+from saezarr.machine import usable_cores
 from saezarr.store.layout import Store
-from saezarr.units import usable_cores
 
 NEAR_THRESHOLD = 1e-5
 

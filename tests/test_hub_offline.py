@@ -21,6 +21,7 @@ MODEL_COMMIT = "1c8f4f1e9f4c3d2b1a0e9d8c7b6a5f4e3d2c1b0a"
 SAE_COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
 REAL_CONFIG = Path(__file__).resolve().parent.parent / "config" / "gemma_scope_16k_configurations.json"
 REAL_ENTRY = "layer_0_l0_13"  # an entry of the real config file, served by a copy of the tiny layer_0_l0_6 SAE
+LINKED_ENTRY = "layer_0_l0_105"  # one with a published Neuronpedia source, served likewise
 CHUNK = 64
 
 
@@ -36,9 +37,10 @@ def hub(tiny, tmp_path_factory):
     cache = root / "hf-cache"
     saes = root / "sae-source"
     shutil.copytree(tiny.saes, saes)
-    real = _entry(REAL_ENTRY)
-    (saes / real["path"]).mkdir(parents=True)
-    shutil.copy(tiny.saes / "layer_0/width_16k/average_l0_6/params.npz", saes / real["path"] / "params.npz")
+    for name in (REAL_ENTRY, LINKED_ENTRY):
+        real = _entry(name)
+        (saes / real["path"]).mkdir(parents=True)
+        shutil.copy(tiny.saes / "layer_0/width_16k/average_l0_6/params.npz", saes / real["path"] / "params.npz")
     assert populate_hf_cache(cache, MODEL_ID, tiny.model, MODEL_COMMIT) == MODEL_COMMIT
     assert populate_hf_cache(cache, SAE_ID, saes, SAE_COMMIT) == SAE_COMMIT
 
@@ -51,6 +53,11 @@ def hub(tiny, tmp_path_factory):
     with_missing["configs"].append({"layer": 12, "average_l0": 999, "path": "layer_12/width_16k/average_l0_999"})
     missing_entry_config = root / "missing-entry.json"
     missing_entry_config.write_text(json.dumps(with_missing))
+    # the legacy schema without neuronpedia fields; one entry names its own source, which wins
+    legacy = [{k: _entry(name)[k] for k in ("layer", "average_l0", "path")} for name in (LINKED_ENTRY, REAL_ENTRY)]
+    legacy.append({"layer": 0, "average_l0": 6, "path": tiny.configs[0].path, "neuronpedia": "custom/0-mine"})
+    legacy_config = root / "legacy.json"
+    legacy_config.write_text(json.dumps({"model": MODEL_ID, "sae_repo": SAE_ID, "configs": legacy}))
 
     env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(root / "hf-home")}
     common = ("--input", tiny.csv, "--quiet", "--chunk-fragments", CHUNK)
@@ -67,6 +74,7 @@ def hub(tiny, tmp_path_factory):
             "layer_12_l0_6,layer_25_l0_20",
         ),
         "real_config": ("--configs", REAL_ENTRY),  # the default config file: the real one
+        "legacy_links": ("--config", legacy_config),
         "missing_model": ("--config", absent_config),
         "missing_sae_repo": ("--config", absent_config, "--model", MODEL_ID),
         "missing_sae_entry": ("--config", missing_entry_config, "--configs", "layer_0_l0_6,layer_12_l0_999"),
@@ -184,4 +192,12 @@ def test_nothing_was_downloaded_or_written_outside_the_cache(hub):
     repos = sorted(p.name for p in hub["cache"].iterdir() if p.name.startswith("models--"))
     assert repos == ["models--google--gemma-2-2b", "models--google--gemma-scope-2b-pt-res"]
     stores = sorted(p.name for p in hub["root"].glob("*.zarr"))
-    assert stores == ["hub.zarr", "local.zarr", "override.zarr", "real_config.zarr"]
+    assert stores == ["hub.zarr", "legacy_links.zarr", "local.zarr", "override.zarr", "real_config.zarr"]
+
+
+def test_a_legacy_config_gets_the_published_neuronpedia_sources(hub):
+    """Without neuronpedia fields: the exact source of the SAE where published, none where not; a given one wins."""
+    group = zarr.open_group(_ok(hub, "legacy_links"), mode="r")
+    sources = [str(s) for s in group["neuronpedia_source"][:]]
+    assert sources == [_entry(LINKED_ENTRY)["neuronpedia"], "", "custom/0-mine"]
+    assert _entry(LINKED_ENTRY)["neuronpedia"] == "gemma-2-2b/0-gemmascope-res-16k"

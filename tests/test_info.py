@@ -10,9 +10,9 @@ from clitools import run_cli
 
 from saezarr import cli
 from saezarr.extract.inputs import file_sha256
+from saezarr.machine import human_bytes
 from saezarr.store.layout import Store, directory_bytes
 from saezarr.synthetic import DEMO_CSV
-from saezarr.units import human_bytes
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from clitools import REPO
+from faults.faultkit import compare_stores
 
 from saezarr.cli import main
 from saezarr.configs import load_config_file
@@ -24,7 +25,9 @@ from saezarr.extract.memory import (
 )
 from saezarr.extract.pipeline import BuildOptions, ChunkWriter, build
 from saezarr.extract.residuals import load_model, resolve_model
-from saezarr.extract.sae import JumpReLUEncoder, SAEFile, plan_passes
+from saezarr.extract.saes.encoder import Encoder, plan_passes
+from saezarr.extract.saes.layout import Layout
+from saezarr.extract.saes.locate import SAEFile
 
 GB, GiB = 10**9, 2**30
 GEMMA_FP32 = 10_457_367_552  # Gemma-2-2B without its LM head (2.61e9 parameters) in float32
@@ -34,7 +37,15 @@ CUDA_CONTEXT = 500 * 2**20
 def gemma_scope_saes() -> list[SAEFile]:
     """The 135 Gemma Scope 16k SAEs of the shipped config file, as SAEFiles of their real shape (no files read)."""
     configs = load_config_file(REPO / "config" / "gemma_scope_16k_configurations.json").configs
-    return [SAEFile(config=c, path=Path(c.path) / "params.npz", d_model=2304, width=16384) for c in configs]
+    return [
+        SAEFile(
+            c,
+            Layout("gemma_scope", Path(c.path) / "params.npz", "jumprelu", "W_enc", "b_enc", "threshold"),
+            2304,
+            16384,
+        )
+        for c in configs
+    ]
 
 
 def mock_cuda(monkeypatch, total: int, used: int, cached: int = 0) -> None:
@@ -130,7 +141,7 @@ def test_a_small_host_budget_bounds_the_writers_buffers_and_keeps_results(tiny, 
     bounded = tmp_path / "bounded.zarr"
     assert build(BuildOptions(output=bounded, **kwargs)).complete
     assert 1 <= most[0] <= 3
-    assert store_files(bounded) == store_files(reference)
+    assert compare_stores(bounded, reference) == []
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
@@ -152,15 +163,11 @@ def test_model_is_loaded_straight_in_its_dtype(tiny, monkeypatch, dtype):
     assert moves == []
 
 
-def store_files(store: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file()}
-
-
 def test_device_out_of_memory_is_one_line_and_the_store_resumes(tiny, tmp_path, monkeypatch, capsys):
     """torch's out-of-memory error from the 20th real encode: exit 1, one line naming both options, resumable."""
     full = tmp_path / "full.zarr"
     build(BuildOptions(input=tiny.csv, output=full, config_file=tiny.config_file, quiet=True, chunk_fragments=32))
-    calls, real_encode = [], JumpReLUEncoder.encode
+    calls, real_encode = [], Encoder.encode
 
     def encode_until_out_of_memory(self, x, out=None):
         calls.append(1)
@@ -168,7 +175,7 @@ def test_device_out_of_memory_is_one_line_and_the_store_resumes(tiny, tmp_path, 
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 16.00 MiB")
         return real_encode(self, x, out=out)
 
-    monkeypatch.setattr(JumpReLUEncoder, "encode", encode_until_out_of_memory)
+    monkeypatch.setattr(Encoder, "encode", encode_until_out_of_memory)
     store = tmp_path / "store.zarr"
     args = [
         "build",
@@ -198,6 +205,6 @@ def test_device_out_of_memory_is_one_line_and_the_store_resumes(tiny, tmp_path, 
     marked = sorted((store / "_saezarr" / "done").glob("*/*"))
     assert 0 < len(marked) == int(match[1]) < int(match[2]) == 6 * 17
     assert not (store / "_saezarr" / "lock").exists()
-    monkeypatch.setattr(JumpReLUEncoder, "encode", real_encode)
+    monkeypatch.setattr(Encoder, "encode", real_encode)
     assert main([*args, "--resume"]) == 0
-    assert store_files(store) == store_files(full)
+    assert compare_stores(store, full) == []

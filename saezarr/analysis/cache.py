@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import sys
+import weakref
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,16 +18,20 @@ import numpy as np
 
 from saezarr.analysis.metrics import METRICS, unstacked
 from saezarr.analysis.pooling import SentenceLayout, pooled_dtype
-from saezarr.analysis.runner import map_units
-from saezarr.analysis.work import feature_units, unit_function
+from saezarr.analysis.units import feature_units, unit_function
+from saezarr.errors import SaezarrError
+from saezarr.execution.running import map_units
 from saezarr.folders import make_staging, remove_stale_staging_in, replace_file
+from saezarr.machine import human_bytes, parse_size, usable_cores
 from saezarr.store.layout import Store
-from saezarr.store.shards import ChunkFiles
-from saezarr.units import human_bytes, parse_size, usable_cores
+from saezarr.store.locking import SharedLease, exclusive_if_free
+from saezarr.store.shards import ChunkFiles, ShardDamaged, chunk_file_count
 
-CACHE_FORMAT = 4  # bump when what the cache holds or how it is computed changes
+CACHE_FORMAT = 5  # bump when what the cache holds or how it is computed changes
 POOLED = "pooled.zarr"
 METRICS_FILE = "metrics.npy"
+COMPLETE = "complete.json"  # written last into a filled entry: how many pooled chunk files it holds
+LEASES = ".leases"  # `KEY.lease` per entry, share-locked while a run uses it (a dot name: never taken for an entry)
 # a fill whose process this host cannot see is left alone for a day: it may be another host's, on a shared cache
 FILL_GRACE = 24 * 3600.0
 POOLED_FEATURES = 256  # features per chunk of pooled.zarr: the examples read a few features' chunks
@@ -41,7 +46,8 @@ DEFAULT_MAX_BYTES = 20 * 2**30
 
 def cache_root() -> Path:
     """Where saezarr keeps caches: $SAEZARR_CACHE, else ~/.cache/saezarr."""
-    return Path(os.environ.get("SAEZARR_CACHE") or Path.home() / ".cache" / "saezarr")
+    # absolute: the root is sent to dask workers, whose working directory is not this process's
+    return Path(os.environ.get("SAEZARR_CACHE") or Path.home() / ".cache" / "saezarr").expanduser().absolute()
 
 
 def cache_max_bytes() -> int:
@@ -54,7 +60,11 @@ def cache_max_bytes() -> int:
 
 
 def fingerprint(store: Store, pool: str, config_indices: Sequence[int]) -> str:
-    """A hex digest of the store's identity and every selected unit's shard file, the pool and the configs."""
+    """A hex digest of the store's identity and every selected unit's shard file, the pool, the configs and the code
+    that computes the entry (saezarr's version and source digest)."""
+    import saezarr
+    from saezarr.execution.checks import code_digest
+
     units = []
     for ci in config_indices:
         for chunk in range(store.n_chunks):
@@ -62,6 +72,8 @@ def fingerprint(store: Store, pool: str, config_indices: Sequence[int]) -> str:
             units.append([store.layout.chunk_key((ci, chunk, 0)), stat.st_size, stat.st_mtime_ns])
     identity = {
         "format": CACHE_FORMAT,
+        "saezarr": saezarr.__version__,
+        "code": code_digest(),
         "store": str(store.path.resolve()),
         "attrs": store.attrs,
         "shape": list(store.shape),
@@ -75,11 +87,18 @@ def fingerprint(store: Store, pool: str, config_indices: Sequence[int]) -> str:
 class AnalysisCache:
     """One fingerprint's cache folder: `pooled.zarr` [config, sentence, feature], `metrics.npy` [metric, config,
     feature], and `plots/`; other entries are evicted, least recently used first, to keep them under max_bytes
-    (None: $SAEZARR_CACHE_MAX_BYTES, checked here)."""
+    (None: $SAEZARR_CACHE_MAX_BYTES, checked here). From its creation until it is garbage collected (or `release()`),
+    the object holds a shared lease on its entry, so no other run evicts the entry while this one uses it."""
 
     def __init__(self, key: str, root: Path | None = None, max_bytes: int | None = None):
         self.path = (root or cache_root()) / "analysis" / key
         self.max_bytes = cache_max_bytes() if max_bytes is None else max_bytes
+        self._lease = SharedLease(self.path.parent / LEASES / f"{key}.lease").__enter__()
+        self._release = weakref.finalize(self, self._lease.__exit__)
+
+    def release(self) -> None:
+        """Give up the lease on the entry: from now on other runs may evict it."""
+        self._release()
 
     def remove_dead_fills(self) -> None:
         """Delete the half-filled entries (and half-deleted ones) of every fingerprint left by processes now gone."""
@@ -87,8 +106,12 @@ class AnalysisCache:
 
     @property
     def complete(self) -> bool:
-        """True if both parts are there (the folder appears only once written whole)."""
-        return (self.path / POOLED / "zarr.json").is_file() and (self.path / METRICS_FILE).is_file()
+        """True if the entry holds everything a fill wrote: its marker, the metrics and every pooled chunk file."""
+        try:
+            expected = json.loads((self.path / COMPLETE).read_text())["pooled_chunk_files"]
+            return (self.path / METRICS_FILE).is_file() and chunk_file_count(self.path / POOLED) == expected
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
 
     def fill(
         self,
@@ -119,18 +142,28 @@ class AnalysisCache:
             metrics.flush()
             del metrics
             release_freed_memory()
-            try:
-                os.rename(staging, self.path)
-            except OSError:  # another run filled it first
-                pass
+            (staging / COMPLETE).write_text(json.dumps({"pooled_chunk_files": chunk_file_count(staging / POOLED)}))
+            self._move_into_place(staging)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         self.touch()
         evict_old_entries(self.path.parent, self.max_bytes, keep=self.path)
 
+    def _move_into_place(self, staging: Path) -> None:
+        """Rename the filled staging folder to the entry; an incomplete entry found there is removed first."""
+        for _ in range(3):
+            try:
+                os.rename(staging, self.path)
+                return
+            except OSError:
+                if self.complete:  # another run filled it first
+                    return
+                _delete_entry(self.path)  # a stub or a damaged entry: this fill replaces it
+        raise SaezarrError(f"{self.path}: could not put the filled analysis cache entry in place", exit_code=1)
+
     def pooled(self) -> ChunkFiles:
         """The cached per-sentence activations, read chunk by chunk."""
-        return ChunkFiles.existing(self.path / POOLED)
+        return _EntryChunks.existing(self.path / POOLED)
 
     def metrics(self) -> dict[str, np.ndarray]:
         """The cached metrics, each a [config, feature] array (`monotonic` as bool), by name in METRICS order."""
@@ -162,7 +195,8 @@ class AnalysisCache:
             tokens = kept[key]
             if key in read_now:
                 tokens = np.sort(np.concatenate([tokens, *read_now[key]]), order="row")
-                replace_file(self._token_file(*key), lambda file, tokens=tokens: np.save(file, tokens))
+                # never parents: an entry evicted meanwhile must not come back as a stub holding only tokens/
+                replace_file(self._token_file(*key), lambda file, tokens=tokens: np.save(file, tokens), parents=False)
             out[key] = tokens["value"][np.searchsorted(tokens["row"], wanted)]
         return out
 
@@ -181,6 +215,22 @@ class AnalysisCache:
         os.utime(self.path)
 
 
+class _EntryChunks(ChunkFiles):
+    """A cache entry's pooled chunks: one that cannot be read removes the entry and says so in one line."""
+
+    def _read_chunk(self, coords: tuple[int, ...]) -> np.ndarray:
+        try:
+            return super()._read_chunk(coords)
+        except ShardDamaged as exc:
+            entry = self.path.parent
+            _delete_entry(entry)
+            raise SaezarrError(
+                f"analysis cache entry {entry} is damaged ({exc}); it was removed, so running the same command again "
+                "rebuilds it",
+                exit_code=1,
+            ) from None
+
+
 def _tokens(rows: np.ndarray, values: np.ndarray) -> np.ndarray:
     tokens = np.empty(len(rows), dtype=TOKEN_ROWS)
     tokens["row"], tokens["value"] = rows, values
@@ -189,7 +239,7 @@ def _tokens(rows: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 def evict_old_entries(folder: Path, max_bytes: int, keep: Path) -> None:
     """Delete whole entries of folder, least recently used (folder mtime) first, until they total at most max_bytes;
-    never keep, nor a staging folder; say so in one line if any went."""
+    never keep, an entry another run holds a lease on, nor a staging folder; say so in one line if any went."""
     entries = [entry for entry in _entries(folder) if entry != keep]
     sizes = {entry: _size(entry) for entry in entries}
     excess = sum(sizes.values()) + _size(keep) - max_bytes
@@ -197,7 +247,7 @@ def evict_old_entries(folder: Path, max_bytes: int, keep: Path) -> None:
     for entry in sorted(entries, key=_mtime):
         if excess <= 0:
             break
-        if _delete_entry(entry):
+        if _delete_unused_entry(entry):
             removed.append(entry)
             excess -= sizes[entry]
     if removed:
@@ -232,6 +282,17 @@ def _mtime(folder: Path) -> float:
         return folder.stat().st_mtime
     except OSError:
         return 0.0
+
+
+def _delete_unused_entry(entry: Path) -> bool:
+    """Delete entry unless a run holds a lease on it; True if it went."""
+    held = exclusive_if_free(entry.parent / LEASES / f"{entry.name}.lease")
+    if held is None:  # in use (or no flock here: then nothing is evicted, rather than something in use)
+        return False
+    try:
+        return _delete_entry(entry)
+    finally:
+        os.close(held)
 
 
 def _delete_entry(entry: Path) -> bool:

@@ -182,7 +182,7 @@ def _info(analyses: list[Analysis], counted: pd.DataFrame) -> dict:
                 "input_file": a.info.get("input_file"),
                 "pool": a.info.get("pool"),
                 "significant_features": a.info.get("significant_features"),
-                "counted": int((counted.concepts.str.split(";").map(lambda c, a=a: a.concept in c)).sum()),
+                "counted": sum(a.concept in concepts.split(";") for concepts in counted.concepts),
             }
             for a in analyses
         ],

@@ -44,12 +44,77 @@ REPETITIVE = ["config", "layer", "average_l0"]  # features.parquet's columns tha
 INDEXING = [*REPETITIVE, "feature_id", "passes_filter"]
 
 
-def check_output(path: Path, overwrite: bool) -> None:
-    """Refuse an existing DIR without --overwrite, and a DIR that is a file."""
+WRITTEN_BY = "saezarr analyze"  # analysis.json's signature: the folder is one that analyze wrote
+# what analyze wrote before it signed its folders (saezarr 0.1.0 up to December 2026)
+_BEFORE_SIGNATURES = {FEATURES, RANKED, EXAMPLES, INFO, "report.html"}
+
+
+def check_output(path: Path, overwrite: bool, store: Path | None = None) -> None:
+    """Refuse a DIR that is a file, is or holds the input store, or exists without --overwrite; with --overwrite,
+    refuse any DIR but an empty one or one that analyze wrote and nobody added to."""
     if path.exists() and not path.is_dir():
         raise SaezarrError(f"--output {path}: is a file, not a folder")
-    if path.exists() and not overwrite:
+    if store is not None:
+        _refuse_store_overlap(path, store)
+    if not path.exists():
+        return
+    if not overwrite:
         raise SaezarrError(f"--output {path}: already exists; use --overwrite to replace it")
+    reason = foreign_content(path, WRITTEN_BY)
+    if reason:
+        raise SaezarrError(
+            f"--output {path}: {reason}; --overwrite replaces only a folder that saezarr analyze wrote (or an empty "
+            "one), so nothing was touched: choose another --output"
+        )
+
+
+def _refuse_store_overlap(path: Path, store: Path) -> None:
+    output, store = path.resolve(), store.resolve()
+    if output == store:
+        raise SaezarrError(f"--output {path}: is the input store; choose another folder")
+    if store in output.parents:
+        raise SaezarrError(f"--output {path}: is inside the input store {store}; choose a folder outside it")
+    if output in store.parents:
+        raise SaezarrError(f"--output {path}: holds the input store {store}; choose a folder that does not")
+
+
+def foreign_content(path: Path, written_by: str) -> str | None:
+    """Why folder `path` is not one that a saezarr command signing its manifest `written_by` wrote whole, or None if
+    it is (or is empty)."""
+    files = _files_in(path)
+    if not files:
+        return None
+    if (path / "zarr.json").exists():
+        return "is a Zarr store"
+    try:
+        info = json.loads((path / INFO).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return f"has no {INFO} written by saezarr, so saezarr did not write it"
+    if not isinstance(info, dict):
+        return f"its {INFO} is not one saezarr wrote"
+    if info.get("written_by") == written_by and isinstance(info.get("files"), list):
+        written = set(info["files"])
+    elif written_by == WRITTEN_BY and {"saezarr_version", "store", "pool"} <= info.keys():
+        written = {file for file in files if file in _BEFORE_SIGNATURES or file.startswith("plots/")}
+    else:
+        return f"its {INFO} is not signed by {written_by}, so saezarr did not write the folder"
+    foreign = sorted(set(files) - written)
+    if foreign:
+        return f"holds {len(foreign)} file(s) {written_by} did not write (e.g. {foreign[0]})"
+    return None
+
+
+def _files_in(path: Path) -> list[str]:
+    return [str(file.relative_to(path).as_posix()) for file in path.rglob("*") if not file.is_dir()]
+
+
+def sign_manifest(folder: Path, written_by: str) -> None:
+    """Add to folder's analysis.json the signature `written_by` and the list of every file in the folder."""
+    info_path = folder / INFO
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    info["written_by"] = written_by
+    info["files"] = sorted({*_files_in(folder), INFO})
+    _write_json(info_path, info)
 
 
 class OutputWriter:
@@ -109,6 +174,8 @@ class OutputWriter:
             if exc_type is None:
                 if self.parquet is not None:
                     self.parquet.result()
+                sign_manifest(self.staging, WRITTEN_BY)
+                check_output(self.path, overwrite=True)  # again: the folder may have changed during the run
                 swap_into_place(self.staging, self.path)
         finally:
             shutil.rmtree(self.staging, ignore_errors=True)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from saezarr.folders import replace_file
 
 SCORE_CMAP = "viridis"
 
@@ -39,10 +40,8 @@ def memoized_png(name: str, shown: bytes, draw, memo: Path | None) -> bytes:
     if path.is_file():
         return path.read_bytes()
     png = draw()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}")
-    partial.write_bytes(png)
-    os.replace(partial, path)  # whole or absent for a run reading it at the same time
+    # never parents: a cache entry evicted meanwhile must not come back as a stub holding only plots/
+    replace_file(path, lambda file: file.write(png), parents=False)  # whole or absent for a concurrent reader
     return png
 
 

@@ -21,7 +21,7 @@ from saezarr.analysis.pooling import SentenceLayout
 from saezarr.analysis.tables import ConfigTable
 from saezarr.analysis.validation import CHOSEN, Thresholds, chosen_in_folds, fold_ids, top_of_each_fold
 from saezarr.folders import replace_file
-from saezarr.units import usable_cores
+from saezarr.machine import usable_cores
 
 FOLDER = "resampling"  # in the cache entry: one file per part and the options it depends on
 RESIDUALS = "residuals"
@@ -157,9 +157,8 @@ def resample(
         _save(folder, "heldout", keys["heldout"], {"top": result.heldout})
     if "emergence" in missing:
         result.emergence = rows
-        replace_file(
-            _path(folder, "emergence", keys["emergence"]), lambda f: f.write(json.dumps(rows, allow_nan=False).encode())
-        )
+        text = json.dumps(rows, allow_nan=False).encode()
+        replace_file(_path(folder, "emergence", keys["emergence"]), lambda f: f.write(text), parents=False)
     return result
 
 
@@ -183,7 +182,8 @@ def _path(folder: Path, part: str, key: str) -> Path:
 
 
 def _save(folder: Path, part: str, key: str, arrays: dict[str, np.ndarray]) -> None:
-    replace_file(_path(folder, part, key), lambda file: np.savez(file, **arrays))
+    # not parents: an entry evicted meanwhile must not come back as a stub holding only resampling/
+    replace_file(_path(folder, part, key), lambda file: np.savez(file, **arrays), parents=False)
 
 
 def _load(folder: Path, part: str, key: str, result: Resampled) -> bool:

@@ -20,8 +20,10 @@ from saezarr.analysis.outputs import OutputWriter, check_output
 from saezarr.analysis.pooling import SentenceLayout, check_pool
 from saezarr.analysis.resampling import Resampled, ResamplingOptions, resample, store_residuals
 from saezarr.analysis.tables import ConfigTable, features_table
+from saezarr.analysis.units import units_on
 from saezarr.analysis.validation import Thresholds
 from saezarr.errors import SaezarrError
+from saezarr.execution.connect import ClusterOptions
 from saezarr.store.layout import Store
 from saezarr.store.reading import open_existing
 from saezarr.store.selection import select_configs
@@ -57,6 +59,7 @@ class AnalyzeOptions:
     folds: int = 5  # held-out validation and emergence folds; 0: neither
     probe_permutations: int = PROBE_PERMUTATIONS  # permuted labellings behind the emergence chance levels
     seed: int = 0
+    cluster: ClusterOptions = field(default_factory=ClusterOptions)  # default: units run on threads here
 
 
 @dataclass
@@ -89,8 +92,8 @@ def analyze(options: AnalyzeOptions) -> AnalyzeSummary:
     started = time.perf_counter()
     check_options(options)
     store = open_existing(options.store)
-    check_output(Path(options.output), options.overwrite)
-    root = options.cache or cache_root()
+    check_output(Path(options.output), options.overwrite, store.path)
+    root = Path(options.cache or cache_root()).absolute()  # workers are sent paths below it
     coordinates = AnalysisCoordinates.of(store, root)
     indices = _finished_selection(store, coordinates["layer"].tolist(), options)
     layout = SentenceLayout.of(
@@ -108,7 +111,10 @@ def analyze(options: AnalyzeOptions) -> AnalyzeSummary:
     if reused:
         cache.touch()
     else:
-        with _progress(options.quiet, len(indices) * -(-store.width // store.feature_chunk)) as progress:
+        with (
+            units_on(options.cluster, store, root),
+            _progress(options.quiet, len(indices) * -(-store.width // store.feature_chunk)) as progress,
+        ):
             cache.fill(store, indices, layout, options.pool, progress)
     configs = ConfigTable.of(store.config_names, coordinates.values, indices)
     notes = _notes(layout.labels, configs)

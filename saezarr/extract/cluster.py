@@ -1,17 +1,18 @@
-"""Running a build's tasks on dask.distributed workers: check what each needs, submit, mark what comes back.
+"""A build's tasks on dask.distributed workers: what a worker needs for them, and marking what comes back.
 
-Connecting to the cluster and checking every worker's code and shared folders is `saezarr.clients`'s job; this
-module adds what only a build needs (the model, SAEs, device, GPU memory) and runs the tasks.
+Connecting, checking every worker's code and shared folders, and running tasks is `saezarr.execution`'s job; this
+module adds what only a build needs (the model, SAEs, device, GPU memory) and what the client checks before it marks.
 
 The build process stays the client and the only writer of marks: workers compute tasks (`work.run_task`) and write
 their shards straight into the store on the shared filesystem; the client marks a unit once its task reports the
-shard durable and the client itself sees the file. A worker that dies mid-task has its task rerun elsewhere by
-the scheduler (up to `distributed.scheduler.allowed-failures` times); a task is idempotent, so a rerun rewrites
-the same bytes.
+shard durable, for this very store (its identity) and this chunk's fragments, and the client itself sees the file.
+A worker that dies mid-task has its task rerun elsewhere by the scheduler (up to
+`distributed.scheduler.allowed-failures` times); a task is idempotent, so a rerun rewrites the same bytes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import uuid
@@ -23,8 +24,10 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
-from saezarr.clients import ClusterOptions, code_digest, probe_marker, probe_workers
 from saezarr.errors import SaezarrError, one_line
+from saezarr.execution.checks import probe_marker, probe_workers
+from saezarr.execution.connect import ClusterOptions
+from saezarr.execution.running import completed, submit_checked
 from saezarr.extract.memory import default_sae_memory
 from saezarr.extract.residuals import ModelInfo, check_weights
 from saezarr.extract.work import (
@@ -37,8 +40,8 @@ from saezarr.extract.work import (
     run_task,
     write_error,
 )
+from saezarr.machine import usable_cores
 from saezarr.store.layout import Store
-from saezarr.units import usable_cores
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -87,7 +90,7 @@ def cluster_sae_memory(client: Client, options: ClusterOptions, spec: ComputeSpe
         return default_sae_memory(spec.device)
     pin = _pins(options, spec)
     futures = [
-        client.submit(_budget_on_worker, spec, pin, workers=[address], allow_other_workers=False, pure=False)
+        submit_checked(client, _budget_on_worker, spec, pin, workers=[address], allow_other_workers=False, pure=False)
         for address in client.scheduler_info()["workers"]
     ]
     return min(client.gather(futures))
@@ -120,20 +123,18 @@ def run_tasks(
     quiet: bool,
 ) -> list[TaskResult]:
     """Run every task on the cluster, marking each unit once its task reports it durable; return the results."""
-    from distributed import as_completed
-
     scattered = client.scatter(fragments, broadcast=True, hash=False)  # token ids reach each worker once
     build_id = uuid.uuid4().hex[:8]
     pin = _pins(options, spec)
     futures = {
-        client.submit(
+        submit_checked(
+            client,
             _task_on_worker,
             spec,
             scattered,
             pass_,
             task,
             pin,
-            code_digest(),
             priority=-task.pass_index,
             key=f"saezarr-{build_id}-pass{task.pass_index}-chunk{task.chunk}",
         ): task
@@ -144,25 +145,41 @@ def run_tasks(
     total = sum(store.chunk_size(task.chunk) for task in futures.values())
     # marks are file creates: on a network filesystem each is a round trip, so a task's are made at once
     marker = ThreadPoolExecutor(max_workers=MARK_THREADS, thread_name_prefix="saezarr-mark")
-    try:
-        with (
-            marker,
-            tqdm(
-                total=total,
-                unit="frag",
-                disable=quiet,
-                dynamic_ncols=True,
-                desc=f"saezarr build on {len(client.scheduler_info()['workers'])} workers",
-            ) as bar,
-        ):
-            for future in as_completed(futures, loop=client.loop):
-                result = _result(future, options, store)
-                list(marker.map(lambda unit, result=result: _mark(store, options, result, unit), result.units))
-                results.append(result)
-                bar.update(store.chunk_size(futures[future].chunk))
-    finally:
-        client.cancel(list(futures))
+    with (
+        contextlib.closing(completed(client, futures)) as finished,  # closed: the tasks left are cancelled
+        marker,
+        tqdm(
+            total=total,
+            unit="frag",
+            disable=quiet,
+            dynamic_ncols=True,
+            desc=f"saezarr build on {len(client.scheduler_info()['workers'])} workers",
+        ) as bar,
+    ):
+        for task, future in finished:
+            result = _result(future, options, store)
+            _check_result(store, options, task, result)
+            list(marker.map(lambda unit, result=result: _mark(store, options, result, unit), result.units))
+            results.append(result)
+            bar.update(store.chunk_size(task.chunk))
     return results
+
+
+def _check_result(store: Store, options: ClusterOptions, task: Task, result: TaskResult) -> None:
+    """Refuse a task's report unless it wrote this store (its identity), the chunk's fragments, and the task's units."""
+    wrong = None
+    if result.store_id != store.identity:
+        wrong = f"into store_id {result.store_id}, but the store at {store.path} is {store.identity}"
+    elif tuple(result.bounds) != store.chunk_bounds(task.chunk):
+        wrong = f"fragments {tuple(result.bounds)} for chunk {task.chunk}, which holds {store.chunk_bounds(task.chunk)}"
+    elif sorted(result.units) != sorted((row, task.chunk) for row in task.rows):
+        wrong = f"units {result.units} for task units {[(row, task.chunk) for row in task.rows]}"
+    if wrong:
+        raise SaezarrError(
+            f"{options.option}: worker {result.worker} wrote {wrong}; nothing of it was marked: rerun the same "
+            "command with --resume",
+            exit_code=1,
+        )
 
 
 def _mark(store: Store, options: ClusterOptions, result: TaskResult, unit: tuple[int, int]) -> None:
@@ -201,17 +218,12 @@ def _result(future, options: ClusterOptions, store: Store) -> TaskResult:
         ) from None
 
 
-def _task_on_worker(
-    spec: ComputeSpec, fragments: FragmentIndex, pass_: PassSpec, task: Task, pin: bool, code: str
-) -> TaskResult:
+def _task_on_worker(spec: ComputeSpec, fragments: FragmentIndex, pass_: PassSpec, task: Task, pin: bool) -> TaskResult:
     """Run one task on this dask worker, on its own GPU when the local cluster pins one per worker."""
     from distributed import get_worker
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a worker's bars would interleave with the client's
-    worker = get_worker()
-    if code != code_digest():  # a worker that joined after the check
-        raise SaezarrError(f"worker {worker.address} runs saezarr code {code_digest()}, the client {code}")
     result = run_task(_on_this_worker(spec, pin), fragments, pass_, task)
-    result.worker = worker.address
+    result.worker = get_worker().address
     return result

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from saezarr.units import available_memory, usable_cores
+from saezarr.machine import available_memory, usable_cores
 
 CPU_SAE_MEMORY = 8 * 2**30  # leaves room for Gemma-2-2B in float32 (~10.5 GB) on a 24 GiB host
 DEVICE_RESERVE_FRACTION = 0.1  # of the device's free memory, kept for activations and the allocator's slack
@@ -39,3 +39,14 @@ def units_in_flight(threads: int, unit_bytes: int, overlap: bool) -> int:
     """Units of latents the writer holds at once: two per thread (one per thread without overlap), within the budget."""
     wanted = 2 * threads if overlap else threads
     return max(1, min(wanted, host_buffer_budget() // max(unit_bytes, 1)))
+
+
+def host_memory_bound(encoder_bytes: int, unit_bytes: int, threads: int, overlap: bool) -> int:
+    """Host memory a build's encoding and writing take at most, beyond the model and the interpreter.
+
+    `encoder_bytes`: the pass's encoders on the host (on a CPU, their mapped weights files: page cache; on a GPU
+    host, one tile being copied, within --sae-memory). Then the units the writer holds (`units_in_flight`), the one
+    being computed, and one shard's compressed bytes per writer thread (at most a unit each). Units shrink with the
+    width (store.layout.default_chunk_fragments)."""
+    held = units_in_flight(threads, unit_bytes, overlap) + 1 + threads
+    return encoder_bytes + held * unit_bytes

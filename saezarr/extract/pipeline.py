@@ -14,9 +14,10 @@ import torch
 from tqdm.auto import tqdm
 
 from saezarr import __version__
-from saezarr.clients import ClusterOptions, cluster_client
+from saezarr.catalogues import with_neuronpedia
 from saezarr.configs import SAEConfig, load_config_file, select_configs
 from saezarr.errors import SaezarrError
+from saezarr.execution.connect import ClusterOptions, cluster_client
 from saezarr.extract.cluster import check_workers, cluster_sae_memory, local_spec, run_tasks
 from saezarr.extract.fragments import Fragments, make_fragments
 from saezarr.extract.inputs import read_labeled_csv
@@ -29,7 +30,8 @@ from saezarr.extract.residuals import (
     load_tokenizer,
     resolve_model,
 )
-from saezarr.extract.sae import JumpReLUEncoder, SAEFile, locate_sae, resolve_sae_repo
+from saezarr.extract.saes.encoder import load_encoder
+from saezarr.extract.saes.locate import SAEFile, describe_configs, locate_sae, resolve_sae_repo
 from saezarr.extract.work import (
     ChunkWriter,
     ComputeSpec,
@@ -40,18 +42,18 @@ from saezarr.extract.work import (
     overlaps_writes,
     pending_work,
 )
+from saezarr.machine import human_bytes
 from saezarr.store.layout import (
-    DEFAULT_CHUNK_FRAGMENTS,
     Store,
     check_output_path,
     check_resume,
     create_store,
+    default_chunk_fragments,
     open_for_resume,
     remove_stale_staging,
     store_lock,
 )
 from saezarr.store.locking import StoreLock
-from saezarr.units import human_bytes
 
 DEFAULT_BATCH_SIZE = 16
 
@@ -72,7 +74,7 @@ class BuildOptions:
     dtype: str = "float32"
     batch_size: int | None = None  # None: the store's own, else 16
     sae_memory: int | None = None  # None: from the device's free memory (default_sae_memory)
-    chunk_fragments: int | None = None  # None: DEFAULT_CHUNK_FRAGMENTS
+    chunk_fragments: int | None = None  # None: default_chunk_fragments(width), 512 up to 16k features
     workers: int | None = None
     overlap_writes: bool | None = None  # None: on GPUs only (overlaps_writes)
     resume: bool = False
@@ -279,7 +281,11 @@ def _plan(options: BuildOptions) -> _Plan:
     device = resolve_device(options.device, here=not options.cluster.remote)
     data = read_labeled_csv(options.input)
     config_file = load_config_file(options.config_file)
-    configs = select_configs(config_file.configs, options.layers, options.configs)
+    sae_repo = options.sae_repo or config_file.sae_repo
+    described, sae_source = describe_configs(
+        lambda first: resolve_sae_repo(sae_repo, first), config_file.configs, options.config_file
+    )
+    configs = with_neuronpedia(select_configs(described, options.layers, options.configs), sae_repo)
     info = resolve_model(options.model or config_file.model)
     check_weights(info)
     deepest = max(configs, key=lambda c: c.layer)
@@ -290,8 +296,9 @@ def _plan(options: BuildOptions) -> _Plan:
         )
     tokenizer = load_tokenizer(info)
     fragments = make_fragments(data, tokenizer, options.fragments, info.max_tokens)
-    sae_source = resolve_sae_repo(options.sae_repo or config_file.sae_repo, configs[0])
-    saes = [locate_sae(sae_source, c, info.hidden_size) for c in configs]
+    sae_source = sae_source or resolve_sae_repo(sae_repo, configs[0])
+    saes = [locate_sae(sae_source, c, info.hidden_size, options.config_file) for c in configs]
+    configs = tuple(sae.config for sae in saes)
     widths = {s.width for s in saes}
     if len(widths) > 1:
         raise SaezarrError(
@@ -324,7 +331,7 @@ def _open_or_create(options: BuildOptions, plan: _Plan, exists: bool) -> tuple[S
             plan.configs,
             plan.saes[0].width,
             plan.attrs,
-            options.chunk_fragments or DEFAULT_CHUNK_FRAGMENTS,
+            options.chunk_fragments or default_chunk_fragments(plan.saes[0].width),
         )
     elif options.resume:
         lock = store_lock(options.output)
@@ -348,7 +355,7 @@ def _open_or_create(options: BuildOptions, plan: _Plan, exists: bool) -> tuple[S
                 plan.configs,
                 plan.saes[0].width,
                 plan.attrs,
-                options.chunk_fragments or DEFAULT_CHUNK_FRAGMENTS,
+                options.chunk_fragments or default_chunk_fragments(plan.saes[0].width),
                 replace=True,
             )
     lock = store.lock()
@@ -390,7 +397,7 @@ class _PassRunner:
         self, model: torch.nn.Module, fragments: FragmentIndex, pass_: PassSpec, tasks: list[Task], bar: tqdm
     ) -> None:
         """One model pass: each pending chunk goes through the model once and through every SAE of the pass."""
-        encoders = [JumpReLUEncoder.load(sae, self.plan.device) for sae in pass_.saes]
+        encoders = [load_encoder(sae, self.plan.device, pass_.sae_memory) for sae in pass_.saes]
         self.summary.sae_loads += len(pass_.saes)
         self.summary.model_passes += 1
         overlap = self.options.overlap_writes
@@ -425,6 +432,7 @@ class _ClusterRunner:
             dtype=options.dtype,
             batch_size=self.store.attrs.get("batch_size", DEFAULT_BATCH_SIZE),
             store=self.store.path.resolve(),
+            store_id=self.store.identity,
             write_threads=options.workers,
             overlap_writes=options.overlap_writes,
         )
@@ -432,7 +440,8 @@ class _ClusterRunner:
             spec = local_spec(spec, options.cluster.local_workers, options.workers)
         # on CUDA the default budget is what the loaded model leaves free on the tightest worker
         self.sae_memory = options.sae_memory or cluster_sae_memory(self.client, options.cluster, spec)
-        work = pending_work(self.store, plan.saes, self.sae_memory, options.max_chunks)
+        saes = [sae.resolved() for sae in plan.saes]  # absolute paths: as workers see them
+        work = pending_work(self.store, saes, self.sae_memory, options.max_chunks)
         results = run_tasks(
             self.client, options.cluster, spec, FragmentIndex.of(plan.fragments), work, self.store, options.quiet
         )

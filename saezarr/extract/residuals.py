@@ -1,4 +1,4 @@
-"""Loading Gemma-2 and reading the residual stream after chosen decoder layers with forward hooks."""
+"""Loading a decoder-only model (Gemma 2, Gemma 3, ...) and reading the residual stream after chosen decoder layers with forward hooks."""
 
 from __future__ import annotations
 
@@ -96,6 +96,8 @@ def load_tokenizer(info: ModelInfo) -> PreTrainedTokenizerFast:
 def load_model(info: ModelInfo, device: str, dtype: str) -> torch.nn.Module:
     """Load the base decoder (no LM head) with eager attention, which keeps Gemma 2's soft-capping.
 
+    A multimodal checkpoint (Gemma 3 4B-27B) loads as its base model, whose language model is read by hooks.
+
     Each weight goes from its safetensors file straight to the device in `dtype`: no whole copy in host memory.
     """
     from transformers import AutoModel
@@ -117,9 +119,16 @@ def load_model(info: ModelInfo, device: str, dtype: str) -> torch.nn.Module:
 
 
 def decoder_layers(model: torch.nn.Module) -> Sequence[torch.nn.Module]:
-    """The model's decoder layers, in order."""
-    inner = getattr(model, "model", model)
-    return inner.layers
+    """The model's decoder layers, in order: of a text model, or of the language model inside a multimodal one."""
+    for inner in (model, getattr(model, "model", None)):
+        if inner is None:
+            continue
+        language_model = getattr(inner, "language_model", None)  # Gemma 3 4B-27B: Gemma3Model.language_model
+        for candidate in (language_model, inner):
+            layers = getattr(candidate, "layers", None)
+            if isinstance(layers, torch.nn.ModuleList):
+                return layers
+    raise SaezarrError(f"{type(model).__name__}: no decoder layers found (expected .layers or .language_model.layers)")
 
 
 class _StopForward(Exception):

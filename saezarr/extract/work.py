@@ -2,7 +2,8 @@
 
 What a task computes is described by picklable values (`ComputeSpec`, `FragmentIndex`, `PassSpec`); `run_task`
 computes one (pass, chunk) task and writes its shards durably without marking them, so running it twice writes
-the same bytes. A process keeps its model and its current pass's encoders across tasks (`loaded`). Runners decide
+the same bytes. A process keeps its model, its current pass's encoders and the open store across tasks
+(`saezarr.execution.caches`, the store by its identity). Runners decide
 where tasks run and mark what they report: `pipeline` in this process, `cluster` on dask.distributed workers.
 """
 
@@ -11,17 +12,19 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from saezarr.errors import SaezarrError
+from saezarr.execution.caches import current_store, process_cache
 from saezarr.extract.fragments import Fragments
 from saezarr.extract.memory import default_sae_memory, units_in_flight, writer_threads
 from saezarr.extract.residuals import ModelInfo, ResidualReader, load_model
-from saezarr.extract.sae import JumpReLUEncoder, SAEFile, plan_passes
+from saezarr.extract.saes.encoder import Encoder, load_encoder, plan_passes
+from saezarr.extract.saes.locate import SAEFile
 from saezarr.store.layout import Store
 
 
@@ -52,6 +55,7 @@ class ComputeSpec:
     dtype: str
     batch_size: int
     store: Path
+    store_id: str  # the store's identity (Store.identity): a task for a store since replaced is refused
     torch_threads: int | None = None  # None: the process's own setting
     write_threads: int | None = None  # None: one per usable core
     overlap_writes: bool | None = None  # None: on GPUs only
@@ -63,6 +67,7 @@ class PassSpec:
 
     saes: tuple[SAEFile, ...]
     rows: tuple[int, ...]
+    sae_memory: int | None = None  # an encoder wider than this is encoded in tiles within it
 
     @property
     def layers(self) -> list[int]:
@@ -88,6 +93,8 @@ class TaskResult:
     model_loads: int = 0
     sae_loads: int = 0
     worker: str = ""
+    store_id: str = ""  # the identity of the store it wrote into
+    bounds: tuple[int, int] = (0, 0)  # the fragments [start, stop) of the chunk, as the task saw the store
 
 
 def pending_work(
@@ -106,7 +113,7 @@ def pending_work(
         if max_chunks is not None:
             tasks, max_chunks = tasks[:max_chunks], max_chunks - min(len(tasks), max_chunks)
         if tasks:
-            work.append((PassSpec(tuple(group), rows), tasks))
+            work.append((PassSpec(tuple(group), rows, sae_memory), tasks))
     return work
 
 
@@ -139,7 +146,7 @@ def chunk_residuals(
 
 def compute_chunk(
     reader: ResidualReader,
-    encoders: Sequence[JumpReLUEncoder],
+    encoders: Sequence[Encoder],
     pass_: PassSpec,
     fragments: FragmentIndex,
     task: Task,
@@ -259,58 +266,55 @@ def write_error(error: BaseException, store: Path) -> BaseException:
     return error
 
 
-@dataclass
-class _Loaded:
-    """What one process keeps across tasks: the model, the open store, and the current pass's encoders."""
-
-    spec: ComputeSpec
-    model: torch.nn.Module
-    store: Store
-    pass_: PassSpec | None = None
-    encoders: list[JumpReLUEncoder] = field(default_factory=list)
-    buffers: list[torch.Tensor] = field(default_factory=list)  # host buffers for latents, recycled across tasks
-
-
-_loaded: _Loaded | None = None
 _one_task_at_a_time = threading.Lock()  # tasks share the model and its hooks: a worker with many threads queues them
 
 
-def _model_loaded(spec: ComputeSpec) -> int:
-    """Load the model (and open the store) for a spec unless this process has them; return the model loads done."""
-    global _loaded
-    if _loaded is not None and _loaded.spec == spec:
-        return 0
-    _loaded = None  # the old model goes before the new one loads
-    if spec.torch_threads:
-        torch.set_num_threads(spec.torch_threads)
-    _loaded = _Loaded(spec, load_model(spec.model, spec.device, spec.dtype), Store(spec.store, mode="r+"))
-    return 1
+def _model(spec: ComputeSpec) -> tuple[torch.nn.Module, int]:
+    """This process's model for a spec, loaded unless kept (an old one goes first); also the model loads done."""
+
+    def load() -> torch.nn.Module:
+        if spec.torch_threads:
+            torch.set_num_threads(spec.torch_threads)
+        return load_model(spec.model, spec.device, spec.dtype)
+
+    model, loaded = process_cache.get("model", (spec.model, spec.device, spec.dtype, spec.torch_threads), load)
+    return model, int(loaded)
 
 
-def loaded(spec: ComputeSpec, pass_: PassSpec) -> tuple[_Loaded, int, int]:
-    """This process's model and encoders for a pass, loading what is not kept yet; also the model and SAE loads done."""
-    model_loads, sae_loads = _model_loaded(spec), 0
-    if _loaded.pass_ != pass_:
-        _loaded.pass_, _loaded.encoders = None, []  # one pass's encoders at a time: what --sae-memory budgets
-        _loaded.encoders = [JumpReLUEncoder.load(sae, spec.device) for sae in pass_.saes]
-        _loaded.pass_ = pass_
-        sae_loads = len(pass_.saes)
-    return _loaded, model_loads, sae_loads
+def _encoders(spec: ComputeSpec, pass_: PassSpec) -> tuple[list[Encoder], int]:
+    """This process's encoders for a pass, one pass's at a time (what --sae-memory budgets); also the SAE loads."""
+    encoders, loaded = process_cache.get(
+        "encoders",
+        (pass_, spec.device),
+        lambda: [load_encoder(sae, spec.device, pass_.sae_memory) for sae in pass_.saes],
+    )
+    return encoders, len(pass_.saes) if loaded else 0
 
 
 def device_budget(spec: ComputeSpec) -> int:
     """This process's default `--sae-memory`: what its device leaves free once the model is loaded (kept for tasks)."""
     with _one_task_at_a_time:
-        _model_loaded(spec)
+        _model(spec)
     return default_sae_memory(spec.device)
 
 
 def run_task(spec: ComputeSpec, fragments: FragmentIndex, pass_: PassSpec, task: Task) -> TaskResult:
-    """Compute one task and write its units' shards durably, unmarked; rerunning it writes the same bytes."""
+    """Compute one task and write its units' shards durably, unmarked; rerunning it writes the same bytes. Refused,
+    nothing written, if the store at spec.store is no longer the one spec.store_id names."""
     overlap = overlaps_writes(spec.device) if spec.overlap_writes is None else spec.overlap_writes
     with _one_task_at_a_time:
-        state, model_loads, sae_loads = loaded(spec, pass_)
-        writer = ChunkWriter(state.store, spec.write_threads, overlap, mark=False, buffers=state.buffers)
-        with ResidualReader(state.model, pass_.layers) as reader, writer:
-            batches = compute_chunk(reader, state.encoders, pass_, fragments, task, spec.batch_size, writer)
-    return TaskResult(sorted(writer.written), batches, model_loads, sae_loads)
+        store = current_store(spec.store, spec.store_id, mode="r+")
+        model, model_loads = _model(spec)
+        encoders, sae_loads = _encoders(spec, pass_)
+        buffers, _ = process_cache.get("host buffers", None, list)  # latents' host buffers, recycled across tasks
+        writer = ChunkWriter(store, spec.write_threads, overlap, mark=False, buffers=buffers)
+        with ResidualReader(model, pass_.layers) as reader, writer:
+            batches = compute_chunk(reader, encoders, pass_, fragments, task, spec.batch_size, writer)
+    return TaskResult(
+        sorted(writer.written),
+        batches,
+        model_loads,
+        sae_loads,
+        store_id=store.identity,
+        bounds=store.chunk_bounds(task.chunk),
+    )

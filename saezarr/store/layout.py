@@ -9,6 +9,7 @@ import os
 import re
 import secrets
 import shutil
+import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -30,8 +31,11 @@ ACTIVATIONS = "activations"
 STATE_GROUP = "_saezarr"
 DEFAULT_CHUNK_FRAGMENTS = 512
 DEFAULT_FEATURE_CHUNK = 2048
+UNIT_BYTES = 64 * 2**20  # a unit's float32 latents at most, by default, for SAEs wider than 32k (16k: 32 MiB)
+MIN_UNIT_FRAGMENTS = 64  # but no fewer fragments: each read of W_enc then serves 64 rows (a 1m unit: 256 MiB)
 STAGING_SUFFIX = ".creating"
 TEMP_SUFFIX = ".tmp"  # a shard being written: `.KEY.PID.RANDOM.tmp` beside it
+STORE_ID = "store_id"  # root attribute: a random id, new on each create or overwrite (or extend) of a store
 ZSTD_LEVEL = 1  # on SAE latents level 1 is both smaller and faster than 3 (USAGE.md)
 # fields a resumed build must share with the build that started the store
 RESUME_FIELDS = (
@@ -66,6 +70,11 @@ class Store:
         self.config_names: list[str] = list(self.attrs["configs"])
         self.marks = self.path / STATE_GROUP / "done"
         self.feature_chunk = self.layout.inner_chunks[2]  # features per (inner) chunk
+
+    @functools.cached_property
+    def identity(self) -> str:
+        """Which store this is: its store_id, new whenever a store is created (or renewed) at this path."""
+        return self.attrs.get(STORE_ID) or _legacy_identity(self.path)
 
     @functools.cached_property
     def array(self) -> zarr.Array:
@@ -283,6 +292,26 @@ def read_saezarr_attrs(path: Path) -> dict:
     return attrs
 
 
+def store_identity(path: Path) -> str:
+    """The identity of the store at path as it is on disk now (see `Store.identity`)."""
+    return read_saezarr_attrs(path).get(STORE_ID) or _legacy_identity(Path(path))
+
+
+def _legacy_identity(path: Path) -> str:
+    # a store from before store_id: its activations' metadata file, written anew whenever a store is created
+    stat = (Path(path) / ACTIVATIONS / "zarr.json").stat()
+    return f"legacy-{stat.st_ino}-{stat.st_mtime_ns}-{stat.st_size}"
+
+
+def renew_store_id(path: Path) -> str:
+    """Give the store at path a new store_id (its data changed shape or meaning in place); return the new id."""
+    meta_file = Path(path) / "zarr.json"
+    meta = json.loads(meta_file.read_text())
+    meta.setdefault("attributes", {})[STORE_ID] = new_id = uuid.uuid4().hex
+    _write_durably(meta_file, json.dumps(meta, indent=2).encode())
+    return new_id
+
+
 # `s3://b/x` as a Path is `s3:/b/x`; a scheme has two or more letters, so `C:/x` is no URL
 _URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):/+")
 
@@ -367,7 +396,7 @@ def create_store(
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = folders.make_staging(path, STAGING_SUFFIX)
     try:
-        _write_layout(staging, fragments, configs, width, attrs, chunk_fragments)
+        _write_layout(staging, fragments, configs, width, {**attrs, STORE_ID: uuid.uuid4().hex}, chunk_fragments)
         if replace:
             folders.swap_into_place(staging, path)
         else:
@@ -421,7 +450,9 @@ def _write_layout(path: Path, fragments: pd.DataFrame, configs, width, attrs, ch
     coords = {
         "config": ("config", _strings(c.name for c in configs)),
         "layer": ("config", np.array([c.layer for c in configs], dtype=np.int64)),
-        "average_l0": ("config", np.array([c.average_l0 for c in configs], dtype=np.int64)),
+        "average_l0": ("config", np.array([c.l0_or_missing for c in configs], dtype=np.int64)),  # -1: not known
+        "width": ("config", np.array([c.width or width for c in configs], dtype=np.int64)),
+        "architecture": ("config", _strings(c.architecture or "jumprelu" for c in configs)),
         "sae_path": ("config", _strings(c.path for c in configs)),
         "neuronpedia_source": ("config", _strings(c.neuronpedia or "" for c in configs)),
         "feature": ("feature", np.arange(width, dtype=np.int64)),
@@ -453,6 +484,15 @@ def _strings(values: Iterable) -> np.ndarray:
     return np.array(list(values), dtype=object)
 
 
+def default_chunk_fragments(width: int) -> int:
+    """Fragments per unit by default: DEFAULT_CHUNK_FRAGMENTS, fewer for SAEs wider than 32k so that a unit's
+    latents stay within UNIT_BYTES, which bounds the writer's host buffers, but at least MIN_UNIT_FRAGMENTS, below
+    which encoding a unit is bound by reading W_enc rather than by its arithmetic (1m wide: 64 fragments)."""
+    return max(MIN_UNIT_FRAGMENTS, min(DEFAULT_CHUNK_FRAGMENTS, UNIT_BYTES // (4 * width)))
+
+
 def _feature_chunk(width: int) -> int:
-    """Largest divisor of width not above DEFAULT_FEATURE_CHUNK, so inner chunks tile the shard."""
-    return next(c for c in range(min(DEFAULT_FEATURE_CHUNK, width), 0, -1) if width % c == 0)
+    """Largest divisor of width not above DEFAULT_FEATURE_CHUNK, more where the default unit has fewer fragments
+    (an inner chunk of a default unit keeps about 4 MiB at every width), so inner chunks tile the shard."""
+    wanted = DEFAULT_FEATURE_CHUNK * DEFAULT_CHUNK_FRAGMENTS // default_chunk_fragments(width)
+    return next(c for c in range(min(wanted, width), 0, -1) if width % c == 0)

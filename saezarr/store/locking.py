@@ -240,3 +240,42 @@ def _is_stale(holder: dict) -> bool:
         return True
     recorded, fields = holder.get("boot_ticks"), _proc_stat(pid)
     return recorded is not None and fields is not None and recorded != fields[19]
+
+
+class SharedLease:
+    """A shared flock on a lease file, held while a cache entry is in use; `try_exclusive` tells a cleaner whether
+    nobody holds one. Where the file system has no flock, every lease counts as held (nothing is ever evicted)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    def __enter__(self) -> SharedLease:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        if fcntl is not None:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_SH)
+            except OSError:  # no flock here: try_exclusive never succeeds either
+                pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+
+def exclusive_if_free(path: Path) -> int | None:
+    """An fd holding an exclusive flock on lease file `path` when no process holds a lease on it, else None (also
+    where the file system has no flock); close the fd to release it."""
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        return None
+    if _try_flock(fd):
+        return fd
+    os.close(fd)
+    return None

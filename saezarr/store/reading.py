@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from saezarr.errors import SaezarrError
+from saezarr.machine import human_bytes
 from saezarr.store.layout import Store, array_unreadable, read_saezarr_attrs
-from saezarr.units import human_bytes
 
 if TYPE_CHECKING:
     import xarray as xr

@@ -296,9 +296,18 @@ class ChunkFiles:
         region = self._region(region)
         out = np.empty(tuple(s.stop - s.start for s in region), dtype=self.dtype)
         for coords, place in self._chunks_in(region):
-            block = np.frombuffer(self.zstd.decode(self._file(coords).read_bytes()), dtype=self.dtype)
-            out[place] = block.reshape(self.chunks)[tuple(slice(0, p.stop - p.start) for p in place)]
+            out[place] = self._read_chunk(coords)[tuple(slice(0, p.stop - p.start) for p in place)]
         return out
+
+    def _read_chunk(self, coords: tuple[int, ...]) -> np.ndarray:
+        file = self._file(coords)
+        try:
+            block = np.frombuffer(self.zstd.decode(file.read_bytes()), dtype=self.dtype)
+            return block.reshape(self.chunks)
+        except FileNotFoundError:
+            raise ShardDamaged(f"chunk file {file} is missing") from None
+        except (OSError, RuntimeError, ValueError) as exc:  # numcodecs' zstd: a bad frame; a wrong decoded size
+            raise ShardDamaged(f"chunk file {file} does not decode ({type(exc).__name__}: {exc})") from None
 
     def _chunks_in(self, region: tuple[slice, ...]):
         """Each chunk that region (starting at a chunk edge) touches, and where its part lies within the region."""
@@ -317,3 +326,8 @@ class ChunkFiles:
 
     def _file(self, coords: tuple[int, ...]) -> Path:
         return self.path / self.layout.chunk_key(coords)
+
+
+def chunk_file_count(path: Path) -> int:
+    """How many chunk files the array at path (a ChunkFiles) has on disk, without importing numcodecs."""
+    return sum(len(files) for _, _, files in os.walk(path)) - 1  # less zarr.json

@@ -1,18 +1,21 @@
-"""The analysis's unit of work, one config's range of features: its per-sentence activations, written to the cache,
-and their metrics (where units run is `saezarr.analysis.runner`'s concern)."""
+"""What the analysis's unit of work computes, one config's range of features: its per-sentence activations, written
+to the cache, and their metrics (where units run is `saezarr.execution`'s concern)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import lru_cache, partial
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from saezarr.analysis.metrics import stacked_metrics
 from saezarr.analysis.pooling import SentenceLayout, pool_sentences
-from saezarr.store.layout import ACTIVATIONS, Store
+from saezarr.execution.caches import current_store
+from saezarr.execution.connect import ClusterOptions
+from saezarr.store.layout import Store
 from saezarr.store.shards import ChunkFiles
 
 
@@ -39,13 +42,13 @@ def feature_units(store: Store, config_indices: Sequence[int]) -> list[FeatureUn
 def compute_unit(
     unit: FeatureUnit,
     store_path: str,
-    store_version: tuple[int, ...],
+    store_identity: str,
     layout: SentenceLayout,
     pool: str,
     pooled: ChunkFiles,
 ) -> np.ndarray:
     """Pool the unit's activations per sentence, write them to `pooled`, and return their metrics [metric, feature]."""
-    store = _open_store(store_path, store_version)
+    store = current_store(store_path, store_identity)
     features = slice(unit.start, unit.stop)
     bounds = [store.chunk_bounds(chunk) for chunk in range(store.n_chunks)]
 
@@ -57,24 +60,37 @@ def compute_unit(
     return stacked_metrics(values, layout.labels)
 
 
-@lru_cache(maxsize=4)
-def _open_store(path: str, version: tuple[int, ...]) -> Store:
-    """The store at path, opened once per process and version (workers run many units of the same store; a process
-    that outlives an analysis, a notebook's or a cluster worker, must not read a store rebuilt in place as the old)."""
-    return Store(path)
-
-
-def _store_version(path: Path) -> tuple[int, ...]:
-    """What changes when a store is created again at the same path: its activations array's metadata file."""
-    stat = (Path(path) / ACTIVATIONS / "zarr.json").stat()
-    return stat.st_ino, stat.st_mtime_ns, stat.st_size
-
-
 def unit_function(
     store: Store, layout: SentenceLayout, pool: str, pooled: ChunkFiles
 ) -> Callable[[FeatureUnit], np.ndarray]:
     """compute_unit bound to one analysis (picklable)."""
     path = Path(store.path).resolve()
     return partial(
-        compute_unit, store_path=str(path), store_version=_store_version(path), layout=layout, pool=pool, pooled=pooled
+        compute_unit, store_path=str(path), store_identity=store.identity, layout=layout, pool=pool, pooled=pooled
     )
+
+
+@contextlib.contextmanager
+def units_on(cluster: ClusterOptions, store: Store, cache_root: Path) -> Iterator[None]:
+    """While open, the analysis's units run on the cluster (if one is wanted), once every worker present can read the
+    store and write the analysis cache, and runs this saezarr."""
+    if not cluster.wanted:  # nor import distributed (0.3-1 s)
+        yield
+        return
+    from saezarr.execution.checks import probe_marker, probe_workers
+    from saezarr.execution.connect import cluster_client
+    from saezarr.execution.running import units_run_on
+
+    with cluster_client(cluster, "cpu") as client:
+        cache_root.mkdir(parents=True, exist_ok=True)
+        with probe_marker(cache_root, "analysis") as marker:
+            probe_workers(
+                client,
+                cluster,
+                [
+                    (Path(store.path).resolve() / "zarr.json", False, f"the store {store.path}"),
+                    (marker, True, f"the analysis cache folder {cache_root}"),
+                ],
+            )
+        with units_run_on(client):
+            yield

@@ -1,0 +1,62 @@
+"""Gemma Scope 2 (`google/gemma-scope-2-*`): `params.safetensors` with lowercase keys, optional `config.json`.
+
+Residual SAEs are in `resid_post_all/layer_{L}_width_{W}_l0_{small|big}` (every layer) and
+`resid_post/layer_{L}_width_{W}_l0_{small|medium|big}` (a few layers); the folder's name is the config's name.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from saezarr.configs import SAEConfig
+from saezarr.errors import SaezarrError
+from saezarr.extract.saes.layout import Fetch, Layout
+
+WEIGHTS = "params.safetensors"
+CONFIG = "config.json"
+MARKER = WEIGHTS  # the file whose presence says the layout
+FOLDER = re.compile(r"(?:^|/)(layer_(\d+)_width_\w+_l0_\w+)$")
+JUMPRELU_NAMES = ("jumprelu", "jump_relu")
+
+
+def matches(path: str) -> bool:
+    """True if the folder is named as Gemma Scope 2 names its SAEs."""
+    return FOLDER.search(path) is not None
+
+
+def from_path(path: str) -> dict:
+    """The layer the folder's name gives."""
+    folder = FOLDER.search(path)
+    return {"layer": int(folder.group(2))} if folder else {}
+
+
+def describe(config: SAEConfig, fetch: Fetch) -> Layout | None:
+    """The SAE's layout if its folder holds a params.safetensors; a config.json beside it must agree (JumpReLU)."""
+    weights = fetch(WEIGHTS, False)
+    if weights is None:
+        return None
+    settings = fetch(CONFIG, False)
+    if settings is not None:
+        _check_settings(settings, config)
+    return Layout("gemma_scope_2", weights, "jumprelu", "w_enc", "b_enc", "threshold", **from_path(config.path))
+
+
+def _check_settings(path, config: SAEConfig) -> None:
+    """Refuse what config.json says that this reader does not implement (another architecture, another site)."""
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SaezarrError(f"{path}: config {config.name}: not readable JSON ({exc})") from None
+    architecture = str(settings.get("architecture", "jumprelu")).lower()
+    if architecture not in JUMPRELU_NAMES:
+        raise SaezarrError(
+            f"{path}: config {config.name}: architecture {architecture!r} is not implemented for Gemma Scope 2 "
+            "(only JumpReLU SAEs)"
+        )
+    hook = settings.get("hf_hook_point_in") or settings.get("hook_point_in")
+    if hook and not re.fullmatch(r"model\.(language_model\.)?layers\.\d+(\.output)?", str(hook)):
+        raise SaezarrError(
+            f"{path}: config {config.name}: reads {hook!r}, not the residual stream after a decoder layer "
+            "(only resid_post SAEs are supported)"
+        )

@@ -1,0 +1,39 @@
+"""What a layout loader tells of one SAE: its weights file, the arrays the encoder reads and how it encodes."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+ARCHITECTURES = ("jumprelu", "relu", "topk")
+RESID_POST = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
+
+# fetch(filename, required) -> the file of the SAE's folder on local disk, or None if absent and not required
+Fetch = Callable[[str, bool], "Path | None"]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One SAE as its layout describes it; `keys` names its arrays W_enc, b_enc, threshold and b_dec (or None)."""
+
+    layout: str
+    weights: Path
+    architecture: str
+    W_enc: str
+    b_enc: str
+    threshold: str | None = None
+    b_dec: str | None = None  # set only when b_dec is subtracted from the input before encoding
+    k: int | None = None
+    layer: int | None = None
+    name: str | None = None
+    average_l0: int | None = None
+    d_in: int | None = None  # what the layout's own settings say of the shapes, checked against the weights
+    d_sae: int | None = None
+
+    @property
+    def keys(self) -> dict[str, str]:
+        """The arrays the encoder reads, by role."""
+        roles = {"W_enc": self.W_enc, "b_enc": self.b_enc, "threshold": self.threshold, "b_dec": self.b_dec}
+        return {role: key for role, key in roles.items() if key is not None}

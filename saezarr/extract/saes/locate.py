@@ -1,0 +1,188 @@
+"""Finding an SAE's files (hub repo or folder), reading its layout and checking its shapes against the model."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from saezarr.configs import SAEConfig, refuse_repeats
+from saezarr.errors import SaezarrError
+from saezarr.extract.hub import Source, download, resolve
+from saezarr.extract.saes import gemma_scope, gemma_scope_2, saelens
+from saezarr.extract.saes.layout import Layout
+from saezarr.extract.saes.weights import WeightsUnreadable, read_header
+
+LOADERS = (saelens, gemma_scope_2, gemma_scope)  # tried in this order, unless the folder's name says the layout
+OPTION = "--sae-repo"
+
+
+@dataclass(frozen=True)
+class SAEFile:
+    """One located SAE: its (completed) config, its layout and weights file, and its encoder's shape."""
+
+    config: SAEConfig
+    layout: Layout
+    d_model: int
+    width: int
+
+    @property
+    def path(self) -> Path:
+        """The weights file."""
+        return self.layout.weights
+
+    def resolved(self) -> SAEFile:
+        """The same SAE with its weights file as an absolute path."""
+        return dataclasses.replace(self, layout=dataclasses.replace(self.layout, weights=self.layout.weights.resolve()))
+
+    @property
+    def encoder_bytes(self) -> int:
+        """Memory the encoder's arrays take as float32."""
+        vectors = len(self.layout.keys) - 1  # b_enc, and threshold and b_dec where the SAE has them
+        return 4 * (self.d_model * self.width + vectors * max(self.width, self.d_model))
+
+
+def _loaders_for(path: str) -> tuple:
+    """The layouts to try, the one the folder's name suggests first (one hub request in the usual case)."""
+    for loader in (gemma_scope_2, gemma_scope):
+        if loader.matches(path):
+            return (loader, *(other for other in LOADERS if other is not loader))
+    return LOADERS
+
+
+def _markers(path: str) -> list[str]:
+    """The files that would say each layout of the folder, in the order they are tried."""
+    return [loader.MARKER if path == "." else f"{path}/{loader.MARKER}" for loader in _loaders_for(path)]
+
+
+def resolve_sae_repo(name: str, first: SAEConfig, revision: str | None = None) -> Source:
+    """Find the SAE repository (hub id or folder), probing the first config's folder."""
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        return resolve(name, first.path, OPTION, revision)
+    first_error = None
+    for marker in _markers(first.path):
+        try:
+            return resolve(name, marker, OPTION, revision)
+        except SaezarrError as error:
+            first_error = first_error or error  # the file the folder's name suggests: the one to name
+    raise first_error
+
+
+def _fetcher(source: Source, config: SAEConfig, misses: list[SaezarrError]):
+    """fetch(filename, required): one file of the SAE's folder on local disk, None if absent and not required
+    (a hub file that could not be had is added to `misses`)."""
+
+    def fetch(filename: str, required: bool) -> Path | None:
+        if source.is_local:
+            path = source.local_dir / config.path / filename
+            if path.is_file():
+                return path
+            if required:
+                raise SaezarrError(f"{OPTION} {source.name}: config {config.name}: no {filename} in {path.parent}")
+            return None
+        subfolder = None if config.path == "." else config.path
+        try:
+            return download(source.name, filename, OPTION, source.revision, subfolder=subfolder)
+        except SaezarrError as error:
+            if required:
+                raise
+            misses.append(error)
+            return None
+
+    return fetch
+
+
+def read_layout(source: Source, config: SAEConfig) -> Layout:
+    """The SAE's layout, from the first of its layout's files found in its folder."""
+    misses: list[SaezarrError] = []
+    fetch = _fetcher(source, config, misses)
+    for loader in _loaders_for(config.path):
+        layout = loader.describe(config, fetch)
+        if layout is not None:
+            return layout
+    if misses:  # from the hub: say why the file the folder's name suggests could not be had
+        raise misses[0]
+    raise SaezarrError(
+        f"{OPTION} {source.name}: config {config.name}: no SAE in a known layout in {config.path} (looked for "
+        f"{saelens.CONFIG} + {saelens.WEIGHTS}, {gemma_scope_2.WEIGHTS}, {gemma_scope.WEIGHTS})"
+    )
+
+
+def known_from_path(config: SAEConfig) -> SAEConfig:
+    """The config with the layer and average L0 its folder's name gives, where the file does not say them."""
+    known = gemma_scope.from_path(config.path) or gemma_scope_2.from_path(config.path)
+    filled = {key: value for key, value in known.items() if getattr(config, key) is None and value is not None}
+    return dataclasses.replace(config, **filled) if filled else config
+
+
+def complete(config: SAEConfig, layout: Layout, where: object) -> SAEConfig:
+    """The config with what its layout says (layer, average L0, name); a layer that contradicts it is refused."""
+    if config.layer is not None and layout.layer is not None and config.layer != layout.layer:
+        raise SaezarrError(
+            f"{where}: config {config.name}: 'layer' is {config.layer} but the SAE reads layer {layout.layer}"
+        )
+    layer = config.layer if config.layer is not None else layout.layer
+    if layer is None:
+        raise SaezarrError(f"{where}: config {config.name}: give its 'layer' (its layout does not say it)")
+    return dataclasses.replace(
+        config,
+        layer=layer,
+        average_l0=config.average_l0 if config.average_l0 is not None else layout.average_l0,
+        given_name=config.given_name or layout.name,
+        architecture=layout.architecture,
+    )
+
+
+def describe_configs(
+    source_of, configs: Sequence[SAEConfig], where: object
+) -> tuple[tuple[SAEConfig, ...], Source | None]:
+    """Every config with its layer and name known: from its folder's name, else from its layout's files.
+
+    `source_of(config)` resolves the SAE repository when a config's files must be read; returns the configs and
+    the source if it was resolved."""
+    source = None
+    described = []
+    for config in map(known_from_path, configs):
+        if config.layer is None or config.path == ".":
+            source = source or source_of(config)
+            config = complete(config, read_layout(source, config), where)
+        described.append(config)
+    refuse_repeats(where, described)
+    return tuple(described), source
+
+
+def locate_sae(source: Source, config: SAEConfig, d_model: int, where: object = None) -> SAEFile:
+    """Get one SAE's files, complete its config from its layout, and check its shapes against the model's."""
+    layout = read_layout(source, config)
+    config = complete(config, layout, where or f"{OPTION} {source.name}")
+    at = f"{layout.weights}: config {config.name}"
+    try:
+        shapes = {key: tensor.shape for key, tensor in read_header(layout.weights).items()}
+    except WeightsUnreadable as exc:
+        raise SaezarrError(f"{at}: not a readable {layout.weights.name} ({exc})") from None
+    for role, key in layout.keys.items():
+        if key not in shapes:
+            raise SaezarrError(f"{at}: {layout.weights.name} has no {key!r} array (the SAE's {role})")
+    w_enc = shapes[layout.W_enc]
+    if len(w_enc) != 2:
+        raise SaezarrError(f"{at}: {layout.W_enc} must be 2-D, got shape {w_enc}")
+    d_in, width = w_enc
+    if layout.d_in is not None and layout.d_in != d_model:
+        raise SaezarrError(f"{at}: its settings say d_in {layout.d_in} but the model's hidden size is {d_model}")
+    if (layout.d_in, layout.d_sae) != (None, None) and (layout.d_in or d_in, layout.d_sae or width) != (d_in, width):
+        raise SaezarrError(
+            f"{at}: its settings say {layout.d_in} x {layout.d_sae} but {layout.W_enc} is {d_in} x {width}"
+        )
+    if d_in != d_model:
+        raise SaezarrError(f"{at}: {layout.W_enc} is {d_in} x {width} but the model's hidden size is {d_model}")
+    expected = {"b_enc": (width,), "threshold": (width,), "b_dec": (d_model,)}
+    for role, key in layout.keys.items():
+        if role in expected and shapes[key] != expected[role]:
+            raise SaezarrError(f"{at}: {key} has shape {shapes[key]}, expected {expected[role]}")
+    if config.width is not None and config.width != width:
+        raise SaezarrError(f"{at}: the config says width {config.width} but the SAE has {width} features")
+    if layout.k is not None and layout.k > width:
+        raise SaezarrError(f"{at}: k = {layout.k} is more than the SAE's {width} features")
+    return SAEFile(config=dataclasses.replace(config, width=width), layout=layout, d_model=d_in, width=width)
