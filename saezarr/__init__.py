@@ -53,4 +53,14 @@ def plot_token_traces(traces: xarray.DataArray, ax=None):
     return _plot(traces, ax)
 
 
-__all__ = ["__version__", "feature_metrics", "open_store", "plot_token_traces", "token_traces"]
+def emergence(
+    ds: xarray.Dataset, pool: str = "final", folds: int = 5, seed: int = 0, permutations: int = 20, layers=None
+) -> xarray.Dataset:
+    """Per layer, the held-out scores of the best SAE feature and of linear probes, with chance levels: a Dataset
+    over `layer`."""
+    from saezarr.analysis.emergence import emergence as _emergence
+
+    return _emergence(ds, pool, folds, seed, permutations, layers)
+
+
+__all__ = ["__version__", "emergence", "feature_metrics", "open_store", "plot_token_traces", "token_traces"]

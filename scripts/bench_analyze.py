@@ -27,6 +27,7 @@ matplotlib's font list, built once per machine, is built before the first timed 
    width 2048; `--no-scale` skips it). Its SAEs (~1.1 GiB at full scale) are kept under `--cache`.
 
     python scripts/bench_analyze.py --quick                          # ~1 min on 2 cores
+    python scripts/bench_analyze.py --quick --resampling-only        # analyze with/without --permutations, --folds
     python scripts/bench_analyze.py --out-md scripts/BENCHMARKS.md   # full run, 5-7 min on 2 shared cores (+3 min
                                                                      # the first time, to generate the 135 SAEs)
 """
@@ -492,7 +493,7 @@ def run_benchmark(root: Path, scratch: Path, mode: str, log, scale_configs: int 
     log("analyze: the 4N store (whole process) ...")
     shutil.rmtree(scratch / "user-cache", ignore_errors=True)
     raw["analyze_4n"] = measure(
-        saezarr_cmd("analyze", stores["4N"], "--output", scratch / "analyze-out-4n", "--quiet"),
+        saezarr_cmd("analyze", stores["4N"], "--output", scratch / "analyze-out-4n", "--quiet", *LEGACY_ONLY),
         "analyze of the 4N store",
         env,
     )
@@ -544,9 +545,83 @@ def first_run_and_rerun(store: Path, out: Path, env: dict, log, label: str = "")
 
 
 def analyze_argvs(store: Path, out: Path) -> tuple[list[str], list[str]]:
-    """The CLI arguments of a first analyze of the store into `out` and of its re-run with RERUN_OPTIONS."""
-    first = ["analyze", str(store), "--output", str(out), "--quiet"]
+    """The CLI arguments of a first analyze of the store into `out` and of its re-run with RERUN_OPTIONS (the legacy
+    analysis: no permutations, no folds; those are timed apart, by measure_resampling)."""
+    first = ["analyze", str(store), "--output", str(out), "--quiet", *LEGACY_ONLY]
     return first, [*first, "--overwrite", *RERUN_OPTIONS]
+
+
+# the resampling settings timed by measure_resampling, each a cold first run: (permutations, folds)
+RESAMPLING = {"first run": (0, 0), "permutations": (100, 0), "folds": (0, 5), "both (the default)": (100, 5)}
+LEGACY_ONLY = ["--permutations", "0", "--folds", "0"]
+
+
+def measure_resampling(store: Path, out: Path, env: dict, log, label: str = "") -> dict:
+    """Cold first runs of analyze on the store inside fresh processes after imports (the analysis cache removed
+    before each), without and with the permutation null and the held-out folds, and a cached re-run of the
+    default."""
+    user_cache = Path(env["XDG_CACHE_HOME"])
+    runs = {}
+    for name, (permutations, folds) in RESAMPLING.items():
+        log(f"analyze{label}: cold first run, {name} (--permutations {permutations} --folds {folds}) ...")
+        shutil.rmtree(user_cache, ignore_errors=True)
+        argv = ["analyze", str(store), "--output", str(out), "--quiet", "--overwrite"]
+        argv += ["--permutations", str(permutations), "--folds", str(folds)]
+        runs[name] = _checked(run_child({"task": "analyze", "argv": argv}, env), f"analyze{label} {name}")
+    log(f"analyze{label}: cached re-run of the default ...")
+    runs["re-run of the default"] = _checked(run_child({"task": "analyze", "argv": argv}, env), "re-run")
+    return runs
+
+
+def resampling_lines(runs: dict, what: str) -> list[str]:
+    """One line per resampling setting: its wall time after imports and its ratio to the plain first run."""
+    base = runs["first run"]["wall"]
+    lines = [f"resampling, {what} (cold first runs after imports; ratio to the first run without either):"]
+    for name, run in runs.items():
+        target = " (target <= 2)" if name == "permutations" else ""
+        lines.append(f"  {name:24s} {run['wall']:7.2f} s  {run['wall'] / base:5.2f}x{target}")
+    return lines
+
+
+def run_resampling_only(root: Path, scratch: Path, mode: str, log, scale_configs: int = 0) -> tuple[list[str], dict]:
+    """Only the resampling figures: the N store, and the scale store if scale_configs."""
+    sizes = SIZES[mode]
+    assets = root / f"assets-{mode}-{ASSET_VERSION}"
+    if not (assets / "config.json").exists():
+        log("generating the model, SAEs and CSVs ...")
+        run_child({"task": "gen", "folder": str(assets), "sizes": sizes})
+    env = {
+        "XDG_CACHE_HOME": str(scratch / "user-cache"),
+        "SAEZARR_CACHE": str(scratch / "user-cache" / "saezarr"),
+        "MPLCONFIGDIR": str(scratch / "mpl"),
+    }
+    measure([sys.executable, "-c", "import matplotlib.font_manager"], "matplotlib font list", env)
+    store = scratch / "store-N.zarr"
+    log("building the N store ...")
+    build_store(assets / "config.json", assets / "input.csv", store, "build of the N store")
+    info = store_info(store)
+    raw = {"N": measure_resampling(store, scratch / "out-N", env, log)}
+    lines = resampling_lines(raw["N"], _describe(info))
+    if scale_configs:
+        configs, layers = scale_layout(scale_configs)
+        scale_assets = root / f"scale-{mode}-{len(configs)}-{ASSET_VERSION}"
+        if not (scale_assets / "config.json").exists():
+            log(f"generating {len(configs)} SAEs of width {sizes['width']} on a {layers}-layer model ...")
+            spec = {
+                "task": "gen_scale",
+                "folder": str(scale_assets),
+                "sizes": sizes,
+                "configs": configs,
+                "layers": layers,
+            }
+            run_child(spec)
+        scale_store = scratch / "store-scale.zarr"
+        log(f"building the {len(configs)}-SAE store ...")
+        build_store(scale_assets / "config.json", assets / "input.csv", scale_store, "build of the scale store")
+        scale_info = store_info(scale_store)
+        raw["scale"] = measure_resampling(scale_store, scratch / "out-scale", env, log, f" ({len(configs)} SAEs)")
+        lines += resampling_lines(raw["scale"], _describe(scale_info))
+    return lines, raw
 
 
 def real_configs() -> tuple:
@@ -839,6 +914,12 @@ def main(argv: list[str] | None = None) -> int:
         help="SAEs in the scale store, in the real configs' layout (default 135, --quick 12 of width 2048)",
     )
     parser.add_argument("--no-scale", action="store_true", help="skip the scale store's first run and re-run")
+    parser.add_argument(
+        "--resampling-only",
+        action="store_true",
+        help="only time analyze with and without --permutations and --folds (N store and scale store); the other "
+        "figures are taken without them",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.scale_configs is not None and not 1 <= args.scale_configs <= len(real_configs()):
@@ -863,7 +944,8 @@ def main(argv: list[str] | None = None) -> int:
     log(f"{mode} run; assets in {root}; load average {info['load'][0]:.2f}")
     try:
         scale = 0 if args.no_scale else args.scale_configs or SIZES[mode]["scale_configs"]
-        lines, raw = run_benchmark(root, scratch, mode, log, scale)
+        run = run_resampling_only if args.resampling_only else run_benchmark
+        lines, raw = run(root, scratch, mode, log, scale)
         if args.cache is not None:
             (args.cache / f"last-{mode}-run.json").write_text(json.dumps(raw, indent=1, default=str))
     finally:

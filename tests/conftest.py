@@ -51,3 +51,12 @@ def demo_config(tmp_path_factory) -> Path:
     from saezarr.synthetic import ensure_demo
 
     return ensure_demo(tmp_path_factory.mktemp("demo-cache"))
+
+
+@pytest.fixture(scope="session")
+def planted(tmp_path_factory):
+    """Stores of planted sentences (label 3 ends in a rare word) and of the same with shuffled labels, with
+    residuals (tests/plantedtools.py)."""
+    from plantedtools import make_planted
+
+    return make_planted(tmp_path_factory.mktemp("planted"))

@@ -43,8 +43,10 @@ def test_outputs_have_the_legacy_layout(analysed, store):
     out, _, result = analysed
     assert sorted(p.name for p in out.iterdir()) == [
         "analysis.json",
+        "emergence.csv",
         "feature_examples.json",
         "features.parquet",
+        "heldout.csv",
         "plots",
         "ranked_features.csv",
         "report.html",
@@ -143,8 +145,13 @@ def test_links_point_at_the_exact_sae_or_nowhere(analysed):
 def test_rerun_with_other_thresholds_reuses_the_cache(analysed, store, tmp_path):
     out, cache, _ = analysed
 
-    def cached_data() -> dict:  # the activations and metrics (the plots folder may gain another plot)
-        return {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file() and "plots" not in p.parts}
+    def cached_data() -> dict:  # the activations and metrics (the plots folder may gain another plot, resampling
+        # another threshold's held-out choices)
+        return {
+            p: p.stat().st_mtime_ns
+            for p in cache.rglob("*")
+            if p.is_file() and "plots" not in p.parts and "resampling" not in p.parts
+        }
 
     before = cached_data()
     assert any(p.name == "metrics.npy" for p in before)

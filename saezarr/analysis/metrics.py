@@ -385,3 +385,15 @@ def _cohens_d(counts: dict[int, int], means: dict[int, np.ndarray], variances: d
     pooled = np.sqrt(((n3 - 1) * variances[3] + (n0 - 1) * variances[0]) / (n3 + n0 - 2))
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(pooled > 0, (means[3] - means[0]) / np.where(pooled > 0, pooled, 1), np.nan)
+
+
+def positive_entries(x: np.ndarray) -> Positives | None:
+    """The positive entries (row, column, value; sorted by column, then value) of a mostly-zero non-negative
+    [rows, columns] array, or None for any other array."""
+    return _positive_entries(x)
+
+
+def positive_ranks(n_rows: int, n_cols: int, cols: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each column's number of zeros, and each positive entry's average rank within its column (entries from
+    positive_entries)."""
+    return _positive_ranks(n_rows, n_cols, cols, values)

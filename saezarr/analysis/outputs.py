@@ -149,15 +149,24 @@ class OutputWriter:
         )
 
     def write_rest(
-        self, ranked: pd.DataFrame, summary: pd.DataFrame, examples: dict, info: dict, plot_memo: Path | None = None
+        self,
+        ranked: pd.DataFrame,
+        summary: pd.DataFrame,
+        examples: dict,
+        info: dict,
+        plot_memo: Path | None = None,
+        tables: dict[str, pd.DataFrame] | None = None,
     ) -> None:
-        """Write ranked_features.csv, feature_examples.json, analysis.json and the report."""
+        """Write ranked_features.csv, feature_examples.json, analysis.json, each of `tables` as NAME.csv (heldout,
+        emergence) and the report."""
         from saezarr.analysis.report import write_report
 
         ranked.to_csv(self.staging / RANKED, index=False)
+        for name, table in (tables or {}).items():
+            table.to_csv(self.staging / f"{name}.csv", index=False)
         _write_json(self.staging / EXAMPLES, examples, indent=None)  # the largest: no indent, json's C encoder
         _write_json(self.staging / INFO, info)
-        write_report(self.staging, summary, ranked, examples, info, plot_memo)
+        write_report(self.staging, summary, ranked, examples, info, plot_memo, tables)
 
     def __exit__(self, exc_type, exc, traceback) -> None:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +22,24 @@ def overview_png(summary: pd.DataFrame, memo: Path | None = None) -> bytes:
     if memo is None:
         return _draw_overview(summary)
     plotted = summary[["layer", "average_l0", "best_score"]]
-    key = hashlib.sha256(pd.util.hash_pandas_object(plotted, index=False).to_numpy().tobytes()).hexdigest()[:32]
-    path = Path(memo) / f"overview-{key}.png"
+    return memoized_png(
+        "overview",
+        pd.util.hash_pandas_object(plotted, index=False).to_numpy().tobytes(),
+        lambda: _draw_overview(summary),
+        memo,
+    )
+
+
+def memoized_png(name: str, shown: bytes, draw, memo: Path | None) -> bytes:
+    """draw()'s PNG bytes, kept in the folder memo as `NAME-<digest of shown>.png` and taken from there when the
+    same data is drawn again (a re-run then need not import matplotlib)."""
+    if memo is None:
+        return draw()
+    key = hashlib.sha256(shown).hexdigest()[:32]
+    path = Path(memo) / f"{name}-{key}.png"
     if path.is_file():
         return path.read_bytes()
-    png = _draw_overview(summary)
+    png = draw()
     # never parents: a cache entry evicted meanwhile must not come back as a stub holding only plots/
     replace_file(path, lambda file: file.write(png), parents=False)  # whole or absent for a concurrent reader
     return png
@@ -92,3 +106,108 @@ def _style_axes(ax, summary: pd.DataFrame) -> None:
     ax.tick_params(labelsize=8)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
+
+
+def null_png(permutation: dict, memo: Path | None = None) -> bytes:
+    """The permuted maxima of Pearson and AUROC 3-vs-0 (histograms) beside the best real score and the chance level."""
+    shown = json.dumps({k: permutation[k] for k in ("null_maxima", "best", "chance")}, sort_keys=True).encode()
+    return memoized_png("null", shown, lambda: _draw_null(permutation), memo)
+
+
+def _draw_null(permutation: dict) -> bytes:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 3.2), dpi=110)
+    titles = {"pearson": "Pearson correlation", "auroc_3v0": "AUROC 3 vs 0"}
+    for i, (name, title) in enumerate(titles.items()):
+        ax = fig.add_axes((0.06 + i * 0.5, 0.2, 0.4, 0.65))
+        null = np.array([v for v in permutation["null_maxima"][name] if v is not None], dtype=float)
+        if len(null):
+            ax.hist(null, bins=min(30, max(5, len(null) // 4)), color="#94a3b8", label="best under permuted labels")
+        chance, best = permutation["chance"].get(name), permutation["best"].get(name)
+        if chance is not None and np.isfinite(chance):
+            ax.axvline(chance, color="#475569", linestyle="--", linewidth=1.2, label=f"chance (95th pct) {chance:.3f}")
+        if best is not None:
+            ax.axvline(best, color="#c2410c", linewidth=2, label=f"best real {best:.3f}")
+        ax.set_title(f"Best {title} of any feature", fontsize=10, loc="left")
+        ax.set_xlabel(title)
+        ax.set_ylabel("permutations")
+        ax.legend(fontsize=7, frameon=False, loc="upper left")
+        _plain(ax)
+    return _png(fig)
+
+
+def emergence_png(emergence: pd.DataFrame, memo: Path | None = None) -> bytes:
+    """Per layer, the held-out Spearman ρ of the best feature and the probes, with the chance band."""
+    shown = pd.util.hash_pandas_object(emergence, index=False).to_numpy().tobytes()
+    return memoized_png("emergence", shown, lambda: _draw_emergence(emergence), memo)
+
+
+EMERGENCE_CURVES = {
+    "best_feature": ("best single SAE feature", "#c2410c"),
+    "sparse_probe_k8": ("sparse probe, top 8 SAE features", "#2563eb"),
+    "sparse_probe_k64": ("sparse probe, top 64 SAE features", "#7c3aed"),
+    "probe": ("ridge probe on the residual stream", "#059669"),
+}
+
+
+def _draw_emergence(emergence: pd.DataFrame) -> bytes:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 3.8), dpi=110)
+    ax = fig.add_axes((0.065, 0.15, 0.62, 0.75))
+    layers = emergence["layer"].to_numpy()
+    chance = emergence["chance_spearman"].to_numpy(dtype=float)
+    known = np.isfinite(chance)
+    if known.any():
+        label = "chance (95th pct under permuted labels)"
+        ax.fill_between(layers[known], -1, chance[known], color="#e2e8f0", label=label)
+    for curve, (label, color) in EMERGENCE_CURVES.items():
+        values = emergence[f"{curve}_heldout_spearman"].to_numpy(dtype=float)
+        known = np.isfinite(values)  # a layer without SAEs (or residuals) has no point: the line joins the others
+        if known.any():
+            ax.plot(layers[known], values[known], marker="o", markersize=3.5, color=color, label=label)
+    ax.set_xticks(layers)
+    ax.set_ylim(min(-0.2, np.nanmin(chance, initial=0.0)), 1.0)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("held-out Spearman ρ")
+    ax.set_title("Where the concept becomes linearly readable", fontsize=11, loc="left")
+    ax.axhline(0, color="#94a3b8", linewidth=0.6)
+    ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.02, 1))
+    _plain(ax)
+    return _png(fig)
+
+
+def _plain(ax) -> None:
+    ax.grid(True, color="#e5e7eb", linewidth=0.6, zorder=0)
+    ax.tick_params(labelsize=8)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def concepts_png(emergence: pd.DataFrame, curve: str) -> bytes:
+    """Per concept, one curve's held-out Spearman ρ by layer, with each concept's chance level dotted."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 3.8), dpi=110)
+    ax = fig.add_axes((0.065, 0.15, 0.62, 0.75))
+    colors = ["#c2410c", "#2563eb", "#059669", "#7c3aed", "#db2777", "#ca8a04", "#0891b2", "#4b5563"]
+    for i, (concept, rows) in enumerate(emergence.groupby("concept", sort=False)):
+        color = colors[i % len(colors)]
+        rows = rows[rows[f"{curve}_heldout_spearman"].notna()]
+        ax.plot(rows.layer, rows[f"{curve}_heldout_spearman"], marker="o", markersize=3.5, color=color, label=concept)
+        ax.plot(rows.layer, rows["chance_spearman"], linestyle=":", linewidth=1, color=color)
+    ax.set_xticks(sorted(emergence.layer.unique()))
+    ax.axhline(0, color="#94a3b8", linewidth=0.6)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("held-out Spearman ρ")
+    ax.set_title(f"Emergence by concept ({curve.replace('_', ' ')}; dotted: chance)", fontsize=11, loc="left")
+    ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.02, 1))
+    _plain(ax)
+    return _png(fig)

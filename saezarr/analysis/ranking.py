@@ -39,3 +39,77 @@ def config_summary(configs: ConfigTable, score: np.ndarray, passing: np.ndarray)
         }
     )
     return summary.sort_values(["layer", "average_l0"], kind="stable", ignore_index=True)
+
+
+def with_heldout(ranked: pd.DataFrame, top: np.ndarray, configs: ConfigTable) -> pd.DataFrame:
+    """The ranked table with heldout_pearson, heldout_auroc_3v0 and folds_in_top_n (top: each fold's top features,
+    a validation.CHOSEN array) after its other columns."""
+    from saezarr.analysis.validation import heldout_columns
+
+    position = {str(name): i for i, name in enumerate(configs.names)}
+    config = ranked.config.map(position).to_numpy(dtype=np.int64) if len(ranked) else np.empty(0, dtype=np.int64)
+    columns = heldout_columns(top, config, ranked.feature_id.to_numpy(dtype=np.int64))
+    return ranked.assign(**columns)
+
+
+def heldout_table(top: np.ndarray, configs: ConfigTable, features: pa.Table) -> pd.DataFrame:
+    """heldout.csv: every feature among some fold's top features, with how many folds chose it, its mean held-out
+    scores and its in-sample ones; most often chosen first."""
+    from saezarr.analysis.validation import heldout_columns
+
+    keys = np.unique(np.stack([top["config"], top["feature"]], axis=1), axis=0).reshape(-1, 2)
+    config, feature = keys[:, 0], keys[:, 1]
+    width = len(features) // max(len(configs.names), 1)
+    rows = config * width + feature
+    table = pd.DataFrame(
+        {
+            "config": configs.names[config].astype(str),
+            "layer": configs.layer[config],
+            "average_l0": configs.average_l0[config],
+            "feature_id": feature,
+            **heldout_columns(top, config, feature),
+            **{
+                f"insample_{name}": features[name].take(pa.array(rows)).to_numpy(zero_copy_only=False)
+                for name in ("pearson_corr", "auroc_3v0", "interpretability_score", "passes_filter")
+            },
+        }
+    )
+    return table.sort_values(
+        ["folds_in_top_n", "heldout_pearson"], ascending=False, kind="stable", ignore_index=True, na_position="last"
+    )
+
+
+def heldout_summary(top: np.ndarray, folds: int) -> dict:
+    """analysis.json's `heldout` part: per fold, how many top features it chose and their mean held-out scores."""
+    per_fold = []
+    for fold in range(folds):
+        rows = top[top["fold"] == fold]
+        per_fold.append(
+            {
+                "fold": fold,
+                "chosen": len(rows),
+                "mean_heldout_pearson": _mean(rows["heldout_pearson"]),
+                "mean_heldout_auroc_3v0": _mean(rows["heldout_auroc_3v0"]),
+                "top1_heldout_pearson": _mean(rows["heldout_pearson"][:1]),
+            }
+        )
+    return {
+        "folds": folds,
+        "per_fold": per_fold,
+        "mean_heldout_pearson": _mean(top["heldout_pearson"]),
+        "mean_heldout_auroc_3v0": _mean(top["heldout_auroc_3v0"]),
+    }
+
+
+def _mean(values: np.ndarray) -> float | None:
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    return float(finite.mean()) if len(finite) else None
+
+
+def emergence_table(rows: list[dict]) -> pd.DataFrame:
+    """emergence.csv: one row per layer, in emergence.columns() order."""
+    from saezarr.analysis.emergence import columns
+
+    table = pd.DataFrame(rows, columns=columns())
+    return table.astype({name: np.float64 for name in columns()[1:]})

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from saezarr.analysis.examples import example_key
-from saezarr.analysis.plots import overview_png
+from saezarr.analysis.plots import EMERGENCE_CURVES, emergence_png, null_png, overview_png
 
 RANKED_ROWS = 200  # the table shows at least this many ranked features (all top-n ones in any case)
 LABELS = ("0", "1", "2", "3")
@@ -28,9 +28,10 @@ def write_report(
     examples: dict,
     info: dict,
     plot_memo: Path | None = None,
+    tables: dict[str, pd.DataFrame] | None = None,
 ) -> Path:
-    """Write report.html and plots/*.png into directory (plots kept in and reused from plot_memo); return the
-    report's path."""
+    """Write report.html and plots/*.png into directory (plots kept in and reused from plot_memo; tables: the
+    `heldout` and `emergence` tables, where made); return the report's path."""
     directory = Path(directory)
     (directory / "plots").mkdir(parents=True, exist_ok=True)
     png = overview_png(summary, plot_memo)
@@ -41,6 +42,8 @@ def write_report(
         _header(info, summary, ranked),
         _provenance(info),
         _overview(summary, png),
+        _chance(info, (tables or {}).get("heldout"), directory, plot_memo),
+        _emergence(info, (tables or {}).get("emergence"), directory, plot_memo),
         _ranked_table(ranked, {key for key, _ in entries}, max(RANKED_ROWS, len(entries))),
         _feature_sections(entries, rows, str(info.get("pool", ""))),
         _token_traces(getattr(examples, "traces", [])),
@@ -98,6 +101,8 @@ def _header(info: dict, summary: pd.DataFrame, ranked: pd.DataFrame) -> str:
         ("sentences", f"{int(counts.get('sentences', 0)):,}"),
         ("passing", f"{len(ranked):,}"),
     ]
+    if info.get("significant_features") is not None:
+        facts.append(("beat chance", f"{int(info['significant_features']):,}"))
     if len(ranked):
         top = ranked.iloc[0]
         best = (
@@ -155,7 +160,10 @@ def _provenance(info: dict) -> str:
 def _overview(summary: pd.DataFrame, png: bytes) -> str:
     image = base64.b64encode(png).decode("ascii")
     rows = "".join(_overview_row(row) for row in summary.itertuples(index=False))
-    head = "".join(f"<th>{h}</th>" for h in ("SAE", "layer", "L0", "best score", "best feature", "passing"))
+    names = ("SAE", "layer", "L0", "best score", "best feature", "passing")
+    if "chance_pearson" in summary:
+        names += ("best pearson, chance (95th pct)",)
+    head = "".join(f"<th>{h}</th>" for h in names)
     return (
         f'<section id="overview"><h2>Overview</h2>'
         f'<p class="hint">One mark per SAE at its layer and average L0, coloured by the best interpretability '
@@ -175,7 +183,9 @@ def _overview_row(row) -> str:
         f"<tr><td>{_esc(row.config)}</td><td class=n>{int(row.layer)}</td>"
         f'<td class=n data-v="{_sortkey(row.average_l0)}">{_l0(row.average_l0)}</td>'
         f'<td class=n data-v="{_sortkey(row.best_score)}">{_num(row.best_score)}</td>'
-        f"<td class=n>{best}</td><td class=n>{int(row.passing)}</td></tr>"
+        f"<td class=n>{best}</td><td class=n>{int(row.passing)}</td>"
+        + (f"<td class=n>{_num(row.chance_pearson)}</td>" if hasattr(row, "chance_pearson") else "")
+        + "</tr>"
     )
 
 
@@ -191,6 +201,12 @@ RANKED_COLUMNS = (
     ("mean_label_2", "mean 2"),
     ("mean_label_3", "mean 3"),
 )
+# shown after RANKED_COLUMNS where the analysis made them
+HONEST_COLUMNS = (
+    ("p_value_fwer", "p (FWER)"),
+    ("heldout_pearson", "held-out pearson"),
+    ("folds_in_top_n", "folds in top-n"),
+)
 
 
 def _ranked_table(ranked: pd.DataFrame, sections: set[str], limit: int) -> str:
@@ -200,12 +216,13 @@ def _ranked_table(ranked: pd.DataFrame, sections: set[str], limit: int) -> str:
             "Loosen the thresholds (--min-pearson, --min-tpr, --max-fpr) to see candidates.</p></section>"
         )
     shown = ranked.head(limit)
+    columns = RANKED_COLUMNS + tuple(column for column in HONEST_COLUMNS if column[0] in ranked)
     head = (
         "".join(f"<th>{h}</th>" for h in ("#", "SAE", "L0", "feature"))
-        + "".join(f"<th>{label}</th>" for _, label in RANKED_COLUMNS)
+        + "".join(f"<th>{label}</th>" for _, label in columns)
         + "<th>means 0–3</th>"
     )
-    rows = "".join(_ranked_row(row, sections) for row in shown.to_dict("records"))
+    rows = "".join(_ranked_row(row, sections, columns) for row in shown.to_dict("records"))
     more = (
         f'<p class="hint">Showing the top {len(shown):,} of {len(ranked):,} passing features; '
         f"all of them are in ranked_features.csv.</p>"
@@ -213,15 +230,16 @@ def _ranked_table(ranked: pd.DataFrame, sections: set[str], limit: int) -> str:
         else ""
     )
     return (
-        f'<section id="ranked"><h2>Ranked features</h2><p class="hint">Features passing the filter, by '
-        f"interpretability score. The feature id opens its Neuronpedia page; the rank jumps to its examples "
-        f"below. Click a column to sort.</p>"
+        f'<section id="ranked"><h2>Ranked features (in-sample)</h2><p class="hint">Features passing the filter, '
+        f"by interpretability score, ranked and scored on the same sentences (the legacy ranking): see "
+        f'<a href="#chance">chance and held-out validation</a> for how far to trust it. The feature id opens its '
+        f"Neuronpedia page; the rank jumps to its examples below. Click a column to sort.</p>"
         f'<div class="scroll"><table class="data sortable"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody>'
         f"</table></div>{more}</section>"
     )
 
 
-def _ranked_row(row: dict, sections: set[str]) -> str:
+def _ranked_row(row: dict, sections: set[str], columns=RANKED_COLUMNS) -> str:
     key = example_key(row["layer"], row["average_l0"], row["feature_id"])
     rank = _esc(int(row["rank"]))
     rank = f'<a href="#{_anchor(key)}">{rank}</a>' if key in sections else rank
@@ -235,7 +253,10 @@ def _ranked_row(row: dict, sections: set[str]) -> str:
             f"{_np_link(row.get('neuronpedia_url'), _esc(int(row['feature_id'])))}</td>"
         ),
     ]
-    cells += [f'<td class=n data-v="{_sortkey(row[c])}">{_num(row[c])}</td>' for c, _ in RANKED_COLUMNS]
+    cells += [
+        f'<td class=n data-v="{_sortkey(row[c])}">{_num(row[c], 0 if c == "folds_in_top_n" else 3)}</td>'
+        for c, _ in columns
+    ]
     cells.append(f"<td>{_sparkline([row[f'mean_label_{label}'] for label in LABELS])}</td>")
     return "<tr>" + "".join(cells) + "</tr>"
 
@@ -251,6 +272,134 @@ def _share(value: float, top: float) -> float:
     if top <= 0 or pd.isna(value):
         return 0.0
     return min(max(float(value) / top, 0.0), 1.0)
+
+
+# ---------------------------------------------------------------- chance, held-out validation, emergence
+
+
+def _image(directory: Path, name: str, png: bytes, alt: str) -> str:
+    (directory / "plots" / f"{name}.png").write_bytes(png)
+    return f'<img class="plot" alt="{_esc(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+
+
+def _chance(info: dict, heldout: pd.DataFrame | None, directory: Path, memo: Path | None) -> str:
+    permutation = info.get("permutation")
+    parts = ['<section id="chance"><h2>Chance and held-out validation</h2>']
+    if permutation is None:
+        parts.append(
+            '<p class="verdict">No permutation null was computed (--permutations 0): every score in this report is '
+            "in-sample, with no chance baseline.</p>"
+        )
+    else:
+        parts.append(_verdict(permutation))
+        parts.append(_image(directory, "null", null_png(permutation, memo), "best score under permuted labels"))
+    parts.append(_heldout(info.get("heldout"), heldout))
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _verdict(permutation: dict) -> str:
+    n, significant = permutation["permutations"], permutation["significant_features"]
+    best, chance = permutation["best"].get("pearson"), permutation["chance"].get("pearson")
+    scores = (
+        f"The best Pearson correlation of any feature is {_num(best)}; under {n} random permutations of the labels "
+        f"the best feature reaches {_num(chance)} or less 95% of the time (the chance level)."
+    )
+    method = (
+        "p_value_fwer = (1 + permutations whose best feature scores at least as high) / (1 + permutations): a "
+        "family-wise p-value over every analysed feature."
+    )
+    if not significant:
+        return (
+            f'<p class="verdict none"><b>No feature beats chance.</b> {scores} With this many features, a score this '
+            "high is what unrelated labels give: the in-sample ranking below is not evidence that any feature tracks "
+            f'the concept.</p><p class="hint">{method}</p>'
+        )
+    return (
+        f'<p class="verdict some"><b>{significant:,} feature{"s" if significant != 1 else ""} beat'
+        f"{'' if significant != 1 else 's'} chance</b> (p_value_fwer &lt; {permutation['alpha']}). {scores}</p>"
+        f'<p class="hint">{method}</p>'
+    )
+
+
+def _heldout(summary: dict | None, table: pd.DataFrame | None) -> str:
+    if summary is None:
+        return '<p class="hint">No held-out validation (--folds 0).</p>'
+    folds = summary["folds"]
+    rows = "".join(
+        f"<tr><td class=n>{f['fold']}</td><td class=n>{f['chosen']}</td><td class=n>{_num(f['top1_heldout_pearson'])}"
+        f"</td><td class=n>{_num(f['mean_heldout_pearson'])}</td><td class=n>{_num(f['mean_heldout_auroc_3v0'])}</td></tr>"
+        for f in summary["per_fold"]
+    )
+    head = "".join(f"<th>{h}</th>" for h in ("fold", "chosen", "top-1 pearson", "mean pearson", "mean AUROC 3v0"))
+    features = ""
+    if not sum(f["chosen"] for f in summary["per_fold"]):
+        features = '<p class="empty">No feature passes the filter on the training folds of any fold.</p>'
+    if table is not None and len(table):
+        shown = table.head(20)
+        cells = "".join(
+            f"<tr><td>{_esc(r.config)}</td><td class=n>{int(r.feature_id)}</td><td class=n>{int(r.folds_in_top_n)}</td>"
+            f"<td class=n>{_num(r.heldout_pearson)}</td><td class=n>{_num(r.heldout_auroc_3v0)}</td>"
+            f"<td class=n>{_num(r.insample_pearson_corr)}</td><td class=n>{_num(r.insample_interpretability_score)}</td></tr>"
+            for r in shown.itertuples(index=False)
+        )
+        fhead = "".join(
+            f"<th>{h}</th>"
+            for h in (
+                "SAE",
+                "feature",
+                "folds",
+                "held-out pearson",
+                "held-out AUROC",
+                "in-sample pearson",
+                "in-sample score",
+            )
+        )
+        features = (
+            f'<p class="hint">The features most often among a fold\'s top features ({len(table):,} in all, in '
+            f'heldout.csv):</p><div class=scroll><table class="data sortable"><thead><tr>{fhead}</tr></thead>'
+            f"<tbody>{cells}</tbody></table></div>"
+        )
+    return (
+        f"<h3>Held-out validation ({folds} folds)</h3>"
+        f'<p class="hint">In each of {folds} folds stratified by label, the top features are chosen on the other '
+        f"folds with the same filter and score, and scored on the held-out sentences only. Held-out pearson across "
+        f"the folds' top features: {_num(summary['mean_heldout_pearson'])} (AUROC 3v0 "
+        f"{_num(summary['mean_heldout_auroc_3v0'])}); near 0 means the in-sample ranking does not carry over. The "
+        f"held-out score of the best feature of each layer, chosen inside each fold, is the first curve of "
+        '<a href="#emergence">where the concept emerges</a>.</p>'
+        f'<table class="data"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>{features}'
+    )
+
+
+def _emergence(info: dict, table: pd.DataFrame | None, directory: Path, memo: Path | None) -> str:
+    if table is None or not len(table):
+        return ""
+    png = emergence_png(table, memo)
+    names = [(curve, label) for curve, (label, _) in EMERGENCE_CURVES.items()]
+    head = "<th>layer</th>" + "".join(f"<th>{_esc(label)}</th>" for _, label in names) + "<th>chance</th>"
+    rows = "".join(
+        f"<tr><td class=n>{int(r['layer'])}</td>"
+        + "".join(f"<td class=n>{_num(r[f'{curve}_heldout_spearman'])}</td>" for curve, _ in names)
+        + f"<td class=n>{_num(r['chance_spearman'])}</td></tr>"
+        for r in table.to_dict("records")
+    )
+    residual = table["probe_heldout_spearman"].notna().any()
+    note = (
+        ""
+        if residual
+        else " The store holds no residual stream, so there is no residual probe (build it with residuals to add one)."
+    )
+    return (
+        '<section id="emergence"><h2>Where the concept emerges</h2>'
+        f'<p class="hint">Per layer, out-of-fold Spearman ρ with the label of the best single SAE feature, of ridge '
+        f"probes on the layer's top-k SAE features and on its residual stream; everything chosen on the training "
+        f"folds only. The grey band is chance: the 95th percentile of the same procedure under permuted labels.{note} "
+        f"All values, with AUROC 3v0, in emergence.csv.</p>"
+        + _image(directory, "emergence", png, "held-out Spearman by layer")
+        + f'<details><summary>Per-layer table</summary><table class="data sortable"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{rows}</tbody></table></details></section>"
+    )
 
 
 # ---------------------------------------------------------------- per-feature sections
@@ -487,6 +636,8 @@ table.kv td{padding:3px 0}
 .notes ul{margin:4px 0 0;padding-left:18px}
 .notice{background:#eff6ff;border:1px solid #bfdbfe;border-radius:6px;padding:8px 14px}
 .empty{color:var(--muted);font-style:italic}
+.verdict{border-radius:6px;padding:8px 14px;border:1px solid var(--line)}
+.verdict.none{background:#fef2f2;border-color:#fecaca}.verdict.some{background:#f0fdf4;border-color:#bbf7d0}
 img.plot{display:block;max-width:100%;height:auto;margin:6px 0 10px}
 details summary{cursor:pointer;color:#1d4ed8;margin:4px 0}
 .scroll{overflow-x:auto;max-height:640px;overflow-y:auto;border:1px solid var(--line);border-radius:6px}

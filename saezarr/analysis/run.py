@@ -14,11 +14,14 @@ import numpy as np
 import saezarr
 from saezarr.analysis.cache import PLOTS, AnalysisCache, cache_root, fingerprint
 from saezarr.analysis.coordinates import AnalysisCoordinates
+from saezarr.analysis.emergence import PROBE_PERMUTATIONS
 from saezarr.analysis.metrics import LABELS, passes_filter
 from saezarr.analysis.outputs import OutputWriter, check_output
 from saezarr.analysis.pooling import SentenceLayout, check_pool
+from saezarr.analysis.resampling import Resampled, ResamplingOptions, resample, store_residuals
 from saezarr.analysis.tables import ConfigTable, features_table
 from saezarr.analysis.units import units_on
+from saezarr.analysis.validation import Thresholds
 from saezarr.errors import SaezarrError
 from saezarr.execution.connect import ClusterOptions
 from saezarr.store.layout import Store
@@ -52,6 +55,10 @@ class AnalyzeOptions:
     allow_partial: bool = False
     quiet: bool = False
     cache: Path | None = None  # cache root; None: $SAEZARR_CACHE or ~/.cache/saezarr
+    permutations: int = 100  # label permutations of the family-wise null; 0: none
+    folds: int = 5  # held-out validation and emergence folds; 0: neither
+    probe_permutations: int = PROBE_PERMUTATIONS  # permuted labellings behind the emergence chance levels
+    seed: int = 0
     cluster: ClusterOptions = field(default_factory=ClusterOptions)  # default: units run on threads here
 
 
@@ -93,6 +100,10 @@ def analyze(options: AnalyzeOptions) -> AnalyzeSummary:
         coordinates["sentence_index"], coordinates["is_final_token"], coordinates["concept_strength_label"]
     )
     layout.check(options.pool)
+    if options.folds > layout.n_sentences:
+        raise SaezarrError(
+            f"--folds: expected at most the number of sentences ({layout.n_sentences}), got {options.folds}"
+        )
     cache = AnalysisCache(fingerprint(store, options.pool, indices), root)  # checks the size cap
     coordinates.memoize()
     cache.remove_dead_fills()
@@ -110,11 +121,16 @@ def analyze(options: AnalyzeOptions) -> AnalyzeSummary:
     for note in notes:
         print(f"saezarr: note: {note}", file=sys.stderr)
     metrics = cache.metrics()
+    resampled = resample(
+        cache, configs, layout, options.pool, _resampling_options(options), store_residuals(store.path)
+    )
     passing = passes_filter(metrics, options.min_pearson, options.min_tpr, options.max_fpr)
-    features = features_table(metrics, passing, configs)
+    features = features_table(metrics, passing, configs, resampled.p_values(metrics))
     with OutputWriter(Path(options.output)) as output:
         output.write_features(features)
-        n_passing = _write_findings(output, options, store, features, configs, coordinates, layout, cache, notes)
+        n_passing = _write_findings(
+            output, options, store, features, configs, coordinates, layout, cache, notes, (metrics, resampled)
+        )
     return AnalyzeSummary(
         output=Path(options.output),
         n_configs=len(indices),
@@ -139,13 +155,28 @@ def _write_findings(
     layout: SentenceLayout,
     cache: AnalysisCache,
     notes: list[str],
+    resampling: tuple[dict, Resampled],
 ) -> int:
     """Write the ranked features, their examples, analysis.json and the report; return how many features pass."""
     # imported only now, once features.parquet is being written on its thread: pandas' import (0.2 s) overlaps it
     from saezarr.analysis.examples import feature_examples
-    from saezarr.analysis.ranking import config_summary, ranked_table
+    from saezarr.analysis.ranking import (
+        config_summary,
+        emergence_table,
+        heldout_summary,
+        heldout_table,
+        ranked_table,
+        with_heldout,
+    )
 
+    metrics, resampled = resampling
     ranked = ranked_table(features)
+    tables = {}
+    if resampled.heldout is not None:
+        ranked = with_heldout(ranked, resampled.heldout, configs)
+        tables["heldout"] = heldout_table(resampled.heldout, configs, features)
+    if resampled.emergence is not None:
+        tables["emergence"] = emergence_table(resampled.emergence)
     top = ranked.head(options.top_n).copy()
     top["config_index"] = top.config.map({str(name): i for i, name in enumerate(configs.names)})
     top["store_index"] = configs.indices[top.config_index.to_numpy(dtype=np.int64)]
@@ -155,9 +186,28 @@ def _write_findings(
     )
     passing = features["passes_filter"].to_numpy().reshape(len(configs.names), -1)
     info = _info(store, options, passing, layout.labels, notes, fragment_texts is not None)
+    permutation = resampled.summary(metrics, configs.names)
+    info["significant_features"] = None if permutation is None else permutation["significant_features"]
+    info["permutation"] = permutation
+    info["heldout"] = None if resampled.heldout is None else heldout_summary(resampled.heldout, options.folds)
+    info["emergence"] = resampled.emergence
     score = features["interpretability_score"].to_numpy().reshape(passing.shape)
-    output.write_rest(ranked, config_summary(configs, score, passing), examples, info, cache.path / PLOTS)
+    summary = config_summary(configs, score, passing)
+    if permutation is not None:
+        chance = permutation["chance_per_sae"]
+        summary["chance_pearson"] = np.array(
+            [
+                np.nan if chance[str(name)]["pearson"] is None else chance[str(name)]["pearson"]
+                for name in summary.config
+            ]
+        )
+    output.write_rest(ranked, summary, examples, info, cache.path / PLOTS, tables)
     return len(ranked)
+
+
+def _resampling_options(options: AnalyzeOptions) -> ResamplingOptions:
+    thresholds = Thresholds(options.min_pearson, options.min_tpr, options.max_fpr, options.top_n)
+    return ResamplingOptions(options.permutations, options.folds, options.probe_permutations, options.seed, thresholds)
 
 
 def check_options(options: AnalyzeOptions) -> None:
@@ -174,6 +224,16 @@ def check_options(options: AnalyzeOptions) -> None:
     for option, value in (("--top-n", options.top_n), ("--examples-per-label", options.examples_per_label)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise SaezarrError(f"{option}: expected a positive integer, got {value!r}")
+    for option, value in (
+        ("--permutations", options.permutations),
+        ("--probe-permutations", options.probe_permutations),
+        ("--seed", options.seed),
+        ("--folds", options.folds),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise SaezarrError(f"{option}: expected a non-negative integer, got {value!r}")
+    if options.folds == 1:
+        raise SaezarrError("--folds: expected 0 (off) or at least 2, got 1")
 
 
 def _finished_selection(store: Store, layers: list[int], options: AnalyzeOptions) -> list[int]:

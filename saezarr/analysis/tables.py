@@ -51,10 +51,15 @@ class ConfigTable:
         return [f"{NEURONPEDIA}/{source}/" if source else "" for source in sources]
 
 
-def features_table(metrics: dict[str, np.ndarray], passing: np.ndarray, configs: ConfigTable) -> pa.Table:
-    """features.parquet: one row per (config, feature) with every metric, passes_filter and neuronpedia_url (an
-    arrow table over the metrics' own memory, its per-config columns one chunk per config: no copy of configs ×
-    features values)."""
+def features_table(
+    metrics: dict[str, np.ndarray],
+    passing: np.ndarray,
+    configs: ConfigTable,
+    extra: Mapping[str, np.ndarray] | None = None,
+) -> pa.Table:
+    """features.parquet: one row per (config, feature) with every metric, passes_filter, neuronpedia_url and the
+    `extra` [config, feature] columns (an arrow table over the metrics' own memory, its per-config columns one chunk
+    per config: no copy of configs × features values)."""
     n_configs, width = passing.shape
     columns = {
         "config": _per_config([str(name) for name in configs.names], width, _repeated_text),
@@ -64,6 +69,7 @@ def features_table(metrics: dict[str, np.ndarray], passing: np.ndarray, configs:
         **{name: _numbers(metrics[name].ravel()) for name in METRICS},
         "passes_filter": _numbers(passing.ravel()),
         "neuronpedia_url": _urls(configs.links(), width),
+        **{name: _numbers(np.asarray(values).ravel()) for name, values in (extra or {}).items()},
     }
     # no column has missing values: declared so, the parquet writer need not encode a definition level per value
     schema = pa.schema([pa.field(name, column.type, nullable=False) for name, column in columns.items()])

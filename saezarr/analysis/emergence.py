@@ -1,0 +1,162 @@
+"""Where the concept becomes linearly readable: per layer, out-of-fold scores of the best single SAE feature, of a
+sparse ridge probe on the top-k SAE features and of a ridge probe on the residual stream, each beside its chance
+level (the same procedure, folds included, under permuted labels).
+
+Everything that selects (the best feature, the top-k features, the ridge penalty, the standardisation) is fit on
+the training folds only; the held-out fold's predictions are pooled over the folds and scored once (Spearman ρ with
+the 0-3 label, AUROC 3-vs-0). The best feature and the top-k are those of greatest training Pearson correlation
+(|r| for the probes); the best feature's prediction is its activation standardised by the training folds."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from saezarr.analysis.features import FeatureMatrix, pearson_many
+from saezarr.analysis.permutation import CHANCE_QUANTILE, Permutations
+from saezarr.analysis.pooling import SentenceLayout, pool_sentences
+from saezarr.analysis.probes import auroc_columns, ridge_predictions, spearman_columns, standardised
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+SPARSE_KS = (1, 8, 64)
+CURVES = ("best_feature", *(f"sparse_probe_k{k}" for k in SPARSE_KS), "probe")
+SCORES = ("spearman", "auroc_3v0")
+PROBE_PERMUTATIONS = 20  # permuted labellings behind each emergence chance level
+
+
+def columns() -> list[str]:
+    """emergence.csv's columns: layer, each curve's held-out scores and chance levels, and the overall chance."""
+    names = ["layer"]
+    for curve in CURVES:
+        names += [f"{curve}_heldout_{score}" for score in SCORES]
+    names += [f"chance_{score}" for score in SCORES]
+    for curve in CURVES:
+        names += [f"{curve}_chance_{score}" for score in SCORES]
+    return names
+
+
+def layer_scores(
+    features: FeatureMatrix | None, residuals: np.ndarray | None, targets: np.ndarray, folds: np.ndarray
+) -> dict[str, float]:
+    """One layer's row of emergence.csv (without `layer`); targets [sentences, 1 + permutations]: the labels, then
+    permuted labellings."""
+    predictions = {curve: np.full(targets.shape, np.nan) for curve in CURVES}
+    for fold in range(int(folds.max()) + 1):
+        train, test = folds != fold, folds == fold
+        if features is not None and features.shape[1]:
+            _feature_predictions(features, targets, train, test, predictions)
+        if residuals is not None:
+            x_train, x_test = standardised(residuals[train], residuals[test])
+            predictions["probe"][test] = ridge_predictions(x_train, targets[train].astype(np.float64), x_test)
+    row = {}
+    for curve in CURVES:
+        if np.isnan(predictions[curve]).all():
+            scores = {score: np.full(targets.shape[1], np.nan) for score in SCORES}
+        else:
+            scores = {
+                "spearman": spearman_columns(predictions[curve], targets),
+                "auroc_3v0": auroc_columns(predictions[curve], targets),
+            }
+        for score, values in scores.items():
+            row[f"{curve}_heldout_{score}"] = float(values[0])
+            null = values[1:][np.isfinite(values[1:])]
+            row[f"{curve}_chance_{score}"] = float(np.percentile(null, CHANCE_QUANTILE)) if len(null) else np.nan
+    for score in SCORES:
+        chances = [row[f"{curve}_chance_{score}"] for curve in CURVES]
+        row[f"chance_{score}"] = float(np.nanmax(chances)) if not np.isnan(chances).all() else np.nan
+    return row
+
+
+def _feature_predictions(
+    features: FeatureMatrix, targets: np.ndarray, train: np.ndarray, test: np.ndarray, predictions: dict
+) -> None:
+    """Fill the test rows of the best-feature and sparse-probe predictions of every target."""
+    training, testing = features.rows(train), features.rows(test)
+    r = pearson_many(training, targets[train].astype(np.float64))  # [features, targets]
+    best = np.argmax(np.where(np.isnan(r), -np.inf, r), axis=0)
+    _, x_test = standardised(training.columns(best), testing.columns(best))
+    scored = np.isfinite(r[best, np.arange(len(best))])
+    predictions["best_feature"][test] = np.where(scored, x_test, 0.0)  # no feature varies: no signal
+    strength = np.where(np.isnan(r), -1.0, np.abs(r))
+    k_max = min(max(SPARSE_KS), features.shape[1])
+    top = np.argpartition(-strength, k_max - 1, axis=0)[:k_max]  # [k, targets]: the strongest, in no order
+    order = np.argsort(-np.take_along_axis(strength, top, axis=0), axis=0, kind="stable")
+    top = np.take_along_axis(top, order, axis=0)  # strongest first
+    columns_train = np.stack([training.columns(top[:, t]) for t in range(targets.shape[1])])  # [targets, rows, k]
+    columns_test = np.stack([testing.columns(top[:, t]) for t in range(targets.shape[1])])
+    y = targets[train].T.astype(np.float64)[:, :, None]  # [targets, rows, 1]
+    for k in SPARSE_KS:
+        used = min(k, k_max)
+        x_train, x_test = standardised(columns_train[:, :, :used], columns_test[:, :, :used])
+        predictions[f"sparse_probe_k{k}"][test] = ridge_predictions(x_train, y, x_test)[:, :, 0].T
+
+
+def emergence_rows(
+    layers: Sequence[int],
+    features_of: dict[int, FeatureMatrix],
+    residuals_of: dict[int, np.ndarray],
+    labels: np.ndarray,
+    folds: np.ndarray,
+    permutations: np.ndarray,
+) -> list[dict]:
+    """emergence.csv's rows, one per layer (None for what a layer lacks), from each layer's SAE features and
+    residuals (either may be absent); permutations [P, sentences] give the chance levels."""
+    targets = np.column_stack([labels, *(labels[p] for p in permutations)])
+    rows = []
+    for layer in layers:
+        row = layer_scores(features_of.get(layer), residuals_of.get(layer), targets, folds)
+        rows.append({"layer": int(layer), **{name: None if np.isnan(v) else v for name, v in row.items()}})
+    return rows
+
+
+def sentence_residuals(values: np.ndarray, layout: SentenceLayout, pool: str) -> np.ndarray:
+    """One layer's residual stream per sentence [sentence, hidden] (float64), from its fragments' [fragment, hidden],
+    pooled like the activations."""
+    values = np.asarray(values)
+
+    def read(chunk, reduce):
+        return reduce(values)
+
+    return pool_sentences(read, [(0, len(values))], layout, pool, values.shape[1], values.dtype).astype(np.float64)
+
+
+def emergence(
+    ds: xr.Dataset,
+    pool: str = "final",
+    folds: int = 5,
+    seed: int = 0,
+    permutations: int = PROBE_PERMUTATIONS,
+    layers: Sequence[int] | None = None,
+) -> xr.Dataset:
+    """Per layer, the out-of-fold Spearman ρ and AUROC 3-vs-0 of the best SAE feature, sparse probes on the top-k SAE
+    features and a ridge probe on the residual stream (where ds holds `residuals`), with their chance levels: a
+    Dataset over `layer` with emergence.csv's columns."""
+    import xarray as xr
+
+    from saezarr.analysis.lazy import sentence_activations
+    from saezarr.analysis.validation import fold_ids
+
+    layout = SentenceLayout.of(ds.sentence_index.values, ds.is_final_token.values, ds.concept_strength_label.values)
+    layout.check(pool)
+    config_layers = np.asarray(ds.layer.values, dtype=np.int64)
+    residual_layers = ds.residual_layer.values.astype(np.int64).tolist() if "residuals" in ds else []
+    wanted = sorted({*config_layers.tolist(), *residual_layers}) if layers is None else sorted(layers)
+    features_of, residuals_of = {}, {}
+    for layer in wanted:
+        chosen = np.flatnonzero(config_layers == layer)
+        if len(chosen):
+            pooled = sentence_activations(ds.isel(config=chosen), pool).values
+            features_of[layer] = FeatureMatrix.joined([FeatureMatrix.of(part) for part in pooled])
+        if layer in residual_layers:
+            residuals_of[layer] = sentence_residuals(ds.residuals.sel(residual_layer=layer).values, layout, pool)
+    fold = fold_ids(layout.labels, folds, seed)
+    null = Permutations.draw(layout.labels, permutations, seed).all
+    rows = emergence_rows(wanted, features_of, residuals_of, layout.labels, fold, null)
+    names = columns()[1:]
+    data = {name: ("layer", np.array([np.nan if r[name] is None else r[name] for r in rows])) for name in names}
+    attrs = {"pool": pool, "folds": folds, "seed": seed, "permutations": permutations}
+    return xr.Dataset(data, coords={"layer": np.array(wanted, dtype=np.int64)}, attrs=attrs)

@@ -1,0 +1,61 @@
+"""Linear probes scored out of fold: ridge regression of the 0-3 label on standardised inputs, its penalty chosen
+by an inner leave-one-out cross-validation on the training folds (the closed form scikit-learn's RidgeCV uses), fit
+for many targets at once; and the out-of-fold Spearman ρ and AUROC 3-vs-0 of predictions."""
+
+from __future__ import annotations
+
+import numpy as np
+
+ALPHAS = np.logspace(-3, 5, 17)  # the ridge penalties the inner cross-validation chooses among
+
+
+def standardised(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both arrays' columns (axis -1, rows on axis -2) centred and scaled by the training rows' mean and std
+    (constant columns: zero)."""
+    mean, std = train.mean(axis=-2, keepdims=True), train.std(axis=-2, keepdims=True)
+    scale = np.where(std > 0, std, np.inf)
+    return (train - mean) / scale, (test - mean) / scale
+
+
+def ridge_predictions(train: np.ndarray, targets: np.ndarray, test: np.ndarray, alphas=ALPHAS) -> np.ndarray:
+    """Predictions [..., test rows, targets] of a ridge fit (with intercept) of each target column on the training
+    rows [..., rows, features], its penalty the one of `alphas` with the least leave-one-out squared error on those
+    rows; leading axes are separate problems, solved at once."""
+    n = train.shape[-2]
+    x_mean, y_mean = train.mean(axis=-2, keepdims=True), targets.mean(axis=-2, keepdims=True)
+    u, s, vt = np.linalg.svd(train - x_mean, full_matrices=False)  # a zero singular value shrinks to nothing
+    centred = targets - y_mean
+    uty = np.swapaxes(u, -1, -2) @ centred  # [..., rank, targets]
+    squares = s[..., None, :] ** 2
+    shrink = squares / (squares + alphas[:, None])  # [..., alphas, rank]
+    fitted = np.einsum("...nr,...ar,...rt->...atn", u, shrink, uty)
+    leverage = np.einsum("...nr,...ar->...an", u**2, shrink) + 1.0 / n  # the intercept's share is 1/n
+    residual = (np.swapaxes(centred, -1, -2)[..., None, :, :] - fitted) / (1.0 - leverage)[..., :, None, :]
+    best = alphas[np.argmin((residual**2).sum(axis=-1), axis=-2)]  # [..., targets]
+    factor = s[..., :, None] / (s[..., :, None] ** 2 + best[..., None, :]) * uty
+    return (test - x_mean) @ (np.swapaxes(vt, -1, -2) @ factor) + y_mean
+
+
+def spearman_columns(predictions: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Spearman ρ of each prediction column with its target column (NaN where either is constant)."""
+    from scipy.stats import rankdata
+
+    a, b = rankdata(predictions, axis=0), rankdata(targets, axis=0)
+    a, b = a - a.mean(axis=0), b - b.mean(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (a * b).sum(axis=0) / np.sqrt((a**2).sum(axis=0) * (b**2).sum(axis=0))
+
+
+def auroc_columns(predictions: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """AUROC 3-vs-0 of each prediction column against its target column of labels (ties half)."""
+    from scipy.stats import rankdata
+
+    out = np.full(predictions.shape[1], np.nan)
+    for column in range(predictions.shape[1]):
+        inside = np.isin(targets[:, column], (0, 3))
+        is3 = targets[inside, column] == 3
+        n3, n0 = int(is3.sum()), int((~is3).sum())
+        if n3 and n0:
+            ranks = rankdata(predictions[inside, column])
+            out[column] = (ranks[is3].sum() - n3 * (n3 + 1) / 2) / (n3 * n0)
+    return out

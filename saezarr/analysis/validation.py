@@ -1,0 +1,124 @@
+"""Held-out validation of the ranking: stratified folds; in each, the top features are chosen on the other folds with
+the analysis's own filter and score, and scored on the held-out sentences only."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from saezarr.analysis.features import FeatureMatrix, pearson_many
+from saezarr.analysis.metrics import block_metrics, passes_filter
+from saezarr.errors import SaezarrError
+
+# training Pearson below min_pearson by more than rounding cannot pass the filter: only the others get all metrics
+ROUNDING = 1e-9
+
+
+def fold_ids(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Each sentence's fold (0..k-1), stratified by label: each label's sentences, shuffled with a fixed seed, dealt
+    round the folds in turn (continuing from where the previous label stopped, so fold sizes differ by at most one)."""
+    if k < 2 or k > len(labels):
+        raise SaezarrError(f"--folds: expected 0 (off) or 2 to the number of sentences ({len(labels)}), got {k}")
+    rng = np.random.default_rng(seed)
+    folds = np.empty(len(labels), dtype=np.int64)
+    dealt = 0
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        folds[members] = (dealt + np.arange(len(members))) % k
+        dealt += len(members)
+    return folds
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The analysis's filter and how many top features it keeps."""
+
+    min_pearson: float
+    min_tpr: float
+    max_fpr: float
+    top_n: int
+
+
+# one feature chosen in one fold: (fold, config position, feature id, training score, held-out pearson, held-out AUROC)
+CHOSEN = np.dtype(
+    [
+        ("fold", "<i8"),
+        ("config", "<i8"),
+        ("feature", "<i8"),
+        ("score", "<f8"),
+        ("heldout_pearson", "<f8"),
+        ("heldout_auroc_3v0", "<f8"),
+    ]
+)
+
+
+def chosen_in_folds(
+    matrix: FeatureMatrix, config: int, labels: np.ndarray, folds: np.ndarray, thresholds: Thresholds
+) -> np.ndarray:
+    """One config's top features of each fold (passing the filter on the training folds, the top_n by training
+    interpretability_score) with their metrics on the held-out fold: a CHOSEN array."""
+    found = []
+    for fold in range(int(folds.max()) + 1):
+        train, test = folds != fold, folds == fold
+        training = matrix.rows(train)
+        r = pearson_many(training, labels[train].astype(np.float64)[:, None])[:, 0]
+        candidates = np.flatnonzero(r >= thresholds.min_pearson - ROUNDING)
+        if not len(candidates):
+            continue
+        metrics = block_metrics(training.columns(candidates), labels[train])
+        passing = passes_filter(metrics, thresholds.min_pearson, thresholds.min_tpr, thresholds.max_fpr)
+        score = metrics["interpretability_score"][passing]
+        order = np.argsort(-score, kind="stable")[: thresholds.top_n]
+        chosen = candidates[passing][order]
+        if not len(chosen):
+            continue
+        rows = np.empty(len(chosen), dtype=CHOSEN)
+        rows["fold"], rows["config"], rows["feature"], rows["score"] = fold, config, chosen, score[order]
+        rows["heldout_pearson"], rows["heldout_auroc_3v0"] = heldout_scores(
+            matrix.rows(test).columns(chosen), labels[test]
+        )
+        found.append(rows)
+    return np.concatenate(found) if found else np.empty(0, dtype=CHOSEN)
+
+
+def heldout_scores(x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pearson correlation and AUROC 3-vs-0 of each column of held-out activations [sentences, features]; a column
+    constant on the held-out sentences (a feature silent on all of them) scores 0 and 0.5: it tells them apart no
+    better than chance."""
+    pearson = pearson_many(FeatureMatrix.of(x), labels.astype(np.float64)[:, None])[:, 0]
+    pearson = np.where(np.isnan(pearson) & (np.ptp(labels) > 0), 0.0, pearson)
+    return pearson, block_metrics(x, labels)["auroc_3v0"]
+
+
+def top_of_each_fold(chosen: np.ndarray, top_n: int) -> np.ndarray:
+    """Of every config's choices, each fold's top_n by training score (ties: the earlier config, then feature, as
+    the in-sample ranking orders them)."""
+    chosen = np.sort(chosen, order=["fold", "config", "feature"])
+    kept = []
+    for fold in np.unique(chosen["fold"]):
+        rows = chosen[chosen["fold"] == fold]
+        kept.append(rows[np.argsort(-rows["score"], kind="stable")[:top_n]])
+    return np.concatenate(kept) if kept else np.empty(0, dtype=CHOSEN)
+
+
+def heldout_columns(top: np.ndarray, config: np.ndarray, feature: np.ndarray) -> dict[str, np.ndarray]:
+    """For features given by config position and id: heldout_pearson and heldout_auroc_3v0 (means over the folds
+    whose top features they were among; NaN if none) and folds_in_top_n."""
+    keys = top["config"] * (1 << 32) + top["feature"]
+    wanted = np.asarray(config, dtype=np.int64) * (1 << 32) + np.asarray(feature, dtype=np.int64)
+    out = {
+        "heldout_pearson": np.full(len(wanted), np.nan),
+        "heldout_auroc_3v0": np.full(len(wanted), np.nan),
+        "folds_in_top_n": np.zeros(len(wanted), dtype=np.int64),
+    }
+    for i, key in enumerate(wanted):
+        rows = top[keys == key]
+        if len(rows):
+            out["folds_in_top_n"][i] = len(rows)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # every fold's value NaN: the mean is NaN
+                out["heldout_pearson"][i] = np.nanmean(rows["heldout_pearson"])
+                out["heldout_auroc_3v0"][i] = np.nanmean(rows["heldout_auroc_3v0"])
+    return out
