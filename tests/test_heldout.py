@@ -92,7 +92,9 @@ def _analyze(store, out, cache):
 def test_analyze_writes_heldout_columns_and_they_separate_planted_from_shuffled(planted, tmp_path):
     cued = _analyze(planted.cued, tmp_path / "cued", tmp_path / "cache")
     assert cued["heldout"]["folds"] == 5 and len(cued["heldout"]["per_fold"]) == 5
-    assert cued["heldout"]["mean_heldout_pearson"] > 0.5
+    top1 = [fold["top1_heldout_pearson"] for fold in cued["heldout"]["per_fold"]]
+    assert np.mean(top1) > 0.5  # each fold's best choice holds up on its held-out sentences
+    assert cued["heldout"]["mean_heldout_pearson"] > 0.25  # its top 5 on average
     ranked = pd.read_csv(tmp_path / "cued" / "ranked_features.csv")
     assert tuple(ranked.columns[: len(LEGACY_COLUMNS)]) == LEGACY_COLUMNS
     assert list(ranked.columns[-3:]) == ["heldout_pearson", "heldout_auroc_3v0", "folds_in_top_n"]
@@ -102,4 +104,5 @@ def test_analyze_writes_heldout_columns_and_they_separate_planted_from_shuffled(
     assert "Held-out validation (5 folds)" in (tmp_path / "cued" / "report.html").read_text()
 
     shuffled = _analyze(planted.shuffled, tmp_path / "shuffled", tmp_path / "cache")
-    assert abs(shuffled["heldout"]["mean_heldout_pearson"]) < 0.25
+    shuffled_mean = shuffled["heldout"]["mean_heldout_pearson"]
+    assert shuffled_mean is None or abs(shuffled_mean) < 0.25  # None: no fold chose a feature at all
