@@ -93,8 +93,9 @@ def _metrics(values: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def _source(layer: int, l0: int) -> str:
-    """A Neuronpedia source for some SAEs (the canonical-looking ones), none for the others."""
-    return f"gemma-2-2b/{layer}-gemmascope-res-16k" if l0 == 24 else ""
+    """A Neuronpedia source for the SAEs of even layers, none for the others (the demo's passing features come from
+    layers 0, 2 and 5)."""
+    return f"gemma-2-2b/{layer}-gemmascope-res-16k__l0-{l0}" if layer % 2 == 0 else ""
 
 
 def _features(ds, per_sentence: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
