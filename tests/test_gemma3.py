@@ -220,3 +220,24 @@ def test_export_and_analyze_read_a_store_of_saes_without_average_l0(local_store,
     assert summary.n_configs == 3 and summary.n_features == WIDTH  # features per config
     features = pd.read_parquet(tmp_path / "analysis" / "features.parquet")
     assert sorted(features["config"].unique()) == sorted(names)
+
+
+def test_two_saes_of_one_layer_without_average_l0_keep_their_own_examples(gemma3, tmp_path):
+    """Gemma Scope 2's l0_small and l0_big of one layer both have L0 -1: their examples and report sections are
+    keyed by config name, not by (layer, L0), so neither overwrites the other."""
+    from saezarr.analysis.run import AnalyzeOptions, analyze
+
+    big = GS2.replace("l0_small", "l0_big")
+    shutil.copytree(gemma3.saes / GS2, gemma3.saes / big, dirs_exist_ok=True)  # same weights: equal activations
+    config = write_config(tmp_path / "two.json", gemma3.model, gemma3.saes, [{"path": GS2}, {"path": big}])
+    store = tmp_path / "two.zarr"
+    build(BuildOptions(input=gemma3.csv, output=store, config_file=config, quiet=True))
+    loose = {"min_pearson": -1.0, "min_tpr": 0.0, "max_fpr": 1.0, "top_n": 2 * WIDTH, "permutations": 0, "folds": 0}
+    analyze(AnalyzeOptions(store=store, output=tmp_path / "out", quiet=True, cache=tmp_path / "cache", **loose))
+    examples = json.loads((tmp_path / "out" / "feature_examples.json").read_text())
+    ranked = pd.read_csv(tmp_path / "out" / "ranked_features.csv")
+    assert len(examples) == len(ranked) and set(ranked["config"]) == {
+        "layer_1_width_16k_l0_small",
+        "layer_1_width_16k_l0_big",
+    }
+    assert {key.rsplit("_feature_", 1)[0] for key in examples} == set(ranked["config"])

@@ -29,8 +29,11 @@ class FeatureExamples(dict):
     traces: list[dict] = []
 
 
-def example_key(layer: int, average_l0: float, feature_id: int) -> str:
-    """The legacy feature_examples.json key, e.g. `layer_12_l0_82.0_feature_1234`."""
+def example_key(config: str, layer: int, average_l0: float, feature_id: int) -> str:
+    """The feature_examples.json key: the legacy `layer_12_l0_82.0_feature_1234` for an SAE with an average L0, else
+    `{config}_feature_1234` (two SAEs of one layer whose L0 is unknown, -1, must not share keys)."""
+    if average_l0 < 0:
+        return f"{config}_feature_{int(feature_id)}"
     return f"layer_{int(layer)}_l0_{float(average_l0)}_feature_{int(feature_id)}"
 
 
@@ -71,7 +74,7 @@ def feature_examples(
             ]
             for k in LABELS
         }
-        examples[example_key(row.layer, row.average_l0, row.feature_id)] = {
+        examples[example_key(row.config, row.layer, row.average_l0, row.feature_id)] = {
             "rank": int(row.rank),
             "layer": int(row.layer),
             "average_l0": float(row.average_l0),

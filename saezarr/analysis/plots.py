@@ -52,13 +52,14 @@ def _draw_overview(summary: pd.DataFrame) -> bytes:
     # fixed axes positions: constrained layout would cost more than everything else in the report together
     fig = Figure(figsize=(10, 4.2), dpi=110)
     ax = fig.add_axes((0.065, 0.22, 0.8, 0.7))
+    summary = summary.assign(y=_y_values(summary))
     scored = summary[summary["best_score"].notna()]
     unscored = summary[summary["best_score"].isna()]
     if len(scored):
         norm = Normalize(scored["best_score"].min(), scored["best_score"].max())
         points = ax.scatter(
             scored["layer"],
-            scored["average_l0"],
+            scored["y"],
             c=scored["best_score"],
             cmap=SCORE_CMAP,
             norm=norm,
@@ -72,7 +73,7 @@ def _draw_overview(summary: pd.DataFrame) -> bytes:
     if len(unscored):
         ax.scatter(
             unscored["layer"],
-            unscored["average_l0"],
+            unscored["y"],
             marker="x",
             s=40,
             color="#9ca3af",
@@ -86,21 +87,33 @@ def _draw_overview(summary: pd.DataFrame) -> bytes:
     return buffer.getvalue()
 
 
+def _y_values(summary: pd.DataFrame) -> np.ndarray:
+    """Each SAE's height on the map: its average L0, or where any is unknown (-1), its place among its layer's SAEs."""
+    l0 = summary["average_l0"].to_numpy(dtype=float)
+    if (l0 >= 0).all():
+        return l0
+    return summary.groupby("layer").cumcount().to_numpy(dtype=float) + 1
+
+
 def _style_axes(ax, summary: pd.DataFrame) -> None:
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     layers = np.unique(summary["layer"].to_numpy())
     ax.set_xticks(layers)
     ax.set_xlim(layers.min() - 0.7, layers.max() + 0.7)
-    l0 = summary["average_l0"].to_numpy(dtype=float)
-    if (l0 > 0).all():
+    l0 = summary["y"].to_numpy(dtype=float)
+    known = (summary["average_l0"].to_numpy(dtype=float) >= 0).all()
+    if known and (l0 > 0).all():
         ax.set_yscale("log")
         ax.set_ylim(l0.min() / 1.35, l0.max() * 1.35)
         ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
         ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
         ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("layer")
-    ax.set_ylabel("average L0" + (" (log scale)" if ax.get_yscale() == "log" else ""))
+    if known:
+        ax.set_ylabel("average L0" + (" (log scale)" if ax.get_yscale() == "log" else ""))
+    else:
+        ax.set_ylabel("SAE of the layer (average L0 unknown)")
     ax.set_title("Best interpretability score per SAE", fontsize=11, loc="left")
     ax.grid(True, which="major", color="#e5e7eb", linewidth=0.6, zorder=0)
     ax.tick_params(labelsize=8)

@@ -240,7 +240,7 @@ def _ranked_table(ranked: pd.DataFrame, sections: set[str], limit: int) -> str:
 
 
 def _ranked_row(row: dict, sections: set[str], columns=RANKED_COLUMNS) -> str:
-    key = example_key(row["layer"], row["average_l0"], row["feature_id"])
+    key = example_key(row.get("config", ""), row["layer"], row["average_l0"], row["feature_id"])
     rank = _esc(int(row["rank"]))
     rank = f'<a href="#{_anchor(key)}">{rank}</a>' if key in sections else rank
     config = row.get("config", f"layer_{int(row['layer'])}")
