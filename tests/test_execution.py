@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -117,7 +118,7 @@ def test_a_task_for_a_replaced_store_is_refused_and_writes_nothing(demo_config, 
         run_task(spec, FragmentIndex.of(plan.fragments), pass_, tasks[0])
     assert str(refused.value) == (
         f"{new.path.resolve()}: the store there was replaced (store_id {new.identity}) since this work was planned "
-        f"for store_id {old.identity}; nothing was written for it: rerun the command against the store as it is now"
+        f"for store_id {old.identity}; none of its units was marked done: rerun the command against the store as it is now"
     )
     assert tree_digest(new.path) == before
     current = ComputeSpec(plan.model_info, "cpu", "float32", 16, new.path.resolve(), new.identity)
@@ -200,8 +201,24 @@ def test_an_analysis_unit_for_a_replaced_store_is_refused(built, tmp_path):
         compute(unit)
     assert str(refused.value).startswith(
         f"{copy.resolve()}: the store there was replaced (store_id {renewed}) since this work was planned for store_id "
-        f"{store.identity}; nothing was written for it"
+        f"{store.identity}; none of its units was marked done"
     )
+
+
+def test_a_write_that_began_before_the_store_was_replaced_is_refused(built, tmp_path):
+    """The identity is checked again right before each shard is written, not only when a task starts."""
+    import numpy as np
+
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(built, copy)
+    writer = Store(copy, mode="r+")
+    shard = writer.shard_file(0, 0)
+    before = shard.read_bytes()
+    renewed = renew_store_id(copy)  # what a --overwrite or --extend does to the store at this path meanwhile
+    latents = np.zeros((writer.chunk_size(0), writer.width), dtype=np.float32)
+    with pytest.raises(SaezarrError, match=rf"the store there was replaced \(store_id {renewed}\)"):
+        writer.write_shard(0, 0, latents)
+    assert shard.read_bytes() == before
 
 
 def test_analyze_from_python_runs_on_a_given_cluster(built, tmp_path):

@@ -14,8 +14,7 @@ from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
 
-from saezarr.errors import SaezarrError
-from saezarr.store.layout import Store, store_identity
+from saezarr.store.layout import Store, refuse_if_replaced
 
 
 class ProcessCache:
@@ -54,11 +53,6 @@ process_cache = ProcessCache()  # one per process: a dask worker's tasks and thi
 
 def current_store(path: str | Path, identity: str, mode: str = "r") -> Store:
     """The store at path, opened once per process and identity; refused (one line) if the store there now is another."""
-    on_disk = store_identity(path)
-    if on_disk != identity:
-        raise SaezarrError(
-            f"{path}: the store there was replaced (store_id {on_disk}) since this work was planned for store_id "
-            f"{identity}; nothing was written for it: rerun the command against the store as it is now"
-        )
+    refuse_if_replaced(path, identity)
     store, _ = process_cache.get("stores", (str(path), identity, mode), lambda: Store(path, mode=mode), keep=4)
     return store

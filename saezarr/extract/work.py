@@ -25,7 +25,7 @@ from saezarr.extract.memory import default_sae_memory, units_in_flight, writer_t
 from saezarr.extract.residuals import EMBEDDINGS_KEY, ModelInfo, ResidualReader, load_model
 from saezarr.extract.saes.encoder import Encoder, load_encoder, plan_passes
 from saezarr.extract.saes.locate import SAEFile
-from saezarr.store.layout import Store
+from saezarr.store.layout import Store, refuse_if_replaced
 from saezarr.store.residuals import RESIDUAL_UNIT
 
 
@@ -343,6 +343,7 @@ class ChunkWriter:
             self.written.append((config_index, chunk))
 
     def _write_residuals(self, chunk: int, residuals: np.ndarray, embeddings: np.ndarray) -> None:
+        refuse_if_replaced(self.store.path, self.store.identity)
         self.store.residuals.write_unit(chunk, residuals, embeddings)
         if self.mark:
             self.store.mark_done(RESIDUAL_UNIT, chunk)

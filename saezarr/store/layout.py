@@ -251,6 +251,7 @@ class Store:
             data = b"".join(self._shard_encoder.encode(latents))
         else:
             data = self._encode_with_zarr(config_index, chunk, latents)
+        refuse_if_replaced(self.path, self.identity)  # a task that began before the store was replaced stops here
         write_durably(self.shard_file(config_index, chunk), data)
 
     def mark_done(self, config_index: int, chunk: int) -> None:
@@ -350,6 +351,16 @@ def read_saezarr_attrs(path: Path) -> dict:
 def store_identity(path: Path) -> str:
     """The identity of the store at path as it is on disk now (see `Store.identity`)."""
     return read_saezarr_attrs(path).get(STORE_ID) or _legacy_identity(Path(path))
+
+
+def refuse_if_replaced(path: Path, identity: str) -> None:
+    """Refuse in one line when the store at path is no longer the store of this identity (replaced or grown)."""
+    on_disk = store_identity(path)
+    if on_disk != identity:
+        raise SaezarrError(
+            f"{path}: the store there was replaced (store_id {on_disk}) since this work was planned for store_id "
+            f"{identity}; none of its units was marked done: rerun the command against the store as it is now"
+        )
 
 
 def _legacy_identity(path: Path) -> str:
