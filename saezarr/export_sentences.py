@@ -26,8 +26,8 @@ from saezarr.export import (
     remove_stale_partials,
     select_targets,
 )
+from saezarr.extract.saes.npyzip import read_members
 from saezarr.machine import usable_cores
-from saezarr.npyzip import read_members
 from saezarr.store.layout import Store
 from saezarr.store.reading import open_existing
 

@@ -172,8 +172,8 @@ def _check_result(store: Store, options: ClusterOptions, task: Task, result: Tas
         wrong = f"into store_id {result.store_id}, but the store at {store.path} is {store.identity}"
     elif tuple(result.bounds) != store.chunk_bounds(task.chunk):
         wrong = f"fragments {tuple(result.bounds)} for chunk {task.chunk}, which holds {store.chunk_bounds(task.chunk)}"
-    elif sorted(result.units) != sorted((row, task.chunk) for row in task.rows):
-        wrong = f"units {result.units} for task units {[(row, task.chunk) for row in task.rows]}"
+    elif sorted(result.units) != sorted(task.units):
+        wrong = f"units {result.units} for task units {task.units}"
     if wrong:
         raise SaezarrError(
             f"{options.option}: worker {result.worker} wrote {wrong}; nothing of it was marked: rerun the same "

@@ -98,6 +98,11 @@ class Task:
     rows: tuple[int, ...]
     residuals: bool = False
 
+    @property
+    def units(self) -> list[tuple[int, int]]:
+        """The (config index, chunk) units the task writes; RESIDUAL_UNIT stands for the chunk's residual unit."""
+        return [(row, self.chunk) for row in self.rows] + ([(RESIDUAL_UNIT, self.chunk)] if self.residuals else [])
+
 
 @dataclass
 class TaskResult:
