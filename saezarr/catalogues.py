@@ -6,15 +6,11 @@ Each is a config file (`saezarr/data/catalogues/NAME.json`, written by scripts/m
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
-
-from saezarr.configs import SAEConfig
 
 DEFAULT = "gemma-scope-2b-pt-res-16k"
 
@@ -76,13 +72,3 @@ def _neuronpedia_sources() -> dict[tuple[str, str], str]:
 def neuronpedia_source(sae_repo: str, path: str) -> str | None:
     """The exact Neuronpedia source of a published SAE (repo id + folder): "" if none is published, None if unknown."""
     return _neuronpedia_sources().get((sae_repo, path.strip("/")))
-
-
-def with_neuronpedia(configs: Sequence[SAEConfig], sae_repo: str) -> tuple[SAEConfig, ...]:
-    """The configs with the bundled Neuronpedia source of each published SAE whose config does not name one."""
-    return tuple(
-        config
-        if config.neuronpedia is not None
-        else dataclasses.replace(config, neuronpedia=neuronpedia_source(sae_repo, config.path) or "")
-        for config in configs
-    )

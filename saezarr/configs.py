@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import re
@@ -9,6 +10,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from saezarr import catalogues
 from saezarr.errors import SaezarrError
 
 MISSING_L0 = -1  # the store's average_l0 of an SAE whose average L0 is not known
@@ -61,8 +63,6 @@ class ConfigFile:
 
 def load_config_file(path: str | Path) -> ConfigFile:
     """Read and validate a configuration file, or a bundled catalogue by name (`saezarr catalogues`)."""
-    from saezarr import catalogues
-
     path = Path(path)
     if path.is_file() or not catalogues.exists(str(path)):
         try:
@@ -191,3 +191,13 @@ def suggest(name: str, known: Iterable[str]) -> str:
     """A ' (did you mean ...?)' hint for a misspelled name, or '' if nothing is close."""
     close = difflib.get_close_matches(name, list(known), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def with_neuronpedia(configs: Sequence[SAEConfig], sae_repo: str) -> tuple[SAEConfig, ...]:
+    """The configs with the bundled Neuronpedia source of each published SAE whose config does not name one."""
+    return tuple(
+        config
+        if config.neuronpedia is not None
+        else dataclasses.replace(config, neuronpedia=catalogues.neuronpedia_source(sae_repo, config.path) or "")
+        for config in configs
+    )

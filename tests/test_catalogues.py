@@ -10,8 +10,8 @@ import sys
 import pytest
 from clitools import REPO, run_cli
 
-from saezarr.catalogues import DEFAULT, list_catalogues, neuronpedia_source, with_neuronpedia
-from saezarr.configs import SAEConfig, load_config_file
+from saezarr.catalogues import DEFAULT, list_catalogues, neuronpedia_source
+from saezarr.configs import SAEConfig, load_config_file, with_neuronpedia
 from saezarr.errors import SaezarrError
 from saezarr.extract.saes.locate import describe_configs
 

@@ -21,8 +21,8 @@ from saezarr.analysis.pooling import SentenceLayout, pooled_dtype
 from saezarr.analysis.units import feature_units, unit_function
 from saezarr.errors import SaezarrError
 from saezarr.execution.running import map_units
-from saezarr.folders import make_staging, remove_stale_staging_in, replace_file
 from saezarr.machine import human_bytes, parse_size, usable_cores
+from saezarr.store.folders import make_staging, remove_stale_staging_in, replace_file
 from saezarr.store.layout import Store
 from saezarr.store.locking import SharedLease, exclusive_if_free
 from saezarr.store.shards import ChunkFiles, ShardDamaged, chunk_file_count

@@ -18,7 +18,7 @@ import pandas as pd
 
 from saezarr.analysis.permutation import ALPHA
 from saezarr.errors import SaezarrError
-from saezarr.folders import make_staging, swap_into_place
+from saezarr.store.folders import make_staging, swap_into_place
 
 MARKER = ".saezarr-compare"  # in every folder compare writes: the only folders --overwrite replaces
 STAGING_SUFFIX = ".comparing"

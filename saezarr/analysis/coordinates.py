@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from saezarr.analysis.pooling import sentence_starts
-from saezarr.folders import replace_file
+from saezarr.store.folders import replace_file
 from saezarr.store.layout import Store
 
 # each config's layer, L0 and Neuronpedia source; each fragment's sentence, final-token flag and label

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from saezarr.errors import SaezarrError
-from saezarr.folders import make_staging, swap_into_place
+from saezarr.store.folders import make_staging, swap_into_place
 
 if TYPE_CHECKING:
     import pandas as pd

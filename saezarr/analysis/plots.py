@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from saezarr.folders import replace_file
+from saezarr.store.folders import replace_file
 
 SCORE_CMAP = "viridis"
 

@@ -20,8 +20,8 @@ from saezarr.analysis.permutation import ALPHA, Permutations, chance_level, fwer
 from saezarr.analysis.pooling import SentenceLayout
 from saezarr.analysis.tables import ConfigTable
 from saezarr.analysis.validation import CHOSEN, Thresholds, chosen_in_folds, fold_ids, top_of_each_fold
-from saezarr.folders import replace_file
 from saezarr.machine import usable_cores
+from saezarr.store.folders import replace_file
 
 FOLDER = "resampling"  # in the cache entry: one file per part and the options it depends on
 RESIDUALS = "residuals"

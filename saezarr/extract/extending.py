@@ -9,8 +9,7 @@ import numpy as np
 import pandas as pd
 
 from saezarr import __version__
-from saezarr.catalogues import with_neuronpedia
-from saezarr.configs import SAEConfig, load_config_file, select_configs
+from saezarr.configs import SAEConfig, load_config_file, select_configs, with_neuronpedia
 from saezarr.errors import SaezarrError
 from saezarr.extract.fragments import FRAGMENT_FIELDS, Fragments, make_fragments
 from saezarr.extract.inputs import LabeledSentences, read_labeled_csv

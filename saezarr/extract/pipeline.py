@@ -15,8 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from saezarr import __version__
-from saezarr.catalogues import with_neuronpedia
-from saezarr.configs import SAEConfig, load_config_file, select_configs
+from saezarr.configs import SAEConfig, load_config_file, select_configs, with_neuronpedia
 from saezarr.errors import SaezarrError
 from saezarr.execution.connect import ClusterOptions, cluster_client
 from saezarr.extract.cluster import check_workers, cluster_sae_memory, local_spec, run_tasks

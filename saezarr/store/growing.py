@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from saezarr import folders
 from saezarr.configs import SAEConfig
+from saezarr.store import folders
+from saezarr.store.folders import write_durably
 from saezarr.store.layout import (
     ACTIVATIONS,
     EXTEND_RECORD,
@@ -24,7 +25,6 @@ from saezarr.store.layout import (
     Store,
     _write_layout,
     renew_store_id,
-    write_durably,
 )
 from saezarr.store.residuals import EMBEDDINGS, RESIDUALS, write_consolidated
 

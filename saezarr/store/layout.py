@@ -7,7 +7,6 @@ import functools
 import json
 import os
 import re
-import secrets
 import shutil
 import uuid
 import warnings
@@ -17,9 +16,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from saezarr import folders
 from saezarr.configs import SAEConfig
 from saezarr.errors import SaezarrError
+from saezarr.store import folders
+from saezarr.store.folders import TEMP_SUFFIX, write_durably
 from saezarr.store.locking import StoreLock
 from saezarr.store.residuals import (
     EMBEDDINGS,
@@ -43,7 +43,6 @@ UNIT_BYTES = 64 * 2**20  # a unit's float32 latents at most, by default, for SAE
 MIN_UNIT_FRAGMENTS = 128  # but no fewer: BLAS packs all of W_enc per unit, a cost per row of 1/fragments (1m: 512 MiB)
 STAGING_SUFFIX = ".creating"
 EXTEND_RECORD = "extend.json"  # in _saezarr/: what an extension keeps of the store's last partial chunk
-TEMP_SUFFIX = ".tmp"  # a shard being written: `.KEY.PID.RANDOM.tmp` beside it
 STORE_ID = "store_id"  # root attribute: a random id, new on each create or overwrite (or extend) of a store
 ZSTD_LEVEL = 1  # on SAE latents level 1 is both smaller and faster than 3 (USAGE.md)
 # fields a resumed build must share with the build that started the store
@@ -291,39 +290,6 @@ class Store:
     def bytes_on_disk(self) -> int:
         """Total size of the store's files."""
         return directory_bytes(self.path)
-
-
-def write_durably(path: Path, data: bytes) -> None:
-    """Put a file's whole content in place at once, durably: readers see the old file or the new, never a part."""
-    # the temporary name starts with a dot and is no chunk key, so zarr never reads it as a chunk
-    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with open(temp, "wb") as file:
-                file.write(data)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temp, path)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
-        _fsync(path.parent)  # the rename itself durable before the unit is marked
-    except OSError as exc:
-        if exc.filename in (None, str(temp)):  # a failed write() (disk full) names no file by itself
-            exc.filename = str(path)
-        raise
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-_write_durably = write_durably  # the name tests and older callers use
 
 
 def directory_bytes(path: Path) -> int:

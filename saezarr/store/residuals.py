@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from saezarr.store.folders import write_durably
+
 RESIDUALS = "residuals"
 EMBEDDINGS = "embeddings"
 RESIDUAL_LAYER = "residual_layer"
@@ -57,8 +59,6 @@ def add_residual_arrays(
 
 def write_consolidated(path: Path, attrs: dict | None = None) -> None:
     """Rewrite the root zarr.json durably: the arrays' metadata consolidated, and `attrs` as attributes if given."""
-    from saezarr.store.layout import write_durably
-
     root = json.loads((path / "zarr.json").read_text())
     if attrs is not None:
         root["attributes"] = attrs
@@ -127,8 +127,6 @@ class ResidualArrays:
 
     def write_unit(self, chunk: int, residuals: np.ndarray, embeddings: np.ndarray) -> None:
         """Write one chunk's residuals [layer, rows, hidden] and embeddings [rows, hidden] durably, unmarked."""
-        from saezarr.store.layout import write_durably
-
         start, stop = self.bounds(chunk)
         expected = (len(self.layers), stop - start, self.hidden)
         if residuals.shape != expected or embeddings.shape != expected[1:]:

@@ -1,5 +1,5 @@
 """Writing a folder (or a file) beside its final path and renaming it into place, so readers see the old one or the
-new one."""
+new one; `write_durably` also makes the rename durable, for what a store marks done."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from saezarr.store.locking import process_alive
+
+TEMP_SUFFIX = ".tmp"  # a file being written durably: `.NAME.PID.RANDOM.tmp` beside it
 
 
 def make_staging(path: Path, suffix: str, older_than: float = 0.0) -> Path:
@@ -85,3 +87,33 @@ def replace_file(path: Path, write: Callable[[BinaryIO], None], parents: bool = 
     except OSError:
         temp.unlink(missing_ok=True)
         return False
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """Put a file's whole content in place at once, durably: readers see the old file or the new, never a part."""
+    # the temporary name starts with a dot and is no chunk key, so zarr never reads it as a chunk
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(temp, "wb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temp, path)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        _fsync(path.parent)  # the rename itself durable before the unit is marked
+    except OSError as exc:
+        if exc.filename in (None, str(temp)):  # a failed write() (disk full) names no file by itself
+            exc.filename = str(path)
+        raise
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
