@@ -24,6 +24,7 @@ from faultkit import (
 )
 
 import saezarr.extract.pipeline
+import saezarr.store.folders
 import saezarr.store.layout
 from saezarr.cli import main
 from saezarr.synthetic import DEMO_CSV
@@ -115,7 +116,7 @@ def test_oserror_writing_a_shard_file(demo_config, demo_reference, tmp_path, mon
         file = open(path, mode, *args, **kwargs)
         return _FailingFile(file, budget) if f"{ACTIVATIONS}/c/" in str(path) and "w" in mode else file
 
-    monkeypatch.setattr(saezarr.store.layout, "open", failing_open, raising=False)
+    monkeypatch.setattr(saezarr.store.folders, "open", failing_open, raising=False)  # write_durably opens the file
     result = main(build_args(DEMO_CSV, store, demo_config, "--resume"))
     line = _check_failed_run(capsys, result, store, demo_reference, os.strerror(code))
     assert f"{ACTIVATIONS}/c/" in line, "the message should name the file that could not be written"
