@@ -50,6 +50,32 @@ def write_tokenizer(folder: Path, corpus: Iterable[str], vocab_size: int = 512) 
     fast.save_pretrained(folder)
 
 
+def _with_tokenizer(folder: str | Path, corpus: Iterable[str], vocab_size: int) -> tuple[Path, int]:
+    """The model folder, made, with a tokenizer trained on corpus; and the tokenizer's vocabulary size."""
+    from transformers import AutoTokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_tokenizer(folder, corpus, vocab_size)
+    return folder, len(AutoTokenizer.from_pretrained(folder))
+
+
+def _decoder_dims(vocab, num_layers, hidden_size, intermediate_size, num_heads, num_kv_heads, head_dim) -> dict:
+    """The config fields a tiny Gemma 2 and a tiny Gemma 3 text model share."""
+    return {
+        "vocab_size": vocab,
+        "hidden_size": hidden_size,
+        "intermediate_size": intermediate_size,
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": num_heads,
+        "num_key_value_heads": num_kv_heads,
+        "head_dim": head_dim,
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+        "bos_token_id": 2,
+    }
+
+
 def write_model(
     folder: str | Path,
     corpus: Iterable[str],
@@ -65,26 +91,11 @@ def write_model(
     seed: int = 0,
 ) -> Path:
     """Write a random-weight Gemma-2 checkpoint (`Gemma2ForCausalLM`, safetensors) with its tokenizer."""
-    from transformers import AutoTokenizer, Gemma2Config, Gemma2ForCausalLM
+    from transformers import Gemma2Config, Gemma2ForCausalLM
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    write_tokenizer(folder, corpus, vocab_size)
-    vocab = len(AutoTokenizer.from_pretrained(folder))
-    config = Gemma2Config(
-        vocab_size=vocab,
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_kv_heads,
-        head_dim=head_dim,
-        max_position_embeddings=max_tokens,
-        sliding_window=min(4096, max_tokens),
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=2,
-    )
+    folder, vocab = _with_tokenizer(folder, corpus, vocab_size)
+    dims = _decoder_dims(vocab, num_layers, hidden_size, intermediate_size, num_heads, num_kv_heads, head_dim)
+    config = Gemma2Config(**dims, max_position_embeddings=max_tokens, sliding_window=min(4096, max_tokens))
     torch.manual_seed(seed)
     model = Gemma2ForCausalLM(config).eval()
     model.save_pretrained(folder)
@@ -109,7 +120,6 @@ def write_gemma3_model(
     """Write a random-weight Gemma 3 text checkpoint (`Gemma3ForCausalLM`), or a multimodal one
     (`Gemma3ForConditionalGeneration` with a tiny vision tower) as Gemma 3 4B-27B are, with a Gemma-style tokenizer."""
     from transformers import (
-        AutoTokenizer,
         Gemma3Config,
         Gemma3ForCausalLM,
         Gemma3ForConditionalGeneration,
@@ -117,24 +127,10 @@ def write_gemma3_model(
         SiglipVisionConfig,
     )
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    write_tokenizer(folder, corpus, vocab_size)
-    vocab = len(AutoTokenizer.from_pretrained(folder))
-    text = Gemma3TextConfig(
-        vocab_size=vocab,
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_kv_heads,
-        head_dim=head_dim,
-        max_position_embeddings=max_tokens,
-        sliding_window=8,  # shorter than the sentences, so sliding and full attention layers differ
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=2,
-    )
+    folder, vocab = _with_tokenizer(folder, corpus, vocab_size)
+    dims = _decoder_dims(vocab, num_layers, hidden_size, intermediate_size, num_heads, num_kv_heads, head_dim)
+    # a sliding window shorter than the sentences, so sliding and full attention layers differ
+    text = Gemma3TextConfig(**dims, max_position_embeddings=max_tokens, sliding_window=8)
     torch.manual_seed(seed)
     if not multimodal:
         model = Gemma3ForCausalLM(text).eval()
