@@ -177,8 +177,10 @@ def random_sae(
     Thresholds make about `average_l0` features fire per token; b_dec is zero unless `b_dec_scale` is given (then
     thresholds are calibrated on x - b_dec, as an SAE that subtracts it would see)."""
     d_model = x.shape[1]
-    b_dec = (rng.standard_normal(d_model) * b_dec_scale * x.std()).astype(np.float32)
-    x = x - b_dec
+    b_dec = np.zeros(d_model, dtype=np.float32)
+    if b_dec_scale:  # drawn only then: SAEs without b_dec stay those saezarr generated before b_dec_scale existed
+        b_dec = (rng.standard_normal(d_model) * b_dec_scale * x.std()).astype(np.float32)
+        x = x - b_dec
     W_enc = rng.standard_normal((d_model, width), dtype=np.float32) / np.float32(np.sqrt(d_model))
     W_enc /= np.float32(np.sqrt((x**2).sum(1).mean() / d_model))
     b_enc = rng.normal(0, 0.1, width).astype(np.float32)
