@@ -94,6 +94,7 @@ def export_npz(
     opened = open_existing(store)
     targets = select_targets(opened, Path(output), configs, layers)
     refuse_incomplete(opened, targets)
+    _refuse_foreign(Path(output), targets)
     prepare_output(Path(output))
     summary = ExportSummary(Path(output))
     todo = []
@@ -156,6 +157,9 @@ def prepare_output(output: Path) -> None:
         raise SaezarrError(f"--output {output}: cannot write files in this folder ({exc.strerror or exc})") from None
 
 
+FIRST_MEMBER = b"activations.npy"  # np.savez writes the arrays in order: an export's first is its activations
+
+
 def is_complete_npz(path: Path, n_fragments: int, width: int) -> bool:
     """True if path is a readable `.npz` with exactly the export's keys, dtypes and shapes (headers only)."""
     expected = _expected_headers(n_fragments, width)
@@ -168,6 +172,31 @@ def is_complete_npz(path: Path, n_fragments: int, width: int) -> bool:
     return all(
         members[key].shape == shape and members[key].dtype.kind == kind and members[key].complete
         for key, (kind, shape) in expected.items()
+    )
+
+
+def _refuse_foreign(output: Path, targets: Sequence[ConfigTarget]) -> None:
+    """Refuse to replace a file under an export's name that does not begin as an export does."""
+    for target in targets:
+        if target.path.exists() and not _begins_as_export(target.path):
+            raise SaezarrError(
+                f"--output {output}: {target.path.name} exists and is not a per-config export; refusing to overwrite "
+                "it (move it away or choose another --output)"
+            )
+
+
+def _begins_as_export(path: Path) -> bool:
+    """True if path starts with the zip entry `activations.npy`, as every export does (a damaged one too)."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(30 + len(FIRST_MEMBER))
+    except OSError:
+        return False
+    # a zip local file header: signature, ..., the name's length at byte 26, the name at byte 30
+    return (
+        head[:4] == b"PK\x03\x04"
+        and int.from_bytes(head[26:28], "little") == len(FIRST_MEMBER)
+        and (head[30:] == FIRST_MEMBER)
     )
 
 

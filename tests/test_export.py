@@ -393,3 +393,17 @@ def test_a_damaged_chunk_is_one_line_and_leaves_no_file(demo_store, tmp_path, ca
 def test_library_errors_are_saezarr_errors(tmp_path):
     with pytest.raises(SaezarrError, match="no such store"):
         export_npz(tmp_path / "missing", tmp_path / "out")
+
+
+def test_a_file_under_an_exports_name_that_saezarr_did_not_write_is_never_replaced(demo_store, tmp_path):
+    mine = tmp_path / npz_name(0, 8)
+    mine.write_text("my own notes on layer 0\n")
+    for extra in ((), ("--overwrite",)):
+        result = run_cli("export-npz", demo_store, "--output", tmp_path, *extra)
+        assert result.returncode == 2, result.stderr
+        assert error_line(result) == (
+            f"saezarr: error: --output {tmp_path}: {mine.name} exists and is not a per-config export; refusing to "
+            "overwrite it (move it away or choose another --output)"
+        )
+        assert mine.read_text() == "my own notes on layer 0\n"
+        assert sorted(p.name for p in tmp_path.iterdir()) == [mine.name]  # nothing else written either
