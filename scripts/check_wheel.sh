@@ -2,6 +2,7 @@
 # Build saezarr's wheel, install it (not editable) into a fresh virtual environment whose dependencies come from the
 # current interpreter, and run the offline demo build and an analysis from a folder outside the checkout.
 set -euo pipefail
+unset PYTHONPATH  # the wheel alone: never a source tree on the path
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
