@@ -7,6 +7,7 @@ import os
 import re
 
 import numpy as np
+import pandas as pd
 import pytest
 import xarray as xr
 import zarr
@@ -30,14 +31,14 @@ def _marked(store) -> set[tuple[int, int]]:
     return marks
 
 
-def _read(store, turn: int) -> np.ndarray:
-    """The whole activations array, read the way a notebook would, by turns through each reader."""
+def _read(store, turn: int, config: int) -> np.ndarray:
+    """One config's activations over every fragment, read the way a notebook would, by turns through each reader."""
     if turn % 3 == 0:
         with xr.open_zarr(store) as dataset:
-            return dataset[ACTIVATIONS].values
+            return dataset[ACTIVATIONS][config].values
     if turn % 3 == 1:
-        return saezarr.open_store(store)[ACTIVATIONS].values
-    return zarr.open_array(store / ACTIVATIONS, mode="r")[...]
+        return saezarr.open_store(store)[ACTIVATIONS][config].values
+    return zarr.open_array(store / ACTIVATIONS, mode="r")[config]
 
 
 def _new_shards(store, checked: set) -> list[tuple[int, int]]:
@@ -59,11 +60,14 @@ def test_readers_during_a_build_never_see_a_torn_shard(tiny, tmp_path):
     one renamed into place is whole from the moment its name exists.
     """
     store = tmp_path / "growing.zarr"
+    csv = tmp_path / "twice.csv"  # long enough a build for several whole-config reads on a fast machine
+    rows = pd.read_csv(tiny.csv)
+    pd.concat([rows] * 2).to_csv(csv, index=False)
     run = Run(
         [
             "build",
             "--input",
-            str(tiny.csv),
+            str(csv),
             "--output",
             str(store),
             "--config",
@@ -75,25 +79,28 @@ def test_readers_during_a_build_never_see_a_torn_shard(tiny, tmp_path):
         tmp_path / "logs",
     )
     seen: dict[tuple[int, int], np.ndarray] = {}  # each shard, read as soon as its name appeared
-    marked_reads: dict[tuple[int, int], np.ndarray] = {}  # marked units, from the whole-store reads
+    marked_reads: dict[tuple[int, int], np.ndarray] = {}  # marked units, from the whole-config reads
     reads = 0
     try:
         assert run.wait_for(lambda: (store / STATE / "done").is_dir()), run.stderr
         array = zarr.open_array(store / ACTIVATIONS, mode="r")
+        n_configs = array.shape[0]
         while run.alive():
             for ci, chunk in _new_shards(store, seen.keys()):
                 seen[(ci, chunk)] = array[ci, chunk * CHUNK : (chunk + 1) * CHUNK]
             if len(seen) // 40 > reads:  # now and then, everything, as a notebook would
                 marked = _marked(store)  # before the read: these units must be final in what it returns
-                values = _read(store, reads)  # a torn shard fails to decode here (zstd and CRC32C checksums)
-                assert store_info(store)["n_fragments"] == values.shape[1]
+                config = reads % n_configs
+                values = _read(store, reads, config)  # a torn shard fails to decode here (zstd, CRC32C checksums)
+                assert store_info(store)["n_fragments"] == values.shape[0]
                 for ci, chunk in marked:
-                    marked_reads[(ci, chunk)] = values[ci, chunk * CHUNK : (chunk + 1) * CHUNK]
+                    if ci == config:
+                        marked_reads[(ci, chunk)] = values[chunk * CHUNK : (chunk + 1) * CHUNK]
                 reads += 1
         assert run.finish() == 0, run.stderr
     finally:
         run.close()
-    REPORT["whole-store reads during a build"] += reads
+    REPORT["whole-config reads during a build"] += reads
     REPORT["shards read as they appeared"] += len(seen)
     final = zarr.open_array(store / ACTIVATIONS, mode="r")[...]
     assert reads >= 3 and len(seen) >= 100 and marked_reads, (
