@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from saezarr.analysis.features import FeatureMatrix, pearson_many
+from saezarr.analysis.features import FeatureMatrix
 from saezarr.analysis.permutation import CHANCE_QUANTILE, Permutations
 from saezarr.analysis.pooling import SentenceLayout, pool_sentences
 from saezarr.analysis.probes import auroc_columns, ridge_predictions, spearman_columns, standardised
+from saezarr.analysis.validation import FoldSplit, fold_ids, fold_splits
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -40,15 +41,15 @@ def columns() -> list[str]:
 
 
 def layer_scores(
-    features: FeatureMatrix | None, residuals: np.ndarray | None, targets: np.ndarray, folds: np.ndarray
+    splits: list[FoldSplit] | None, residuals: np.ndarray | None, targets: np.ndarray, folds: np.ndarray
 ) -> dict[str, float]:
     """One layer's row of emergence.csv (without `layer`); targets [sentences, 1 + permutations]: the labels, then
-    permuted labellings."""
+    permuted labellings; splits: the layer's SAE features split by the folds against those targets (None: none)."""
     predictions = {curve: np.full(targets.shape, np.nan) for curve in CURVES}
     for fold in range(int(folds.max()) + 1):
         train, test = folds != fold, folds == fold
-        if features is not None and features.shape[1]:
-            _feature_predictions(features, targets, train, test, predictions)
+        if splits is not None:
+            _feature_predictions(splits[fold], targets, predictions)
         if residuals is not None:
             x_train, x_test = standardised(residuals[train], residuals[test])
             predictions["probe"][test] = ridge_predictions(x_train, targets[train].astype(np.float64), x_test)
@@ -71,28 +72,44 @@ def layer_scores(
     return row
 
 
-def _feature_predictions(
-    features: FeatureMatrix, targets: np.ndarray, train: np.ndarray, test: np.ndarray, predictions: dict
-) -> None:
-    """Fill the test rows of the best-feature and sparse-probe predictions of every target."""
-    training, testing = features.rows(train), features.rows(test)
-    r = pearson_many(training, targets[train].astype(np.float64))  # [features, targets]
+def _feature_predictions(split: FoldSplit, targets: np.ndarray, predictions: dict) -> None:
+    """Fill the held-out rows of the best-feature and sparse-probe predictions of every target."""
+    r, n_features = split.r, split.r.shape[0]
     best = np.argmax(np.where(np.isnan(r), -np.inf, r), axis=0)
-    _, x_test = standardised(training.columns(best), testing.columns(best))
-    scored = np.isfinite(r[best, np.arange(len(best))])
-    predictions["best_feature"][test] = np.where(scored, x_test, 0.0)  # no feature varies: no signal
     strength = np.where(np.isnan(r), -1.0, np.abs(r))
-    k_max = min(max(SPARSE_KS), features.shape[1])
+    k_max = min(max(SPARSE_KS), n_features)
     top = np.argpartition(-strength, k_max - 1, axis=0)[:k_max]  # [k, targets]: the strongest, in no order
     order = np.argsort(-np.take_along_axis(strength, top, axis=0), axis=0, kind="stable")
-    top = np.take_along_axis(top, order, axis=0)  # strongest first
-    columns_train = np.stack([training.columns(top[:, t]) for t in range(targets.shape[1])])  # [targets, rows, k]
-    columns_test = np.stack([testing.columns(top[:, t]) for t in range(targets.shape[1])])
-    y = targets[train].T.astype(np.float64)[:, :, None]  # [targets, rows, 1]
+    top = np.take_along_axis(top, order, axis=0).T  # [targets, k], strongest first
+    # every target's columns gathered from one dense copy of the columns any target uses
+    used, position = np.unique(np.concatenate([best, top.ravel()]), return_inverse=True)
+    training, testing = split.training.columns(used), split.testing.columns(used)
+    where_best, where_top = position[: len(best)], position[len(best) :].reshape(top.shape)
+    _, x_test = standardised(training[:, where_best], testing[:, where_best])
+    scored = np.isfinite(r[best, np.arange(len(best))])
+    predictions["best_feature"][split.test] = np.where(scored, x_test, 0.0)  # no feature varies: no signal
+    # standardised once for the k_max strongest: each column on its own, so the first k are the top k's
+    x_train, x_test = (np.ascontiguousarray(np.moveaxis(x[:, where_top], 0, 1)) for x in (training, testing))
+    x_train, x_test = standardised(x_train, x_test)  # [targets, rows, k]
+    y = targets[split.train].T.astype(np.float64)[:, :, None]  # [targets, rows, 1]
     for k in SPARSE_KS:
-        used = min(k, k_max)
-        x_train, x_test = standardised(columns_train[:, :, :used], columns_test[:, :, :used])
-        predictions[f"sparse_probe_k{k}"][test] = ridge_predictions(x_train, y, x_test)[:, :, 0].T
+        used_k = min(k, k_max)
+        k_train, k_test = (np.ascontiguousarray(x[:, :, :used_k]) for x in (x_train, x_test))
+        fitted = ridge_predictions(k_train, y, k_test)
+        predictions[f"sparse_probe_k{k}"][split.test] = fitted[:, :, 0].T
+
+
+def emergence_targets(labels: np.ndarray, permutations: np.ndarray) -> np.ndarray:
+    """The labels and their permuted labellings (permutations [P, sentences]) as columns [sentences, 1 + P]."""
+    return np.column_stack([labels, *(labels[p] for p in permutations)])
+
+
+def layer_row(
+    layer: int, splits: list[FoldSplit] | None, residuals: np.ndarray | None, targets: np.ndarray, folds: np.ndarray
+) -> dict:
+    """One layer's row of emergence.csv (None where it has no value), from layer_scores."""
+    row = layer_scores(splits, residuals, targets, folds)
+    return {"layer": int(layer), **{name: None if np.isnan(v) else v for name, v in row.items()}}
 
 
 def emergence_rows(
@@ -105,11 +122,12 @@ def emergence_rows(
 ) -> list[dict]:
     """emergence.csv's rows, one per layer (None for what a layer lacks), from each layer's SAE features and
     residuals (either may be absent); permutations [P, sentences] give the chance levels."""
-    targets = np.column_stack([labels, *(labels[p] for p in permutations)])
+    targets = emergence_targets(labels, permutations)
     rows = []
     for layer in layers:
-        row = layer_scores(features_of.get(layer), residuals_of.get(layer), targets, folds)
-        rows.append({"layer": int(layer), **{name: None if np.isnan(v) else v for name, v in row.items()}})
+        features = features_of.get(layer)
+        splits = fold_splits(features, targets, folds) if features is not None and features.shape[1] else None
+        rows.append(layer_row(layer, splits, residuals_of.get(layer), targets, folds))
     return rows
 
 
@@ -138,7 +156,6 @@ def emergence(
     import xarray as xr
 
     from saezarr.analysis.lazy import sentence_activations
-    from saezarr.analysis.validation import fold_ids
 
     layout = SentenceLayout.of(ds.sentence_index.values, ds.is_final_token.values, ds.concept_strength_label.values)
     layout.check(pool)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 ALPHAS = np.logspace(-3, 5, 17)  # the ridge penalties the inner cross-validation chooses among
+TIE_DIGITS = 9  # predictions equal to this many decimals of their column's largest magnitude are scored as tied
 
 
 def standardised(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -36,26 +37,33 @@ def ridge_predictions(train: np.ndarray, targets: np.ndarray, test: np.ndarray, 
     return (test - x_mean) @ (np.swapaxes(vt, -1, -2) @ factor) + y_mean
 
 
+def tied_to_rounding(predictions: np.ndarray) -> np.ndarray:
+    """Each column divided by its largest magnitude and rounded to TIE_DIGITS decimals: predictions that differ by
+    rounding alone (rows with equal inputs, whose products BLAS may round differently by their position) tie."""
+    scale = np.nanmax(np.abs(predictions), axis=0, initial=0.0)
+    return np.round(predictions / np.where(scale > 0, scale, 1.0), TIE_DIGITS)
+
+
 def spearman_columns(predictions: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """Spearman ρ of each prediction column with its target column (NaN where either is constant)."""
+    """Spearman ρ of each prediction column with its target column (NaN where either is constant; predictions equal
+    to rounding tie)."""
     from scipy.stats import rankdata
 
-    a, b = rankdata(predictions, axis=0), rankdata(targets, axis=0)
+    a, b = rankdata(tied_to_rounding(predictions), axis=0), rankdata(targets, axis=0)
     a, b = a - a.mean(axis=0), b - b.mean(axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
         return (a * b).sum(axis=0) / np.sqrt((a**2).sum(axis=0) * (b**2).sum(axis=0))
 
 
 def auroc_columns(predictions: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """AUROC 3-vs-0 of each prediction column against its target column of labels (ties half)."""
+    """AUROC 3-vs-0 of each prediction column (finite or NaN) against its target column of labels (ties half, and
+    predictions equal to rounding tie; NaN without label-0 or label-3 rows)."""
     from scipy.stats import rankdata
 
-    out = np.full(predictions.shape[1], np.nan)
-    for column in range(predictions.shape[1]):
-        inside = np.isin(targets[:, column], (0, 3))
-        is3 = targets[inside, column] == 3
-        n3, n0 = int(is3.sum()), int((~is3).sum())
-        if n3 and n0:
-            ranks = rankdata(predictions[inside, column])
-            out[column] = (ranks[is3].sum() - n3 * (n3 + 1) / 2) / (n3 * n0)
-    return out
+    inside, is3 = np.isin(targets, (0, 3)), targets == 3
+    n3, n0 = is3.sum(axis=0), (inside & ~is3).sum(axis=0)
+    # ranks among each column's label-0 and label-3 rows: every other row is put above them all
+    ranks = rankdata(np.where(inside, tied_to_rounding(predictions), np.inf), axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        auroc = (np.where(is3, ranks, 0.0).sum(axis=0) - n3 * (n3 + 1) / 2) / (n3 * n0)
+    return np.where((n3 > 0) & (n0 > 0), auroc, np.nan)

@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from saezarr.analysis.cache import AnalysisCache
-from saezarr.analysis.emergence import emergence_rows, sentence_residuals
+from saezarr.analysis.emergence import emergence_targets, layer_row, sentence_residuals
 from saezarr.analysis.features import FeatureMatrix
 from saezarr.analysis.permutation import ALPHA, Permutations, chance_level, fwer_p_values, null_maxima
 from saezarr.analysis.pooling import SentenceLayout
 from saezarr.analysis.tables import ConfigTable
-from saezarr.analysis.validation import CHOSEN, Thresholds, chosen_in_folds, fold_ids, top_of_each_fold
+from saezarr.analysis.validation import CHOSEN, Thresholds, chosen_in_splits, fold_ids, fold_splits, top_of_each_fold
 from saezarr.machine import usable_cores
 from saezarr.store.folders import replace_file
 
@@ -124,19 +124,27 @@ def resample(
     layers = sorted({*configs.layer.tolist(), *residual_of})
     pooled = cache.pooled()
 
-    def one_layer(layer: int) -> tuple[list, list, list, list]:
+    # the emergence curves select on the permuted labellings too; the held-out validation on the labels only
+    targets = emergence_targets(labels, probe_permutations) if "emergence" in missing else labels[:, None]
+
+    def one_layer(layer: int) -> tuple[list, list, list]:
         positions = np.flatnonzero(configs.layer == layer)
         matrices = [FeatureMatrix.of(pooled[p : p + 1, :, :][0]) for p in positions]
-        nulls, chosen = [], []
-        for position, matrix in zip(positions, matrices):
-            if "null" in missing:
-                nulls.append((position, *null_maxima(matrix, labels, permutations)))
-            if "heldout" in missing:
-                chosen.append(chosen_in_folds(matrix, int(position), labels, folds, options.thresholds))
-        rows = []
+        nulls = []
+        if "null" in missing:
+            nulls = [
+                (position, *null_maxima(matrix, labels, permutations)) for position, matrix in zip(positions, matrices)
+            ]
+        splits = None  # the layer's features split by the folds, shared by the held-out validation and emergence
+        if folds is not None and sum(matrix.shape[1] for matrix in matrices):
+            splits = fold_splits(FeatureMatrix.joined(matrices), targets, folds)
+        chosen, rows = [], []
+        if "heldout" in missing and splits is not None:
+            owners = np.repeat(positions, [matrix.shape[1] for matrix in matrices])
+            features = np.concatenate([np.arange(matrix.shape[1]) for matrix in matrices])
+            chosen.append(chosen_in_splits(splits, labels, options.thresholds, owners, features))
         if "emergence" in missing:
-            features = {layer: FeatureMatrix.joined(matrices)} if matrices else {}
-            rows = emergence_rows([layer], features, residual_of, labels, folds, probe_permutations)
+            rows.append(layer_row(layer, splits, residual_of.get(layer), targets, folds))
         return nulls, chosen, rows
 
     n_configs, n = len(configs.names), options.permutations

@@ -54,30 +54,67 @@ CHOSEN = np.dtype(
 )
 
 
+@dataclass(frozen=True)
+class FoldSplit:
+    """One outer fold of a [sentences, features] matrix: its training and held-out rows (boolean masks and their
+    matrices) and every feature's training Pearson correlation with each target column [features, targets]."""
+
+    train: np.ndarray
+    test: np.ndarray
+    training: FeatureMatrix
+    testing: FeatureMatrix
+    r: np.ndarray
+
+
+def fold_splits(matrix: FeatureMatrix, targets: np.ndarray, folds: np.ndarray) -> list[FoldSplit]:
+    """Each fold's FoldSplit of the matrix against targets [sentences, targets] (the labels first): what the held-out
+    validation and the emergence curves both select on, computed once."""
+    splits = []
+    for fold in range(int(folds.max()) + 1):
+        train, test = folds != fold, folds == fold
+        training = matrix.rows(train)
+        r = pearson_many(training, targets[train].astype(np.float64))
+        splits.append(FoldSplit(train, test, training, matrix.rows(test), r))
+    return splits
+
+
 def chosen_in_folds(
     matrix: FeatureMatrix, config: int, labels: np.ndarray, folds: np.ndarray, thresholds: Thresholds
 ) -> np.ndarray:
     """One config's top features of each fold (passing the filter on the training folds, the top_n by training
     interpretability_score) with their metrics on the held-out fold: a CHOSEN array."""
+    owners = np.full(matrix.shape[1], config, dtype=np.int64)
+    splits = fold_splits(matrix, labels[:, None], folds)
+    return chosen_in_splits(splits, labels, thresholds, owners, np.arange(matrix.shape[1]))
+
+
+def chosen_in_splits(
+    splits: list[FoldSplit], labels: np.ndarray, thresholds: Thresholds, owners: np.ndarray, features: np.ndarray
+) -> np.ndarray:
+    """The top features of each fold and of each config (owners: each column's config position, features: its
+    feature id), chosen on the training rows of the splits (whose first target is the labels) and scored on the
+    held-out rows: a CHOSEN array."""
     found = []
-    for fold in range(int(folds.max()) + 1):
-        train, test = folds != fold, folds == fold
-        training = matrix.rows(train)
-        r = pearson_many(training, labels[train].astype(np.float64)[:, None])[:, 0]
-        candidates = np.flatnonzero(r >= thresholds.min_pearson - ROUNDING)
+    for fold, split in enumerate(splits):
+        train_labels = labels[split.train]
+        candidates = np.flatnonzero(split.r[:, 0] >= thresholds.min_pearson - ROUNDING)
         if not len(candidates):
             continue
-        metrics = block_metrics(training.columns(candidates), labels[train])
+        metrics = block_metrics(split.training.columns(candidates), train_labels)
         passing = passes_filter(metrics, thresholds.min_pearson, thresholds.min_tpr, thresholds.max_fpr)
-        score = metrics["interpretability_score"][passing]
-        order = np.argsort(-score, kind="stable")[: thresholds.top_n]
-        chosen = candidates[passing][order]
+        chosen, score = candidates[passing], metrics["interpretability_score"][passing]
+        # each config's top_n by score; candidates are in column order, so ties keep the lower feature first
+        order = np.lexsort((-score, owners[chosen]))
+        chosen, score = chosen[order], score[order]
+        group_start = np.searchsorted(owners[chosen], owners[chosen], side="left")
+        kept = np.arange(len(chosen)) - group_start < thresholds.top_n
+        chosen, score = chosen[kept], score[kept]
         if not len(chosen):
             continue
         rows = np.empty(len(chosen), dtype=CHOSEN)
-        rows["fold"], rows["config"], rows["feature"], rows["score"] = fold, config, chosen, score[order]
+        rows["fold"], rows["config"], rows["feature"], rows["score"] = fold, owners[chosen], features[chosen], score
         rows["heldout_pearson"], rows["heldout_auroc_3v0"] = heldout_scores(
-            matrix.rows(test).columns(chosen), labels[test]
+            split.testing.columns(chosen), labels[split.test]
         )
         found.append(rows)
     return np.concatenate(found) if found else np.empty(0, dtype=CHOSEN)
