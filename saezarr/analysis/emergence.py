@@ -74,19 +74,23 @@ def layer_scores(
 
 def _feature_predictions(split: FoldSplit, targets: np.ndarray, predictions: dict) -> None:
     """Fill the held-out rows of the best-feature and sparse-probe predictions of every target."""
-    r, n_features = split.r, split.r.shape[0]
-    best = np.argmax(np.where(np.isnan(r), -np.inf, r), axis=0)
-    strength = np.where(np.isnan(r), -1.0, np.abs(r))
+    n_features = split.r.shape[0]
     k_max = min(max(SPARSE_KS), n_features)
+    # only features with a correlation can be chosen before those without (constant on the training rows: most)
+    kept = np.flatnonzero(~np.isnan(split.r).all(axis=1))
+    kept = kept if len(kept) >= k_max else np.arange(n_features)
+    r = split.r[kept]
+    best = kept[np.argmax(np.where(np.isnan(r), -np.inf, r), axis=0)]
+    strength = np.where(np.isnan(r), -1.0, np.abs(r))
     top = np.argpartition(-strength, k_max - 1, axis=0)[:k_max]  # [k, targets]: the strongest, in no order
     order = np.argsort(-np.take_along_axis(strength, top, axis=0), axis=0, kind="stable")
-    top = np.take_along_axis(top, order, axis=0).T  # [targets, k], strongest first
+    top = kept[np.take_along_axis(top, order, axis=0).T]  # [targets, k], strongest first
     # every target's columns gathered from one dense copy of the columns any target uses
     used, position = np.unique(np.concatenate([best, top.ravel()]), return_inverse=True)
     training, testing = split.training.columns(used), split.testing.columns(used)
     where_best, where_top = position[: len(best)], position[len(best) :].reshape(top.shape)
     _, x_test = standardised(training[:, where_best], testing[:, where_best])
-    scored = np.isfinite(r[best, np.arange(len(best))])
+    scored = np.isfinite(split.r[best, np.arange(len(best))])
     predictions["best_feature"][split.test] = np.where(scored, x_test, 0.0)  # no feature varies: no signal
     # standardised once for the k_max strongest: each column on its own, so the first k are the top k's
     x_train, x_test = (np.ascontiguousarray(np.moveaxis(x[:, where_top], 0, 1)) for x in (training, testing))

@@ -29,10 +29,10 @@ def ridge_predictions(train: np.ndarray, targets: np.ndarray, test: np.ndarray, 
     uty = np.swapaxes(u, -1, -2) @ centred  # [..., rank, targets]
     squares = s[..., None, :] ** 2
     shrink = squares / (squares + alphas[:, None])  # [..., alphas, rank]
-    fitted = np.einsum("...nr,...ar,...rt->...atn", u, shrink, uty)
-    leverage = np.einsum("...nr,...ar->...an", u**2, shrink) + 1.0 / n  # the intercept's share is 1/n
-    residual = (np.swapaxes(centred, -1, -2)[..., None, :, :] - fitted) / (1.0 - leverage)[..., :, None, :]
-    best = alphas[np.argmin((residual**2).sum(axis=-1), axis=-2)]  # [..., targets]
+    fitted = u[..., None, :, :] @ (shrink[..., :, :, None] * uty[..., None, :, :])  # [..., alphas, rows, targets]
+    leverage = shrink @ np.swapaxes(u**2, -1, -2) + 1.0 / n  # [..., alphas, rows]; the intercept's share is 1/n
+    residual = (centred[..., None, :, :] - fitted) / (1.0 - leverage)[..., :, :, None]
+    best = alphas[np.argmin((residual**2).sum(axis=-2), axis=-2)]  # [..., targets]
     factor = s[..., :, None] / (s[..., :, None] ** 2 + best[..., None, :]) * uty
     return (test - x_mean) @ (np.swapaxes(vt, -1, -2) @ factor) + y_mean
 

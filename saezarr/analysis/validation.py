@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from saezarr.analysis.features import FeatureMatrix, pearson_many
+from saezarr.analysis.features import FeatureMatrix, auroc_many, pearson_many
 from saezarr.analysis.metrics import block_metrics, passes_filter
 from saezarr.errors import SaezarrError
 
@@ -124,9 +124,11 @@ def heldout_scores(x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nd
     """Pearson correlation and AUROC 3-vs-0 of each column of held-out activations [sentences, features]; a column
     constant on the held-out sentences (a feature silent on all of them) scores 0 and 0.5: it tells them apart no
     better than chance."""
-    pearson = pearson_many(FeatureMatrix.of(x), labels.astype(np.float64)[:, None])[:, 0]
+    matrix = FeatureMatrix.of(x)
+    pearson = pearson_many(matrix, labels.astype(np.float64)[:, None])[:, 0]
     pearson = np.where(np.isnan(pearson) & (np.ptp(labels) > 0), 0.0, pearson)
-    return pearson, block_metrics(x, labels)["auroc_3v0"]
+    extremes = np.isin(labels, (0, 3))
+    return pearson, auroc_many(matrix.rows(extremes), (labels[extremes] == 3)[:, None])[:, 0]
 
 
 def top_of_each_fold(chosen: np.ndarray, top_n: int) -> np.ndarray:
