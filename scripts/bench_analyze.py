@@ -28,6 +28,8 @@ matplotlib's font list, built once per machine, is built before the first timed 
 
     python scripts/bench_analyze.py --quick                          # ~1 min on 2 cores
     python scripts/bench_analyze.py --quick --resampling-only        # analyze with/without --permutations, --folds
+    python scripts/bench_analyze.py --quick --resampling-only --scale-configs 135 --repeats 2 --baseline-src OLD
+                                     # the same beside another source tree's analyze (OLD/saezarr), in one run
     python scripts/bench_analyze.py --out-md scripts/BENCHMARKS.md   # full run, 5-7 min on 2 shared cores (+3 min
                                                                      # the first time, to generate the 135 SAEs)
 """
@@ -37,6 +39,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
+import itertools
 import json
 import os
 import platform
@@ -345,7 +349,7 @@ def task_analyze(spec: dict) -> dict:
     cpu = sum(
         getattr(cpu_after, f) - getattr(cpu_before, f) for f in ("user", "system", "children_user", "children_system")
     )
-    return {"rc": rc, "wall": wall, "cpu": cpu, "imports": imports}
+    return {"rc": rc, "wall": wall, "cpu": cpu, "imports": imports, "saezarr": str(Path(saezarr.__file__).parent)}
 
 
 CHILD_TASKS = {
@@ -553,38 +557,64 @@ def analyze_argvs(store: Path, out: Path) -> tuple[list[str], list[str]]:
 
 # the resampling settings timed by measure_resampling, each a cold first run: (permutations, folds)
 RESAMPLING = {"first run": (0, 0), "permutations": (100, 0), "folds": (0, 5), "both (the default)": (100, 5)}
+BASELINE = "baseline: "  # the names of --baseline-src runs
 LEGACY_ONLY = ["--permutations", "0", "--folds", "0"]
 
 
-def measure_resampling(store: Path, out: Path, env: dict, log, label: str = "") -> dict:
+def measure_resampling(
+    store: Path, out: Path, env: dict, log, label: str = "", baseline: Path | None = None, repeats: int = 1
+) -> dict:
     """Cold first runs of analyze on the store inside fresh processes after imports (the analysis cache removed
     before each), without and with the permutation null and the held-out folds, and a cached re-run of the
-    default."""
+    default; with a baseline source tree, each setting is run by it too, just before this checkout's run; with
+    repeats, every setting's runs are repeated in turn and the fastest of each is kept."""
     user_cache = Path(env["XDG_CACHE_HOME"])
+    sides = {"": env}
+    if baseline is not None:
+        sides = {BASELINE: {**env, "PYTHONPATH": str(baseline.resolve())}, "": env}
     runs = {}
-    for name, (permutations, folds) in RESAMPLING.items():
-        log(f"analyze{label}: cold first run, {name} (--permutations {permutations} --folds {folds}) ...")
-        shutil.rmtree(user_cache, ignore_errors=True)
+    for _, (name, (permutations, folds)), (side, side_env) in itertools.product(
+        range(repeats), RESAMPLING.items(), sides.items()
+    ):
         argv = ["analyze", str(store), "--output", str(out), "--quiet", "--overwrite"]
         argv += ["--permutations", str(permutations), "--folds", str(folds)]
-        runs[name] = _checked(run_child({"task": "analyze", "argv": argv}, env), f"analyze{label} {name}")
+        log(f"analyze{label}: cold first run, {side}{name} (--permutations {permutations} --folds {folds}) ...")
+        shutil.rmtree(user_cache, ignore_errors=True)
+        run = _checked(run_child({"task": "analyze", "argv": argv}, side_env), f"analyze{label} {side}{name}")
+        if side and Path(run["saezarr"]) != (baseline / "saezarr").resolve():
+            raise SystemExit(f"the baseline run imported saezarr from {run['saezarr']}, not {baseline}")
+        if side + name not in runs or run["wall"] < runs[side + name]["wall"]:
+            runs[side + name] = run
     log(f"analyze{label}: cached re-run of the default ...")
     runs["re-run of the default"] = _checked(run_child({"task": "analyze", "argv": argv}, env), "re-run")
     return runs
 
 
 def resampling_lines(runs: dict, what: str) -> list[str]:
-    """One line per resampling setting: its wall time after imports and its ratio to the plain first run."""
-    base = runs["first run"]["wall"]
-    lines = [f"resampling, {what} (cold first runs after imports; ratio to the first run without either):"]
+    """One line per resampling setting: its wall and CPU time after imports and their ratios to the plain first
+    run of the same code (this checkout's, or the baseline's)."""
+    lines = [f"resampling, {what} (cold first runs after imports; ratio to the same code's run without either):"]
     for name, run in runs.items():
-        target = " (target <= 2)" if name == "permutations" else ""
-        lines.append(f"  {name:24s} {run['wall']:7.2f} s  {run['wall'] / base:5.2f}x{target}")
+        base = runs[BASELINE + "first run" if name.startswith(BASELINE) else "first run"]
+        target = " (target <= 2)" if name.endswith(("permutations", "(the default)")) else ""
+        lines.append(
+            f"  {name:33s} {run['wall']:7.2f} s {run['wall'] / base['wall']:5.2f}x   CPU {run['cpu']:7.2f} s "
+            f"{run['cpu'] / base['cpu']:5.2f}x{target}"
+        )
     return lines
 
 
-def run_resampling_only(root: Path, scratch: Path, mode: str, log, scale_configs: int = 0) -> tuple[list[str], dict]:
-    """Only the resampling figures: the N store, and the scale store if scale_configs."""
+def run_resampling_only(
+    root: Path,
+    scratch: Path,
+    mode: str,
+    log,
+    scale_configs: int = 0,
+    baseline: Path | None = None,
+    repeats: int = 1,
+) -> tuple[list[str], dict]:
+    """Only the resampling figures: the N store, and the scale store if scale_configs (each beside a baseline
+    source tree's, if given)."""
     sizes = SIZES[mode]
     assets = root / f"assets-{mode}-{ASSET_VERSION}"
     if not (assets / "config.json").exists():
@@ -600,7 +630,7 @@ def run_resampling_only(root: Path, scratch: Path, mode: str, log, scale_configs
     log("building the N store ...")
     build_store(assets / "config.json", assets / "input.csv", store, "build of the N store")
     info = store_info(store)
-    raw = {"N": measure_resampling(store, scratch / "out-N", env, log)}
+    raw = {"N": measure_resampling(store, scratch / "out-N", env, log, "", baseline, repeats)}
     lines = resampling_lines(raw["N"], _describe(info))
     if scale_configs:
         configs, layers = scale_layout(scale_configs)
@@ -619,7 +649,8 @@ def run_resampling_only(root: Path, scratch: Path, mode: str, log, scale_configs
         log(f"building the {len(configs)}-SAE store ...")
         build_store(scale_assets / "config.json", assets / "input.csv", scale_store, "build of the scale store")
         scale_info = store_info(scale_store)
-        raw["scale"] = measure_resampling(scale_store, scratch / "out-scale", env, log, f" ({len(configs)} SAEs)")
+        label = f" ({len(configs)} SAEs)"
+        raw["scale"] = measure_resampling(scale_store, scratch / "out-scale", env, log, label, baseline, repeats)
         lines += resampling_lines(raw["scale"], _describe(scale_info))
     return lines, raw
 
@@ -920,10 +951,26 @@ def main(argv: list[str] | None = None) -> int:
         help="only time analyze with and without --permutations and --folds (N store and scale store); the other "
         "figures are taken without them",
     )
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        metavar="DIR",
+        help="with --resampling-only: also time the analyze of another saezarr source tree (a folder holding its "
+        "saezarr/ package, e.g. from `git archive REV saezarr | tar -x -C DIR`), setting by setting in the same run",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=1, metavar="R", help="with --resampling-only: the fastest of R runs of each"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.scale_configs is not None and not 1 <= args.scale_configs <= len(real_configs()):
         parser.error(f"--scale-configs must be 1-{len(real_configs())} (the real configs), got {args.scale_configs}")
+    if (args.baseline_src or args.repeats != 1) and not args.resampling_only:
+        parser.error("--baseline-src and --repeats go with --resampling-only")
+    if args.baseline_src and not (args.baseline_src / "saezarr" / "__init__.py").is_file():
+        parser.error(f"--baseline-src: {args.baseline_src} holds no saezarr/ package")
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     if args.child:
         _child_main(json.loads(args.child))
         return 0
@@ -944,7 +991,11 @@ def main(argv: list[str] | None = None) -> int:
     log(f"{mode} run; assets in {root}; load average {info['load'][0]:.2f}")
     try:
         scale = 0 if args.no_scale else args.scale_configs or SIZES[mode]["scale_configs"]
-        run = run_resampling_only if args.resampling_only else run_benchmark
+        run = (
+            functools.partial(run_resampling_only, baseline=args.baseline_src, repeats=args.repeats)
+            if args.resampling_only
+            else run_benchmark
+        )
         lines, raw = run(root, scratch, mode, log, scale)
         if args.cache is not None:
             (args.cache / f"last-{mode}-run.json").write_text(json.dumps(raw, indent=1, default=str))

@@ -74,13 +74,12 @@ def layer_scores(
 
 def _feature_predictions(split: FoldSplit, targets: np.ndarray, predictions: dict) -> None:
     """Fill the held-out rows of the best-feature and sparse-probe predictions of every target."""
-    n_features = split.r.shape[0]
+    n_features = split.training.shape[1]
     k_max = min(max(SPARSE_KS), n_features)
-    # only features with a correlation can be chosen before those without (constant on the training rows: most)
-    kept = np.flatnonzero(~np.isnan(split.r).all(axis=1))
-    kept = kept if len(kept) >= k_max else np.arange(n_features)
-    r = split.r[kept]
-    best = kept[np.argmax(np.where(np.isnan(r), -np.inf, r), axis=0)]
+    # the features that vary on the training rows (few) come before the others, so only they are ranked if enough
+    kept, r = (split.varying, split.r) if len(split.varying) >= k_max else (np.arange(n_features), split.full_r())
+    best_kept = np.argmax(np.where(np.isnan(r), -np.inf, r), axis=0)
+    best = kept[best_kept]
     strength = np.where(np.isnan(r), -1.0, np.abs(r))
     top = np.argpartition(-strength, k_max - 1, axis=0)[:k_max]  # [k, targets]: the strongest, in no order
     order = np.argsort(-np.take_along_axis(strength, top, axis=0), axis=0, kind="stable")
@@ -90,7 +89,7 @@ def _feature_predictions(split: FoldSplit, targets: np.ndarray, predictions: dic
     training, testing = split.training.columns(used), split.testing.columns(used)
     where_best, where_top = position[: len(best)], position[len(best) :].reshape(top.shape)
     _, x_test = standardised(training[:, where_best], testing[:, where_best])
-    scored = np.isfinite(split.r[best, np.arange(len(best))])
+    scored = np.isfinite(r[best_kept, np.arange(len(best))])
     predictions["best_feature"][split.test] = np.where(scored, x_test, 0.0)  # no feature varies: no signal
     # standardised once for the k_max strongest: each column on its own, so the first k are the top k's
     x_train, x_test = (np.ascontiguousarray(np.moveaxis(x[:, where_top], 0, 1)) for x in (training, testing))

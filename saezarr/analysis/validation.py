@@ -57,13 +57,21 @@ CHOSEN = np.dtype(
 @dataclass(frozen=True)
 class FoldSplit:
     """One outer fold of a [sentences, features] matrix: its training and held-out rows (boolean masks and their
-    matrices) and every feature's training Pearson correlation with each target column [features, targets]."""
+    matrices), the features that vary on the training rows and their training Pearson correlation with each target
+    column [varying features, targets] (the other features have none)."""
 
     train: np.ndarray
     test: np.ndarray
     training: FeatureMatrix
     testing: FeatureMatrix
+    varying: np.ndarray
     r: np.ndarray
+
+    def full_r(self) -> np.ndarray:
+        """The training Pearson correlation of every feature [features, targets] (NaN for the constant ones)."""
+        r = np.full((self.training.shape[1], self.r.shape[1]), np.nan)
+        r[self.varying] = self.r
+        return r
 
 
 def fold_splits(matrix: FeatureMatrix, targets: np.ndarray, folds: np.ndarray) -> list[FoldSplit]:
@@ -73,8 +81,9 @@ def fold_splits(matrix: FeatureMatrix, targets: np.ndarray, folds: np.ndarray) -
     for fold in range(int(folds.max()) + 1):
         train, test = folds != fold, folds == fold
         training = matrix.rows(train)
-        r = pearson_many(training, targets[train].astype(np.float64))
-        splits.append(FoldSplit(train, test, training, matrix.rows(test), r))
+        varies = ~training.constant()  # most SAE features are silent on every training sentence
+        r = pearson_many(training.scaled(varies, np.ones(len(varies))), targets[train].astype(np.float64))
+        splits.append(FoldSplit(train, test, training, matrix.rows(test), np.flatnonzero(varies), r))
     return splits
 
 
@@ -97,7 +106,7 @@ def chosen_in_splits(
     found = []
     for fold, split in enumerate(splits):
         train_labels = labels[split.train]
-        candidates = np.flatnonzero(split.r[:, 0] >= thresholds.min_pearson - ROUNDING)
+        candidates = split.varying[split.r[:, 0] >= thresholds.min_pearson - ROUNDING]
         if not len(candidates):
             continue
         metrics = block_metrics(split.training.columns(candidates), train_labels)
