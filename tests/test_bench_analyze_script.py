@@ -102,3 +102,16 @@ def test_quick_analyze_benchmark_runs_and_records_its_figures(tmp_path):
     assert any(
         re.match(r"scale store: 12 SAEs x 2048 features, 48 sentences, \d+ token fragments", line) for line in details
     )
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--baseline-src", "."], "--baseline-src and --repeats go with --resampling-only"),
+        (["--resampling-only", "--baseline-src", "tests"], "--baseline-src: tests holds no saezarr/ package"),
+        (["--resampling-only", "--repeats", "0"], "--repeats must be at least 1, got 0"),
+    ],
+)
+def test_baseline_and_repeats_options_are_checked_before_anything_runs(extra, message):
+    run = subprocess.run([sys.executable, str(SCRIPT), *extra], capture_output=True, text=True, check=False, cwd=REPO)
+    assert run.returncode == 2 and message in run.stderr
