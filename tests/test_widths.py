@@ -161,3 +161,15 @@ def test_info_shows_each_sae_width(widths):
     )
     as_json = json.loads(run_cli("info", widths["extended"], "--json").stdout)
     assert [c["width"] for c in as_json["configs"]] == [TINY_WIDTH, TINY_WIDTH, WIDE, NARROW]
+
+
+def test_emergence_from_python_scores_each_sae_within_its_width(widths):
+    scores = {
+        kind: saezarr.emergence(saezarr.open_store(widths[kind]), folds=2, permutations=2)
+        for kind in ("one_go", "extended")
+    }
+    best = scores["extended"]["best_feature_heldout_spearman"].sel(layer=[0, 12, 25]).values
+    assert np.isfinite(best).all()
+    for name in [name for name in scores["one_go"].data_vars if not name.startswith("probe")]:  # residuals: one only
+        extended = scores["extended"][name].sel(layer=scores["one_go"].layer).values  # it has every layer's residuals
+        np.testing.assert_allclose(extended, scores["one_go"][name].values, atol=1e-6)
