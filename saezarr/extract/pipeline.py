@@ -413,16 +413,7 @@ def residual_layers(asked: Sequence[int] | str | None, num_layers: int) -> tuple
 def _open_or_create(options: BuildOptions, plan: _Plan, exists: bool) -> tuple[Store, StoreLock]:
     """Open the store to resume, or create it; an old store is replaced only while its lock is held."""
     if not exists:
-        store = create_store(
-            options.output,
-            plan.fragments.table,
-            plan.configs,
-            [sae.width for sae in plan.saes],
-            plan.attrs,
-            options.chunk_fragments or default_chunk_fragments(max(sae.width for sae in plan.saes)),
-            residual_layers=plan.residual_layers,
-            hidden_size=plan.model_info.hidden_size,
-        )
+        store = _create(options, plan, replace=False)
     elif options.resume:
         lock = store_lock(options.output)
         lock.acquire(force=options.force_unlock)
@@ -440,20 +431,26 @@ def _open_or_create(options: BuildOptions, plan: _Plan, exists: bool) -> tuple[S
         # held through the swap, so no --resume can take the old store and then write into the new one
         with store_lock(options.output) as old_lock:
             old_lock.acquire(force=options.force_unlock)
-            store = create_store(
-                options.output,
-                plan.fragments.table,
-                plan.configs,
-                [sae.width for sae in plan.saes],
-                plan.attrs,
-                options.chunk_fragments or default_chunk_fragments(max(sae.width for sae in plan.saes)),
-                replace=True,
-                residual_layers=plan.residual_layers,
-                hidden_size=plan.model_info.hidden_size,
-            )
+            store = _create(options, plan, replace=True)
     lock = store.lock()
     lock.acquire()
     return store, lock
+
+
+def _create(options: BuildOptions, plan: _Plan, replace: bool) -> Store:
+    """The new store of the plan, at --output (replacing the store there, if `replace`)."""
+    widths = [sae.width for sae in plan.saes]
+    return create_store(
+        options.output,
+        plan.fragments.table,
+        plan.configs,
+        widths,
+        plan.attrs,
+        options.chunk_fragments or default_chunk_fragments(max(widths)),
+        replace=replace,
+        residual_layers=plan.residual_layers,
+        hidden_size=plan.model_info.hidden_size,
+    )
 
 
 def _count_pending(store: Store, summary: BuildSummary) -> bool:
