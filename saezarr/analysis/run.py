@@ -134,7 +134,7 @@ def analyze(options: AnalyzeOptions) -> AnalyzeSummary:
     return AnalyzeSummary(
         output=Path(options.output),
         n_configs=len(indices),
-        n_features=store.width,
+        n_features=int(store.widths[indices].max()),  # the widest selected SAE
         n_sentences=layout.n_sentences,
         n_passing=n_passing,
         pool=options.pool,
