@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,6 +39,7 @@ from saezarr.synthetic import write_config_file
 OLD_SENTENCES = 30
 RESIDUALS = "0,12,25"  # the layers of the tiny SAEs: the new SAE reads the old sentences from the store
 DATA_ARRAYS = ("activations", "residuals", "embeddings")
+PARTIAL_MARKS = 4 + 1  # the old last chunk's marks that the growth removes: its four configs' and its residuals'
 
 # run as `python -c KILLER POINT WHEN N ARGS...`: `saezarr ARGS`, SIGKILLed right `before` or `after` the n-th call of
 # POINT (`module.function`, or `module.Class.method`), or within `folders.swap_into_place` once the n-th coordinate
@@ -225,22 +227,26 @@ def test_sigkill_inside_the_growth_then_rerun_equals_a_one_go_build(grow, point,
 
 @pytest.mark.slow
 def test_sigkill_among_the_new_units_then_rerun_equals_a_one_go_build(grow, tmp_path):
-    """Killed by watching the marks (during the new units, mid-write), then right before the last unit is marked."""
+    """Killed by watching the marks (among the new units), then right before the last unit is marked."""
     store = copy_store(grow["old"], tmp_path / "store.zarr")
     before, old_id = _shards(store), _store_id(store)
     args = _extend_args(grow, store)
     run = Run(args, tmp_path / "logs")
     try:
-        # the partial chunk's five marks go first: ten more marks than the old store had are new units'
-        landed = run.wait_for(lambda: _unit_marks(store) >= _unit_marks(grow["old"]) + 5) and run.kill()
+        # the partial chunk's marks go first: as many more again than the old store had are new units'
+        old_marks = _unit_marks(grow["old"])
+        landed = run.wait_for(lambda: _unit_marks(store) >= old_marks + PARTIAL_MARKS) and run.kill()
     finally:
         run.close()
     if landed:
         REPORT["extend: SIGKILLs landed among the new units"] += 1
         assert not _wrong_marks(grow, store)
-    else:
+        left = _unit_marks(grow["one_go"]) - _unit_marks(store)  # the units the rerun marks
+    else:  # the extension ended first: the last kill starts again from the old store
         note("extend kill among the new units not reached (the extension ended first)")
-    left = _unit_marks(grow["one_go"]) - _unit_marks(store)  # the units the rerun marks
+        shutil.rmtree(store)
+        copy_store(grow["old"], store)
+        left = _unit_marks(grow["one_go"]) - _unit_marks(store) + PARTIAL_MARKS
     last = Point("one new unit before the end", "layout.Store.mark_done", "before", left)
     assert _killed_at(last, args, tmp_path / "last.err"), "the extension finished before its last unit"
     REPORT["extend: SIGKILLs landed among the new units"] += 1
