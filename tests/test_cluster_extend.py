@@ -13,7 +13,7 @@ import shutil
 import pandas as pd
 import pytest
 from clitools import run_cli
-from faults.faultkit import compare_stores
+from faults.faultkit import KillPoint, compare_stores, killed_at
 from test_execution import in_process_cluster
 
 from saezarr.execution.connect import ClusterOptions
@@ -95,6 +95,24 @@ def test_an_extension_on_a_warm_cluster_that_built_the_store(assets, tmp_path):
         assert compare_stores(store, assets["old"]) == []
         summary = build(options(assets["csv"], store, assets["new_config"], extend=True, cluster=on_cluster))
     assert summary.complete and summary.workers == built.workers and len(built.workers) == 1
+    assert compare_stores(store, assets["both"]) == []
+
+
+def test_a_growth_killed_at_its_commit_finishes_on_the_warm_cluster_that_built_the_store(assets, tmp_path):
+    """The growth is committed (the root zarr.json written) and the command SIGKILLed at once: the store has its new
+    identity already, so the warm worker, which keeps the store as it was under the old identity, opens it afresh."""
+    store = tmp_path / "store.zarr"
+    with in_process_cluster() as (cluster, _):
+        on_cluster = ClusterOptions(scheduler=cluster.scheduler_address)
+        build(options(assets["old_csv"], store, assets["old_config"], residuals=RESIDUALS, cluster=on_cluster))
+        old_id = Store(store).identity
+        extend = ["build", "--input", str(assets["csv"]), "--output", str(store), "--config", str(assets["new_config"])]
+        extend += ["--chunk-fragments", str(CHUNK), "--extend", "--quiet", "--scheduler", cluster.scheduler_address]
+        commit = KillPoint("the growth committed", "growing.write_consolidated", "after", 1)
+        assert killed_at(commit, extend, tmp_path / "killed.err")
+        assert Store(store).attrs["configs"] == Store(assets["both"]).attrs["configs"]  # committed, no unit written
+        assert build(options(assets["csv"], store, assets["new_config"], extend=True, cluster=on_cluster)).complete
+    assert Store(store).identity != old_id
     assert compare_stores(store, assets["both"]) == []
 
 

@@ -12,10 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -23,11 +19,13 @@ import pytest
 from faultkit import (
     CHUNK,
     REPORT,
+    KillPoint,
     Run,
     assert_same_store,
     build_args,
     copy_store,
     count_marks,
+    killed_at,
     marked_units_wrong,
     note,
     tree_digest,
@@ -41,77 +39,16 @@ RESIDUALS = "0,12,25"  # the layers of the tiny SAEs: the new SAE reads the old 
 DATA_ARRAYS = ("activations", "residuals", "embeddings")
 PARTIAL_MARKS = 4 + 1  # the old last chunk's marks that the growth removes: its four configs' and its residuals'
 
-# run as `python -c KILLER POINT WHEN N ARGS...`: `saezarr ARGS`, SIGKILLed right `before` or `after` the n-th call of
-# POINT (`module.function`, or `module.Class.method`), or within `folders.swap_into_place` once the n-th coordinate
-# folder was moved aside and before its new one is renamed in (POINT `mid-swap`)
-KILLER = r"""
-import importlib, os, signal, sys, threading
-point, when, n, argv = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
-calls = [0]
-one_at_a_time = threading.Lock()  # units are written (and marked) by a pool of threads: the n-th call is exact
-
-def die():
-    os.kill(os.getpid(), signal.SIGKILL)
-
-def counted(original):
-    def wrapper(*args, **kwargs):
-        with one_at_a_time:
-            calls[0] += 1
-            if when == "before" and calls[0] == n:
-                die()
-            result = original(*args, **kwargs)
-            if when == "after" and calls[0] == n:
-                die()
-            return result
-    return wrapper
-
-if point == "mid-swap":
-    from saezarr.store import folders
-
-    class Renames:
-        def __getattr__(self, name):
-            return getattr(os, name)
-
-        def rename(self, source, target):
-            os.rename(source, target)
-            if str(target).endswith(".replaced"):
-                calls[0] += 1
-                if calls[0] == n:
-                    die()
-
-    folders.os = Renames()
-else:
-    module, *attributes = point.split(".")
-    owner = importlib.import_module(f"saezarr.store.{module}")
-    for attribute in attributes[:-1]:
-        owner = getattr(owner, attribute)
-    setattr(owner, attributes[-1], counted(getattr(owner, attributes[-1])))
-
-from saezarr.cli import main
-sys.exit(main(argv))
-"""
-
-
-@dataclass(frozen=True)
-class Point:
-    """A moment to kill at: `function` wrapped to die `when` its n-th call is made (`before`) or returns (`after`)."""
-
-    name: str
-    function: str
-    when: str
-    n: int
-
-
 GROWTH_POINTS = [
-    Point("the extension record written, nothing else", "growing.write_durably", "after", 1),
-    Point("the partial chunk's marks removed, no coordinate replaced", "growing._replace_coordinates", "before", 1),
-    Point("the first coordinate moved aside, its new folder not yet in place", "mid-swap", "after", 1),
-    Point("two coordinates replaced, the others not", "folders.swap_into_place", "after", 2),
-    Point("a coordinate moved aside midway through the coordinates", "mid-swap", "after", 5),
-    Point("the activations' shape grown, the residuals' not", "growing._set_shape", "after", 1),
-    Point("every data array's shape grown, the root zarr.json not", "growing.write_consolidated", "before", 1),
-    Point("the root zarr.json written, the store id not yet renewed", "growing.write_consolidated", "after", 1),
-    Point("the growth done, no new unit written", "layout.Store.write_shard", "before", 1),
+    KillPoint("the extension record written, nothing else", "growing.write_durably", "after", 1),
+    KillPoint("the partial chunk's marks removed, no coordinate replaced", "growing._replace_coordinates", "before", 1),
+    KillPoint("the first coordinate moved aside, its new folder not yet in place", "mid-swap", "after", 1),
+    KillPoint("two coordinates replaced, the others not", "folders.swap_into_place", "after", 2),
+    KillPoint("a coordinate moved aside midway through the coordinates", "mid-swap", "after", 5),
+    KillPoint("the activations' shape grown, the residuals' not", "growing._set_shape", "after", 1),
+    KillPoint("every data array's shape grown, the root zarr.json not", "growing.write_consolidated", "before", 1),
+    KillPoint("the root zarr.json written, the store id not yet renewed", "growing.write_consolidated", "after", 1),
+    KillPoint("the growth done, no new unit written", "layout.Store.write_shard", "before", 1),
 ]
 
 
@@ -183,18 +120,6 @@ def _extend_args(grow: dict, store: Path) -> list[str]:
     return [str(store) if arg == "STORE" else arg for arg in grow["extend"]]
 
 
-def _killed_at(point: Point, args: list[str], logs: Path) -> bool:
-    """Run `saezarr ARGS` to die at the point; True if it died there, False if it finished first (exit 0)."""
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    command = [sys.executable, "-c", KILLER, point.function, point.when, str(point.n), *args]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-    logs.write_text(done.stderr)
-    if done.returncode == 0:
-        return False
-    assert done.returncode == -signal.SIGKILL, f"{point.name}: exit {done.returncode}\n{done.stderr}"
-    return True
-
-
 def _check_finished(grow: dict, store: Path, before: dict[str, str], old_id: str) -> None:
     """The store equals the one-go build, every old shard of a full chunk is as it was, the store id is new."""
     assert_same_store(store, grow["one_go"])
@@ -213,7 +138,7 @@ def test_sigkill_inside_the_growth_then_rerun_equals_a_one_go_build(grow, point,
     store = copy_store(grow["old"], tmp_path / "store.zarr")
     before, old_id = _shards(store), _store_id(store)
     args = _extend_args(grow, store)
-    landed = _killed_at(point, args, tmp_path / "killed.err")
+    landed = killed_at(point, args, tmp_path / "killed.err")
     assert landed, f"{point.name}: the extension finished before the kill point"
     REPORT["extend: SIGKILLs landed inside the growth"] += 1
     damaged = _wrong_marks(grow, store)
@@ -247,8 +172,8 @@ def test_sigkill_among_the_new_units_then_rerun_equals_a_one_go_build(grow, tmp_
         shutil.rmtree(store)
         copy_store(grow["old"], store)
         left = _unit_marks(grow["one_go"]) - _unit_marks(store) + PARTIAL_MARKS
-    last = Point("one new unit before the end", "layout.Store.mark_done", "before", left)
-    assert _killed_at(last, args, tmp_path / "last.err"), "the extension finished before its last unit"
+    last = KillPoint("one new unit before the end", "layout.Store.mark_done", "before", left)
+    assert killed_at(last, args, tmp_path / "last.err"), "the extension finished before its last unit"
     REPORT["extend: SIGKILLs landed among the new units"] += 1
     assert not _wrong_marks(grow, store)
     assert _unit_marks(store) == _unit_marks(grow["one_go"]) - 1
