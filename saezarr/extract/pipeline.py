@@ -379,11 +379,6 @@ def _plan(options: BuildOptions) -> _Plan:
     sae_source = sae_source or resolve_sae_repo(sae_repo, configs[0])
     saes = [locate_sae(sae_source, c, info.hidden_size, options.config_file) for c in configs]
     configs = tuple(sae.config for sae in saes)
-    widths = {s.width for s in saes}
-    if len(widths) > 1:
-        raise SaezarrError(
-            f"{options.config_file}: the selected SAEs have different widths {sorted(widths)}; select one width"
-        )
     attrs = {
         "saezarr_version": __version__,
         "model": info.source.name,
@@ -430,9 +425,9 @@ def _open_or_create(options: BuildOptions, plan: _Plan, exists: bool) -> tuple[S
             options.output,
             plan.fragments.table,
             plan.configs,
-            plan.saes[0].width,
+            [sae.width for sae in plan.saes],
             plan.attrs,
-            options.chunk_fragments or default_chunk_fragments(plan.saes[0].width),
+            options.chunk_fragments or default_chunk_fragments(max(sae.width for sae in plan.saes)),
             residual_layers=plan.residual_layers,
             hidden_size=plan.model_info.hidden_size,
         )
@@ -457,9 +452,9 @@ def _open_or_create(options: BuildOptions, plan: _Plan, exists: bool) -> tuple[S
                 options.output,
                 plan.fragments.table,
                 plan.configs,
-                plan.saes[0].width,
+                [sae.width for sae in plan.saes],
                 plan.attrs,
-                options.chunk_fragments or default_chunk_fragments(plan.saes[0].width),
+                options.chunk_fragments or default_chunk_fragments(max(sae.width for sae in plan.saes)),
                 replace=True,
                 residual_layers=plan.residual_layers,
                 hidden_size=plan.model_info.hidden_size,

@@ -196,7 +196,7 @@ def compute_chunk(
     for sae, encoder, row in zip(pass_.saes, encoders, pass_.rows):
         if row in task.rows:
             # the chunk's latents reach the host once, into a buffer the writer recycles
-            latents = writer.host_buffer(stop - start, store.width)
+            latents = writer.host_buffer(stop - start, int(store.widths[row]))
             encoder.encode(residuals[sae.config.layer], out=latents[skip:])
             kept = store.kept_rows(row, task.chunk)
             if kept:  # an extension keeps these rows' latents bitwise as they were

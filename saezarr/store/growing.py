@@ -46,6 +46,11 @@ class Growth:
     kept_fragments: int
     kept_configs: int
 
+    @property
+    def widths(self) -> list[int]:
+        """Each config's SAE width after the extension."""
+        return [int(c.width) for c in self.configs]
+
     def record(self) -> dict:
         """The extension record kept in the store until the extension is complete."""
         return {
@@ -73,8 +78,9 @@ def grow_store(store: Store, growth: Growth) -> None:
             store._mark(ci, partial).unlink(missing_ok=True)
         if store.residuals is not None:
             store.residuals.unmark(partial)
-    _replace_coordinates(path, growth, store.width, cf)
-    _set_shape(path / ACTIVATIONS, [n_configs, n_fragments, store.width])
+    width = max(store.width, *growth.widths)
+    _replace_coordinates(path, growth, cf, store.shard_width, grown_features=width > store.width)
+    _set_shape(path / ACTIVATIONS, [n_configs, n_fragments, width])
     if store.residuals is not None:
         _set_shape(path / RESIDUALS, [len(store.residuals.layers), n_fragments, store.residuals.hidden])
         _set_shape(path / EMBEDDINGS, [n_fragments, store.residuals.hidden])
@@ -87,15 +93,21 @@ def finish_growth(path: Path) -> None:
     (Path(path) / STATE_GROUP / EXTEND_RECORD).unlink(missing_ok=True)
 
 
-def _replace_coordinates(path: Path, growth: Growth, width: int, chunk_fragments: int) -> None:
-    """Each coordinate on `config` or `fragment`, written whole for the grown store and swapped in."""
+def _replace_coordinates(
+    path: Path, growth: Growth, chunk_fragments: int, shard_width: int, grown_features: bool
+) -> None:
+    """Each coordinate on `config` or `fragment` (and `feature`, if it grew), written whole for the grown store and
+    swapped in."""
     staging = folders.make_staging(path, GROWING_SUFFIX)
+    grown = ("config", "fragment", "feature") if grown_features else ("config", "fragment")
     try:
-        _write_layout(staging, growth.fragments, growth.configs, width, growth.attrs, chunk_fragments)
+        _write_layout(
+            staging, growth.fragments, growth.configs, growth.widths, growth.attrs, chunk_fragments, shard_width
+        )
         for meta in sorted(staging.glob("*/zarr.json")):
             name = meta.parent.name
             dims = json.loads(meta.read_text()).get("dimension_names") or []
-            if name != ACTIVATIONS and len(dims) == 1 and dims[0] in ("config", "fragment"):
+            if name != ACTIVATIONS and len(dims) == 1 and dims[0] in grown:
                 folders.swap_into_place(meta.parent, path / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
