@@ -45,6 +45,7 @@ from saezarr.extract.work import (
     pending_work,
 )
 from saezarr.machine import human_bytes
+from saezarr.store.folders import restore_moved_aside
 from saezarr.store.growing import finish_growth, grow_store
 from saezarr.store.layout import (
     Store,
@@ -196,9 +197,8 @@ def _finish(summary: BuildSummary, store: Store, started: float) -> BuildSummary
 
 
 def _extend(options: BuildOptions, started: float) -> BuildSummary:
-    """Grow an existing store by the config file's new SAEs and the input's new rows, then compute the new units."""
-    if options.cluster.wanted:
-        raise SaezarrError("--extend runs in this process: leave out --local-workers, --scheduler, --scheduler-file")
+    """Grow an existing store by the config file's new SAEs and the input's new rows, then compute the new units (in
+    this process or on a dask cluster)."""
     if options.overwrite or options.resume:
         raise SaezarrError(
             "--extend grows the store in place (and finishes an interrupted extension itself): leave "
@@ -206,27 +206,35 @@ def _extend(options: BuildOptions, started: float) -> BuildSummary:
         )
     if not check_output_path(options.output):
         raise SaezarrError(f"--extend: no store at --output {options.output} to extend; build it first")
-    store = open_for_resume(options.output)
-    _check_resume_options(options, store)
-    extension = plan_extension(options, store)
-    device = resolve_device(options.device)
+    # held from the start: the store is read as no other writer leaves it, and a growth a kill cut short is repaired
     with store_lock(options.output) as lock:
         lock.acquire(force=options.force_unlock)
-        store.discard_partial_writes()
-        remove_stale_staging(options.output)
-        if extension.growth is not None:
-            grow_store(store, extension.growth)
-            store = Store(options.output, mode="r+")
+        restore_moved_aside(options.output)  # a coordinate a killed growth moved aside before its new one was in
+        store = open_for_resume(options.output)
+        _check_resume_options(options, store)
+        extension = plan_extension(options, store)
         plan = _Plan(
             fragments=extension.fragments,
             configs=extension.configs,
             saes=extension.saes,
             attrs=store.attrs,
             model_info=extension.model_info,
-            device=device,
+            device=resolve_device(options.device, here=not options.cluster.remote),
         )
-        summary = BuildSummary(options.output, store.n_configs, store.n_fragments, extension.n_sentences)
-        _run(_PassRunner(options, plan, store, summary), options, store, "rerun the same --extend command")
+        with _cluster(options, plan) as client:  # connected, and every worker checked, before the store is touched
+            store.discard_partial_writes()
+            remove_stale_staging(options.output)
+            if extension.growth is not None:
+                grow_store(store, extension.growth)  # here, before any task: the tasks carry the new store id
+                store = Store(options.output, mode="r+")
+                plan.attrs = store.attrs
+            summary = BuildSummary(options.output, store.n_configs, store.n_fragments, extension.n_sentences)
+            runner = (
+                _PassRunner(options, plan, store, summary)
+                if client is None
+                else _ClusterRunner(client, options, plan, store, summary)
+            )
+            _run(runner, options, store, "rerun the same --extend command")
         _finish(summary, store, started)
         if summary.complete:
             finish_growth(options.output)
@@ -463,6 +471,11 @@ def _count_pending(store: Store, summary: BuildSummary) -> bool:
     return not (done.all() and residuals.all())
 
 
+def _fragment_index(plan: _Plan) -> FragmentIndex:
+    """What the tasks read of the fragments: none if no task runs the model (an extension from stored residuals)."""
+    return FragmentIndex.of(plan.fragments) if plan.fragments is not None else FragmentIndex.none()
+
+
 class _PassRunner:
     """Runs the pending tasks of each SAE pass in this process, writing (and marking) through a ChunkWriter."""
 
@@ -482,7 +495,7 @@ class _PassRunner:
         # on CUDA the default budget is what the loaded model leaves free
         self.sae_memory = self.options.sae_memory or default_sae_memory(self.plan.device)
         work = pending_work(self.store, self.plan.saes, self.sae_memory, self.options.max_chunks)
-        fragments = FragmentIndex.of(self.plan.fragments) if self.plan.fragments is not None else FragmentIndex.none()
+        fragments = _fragment_index(self.plan)
         total = sum(self.store.chunk_size(task.chunk) for _, tasks in work for task in tasks)
         with tqdm(
             total=total, unit="frag", disable=self.options.quiet, desc="saezarr build", dynamic_ncols=True
@@ -546,9 +559,7 @@ class _ClusterRunner:
         self.sae_memory = options.sae_memory or cluster_sae_memory(self.client, options.cluster, spec)
         saes = [sae.resolved() for sae in plan.saes]  # absolute paths: as workers see them
         work = pending_work(self.store, saes, self.sae_memory, options.max_chunks)
-        results = run_tasks(
-            self.client, options.cluster, spec, FragmentIndex.of(plan.fragments), work, self.store, options.quiet
-        )
+        results = run_tasks(self.client, options.cluster, spec, _fragment_index(plan), work, self.store, options.quiet)
         # every task has finished: a temporary shard file left now is a killed worker's, whose task ran again
         self.store.discard_partial_writes()
         self.summary.model_passes = len(work)

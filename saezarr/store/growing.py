@@ -4,12 +4,14 @@ it is.
 The order makes a kill at any point resumable by rerunning the extension: first the record of what the old store
 was (`_saezarr/extend.json`), then the last partial chunk's marks are removed (its shards are rewritten with their
 old rows kept bitwise and the new rows added), then each coordinate array is replaced whole, then the data arrays'
-shapes, and last the root zarr.json (attributes and consolidated metadata), the commit point of the new inputs."""
+shapes, and last the root zarr.json (attributes, a new store id and consolidated metadata), the commit point of the new
+inputs."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +24,9 @@ from saezarr.store.layout import (
     ACTIVATIONS,
     EXTEND_RECORD,
     STATE_GROUP,
+    STORE_ID,
     Store,
     _write_layout,
-    renew_store_id,
 )
 from saezarr.store.residuals import EMBEDDINGS, RESIDUALS, write_consolidated
 
@@ -82,8 +84,8 @@ def grow_store(store: Store, growth: Growth) -> None:
     if store.residuals is not None:
         _set_shape(path / RESIDUALS, [len(store.residuals.layers), n_fragments, store.residuals.hidden])
         _set_shape(path / EMBEDDINGS, [n_fragments, store.residuals.hidden])
-    write_consolidated(path, growth.attrs)
-    renew_store_id(path)
+    # the commit point, with the fresh identity in the same write: a kill cannot commit the growth under the old id
+    write_consolidated(path, {**growth.attrs, STORE_ID: uuid.uuid4().hex})
 
 
 def finish_growth(path: Path) -> None:
