@@ -225,7 +225,7 @@ def _extend(options: BuildOptions, started: float) -> BuildSummary:
             store.discard_partial_writes()
             remove_stale_staging(options.output)
             if extension.growth is not None:
-                grow_store(store, extension.growth)  # here, before any task: the tasks carry the new store id
+                _grow(store, extension.growth)  # here, before any task: the tasks carry the new store id
                 store = Store(options.output, mode="r+")
                 plan.attrs = store.attrs
             summary = BuildSummary(options.output, store.n_configs, store.n_fragments, extension.n_sentences)
@@ -239,6 +239,19 @@ def _extend(options: BuildOptions, started: float) -> BuildSummary:
         if summary.complete:
             finish_growth(options.output)
     return summary
+
+
+def _grow(store: Store, growth) -> None:
+    """Grow the store; an interruption says that rerunning the extension finishes it."""
+    try:
+        grow_store(store, growth)
+    except KeyboardInterrupt as stop:
+        terminated = isinstance(stop, _Terminated)
+        raise SaezarrError(
+            f"{'terminated (SIGTERM)' if terminated else 'interrupted'} while {store.path} was growing; rerun the "
+            "same --extend command to finish the extension",
+            exit_code=143 if terminated else 130,
+        ) from None
 
 
 @contextlib.contextmanager

@@ -403,7 +403,13 @@ def check_output_path(path: Path) -> bool:
 
 
 def check_resume(path: Path, attrs: dict, configs: Sequence[SAEConfig] = ()) -> None:
-    """Refuse to resume a store started with a different input, config selection, model, SAEs, tokens or options."""
+    """Refuse to resume a store started with a different input, config selection, model, SAEs, tokens or options, or
+    one that an extension has begun to grow."""
+    if (Path(path) / STATE_GROUP / EXTEND_RECORD).is_file():
+        raise SaezarrError(
+            f"--resume {path}: an extension of the store (build --extend) is in progress; rerun that same --extend "
+            "command to finish it"
+        )
     stored = read_saezarr_attrs(path)
     for field in RESUME_FIELDS:
         name = FIELD_NAMES.get(field, field.replace("_", " "))
