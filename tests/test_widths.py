@@ -13,7 +13,6 @@ import pandas as pd
 import pytest
 import xarray as xr
 from clitools import run_cli
-from conftest import TINY_WIDTH
 
 import saezarr
 from saezarr.analysis.run import AnalyzeOptions, analyze
@@ -23,6 +22,7 @@ from saezarr.store.layout import Store
 from saezarr.synthetic import write_config_file, write_saes
 
 CHUNK = 32
+TINY_WIDTH = 128  # the tiny fixture's SAE width (tests/conftest.py), checked when the first store is built
 WIDE, NARROW = 2 * TINY_WIDTH, TINY_WIDTH // 2
 OTHER_WIDTHS = (
     (SAEConfig(12, 9, f"layer_12/width_{WIDE}/average_l0_9"), WIDE),
@@ -58,6 +58,7 @@ def widths(tiny, tmp_path_factory):
     build(BuildOptions(tiny.csv, one_go, all_config, quiet=True, chunk_fragments=CHUNK))
     extended = root / "extended.zarr"
     build(BuildOptions(tiny.csv, extended, old_config, quiet=True, chunk_fragments=CHUNK, residuals="all"))
+    assert Store(extended).width == TINY_WIDTH
     before = shard_digests(extended)
     model.rename(root / "model-away")  # the model can be neither loaded nor resolved
     try:
