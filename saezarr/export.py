@@ -210,7 +210,7 @@ def _expected_headers(n: int, width: int) -> dict[str, tuple[str, tuple[int, ...
 
 def is_up_to_date(target: ConfigTarget, store: Store) -> bool:
     """True if the target file is a complete export written after the config's last chunk was built."""
-    if not is_complete_npz(target.path, store.n_fragments, store.width):
+    if not is_complete_npz(target.path, store.n_fragments, int(store.widths[target.index])):
         return False
     # a store rebuilt (--overwrite) after the export has newer completion marks: the file is stale
     newest = max((entry.stat().st_mtime_ns for entry in os.scandir(store.marks / target.name)), default=0)
@@ -283,7 +283,7 @@ def write_config_npz(
         **fragment_arrays,
         "layer": np.array(target.layer, dtype=np.int64),
         "average_l0": np.array(float(target.average_l0), dtype=np.float64),
-        "num_features": np.array(store.width, dtype=np.int64),
+        "num_features": np.array(store.widths[target.index], dtype=np.int64),
     }
     save = np.savez_compressed if compressed else np.savez
     remove_stale_partials(target.path)
@@ -302,12 +302,13 @@ def write_config_npz(
 
 
 def read_activations(store: Store, target: ConfigTarget) -> np.ndarray:
-    """One configuration's activations, read chunk by chunk into a single preallocated array."""
-    out = np.empty((store.n_fragments, store.width), dtype=np.float32)
+    """One configuration's activations [fragment, its SAE's features], read chunk by chunk into one array."""
+    width = int(store.widths[target.index])
+    out = np.empty((store.n_fragments, width), dtype=np.float32)
     for chunk in range(store.n_chunks):
         start, stop = store.chunk_bounds(chunk)
         try:
-            out[start:stop] = store.array[target.index, start:stop, :]
+            out[start:stop] = store.array[target.index, start:stop, :width]
         except (OSError, ValueError, RuntimeError) as exc:
             raise store.unreadable(target.index, chunk, exc) from None
     return out

@@ -72,6 +72,7 @@ def export_per_sentence(
     output = Path(output)
     targets = select_targets(opened, output, configs, layers)
     refuse_incomplete(opened, targets)
+    _refuse_mixed_widths(opened, targets)
     with_residuals = _residuals_for(opened, targets)
     keys = [k for k in SENTENCE_KEYS if with_residuals or k not in RESIDUAL_KEYS]
     coords = {name: opened.coordinate(name) for name in ("sentence_index", "token_position", "fragment_length")}
@@ -106,6 +107,19 @@ def export_per_sentence(
         drain(0)
     summary.elapsed = time.perf_counter() - started
     return summary
+
+
+def _refuse_mixed_widths(store: Store, targets: Sequence[ConfigTarget]) -> None:
+    """Refuse configs of several SAE widths: a sentence's file holds one activations array of one width."""
+    widths: dict[int, str] = {}
+    for target in targets:
+        widths.setdefault(int(store.widths[target.index]), target.name)
+    if len(widths) > 1:
+        named = ", ".join(f"{width} ({name})" for width, name in sorted(widths.items()))
+        raise SaezarrError(
+            f"export-npz --per-sentence {store.path}: the selected configs have SAEs of different widths, {named}; a "
+            "sentence's file holds one width: select configs of one width with --configs or --layers"
+        )
 
 
 def _residuals_for(store: Store, targets: Sequence[ConfigTarget]) -> bool:
@@ -189,7 +203,7 @@ def _sentences(
     config_arrays = {
         "layers": np.array([t.layer for t in targets], dtype=np.int64),
         "average_l0s": np.array([float(t.average_l0) for t in targets], dtype=np.float64),
-        "num_features": np.array(store.width, dtype=np.int64),
+        "num_features": np.array(store.widths[targets[0].index], dtype=np.int64),
     }
     hidden = store.residuals.hidden if store.residuals is not None else store.attrs.get("hidden_size", -1)
     config_arrays["hidden_dim"] = np.array(hidden, dtype=np.int64)

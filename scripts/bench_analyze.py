@@ -284,7 +284,7 @@ def task_read(spec: dict) -> dict:
         dense = sum(pool.map(zarr_read, units))
     zarr_time = time.perf_counter() - started
     encoder = store._shard_encoder
-    files = [store.shard_file(c, k) for c, k in units]
+    files = [store.shard_files(c, k)[0] for c, k in units]
     started = time.perf_counter()
     with ThreadPoolExecutor(cores) as pool:
         decoded = sum(pool.map(lambda path: _decode_shard(path, encoder.zstd), files))

@@ -158,7 +158,7 @@ def task_units(spec: dict) -> dict:
     for ci, unit in enumerate(latents):
         store.write_shard(ci, chunk, unit)
     write_s = (time.perf_counter() - started) / len(latents)
-    sizes = [store.shard_file(ci, chunk).stat().st_size for ci in range(store.n_configs)]
+    sizes = [store.shard_files(ci, chunk)[0].stat().st_size for ci in range(store.n_configs)]
     nnz = float(np.mean([np.count_nonzero(unit) / unit.shape[0] for unit in latents]))
     x, w = torch.randn(512, 2304), torch.randn(2304, 16384) / 48
     encode = {}

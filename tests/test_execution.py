@@ -212,7 +212,7 @@ def test_a_write_that_began_before_the_store_was_replaced_is_refused(built, tmp_
     copy = tmp_path / "copy.zarr"
     shutil.copytree(built, copy)
     writer = Store(copy, mode="r+")
-    shard = writer.shard_file(0, 0)
+    shard = writer.shard_files(0, 0)[0]
     before = shard.read_bytes()
     renewed = renew_store_id(copy)  # what a --overwrite or --extend does to the store at this path meanwhile
     latents = np.zeros((writer.chunk_size(0), writer.width), dtype=np.float32)

@@ -296,7 +296,7 @@ def test_a_kill_while_the_store_grows_is_finished_by_rerunning(assets, grown, tm
     growth = extension.growth
     # the first steps of grow_store, as a kill after the coordinates were swapped in would leave them
     (store / "_saezarr" / "extend.json").write_text(json.dumps(growth.record()))
-    growing._replace_coordinates(store, growth, Store(store).width, CHUNK)
+    growing._replace_coordinates(store, growth, CHUNK, Store(store).shard_width, grown_features=False)
     assert Store(store).attrs["n_sentences"] == OLD_SENTENCES  # not committed yet
     build(options(assets["csv"], store, assets["all_config"], extend=True))
     assert data_files(store) == data_files(grown["extended"])
@@ -315,3 +315,36 @@ def test_an_extension_keeping_some_layers_runs_the_model_for_the_others(tiny, as
         np.testing.assert_allclose(
             ext.activations.sel(config=config).values, one.activations.sel(config=config), atol=1e-4, rtol=1e-4
         )
+
+
+def test_ctrl_c_while_the_store_grows_says_how_to_finish_and_resume_is_refused(assets, grown, tmp_path, monkeypatch):
+    from saezarr.errors import SaezarrError
+    from saezarr.store import growing
+
+    store = tmp_path / "interrupted.zarr"
+    build(options(assets["old_csv"], store, assets["old_config"], residuals="all"))
+    real_set_shape = growing._set_shape
+
+    def ctrl_c_on_the_first_shape(*args):  # Ctrl-C arrives midway: coordinates swapped, shapes not yet
+        monkeypatch.setattr(growing, "_set_shape", real_set_shape)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(growing, "_set_shape", ctrl_c_on_the_first_shape)
+    with pytest.raises(SaezarrError) as stopped:
+        build(options(assets["csv"], store, assets["all_config"], extend=True))
+    assert stopped.value.exit_code == 130
+    assert str(stopped.value) == (
+        f"interrupted while {store} was growing; rerun the same --extend command to finish the extension"
+    )
+    before = all_files(store)
+    result = run_cli(
+        "build", "--input", assets["csv"], "--output", store, "--config", assets["all_config"], "--resume", "--quiet"
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"saezarr: error: --resume {store}: an extension of the store (build --extend) is in progress; rerun that "
+        "same --extend command to finish it"
+    )
+    assert all_files(store) == before
+    build(options(assets["csv"], store, assets["all_config"], extend=True))
+    assert data_files(store) == data_files(grown["extended"])

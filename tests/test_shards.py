@@ -55,7 +55,7 @@ def test_shard_bytes_equal_zarrs_and_read_back(tmp_path, n_fragments, width, chu
             written[ci, start:stop] = _latents(rng, stop - start, width)
             ours.write_chunk(ci, chunk, written[ci, start:stop])
             theirs.write_chunk(ci, chunk, written[ci, start:stop])
-            assert ours.shard_file(ci, chunk).read_bytes() == theirs.shard_file(ci, chunk).read_bytes()
+            assert ours.shard_files(ci, chunk)[0].read_bytes() == theirs.shard_files(ci, chunk)[0].read_bytes()
     assert ours.done_matrix().all()
     read = xr.open_zarr(tmp_path / "ours.zarr")[ACTIVATIONS].values
     np.testing.assert_array_equal(read.view(np.uint32), written.view(np.uint32))
@@ -89,7 +89,7 @@ def test_latents_of_the_wrong_shape_are_refused_before_anything_is_written(tmp_p
     store = _new_store(tmp_path / "s.zarr", 250, 512, 100)
     with pytest.raises(ValueError, match=r"unit \(1, 2\) takes latents of shape \(50, 512\), got \(100, 512\)"):
         store.write_chunk(1, 2, np.zeros((100, 512), dtype=np.float32))
-    assert not store.shard_file(1, 2).exists()
+    assert not store.shard_files(1, 2)[0].exists()
     assert not store.done_matrix().any()
 
 
@@ -125,7 +125,7 @@ def test_inner_chunks_zarr_left_out_read_as_the_fill_value(tmp_path):
     latents = _latents(np.random.default_rng(6), 100, 6144)
     latents[:, 2048:4096] = np.nan  # zarr skips an inner chunk that holds only the fill value
     zarr.open_array(tmp_path / "s.zarr" / ACTIVATIONS, mode="r+")[0, :, :] = latents
-    data = store.shard_file(0, 0).read_bytes()
+    data = store.shard_files(0, 0)[0].read_bytes()
     index = np.frombuffer(data[-(3 * 16 + 4) : -4], dtype="<u8").reshape(3, 2)
     assert (index[1] == 2**64 - 1).all()  # the middle inner chunk is missing from the shard
     np.testing.assert_array_equal(_bits(store.read_chunk(0, 0, np.copy)), _bits(latents))
@@ -134,7 +134,7 @@ def test_inner_chunks_zarr_left_out_read_as_the_fill_value(tmp_path):
 def test_a_damaged_shard_index_is_refused(tmp_path):
     store = _new_store(tmp_path / "s.zarr", 100, 4096, 100)
     store.write_chunk(0, 0, _latents(np.random.default_rng(7), 100, 4096))
-    path = store.shard_file(0, 0)
+    path = store.shard_files(0, 0)[0]
     data = bytearray(path.read_bytes())
     data[-10] ^= 0xFF
     path.write_bytes(bytes(data))
@@ -200,7 +200,7 @@ def test_a_store_finds_its_layout_without_zarr_and_opens_zarr_on_first_use(tmp_p
     opened = Store(tmp_path / "s.zarr")
     assert "array" not in vars(opened)  # not opened yet
     assert (opened.shape, opened.chunk_fragments, opened.feature_chunk) == ((2, 20, 64), 8, 64)
-    assert opened.shard_file(1, 2) == tmp_path / "s.zarr" / ACTIVATIONS / store.array.metadata.encode_chunk_key(
+    assert opened.shard_files(1, 2)[0] == tmp_path / "s.zarr" / ACTIVATIONS / store.array.metadata.encode_chunk_key(
         (1, 2, 0)
     )
     (tmp_path / "s.zarr" / ACTIVATIONS / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group"}')

@@ -68,8 +68,9 @@ def fingerprint(store: Store, pool: str, config_indices: Sequence[int]) -> str:
     units = []
     for ci in config_indices:
         for chunk in range(store.n_chunks):
-            stat = store.shard_file(ci, chunk).stat()
-            units.append([store.layout.chunk_key((ci, chunk, 0)), stat.st_size, stat.st_mtime_ns])
+            for file in store.shard_files(ci, chunk):
+                stat = file.stat()
+                units.append([str(file.relative_to(store.path)), stat.st_size, stat.st_mtime_ns])
     identity = {
         "format": CACHE_FORMAT,
         "saezarr": saezarr.__version__,
@@ -82,6 +83,20 @@ def fingerprint(store: Store, pool: str, config_indices: Sequence[int]) -> str:
         "units": units,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def _pad_narrower_saes(store: Store, config_indices: Sequence[int], pooled: ChunkFiles, metrics: np.ndarray) -> None:
+    """Past a narrower SAE's own features, the store's feature axis holds none: pooled as never firing (a dead
+    feature, to the permutation and fold statistics), with NaN metrics, so that no such feature passes or is ranked."""
+    step = pooled.chunks[2]
+    for position, ci in enumerate(config_indices):
+        width = int(store.widths[ci])
+        if width < store.width:
+            metrics[:, position, width:] = np.nan
+            zeros = np.zeros((1, pooled.shape[1], step), dtype=pooled.dtype)
+            # from the next chunk on: the one holding the SAE's last features was padded with zeros when written
+            for start in range(-(-width // step) * step, store.width, step):
+                pooled[position : position + 1, :, start : start + step] = zeros[:, :, : store.width - start]
 
 
 class AnalysisCache:
@@ -139,6 +154,7 @@ class AnalysisCache:
             units = feature_units(store, config_indices)
             for unit, values in map_units(unit_function(store, layout, pool, pooled), units, progress):
                 metrics[:, unit.position, unit.start : unit.stop] = values
+            _pad_narrower_saes(store, config_indices, pooled, metrics)
             metrics.flush()
             del metrics
             release_freed_memory()

@@ -19,8 +19,8 @@ from saezarr.analysis.metrics import LABELS, passes_filter
 from saezarr.analysis.outputs import OutputWriter, check_output
 from saezarr.analysis.pooling import SentenceLayout, check_pool
 from saezarr.analysis.resampling import Resampled, ResamplingOptions, resample, store_residuals
-from saezarr.analysis.tables import ConfigTable, features_table
-from saezarr.analysis.units import units_on
+from saezarr.analysis.tables import ConfigTable, features_table, within_widths
+from saezarr.analysis.units import feature_units, units_on
 from saezarr.analysis.validation import Thresholds
 from saezarr.errors import SaezarrError
 from saezarr.execution.connect import ClusterOptions
@@ -113,7 +113,7 @@ def analyze(options: AnalyzeOptions) -> AnalyzeSummary:
     else:
         with (
             units_on(options.cluster, store, root),
-            _progress(options.quiet, len(indices) * -(-store.width // store.feature_chunk)) as progress,
+            _progress(options.quiet, len(feature_units(store, indices))) as progress,
         ):
             cache.fill(store, indices, layout, options.pool, progress)
     configs = ConfigTable.of(store.config_names, coordinates.values, indices)
@@ -127,14 +127,14 @@ def analyze(options: AnalyzeOptions) -> AnalyzeSummary:
     passing = passes_filter(metrics, options.min_pearson, options.min_tpr, options.max_fpr)
     features = features_table(metrics, passing, configs, resampled.p_values(metrics))
     with OutputWriter(Path(options.output)) as output:
-        output.write_features(features)
+        output.write_features(within_widths(features, store.widths[indices]))
         n_passing = _write_findings(
             output, options, store, features, configs, coordinates, layout, cache, notes, (metrics, resampled)
         )
     return AnalyzeSummary(
         output=Path(options.output),
         n_configs=len(indices),
-        n_features=store.width,
+        n_features=int(store.widths[indices].max()),  # the widest selected SAE
         n_sentences=layout.n_sentences,
         n_passing=n_passing,
         pool=options.pool,

@@ -76,6 +76,16 @@ def features_table(
     return pa.table(columns, schema=schema)
 
 
+def within_widths(features: pa.Table, widths: np.ndarray) -> pa.Table:
+    """The features table without the rows past each config's SAE width (a store of several widths pads the narrower
+    SAEs' features to the widest); the table itself where every SAE is as wide as the table."""
+    width = len(features) // max(len(widths), 1)
+    if (widths == width).all():
+        return features
+    keep = (np.arange(width)[None, :] < widths[:, None]).ravel()
+    return features.filter(pa.array(keep))
+
+
 def _per_config(values: list, width: int, repeat) -> pa.ChunkedArray:
     """A column holding each config's value for its `width` rows: one chunk per config, shared by equal values."""
     chunks = {value: repeat(value, width) for value in set(values)}

@@ -30,12 +30,12 @@ class FeatureUnit:
 
 
 def feature_units(store: Store, config_indices: Sequence[int]) -> list[FeatureUnit]:
-    """One unit per (config, inner feature chunk) of the store: the shards' smallest decodable part."""
+    """One unit per (config, inner feature chunk) of the config's SAE: the shards' smallest decodable part."""
     step = store.feature_chunk
     return [
-        FeatureUnit(position, ci, start, min(start + step, store.width))
+        FeatureUnit(position, ci, start, min(start + step, int(store.widths[ci])))
         for position, ci in enumerate(config_indices)
-        for start in range(0, store.width, step)
+        for start in range(0, int(store.widths[ci]), step)
     ]
 
 

@@ -57,7 +57,7 @@ def local_spec(spec: ComputeSpec, n_workers: int, write_threads: int | None) -> 
 
 
 def check_workers(
-    client: Client, options: ClusterOptions, model: ModelInfo, saes: Sequence[Path], device: str, output: Path
+    client: Client, options: ClusterOptions, model: ModelInfo | None, saes: Sequence[Path], device: str, output: Path
 ) -> list[str]:
     """Check on every worker what a build needs there; refuse in one line naming the first worker that lacks it."""
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -70,10 +70,11 @@ def check_workers(
         )
 
 
-def check_build_needs(model: ModelInfo, saes: Sequence[Path], device: str) -> str | None:
-    """On a worker: what it lacks of a build's model, SAE files and device, or None."""
+def check_build_needs(model: ModelInfo | None, saes: Sequence[Path], device: str) -> str | None:
+    """On a worker: what it lacks of a build's model (None: no task runs it), SAE files and device, or None."""
     try:
-        check_weights(model)
+        if model is not None:
+            check_weights(model)
     except SaezarrError as exc:
         return f"lacks the model: {exc}"
     for path in saes:

@@ -9,14 +9,14 @@ import numpy as np
 import pandas as pd
 
 from saezarr import __version__
-from saezarr.configs import SAEConfig, load_config_file, select_configs, with_neuronpedia
+from saezarr.configs import MISSING_L0, SAEConfig, load_config_file, select_configs, with_neuronpedia
 from saezarr.errors import SaezarrError
 from saezarr.extract.fragments import FRAGMENT_FIELDS, Fragments, make_fragments
 from saezarr.extract.inputs import LabeledSentences, read_labeled_csv
 from saezarr.extract.residuals import ModelInfo, check_weights, load_tokenizer, resolve_model
 from saezarr.extract.saes.locate import SAEFile, describe_configs, locate_sae, resolve_sae_repo
 from saezarr.store.growing import Growth, read_record
-from saezarr.store.layout import Store
+from saezarr.store.layout import WIDTHS, Store
 
 
 @dataclass
@@ -100,6 +100,7 @@ def _growth(store, record, attrs, configs, data, fragments, old_table, where) ->
         "saezarr_version": __version__,
         "configs": [c.name for c in configs],
         "n_sentences": len(data) if data is not None else attrs["n_sentences"],
+        WIDTHS: [int(c.width) for c in configs],
     }
     if data is not None:
         new_attrs.update(input_file=data.path.name, input_sha256=data.sha256)
@@ -132,16 +133,30 @@ def _refuse_other_options(options, attrs: dict, where: str) -> None:
 
 
 def _stored_configs(store: Store, n_configs: int) -> tuple[SAEConfig, ...]:
-    """The store's configs (the first n of its config coordinates: a half-grown store may list more)."""
-    layers, l0s = store.coordinate("layer"), store.coordinate("average_l0")
+    """The store's configs as it records them (the first n of its config coordinates: a half-grown store may list
+    more)."""
+    names, layers, l0s = store.coordinate("config"), store.coordinate("layer"), store.coordinate("average_l0")
     paths = store.coordinate("sae_path")
-    sources = store.coordinate("neuronpedia_source") if store.has_coordinate("neuronpedia_source") else None
+    optional = {name: store.coordinate(name) if store.has_coordinate(name) else None for name in _OPTIONAL}
     return tuple(
         SAEConfig(
-            int(layers[i]), int(l0s[i]), str(paths[i]), (str(sources[i]) or None) if sources is not None else None
+            layer=int(layers[i]),
+            average_l0=None if l0s[i] == MISSING_L0 else int(l0s[i]),
+            path=str(paths[i]),
+            neuronpedia=_optional(optional["neuronpedia_source"], i),
+            width=int(store.widths[i]),
+            given_name=str(names[i]),
+            architecture=_optional(optional["architecture"], i),
         )
         for i in range(n_configs)
     )
+
+
+_OPTIONAL = ("neuronpedia_source", "architecture")  # coordinates that stores of older versions lack
+
+
+def _optional(values: np.ndarray | None, i: int) -> str | None:
+    return (str(values[i]) or None) if values is not None else None
 
 
 def _stored_table(store: Store, n_sentences: int) -> pd.DataFrame:
@@ -215,10 +230,4 @@ def _locate(repo: str, attrs: dict, configs, store: Store, hidden: int, where: s
             f"{source.name} @ {source.revision}; a store keeps one SAE repository"
         )
     saes = [locate_sae(source, config, hidden, where) for config in configs]
-    for sae in saes:
-        if sae.width != store.width:
-            raise SaezarrError(
-                f"{where}: config {sae.config.name}'s SAE has {sae.width} features, the store's {store.width}; a "
-                "store holds one width"
-            )
     return saes

@@ -45,6 +45,7 @@ from saezarr.extract.work import (
     pending_work,
 )
 from saezarr.machine import human_bytes
+from saezarr.store.folders import restore_moved_aside
 from saezarr.store.growing import finish_growth, grow_store
 from saezarr.store.layout import (
     Store,
@@ -196,9 +197,8 @@ def _finish(summary: BuildSummary, store: Store, started: float) -> BuildSummary
 
 
 def _extend(options: BuildOptions, started: float) -> BuildSummary:
-    """Grow an existing store by the config file's new SAEs and the input's new rows, then compute the new units."""
-    if options.cluster.wanted:
-        raise SaezarrError("--extend runs in this process: leave out --local-workers, --scheduler, --scheduler-file")
+    """Grow an existing store by the config file's new SAEs and the input's new rows, then compute the new units (in
+    this process or on a dask cluster)."""
     if options.overwrite or options.resume:
         raise SaezarrError(
             "--extend grows the store in place (and finishes an interrupted extension itself): leave "
@@ -206,31 +206,52 @@ def _extend(options: BuildOptions, started: float) -> BuildSummary:
         )
     if not check_output_path(options.output):
         raise SaezarrError(f"--extend: no store at --output {options.output} to extend; build it first")
-    store = open_for_resume(options.output)
-    _check_resume_options(options, store)
-    extension = plan_extension(options, store)
-    device = resolve_device(options.device)
+    # held from the start: the store is read as no other writer leaves it, and a growth a kill cut short is repaired
     with store_lock(options.output) as lock:
         lock.acquire(force=options.force_unlock)
-        store.discard_partial_writes()
-        remove_stale_staging(options.output)
-        if extension.growth is not None:
-            grow_store(store, extension.growth)
-            store = Store(options.output, mode="r+")
+        restore_moved_aside(options.output)  # a coordinate a killed growth moved aside before its new one was in
+        store = open_for_resume(options.output)
+        _check_resume_options(options, store)
+        extension = plan_extension(options, store)
         plan = _Plan(
             fragments=extension.fragments,
             configs=extension.configs,
             saes=extension.saes,
             attrs=store.attrs,
             model_info=extension.model_info,
-            device=device,
+            device=resolve_device(options.device, here=not options.cluster.remote),
         )
-        summary = BuildSummary(options.output, store.n_configs, store.n_fragments, extension.n_sentences)
-        _run(_PassRunner(options, plan, store, summary), options, store, "rerun the same --extend command")
+        with _cluster(options, plan) as client:  # connected, and every worker checked, before the store is touched
+            store.discard_partial_writes()
+            remove_stale_staging(options.output)
+            if extension.growth is not None:
+                _grow(store, extension.growth)  # here, before any task: the tasks carry the new store id
+                store = Store(options.output, mode="r+")
+                plan.attrs = store.attrs
+            summary = BuildSummary(options.output, store.n_configs, store.n_fragments, extension.n_sentences)
+            runner = (
+                _PassRunner(options, plan, store, summary)
+                if client is None
+                else _ClusterRunner(client, options, plan, store, summary)
+            )
+            _run(runner, options, store, "rerun the same --extend command")
         _finish(summary, store, started)
         if summary.complete:
             finish_growth(options.output)
     return summary
+
+
+def _grow(store: Store, growth) -> None:
+    """Grow the store; an interruption says that rerunning the extension finishes it."""
+    try:
+        grow_store(store, growth)
+    except KeyboardInterrupt as stop:
+        terminated = isinstance(stop, _Terminated)
+        raise SaezarrError(
+            f"{'terminated (SIGTERM)' if terminated else 'interrupted'} while {store.path} was growing; rerun the "
+            "same --extend command to finish the extension",
+            exit_code=143 if terminated else 130,
+        ) from None
 
 
 @contextlib.contextmanager
@@ -371,11 +392,6 @@ def _plan(options: BuildOptions) -> _Plan:
     sae_source = sae_source or resolve_sae_repo(sae_repo, configs[0])
     saes = [locate_sae(sae_source, c, info.hidden_size, options.config_file) for c in configs]
     configs = tuple(sae.config for sae in saes)
-    widths = {s.width for s in saes}
-    if len(widths) > 1:
-        raise SaezarrError(
-            f"{options.config_file}: the selected SAEs have different widths {sorted(widths)}; select one width"
-        )
     attrs = {
         "saezarr_version": __version__,
         "model": info.source.name,
@@ -418,16 +434,7 @@ def residual_layers(asked: Sequence[int] | str | None, num_layers: int) -> tuple
 def _open_or_create(options: BuildOptions, plan: _Plan, exists: bool) -> tuple[Store, StoreLock]:
     """Open the store to resume, or create it; an old store is replaced only while its lock is held."""
     if not exists:
-        store = create_store(
-            options.output,
-            plan.fragments.table,
-            plan.configs,
-            plan.saes[0].width,
-            plan.attrs,
-            options.chunk_fragments or default_chunk_fragments(plan.saes[0].width),
-            residual_layers=plan.residual_layers,
-            hidden_size=plan.model_info.hidden_size,
-        )
+        store = _create(options, plan, replace=False)
     elif options.resume:
         lock = store_lock(options.output)
         lock.acquire(force=options.force_unlock)
@@ -445,20 +452,26 @@ def _open_or_create(options: BuildOptions, plan: _Plan, exists: bool) -> tuple[S
         # held through the swap, so no --resume can take the old store and then write into the new one
         with store_lock(options.output) as old_lock:
             old_lock.acquire(force=options.force_unlock)
-            store = create_store(
-                options.output,
-                plan.fragments.table,
-                plan.configs,
-                plan.saes[0].width,
-                plan.attrs,
-                options.chunk_fragments or default_chunk_fragments(plan.saes[0].width),
-                replace=True,
-                residual_layers=plan.residual_layers,
-                hidden_size=plan.model_info.hidden_size,
-            )
+            store = _create(options, plan, replace=True)
     lock = store.lock()
     lock.acquire()
     return store, lock
+
+
+def _create(options: BuildOptions, plan: _Plan, replace: bool) -> Store:
+    """The new store of the plan, at --output (replacing the store there, if `replace`)."""
+    widths = [sae.width for sae in plan.saes]
+    return create_store(
+        options.output,
+        plan.fragments.table,
+        plan.configs,
+        widths,
+        plan.attrs,
+        options.chunk_fragments or default_chunk_fragments(max(widths)),
+        replace=replace,
+        residual_layers=plan.residual_layers,
+        hidden_size=plan.model_info.hidden_size,
+    )
 
 
 def _count_pending(store: Store, summary: BuildSummary) -> bool:
@@ -469,6 +482,11 @@ def _count_pending(store: Store, summary: BuildSummary) -> bool:
     summary.units_total = done.size + residuals.size
     summary.units_skipped = int(done.sum()) + int(residuals.sum())
     return not (done.all() and residuals.all())
+
+
+def _fragment_index(plan: _Plan) -> FragmentIndex:
+    """What the tasks read of the fragments: none if no task runs the model (an extension from stored residuals)."""
+    return FragmentIndex.of(plan.fragments) if plan.fragments is not None else FragmentIndex.none()
 
 
 class _PassRunner:
@@ -490,7 +508,7 @@ class _PassRunner:
         # on CUDA the default budget is what the loaded model leaves free
         self.sae_memory = self.options.sae_memory or default_sae_memory(self.plan.device)
         work = pending_work(self.store, self.plan.saes, self.sae_memory, self.options.max_chunks)
-        fragments = FragmentIndex.of(self.plan.fragments) if self.plan.fragments is not None else FragmentIndex.none()
+        fragments = _fragment_index(self.plan)
         total = sum(self.store.chunk_size(task.chunk) for _, tasks in work for task in tasks)
         with tqdm(
             total=total, unit="frag", disable=self.options.quiet, desc="saezarr build", dynamic_ncols=True
@@ -554,9 +572,7 @@ class _ClusterRunner:
         self.sae_memory = options.sae_memory or cluster_sae_memory(self.client, options.cluster, spec)
         saes = [sae.resolved() for sae in plan.saes]  # absolute paths: as workers see them
         work = pending_work(self.store, saes, self.sae_memory, options.max_chunks)
-        results = run_tasks(
-            self.client, options.cluster, spec, FragmentIndex.of(plan.fragments), work, self.store, options.quiet
-        )
+        results = run_tasks(self.client, options.cluster, spec, _fragment_index(plan), work, self.store, options.quiet)
         # every task has finished: a temporary shard file left now is a killed worker's, whose task ran again
         self.store.discard_partial_writes()
         self.summary.model_passes = len(work)

@@ -9,6 +9,7 @@ where tasks run and mark what they report: `pipeline` in this process, `cluster`
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -57,7 +58,7 @@ class FragmentIndex:
 class ComputeSpec:
     """What every task of a build shares: the model and how to run it, and the store the shards go to."""
 
-    model: ModelInfo
+    model: ModelInfo | None  # None: no task runs the model (an extension from stored residuals)
     device: str
     dtype: str
     batch_size: int
@@ -195,7 +196,7 @@ def compute_chunk(
     for sae, encoder, row in zip(pass_.saes, encoders, pass_.rows):
         if row in task.rows:
             # the chunk's latents reach the host once, into a buffer the writer recycles
-            latents = writer.host_buffer(stop - start, store.width)
+            latents = writer.host_buffer(stop - start, int(store.widths[row]))
             encoder.encode(residuals[sae.config.layer], out=latents[skip:])
             kept = store.kept_rows(row, task.chunk)
             if kept:  # an extension keeps these rows' latents bitwise as they were
@@ -441,7 +442,8 @@ def _encoders(spec: ComputeSpec, pass_: PassSpec) -> tuple[list[Encoder], int]:
 def device_budget(spec: ComputeSpec) -> int:
     """This process's default `--sae-memory`: what its device leaves free once the model is loaded (kept for tasks)."""
     with _one_task_at_a_time:
-        _model(spec)
+        if spec.model is not None:
+            _model(spec)
     return default_sae_memory(spec.device)
 
 
@@ -451,11 +453,12 @@ def run_task(spec: ComputeSpec, fragments: FragmentIndex, pass_: PassSpec, task:
     overlap = overlaps_writes(spec.device) if spec.overlap_writes is None else spec.overlap_writes
     with _one_task_at_a_time:
         store = current_store(spec.store, spec.store_id, mode="r+")
-        model, model_loads = _model(spec)
+        model, model_loads = _model(spec) if spec.model is not None else (None, 0)  # None: every residual stored
         encoders, sae_loads = _encoders(spec, pass_)
         buffers, _ = process_cache.get("host buffers", None, list)  # latents' host buffers, recycled across tasks
         writer = ChunkWriter(store, spec.write_threads, overlap, mark=False, buffers=buffers)
-        with ResidualReader(model, pass_.layers, pass_.embeddings) as reader, writer:
+        reading = contextlib.nullcontext() if model is None else ResidualReader(model, pass_.layers, pass_.embeddings)
+        with reading as reader, writer:
             batches = compute_chunk(reader, encoders, pass_, fragments, task, spec.batch_size, writer)
     return TaskResult(
         sorted(writer.written),

@@ -62,7 +62,7 @@ def swap_into_place(staging: Path, path: Path) -> None:
     if not path.exists():
         os.rename(staging, path)
         return
-    trash = path.with_name(f".{path.name}.replaced")
+    trash = path.with_name(f".{path.name}.replaced")  # `restore_moved_aside` puts it back after a kill
     shutil.rmtree(trash, ignore_errors=True)
     os.rename(path, trash)
     try:
@@ -71,6 +71,18 @@ def swap_into_place(staging: Path, path: Path) -> None:
         os.rename(trash, path)
         raise
     shutil.rmtree(trash, ignore_errors=True)
+
+
+def restore_moved_aside(folder: Path) -> None:
+    """Put back each folder in `folder` that `swap_into_place` moved aside when a kill kept the new one from being
+    renamed in (the path is free); delete those whose new folder is in place."""
+    suffix = ".replaced"
+    for trash in Path(folder).glob(f".*{suffix}"):
+        path = trash.with_name(trash.name[1 : -len(suffix)])
+        if path.exists():
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.rename(trash, path)
 
 
 def replace_file(path: Path, write: Callable[[BinaryIO], None], parents: bool = True) -> bool:

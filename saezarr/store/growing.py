@@ -4,12 +4,14 @@ it is.
 The order makes a kill at any point resumable by rerunning the extension: first the record of what the old store
 was (`_saezarr/extend.json`), then the last partial chunk's marks are removed (its shards are rewritten with their
 old rows kept bitwise and the new rows added), then each coordinate array is replaced whole, then the data arrays'
-shapes, and last the root zarr.json (attributes and consolidated metadata), the commit point of the new inputs."""
+shapes, and last the root zarr.json (attributes, a new store id and consolidated metadata), the commit point of the new
+inputs."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +24,9 @@ from saezarr.store.layout import (
     ACTIVATIONS,
     EXTEND_RECORD,
     STATE_GROUP,
+    STORE_ID,
     Store,
     _write_layout,
-    renew_store_id,
 )
 from saezarr.store.residuals import EMBEDDINGS, RESIDUALS, write_consolidated
 
@@ -43,6 +45,11 @@ class Growth:
     attrs: dict
     kept_fragments: int
     kept_configs: int
+
+    @property
+    def widths(self) -> list[int]:
+        """Each config's SAE width after the extension."""
+        return [int(c.width) for c in self.configs]
 
     def record(self) -> dict:
         """The extension record kept in the store until the extension is complete."""
@@ -71,13 +78,14 @@ def grow_store(store: Store, growth: Growth) -> None:
             store._mark(ci, partial).unlink(missing_ok=True)
         if store.residuals is not None:
             store.residuals.unmark(partial)
-    _replace_coordinates(path, growth, store.width, cf)
-    _set_shape(path / ACTIVATIONS, [n_configs, n_fragments, store.width])
+    width = max(store.width, *growth.widths)
+    _replace_coordinates(path, growth, cf, store.shard_width, grown_features=width > store.width)
+    _set_shape(path / ACTIVATIONS, [n_configs, n_fragments, width])
     if store.residuals is not None:
         _set_shape(path / RESIDUALS, [len(store.residuals.layers), n_fragments, store.residuals.hidden])
         _set_shape(path / EMBEDDINGS, [n_fragments, store.residuals.hidden])
-    write_consolidated(path, growth.attrs)
-    renew_store_id(path)
+    # the commit point, with the fresh identity in the same write: a kill cannot commit the growth under the old id
+    write_consolidated(path, {**growth.attrs, STORE_ID: uuid.uuid4().hex})
 
 
 def finish_growth(path: Path) -> None:
@@ -85,15 +93,21 @@ def finish_growth(path: Path) -> None:
     (Path(path) / STATE_GROUP / EXTEND_RECORD).unlink(missing_ok=True)
 
 
-def _replace_coordinates(path: Path, growth: Growth, width: int, chunk_fragments: int) -> None:
-    """Each coordinate on `config` or `fragment`, written whole for the grown store and swapped in."""
+def _replace_coordinates(
+    path: Path, growth: Growth, chunk_fragments: int, shard_width: int, grown_features: bool
+) -> None:
+    """Each coordinate on `config` or `fragment` (and `feature`, if it grew), written whole for the grown store and
+    swapped in."""
     staging = folders.make_staging(path, GROWING_SUFFIX)
+    grown = ("config", "fragment", "feature") if grown_features else ("config", "fragment")
     try:
-        _write_layout(staging, growth.fragments, growth.configs, width, growth.attrs, chunk_fragments)
+        _write_layout(
+            staging, growth.fragments, growth.configs, growth.widths, growth.attrs, chunk_fragments, shard_width
+        )
         for meta in sorted(staging.glob("*/zarr.json")):
             name = meta.parent.name
             dims = json.loads(meta.read_text()).get("dimension_names") or []
-            if name != ACTIVATIONS and len(dims) == 1 and dims[0] in ("config", "fragment"):
+            if name != ACTIVATIONS and len(dims) == 1 and dims[0] in grown:
                 folders.swap_into_place(meta.parent, path / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -43,6 +43,7 @@ UNIT_BYTES = 64 * 2**20  # a unit's float32 latents at most, by default, for SAE
 MIN_UNIT_FRAGMENTS = 128  # but no fewer: BLAS packs all of W_enc per unit, a cost per row of 1/fragments (1m: 512 MiB)
 STAGING_SUFFIX = ".creating"
 EXTEND_RECORD = "extend.json"  # in _saezarr/: what an extension keeps of the store's last partial chunk
+WIDTHS = "widths"  # root attribute: each config's SAE width (absent in stores of one width from older versions)
 STORE_ID = "store_id"  # root attribute: a random id, new on each create or overwrite (or extend) of a store
 ZSTD_LEVEL = 1  # on SAE latents level 1 is both smaller and faster than 3 (USAGE.md)
 # fields a resumed build must share with the build that started the store
@@ -78,6 +79,9 @@ class Store:
         self.config_names: list[str] = list(self.attrs["configs"])
         self.marks = self.path / STATE_GROUP / "done"
         self.feature_chunk = self.layout.inner_chunks[2]  # features per (inner) chunk
+        self.shard_width = self.layout.chunks[2]  # features per shard: a wider SAE's unit spans several shards
+        # each config's SAE width; the feature axis is the widest, and a narrower SAE's features past its width are NaN
+        self.widths = np.array(self.attrs.get(WIDTHS) or [self.width] * self.n_configs, dtype=np.int64)
 
     @functools.cached_property
     def identity(self) -> str:
@@ -159,9 +163,13 @@ class Store:
     def _mark(self, config_index: int, chunk: int) -> Path:
         return self.marks / self.config_names[config_index] / str(chunk)
 
-    def shard_file(self, config_index: int, chunk: int) -> Path:
-        """The file that holds one unit's latents (there once written)."""
-        return self.path / ACTIVATIONS / self.layout.chunk_key((config_index, chunk, 0))
+    def shard_files(self, config_index: int, chunk: int) -> list[Path]:
+        """The files that hold one unit's latents (there once written): one shard per `shard_width` features."""
+        n_shards = -(-int(self.widths[config_index]) // self.shard_width)
+        return [self._shard_path(config_index, chunk, s) for s in range(n_shards)]
+
+    def _shard_path(self, config_index: int, chunk: int, shard: int) -> Path:
+        return self.path / ACTIVATIONS / self.layout.chunk_key((config_index, chunk, shard))
 
     def is_done(self, config_index: int, chunk: int) -> bool:
         """True if the unit is marked complete and the data file it marks is there."""
@@ -172,8 +180,7 @@ class Store:
         (marked or not)."""
         if config_index == RESIDUAL_UNIT:
             return all(f.is_file() and f.stat().st_size > 0 for f in self.residuals.files(chunk))
-        shard = self.shard_file(config_index, chunk)
-        return shard.is_file() and shard.stat().st_size > 0
+        return all(f.is_file() and f.stat().st_size > 0 for f in self.shard_files(config_index, chunk))
 
     def done_matrix(self) -> np.ndarray:
         """Completion of every (config, chunk) unit, as a boolean [n_configs, n_chunks] array."""
@@ -190,30 +197,45 @@ class Store:
     def read_chunk(
         self, config_index: int, chunk: int, reduce: Callable[[np.ndarray], np.ndarray], features: slice = slice(None)
     ) -> np.ndarray:
-        """`reduce` of one unit's latents [fragment, feature] (of a range of whole feature chunks, or all), applied to
+        """`reduce` of one unit's latents [fragment, feature] (of a range of features, or all of its SAE's), applied to
         column blocks (it must act on rows alone)."""
         start, stop = self.chunk_bounds(chunk)
+        first, last, _ = features.indices(int(self.widths[config_index]))
         if self._shard_encoder is None:
-            return reduce(self.array[config_index, start:stop, features])
-        first, last, _ = features.indices(self.width)
-        inner = range(first // self.feature_chunk, -(-last // self.feature_chunk))
-        # decoding the shard here runs at the codec's speed on the caller's thread, no event loop in between
-        with self._shard(config_index, chunk) as data:
-            try:
-                return self._shard_encoder.decode(data, stop - start, reduce, inner)
-            except ShardDamaged as exc:
-                raise self.unreadable(config_index, chunk, exc) from None
+            return reduce(self.array[config_index, start:stop, first:last])
+        parts = []
+        for shard in range(first // self.shard_width, -(-last // self.shard_width)):
+            offset = shard * self.shard_width
+            low, high = max(first, offset) - offset, min(last, offset + self.shard_width) - offset
+            inner = range(low // self.feature_chunk, -(-high // self.feature_chunk))
+            # decoding the shard here runs at the codec's speed on the caller's thread, no event loop in between
+            with self._shard(config_index, chunk, shard) as data:
+                try:
+                    block = self._shard_encoder.decode(data, stop - start, reduce, inner)
+                except ShardDamaged as exc:
+                    raise self.unreadable(config_index, chunk, exc) from None
+            skip = low - inner.start * self.feature_chunk
+            parts.append(block[:, skip : skip + high - low] if block.shape[1] != high - low else block)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
     def read_columns(self, config_index: int, chunk: int, features: np.ndarray) -> np.ndarray:
         """One unit's latents [fragment, len(features)] of some features."""
         start, stop = self.chunk_bounds(chunk)
         if self._shard_encoder is None:
             return self.array.get_orthogonal_selection((config_index, slice(start, stop), features))
-        with self._shard(config_index, chunk) as data:
-            try:
-                return self._shard_encoder.decode_columns(data, stop - start, features)
-            except ShardDamaged as exc:
-                raise self.unreadable(config_index, chunk, exc) from None
+        features = np.asarray(features, dtype=np.int64)
+        out = np.empty((stop - start, len(features)), dtype="<f4")
+        shards = features // self.shard_width
+        for shard in np.unique(shards):
+            here = shards == shard
+            with self._shard(config_index, chunk, int(shard)) as data:
+                try:
+                    out[:, here] = self._shard_encoder.decode_columns(
+                        data, stop - start, features[here] - shard * self.shard_width
+                    )
+                except ShardDamaged as exc:
+                    raise self.unreadable(config_index, chunk, exc) from None
+        return out
 
     def unreadable(self, config_index: int, chunk: int, exc: Exception) -> SaezarrError:
         """The one-line error for a unit whose data cannot be read back."""
@@ -224,10 +246,10 @@ class Store:
         )
 
     @contextlib.contextmanager
-    def _shard(self, config_index: int, chunk: int) -> Iterator[ShardFile | None]:
-        """The unit's shard file, read in parts: a unit of analysis reads one inner chunk of it, not all."""
+    def _shard(self, config_index: int, chunk: int, shard: int) -> Iterator[ShardFile | None]:
+        """One of the unit's shard files, read in parts: a unit of analysis reads one inner chunk of it, not all."""
         try:
-            shard = ShardFile(self.shard_file(config_index, chunk))
+            shard = ShardFile(self._shard_path(config_index, chunk, shard))
         except FileNotFoundError:
             yield None  # never written: zarr reads it as the fill value
             return
@@ -241,17 +263,25 @@ class Store:
 
     def write_shard(self, config_index: int, chunk: int, latents: np.ndarray) -> None:
         """Write one unit's latents durably, without marking it: any process may do this, the writer marks."""
-        expected = (self.chunk_size(chunk), self.width)
+        expected = (self.chunk_size(chunk), int(self.widths[config_index]))
         if latents.shape != expected:
             raise ValueError(f"unit ({config_index}, {chunk}) takes latents of shape {expected}, got {latents.shape}")
+        files = self.shard_files(config_index, chunk)
+        data = [self._encode_shard(config_index, chunk, shard, latents) for shard in range(len(files))]
+        refuse_if_replaced(self.path, self.identity)  # a task that began before the store was replaced stops here
+        for file, content in zip(files, data):
+            write_durably(file, content)
+
+    def _encode_shard(self, config_index: int, chunk: int, shard: int, latents: np.ndarray) -> bytes:
+        """One shard's bytes: its `shard_width` columns of the unit's latents, NaN past the SAE's width."""
+        columns = latents[:, shard * self.shard_width : (shard + 1) * self.shard_width]
+        if columns.shape[1] < self.shard_width:
+            columns = np.pad(columns, ((0, 0), (0, self.shard_width - columns.shape[1])), constant_values=np.nan)
         if self._shard_encoder is not None:
             # zarr's array API merges each inner chunk into a fill-value buffer on one event-loop thread;
             # encoding the whole shard here runs at the codec's speed on every writer thread
-            data = b"".join(self._shard_encoder.encode(latents))
-        else:
-            data = self._encode_with_zarr(config_index, chunk, latents)
-        refuse_if_replaced(self.path, self.identity)  # a task that began before the store was replaced stops here
-        write_durably(self.shard_file(config_index, chunk), data)
+            return b"".join(self._shard_encoder.encode(columns))
+        return self._encode_with_zarr(config_index, chunk, shard, columns)
 
     def mark_done(self, config_index: int, chunk: int) -> None:
         """Mark a unit complete (RESIDUAL_UNIT: a chunk's residuals); only once its files are durable."""
@@ -262,7 +292,7 @@ class Store:
         mark.parent.mkdir(parents=True, exist_ok=True)
         mark.touch()
 
-    def _encode_with_zarr(self, config_index: int, chunk: int, latents: np.ndarray) -> bytes:
+    def _encode_with_zarr(self, config_index: int, chunk: int, shard: int, columns: np.ndarray) -> bytes:
         """One shard's bytes as zarr's array API encodes them, written to a scratch in-memory copy of the array."""
         import zarr
         from zarr.core.buffer import default_buffer_prototype
@@ -273,8 +303,10 @@ class Store:
         scratch["zarr.json"] = default_buffer_prototype().buffer.from_bytes(metadata)
         array = zarr.open_array(MemoryStore(scratch), mode="r+").with_config({"write_empty_chunks": True})
         start, stop = self.chunk_bounds(chunk)
-        array[config_index, start:stop, :] = latents
-        return scratch[array.metadata.encode_chunk_key((config_index, chunk, 0))].to_bytes()
+        first = shard * self.shard_width
+        last = min(first + self.shard_width, self.width)
+        array[config_index, start:stop, first:last] = columns[:, : last - first]
+        return scratch[array.metadata.encode_chunk_key((config_index, chunk, shard))].to_bytes()
 
     def discard_partial_writes(self) -> None:
         """Delete the temporary files of writes that a killed build left (saezarr's and zarr's)."""
@@ -371,7 +403,13 @@ def check_output_path(path: Path) -> bool:
 
 
 def check_resume(path: Path, attrs: dict, configs: Sequence[SAEConfig] = ()) -> None:
-    """Refuse to resume a store started with a different input, config selection, model, SAEs, tokens or options."""
+    """Refuse to resume a store started with a different input, config selection, model, SAEs, tokens or options, or
+    one that an extension has begun to grow."""
+    if (Path(path) / STATE_GROUP / EXTEND_RECORD).is_file():
+        raise SaezarrError(
+            f"--resume {path}: an extension of the store (build --extend) is in progress; rerun that same --extend "
+            "command to finish it"
+        )
     stored = read_saezarr_attrs(path)
     for field in RESUME_FIELDS:
         name = FIELD_NAMES.get(field, field.replace("_", " "))
@@ -418,7 +456,7 @@ def create_store(
     path: Path,
     fragments: pd.DataFrame,
     configs: Sequence[SAEConfig],
-    width: int,
+    widths: int | Sequence[int],
     attrs: dict,
     chunk_fragments: int = DEFAULT_CHUNK_FRAGMENTS,
     replace: bool = False,
@@ -426,12 +464,14 @@ def create_store(
     hidden_size: int | None = None,
 ) -> Store:
     """Create the store with its coordinates and unwritten activations (and, with `residual_layers`, residuals and
-    embeddings of `hidden_size`) arrays, atomically by rename."""
+    embeddings of `hidden_size`) arrays, atomically by rename; `widths` are each config's SAE width (an int: all)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = folders.make_staging(path, STAGING_SUFFIX)
     try:
-        _write_layout(staging, fragments, configs, width, {**attrs, STORE_ID: uuid.uuid4().hex}, chunk_fragments)
+        widths = [widths] * len(configs) if isinstance(widths, int) else list(widths)
+        attrs = {**attrs, STORE_ID: uuid.uuid4().hex}
+        _write_layout(staging, fragments, configs, widths, attrs, chunk_fragments, shard_width=min(widths))
         if residual_layers is not None:
             add_residual_arrays(staging, list(residual_layers), hidden_size, len(fragments), chunk_fragments)
             write_consolidated(staging)
@@ -476,7 +516,11 @@ def remove_stale_staging(path: Path) -> None:
     folders.remove_stale_staging(path, STAGING_SUFFIX)
 
 
-def _write_layout(path: Path, fragments: pd.DataFrame, configs, width, attrs, chunk_fragments) -> None:
+def _write_layout(
+    path: Path, fragments: pd.DataFrame, configs, widths: Sequence[int], attrs, chunk_fragments, shard_width: int
+) -> None:
+    """A new store's arrays and coordinates at path: a feature axis as wide as the widest SAE, in shards of
+    `shard_width` features."""
     import dask.array as da
     import xarray as xr
     import zarr
@@ -484,12 +528,14 @@ def _write_layout(path: Path, fragments: pd.DataFrame, configs, width, attrs, ch
 
     n_configs, n_fragments = len(configs), len(fragments)
     chunk_fragments = max(1, min(chunk_fragments, n_fragments))
-    activations = da.zeros((n_configs, n_fragments, width), dtype=np.float32, chunks=(1, chunk_fragments, width))
+    width = max(widths)
+    attrs = {**attrs, WIDTHS: [int(w) for w in widths]}
+    activations = da.zeros((n_configs, n_fragments, width), dtype=np.float32, chunks=(1, chunk_fragments, shard_width))
     coords = {
         "config": ("config", _strings(c.name for c in configs)),
         "layer": ("config", np.array([c.layer for c in configs], dtype=np.int64)),
         "average_l0": ("config", np.array([c.l0_or_missing for c in configs], dtype=np.int64)),  # -1: not known
-        "width": ("config", np.array([c.width or width for c in configs], dtype=np.int64)),
+        "width": ("config", np.array(widths, dtype=np.int64)),
         "architecture": ("config", _strings(c.architecture or "jumprelu" for c in configs)),
         "sae_path": ("config", _strings(c.path for c in configs)),
         "neuronpedia_source": ("config", _strings(c.neuronpedia or "" for c in configs)),
@@ -504,8 +550,8 @@ def _write_layout(path: Path, fragments: pd.DataFrame, configs, width, attrs, ch
     dataset = xr.Dataset({ACTIVATIONS: (("config", "fragment", "feature"), activations)}, coords=coords, attrs=attrs)
     encoding = {
         ACTIVATIONS: {
-            "chunks": (1, chunk_fragments, _feature_chunk(width)),
-            "shards": (1, chunk_fragments, width),
+            "chunks": (1, chunk_fragments, _feature_chunk(shard_width)),
+            "shards": (1, chunk_fragments, shard_width),
             "compressors": (ZstdCodec(level=ZSTD_LEVEL, checksum=True),),  # a damaged chunk fails to decode
             "fill_value": np.nan,
         }

@@ -62,7 +62,7 @@ def store_info(path: str | Path) -> dict:
     done = store.done_matrix()
     layers, l0s = store.coordinate("layer"), store.coordinate("average_l0")
     chunk_sizes = np.array([store.chunk_size(chunk) for chunk in range(store.n_chunks)])
-    dense_done = int((done * chunk_sizes).sum()) * store.width * 4
+    dense_done = int(((done * chunk_sizes).sum(axis=1) * store.widths).sum()) * 4
     on_disk = store.bytes_on_disk()
     attrs = store.attrs
     return {
@@ -87,6 +87,7 @@ def store_info(path: str | Path) -> dict:
                 "name": name,
                 "layer": int(layers[ci]),
                 "average_l0": int(l0s[ci]),
+                "width": int(store.widths[ci]),
                 "done_chunks": int(done[ci].sum()),
                 "total_chunks": store.n_chunks,
             }
@@ -117,6 +118,14 @@ def residuals_info(store: Store) -> dict | None:
     }
 
 
+def _features(configs: list[dict], n_features: int) -> str:
+    """The feature axis in words: its length, and the SAE widths where they differ."""
+    widths = sorted({c.get("width", n_features) for c in configs})
+    if len(widths) <= 1:
+        return f"{n_features} features"
+    return f"{n_features} features (SAE widths {', '.join(map(str, widths))}; NaN past a narrower SAE's width)"
+
+
 def format_info(info: dict) -> str:
     """The human form of `saezarr info`: a few labelled lines."""
     configs = info["configs"]
@@ -127,7 +136,7 @@ def format_info(info: dict) -> str:
         f"SAE repo     {info['sae_repo']} @ {info['sae_revision']}",
         f"input        {info['input_file']}, sha256 {info['input_sha256']}",
         f"fragments    {info['fragments']}: {info['n_sentences']} sentences, {info['n_fragments']} fragments, "
-        f"{info['n_features']} features; {info['n_chunks']} chunks of {info['chunk_fragments']} fragments",
+        f"{_features(configs, info['n_features'])}; {info['n_chunks']} chunks of {info['chunk_fragments']} fragments",
         f"configs      {len(configs)}, {n_complete} complete (done/total chunks):",
     ]
     for layer in sorted({c["layer"] for c in configs}):

@@ -62,7 +62,6 @@ class ShardEncoder:
             and fill_value is not None
             and shard[0] == chunk[0] == 1
             and shard[1] == chunk[1]
-            and shard[2] == layout.shape[2]
             and shard[2] % chunk[2] == 0
         ):
             return None

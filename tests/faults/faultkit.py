@@ -289,3 +289,78 @@ def one_error_line(stderr: str) -> str:
     assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{stderr}"
     assert lines[0].startswith("saezarr: error: "), lines[0]
     return lines[0]
+
+
+# ----------------------------------------------------------------------------- killed at a chosen call
+
+# run as `python -c KILLER POINT WHEN N ARGS...`: `saezarr ARGS`, SIGKILLed right `before` or `after` the n-th call of
+# POINT (`module.function`, or `module.Class.method`), or within `folders.swap_into_place` once the n-th coordinate
+# folder was moved aside and before its new one is renamed in (POINT `mid-swap`)
+KILLER = r"""
+import importlib, os, signal, sys, threading
+point, when, n, argv = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+calls = [0]
+one_at_a_time = threading.Lock()  # units are written (and marked) by a pool of threads: the n-th call is exact
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def counted(original):
+    def wrapper(*args, **kwargs):
+        with one_at_a_time:
+            calls[0] += 1
+            if when == "before" and calls[0] == n:
+                die()
+            result = original(*args, **kwargs)
+            if when == "after" and calls[0] == n:
+                die()
+            return result
+    return wrapper
+
+if point == "mid-swap":
+    from saezarr.store import folders
+
+    class Renames:
+        def __getattr__(self, name):
+            return getattr(os, name)
+
+        def rename(self, source, target):
+            os.rename(source, target)
+            if str(target).endswith(".replaced"):
+                calls[0] += 1
+                if calls[0] == n:
+                    die()
+
+    folders.os = Renames()
+else:
+    module, *attributes = point.split(".")
+    owner = importlib.import_module(f"saezarr.store.{module}")
+    for attribute in attributes[:-1]:
+        owner = getattr(owner, attribute)
+    setattr(owner, attributes[-1], counted(getattr(owner, attributes[-1])))
+
+from saezarr.cli import main
+sys.exit(main(argv))
+"""
+
+
+@dataclass(frozen=True)
+class KillPoint:
+    """A moment to kill at: `function` wrapped to die `when` its n-th call is made (`before`) or returns (`after`)."""
+
+    name: str
+    function: str
+    when: str
+    n: int
+
+
+def killed_at(point: KillPoint, args: list[str], logs: Path) -> bool:
+    """Run `saezarr ARGS` to die at the point; True if it died there, False if it finished first (exit 0)."""
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    command = [sys.executable, "-c", KILLER, point.function, point.when, str(point.n), *args]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    logs.write_text(done.stderr)
+    if done.returncode == 0:
+        return False
+    assert done.returncode == -signal.SIGKILL, f"{point.name}: exit {done.returncode}\n{done.stderr}"
+    return True
