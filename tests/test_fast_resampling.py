@@ -140,3 +140,15 @@ def test_heldout_choices_of_a_whole_layer_equal_a_loop_over_configs_and_folds():
         assert (row["fold"], row["config"], row["feature"]) == expected[:3]
         for name, value in zip(("score", "heldout_pearson", "heldout_auroc_3v0"), expected[3:]):
             assert row[name] == pytest.approx(value, abs=1e-10), name
+
+
+def test_features_nan_past_a_narrower_width_and_too_few_varying_ones_change_no_curve():
+    labels, configs, residuals = _case(3)
+    x = configs[0][:, 15:]  # fewer features than the largest probe's k, some silent
+    padded = np.hstack([x, np.full((N_SENTENCES, 30), np.nan, dtype=np.float32)])  # a wider SAE's feature axis
+    folds = fold_ids(labels, 5, 0)
+    permutations = np.array([np.random.default_rng(k).permutation(N_SENTENCES) for k in range(4)])
+    rows = [emergence_rows([0], {0: FeatureMatrix.of(m)}, {}, labels, folds, permutations)[0] for m in (x, padded)]
+    assert np.isfinite(rows[0]["sparse_probe_k64_heldout_spearman"])
+    for name, value in rows[0].items():
+        assert rows[1][name] == pytest.approx(value, abs=1e-10, nan_ok=True), name

@@ -74,10 +74,13 @@ def layer_scores(
 
 def _feature_predictions(split: FoldSplit, targets: np.ndarray, predictions: dict) -> None:
     """Fill the held-out rows of the best-feature and sparse-probe predictions of every target."""
-    n_features = split.training.shape[1]
-    k_max = min(max(SPARSE_KS), n_features)
-    # the features that vary on the training rows (few) come before the others, so only they are ranked if enough
-    kept, r = (split.varying, split.r) if len(split.varying) >= k_max else (np.arange(n_features), split.full_r())
+    kept, r = split.varying, split.r  # the features that correlate on the training rows: the others rank last
+    if len(kept) < max(SPARSE_KS):  # too few: constant ones fill the probes (they standardise to zero), never NaN ones
+        constant = np.flatnonzero(split.training.constant())[: max(SPARSE_KS) - len(kept)]
+        kept, r = np.concatenate([kept, constant]), np.vstack([r, np.full((len(constant), r.shape[1]), np.nan)])
+    k_max = min(max(SPARSE_KS), len(kept))
+    if not k_max:
+        return  # every feature is NaN on the training rows: no prediction
     best_kept = np.argmax(np.where(np.isnan(r), -np.inf, r), axis=0)
     best = kept[best_kept]
     strength = np.where(np.isnan(r), -1.0, np.abs(r))

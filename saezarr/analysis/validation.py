@@ -57,8 +57,9 @@ CHOSEN = np.dtype(
 @dataclass(frozen=True)
 class FoldSplit:
     """One outer fold of a [sentences, features] matrix: its training and held-out rows (boolean masks and their
-    matrices), the features that vary on the training rows and their training Pearson correlation with each target
-    column [varying features, targets] (the other features have none)."""
+    matrices), the features that correlate with some target on the training rows and their training Pearson
+    correlation with each target column [those features, targets] (the others have none: they are constant, or
+    NaN past a narrower SAE's width)."""
 
     train: np.ndarray
     test: np.ndarray
@@ -66,12 +67,6 @@ class FoldSplit:
     testing: FeatureMatrix
     varying: np.ndarray
     r: np.ndarray
-
-    def full_r(self) -> np.ndarray:
-        """The training Pearson correlation of every feature [features, targets] (NaN for the constant ones)."""
-        r = np.full((self.training.shape[1], self.r.shape[1]), np.nan)
-        r[self.varying] = self.r
-        return r
 
 
 def fold_splits(matrix: FeatureMatrix, targets: np.ndarray, folds: np.ndarray) -> list[FoldSplit]:
@@ -83,7 +78,10 @@ def fold_splits(matrix: FeatureMatrix, targets: np.ndarray, folds: np.ndarray) -
         training = matrix.rows(train)
         varies = ~training.constant()  # most SAE features are silent on every training sentence
         r = pearson_many(training.scaled(varies, np.ones(len(varies))), targets[train].astype(np.float64))
-        splits.append(FoldSplit(train, test, training, matrix.rows(test), np.flatnonzero(varies), r))
+        correlates = ~np.isnan(r).all(axis=1)
+        splits.append(
+            FoldSplit(train, test, training, matrix.rows(test), np.flatnonzero(varies)[correlates], r[correlates])
+        )
     return splits
 
 
