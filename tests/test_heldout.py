@@ -106,3 +106,12 @@ def test_analyze_writes_heldout_columns_and_they_separate_planted_from_shuffled(
     shuffled = _analyze(planted.shuffled, tmp_path / "shuffled", tmp_path / "cache")
     shuffled_mean = shuffled["heldout"]["mean_heldout_pearson"]
     assert shuffled_mean is None or abs(shuffled_mean) < 0.25  # None: no fold chose a feature at all
+
+
+def test_feature_matrix_columns_asked_for_twice_are_each_filled():
+    rng = np.random.default_rng(3)
+    x = np.where(rng.random((12, 40)) < 0.2, rng.random((12, 40)), 0.0)  # sparse, as SAE features are
+    which = np.array([7, 3, 7, 0, 3, 39])
+    matrix = FeatureMatrix.of(x)
+    assert matrix.positives is not None  # the sparse path, where repeats were lost
+    np.testing.assert_array_equal(matrix.columns(which), x[:, which])

@@ -64,12 +64,13 @@ class FeatureMatrix:
         if self.positives is None:
             return self.dense[:, which]
         rows, cols, values = self.positives
-        out = np.zeros((self.shape[0], len(which)))
+        unique, repeats = np.unique(which, return_inverse=True)  # a column asked for twice is filled twice
+        out = np.zeros((self.shape[0], len(unique)))
         position = np.full(self.shape[1], -1, dtype=np.int64)
-        position[which] = np.arange(len(which))
+        position[unique] = np.arange(len(unique))
         taken = position[cols] >= 0
         out[rows[taken], position[cols[taken]]] = values[taken]
-        return out
+        return out[:, repeats]
 
     def scaled(self, keep: np.ndarray, scale: np.ndarray) -> FeatureMatrix:
         """The matrix of the columns where the boolean mask keep is true, each multiplied by its scale."""
