@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,3 +61,27 @@ def planted(tmp_path_factory):
     from plantedtools import make_planted
 
     return make_planted(tmp_path_factory.mktemp("planted"))
+
+
+# the fault-injection suite's counts from pytest-xdist workers; the controller loads this conftest, not tests/faults'
+FAULT_REPORT: Counter = Counter()
+FAULT_NOTES: list[str] = []
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """On the pytest-xdist controller: add a finished worker's fault-injection counts and notes."""
+    output = getattr(node, "workeroutput", {})
+    FAULT_REPORT.update(output.get("saezarr_fault_report", {}))
+    FAULT_NOTES.extend(output.get("saezarr_fault_notes", []))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Under pytest-xdist, the fault-injection summary of every worker (a serial run prints its own)."""
+    if not FAULT_REPORT and not FAULT_NOTES:
+        return
+    terminalreporter.section("saezarr fault injection")
+    for key in sorted(FAULT_REPORT):
+        terminalreporter.write_line(f"{key}: {FAULT_REPORT[key]}")
+    for line in FAULT_NOTES:
+        terminalreporter.write_line(line)

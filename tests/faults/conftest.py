@@ -21,19 +21,12 @@ def demo_reference(demo_config, tmp_path_factory) -> Path:
 
 
 def pytest_sessionfinish(session):
-    """On a pytest-xdist worker: hand this worker's counts and notes to the controller, which prints them all."""
+    """On a pytest-xdist worker: hand this worker's counts and notes to the controller (tests/conftest.py prints
+    them all)."""
     workeroutput = getattr(session.config, "workeroutput", None)
     if workeroutput is not None:
         workeroutput["saezarr_fault_report"] = dict(REPORT)
         workeroutput["saezarr_fault_notes"] = list(NOTES)
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_testnodedown(node, error):
-    """On the pytest-xdist controller: add a finished worker's counts and notes to the summary."""
-    output = getattr(node, "workeroutput", {})
-    REPORT.update(output.get("saezarr_fault_report", {}))
-    NOTES.extend(output.get("saezarr_fault_notes", []))
 
 
 def pytest_terminal_summary(terminalreporter):
