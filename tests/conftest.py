@@ -63,25 +63,32 @@ def planted(tmp_path_factory):
     return make_planted(tmp_path_factory.mktemp("planted"))
 
 
-# the fault-injection suite's counts from pytest-xdist workers; the controller loads this conftest, not tests/faults'
-FAULT_REPORT: Counter = Counter()
-FAULT_NOTES: list[str] = []
+def pytest_configure(config):
+    # what the fault-injection suite did: tests/faults/conftest.py adds its counts and notes, here or, on a
+    # pytest-xdist worker, through the controller; printed once at the end of the run
+    config.saezarr_faults = {"report": Counter(), "notes": []}
+
+
+def add_fault_results(config, results: dict | None) -> None:
+    """Add a process's fault-injection counts and notes to the run's summary."""
+    if results:
+        config.saezarr_faults["report"].update(results["report"])
+        config.saezarr_faults["notes"].extend(results["notes"])
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node, error):
-    """On the pytest-xdist controller: add a finished worker's fault-injection counts and notes."""
-    output = getattr(node, "workeroutput", {})
-    FAULT_REPORT.update(output.get("saezarr_fault_report", {}))
-    FAULT_NOTES.extend(output.get("saezarr_fault_notes", []))
+    """On the pytest-xdist controller: a finished worker's fault-injection counts and notes."""
+    add_fault_results(node.config, getattr(node, "workeroutput", {}).get("saezarr_faults"))
 
 
 def pytest_terminal_summary(terminalreporter):
-    """Under pytest-xdist, the fault-injection summary of every worker (a serial run prints its own)."""
-    if not FAULT_REPORT and not FAULT_NOTES:
+    """What the fault-injection suite did, if it ran."""
+    faults = terminalreporter.config.saezarr_faults
+    if not faults["report"] and not faults["notes"]:
         return
     terminalreporter.section("saezarr fault injection")
-    for key in sorted(FAULT_REPORT):
-        terminalreporter.write_line(f"{key}: {FAULT_REPORT[key]}")
-    for line in FAULT_NOTES:
+    for key in sorted(faults["report"]):
+        terminalreporter.write_line(f"{key}: {faults['report'][key]}")
+    for line in faults["notes"]:
         terminalreporter.write_line(line)

@@ -21,19 +21,12 @@ def demo_reference(demo_config, tmp_path_factory) -> Path:
 
 
 def pytest_sessionfinish(session):
-    """On a pytest-xdist worker: hand this worker's counts and notes to the controller (tests/conftest.py prints
-    them all)."""
+    """Hand this process's counts and notes to tests/conftest.py's summary (on a pytest-xdist worker, through the
+    controller)."""
+    results = {"report": dict(REPORT), "notes": list(NOTES)}
     workeroutput = getattr(session.config, "workeroutput", None)
     if workeroutput is not None:
-        workeroutput["saezarr_fault_report"] = dict(REPORT)
-        workeroutput["saezarr_fault_notes"] = list(NOTES)
-
-
-def pytest_terminal_summary(terminalreporter):
-    if not REPORT and not NOTES:
-        return
-    terminalreporter.section("saezarr fault injection")
-    for key in sorted(REPORT):
-        terminalreporter.write_line(f"{key}: {REPORT[key]}")
-    for line in NOTES:
-        terminalreporter.write_line(line)
+        workeroutput["saezarr_faults"] = results
+    else:
+        session.config.saezarr_faults["report"].update(results["report"])
+        session.config.saezarr_faults["notes"].extend(results["notes"])

@@ -22,7 +22,7 @@ ACTIVATIONS = "activations"
 STATE = "_saezarr"
 CHUNK = 16  # fragments per chunk in this suite: many small units, many moments to crash at
 
-# what the suite did, printed at the end of the run (see conftest.pytest_terminal_summary)
+# what the suite did, printed at the end of the run (tests/conftest.py, pytest_terminal_summary)
 REPORT: Counter = Counter()
 NOTES: list[str] = []
 
