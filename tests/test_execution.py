@@ -7,10 +7,12 @@ a warm worker keeps between builds is this process's, and CLI runs in subprocess
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pandas as pd
@@ -25,7 +27,8 @@ from saezarr.execution.connect import ClusterOptions
 from saezarr.extract.cluster import _check_result
 from saezarr.extract.pipeline import BuildOptions, _plan, build
 from saezarr.extract.work import ComputeSpec, FragmentIndex, TaskResult, pending_work, run_task
-from saezarr.store.layout import Store, create_store, renew_store_id, store_identity
+from saezarr.store.folders import write_durably
+from saezarr.store.layout import STORE_ID, Store, create_store, store_identity
 from saezarr.synthetic import DEMO_CSV
 
 CHUNK = 16
@@ -63,6 +66,15 @@ def csvs(tmp_path_factory) -> tuple[Path, Path]:
     rows.head(36).to_csv(short, index=False)
     rows.to_csv(long, index=False)
     return short, long
+
+
+def renew_store_id(path: Path) -> str:
+    """Give the store at path a new store_id, as an --overwrite or --extend does meanwhile; return the new id."""
+    meta_file = Path(path) / "zarr.json"
+    meta = json.loads(meta_file.read_text())
+    meta.setdefault("attributes", {})[STORE_ID] = new_id = uuid.uuid4().hex
+    write_durably(meta_file, json.dumps(meta, indent=2).encode())
+    return new_id
 
 
 def _options(csv: Path, store: Path, config: Path, **extra) -> BuildOptions:

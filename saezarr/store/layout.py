@@ -367,15 +367,6 @@ def _legacy_identity(path: Path) -> str:
     return f"legacy-{stat.st_ino}-{stat.st_mtime_ns}-{stat.st_size}"
 
 
-def renew_store_id(path: Path) -> str:
-    """Give the store at path a new store_id (its data changed shape or meaning in place); return the new id."""
-    meta_file = Path(path) / "zarr.json"
-    meta = json.loads(meta_file.read_text())
-    meta.setdefault("attributes", {})[STORE_ID] = new_id = uuid.uuid4().hex
-    write_durably(meta_file, json.dumps(meta, indent=2).encode())
-    return new_id
-
-
 # `s3://b/x` as a Path is `s3:/b/x`; a scheme has two or more letters, so `C:/x` is no URL
 _URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):/+")
 
