@@ -11,7 +11,6 @@ import sys
 import weakref
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +19,8 @@ from saezarr.analysis.metrics import METRICS, unstacked
 from saezarr.analysis.pooling import SentenceLayout, pooled_dtype
 from saezarr.analysis.units import feature_units, unit_function
 from saezarr.errors import SaezarrError
-from saezarr.execution.running import map_units
-from saezarr.machine import human_bytes, parse_size, usable_cores
+from saezarr.execution.running import map_in_threads, map_units
+from saezarr.machine import human_bytes, parse_size
 from saezarr.store.folders import make_staging, remove_stale_staging_in, replace_file
 from saezarr.store.layout import Store
 from saezarr.store.locking import SharedLease, exclusive_if_free
@@ -202,10 +201,9 @@ class AnalysisCache:
             return [((ci, feature), _tokens(fragments, block[:, j])) for j, feature in enumerate(features)]
 
         read_now = defaultdict(list)
-        with ThreadPoolExecutor(max_workers=usable_cores()) as pool:
-            for tokens in pool.map(read, lacking):
-                for key, part in tokens:
-                    read_now[key].append(part)
+        for tokens in map_in_threads(read, lacking):
+            for key, part in tokens:
+                read_now[key].append(part)
         out = {}
         for key, wanted in rows.items():
             tokens = kept[key]

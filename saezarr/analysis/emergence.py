@@ -76,20 +76,21 @@ def _feature_predictions(split: FoldSplit, targets: np.ndarray, predictions: dic
     """Fill the held-out rows of the best-feature and sparse-probe predictions of every target."""
     kept, r = split.varying, split.r  # the features that correlate on the training rows: the others rank last
     if len(kept) < max(SPARSE_KS):  # too few: constant ones fill the probes (they standardise to zero), never NaN ones
-        constant = np.flatnonzero(split.training.constant())[: max(SPARSE_KS) - len(kept)]
+        constant = np.flatnonzero(split.constant)[: max(SPARSE_KS) - len(kept)]
         kept, r = np.concatenate([kept, constant]), np.vstack([r, np.full((len(constant), r.shape[1]), np.nan)])
     k_max = min(max(SPARSE_KS), len(kept))
     if not k_max:
         return  # every feature is NaN on the training rows: no prediction
     best_kept = np.argmax(np.where(np.isnan(r), -np.inf, r), axis=0)
     best = kept[best_kept]
-    strength = np.where(np.isnan(r), -1.0, np.abs(r))
-    top = np.argpartition(-strength, k_max - 1, axis=0)[:k_max]  # [k, targets]: the strongest, in no order
-    order = np.argsort(-np.take_along_axis(strength, top, axis=0), axis=0, kind="stable")
-    top = kept[np.take_along_axis(top, order, axis=0).T]  # [targets, k], strongest first
+    strength = np.ascontiguousarray(np.where(np.isnan(r), -1.0, np.abs(r)).T)  # [targets, kept]
+    top = np.argpartition(-strength, k_max - 1, axis=1)[:, :k_max]  # [targets, k]: the strongest, in no order
+    order = np.lexsort((top, -np.take_along_axis(strength, top, axis=1)), axis=1)  # ties: the earlier kept one
+    top = kept[np.take_along_axis(top, order, axis=1)]  # [targets, k], strongest first
     # every target's columns gathered from one dense copy of the columns any target uses
     used, position = np.unique(np.concatenate([best, top.ravel()]), return_inverse=True)
-    training, testing = split.training.columns(used), split.testing.columns(used)
+    columns = split.matrix.columns(used)
+    training, testing = columns[split.train], columns[split.test]
     where_best, where_top = position[: len(best)], position[len(best) :].reshape(top.shape)
     _, x_test = standardised(training[:, where_best], testing[:, where_best])
     scored = np.isfinite(r[best_kept, np.arange(len(best))])

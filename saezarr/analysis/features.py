@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from saezarr.analysis.metrics import Positives, average_ranks, positive_entries, positive_ranks
+from saezarr.analysis.metrics import Positives, average_ranks, positive_entries_of, positive_ranks
 
 
 @dataclass
@@ -19,16 +19,22 @@ class FeatureMatrix:
     positives: Positives | None = None
     dense: np.ndarray | None = None
     _csc: object = field(default=None, repr=False)
+    _starts: np.ndarray | None = field(default=None, repr=False)
 
     @classmethod
     def of(cls, x: np.ndarray) -> FeatureMatrix:
         """The matrix of a [sentences, features] array."""
-        x = np.asarray(x)
-        positives = positive_entries(x)
+        return cls.of_blocks([np.asarray(x)])
+
+    @classmethod
+    def of_blocks(cls, blocks: list[np.ndarray]) -> FeatureMatrix:
+        """The matrix of [sentences, features] column blocks side by side, without joining them where mostly zero."""
+        positives = positive_entries_of(blocks)
+        shape = (blocks[0].shape[0], sum(block.shape[1] for block in blocks))
         if positives is None:
-            return cls(x.shape, dense=x.astype(np.float64))
+            return cls(shape, dense=np.hstack(blocks).astype(np.float64))
         rows, cols, values = positives
-        return cls(x.shape, positives=(rows, cols, values.astype(np.float64)))
+        return cls(shape, positives=(rows, cols, values.astype(np.float64)))
 
     @classmethod
     def joined(cls, parts: list[FeatureMatrix]) -> FeatureMatrix:
@@ -63,13 +69,14 @@ class FeatureMatrix:
         which = np.asarray(which, dtype=np.int64)
         if self.positives is None:
             return self.dense[:, which]
-        rows, cols, values = self.positives
+        rows, _, values = self.positives
         unique, repeats = np.unique(which, return_inverse=True)  # a column asked for twice is filled twice
+        starts = self._column_starts()
+        lengths = starts[unique + 1] - starts[unique]
+        column = np.repeat(np.arange(len(unique)), lengths)
+        taken = np.arange(lengths.sum()) + np.repeat(starts[unique] - (np.cumsum(lengths) - lengths), lengths)
         out = np.zeros((self.shape[0], len(unique)))
-        position = np.full(self.shape[1], -1, dtype=np.int64)
-        position[unique] = np.arange(len(unique))
-        taken = position[cols] >= 0
-        out[rows[taken], position[cols[taken]]] = values[taken]
+        out[rows[taken], column] = values[taken]
         return out[:, repeats]
 
     def scaled(self, keep: np.ndarray, scale: np.ndarray) -> FeatureMatrix:
@@ -97,53 +104,54 @@ class FeatureMatrix:
             return self.dense.T @ w
         return np.asarray(self._sparse().T @ w)
 
-    def column_means(self) -> np.ndarray:
-        """Each column's mean."""
+    def spread(self, keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """On the rows where the boolean mask keep is true (None: every row): which columns hold one value in every
+        row, and each column's sum of squared deviations from its mean."""
         if self.positives is None:
-            return self.dense.mean(axis=0)
+            x = self.dense if keep is None else self.dense[keep]
+            return x.max(axis=0) == x.min(axis=0), ((x - x.mean(axis=0)) ** 2).sum(axis=0)
         _, cols, values = self.positives
-        return np.bincount(cols, values, minlength=self.shape[1]) / self.shape[0]
-
-    def centered_squares(self) -> np.ndarray:
-        """Each column's sum of squared deviations from its mean."""
-        mean = self.column_means()
-        if self.positives is None:
-            return ((self.dense - mean) ** 2).sum(axis=0)
-        _, cols, values = self.positives
-        zeros = self.shape[0] - np.bincount(cols, minlength=self.shape[1])
-        return np.bincount(cols, (values - mean[cols]) ** 2, minlength=self.shape[1]) + zeros * mean**2
-
-    def constant(self) -> np.ndarray:
-        """Which columns hold one value in every row."""
-        if self.positives is None:
-            return self.dense.max(axis=0) == self.dense.min(axis=0)
-        _, cols, values = self.positives
-        count = np.bincount(cols, minlength=self.shape[1])
+        n_rows, n_cols = self.shape
+        if keep is not None:  # the kept rows' entries, still sorted by column, then value
+            inside = keep[self.positives[0]]
+            cols, values, n_rows = cols[inside], values[inside], int(np.count_nonzero(keep))
+        count = np.bincount(cols, minlength=n_cols)
+        mean = np.bincount(cols, values, minlength=n_cols) / n_rows
+        squares = np.bincount(cols, (values - mean[cols]) ** 2, minlength=n_cols) + (n_rows - count) * mean**2
+        if not len(values):
+            return count == 0, squares
         starts = np.cumsum(count) - count
-        full = count == self.shape[0]
-        low = values[np.minimum(starts, len(values) - 1)] if len(values) else np.zeros(self.shape[1])
-        high = values[np.maximum(starts + count - 1, 0)] if len(values) else np.zeros(self.shape[1])
-        return (count == 0) | (full & (low == high))
+        low, high = values[np.minimum(starts, len(values) - 1)], values[np.maximum(starts + count - 1, 0)]
+        return (count == 0) | ((count == n_rows) & (low == high)), squares
 
     def ranks_t_dot(self, w: np.ndarray) -> np.ndarray:
         """(within-column average ranks)ᵀ @ w for a [sentences, k] array w: [features, k] float64."""
         if self.positives is None:
             return average_ranks(self.dense).T @ w
-        import scipy.sparse as sp
-
-        rows, cols, values = self.positives
+        _, cols, values = self.positives
         zeros, ranks = positive_ranks(*self.shape, cols, values)
         bottom = (zeros + 1) / 2  # the rank the zeros of a column share
-        above = sp.csc_matrix((ranks - bottom[cols], (rows, cols)), shape=self.shape)
+        above = self._csc_of(ranks - bottom[cols])
         return np.asarray(above.T @ w) + bottom[:, None] * w.sum(axis=0)[None, :]
 
     def _sparse(self):
         if self._csc is None:
-            import scipy.sparse as sp
-
-            rows, cols, values = self.positives
-            self._csc = sp.csc_matrix((values, (rows, cols)), shape=self.shape)
+            self._csc = self._csc_of(self.positives[2])
         return self._csc
+
+    def _csc_of(self, values: np.ndarray):
+        """A scipy CSC matrix of these values at the positives' places, straight from their column order (no sorting,
+        no copy of the row numbers)."""
+        import scipy.sparse as sp
+
+        return sp.csc_matrix((values, self.positives[0], self._column_starts()), shape=self.shape)
+
+    def _column_starts(self) -> np.ndarray:
+        """Where each column's positives start, and where the last one's end: [features + 1]."""
+        if self._starts is None:
+            counts = np.bincount(self.positives[1], minlength=self.shape[1])
+            self._starts = np.concatenate([[0], np.cumsum(counts)])
+        return self._starts
 
 
 def pearson_many(matrix: FeatureMatrix, targets: np.ndarray) -> np.ndarray:
@@ -151,23 +159,24 @@ def pearson_many(matrix: FeatureMatrix, targets: np.ndarray) -> np.ndarray:
     column or a target is constant)."""
     centered = targets - targets.mean(axis=0)
     covariance = matrix.t_dot(centered)
-    squares = matrix.centered_squares()
+    constant, squares = matrix.spread()
     with np.errstate(divide="ignore", invalid="ignore"):
         r = covariance / np.sqrt(squares[:, None] * (centered**2).sum(axis=0)[None, :])
-    r[matrix.constant()] = np.nan
+    r[constant] = np.nan
     return np.clip(r, -1.0, 1.0)
 
 
 def max_pearson(matrix: FeatureMatrix, targets: np.ndarray) -> np.ndarray:
     """The greatest Pearson correlation over the non-constant columns with each target column [sentences, k] (targets
     of equal variance, as permutations of one vector are): [k], -inf without such a column."""
-    varying = ~matrix.constant()
+    constant, squares = matrix.spread()
+    varying = ~constant
     if not varying.any():
         return np.full(targets.shape[1], -np.inf)
     centered = targets - targets.mean(axis=0)
     with np.errstate(divide="ignore"):
-        scale = 1.0 / np.sqrt(matrix.centered_squares())
-    covariance = matrix.scaled(varying, scale).t_dot(centered)  # only the varying columns, each over its norm
+        scale = 1.0 / np.sqrt(squares)
+    covariance = matrix.t_dot(centered)[varying] * scale[varying, None]  # each varying column over its norm
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.clip(covariance.max(axis=0) / np.sqrt((centered**2).sum(axis=0)), -1.0, 1.0)
 

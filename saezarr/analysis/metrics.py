@@ -337,22 +337,36 @@ def _positive_entries(x: np.ndarray, most: float = 0.25) -> Positives | None:
     then value; None for any other array."""
     if x.ndim != 2 or not x.size:
         return None
-    nonzero = x != 0  # a C-ordered mask, even of a view: np.flatnonzero of it is far faster than np.nonzero(x)
-    if np.count_nonzero(nonzero) > most * x.size:
+    return _positive_entries_of([x], most)
+
+
+def _positive_entries_of(blocks: list[np.ndarray], most: float = 0.25) -> Positives | None:
+    """_positive_entries of column blocks [rows, columns of each] side by side, without joining them."""
+    parts, offset, found = [], 0, 0
+    n_rows, width = blocks[0].shape[0], sum(block.shape[1] for block in blocks)
+    for block in blocks:
+        nonzero = block != 0  # a C-ordered mask, even of a view: np.flatnonzero of it is far faster than np.nonzero
+        found += np.count_nonzero(nonzero)
+        if found > most * n_rows * width:
+            return None
+        rows, cols = np.divmod(np.flatnonzero(nonzero), block.shape[1])
+        values = block[rows, cols]
+        if len(values) and not values.min() > 0:  # a negative or NaN entry
+            return None
+        order = _column_value_order(rows, cols, values, block.shape)  # blocks in column order: sorted overall
+        parts.append((rows[order], cols[order] + offset, values[order]))
+        offset += block.shape[1]
+    rows, cols, values = (np.concatenate(part) for part in zip(*parts))
+    if len(values) > most * n_rows * np.count_nonzero(np.bincount(cols, minlength=width)):
         return None
-    rows, cols = np.divmod(np.flatnonzero(nonzero), x.shape[1])
-    values = x[rows, cols]
-    if len(values) and not values.min() > 0:  # a negative or NaN entry
-        return None
-    if len(values) > most * x.shape[0] * np.count_nonzero(np.bincount(cols, minlength=x.shape[1])):
-        return None
-    order = _column_value_order(rows, cols, values, x.shape)
-    return rows[order], cols[order], values[order]
+    return rows, cols, values
 
 
 def _column_value_order(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """The order that sorts positive entries by column, then value (then row)."""
     row_bits, col_bits = ((max(n, 1) - 1).bit_length() for n in shape)
+    if values.dtype == np.float64 and np.array_equal(values.astype(np.float32), values):
+        values = values.astype(np.float32)  # float32 activations widened: their order is the float32 values' order
     if values.dtype != np.float32 or row_bits + 31 + col_bits > 64:
         return np.lexsort((values, cols))
     # positive float32 values sort as their bit patterns do: one integer key, which sorts several times faster
@@ -387,13 +401,15 @@ def _cohens_d(counts: dict[int, int], means: dict[int, np.ndarray], variances: d
         return np.where(pooled > 0, (means[3] - means[0]) / np.where(pooled > 0, pooled, 1), np.nan)
 
 
-def positive_entries(x: np.ndarray) -> Positives | None:
-    """The positive entries (row, column, value; sorted by column, then value) of a mostly-zero non-negative
-    [rows, columns] array, or None for any other array."""
-    return _positive_entries(x)
+def positive_entries_of(blocks: list[np.ndarray]) -> Positives | None:
+    """The positive entries (row, column, value; sorted by column, then value) of mostly-zero non-negative column
+    blocks [rows, columns of each] side by side, or None for any other."""
+    if not blocks or blocks[0].ndim != 2 or not sum(block.size for block in blocks):
+        return None
+    return _positive_entries_of(blocks)
 
 
 def positive_ranks(n_rows: int, n_cols: int, cols: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each column's number of zeros, and each positive entry's average rank within its column (entries from
-    positive_entries)."""
+    positive_entries_of)."""
     return _positive_ranks(n_rows, n_cols, cols, values)

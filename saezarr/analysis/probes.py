@@ -24,17 +24,29 @@ def ridge_predictions(train: np.ndarray, targets: np.ndarray, test: np.ndarray, 
     rows; leading axes are separate problems, solved at once."""
     n = train.shape[-2]
     x_mean, y_mean = train.mean(axis=-2, keepdims=True), targets.mean(axis=-2, keepdims=True)
-    u, s, vt = np.linalg.svd(train - x_mean, full_matrices=False)  # a zero singular value shrinks to nothing
+    squares, scores, directions = _principal_axes(train - x_mean)
     centred = targets - y_mean
-    uty = np.swapaxes(u, -1, -2) @ centred  # [..., rank, targets]
-    squares = s[..., None, :] ** 2
-    shrink = squares / (squares + alphas[:, None])  # [..., alphas, rank]
-    fitted = u[..., None, :, :] @ (shrink[..., :, :, None] * uty[..., None, :, :])  # [..., alphas, rows, targets]
-    leverage = shrink @ np.swapaxes(u**2, -1, -2) + 1.0 / n  # [..., alphas, rows]; the intercept's share is 1/n
-    residual = (centred[..., None, :, :] - fitted) / (1.0 - leverage)[..., :, :, None]
-    best = alphas[np.argmin((residual**2).sum(axis=-2), axis=-2)]  # [..., targets]
-    factor = s[..., :, None] / (s[..., :, None] ** 2 + best[..., None, :]) * uty
-    return (test - x_mean) @ (np.swapaxes(vt, -1, -2) @ factor) + y_mean
+    projected = np.swapaxes(scores, -1, -2) @ centred  # [..., rank, targets]
+    inverse = 1.0 / (squares[..., None, :] + alphas[:, None])  # [..., alphas, rank]
+    # every penalty's fit in one product: [..., rows, alphas x targets]
+    weights = np.swapaxes(inverse, -1, -2)[..., :, :, None] * projected[..., :, None, :]
+    fitted = (scores @ weights.reshape(*weights.shape[:-2], -1)).reshape(*centred.shape[:-1], len(alphas), -1)
+    leverage = scores**2 @ np.swapaxes(inverse, -1, -2) + 1.0 / n  # [..., rows, alphas]; the intercept's share is 1/n
+    residual = (centred[..., :, None, :] - fitted) / (1.0 - leverage)[..., None]
+    best = alphas[np.argmin((residual**2).sum(axis=-3), axis=-2)]  # [..., targets]
+    factor = projected / (squares[..., :, None] + best[..., None, :])
+    return ((test - x_mean) @ directions) @ factor + y_mean
+
+
+def _principal_axes(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Of centred rows [..., rows, features]: the squared singular values, the scores x @ directions (U·S) and the
+    directions (V), from the eigendecomposition of xᵀx where features are fewer than rows (several times faster than
+    an SVD, and as exact here: no formula divides by a singular value), else from an SVD."""
+    if x.shape[-1] <= x.shape[-2]:
+        squares, directions = np.linalg.eigh(np.swapaxes(x, -1, -2) @ x)
+        return np.maximum(squares, 0.0), x @ directions, directions
+    u, s, vt = np.linalg.svd(x, full_matrices=False)
+    return s**2, u * s[..., None, :], np.swapaxes(vt, -1, -2)
 
 
 def tied_to_rounding(predictions: np.ndarray) -> np.ndarray:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from saezarr.analysis.permutation import ALPHA, Permutations, chance_level, fwer
 from saezarr.analysis.pooling import SentenceLayout
 from saezarr.analysis.tables import ConfigTable
 from saezarr.analysis.validation import CHOSEN, Thresholds, chosen_in_splits, fold_ids, fold_splits, top_of_each_fold
-from saezarr.machine import usable_cores
+from saezarr.execution.running import map_in_threads
 from saezarr.store.folders import replace_file
 
 FOLDER = "resampling"  # in the cache entry: one file per part and the options it depends on
@@ -129,7 +128,9 @@ def resample(
 
     def one_layer(layer: int) -> tuple[list, list, list]:
         positions = np.flatnonzero(configs.layer == layer)
-        matrices = [FeatureMatrix.of(pooled[p : p + 1, :, :][0]) for p in positions]
+        matrices = [
+            FeatureMatrix.of_blocks([block[0] for _, block in pooled.blocks(np.s_[p : p + 1, :, :])]) for p in positions
+        ]
         nulls = []
         if "null" in missing:
             nulls = [
@@ -150,12 +151,11 @@ def resample(
     n_configs, n = len(configs.names), options.permutations
     null_pearson, null_auroc = np.full((n_configs, n), np.nan), np.full((n_configs, n), np.nan)
     all_chosen, rows = [], []
-    with ThreadPoolExecutor(max_workers=usable_cores()) as threads:
-        for nulls, chosen, layer_rows in threads.map(one_layer, layers):
-            for position, pearson, auroc in nulls:
-                null_pearson[position], null_auroc[position] = pearson, auroc
-            all_chosen += chosen
-            rows += layer_rows
+    for nulls, chosen, layer_rows in map_in_threads(one_layer, layers):
+        for position, pearson, auroc in nulls:
+            null_pearson[position], null_auroc[position] = pearson, auroc
+        all_chosen += chosen
+        rows += layer_rows
     if "null" in missing:
         result.null_pearson, result.null_auroc = null_pearson, null_auroc
         _save(folder, "null", keys["null"], {"pearson": null_pearson, "auroc": null_auroc})

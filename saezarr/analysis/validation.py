@@ -56,32 +56,43 @@ CHOSEN = np.dtype(
 
 @dataclass(frozen=True)
 class FoldSplit:
-    """One outer fold of a [sentences, features] matrix: its training and held-out rows (boolean masks and their
-    matrices), the features that correlate with some target on the training rows and their training Pearson
-    correlation with each target column [those features, targets] (the others have none: they are constant, or
-    NaN past a narrower SAE's width)."""
+    """One outer fold of a [sentences, features] matrix: its training and held-out rows (boolean masks), which
+    features are constant on the training rows, the features that correlate with some target on the training rows
+    and their training Pearson correlation with each target column [those features, targets] (the others have none:
+    they are constant, or NaN past a narrower SAE's width)."""
 
     train: np.ndarray
     test: np.ndarray
-    training: FeatureMatrix
-    testing: FeatureMatrix
+    matrix: FeatureMatrix
+    constant: np.ndarray
     varying: np.ndarray
     r: np.ndarray
+
+    def training(self, which: np.ndarray) -> np.ndarray:
+        """The columns `which` on the training rows, dense."""
+        return self.matrix.columns(which)[self.train]
+
+    def testing(self, which: np.ndarray) -> np.ndarray:
+        """The columns `which` on the held-out rows, dense."""
+        return self.matrix.columns(which)[self.test]
 
 
 def fold_splits(matrix: FeatureMatrix, targets: np.ndarray, folds: np.ndarray) -> list[FoldSplit]:
     """Each fold's FoldSplit of the matrix against targets [sentences, targets] (the labels first): what the held-out
     validation and the emergence curves both select on, computed once."""
+    targets = targets.astype(np.float64)
     splits = []
     for fold in range(int(folds.max()) + 1):
-        train, test = folds != fold, folds == fold
-        training = matrix.rows(train)
-        varies = ~training.constant()  # most SAE features are silent on every training sentence
-        r = pearson_many(training.scaled(varies, np.ones(len(varies))), targets[train].astype(np.float64))
+        train = folds != fold
+        constant, squares = matrix.spread(train)  # most SAE features are silent on every training sentence
+        # the targets centred on the training rows and zero on the others: the whole matrix's product (its sparse
+        # form built once for every fold) is the training rows' covariance
+        centred = np.where(train[:, None], targets - targets[train].mean(axis=0), 0.0)
+        norms = np.sqrt(squares[~constant, None] * (centred**2).sum(axis=0))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = np.clip(matrix.t_dot(centred)[~constant] / norms, -1.0, 1.0)
         correlates = ~np.isnan(r).all(axis=1)
-        splits.append(
-            FoldSplit(train, test, training, matrix.rows(test), np.flatnonzero(varies)[correlates], r[correlates])
-        )
+        splits.append(FoldSplit(train, ~train, matrix, constant, np.flatnonzero(~constant)[correlates], r[correlates]))
     return splits
 
 
@@ -107,7 +118,7 @@ def chosen_in_splits(
         candidates = split.varying[split.r[:, 0] >= thresholds.min_pearson - ROUNDING]
         if not len(candidates):
             continue
-        metrics = block_metrics(split.training.columns(candidates), train_labels)
+        metrics = block_metrics(split.training(candidates), train_labels)
         passing = passes_filter(metrics, thresholds.min_pearson, thresholds.min_tpr, thresholds.max_fpr)
         chosen, score = candidates[passing], metrics["interpretability_score"][passing]
         # each config's top_n by score; candidates are in column order, so ties keep the lower feature first
@@ -120,9 +131,7 @@ def chosen_in_splits(
             continue
         rows = np.empty(len(chosen), dtype=CHOSEN)
         rows["fold"], rows["config"], rows["feature"], rows["score"] = fold, owners[chosen], features[chosen], score
-        rows["heldout_pearson"], rows["heldout_auroc_3v0"] = heldout_scores(
-            split.testing.columns(chosen), labels[split.test]
-        )
+        rows["heldout_pearson"], rows["heldout_auroc_3v0"] = heldout_scores(split.testing(chosen), labels[split.test])
         found.append(rows)
     return np.concatenate(found) if found else np.empty(0, dtype=CHOSEN)
 

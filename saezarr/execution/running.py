@@ -42,8 +42,7 @@ def map_units(function: Callable, units: Sequence, progress: Callable[[int], Non
     progress(1) after each."""
     client = _client.get() or _default_client()
     if client is None:
-        with ThreadPoolExecutor(max_workers=usable_cores()) as threads:
-            yield from _reporting(zip(units, threads.map(function, units)), progress)
+        yield from _reporting(zip(units, map_in_threads(function, units)), progress)
         return
     from dask.utils import funcname
     from distributed import as_completed
@@ -55,6 +54,18 @@ def map_units(function: Callable, units: Sequence, progress: Callable[[int], Non
     del futures
     for future, result in _reporting(as_completed(list(unit_of), with_results=True, loop=client.loop), progress):
         yield unit_of.pop(future), result
+
+
+def map_in_threads(function: Callable[[Any], T], items: Iterable) -> Iterator[T]:
+    """function(item) for every item, in order, on one thread per core in this process."""
+    from threadpoolctl import threadpool_limits
+
+    cores = usable_cores()
+    # a BLAS that runs its own threads under each of ours oversubscribes the cores: numpy's linear algebra then
+    # takes longer on several threads than on one
+    limits = threadpool_limits(limits=1, user_api="blas") if cores > 1 else contextlib.nullcontext()
+    with limits, ThreadPoolExecutor(max_workers=cores) as threads:
+        yield from threads.map(function, items)
 
 
 def submit_checked(client: Client, function: Callable, *args: Any, **options: Any) -> Future:

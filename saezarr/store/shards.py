@@ -11,7 +11,7 @@ import itertools
 import json
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -294,9 +294,16 @@ class ChunkFiles:
         """The values at region, which starts at a chunk edge."""
         region = self._region(region)
         out = np.empty(tuple(s.stop - s.start for s in region), dtype=self.dtype)
-        for coords, place in self._chunks_in(region):
-            out[place] = self._read_chunk(coords)[tuple(slice(0, p.stop - p.start) for p in place)]
+        for place, block in self.blocks(region):
+            out[place] = block
         return out
+
+    def blocks(self, region: tuple[slice, ...]) -> Iterator[tuple[tuple[slice, ...], np.ndarray]]:
+        """Each chunk's part of region (which starts at a chunk edge), and where that part lies within the region, in
+        the chunks' C order, without copying them into one array."""
+        region = self._region(region)
+        for coords, place in self._chunks_in(region):
+            yield place, self._read_chunk(coords)[tuple(slice(0, p.stop - p.start) for p in place)]
 
     def _read_chunk(self, coords: tuple[int, ...]) -> np.ndarray:
         file = self._file(coords)
