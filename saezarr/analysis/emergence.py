@@ -19,6 +19,7 @@ from saezarr.analysis.permutation import CHANCE_QUANTILE, Permutations
 from saezarr.analysis.pooling import SentenceLayout, pool_sentences
 from saezarr.analysis.probes import auroc_columns, ridge_predictions, spearman_columns, standardised
 from saezarr.analysis.validation import FoldSplit, fold_ids, fold_splits
+from saezarr.execution.running import map_in_threads
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -130,12 +131,13 @@ def emergence_rows(
     """emergence.csv's rows, one per layer (None for what a layer lacks), from each layer's SAE features and
     residuals (either may be absent); permutations [P, sentences] give the chance levels."""
     targets = emergence_targets(labels, permutations)
-    rows = []
-    for layer in layers:
+
+    def row(layer: int) -> dict:
         features = features_of.get(layer)
         splits = fold_splits(features, targets, folds) if features is not None and features.shape[1] else None
-        rows.append(layer_row(layer, splits, residuals_of.get(layer), targets, folds))
-    return rows
+        return layer_row(layer, splits, residuals_of.get(layer), targets, folds)
+
+    return list(map_in_threads(row, layers))
 
 
 def sentence_residuals(values: np.ndarray, layout: SentenceLayout, pool: str) -> np.ndarray:

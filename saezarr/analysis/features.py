@@ -140,8 +140,8 @@ class FeatureMatrix:
         return self._csc
 
     def _csc_of(self, values: np.ndarray):
-        """A scipy CSC matrix of these values at the positives' places, straight from their column order (no sorting,
-        no copy of the row numbers)."""
+        """A scipy CSC matrix of these values at the positives' places, straight from their column order (unsorted
+        rows within a column are valid CSC: nothing is sorted)."""
         import scipy.sparse as sp
 
         return sp.csc_matrix((values, self.positives[0], self._column_starts()), shape=self.shape)
