@@ -4,10 +4,14 @@ threads' single-threaded BLAS."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 from saezarr.analysis.features import FeatureMatrix
+from saezarr.analysis.metrics import average_ranks
 from saezarr.analysis.probes import ALPHAS, ridge_predictions, standardised
 from saezarr.execution.running import map_in_threads
 from saezarr.machine import usable_cores
@@ -97,3 +101,34 @@ def test_analysis_threads_run_their_blas_on_one_thread_each_and_give_it_back():
     assert all(threads == expected for threads in inside)
     assert blas_threads(0) == before
     assert list(map_in_threads(lambda item: item * item, range(10))) == [i * i for i in range(10)]
+
+
+def test_average_ranks_equal_scipy_rankdata_with_ties_infinities_and_nan():
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(4)
+    for trial in range(60):
+        x = rng.integers(-3, 4, (int(rng.integers(1, 30)), int(rng.integers(1, 6)))).astype(np.float64)
+        x[rng.integers(len(x)), rng.integers(x.shape[1])] = (np.nan, np.inf, -np.inf, 0.0)[trial % 4]
+        np.testing.assert_array_equal(average_ranks(x), rankdata(x, axis=0))
+
+
+def test_the_resampling_of_a_small_analysis_never_imports_scipy_stats():
+    """Its import (about 1 s) would be most of the resampling's cost on a few SAEs."""
+    script = (
+        "import sys, numpy as np\n"
+        "from saezarr.analysis.emergence import emergence_rows\n"
+        "from saezarr.analysis.features import FeatureMatrix\n"
+        "from saezarr.analysis.permutation import Permutations, null_maxima\n"
+        "rng = np.random.default_rng(0)\n"
+        "labels = np.arange(40) % 4\n"
+        "x = np.where(rng.random((40, 50)) < 0.2, rng.random((40, 50)), 0.0)\n"
+        "matrix = FeatureMatrix.of(x)\n"
+        "null_maxima(matrix, labels, Permutations.draw(labels, 5, 0))\n"
+        "rows = emergence_rows([3], {3: matrix}, {3: rng.standard_normal((40, 6))}, labels, labels % 2,\n"
+        "                      Permutations.draw(labels, 3, 0).all)\n"
+        "assert rows[0]['probe_heldout_spearman'] is not None\n"
+        "sys.exit(3 if 'scipy.stats' in sys.modules else 0)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from saezarr.analysis.metrics import average_ranks
+
 ALPHAS = np.logspace(-3, 5, 17)  # the ridge penalties the inner cross-validation chooses among
 TIE_DIGITS = 9  # predictions equal to this many decimals of their column's largest magnitude are scored as tied
 
@@ -59,9 +61,7 @@ def tied_to_rounding(predictions: np.ndarray) -> np.ndarray:
 def spearman_columns(predictions: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """Spearman ρ of each prediction column with its target column (NaN where either is constant; predictions equal
     to rounding tie)."""
-    from scipy.stats import rankdata
-
-    a, b = rankdata(tied_to_rounding(predictions), axis=0), rankdata(targets, axis=0)
+    a, b = average_ranks(tied_to_rounding(predictions)), average_ranks(targets)
     a, b = a - a.mean(axis=0), b - b.mean(axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
         return (a * b).sum(axis=0) / np.sqrt((a**2).sum(axis=0) * (b**2).sum(axis=0))
@@ -70,12 +70,10 @@ def spearman_columns(predictions: np.ndarray, targets: np.ndarray) -> np.ndarray
 def auroc_columns(predictions: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """AUROC 3-vs-0 of each prediction column (finite or NaN) against its target column of labels (ties half, and
     predictions equal to rounding tie; NaN without label-0 or label-3 rows)."""
-    from scipy.stats import rankdata
-
     inside, is3 = np.isin(targets, (0, 3)), targets == 3
     n3, n0 = is3.sum(axis=0), (inside & ~is3).sum(axis=0)
     # ranks among each column's label-0 and label-3 rows: every other row is put above them all
-    ranks = rankdata(np.where(inside, tied_to_rounding(predictions), np.inf), axis=0)
+    ranks = average_ranks(np.where(inside, tied_to_rounding(predictions), np.inf))
     with np.errstate(divide="ignore", invalid="ignore"):
         auroc = (np.where(is3, ranks, 0.0).sum(axis=0) - n3 * (n3 + 1) / 2) / (n3 * n0)
     return np.where((n3 > 0) & (n0 > 0), auroc, np.nan)
