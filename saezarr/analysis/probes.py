@@ -26,7 +26,7 @@ def ridge_predictions(train: np.ndarray, targets: np.ndarray, test: np.ndarray, 
     rows; leading axes are separate problems, solved at once."""
     n = train.shape[-2]
     x_mean, y_mean = train.mean(axis=-2, keepdims=True), targets.mean(axis=-2, keepdims=True)
-    squares, scores, directions = _principal_axes(train - x_mean)
+    squares, scores, test_scores = _principal_axes(train - x_mean, test - x_mean)
     centred = targets - y_mean
     projected = np.swapaxes(scores, -1, -2) @ centred  # [..., rank, targets]
     inverse = 1.0 / (squares[..., None, :] + alphas[:, None])  # [..., alphas, rank]
@@ -37,18 +37,23 @@ def ridge_predictions(train: np.ndarray, targets: np.ndarray, test: np.ndarray, 
     residual = (centred[..., :, None, :] - fitted) / (1.0 - leverage)[..., None]
     best = alphas[np.argmin((residual**2).sum(axis=-3), axis=-2)]  # [..., targets]
     factor = projected / (squares[..., :, None] + best[..., None, :])
-    return ((test - x_mean) @ directions) @ factor + y_mean
+    return test_scores @ factor + y_mean
 
 
-def _principal_axes(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Of centred rows [..., rows, features]: the squared singular values, the scores x @ directions (U·S) and the
-    directions (V), from the eigendecomposition of xᵀx where features are fewer than rows (several times faster than
-    an SVD, and as exact here: no formula divides by a singular value), else from an SVD."""
+def _principal_axes(x: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Of centred training rows x [..., rows, features]: the squared singular values, the scores x @ V (U·S) and the
+    test rows' scores test @ V, from the eigendecomposition of the smaller Gram matrix (several times faster than an
+    SVD): xᵀx where features are fewer than rows, else x xᵀ, whose directions of no variance are left out (their
+    share of a ridge fit is nothing)."""
     if x.shape[-1] <= x.shape[-2]:
         squares, directions = np.linalg.eigh(np.swapaxes(x, -1, -2) @ x)
-        return np.maximum(squares, 0.0), x @ directions, directions
-    u, s, vt = np.linalg.svd(x, full_matrices=False)
-    return s**2, u * s[..., None, :], np.swapaxes(vt, -1, -2)
+        return np.maximum(squares, 0.0), x @ directions, test @ directions
+    squares, u = np.linalg.eigh(x @ np.swapaxes(x, -1, -2))
+    tolerance = squares.max(axis=-1, keepdims=True) * x.shape[-2] * np.finfo(x.dtype).eps
+    kept = squares > tolerance
+    singular = np.sqrt(np.where(kept, squares, 0.0))[..., None, :]
+    inverse = np.where(kept[..., None, :], 1.0 / np.where(singular > 0, singular, 1.0), 0.0)
+    return np.where(kept, squares, 0.0), u * singular, (test @ np.swapaxes(x, -1, -2)) @ u * inverse
 
 
 def tied_to_rounding(predictions: np.ndarray) -> np.ndarray:
