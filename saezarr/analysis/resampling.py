@@ -21,6 +21,7 @@ from saezarr.analysis.tables import ConfigTable
 from saezarr.analysis.validation import CHOSEN, Thresholds, chosen_in_splits, fold_ids, fold_splits, top_of_each_fold
 from saezarr.execution.running import map_in_threads
 from saezarr.store.folders import replace_file
+from saezarr.store.shards import ChunkFiles
 
 FOLDER = "resampling"  # in the cache entry: one file per part and the options it depends on
 RESIDUALS = "residuals"
@@ -128,9 +129,7 @@ def resample(
 
     def one_layer(layer: int) -> tuple[list, list, list]:
         positions = np.flatnonzero(configs.layer == layer)
-        matrices = [
-            FeatureMatrix.of_blocks([block[0] for _, block in pooled.blocks(np.s_[p : p + 1, :, :])]) for p in positions
-        ]
+        matrices = [_pooled_matrix(pooled, position) for position in positions]
         nulls = []
         if "null" in missing:
             nulls = [
@@ -168,6 +167,11 @@ def resample(
         text = json.dumps(rows, allow_nan=False).encode()
         replace_file(_path(folder, "emergence", keys["emergence"]), lambda f: f.write(text), parents=False)
     return result
+
+
+def _pooled_matrix(pooled: ChunkFiles, position: int) -> FeatureMatrix:
+    """One config's cached per-sentence activations, read a chunk (a block of features) at a time."""
+    return FeatureMatrix.of_blocks([block[0] for _, block in pooled.blocks(np.s_[position : position + 1, :, :])])
 
 
 def _keys(options: ResamplingOptions, residuals: Path | None) -> dict[str, str]:
