@@ -352,13 +352,15 @@ def _positive_entries(x: np.ndarray, most: float = 0.25) -> Positives | None:
     """The nonzero entries of a mostly-zero [rows, columns] array (SAE activations are: non-negative, at most a
     share `most` of the entries of its not all-zero columns positive) as (row, column, value), sorted by column,
     then value; None for any other array."""
-    if x.ndim != 2 or not x.size:
+    return positive_entries_of([np.asarray(x)], most)
+
+
+def positive_entries_of(blocks: list[np.ndarray], most: float = 0.25) -> Positives | None:
+    """The positive entries (row, column, value; sorted by column, then value) of mostly-zero non-negative column
+    blocks [rows, columns of each] side by side, as _positive_entries gives them for the joined array, without
+    joining them; None for any other."""
+    if not blocks or blocks[0].ndim != 2 or not sum(block.size for block in blocks):
         return None
-    return _positive_entries_of([x], most)
-
-
-def _positive_entries_of(blocks: list[np.ndarray], most: float = 0.25) -> Positives | None:
-    """_positive_entries of column blocks [rows, columns of each] side by side, without joining them."""
     parts, offset, found = [], 0, 0
     n_rows, width = blocks[0].shape[0], sum(block.shape[1] for block in blocks)
     for block in blocks:
@@ -382,8 +384,10 @@ def _positive_entries_of(blocks: list[np.ndarray], most: float = 0.25) -> Positi
 def _column_value_order(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """The order that sorts positive entries by column, then value (then row)."""
     row_bits, col_bits = ((max(n, 1) - 1).bit_length() for n in shape)
-    if values.dtype == np.float64 and np.array_equal(values.astype(np.float32), values):
-        values = values.astype(np.float32)  # float32 activations widened: their order is the float32 values' order
+    if values.dtype == np.float64:
+        narrowed = values.astype(np.float32)
+        if np.array_equal(narrowed, values):  # float32 activations widened: their order is the float32 values' order
+            values = narrowed
     if values.dtype != np.float32 or row_bits + 31 + col_bits > 64:
         return np.lexsort((values, cols))
     # positive float32 values sort as their bit patterns do: one integer key, which sorts several times faster
@@ -416,14 +420,6 @@ def _cohens_d(counts: dict[int, int], means: dict[int, np.ndarray], variances: d
     pooled = np.sqrt(((n3 - 1) * variances[3] + (n0 - 1) * variances[0]) / (n3 + n0 - 2))
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(pooled > 0, (means[3] - means[0]) / np.where(pooled > 0, pooled, 1), np.nan)
-
-
-def positive_entries_of(blocks: list[np.ndarray]) -> Positives | None:
-    """The positive entries (row, column, value; sorted by column, then value) of mostly-zero non-negative column
-    blocks [rows, columns of each] side by side, or None for any other."""
-    if not blocks or blocks[0].ndim != 2 or not sum(block.size for block in blocks):
-        return None
-    return _positive_entries_of(blocks)
 
 
 def positive_ranks(n_rows: int, n_cols: int, cols: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

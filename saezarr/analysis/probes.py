@@ -52,7 +52,7 @@ def _principal_axes(x: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.nda
     tolerance = squares.max(axis=-1, keepdims=True) * x.shape[-2] * np.finfo(x.dtype).eps
     kept = squares > tolerance
     singular = np.sqrt(np.where(kept, squares, 0.0))[..., None, :]
-    inverse = np.where(kept[..., None, :], 1.0 / np.where(singular > 0, singular, 1.0), 0.0)
+    inverse = np.divide(1.0, singular, out=np.zeros_like(singular), where=singular > 0)
     return np.where(kept, squares, 0.0), u * singular, (test @ np.swapaxes(x, -1, -2)) @ u * inverse
 
 
