@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
-from saezarr.errors import SaezarrError
+from saezarr.errors import SaezarrError, SaezarrNote
 
 DEFAULT_CONFIG = Path("gemma-scope-2b-pt-res-16k")  # a bundled catalogue (saezarr.catalogues.DEFAULT), in the package
 DEMO_OUTPUT = Path("saezarr-demo.zarr")
@@ -22,13 +23,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        return args.run(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", SaezarrNote)
+            warnings.showwarning = _show_note
+            return args.run(args)
     except SaezarrError as exc:
         print(f"saezarr: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("saezarr: interrupted", file=sys.stderr)
         return 130
+
+
+_show_warning = warnings.showwarning
+
+
+def _show_note(message, category, filename, lineno, file=None, line=None) -> None:
+    """A library note as one `saezarr: note:` line; any other warning as Python shows it."""
+    if issubclass(category, SaezarrNote):
+        print(f"saezarr: note: {message}", file=sys.stderr)
+    else:
+        _show_warning(message, category, filename, lineno, file, line)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from saezarr import catalogues
 from saezarr.errors import SaezarrError
+from saezarr.extract.saes.site import parse_hook
 
 MISSING_L0 = -1  # the store's average_l0 of an SAE whose average L0 is not known
 WIDTH_TAGS = {"k": 1000, "m": 1000**2}  # Gemma Scope's width tags round a power of two down: 65k = 65536
@@ -32,6 +33,7 @@ class SAEConfig:
     width: int | None = None
     given_name: str | None = None
     architecture: str | None = None
+    hook: str | None = None  # the site it reads (`blocks.12.hook_resid_post`): as given, else as its source says
 
     @property
     def name(self) -> str:
@@ -110,9 +112,11 @@ def _parse_entry(path: Path, index: int, entry: object) -> SAEConfig:
         raise SaezarrError(f"{where}: 'neuronpedia' must be a Neuronpedia source string or null, got {neuronpedia!r}")
     if "neuronpedia" in entry:  # null: the file says none is published
         neuronpedia = neuronpedia.strip("/ ") if neuronpedia else ""
+    hook = parse_hook(entry["hook"], where) if entry.get("hook") is not None else None
     return SAEConfig(
         layer=layer,
         average_l0=l0,
+        hook=hook,
         path=folder.strip("/ "),
         neuronpedia=neuronpedia,
         width=parse_width(entry["width"], f"{where}: 'width'") if entry.get("width") is not None else None,

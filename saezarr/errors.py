@@ -9,6 +9,10 @@ class SaezarrError(Exception):
         self.exit_code = exit_code
 
 
+class SaezarrNote(UserWarning):
+    """Something the user should know that does not stop the command; the command line prints it as one line."""
+
+
 def one_line(exc: BaseException, limit: int = 200) -> str:
     """An exception's message on one line, cut to `limit` characters."""
     text = " ".join(str(exc).split())

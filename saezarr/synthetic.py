@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from saezarr.configs import SAEConfig
+from saezarr.extract.saes.site import resid_post
 
 PAD, EOS, BOS, UNK = "<pad>", "<eos>", "<bos>", "<unk>"
 # Gemma's special token ids: pad 0, eos 1, bos 2, unk 3
@@ -229,9 +230,9 @@ def saelens_cfg(
     cfg = {"architecture": architecture, "d_in": d_in, "d_sae": d_sae, "dtype": "float32", "device": "cpu"}
     cfg.update(normalize_activations="none", apply_b_dec_to_input=False)
     if new_layout:
-        cfg["metadata"] = {"sae_lens_version": "6.12.1", "hook_name": hook, "model_name": "tiny"}
+        cfg["metadata"] = {"sae_lens_version": "6.12.1", "hook_name": hook}
     else:
-        cfg.update(sae_lens_version="5.9.0", hook_name=hook, hook_layer=layer, model_name="tiny")
+        cfg.update(sae_lens_version="5.9.0", hook_name=hook, hook_layer=layer)
     cfg.update(fields)
     return cfg
 
@@ -269,14 +270,17 @@ def demo_configs(layers: Sequence[int] = (0, 2, 5), l0s: Sequence[int] = (8, 24)
 
 
 def write_config_file(path: str | Path, model: str, sae_repo: str, configs: Sequence[SAEConfig]) -> Path:
-    """Write a config file in the `gemma_scope_16k_configurations.json` schema."""
-    entries = [{"layer": c.layer, "average_l0": c.average_l0, "path": c.path} for c in configs]
+    """Write a config file in the `gemma_scope_16k_configurations.json` schema, each entry with the site it reads."""
+    entries = [
+        {"layer": c.layer, "average_l0": c.average_l0, "path": c.path, "hook": c.hook or resid_post(c.layer)}
+        for c in configs
+    ]
     Path(path).write_text(json.dumps({"model": model, "sae_repo": sae_repo, "configs": entries}, indent=1))
     return Path(path)
 
 
 DEMO_CSV = Path(__file__).parent / "data" / "aggression_demo.csv"
-DEMO_VERSION = "demo-v1"
+DEMO_VERSION = "demo-v2"  # v2: the config file names each SAE's hook
 
 
 def default_cache() -> Path:
@@ -309,3 +313,12 @@ def ensure_demo(cache: str | Path | None = None) -> Path:
     except OSError:  # another process finished first
         shutil.rmtree(staging, ignore_errors=True)
     return config_file
+
+
+def model_of_width(d_model: int, name: str = "tiny"):
+    """The ModelInfo of a model known only by its hidden size and name (a folder called `name`), for reading SAEs
+    without a model."""
+    from saezarr.extract.hub import Source
+    from saezarr.extract.residuals import ModelInfo
+
+    return ModelInfo(Source(name, "local", Path(name)), num_layers=0, hidden_size=d_model, max_tokens=None)

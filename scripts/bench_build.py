@@ -449,8 +449,8 @@ def task_build(spec: dict) -> dict:
     handle.remove()
     config_file = load_config_file(options.config_file)
     source = resolve_sae_repo(config_file.sae_repo, config_file.configs[0])
-    d_model = resolve_model(config_file.model).hidden_size
-    saes = [locate_sae(source, c, d_model) for c in config_file.configs]
+    model = resolve_model(config_file.model)
+    saes = [locate_sae(source, c, model) for c in config_file.configs]
     expected_passes = len(plan_passes(saes, options.sae_memory or default_sae_memory(options.device)))
     fields = (
         "n_configs",
@@ -510,10 +510,11 @@ def _encoder(path: Path):
     from saezarr.extract.saes.encoder import load_encoder
     from saezarr.extract.saes.locate import locate_sae
     from saezarr.extract.saes.weights import read_header
+    from saezarr.synthetic import model_of_width
 
     d_model = read_header(path)["W_enc"].shape[0]
     source = Source(str(path.parent), "local", path.parent)
-    return load_encoder(locate_sae(source, SAEConfig(0, 0, "."), d_model), "cpu")
+    return load_encoder(locate_sae(source, SAEConfig(0, 0, "."), model_of_width(d_model)), "cpu")
 
 
 def _warm_imports() -> float:
@@ -593,7 +594,7 @@ def task_floor(spec: dict) -> dict:
     from saezarr.extract.saes.locate import locate_sae, resolve_sae_repo
 
     source = resolve_sae_repo(config_file.sae_repo, config_file.configs[0])
-    encoders = [(c.layer, load_encoder(locate_sae(source, c, info.hidden_size), "cpu")) for c in config_file.configs]
+    encoders = [(c.layer, load_encoder(locate_sae(source, c, info), "cpu")) for c in config_file.configs]
     sae_load = time.perf_counter() - t
     layers = sorted({layer for layer, _ in encoders})
     capture = _Capture(model, layers, stop=True)

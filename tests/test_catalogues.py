@@ -42,7 +42,8 @@ def test_every_catalogue_loads_with_unique_names_and_one_width():
     found = list_catalogues()
     assert len(found) >= 30 and DEFAULT in {c.name for c in found}
     for catalogue in found:
-        configs, _ = describe_configs(None, load_config_file(catalogue.name).configs, catalogue.name)
+        loaded = load_config_file(catalogue.name)
+        configs, _ = describe_configs(loaded.sae_repo, loaded.configs, catalogue.name)
         assert len({c.name for c in configs}) == len(configs) == catalogue.n_configs
         widths = {re.search(r"width_(\w+?)[/_]", c.path).group(1) for c in configs}
         assert len(widths) == 1 and catalogue.name.endswith(f"-{widths.pop()}"), catalogue.name

@@ -15,6 +15,7 @@ import saezarr
 from saezarr.extract.pipeline import BuildOptions, build
 from saezarr.extract.saes.encoder import load_encoder
 from saezarr.extract.saes.locate import locate_sae, resolve_sae_repo
+from saezarr.synthetic import model_of_width
 
 CHUNK = 64
 
@@ -96,7 +97,7 @@ def test_the_latents_are_the_saes_on_the_stored_residuals(tiny, stores):
     everything, _, _ = stores
     ds = saezarr.open_store(everything)
     for config in tiny.configs[:3]:
-        encoder = load_encoder(locate_sae(resolve_sae_repo(str(tiny.saes), config), config, 32), "cpu")
+        encoder = load_encoder(locate_sae(resolve_sae_repo(str(tiny.saes), config), config, model_of_width(32)), "cpu")
         x = torch.from_numpy(ds.residuals.sel(residual_layer=config.layer).values)
         expected = encoder.encode(x).numpy()
         np.testing.assert_allclose(ds.activations.sel(config=config.name).values, expected, rtol=1e-5, atol=1e-5)

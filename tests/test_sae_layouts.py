@@ -16,7 +16,13 @@ from saezarr.errors import SaezarrError
 from saezarr.extract.hub import Source
 from saezarr.extract.saes.encoder import load_encoder
 from saezarr.extract.saes.locate import describe_configs, locate_sae
-from saezarr.synthetic import random_sae, saelens_cfg, write_gemma_scope_2_sae, write_saelens_sae
+from saezarr.synthetic import (
+    model_of_width,
+    random_sae,
+    saelens_cfg,
+    write_gemma_scope_2_sae,
+    write_saelens_sae,
+)
 
 D_MODEL, WIDE = 24, 2500  # wide enough for three tiles of MIN_TILE_FEATURES
 
@@ -65,7 +71,7 @@ def formula(folder: Path, path: str, x: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("path", [".", "gs2", "jumprelu", "relu", "topk"])
 def test_whole_and_tiled_encoders_give_the_formulas_values(wide_saes, path):
     folder, x = wide_saes
-    sae = locate_sae(local(folder), SAEConfig(0, None, path, given_name="sae"), D_MODEL)
+    sae = locate_sae(local(folder), SAEConfig(0, None, path, given_name="sae"), model_of_width(D_MODEL))
     whole = load_encoder(sae, "cpu")
     tiled = load_encoder(sae, "cpu", budget=sae.encoder_bytes // 2)
     assert not whole.tiled and tiled.tiled and tiled.tile < WIDE
@@ -89,7 +95,7 @@ def test_names_come_from_the_layout_unless_given(tmp_path):
     ]
     config = tmp_path / "c.json"
     config.write_text(json.dumps({"model": "m", "sae_repo": "r", "configs": entries}))
-    configs, _ = describe_configs(None, load_config_file(config).configs, config)
+    configs, _ = describe_configs(str(tmp_path / "saes"), load_config_file(config).configs, config)
     assert [c.name for c in configs] == [
         "layer_3_l0_59",
         "layer_12_l0_82",
@@ -106,7 +112,7 @@ def test_a_saelens_sae_at_the_repository_root_is_named_by_its_hook(tmp_path):
     rng = np.random.default_rng(0)
     weights = random_sae(rng.standard_normal((30, D_MODEL)).astype(np.float32), 32, 4, rng)
     write_saelens_sae(tmp_path / "repo", weights, saelens_cfg(6, D_MODEL, 32, "jumprelu", new_layout=False))
-    configs, _ = describe_configs(lambda first: local(tmp_path / "repo"), (SAEConfig(None, None, "."),), "where")
+    configs, _ = describe_configs(str(tmp_path / "repo"), (SAEConfig(None, None, "."),), "where")
     assert configs[0].name == "blocks.6.hook_resid_post" and configs[0].layer == 6
 
 
@@ -120,7 +126,23 @@ def bad_saes(root: Path) -> dict[str, tuple[dict, str]]:
     for name, fields, message in (
         ("gated", {}, "architecture 'gated' is not implemented"),
         ("normalised", {"normalize_activations": "expected_average_only_in"}, "normalize_activations"),
-        ("mlp_out", {"metadata": {"hook_name": "blocks.3.hook_mlp_out"}}, "hook_name 'blocks.3.hook_mlp_out'"),
+        ("mlp_out", {"metadata": {"hook_name": "blocks.3.hook_mlp_out"}}, "the SAE reads blocks.3.hook_mlp_out"),
+        (
+            "resid_pre",
+            {"metadata": {"hook_name": "blocks.3.hook_resid_pre"}},
+            "would have read blocks.3.hook_resid_post",
+        ),
+        ("head", {"hook_head_index": 1}, "hook_head_index 1: the SAE reads one attention head"),
+        (
+            "old head",
+            {"metadata": None, "hook_point": "blocks.3.hook_resid_post", "hook_point_head_index": 0},
+            "index 0: ",
+        ),
+        ("no bos", {"prepend_bos": False}, "prepend_bos is false"),
+        ("kwargs", {"model_from_pretrained_kwargs": {"fold_ln": True, "n_ctx": 64}}, "kwargs n_ctx=64"),
+        ("other model", {"model_name": "gemma-2-2b"}, "trained on 'gemma-2-2b', but --model is"),
+        ("context", {"context_size": 4}, "more than the 4-token context SAE context was trained on"),
+        ("no hook", {"metadata": {}}, "the cfg names no hook_name"),
     ):
         architecture = "gated" if name == "gated" else "jumprelu"
         write_saelens_sae(root / name, weights, saelens_cfg(3, d_model, 64, architecture, **fields))
@@ -138,6 +160,15 @@ def bad_saes(root: Path) -> dict[str, tuple[dict, str]]:
         {"path": "resid_post/layer_3_width_16k_l0_small", "width": "16k"},
         "the config says width 16384 but the SAE has 64 features",
     )
+    write_gemma_scope_2_sae(root / "resid_post/layer_12_width_16k_l0_small", weights)
+    cases["entry hook"] = (
+        {"path": "layer_0/width_16k/average_l0_6", "layer": 0, "hook": "blocks.0.hook_mlp_out"},
+        "the SAE reads blocks.0.hook_mlp_out (the config file's hook)",
+    )
+    cases["entry contradicts"] = (
+        {"path": "resid_post/layer_12_width_16k_l0_small", "hook": "blocks.12.hook_mlp_out"},
+        "says hook blocks.12.hook_mlp_out but the folder's prefix resid_post/ says blocks.12.hook_resid_post",
+    )
     return cases
 
 
@@ -148,7 +179,10 @@ def refused(tiny, tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    "case", ["unknown layout", "gated", "normalised", "mlp_out", "d_in", "d_in cfg", "width", "one name"]
+    "case",
+    ["unknown layout", "gated", "normalised", "d_in", "d_in cfg", "width", "one name"]
+    + ["mlp_out", "resid_pre", "head", "old head", "no bos", "kwargs", "other model", "context", "no hook"]
+    + ["entry hook", "entry contradicts"],
 )
 def test_a_bad_sae_or_config_is_one_line_and_nothing_is_written(tiny, refused, case, capsys):
     root, cases = refused
@@ -175,7 +209,7 @@ def test_a_layer_that_contradicts_the_layout_is_refused(tmp_path):
     weights = random_sae(rng.standard_normal((30, D_MODEL)).astype(np.float32), 32, 4, rng)
     write_saelens_sae(tmp_path / "sae", weights, saelens_cfg(6, D_MODEL, 32, "jumprelu"))
     with pytest.raises(SaezarrError, match="'layer' is 2 but the SAE reads layer 6"):
-        locate_sae(local(tmp_path), SAEConfig(2, None, "sae"), D_MODEL)
+        locate_sae(local(tmp_path), SAEConfig(2, None, "sae"), model_of_width(D_MODEL))
 
 
 def test_a_build_in_tiles_equals_a_build_of_the_whole_encoder(tiny, tmp_path):

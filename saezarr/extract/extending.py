@@ -4,6 +4,7 @@ is written; the model is resolved only when some new unit needs it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,9 +13,10 @@ from saezarr import __version__
 from saezarr.configs import MISSING_L0, SAEConfig, load_config_file, select_configs, with_neuronpedia
 from saezarr.errors import SaezarrError
 from saezarr.extract.fragments import FRAGMENT_FIELDS, Fragments, make_fragments
+from saezarr.extract.hub import Source
 from saezarr.extract.inputs import LabeledSentences, read_labeled_csv
 from saezarr.extract.residuals import ModelInfo, check_weights, load_tokenizer, resolve_model
-from saezarr.extract.saes.locate import SAEFile, describe_configs, locate_sae, resolve_sae_repo
+from saezarr.extract.saes.locate import SAEFile, check_context, describe_configs, locate_sae, resolve_sae_repo
 from saezarr.store.growing import Growth, read_record
 from saezarr.store.layout import WIDTHS, Store
 
@@ -42,9 +44,7 @@ def plan_extension(options, store: Store) -> Extension:
     _refuse_other_options(options, attrs, where)
     config_file = load_config_file(options.config_file)
     sae_repo = options.sae_repo or config_file.sae_repo
-    described, _ = describe_configs(
-        lambda first: resolve_sae_repo(sae_repo, first), config_file.configs, options.config_file
-    )
+    described, _ = describe_configs(sae_repo, config_file.configs, options.config_file)
     chosen = with_neuronpedia(select_configs(described, options.layers, options.configs), sae_repo)
     by_name = {c.name: c for c in stored}
     for config in chosen:
@@ -82,8 +82,8 @@ def plan_extension(options, store: Store) -> Extension:
                 f"{options.config_file}: config {deepest.name} reads layer {deepest.layer}, but the model has "
                 f"{info.num_layers} layers (0-{info.num_layers - 1})"
             )
-    hidden = info.hidden_size if info is not None else store.residuals.hidden
-    saes = _locate(sae_repo, attrs, needed, store, hidden, where)
+    saes = _locate(sae_repo, attrs, needed, info or _stored_model(attrs, store), where)
+    check_context(saes, _token_counts(fragments, old_table), options.input or store.path)
     located = {sae.config.name: sae.config for sae in saes}  # completed from their files (width, architecture)
     configs = (*stored, *(located.get(c.name, c) for c in new_configs))
     growth = None
@@ -219,7 +219,23 @@ def _model_and_fragments(
     return info, fragments
 
 
-def _locate(repo: str, attrs: dict, configs, store: Store, hidden: int, where: str) -> list[SAEFile]:
+def _stored_model(attrs: dict, store: Store) -> ModelInfo:
+    """The store's model as its attributes say it, where no new unit runs it (its residuals are in the store): its
+    norm is not seen, so an SAE trained on centred residuals is refused."""
+    local = attrs["model_revision"] == "local"
+    source = Source(attrs["model"], attrs["model_revision"], Path(attrs["model"]) if local else None)
+    return ModelInfo(source, num_layers=0, hidden_size=store.residuals.hidden, max_tokens=None, rms_norm=None)
+
+
+def _token_counts(fragments: Fragments | None, old_table: pd.DataFrame) -> list[int]:
+    """Each sentence's token count (BOS included): from the fragments, else from the store's own table."""
+    if fragments is not None:
+        return [len(ids) for ids in fragments.token_ids]
+    last = old_table.groupby("sentence_index", sort=True)["token_position"].max()
+    return [int(position) + 1 for position in last]
+
+
+def _locate(repo: str, attrs: dict, configs, model: ModelInfo, where: str) -> list[SAEFile]:
     """The SAE files of the configs whose units are still to compute, from the store's SAE repository (checked)."""
     if not configs:
         return []
@@ -229,5 +245,5 @@ def _locate(repo: str, attrs: dict, configs, store: Store, hidden: int, where: s
             f"{where}: the store's SAEs come from {attrs['sae_repo']} @ {attrs['sae_revision']}, not "
             f"{source.name} @ {source.revision}; a store keeps one SAE repository"
         )
-    saes = [locate_sae(source, config, hidden, where) for config in configs]
+    saes = [locate_sae(source, config, model, where) for config in configs]
     return saes

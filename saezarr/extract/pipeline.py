@@ -32,7 +32,7 @@ from saezarr.extract.residuals import (
     resolve_model,
 )
 from saezarr.extract.saes.encoder import load_encoder
-from saezarr.extract.saes.locate import SAEFile, describe_configs, locate_sae, resolve_sae_repo
+from saezarr.extract.saes.locate import SAEFile, check_context, describe_configs, locate_sae, resolve_sae_repo
 from saezarr.extract.work import (
     ChunkWriter,
     ComputeSpec,
@@ -375,12 +375,9 @@ def _plan(options: BuildOptions) -> _Plan:
     data = read_labeled_csv(options.input)
     config_file = load_config_file(options.config_file)
     sae_repo = options.sae_repo or config_file.sae_repo
-    described, sae_source = describe_configs(
-        lambda first: resolve_sae_repo(sae_repo, first), config_file.configs, options.config_file
-    )
+    described, sae_source = describe_configs(sae_repo, config_file.configs, options.config_file)
     configs = with_neuronpedia(select_configs(described, options.layers, options.configs), sae_repo)
     info = resolve_model(options.model or config_file.model)
-    check_weights(info)
     deepest = max(configs, key=lambda c: c.layer)
     if deepest.layer >= info.num_layers:
         raise SaezarrError(
@@ -390,7 +387,9 @@ def _plan(options: BuildOptions) -> _Plan:
     tokenizer = load_tokenizer(info)
     fragments = make_fragments(data, tokenizer, options.fragments or "token", info.max_tokens)
     sae_source = sae_source or resolve_sae_repo(sae_repo, configs[0])
-    saes = [locate_sae(sae_source, c, info.hidden_size, options.config_file) for c in configs]
+    saes = [locate_sae(sae_source, c, info, options.config_file) for c in configs]
+    check_context(saes, [len(ids) for ids in fragments.token_ids], data.path)
+    check_weights(info)  # after the SAEs: an SAE refused in a line costs no download of the model's weights
     configs = tuple(sae.config for sae in saes)
     attrs = {
         "saezarr_version": __version__,

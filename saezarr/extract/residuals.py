@@ -13,7 +13,7 @@ import torch
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
-from saezarr.errors import SaezarrError
+from saezarr.errors import SaezarrError, one_line
 from saezarr.extract.hub import Source, resolve
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -28,6 +28,9 @@ class ModelInfo:
     num_layers: int
     hidden_size: int
     max_tokens: int | None
+    rms_norm: bool | None = (
+        True  # False: LayerNorm, which TransformerLens' center_writing_weights changes; None: unknown
+    )
 
 
 def resolve_model(name: str, revision: str | None = None) -> ModelInfo:
@@ -42,13 +45,33 @@ def resolve_model(name: str, revision: str | None = None) -> ModelInfo:
         raise SaezarrError(
             f"--model {name}: cannot read its config.json as a model config ({type(exc).__name__}: {text[:200]})"
         ) from None
+    _check_decoder_layers(config, name)
     config = getattr(config, "text_config", config)
     return ModelInfo(
         source=source,
         num_layers=int(config.num_hidden_layers),
         hidden_size=int(config.hidden_size),
         max_tokens=int(getattr(config, "max_position_embeddings", 0) or 0) or None,
+        rms_norm=hasattr(config, "rms_norm_eps"),
     )
+
+
+def _check_decoder_layers(config, name: str) -> None:
+    """Refuse, before any weight is fetched, an architecture whose decoder layers saezarr cannot find: its skeleton
+    is built on the meta device, which allocates nothing."""
+    from transformers import AutoModel
+
+    try:
+        with torch.device("meta"):
+            skeleton = AutoModel.from_config(config)
+    except Exception as exc:  # transformers raises many types for an architecture it cannot build
+        raise SaezarrError(
+            f"--model {name}: transformers cannot build it ({type(exc).__name__}: {one_line(exc)})"
+        ) from None
+    try:
+        decoder_layers(skeleton)
+    except SaezarrError as exc:
+        raise SaezarrError(f"--model {name}: {exc}; its hook sites are not read yet") from None
 
 
 def check_weights(info: ModelInfo) -> None:
@@ -90,6 +113,11 @@ def load_tokenizer(info: ModelInfo) -> PreTrainedTokenizerFast:
         ) from None
     if not getattr(tokenizer, "is_fast", False):
         raise SaezarrError(f"--model {info.source.name}: a fast tokenizer (tokenizer.json) is required for offsets")
+    if tokenizer.bos_token_id is None:
+        raise SaezarrError(
+            f"--model {info.source.name}: its tokenizer has no BOS token; saezarr puts BOS first and never encodes "
+            "it, so each sentence's first real token would be lost: not implemented"
+        )
     return tokenizer
 
 

@@ -197,7 +197,7 @@ def compute_chunk(
         if row in task.rows:
             # the chunk's latents reach the host once, into a buffer the writer recycles
             latents = writer.host_buffer(stop - start, int(store.widths[row]))
-            encoder.encode(residuals[sae.config.layer], out=latents[skip:])
+            _encode_as_a_full_chunk(encoder, residuals[sae.config.layer], latents, skip, store.chunk_fragments)
             kept = store.kept_rows(row, task.chunk)
             if kept:  # an extension keeps these rows' latents bitwise as they were
                 latents[:kept] = torch.from_numpy(
@@ -215,6 +215,18 @@ def compute_chunk(
             _host(residuals[EMBEDDINGS_KEY], dtype),
         )
     return batches
+
+
+def _encode_as_a_full_chunk(encoder: Encoder, x: torch.Tensor, latents: torch.Tensor, skip: int, rows: int) -> None:
+    """Encode x into latents[skip:] as rows [skip:] of a chunk of `rows` rows: a BLAS may round a row by where it
+    falls in the matrix (MKL on AMD EPYC does, for rows past the last full block of its kernel), so a partial chunk,
+    or the new rows of an extension's partial chunk, are encoded at the places and matrix height of a full one."""
+    if skip == 0 and len(x) == rows:
+        encoder.encode(x, out=latents)
+        return
+    padded = x.new_zeros((rows, x.shape[1]))
+    padded[skip : skip + len(x)] = x
+    latents[skip:] = encoder.encode(padded)[skip : skip + len(x)].to(latents.device)
 
 
 def _kept_by_all(store: Store, task: Task) -> int:
@@ -267,8 +279,10 @@ def task_residuals(
     if stored_stop < stop:
         if reader is None:
             raise RuntimeError("a task that runs the model was given no model")
-        computed, batches = chunk_residuals(reader, fragments, stored_stop, stop, batch_size)
-        parts.append(computed)
+        # the whole chunk runs, in the batches a one-go build runs, and the rows it needs are kept: the floats of
+        # a row can depend on what else is in its batch (seen with MKL on AMD EPYC), so a chunk never runs a part
+        computed, batches = chunk_residuals(reader, fragments, start, stop, batch_size)
+        parts.append({key: value[stored_stop - start :] for key, value in computed.items()})
     if len(parts) == 1:
         residuals = parts[0]
     else:  # float32 where stored and computed rows meet: the stored rows are float32

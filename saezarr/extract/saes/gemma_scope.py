@@ -6,6 +6,7 @@ import re
 
 from saezarr.configs import SAEConfig
 from saezarr.extract.saes.layout import Fetch, Layout
+from saezarr.extract.saes.site import gemma_scope_1_site
 
 WEIGHTS = "params.npz"
 MARKER = WEIGHTS  # the file whose presence says the layout
@@ -25,10 +26,12 @@ def from_path(path: str) -> dict:
     return {"layer": int(folder.group(1)), "average_l0": int(folder.group(2)) if folder.group(2) else None}
 
 
-def describe(config: SAEConfig, fetch: Fetch) -> Layout | None:
-    """The SAE's layout if its folder holds a params.npz (JumpReLU, upper-case keys, no b_dec on the input)."""
+def describe(config: SAEConfig, fetch: Fetch, repo: str) -> Layout | None:
+    """The SAE's layout if its folder holds a params.npz (JumpReLU, upper-case keys, no b_dec on the input); the
+    repository's name says its site."""
     weights = fetch(WEIGHTS, False)
     if weights is None:
         return None
     known = from_path(config.path)
-    return Layout("gemma_scope", weights, "jumprelu", "W_enc", "b_enc", "threshold", **known)
+    site = gemma_scope_1_site(repo, config.path, known.get("layer", config.layer))
+    return Layout("gemma_scope", weights, "jumprelu", "W_enc", "b_enc", "threshold", site=site, **known)

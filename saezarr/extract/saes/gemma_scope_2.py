@@ -12,6 +12,7 @@ import re
 from saezarr.configs import SAEConfig
 from saezarr.errors import SaezarrError
 from saezarr.extract.saes.layout import Fetch, Layout
+from saezarr.extract.saes.site import Site, gemma_scope_2_site, hf_hook_site
 
 WEIGHTS = "params.safetensors"
 CONFIG = "config.json"
@@ -31,32 +32,34 @@ def from_path(path: str) -> dict:
     return {"layer": int(folder.group(2))} if folder else {}
 
 
-def describe(config: SAEConfig, fetch: Fetch) -> Layout | None:
-    """The SAE's layout if its folder holds a params.safetensors; a config.json beside it must agree (JumpReLU)."""
+def describe(config: SAEConfig, fetch: Fetch, repo: str) -> Layout | None:
+    """The SAE's layout if its folder holds a params.safetensors; a config.json beside it must agree (JumpReLU) and
+    says its site, else the folder's prefix does."""
     weights = fetch(WEIGHTS, False)
     if weights is None:
         return None
+    known = from_path(config.path)
     settings = fetch(CONFIG, False)
-    if settings is not None:
-        _check_settings(settings, config)
-    return Layout("gemma_scope_2", weights, "jumprelu", "w_enc", "b_enc", "threshold", **from_path(config.path))
+    site = _settings_site(settings, config) if settings is not None else None
+    site = site or gemma_scope_2_site(config.path, known.get("layer", config.layer))
+    return Layout("gemma_scope_2", weights, "jumprelu", "w_enc", "b_enc", "threshold", site=site, **known)
 
 
-def _check_settings(path, config: SAEConfig) -> None:
-    """Refuse what config.json says that this reader does not implement (another architecture, another site)."""
+def _settings_site(path, config: SAEConfig) -> Site | None:
+    """The site config.json names (None if it names none); refuse what else it says that is not implemented."""
     try:
         settings = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise SaezarrError(f"{path}: config {config.name}: not readable JSON ({exc})") from None
+    if not isinstance(settings, dict):
+        raise SaezarrError(f"{path}: config {config.name}: expected a JSON object")
     architecture = str(settings.get("architecture", "jumprelu")).lower()
     if architecture not in JUMPRELU_NAMES:
         raise SaezarrError(
             f"{path}: config {config.name}: architecture {architecture!r} is not implemented for Gemma Scope 2 "
             "(only JumpReLU SAEs)"
         )
-    hook = settings.get("hf_hook_point_in") or settings.get("hook_point_in")
-    if hook and not re.fullmatch(r"model\.(language_model\.)?layers\.\d+(\.output)?", str(hook)):
-        raise SaezarrError(
-            f"{path}: config {config.name}: reads {hook!r}, not the residual stream after a decoder layer "
-            "(only resid_post SAEs are supported)"
-        )
+    for key in ("hf_hook_point_in", "hook_point_in"):
+        if settings.get(key):
+            return hf_hook_site(str(settings[key]), f"{key} in {path}")
+    return None

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from saezarr.extract.saes.site import Site
+
 ARCHITECTURES = ("jumprelu", "relu", "topk")
-RESID_POST = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
 
 # fetch(filename, required) -> the file of the SAE's folder on local disk, or None if absent and not required
 Fetch = Callable[[str, bool], "Path | None"]
@@ -31,6 +31,10 @@ class Layout:
     average_l0: int | None = None
     d_in: int | None = None  # what the layout's own settings say of the shapes, checked against the weights
     d_sae: int | None = None
+    site: Site | None = None  # None: the source does not say (a local folder of another name)
+    model_name: str | None = None  # the model it was trained on, as TransformerLens names it
+    context_size: int | None = None  # the longest token sequence it was trained on
+    centred: bool = False  # trained on TransformerLens' center_writing_weights (mean over the hidden size removed)
 
     @property
     def keys(self) -> dict[str, str]:

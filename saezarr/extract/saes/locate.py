@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from saezarr.configs import SAEConfig, refuse_repeats
-from saezarr.errors import SaezarrError
+from saezarr.errors import SaezarrError, SaezarrNote
 from saezarr.extract.hub import Source, download, resolve
+from saezarr.extract.model_names import names_model
 from saezarr.extract.saes import gemma_scope, gemma_scope_2, saelens
 from saezarr.extract.saes.layout import Layout
+from saezarr.extract.saes.site import Site, check_read, gemma_scope_1_site, gemma_scope_2_site, resid_post
 from saezarr.extract.saes.weights import WeightsUnreadable, read_header
+
+if TYPE_CHECKING:
+    from saezarr.extract.residuals import ModelInfo
 
 LOADERS = (saelens, gemma_scope_2, gemma_scope)  # tried in this order, unless the folder's name says the layout
 OPTION = "--sae-repo"
@@ -99,7 +106,7 @@ def read_layout(source: Source, config: SAEConfig) -> Layout:
     misses: list[SaezarrError] = []
     fetch = _fetcher(source, config, misses)
     for loader in _loaders_for(config.path):
-        layout = loader.describe(config, fetch)
+        layout = loader.describe(config, fetch, source.name)
         if layout is not None:
             return layout
     if misses:  # from the hub: say why the file the folder's name suggests could not be had
@@ -117,13 +124,32 @@ def known_from_path(config: SAEConfig) -> SAEConfig:
     return dataclasses.replace(config, **filled) if filled else config
 
 
+def named_site(repo: str, config: SAEConfig) -> Site | None:
+    """The site the repository's or the folder's name says, without reading a file (None: the names say nothing)."""
+    site = gemma_scope_1_site(repo, config.path, config.layer)
+    if site is None and gemma_scope_2.matches(config.path):
+        site = gemma_scope_2_site(config.path, config.layer)
+    return site
+
+
+def checked_site(config: SAEConfig, site: Site | None, where: object) -> Site | None:
+    """The SAE's site as its source (else its config entry) says it, refused unless saezarr reads it; None if neither
+    says it."""
+    if site is None and config.hook is not None:
+        site = Site(config.hook, "the config file's hook")
+    return check_read(site, config.hook, config.name, str(where), config.layer) if site is not None else None
+
+
 def complete(config: SAEConfig, layout: Layout, where: object) -> SAEConfig:
-    """The config with what its layout says (layer, average L0, name); a layer that contradicts it is refused."""
-    if config.layer is not None and layout.layer is not None and config.layer != layout.layer:
+    """The config with what its layout says (site, layer, average L0, name); a layer that contradicts it, or a site
+    saezarr does not read, is refused."""
+    site = checked_site(config, layout.site, where)
+    known_layer = layout.layer if layout.layer is not None else (site.layer if site is not None else None)
+    if config.layer is not None and known_layer is not None and config.layer != known_layer:
         raise SaezarrError(
-            f"{where}: config {config.name}: 'layer' is {config.layer} but the SAE reads layer {layout.layer}"
+            f"{where}: config {config.name}: 'layer' is {config.layer} but the SAE reads layer {known_layer}"
         )
-    layer = config.layer if config.layer is not None else layout.layer
+    layer = config.layer if config.layer is not None else known_layer
     if layer is None:
         raise SaezarrError(f"{where}: config {config.name}: give its 'layer' (its layout does not say it)")
     return dataclasses.replace(
@@ -132,32 +158,70 @@ def complete(config: SAEConfig, layout: Layout, where: object) -> SAEConfig:
         average_l0=config.average_l0 if config.average_l0 is not None else layout.average_l0,
         given_name=config.given_name or layout.name,
         architecture=layout.architecture,
+        hook=site.hook if site is not None else None,
     )
 
 
 def describe_configs(
-    source_of, configs: Sequence[SAEConfig], where: object
+    sae_repo: str, configs: Sequence[SAEConfig], where: object
 ) -> tuple[tuple[SAEConfig, ...], Source | None]:
-    """Every config with its layer and name known: from its folder's name, else from its layout's files.
+    """Every config with its site, layer and name known: from its repository's and folder's names, else from its
+    layout's files; a site saezarr does not read is refused here, before any model or weights file is fetched.
 
-    `source_of(config)` resolves the SAE repository when a config's files must be read; returns the configs and
-    the source if it was resolved."""
+    The SAE repository is resolved only when a config's files must be read; returns the configs and the source if
+    it was resolved."""
     source = None
     described = []
     for config in map(known_from_path, configs):
+        site = checked_site(config, named_site(sae_repo, config), where)
+        if site is not None and config.layer is None:
+            config = dataclasses.replace(config, layer=site.layer)
         if config.layer is None or config.path == ".":
-            source = source or source_of(config)
+            source = source or resolve_sae_repo(sae_repo, config)
             config = complete(config, read_layout(source, config), where)
         described.append(config)
     refuse_repeats(where, described)
     return tuple(described), source
 
 
-def locate_sae(source: Source, config: SAEConfig, d_model: int, where: object = None) -> SAEFile:
-    """Get one SAE's files, complete its config from its layout, and check its shapes against the model's."""
+def locate_sae(source: Source, config: SAEConfig, model: ModelInfo, where: object = None) -> SAEFile:
+    """Get one SAE's files, complete its config from its layout, and check its shapes and training against the
+    model's."""
     layout = read_layout(source, config)
     config = complete(config, layout, where or f"{OPTION} {source.name}")
     at = f"{layout.weights}: config {config.name}"
+    _check_training(layout, config, model, at)
+    width = _check_shapes(layout, config, model.hidden_size, at)
+    if config.hook is None:
+        warnings.warn(
+            f"config {config.name}: nothing says which site the SAE reads ({source.name} is not named as a Gemma "
+            f"Scope repository); read as {resid_post(config.layer)}, the residual stream after layer {config.layer}. "
+            "Give the config entry a 'hook' to say it",
+            SaezarrNote,
+            stacklevel=2,
+        )
+    config = dataclasses.replace(config, width=width)
+    return SAEFile(config=config, layout=layout, d_model=model.hidden_size, width=width)
+
+
+def _check_training(layout: Layout, config: SAEConfig, model: ModelInfo, at: str) -> None:
+    """Refuse an SAE trained on another model, or on activations that TransformerLens processed in a way the model
+    as saezarr reads it does not reproduce."""
+    if layout.model_name and not names_model(layout.model_name, model.source):
+        raise SaezarrError(
+            f"{at}: the SAE was trained on {layout.model_name!r}, but --model is {model.source.name} (a folder is "
+            "matched by its name); use the model it was trained on"
+        )
+    if layout.centred and model.rms_norm is not True:  # on an RMSNorm model TransformerLens skips the centring
+        norm = "a LayerNorm model" if model.rms_norm is False else "a model whose norm is not read here"
+        raise SaezarrError(
+            f"{at}: the SAE was trained on residuals centred by TransformerLens' center_writing_weights, which "
+            f"saezarr does not compute for {model.source.name} ({norm}): not implemented"
+        )
+
+
+def _check_shapes(layout: Layout, config: SAEConfig, d_model: int, at: str) -> int:
+    """The SAE's width; refuse weights whose shapes disagree with each other, with its settings or with the model."""
     try:
         shapes = {key: tensor.shape for key, tensor in read_header(layout.weights).items()}
     except WeightsUnreadable as exc:
@@ -185,4 +249,20 @@ def locate_sae(source: Source, config: SAEConfig, d_model: int, where: object = 
         raise SaezarrError(f"{at}: the config says width {config.width} but the SAE has {width} features")
     if layout.k is not None and layout.k > width:
         raise SaezarrError(f"{at}: k = {layout.k} is more than the SAE's {width} features")
-    return SAEFile(config=dataclasses.replace(config, width=width), layout=layout, d_model=d_in, width=width)
+    return width
+
+
+def check_context(saes: Sequence[SAEFile], token_counts: Sequence[int], where: object) -> None:
+    """Refuse a sentence longer than the context an SAE was trained on (its cfg's `context_size`): refused, not
+    truncated, so that every stored fragment is one the SAE could have seen."""
+    limited = [sae for sae in saes if sae.layout.context_size is not None]
+    if not limited:
+        return
+    shortest = min(limited, key=lambda sae: sae.layout.context_size)
+    limit = shortest.layout.context_size
+    for row, count in enumerate(token_counts):
+        if count > limit:
+            raise SaezarrError(
+                f"{where} data row {row + 1}: the sentence is {count} tokens long (BOS included), more than the "
+                f"{limit}-token context SAE {shortest.config.name} was trained on; shorten or split it"
+            )

@@ -10,7 +10,8 @@ import json
 
 from saezarr.configs import SAEConfig
 from saezarr.errors import SaezarrError
-from saezarr.extract.saes.layout import ARCHITECTURES, RESID_POST, Fetch, Layout
+from saezarr.extract.saes.layout import ARCHITECTURES, Fetch, Layout
+from saezarr.extract.saes.site import Site
 
 CONFIG = "cfg.json"
 WEIGHTS = "sae_weights.safetensors"
@@ -18,6 +19,12 @@ MARKER = CONFIG  # the file whose presence says the layout
 ARCHITECTURE_NAMES = {"jumprelu": "jumprelu", "jump_relu": "jumprelu", "standard": "relu", "relu": "relu"}
 ARCHITECTURE_NAMES.update(topk="topk")
 NO_NORMALISATION = (None, False, "none")
+# TransformerLens' from_pretrained kwargs that change none of the sites saezarr reads; center_writing_weights is
+# checked against the model (a no-op without LayerNorm), any other kwarg is refused
+NEUTRAL_MODEL_KWARGS = frozenset(
+    {"fold_ln", "center_unembed", "fold_value_biases", "refactor_factored_attn_matrices", "dtype", "torch_dtype"}
+    | {"device", "n_devices", "move_to_device", "default_padding_side", "first_n_layers"}
+)
 
 
 def read_cfg(config: SAEConfig, fetch: Fetch) -> tuple[dict, object] | None:
@@ -43,19 +50,47 @@ def field(cfg: dict, *names: str, default=None):
     return default
 
 
-def hook_layer(cfg: dict, where: str) -> int:
-    """The decoder layer whose output a resid_post SAE reads; other hooks are refused."""
+def site(cfg: dict, path: object, where: str) -> Site:
+    """The site the cfg names (`hook_name`, `hook_point` before SAELens 6); a head index is refused."""
     hook = field(cfg, "hook_name", "hook_point")
-    match = RESID_POST.match(str(hook)) if hook is not None else None
-    if match is None:
+    if not isinstance(hook, str) or not hook:
+        raise SaezarrError(f"{where}: the cfg names no hook_name, so the site the SAE reads is unknown")
+    head = field(cfg, "hook_head_index", "hook_point_head_index")
+    if head is not None:
         raise SaezarrError(
-            f"{where}: hook_name {hook!r} is not supported (only blocks.{{L}}.hook_resid_post, the residual "
-            "stream after decoder layer L)"
+            f"{where}: hook_head_index {head!r}: the SAE reads one attention head of {hook}; not implemented (refused "
+            "rather than encode every head)"
         )
-    return int(match.group(1))
+    return Site(hook, f"hook_name in {path}")
 
 
-def describe(config: SAEConfig, fetch: Fetch) -> Layout | None:
+def training_facts(cfg: dict, where: str) -> dict:
+    """What the cfg says of the model's activations in training that decides the numbers; refuse what saezarr does
+    not reproduce (no BOS, a TransformerLens processing it does not apply)."""
+    if field(cfg, "prepend_bos", default=True) is False:
+        raise SaezarrError(
+            f"{where}: prepend_bos is false (trained without BOS); saezarr prepends BOS to every sentence and never "
+            "encodes it, so it would read other activations: not implemented"
+        )
+    kwargs = field(cfg, "model_from_pretrained_kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise SaezarrError(f"{where}: model_from_pretrained_kwargs must be an object, got {kwargs!r}")
+    unknown = sorted(set(kwargs) - NEUTRAL_MODEL_KWARGS - {"center_writing_weights"})
+    if unknown:
+        raise SaezarrError(
+            f"{where}: model_from_pretrained_kwargs {unknown[0]}={kwargs[unknown[0]]!r}: the model was processed "
+            "in a way saezarr does not reproduce; not implemented"
+        )
+    context = field(cfg, "context_size")
+    model_name = field(cfg, "model_name")
+    return {
+        "model_name": str(model_name) if model_name else None,
+        "context_size": context if isinstance(context, int) and not isinstance(context, bool) and context > 0 else None,
+        "centred": bool(kwargs.get("center_writing_weights", False)),
+    }
+
+
+def describe(config: SAEConfig, fetch: Fetch, repo: str) -> Layout | None:
     """The SAE's layout if its folder holds a cfg.json; refuse what this reader does not implement."""
     found = read_cfg(config, fetch)
     if found is None:
@@ -84,6 +119,8 @@ def describe(config: SAEConfig, fetch: Fetch) -> Layout | None:
         if not isinstance(k, int) or isinstance(k, bool) or k <= 0:
             raise SaezarrError(f"{where}: a topk SAE needs a positive integer 'k', got {k!r}")
     subtract = bool(cfg.get("apply_b_dec_to_input", True))  # SAELens' default when the cfg does not say
+    read = site(cfg, path, where)
+    facts = training_facts(cfg, where)
     weights = fetch(WEIGHTS, True)
     return Layout(
         "saelens",
@@ -94,8 +131,10 @@ def describe(config: SAEConfig, fetch: Fetch) -> Layout | None:
         threshold="threshold" if architecture == "jumprelu" else None,
         b_dec="b_dec" if subtract else None,
         k=k,
-        layer=hook_layer(cfg, where),
+        layer=read.layer,
         d_in=cfg.get("d_in"),
         d_sae=cfg.get("d_sae"),
-        name=None if config.path != "." else str(field(cfg, "hook_name", "hook_point")),
+        name=None if config.path != "." else read.hook,
+        site=read,
+        **facts,
     )

@@ -1,0 +1,137 @@
+"""Which site of the model an SAE reads, as its source says it, and the refusal of sites saezarr does not read yet.
+
+A site is named as TransformerLens and SAELens name it (`blocks.12.hook_resid_post`, `blocks.2.hook_mlp_out`,
+`hook_embed`). What says it, by family:
+- Gemma Scope 1: the repository's name (`-res`, `-att`, `-mlp`, `-transcoders`; `embedding/` folders of `-res`);
+- Gemma Scope 2: `config.json`'s `hf_hook_point_in`, else the folder's prefix (`resid_post`, `attn_out`, `mlp_out`,
+  `transcoder`, `clt`);
+- SAELens: the cfg's `hook_name` (`hook_point` before SAELens 6);
+- a config file entry's `hook`, where the source says nothing (a local folder of another name).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from saezarr.errors import SaezarrError
+
+READ_SITES = ("hook_resid_post",)  # what saezarr reads today: the residual stream after decoder layer L
+_HOOK = re.compile(r"^(?:blocks\.(\d+)\.)?([a-z0-9_.]+)$")
+_GEMMA_SCOPE_1_REPO = re.compile(r"gemma-scope-\d+b-(?:pt|it)-(res|att|mlp|transcoders)(?![a-z])", re.IGNORECASE)
+_GEMMA_SCOPE_1_SITES = {
+    "res": "hook_resid_post",
+    "att": "attn.hook_z",
+    "mlp": "hook_mlp_out",
+    "transcoders": "ln2.hook_normalized",
+}
+_GEMMA_SCOPE_2_PREFIXES = {
+    "resid_post": "hook_resid_post",
+    "attn_out": "attn.hook_z",
+    "mlp_out": "hook_mlp_out",
+    "transcoder": "hook_mlp_in",
+    "clt": "hook_mlp_in",
+}
+# Gemma Scope 2's `hf_hook_point_in`: the output or input of a Hugging Face module of decoder layer L, and its site
+_HF_MODULES = {
+    "": "hook_resid_post",  # model.layers.L(.output): the decoder layer's output
+    "output": "hook_resid_post",
+    "self_attn.o_proj.input": "attn.hook_z",
+    "post_attention_layernorm.output": "hook_attn_out",
+    "pre_feedforward_layernorm.output": "hook_mlp_in",
+    "post_feedforward_layernorm.output": "hook_mlp_out",
+}
+_HF_HOOK = re.compile(r"^model\.(?:language_model\.)?layers\.(\d+)\.?(.*)$")
+
+
+class SiteRefused(SaezarrError):
+    """An SAE's site that saezarr does not read, or that its sources contradict; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Site:
+    """A site of the model in TransformerLens' spelling, and what says the SAE reads it."""
+
+    hook: str
+    said_by: str
+
+    @property
+    def layer(self) -> int | None:
+        """The decoder layer the site belongs to (None: before the first one, e.g. hook_embed)."""
+        match = _HOOK.match(self.hook)
+        return int(match.group(1)) if match and match.group(1) else None
+
+    @property
+    def kind(self) -> str:
+        """The site without its layer: `hook_resid_post`, `hook_mlp_out`, `attn.hook_z`, ..."""
+        match = _HOOK.match(self.hook)
+        return match.group(2) if match else self.hook
+
+    @property
+    def is_read(self) -> bool:
+        """True if saezarr reads this site."""
+        return self.layer is not None and self.kind in READ_SITES
+
+
+def resid_post(layer: int) -> str:
+    """The hook of the residual stream after decoder layer `layer`."""
+    return f"blocks.{layer}.hook_resid_post"
+
+
+def parse_hook(text: str, where: str) -> str:
+    """A hook name as a config file gives it, checked for TransformerLens' spelling."""
+    if not isinstance(text, str) or _HOOK.match(text.strip()) is None:
+        raise SiteRefused(f"{where}: 'hook' must be a hook name like 'blocks.12.hook_resid_post', got {text!r}")
+    return text.strip()
+
+
+def _at(layer: int | None, kind: str) -> str:
+    return kind if layer is None else f"blocks.{layer}.{kind}"
+
+
+def gemma_scope_1_site(repo: str, path: str, layer: int | None) -> Site | None:
+    """The site a Gemma Scope 1 SAE reads, from its repository's name (a hub id, or a folder or cache path)."""
+    match = _GEMMA_SCOPE_1_REPO.search(repo)
+    if match is None:
+        return None
+    family = match.group(1).lower()
+    said_by = f"the repository's name ({match.group(0)})"
+    if family == "res" and re.search(r"(?:^|/)embedding/", path):
+        return Site("hook_embed", f"{said_by} and the folder embedding/")
+    return Site(_at(layer, _GEMMA_SCOPE_1_SITES[family]), said_by)
+
+
+def gemma_scope_2_site(path: str, layer: int | None) -> Site | None:
+    """The site a Gemma Scope 2 SAE reads, from its folder's prefix (`resid_post_all/...`, `mlp_out/...`)."""
+    parts = path.strip("/").split("/")
+    for part in reversed(parts[:-1]):
+        prefix = part.removesuffix("_all")
+        if prefix in _GEMMA_SCOPE_2_PREFIXES:
+            return Site(_at(layer, _GEMMA_SCOPE_2_PREFIXES[prefix]), f"the folder's prefix {part}/")
+    return None
+
+
+def hf_hook_site(hf_hook: str, said_by: str) -> Site:
+    """The site a Hugging Face module hook (`model.layers.L.output`, `...o_proj.input`) names."""
+    match = _HF_HOOK.match(hf_hook)
+    kind = _HF_MODULES.get(match.group(2)) if match else None
+    if kind is None:
+        return Site(hf_hook, said_by)  # a module saezarr does not know: refused as unread
+    return Site(_at(int(match.group(1)), kind), said_by)
+
+
+def check_read(site: Site, entry_hook: str | None, name: str, where: str, layer: int | None = None) -> Site:
+    """The SAE's site, agreed by its source and its config entry; refuse one saezarr does not read yet (naming
+    the residual stream after `layer`, or the site's own layer, as what it would have read)."""
+    if entry_hook is not None and entry_hook != site.hook:
+        raise SiteRefused(
+            f"{where}: config {name}: the config file says hook {entry_hook} but {site.said_by} says {site.hook}"
+        )
+    if not site.is_read:
+        layer = site.layer if site.layer is not None else layer
+        instead = f", and would have read {resid_post(layer)} instead" if layer is not None else ""
+        raise SiteRefused(
+            f"{where}: config {name}: the SAE reads {site.hook} ({site.said_by}); saezarr reads only "
+            f"blocks.L.hook_resid_post yet{instead}: refused rather than encode the wrong activations"
+        )
+    return site

@@ -1,0 +1,105 @@
+"""Which SAEs of SAELens' pretrained registry saezarr reads today, and which it refuses and why.
+
+Reads `pretrained_saes.yaml` from the sae-lens wheel (no network; `pip download --no-deps sae-lens` and give the
+wheel, or an installed sae_lens is used) and classifies every SAE with saezarr's own rules where the registry says
+enough: the layout loaders its files would meet, the site its repository's or folder's name gives, and the model
+processing its release asks for. SAELens-format SAEs whose site only their cfg.json on the hub says are counted as
+such ("cfg.json decides"), not guessed.
+
+    python scripts/inventory_saelens.py [sae_lens-X.whl | pretrained_saes.yaml] [--markdown]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import zipfile
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import yaml
+
+from saezarr.configs import SAEConfig
+from saezarr.extract.saes.locate import known_from_path, named_site
+
+# conversion functions whose files one of saezarr's layouts reads (None: SAELens' own cfg.json format)
+LAYOUTS = {None: "saelens", "gemma_2": "gemma_scope", "gemma_2_transcoder": "gemma_scope", "gemma_3": "gemma_scope_2"}
+HOOK = re.compile(r"(blocks\.\d+\.(?:[a-z0-9]+\.)?hook_[a-z]+(?:_[a-z]+)*|hook_embed)")
+LAYER_NORM_MODELS = ("gpt2", "pythia")  # TransformerLens' center_writing_weights changes their residuals
+NO_LAYERS_MODELS = ("gpt2",)  # transformers' GPT-2 keeps its blocks in `.h`, not `.layers`
+
+
+def registry(source: str | None) -> dict:
+    """The registry as a dict, from a wheel, a yaml file, or the installed sae_lens."""
+    if source is None:
+        from importlib import resources
+
+        return yaml.safe_load((resources.files("sae_lens") / "pretrained_saes.yaml").read_text())
+    if source.endswith(".whl"):
+        with zipfile.ZipFile(source) as wheel:
+            return yaml.safe_load(wheel.read("sae_lens/pretrained_saes.yaml"))
+    return yaml.safe_load(Path(source).read_text())
+
+
+def classify(release: dict, sae: dict) -> str:
+    """`read` or `refused: why` (or `cfg.json decides: ...` where only the SAE's hub cfg says its site)."""
+    conversion = sae.get("conversion_func", release.get("conversion_func"))
+    if conversion not in LAYOUTS:
+        return f"refused: format ({conversion}) is none of saezarr's layouts"
+    path = str(sae["path"])
+    if conversion == "gemma_3" and path.startswith("clt"):
+        return "refused: format (Gemma Scope 2 CLT files are not folders)"
+    model = str(release["model"]).lower()
+    if any(name in model for name in NO_LAYERS_MODELS):
+        return "refused: model (GPT-2 keeps its blocks in .h; saezarr reads .layers)"
+    overrides = release.get("config_overrides") or {}
+    kwargs = overrides.get("model_from_pretrained_kwargs") or {}
+    if kwargs.get("center_writing_weights") and any(name in model for name in LAYER_NORM_MODELS):
+        return "refused: centred residuals of a LayerNorm model"
+    if overrides.get("normalize_activations") not in (None, "none"):
+        return f"refused: normalize_activations {overrides['normalize_activations']}"
+    if sae.get("norm_scaling_factor") is not None:
+        return "refused: normalize_activations (a norm scaling factor)"
+    if conversion is None:
+        hook = HOOK.search(path) or HOOK.search(str(sae["id"]))
+        if hook is None:
+            return "cfg.json decides: its hook_name is not in the registry"
+        return "read" if hook.group(1).endswith(".hook_resid_post") else f"refused: site {_kind(hook.group(1))}"
+    site = named_site(release["repo_id"], known_from_path(SAEConfig(None, None, path)))
+    if site is None:
+        return "cfg.json decides: its name says no site"
+    return "read" if site.is_read else f"refused: site {site.kind}"
+
+
+def _kind(hook: str) -> str:
+    return re.sub(r"^blocks\.\d+\.", "", hook)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("source", nargs="?", help="an sae_lens wheel or pretrained_saes.yaml (default: installed)")
+    parser.add_argument("--markdown", action="store_true", help="a table per release")
+    args = parser.parse_args()
+    releases = registry(args.source)
+    totals: Counter = Counter()
+    per_release = defaultdict(Counter)
+    for name, release in releases.items():
+        for sae in release["saes"]:
+            verdict = classify(release, sae)
+            totals[verdict] += 1
+            per_release[name][verdict] += 1
+    n = sum(totals.values())
+    print(f"{n} SAEs in {len(releases)} releases")
+    for verdict, count in totals.most_common():
+        print(f"{count:6d}  {100 * count / n:5.1f} %  {verdict}")
+    if args.markdown:
+        print("\n| release | model | SAEs | verdict |\n|---|---|---|---|")
+        for name, verdicts in sorted(per_release.items()):
+            text = "; ".join(f"{verdict} ({count})" for verdict, count in verdicts.most_common())
+            print(f"| {name} | {releases[name]['model']} | {sum(verdicts.values())} | {text} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
