@@ -12,7 +12,7 @@ from pathlib import Path
 
 from saezarr import catalogues
 from saezarr.errors import SaezarrError
-from saezarr.extract.saes.site import parse_hook
+from saezarr.sites import parse_hook
 
 MISSING_L0 = -1  # the store's average_l0 of an SAE whose average L0 is not known
 WIDTH_TAGS = {"k": 1000, "m": 1000**2}  # Gemma Scope's width tags round a power of two down: 65k = 65536

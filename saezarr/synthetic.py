@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from saezarr.configs import SAEConfig
-from saezarr.extract.saes.site import resid_post
+from saezarr.sites import resid_post
 
 PAD, EOS, BOS, UNK = "<pad>", "<eos>", "<bos>", "<unk>"
 # Gemma's special token ids: pad 0, eos 1, bos 2, unk 3

@@ -18,7 +18,7 @@ from saezarr.extract.hub import Source
 from saezarr.extract.model_names import names_model
 from saezarr.extract.residuals import ModelInfo
 from saezarr.extract.saes.locate import locate_sae
-from saezarr.extract.saes.site import Site, hf_hook_site
+from saezarr.sites import Site, hf_hook_site
 from saezarr.synthetic import (
     calibration_residuals,
     random_sae,

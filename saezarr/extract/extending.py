@@ -17,6 +17,7 @@ from saezarr.extract.hub import Source
 from saezarr.extract.inputs import LabeledSentences, read_labeled_csv
 from saezarr.extract.residuals import ModelInfo, check_weights, load_tokenizer, resolve_model
 from saezarr.extract.saes.locate import SAEFile, check_context, describe_configs, locate_sae, resolve_sae_repo
+from saezarr.sites import resid_post
 from saezarr.store.growing import Growth, read_record
 from saezarr.store.layout import WIDTHS, Store
 
@@ -147,6 +148,7 @@ def _stored_configs(store: Store, n_configs: int) -> tuple[SAEConfig, ...]:
             width=int(store.widths[i]),
             given_name=str(names[i]),
             architecture=_optional(optional["architecture"], i),
+            hook=resid_post(int(layers[i])),  # every store so far holds resid_post SAEs alone: checked when built
         )
         for i in range(n_configs)
     )

@@ -6,7 +6,7 @@ import re
 
 from saezarr.configs import SAEConfig
 from saezarr.extract.saes.layout import Fetch, Layout
-from saezarr.extract.saes.site import gemma_scope_1_site
+from saezarr.sites import gemma_scope_1_site
 
 WEIGHTS = "params.npz"
 MARKER = WEIGHTS  # the file whose presence says the layout

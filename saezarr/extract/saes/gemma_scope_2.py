@@ -12,7 +12,7 @@ import re
 from saezarr.configs import SAEConfig
 from saezarr.errors import SaezarrError
 from saezarr.extract.saes.layout import Fetch, Layout
-from saezarr.extract.saes.site import Site, gemma_scope_2_site, hf_hook_site
+from saezarr.sites import Site, gemma_scope_2_site, hf_hook_site
 
 WEIGHTS = "params.safetensors"
 CONFIG = "config.json"

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from saezarr.extract.saes.site import Site
+from saezarr.sites import Site
 
 ARCHITECTURES = ("jumprelu", "relu", "topk")
 

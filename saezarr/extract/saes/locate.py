@@ -15,8 +15,8 @@ from saezarr.extract.hub import Source, download, resolve
 from saezarr.extract.model_names import names_model
 from saezarr.extract.saes import gemma_scope, gemma_scope_2, saelens
 from saezarr.extract.saes.layout import Layout
-from saezarr.extract.saes.site import Site, check_read, gemma_scope_1_site, gemma_scope_2_site, resid_post
 from saezarr.extract.saes.weights import WeightsUnreadable, read_header
+from saezarr.sites import Site, check_read, gemma_scope_1_site, gemma_scope_2_site, resid_post
 
 if TYPE_CHECKING:
     from saezarr.extract.residuals import ModelInfo

@@ -11,7 +11,7 @@ import json
 from saezarr.configs import SAEConfig
 from saezarr.errors import SaezarrError
 from saezarr.extract.saes.layout import ARCHITECTURES, Fetch, Layout
-from saezarr.extract.saes.site import Site
+from saezarr.sites import Site
 
 CONFIG = "cfg.json"
 WEIGHTS = "sae_weights.safetensors"
