@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("saezarr: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader left (`saezarr catalogues | head`): end quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush finds no pipe
+        return 141
 
 
 _show_warning = warnings.showwarning

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -91,3 +92,16 @@ def test_the_catalogues_command_lists_them():
     assert one["model"] == "google/gemma-3-1b-pt" and one["n_configs"] == 52
     plain = run_cli("catalogues")
     assert plain.returncode == 0 and DEFAULT in plain.stdout
+
+
+def test_catalogues_into_a_closed_pipe_ends_quietly():
+    """`saezarr catalogues | head`: a reader that has gone is no error and no traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line is written
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "saezarr", "catalogues"], stdout=write_end, stderr=subprocess.PIPE, text=True
+        )
+    finally:
+        os.close(write_end)
+    assert result.returncode == 141 and result.stderr == "", result.stderr
