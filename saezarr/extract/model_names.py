@@ -8,7 +8,7 @@ from pathlib import Path
 from saezarr.extract.hub import Source
 
 # TransformerLens names whose hub id is not the name with its organisation dropped
-_TL_ALIASES = {"gpt2-small": "gpt2", "gpt2-medium": "gpt2-medium", "gpt2-large": "gpt2-large", "gpt2-xl": "gpt2-xl"}
+_TL_ALIASES = {"gpt2-small": "gpt2"}
 _CACHED_REPO = re.compile(r"(?:^|[\\/])models--([^\\/]+?)--([^\\/]+)[\\/]snapshots[\\/]")
 
 

@@ -28,9 +28,8 @@ class ModelInfo:
     num_layers: int
     hidden_size: int
     max_tokens: int | None
-    rms_norm: bool | None = (
-        True  # False: LayerNorm, which TransformerLens' center_writing_weights changes; None: unknown
-    )
+    # False: LayerNorm, whose residuals TransformerLens' center_writing_weights changes; None: not known
+    rms_norm: bool | None = True
 
 
 def resolve_model(name: str, revision: str | None = None) -> ModelInfo:

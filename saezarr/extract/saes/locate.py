@@ -263,6 +263,6 @@ def check_context(saes: Sequence[SAEFile], token_counts: Sequence[int], where: o
     for row, count in enumerate(token_counts):
         if count > limit:
             raise SaezarrError(
-                f"{where} data row {row + 1}: the sentence is {count} tokens long (BOS included), more than the "
+                f"{where}: data row {row + 1}: the sentence is {count} tokens long (BOS included), more than the "
                 f"{limit}-token context SAE {shortest.config.name} was trained on; shorten or split it"
             )
