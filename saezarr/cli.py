@@ -10,7 +10,9 @@ from pathlib import Path
 
 from saezarr.errors import SaezarrError, SaezarrNote
 
-DEFAULT_CONFIG = Path("gemma-scope-2b-pt-res-16k")  # a bundled catalogue (saezarr.catalogues.DEFAULT), in the package
+DEFAULT_CONFIG = Path(
+    "gemma-scope-2b-pt-res-16k"
+)  # a bundled catalogue (saezarr.inputs.catalogues.DEFAULT), in the package
 DEMO_OUTPUT = Path("saezarr-demo.zarr")
 
 
@@ -180,13 +182,13 @@ def _cluster_options(args):
 
 
 def _run_build(args) -> int:
-    from saezarr.configs import parse_layers
-    from saezarr.extract.pipeline import BuildOptions, build
+    from saezarr.build.pipeline import BuildOptions, build
+    from saezarr.inputs.configs import parse_layers
     from saezarr.machine import parse_size
 
     _quiet_libraries()
     if args.demo:
-        from saezarr.synthetic import DEMO_CSV, ensure_demo
+        from saezarr.testing.synthetic import DEMO_CSV, ensure_demo
 
         if args.output is None and not args.resume:
             args.overwrite = True  # the default demo store is rebuilt each time
@@ -226,7 +228,7 @@ def _run_build(args) -> int:
 
 def _residual_layers(text: str | None):
     """--residuals: None (absent), "all" (given alone), or the layers listed."""
-    from saezarr.configs import parse_layers
+    from saezarr.inputs.configs import parse_layers
 
     if text is None or text == "all":
         return text
@@ -259,9 +261,9 @@ def _add_export(commands) -> None:
 
 
 def _run_export(args) -> int:
-    from saezarr.configs import parse_layers
-    from saezarr.export import export_npz
-    from saezarr.export_sentences import export_per_sentence
+    from saezarr.export.per_config import export_npz
+    from saezarr.export.per_sentence import export_per_sentence
+    from saezarr.inputs.configs import parse_layers
 
     written = (export_per_sentence if args.per_sentence else export_npz)(
         args.store,
@@ -303,7 +305,7 @@ def _run_catalogues(args) -> int:
     import dataclasses
     import json
 
-    from saezarr.catalogues import list_catalogues
+    from saezarr.inputs.catalogues import list_catalogues
 
     found = list_catalogues()
     if args.json:
@@ -359,7 +361,7 @@ def _add_analyze(commands) -> None:
 
 def _run_analyze(args) -> int:
     from saezarr.analysis.run import AnalyzeOptions, analyze
-    from saezarr.configs import parse_layers
+    from saezarr.inputs.configs import parse_layers
 
     options = AnalyzeOptions(
         store=args.store,
@@ -407,7 +409,7 @@ def _analysis_cluster(args):
 
     if args.scheduler is None and args.scheduler_file is None:  # nor import distributed (0.3-1 s)
         return contextlib.nullcontext()
-    from saezarr.analysis.cache import cache_root
+    from saezarr.analysis.cache.files import cache_root
     from saezarr.clients import analysis_client
 
     return analysis_client(_cluster_options(args), args.store, cache_root())

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark `saezarr analyze` against the legacy analysis and a plain read of the store, all in the same run.
 
-Data: a tiny random Gemma-2 (`saezarr.synthetic.write_model`), 8 Gemma Scope-layout SAEs of width 16384
+Data: a tiny random Gemma-2 (`saezarr.testing.synthetic.write_model`), 8 Gemma Scope-layout SAEs of width 16384
 (`write_saes`, 2 per layer on 4 layers) and a labeled CSV of N sentences with all four labels: random prefixes of
 the bundled demo sentences of that label, most ending in a word typical of the label, so that some features
 really track the label and the ranked tables are not empty. Two stores are built with `--fragments token`: N and
@@ -122,7 +122,7 @@ def make_sentences(n: int, seed: int, ending_share: float = ENDING_SHARE) -> tup
     import numpy as np
     import pandas as pd
 
-    from saezarr.synthetic import DEMO_CSV
+    from saezarr.testing.synthetic import DEMO_CSV
 
     demo = pd.read_csv(DEMO_CSV)
     words = {k: [s.strip(' .!?"').split() for s in demo.sentence[demo.concept_strength_label == k]] for k in range(4)}
@@ -153,7 +153,7 @@ def task_gen(spec: dict) -> dict:
     """The model, SAEs, config file and the N and 4N CSVs, written into spec['folder'] atomically."""
     import pandas as pd
 
-    from saezarr.configs import SAEConfig
+    from saezarr.inputs.configs import SAEConfig
 
     started = time.perf_counter()
     sizes = spec["sizes"]
@@ -176,7 +176,7 @@ def task_gen(spec: dict) -> dict:
 
 def task_gen_scale(spec: dict) -> dict:
     """A model with the real Gemma-2-2B's layer count and SAEs for spec['configs'], written into spec['folder']."""
-    from saezarr.configs import SAEConfig
+    from saezarr.inputs.configs import SAEConfig
 
     started = time.perf_counter()
     sizes = spec["sizes"]
@@ -201,7 +201,7 @@ def staged_folder(final: Path) -> Iterator[Path]:
 
 def write_model_and_saes(folder: Path, final: Path, corpus: list[str], layers: int, configs: list, width: int) -> None:
     """The token-emphasised random model, calibrated SAEs and a config file pointing at them once in `final`."""
-    from saezarr.synthetic import write_config_file, write_model, write_saes
+    from saezarr.testing.synthetic import write_config_file, write_model, write_saes
 
     write_model(folder / "model", corpus, num_layers=layers, **MODEL)
     emphasise_tokens(folder / "model", EMBEDDING_SCALE)
@@ -269,7 +269,7 @@ def task_read(spec: dict) -> dict:
 
     import numpy as np
 
-    from saezarr.store.layout import Store
+    from saezarr.store.format import Store
 
     store = Store(spec["store"])
     cores = os.cpu_count() or 1
@@ -657,7 +657,7 @@ def run_resampling_only(
 
 def real_configs() -> tuple:
     """The configs of the real Gemma Scope 16k configuration file (135)."""
-    from saezarr.configs import load_config_file
+    from saezarr.inputs.configs import load_config_file
 
     return load_config_file(REAL_CONFIGS).configs
 

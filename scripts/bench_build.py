@@ -121,7 +121,7 @@ def _sentence_pool(n: int, seed: int) -> list[str]:
     import numpy as np
     import pandas as pd
 
-    from saezarr.synthetic import DEMO_CSV
+    from saezarr.testing.synthetic import DEMO_CSV
 
     base = pd.read_csv(DEMO_CSV)["sentence"].tolist()
     words = sorted({w.strip(".,!?;:\"'").lower() for s in base for w in s.split()} - {""})
@@ -187,8 +187,8 @@ def task_gen(spec: dict) -> dict:
     import pandas as pd
     from transformers import AutoTokenizer
 
-    from saezarr.configs import SAEConfig
-    from saezarr.synthetic import DEMO_CSV, calibration_residuals, write_config_file, write_model
+    from saezarr.inputs.configs import SAEConfig
+    from saezarr.testing.synthetic import DEMO_CSV, calibration_residuals, write_config_file, write_model
 
     started = time.perf_counter()
     final = Path(spec["folder"])
@@ -374,12 +374,12 @@ def task_build(spec: dict) -> dict:
     imports = _warm_imports()
     import torch
 
-    import saezarr.extract.pipeline as B
-    from saezarr.configs import load_config_file
-    from saezarr.extract.memory import default_sae_memory
-    from saezarr.extract.residuals import resolve_model
-    from saezarr.extract.saes.encoder import plan_passes
-    from saezarr.extract.saes.locate import locate_sae, resolve_sae_repo
+    import saezarr.build.pipeline as B
+    from saezarr.build.memory import default_sae_memory
+    from saezarr.inputs.configs import load_config_file
+    from saezarr.models.reading import resolve_model
+    from saezarr.saes.encoder import plan_passes
+    from saezarr.saes.locate import locate_sae, resolve_sae_repo
 
     options = B.BuildOptions(
         input=Path(spec["input"]),
@@ -465,7 +465,7 @@ def task_build(spec: dict) -> dict:
         "units_total",
         "complete",
     )
-    from saezarr.store.layout import Store, directory_bytes
+    from saezarr.store.format import Store, directory_bytes
 
     store = Store(options.output)
     return {
@@ -491,10 +491,10 @@ def task_build(spec: dict) -> dict:
 
 
 def _fragment_table(input_csv: str, config_path: str):
-    from saezarr.configs import load_config_file
-    from saezarr.extract.fragments import make_fragments
-    from saezarr.extract.inputs import read_labeled_csv
-    from saezarr.extract.residuals import load_tokenizer, resolve_model
+    from saezarr.inputs.configs import load_config_file
+    from saezarr.inputs.fragments import make_fragments
+    from saezarr.inputs.sentences import read_labeled_csv
+    from saezarr.models.reading import load_tokenizer, resolve_model
 
     config_file = load_config_file(config_path)
     info = resolve_model(config_file.model)
@@ -505,12 +505,12 @@ def _fragment_table(input_csv: str, config_path: str):
 
 def _encoder(path: Path):
     """The build's own encoder of one params.npz (its own encode arithmetic)."""
-    from saezarr.configs import SAEConfig
-    from saezarr.extract.hub import Source
-    from saezarr.extract.saes.encoder import load_encoder
-    from saezarr.extract.saes.locate import locate_sae
-    from saezarr.extract.saes.weights import read_header
-    from saezarr.synthetic import model_of_width
+    from saezarr.hub import Source
+    from saezarr.inputs.configs import SAEConfig
+    from saezarr.saes.encoder import load_encoder
+    from saezarr.saes.locate import locate_sae
+    from saezarr.saes.weights import read_header
+    from saezarr.testing.synthetic import model_of_width
 
     d_model = read_header(path)["W_enc"].shape[0]
     source = Source(str(path.parent), "local", path.parent)
@@ -527,7 +527,7 @@ def _warm_imports() -> float:
     import zarr  # noqa: F401
     from transformers import AutoConfig, AutoModel, AutoTokenizer  # noqa: F401
 
-    import saezarr.extract.pipeline  # noqa: F401
+    import saezarr.build.pipeline  # noqa: F401
 
     return time.perf_counter() - t
 
@@ -539,7 +539,7 @@ class _Capture:
         pass
 
     def __init__(self, model, layers, stop: bool):
-        from saezarr.extract.residuals import decoder_layers
+        from saezarr.models.reading import decoder_layers
 
         self.out = {}
         self.handles = []
@@ -576,8 +576,8 @@ def task_floor(spec: dict) -> dict:
     import numpy as np
     import torch
 
-    from saezarr.extract.residuals import load_model, pad_batch
-    from saezarr.store.layout import Store
+    from saezarr.models.reading import load_model, pad_batch
+    from saezarr.store.format import Store
 
     if spec.get("torch_threads"):
         torch.set_num_threads(spec["torch_threads"])
@@ -590,8 +590,8 @@ def task_floor(spec: dict) -> dict:
     model_load = time.perf_counter() - t
     t = time.perf_counter()
     # the build's own loader, so W_enc lives in the same kind of memory (e.g. mapped from the page cache)
-    from saezarr.extract.saes.encoder import load_encoder
-    from saezarr.extract.saes.locate import locate_sae, resolve_sae_repo
+    from saezarr.saes.encoder import load_encoder
+    from saezarr.saes.locate import locate_sae, resolve_sae_repo
 
     source = resolve_sae_repo(config_file.sae_repo, config_file.configs[0])
     encoders = [(c.layer, load_encoder(locate_sae(source, c, info), "cpu")) for c in config_file.configs]
@@ -667,8 +667,8 @@ def task_baseline(spec: dict) -> dict:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from saezarr.configs import load_config_file
-    from saezarr.extract.residuals import pad_batch
+    from saezarr.inputs.configs import load_config_file
+    from saezarr.models.reading import pad_batch
 
     if spec.get("torch_threads"):
         torch.set_num_threads(spec["torch_threads"])
@@ -728,8 +728,8 @@ def task_codec(spec: dict) -> dict:
     import numpy as np
     import torch
 
-    from saezarr.extract.pipeline import ChunkWriter
-    from saezarr.store.layout import STATE_GROUP, Store
+    from saezarr.build.pipeline import ChunkWriter
+    from saezarr.store.format import STATE_GROUP, Store
 
     store = Store(spec["store"])
     array = store.array

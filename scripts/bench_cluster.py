@@ -49,7 +49,7 @@ def _warm(threads: int) -> None:
     import torch
     import transformers  # noqa: F401
 
-    import saezarr.extract.work  # noqa: F401
+    import saezarr.build.work  # noqa: F401
 
     torch.set_num_threads(threads)
 
@@ -61,8 +61,8 @@ def task_build(spec: dict) -> dict:
     import torch
     from transformers import AutoModel  # noqa: F401 (imported before the clock starts, as in bench_build)
 
+    from saezarr.build.pipeline import BuildOptions, build
     from saezarr.execution.connect import ClusterOptions
-    from saezarr.extract.pipeline import BuildOptions, build
     from saezarr.machine import usable_cores
 
     n, writers, stack = spec.get("workers"), None, contextlib.ExitStack()
@@ -132,8 +132,8 @@ def task_units(spec: dict) -> dict:
     import numpy as np
     import torch
 
-    from saezarr.extract.pipeline import BuildOptions, build
-    from saezarr.store.layout import Store
+    from saezarr.build.pipeline import BuildOptions, build
+    from saezarr.store.format import Store
 
     built = Path(spec["scratch"]) / "units-source.zarr"  # Gemma Scope's 512-fragment chunks
     build(

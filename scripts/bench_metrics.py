@@ -4,7 +4,7 @@
 Data: [sentences x 16384 features] float32 arrays like the per-sentence SAE activations analyze feeds it: 55% of
 the features all zero, the others about 1% nonzero with exponential values, labels 0-3 balanced and shuffled; timed
 as one block and in the feature blocks analyze passes (feature_block). The previous implementation is
-`saezarr/analysis/metrics.py` at REF (default main), taken with `git show` and imported from a temporary file, so both
+`saezarr/analysis/stats/metrics.py` at REF (default main), taken with `git show` and imported from a temporary file, so both
 run in the same process on the same arrays (best of N). Their outputs must be equal: threshold, tpr, fpr,
 frac_active*, max_activation and monotonic bit for bit, the others (sums in another order) to rtol 1e-9.
 
@@ -27,7 +27,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from saezarr.analysis.metrics import METRICS, block_metrics, feature_block
+from saezarr.analysis.stats.metrics import METRICS, block_metrics, feature_block
 
 WIDTH = 16384
 EXACT = (
@@ -53,9 +53,13 @@ def sae_block(n_sentences: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def previous_block_metrics(ref: str):
-    """block_metrics of saezarr/analysis/metrics.py at the git ref, imported from a temporary copy."""
+    """block_metrics of saezarr/analysis/stats/metrics.py at the git ref, imported from a temporary copy."""
     source = subprocess.run(
-        ["git", "show", f"{ref}:saezarr/analysis/metrics.py"], cwd=REPO, check=True, capture_output=True, text=True
+        ["git", "show", f"{ref}:saezarr/analysis/stats/metrics.py"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     path = Path(tempfile.mkdtemp()) / "previous_metrics.py"
     path.write_text(source)

@@ -35,9 +35,9 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_build  # noqa: E402  (the workloads' asset generator)
 
-from saezarr.configs import load_config_file  # noqa: E402
-from saezarr.extract.pipeline import BuildOptions, build  # noqa: E402
-from saezarr.synthetic import write_config_file  # noqa: E402
+from saezarr.build.pipeline import BuildOptions, build  # noqa: E402
+from saezarr.inputs.configs import load_config_file  # noqa: E402
+from saezarr.testing.synthetic import write_config_file  # noqa: E402
 
 SIZES = {"w1_fragments": 96, "w2_layers": 4, "w2_l0s_per_layer": 4, "w2_fragments": 2000, "rss_factor": 1}
 CHUNK = 256
@@ -107,8 +107,8 @@ def deep_assets(root: Path) -> Path:
     (2304 x 16384, Gemma Scope layout), and a CSV of ~DEEP_FRAGMENTS fragments (generated once)."""
     from transformers import AutoTokenizer
 
-    from saezarr.configs import SAEConfig
-    from saezarr.synthetic import DEMO_CSV, calibration_residuals, write_model
+    from saezarr.inputs.configs import SAEConfig
+    from saezarr.testing.synthetic import DEMO_CSV, calibration_residuals, write_model
 
     final = root / f"resid-assets-deep{DEEP_LAYERS}"
     if (final / "config.json").is_file():

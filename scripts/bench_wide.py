@@ -10,7 +10,7 @@ model pass (the encoder's load, each chunk's forward of the one layer, encode an
 pass) less the 256-wide build's, in wall time and in the process's CPU time (steadier on a shared machine). Figures: ns per fragment x feature, its ratio to 16k's
 (target <= 1.3), the store's unit (fragments per shard) and inner feature chunk, and each child's peak RSS against
 the documented bound (the 256-wide build's peak, which holds the model and interpreter, plus
-saezarr.extract.memory.host_memory_bound). Then `export-npz` and `analyze` on the widest store, each a child
+saezarr.build.memory.host_memory_bound). Then `export-npz` and `analyze` on the widest store, each a child
 process, with their peak RSS.
 
     python scripts/bench_wide.py                      # ~96 fragments, widths 16k 65k 262k 1m
@@ -49,9 +49,9 @@ def sample():  # anonymous memory, sampled: mapped weights are page cache, count
         time.sleep(0.01)
 threading.Thread(target=sample, daemon=True).start()
 if spec["kind"] == "build":
-    import saezarr.extract.pipeline as B
-    from saezarr.extract.pipeline import BuildOptions, build
-    from saezarr.store.layout import Store
+    import saezarr.build.pipeline as B
+    from saezarr.build.pipeline import BuildOptions, build
+    from saezarr.store.format import Store
     passes = []
     run_pass = B._PassRunner._run_pass
     cpu = []
@@ -82,7 +82,7 @@ print("RESULT " + json.dumps(result))
 
 def width_of(tag: str) -> int:
     """16k -> 16384, 1m -> 1048576."""
-    from saezarr.configs import parse_width
+    from saezarr.inputs.configs import parse_width
 
     return parse_width(tag, "--widths")
 
@@ -123,10 +123,10 @@ def main() -> None:
     """Run the benchmark and print its table."""
     import pandas as pd
 
-    from saezarr.extract.memory import host_memory_bound, writer_threads
+    from saezarr.build.memory import host_memory_bound, writer_threads
     from saezarr.machine import human_bytes, parse_size
-    from saezarr.store.layout import default_chunk_fragments
-    from saezarr.synthetic import DEMO_CSV, calibration_residuals, write_model
+    from saezarr.store.format import default_chunk_fragments
+    from saezarr.testing.synthetic import DEMO_CSV, calibration_residuals, write_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--widths", default="16k,65k,262k,1m")

@@ -6,12 +6,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=/tmp/floors-venv
-TESTS=(tests/test_open_zarr.py tests/test_resume.py tests/test_export.py tests/test_info.py
-       tests/test_usage_examples.py tests/test_shards.py tests/test_hub_offline.py)
+TESTS=(tests/store/test_open_zarr.py tests/build/test_resume.py tests/export/test_export.py tests/store/test_info.py
+       tests/test_usage_examples.py tests/store/test_shards.py tests/models/test_hub_offline.py)
 OVERRIDES=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
-        --quick) TESTS=(tests/test_shards.py tests/test_usage_examples.py tests/test_info.py tests/test_hub_offline.py) ;;
+        --quick) TESTS=(tests/store/test_shards.py tests/test_usage_examples.py tests/store/test_info.py tests/models/test_hub_offline.py) ;;
         --venv) VENV="$2"; shift ;;
         *) OVERRIDES+=("$1") ;;
     esac

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import yaml
 
-from saezarr.configs import SAEConfig
-from saezarr.extract.saes.locate import known_from_path, named_site
+from saezarr.inputs.configs import SAEConfig
+from saezarr.saes.locate import known_from_path, named_site
 
 # conversion functions whose files one of saezarr's layouts reads (None: SAELens' own cfg.json format)
 LAYOUTS = {None: "saelens", "gemma_2": "gemma_scope", "gemma_2_transcoder": "gemma_scope", "gemma_3": "gemma_scope_2"}

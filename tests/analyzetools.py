@@ -14,7 +14,7 @@ import zarr
 from clitools import run_cli
 from scipy import stats
 
-from saezarr.synthetic import DEMO_CSV
+from saezarr.testing.synthetic import DEMO_CSV
 
 # the tiny SAEs' Neuronpedia sources: a canonical SAE, a published variant of the same layer, the rest unpublished
 SOURCES = {"layer_12_l0_6": "tiny-model/12-res-16k", "layer_12_l0_20": "tiny-model/12-res-16k__l0-20"}

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from saezarr.configs import SAEConfig
-from saezarr.synthetic import DEMO_CSV, demo_configs, write_config_file, write_model, write_saes
+from saezarr.inputs.configs import SAEConfig
+from saezarr.testing.synthetic import DEMO_CSV, demo_configs, write_config_file, write_model, write_saes
 
 TINY_LAYERS = 26
 TINY_SAE_LAYERS = (0, 12, 25)
@@ -49,7 +49,7 @@ def tiny(tmp_path_factory) -> TinyAssets:
 @pytest.fixture(scope="session")
 def demo_config(tmp_path_factory) -> Path:
     """The demo's generated assets (6-layer model, SAEs on layers 0, 2, 5), made in a private cache."""
-    from saezarr.synthetic import ensure_demo
+    from saezarr.testing.synthetic import ensure_demo
 
     return ensure_demo(tmp_path_factory.mktemp("demo-cache"))
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from analyzetools import build_store
 
-from saezarr.synthetic import DEMO_CSV, demo_configs, write_config_file, write_model, write_saes
+from saezarr.testing.synthetic import DEMO_CSV, demo_configs, write_config_file, write_model, write_saes
 
 CUE = "zyzzyva"
 EMBEDDING_SCALE = 25.0  # as the analyze benchmark's model: a token's residual follows the token more than its context

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from saezarr.analysis.permutation import ALPHA
+from saezarr.analysis.stats.permutation import ALPHA
+from saezarr.durable.folders import make_staging, swap_into_place
 from saezarr.errors import SaezarrError
-from saezarr.store.folders import make_staging, swap_into_place
 
 MARKER = ".saezarr-compare"  # in every folder compare writes: the only folders --overwrite replaces
 STAGING_SUFFIX = ".comparing"
@@ -58,7 +58,7 @@ def compare(folders: list[Path], output: Path, overwrite: bool = False) -> Path:
             emergence.to_csv(staging / "emergence.csv", index=False)
         info = _info(analyses, counted)
         (staging / "comparison.json").write_text(json.dumps(info, indent=2, allow_nan=False))
-        from saezarr.analysis.compare_report import write_compare_report
+        from saezarr.analysis.report.compare_page import write_compare_report
 
         write_compare_report(staging, analyses, counted, emergence, info)
         swap_into_place(staging, output)

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from saezarr.analysis.features import FeatureMatrix
-from saezarr.analysis.permutation import CHANCE_QUANTILE, Permutations
-from saezarr.analysis.pooling import SentenceLayout, pool_sentences
-from saezarr.analysis.probes import auroc_columns, ridge_predictions, spearman_columns, standardised
-from saezarr.analysis.validation import FoldSplit, fold_ids, fold_splits
+from saezarr.analysis.stats.features import FeatureMatrix
+from saezarr.analysis.stats.permutation import CHANCE_QUANTILE, Permutations
+from saezarr.analysis.stats.pooling import SentenceLayout, pool_sentences
+from saezarr.analysis.stats.probes import auroc_columns, ridge_predictions, spearman_columns, standardised
+from saezarr.analysis.stats.validation import FoldSplit, fold_ids, fold_splits
 from saezarr.execution.running import map_in_threads
 
 if TYPE_CHECKING:

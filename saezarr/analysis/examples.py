@@ -8,14 +8,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from saezarr.analysis.metrics import LABELS
-from saezarr.analysis.pooling import SentenceLayout
+from saezarr.analysis.stats.metrics import LABELS
+from saezarr.analysis.stats.pooling import SentenceLayout
 from saezarr.analysis.traces import token_pieces
-from saezarr.store.layout import Store
+from saezarr.store.format import Store
 from saezarr.store.shards import ChunkFiles
 
 if TYPE_CHECKING:
-    from saezarr.analysis.cache import AnalysisCache
+    from saezarr.analysis.cache.files import AnalysisCache
 
 
 TRACE_FEATURES = 8  # the report's token traces: the top features drawn, one line each

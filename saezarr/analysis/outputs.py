@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from saezarr.durable.folders import make_staging, swap_into_place
 from saezarr.errors import SaezarrError
-from saezarr.store.folders import make_staging, swap_into_place
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -159,7 +159,7 @@ class OutputWriter:
     ) -> None:
         """Write ranked_features.csv, feature_examples.json, analysis.json, each of `tables` as NAME.csv (heldout,
         emergence) and the report."""
-        from saezarr.analysis.report import write_report
+        from saezarr.analysis.report.page import write_report
 
         ranked.to_csv(self.staging / RANKED, index=False)
         for name, table in (tables or {}).items():

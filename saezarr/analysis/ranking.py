@@ -44,7 +44,7 @@ def config_summary(configs: ConfigTable, score: np.ndarray, passing: np.ndarray)
 def with_heldout(ranked: pd.DataFrame, top: np.ndarray, configs: ConfigTable) -> pd.DataFrame:
     """The ranked table with heldout_pearson, heldout_auroc_3v0 and folds_in_top_n (top: each fold's top features,
     a validation.CHOSEN array) after its other columns."""
-    from saezarr.analysis.validation import heldout_columns
+    from saezarr.analysis.stats.validation import heldout_columns
 
     position = {str(name): i for i, name in enumerate(configs.names)}
     config = ranked.config.map(position).to_numpy(dtype=np.int64) if len(ranked) else np.empty(0, dtype=np.int64)
@@ -55,7 +55,7 @@ def with_heldout(ranked: pd.DataFrame, top: np.ndarray, configs: ConfigTable) ->
 def heldout_table(top: np.ndarray, configs: ConfigTable, features: pa.Table) -> pd.DataFrame:
     """heldout.csv: every feature among some fold's top features, with how many folds chose it, its mean held-out
     scores and its in-sample ones; most often chosen first."""
-    from saezarr.analysis.validation import heldout_columns
+    from saezarr.analysis.stats.validation import heldout_columns
 
     keys = np.unique(np.stack([top["config"], top["feature"]], axis=1), axis=0).reshape(-1, 2)
     config, feature = keys[:, 0], keys[:, 1]

@@ -12,15 +12,22 @@ from pathlib import Path
 
 import numpy as np
 
-from saezarr.analysis.cache import AnalysisCache
+from saezarr.analysis.cache.files import AnalysisCache
 from saezarr.analysis.emergence import emergence_targets, layer_row, sentence_residuals
-from saezarr.analysis.features import FeatureMatrix
-from saezarr.analysis.permutation import ALPHA, Permutations, chance_level, fwer_p_values, null_maxima
-from saezarr.analysis.pooling import SentenceLayout
+from saezarr.analysis.stats.features import FeatureMatrix
+from saezarr.analysis.stats.permutation import ALPHA, Permutations, chance_level, fwer_p_values, null_maxima
+from saezarr.analysis.stats.pooling import SentenceLayout
+from saezarr.analysis.stats.validation import (
+    CHOSEN,
+    Thresholds,
+    chosen_in_splits,
+    fold_ids,
+    fold_splits,
+    top_of_each_fold,
+)
 from saezarr.analysis.tables import ConfigTable
-from saezarr.analysis.validation import CHOSEN, Thresholds, chosen_in_splits, fold_ids, fold_splits, top_of_each_fold
+from saezarr.durable.folders import replace_file
 from saezarr.execution.running import map_in_threads
-from saezarr.store.folders import replace_file
 from saezarr.store.shards import ChunkFiles
 
 FOLDER = "resampling"  # in the cache entry: one file per part and the options it depends on

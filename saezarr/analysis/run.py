@@ -12,21 +12,21 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 import saezarr
-from saezarr.analysis.cache import PLOTS, AnalysisCache, cache_root, fingerprint
-from saezarr.analysis.coordinates import AnalysisCoordinates
+from saezarr.analysis.cache.coordinates import AnalysisCoordinates
+from saezarr.analysis.cache.files import PLOTS, AnalysisCache, cache_root, fingerprint
+from saezarr.analysis.cache.units import feature_units, units_on
 from saezarr.analysis.emergence import PROBE_PERMUTATIONS
-from saezarr.analysis.metrics import LABELS, passes_filter
 from saezarr.analysis.outputs import OutputWriter, check_output
-from saezarr.analysis.pooling import SentenceLayout, check_pool
 from saezarr.analysis.resampling import Resampled, ResamplingOptions, resample, store_residuals
+from saezarr.analysis.stats.metrics import LABELS, passes_filter
+from saezarr.analysis.stats.pooling import SentenceLayout, check_pool
+from saezarr.analysis.stats.validation import Thresholds
 from saezarr.analysis.tables import ConfigTable, features_table, within_widths
-from saezarr.analysis.units import feature_units, units_on
-from saezarr.analysis.validation import Thresholds
 from saezarr.errors import SaezarrError
 from saezarr.execution.connect import ClusterOptions
-from saezarr.store.layout import Store
+from saezarr.store.format import Store
 from saezarr.store.reading import open_existing
-from saezarr.store.selection import select_configs
+from saezarr.store.selection import select_stored_configs
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -238,7 +238,7 @@ def check_options(options: AnalyzeOptions) -> None:
 
 def _finished_selection(store: Store, layers: list[int], options: AnalyzeOptions) -> list[int]:
     """Store indices of the selected configs; unfinished ones are refused, or left out with --allow-partial."""
-    selected = select_configs(store.config_names, layers, options.configs, options.layers)
+    selected = select_stored_configs(store.config_names, layers, options.configs, options.layers)
     done = store.done_matrix()
     unfinished = [i for i in selected if not done[i].all()]
     if unfinished and not options.allow_partial:

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from saezarr.analysis.metrics import METRICS
+from saezarr.analysis.stats.metrics import METRICS
 
 NEURONPEDIA = "https://www.neuronpedia.org"
 

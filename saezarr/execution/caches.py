@@ -14,7 +14,7 @@ from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
 
-from saezarr.store.layout import Store, refuse_if_replaced
+from saezarr.store.format import Store, refuse_if_replaced
 
 
 class ProcessCache:

@@ -1,1 +1,1 @@
-"""The Zarr store: its layout, whole-shard encoding, the writer lock, and reading it back."""
+"""The Zarr store: its format, whole-shard encoding, growing it, and reading it back."""

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from saezarr.configs import SAEConfig
-from saezarr.store import folders
-from saezarr.store.folders import write_durably
-from saezarr.store.layout import (
+from saezarr.durable import folders
+from saezarr.durable.folders import write_durably
+from saezarr.inputs.configs import SAEConfig
+from saezarr.store.format import (
     ACTIVATIONS,
     EXTEND_RECORD,
     STATE_GROUP,
@@ -28,7 +28,7 @@ from saezarr.store.layout import (
     Store,
     _write_layout,
 )
-from saezarr.store.residuals import EMBEDDINGS, RESIDUALS, write_consolidated
+from saezarr.store.residual_arrays import EMBEDDINGS, RESIDUALS, write_consolidated
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -9,7 +9,7 @@ import numpy as np
 
 from saezarr.errors import SaezarrError
 from saezarr.machine import human_bytes
-from saezarr.store.layout import Store, array_unreadable, read_saezarr_attrs
+from saezarr.store.format import Store, array_unreadable, read_saezarr_attrs
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -102,8 +102,8 @@ def store_info(path: str | Path) -> dict:
 
 def residuals_info(store: Store) -> dict | None:
     """What the store keeps of the residual stream (None: nothing): layers, hidden size, dtype, done chunks, bytes."""
-    from saezarr.store.layout import directory_bytes
-    from saezarr.store.residuals import EMBEDDINGS, RESIDUALS
+    from saezarr.store.format import directory_bytes
+    from saezarr.store.residual_arrays import EMBEDDINGS, RESIDUALS
 
     residuals = store.residuals
     if residuals is None:

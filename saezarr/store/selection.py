@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from saezarr.configs import suggest
 from saezarr.errors import SaezarrError
+from saezarr.inputs.configs import suggest
 
 
-def select_configs(
+def select_stored_configs(
     config_names: Sequence[str], config_layers: Sequence[int], names: Sequence[str] | None, layers: Sequence[int] | None
 ) -> list[int]:
     """Store indices of the configs chosen by --configs and --layers (all by default), in store order."""

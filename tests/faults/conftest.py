@@ -8,7 +8,7 @@ import pytest
 from faultkit import NOTES, REPORT, build_args
 
 from saezarr.cli import main
-from saezarr.synthetic import DEMO_CSV
+from saezarr.testing.synthetic import DEMO_CSV
 
 
 @pytest.fixture(scope="session")

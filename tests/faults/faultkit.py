@@ -318,7 +318,7 @@ def counted(original):
     return wrapper
 
 if point == "mid-swap":
-    from saezarr.store import folders
+    from saezarr.durable import folders
 
     class Renames:
         def __getattr__(self, name):

@@ -30,7 +30,7 @@ from faultkit import (
 )
 
 from saezarr.cli import main
-from saezarr.synthetic import DEMO_CSV
+from saezarr.testing.synthetic import DEMO_CSV
 
 MIN_KILL_POINTS = 10
 

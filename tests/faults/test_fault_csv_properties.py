@@ -1,6 +1,6 @@
 """Property tests of CSV reading: what the csv module writes comes back exactly; anything else fails in one line.
 
-(Fragment properties live in tests/test_fragments.py.)
+(Fragment properties live in tests/inputs/test_fragments.py.)
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from saezarr.errors import SaezarrError
-from saezarr.extract.inputs import read_labeled_csv
+from saezarr.inputs.sentences import read_labeled_csv
 
 _EXAMPLES = int(os.environ.get("FAULTS_HYPOTHESIS_EXAMPLES", "150"))  # more for a deeper search
 _SETTINGS = settings(max_examples=_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -23,11 +23,11 @@ from faultkit import (
     unit_paths,
 )
 
-import saezarr.extract.pipeline
-import saezarr.store.folders
-import saezarr.store.layout
+import saezarr.build.pipeline
+import saezarr.durable.folders
+import saezarr.store.format
 from saezarr.cli import main
-from saezarr.synthetic import DEMO_CSV
+from saezarr.testing.synthetic import DEMO_CSV
 
 
 class _Budget:
@@ -61,15 +61,15 @@ def _check_failed_run(capsys, code: int, store, reference, *expect: str) -> str:
 @pytest.mark.parametrize("after", [0, 7])
 def test_enospc_in_store_write_chunk(demo_config, demo_reference, tmp_path, monkeypatch, capsys, after, overlap):
     store = tmp_path / "full.zarr"
-    monkeypatch.setattr(saezarr.extract.pipeline, "overlaps_writes", lambda device: overlap)
+    monkeypatch.setattr(saezarr.build.pipeline, "overlaps_writes", lambda device: overlap)
     budget = _Budget(after, errno.ENOSPC)
-    original = saezarr.store.layout.Store.write_chunk
+    original = saezarr.store.format.Store.write_chunk
 
     def write_chunk(self, config_index, chunk, latents):
         budget.spend(str(self.path / ACTIVATIONS / f"c/{config_index}/{chunk}/0"))
         return original(self, config_index, chunk, latents)
 
-    monkeypatch.setattr(saezarr.store.layout.Store, "write_chunk", write_chunk)
+    monkeypatch.setattr(saezarr.store.format.Store, "write_chunk", write_chunk)
     code = main(build_args(DEMO_CSV, store, demo_config))
     _check_failed_run(capsys, code, store, demo_reference, "No space left on device")
     assert count_marks(store) <= after
@@ -116,7 +116,7 @@ def test_oserror_writing_a_shard_file(demo_config, demo_reference, tmp_path, mon
         file = open(path, mode, *args, **kwargs)
         return _FailingFile(file, budget) if f"{ACTIVATIONS}/c/" in str(path) and "w" in mode else file
 
-    monkeypatch.setattr(saezarr.store.folders, "open", failing_open, raising=False)  # write_durably opens the file
+    monkeypatch.setattr(saezarr.durable.folders, "open", failing_open, raising=False)  # write_durably opens the file
     result = main(build_args(DEMO_CSV, store, demo_config, "--resume"))
     line = _check_failed_run(capsys, result, store, demo_reference, os.strerror(code))
     assert f"{ACTIVATIONS}/c/" in line, "the message should name the file that could not be written"

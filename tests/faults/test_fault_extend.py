@@ -32,7 +32,7 @@ from faultkit import (
 )
 
 from saezarr.cli import main
-from saezarr.synthetic import write_config_file
+from saezarr.testing.synthetic import write_config_file
 
 OLD_SENTENCES = 30
 RESIDUALS = "0,12,25"  # the layers of the tiny SAEs: the new SAE reads the old sentences from the store

@@ -15,7 +15,7 @@ import zarr
 from faultkit import REPORT, Run, build_args, copy_store, one_error_line, tree_digest
 
 from saezarr.cli import main
-from saezarr.synthetic import DEMO_CSV
+from saezarr.testing.synthetic import DEMO_CSV
 
 HEADER = "sentence,concept_strength_label\n"
 GOOD_ROW = "The garden looks lovely in the morning light.,0\n"

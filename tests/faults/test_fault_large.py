@@ -13,7 +13,7 @@ import pytest
 import zarr
 from faultkit import REPORT, note
 
-from saezarr.synthetic import DEMO_CSV
+from saezarr.testing.synthetic import DEMO_CSV
 
 N_SENTENCES = 100_000
 PEAK_RSS_LIMIT = 3 * 2**30

@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 from faultkit import REPORT, STATE, assert_same_store, build_args, copy_store, one_error_line, tree_digest, unit_paths
 
-import saezarr.store.locking
+import saezarr.durable.locking
 from saezarr.cli import main
+from saezarr.durable.locking import StoreLock, _start_ticks
 from saezarr.errors import SaezarrError
-from saezarr.store.locking import StoreLock, _start_ticks
-from saezarr.synthetic import DEMO_CSV
+from saezarr.testing.synthetic import DEMO_CSV
 
 
 def _lock_file(store):
@@ -98,7 +98,7 @@ def test_live_flock_holder_naming_another_host_is_refused(demo_config, demo_refe
 def test_lock_from_another_host_without_flock_is_respected_and_force_unlock_takes_it(
     demo_config, demo_reference, tmp_path, capsys, monkeypatch
 ):
-    monkeypatch.setattr(saezarr.store.locking, "fcntl", None)  # as on a file system without flock
+    monkeypatch.setattr(saezarr.durable.locking, "fcntl", None)  # as on a file system without flock
     store = _unfinished_copy(demo_reference, tmp_path / "elsewhere.zarr")
     holder = _write_lock(store, 4242, host="build-node-7.example.org", boot_ticks="123456")
     args = build_args(DEMO_CSV, store, demo_config, "--resume")
@@ -130,7 +130,7 @@ def _holder(pid, host=None, started="2025-01-02T03:04:05+0000", boot_ticks=None)
 @pytest.mark.parametrize("left", ["dead pid", "reused pid", "zombie", "empty file", "garbage", "pid 0"])
 def test_stale_locks_are_taken(tmp_path, monkeypatch, left, flock):
     if not flock:  # as on a file system without flock: the JSON alone decides
-        monkeypatch.setattr(saezarr.store.locking, "fcntl", None)
+        monkeypatch.setattr(saezarr.durable.locking, "fcntl", None)
     path = tmp_path / "lock"
     zombie = None
     if left == "dead pid":
@@ -224,7 +224,7 @@ def test_a_lock_naming_a_live_process_that_holds_no_flock_is_taken_over(tmp_path
 
 
 def test_live_and_foreign_locks_are_refused_without_flock(tmp_path, monkeypatch):
-    monkeypatch.setattr(saezarr.store.locking, "fcntl", None)  # the JSON alone decides
+    monkeypatch.setattr(saezarr.durable.locking, "fcntl", None)  # the JSON alone decides
     path = tmp_path / "lock"
     sleeper = subprocess.Popen(["sleep", "120"])
     try:
@@ -258,7 +258,7 @@ def test_disk_full_while_writing_the_lock(tmp_path, monkeypatch):
     def full(fd, holder):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(saezarr.store.locking, "_write_json", full)
+    monkeypatch.setattr(saezarr.durable.locking, "_write_json", full)
     with pytest.raises(SaezarrError, match="No space left on device") as failed:
         StoreLock(tmp_path / "lock", tmp_path).acquire()
     assert failed.value.exit_code == 1
@@ -285,7 +285,7 @@ _RACE = textwrap.dedent(
     import json, multiprocessing as mp, os, socket, sys, time
     from pathlib import Path
     from saezarr.errors import SaezarrError
-    from saezarr.store.locking import StoreLock
+    from saezarr.durable.locking import StoreLock
 
     def contender(path, barrier, results):
         lock = StoreLock(Path(path), Path(path).parent)

@@ -14,7 +14,7 @@ from clitools import run_cli
 from faultkit import STATE, assert_same_store, build_args, copy_store, one_error_line, tree_digest
 
 from saezarr.cli import main
-from saezarr.synthetic import DEMO_CSV
+from saezarr.testing.synthetic import DEMO_CSV
 
 MISSING_MODEL = "no-such-org/no-such-model"  # resolving it offline fails; it must never be tried here
 OFFLINE = {"HF_HUB_OFFLINE": "1"}

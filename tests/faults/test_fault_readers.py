@@ -14,7 +14,7 @@ import zarr
 from faultkit import ACTIVATIONS, REPORT, STATE, Run, config_names, leftovers
 
 import saezarr
-from saezarr.store.folders import write_durably as _write_durably
+from saezarr.durable.folders import write_durably as _write_durably
 from saezarr.store.reading import store_info
 
 CHUNK = 4  # many small units, so the readers meet many writes

@@ -19,7 +19,7 @@ from faultkit import (
 )
 
 from saezarr.cli import main
-from saezarr.synthetic import DEMO_CSV
+from saezarr.testing.synthetic import DEMO_CSV
 
 
 def _resume(store, demo_config) -> None:

@@ -1,0 +1,1 @@
+"""The HTML reports and their figures."""

@@ -1,0 +1,1 @@
+"""Statistics of per-sentence activations against the labels: metrics, pooling, permutations, probes, folds."""

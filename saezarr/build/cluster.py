@@ -1,0 +1,230 @@
+"""A build's tasks on dask.distributed workers: what a worker needs for them, and marking what comes back.
+
+Connecting, checking every worker's code and shared folders, and running tasks is `saezarr.execution`'s job; this
+module adds what only a build needs (the model, SAEs, device, GPU memory) and what the client checks before it marks.
+
+The build process stays the client and the only writer of marks: workers compute tasks (`work.run_task`) and write
+their shards straight into the store on the shared filesystem; the client marks a unit once its task reports the
+shard durable, for this very store (its identity) and this chunk's fragments, and the client itself sees the file.
+A worker that dies mid-task has its task rerun elsewhere by the scheduler (up to
+`distributed.scheduler.allowed-failures` times); a task is idempotent, so a rerun rewrites the same bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from tqdm.auto import tqdm
+
+from saezarr.build.memory import default_sae_memory
+from saezarr.build.work import (
+    ComputeSpec,
+    FragmentIndex,
+    PassSpec,
+    Task,
+    TaskResult,
+    device_budget,
+    run_task,
+    write_error,
+)
+from saezarr.errors import SaezarrError, one_line
+from saezarr.execution.checks import probe_marker, probe_workers
+from saezarr.execution.connect import ClusterOptions
+from saezarr.execution.running import completed, submit_checked
+from saezarr.machine import usable_cores
+from saezarr.models.reading import ModelInfo, check_weights
+from saezarr.store.format import Store
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+MARK_THREADS = 16
+
+
+def local_spec(spec: ComputeSpec, n_workers: int, write_threads: int | None) -> ComputeSpec:
+    """A spec for N workers on this node: each gets its share of the cores for torch and for writing."""
+    share = max(1, usable_cores() // n_workers)
+    threads = share if torch.device(spec.device).type == "cpu" else None
+    return dataclasses.replace(spec, torch_threads=threads, write_threads=write_threads or share)
+
+
+def check_workers(
+    client: Client, options: ClusterOptions, model: ModelInfo | None, saes: Sequence[Path], device: str, output: Path
+) -> list[str]:
+    """Check on every worker what a build needs there; refuse in one line naming the first worker that lacks it."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with probe_marker(output.parent, output.name) as marker:
+        return probe_workers(
+            client,
+            options,
+            [(marker, True, f"the store's folder {output.parent}")],
+            (check_build_needs, model, tuple(saes), device),
+        )
+
+
+def check_build_needs(model: ModelInfo | None, saes: Sequence[Path], device: str) -> str | None:
+    """On a worker: what it lacks of a build's model (None: no task runs it), SAE files and device, or None."""
+    try:
+        if model is not None:
+            check_weights(model)
+    except SaezarrError as exc:
+        return f"lacks the model: {exc}"
+    for path in saes:
+        if not os.access(path, os.R_OK):
+            return f"cannot read the SAE file {path}"
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        return f"has no CUDA device for --device {device}"
+    return None
+
+
+def cluster_sae_memory(client: Client, options: ClusterOptions, spec: ComputeSpec) -> int:
+    """The default `--sae-memory` on a cluster: the least any worker's device leaves free with the model loaded."""
+    if torch.device(spec.device).type != "cuda":
+        return default_sae_memory(spec.device)
+    pin = _pins(options, spec)
+    futures = [
+        submit_checked(client, _budget_on_worker, spec, pin, workers=[address], allow_other_workers=False, pure=False)
+        for address in client.scheduler_info()["workers"]
+    ]
+    return min(client.gather(futures))
+
+
+def _pins(options: ClusterOptions, spec: ComputeSpec) -> bool:
+    """Whether each worker takes its own GPU by its name: a local cluster's workers, asked for plain `cuda`."""
+    return options.local_workers is not None and spec.device == "cuda"
+
+
+def _on_this_worker(spec: ComputeSpec, pin: bool) -> ComputeSpec:
+    from distributed import get_worker
+
+    if pin:
+        return dataclasses.replace(spec, device=f"cuda:{int(get_worker().name) % torch.cuda.device_count()}")
+    return spec
+
+
+def _budget_on_worker(spec: ComputeSpec, pin: bool) -> int:
+    return device_budget(_on_this_worker(spec, pin))
+
+
+def run_tasks(
+    client: Client,
+    options: ClusterOptions,
+    spec: ComputeSpec,
+    fragments: FragmentIndex,
+    work: list[tuple[PassSpec, list[Task]]],
+    store: Store,
+    quiet: bool,
+) -> list[TaskResult]:
+    """Run every task on the cluster, marking each unit once its task reports it durable; return the results."""
+    scattered = client.scatter(fragments, broadcast=True, hash=False)  # token ids reach each worker once
+    build_id = uuid.uuid4().hex[:8]
+    pin = _pins(options, spec)
+    futures = {
+        submit_checked(
+            client,
+            _task_on_worker,
+            spec,
+            scattered,
+            pass_,
+            task,
+            pin,
+            priority=-task.pass_index,
+            key=f"saezarr-{build_id}-pass{task.pass_index}-chunk{task.chunk}",
+        ): task
+        for pass_, tasks in work
+        for task in tasks
+    }
+    results = []
+    total = sum(store.chunk_size(task.chunk) for task in futures.values())
+    # marks are file creates: on a network filesystem each is a round trip, so a task's are made at once
+    marker = ThreadPoolExecutor(max_workers=MARK_THREADS, thread_name_prefix="saezarr-mark")
+    with (
+        contextlib.closing(completed(client, futures)) as finished,  # closed: the tasks left are cancelled
+        marker,
+        tqdm(
+            total=total,
+            unit="frag",
+            disable=quiet,
+            dynamic_ncols=True,
+            desc=f"saezarr build on {len(client.scheduler_info()['workers'])} workers",
+        ) as bar,
+    ):
+        for task, future in finished:
+            result = _result(future, options, store)
+            _check_result(store, options, task, result)
+            list(marker.map(lambda unit, result=result: _mark(store, options, result, unit), result.units))
+            results.append(result)
+            bar.update(store.chunk_size(task.chunk))
+    return results
+
+
+def _check_result(store: Store, options: ClusterOptions, task: Task, result: TaskResult) -> None:
+    """Refuse a task's report unless it wrote this store (its identity), the chunk's fragments, and the task's units."""
+    wrong = None
+    if result.store_id != store.identity:
+        wrong = f"into store_id {result.store_id}, but the store at {store.path} is {store.identity}"
+    elif tuple(result.bounds) != store.chunk_bounds(task.chunk):
+        wrong = f"fragments {tuple(result.bounds)} for chunk {task.chunk}, which holds {store.chunk_bounds(task.chunk)}"
+    elif sorted(result.units) != sorted(task.units):
+        wrong = f"units {result.units} for task units {task.units}"
+    if wrong:
+        raise SaezarrError(
+            f"{options.option}: worker {result.worker} wrote {wrong}; nothing of it was marked: rerun the same "
+            "command with --resume",
+            exit_code=1,
+        )
+
+
+def _mark(store: Store, options: ClusterOptions, result: TaskResult, unit: tuple[int, int]) -> None:
+    """Mark a unit a worker wrote, once this client sees its shard (a worker on another filesystem would not)."""
+    if not store.shard_written(*unit):
+        raise SaezarrError(
+            f"{options.option}: worker {result.worker} wrote unit {unit} but this client cannot see its shard in "
+            f"{store.path}; the store must be on a filesystem shared by every worker",
+            exit_code=1,
+        )
+    store.mark_done(*unit)
+
+
+def _result(future, options: ClusterOptions, store: Store) -> TaskResult:
+    from distributed.scheduler import KilledWorker
+
+    try:
+        return future.result()
+    except torch.cuda.OutOfMemoryError:
+        raise  # the build says which options lower the need
+    except OSError as exc:
+        raise write_error(exc, store.path) from None
+    except KilledWorker as exc:
+        raise SaezarrError(
+            f"{options.option}: task {future.key} was lost with every worker that ran it ({one_line(exc)}); "
+            "the units done are kept: rerun the same command with --resume",
+            exit_code=1,
+        ) from None
+    except Exception as exc:
+        if isinstance(exc, SaezarrError):
+            raise
+        raise SaezarrError(
+            f"{options.option}: task {future.key} failed ({type(exc).__name__}: {one_line(exc)}); the units done "
+            "are kept: rerun the same command with --resume",
+            exit_code=1,
+        ) from None
+
+
+def _task_on_worker(spec: ComputeSpec, fragments: FragmentIndex, pass_: PassSpec, task: Task, pin: bool) -> TaskResult:
+    """Run one task on this dask worker, on its own GPU when the local cluster pins one per worker."""
+    from distributed import get_worker
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a worker's bars would interleave with the client's
+    result = run_task(_on_this_worker(spec, pin), fragments, pass_, task)
+    result.worker = get_worker().address
+    return result

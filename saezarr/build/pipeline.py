@@ -1,0 +1,581 @@
+"""The build loop: validate everything, then stream fragment chunks through the model and SAEs into the store."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from saezarr import __version__
+from saezarr.build.cluster import check_workers, cluster_sae_memory, local_spec, run_tasks
+from saezarr.build.extending import plan_extension
+from saezarr.build.memory import default_sae_memory
+from saezarr.build.work import (
+    ChunkWriter,
+    ComputeSpec,
+    FragmentIndex,
+    PassSpec,
+    Task,
+    compute_chunk,
+    needs_model,
+    overlaps_writes,
+    pending_work,
+)
+from saezarr.durable.folders import restore_moved_aside
+from saezarr.durable.locking import StoreLock
+from saezarr.errors import SaezarrError
+from saezarr.execution.connect import ClusterOptions, cluster_client
+from saezarr.inputs.configs import SAEConfig, load_config_file, select_configs, with_neuronpedia
+from saezarr.inputs.fragments import Fragments, make_fragments
+from saezarr.inputs.sentences import read_labeled_csv
+from saezarr.machine import human_bytes
+from saezarr.models.reading import (
+    ModelInfo,
+    ResidualReader,
+    check_weights,
+    load_model,
+    load_tokenizer,
+    resolve_model,
+)
+from saezarr.saes.encoder import load_encoder
+from saezarr.saes.locate import SAEFile, check_context, describe_configs, locate_sae, resolve_sae_repo
+from saezarr.store.format import (
+    Store,
+    check_output_path,
+    check_resume,
+    create_store,
+    default_chunk_fragments,
+    open_for_resume,
+    remove_stale_staging,
+    store_lock,
+)
+from saezarr.store.growing import finish_growth, grow_store
+
+DEFAULT_BATCH_SIZE = 16
+
+
+@dataclass
+class BuildOptions:
+    """Everything `saezarr build` takes."""
+
+    input: Path | None  # None only with extend: the store's own sentences
+    output: Path
+    config_file: Path
+    model: str | None = None
+    sae_repo: str | None = None
+    layers: Sequence[int] | None = None
+    configs: Sequence[str] | None = None
+    fragments: str | None = None  # None: "token" (with extend: the store's own)
+    device: str | None = None
+    dtype: str | None = None  # None: "float32" (with extend: the store's own)
+    batch_size: int | None = None  # None: the store's own, else 16
+    sae_memory: int | None = None  # None: from the device's free memory (default_sae_memory)
+    chunk_fragments: int | None = None  # None: default_chunk_fragments(width), 512 up to 16k features
+    workers: int | None = None
+    overlap_writes: bool | None = None  # None: on GPUs only (overlaps_writes)
+    resume: bool = False
+    overwrite: bool = False
+    force_unlock: bool = False
+    quiet: bool = False
+    max_chunks: int | None = None
+    residuals: Sequence[int] | str | None = None  # None: no residual stream; "all": every layer; else these layers
+    extend: bool = False
+    cluster: ClusterOptions = field(default_factory=ClusterOptions)  # default: run in this process
+
+
+@dataclass
+class BuildSummary:
+    """What a build did, with the counters the benchmarks read."""
+
+    store: Path
+    n_configs: int
+    n_fragments: int
+    n_sentences: int
+    bytes_on_disk: int = 0
+    elapsed: float = 0.0
+    model_passes: int = 0
+    forward_batches: int = 0
+    sae_loads: int = 0
+    units_written: int = 0
+    units_skipped: int = 0
+    units_total: int = 0
+    complete: bool = False
+    workers: list[str] = field(default_factory=list)  # dask workers that ran tasks; empty in this process
+
+    def line(self) -> str:
+        """One summary line for the terminal."""
+        state = "built" if self.complete else "partly built"
+        return (
+            f"saezarr: {state} {self.store}: {self.n_configs} configs x {self.n_fragments} fragments "
+            f"({self.n_sentences} sentences), {human_bytes(self.bytes_on_disk)} on disk, {self.elapsed:.1f} s; "
+            f"model passes {self.model_passes}, SAE loads {self.sae_loads}, "
+            f"chunks written {self.units_written}, already done {self.units_skipped} of {self.units_total}"
+            + (f"; {len(self.workers)} workers: {', '.join(self.workers)}" if self.workers else "")
+        )
+
+
+@dataclass
+class _Plan:
+    """Everything validated before the output is touched."""
+
+    fragments: Fragments | None  # None: no task runs the model (an extension from stored residuals)
+    configs: tuple[SAEConfig, ...]
+    saes: list[SAEFile]
+    attrs: dict
+    model_info: ModelInfo | None = field(repr=False)
+    device: str
+    residual_layers: tuple[int, ...] | None = None  # the layers whose residual stream the store keeps
+
+
+def build(options: BuildOptions) -> BuildSummary:
+    """Build (or resume) a store; every input is validated before the output is touched."""
+    with _sigterm_interrupts():
+        try:
+            return _build(options)
+        except _Terminated:  # before the lock was taken: nothing of this build is in the store
+            raise SaezarrError(f"terminated (SIGTERM) before {options.output} was written to", exit_code=143) from None
+
+
+def _build(options: BuildOptions) -> BuildSummary:
+    started = time.perf_counter()
+    if options.extend:
+        return _extend(options, started)
+    # the output and flags first: a forgotten --resume must not wait for gigabytes of downloads
+    exists = check_output_path(options.output)
+    if exists and not (options.resume or options.overwrite):
+        raise SaezarrError(
+            f"--output {options.output}: a store exists there; use --resume to continue it or --overwrite to replace it"
+        )
+    plan = _plan(options)
+    if exists and options.resume:
+        check_resume(options.output, plan.attrs, plan.configs)
+    with _cluster(options, plan) as client:  # connected, and every worker checked, before the store is touched
+        store, lock = _open_or_create(options, plan, exists)
+        summary = BuildSummary(options.output, len(plan.configs), len(plan.fragments), plan.attrs["n_sentences"])
+        with lock:
+            runner = (
+                _PassRunner(options, plan, store, summary)
+                if client is None
+                else _ClusterRunner(client, options, plan, store, summary)
+            )
+            _run(runner, options, store, "rerun the same command with --resume (in place of --overwrite, if given)")
+    return _finish(summary, store, started)
+
+
+def _run(runner: _PassRunner | _ClusterRunner, options: BuildOptions, store: Store, how: str) -> None:
+    """Run the pending tasks; an out-of-memory or an interruption is one line saying what is kept and `how` to go on."""
+    try:
+        runner.run()
+    except torch.cuda.OutOfMemoryError:
+        raise _out_of_memory(options, store, runner) from None
+    except KeyboardInterrupt as stop:
+        with _interrupts_ignored():
+            done = store.done_matrix()
+        terminated = isinstance(stop, _Terminated)
+        raise SaezarrError(
+            f"{'terminated (SIGTERM)' if terminated else 'interrupted'}: {int(done.sum())} of {done.size} chunks "
+            f"of {options.output} are done and kept; {how} to continue",
+            exit_code=143 if terminated else 130,
+        ) from None
+
+
+def _finish(summary: BuildSummary, store: Store, started: float) -> BuildSummary:
+    """The summary's final counts."""
+    done = store.done_matrix()
+    summary.complete = bool(done.all()) and not len(store.pending_residuals())
+    summary.bytes_on_disk = store.bytes_on_disk()
+    summary.elapsed = time.perf_counter() - started
+    return summary
+
+
+def _extend(options: BuildOptions, started: float) -> BuildSummary:
+    """Grow an existing store by the config file's new SAEs and the input's new rows, then compute the new units (in
+    this process or on a dask cluster)."""
+    if options.overwrite or options.resume:
+        raise SaezarrError(
+            "--extend grows the store in place (and finishes an interrupted extension itself): leave "
+            "out --overwrite and --resume"
+        )
+    if not check_output_path(options.output):
+        raise SaezarrError(f"--extend: no store at --output {options.output} to extend; build it first")
+    # held from the start: the store is read as no other writer leaves it, and a growth a kill cut short is repaired
+    with store_lock(options.output) as lock:
+        lock.acquire(force=options.force_unlock)
+        restore_moved_aside(options.output)  # a coordinate a killed growth moved aside before its new one was in
+        store = open_for_resume(options.output)
+        _check_resume_options(options, store)
+        extension = plan_extension(options, store)
+        plan = _Plan(
+            fragments=extension.fragments,
+            configs=extension.configs,
+            saes=extension.saes,
+            attrs=store.attrs,
+            model_info=extension.model_info,
+            device=resolve_device(options.device, here=not options.cluster.remote),
+        )
+        with _cluster(options, plan) as client:  # connected, and every worker checked, before the store is touched
+            store.discard_partial_writes()
+            remove_stale_staging(options.output)
+            if extension.growth is not None:
+                _grow(store, extension.growth)  # here, before any task: the tasks carry the new store id
+                store = Store(options.output, mode="r+")
+                plan.attrs = store.attrs
+            summary = BuildSummary(options.output, store.n_configs, store.n_fragments, extension.n_sentences)
+            runner = (
+                _PassRunner(options, plan, store, summary)
+                if client is None
+                else _ClusterRunner(client, options, plan, store, summary)
+            )
+            _run(runner, options, store, "rerun the same --extend command")
+        _finish(summary, store, started)
+        if summary.complete:
+            finish_growth(options.output)
+    return summary
+
+
+def _grow(store: Store, growth) -> None:
+    """Grow the store; an interruption says that rerunning the extension finishes it."""
+    try:
+        grow_store(store, growth)
+    except KeyboardInterrupt as stop:
+        terminated = isinstance(stop, _Terminated)
+        raise SaezarrError(
+            f"{'terminated (SIGTERM)' if terminated else 'interrupted'} while {store.path} was growing; rerun the "
+            "same --extend command to finish the extension",
+            exit_code=143 if terminated else 130,
+        ) from None
+
+
+@contextlib.contextmanager
+def _cluster(options: BuildOptions, plan: _Plan):
+    """A dask client whose every worker can run this build, or None to run in this process."""
+    if not options.cluster.wanted:
+        yield None
+        return
+    with cluster_client(options.cluster, plan.device) as client:
+        check_workers(
+            client,
+            options.cluster,
+            plan.model_info,
+            [sae.path for sae in plan.saes],
+            plan.device,
+            options.output.resolve(),
+        )
+        yield client
+
+
+def _out_of_memory(options: BuildOptions, store: Store, runner: _PassRunner | _ClusterRunner) -> SaezarrError:
+    """The one line for a device out of memory: what is kept, and which options lower the need."""
+    done = store.done_matrix()
+    budget = human_bytes(runner.sae_memory) if runner.sae_memory else "not reached"
+    return SaezarrError(
+        f"{runner.plan.device}: out of memory ({int(done.sum())} of {done.size} chunks of {options.output} are done "
+        f"and kept); rerun the same command with --resume and a smaller --sae-memory (this run: {budget}), or "
+        f"start over with --overwrite and a smaller --batch-size (this run: {store.attrs.get('batch_size')})",
+        exit_code=1,
+    )
+
+
+def _check_resume_options(options: BuildOptions, store: Store) -> None:
+    """Refuse a batch or chunk size other than the store's: a chunk's batches decide its last bits."""
+    for option, given, kept in (
+        ("--batch-size", options.batch_size, store.attrs.get("batch_size", DEFAULT_BATCH_SIZE)),
+        ("--chunk-fragments", options.chunk_fragments, store.chunk_fragments),
+    ):
+        if given is not None and given != kept:
+            raise SaezarrError(
+                f"{option} {given}: the store at {options.output} was started with {kept}; a resumed store must "
+                f"keep it to stay bitwise equal, so leave {option} out (or use --overwrite)"
+            )
+
+
+def _check_resume_residuals(options: BuildOptions, plan: _Plan, store: Store) -> None:
+    """Refuse a --residuals other than the store's: the layers kept are fixed when the store is created."""
+    if options.residuals is None:
+        return
+    kept = None if store.residuals is None else store.residuals.layers
+    if plan.residual_layers != kept:
+        has = "keeps no residual stream" if kept is None else f"keeps the residuals of layers {_layer_list(kept)}"
+        raise SaezarrError(
+            f"--residuals: the store at {options.output} {has}; the layers kept are fixed when a store is created, so "
+            "leave --residuals out (or use --overwrite)"
+        )
+
+
+def _layer_list(layers: Sequence[int]) -> str:
+    return ",".join(str(layer) for layer in layers)
+
+
+@contextlib.contextmanager
+def _interrupts_ignored():
+    """A second Ctrl-C while counting what is done would only lose the message saying how to resume."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, as Slurm, Kubernetes and systemd stop a job: stopped like Ctrl-C, with exit code 143."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once is enough; a second would cut the clean stop short
+    raise _Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """For the duration of a build, SIGTERM interrupts it as Ctrl-C does (only the main thread can handle it)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def resolve_device(device: str | None, here: bool = True) -> str:
+    """The torch device to run on: as asked, else CUDA when available; refuse one this machine lacks (if `here`)."""
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise SaezarrError(f"--device {device}: not a device saezarr runs on (use cpu or cuda)")
+    if not here:
+        return device  # runs on the cluster's workers, which check it themselves
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise SaezarrError(
+            f"--device {device}: CUDA is not available here (torch {torch.__version__}); use --device cpu"
+        )
+    if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
+        raise SaezarrError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def _plan(options: BuildOptions) -> _Plan:
+    device = resolve_device(options.device, here=not options.cluster.remote)
+    data = read_labeled_csv(options.input)
+    config_file = load_config_file(options.config_file)
+    sae_repo = options.sae_repo or config_file.sae_repo
+    described, sae_source = describe_configs(sae_repo, config_file.configs, options.config_file)
+    configs = with_neuronpedia(select_configs(described, options.layers, options.configs), sae_repo)
+    info = resolve_model(options.model or config_file.model)
+    deepest = max(configs, key=lambda c: c.layer)
+    if deepest.layer >= info.num_layers:
+        raise SaezarrError(
+            f"{options.config_file}: config {deepest.name} reads layer {deepest.layer}, but the model has "
+            f"{info.num_layers} layers (0-{info.num_layers - 1})"
+        )
+    tokenizer = load_tokenizer(info)
+    fragments = make_fragments(data, tokenizer, options.fragments or "token", info.max_tokens)
+    sae_source = sae_source or resolve_sae_repo(sae_repo, configs[0])
+    saes = [locate_sae(sae_source, c, info, options.config_file) for c in configs]
+    check_context(saes, [len(ids) for ids in fragments.token_ids], data.path)
+    check_weights(info)  # after the SAEs: an SAE refused in a line costs no download of the model's weights
+    configs = tuple(sae.config for sae in saes)
+    attrs = {
+        "saezarr_version": __version__,
+        "model": info.source.name,
+        "model_revision": info.source.revision,
+        "sae_repo": sae_source.name,
+        "sae_revision": sae_source.revision,
+        "model_dtype": options.dtype or "float32",
+        "fragments": options.fragments or "token",
+        "tokens_sha256": fragments.tokens_sha256(),
+        "input_file": data.path.name,
+        "input_sha256": data.sha256,
+        "n_sentences": len(data),
+        "configs": [c.name for c in configs],
+        "batch_size": options.batch_size or DEFAULT_BATCH_SIZE,
+        "hidden_size": info.hidden_size,
+    }
+    return _Plan(
+        fragments=fragments,
+        configs=configs,
+        saes=saes,
+        attrs=attrs,
+        model_info=info,
+        device=device,
+        residual_layers=residual_layers(options.residuals, info.num_layers),
+    )
+
+
+def residual_layers(asked: Sequence[int] | str | None, num_layers: int) -> tuple[int, ...] | None:
+    """The layers `--residuals` keeps (None: no residual stream), checked against the model's depth."""
+    if asked is None:
+        return None
+    if asked == "all":
+        return tuple(range(num_layers))
+    wrong = [layer for layer in asked if not 0 <= layer < num_layers]
+    if wrong:
+        raise SaezarrError(f"--residuals: layer {wrong[0]} is not a layer of the model (0-{num_layers - 1})")
+    return tuple(sorted(set(asked)))
+
+
+def _open_or_create(options: BuildOptions, plan: _Plan, exists: bool) -> tuple[Store, StoreLock]:
+    """Open the store to resume, or create it; an old store is replaced only while its lock is held."""
+    if not exists:
+        store = _create(options, plan, replace=False)
+    elif options.resume:
+        lock = store_lock(options.output)
+        lock.acquire(force=options.force_unlock)
+        try:
+            store = open_for_resume(options.output)
+            _check_resume_options(options, store)
+            _check_resume_residuals(options, plan, store)
+        except BaseException:  # a refusal, Ctrl-C or SIGTERM: the lock goes back
+            lock.release()
+            raise
+        store.discard_partial_writes()
+        remove_stale_staging(options.output)
+        return store, lock
+    else:
+        # held through the swap, so no --resume can take the old store and then write into the new one
+        with store_lock(options.output) as old_lock:
+            old_lock.acquire(force=options.force_unlock)
+            store = _create(options, plan, replace=True)
+    lock = store.lock()
+    lock.acquire()
+    return store, lock
+
+
+def _create(options: BuildOptions, plan: _Plan, replace: bool) -> Store:
+    """The new store of the plan, at --output (replacing the store there, if `replace`)."""
+    widths = [sae.width for sae in plan.saes]
+    return create_store(
+        options.output,
+        plan.fragments.table,
+        plan.configs,
+        widths,
+        plan.attrs,
+        options.chunk_fragments or default_chunk_fragments(max(widths)),
+        replace=replace,
+        residual_layers=plan.residual_layers,
+        hidden_size=plan.model_info.hidden_size,
+    )
+
+
+def _count_pending(store: Store, summary: BuildSummary) -> bool:
+    """Count the store's done and total units (residual units included) into the summary; return whether any unit is
+    left."""
+    done = store.done_matrix()
+    residuals = store.residuals.done() if store.residuals is not None else np.zeros(0, dtype=bool)
+    summary.units_total = done.size + residuals.size
+    summary.units_skipped = int(done.sum()) + int(residuals.sum())
+    return not (done.all() and residuals.all())
+
+
+def _fragment_index(plan: _Plan) -> FragmentIndex:
+    """What the tasks read of the fragments: none if no task runs the model (an extension from stored residuals)."""
+    return FragmentIndex.of(plan.fragments) if plan.fragments is not None else FragmentIndex.none()
+
+
+class _PassRunner:
+    """Runs the pending tasks of each SAE pass in this process, writing (and marking) through a ChunkWriter."""
+
+    def __init__(self, options: BuildOptions, plan: _Plan, store: Store, summary: BuildSummary):
+        self.options, self.plan, self.store, self.summary = options, plan, store, summary
+        self.sae_memory: int | None = None
+
+    def run(self) -> None:
+        """Run every pass that has pending chunks; the model is loaded only if something is left."""
+        if not _count_pending(self.store, self.summary):
+            return
+        model = None
+        if self._model_needed():
+            if self.plan.model_info is None:  # the extension's plan said no unit needs it
+                raise SaezarrError(f"{self.store.path}: a unit to compute needs the model, which was not resolved")
+            model = load_model(self.plan.model_info, self.plan.device, self.store.attrs["model_dtype"])
+        # on CUDA the default budget is what the loaded model leaves free
+        self.sae_memory = self.options.sae_memory or default_sae_memory(self.plan.device)
+        work = pending_work(self.store, self.plan.saes, self.sae_memory, self.options.max_chunks)
+        fragments = _fragment_index(self.plan)
+        total = sum(self.store.chunk_size(task.chunk) for _, tasks in work for task in tasks)
+        with tqdm(
+            total=total, unit="frag", disable=self.options.quiet, desc="saezarr build", dynamic_ncols=True
+        ) as bar:
+            for pass_, tasks in work:
+                self._run_pass(model, fragments, pass_, tasks, bar)
+
+    def _model_needed(self) -> bool:
+        """Whether any pending task runs the model (none does if the store holds every residual they read)."""
+        work = pending_work(self.store, self.plan.saes, 2**62, self.options.max_chunks)
+        done = self.store.residuals.done() if self.store.residuals is not None else None
+        return any(needs_model(self.store, pass_, task, done) for pass_, tasks in work for task in tasks)
+
+    def _run_pass(
+        self, model: torch.nn.Module | None, fragments: FragmentIndex, pass_: PassSpec, tasks: list[Task], bar: tqdm
+    ) -> None:
+        """One model pass: each pending chunk goes through the model once and through every SAE of the pass."""
+        encoders = [load_encoder(sae, self.plan.device, pass_.sae_memory) for sae in pass_.saes]
+        self.summary.sae_loads += len(pass_.saes)
+        self.summary.model_passes += 1
+        overlap = self.options.overlap_writes
+        if overlap is None:
+            overlap = overlaps_writes(self.plan.device)
+        batch_size = self.store.attrs.get("batch_size", DEFAULT_BATCH_SIZE)  # on resume, the store's own
+        writer = ChunkWriter(self.store, self.options.workers, overlap)
+        reader = contextlib.nullcontext() if model is None else ResidualReader(model, pass_.layers, pass_.embeddings)
+        with reader as reading, writer:
+            for task in tasks:
+                self.summary.forward_batches += compute_chunk(
+                    reading, encoders, pass_, fragments, task, batch_size, writer
+                )
+                self.summary.units_written += len(task.rows) + task.residuals
+                bar.update(self.store.chunk_size(task.chunk))
+
+
+class _ClusterRunner:
+    """Runs the pending tasks on a dask cluster's workers; this process marks the units they report durable."""
+
+    def __init__(self, client, options: BuildOptions, plan: _Plan, store: Store, summary: BuildSummary):
+        self.client, self.options, self.plan, self.store, self.summary = client, options, plan, store, summary
+        self.sae_memory: int | None = None
+
+    def run(self) -> None:
+        """Submit every pending task, mark what comes back, and count it in the summary."""
+        if not _count_pending(self.store, self.summary):
+            return
+        options, plan = self.options, self.plan
+        spec = ComputeSpec(
+            model=plan.model_info,
+            device=plan.device,
+            dtype=self.store.attrs["model_dtype"],
+            batch_size=self.store.attrs.get("batch_size", DEFAULT_BATCH_SIZE),
+            store=self.store.path.resolve(),
+            store_id=self.store.identity,
+            write_threads=options.workers,
+            overlap_writes=options.overlap_writes,
+        )
+        if options.cluster.local_workers is not None:
+            spec = local_spec(spec, options.cluster.local_workers, options.workers)
+        # on CUDA the default budget is what the loaded model leaves free on the tightest worker
+        self.sae_memory = options.sae_memory or cluster_sae_memory(self.client, options.cluster, spec)
+        saes = [sae.resolved() for sae in plan.saes]  # absolute paths: as workers see them
+        work = pending_work(self.store, saes, self.sae_memory, options.max_chunks)
+        results = run_tasks(self.client, options.cluster, spec, _fragment_index(plan), work, self.store, options.quiet)
+        # every task has finished: a temporary shard file left now is a killed worker's, whose task ran again
+        self.store.discard_partial_writes()
+        self.summary.model_passes = len(work)
+        self.summary.sae_loads = sum(result.sae_loads for result in results)
+        self.summary.forward_batches = sum(result.forward_batches for result in results)
+        self.summary.units_written = sum(len(result.units) for result in results)
+        self.summary.workers = sorted({result.worker for result in results})

@@ -1,0 +1,1 @@
+"""The export commands: legacy `.npz` files per configuration and per sentence."""

@@ -1,0 +1,207 @@
+"""The SAE configuration file: which model, which SAE repository, which SAEs."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from saezarr.errors import SaezarrError
+from saezarr.inputs import catalogues
+from saezarr.sites import parse_hook
+
+MISSING_L0 = -1  # the store's average_l0 of an SAE whose average L0 is not known
+WIDTH_TAGS = {"k": 1000, "m": 1000**2}  # Gemma Scope's width tags round a power of two down: 65k = 65536
+_CANONICAL = re.compile(r"(?:^|/)layer_(\d+)/width_\w+/canonical$")
+
+
+@dataclass(frozen=True)
+class SAEConfig:
+    """One SAE: its folder, and what is known of it (the layer it reads, sparsity, width, name, Neuronpedia source).
+
+    `neuronpedia` is None where nothing says, "" where no source is published. Once located (`locate_sae`), layer,
+    width and architecture are known."""
+
+    layer: int | None
+    average_l0: int | None
+    path: str
+    neuronpedia: str | None = None  # this exact SAE's Neuronpedia source, e.g. "gemma-2-2b/12-gemmascope-res-16k"
+    width: int | None = None
+    given_name: str | None = None
+    architecture: str | None = None
+    hook: str | None = None  # the site it reads (`blocks.12.hook_resid_post`): as given, else as its source says
+
+    @property
+    def name(self) -> str:
+        """The config's name: as given, else `layer_{layer}_l0_{average_l0}`, else derived from its folder."""
+        if self.given_name:
+            return self.given_name
+        if self.layer is not None and self.average_l0 is not None:
+            return f"layer_{self.layer}_l0_{self.average_l0}"
+        canonical = _CANONICAL.search(self.path)
+        if canonical:
+            return f"layer_{canonical.group(1)}_canonical"
+        return self.path.rsplit("/", 1)[-1]
+
+    @property
+    def l0_or_missing(self) -> int:
+        """The average L0, or MISSING_L0 where it is not known."""
+        return MISSING_L0 if self.average_l0 is None else self.average_l0
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """A parsed configuration file."""
+
+    model: str
+    sae_repo: str
+    configs: tuple[SAEConfig, ...]
+    source: str = ""  # the file, or `catalogue NAME`, for messages
+
+
+def load_config_file(path: str | Path) -> ConfigFile:
+    """Read and validate a configuration file, or a bundled catalogue by name (`saezarr catalogues`)."""
+    path = Path(path)
+    if path.is_file() or not catalogues.exists(str(path)):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise SaezarrError(
+                f"{path}: no such config file or bundled catalogue (`saezarr catalogues` lists them)"
+            ) from None
+        except UnicodeDecodeError as exc:
+            raise SaezarrError(f"{path}: not valid JSON ({exc})") from None
+    else:
+        text = catalogues.read_text(str(path))
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SaezarrError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise SaezarrError(f"{path}: expected a JSON object with keys 'model', 'sae_repo', 'configs'")
+    missing = [key for key in ("model", "sae_repo", "configs") if key not in data]
+    if missing:
+        raise SaezarrError(f"{path}: missing key {missing[0]!r} (expected 'model', 'sae_repo', 'configs')")
+    if not isinstance(data["configs"], list) or not data["configs"]:
+        raise SaezarrError(f"{path}: 'configs' must be a non-empty list")
+    configs = tuple(_parse_entry(path, i, entry) for i, entry in enumerate(data["configs"]))
+    refuse_repeats(path, configs)
+    return ConfigFile(model=str(data["model"]), sae_repo=str(data["sae_repo"]), configs=configs, source=str(path))
+
+
+def _parse_entry(path: Path, index: int, entry: object) -> SAEConfig:
+    where = f"{path}: configs[{index}]"
+    if not isinstance(entry, dict):
+        raise SaezarrError(f"{where}: expected an object with at least the key 'path'")
+    if "path" not in entry:
+        raise SaezarrError(f"{where}: missing key 'path'")
+    folder = entry["path"]
+    if not isinstance(folder, str) or not folder.strip("/ "):
+        raise SaezarrError(f"{where}: 'path' must be a non-empty string (\".\" for the repository's root)")
+    layer = _count(where, entry, "layer")
+    l0 = _count(where, entry, "average_l0")
+    name = entry.get("name")
+    if name is not None and (not isinstance(name, str) or not name.strip() or "/" in name):
+        raise SaezarrError(f"{where}: 'name' must be a non-empty string without '/', got {name!r}")
+    neuronpedia = entry.get("neuronpedia", None)
+    if neuronpedia is not None and (not isinstance(neuronpedia, str) or not neuronpedia.strip("/ ")):
+        raise SaezarrError(f"{where}: 'neuronpedia' must be a Neuronpedia source string or null, got {neuronpedia!r}")
+    if "neuronpedia" in entry:  # null: the file says none is published
+        neuronpedia = neuronpedia.strip("/ ") if neuronpedia else ""
+    hook = parse_hook(entry["hook"], where) if entry.get("hook") is not None else None
+    return SAEConfig(
+        layer=layer,
+        average_l0=l0,
+        hook=hook,
+        path=folder.strip("/ "),
+        neuronpedia=neuronpedia,
+        width=parse_width(entry["width"], f"{where}: 'width'") if entry.get("width") is not None else None,
+        given_name=name.strip() if name else None,
+    )
+
+
+def _count(where: str, entry: dict, key: str) -> int | None:
+    value = entry.get(key)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        raise SaezarrError(f"{where}: {key!r} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def parse_width(value: object, where: str) -> int:
+    """An SAE width given as a number of features or a Gemma Scope tag (`16k` = 16384, `65k` = 65536, `1m` = 2**20):
+    the power of two the tag rounds down, else the tag's number."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    if isinstance(value, str):
+        match = re.fullmatch(r"(\d+)([km]?)", value.strip().lower())
+        if match and int(match.group(1)) > 0:
+            number, unit = int(match.group(1)), WIDTH_TAGS.get(match.group(2), 1)
+            powers = [2**p for p in range(64) if 2**p // unit == number] if unit > 1 else []
+            return powers[0] if powers else number * unit
+    raise SaezarrError(f"{where} must be a positive number of features or a tag like '16k' or '1m', got {value!r}")
+
+
+def refuse_repeats(where: object, configs: Sequence[SAEConfig]) -> None:
+    """Refuse two configs with one name (a store keys its configs by name)."""
+    seen: dict[str, str] = {}
+    for config in configs:
+        if config.name in seen:
+            raise SaezarrError(
+                f"{where}: config {config.name} appears more than once (paths {seen[config.name]} and "
+                f"{config.path}); give one of them a 'name'"
+            )
+        seen[config.name] = config.path
+
+
+def parse_layers(text: str) -> list[int]:
+    """Parse a `--layers 3,12` option value."""
+    try:
+        layers = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise SaezarrError(f"--layers: expected comma-separated layer numbers, got {text!r}") from None
+    if not layers:
+        raise SaezarrError("--layers: no layer given")
+    return layers
+
+
+def select_configs(
+    configs: Sequence[SAEConfig], layers: Iterable[int] | None = None, names: Iterable[str] | None = None
+) -> tuple[SAEConfig, ...]:
+    """Keep the configs on the given layers and/or with the given names, in file order."""
+    chosen = list(configs)
+    if layers is not None:
+        layers = list(layers)
+        absent = sorted(set(layers) - {c.layer for c in configs})
+        if absent:
+            raise SaezarrError(f"--layers: no config for layer {absent[0]} in the config file")
+        chosen = [c for c in chosen if c.layer in layers]
+    if names is not None:
+        names = [n.strip() for n in names if n.strip()]
+        known = {c.name for c in configs}
+        for name in names:
+            if name not in known:
+                raise SaezarrError(f"--configs: unknown config {name!r}{suggest(name, known)}")
+        chosen = [c for c in chosen if c.name in names]
+    if not chosen:
+        raise SaezarrError("--layers/--configs: the selection matches no config")
+    return tuple(chosen)
+
+
+def suggest(name: str, known: Iterable[str]) -> str:
+    """A ' (did you mean ...?)' hint for a misspelled name, or '' if nothing is close."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def with_neuronpedia(configs: Sequence[SAEConfig], sae_repo: str) -> tuple[SAEConfig, ...]:
+    """The configs with the bundled Neuronpedia source of each published SAE whose config does not name one."""
+    return tuple(
+        config
+        if config.neuronpedia is not None
+        else dataclasses.replace(config, neuronpedia=catalogues.neuronpedia_source(sae_repo, config.path) or "")
+        for config in configs
+    )

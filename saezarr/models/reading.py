@@ -1,0 +1,246 @@
+"""Loading a decoder-only model (Gemma 2, Gemma 3, ...) and reading the residual stream after chosen decoder layers with forward hooks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
+
+from saezarr.errors import SaezarrError, one_line
+from saezarr.hub import Source, resolve
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+WEIGHT_FILES = ["*.safetensors", "*.safetensors.index.json", "*.json"]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the build needs to know of a model before loading its weights."""
+
+    source: Source
+    num_layers: int
+    hidden_size: int
+    max_tokens: int | None
+    # False: LayerNorm, whose residuals TransformerLens' center_writing_weights changes; None: not known
+    rms_norm: bool | None = True
+
+
+def resolve_model(name: str, revision: str | None = None) -> ModelInfo:
+    """Find the model (hub id or folder) and read its config."""
+    from transformers import AutoConfig
+
+    source = resolve(name, "config.json", "--model", revision)
+    try:
+        config = AutoConfig.from_pretrained(_load_name(source), revision=_load_revision(source))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        text = " ".join(str(exc).split())
+        raise SaezarrError(
+            f"--model {name}: cannot read its config.json as a model config ({type(exc).__name__}: {text[:200]})"
+        ) from None
+    _check_decoder_layers(config, name)
+    config = getattr(config, "text_config", config)
+    return ModelInfo(
+        source=source,
+        num_layers=int(config.num_hidden_layers),
+        hidden_size=int(config.hidden_size),
+        max_tokens=int(getattr(config, "max_position_embeddings", 0) or 0) or None,
+        rms_norm=hasattr(config, "rms_norm_eps"),
+    )
+
+
+def _check_decoder_layers(config, name: str) -> None:
+    """Refuse, before any weight is fetched, an architecture whose decoder layers saezarr cannot find: its skeleton
+    is built on the meta device, which allocates nothing."""
+    from transformers import AutoModel
+
+    try:
+        with torch.device("meta"):
+            skeleton = AutoModel.from_config(config)
+    except Exception as exc:  # transformers raises many types for an architecture it cannot build
+        raise SaezarrError(
+            f"--model {name}: transformers cannot build it ({type(exc).__name__}: {one_line(exc)})"
+        ) from None
+    try:
+        decoder_layers(skeleton)
+    except SaezarrError as exc:
+        raise SaezarrError(f"--model {name}: {exc}; its hook sites are not read yet") from None
+
+
+def check_weights(info: ModelInfo) -> None:
+    """Fetch (from the hub) and check the model's safetensors files, before anything is written."""
+    from safetensors import safe_open
+
+    folder = info.source.local_dir or _fetch_weights(info.source)
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise SaezarrError(f"--model {info.source.name}: no *.safetensors weights in {folder}")
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except Exception as exc:  # safetensors raises its own error types
+            raise SaezarrError(
+                f"--model {info.source.name}: {path.name} is damaged ({exc}); download it again"
+            ) from None
+
+
+def _fetch_weights(source: Source) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(source.name, revision=source.revision, allow_patterns=WEIGHT_FILES))
+    except Exception as exc:  # the hub raises a zoo of types: offline, missing, gated, network
+        raise SaezarrError(f"--model {source.name}: could not get its weights ({type(exc).__name__}: {exc})") from None
+
+
+def load_tokenizer(info: ModelInfo) -> PreTrainedTokenizerFast:
+    """Load the model's fast tokenizer (offsets are needed for exact fragment texts)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(_load_name(info.source), revision=_load_revision(info.source))
+    except Exception as exc:
+        raise SaezarrError(
+            f"--model {info.source.name}: could not load its tokenizer ({type(exc).__name__}: {exc})"
+        ) from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise SaezarrError(f"--model {info.source.name}: a fast tokenizer (tokenizer.json) is required for offsets")
+    if tokenizer.bos_token_id is None:
+        raise SaezarrError(
+            f"--model {info.source.name}: its tokenizer has no BOS token; saezarr puts BOS first and never encodes "
+            "it, so each sentence's first real token would be lost: not implemented"
+        )
+    return tokenizer
+
+
+def load_model(info: ModelInfo, device: str, dtype: str) -> torch.nn.Module:
+    """Load the base decoder (no LM head) with eager attention, which keeps Gemma 2's soft-capping.
+
+    A multimodal checkpoint (Gemma 3 4B-27B) loads as its base model, whose language model is read by hooks.
+
+    Each weight goes from its safetensors file straight to the device in `dtype`: no whole copy in host memory.
+    """
+    from transformers import AutoModel
+
+    try:
+        model = AutoModel.from_pretrained(
+            _load_name(info.source),
+            revision=_load_revision(info.source),
+            dtype=DTYPES[dtype],
+            attn_implementation="eager",
+            device_map={"": torch.device(device)},
+        )
+        return model.eval()
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:  # RuntimeError includes out of memory
+        text = " ".join(str(exc).split())[:300]
+        raise SaezarrError(
+            f"--model {info.source.name}: could not load it ({type(exc).__name__}: {text})", exit_code=1
+        ) from None
+
+
+def decoder_layers(model: torch.nn.Module) -> Sequence[torch.nn.Module]:
+    """The model's decoder layers, in order: of a text model, or of the language model inside a multimodal one."""
+    for inner in (model, getattr(model, "model", None)):
+        if inner is None:
+            continue
+        language_model = getattr(inner, "language_model", None)  # Gemma 3 4B-27B: Gemma3Model.language_model
+        for candidate in (language_model, inner):
+            layers = getattr(candidate, "layers", None)
+            if isinstance(layers, torch.nn.ModuleList):
+                return layers
+    raise SaezarrError(f"{type(model).__name__}: no decoder layers found (expected .layers or .language_model.layers)")
+
+
+class _StopForward(Exception):
+    """Raised by the deepest hook: nothing after that layer is needed."""
+
+
+EMBEDDINGS_KEY = -1  # where `read` puts the input of decoder layer 0 (the scaled token embeddings), if asked
+
+
+class ResidualReader:
+    """Reads resid_post (the output of decoder layer L) at chosen token positions, for a set of layers; with
+    `embeddings`, also the input of the first decoder layer (under EMBEDDINGS_KEY)."""
+
+    def __init__(self, model: torch.nn.Module, layers: Iterable[int], embeddings: bool = False):
+        self.model = model
+        self.layers = sorted(set(layers))
+        self.embeddings = embeddings
+        self._selection: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._captured: dict[int, torch.Tensor] = {}
+        self._handles = []
+
+    def __enter__(self) -> ResidualReader:
+        modules = decoder_layers(self.model)
+        if self.embeddings:
+            # a pre-hook on the first block sees exactly what it reads, whatever the model scales or adds before
+            self._handles.append(modules[0].register_forward_pre_hook(self._embedding_hook, with_kwargs=True))
+        if not self.layers:
+            return self
+        deepest = self.layers[-1]
+        for layer in self.layers:
+            hook = self._make_hook(layer, stop=layer == deepest)
+            self._handles.append(modules[layer].register_forward_hook(hook))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _embedding_hook(self, module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        rows, positions = self._selection
+        self._captured[EMBEDDINGS_KEY] = hidden[rows, positions]
+        if not self.layers:
+            raise _StopForward
+
+    def _make_hook(self, layer: int, stop: bool):
+        def hook(module, args, output):
+            hidden = output[0] if isinstance(output, tuple) else output  # tuple in transformers 4.x
+            rows, positions = self._selection
+            self._captured[layer] = hidden[rows, positions]
+            if stop:
+                raise _StopForward
+
+        return hook
+
+    @torch.inference_mode()
+    def read(self, token_ids: Sequence[np.ndarray], rows: np.ndarray, positions: np.ndarray) -> dict[int, torch.Tensor]:
+        """Run the sentences (right-padded batch) and return {layer: residuals at (rows, positions)}."""
+        device = next(self.model.parameters()).device
+        input_ids, mask = pad_batch(token_ids)
+        self._selection = (torch.as_tensor(rows, device=device), torch.as_tensor(positions, device=device))
+        self._captured = {}
+        try:
+            self.model(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False)
+        except _StopForward:
+            pass
+        captured, self._captured = self._captured, {}
+        return captured
+
+
+def pad_batch(token_ids: Sequence[np.ndarray], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token id sequences; with a causal model, right padding leaves real tokens untouched."""
+    width = max(len(ids) for ids in token_ids)
+    input_ids = torch.full((len(token_ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(token_ids), width), dtype=torch.long)
+    for row, ids in enumerate(token_ids):
+        input_ids[row, : len(ids)] = torch.as_tensor(ids)
+        mask[row, : len(ids)] = 1
+    return input_ids, mask
+
+
+def _load_name(source: Source) -> str:
+    return str(source.local_dir) if source.is_local else source.name
+
+
+def _load_revision(source: Source) -> str | None:
+    return None if source.is_local else source.revision

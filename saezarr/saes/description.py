@@ -1,0 +1,43 @@
+"""What a layout loader tells of one SAE: its weights file, the arrays the encoder reads and how it encodes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from saezarr.sites import Site
+
+ARCHITECTURES = ("jumprelu", "relu", "topk")
+
+# fetch(filename, required) -> the file of the SAE's folder on local disk, or None if absent and not required
+Fetch = Callable[[str, bool], "Path | None"]
+
+
+@dataclass(frozen=True)
+class SAEDescription:
+    """One SAE as its layout describes it; `keys` names its arrays W_enc, b_enc, threshold and b_dec (or None)."""
+
+    layout: str
+    weights: Path
+    architecture: str
+    W_enc: str
+    b_enc: str
+    threshold: str | None = None
+    b_dec: str | None = None  # set only when b_dec is subtracted from the input before encoding
+    k: int | None = None
+    layer: int | None = None
+    name: str | None = None
+    average_l0: int | None = None
+    d_in: int | None = None  # what the layout's own settings say of the shapes, checked against the weights
+    d_sae: int | None = None
+    site: Site | None = None  # None: the source does not say (a local folder of another name)
+    model_name: str | None = None  # the model it was trained on, as TransformerLens names it
+    context_size: int | None = None  # the longest token sequence it was trained on
+    centred: bool = False  # trained on TransformerLens' center_writing_weights (mean over the hidden size removed)
+
+    @property
+    def keys(self) -> dict[str, str]:
+        """The arrays the encoder reads, by role."""
+        roles = {"W_enc": self.W_enc, "b_enc": self.b_enc, "threshold": self.threshold, "b_dec": self.b_dec}
+        return {role: key for role, key in roles.items() if key is not None}

@@ -1,0 +1,1 @@
+"""The SAE formats saezarr reads, one module each."""

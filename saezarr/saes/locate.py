@@ -1,0 +1,268 @@
+"""Finding an SAE's files (hub repo or folder), reading its layout and checking its shapes against the model."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from saezarr.errors import SaezarrError, SaezarrNote
+from saezarr.hub import Source, download, resolve
+from saezarr.inputs.configs import SAEConfig, refuse_repeats
+from saezarr.models.names import names_model
+from saezarr.saes.description import SAEDescription
+from saezarr.saes.formats import gemma_scope, gemma_scope_2, saelens
+from saezarr.saes.weights import WeightsUnreadable, read_header
+from saezarr.sites import Site, check_read, gemma_scope_1_site, gemma_scope_2_site, resid_post
+
+if TYPE_CHECKING:
+    from saezarr.models.reading import ModelInfo
+
+LOADERS = (saelens, gemma_scope_2, gemma_scope)  # tried in this order, unless the folder's name says the layout
+OPTION = "--sae-repo"
+
+
+@dataclass(frozen=True)
+class SAEFile:
+    """One located SAE: its (completed) config, its layout and weights file, and its encoder's shape."""
+
+    config: SAEConfig
+    layout: SAEDescription
+    d_model: int
+    width: int
+
+    @property
+    def path(self) -> Path:
+        """The weights file."""
+        return self.layout.weights
+
+    def resolved(self) -> SAEFile:
+        """The same SAE with its weights file as an absolute path."""
+        return dataclasses.replace(self, layout=dataclasses.replace(self.layout, weights=self.layout.weights.resolve()))
+
+    @property
+    def encoder_bytes(self) -> int:
+        """Memory the encoder's arrays take as float32."""
+        vectors = len(self.layout.keys) - 1  # b_enc, and threshold and b_dec where the SAE has them
+        return 4 * (self.d_model * self.width + vectors * max(self.width, self.d_model))
+
+
+def _loaders_for(path: str) -> tuple:
+    """The layouts to try, the one the folder's name suggests first (one hub request in the usual case)."""
+    for loader in (gemma_scope_2, gemma_scope):
+        if loader.matches(path):
+            return (loader, *(other for other in LOADERS if other is not loader))
+    return LOADERS
+
+
+def _markers(path: str) -> list[str]:
+    """The files that would say each layout of the folder, in the order they are tried."""
+    return [loader.MARKER if path == "." else f"{path}/{loader.MARKER}" for loader in _loaders_for(path)]
+
+
+def resolve_sae_repo(name: str, first: SAEConfig, revision: str | None = None) -> Source:
+    """Find the SAE repository (hub id or folder), probing the first config's folder."""
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        return resolve(name, first.path, OPTION, revision)
+    first_error = None
+    for marker in _markers(first.path):
+        try:
+            return resolve(name, marker, OPTION, revision)
+        except SaezarrError as error:
+            first_error = first_error or error  # the file the folder's name suggests: the one to name
+    raise first_error
+
+
+def _fetcher(source: Source, config: SAEConfig, misses: list[SaezarrError]):
+    """fetch(filename, required): one file of the SAE's folder on local disk, None if absent and not required
+    (a hub file that could not be had is added to `misses`)."""
+
+    def fetch(filename: str, required: bool) -> Path | None:
+        if source.is_local:
+            path = source.local_dir / config.path / filename
+            if path.is_file():
+                return path
+            if required:
+                raise SaezarrError(f"{OPTION} {source.name}: config {config.name}: no {filename} in {path.parent}")
+            return None
+        subfolder = None if config.path == "." else config.path
+        try:
+            return download(source.name, filename, OPTION, source.revision, subfolder=subfolder)
+        except SaezarrError as error:
+            if required:
+                raise
+            misses.append(error)
+            return None
+
+    return fetch
+
+
+def read_description(source: Source, config: SAEConfig) -> SAEDescription:
+    """The SAE's layout, from the first of its layout's files found in its folder."""
+    misses: list[SaezarrError] = []
+    fetch = _fetcher(source, config, misses)
+    for loader in _loaders_for(config.path):
+        layout = loader.describe(config, fetch, source.name)
+        if layout is not None:
+            return layout
+    if misses:  # from the hub: say why the file the folder's name suggests could not be had
+        raise misses[0]
+    raise SaezarrError(
+        f"{OPTION} {source.name}: config {config.name}: no SAE in a known layout in {config.path} (looked for "
+        f"{saelens.CONFIG} + {saelens.WEIGHTS}, {gemma_scope_2.WEIGHTS}, {gemma_scope.WEIGHTS})"
+    )
+
+
+def known_from_path(config: SAEConfig) -> SAEConfig:
+    """The config with the layer and average L0 its folder's name gives, where the file does not say them."""
+    known = gemma_scope.from_path(config.path) or gemma_scope_2.from_path(config.path)
+    filled = {key: value for key, value in known.items() if getattr(config, key) is None and value is not None}
+    return dataclasses.replace(config, **filled) if filled else config
+
+
+def named_site(repo: str, config: SAEConfig) -> Site | None:
+    """The site the repository's or the folder's name says, without reading a file (None: the names say nothing)."""
+    site = gemma_scope_1_site(repo, config.path, config.layer)
+    if site is None and gemma_scope_2.matches(config.path):
+        site = gemma_scope_2_site(config.path, config.layer)
+    return site
+
+
+def checked_site(config: SAEConfig, site: Site | None, where: object) -> Site | None:
+    """The SAE's site as its source (else its config entry) says it, refused unless saezarr reads it; None if neither
+    says it."""
+    if site is None and config.hook is not None:
+        site = Site(config.hook, "the config file's hook")
+    return check_read(site, config.hook, config.name, str(where), config.layer) if site is not None else None
+
+
+def complete(config: SAEConfig, layout: SAEDescription, where: object) -> SAEConfig:
+    """The config with what its layout says (site, layer, average L0, name); a layer that contradicts it, or a site
+    saezarr does not read, is refused."""
+    site = checked_site(config, layout.site, where)
+    known_layer = layout.layer if layout.layer is not None else (site.layer if site is not None else None)
+    if config.layer is not None and known_layer is not None and config.layer != known_layer:
+        raise SaezarrError(
+            f"{where}: config {config.name}: 'layer' is {config.layer} but the SAE reads layer {known_layer}"
+        )
+    layer = config.layer if config.layer is not None else known_layer
+    if layer is None:
+        raise SaezarrError(f"{where}: config {config.name}: give its 'layer' (its layout does not say it)")
+    return dataclasses.replace(
+        config,
+        layer=layer,
+        average_l0=config.average_l0 if config.average_l0 is not None else layout.average_l0,
+        given_name=config.given_name or layout.name,
+        architecture=layout.architecture,
+        hook=site.hook if site is not None else None,
+    )
+
+
+def describe_configs(
+    sae_repo: str, configs: Sequence[SAEConfig], where: object
+) -> tuple[tuple[SAEConfig, ...], Source | None]:
+    """Every config with its site, layer and name known: from its repository's and folder's names, else from its
+    layout's files; a site saezarr does not read is refused here, before any model or weights file is fetched.
+
+    The SAE repository is resolved only when a config's files must be read; returns the configs and the source if
+    it was resolved."""
+    source = None
+    described = []
+    for config in map(known_from_path, configs):
+        site = checked_site(config, named_site(sae_repo, config), where)
+        if site is not None and config.layer is None:
+            config = dataclasses.replace(config, layer=site.layer)
+        if config.layer is None or config.path == ".":
+            source = source or resolve_sae_repo(sae_repo, config)
+            config = complete(config, read_description(source, config), where)
+        described.append(config)
+    refuse_repeats(where, described)
+    return tuple(described), source
+
+
+def locate_sae(source: Source, config: SAEConfig, model: ModelInfo, where: object = None) -> SAEFile:
+    """Get one SAE's files, complete its config from its layout, and check its shapes and training against the
+    model's."""
+    layout = read_description(source, config)
+    config = complete(config, layout, where or f"{OPTION} {source.name}")
+    at = f"{layout.weights}: config {config.name}"
+    _check_training(layout, config, model, at)
+    width = _check_shapes(layout, config, model.hidden_size, at)
+    if config.hook is None:
+        warnings.warn(
+            f"config {config.name}: nothing says which site the SAE reads ({source.name} is not named as a Gemma "
+            f"Scope repository); read as {resid_post(config.layer)}, the residual stream after layer {config.layer}. "
+            "Give the config entry a 'hook' to say it",
+            SaezarrNote,
+            stacklevel=2,
+        )
+    config = dataclasses.replace(config, width=width)
+    return SAEFile(config=config, layout=layout, d_model=model.hidden_size, width=width)
+
+
+def _check_training(layout: SAEDescription, config: SAEConfig, model: ModelInfo, at: str) -> None:
+    """Refuse an SAE trained on another model, or on activations that TransformerLens processed in a way the model
+    as saezarr reads it does not reproduce."""
+    if layout.model_name and not names_model(layout.model_name, model.source):
+        raise SaezarrError(
+            f"{at}: the SAE was trained on {layout.model_name!r}, but --model is {model.source.name} (a folder is "
+            "matched by its name); use the model it was trained on"
+        )
+    if layout.centred and model.rms_norm is not True:  # on an RMSNorm model TransformerLens skips the centring
+        norm = "a LayerNorm model" if model.rms_norm is False else "a model whose norm is not read here"
+        raise SaezarrError(
+            f"{at}: the SAE was trained on residuals centred by TransformerLens' center_writing_weights, which "
+            f"saezarr does not compute for {model.source.name} ({norm}): not implemented"
+        )
+
+
+def _check_shapes(layout: SAEDescription, config: SAEConfig, d_model: int, at: str) -> int:
+    """The SAE's width; refuse weights whose shapes disagree with each other, with its settings or with the model."""
+    try:
+        shapes = {key: tensor.shape for key, tensor in read_header(layout.weights).items()}
+    except WeightsUnreadable as exc:
+        raise SaezarrError(f"{at}: not a readable {layout.weights.name} ({exc})") from None
+    for role, key in layout.keys.items():
+        if key not in shapes:
+            raise SaezarrError(f"{at}: {layout.weights.name} has no {key!r} array (the SAE's {role})")
+    w_enc = shapes[layout.W_enc]
+    if len(w_enc) != 2:
+        raise SaezarrError(f"{at}: {layout.W_enc} must be 2-D, got shape {w_enc}")
+    d_in, width = w_enc
+    if layout.d_in is not None and layout.d_in != d_model:
+        raise SaezarrError(f"{at}: its settings say d_in {layout.d_in} but the model's hidden size is {d_model}")
+    if (layout.d_in, layout.d_sae) != (None, None) and (layout.d_in or d_in, layout.d_sae or width) != (d_in, width):
+        raise SaezarrError(
+            f"{at}: its settings say {layout.d_in} x {layout.d_sae} but {layout.W_enc} is {d_in} x {width}"
+        )
+    if d_in != d_model:
+        raise SaezarrError(f"{at}: {layout.W_enc} is {d_in} x {width} but the model's hidden size is {d_model}")
+    expected = {"b_enc": (width,), "threshold": (width,), "b_dec": (d_model,)}
+    for role, key in layout.keys.items():
+        if role in expected and shapes[key] != expected[role]:
+            raise SaezarrError(f"{at}: {key} has shape {shapes[key]}, expected {expected[role]}")
+    if config.width is not None and config.width != width:
+        raise SaezarrError(f"{at}: the config says width {config.width} but the SAE has {width} features")
+    if layout.k is not None and layout.k > width:
+        raise SaezarrError(f"{at}: k = {layout.k} is more than the SAE's {width} features")
+    return width
+
+
+def check_context(saes: Sequence[SAEFile], token_counts: Sequence[int], where: object) -> None:
+    """Refuse a sentence longer than the context an SAE was trained on (its cfg's `context_size`): refused, not
+    truncated, so that every stored fragment is one the SAE could have seen."""
+    limited = [sae for sae in saes if sae.layout.context_size is not None]
+    if not limited:
+        return
+    shortest = min(limited, key=lambda sae: sae.layout.context_size)
+    limit = shortest.layout.context_size
+    for row, count in enumerate(token_counts):
+        if count > limit:
+            raise SaezarrError(
+                f"{where}: data row {row + 1}: the sentence is {count} tokens long (BOS included), more than the "
+                f"{limit}-token context SAE {shortest.config.name} was trained on; shorten or split it"
+            )

@@ -1,0 +1,573 @@
+"""The Zarr store layout: one `activations[config, fragment, feature]` array, coordinates, completion marks."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import re
+import shutil
+import uuid
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from saezarr.durable import folders
+from saezarr.durable.folders import TEMP_SUFFIX, write_durably
+from saezarr.durable.locking import StoreLock
+from saezarr.errors import SaezarrError
+from saezarr.inputs.configs import SAEConfig
+from saezarr.store.residual_arrays import (
+    EMBEDDINGS,
+    RESIDUAL_UNIT,
+    RESIDUALS,
+    ResidualArrays,
+    add_residual_arrays,
+    write_consolidated,
+)
+from saezarr.store.shards import ChunkLayout, ShardDamaged, ShardEncoder, ShardFile
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import zarr
+
+ACTIVATIONS = "activations"
+STATE_GROUP = "_saezarr"
+DEFAULT_CHUNK_FRAGMENTS = 512
+DEFAULT_FEATURE_CHUNK = 2048
+UNIT_BYTES = 64 * 2**20  # a unit's float32 latents at most, by default, for SAEs wider than 32k (16k: 32 MiB)
+MIN_UNIT_FRAGMENTS = 128  # but no fewer: BLAS packs all of W_enc per unit, a cost per row of 1/fragments (1m: 512 MiB)
+STAGING_SUFFIX = ".creating"
+EXTEND_RECORD = "extend.json"  # in _saezarr/: what an extension keeps of the store's last partial chunk
+WIDTHS = "widths"  # root attribute: each config's SAE width (absent in stores of one width from older versions)
+STORE_ID = "store_id"  # root attribute: a random id, new on each create or overwrite (or extend) of a store
+ZSTD_LEVEL = 1  # on SAE latents level 1 is both smaller and faster than 3 (USAGE.md)
+# fields a resumed build must share with the build that started the store
+RESUME_FIELDS = (
+    "input_sha256",
+    "configs",
+    "model",
+    "model_revision",
+    "sae_repo",
+    "sae_revision",
+    "model_dtype",
+    "fragments",
+    "tokens_sha256",
+)
+FIELD_NAMES = {"tokens_sha256": "tokenization (sha256 of the token ids and fragment positions)"}
+
+
+class Store:
+    """An open saezarr store: its layout, and the completion marks of its (config, fragment-chunk) units.
+
+    The layout and codecs come from the activations' zarr.json: shards in saezarr's layout are read and written
+    without zarr, which opens the array on first use of `array` (or of a shard in another layout)."""
+
+    def __init__(self, path: str | Path, mode: str = "r"):
+        self.path = Path(path)
+        self.mode = mode
+        self.attrs = read_saezarr_attrs(self.path)
+        self.layout = ChunkLayout.read(self.path / ACTIVATIONS)
+        self.shape = self.n_configs, self.n_fragments, self.width = self.layout.shape
+        self.dtype = self.layout.dtype
+        self.chunk_fragments = self.layout.chunks[1]  # fragments per shard (or chunk, without sharding)
+        self.n_chunks = -(-self.n_fragments // self.chunk_fragments)
+        self.config_names: list[str] = list(self.attrs["configs"])
+        self.marks = self.path / STATE_GROUP / "done"
+        self.feature_chunk = self.layout.inner_chunks[2]  # features per (inner) chunk
+        self.shard_width = self.layout.chunks[2]  # features per shard: a wider SAE's unit spans several shards
+        # each config's SAE width; the feature axis is the widest, and a narrower SAE's features past its width are NaN
+        self.widths = np.array(self.attrs.get(WIDTHS) or [self.width] * self.n_configs, dtype=np.int64)
+
+    @functools.cached_property
+    def identity(self) -> str:
+        """Which store this is: its store_id, new whenever a store is created (or renewed) at this path."""
+        return self.attrs.get(STORE_ID) or _legacy_identity(self.path)
+
+    @functools.cached_property
+    def array(self) -> zarr.Array:
+        """The activations array, opened with zarr (a one-line error if zarr cannot open it)."""
+        import zarr
+
+        try:
+            array = zarr.open_array(self.path / ACTIVATIONS, mode=self.mode)
+        except (OSError, ValueError, KeyError, TypeError, zarr.errors.BaseZarrError) as exc:
+            raise SaezarrError(f"{self.path}: {array_unreadable(exc)}") from None
+        # every unit is written whole, so zarr need not test chunks for being all fill value
+        return array.with_config({"write_empty_chunks": True})
+
+    @functools.cached_property
+    def residuals(self) -> ResidualArrays | None:
+        """The store's residual stream arrays, or None if it keeps none."""
+        return ResidualArrays.open(self.path)
+
+    @functools.cached_property
+    def extend_record(self) -> dict | None:
+        """The record of an extension still in progress (`kept_fragments`, `kept_configs`), or None."""
+        record = self.path / STATE_GROUP / EXTEND_RECORD
+        return json.loads(record.read_text()) if record.is_file() else None
+
+    def kept_rows(self, config_index: int, chunk: int) -> int:
+        """Leading rows of a unit that an extension keeps from its shard as they were (0: none)."""
+        record = self.extend_record
+        if record is None or config_index >= record["kept_configs"]:
+            return 0
+        start, _ = self.chunk_bounds(chunk)
+        return max(0, min(record["kept_fragments"] - start, self.chunk_size(chunk)))
+
+    def residual_rows_stored(self, chunk: int, done: np.ndarray | None = None) -> int:
+        """How many leading rows of a chunk have their residuals in the store (its unit done, or kept by an
+        extension); `done` is the residual units' completion, read if not given."""
+        if self.residuals is None:
+            return 0
+        done = self.residuals.done() if done is None else done
+        if done[chunk]:
+            return self.chunk_size(chunk)
+        record = self.extend_record
+        start, _ = self.chunk_bounds(chunk)
+        kept = 0 if record is None else record["kept_fragments"]
+        return max(0, min(kept - start, self.chunk_size(chunk)))
+
+    def pending_residuals(self) -> np.ndarray:
+        """The chunks whose residual unit is still to write (none without residuals)."""
+        return np.array([], dtype=np.int64) if self.residuals is None else np.flatnonzero(~self.residuals.done())
+
+    @functools.cached_property
+    def _shard_encoder(self) -> ShardEncoder | None:
+        return ShardEncoder.for_layout(self.layout)
+
+    def coordinate(self, name: str) -> np.ndarray:
+        """One coordinate of the store, e.g. `sentence_index` or `layer`, read whole (strings as numpy StringDType)."""
+        import zarr
+
+        return zarr.open_array(self.path / name, mode="r")[...]
+
+    def has_coordinate(self, name: str) -> bool:
+        """True if the store has the coordinate (stores built by older saezarr versions lack some)."""
+        return (self.path / name / "zarr.json").is_file()
+
+    def chunk_bounds(self, chunk: int) -> tuple[int, int]:
+        """Fragment index range [start, stop) of a fragment chunk."""
+        start = chunk * self.chunk_fragments
+        return start, min(start + self.chunk_fragments, self.n_fragments)
+
+    def chunk_size(self, chunk: int) -> int:
+        """Number of fragments in a fragment chunk."""
+        start, stop = self.chunk_bounds(chunk)
+        return stop - start
+
+    def _mark(self, config_index: int, chunk: int) -> Path:
+        return self.marks / self.config_names[config_index] / str(chunk)
+
+    def shard_files(self, config_index: int, chunk: int) -> list[Path]:
+        """The files that hold one unit's latents (there once written): one shard per `shard_width` features."""
+        n_shards = -(-int(self.widths[config_index]) // self.shard_width)
+        return [self._shard_path(config_index, chunk, s) for s in range(n_shards)]
+
+    def _shard_path(self, config_index: int, chunk: int, shard: int) -> Path:
+        return self.path / ACTIVATIONS / self.layout.chunk_key((config_index, chunk, shard))
+
+    def is_done(self, config_index: int, chunk: int) -> bool:
+        """True if the unit is marked complete and the data file it marks is there."""
+        return self._mark(config_index, chunk).exists() and self.shard_written(config_index, chunk)
+
+    def shard_written(self, config_index: int, chunk: int) -> bool:
+        """True if the unit's shard file (RESIDUAL_UNIT: each of the chunk's residual files) is there and not empty
+        (marked or not)."""
+        if config_index == RESIDUAL_UNIT:
+            return all(f.is_file() and f.stat().st_size > 0 for f in self.residuals.files(chunk))
+        return all(f.is_file() and f.stat().st_size > 0 for f in self.shard_files(config_index, chunk))
+
+    def done_matrix(self) -> np.ndarray:
+        """Completion of every (config, chunk) unit, as a boolean [n_configs, n_chunks] array."""
+        done = np.zeros((self.n_configs, self.n_chunks), dtype=bool)
+        for ci, name in enumerate(self.config_names):
+            folder = self.marks / name
+            if not folder.is_dir():
+                continue
+            for entry in os.scandir(folder):
+                if entry.name.isdigit() and int(entry.name) < self.n_chunks:
+                    done[ci, int(entry.name)] = self.shard_written(ci, int(entry.name))
+        return done
+
+    def read_chunk(
+        self, config_index: int, chunk: int, reduce: Callable[[np.ndarray], np.ndarray], features: slice = slice(None)
+    ) -> np.ndarray:
+        """`reduce` of one unit's latents [fragment, feature] (of a range of features, or all of its SAE's), applied to
+        column blocks (it must act on rows alone)."""
+        start, stop = self.chunk_bounds(chunk)
+        first, last, _ = features.indices(int(self.widths[config_index]))
+        if self._shard_encoder is None:
+            return reduce(self.array[config_index, start:stop, first:last])
+        parts = []
+        for shard in range(first // self.shard_width, -(-last // self.shard_width)):
+            offset = shard * self.shard_width
+            low, high = max(first, offset) - offset, min(last, offset + self.shard_width) - offset
+            inner = range(low // self.feature_chunk, -(-high // self.feature_chunk))
+            # decoding the shard here runs at the codec's speed on the caller's thread, no event loop in between
+            with self._shard(config_index, chunk, shard) as data:
+                try:
+                    block = self._shard_encoder.decode(data, stop - start, reduce, inner)
+                except ShardDamaged as exc:
+                    raise self.unreadable(config_index, chunk, exc) from None
+            skip = low - inner.start * self.feature_chunk
+            parts.append(block[:, skip : skip + high - low] if block.shape[1] != high - low else block)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+
+    def read_columns(self, config_index: int, chunk: int, features: np.ndarray) -> np.ndarray:
+        """One unit's latents [fragment, len(features)] of some features."""
+        start, stop = self.chunk_bounds(chunk)
+        if self._shard_encoder is None:
+            return self.array.get_orthogonal_selection((config_index, slice(start, stop), features))
+        features = np.asarray(features, dtype=np.int64)
+        out = np.empty((stop - start, len(features)), dtype="<f4")
+        shards = features // self.shard_width
+        for shard in np.unique(shards):
+            here = shards == shard
+            with self._shard(config_index, chunk, int(shard)) as data:
+                try:
+                    out[:, here] = self._shard_encoder.decode_columns(
+                        data, stop - start, features[here] - shard * self.shard_width
+                    )
+                except ShardDamaged as exc:
+                    raise self.unreadable(config_index, chunk, exc) from None
+        return out
+
+    def unreadable(self, config_index: int, chunk: int, exc: Exception) -> SaezarrError:
+        """The one-line error for a unit whose data cannot be read back."""
+        return SaezarrError(
+            f"{self.path}: cannot read chunk {chunk} of {self.config_names[config_index]} ({type(exc).__name__}: "
+            f"{exc}); the store may be damaged; rebuild it with `saezarr build ... --overwrite`",
+            exit_code=1,
+        )
+
+    @contextlib.contextmanager
+    def _shard(self, config_index: int, chunk: int, shard: int) -> Iterator[ShardFile | None]:
+        """One of the unit's shard files, read in parts: a unit of analysis reads one inner chunk of it, not all."""
+        try:
+            shard = ShardFile(self._shard_path(config_index, chunk, shard))
+        except FileNotFoundError:
+            yield None  # never written: zarr reads it as the fill value
+            return
+        with shard:
+            yield shard
+
+    def write_chunk(self, config_index: int, chunk: int, latents: np.ndarray) -> None:
+        """Write one unit's latents, then mark it complete."""
+        self.write_shard(config_index, chunk, latents)
+        self.mark_done(config_index, chunk)
+
+    def write_shard(self, config_index: int, chunk: int, latents: np.ndarray) -> None:
+        """Write one unit's latents durably, without marking it: any process may do this, the writer marks."""
+        expected = (self.chunk_size(chunk), int(self.widths[config_index]))
+        if latents.shape != expected:
+            raise ValueError(f"unit ({config_index}, {chunk}) takes latents of shape {expected}, got {latents.shape}")
+        files = self.shard_files(config_index, chunk)
+        data = [self._encode_shard(config_index, chunk, shard, latents) for shard in range(len(files))]
+        refuse_if_replaced(self.path, self.identity)  # a task that began before the store was replaced stops here
+        for file, content in zip(files, data):
+            write_durably(file, content)
+
+    def _encode_shard(self, config_index: int, chunk: int, shard: int, latents: np.ndarray) -> bytes:
+        """One shard's bytes: its `shard_width` columns of the unit's latents, NaN past the SAE's width."""
+        columns = latents[:, shard * self.shard_width : (shard + 1) * self.shard_width]
+        if columns.shape[1] < self.shard_width:
+            columns = np.pad(columns, ((0, 0), (0, self.shard_width - columns.shape[1])), constant_values=np.nan)
+        if self._shard_encoder is not None:
+            # zarr's array API merges each inner chunk into a fill-value buffer on one event-loop thread;
+            # encoding the whole shard here runs at the codec's speed on every writer thread
+            return b"".join(self._shard_encoder.encode(columns))
+        return self._encode_with_zarr(config_index, chunk, shard, columns)
+
+    def mark_done(self, config_index: int, chunk: int) -> None:
+        """Mark a unit complete (RESIDUAL_UNIT: a chunk's residuals); only once its files are durable."""
+        if config_index == RESIDUAL_UNIT:
+            self.residuals.mark_done(chunk)
+            return
+        mark = self._mark(config_index, chunk)
+        mark.parent.mkdir(parents=True, exist_ok=True)
+        mark.touch()
+
+    def _encode_with_zarr(self, config_index: int, chunk: int, shard: int, columns: np.ndarray) -> bytes:
+        """One shard's bytes as zarr's array API encodes them, written to a scratch in-memory copy of the array."""
+        import zarr
+        from zarr.core.buffer import default_buffer_prototype
+        from zarr.storage import MemoryStore
+
+        scratch: dict = {}
+        metadata = (self.path / ACTIVATIONS / "zarr.json").read_bytes()
+        scratch["zarr.json"] = default_buffer_prototype().buffer.from_bytes(metadata)
+        array = zarr.open_array(MemoryStore(scratch), mode="r+").with_config({"write_empty_chunks": True})
+        start, stop = self.chunk_bounds(chunk)
+        first = shard * self.shard_width
+        last = min(first + self.shard_width, self.width)
+        array[config_index, start:stop, first:last] = columns[:, : last - first]
+        return scratch[array.metadata.encode_chunk_key((config_index, chunk, shard))].to_bytes()
+
+    def discard_partial_writes(self) -> None:
+        """Delete the temporary files of writes that a killed build left (saezarr's and zarr's)."""
+        for pattern in ("*.partial", f".*{TEMP_SUFFIX}"):
+            for array in (ACTIVATIONS, RESIDUALS, EMBEDDINGS):
+                for path in (self.path / array).rglob(pattern):
+                    path.unlink(missing_ok=True)
+
+    def lock(self) -> StoreLock:
+        """The store's writer lock (not yet acquired)."""
+        return store_lock(self.path)
+
+    def bytes_on_disk(self) -> int:
+        """Total size of the store's files."""
+        return directory_bytes(self.path)
+
+
+def directory_bytes(path: Path) -> int:
+    """Total size of the files below a folder (one that a build is writing into too)."""
+    total = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):  # a shard's temporary file, renamed meanwhile
+                total += os.stat(os.path.join(folder, name)).st_size
+    return total
+
+
+def read_saezarr_attrs(path: Path) -> dict:
+    """The store's root attributes, or an error if the folder is not a saezarr store."""
+    meta = Path(path) / "zarr.json"
+    try:
+        attrs = json.loads(meta.read_text()).get("attributes", {})
+    except (OSError, ValueError):
+        attrs = {}
+    if "saezarr_version" not in attrs:
+        raise SaezarrError(f"{path}: not a saezarr store (no saezarr attributes in zarr.json)")
+    return attrs
+
+
+def store_identity(path: Path) -> str:
+    """The identity of the store at path as it is on disk now (see `Store.identity`)."""
+    return read_saezarr_attrs(path).get(STORE_ID) or _legacy_identity(Path(path))
+
+
+def refuse_if_replaced(path: Path, identity: str) -> None:
+    """Refuse in one line when the store at path is no longer the store of this identity (replaced or grown)."""
+    on_disk = store_identity(path)
+    if on_disk != identity:
+        raise SaezarrError(
+            f"{path}: the store there was replaced (store_id {on_disk}) since this work was planned for store_id "
+            f"{identity}; none of its units was marked done: rerun the command against the store as it is now"
+        )
+
+
+def _legacy_identity(path: Path) -> str:
+    # a store from before store_id: its activations' metadata file, written anew whenever a store is created
+    stat = (Path(path) / ACTIVATIONS / "zarr.json").stat()
+    return f"legacy-{stat.st_ino}-{stat.st_mtime_ns}-{stat.st_size}"
+
+
+# `s3://b/x` as a Path is `s3:/b/x`; a scheme has two or more letters, so `C:/x` is no URL
+_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):/+")
+
+
+def check_output_path(path: Path) -> bool:
+    """Return whether a saezarr store already exists at path; refuse URLs, files and foreign folders."""
+    url = _URL.match(str(path))
+    if url and url.group(1).lower() == "file":
+        local = str(path)[url.end() - 1 :]
+        raise SaezarrError(f"--output file://{local}: a file:// URL; give the path itself ({local})")
+    if url:
+        raise SaezarrError(
+            f"--output {url.group(1)}://{str(path)[url.end() :]}: a URL; saezarr writes stores to a file system path "
+            "only (object stores are not supported yet)"
+        )
+    if path.is_file() or (path.exists() and not path.is_dir()):
+        raise SaezarrError(f"--output {path}: is a file, not a store folder")
+    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        return False
+    try:
+        read_saezarr_attrs(path)
+    except SaezarrError as exc:
+        raise SaezarrError(f"--output {exc}; refusing to touch it") from None
+    return True
+
+
+def check_resume(path: Path, attrs: dict, configs: Sequence[SAEConfig] = ()) -> None:
+    """Refuse to resume a store started with a different input, config selection, model, SAEs, tokens or options, or
+    one that an extension has begun to grow."""
+    if (Path(path) / STATE_GROUP / EXTEND_RECORD).is_file():
+        raise SaezarrError(
+            f"--resume {path}: an extension of the store (build --extend) is in progress; rerun that same --extend "
+            "command to finish it"
+        )
+    stored = read_saezarr_attrs(path)
+    for field in RESUME_FIELDS:
+        name = FIELD_NAMES.get(field, field.replace("_", " "))
+        if field not in stored and field in attrs:
+            # a store from before the field was recorded: resuming it could mix what the field now guards
+            raise SaezarrError(
+                f"--resume {path}: the store records no {name}: an older saezarr "
+                f"({stored.get('saezarr_version')}) started it, so this resume could not be checked against it; "
+                "finish it with that saezarr or use --overwrite to start over"
+            )
+        if stored.get(field) != attrs.get(field):
+            raise SaezarrError(
+                f"--resume {path}: the store was started with a different {name} "
+                f"({_brief(stored.get(field))}, now {_brief(attrs.get(field))}); use --overwrite to start over"
+            )
+    stored_paths = dict(zip(stored["configs"], _stored_sae_paths(path)))
+    for config in configs:
+        if stored_paths.get(config.name, config.path) != config.path:
+            raise SaezarrError(
+                f"--resume {path}: the store was started with a different SAE path for config {config.name} "
+                f"({_brief(stored_paths[config.name])}, now {_brief(config.path)}); use --overwrite to start over"
+            )
+
+
+def _stored_sae_paths(path: Path) -> list[str]:
+    """The store's `sae_path` coordinate, one per config."""
+    import zarr
+
+    try:
+        return [str(value) for value in zarr.open_array(Path(path) / "sae_path", mode="r")[:]]
+    except (OSError, ValueError, KeyError, zarr.errors.BaseZarrError) as exc:
+        raise SaezarrError(
+            f"--resume {path}: the store is damaged and cannot be resumed (its sae_path coordinate: "
+            f"{type(exc).__name__}: {exc}); rebuild it with --overwrite"
+        ) from None
+
+
+def _brief(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def create_store(
+    path: Path,
+    fragments: pd.DataFrame,
+    configs: Sequence[SAEConfig],
+    widths: int | Sequence[int],
+    attrs: dict,
+    chunk_fragments: int = DEFAULT_CHUNK_FRAGMENTS,
+    replace: bool = False,
+    residual_layers: Sequence[int] | None = None,
+    hidden_size: int | None = None,
+) -> Store:
+    """Create the store with its coordinates and unwritten activations (and, with `residual_layers`, residuals and
+    embeddings of `hidden_size`) arrays, atomically by rename; `widths` are each config's SAE width (an int: all)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = folders.make_staging(path, STAGING_SUFFIX)
+    try:
+        widths = [widths] * len(configs) if isinstance(widths, int) else list(widths)
+        attrs = {**attrs, STORE_ID: uuid.uuid4().hex}
+        _write_layout(staging, fragments, configs, widths, attrs, chunk_fragments, shard_width=min(widths))
+        if residual_layers is not None:
+            add_residual_arrays(staging, list(residual_layers), hidden_size, len(fragments), chunk_fragments)
+            write_consolidated(staging)
+        if replace:
+            folders.swap_into_place(staging, path)
+        else:
+            os.rename(staging, path)
+    except OSError as exc:
+        raise SaezarrError(
+            f"--output {path}: could not create the store ({exc.strerror or exc})", exit_code=1
+        ) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return Store(path, mode="r+")
+
+
+def store_lock(path: Path) -> StoreLock:
+    """The writer lock of the store at path (not yet acquired), usable even if the store is damaged."""
+    return StoreLock(Path(path) / STATE_GROUP / "lock", Path(path))
+
+
+def open_for_resume(path: Path) -> Store:
+    """Open an existing store for writing, or say in one line that it is too damaged to resume."""
+    try:
+        store = Store(path, mode="r+")
+        _ = store.array  # opened now: a resume should stop before it computes anything
+        return store
+    except (OSError, ValueError, KeyError, TypeError, SaezarrError) as exc:
+        reason = str(exc).removeprefix(f"{path}: ") if isinstance(exc, SaezarrError) else array_unreadable(exc)
+        raise SaezarrError(
+            f"--resume {path}: the store is damaged and cannot be resumed ({reason}); rebuild it with --overwrite"
+        ) from None
+
+
+def array_unreadable(exc: Exception) -> str:
+    """Why the activations array cannot be read, for one-line errors."""
+    return f"cannot read the store's {ACTIVATIONS} array ({type(exc).__name__}: {exc})"
+
+
+def remove_stale_staging(path: Path) -> None:
+    """Delete this output's half-created stores (`.NAME.PID.RANDOM.creating`) whose creating process is gone."""
+    folders.remove_stale_staging(path, STAGING_SUFFIX)
+
+
+def _write_layout(
+    path: Path, fragments: pd.DataFrame, configs, widths: Sequence[int], attrs, chunk_fragments, shard_width: int
+) -> None:
+    """A new store's arrays and coordinates at path: a feature axis as wide as the widest SAE, in shards of
+    `shard_width` features."""
+    import dask.array as da
+    import xarray as xr
+    import zarr
+    from zarr.codecs import ZstdCodec
+
+    n_configs, n_fragments = len(configs), len(fragments)
+    chunk_fragments = max(1, min(chunk_fragments, n_fragments))
+    width = max(widths)
+    attrs = {**attrs, WIDTHS: [int(w) for w in widths]}
+    activations = da.zeros((n_configs, n_fragments, width), dtype=np.float32, chunks=(1, chunk_fragments, shard_width))
+    coords = {
+        "config": ("config", _strings(c.name for c in configs)),
+        "layer": ("config", np.array([c.layer for c in configs], dtype=np.int64)),
+        "average_l0": ("config", np.array([c.l0_or_missing for c in configs], dtype=np.int64)),  # -1: not known
+        "width": ("config", np.array(widths, dtype=np.int64)),
+        "architecture": ("config", _strings(c.architecture or "jumprelu" for c in configs)),
+        "sae_path": ("config", _strings(c.path for c in configs)),
+        "neuronpedia_source": ("config", _strings(c.neuronpedia or "" for c in configs)),
+        "feature": ("feature", np.arange(width, dtype=np.int64)),
+    }
+    for field in fragments.columns:
+        values = fragments[field].to_numpy()
+        coords[field] = (
+            "fragment",
+            _strings(values) if values.dtype.kind in "OUT" or field.endswith(("text", "sentence")) else values,
+        )
+    dataset = xr.Dataset({ACTIVATIONS: (("config", "fragment", "feature"), activations)}, coords=coords, attrs=attrs)
+    encoding = {
+        ACTIVATIONS: {
+            "chunks": (1, chunk_fragments, _feature_chunk(shard_width)),
+            "shards": (1, chunk_fragments, shard_width),
+            "compressors": (ZstdCodec(level=ZSTD_LEVEL, checksum=True),),  # a damaged chunk fails to decode
+            "fill_value": np.nan,
+        }
+    }
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        dataset.to_zarr(path, mode="w-", compute=False, encoding=encoding, zarr_format=3, consolidated=True)
+    zarr.open_group(path, mode="r+").create_group(STATE_GROUP)
+    (path / STATE_GROUP / "done").mkdir()
+
+
+def _strings(values: Iterable) -> np.ndarray:
+    # variable-length UTF-8 has a Zarr v3 spec; fixed-width numpy unicode does not
+    return np.array(list(values), dtype=object)
+
+
+def default_chunk_fragments(width: int) -> int:
+    """Fragments per unit by default: DEFAULT_CHUNK_FRAGMENTS, fewer for SAEs wider than 32k so that a unit's
+    latents stay within UNIT_BYTES, which bounds the writer's host buffers, but at least MIN_UNIT_FRAGMENTS, below
+    which encoding a unit is bound by packing W_enc rather than by its arithmetic (1m wide: 128 fragments)."""
+    return max(MIN_UNIT_FRAGMENTS, min(DEFAULT_CHUNK_FRAGMENTS, UNIT_BYTES // (4 * width)))
+
+
+def _feature_chunk(width: int) -> int:
+    """Largest divisor of width not above DEFAULT_FEATURE_CHUNK, more where the default unit has fewer fragments
+    (an inner chunk of a default unit keeps about 4 MiB at every width), so inner chunks tile the shard."""
+    wanted = DEFAULT_FEATURE_CHUNK * DEFAULT_CHUNK_FRAGMENTS // default_chunk_fragments(width)
+    return next(c for c in range(min(wanted, width), 0, -1) if width % c == 0)

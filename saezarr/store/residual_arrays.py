@@ -1,0 +1,174 @@
+"""The store's residual stream: `residuals[residual_layer, fragment, hidden]` (resid_post of each kept layer) and
+`embeddings[fragment, hidden]` (the input of the first decoder layer), one zstd chunk file per (layer, fragment
+chunk), written whole and durably per fragment chunk, then marked in `_saezarr/done_residuals/<chunk>`."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from saezarr.durable.folders import write_durably
+
+RESIDUALS = "residuals"
+EMBEDDINGS = "embeddings"
+RESIDUAL_LAYER = "residual_layer"
+RESIDUAL_UNIT = -1  # the config index under which a chunk's residual unit is written, reported and marked
+MARKS = "done_residuals"
+ZSTD_LEVEL = 1
+
+
+def add_residual_arrays(
+    path: Path, layers: list[int], hidden: int, n_fragments: int, chunk_fragments: int, dtype: str = "float32"
+) -> None:
+    """Create the (unwritten) residuals and embeddings arrays and the residual_layer coordinate in a store folder."""
+    import zarr
+    from zarr.codecs import ZstdCodec
+
+    chunk_fragments = max(1, min(chunk_fragments, n_fragments))
+    compressor = ZstdCodec(level=ZSTD_LEVEL, checksum=True)  # a damaged chunk fails to decode
+    common = dict(dtype=dtype, fill_value=np.nan, compressors=compressor, zarr_format=3)
+    zarr.create_array(
+        str(path / RESIDUALS),
+        shape=(len(layers), n_fragments, hidden),
+        chunks=(1, chunk_fragments, hidden),
+        dimension_names=(RESIDUAL_LAYER, "fragment", "hidden"),
+        **common,
+    )
+    zarr.create_array(
+        str(path / EMBEDDINGS),
+        shape=(n_fragments, hidden),
+        chunks=(chunk_fragments, hidden),
+        dimension_names=("fragment", "hidden"),
+        **common,
+    )
+    coordinate = zarr.create_array(
+        str(path / RESIDUAL_LAYER),
+        shape=(len(layers),),
+        chunks=(max(1, len(layers)),),
+        dtype="int64",
+        fill_value=0,
+        dimension_names=(RESIDUAL_LAYER,),
+        zarr_format=3,
+    )
+    coordinate[:] = np.asarray(layers, dtype=np.int64)
+
+
+def write_consolidated(path: Path, attrs: dict | None = None) -> None:
+    """Rewrite the root zarr.json durably: the arrays' metadata consolidated, and `attrs` as attributes if given."""
+    root = json.loads((path / "zarr.json").read_text())
+    if attrs is not None:
+        root["attributes"] = attrs
+    metadata = {}
+    for entry in sorted(os.scandir(path), key=lambda e: e.name):
+        meta = Path(entry.path) / "zarr.json"
+        if entry.is_dir() and not entry.name.startswith(("_", ".")) and meta.is_file():
+            metadata[entry.name] = json.loads(meta.read_text())
+    root["consolidated_metadata"] = {"kind": "inline", "must_understand": False, "metadata": metadata}
+    write_durably(path / "zarr.json", json.dumps(root, indent=2).encode())
+
+
+@dataclass(frozen=True)
+class ResidualArrays:
+    """A store's residual arrays: the layers kept, and their chunk files written and read without zarr."""
+
+    path: Path
+    layers: tuple[int, ...]
+    hidden: int
+    n_fragments: int
+    chunk_fragments: int
+    dtype: np.dtype
+
+    @classmethod
+    def open(cls, path: Path) -> ResidualArrays | None:
+        """The residual arrays of the store at path, or None if it keeps no residual stream."""
+        from saezarr.store.shards import ChunkLayout
+
+        if not (path / RESIDUALS / "zarr.json").is_file():
+            return None
+        import zarr
+
+        layout = ChunkLayout.read(path / RESIDUALS)
+        layers = np.asarray(zarr.open_array(str(path / RESIDUAL_LAYER), mode="r")[...], dtype=np.int64)
+        return cls(path, tuple(layers.tolist()), layout.shape[2], layout.shape[1], layout.chunks[1], layout.dtype)
+
+    @property
+    def n_chunks(self) -> int:
+        """Fragment chunks of the arrays."""
+        return -(-self.n_fragments // self.chunk_fragments)
+
+    @property
+    def marks(self) -> Path:
+        """The folder of the residual units' completion marks."""
+        return self.path / "_saezarr" / MARKS
+
+    def bounds(self, chunk: int) -> tuple[int, int]:
+        """Fragment index range [start, stop) of a chunk."""
+        start = chunk * self.chunk_fragments
+        return start, min(start + self.chunk_fragments, self.n_fragments)
+
+    def files(self, chunk: int) -> list[Path]:
+        """The chunk files of one unit: each layer's residuals, then the embeddings."""
+        return [self.path / RESIDUALS / "c" / str(i) / str(chunk) / "0" for i in range(len(self.layers))] + [
+            self.path / EMBEDDINGS / "c" / str(chunk) / "0"
+        ]
+
+    def done(self) -> np.ndarray:
+        """Completion of every chunk's residual unit, as a boolean [n_chunks] array."""
+        done = np.zeros(self.n_chunks, dtype=bool)
+        if self.marks.is_dir():
+            for entry in os.scandir(self.marks):
+                if entry.name.isdigit() and int(entry.name) < self.n_chunks:
+                    done[int(entry.name)] = all(f.is_file() for f in self.files(int(entry.name)))
+        return done
+
+    def write_unit(self, chunk: int, residuals: np.ndarray, embeddings: np.ndarray) -> None:
+        """Write one chunk's residuals [layer, rows, hidden] and embeddings [rows, hidden] durably, unmarked."""
+        start, stop = self.bounds(chunk)
+        expected = (len(self.layers), stop - start, self.hidden)
+        if residuals.shape != expected or embeddings.shape != expected[1:]:
+            raise ValueError(f"residual unit {chunk} takes {expected}, got {residuals.shape} and {embeddings.shape}")
+        blocks = [*residuals, embeddings]
+        for file, block in zip(self.files(chunk), blocks):
+            write_durably(file, self._encode(block))
+
+    def mark_done(self, chunk: int) -> None:
+        """Mark a chunk's residual unit complete; only once its files are durable."""
+        self.marks.mkdir(parents=True, exist_ok=True)
+        (self.marks / str(chunk)).touch()
+
+    def unmark(self, chunk: int) -> None:
+        """Remove a chunk's completion mark (its files stay)."""
+        (self.marks / str(chunk)).unlink(missing_ok=True)
+
+    def read(self, layers: list[int], start: int, stop: int) -> dict[int, np.ndarray]:
+        """{layer: residuals [stop - start, hidden]} of kept layers for fragments within one written chunk."""
+        chunk = start // self.chunk_fragments
+        offset = chunk * self.chunk_fragments
+        files = self.files(chunk)
+        return {
+            layer: self._decode(files[self.layers.index(layer)])[start - offset : stop - offset] for layer in layers
+        }
+
+    def read_embeddings(self, start: int, stop: int) -> np.ndarray:
+        """Embeddings [stop - start, hidden] of fragments within one written chunk."""
+        offset = (start // self.chunk_fragments) * self.chunk_fragments
+        return self._decode(self.files(start // self.chunk_fragments)[-1])[start - offset : stop - offset]
+
+    def _encode(self, block: np.ndarray) -> bytes:
+        # zarr stores an edge chunk whole, the rows past the array's end holding the fill value
+        full = np.full((self.chunk_fragments, self.hidden), np.nan, dtype=self.dtype.newbyteorder("<"))
+        full[: len(block)] = block
+        return self._zstd().encode(full)
+
+    def _decode(self, file: Path) -> np.ndarray:
+        data = self._zstd().decode(file.read_bytes())
+        return np.frombuffer(data, dtype=self.dtype.newbyteorder("<")).reshape(self.chunk_fragments, self.hidden)
+
+    def _zstd(self):
+        from numcodecs import Zstd
+
+        return Zstd(level=ZSTD_LEVEL, checksum=True)

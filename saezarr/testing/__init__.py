@@ -1,0 +1,1 @@
+"""Generated stand-ins for models and SAEs (tests, the demo and benchmarks)."""

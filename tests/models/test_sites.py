@@ -1,0 +1,239 @@
+"""Each SAE's site comes from what its source says; a site saezarr does not read, or a training it does not
+reproduce, is refused in one line before the model loads, and nothing is written. What holds builds as before."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import saezarr
+from saezarr.cli import main
+from saezarr.errors import SaezarrError
+from saezarr.hub import Source
+from saezarr.inputs.configs import SAEConfig
+from saezarr.models.names import names_model
+from saezarr.models.reading import ModelInfo
+from saezarr.saes.locate import locate_sae
+from saezarr.sites import Site, hf_hook_site
+from saezarr.testing.synthetic import (
+    calibration_residuals,
+    random_sae,
+    saelens_cfg,
+    write_gemma_scope_2_sae,
+    write_saelens_sae,
+)
+
+
+def _snapshot(root: Path) -> list[tuple[Path, bytes]]:
+    return sorted((p, p.read_bytes()) for p in root.rglob("*") if p.is_file())
+
+
+def _csv(folder: Path, sentences, n: int = 6) -> Path:
+    lines = ["sentence,concept_strength_label"] + [f'"{s}",{i % 4}' for i, s in enumerate(sentences[:n])]
+    path = folder / "few.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _build(root: Path, csv: Path, model: str, sae_repo: str, entries: list[dict], name: str, capsys):
+    """Run `saezarr build` on a config file of `entries`; return (exit code, saezarr's stderr lines, output)."""
+    config = root / f"{name}.json"
+    config.write_text(json.dumps({"model": model, "sae_repo": sae_repo, "configs": entries}))
+    output = root / f"{name}.zarr"
+    code = main(["build", "--input", str(csv), "--output", str(output), "--config", str(config), "--quiet"])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("saezarr:")]
+    return code, lines, output
+
+
+@pytest.fixture(scope="module")
+def sites(tiny, tmp_path_factory):
+    """SAEs of one layer-0 JumpReLU SAE's weights, in every naming and settings case the tests need."""
+    root = tmp_path_factory.mktemp("sites")
+    x = calibration_residuals(tiny.model, [0, 3], list(tiny.sentences))
+    rng = np.random.default_rng(3)
+    weights = random_sae(x[0], 48, 6, rng)
+    for family in ("mlp", "att", "transcoders", "res"):  # Gemma Scope 1 repositories, named as published
+        folder = root / f"gemma-scope-2b-pt-{family}" / "layer_0/width_16k/average_l0_6"
+        folder.mkdir(parents=True)
+        np.savez(folder / "params.npz", **weights)
+    embedding = root / "gemma-scope-2b-pt-res/embedding/width_4k/average_l0_6"
+    embedding.mkdir(parents=True)
+    np.savez(embedding / "params.npz", **weights)
+    for prefix in ("mlp_out_all", "attn_out", "transcoder_all", "resid_post_all"):  # Gemma Scope 2 prefixes
+        write_gemma_scope_2_sae(root / "gs2" / prefix / "layer_0_width_16k_l0_small", weights)
+    hooks = {"mlp": "model.layers.0.post_feedforward_layernorm.output", "resid": "model.layers.0.output"}
+    for name, hook in hooks.items():
+        write_gemma_scope_2_sae(
+            root / f"gs2-{name}" / "layer_0_width_16k_l0_small",
+            weights,
+            {"architecture": "jump_relu", "hf_hook_point_in": hook},
+        )
+    plain = saelens_cfg(0, 32, 48, "jumprelu")
+    write_saelens_sae(root / "plain" / "sae", weights, plain)
+    kwargs = {"center_writing_weights": True, "fold_ln": True, "center_unembed": True}
+    holding = {**plain, "metadata": {**plain["metadata"], "model_name": "model", "context_size": 1024}}
+    holding["metadata"].update(prepend_bos=True, model_from_pretrained_kwargs=kwargs)
+    write_saelens_sae(root / "holding" / "sae", weights, holding)
+    csv = _csv(root, tiny.sentences)
+    return root, csv
+
+
+@pytest.mark.parametrize(
+    "repo, path, message",
+    [
+        ("gemma-scope-2b-pt-mlp", "layer_0/width_16k/average_l0_6", "reads blocks.0.hook_mlp_out"),
+        ("gemma-scope-2b-pt-att", "layer_0/width_16k/average_l0_6", "reads blocks.0.attn.hook_z"),
+        ("gemma-scope-2b-pt-transcoders", "layer_0/width_16k/average_l0_6", "reads blocks.0.ln2.hook_normalized"),
+        ("gemma-scope-2b-pt-res", "embedding/width_4k/average_l0_6", "reads hook_embed"),
+        ("gs2", "mlp_out_all/layer_0_width_16k_l0_small", "reads blocks.0.hook_mlp_out (the folder's prefix"),
+        ("gs2", "attn_out/layer_0_width_16k_l0_small", "reads blocks.0.attn.hook_z"),
+        ("gs2", "transcoder_all/layer_0_width_16k_l0_small", "reads blocks.0.hook_mlp_in"),
+        ("gs2-mlp", "layer_0_width_16k_l0_small", "reads blocks.0.hook_mlp_out (hf_hook_point_in in"),
+    ],
+)
+def test_a_site_saezarr_does_not_read_is_refused_in_one_line_before_the_model_loads(
+    tiny, sites, repo, path, message, tmp_path, capsys
+):
+    root, csv = sites
+    before = _snapshot(root)
+    entry = {"path": path, "layer": 0} if "embedding" in path else {"path": path}
+    said_by_a_file = repo == "gs2-mlp"  # else the names say it: refused before the model is even looked for
+    for model in [str(tiny.model)] + ([] if said_by_a_file else [str(root / "no-such-model")]):
+        code, lines, output = _build(tmp_path, csv, model, str(root / repo), [entry], "refused", capsys)
+        assert code == 2 and len(lines) == 1 and message in lines[0], lines
+        assert "saezarr reads only blocks.L.hook_resid_post" in lines[0]
+        assert "would have read blocks.0.hook_resid_post instead" in lines[0]
+        assert not output.exists()
+    assert _snapshot(root) == before
+
+
+def test_a_gemma_scope_hub_id_is_refused_by_its_name_without_a_download(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    entry = {"path": "layer_2/width_16k/average_l0_41"}
+    csv = _csv(tmp_path, ["one two three"])
+    code, lines, output = _build(
+        tmp_path, csv, "google/gemma-2-2b", "google/gemma-scope-2b-pt-mlp", [entry], "m", capsys
+    )
+    assert code == 2 and len(lines) == 1, lines
+    assert "config layer_2_l0_41: the SAE reads blocks.2.hook_mlp_out (the repository's name" in lines[0]
+    assert "would have read blocks.2.hook_resid_post" in lines[0]
+    assert not output.exists() and not (tmp_path / "hf").exists()
+
+
+def test_every_reading_of_the_residual_stream_gives_the_same_store_and_no_note(tiny, sites, capsys):
+    root, csv = sites
+    built = {}
+    for repo, path in [
+        ("gemma-scope-2b-pt-res", "layer_0/width_16k/average_l0_6"),
+        ("gs2", "resid_post_all/layer_0_width_16k_l0_small"),
+        ("gs2-resid", "layer_0_width_16k_l0_small"),
+        ("plain", "sae"),
+        ("holding", "sae"),  # model_name, context_size, prepend_bos and centring (a no-op on RMSNorm) all hold
+    ]:
+        entry = {"path": path, "layer": 0, "name": "sae"}
+        code, lines, output = _build(root, csv, str(tiny.model), str(root / repo), [entry], f"ok-{repo}", capsys)
+        assert code == 0 and not [line for line in lines if "note" in line], lines
+        built[repo] = saezarr.open_store(output).activations.values
+    first = built.pop("gemma-scope-2b-pt-res")
+    assert np.abs(first).sum() > 0
+    for values in built.values():
+        np.testing.assert_array_equal(values, first)
+
+
+def test_a_site_nothing_says_is_read_as_resid_post_with_a_note_unless_the_entry_says_it(tiny, tmp_path, capsys):
+    csv = _csv(tmp_path, tiny.sentences)
+    entry = {"path": tiny.configs[0].path}
+    code, lines, _ = _build(tmp_path, csv, str(tiny.model), str(tiny.saes), [entry], "unsaid", capsys)
+    notes = [line for line in lines if line.startswith("saezarr: note:")]
+    assert code == 0 and len(notes) == 1, lines
+    assert "nothing says which site the SAE reads" in notes[0] and "blocks.0.hook_resid_post" in notes[0]
+    said = {**entry, "hook": "blocks.0.hook_resid_post"}
+    code, lines, _ = _build(tmp_path, csv, str(tiny.model), str(tiny.saes), [said], "said", capsys)
+    assert code == 0 and not [line for line in lines if "note" in line], lines
+
+
+def test_a_model_whose_tokenizer_has_no_bos_is_refused(tiny, tmp_path, capsys):
+    model = tmp_path / "no-bos-model"
+    shutil.copytree(tiny.model, model)
+    settings = json.loads((model / "tokenizer_config.json").read_text())
+    settings["bos_token"] = None
+    settings["add_bos_token"] = False
+    (model / "tokenizer_config.json").write_text(json.dumps(settings))
+    csv = _csv(tmp_path, tiny.sentences)
+    before = _snapshot(tmp_path)
+    entry = {"path": tiny.configs[0].path, "hook": "blocks.0.hook_resid_post"}
+    code, lines, output = _build(tmp_path, csv, str(model), str(tiny.saes), [entry], "nobos", capsys)
+    assert code == 2 and len(lines) == 1 and "its tokenizer has no BOS token" in lines[0], lines
+    assert not output.exists()
+    assert all(path.read_bytes() == data for path, data in before)
+
+
+def test_centred_residuals_are_refused_on_a_layernorm_model(sites):
+    root, _ = sites
+    holding = Source(str(root / "holding"), "local", root / "holding")
+    model = Source(str(root / "model"), "local", root / "model")
+    layer_norm = ModelInfo(model, num_layers=1, hidden_size=32, max_tokens=None, rms_norm=False)
+    with pytest.raises(SaezarrError, match="center_writing_weights, which saezarr does not compute .* LayerNorm"):
+        locate_sae(holding, SAEConfig(0, None, "sae"), layer_norm)
+    rms = ModelInfo(model, num_layers=1, hidden_size=32, max_tokens=None, rms_norm=True)
+    assert locate_sae(holding, SAEConfig(0, None, "sae"), rms).config.hook == "blocks.0.hook_resid_post"
+
+
+def test_model_names_are_compared_as_transformer_lens_names_them(tmp_path):
+    hub = Source("google/gemma-2-2b", "abc", None)
+    assert names_model("gemma-2-2b", hub) and names_model("google/gemma-2-2b", hub)
+    assert not names_model("gemma-2-2b-it", hub) and not names_model("gemma-2-9b", hub)
+    assert names_model("gpt2-small", Source("gpt2", "abc", None))
+    cached = tmp_path / "models--EleutherAI--pythia-70m-deduped" / "snapshots" / ("0" * 40)
+    assert names_model("pythia-70m-deduped", Source(str(cached), "local", cached))
+    assert not names_model("pythia-160m", Source(str(cached), "local", cached))
+
+
+def test_hugging_face_module_hooks_name_their_sites():
+    expected = {
+        "model.layers.4.output": "blocks.4.hook_resid_post",
+        "model.language_model.layers.4": "blocks.4.hook_resid_post",
+        "model.layers.4.self_attn.o_proj.input": "blocks.4.attn.hook_z",
+        "model.layers.4.post_attention_layernorm.output": "blocks.4.hook_attn_out",
+        "model.layers.4.pre_feedforward_layernorm.output": "blocks.4.hook_mlp_in",
+        "model.layers.4.post_feedforward_layernorm.output": "blocks.4.hook_mlp_out",
+        "model.layers.4.mlp.down_proj.output": "model.layers.4.mlp.down_proj.output",  # unknown: refused
+    }
+    for hook, site in expected.items():
+        assert hf_hook_site(hook, "x").hook == site
+    assert Site("blocks.4.hook_resid_post", "x").is_read and not Site("hook_embed", "x").is_read
+
+
+def test_extending_a_store_with_an_sae_of_another_site_leaves_it_unchanged(tiny, sites, tmp_path, capsys):
+    root, csv = sites
+    res = str(root / "gemma-scope-2b-pt-res")
+    entry = {"path": "layer_0/width_16k/average_l0_6"}
+    code, _, store = _build(tmp_path, csv, str(tiny.model), res, [entry], "store", capsys)
+    assert code == 0
+    before = _snapshot(store)
+    config = tmp_path / "more.json"
+    mlp = str(root / "gemma-scope-2b-pt-mlp")
+    config.write_text(json.dumps({"model": str(tiny.model), "sae_repo": mlp, "configs": [entry]}))
+    code = main(["build", "--output", str(store), "--extend", "--config", str(config), "--quiet"])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("saezarr:")]
+    assert code == 2 and len(lines) == 1 and "the SAE reads blocks.0.hook_mlp_out" in lines[0], lines
+    assert _snapshot(store) == before
+
+
+def test_a_model_without_decoder_layers_where_saezarr_reads_is_refused_before_its_weights(tiny, tmp_path, capsys):
+    from transformers import GPT2Config
+
+    model = tmp_path / "gpt2-like"
+    GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=512, bos_token_id=0, eos_token_id=0).save_pretrained(model)
+    csv = _csv(tmp_path, tiny.sentences)
+    before = _snapshot(tmp_path)
+    entry = {"path": tiny.configs[0].path, "hook": "blocks.0.hook_resid_post"}
+    code, lines, output = _build(tmp_path, csv, str(model), str(tiny.saes), [entry], "gpt2", capsys)
+    assert code == 2 and len(lines) == 1, lines
+    assert f"--model {model}: GPT2Model: no decoder layers found" in lines[0]
+    assert not output.exists() and all(path.read_bytes() == data for path, data in before)
