@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from saezarr.analysis.report.page import CSS, SORT_JS, _esc, _num, _sortkey
+from saezarr.analysis.report.page import _esc, _num, _sortkey, static_text
 from saezarr.analysis.report.plots import concepts_png
 
 SHOWN_FEATURES = 100  # rows of the specific/shared table in the page (all of them in concept_features.csv)
@@ -29,7 +29,7 @@ def write_compare_report(directory: Path, analyses: list, counted: pd.DataFrame,
     path.write_text(
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{_esc(title)}</title>'
-        f"<style>{CSS}</style></head>\n<body><main>\n{''.join(body)}\n</main><script>{SORT_JS}</script></body></html>\n",
+        f"<style>{static_text('report.css')}</style></head>\n<body><main>\n{''.join(body)}\n</main><script>{static_text('sort.js')}</script></body></html>\n",
         encoding="utf-8",
     )
     return path

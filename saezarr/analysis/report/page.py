@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import math
 import re
+from importlib import resources
 from pathlib import Path
 
 import pandas as pd
@@ -600,100 +602,17 @@ def _trace_figure(trace: dict) -> str:
 # ---------------------------------------------------------------- the page
 
 
+@functools.cache
+def static_text(name: str) -> str:
+    """A file of the report's static/ folder (its CSS and JS), read from the installed package."""
+    return resources.files(__package__).joinpath("static", name).read_text(encoding="utf-8")
+
+
 def _page(info: dict, body: str) -> str:
     title = f"saezarr analyze · {info.get('input_file', '')}"
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{_esc(title)}</title><style>{CSS}</style></head>\n<body><main>\n{body}\n</main>"
-        f"<script>{SORT_JS}</script></body></html>\n"
+        f"<title>{_esc(title)}</title><style>{static_text('report.css')}</style></head>\n<body><main>\n{body}\n</main>"
+        f"<script>{static_text('sort.js')}</script></body></html>\n"
     )
-
-
-CSS = """
-:root{--fg:#1f2937;--muted:#6b7280;--line:#e5e7eb;--bg:#fff;--soft:#f8fafc;--accent:#c2410c;--shade:249,115,22}
-*{box-sizing:border-box}
-body{margin:0;background:var(--soft);color:var(--fg);font:14px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,
-"Helvetica Neue",Arial,sans-serif}
-main{max-width:1240px;margin:0 auto;padding:24px 28px 64px}
-h1{font-size:24px;margin:0 0 2px}h2{font-size:18px;margin:0 0 8px}h3{font-size:15px;margin:0}
-h4{margin:0 0 4px;font-size:12px}
-section{background:var(--bg);border:1px solid var(--line);border-radius:8px;padding:18px 20px;margin:18px 0}
-code{font:12px/1.4 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;background:var(--soft);padding:1px 4px;
-border-radius:3px;word-break:break-all}
-a{color:#1d4ed8;text-decoration:none}a:hover{text-decoration:underline}a.ext:after{content:" ↗";font-size:10px}
-.sub{color:var(--muted);margin:0 0 12px}.muted{color:var(--muted)}
-.hint{color:var(--muted);margin:0 0 10px;font-size:13px}
-.facts{display:flex;flex-wrap:wrap;gap:10px}
-.fact{background:var(--bg);border:1px solid var(--line);border-radius:8px;padding:8px 14px;min-width:110px}
-.fact span{display:block;color:var(--muted);font-size:11px;text-transform:uppercase;letter-spacing:.04em}
-.fact b{font-size:16px;font-variant-numeric:tabular-nums}
-table{border-collapse:collapse;font-variant-numeric:tabular-nums}
-table.kv th{text-align:left;font-weight:500;color:var(--muted);padding:3px 18px 3px 0;vertical-align:top;
-white-space:nowrap}
-table.kv td{padding:3px 0}
-.notes{background:#fffbeb;border:1px solid #fde68a;border-radius:6px;padding:8px 14px;margin:0 0 12px}
-.notes ul{margin:4px 0 0;padding-left:18px}
-.notice{background:#eff6ff;border:1px solid #bfdbfe;border-radius:6px;padding:8px 14px}
-.empty{color:var(--muted);font-style:italic}
-.verdict{border-radius:6px;padding:8px 14px;border:1px solid var(--line)}
-.verdict.none{background:#fef2f2;border-color:#fecaca}.verdict.some{background:#f0fdf4;border-color:#bbf7d0}
-img.plot{display:block;max-width:100%;height:auto;margin:6px 0 10px}
-details summary{cursor:pointer;color:#1d4ed8;margin:4px 0}
-.scroll{overflow-x:auto;max-height:640px;overflow-y:auto;border:1px solid var(--line);border-radius:6px}
-table.data{width:100%;font-size:13px}
-table.data th{position:sticky;top:0;background:#f1f5f9;text-align:right;font-weight:600;padding:6px 8px;
-border-bottom:1px solid var(--line);white-space:nowrap;cursor:pointer;user-select:none}
-table.data th:nth-child(2){text-align:left}
-table.data td{padding:4px 8px;border-bottom:1px solid #f1f5f9;white-space:nowrap}
-table.data td.n{text-align:right}
-table.data tbody tr:nth-child(even){background:#fbfdff}table.data tbody tr:hover{background:#fff7ed}
-.spark{display:inline-flex;align-items:flex-end;gap:2px;height:16px;vertical-align:middle}
-.spark i{display:block;width:6px;min-height:1px;background:rgb(var(--shade))}
-article.feature{border-top:1px solid var(--line);padding:16px 0 6px;scroll-margin-top:8px}
-article.feature:target{background:#fffbf5}
-article.feature header{display:flex;align-items:baseline;gap:14px;flex-wrap:wrap}
-.meta{color:var(--muted);font-size:13px}.up{margin-left:auto;font-size:12px}
-.stats{display:flex;flex-wrap:wrap;gap:4px 16px;margin:6px 0 10px;font-size:13px;font-variant-numeric:tabular-nums}
-.stats em{font-style:normal;color:var(--muted)}
-.body{display:flex;gap:24px;align-items:flex-start}
-figure.means{margin:0;flex:0 0 200px}figure.means figcaption{font-size:11px;color:var(--muted);text-align:center}
-svg rect.l0{fill:#cbd5e1}svg rect.l1{fill:#fdba74}svg rect.l2{fill:#f97316}svg rect.l3{fill:#c2410c}
-svg text{font-size:10px;text-anchor:middle;fill:var(--fg)}svg text.k{fill:var(--muted)}
-figure.trace{margin:14px 0;background:var(--bg);border:1px solid var(--line);border-radius:8px;padding:10px 12px}
-figure.trace .scroll{overflow-x:auto}figure.trace svg text.tok{text-anchor:start;font-size:11px}
-figure.trace svg text.yl{text-anchor:end;fill:var(--muted)}figure.trace svg line.axis{stroke:var(--line)}
-figure.trace .legend{display:flex;flex-wrap:wrap;gap:4px 14px;font-size:12px;color:var(--muted)}
-figure.trace .legend i{display:inline-block;width:12px;height:3px;margin-right:5px;vertical-align:middle}
-.examples{flex:1;min-width:0}.label{margin:0 0 8px}
-.chip{display:inline-block;border-radius:10px;padding:0 8px;font-weight:600;font-size:11px}
-.chip.l0{background:#e2e8f0}.chip.l1{background:#fed7aa}.chip.l2{background:#fdba74}.chip.l3{background:#fb923c}
-.examples ol{list-style:none;margin:0;padding:0}
-.examples li{display:flex;gap:10px;align-items:baseline;padding:2px 0;border-bottom:1px dotted #f1f5f9}
-.act{flex:0 0 58px;text-align:right;font:12px ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;
-background:rgba(var(--shade),calc(var(--a) * .85));border-radius:3px;padding:0 4px}
-.sent{white-space:pre-wrap;line-height:1.75}
-/* .85 at the feature's max keeps dark text readable on the strongest token */
-.t{background:rgba(var(--shade),calc(var(--a) * .85));border-radius:2px}
-.t:hover{outline:1px solid var(--accent)}
-@media (max-width:760px){.body{flex-direction:column}}
-"""
-
-SORT_JS = """
-document.querySelectorAll("table.sortable th").forEach(function(th) {
-  var i = th.cellIndex;
-  th.title = "sort";
-  th.addEventListener("click", function() {
-    var body = th.closest("table").tBodies[0], rows = Array.from(body.rows);
-    var dir = th.dataset.dir === "desc" ? 1 : -1;
-    th.dataset.dir = dir === 1 ? "asc" : "desc";
-    function key(row) { var c = row.cells[i]; return c.dataset.v !== undefined ? c.dataset.v : c.textContent; }
-    rows.sort(function(a, b) {
-      var x = key(a), y = key(b), nx = parseFloat(x), ny = parseFloat(y);
-      if (isNaN(nx) || isNaN(ny)) return isNaN(nx) - isNaN(ny) || dir * x.localeCompare(y);
-      return dir * (nx - ny);
-    });
-    rows.forEach(function(r) { body.appendChild(r); });
-  });
-});
-"""
