@@ -1,8 +1,11 @@
 """SAEs of every supported format behind one encoder contract.
 
-`locate` finds an SAE's files and reads its format (`formats.gemma_scope`: Gemma Scope 1 `params.npz`;
-`formats.gemma_scope_2`: Gemma Scope 2 `params.safetensors`; `formats.saelens`: SAELens `cfg.json` +
-`sae_weights.safetensors`) into a `description.Description`; `encoder` encodes activations with it, whole on the
-device or in feature tiles streamed from memory-mapped weights. Nothing is imported here, so importing the package
-does not import torch.
+`formats` is the registry of SAE formats, one module each (`gemma_scope`: Gemma Scope 1 `params.npz`;
+`gemma_scope_2`: Gemma Scope 2 `params.safetensors`; `saelens`: SAELens `cfg.json` + `sae_weights.safetensors`),
+and `activations` the registry of activation functions an SAE's `architecture` names (`jumprelu`, `relu`, `topk`);
+other packages add either through the `saezarr.sae_formats` and `saezarr.activations` entry-point groups. `locate`
+finds an SAE's files and asks the formats, in their order of trying, to read them into a
+`description.SAEDescription`; `encoder` encodes activations with it and its activation function, whole on the
+device or in feature tiles streamed from memory-mapped weights. Nothing is imported here, and neither registry
+imports torch, so importing the package does not import torch.
 """

@@ -1,4 +1,4 @@
-"""What a layout loader tells of one SAE: its weights file, the arrays the encoder reads and how it encodes."""
+"""What an SAE format tells of one SAE: its weights file, the arrays the encoder reads and how it encodes."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from saezarr.sites import Site
-
-ARCHITECTURES = ("jumprelu", "relu", "topk")
 
 # fetch(filename, required) -> the file of the SAE's folder on local disk, or None if absent and not required
 Fetch = Callable[[str, bool], "Path | None"]
@@ -20,7 +18,7 @@ class SAEDescription:
 
     layout: str
     weights: Path
-    architecture: str
+    architecture: str  # the name of a registered activation function (saezarr.saes.activations)
     W_enc: str
     b_enc: str
     threshold: str | None = None

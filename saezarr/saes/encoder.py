@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from saezarr.saes.activations import ACTIVATIONS, Bounds
 from saezarr.saes.locate import SAEFile
 from saezarr.saes.weights import as_float32, mapped, read_columns, read_header
 
@@ -22,13 +23,14 @@ MIN_TILE_FEATURES = 1024  # tiles narrower than this spend more time per call th
 
 
 class Encoder:
-    """An SAE's encoder on one device: JumpReLU, ReLU or TopK, with b_dec subtracted from the input if the SAE says."""
+    """An SAE's encoder on one device: its registered activation function (JumpReLU, ReLU, TopK, ...), with b_dec
+    subtracted from the input if the SAE says."""
 
     def __init__(self, sae: SAEFile, device: str | torch.device, budget: int | None = None):
         self.sae, self.device = sae, torch.device(device)
         layout = sae.layout
         self._header = read_header(layout.weights)
-        self.architecture, self.k = layout.architecture, layout.k
+        self.activation, self.k = ACTIVATIONS[layout.architecture], layout.k
         self.b_enc = self._vector(layout.b_enc)
         self.threshold = self._vector(layout.threshold) if layout.threshold else None
         self.b_dec = self._vector(layout.b_dec) if layout.b_dec else None
@@ -73,7 +75,7 @@ class Encoder:
             x = x - self.b_dec
         if out is None:
             out = torch.empty((x.shape[0], self.sae.width), dtype=torch.float32, device=self.device)
-        kth = self._kth_largest(x) if self.architecture == "topk" else None
+        kth = self._kth_largest(x) if self.activation.uses_k else None
         for start in range(0, self.sae.width, self.tile):
             stop = min(start + self.tile, self.sae.width)
             W = self._tile(start, stop)
@@ -87,11 +89,8 @@ class Encoder:
 
     def _activate(self, pre: torch.Tensor, start: int, stop: int, kth: torch.Tensor | None) -> torch.Tensor:
         """The activation in place; masked_fill leaves +0.0 where pre * mask would leave -0.0 (halving zstd's ratio)."""
-        if self.architecture == "jumprelu":
-            return pre.masked_fill_(pre <= self.threshold[start:stop], 0.0)
-        if self.architecture == "topk":
-            pre.masked_fill_(pre < kth, 0.0)
-        return pre.masked_fill_(pre <= 0, 0.0)
+        threshold = self.threshold[start:stop] if self.threshold is not None else None
+        return self.activation.activate(pre, Bounds(threshold, kth))
 
     def _kth_largest(self, x: torch.Tensor) -> torch.Tensor:
         """Each row's k-th largest pre-activation [n, 1], over every tile."""

@@ -13,15 +13,15 @@ from saezarr.errors import SaezarrError, SaezarrNote
 from saezarr.hub import Source, download, resolve
 from saezarr.inputs.configs import SAEConfig, refuse_repeats
 from saezarr.models.names import names_model
+from saezarr.saes.activations import ACTIVATIONS, known_activations
 from saezarr.saes.description import SAEDescription
-from saezarr.saes.formats import gemma_scope, gemma_scope_2, saelens
+from saezarr.saes.formats import by_priority, claiming, formats_for
 from saezarr.saes.weights import WeightsUnreadable, read_header
-from saezarr.sites import Site, check_read, gemma_scope_1_site, gemma_scope_2_site, resid_post
+from saezarr.sites import Site, check_read, gemma_scope_1_site, resid_post
 
 if TYPE_CHECKING:
     from saezarr.models.reading import ModelInfo
 
-LOADERS = (saelens, gemma_scope_2, gemma_scope)  # tried in this order, unless the folder's name says the layout
 OPTION = "--sae-repo"
 
 
@@ -50,17 +50,9 @@ class SAEFile:
         return 4 * (self.d_model * self.width + vectors * max(self.width, self.d_model))
 
 
-def _loaders_for(path: str) -> tuple:
-    """The layouts to try, the one the folder's name suggests first (one hub request in the usual case)."""
-    for loader in (gemma_scope_2, gemma_scope):
-        if loader.matches(path):
-            return (loader, *(other for other in LOADERS if other is not loader))
-    return LOADERS
-
-
 def _markers(path: str) -> list[str]:
-    """The files that would say each layout of the folder, in the order they are tried."""
-    return [loader.MARKER if path == "." else f"{path}/{loader.MARKER}" for loader in _loaders_for(path)]
+    """The files that would say each format of the folder, in the order they are tried."""
+    return [found.marker if path == "." else f"{path}/{found.marker}" for found in formats_for(path)]
 
 
 def resolve_sae_repo(name: str, first: SAEConfig, revision: str | None = None) -> Source:
@@ -105,21 +97,22 @@ def read_description(source: Source, config: SAEConfig) -> SAEDescription:
     """The SAE's layout, from the first of its layout's files found in its folder."""
     misses: list[SaezarrError] = []
     fetch = _fetcher(source, config, misses)
-    for loader in _loaders_for(config.path):
-        layout = loader.describe(config, fetch, source.name)
+    for sae_format in formats_for(config.path):
+        layout = sae_format.describe(config, fetch, source.name)
         if layout is not None:
             return layout
     if misses:  # from the hub: say why the file the folder's name suggests could not be had
         raise misses[0]
+    looked_for = ", ".join(sae_format.files for sae_format in by_priority())
     raise SaezarrError(
         f"{OPTION} {source.name}: config {config.name}: no SAE in a known layout in {config.path} (looked for "
-        f"{saelens.CONFIG} + {saelens.WEIGHTS}, {gemma_scope_2.WEIGHTS}, {gemma_scope.WEIGHTS})"
+        f"{looked_for})"
     )
 
 
 def known_from_path(config: SAEConfig) -> SAEConfig:
     """The config with the layer and average L0 its folder's name gives, where the file does not say them."""
-    known = gemma_scope.from_path(config.path) or gemma_scope_2.from_path(config.path)
+    known = next((claimed.from_path(config.path) for claimed in claiming(config.path)), {})
     filled = {key: value for key, value in known.items() if getattr(config, key) is None and value is not None}
     return dataclasses.replace(config, **filled) if filled else config
 
@@ -127,9 +120,10 @@ def known_from_path(config: SAEConfig) -> SAEConfig:
 def named_site(repo: str, config: SAEConfig) -> Site | None:
     """The site the repository's or the folder's name says, without reading a file (None: the names say nothing)."""
     site = gemma_scope_1_site(repo, config.path, config.layer)
-    if site is None and gemma_scope_2.matches(config.path):
-        site = gemma_scope_2_site(config.path, config.layer)
-    return site
+    if site is not None:
+        return site
+    sites = (claimed.site_from_path(config.path, config.layer) for claimed in claiming(config.path))
+    return next((site for site in sites if site is not None), None)
 
 
 def checked_site(config: SAEConfig, site: Site | None, where: object) -> Site | None:
@@ -191,6 +185,7 @@ def locate_sae(source: Source, config: SAEConfig, model: ModelInfo, where: objec
     config = complete(config, layout, where or f"{OPTION} {source.name}")
     at = f"{layout.weights}: config {config.name}"
     _check_training(layout, config, model, at)
+    _check_activation(layout, at)
     width = _check_shapes(layout, config, model.hidden_size, at)
     if config.hook is None:
         warnings.warn(
@@ -218,6 +213,18 @@ def _check_training(layout: SAEDescription, config: SAEConfig, model: ModelInfo,
             f"{at}: the SAE was trained on residuals centred by TransformerLens' center_writing_weights, which "
             f"saezarr does not compute for {model.source.name} ({norm}): not implemented"
         )
+
+
+def _check_activation(layout: SAEDescription, at: str) -> None:
+    """Refuse an architecture that names no registered activation function, or an SAE that lacks what its
+    activation function reads."""
+    if layout.architecture not in ACTIVATIONS:
+        raise SaezarrError(f"{at}: architecture {layout.architecture!r} is not implemented ({known_activations()})")
+    activation = ACTIVATIONS[layout.architecture]
+    if activation.uses_threshold and layout.threshold is None:
+        raise SaezarrError(f"{at}: a {activation.name} SAE needs a threshold array, and its format names none")
+    if activation.uses_k and layout.k is None:
+        raise SaezarrError(f"{at}: a {activation.name} SAE needs a positive integer 'k', got None")
 
 
 def _check_shapes(layout: SAEDescription, config: SAEConfig, d_model: int, at: str) -> int:

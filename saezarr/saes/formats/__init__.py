@@ -1,1 +1,67 @@
-"""The SAE formats saezarr reads, one module each."""
+"""The SAE formats saezarr reads, one module each, registered by name in `SAE_FORMATS`.
+
+A format, like xarray's `BackendEntrypoint`, says whether a folder's name claims it (`can_open`) and reads an SAE's
+folder into an `SAEDescription` (`describe`, None when the folder lacks its files). Formats are tried in the order
+of `formats_for`: those the folder's name claims first, then the rest by `priority`. Another package adds one
+through the `saezarr.sae_formats` entry-point group, naming an `SAEFormat` (or a module that registers its own).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from saezarr.inputs.configs import SAEConfig
+from saezarr.registry import Registry
+from saezarr.saes.description import Fetch, SAEDescription
+from saezarr.sites import Site
+
+
+def _claims_no_folder(path: str) -> bool:
+    return False
+
+
+def _knows_nothing(path: str) -> dict:
+    return {}
+
+
+def _names_no_site(path: str, layer: int | None) -> Site | None:
+    return None
+
+
+@dataclass(frozen=True)
+class SAEFormat:
+    """One SAE format: the files that say it, how it reads a folder, and what a folder's name tells of it."""
+
+    name: str
+    describe: Callable[[SAEConfig, Fetch, str], SAEDescription | None]  # (config, fetch, repo)
+    marker: str  # the file whose presence says the format (probed on the hub to find the repository)
+    files: str  # the files that make an SAE of this format, as a refusal lists them
+    priority: int = 100  # lower is tried first among the formats the folder's name does not claim
+    can_open: Callable[[str], bool] = _claims_no_folder  # True if the folder's name says this format
+    from_path: Callable[[str], dict] = _knows_nothing  # the config fields (layer, average_l0) the folder's name gives
+    site_from_path: Callable[[str, int | None], Site | None] = _names_no_site  # the site the folder's name says
+
+
+SAE_FORMATS: Registry[SAEFormat] = Registry("sae_formats", "SAE format", __name__)
+
+
+def register_format(sae_format: SAEFormat) -> SAEFormat:
+    """Register a format under its own name."""
+    return SAE_FORMATS.register(sae_format.name, sae_format)
+
+
+def by_priority() -> list[SAEFormat]:
+    """Every registered format, lowest priority first (then by name)."""
+    return sorted((entry for _, entry in SAE_FORMATS.items()), key=lambda entry: (entry.priority, entry.name))
+
+
+def claiming(path: str) -> list[SAEFormat]:
+    """The formats the folder's name says, by priority."""
+    return [entry for entry in by_priority() if entry.can_open(path)]
+
+
+def formats_for(path: str) -> list[SAEFormat]:
+    """The formats to try on a folder: those its name claims first (one hub request in the usual case), then the
+    others by priority."""
+    return sorted(by_priority(), key=lambda entry: not entry.can_open(path))

@@ -6,6 +6,7 @@ import re
 
 from saezarr.inputs.configs import SAEConfig
 from saezarr.saes.description import Fetch, SAEDescription
+from saezarr.saes.formats import SAEFormat, register_format
 from saezarr.sites import gemma_scope_1_site
 
 WEIGHTS = "params.npz"
@@ -35,3 +36,8 @@ def describe(config: SAEConfig, fetch: Fetch, repo: str) -> SAEDescription | Non
     known = from_path(config.path)
     site = gemma_scope_1_site(repo, config.path, known.get("layer", config.layer))
     return SAEDescription("gemma_scope", weights, "jumprelu", "W_enc", "b_enc", "threshold", site=site, **known)
+
+
+FORMAT = register_format(
+    SAEFormat("gemma_scope", describe, MARKER, WEIGHTS, priority=30, can_open=matches, from_path=from_path)
+)

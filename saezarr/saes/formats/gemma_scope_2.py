@@ -12,6 +12,7 @@ import re
 from saezarr.errors import SaezarrError
 from saezarr.inputs.configs import SAEConfig
 from saezarr.saes.description import Fetch, SAEDescription
+from saezarr.saes.formats import SAEFormat, register_format
 from saezarr.sites import Site, gemma_scope_2_site, hf_hook_site
 
 WEIGHTS = "params.safetensors"
@@ -63,3 +64,17 @@ def _settings_site(path, config: SAEConfig) -> Site | None:
         if settings.get(key):
             return hf_hook_site(str(settings[key]), f"{key} in {path}")
     return None
+
+
+FORMAT = register_format(
+    SAEFormat(
+        "gemma_scope_2",
+        describe,
+        MARKER,
+        WEIGHTS,
+        priority=20,
+        can_open=matches,
+        from_path=from_path,
+        site_from_path=gemma_scope_2_site,
+    )
+)

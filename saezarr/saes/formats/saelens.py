@@ -10,14 +10,15 @@ import json
 
 from saezarr.errors import SaezarrError
 from saezarr.inputs.configs import SAEConfig
-from saezarr.saes.description import ARCHITECTURES, Fetch, SAEDescription
+from saezarr.saes.activations import ACTIVATIONS, Activation, known_activations
+from saezarr.saes.description import Fetch, SAEDescription
+from saezarr.saes.formats import SAEFormat, register_format
 from saezarr.sites import Site
 
 CONFIG = "cfg.json"
 WEIGHTS = "sae_weights.safetensors"
 MARKER = CONFIG  # the file whose presence says the layout
-ARCHITECTURE_NAMES = {"jumprelu": "jumprelu", "jump_relu": "jumprelu", "standard": "relu", "relu": "relu"}
-ARCHITECTURE_NAMES.update(topk="topk")
+SAELENS_NAMES = {"jump_relu": "jumprelu", "standard": "relu"}  # SAELens' names for registered activations
 NO_NORMALISATION = (None, False, "none")
 # TransformerLens' from_pretrained kwargs that change none of the sites saezarr reads; center_writing_weights is
 # checked against the model (a no-op without LayerNorm), any other kwarg is refused
@@ -90,6 +91,22 @@ def training_facts(cfg: dict, where: str) -> dict:
     }
 
 
+def cfg_activation(cfg: dict, where: str) -> Activation:
+    """The registered activation function the cfg's architecture (and, before SAELens 6, activation_fn) names."""
+    named = str(cfg.get("architecture", "standard")).lower()
+    architecture = SAELENS_NAMES.get(named, named)
+    activation_fn = field(cfg, "activation_fn", "activation_fn_str")
+    if architecture == "relu" and activation_fn == "topk":  # before SAELens 6, TopK was a standard SAE's activation
+        architecture = "topk"
+    elif architecture == "relu" and activation_fn not in (None, "relu"):
+        raise SaezarrError(f"{where}: activation_fn {activation_fn!r} is not implemented (relu)")
+    if architecture not in ACTIVATIONS:
+        raise SaezarrError(
+            f"{where}: architecture {cfg.get('architecture')!r} is not implemented ({known_activations()})"
+        )
+    return ACTIVATIONS[architecture]
+
+
 def describe(config: SAEConfig, fetch: Fetch, repo: str) -> SAEDescription | None:
     """The SAE's layout if its folder holds a cfg.json; refuse what this reader does not implement."""
     found = read_cfg(config, fetch)
@@ -97,16 +114,7 @@ def describe(config: SAEConfig, fetch: Fetch, repo: str) -> SAEDescription | Non
         return None
     cfg, path = found
     where = f"{path}: config {config.name}"
-    architecture = ARCHITECTURE_NAMES.get(str(cfg.get("architecture", "standard")).lower())
-    activation = field(cfg, "activation_fn", "activation_fn_str")
-    if architecture == "relu" and activation == "topk":  # before SAELens 6, TopK was a standard SAE's activation
-        architecture = "topk"
-    elif architecture == "relu" and activation not in (None, "relu"):
-        raise SaezarrError(f"{path}: config {config.name}: activation_fn {activation!r} is not implemented (relu)")
-    if architecture not in ARCHITECTURES:
-        raise SaezarrError(
-            f"{where}: architecture {cfg.get('architecture')!r} is not implemented (jumprelu, standard, topk)"
-        )
+    activation = cfg_activation(cfg, where)
     normalise = field(cfg, "normalize_activations", default="none")
     if normalise not in NO_NORMALISATION:
         raise SaezarrError(
@@ -114,10 +122,10 @@ def describe(config: SAEConfig, fetch: Fetch, repo: str) -> SAEDescription | Non
             "without it"
         )
     k = None
-    if architecture == "topk":
+    if activation.uses_k:
         k = cfg.get("k", (cfg.get("activation_fn_kwargs") or {}).get("k"))
         if not isinstance(k, int) or isinstance(k, bool) or k <= 0:
-            raise SaezarrError(f"{where}: a topk SAE needs a positive integer 'k', got {k!r}")
+            raise SaezarrError(f"{where}: a {activation.name} SAE needs a positive integer 'k', got {k!r}")
     subtract = bool(cfg.get("apply_b_dec_to_input", True))  # SAELens' default when the cfg does not say
     read = site(cfg, path, where)
     facts = training_facts(cfg, where)
@@ -125,10 +133,10 @@ def describe(config: SAEConfig, fetch: Fetch, repo: str) -> SAEDescription | Non
     return SAEDescription(
         "saelens",
         weights,
-        architecture,
+        activation.name,
         "W_enc",
         "b_enc",
-        threshold="threshold" if architecture == "jumprelu" else None,
+        threshold="threshold" if activation.uses_threshold else None,
         b_dec="b_dec" if subtract else None,
         k=k,
         layer=read.layer,
@@ -138,3 +146,6 @@ def describe(config: SAEConfig, fetch: Fetch, repo: str) -> SAEDescription | Non
         site=read,
         **facts,
     )
+
+
+FORMAT = register_format(SAEFormat("saelens", describe, MARKER, f"{CONFIG} + {WEIGHTS}", priority=10))

@@ -1,0 +1,18 @@
+"""JumpReLU: a pre-activation is kept where it exceeds its feature's threshold."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from saezarr.saes.activations import Activation, Bounds, register_activation
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+
+def jumprelu(pre: Tensor, bounds: Bounds) -> Tensor:
+    """`pre` where `pre > threshold`, else +0.0, in place."""
+    return pre.masked_fill_(pre <= bounds.threshold, 0.0)
+
+
+ACTIVATION = register_activation(Activation("jumprelu", jumprelu, uses_threshold=True))
