@@ -50,7 +50,9 @@ def download(
         return Path(hf_hub_download(repo, filename, subfolder=subfolder, revision=revision))
     except Exception as exc:  # the hub raises a zoo of types: offline, missing, gated, network
         where = f"{subfolder}/{filename}" if subfolder else filename
-        raise SaezarrError(f"{option(option_name, repo)}: could not get {where} ({type(exc).__name__}: {one_line(exc)})") from None
+        raise SaezarrError(
+            f"{option(option_name, repo)}: could not get {where} ({type(exc).__name__}: {one_line(exc)})"
+        ) from None
 
 
 def _looks_like_path(name: str) -> bool:

@@ -72,9 +72,7 @@ def _check_output(output: Path, overwrite: bool) -> None:
     if output.exists() and not output.is_dir():
         raise InputError(f"{option('output', output)}: is a file, not a folder")
     if output.exists() and not overwrite:
-        raise OutputExists(
-            f"{option('output', output)}: already exists; use {option('overwrite', True)} to replace it"
-        )
+        raise OutputExists(f"{option('output', output)}: already exists; use {option('overwrite', True)} to replace it")
     if output.exists() and not (output / MARKER).is_file():
         raise OutputExists(
             f"{option('output', output)}: not written by saezarr compare (no {MARKER} in it); not replaced"

@@ -317,10 +317,11 @@ def read_activations(store: Store, target: ConfigTarget) -> np.ndarray:
     """One configuration's activations [fragment, its SAE's features], read chunk by chunk into one array."""
     width = int(store.widths[target.index])
     out = np.empty((store.n_fragments, width), dtype=np.float32)
+    array = store.array  # opened outside the try: a store zarr cannot open says so itself (a StoreDamaged, an OSError)
     for chunk in range(store.n_chunks):
         start, stop = store.chunk_bounds(chunk)
         try:
-            out[start:stop] = store.array[target.index, start:stop, :width]
+            out[start:stop] = array[target.index, start:stop, :width]
         except (OSError, ValueError, RuntimeError) as exc:
             raise store.unreadable(target.index, chunk, exc) from None
     return out

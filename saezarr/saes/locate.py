@@ -87,7 +87,9 @@ def _fetcher(source: Source, config: SAEConfig, misses: list[SaezarrError]):
             if path.is_file():
                 return path
             if required:
-                raise SAEFormatError(f"{option(OPTION, source.name)}: config {config.name}: no {filename} in {path.parent}")
+                raise SAEFormatError(
+                    f"{option(OPTION, source.name)}: config {config.name}: no {filename} in {path.parent}"
+                )
             return None
         subfolder = None if config.path == "." else config.path
         try:

@@ -408,7 +408,7 @@ def check_resume(path: Path, attrs: dict, configs: Sequence[SAEConfig] = ()) -> 
     one that an extension has begun to grow."""
     if (Path(path) / STATE_GROUP / EXTEND_RECORD).is_file():
         raise ResumeMismatch(
-            f"{option('resume', path)}: an extension of the store (build {option('extend')}) is in progress; rerun "
+            f"{option('resume', True)} {path}: an extension of the store (build {option('extend')}) is in progress; rerun "
             f"that same {option('extend')} command to finish it"
         )
     stored = read_saezarr_attrs(path)
@@ -417,13 +417,13 @@ def check_resume(path: Path, attrs: dict, configs: Sequence[SAEConfig] = ()) -> 
         if field not in stored and field in attrs:
             # a store from before the field was recorded: resuming it could mix what the field now guards
             raise ResumeMismatch(
-                f"{option('resume', path)}: the store records no {name}: an older saezarr "
+                f"{option('resume', True)} {path}: the store records no {name}: an older saezarr "
                 f"({stored.get('saezarr_version')}) started it, so this resume could not be checked against it; "
                 f"finish it with that saezarr or use {option('overwrite', True)} to start over"
             )
         if stored.get(field) != attrs.get(field):
             raise ResumeMismatch(
-                f"{option('resume', path)}: the store was started with a different {name} "
+                f"{option('resume', True)} {path}: the store was started with a different {name} "
                 f"({_brief(stored.get(field))}, now {_brief(attrs.get(field))}); use {option('overwrite', True)} to "
                 "start over"
             )
@@ -431,7 +431,7 @@ def check_resume(path: Path, attrs: dict, configs: Sequence[SAEConfig] = ()) -> 
     for config in configs:
         if stored_paths.get(config.name, config.path) != config.path:
             raise ResumeMismatch(
-                f"{option('resume', path)}: the store was started with a different SAE path for config {config.name} "
+                f"{option('resume', True)} {path}: the store was started with a different SAE path for config {config.name} "
                 f"({_brief(stored_paths[config.name])}, now {_brief(config.path)}); use {option('overwrite', True)} "
                 "to start over"
             )
@@ -445,7 +445,7 @@ def _stored_sae_paths(path: Path) -> list[str]:
         return [str(value) for value in zarr.open_array(Path(path) / "sae_path", mode="r")[:]]
     except (OSError, ValueError, KeyError, zarr.errors.BaseZarrError) as exc:
         raise StoreDamaged(
-            f"{option('resume', path)}: the store is damaged and cannot be resumed (its sae_path coordinate: "
+            f"{option('resume', True)} {path}: the store is damaged and cannot be resumed (its sae_path coordinate: "
             f"{type(exc).__name__}: {exc}); rebuild it with {option('overwrite', True)}"
         ) from None
 
@@ -503,9 +503,9 @@ def open_for_resume(path: Path) -> Store:
         _ = store.array  # opened now: a resume should stop before it computes anything
         return store
     except (OSError, ValueError, KeyError, TypeError, SaezarrError) as exc:
-        reason = str(exc).removeprefix(f"{path}: ") if isinstance(exc, SaezarrError) else array_unreadable(exc)
+        reason = exc.message.removeprefix(f"{path}: ") if isinstance(exc, SaezarrError) else array_unreadable(exc)
         raise StoreDamaged(
-            f"{option('resume', path)}: the store is damaged and cannot be resumed ({reason}); rebuild it with "
+            f"{option('resume', True)} {path}: the store is damaged and cannot be resumed ({reason}); rebuild it with "
             f"{option('overwrite', True)}"
         ) from None
 

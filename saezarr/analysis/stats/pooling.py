@@ -45,7 +45,9 @@ class SentenceLayout:
         """Refuse an unknown pool, and `final` where some sentence lacks exactly one final-token fragment."""
         check_pool(pool)
         if pool == "final" and self.finals is None:
-            raise InputError(f"{option('pool', 'final')}: not every sentence has exactly one final-token fragment in the store")
+            raise InputError(
+                f"{option('pool', 'final')}: not every sentence has exactly one final-token fragment in the store"
+            )
 
 
 def sentence_starts(sentence_index: np.ndarray) -> np.ndarray:

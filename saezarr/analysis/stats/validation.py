@@ -20,7 +20,9 @@ def fold_ids(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
     """Each sentence's fold (0..k-1), stratified by label: each label's sentences, shuffled with a fixed seed, dealt
     round the folds in turn (continuing from where the previous label stopped, so fold sizes differ by at most one)."""
     if k < 2 or k > len(labels):
-        raise InputError(f"{option('folds')}: expected 0 (off) or 2 to the number of sentences ({len(labels)}), got {k}")
+        raise InputError(
+            f"{option('folds')}: expected 0 (off) or 2 to the number of sentences ({len(labels)}), got {k}"
+        )
     rng = np.random.default_rng(seed)
     folds = np.empty(len(labels), dtype=np.int64)
     dealt = 0
