@@ -219,7 +219,9 @@ def test_a_lock_naming_a_live_process_that_holds_no_flock_is_taken_over(tmp_path
             lock.acquire()
             assert json.loads(path.read_text())["pid"] == os.getpid()
             lock.release()
-            assert caplog.messages == [f"taking over the lock of pid {holder['pid']} on {holder['host']}, which is gone"]
+            assert caplog.messages == [
+                f"taking over the lock of pid {holder['pid']} on {holder['host']}, which is gone"
+            ]
             caplog.clear()
     finally:
         sleeper.kill()
