@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import warnings
 from pathlib import Path
 
-from saezarr.errors import SaezarrError, SaezarrNote
+from saezarr.errors import InputError, SaezarrError, SaezarrNote, render
 
 DEFAULT_CONFIG = Path(
     "gemma-scope-2b-pt-res-16k"
@@ -25,12 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _library_log_lines():
             warnings.simplefilter("always", SaezarrNote)
             warnings.showwarning = _show_note
             return args.run(args)
     except SaezarrError as exc:
-        print(f"saezarr: error: {exc}", file=sys.stderr)
+        print(f"saezarr: error: {_flags(exc.message)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("saezarr: interrupted", file=sys.stderr)
@@ -46,9 +47,49 @@ _show_warning = warnings.showwarning
 def _show_note(message, category, filename, lineno, file=None, line=None) -> None:
     """A library note as one `saezarr: note:` line; any other warning as Python shows it."""
     if issubclass(category, SaezarrNote):
-        print(f"saezarr: note: {message}", file=sys.stderr)
+        print(f"saezarr: note: {_flags(str(message.args[0]))}", file=sys.stderr)
     else:
         _show_warning(message, category, filename, lineno, file, line)
+
+
+class _LogLines(logging.Handler):
+    """The library's log records of level INFO and up as `saezarr: ...` lines on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = getattr(record.msg, "text", None)
+        print(f"saezarr: {record.getMessage() if text is None else _flags(text)}", file=sys.stderr)
+
+
+class _library_log_lines:
+    """While a command runs, the `saezarr` logger's records are printed as one line each."""
+
+    def __enter__(self) -> None:
+        self.logger, self.handler = logging.getLogger("saezarr"), _LogLines(logging.INFO)
+        self.level = self.logger.level
+        self.logger.addHandler(self.handler)
+        self.logger.setLevel(logging.INFO)
+
+    def __exit__(self, *exc) -> None:
+        self.logger.removeHandler(self.handler)
+        self.logger.setLevel(self.level)
+
+
+# the options whose flag is not their Python name with dashes: (name, value) -> flag, value None for any value
+_FLAG_NAMES = {("config_file", None): "--config", ("compressed", "False"): "--uncompressed"}
+
+
+def _flag(name: str, value: str | None) -> str:
+    """The command-line form of an option a library message names: `--name-with-dashes [VALUE]`."""
+    special = _FLAG_NAMES.get((name, value))
+    if special is not None:
+        return special
+    flag = _FLAG_NAMES.get((name, None), f"--{name.replace('_', '-')}")
+    return flag if value in (None, "True") else f"{flag} {value}"
+
+
+def _flags(message: str) -> str:
+    """A library message with the options it names written as command-line flags."""
+    return render(message, _flag)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -235,7 +276,7 @@ def _residual_layers(text: str | None):
     try:
         return parse_layers(text)
     except SaezarrError as exc:
-        raise SaezarrError(str(exc).replace("--layers", "--residuals", 1)) from None
+        raise InputError(_flags(exc.message).replace("--layers", "--residuals", 1)) from None
 
 
 def _add_export(commands) -> None:

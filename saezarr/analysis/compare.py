@@ -18,7 +18,7 @@ import pandas as pd
 
 from saezarr.analysis.stats.permutation import ALPHA
 from saezarr.durable.folders import make_staging, swap_into_place
-from saezarr.errors import SaezarrError
+from saezarr.errors import InputError, OutputExists, option
 
 MARKER = ".saezarr-compare"  # in every folder compare writes: the only folders --overwrite replaces
 STAGING_SUFFIX = ".comparing"
@@ -41,7 +41,7 @@ def compare(folders: list[Path], output: Path, overwrite: bool = False) -> Path:
     """Compare the analyses in folders and write OUT (features, concept features, emergence, report); return OUT."""
     output = Path(output)
     if len(folders) < 2:
-        raise SaezarrError("compare: give at least two analysis folders")
+        raise InputError("compare: give at least two analysis folders")
     _check_output(output, overwrite)
     analyses = _named([_read(Path(folder)) for folder in folders])
     _check_same_model_and_saes(analyses)
@@ -70,25 +70,27 @@ def compare(folders: list[Path], output: Path, overwrite: bool = False) -> Path:
 def _check_output(output: Path, overwrite: bool) -> None:
     """Refuse an existing OUT without --overwrite, a file, and a folder compare did not write."""
     if output.exists() and not output.is_dir():
-        raise SaezarrError(f"--output {output}: is a file, not a folder")
+        raise InputError(f"{option('output', output)}: is a file, not a folder")
     if output.exists() and not overwrite:
-        raise SaezarrError(f"--output {output}: already exists; use --overwrite to replace it")
+        raise OutputExists(f"{option('output', output)}: already exists; use {option('overwrite', True)} to replace it")
     if output.exists() and not (output / MARKER).is_file():
-        raise SaezarrError(f"--output {output}: not written by saezarr compare (no {MARKER} in it); not replaced")
+        raise OutputExists(
+            f"{option('output', output)}: not written by saezarr compare (no {MARKER} in it); not replaced"
+        )
 
 
 def _read(folder: Path) -> Analysis:
     """An analyze output folder, refused in one line if it is not one."""
     info_path = folder / "analysis.json"
     if not folder.is_dir() or not info_path.is_file() or not (folder / "features.parquet").is_file():
-        raise SaezarrError(f"compare: {folder}: not a saezarr analyze output (no analysis.json and features.parquet)")
+        raise InputError(f"compare: {folder}: not a saezarr analyze output (no analysis.json and features.parquet)")
     try:
         info = json.loads(info_path.read_text(encoding="utf-8"))
         columns = [*KEY, "pearson_corr", "passes_filter"]
         features = pd.read_parquet(folder / "features.parquet")
         features = features[[*columns, *(["p_value_fwer"] if "p_value_fwer" in features else [])]]
     except (ValueError, KeyError, OSError) as exc:
-        raise SaezarrError(f"compare: {folder}: unreadable analysis ({type(exc).__name__}: {exc})") from None
+        raise InputError(f"compare: {folder}: unreadable analysis ({type(exc).__name__}: {exc})") from None
     path = folder / "emergence.csv"
     emergence = pd.read_csv(path) if path.is_file() else None
     return Analysis(folder, Path(str(info.get("input_file") or folder.name)).stem, info, features, emergence)
@@ -113,14 +115,15 @@ def _check_same_model_and_saes(analyses: list[Analysis]) -> None:
     for other in analyses[1:]:
         for key in IDENTITY:
             if first.info.get(key) != other.info.get(key):
-                raise SaezarrError(
+                raise InputError(
                     f"compare: {other.folder} analyses {key} {other.info.get(key)!r} but {first.folder} analyses "
                     f"{first.info.get(key)!r}: compare analyses of one model and one set of SAEs"
                 )
         if not first.features[KEY].equals(other.features[KEY]):
-            raise SaezarrError(
+            raise InputError(
                 f"compare: {other.folder} analyses other SAEs or features than {first.folder} (its configs: "
-                f"{', '.join(sorted(set(other.features.config)))[:200]}); analyse the same --configs/--layers"
+                f"{', '.join(sorted(set(other.features.config)))[:200]}); analyse the same "
+                f"{option('configs')}/{option('layers')}"
             )
 
 

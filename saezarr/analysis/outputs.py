@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from saezarr.durable.folders import make_staging, swap_into_place
-from saezarr.errors import SaezarrError
+from saezarr.errors import InputError, OutputExists, option
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -53,29 +53,29 @@ def check_output(path: Path, overwrite: bool, store: Path | None = None) -> None
     """Refuse a DIR that is a file, is or holds the input store, or exists without --overwrite; with --overwrite,
     refuse any DIR but an empty one or one that analyze wrote and nobody added to."""
     if path.exists() and not path.is_dir():
-        raise SaezarrError(f"--output {path}: is a file, not a folder")
+        raise InputError(f"{option('output', path)}: is a file, not a folder")
     if store is not None:
         _refuse_store_overlap(path, store)
     if not path.exists():
         return
     if not overwrite:
-        raise SaezarrError(f"--output {path}: already exists; use --overwrite to replace it")
+        raise OutputExists(f"{option('output', path)}: already exists; use {option('overwrite', True)} to replace it")
     reason = foreign_content(path, WRITTEN_BY)
     if reason:
-        raise SaezarrError(
-            f"--output {path}: {reason}; --overwrite replaces only a folder that saezarr analyze wrote (or an empty "
-            "one), so nothing was touched: choose another --output"
+        raise OutputExists(
+            f"{option('output', path)}: {reason}; {option('overwrite', True)} replaces only a folder that saezarr "
+            f"analyze wrote (or an empty one), so nothing was touched: choose another {option('output')}"
         )
 
 
 def _refuse_store_overlap(path: Path, store: Path) -> None:
     output, store = path.resolve(), store.resolve()
     if output == store:
-        raise SaezarrError(f"--output {path}: is the input store; choose another folder")
+        raise InputError(f"{option('output', path)}: is the input store; choose another folder")
     if store in output.parents:
-        raise SaezarrError(f"--output {path}: is inside the input store {store}; choose a folder outside it")
+        raise InputError(f"{option('output', path)}: is inside the input store {store}; choose a folder outside it")
     if output in store.parents:
-        raise SaezarrError(f"--output {path}: holds the input store {store}; choose a folder that does not")
+        raise InputError(f"{option('output', path)}: holds the input store {store}; choose a folder that does not")
 
 
 def foreign_content(path: Path, written_by: str) -> str | None:

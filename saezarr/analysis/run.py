@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +22,7 @@ from saezarr.analysis.stats.metrics import LABELS, passes_filter
 from saezarr.analysis.stats.pooling import SentenceLayout, check_pool
 from saezarr.analysis.stats.validation import Thresholds
 from saezarr.analysis.tables import ConfigTable, features_table, within_widths
-from saezarr.errors import SaezarrError
+from saezarr.errors import InputError, SaezarrNote, StoreUnfinished, call, option
 from saezarr.execution.connect import ClusterOptions
 from saezarr.store.format import Store
 from saezarr.store.reading import open_existing
@@ -101,8 +101,8 @@ def analyze(options: AnalyzeOptions) -> AnalyzeSummary:
     )
     layout.check(options.pool)
     if options.folds > layout.n_sentences:
-        raise SaezarrError(
-            f"--folds: expected at most the number of sentences ({layout.n_sentences}), got {options.folds}"
+        raise InputError(
+            f"{option('folds')}: expected at most the number of sentences ({layout.n_sentences}), got {options.folds}"
         )
     cache = AnalysisCache(fingerprint(store, options.pool, indices), root)  # checks the size cap
     coordinates.memoize()
@@ -119,7 +119,7 @@ def analyze(options: AnalyzeOptions) -> AnalyzeSummary:
     configs = ConfigTable.of(store.config_names, coordinates.values, indices)
     notes = _notes(layout.labels, configs)
     for note in notes:
-        print(f"saezarr: note: {note}", file=sys.stderr)
+        warnings.warn(note, SaezarrNote, stacklevel=2)
     metrics = cache.metrics()
     resampled = resample(
         cache, configs, layout, options.pool, _resampling_options(options), store_residuals(store.path)
@@ -214,26 +214,26 @@ def check_options(options: AnalyzeOptions) -> None:
     """Refuse thresholds outside their range, a non-positive top-n or examples count, and an unknown pool."""
     check_pool(options.pool)
     ranges = {
-        "--min-pearson": (options.min_pearson, -1.0, 1.0),
-        "--min-tpr": (options.min_tpr, 0.0, 1.0),
-        "--max-fpr": (options.max_fpr, 0.0, 1.0),
+        "min_pearson": (options.min_pearson, -1.0, 1.0),
+        "min_tpr": (options.min_tpr, 0.0, 1.0),
+        "max_fpr": (options.max_fpr, 0.0, 1.0),
     }
-    for option, (value, low, high) in ranges.items():
+    for name, (value, low, high) in ranges.items():
         if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
-            raise SaezarrError(f"{option}: expected a number from {low:g} to {high:g}, got {value!r}")
-    for option, value in (("--top-n", options.top_n), ("--examples-per-label", options.examples_per_label)):
+            raise InputError(f"{option(name)}: expected a number from {low:g} to {high:g}, got {value!r}")
+    for name, value in (("top_n", options.top_n), ("examples_per_label", options.examples_per_label)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise SaezarrError(f"{option}: expected a positive integer, got {value!r}")
-    for option, value in (
-        ("--permutations", options.permutations),
-        ("--probe-permutations", options.probe_permutations),
-        ("--seed", options.seed),
-        ("--folds", options.folds),
+            raise InputError(f"{option(name)}: expected a positive integer, got {value!r}")
+    for name, value in (
+        ("permutations", options.permutations),
+        ("probe_permutations", options.probe_permutations),
+        ("seed", options.seed),
+        ("folds", options.folds),
     ):
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise SaezarrError(f"{option}: expected a non-negative integer, got {value!r}")
+            raise InputError(f"{option(name)}: expected a non-negative integer, got {value!r}")
     if options.folds == 1:
-        raise SaezarrError("--folds: expected 0 (off) or at least 2, got 1")
+        raise InputError(f"{option('folds')}: expected 0 (off) or at least 2, got 1")
 
 
 def _finished_selection(store: Store, layers: list[int], options: AnalyzeOptions) -> list[int]:
@@ -244,13 +244,13 @@ def _finished_selection(store: Store, layers: list[int], options: AnalyzeOptions
     if unfinished and not options.allow_partial:
         names = store.config_names
         progress = ", ".join(f"{names[i]} ({int(done[i].sum())}/{store.n_chunks} chunks)" for i in unfinished)
-        raise SaezarrError(
+        raise StoreUnfinished(
             f"{store.path}: not analysed, the build is unfinished for {progress}; finish it with "
-            "`saezarr build ... --resume`, or analyse the finished configs only with --allow-partial"
+            f"`{call('build', 'resume')}`, or analyse the finished configs only with {option('allow_partial', True)}"
         )
     finished = [i for i in selected if done[i].all()]
     if not finished:
-        raise SaezarrError(f"{store.path}: none of the selected configs is finished; nothing to analyse")
+        raise StoreUnfinished(f"{store.path}: none of the selected configs is finished; nothing to analyse")
     return finished
 
 
@@ -263,9 +263,9 @@ class _progress:
     def __enter__(self):
         if self.quiet:
             return None
-        from tqdm import tqdm
+        from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=self.total, desc="saezarr: analysing", unit="unit", file=sys.stderr, leave=False)
+        self.bar = tqdm(total=self.total, desc="saezarr: analysing", unit="unit", leave=False)
         return self.bar.update
 
     def __exit__(self, *exc) -> None:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from saezarr.errors import SaezarrError
+from saezarr.errors import InputError
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -19,9 +19,9 @@ def token_traces(ds: xr.Dataset, sentence_index: int, config: str, features: Seq
     sentences = np.asarray(ds.sentence_index.values)
     rows = np.flatnonzero(sentences == sentence_index)
     if not len(rows):
-        raise SaezarrError(f"sentence_index {sentence_index}: no such sentence in the store (0-{sentences.max()})")
+        raise InputError(f"sentence_index {sentence_index}: no such sentence in the store (0-{sentences.max()})")
     if config not in set(map(str, ds.config.values)):
-        raise SaezarrError(f"config {config!r}: not in the store")
+        raise InputError(f"config {config!r}: not in the store")
     values = ds.activations.sel(config=config).isel(fragment=rows, feature=list(features))
     texts = [str(t) for t in ds.fragment_text.values[rows]]
     traces = values.transpose("feature", "fragment").rename(fragment="token")

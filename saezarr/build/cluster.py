@@ -35,7 +35,7 @@ from saezarr.build.work import (
     run_task,
     write_error,
 )
-from saezarr.errors import SaezarrError, one_line
+from saezarr.errors import ClusterError, SaezarrError, one_line, option
 from saezarr.execution.checks import probe_marker, probe_workers
 from saezarr.execution.connect import ClusterOptions
 from saezarr.execution.running import completed, submit_checked
@@ -76,12 +76,12 @@ def check_build_needs(model: ModelInfo | None, saes: Sequence[Path], device: str
         if model is not None:
             check_weights(model)
     except SaezarrError as exc:
-        return f"lacks the model: {exc}"
+        return f"lacks the model: {exc.message}"
     for path in saes:
         if not os.access(path, os.R_OK):
             return f"cannot read the SAE file {path}"
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        return f"has no CUDA device for --device {device}"
+        return f"has no CUDA device for {option('device', device)}"
     return None
 
 
@@ -176,9 +176,9 @@ def _check_result(store: Store, options: ClusterOptions, task: Task, result: Tas
     elif sorted(result.units) != sorted(task.units):
         wrong = f"units {result.units} for task units {task.units}"
     if wrong:
-        raise SaezarrError(
+        raise ClusterError(
             f"{options.option}: worker {result.worker} wrote {wrong}; nothing of it was marked: rerun the same "
-            "command with --resume",
+            f"command with {option('resume', True)}",
             exit_code=1,
         )
 
@@ -186,7 +186,7 @@ def _check_result(store: Store, options: ClusterOptions, task: Task, result: Tas
 def _mark(store: Store, options: ClusterOptions, result: TaskResult, unit: tuple[int, int]) -> None:
     """Mark a unit a worker wrote, once this client sees its shard (a worker on another filesystem would not)."""
     if not store.shard_written(*unit):
-        raise SaezarrError(
+        raise ClusterError(
             f"{options.option}: worker {result.worker} wrote unit {unit} but this client cannot see its shard in "
             f"{store.path}; the store must be on a filesystem shared by every worker",
             exit_code=1,
@@ -204,17 +204,17 @@ def _result(future, options: ClusterOptions, store: Store) -> TaskResult:
     except OSError as exc:
         raise write_error(exc, store.path) from None
     except KilledWorker as exc:
-        raise SaezarrError(
+        raise ClusterError(
             f"{options.option}: task {future.key} was lost with every worker that ran it ({one_line(exc)}); "
-            "the units done are kept: rerun the same command with --resume",
+            f"the units done are kept: rerun the same command with {option('resume', True)}",
             exit_code=1,
         ) from None
     except Exception as exc:
         if isinstance(exc, SaezarrError):
             raise
-        raise SaezarrError(
+        raise ClusterError(
             f"{options.option}: task {future.key} failed ({type(exc).__name__}: {one_line(exc)}); the units done "
-            "are kept: rerun the same command with --resume",
+            f"are kept: rerun the same command with {option('resume', True)}",
             exit_code=1,
         ) from None
 

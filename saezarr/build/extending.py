@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from saezarr import __version__
-from saezarr.errors import SaezarrError
+from saezarr.errors import ConfigError, ResumeMismatch, StoreUnfinished, option
 from saezarr.hub import Source
 from saezarr.inputs.configs import MISSING_L0, SAEConfig, load_config_file, select_configs, with_neuronpedia
 from saezarr.inputs.fragments import FRAGMENT_FIELDS, Fragments, make_fragments
@@ -39,7 +39,7 @@ def plan_extension(options, store: Store) -> Extension:
     """Check an extension of `store` by the options' config file and input, and say what it adds and what its units
     need; nothing is written here."""
     attrs = store.attrs
-    where = f"--extend {store.path}"
+    where = f"{option('extend', True)} {store.path}"
     record = read_record(store.path)
     stored = _stored_configs(store, len(attrs["configs"]))
     _refuse_other_options(options, attrs, where)
@@ -50,7 +50,7 @@ def plan_extension(options, store: Store) -> Extension:
     by_name = {c.name: c for c in stored}
     for config in chosen:
         if config.name in by_name and by_name[config.name].path != config.path:
-            raise SaezarrError(
+            raise ResumeMismatch(
                 f"{where}: config {config.name} is in the store with SAE path {by_name[config.name].path!r}, the "
                 f"config file {options.config_file} gives {config.path!r}; a store holds one SAE per name"
             )
@@ -64,10 +64,14 @@ def plan_extension(options, store: Store) -> Extension:
     done = store.done_matrix()
     if not (new_configs or new_sentences or record):
         if not done.all():
-            raise SaezarrError(f"{where}: nothing to add, and the build is not finished: finish it with --resume")
+            raise StoreUnfinished(
+                f"{where}: nothing to add, and the build is not finished: finish it with {option('resume', True)}"
+            )
         return Extension(stored, [], None, None, None, n_old)
     if record is None and not (done.all() and not len(store.pending_residuals())):
-        raise SaezarrError(f"{where}: the store's build is not finished; finish it with --resume first, then extend it")
+        raise StoreUnfinished(
+            f"{where}: the store's build is not finished; finish it with {option('resume', True)} first, then extend it"
+        )
     configs = (*stored, *new_configs)
     # what the units still to compute read: every config on new sentences, else the new or unfinished configs
     growing_sentences = new_sentences or (record is not None and record["kept_fragments"] < store.n_fragments)
@@ -79,7 +83,7 @@ def plan_extension(options, store: Store) -> Extension:
         info, fragments = _model_and_fragments(options, config_file.model, attrs, data, old_table, n_old, where)
         deepest = max(configs, key=lambda c: c.layer)
         if deepest.layer >= info.num_layers:
-            raise SaezarrError(
+            raise ConfigError(
                 f"{options.config_file}: config {deepest.name} reads layer {deepest.layer}, but the model has "
                 f"{info.num_layers} layers (0-{info.num_layers - 1})"
             )
@@ -112,24 +116,28 @@ def _growth(store, record, attrs, configs, data, fragments, old_table, where) ->
     kept_configs = record["kept_configs"] if record else len(attrs["configs"])
     growth = Growth(table, configs, new_attrs, kept_fragments, kept_configs)
     if record is not None and record["target"] != growth.record()["target"]:
-        raise SaezarrError(
+        raise ResumeMismatch(
             f"{where}: an extension to other inputs is in progress (to {len(record['target']['configs'])} configs, "
-            f"{record['target']['n_sentences']} sentences); rerun that same --extend command to finish it first"
+            f"{record['target']['n_sentences']} sentences); rerun that same {option('extend', True)} command to "
+            "finish it first"
         )
     return growth
 
 
 def _refuse_other_options(options, attrs: dict, where: str) -> None:
     """Refuse a dtype or fragment granularity other than the store's."""
-    for option, given, kept in (
-        ("--dtype", options.dtype, attrs.get("model_dtype")),
-        ("--fragments", options.fragments, attrs.get("fragments")),
+    for name, given, kept in (
+        ("dtype", options.dtype, attrs.get("model_dtype")),
+        ("fragments", options.fragments, attrs.get("fragments")),
     ):
         if given is not None and given != kept:
-            raise SaezarrError(f"{where}: the store was built with {option} {kept}, not {given}; a store keeps one")
+            raise ResumeMismatch(
+                f"{where}: the store was built with {option(name, kept)}, not {given}; a store keeps one"
+            )
     if options.residuals is not None:
-        raise SaezarrError(
-            f"{where}: --residuals is fixed when a store is created; an extension keeps the store's own, so leave it out"
+        raise ResumeMismatch(
+            f"{where}: {option('residuals')} is fixed when a store is created; an extension keeps the store's own, so "
+            "leave it out"
         )
 
 
@@ -179,12 +187,12 @@ def _refuse_changed_rows(data: LabeledSentences, table: pd.DataFrame, n_old: int
     labels = table["concept_strength_label"].to_numpy()[first]
     for row in range(n_old):
         if row >= len(data):
-            raise SaezarrError(
+            raise ResumeMismatch(
                 f"{where}: {path} has {len(data)} data rows, the store {n_old}: rows were removed; an extension only "
                 "adds rows after the store's"
             )
         if data.sentences[row] != sentences[row] or int(data.labels[row]) != int(labels[row]):
-            raise SaezarrError(
+            raise ResumeMismatch(
                 f"{where}: {path} data row {row + 1} differs from the store's sentence {row + 1} (changed, reordered "
                 "or removed); an extension keeps the store's rows as they are, in order, and adds rows after them"
             )
@@ -197,7 +205,7 @@ def _model_and_fragments(
     store's."""
     info = resolve_model(options.model or model)
     if (info.source.name, info.source.revision) != (attrs["model"], attrs["model_revision"]):
-        raise SaezarrError(
+        raise ResumeMismatch(
             f"{where}: the store was built with model {attrs['model']} @ {attrs['model_revision']}, not "
             f"{info.source.name} @ {info.source.revision}; a store keeps one model"
         )
@@ -214,7 +222,7 @@ def _model_and_fragments(
     fragments = make_fragments(data, tokenizer, attrs["fragments"], info.max_tokens)
     old = Fragments(fragments.table.iloc[: len(old_table)], fragments.token_ids[:n_old])
     if len(old_table) > len(fragments) or old.tokens_sha256() != attrs.get("tokens_sha256"):
-        raise SaezarrError(
+        raise ResumeMismatch(
             f"{where}: the store's sentences tokenize differently now (another tokenizer?); a store keeps one "
             "tokenization, so build a new store"
         )
@@ -243,7 +251,7 @@ def _locate(repo: str, attrs: dict, configs, model: ModelInfo, where: str) -> li
         return []
     source = resolve_sae_repo(repo, configs[0])
     if (source.name, source.revision) != (attrs["sae_repo"], attrs["sae_revision"]):
-        raise SaezarrError(
+        raise ResumeMismatch(
             f"{where}: the store's SAEs come from {attrs['sae_repo']} @ {attrs['sae_revision']}, not "
             f"{source.name} @ {source.revision}; a store keeps one SAE repository"
         )

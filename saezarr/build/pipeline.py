@@ -31,7 +31,17 @@ from saezarr.build.work import (
 )
 from saezarr.durable.folders import restore_moved_aside
 from saezarr.durable.locking import StoreLock
-from saezarr.errors import SaezarrError
+from saezarr.errors import (
+    ConfigError,
+    InputError,
+    Interrupted,
+    OutOfMemory,
+    OutputExists,
+    ResumeMismatch,
+    SaezarrError,
+    StoreNotFound,
+    option,
+)
 from saezarr.execution.connect import ClusterOptions, cluster_client
 from saezarr.inputs.configs import SAEConfig, load_config_file, select_configs, with_neuronpedia
 from saezarr.inputs.fragments import Fragments, make_fragments
@@ -141,7 +151,7 @@ def build(options: BuildOptions) -> BuildSummary:
         try:
             return _build(options)
         except _Terminated:  # before the lock was taken: nothing of this build is in the store
-            raise SaezarrError(f"terminated (SIGTERM) before {options.output} was written to", exit_code=143) from None
+            raise Interrupted(f"terminated (SIGTERM) before {options.output} was written to", exit_code=143) from None
 
 
 def _build(options: BuildOptions) -> BuildSummary:
@@ -151,8 +161,9 @@ def _build(options: BuildOptions) -> BuildSummary:
     # the output and flags first: a forgotten --resume must not wait for gigabytes of downloads
     exists = check_output_path(options.output)
     if exists and not (options.resume or options.overwrite):
-        raise SaezarrError(
-            f"--output {options.output}: a store exists there; use --resume to continue it or --overwrite to replace it"
+        raise OutputExists(
+            f"{option('output', options.output)}: a store exists there; use {option('resume', True)} to continue it or {option('overwrite', True)} to "
+            "replace it"
         )
     plan = _plan(options)
     if exists and options.resume:
@@ -166,7 +177,12 @@ def _build(options: BuildOptions) -> BuildSummary:
                 if client is None
                 else _ClusterRunner(client, options, plan, store, summary)
             )
-            _run(runner, options, store, "rerun the same command with --resume (in place of --overwrite, if given)")
+            _run(
+                runner,
+                options,
+                store,
+                f"rerun the same command with {option('resume', True)} (in place of {option('overwrite', True)}, if given)",
+            )
     return _finish(summary, store, started)
 
 
@@ -180,7 +196,7 @@ def _run(runner: _PassRunner | _ClusterRunner, options: BuildOptions, store: Sto
         with _interrupts_ignored():
             done = store.done_matrix()
         terminated = isinstance(stop, _Terminated)
-        raise SaezarrError(
+        raise Interrupted(
             f"{'terminated (SIGTERM)' if terminated else 'interrupted'}: {int(done.sum())} of {done.size} chunks "
             f"of {options.output} are done and kept; {how} to continue",
             exit_code=143 if terminated else 130,
@@ -200,12 +216,14 @@ def _extend(options: BuildOptions, started: float) -> BuildSummary:
     """Grow an existing store by the config file's new SAEs and the input's new rows, then compute the new units (in
     this process or on a dask cluster)."""
     if options.overwrite or options.resume:
-        raise SaezarrError(
-            "--extend grows the store in place (and finishes an interrupted extension itself): leave "
-            "out --overwrite and --resume"
+        raise InputError(
+            f"{option('extend', True)} grows the store in place (and finishes an interrupted extension itself): leave "
+            f"out {option('overwrite', True)} and {option('resume', True)}"
         )
     if not check_output_path(options.output):
-        raise SaezarrError(f"--extend: no store at --output {options.output} to extend; build it first")
+        raise StoreNotFound(
+            f"{option('extend', True)}: no store at {option('output', options.output)} to extend; build it first"
+        )
     # held from the start: the store is read as no other writer leaves it, and a growth a kill cut short is repaired
     with store_lock(options.output) as lock:
         lock.acquire(force=options.force_unlock)
@@ -234,7 +252,7 @@ def _extend(options: BuildOptions, started: float) -> BuildSummary:
                 if client is None
                 else _ClusterRunner(client, options, plan, store, summary)
             )
-            _run(runner, options, store, "rerun the same --extend command")
+            _run(runner, options, store, f"rerun the same {option('extend', True)} command")
         _finish(summary, store, started)
         if summary.complete:
             finish_growth(options.output)
@@ -247,9 +265,9 @@ def _grow(store: Store, growth) -> None:
         grow_store(store, growth)
     except KeyboardInterrupt as stop:
         terminated = isinstance(stop, _Terminated)
-        raise SaezarrError(
+        raise Interrupted(
             f"{'terminated (SIGTERM)' if terminated else 'interrupted'} while {store.path} was growing; rerun the "
-            "same --extend command to finish the extension",
+            f"same {option('extend', True)} command to finish the extension",
             exit_code=143 if terminated else 130,
         ) from None
 
@@ -272,28 +290,29 @@ def _cluster(options: BuildOptions, plan: _Plan):
         yield client
 
 
-def _out_of_memory(options: BuildOptions, store: Store, runner: _PassRunner | _ClusterRunner) -> SaezarrError:
+def _out_of_memory(options: BuildOptions, store: Store, runner: _PassRunner | _ClusterRunner) -> OutOfMemory:
     """The one line for a device out of memory: what is kept, and which options lower the need."""
     done = store.done_matrix()
     budget = human_bytes(runner.sae_memory) if runner.sae_memory else "not reached"
-    return SaezarrError(
+    return OutOfMemory(
         f"{runner.plan.device}: out of memory ({int(done.sum())} of {done.size} chunks of {options.output} are done "
-        f"and kept); rerun the same command with --resume and a smaller --sae-memory (this run: {budget}), or "
-        f"start over with --overwrite and a smaller --batch-size (this run: {store.attrs.get('batch_size')})",
+        f"and kept); rerun the same command with {option('resume', True)} and a smaller {option('sae_memory')} (this run: {budget}), "
+        f"or start over with {option('overwrite', True)} and a smaller {option('batch_size')} (this run: "
+        f"{store.attrs.get('batch_size')})",
         exit_code=1,
     )
 
 
 def _check_resume_options(options: BuildOptions, store: Store) -> None:
     """Refuse a batch or chunk size other than the store's: a chunk's batches decide its last bits."""
-    for option, given, kept in (
-        ("--batch-size", options.batch_size, store.attrs.get("batch_size", DEFAULT_BATCH_SIZE)),
-        ("--chunk-fragments", options.chunk_fragments, store.chunk_fragments),
+    for name, given, kept in (
+        ("batch_size", options.batch_size, store.attrs.get("batch_size", DEFAULT_BATCH_SIZE)),
+        ("chunk_fragments", options.chunk_fragments, store.chunk_fragments),
     ):
         if given is not None and given != kept:
-            raise SaezarrError(
-                f"{option} {given}: the store at {options.output} was started with {kept}; a resumed store must "
-                f"keep it to stay bitwise equal, so leave {option} out (or use --overwrite)"
+            raise ResumeMismatch(
+                f"{option(name, given)}: the store at {options.output} was started with {kept}; a resumed store "
+                f"must keep it to stay bitwise equal, so leave {option(name)} out (or use {option('overwrite', True)})"
             )
 
 
@@ -304,9 +323,9 @@ def _check_resume_residuals(options: BuildOptions, plan: _Plan, store: Store) ->
     kept = None if store.residuals is None else store.residuals.layers
     if plan.residual_layers != kept:
         has = "keeps no residual stream" if kept is None else f"keeps the residuals of layers {_layer_list(kept)}"
-        raise SaezarrError(
-            f"--residuals: the store at {options.output} {has}; the layers kept are fixed when a store is created, so "
-            "leave --residuals out (or use --overwrite)"
+        raise ResumeMismatch(
+            f"{option('residuals')}: the store at {options.output} {has}; the layers kept are fixed when a store is "
+            f"created, so leave {option('residuals')} out (or use {option('overwrite', True)})"
         )
 
 
@@ -358,15 +377,16 @@ def resolve_device(device: str | None, here: bool = True) -> str:
     except (RuntimeError, ValueError):
         parsed = None
     if parsed is None or parsed.type not in ("cpu", "cuda"):
-        raise SaezarrError(f"--device {device}: not a device saezarr runs on (use cpu or cuda)")
+        raise InputError(f"{option('device', device)}: not a device saezarr runs on (use cpu or cuda)")
     if not here:
         return device  # runs on the cluster's workers, which check it themselves
     if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise SaezarrError(
-            f"--device {device}: CUDA is not available here (torch {torch.__version__}); use --device cpu"
+        raise InputError(
+            f"{option('device', device)}: CUDA is not available here (torch {torch.__version__}); use "
+            f"{option('device', 'cpu')}"
         )
     if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
-        raise SaezarrError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        raise InputError(f"{option('device', device)}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 
@@ -380,7 +400,7 @@ def _plan(options: BuildOptions) -> _Plan:
     info = resolve_model(options.model or config_file.model)
     deepest = max(configs, key=lambda c: c.layer)
     if deepest.layer >= info.num_layers:
-        raise SaezarrError(
+        raise ConfigError(
             f"{options.config_file}: config {deepest.name} reads layer {deepest.layer}, but the model has "
             f"{info.num_layers} layers (0-{info.num_layers - 1})"
         )
@@ -426,7 +446,7 @@ def residual_layers(asked: Sequence[int] | str | None, num_layers: int) -> tuple
         return tuple(range(num_layers))
     wrong = [layer for layer in asked if not 0 <= layer < num_layers]
     if wrong:
-        raise SaezarrError(f"--residuals: layer {wrong[0]} is not a layer of the model (0-{num_layers - 1})")
+        raise InputError(f"{option('residuals')}: layer {wrong[0]} is not a layer of the model (0-{num_layers - 1})")
     return tuple(sorted(set(asked)))
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from saezarr.build.memory import default_sae_memory, units_in_flight, writer_threads
-from saezarr.errors import SaezarrError
+from saezarr.errors import SaezarrError, WriteFailed, option
 from saezarr.execution.caches import current_store, process_cache
 from saezarr.inputs.fragments import Fragments
 from saezarr.models.reading import EMBEDDINGS_KEY, ModelInfo, ResidualReader, load_model
@@ -418,11 +418,12 @@ class ChunkWriter:
 
 def write_error(error: BaseException, store: Path) -> BaseException:
     """A failed write as one line saying how to continue; other errors unchanged."""
-    if isinstance(error, OSError):
+    if isinstance(error, OSError) and not isinstance(error, SaezarrError):  # a StoreDamaged is an OSError too
         where = error.filename or store
-        return SaezarrError(
+        return WriteFailed(
             f"{store}: writing failed at {where}: {error.strerror or error}; "
-            "fix the cause, then rerun the same command with --resume (in place of --overwrite, if given)",
+            f"fix the cause, then rerun the same command with {option('resume', True)} (in place of "
+            f"{option('overwrite', True)}, if given)",
             exit_code=1,
         )
     return error

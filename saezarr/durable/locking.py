@@ -14,25 +14,26 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import socket
-import sys
 import time
 from pathlib import Path
 
-from saezarr.errors import SaezarrError
+from saezarr.errors import LockHeld, WriteFailed, option
 
 try:
     import fcntl
 except ImportError:  # Windows: no flock; the JSON alone decides
     fcntl = None
 
+_log = logging.getLogger(__name__)
 _ATTEMPTS = 20
 _READ_PATIENCE_S = 1.0  # a holder writes its JSON right after taking the flock
 
 
 class StoreLock:
-    """An exclusive, stale-aware lock file; a lock whose holder is gone is taken over, saying so on stderr."""
+    """An exclusive, stale-aware lock file; a lock whose holder is gone is taken over, saying so in the log."""
 
     def __init__(self, path: Path, store: Path):
         self.path = Path(path)
@@ -48,7 +49,7 @@ class StoreLock:
             self._acquire(force)
         except OSError as exc:
             self._close()
-            raise SaezarrError(
+            raise WriteFailed(
                 f"{self.store}: could not take the lock {self.path} ({exc.strerror or exc}); "
                 "fix the cause, then rerun the same command",
                 exit_code=1,
@@ -82,14 +83,16 @@ class StoreLock:
             if holder is not None and holder.get("pid") is not None and not force:
                 _say_taken_over(holder)
             return
-        raise SaezarrError(f"{self.store}: could not take the lock {self.path}; use --force-unlock", exit_code=1)
+        raise LockHeld(
+            f"{self.store}: could not take the lock {self.path}; use {option('force_unlock', True)}", exit_code=1
+        )
 
-    def _held_error(self, holder: dict | None) -> SaezarrError:
+    def _held_error(self, holder: dict | None) -> LockHeld:
         holder = holder or {}
-        return SaezarrError(
+        return LockHeld(
             f"{self.store}: another build is writing this store (pid {holder.get('pid')} on "
             f"{holder.get('host')}, started {holder.get('started')}); wait for it, or if it is "
-            "gone use --force-unlock"
+            f"gone use {option('force_unlock', True)}"
         )
 
     def _read_patiently(self) -> dict | None:
@@ -132,11 +135,8 @@ class StoreLock:
 
 
 def _say_taken_over(holder: dict) -> None:
-    """One line on stderr: whose lock this build took over, so a requeued job's log tells why it could start."""
-    print(
-        f"saezarr: taking over the lock of pid {holder.get('pid')} on {holder.get('host')}, which is gone",
-        file=sys.stderr,
-    )
+    """One log line: whose lock this build took over, so a requeued job's log tells why it could start."""
+    _log.info(f"taking over the lock of pid {holder.get('pid')} on {holder.get('host')}, which is gone")
 
 
 def _try_flock(fd: int) -> bool | None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import saezarr
-from saezarr.errors import SaezarrError, one_line
+from saezarr.errors import ClusterError, one_line
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -75,7 +75,7 @@ def probe_workers(
         if isinstance(result, BaseException):
             result = f"failed its check ({type(result).__name__}: {one_line(result)})"
         if result:
-            raise SaezarrError(f"{options.option}: worker {address} {result}")
+            raise ClusterError(f"{options.option}: worker {address} {result}")
     watch_workers(client)
     return sorted(results)
 
@@ -118,7 +118,7 @@ def check_this_worker(code: str) -> str:
     if problem is None and code != code_digest():  # a worker the plugin did not reach
         problem = f"runs saezarr code {code_digest()}, the client {code}"
     if problem:
-        raise SaezarrError(f"worker {worker.address} {problem}")
+        raise ClusterError(f"worker {worker.address} {problem}")
     return worker.address
 
 

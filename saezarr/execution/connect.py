@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from saezarr.errors import SaezarrError, one_line
+from saezarr.errors import ClusterError, InputError, one_line
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -40,19 +40,19 @@ class ClusterOptions:
     def __post_init__(self):
         given = [name for name, value in self._options() if value is not None]
         if len(given) > 1:
-            raise SaezarrError(f"{' and '.join(given)}: give only one of them")
+            raise InputError(f"{' and '.join(given)}: give only one of them")
         tls = [name for name, value in self._tls_options() if value is not None]
         if tls and not self.remote:
-            raise SaezarrError(
+            raise InputError(
                 f"{tls[0]}: TLS options secure the connection to a running scheduler; give --scheduler or "
                 "--scheduler-file too (a --local-workers cluster is this process's own)"
             )
         if tls and len(tls) < 3:
             missing = [name for name, value in self._tls_options() if value is None]
-            raise SaezarrError(f"{tls[0]}: TLS needs {', '.join(missing)} too (the CA, and this client's certificate)")
+            raise InputError(f"{tls[0]}: TLS needs {', '.join(missing)} too (the CA, and this client's certificate)")
         for name, value in self._tls_options():
             if value is not None and not Path(value).is_file():
-                raise SaezarrError(f"{name} {value}: no such file")
+                raise InputError(f"{name} {value}: no such file")
 
     def _options(self) -> list[tuple[str, object]]:
         return [
@@ -110,7 +110,7 @@ def cluster_client(options: ClusterOptions, device: str) -> Iterator[Client]:
                 Client(address, timeout=options.worker_timeout, set_as_default=False, security=security)
             )
         except (OSError, TimeoutError, ValueError, TypeError) as exc:
-            raise SaezarrError(
+            raise ClusterError(
                 f"{options.option}: cannot reach the dask scheduler at {address} within {options.worker_timeout:g} s "
                 f"(--worker-timeout) ({type(exc).__name__}: {one_line(exc)}){_tls_hint(address, security)}; "
                 "nothing was written"
@@ -118,7 +118,7 @@ def cluster_client(options: ClusterOptions, device: str) -> Iterator[Client]:
         try:
             client.wait_for_workers(1, timeout=options.worker_timeout)
         except (TimeoutError, OSError):
-            raise SaezarrError(
+            raise ClusterError(
                 f"{options.option}: no dask worker joined the scheduler at {address} within "
                 f"{options.worker_timeout:g} s (--worker-timeout); start some with `dask worker {address}`"
             ) from None
@@ -140,7 +140,7 @@ def _scheduler_address(options: ClusterOptions) -> str:
     try:
         return json.loads(Path(options.scheduler_file).read_text())["address"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise SaezarrError(
+        raise ClusterError(
             f"--scheduler-file {options.scheduler_file}: not a dask scheduler file ({type(exc).__name__}: {one_line(exc)})"
         ) from None
 
@@ -154,7 +154,7 @@ def _local_cluster(n_workers: int, device: str) -> Iterator[str]:
         import torch
 
         if torch.device(device).type == "cuda" and n_workers > torch.cuda.device_count():
-            raise SaezarrError(
+            raise InputError(
                 f"--local-workers {n_workers}: one worker per GPU, and this node has {torch.cuda.device_count()}"
             )
     # memory_limit=0: the nanny must not kill a worker for holding a model; saezarr bounds its own memory

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from saezarr.durable.locking import process_alive
 from saezarr.durable.npyzip import read_members
-from saezarr.errors import SaezarrError
+from saezarr.errors import InputError, OutOfMemory, OutputExists, StoreUnfinished, WriteFailed, call, option
 from saezarr.machine import available_memory as _available_memory
 from saezarr.machine import human_bytes, usable_cores
 from saezarr.store.format import Store
@@ -88,8 +88,10 @@ def export_npz(
     compressed: bool = True,
     jobs: int | None = None,
     overwrite: bool = False,
+    quiet: bool = False,
 ) -> ExportSummary:
-    """Export the selected, complete configurations of a store, one `.npz` each; refuse incomplete ones."""
+    """Export the selected, complete configurations of a store, one `.npz` each; refuse incomplete ones; `quiet`: no
+    progress bar (there is one only on a terminal or in a notebook)."""
     started = time.perf_counter()
     opened = open_existing(store)
     targets = select_targets(opened, Path(output), configs, layers)
@@ -105,7 +107,7 @@ def export_npz(
             todo.append(target)
     summary.jobs = parallel_jobs(jobs, len(todo), opened.n_fragments * opened.width * 4)
     if todo:
-        _export_all(opened, todo, compressed, summary)
+        _export_all(opened, todo, compressed, summary, quiet)
     summary.elapsed = time.perf_counter() - started
     return summary
 
@@ -135,26 +137,28 @@ def refuse_incomplete(store: Store, targets: Sequence[ConfigTarget]) -> None:
         return
     progress = ", ".join(f"{t.name} ({int(done[t.index].sum())}/{store.n_chunks} chunks)" for t in missing)
     complete = [t.name for t in targets if done[t.index].all()]
-    hint = f"; complete ones can be exported with --configs {','.join(complete)}" if complete else ""
-    raise SaezarrError(
-        f"{store.path}: not exported, the build is incomplete for {progress}; "
-        f"finish it with `saezarr build ... --resume`{hint}"
+    hint = f"; complete ones can be exported with {option('configs', ','.join(complete))}" if complete else ""
+    raise StoreUnfinished(
+        f"{store.path}: not exported, the build is incomplete for {progress}; finish it with `{call('build', 'resume')}`"
+        f"{hint}"
     )
 
 
 def prepare_output(output: Path) -> None:
     """Create the output folder if needed and check that files can be created in it."""
     if output.exists() and not output.is_dir():
-        raise SaezarrError(f"--output {output}: is a file, not a folder")
+        raise InputError(f"{option('output', output)}: is a file, not a folder")
     try:
         output.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=output, prefix=".saezarr-probe-")
         os.close(fd)
         os.unlink(probe)
     except PermissionError:
-        raise SaezarrError(f"--output {output}: permission denied; cannot write files in this folder") from None
+        raise WriteFailed(f"{option('output', output)}: permission denied; cannot write files in this folder") from None
     except OSError as exc:
-        raise SaezarrError(f"--output {output}: cannot write files in this folder ({exc.strerror or exc})") from None
+        raise WriteFailed(
+            f"{option('output', output)}: cannot write files in this folder ({exc.strerror or exc})"
+        ) from None
 
 
 FIRST_MEMBER = b"activations.npy"  # np.savez writes the arrays in order: an export's first is its activations
@@ -179,9 +183,9 @@ def _refuse_foreign(output: Path, targets: Sequence[ConfigTarget]) -> None:
     """Refuse to replace a file under an export's name that does not begin as an export does."""
     for target in targets:
         if target.path.exists() and not _begins_as_export(target.path):
-            raise SaezarrError(
-                f"--output {output}: {target.path.name} exists and is not a per-config export; refusing to overwrite "
-                "it (move it away or choose another --output)"
+            raise OutputExists(
+                f"{option('output', output)}: {target.path.name} exists and is not a per-config export; refusing to "
+                f"overwrite it (move it away or choose another {option('output')})"
             )
 
 
@@ -217,6 +221,11 @@ def is_up_to_date(target: ConfigTarget, store: Store) -> bool:
     return target.path.stat().st_mtime_ns >= newest
 
 
+def progress_off(quiet: bool) -> bool | None:
+    """tqdm's `disable`: off when quiet, else on only where it can be seen (a terminal or a notebook)."""
+    return True if quiet else None
+
+
 def parallel_jobs(requested: int | None, n_files: int, array_bytes: int) -> int:
     """Files written at once: as asked (default: one per usable core), but no more than there are files or memory for."""
     jobs = requested or usable_cores()
@@ -227,12 +236,14 @@ def parallel_jobs(requested: int | None, n_files: int, array_bytes: int) -> int:
     return max(1, min(jobs, n_files))
 
 
-def _export_all(store: Store, targets: Sequence[ConfigTarget], compressed: bool, summary: ExportSummary) -> None:
+def _export_all(
+    store: Store, targets: Sequence[ConfigTarget], compressed: bool, summary: ExportSummary, quiet: bool
+) -> None:
     fragment_arrays = read_fragment_arrays(store)
     with ThreadPoolExecutor(max_workers=summary.jobs, thread_name_prefix="saezarr-export") as pool:
         futures = {pool.submit(write_config_npz, store, t, fragment_arrays, compressed): t for t in targets}
         try:
-            with tqdm(total=len(futures), unit="file", desc="saezarr export-npz", disable=None) as bar:
+            with tqdm(total=len(futures), unit="file", desc="saezarr export-npz", disable=progress_off(quiet)) as bar:
                 for future in as_completed(futures):
                     target = futures[future]
                     _raise_write_error(future.exception(), target)
@@ -248,12 +259,13 @@ def _raise_write_error(error: BaseException | None, target: ConfigTarget) -> Non
     if error is None:
         return
     if isinstance(error, MemoryError):
-        raise SaezarrError(
-            f"out of memory while exporting {target.name}; try fewer files at a time with --jobs 1", exit_code=1
+        raise OutOfMemory(
+            f"out of memory while exporting {target.name}; try fewer files at a time with {option('jobs', 1)}",
+            exit_code=1,
         )
     if isinstance(error, OSError):
-        raise SaezarrError(
-            f"--output {target.path.parent}: writing {target.path.name} failed ({error.strerror or error}); "
+        raise WriteFailed(
+            f"{option('output', target.path.parent)}: writing {target.path.name} failed ({error.strerror or error}); "
             "nothing was left under that name, rerun the same command",
             exit_code=1,
         ) from error
@@ -305,10 +317,11 @@ def read_activations(store: Store, target: ConfigTarget) -> np.ndarray:
     """One configuration's activations [fragment, its SAE's features], read chunk by chunk into one array."""
     width = int(store.widths[target.index])
     out = np.empty((store.n_fragments, width), dtype=np.float32)
+    array = store.array  # opened outside the try: a store zarr cannot open says so itself (a StoreDamaged, an OSError)
     for chunk in range(store.n_chunks):
         start, stop = store.chunk_bounds(chunk)
         try:
-            out[start:stop] = store.array[target.index, start:stop, :width]
+            out[start:stop] = array[target.index, start:stop, :width]
         except (OSError, ValueError, RuntimeError) as exc:
             raise store.unreadable(target.index, chunk, exc) from None
     return out

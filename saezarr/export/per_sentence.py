@@ -3,9 +3,9 @@ pipeline's per-sentence extractor, read from the store one fragment chunk at a t
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
-import sys
 import time
 import zipfile
 from collections import deque
@@ -17,12 +17,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from saezarr.durable.npyzip import read_members
-from saezarr.errors import SaezarrError
+from saezarr.errors import InputError, LogText, OutputExists, StoreUnfinished, option
 from saezarr.export.per_config import (
     PARTIAL_SUFFIX,
     ConfigTarget,
     ExportSummary,
     prepare_output,
+    progress_off,
     refuse_incomplete,
     remove_stale_partials,
     select_targets,
@@ -32,6 +33,7 @@ from saezarr.store.format import Store
 from saezarr.store.reading import open_existing
 
 # key -> (dtype kind, rank): `n` fragments, `c` configs, `w` width, `h` hidden
+_log = logging.getLogger(__name__)
 SENTENCE_KEYS = {
     "sentence": ("U", ""),
     "concept_strength_label": ("i", ""),
@@ -64,9 +66,11 @@ def export_per_sentence(
     compressed: bool = True,
     jobs: int | None = None,
     overwrite: bool = False,
+    quiet: bool = False,
 ) -> ExportSummary:
     """Export one `.npz` per sentence holding the selected, complete configurations (and the residual stream, if the
-    store keeps that of every selected config's layer); refuse incomplete ones and files saezarr did not write."""
+    store keeps that of every selected config's layer); refuse incomplete ones and files saezarr did not write;
+    `quiet`: no progress bar."""
     started = time.perf_counter()
     opened = open_existing(store)
     output = Path(output)
@@ -99,7 +103,7 @@ def export_per_sentence(
 
     with (
         ThreadPoolExecutor(max_workers=summary.jobs, thread_name_prefix="saezarr-export") as pool,
-        tqdm(total=len(todo), unit="file", desc="saezarr export-npz", disable=None) as bar,
+        tqdm(total=len(todo), unit="file", desc="saezarr export-npz", disable=progress_off(quiet)) as bar,
     ):
         for i, arrays in _sentences(opened, targets, with_residuals, starts, stops, coords, wanted):
             pending.append(pool.submit(_write, output / names[i], arrays, save))
@@ -116,9 +120,10 @@ def _refuse_mixed_widths(store: Store, targets: Sequence[ConfigTarget]) -> None:
         widths.setdefault(int(store.widths[target.index]), target.name)
     if len(widths) > 1:
         named = ", ".join(f"{width} ({name})" for width, name in sorted(widths.items()))
-        raise SaezarrError(
-            f"export-npz --per-sentence {store.path}: the selected configs have SAEs of different widths, {named}; a "
-            "sentence's file holds one width: select configs of one width with --configs or --layers"
+        raise InputError(
+            f"export-npz {option('per_sentence', True)} {store.path}: the selected configs have SAEs of different "
+            f"widths, {named}; a sentence's file holds one width: select configs of one width with {option('configs')} "
+            f"or {option('layers')}"
         )
 
 
@@ -126,24 +131,27 @@ def _residuals_for(store: Store, targets: Sequence[ConfigTarget]) -> bool:
     """Whether the files get hidden_states and embeddings; if not, say why once."""
     residuals = store.residuals
     if residuals is None:
-        print(
-            f"saezarr: {store.path} keeps no residual stream (build it with --residuals): the files hold everything "
-            "but hidden_states and embeddings",
-            file=sys.stderr,
+        _log.warning(
+            LogText(
+                f"{store.path} keeps no residual stream (build it with {option('residuals')}): the files hold "
+                "everything but hidden_states and embeddings"
+            )
         )
         return False
     missing = sorted({t.layer for t in targets} - set(residuals.layers))
     if missing:
-        print(
-            f"saezarr: {store.path} keeps the residual stream of layers {','.join(map(str, residuals.layers))}, not "
-            f"of layer {missing[0]} of a selected config: the files hold everything but hidden_states and embeddings "
-            "(select configs of kept layers with --layers to have them)",
-            file=sys.stderr,
+        _log.warning(
+            LogText(
+                f"{store.path} keeps the residual stream of layers {','.join(map(str, residuals.layers))}, not of "
+                f"layer {missing[0]} of a selected config: the files hold everything but hidden_states and embeddings "
+                f"(select configs of kept layers with {option('layers')} to have them)"
+            )
         )
         return False
     if not residuals.done().all():
-        raise SaezarrError(
-            f"{store.path}: not exported, the residual stream is not fully built; finish it with --resume"
+        raise StoreUnfinished(
+            f"{store.path}: not exported, the residual stream is not fully built; finish it with "
+            f"{option('resume', True)}"
         )
     return True
 
@@ -153,9 +161,9 @@ def _refuse_foreign(output: Path, names: Sequence[str]) -> None:
     for name in names:
         path = output / name
         if path.exists() and not _is_sentence_file(path):
-            raise SaezarrError(
-                f"--output {output}: {name} exists and is not a per-sentence file saezarr wrote; refusing to "
-                "overwrite it (move it away or choose another --output)"
+            raise OutputExists(
+                f"{option('output', output)}: {name} exists and is not a per-sentence file saezarr wrote; refusing to "
+                f"overwrite it (move it away or choose another {option('output')})"
             )
 
 

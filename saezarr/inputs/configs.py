@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from saezarr.errors import SaezarrError
+from saezarr.errors import ConfigError, InputError, option
 from saezarr.inputs import catalogues
 from saezarr.sites import parse_hook
 
@@ -70,24 +70,24 @@ def load_config_file(path: str | Path) -> ConfigFile:
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise SaezarrError(
+            raise ConfigError(
                 f"{path}: no such config file or bundled catalogue (`saezarr catalogues` lists them)"
             ) from None
         except UnicodeDecodeError as exc:
-            raise SaezarrError(f"{path}: not valid JSON ({exc})") from None
+            raise ConfigError(f"{path}: not valid JSON ({exc})") from None
     else:
         text = catalogues.read_text(str(path))
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise SaezarrError(f"{path}: not valid JSON ({exc})") from None
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
-        raise SaezarrError(f"{path}: expected a JSON object with keys 'model', 'sae_repo', 'configs'")
+        raise ConfigError(f"{path}: expected a JSON object with keys 'model', 'sae_repo', 'configs'")
     missing = [key for key in ("model", "sae_repo", "configs") if key not in data]
     if missing:
-        raise SaezarrError(f"{path}: missing key {missing[0]!r} (expected 'model', 'sae_repo', 'configs')")
+        raise ConfigError(f"{path}: missing key {missing[0]!r} (expected 'model', 'sae_repo', 'configs')")
     if not isinstance(data["configs"], list) or not data["configs"]:
-        raise SaezarrError(f"{path}: 'configs' must be a non-empty list")
+        raise ConfigError(f"{path}: 'configs' must be a non-empty list")
     configs = tuple(_parse_entry(path, i, entry) for i, entry in enumerate(data["configs"]))
     refuse_repeats(path, configs)
     return ConfigFile(model=str(data["model"]), sae_repo=str(data["sae_repo"]), configs=configs, source=str(path))
@@ -96,20 +96,20 @@ def load_config_file(path: str | Path) -> ConfigFile:
 def _parse_entry(path: Path, index: int, entry: object) -> SAEConfig:
     where = f"{path}: configs[{index}]"
     if not isinstance(entry, dict):
-        raise SaezarrError(f"{where}: expected an object with at least the key 'path'")
+        raise ConfigError(f"{where}: expected an object with at least the key 'path'")
     if "path" not in entry:
-        raise SaezarrError(f"{where}: missing key 'path'")
+        raise ConfigError(f"{where}: missing key 'path'")
     folder = entry["path"]
     if not isinstance(folder, str) or not folder.strip("/ "):
-        raise SaezarrError(f"{where}: 'path' must be a non-empty string (\".\" for the repository's root)")
+        raise ConfigError(f"{where}: 'path' must be a non-empty string (\".\" for the repository's root)")
     layer = _count(where, entry, "layer")
     l0 = _count(where, entry, "average_l0")
     name = entry.get("name")
     if name is not None and (not isinstance(name, str) or not name.strip() or "/" in name):
-        raise SaezarrError(f"{where}: 'name' must be a non-empty string without '/', got {name!r}")
+        raise ConfigError(f"{where}: 'name' must be a non-empty string without '/', got {name!r}")
     neuronpedia = entry.get("neuronpedia", None)
     if neuronpedia is not None and (not isinstance(neuronpedia, str) or not neuronpedia.strip("/ ")):
-        raise SaezarrError(f"{where}: 'neuronpedia' must be a Neuronpedia source string or null, got {neuronpedia!r}")
+        raise ConfigError(f"{where}: 'neuronpedia' must be a Neuronpedia source string or null, got {neuronpedia!r}")
     if "neuronpedia" in entry:  # null: the file says none is published
         neuronpedia = neuronpedia.strip("/ ") if neuronpedia else ""
     hook = parse_hook(entry["hook"], where) if entry.get("hook") is not None else None
@@ -127,7 +127,7 @@ def _parse_entry(path: Path, index: int, entry: object) -> SAEConfig:
 def _count(where: str, entry: dict, key: str) -> int | None:
     value = entry.get(key)
     if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-        raise SaezarrError(f"{where}: {key!r} must be a non-negative integer, got {value!r}")
+        raise ConfigError(f"{where}: {key!r} must be a non-negative integer, got {value!r}")
     return value
 
 
@@ -142,7 +142,7 @@ def parse_width(value: object, where: str) -> int:
             number, unit = int(match.group(1)), WIDTH_TAGS.get(match.group(2), 1)
             powers = [2**p for p in range(64) if 2**p // unit == number] if unit > 1 else []
             return powers[0] if powers else number * unit
-    raise SaezarrError(f"{where} must be a positive number of features or a tag like '16k' or '1m', got {value!r}")
+    raise ConfigError(f"{where} must be a positive number of features or a tag like '16k' or '1m', got {value!r}")
 
 
 def refuse_repeats(where: object, configs: Sequence[SAEConfig]) -> None:
@@ -150,7 +150,7 @@ def refuse_repeats(where: object, configs: Sequence[SAEConfig]) -> None:
     seen: dict[str, str] = {}
     for config in configs:
         if config.name in seen:
-            raise SaezarrError(
+            raise ConfigError(
                 f"{where}: config {config.name} appears more than once (paths {seen[config.name]} and "
                 f"{config.path}); give one of them a 'name'"
             )
@@ -162,9 +162,9 @@ def parse_layers(text: str) -> list[int]:
     try:
         layers = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise SaezarrError(f"--layers: expected comma-separated layer numbers, got {text!r}") from None
+        raise InputError(f"{option('layers')}: expected comma-separated layer numbers, got {text!r}") from None
     if not layers:
-        raise SaezarrError("--layers: no layer given")
+        raise InputError(f"{option('layers')}: no layer given")
     return layers
 
 
@@ -177,17 +177,17 @@ def select_configs(
         layers = list(layers)
         absent = sorted(set(layers) - {c.layer for c in configs})
         if absent:
-            raise SaezarrError(f"--layers: no config for layer {absent[0]} in the config file")
+            raise InputError(f"{option('layers')}: no config for layer {absent[0]} in the config file")
         chosen = [c for c in chosen if c.layer in layers]
     if names is not None:
         names = [n.strip() for n in names if n.strip()]
         known = {c.name for c in configs}
         for name in names:
             if name not in known:
-                raise SaezarrError(f"--configs: unknown config {name!r}{suggest(name, known)}")
+                raise InputError(f"{option('configs')}: unknown config {name!r}{suggest(name, known)}")
         chosen = [c for c in chosen if c.name in names]
     if not chosen:
-        raise SaezarrError("--layers/--configs: the selection matches no config")
+        raise InputError(f"{option('layers')}/{option('configs')}: the selection matches no config")
     return tuple(chosen)
 
 

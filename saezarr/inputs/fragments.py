@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from saezarr.errors import SaezarrError
+from saezarr.errors import InputError, option
 from saezarr.inputs.sentences import LabeledSentences
 
 GRANULARITIES = ("token", "word", "final")
@@ -51,7 +51,7 @@ def make_fragments(
 ) -> Fragments:
     """Tokenize every sentence (BOS first) and select its fragments at the given granularity."""
     if granularity not in GRANULARITIES:
-        raise SaezarrError(f"--fragments: expected one of {', '.join(GRANULARITIES)}, got {granularity!r}")
+        raise InputError(f"{option('fragments')}: expected one of {', '.join(GRANULARITIES)}, got {granularity!r}")
     # user text is text: a literal "<bos>" or "<start_of_turn>" in a sentence must not become a control token
     encoded = tokenizer(
         list(data.sentences), add_special_tokens=True, return_offsets_mapping=True, split_special_tokens=True
@@ -62,12 +62,12 @@ def make_fragments(
     for row, sentence in enumerate(data.sentences):
         ids, offsets = _with_bos(encoded["input_ids"][row], encoded["offset_mapping"][row], bos)
         if max_tokens is not None and len(ids) > max_tokens:
-            raise SaezarrError(
+            raise InputError(
                 f"{data.path}: data row {row + 1}: the sentence is {len(ids)} tokens long, more than the "
                 f"model's context of {max_tokens} tokens; shorten or split it"
             )
         if len(ids) < 2:
-            raise SaezarrError(f"{data.path}: data row {row + 1}: the sentence has no tokens")
+            raise InputError(f"{data.path}: data row {row + 1}: the sentence has no tokens")
         token_ids.append(np.asarray(ids, dtype=np.int64))
         ends = [end for _, end in offsets]
         positions = select_positions(sentence, ends, granularity)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from saezarr.errors import SaezarrError
+from saezarr.errors import InputError
 
 SENTENCE_COLUMN = "sentence"
 LABEL_COLUMN = "concept_strength_label"
@@ -48,21 +48,19 @@ def read_labeled_csv(path: str | Path) -> LabeledSentences:
     path = Path(path)
     text = _read_utf8(path)
     if not text.strip():
-        raise SaezarrError(f"{path}: the file is empty; expected a header 'sentence,concept_strength_label'")
+        raise InputError(f"{path}: the file is empty; expected a header 'sentence,concept_strength_label'")
     table = _parse_csv(path, text)
     for column in (SENTENCE_COLUMN, LABEL_COLUMN):
         _require_column(path, table, column)
     if table.empty:
-        raise SaezarrError(f"{path}: the file has a header but no data rows")
+        raise InputError(f"{path}: the file has a header but no data rows")
     sentences = table[SENTENCE_COLUMN].astype(str).tolist()
     labels = table[LABEL_COLUMN].astype(str).tolist()
     for row, (sentence, label) in enumerate(zip(sentences, labels), start=1):
         if not sentence.strip():
-            raise SaezarrError(f"{path}: data row {row}: the sentence is empty")
+            raise InputError(f"{path}: data row {row}: the sentence is empty")
         if not LABEL_PATTERN.match(label):
-            raise SaezarrError(
-                f"{path}: data row {row}: concept_strength_label {label!r} is not an integer from 0 to 3"
-            )
+            raise InputError(f"{path}: data row {row}: concept_strength_label {label!r} is not an integer from 0 to 3")
     return LabeledSentences(
         path=path,
         sentences=sentences,
@@ -73,9 +71,9 @@ def read_labeled_csv(path: str | Path) -> LabeledSentences:
 
 def _read_utf8(path: Path) -> str:
     if not path.exists():
-        raise SaezarrError(f"{path}: no such input file")
+        raise InputError(f"{path}: no such input file")
     if path.is_dir():
-        raise SaezarrError(f"{path}: is a folder, expected a CSV file")
+        raise InputError(f"{path}: is a folder, expected a CSV file")
     raw = path.read_bytes()
     try:
         return raw.decode("utf-8-sig")
@@ -84,7 +82,7 @@ def _read_utf8(path: Path) -> str:
             len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
         )  # utf-8-sig counts after the BOM
         line = raw[:offset].count(b"\n") + 1
-        raise SaezarrError(f"{path}: line {line}: not valid UTF-8 (byte offset {offset})") from None
+        raise InputError(f"{path}: line {line}: not valid UTF-8 (byte offset {offset})") from None
 
 
 def _parse_csv(path: Path, text: str) -> pd.DataFrame:
@@ -93,11 +91,11 @@ def _parse_csv(path: Path, text: str) -> pd.DataFrame:
     try:
         records = [record for record in reader if record]  # blank lines are skipped
     except csv.Error as exc:
-        raise SaezarrError(f"{path}: line {reader.line_num}: not a valid CSV file ({_first_line(exc)})") from None
+        raise InputError(f"{path}: line {reader.line_num}: not a valid CSV file ({_first_line(exc)})") from None
     header = [c.strip() for c in records[0]]
     for row, record in enumerate(records[1:], start=1):
         if len(record) > len(header):
-            raise SaezarrError(
+            raise InputError(
                 f"{path}: data row {row}: {len(record)} fields but the header has {len(header)}; "
                 "quote a sentence that contains a comma"
             )
@@ -113,7 +111,7 @@ def _require_column(path: Path, table: pd.DataFrame, column: str) -> None:
     close = difflib.get_close_matches(column, list(table.columns), n=1, cutoff=0.6)
     hint = f"; rename column {close[0]!r} to {column!r}?" if close else ""
     found = ", ".join(repr(c) for c in table.columns)
-    raise SaezarrError(f"{path}: missing column {column!r} (found {found}){hint}")
+    raise InputError(f"{path}: missing column {column!r} (found {found}){hint}")
 
 
 def _first_line(exc: Exception) -> str:

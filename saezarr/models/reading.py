@@ -13,7 +13,7 @@ import torch
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
-from saezarr.errors import SaezarrError, one_line
+from saezarr.errors import InputError, SaezarrError, one_line, option
 from saezarr.hub import Source, resolve
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -36,13 +36,13 @@ def resolve_model(name: str, revision: str | None = None) -> ModelInfo:
     """Find the model (hub id or folder) and read its config."""
     from transformers import AutoConfig
 
-    source = resolve(name, "config.json", "--model", revision)
+    source = resolve(name, "config.json", "model", revision)
     try:
         config = AutoConfig.from_pretrained(_load_name(source), revision=_load_revision(source))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         text = " ".join(str(exc).split())
-        raise SaezarrError(
-            f"--model {name}: cannot read its config.json as a model config ({type(exc).__name__}: {text[:200]})"
+        raise InputError(
+            f"{option('model', name)}: cannot read its config.json as a model config ({type(exc).__name__}: {text[:200]})"
         ) from None
     _check_decoder_layers(config, name)
     config = getattr(config, "text_config", config)
@@ -64,13 +64,13 @@ def _check_decoder_layers(config, name: str) -> None:
         with torch.device("meta"):
             skeleton = AutoModel.from_config(config)
     except Exception as exc:  # transformers raises many types for an architecture it cannot build
-        raise SaezarrError(
-            f"--model {name}: transformers cannot build it ({type(exc).__name__}: {one_line(exc)})"
+        raise InputError(
+            f"{option('model', name)}: transformers cannot build it ({type(exc).__name__}: {one_line(exc)})"
         ) from None
     try:
         decoder_layers(skeleton)
     except SaezarrError as exc:
-        raise SaezarrError(f"--model {name}: {exc}; its hook sites are not read yet") from None
+        raise InputError(f"{option('model', name)}: {exc}; its hook sites are not read yet") from None
 
 
 def check_weights(info: ModelInfo) -> None:
@@ -80,14 +80,14 @@ def check_weights(info: ModelInfo) -> None:
     folder = info.source.local_dir or _fetch_weights(info.source)
     files = sorted(folder.glob("*.safetensors"))
     if not files:
-        raise SaezarrError(f"--model {info.source.name}: no *.safetensors weights in {folder}")
+        raise InputError(f"{option('model', info.source.name)}: no *.safetensors weights in {folder}")
     for path in files:
         try:
             with safe_open(str(path), framework="pt"):
                 pass
         except Exception as exc:  # safetensors raises its own error types
-            raise SaezarrError(
-                f"--model {info.source.name}: {path.name} is damaged ({exc}); download it again"
+            raise InputError(
+                f"{option('model', info.source.name)}: {path.name} is damaged ({exc}); download it again"
             ) from None
 
 
@@ -97,7 +97,9 @@ def _fetch_weights(source: Source) -> Path:
     try:
         return Path(snapshot_download(source.name, revision=source.revision, allow_patterns=WEIGHT_FILES))
     except Exception as exc:  # the hub raises a zoo of types: offline, missing, gated, network
-        raise SaezarrError(f"--model {source.name}: could not get its weights ({type(exc).__name__}: {exc})") from None
+        raise SaezarrError(
+            f"{option('model', source.name)}: could not get its weights ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def load_tokenizer(info: ModelInfo) -> PreTrainedTokenizerFast:
@@ -107,14 +109,16 @@ def load_tokenizer(info: ModelInfo) -> PreTrainedTokenizerFast:
     try:
         tokenizer = AutoTokenizer.from_pretrained(_load_name(info.source), revision=_load_revision(info.source))
     except Exception as exc:
-        raise SaezarrError(
-            f"--model {info.source.name}: could not load its tokenizer ({type(exc).__name__}: {exc})"
+        raise InputError(
+            f"{option('model', info.source.name)}: could not load its tokenizer ({type(exc).__name__}: {exc})"
         ) from None
     if not getattr(tokenizer, "is_fast", False):
-        raise SaezarrError(f"--model {info.source.name}: a fast tokenizer (tokenizer.json) is required for offsets")
+        raise InputError(
+            f"{option('model', info.source.name)}: a fast tokenizer (tokenizer.json) is required for offsets"
+        )
     if tokenizer.bos_token_id is None:
-        raise SaezarrError(
-            f"--model {info.source.name}: its tokenizer has no BOS token; saezarr puts BOS first and never encodes "
+        raise InputError(
+            f"{option('model', info.source.name)}: its tokenizer has no BOS token; saezarr puts BOS first and never encodes "
             "it, so each sentence's first real token would be lost: not implemented"
         )
     return tokenizer
@@ -141,7 +145,7 @@ def load_model(info: ModelInfo, device: str, dtype: str) -> torch.nn.Module:
     except (OSError, ValueError, RuntimeError, KeyError) as exc:  # RuntimeError includes out of memory
         text = " ".join(str(exc).split())[:300]
         raise SaezarrError(
-            f"--model {info.source.name}: could not load it ({type(exc).__name__}: {text})", exit_code=1
+            f"{option('model', info.source.name)}: could not load it ({type(exc).__name__}: {text})", exit_code=1
         ) from None
 
 
@@ -155,7 +159,7 @@ def decoder_layers(model: torch.nn.Module) -> Sequence[torch.nn.Module]:
             layers = getattr(candidate, "layers", None)
             if isinstance(layers, torch.nn.ModuleList):
                 return layers
-    raise SaezarrError(f"{type(model).__name__}: no decoder layers found (expected .layers or .language_model.layers)")
+    raise InputError(f"{type(model).__name__}: no decoder layers found (expected .layers or .language_model.layers)")
 
 
 class _StopForward(Exception):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from saezarr.errors import SaezarrError, SaezarrNote
+from saezarr.errors import ConfigError, InputError, SAEFormatError, SaezarrError, SaezarrNote, option
 from saezarr.hub import Source, download, resolve
 from saezarr.inputs.configs import SAEConfig, refuse_repeats
 from saezarr.models.names import names_model
@@ -22,7 +22,7 @@ from saezarr.sites import Site, check_read, gemma_scope_1_site, resid_post
 if TYPE_CHECKING:
     from saezarr.models.reading import ModelInfo
 
-OPTION = "--sae-repo"
+OPTION = "sae_repo"  # the option that names the SAE repository
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,9 @@ def _fetcher(source: Source, config: SAEConfig, misses: list[SaezarrError]):
             if path.is_file():
                 return path
             if required:
-                raise SaezarrError(f"{OPTION} {source.name}: config {config.name}: no {filename} in {path.parent}")
+                raise SAEFormatError(
+                    f"{option(OPTION, source.name)}: config {config.name}: no {filename} in {path.parent}"
+                )
             return None
         subfolder = None if config.path == "." else config.path
         try:
@@ -104,8 +106,8 @@ def read_description(source: Source, config: SAEConfig) -> SAEDescription:
     if misses:  # from the hub: say why the file the folder's name suggests could not be had
         raise misses[0]
     looked_for = ", ".join(sae_format.files for sae_format in by_priority())
-    raise SaezarrError(
-        f"{OPTION} {source.name}: config {config.name}: no SAE in a known layout in {config.path} (looked for "
+    raise SAEFormatError(
+        f"{option(OPTION, source.name)}: config {config.name}: no SAE in a known layout in {config.path} (looked for "
         f"{looked_for})"
     )
 
@@ -140,12 +142,12 @@ def complete(config: SAEConfig, layout: SAEDescription, where: object) -> SAECon
     site = checked_site(config, layout.site, where)
     known_layer = layout.layer if layout.layer is not None else (site.layer if site is not None else None)
     if config.layer is not None and known_layer is not None and config.layer != known_layer:
-        raise SaezarrError(
+        raise ConfigError(
             f"{where}: config {config.name}: 'layer' is {config.layer} but the SAE reads layer {known_layer}"
         )
     layer = config.layer if config.layer is not None else known_layer
     if layer is None:
-        raise SaezarrError(f"{where}: config {config.name}: give its 'layer' (its layout does not say it)")
+        raise ConfigError(f"{where}: config {config.name}: give its 'layer' (its layout does not say it)")
     return dataclasses.replace(
         config,
         layer=layer,
@@ -182,7 +184,7 @@ def locate_sae(source: Source, config: SAEConfig, model: ModelInfo, where: objec
     """Get one SAE's files, complete its config from its layout, and check its shapes and training against the
     model's."""
     layout = read_description(source, config)
-    config = complete(config, layout, where or f"{OPTION} {source.name}")
+    config = complete(config, layout, where or option(OPTION, source.name))
     at = f"{layout.weights}: config {config.name}"
     _check_training(layout, config, model, at)
     _check_activation(layout, at)
@@ -203,13 +205,13 @@ def _check_training(layout: SAEDescription, config: SAEConfig, model: ModelInfo,
     """Refuse an SAE trained on another model, or on activations that TransformerLens processed in a way the model
     as saezarr reads it does not reproduce."""
     if layout.model_name and not names_model(layout.model_name, model.source):
-        raise SaezarrError(
-            f"{at}: the SAE was trained on {layout.model_name!r}, but --model is {model.source.name} (a folder is "
-            "matched by its name); use the model it was trained on"
+        raise SAEFormatError(
+            f"{at}: the SAE was trained on {layout.model_name!r}, but {option('model')} is {model.source.name} (a "
+            "folder is matched by its name); use the model it was trained on"
         )
     if layout.centred and model.rms_norm is not True:  # on an RMSNorm model TransformerLens skips the centring
         norm = "a LayerNorm model" if model.rms_norm is False else "a model whose norm is not read here"
-        raise SaezarrError(
+        raise SAEFormatError(
             f"{at}: the SAE was trained on residuals centred by TransformerLens' center_writing_weights, which "
             f"saezarr does not compute for {model.source.name} ({norm}): not implemented"
         )
@@ -219,12 +221,12 @@ def _check_activation(layout: SAEDescription, at: str) -> None:
     """Refuse an architecture that names no registered activation function, or an SAE that lacks what its
     activation function reads."""
     if layout.architecture not in ACTIVATIONS:
-        raise SaezarrError(f"{at}: architecture {layout.architecture!r} is not implemented ({known_activations()})")
+        raise SAEFormatError(f"{at}: architecture {layout.architecture!r} is not implemented ({known_activations()})")
     activation = ACTIVATIONS[layout.architecture]
     if activation.uses_threshold and layout.threshold is None:
-        raise SaezarrError(f"{at}: a {activation.name} SAE needs a threshold array, and its format names none")
+        raise SAEFormatError(f"{at}: a {activation.name} SAE needs a threshold array, and its format names none")
     if activation.uses_k and layout.k is None:
-        raise SaezarrError(f"{at}: a {activation.name} SAE needs a positive integer 'k', got None")
+        raise SAEFormatError(f"{at}: a {activation.name} SAE needs a positive integer 'k', got None")
 
 
 def _check_shapes(layout: SAEDescription, config: SAEConfig, d_model: int, at: str) -> int:
@@ -232,30 +234,30 @@ def _check_shapes(layout: SAEDescription, config: SAEConfig, d_model: int, at: s
     try:
         shapes = {key: tensor.shape for key, tensor in read_header(layout.weights).items()}
     except WeightsUnreadable as exc:
-        raise SaezarrError(f"{at}: not a readable {layout.weights.name} ({exc})") from None
+        raise SAEFormatError(f"{at}: not a readable {layout.weights.name} ({exc})") from None
     for role, key in layout.keys.items():
         if key not in shapes:
-            raise SaezarrError(f"{at}: {layout.weights.name} has no {key!r} array (the SAE's {role})")
+            raise SAEFormatError(f"{at}: {layout.weights.name} has no {key!r} array (the SAE's {role})")
     w_enc = shapes[layout.W_enc]
     if len(w_enc) != 2:
-        raise SaezarrError(f"{at}: {layout.W_enc} must be 2-D, got shape {w_enc}")
+        raise SAEFormatError(f"{at}: {layout.W_enc} must be 2-D, got shape {w_enc}")
     d_in, width = w_enc
     if layout.d_in is not None and layout.d_in != d_model:
-        raise SaezarrError(f"{at}: its settings say d_in {layout.d_in} but the model's hidden size is {d_model}")
+        raise SAEFormatError(f"{at}: its settings say d_in {layout.d_in} but the model's hidden size is {d_model}")
     if (layout.d_in, layout.d_sae) != (None, None) and (layout.d_in or d_in, layout.d_sae or width) != (d_in, width):
-        raise SaezarrError(
+        raise SAEFormatError(
             f"{at}: its settings say {layout.d_in} x {layout.d_sae} but {layout.W_enc} is {d_in} x {width}"
         )
     if d_in != d_model:
-        raise SaezarrError(f"{at}: {layout.W_enc} is {d_in} x {width} but the model's hidden size is {d_model}")
+        raise SAEFormatError(f"{at}: {layout.W_enc} is {d_in} x {width} but the model's hidden size is {d_model}")
     expected = {"b_enc": (width,), "threshold": (width,), "b_dec": (d_model,)}
     for role, key in layout.keys.items():
         if role in expected and shapes[key] != expected[role]:
-            raise SaezarrError(f"{at}: {key} has shape {shapes[key]}, expected {expected[role]}")
+            raise SAEFormatError(f"{at}: {key} has shape {shapes[key]}, expected {expected[role]}")
     if config.width is not None and config.width != width:
-        raise SaezarrError(f"{at}: the config says width {config.width} but the SAE has {width} features")
+        raise SAEFormatError(f"{at}: the config says width {config.width} but the SAE has {width} features")
     if layout.k is not None and layout.k > width:
-        raise SaezarrError(f"{at}: k = {layout.k} is more than the SAE's {width} features")
+        raise SAEFormatError(f"{at}: k = {layout.k} is more than the SAE's {width} features")
     return width
 
 
@@ -269,7 +271,7 @@ def check_context(saes: Sequence[SAEFile], token_counts: Sequence[int], where: o
     limit = shortest.layout.context_size
     for row, count in enumerate(token_counts):
         if count > limit:
-            raise SaezarrError(
+            raise InputError(
                 f"{where}: data row {row + 1}: the sentence is {count} tokens long (BOS included), more than the "
                 f"{limit}-token context SAE {shortest.config.name} was trained on; shorten or split it"
             )

@@ -19,7 +19,17 @@ import numpy as np
 from saezarr.durable import folders
 from saezarr.durable.folders import TEMP_SUFFIX, write_durably
 from saezarr.durable.locking import StoreLock
-from saezarr.errors import SaezarrError
+from saezarr.errors import (
+    InputError,
+    OutputExists,
+    ResumeMismatch,
+    SaezarrError,
+    StoreDamaged,
+    StoreNotFound,
+    WriteFailed,
+    call,
+    option,
+)
 from saezarr.inputs.configs import SAEConfig
 from saezarr.store.residual_arrays import (
     EMBEDDINGS,
@@ -96,7 +106,7 @@ class Store:
         try:
             array = zarr.open_array(self.path / ACTIVATIONS, mode=self.mode)
         except (OSError, ValueError, KeyError, TypeError, zarr.errors.BaseZarrError) as exc:
-            raise SaezarrError(f"{self.path}: {array_unreadable(exc)}") from None
+            raise StoreDamaged(f"{self.path}: {array_unreadable(exc)}") from None
         # every unit is written whole, so zarr need not test chunks for being all fill value
         return array.with_config({"write_empty_chunks": True})
 
@@ -237,11 +247,11 @@ class Store:
                     raise self.unreadable(config_index, chunk, exc) from None
         return out
 
-    def unreadable(self, config_index: int, chunk: int, exc: Exception) -> SaezarrError:
+    def unreadable(self, config_index: int, chunk: int, exc: Exception) -> StoreDamaged:
         """The one-line error for a unit whose data cannot be read back."""
-        return SaezarrError(
+        return StoreDamaged(
             f"{self.path}: cannot read chunk {chunk} of {self.config_names[config_index]} ({type(exc).__name__}: "
-            f"{exc}); the store may be damaged; rebuild it with `saezarr build ... --overwrite`",
+            f"{exc}); the store may be damaged; rebuild it with `{call('build', 'overwrite')}`",
             exit_code=1,
         )
 
@@ -342,7 +352,7 @@ def read_saezarr_attrs(path: Path) -> dict:
     except (OSError, ValueError):
         attrs = {}
     if "saezarr_version" not in attrs:
-        raise SaezarrError(f"{path}: not a saezarr store (no saezarr attributes in zarr.json)")
+        raise StoreNotFound(f"{path}: not a saezarr store (no saezarr attributes in zarr.json)")
     return attrs
 
 
@@ -376,20 +386,20 @@ def check_output_path(path: Path) -> bool:
     url = _URL.match(str(path))
     if url and url.group(1).lower() == "file":
         local = str(path)[url.end() - 1 :]
-        raise SaezarrError(f"--output file://{local}: a file:// URL; give the path itself ({local})")
+        raise InputError(f"{option('output', f'file://{local}')}: a file:// URL; give the path itself ({local})")
     if url:
-        raise SaezarrError(
-            f"--output {url.group(1)}://{str(path)[url.end() :]}: a URL; saezarr writes stores to a file system path "
+        raise InputError(
+            f"{option('output', f'{url.group(1)}://{str(path)[url.end() :]}')}: a URL; saezarr writes stores to a file system path "
             "only (object stores are not supported yet)"
         )
     if path.is_file() or (path.exists() and not path.is_dir()):
-        raise SaezarrError(f"--output {path}: is a file, not a store folder")
+        raise InputError(f"{option('output', path)}: is a file, not a store folder")
     if not path.exists() or (path.is_dir() and not any(path.iterdir())):
         return False
     try:
         read_saezarr_attrs(path)
     except SaezarrError as exc:
-        raise SaezarrError(f"--output {exc}; refusing to touch it") from None
+        raise OutputExists(f"{option('output', exc)}; refusing to touch it") from None
     return True
 
 
@@ -397,31 +407,33 @@ def check_resume(path: Path, attrs: dict, configs: Sequence[SAEConfig] = ()) -> 
     """Refuse to resume a store started with a different input, config selection, model, SAEs, tokens or options, or
     one that an extension has begun to grow."""
     if (Path(path) / STATE_GROUP / EXTEND_RECORD).is_file():
-        raise SaezarrError(
-            f"--resume {path}: an extension of the store (build --extend) is in progress; rerun that same --extend "
-            "command to finish it"
+        raise ResumeMismatch(
+            f"{option('resume', True)} {path}: an extension of the store (build {option('extend')}) is in progress; rerun "
+            f"that same {option('extend')} command to finish it"
         )
     stored = read_saezarr_attrs(path)
     for field in RESUME_FIELDS:
         name = FIELD_NAMES.get(field, field.replace("_", " "))
         if field not in stored and field in attrs:
             # a store from before the field was recorded: resuming it could mix what the field now guards
-            raise SaezarrError(
-                f"--resume {path}: the store records no {name}: an older saezarr "
+            raise ResumeMismatch(
+                f"{option('resume', True)} {path}: the store records no {name}: an older saezarr "
                 f"({stored.get('saezarr_version')}) started it, so this resume could not be checked against it; "
-                "finish it with that saezarr or use --overwrite to start over"
+                f"finish it with that saezarr or use {option('overwrite', True)} to start over"
             )
         if stored.get(field) != attrs.get(field):
-            raise SaezarrError(
-                f"--resume {path}: the store was started with a different {name} "
-                f"({_brief(stored.get(field))}, now {_brief(attrs.get(field))}); use --overwrite to start over"
+            raise ResumeMismatch(
+                f"{option('resume', True)} {path}: the store was started with a different {name} "
+                f"({_brief(stored.get(field))}, now {_brief(attrs.get(field))}); use {option('overwrite', True)} to "
+                "start over"
             )
     stored_paths = dict(zip(stored["configs"], _stored_sae_paths(path)))
     for config in configs:
         if stored_paths.get(config.name, config.path) != config.path:
-            raise SaezarrError(
-                f"--resume {path}: the store was started with a different SAE path for config {config.name} "
-                f"({_brief(stored_paths[config.name])}, now {_brief(config.path)}); use --overwrite to start over"
+            raise ResumeMismatch(
+                f"{option('resume', True)} {path}: the store was started with a different SAE path for config {config.name} "
+                f"({_brief(stored_paths[config.name])}, now {_brief(config.path)}); use {option('overwrite', True)} "
+                "to start over"
             )
 
 
@@ -432,9 +444,9 @@ def _stored_sae_paths(path: Path) -> list[str]:
     try:
         return [str(value) for value in zarr.open_array(Path(path) / "sae_path", mode="r")[:]]
     except (OSError, ValueError, KeyError, zarr.errors.BaseZarrError) as exc:
-        raise SaezarrError(
-            f"--resume {path}: the store is damaged and cannot be resumed (its sae_path coordinate: "
-            f"{type(exc).__name__}: {exc}); rebuild it with --overwrite"
+        raise StoreDamaged(
+            f"{option('resume', True)} {path}: the store is damaged and cannot be resumed (its sae_path coordinate: "
+            f"{type(exc).__name__}: {exc}); rebuild it with {option('overwrite', True)}"
         ) from None
 
 
@@ -471,8 +483,8 @@ def create_store(
         else:
             os.rename(staging, path)
     except OSError as exc:
-        raise SaezarrError(
-            f"--output {path}: could not create the store ({exc.strerror or exc})", exit_code=1
+        raise WriteFailed(
+            f"{option('output', path)}: could not create the store ({exc.strerror or exc})", exit_code=1
         ) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -491,9 +503,10 @@ def open_for_resume(path: Path) -> Store:
         _ = store.array  # opened now: a resume should stop before it computes anything
         return store
     except (OSError, ValueError, KeyError, TypeError, SaezarrError) as exc:
-        reason = str(exc).removeprefix(f"{path}: ") if isinstance(exc, SaezarrError) else array_unreadable(exc)
-        raise SaezarrError(
-            f"--resume {path}: the store is damaged and cannot be resumed ({reason}); rebuild it with --overwrite"
+        reason = exc.message.removeprefix(f"{path}: ") if isinstance(exc, SaezarrError) else array_unreadable(exc)
+        raise StoreDamaged(
+            f"{option('resume', True)} {path}: the store is damaged and cannot be resumed ({reason}); rebuild it with "
+            f"{option('overwrite', True)}"
         ) from None
 
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from saezarr.errors import SaezarrError
+from saezarr.errors import InputError, StoreDamaged, StoreNotFound
 from saezarr.machine import human_bytes
 from saezarr.store.format import Store, array_unreadable, read_saezarr_attrs
 
@@ -39,15 +39,15 @@ def open_existing(path: str | Path) -> Store:
     try:
         return Store(path)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise SaezarrError(f"{path}: {array_unreadable(exc)}") from None
+        raise StoreDamaged(f"{path}: {array_unreadable(exc)}") from None
 
 
 def _existing_store_path(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
-        raise SaezarrError(f"{path}: no such store")
+        raise StoreNotFound(f"{path}: no such store")
     if not path.is_dir():
-        raise SaezarrError(f"{path}: is a file, not a store folder")
+        raise InputError(f"{path}: is a file, not a store folder")
     return path
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from saezarr.errors import SaezarrError
+from saezarr.errors import InputError, option
 from saezarr.inputs.configs import suggest
 
 
@@ -18,15 +18,15 @@ def select_stored_configs(
         for layer in layers:
             if layer not in known_layers:
                 listed = ", ".join(map(str, known_layers))
-                raise SaezarrError(f"--layers: the store has no config on layer {layer} (its layers: {listed})")
+                raise InputError(f"{option('layers')}: the store has no config on layer {layer} (its layers: {listed})")
         chosen = [i for i in chosen if config_layers[i] in layers]
     if names is not None:
         names = [n.strip() for n in names if n.strip()]
         for name in names:
             if name not in config_names:
                 listing = suggest(name, config_names) or f" (it has {', '.join(config_names)})"
-                raise SaezarrError(f"--configs: the store has no config {name!r}{listing}")
+                raise InputError(f"{option('configs')}: the store has no config {name!r}{listing}")
         chosen = [i for i in chosen if config_names[i] in names]
     if not chosen:
-        raise SaezarrError("--layers/--configs: the selection matches no config of the store")
+        raise InputError(f"{option('layers')}/{option('configs')}: the selection matches no config of the store")
     return chosen

@@ -114,12 +114,12 @@ def test_an_unknown_pool_or_a_sentence_without_one_final_fragment_is_one_line(st
     from saezarr.errors import SaezarrError
 
     ds = saezarr.open_store(store)
-    with pytest.raises(SaezarrError, match=r"^--pool: expected one of final, max, mean, got 'sum'$"):
+    with pytest.raises(SaezarrError, match=r"^pool: expected one of final, max, mean, got 'sum'$"):
         saezarr.feature_metrics(ds, pool="sum")
-    with pytest.raises(SaezarrError, match=r"^--pool: expected one of final, max, mean, got 'sum'$"):
+    with pytest.raises(SaezarrError, match=r"^pool: expected one of final, max, mean, got 'sum'$"):
         analyze(AnalyzeOptions(store=store, output=tmp_path / "out", pool="sum", cache=tmp_path / "cache"))
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
     no_finals = ds.assign_coords(is_final_token=("fragment", np.zeros(ds.sizes["fragment"], dtype=bool)))
-    with pytest.raises(SaezarrError, match=r"^--pool final: not every sentence has exactly one final-token fragment"):
+    with pytest.raises(SaezarrError, match=r"^pool=final: not every sentence has exactly one final-token fragment"):
         saezarr.feature_metrics(no_finals, pool="final")
     assert saezarr.feature_metrics(no_finals, pool="max").sizes == {"config": 6, "feature": 128}  # max needs none

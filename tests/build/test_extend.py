@@ -334,7 +334,7 @@ def test_ctrl_c_while_the_store_grows_says_how_to_finish_and_resume_is_refused(a
         build(options(assets["csv"], store, assets["all_config"], extend=True))
     assert stopped.value.exit_code == 130
     assert str(stopped.value) == (
-        f"interrupted while {store} was growing; rerun the same --extend command to finish the extension"
+        f"interrupted while {store} was growing; rerun the same extend=True command to finish the extension"
     )
     before = all_files(store)
     result = run_cli(

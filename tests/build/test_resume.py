@@ -202,8 +202,8 @@ def test_resume_with_a_difference_is_refused(tiny, runs, copies, change, field):
     with pytest.raises(SaezarrError) as caught:
         build(options(tiny, guarded, resume=True, **kwargs))
     message = str(caught.value)
-    assert message.startswith(f"--resume {guarded}: the store was started with a different {field} (")
-    assert message.endswith("); use --overwrite to start over")
+    assert message.startswith(f"resume=True {guarded}: the store was started with a different {field} (")
+    assert message.endswith("); use overwrite=True to start over")
     assert "\n" not in message
     if field == "model":
         assert str(tiny.model.resolve()) in message and str(copies["model"].resolve()) in message
@@ -313,8 +313,8 @@ def test_resume_with_a_changed_sae_path_is_refused(tiny, runs):
     with pytest.raises(SaezarrError) as caught:
         build(options(tiny, guarded, config_file=config_file, resume=True))
     assert str(caught.value) == (
-        f"--resume {guarded}: the store was started with a different SAE path for config layer_0_l0_6 "
-        f'("layer_0/width_16k/average_l0_6", now "{other}"); use --overwrite to start over'
+        f"resume=True {guarded}: the store was started with a different SAE path for config layer_0_l0_6 "
+        f'("layer_0/width_16k/average_l0_6", now "{other}"); use overwrite=True to start over'
     )
     assert files(guarded) == runs["guarded_before"]
 
@@ -337,8 +337,8 @@ def test_resume_after_a_tokenizer_change_is_refused(tiny, tmp_path):
     with pytest.raises(SaezarrError) as caught:
         build(options(tiny, store, model=str(model), resume=True))
     assert str(caught.value) == (
-        f"--resume {store}: the store was started with a different tokenization (sha256 of the token ids and fragment "
-        f'positions) ("{started}", now "{now}"); use --overwrite to start over'
+        f"resume=True {store}: the store was started with a different tokenization (sha256 of the token ids and fragment "
+        f'positions) ("{started}", now "{now}"); use overwrite=True to start over'
     )
     assert files(store) == before
 
@@ -357,8 +357,8 @@ def test_resume_of_a_store_without_a_token_fingerprint_is_refused(tiny, runs, tm
         build(options(tiny, store, resume=True))
     version = meta["attributes"]["saezarr_version"]
     assert str(caught.value) == (
-        f"--resume {store}: the store records no tokenization (sha256 of the token ids and fragment positions): an "
+        f"resume=True {store}: the store records no tokenization (sha256 of the token ids and fragment positions): an "
         f"older saezarr ({version}) started it, so this resume could not be checked against it; finish it with that "
-        "saezarr or use --overwrite to start over"
+        "saezarr or use overwrite=True to start over"
     )
     assert files(store) == before

@@ -228,7 +228,7 @@ def test_too_long_sentence_stops_the_build_before_any_output(tiny, tmp_path):
 
 
 def test_unknown_granularity(demo, tokenizer):
-    with pytest.raises(SaezarrError, match=r"--fragments: expected one of token, word, final, got 'char'"):
+    with pytest.raises(SaezarrError, match=r"^fragments: expected one of token, word, final, got 'char'$"):
         make_fragments(demo, tokenizer, "char")
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import json
+import logging
 import os
 import shutil
-import sys
 import weakref
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -20,12 +20,13 @@ from saezarr.analysis.stats.metrics import METRICS, unstacked
 from saezarr.analysis.stats.pooling import SentenceLayout, pooled_dtype
 from saezarr.durable.folders import make_staging, remove_stale_staging_in, replace_file
 from saezarr.durable.locking import SharedLease, exclusive_if_free
-from saezarr.errors import SaezarrError
+from saezarr.errors import SaezarrError, WriteFailed
 from saezarr.execution.running import map_in_threads, map_units
 from saezarr.machine import human_bytes, parse_size
 from saezarr.store.format import Store
 from saezarr.store.shards import ChunkFiles, ShardDamaged, chunk_file_count
 
+_log = logging.getLogger(__name__)
 CACHE_FORMAT = 5  # bump when what the cache holds or how it is computed changes
 POOLED = "pooled.zarr"
 METRICS_FILE = "metrics.npy"
@@ -174,7 +175,7 @@ class AnalysisCache:
                 if self.complete:  # another run filled it first
                     return
                 _delete_entry(self.path)  # a stub or a damaged entry: this fill replaces it
-        raise SaezarrError(f"{self.path}: could not put the filled analysis cache entry in place", exit_code=1)
+        raise WriteFailed(f"{self.path}: could not put the filled analysis cache entry in place", exit_code=1)
 
     def pooled(self) -> ChunkFiles:
         """The cached per-sentence activations, read chunk by chunk."""
@@ -266,10 +267,9 @@ def evict_old_entries(folder: Path, max_bytes: int, keep: Path) -> None:
             excess -= sizes[entry]
     if removed:
         freed = human_bytes(sum(sizes[entry] for entry in removed))
-        print(
-            f"saezarr: removed {len(removed)} old analysis cache entr{'y' if len(removed) == 1 else 'ies'} ({freed}) "
-            f"to stay under {human_bytes(max_bytes)}; see {MAX_BYTES_VARIABLE}",
-            file=sys.stderr,
+        _log.info(
+            f"removed {len(removed)} old analysis cache entr{'y' if len(removed) == 1 else 'ies'} ({freed}) "
+            f"to stay under {human_bytes(max_bytes)}; see {MAX_BYTES_VARIABLE}"
         )
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from saezarr.errors import SaezarrError
+from saezarr.errors import InputError, StoreDamaged, option
 
 POOLS = ("final", "max", "mean")
 # reads one fragment chunk of one config's feature range: read(chunk, reduce) is reduce(rows [fragment, feature])
@@ -28,7 +28,7 @@ class SentenceLayout:
         """The layout of fragments given their sentence index (ordered), final-token flag and label."""
         sentence = np.asarray(sentence_index)
         if np.any(np.diff(sentence) < 0):
-            raise SaezarrError("the store's fragments are not ordered by sentence")
+            raise StoreDamaged("the store's fragments are not ordered by sentence")
         starts = sentence_starts(sentence)
         stops = np.r_[starts[1:], len(sentence)]
         finals = np.flatnonzero(np.asarray(is_final_token, dtype=bool))
@@ -45,7 +45,9 @@ class SentenceLayout:
         """Refuse an unknown pool, and `final` where some sentence lacks exactly one final-token fragment."""
         check_pool(pool)
         if pool == "final" and self.finals is None:
-            raise SaezarrError("--pool final: not every sentence has exactly one final-token fragment in the store")
+            raise InputError(
+                f"{option('pool', 'final')}: not every sentence has exactly one final-token fragment in the store"
+            )
 
 
 def sentence_starts(sentence_index: np.ndarray) -> np.ndarray:
@@ -56,7 +58,7 @@ def sentence_starts(sentence_index: np.ndarray) -> np.ndarray:
 def check_pool(pool: str) -> None:
     """Refuse a pool that is not one of POOLS."""
     if pool not in POOLS:
-        raise SaezarrError(f"--pool: expected one of {', '.join(POOLS)}, got {pool!r}")
+        raise InputError(f"{option('pool')}: expected one of {', '.join(POOLS)}, got {pool!r}")
 
 
 def pooled_dtype(pool: str, dtype: np.dtype) -> np.dtype:

@@ -10,7 +10,7 @@ import numpy as np
 
 from saezarr.analysis.stats.features import FeatureMatrix, auroc_many, pearson_many
 from saezarr.analysis.stats.metrics import block_metrics, passes_filter
-from saezarr.errors import SaezarrError
+from saezarr.errors import InputError, option
 
 # training Pearson below min_pearson by more than rounding cannot pass the filter: only the others get all metrics
 ROUNDING = 1e-9
@@ -20,7 +20,9 @@ def fold_ids(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
     """Each sentence's fold (0..k-1), stratified by label: each label's sentences, shuffled with a fixed seed, dealt
     round the folds in turn (continuing from where the previous label stopped, so fold sizes differ by at most one)."""
     if k < 2 or k > len(labels):
-        raise SaezarrError(f"--folds: expected 0 (off) or 2 to the number of sentences ({len(labels)}), got {k}")
+        raise InputError(
+            f"{option('folds')}: expected 0 (off) or 2 to the number of sentences ({len(labels)}), got {k}"
+        )
     rng = np.random.default_rng(seed)
     folds = np.empty(len(labels), dtype=np.int64)
     dealt = 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 
-from saezarr.errors import SaezarrError
+from saezarr.errors import SAEFormatError
 from saezarr.inputs.configs import SAEConfig
 from saezarr.saes.description import Fetch, SAEDescription
 from saezarr.saes.formats import SAEFormat, register_format
@@ -51,12 +51,12 @@ def _settings_site(path, config: SAEConfig) -> Site | None:
     try:
         settings = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise SaezarrError(f"{path}: config {config.name}: not readable JSON ({exc})") from None
+        raise SAEFormatError(f"{path}: config {config.name}: not readable JSON ({exc})") from None
     if not isinstance(settings, dict):
-        raise SaezarrError(f"{path}: config {config.name}: expected a JSON object")
+        raise SAEFormatError(f"{path}: config {config.name}: expected a JSON object")
     architecture = str(settings.get("architecture", "jumprelu")).lower()
     if architecture not in JUMPRELU_NAMES:
-        raise SaezarrError(
+        raise SAEFormatError(
             f"{path}: config {config.name}: architecture {architecture!r} is not implemented for Gemma Scope 2 "
             "(only JumpReLU SAEs)"
         )

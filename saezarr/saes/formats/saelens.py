@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from saezarr.errors import SaezarrError
+from saezarr.errors import SAEFormatError
 from saezarr.inputs.configs import SAEConfig
 from saezarr.saes.activations import ACTIVATIONS, Activation, known_activations
 from saezarr.saes.description import Fetch, SAEDescription
@@ -36,9 +36,9 @@ def read_cfg(config: SAEConfig, fetch: Fetch) -> tuple[dict, object] | None:
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise SaezarrError(f"{path}: config {config.name}: not readable JSON ({exc})") from None
+        raise SAEFormatError(f"{path}: config {config.name}: not readable JSON ({exc})") from None
     if not isinstance(cfg, dict):
-        raise SaezarrError(f"{path}: config {config.name}: expected a JSON object")
+        raise SAEFormatError(f"{path}: config {config.name}: expected a JSON object")
     return cfg, path
 
 
@@ -55,10 +55,10 @@ def site(cfg: dict, path: object, where: str) -> Site:
     """The site the cfg names (`hook_name`, `hook_point` before SAELens 6); a head index is refused."""
     hook = field(cfg, "hook_name", "hook_point")
     if not isinstance(hook, str) or not hook:
-        raise SaezarrError(f"{where}: the cfg names no hook_name, so the site the SAE reads is unknown")
+        raise SAEFormatError(f"{where}: the cfg names no hook_name, so the site the SAE reads is unknown")
     head = field(cfg, "hook_head_index", "hook_point_head_index")
     if head is not None:
-        raise SaezarrError(
+        raise SAEFormatError(
             f"{where}: hook_head_index {head!r}: the SAE reads one attention head of {hook}; not implemented (refused "
             "rather than encode every head)"
         )
@@ -69,16 +69,16 @@ def training_facts(cfg: dict, where: str) -> dict:
     """What the cfg says of the model's activations in training that decides the numbers; refuse what saezarr does
     not reproduce (no BOS, a TransformerLens processing it does not apply)."""
     if field(cfg, "prepend_bos", default=True) is False:
-        raise SaezarrError(
+        raise SAEFormatError(
             f"{where}: prepend_bos is false (trained without BOS); saezarr prepends BOS to every sentence and never "
             "encodes it, so it would read other activations: not implemented"
         )
     kwargs = field(cfg, "model_from_pretrained_kwargs") or {}
     if not isinstance(kwargs, dict):
-        raise SaezarrError(f"{where}: model_from_pretrained_kwargs must be an object, got {kwargs!r}")
+        raise SAEFormatError(f"{where}: model_from_pretrained_kwargs must be an object, got {kwargs!r}")
     unknown = sorted(set(kwargs) - NEUTRAL_MODEL_KWARGS - {"center_writing_weights"})
     if unknown:
-        raise SaezarrError(
+        raise SAEFormatError(
             f"{where}: model_from_pretrained_kwargs {unknown[0]}={kwargs[unknown[0]]!r}: the model was processed "
             "in a way saezarr does not reproduce; not implemented"
         )
@@ -99,9 +99,9 @@ def cfg_activation(cfg: dict, where: str) -> Activation:
     if architecture == "relu" and activation_fn == "topk":  # before SAELens 6, TopK was a standard SAE's activation
         architecture = "topk"
     elif architecture == "relu" and activation_fn not in (None, "relu"):
-        raise SaezarrError(f"{where}: activation_fn {activation_fn!r} is not implemented (relu)")
+        raise SAEFormatError(f"{where}: activation_fn {activation_fn!r} is not implemented (relu)")
     if architecture not in ACTIVATIONS:
-        raise SaezarrError(
+        raise SAEFormatError(
             f"{where}: architecture {cfg.get('architecture')!r} is not implemented ({known_activations()})"
         )
     return ACTIVATIONS[architecture]
@@ -117,7 +117,7 @@ def describe(config: SAEConfig, fetch: Fetch, repo: str) -> SAEDescription | Non
     activation = cfg_activation(cfg, where)
     normalise = field(cfg, "normalize_activations", default="none")
     if normalise not in NO_NORMALISATION:
-        raise SaezarrError(
+        raise SAEFormatError(
             f"{where}: normalize_activations {normalise!r} is not implemented (only 'none'); refusing to encode "
             "without it"
         )
@@ -125,7 +125,7 @@ def describe(config: SAEConfig, fetch: Fetch, repo: str) -> SAEDescription | Non
     if activation.uses_k:
         k = cfg.get("k", (cfg.get("activation_fn_kwargs") or {}).get("k"))
         if not isinstance(k, int) or isinstance(k, bool) or k <= 0:
-            raise SaezarrError(f"{where}: a {activation.name} SAE needs a positive integer 'k', got {k!r}")
+            raise SAEFormatError(f"{where}: a {activation.name} SAE needs a positive integer 'k', got {k!r}")
     subtract = bool(cfg.get("apply_b_dec_to_input", True))  # SAELens' default when the cfg does not say
     read = site(cfg, path, where)
     facts = training_facts(cfg, where)
