@@ -61,22 +61,14 @@ def resolve_model(name: str, revision: str | None = None) -> ModelInfo:
 def _check_sites(config, name: str) -> None:
     """Refuse, before any weight is fetched, a model whose sites saezarr cannot place: its model type needs a site
     table, whose modules its skeleton must have (built on the meta device, which allocates nothing)."""
-    from transformers import AutoModel
-
     try:
         table = ARCHITECTURES[config.model_type]
     except UnknownEntry as exc:
         raise SaezarrError(f"--model {name}: {exc}: saezarr does not know where its sites are; {PLUGIN_HINT}") from None
-    try:
-        with torch.device("meta"):
-            skeleton = AutoModel.from_config(config)
-    except Exception as exc:  # transformers raises many types for an architecture it cannot build
-        raise SaezarrError(
-            f"--model {name}: transformers cannot build it ({type(exc).__name__}: {one_line(exc)})"
-        ) from None
+    skeleton = _skeleton(config, name)
     last = int(getattr(config, "text_config", config).num_hidden_layers) - 1
     for kind, place in table.sites.items():
-        for layer in {0, last}:
+        for layer in sorted({0, last}):
             path = place.at(layer).path
             try:
                 skeleton.get_submodule(path)
@@ -85,6 +77,19 @@ def _check_sites(config, name: str) -> None:
                     f"--model {name}: its site table places {kind} of layer {layer} at {path}, which "
                     f"{type(skeleton).__name__} does not have"
                 ) from None
+
+
+def _skeleton(config, name: str) -> torch.nn.Module:
+    """The base model of a config, built on the meta device."""
+    from transformers import AutoModel
+
+    try:
+        with torch.device("meta"):
+            return AutoModel.from_config(config)
+    except Exception as exc:  # transformers raises many types for an architecture it cannot build
+        raise SaezarrError(
+            f"--model {name}: transformers cannot build it ({type(exc).__name__}: {one_line(exc)})"
+        ) from None
 
 
 def check_weights(info: ModelInfo) -> None:
