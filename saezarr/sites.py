@@ -58,14 +58,12 @@ class Site:
     @property
     def layer(self) -> int | None:
         """The decoder layer the site belongs to (None: before the first one, e.g. hook_embed)."""
-        match = _HOOK.match(self.hook)
-        return int(match.group(1)) if match and match.group(1) else None
+        return split_hook(self.hook)[0]
 
     @property
     def kind(self) -> str:
         """The site without its layer: `hook_resid_post`, `hook_mlp_out`, `attn.hook_z`, ..."""
-        match = _HOOK.match(self.hook)
-        return match.group(2) if match else self.hook
+        return split_hook(self.hook)[1]
 
     @property
     def is_read(self) -> bool:
@@ -73,9 +71,23 @@ class Site:
         return self.layer is not None and self.kind in READ_SITES
 
 
+def split_hook(hook: str) -> tuple[int | None, str]:
+    """A hook name's decoder layer (None: none, e.g. hook_embed) and its kind (`hook_resid_post`, `attn.hook_z`)."""
+    match = _HOOK.match(hook)
+    if match is None:
+        return None, hook
+    return (int(match.group(1)) if match.group(1) else None), match.group(2)
+
+
 def resid_post(layer: int) -> str:
     """The hook of the residual stream after decoder layer `layer`."""
     return f"blocks.{layer}.hook_resid_post"
+
+
+def resid_pre(layer: int) -> str:
+    """The hook of the residual stream into decoder layer `layer` (of layer 0: the embeddings as the model scales and
+    adds them)."""
+    return f"blocks.{layer}.hook_resid_pre"
 
 
 def parse_hook(text: str, where: str) -> str:

@@ -539,14 +539,16 @@ class _Capture:
         pass
 
     def __init__(self, model, layers, stop: bool):
-        from saezarr.models.reading import decoder_layers
+        from saezarr.models.architectures import ARCHITECTURES
+        from saezarr.sites import resid_post
 
         self.out = {}
         self.handles = []
-        modules = decoder_layers(model)
+        table = ARCHITECTURES[model.config.model_type]
         deepest = max(layers)
         for layer in sorted(set(layers)):
-            self.handles.append(modules[layer].register_forward_hook(self._hook(layer, stop and layer == deepest)))
+            module = model.get_submodule(table.where(resid_post(layer)).path)
+            self.handles.append(module.register_forward_hook(self._hook(layer, stop and layer == deepest)))
 
     def _hook(self, layer, stop):
         def hook(module, args, output):

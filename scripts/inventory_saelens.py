@@ -27,7 +27,7 @@ from saezarr.saes.locate import known_from_path, named_site
 LAYOUTS = {None: "saelens", "gemma_2": "gemma_scope", "gemma_2_transcoder": "gemma_scope", "gemma_3": "gemma_scope_2"}
 HOOK = re.compile(r"(blocks\.\d+\.(?:[a-z0-9]+\.)?hook_[a-z]+(?:_[a-z]+)*|hook_embed)")
 LAYER_NORM_MODELS = ("gpt2", "pythia")  # TransformerLens' center_writing_weights changes their residuals
-NO_LAYERS_MODELS = ("gpt2",)  # transformers' GPT-2 keeps its blocks in `.h`, not `.layers`
+NO_TABLE_MODELS = ("gpt2",)  # model types with no built-in site table (saezarr/models/architectures)
 
 
 def registry(source: str | None) -> dict:
@@ -51,8 +51,8 @@ def classify(release: dict, sae: dict) -> str:
     if conversion == "gemma_3" and path.startswith("clt"):
         return "refused: format (Gemma Scope 2 CLT files are not folders)"
     model = str(release["model"]).lower()
-    if any(name in model for name in NO_LAYERS_MODELS):
-        return "refused: model (GPT-2 keeps its blocks in .h; saezarr reads .layers)"
+    if any(name in model for name in NO_TABLE_MODELS):
+        return "refused: model (GPT-2 has no built-in site table)"
     overrides = release.get("config_overrides") or {}
     kwargs = overrides.get("model_from_pretrained_kwargs") or {}
     if kwargs.get("center_writing_weights") and any(name in model for name in LAYER_NORM_MODELS):

@@ -49,7 +49,7 @@ from saezarr.inputs.sentences import read_labeled_csv
 from saezarr.machine import human_bytes
 from saezarr.models.reading import (
     ModelInfo,
-    ResidualReader,
+    SiteReader,
     check_weights,
     load_model,
     load_tokenizer,
@@ -553,7 +553,7 @@ class _PassRunner:
             overlap = overlaps_writes(self.plan.device)
         batch_size = self.store.attrs.get("batch_size", DEFAULT_BATCH_SIZE)  # on resume, the store's own
         writer = ChunkWriter(self.store, self.options.workers, overlap)
-        reader = contextlib.nullcontext() if model is None else ResidualReader(model, pass_.layers, pass_.embeddings)
+        reader = contextlib.nullcontext() if model is None else SiteReader(model, pass_.sites)
         with reader as reading, writer:
             for task in tasks:
                 self.summary.forward_batches += compute_chunk(

@@ -23,11 +23,14 @@ from saezarr.build.memory import default_sae_memory, units_in_flight, writer_thr
 from saezarr.errors import SaezarrError, WriteFailed, option
 from saezarr.execution.caches import current_store, process_cache
 from saezarr.inputs.fragments import Fragments
-from saezarr.models.reading import EMBEDDINGS_KEY, ModelInfo, ResidualReader, load_model
+from saezarr.models.reading import ModelInfo, SiteReader, load_model
 from saezarr.saes.encoder import Encoder, load_encoder, plan_passes
 from saezarr.saes.locate import SAEFile
+from saezarr.sites import resid_post, resid_pre
 from saezarr.store.format import Store, refuse_if_replaced
 from saezarr.store.residual_arrays import RESIDUAL_UNIT
+
+EMBEDDINGS = resid_pre(0)  # what the store's embeddings hold: the residual stream into decoder layer 0
 
 
 @dataclass(frozen=True)
@@ -79,14 +82,10 @@ class PassSpec:
     residual_layers: tuple[int, ...] = ()  # the store's kept layers, in the pass that writes residual units
 
     @property
-    def layers(self) -> list[int]:
-        """The layers whose residuals the pass reads."""
-        return sorted({sae.config.layer for sae in self.saes} | set(self.residual_layers))
-
-    @property
-    def embeddings(self) -> bool:
-        """Whether the pass reads the first decoder layer's input (it writes residual units)."""
-        return bool(self.residual_layers)
+    def sites(self) -> list[str]:
+        """The sites the pass reads: its SAEs', and with residual units the kept layers' and the embeddings."""
+        kept = [resid_post(layer) for layer in self.residual_layers] + [EMBEDDINGS] if self.residual_layers else []
+        return sorted({sae.hook for sae in self.saes} | set(kept))
 
 
 @dataclass(frozen=True)
@@ -156,12 +155,13 @@ def overlaps_writes(device: str) -> bool:
 
 
 def chunk_residuals(
-    reader: ResidualReader, fragments: FragmentIndex, start: int, stop: int, batch_size: int
-) -> tuple[dict[int, torch.Tensor], int]:
-    """Residuals of fragments [start, stop), and the forward batches run; the chunk alone decides its batches."""
+    reader: SiteReader, fragments: FragmentIndex, start: int, stop: int, batch_size: int
+) -> tuple[dict[str, torch.Tensor], int]:
+    """Activations {site: [fragment, hidden]} of fragments [start, stop), and the forward batches run; the chunk
+    alone decides its batches."""
     sentences, positions = fragments.sentences[start:stop], fragments.positions[start:stop]
     unique = list(dict.fromkeys(sentences.tolist()))
-    parts: dict[int, list[torch.Tensor]] = {}
+    parts: dict[str, list[torch.Tensor]] = {}
     batches = 0
     for first in range(0, len(unique), batch_size):
         batch = unique[first : first + batch_size]
@@ -172,13 +172,13 @@ def chunk_residuals(
         token_ids = [fragments.token_ids[s][: positions[sentences == s].max() + 1] for s in batch]
         captured = reader.read(token_ids, rows, positions[in_batch])
         batches += 1
-        for layer, tensor in captured.items():
-            parts.setdefault(layer, []).append(tensor)
-    return {layer: torch.cat(tensors) for layer, tensors in parts.items()}, batches
+        for hook, tensor in captured.items():
+            parts.setdefault(hook, []).append(tensor)
+    return {hook: torch.cat(tensors) for hook, tensors in parts.items()}, batches
 
 
 def compute_chunk(
-    reader: ResidualReader | None,
+    reader: SiteReader | None,
     encoders: Sequence[Encoder],
     pass_: PassSpec,
     fragments: FragmentIndex,
@@ -197,7 +197,7 @@ def compute_chunk(
         if row in task.rows:
             # the chunk's latents reach the host once, into a buffer the writer recycles
             latents = writer.host_buffer(stop - start, int(store.widths[row]))
-            _encode_as_a_full_chunk(encoder, residuals[sae.config.layer], latents, skip, store.chunk_fragments)
+            _encode_as_a_full_chunk(encoder, residuals[sae.hook], latents, skip, store.chunk_fragments)
             kept = store.kept_rows(row, task.chunk)
             if kept:  # an extension keeps these rows' latents bitwise as they were
                 latents[:kept] = torch.from_numpy(
@@ -207,12 +207,12 @@ def compute_chunk(
     if task.residuals:
         layers, dtype = store.residuals.layers, store.residuals.dtype
         if skip:  # the kept rows' residuals, as stored
-            kept = _stored(store, layers, True, start, start + skip)
+            kept = _stored(store, _stored_sites(store), True, start, start + skip)
             residuals = {key: torch.cat([value, residuals[key].cpu().float()]) for key, value in kept.items()}
         writer.submit_residuals(
             task.chunk,
-            np.stack([_host(residuals[layer], dtype) for layer in layers]),
-            _host(residuals[EMBEDDINGS_KEY], dtype),
+            np.stack([_host(residuals[resid_post(layer)], dtype) for layer in layers]),
+            _host(residuals[EMBEDDINGS], dtype),
         )
     return batches
 
@@ -245,36 +245,40 @@ def needs_model(store: Store, pass_: PassSpec, task: Task, residuals_done: np.nd
 
 
 def _rows_from_store(store: Store, pass_: PassSpec, task: Task, residuals_done: np.ndarray | None = None) -> int:
-    """Leading rows of a task's chunk whose residuals (every layer it reads) come from the store."""
-    if store.residuals is None or not set(_task_layers(store, pass_, task)) <= set(store.residuals.layers):
+    """Leading rows of a task's chunk whose residuals (every site it reads) come from the store."""
+    if store.residuals is None or not set(_task_sites(store, pass_, task)) <= set(_stored_sites(store)):
         return 0
     return store.residual_rows_stored(task.chunk, residuals_done)
 
 
-def _task_layers(store: Store, pass_: PassSpec, task: Task) -> list[int]:
-    """The layers a task's units read: its SAEs', and every kept layer if it writes the residual unit."""
-    layers = {sae.config.layer for sae, row in zip(pass_.saes, pass_.rows) if row in task.rows}
-    return sorted(layers | (set(store.residuals.layers) if task.residuals else set()))
+def _task_sites(store: Store, pass_: PassSpec, task: Task) -> list[str]:
+    """The sites a task's units read: its SAEs', and every kept layer's if it writes the residual unit."""
+    sites = {sae.hook for sae, row in zip(pass_.saes, pass_.rows) if row in task.rows}
+    return sorted(sites | (set(_stored_sites(store)) if task.residuals else set()))
+
+
+def _stored_sites(store: Store) -> list[str]:
+    """The sites whose activations the store keeps: the residual stream after each kept layer."""
+    return [resid_post(layer) for layer in store.residuals.layers]
 
 
 def task_residuals(
-    reader: ResidualReader | None,
+    reader: SiteReader | None,
     store: Store,
     pass_: PassSpec,
     fragments: FragmentIndex,
     task: Task,
     batch_size: int,
     skip: int = 0,
-) -> tuple[dict[int, torch.Tensor], int]:
-    """The residuals a task reads for its chunk's rows after the first `skip`, {layer (EMBEDDINGS_KEY: the
-    embeddings): [rows, hidden]}, read from the store where it holds them and from the model for the other rows;
+) -> tuple[dict[str, torch.Tensor], int]:
+    """The activations a task reads for its chunk's rows after the first `skip`, {site: [rows, hidden]}, read from the store where it holds them and from the model for the other rows;
     and the forward batches run."""
     start, stop = store.chunk_bounds(task.chunk)
     first = start + skip
     stored_stop = max(first, start + _rows_from_store(store, pass_, task))
-    parts: list[dict[int, torch.Tensor]] = []
+    parts: list[dict[str, torch.Tensor]] = []
     if stored_stop > first:
-        parts.append(_stored(store, _task_layers(store, pass_, task), task.residuals, first, stored_stop))
+        parts.append(_stored(store, _task_sites(store, pass_, task), task.residuals, first, stored_stop))
     batches = 0
     if stored_stop < stop:
         if reader is None:
@@ -289,19 +293,21 @@ def task_residuals(
         residuals = {key: torch.cat([p[key].cpu().float() for p in parts]) for key in parts[0]}
     kept = start + store.residual_rows_stored(task.chunk) if task.residuals else first
     if stored_stop == first and kept > first:  # an extension keeps these rows' residuals bitwise as they were
-        stored = _stored(store, list(store.residuals.layers), True, first, kept)
+        stored = _stored(store, _stored_sites(store), True, first, kept)
         residuals = {key: value.cpu().float() for key, value in residuals.items()}
         for key, value in stored.items():
             residuals[key][: kept - first] = value
     return residuals, batches
 
 
-def _stored(store: Store, layers: Sequence[int], embeddings: bool, start: int, stop: int) -> dict[int, torch.Tensor]:
-    """Residuals (and embeddings) of fragments [start, stop) of one chunk, read from the store."""
-    kept = [layer for layer in layers if layer in store.residuals.layers]
-    out = {layer: torch.from_numpy(values.copy()) for layer, values in store.residuals.read(kept, start, stop).items()}
+def _stored(store: Store, sites: Sequence[str], embeddings: bool, start: int, stop: int) -> dict[str, torch.Tensor]:
+    """Residuals {site: [rows, hidden]} of the store's kept layers among `sites` (and the embeddings) of fragments
+    [start, stop) of one chunk, read from the store."""
+    kept = [layer for layer in store.residuals.layers if resid_post(layer) in sites]
+    read = store.residuals.read(kept, start, stop)
+    out = {resid_post(layer): torch.from_numpy(values.copy()) for layer, values in read.items()}
     if embeddings:
-        out[EMBEDDINGS_KEY] = torch.from_numpy(store.residuals.read_embeddings(start, stop).copy())
+        out[EMBEDDINGS] = torch.from_numpy(store.residuals.read_embeddings(start, stop).copy())
     return out
 
 
@@ -472,7 +478,7 @@ def run_task(spec: ComputeSpec, fragments: FragmentIndex, pass_: PassSpec, task:
         encoders, sae_loads = _encoders(spec, pass_)
         buffers, _ = process_cache.get("host buffers", None, list)  # latents' host buffers, recycled across tasks
         writer = ChunkWriter(store, spec.write_threads, overlap, mark=False, buffers=buffers)
-        reading = contextlib.nullcontext() if model is None else ResidualReader(model, pass_.layers, pass_.embeddings)
+        reading = contextlib.nullcontext() if model is None else SiteReader(model, pass_.sites)
         with reading as reader, writer:
             batches = compute_chunk(reader, encoders, pass_, fragments, task, spec.batch_size, writer)
     return TaskResult(

@@ -1,4 +1,5 @@
-"""Loading a decoder-only model (Gemma 2, Gemma 3, ...) and reading the residual stream after chosen decoder layers with forward hooks."""
+"""Loading a decoder-only model (Gemma 2, Gemma 3, ...) and reading its sites with forward hooks where its
+architecture's site table places them."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ if TYPE_CHECKING:
 
 from saezarr.errors import InputError, SaezarrError, one_line, option
 from saezarr.hub import Source, resolve
+from saezarr.models.architectures import ARCHITECTURES, PLUGIN_HINT
+from saezarr.registry import UnknownEntry
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 WEIGHT_FILES = ["*.safetensors", "*.safetensors.index.json", "*.json"]
@@ -44,7 +47,7 @@ def resolve_model(name: str, revision: str | None = None) -> ModelInfo:
         raise InputError(
             f"{option('model', name)}: cannot read its config.json as a model config ({type(exc).__name__}: {text[:200]})"
         ) from None
-    _check_decoder_layers(config, name)
+    _check_sites(config, name)
     config = getattr(config, "text_config", config)
     return ModelInfo(
         source=source,
@@ -55,22 +58,40 @@ def resolve_model(name: str, revision: str | None = None) -> ModelInfo:
     )
 
 
-def _check_decoder_layers(config, name: str) -> None:
-    """Refuse, before any weight is fetched, an architecture whose decoder layers saezarr cannot find: its skeleton
-    is built on the meta device, which allocates nothing."""
+def _check_sites(config, name: str) -> None:
+    """Refuse, before any weight is fetched, a model whose sites saezarr cannot place: its model type needs a site
+    table, whose modules its skeleton must have (built on the meta device, which allocates nothing)."""
+    try:
+        table = ARCHITECTURES[config.model_type]
+    except UnknownEntry as exc:
+        raise InputError(
+            f"{option('model', name)}: {exc}: saezarr does not know where its sites are; {PLUGIN_HINT}"
+        ) from None
+    skeleton = _skeleton(config, name)
+    last = int(getattr(config, "text_config", config).num_hidden_layers) - 1
+    for kind, place in table.sites.items():
+        for layer in sorted({0, last}):
+            path = place.at(layer).path
+            try:
+                skeleton.get_submodule(path)
+            except AttributeError:
+                raise InputError(
+                    f"{option('model', name)}: its site table places {kind} of layer {layer} at {path}, which "
+                    f"{type(skeleton).__name__} does not have"
+                ) from None
+
+
+def _skeleton(config, name: str) -> torch.nn.Module:
+    """The base model of a config, built on the meta device."""
     from transformers import AutoModel
 
     try:
         with torch.device("meta"):
-            skeleton = AutoModel.from_config(config)
+            return AutoModel.from_config(config)
     except Exception as exc:  # transformers raises many types for an architecture it cannot build
         raise InputError(
             f"{option('model', name)}: transformers cannot build it ({type(exc).__name__}: {one_line(exc)})"
         ) from None
-    try:
-        decoder_layers(skeleton)
-    except SaezarrError as exc:
-        raise InputError(f"{option('model', name)}: {exc}; its hook sites are not read yet") from None
 
 
 def check_weights(info: ModelInfo) -> None:
@@ -149,49 +170,32 @@ def load_model(info: ModelInfo, device: str, dtype: str) -> torch.nn.Module:
         ) from None
 
 
-def decoder_layers(model: torch.nn.Module) -> Sequence[torch.nn.Module]:
-    """The model's decoder layers, in order: of a text model, or of the language model inside a multimodal one."""
-    for inner in (model, getattr(model, "model", None)):
-        if inner is None:
-            continue
-        language_model = getattr(inner, "language_model", None)  # Gemma 3 4B-27B: Gemma3Model.language_model
-        for candidate in (language_model, inner):
-            layers = getattr(candidate, "layers", None)
-            if isinstance(layers, torch.nn.ModuleList):
-                return layers
-    raise InputError(f"{type(model).__name__}: no decoder layers found (expected .layers or .language_model.layers)")
-
-
 class _StopForward(Exception):
-    """Raised by the deepest hook: nothing after that layer is needed."""
+    """Raised by the hook that reads the last site still unread: nothing after it is needed."""
 
 
-EMBEDDINGS_KEY = -1  # where `read` puts the input of decoder layer 0 (the scaled token embeddings), if asked
+class SiteReader:
+    """Reads sites (hook names in TransformerLens' spelling) at chosen token positions, each by a hook on the module
+    that the model's site table places it at; the forward stops once every site is read."""
 
-
-class ResidualReader:
-    """Reads resid_post (the output of decoder layer L) at chosen token positions, for a set of layers; with
-    `embeddings`, also the input of the first decoder layer (under EMBEDDINGS_KEY)."""
-
-    def __init__(self, model: torch.nn.Module, layers: Iterable[int], embeddings: bool = False):
+    def __init__(self, model: torch.nn.Module, hooks: Iterable[str]):
         self.model = model
-        self.layers = sorted(set(layers))
-        self.embeddings = embeddings
+        self.hooks = sorted(set(hooks))
         self._selection: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._captured: dict[int, torch.Tensor] = {}
+        self._captured: dict[str, torch.Tensor] = {}
         self._handles = []
 
-    def __enter__(self) -> ResidualReader:
-        modules = decoder_layers(self.model)
-        if self.embeddings:
-            # a pre-hook on the first block sees exactly what it reads, whatever the model scales or adds before
-            self._handles.append(modules[0].register_forward_pre_hook(self._embedding_hook, with_kwargs=True))
-        if not self.layers:
-            return self
-        deepest = self.layers[-1]
-        for layer in self.layers:
-            hook = self._make_hook(layer, stop=layer == deepest)
-            self._handles.append(modules[layer].register_forward_hook(hook))
+    def __enter__(self) -> SiteReader:
+        table = ARCHITECTURES[self.model.config.model_type]
+        places = {hook: table.where(hook) for hook in self.hooks}  # every site placed before any hook is added
+        modules = {hook: self.model.get_submodule(place.path) for hook, place in places.items()}
+        for hook, place in places.items():
+            module = modules[hook]
+            if place.value == "input":
+                # a pre-hook sees exactly what the module reads, whatever the model scales or adds before it
+                self._handles.append(module.register_forward_pre_hook(self._input_hook(hook), with_kwargs=True))
+            else:
+                self._handles.append(module.register_forward_hook(self._output_hook(hook)))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -199,26 +203,27 @@ class ResidualReader:
             handle.remove()
         self._handles.clear()
 
-    def _embedding_hook(self, module, args, kwargs):
-        hidden = args[0] if args else kwargs["hidden_states"]
+    def _input_hook(self, hook: str):
+        def read_input(module, args, kwargs):
+            self._keep(hook, args[0] if args else kwargs["hidden_states"])
+
+        return read_input
+
+    def _output_hook(self, hook: str):
+        def read_output(module, args, output):
+            self._keep(hook, output[0] if isinstance(output, tuple) else output)  # tuple in transformers 4.x
+
+        return read_output
+
+    def _keep(self, hook: str, hidden: torch.Tensor) -> None:
         rows, positions = self._selection
-        self._captured[EMBEDDINGS_KEY] = hidden[rows, positions]
-        if not self.layers:
+        self._captured[hook] = hidden[rows, positions]
+        if len(self._captured) == len(self.hooks):
             raise _StopForward
 
-    def _make_hook(self, layer: int, stop: bool):
-        def hook(module, args, output):
-            hidden = output[0] if isinstance(output, tuple) else output  # tuple in transformers 4.x
-            rows, positions = self._selection
-            self._captured[layer] = hidden[rows, positions]
-            if stop:
-                raise _StopForward
-
-        return hook
-
     @torch.inference_mode()
-    def read(self, token_ids: Sequence[np.ndarray], rows: np.ndarray, positions: np.ndarray) -> dict[int, torch.Tensor]:
-        """Run the sentences (right-padded batch) and return {layer: residuals at (rows, positions)}."""
+    def read(self, token_ids: Sequence[np.ndarray], rows: np.ndarray, positions: np.ndarray) -> dict[str, torch.Tensor]:
+        """Run the sentences (right-padded batch) and return {hook: activations at (rows, positions)}."""
         device = next(self.model.parameters()).device
         input_ids, mask = pad_batch(token_ids)
         self._selection = (torch.as_tensor(rows, device=device), torch.as_tensor(positions, device=device))
@@ -228,6 +233,9 @@ class ResidualReader:
         except _StopForward:
             pass
         captured, self._captured = self._captured, {}
+        missing = [hook for hook in self.hooks if hook not in captured]
+        if missing:
+            raise SaezarrError(f"{type(self.model).__name__}: the forward never reached {', '.join(missing)}")
         return captured
 
 

@@ -39,6 +39,11 @@ class SAEFile:
         """The weights file."""
         return self.layout.weights
 
+    @property
+    def hook(self) -> str:
+        """The site the SAE reads; where nothing says it, the residual stream after its layer (with a note)."""
+        return self.config.hook or resid_post(self.config.layer)
+
     def resolved(self) -> SAEFile:
         """The same SAE with its weights file as an absolute path."""
         return dataclasses.replace(self, layout=dataclasses.replace(self.layout, weights=self.layout.weights.resolve()))

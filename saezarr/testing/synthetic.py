@@ -103,6 +103,37 @@ def write_model(
     return folder
 
 
+def write_gpt2_model(
+    folder: str | Path,
+    corpus: Iterable[str],
+    *,
+    num_layers: int = 3,
+    hidden_size: int = 32,
+    num_heads: int = 2,
+    max_tokens: int = 256,
+    vocab_size: int = 512,
+    seed: int = 0,
+) -> Path:
+    """Write a random-weight GPT-2 checkpoint (`GPT2LMHeadModel`: LayerNorm, blocks in `.h`, a final `ln_f`) with a
+    tokenizer that puts BOS first."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    folder, vocab = _with_tokenizer(folder, corpus, vocab_size)
+    config = GPT2Config(
+        vocab_size=vocab,
+        n_positions=max_tokens,
+        n_embd=hidden_size,
+        n_layer=num_layers,
+        n_head=num_heads,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    )
+    torch.manual_seed(seed)
+    GPT2LMHeadModel(config).eval().save_pretrained(folder)
+    return folder
+
+
 def write_gemma3_model(
     folder: str | Path,
     corpus: Iterable[str],
@@ -241,16 +272,16 @@ def calibration_residuals(model_folder: Path, layers: list[int], sentences: Sequ
     """Residuals after each layer at every non-BOS token of the sentences, as float32 [tokens, d_model]."""
     from transformers import AutoModel, AutoTokenizer
 
-    from saezarr.models.reading import ResidualReader
+    from saezarr.models.reading import SiteReader
 
     tokenizer = AutoTokenizer.from_pretrained(model_folder)
     model = AutoModel.from_pretrained(model_folder, dtype=torch.float32, attn_implementation="eager").eval()
     ids = [np.asarray(t) for t in tokenizer(list(sentences))["input_ids"]]
     rows = np.concatenate([np.full(len(t) - 1, i) for i, t in enumerate(ids)])
     positions = np.concatenate([np.arange(1, len(t)) for t in ids])
-    with ResidualReader(model, layers) as reader:
+    with SiteReader(model, map(resid_post, layers)) as reader:
         captured = reader.read(ids, rows, positions)
-    return {layer: captured[layer].float().numpy() for layer in layers}
+    return {layer: captured[resid_post(layer)].float().numpy() for layer in layers}
 
 
 def populate_hf_cache(cache_dir: str | Path, repo_id: str, source: str | Path, commit: str | None = None) -> str:

@@ -225,7 +225,7 @@ def test_extending_a_store_with_an_sae_of_another_site_leaves_it_unchanged(tiny,
     assert _snapshot(store) == before
 
 
-def test_a_model_without_decoder_layers_where_saezarr_reads_is_refused_before_its_weights(tiny, tmp_path, capsys):
+def test_a_model_type_without_a_site_table_is_refused_before_its_weights(tiny, tmp_path, capsys):
     from transformers import GPT2Config
 
     model = tmp_path / "gpt2-like"
@@ -235,5 +235,6 @@ def test_a_model_without_decoder_layers_where_saezarr_reads_is_refused_before_it
     entry = {"path": tiny.configs[0].path, "hook": "blocks.0.hook_resid_post"}
     code, lines, output = _build(tmp_path, csv, str(model), str(tiny.saes), [entry], "gpt2", capsys)
     assert code == 2 and len(lines) == 1, lines
-    assert f"--model {model}: GPT2Model: no decoder layers found" in lines[0]
+    assert f"--model {model}: unknown model type 'gpt2' (known: gemma, gemma2" in lines[0]
+    assert "saezarr does not know where its sites are" in lines[0]
     assert not output.exists() and all(path.read_bytes() == data for path, data in before)
