@@ -10,10 +10,10 @@ from analyzetools import reference_feature
 from saezarr.analysis.stats.metrics import (
     METRICS,
     _dense_block_metrics,
-    _positive_entries,
     _sparse_block_metrics,
     block_metrics,
 )
+from saezarr.analysis.stats.sparse import positive_entries
 
 # bit for bit: counts, order statistics and numpy's percentile interpolation, no sums in another order
 EXACT = (
@@ -63,7 +63,7 @@ def sae_like(counts: tuple[int, ...], seed: int) -> tuple[np.ndarray, np.ndarray
 
 def sparse_metrics(x: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
     """block_metrics by the sparse path, however dense x is (with a few sentences, every active column is dense)."""
-    return _sparse_block_metrics(_positive_entries(x, most=1.0), labels, x.shape[1])
+    return _sparse_block_metrics(positive_entries(x, most=1.0), labels, x.shape[1])
 
 
 def reference(x: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
@@ -111,13 +111,13 @@ def test_sparse_and_dense_paths_agree_on_sae_sized_data():
     labels = rng.permutation(np.arange(400) % 4)
     x = np.where(rng.random((400, 600)) < 0.01, rng.exponential(1.0, (400, 600)), 0.0).astype(np.float32)
     x[:, rng.random(600) < 0.55] = 0.0
-    assert _positive_entries(x) is not None  # block_metrics takes the sparse path
+    assert positive_entries(x) is not None  # block_metrics takes the sparse path
     assert_metrics_equal(block_metrics(x, labels), _dense_block_metrics(x, labels))
 
 
 def test_float64_input_sorts_another_way_to_the_same_metrics():
     x, labels = sae_like((10, 10, 10, 10), seed=3)
-    assert _positive_entries(x) is not None
+    assert positive_entries(x) is not None
     computed, from_float64 = block_metrics(x, labels), block_metrics(x.astype(np.float64), labels)
     for name in METRICS:
         np.testing.assert_array_equal(from_float64[name], computed[name], err_msg=name)
@@ -130,26 +130,26 @@ def test_data_that_is_not_mostly_zero_takes_the_dense_path_to_the_same_metrics(c
         x[4, 30] = -0.5
     else:
         x[:, 20:] = np.random.default_rng(5).exponential(1.0, (len(x), 20))
-    assert _positive_entries(x) is None
+    assert positive_entries(x) is None
     assert_metrics_equal(block_metrics(x, labels), reference(x, labels))
 
 
 def test_positive_entries_are_sorted_by_column_then_value():
     x, _ = sae_like((10, 10, 10, 10), seed=9)
-    rows, cols, values = _positive_entries(x)
+    rows, cols, values = positive_entries(x)
     expected_rows, expected_cols = np.nonzero(x)
     order = np.lexsort((x[expected_rows, expected_cols], expected_cols))
     np.testing.assert_array_equal(rows, expected_rows[order])
     np.testing.assert_array_equal(cols, expected_cols[order])
     np.testing.assert_array_equal(values, x[rows, cols])
     x[0, 0] = np.nan
-    assert _positive_entries(x) is None
+    assert positive_entries(x) is None
 
 
 def test_a_view_of_some_columns_gives_what_a_copy_gives():
     x, labels = sae_like((10, 10, 10, 10), seed=4)
     view = x[:, 5:33]  # not contiguous, as analyze's feature blocks of a config are
-    assert _positive_entries(view) is not None
+    assert positive_entries(view) is not None
     computed, from_copy = block_metrics(view, labels), block_metrics(view.copy(), labels)
     for name in METRICS:
         np.testing.assert_array_equal(computed[name], from_copy[name], err_msg=name)
