@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from analyzetools import reference_feature
+from analyzetools import reference_feature, sae_like
 
 from saezarr.analysis.stats.metrics import (
     METRICS,
@@ -25,7 +25,6 @@ EXACT = (
     "frac_active",
     *(f"frac_active_label_{k}" for k in range(4)),
 )
-LEVELS = np.array([0.25, 0.5, 1.5, 3.0])  # dyadic: label means are exact, so equal ones tie in every summation order
 # sentences per label 0, 1, 2, 3; label 0's 95th percentile at index (n0 - 1) 0.95 has fraction 0.55 for 10 (the
 # t >= 0.5 branch of numpy's _lerp), 0.4 for 13, 0.3 for 15 and 0.0 for 21; n0 = 1 takes the top value alone
 COUNTS = [
@@ -40,25 +39,6 @@ COUNTS = [
     (3, 2, 2, 1),
     (1, 3, 0, 4),
 ]
-
-
-def sae_like(counts: tuple[int, ...], seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mostly-zero non-negative float32 activations with the awkward columns, and shuffled labels of these counts."""
-    rng = np.random.default_rng(seed)
-    labels = rng.permutation(np.repeat(np.arange(4), counts))
-    n = len(labels)
-    x = np.where(rng.random((n, 40)) < 0.12, rng.choice(LEVELS, (n, 40)), 0.0)  # ties among the positives
-    x[:, 20:] = np.where(rng.random((n, 20)) < 0.12, rng.exponential(1.0, (n, 20)), 0.0)
-    x[:, 0] = 0.0  # all zero
-    x[:, 1] = 0.0
-    x[rng.integers(n), 1] = 2.5  # a single positive
-    x[labels == 0, 2] = rng.choice(LEVELS, counts[0])  # every label-0 value positive
-    x[:, 3] = 1.5  # constant, not zero
-    x[:, 4] = np.where(labels == 3, rng.choice(LEVELS, n), 0.0)  # positive for label 3 only
-    x[:, 5] = np.where(labels == 0, rng.exponential(1.0, n), 0.0)  # positive for label 0 only
-    x[:, 6] = 0.0
-    x[np.flatnonzero(labels == labels[0])[:1], 6] = 0.75  # one positive, in one label
-    return x.astype(np.float32), labels
 
 
 def sparse_metrics(x: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:

@@ -21,8 +21,10 @@ def registered_metrics() -> tuple[Metric, ...]:
     """Every registered metric: the built-ins in their modules' order, then the plugins'."""
     metrics = []
     for name, metric in METRIC_REGISTRY.items():
-        if not isinstance(metric, Metric) or metric.name != name:
-            raise SaezarrError(f"metric {name!r}: a plugin registered {type(metric).__name__} {metric!r} under it")
+        if not isinstance(metric, Metric):
+            raise SaezarrError(f"metric {name!r}: expected a saezarr Metric, got a {type(metric).__name__}")
+        if metric.name != name:
+            raise SaezarrError(f"metric {name!r}: registered under that name, but named {metric.name!r}")
         metrics.append(metric)
     return tuple(metrics)
 
