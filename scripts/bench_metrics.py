@@ -4,8 +4,8 @@
 Data: [sentences x 16384 features] float32 arrays like the per-sentence SAE activations analyze feeds it: 55% of
 the features all zero, the others about 1% nonzero with exponential values, labels 0-3 balanced and shuffled; timed
 as one block and in the feature blocks analyze passes (feature_block). The previous implementation is
-`saezarr/analysis/stats/metrics.py` at REF (default main), taken with `git show` and imported from a temporary file, so both
-run in the same process on the same arrays (best of N). Their outputs must be equal: threshold, tpr, fpr,
+saezarr at REF (default main), taken with `git archive` and imported from a temporary folder, so both run in the same
+process on the same arrays (best of N). Their outputs must be equal: threshold, tpr, fpr,
 frac_active*, max_activation and monotonic bit for bit, the others (sums in another order) to rtol 1e-9.
 
     python scripts/bench_metrics.py                  # 800 and 3200 sentences, best of 3
@@ -15,9 +15,11 @@ frac_active*, max_activation and monotonic bit for bit, the others (sums in anot
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
+import io
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -53,20 +55,26 @@ def sae_block(n_sentences: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def previous_block_metrics(ref: str):
-    """block_metrics of saezarr/analysis/stats/metrics.py at the git ref, imported from a temporary copy."""
-    source = subprocess.run(
-        ["git", "show", f"{ref}:saezarr/analysis/stats/metrics.py"],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    path = Path(tempfile.mkdtemp()) / "previous_metrics.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("previous_metrics", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.block_metrics
+    """block_metrics of saezarr at the git ref: the ref's package, taken with `git archive` into a temporary folder,
+    is imported in place of this one's modules, which are put back after (the ref's functions keep their own)."""
+    folder = Path(tempfile.mkdtemp())
+    archive = subprocess.run(["git", "archive", ref, "saezarr"], cwd=REPO, check=True, capture_output=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(folder, filter="data")
+    ours = set_aside_saezarr()
+    sys.path.insert(0, str(folder))
+    try:
+        return importlib.import_module("saezarr.analysis.stats.metrics").block_metrics
+    finally:
+        sys.path.remove(str(folder))
+        set_aside_saezarr()
+        sys.modules.update(ours)
+
+
+def set_aside_saezarr() -> dict:
+    """Remove saezarr's modules from sys.modules, and return them."""
+    names = [name for name in sys.modules if name == "saezarr" or name.startswith("saezarr.")]
+    return {name: sys.modules.pop(name) for name in names}
 
 
 def best_of(repeats: int, function, *args) -> tuple[float, object]:

@@ -18,6 +18,7 @@ from saezarr.testing.synthetic import DEMO_CSV
 
 # the tiny SAEs' Neuronpedia sources: a canonical SAE, a published variant of the same layer, the rest unpublished
 SOURCES = {"layer_12_l0_6": "tiny-model/12-res-16k", "layer_12_l0_20": "tiny-model/12-res-16k__l0-20"}
+LEVELS = np.array([0.25, 0.5, 1.5, 3.0])  # dyadic: label means are exact, so equal ones tie in every summation order
 
 
 def write_linked_config(path: Path, tiny) -> Path:
@@ -129,3 +130,22 @@ def reference_metrics(pooled: np.ndarray, labels: np.ndarray) -> dict[str, np.nd
         [reference_feature(pooled[c, :, f], labels) for f in range(pooled.shape[2])] for c in range(pooled.shape[0])
     ]
     return {name: np.array([[r[name] for r in row] for row in rows]) for name in rows[0][0]}
+
+
+def sae_like(counts: tuple[int, ...], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mostly-zero non-negative float32 activations with the awkward columns, and shuffled labels of these counts."""
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.repeat(np.arange(4), counts))
+    n = len(labels)
+    x = np.where(rng.random((n, 40)) < 0.12, rng.choice(LEVELS, (n, 40)), 0.0)  # ties among the positives
+    x[:, 20:] = np.where(rng.random((n, 20)) < 0.12, rng.exponential(1.0, (n, 20)), 0.0)
+    x[:, 0] = 0.0  # all zero
+    x[:, 1] = 0.0
+    x[rng.integers(n), 1] = 2.5  # a single positive
+    x[labels == 0, 2] = rng.choice(LEVELS, counts[0])  # every label-0 value positive
+    x[:, 3] = 1.5  # constant, not zero
+    x[:, 4] = np.where(labels == 3, rng.choice(LEVELS, n), 0.0)  # positive for label 3 only
+    x[:, 5] = np.where(labels == 0, rng.exponential(1.0, n), 0.0)  # positive for label 0 only
+    x[:, 6] = 0.0
+    x[np.flatnonzero(labels == labels[0])[:1], 6] = 0.75  # one positive, in one label
+    return x.astype(np.float32), labels

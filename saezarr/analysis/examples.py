@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from saezarr.analysis.stats.metrics import LABELS
+from saezarr.analysis.stats.blocks import LABELS
 from saezarr.analysis.stats.pooling import SentenceLayout
 from saezarr.analysis.traces import token_pieces
 from saezarr.store.format import Store

@@ -8,7 +8,8 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from saezarr.analysis.stats.metrics import LABELS, METRICS, stacked_metrics, unstacked
+from saezarr.analysis.stats.blocks import LABELS
+from saezarr.analysis.stats.metrics import METRICS, stacked_metrics, unstacked
 from saezarr.analysis.stats.pooling import SentenceLayout, pool_sentences, pooled_dtype
 
 FRAGMENT_STEP = 512  # fragments read at a time from activations that are not chunked by dask

@@ -18,7 +18,8 @@ from saezarr.analysis.cache.units import feature_units, units_on
 from saezarr.analysis.emergence import PROBE_PERMUTATIONS
 from saezarr.analysis.outputs import OutputWriter, check_output
 from saezarr.analysis.resampling import Resampled, ResamplingOptions, resample, store_residuals
-from saezarr.analysis.stats.metrics import LABELS, passes_filter
+from saezarr.analysis.stats.blocks import LABELS
+from saezarr.analysis.stats.metrics import passes_filter
 from saezarr.analysis.stats.pooling import SentenceLayout, check_pool
 from saezarr.analysis.stats.validation import Thresholds
 from saezarr.analysis.tables import ConfigTable, features_table, within_widths

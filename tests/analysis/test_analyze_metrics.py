@@ -99,7 +99,7 @@ def test_without_label_0_or_3_the_legacy_metrics_are_nan(tmp_path, tiny, missing
 def test_average_ranks_equal_scipys_on_sparse_dense_and_negative_data(density):
     from scipy.stats import rankdata
 
-    from saezarr.analysis.stats.metrics import average_ranks
+    from saezarr.analysis.stats.sparse import average_ranks
 
     rng = np.random.default_rng(int(density * 100))
     for _ in range(50):

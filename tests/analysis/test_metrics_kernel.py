@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from analyzetools import reference_feature
+from analyzetools import reference_feature, sae_like
 
 from saezarr.analysis.stats.metrics import (
     METRICS,
     _dense_block_metrics,
-    _positive_entries,
     _sparse_block_metrics,
     block_metrics,
 )
+from saezarr.analysis.stats.sparse import positive_entries
 
 # bit for bit: counts, order statistics and numpy's percentile interpolation, no sums in another order
 EXACT = (
@@ -25,7 +25,6 @@ EXACT = (
     "frac_active",
     *(f"frac_active_label_{k}" for k in range(4)),
 )
-LEVELS = np.array([0.25, 0.5, 1.5, 3.0])  # dyadic: label means are exact, so equal ones tie in every summation order
 # sentences per label 0, 1, 2, 3; label 0's 95th percentile at index (n0 - 1) 0.95 has fraction 0.55 for 10 (the
 # t >= 0.5 branch of numpy's _lerp), 0.4 for 13, 0.3 for 15 and 0.0 for 21; n0 = 1 takes the top value alone
 COUNTS = [
@@ -42,28 +41,9 @@ COUNTS = [
 ]
 
 
-def sae_like(counts: tuple[int, ...], seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mostly-zero non-negative float32 activations with the awkward columns, and shuffled labels of these counts."""
-    rng = np.random.default_rng(seed)
-    labels = rng.permutation(np.repeat(np.arange(4), counts))
-    n = len(labels)
-    x = np.where(rng.random((n, 40)) < 0.12, rng.choice(LEVELS, (n, 40)), 0.0)  # ties among the positives
-    x[:, 20:] = np.where(rng.random((n, 20)) < 0.12, rng.exponential(1.0, (n, 20)), 0.0)
-    x[:, 0] = 0.0  # all zero
-    x[:, 1] = 0.0
-    x[rng.integers(n), 1] = 2.5  # a single positive
-    x[labels == 0, 2] = rng.choice(LEVELS, counts[0])  # every label-0 value positive
-    x[:, 3] = 1.5  # constant, not zero
-    x[:, 4] = np.where(labels == 3, rng.choice(LEVELS, n), 0.0)  # positive for label 3 only
-    x[:, 5] = np.where(labels == 0, rng.exponential(1.0, n), 0.0)  # positive for label 0 only
-    x[:, 6] = 0.0
-    x[np.flatnonzero(labels == labels[0])[:1], 6] = 0.75  # one positive, in one label
-    return x.astype(np.float32), labels
-
-
 def sparse_metrics(x: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
     """block_metrics by the sparse path, however dense x is (with a few sentences, every active column is dense)."""
-    return _sparse_block_metrics(_positive_entries(x, most=1.0), labels, x.shape[1])
+    return _sparse_block_metrics(positive_entries(x, most=1.0), labels, x.shape[1])
 
 
 def reference(x: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
@@ -111,13 +91,13 @@ def test_sparse_and_dense_paths_agree_on_sae_sized_data():
     labels = rng.permutation(np.arange(400) % 4)
     x = np.where(rng.random((400, 600)) < 0.01, rng.exponential(1.0, (400, 600)), 0.0).astype(np.float32)
     x[:, rng.random(600) < 0.55] = 0.0
-    assert _positive_entries(x) is not None  # block_metrics takes the sparse path
+    assert positive_entries(x) is not None  # block_metrics takes the sparse path
     assert_metrics_equal(block_metrics(x, labels), _dense_block_metrics(x, labels))
 
 
 def test_float64_input_sorts_another_way_to_the_same_metrics():
     x, labels = sae_like((10, 10, 10, 10), seed=3)
-    assert _positive_entries(x) is not None
+    assert positive_entries(x) is not None
     computed, from_float64 = block_metrics(x, labels), block_metrics(x.astype(np.float64), labels)
     for name in METRICS:
         np.testing.assert_array_equal(from_float64[name], computed[name], err_msg=name)
@@ -130,26 +110,26 @@ def test_data_that_is_not_mostly_zero_takes_the_dense_path_to_the_same_metrics(c
         x[4, 30] = -0.5
     else:
         x[:, 20:] = np.random.default_rng(5).exponential(1.0, (len(x), 20))
-    assert _positive_entries(x) is None
+    assert positive_entries(x) is None
     assert_metrics_equal(block_metrics(x, labels), reference(x, labels))
 
 
 def test_positive_entries_are_sorted_by_column_then_value():
     x, _ = sae_like((10, 10, 10, 10), seed=9)
-    rows, cols, values = _positive_entries(x)
+    rows, cols, values = positive_entries(x)
     expected_rows, expected_cols = np.nonzero(x)
     order = np.lexsort((x[expected_rows, expected_cols], expected_cols))
     np.testing.assert_array_equal(rows, expected_rows[order])
     np.testing.assert_array_equal(cols, expected_cols[order])
     np.testing.assert_array_equal(values, x[rows, cols])
     x[0, 0] = np.nan
-    assert _positive_entries(x) is None
+    assert positive_entries(x) is None
 
 
 def test_a_view_of_some_columns_gives_what_a_copy_gives():
     x, labels = sae_like((10, 10, 10, 10), seed=4)
     view = x[:, 5:33]  # not contiguous, as analyze's feature blocks of a config are
-    assert _positive_entries(view) is not None
+    assert positive_entries(view) is not None
     computed, from_copy = block_metrics(view, labels), block_metrics(view.copy(), labels)
     for name in METRICS:
         np.testing.assert_array_equal(computed[name], from_copy[name], err_msg=name)

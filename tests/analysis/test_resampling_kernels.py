@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from saezarr.analysis.stats.features import FeatureMatrix
-from saezarr.analysis.stats.metrics import average_ranks
 from saezarr.analysis.stats.probes import ALPHAS, ridge_predictions, standardised
+from saezarr.analysis.stats.sparse import average_ranks
 from saezarr.execution.running import map_in_threads
 from saezarr.machine import usable_cores
 

@@ -60,8 +60,8 @@ def cache_max_bytes() -> int:
 
 
 def fingerprint(store: Store, pool: str, config_indices: Sequence[int]) -> str:
-    """A hex digest of the store's identity and every selected unit's shard file, the pool, the configs and the code
-    that computes the entry (saezarr's version and source digest)."""
+    """A hex digest of the store's identity and every selected unit's shard file, the pool, the configs, the metrics
+    (a plugin's add rows to metrics.npy) and the code that computes the entry (saezarr's version and source digest)."""
     import saezarr
     from saezarr.execution.checks import code_digest
 
@@ -80,6 +80,7 @@ def fingerprint(store: Store, pool: str, config_indices: Sequence[int]) -> str:
         "shape": list(store.shape),
         "pool": pool,
         "configs": [store.config_names[ci] for ci in config_indices],
+        "metrics": list(METRICS),
         "units": units,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:32]

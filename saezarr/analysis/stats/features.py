@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from saezarr.analysis.stats.metrics import Positives, average_ranks, positive_entries_of, positive_ranks
+from saezarr.analysis.stats.sparse import Positives, average_ranks, positive_entries_of, positive_ranks
 
 
 @dataclass

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from saezarr.analysis.stats.metrics import average_ranks
+from saezarr.analysis.stats.sparse import average_ranks
 
 ALPHAS = np.logspace(-3, 5, 17)  # the ridge penalties the inner cross-validation chooses among
 TIE_DIGITS = 9  # predictions equal to this many decimals of their column's largest magnitude are scored as tied
