@@ -294,7 +294,7 @@ def one_error_line(stderr: str) -> str:
 # ----------------------------------------------------------------------------- killed at a chosen call
 
 # run as `python -c KILLER POINT WHEN N ARGS...`: `saezarr ARGS`, SIGKILLed right `before` or `after` the n-th call of
-# POINT (`module.function`, or `module.Class.method`), or within `folders.swap_into_place` once the n-th coordinate
+# POINT (`package.module.function`, or `package.module.Class.method`, under saezarr), or within `folders.swap_into_place` once the n-th coordinate
 # folder was moved aside and before its new one is renamed in (POINT `mid-swap`)
 KILLER = r"""
 import importlib, os, signal, sys, threading
@@ -333,8 +333,8 @@ if point == "mid-swap":
 
     folders.os = Renames()
 else:
-    module, *attributes = point.split(".")
-    owner = importlib.import_module(f"saezarr.store.{module}")
+    package, module, *attributes = point.split(".")
+    owner = importlib.import_module(f"saezarr.{package}.{module}")
     for attribute in attributes[:-1]:
         owner = getattr(owner, attribute)
     setattr(owner, attributes[-1], counted(getattr(owner, attributes[-1])))

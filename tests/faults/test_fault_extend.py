@@ -40,15 +40,15 @@ DATA_ARRAYS = ("activations", "residuals", "embeddings")
 PARTIAL_MARKS = 4 + 1  # the old last chunk's marks that the growth removes: its four configs' and its residuals'
 
 GROWTH_POINTS = [
-    KillPoint("the extension record written, nothing else", "growing.write_durably", "after", 1),
-    KillPoint("the partial chunk's marks removed, no coordinate replaced", "growing._replace_coordinates", "before", 1),
+    KillPoint("the extension record written, nothing else", "store.growing.write_durably", "after", 1),
+    KillPoint("the partial chunk's marks removed, no coordinate replaced", "store.growing._replace_coordinates", "before", 1),
     KillPoint("the first coordinate moved aside, its new folder not yet in place", "mid-swap", "after", 1),
-    KillPoint("two coordinates replaced, the others not", "folders.swap_into_place", "after", 2),
+    KillPoint("two coordinates replaced, the others not", "durable.folders.swap_into_place", "after", 2),
     KillPoint("a coordinate moved aside midway through the coordinates", "mid-swap", "after", 5),
-    KillPoint("the activations' shape grown, the residuals' not", "growing._set_shape", "after", 1),
-    KillPoint("every data array's shape grown, the root zarr.json not", "growing.write_consolidated", "before", 1),
-    KillPoint("the root zarr.json written, the store id not yet renewed", "growing.write_consolidated", "after", 1),
-    KillPoint("the growth done, no new unit written", "layout.Store.write_shard", "before", 1),
+    KillPoint("the activations' shape grown, the residuals' not", "store.growing._set_shape", "after", 1),
+    KillPoint("every data array's shape grown, the root zarr.json not", "store.growing.write_consolidated", "before", 1),
+    KillPoint("the root zarr.json written, the store id not yet renewed", "store.growing.write_consolidated", "after", 1),
+    KillPoint("the growth done, no new unit written", "store.format.Store.write_shard", "before", 1),
 ]
 
 
@@ -172,7 +172,7 @@ def test_sigkill_among_the_new_units_then_rerun_equals_a_one_go_build(grow, tmp_
         shutil.rmtree(store)
         copy_store(grow["old"], store)
         left = _unit_marks(grow["one_go"]) - _unit_marks(store) + PARTIAL_MARKS
-    last = KillPoint("one new unit before the end", "layout.Store.mark_done", "before", left)
+    last = KillPoint("one new unit before the end", "store.format.Store.mark_done", "before", left)
     assert killed_at(last, args, tmp_path / "last.err"), "the extension finished before its last unit"
     REPORT["extend: SIGKILLs landed among the new units"] += 1
     assert not _wrong_marks(grow, store)
