@@ -24,9 +24,9 @@ _URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):/+")
 
 
 def url_scheme(location: str | Path) -> tuple[str, int] | None:
-    """The URL scheme of a location (lower case) and where the part after `SCHEME:/` begins, or None for a path."""
+    """The URL scheme of a location (as written) and where the part after `SCHEME:/` begins, or None for a path."""
     match = _URL.match(str(location))
-    return (match.group(1).lower(), match.end() - 1) if match else None
+    return (match.group(1), match.end() - 1) if match else None
 
 
 def open_storage(location: str | Path) -> Storage:
@@ -34,4 +34,4 @@ def open_storage(location: str | Path) -> Storage:
     scheme = url_scheme(location)
     if scheme is None:
         return STORAGES[LOCAL_SCHEME](str(location))
-    return STORAGES[scheme[0]](str(location))
+    return STORAGES[scheme[0].lower()](str(location))
