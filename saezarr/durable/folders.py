@@ -116,14 +116,15 @@ def write_durably(path: Path, data: bytes) -> None:
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
-        _fsync(path.parent)  # the rename itself durable before the unit is marked
+        fsync_folder(path.parent)  # the rename itself durable before the unit is marked
     except OSError as exc:
         if exc.filename in (None, str(temp)):  # a failed write() (disk full) names no file by itself
             exc.filename = str(path)
         raise
 
 
-def _fsync(path: Path) -> None:
+def fsync_folder(path: Path) -> None:
+    """Make what was renamed into or linked in a folder durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

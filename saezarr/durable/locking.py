@@ -12,12 +12,14 @@ or a live process on this host, is respected; a dead or reused pid on this host 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
 import os
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from saezarr.errors import LockHeld, WriteFailed, option
@@ -240,6 +242,20 @@ def _is_stale(holder: dict) -> bool:
         return True
     recorded, fields = holder.get("boot_ticks"), _proc_stat(pid)
     return recorded is not None and fields is not None and recorded != fields[19]
+
+
+@contextlib.contextmanager
+def exclusive_flock(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on lock file `path` meanwhile, waiting for it; where the file system has no flock,
+    nothing is held."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if fcntl is not None:
+            with contextlib.suppress(OSError):  # no flock here
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing drops the flock
 
 
 class SharedLease:

@@ -217,7 +217,7 @@ def is_up_to_date(target: ConfigTarget, store: Store) -> bool:
     if not is_complete_npz(target.path, store.n_fragments, int(store.widths[target.index])):
         return False
     # a store rebuilt (--overwrite) after the export has newer completion marks: the file is stale
-    newest = max((entry.stat().st_mtime_ns for entry in os.scandir(store.marks / target.name)), default=0)
+    newest = store.newest_mark_ns([target.index])
     return target.path.stat().st_mtime_ns >= newest
 
 

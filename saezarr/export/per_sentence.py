@@ -186,12 +186,7 @@ def _up_to_date(path: Path, keys: Sequence[str], newest: int) -> bool:
 
 def _newest_mark(store: Store, targets: Sequence[ConfigTarget]) -> int:
     """The newest completion mark of the selected configs (and residual units): a file older than it is stale."""
-    folders = [store.marks / t.name for t in targets]
-    if store.residuals is not None:
-        folders.append(store.residuals.marks)
-    return max(
-        (entry.stat().st_mtime_ns for folder in folders if folder.is_dir() for entry in os.scandir(folder)), default=0
-    )
+    return store.newest_mark_ns([t.index for t in targets], residuals=True)
 
 
 def _sentences(

@@ -6,7 +6,6 @@ import contextlib
 import functools
 import json
 import os
-import re
 import shutil
 import uuid
 import warnings
@@ -17,8 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from saezarr.durable import folders
-from saezarr.durable.folders import TEMP_SUFFIX, write_durably
-from saezarr.durable.locking import StoreLock
+from saezarr.durable.folders import TEMP_SUFFIX
 from saezarr.errors import (
     InputError,
     OutputExists,
@@ -39,7 +37,9 @@ from saezarr.store.residual_arrays import (
     add_residual_arrays,
     write_consolidated,
 )
-from saezarr.store.shards import ChunkLayout, ShardDamaged, ShardEncoder, ShardFile
+from saezarr.store.shards import ChunkLayout, ShardDamaged, ShardEncoder
+from saezarr.store.storage import Storage, open_storage, url_scheme
+from saezarr.store.storage.base import Ranges, WriterLock
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -52,6 +52,8 @@ DEFAULT_FEATURE_CHUNK = 2048
 UNIT_BYTES = 64 * 2**20  # a unit's float32 latents at most, by default, for SAEs wider than 32k (16k: 32 MiB)
 MIN_UNIT_FRAGMENTS = 128  # but no fewer: BLAS packs all of W_enc per unit, a cost per row of 1/fragments (1m: 512 MiB)
 STAGING_SUFFIX = ".creating"
+MARKS = f"{STATE_GROUP}/done"  # a unit's completion mark: `MARKS/CONFIG/CHUNK`, an empty object
+LOCK = f"{STATE_GROUP}/lock"  # the writer lock's record
 EXTEND_RECORD = "extend.json"  # in _saezarr/: what an extension keeps of the store's last partial chunk
 WIDTHS = "widths"  # root attribute: each config's SAE width (absent in stores of one width from older versions)
 STORE_ID = "store_id"  # root attribute: a random id, new on each create or overwrite (or extend) of a store
@@ -80,14 +82,14 @@ class Store:
     def __init__(self, path: str | Path, mode: str = "r"):
         self.path = Path(path)
         self.mode = mode
-        self.attrs = read_saezarr_attrs(self.path)
-        self.layout = ChunkLayout.read(self.path / ACTIVATIONS)
+        self.storage = open_storage(self.path)
+        self.attrs = read_attrs(self.storage)
+        self.layout = ChunkLayout.parse(self.storage.get(f"{ACTIVATIONS}/zarr.json"), self.path / ACTIVATIONS)
         self.shape = self.n_configs, self.n_fragments, self.width = self.layout.shape
         self.dtype = self.layout.dtype
         self.chunk_fragments = self.layout.chunks[1]  # fragments per shard (or chunk, without sharding)
         self.n_chunks = -(-self.n_fragments // self.chunk_fragments)
         self.config_names: list[str] = list(self.attrs["configs"])
-        self.marks = self.path / STATE_GROUP / "done"
         self.feature_chunk = self.layout.inner_chunks[2]  # features per (inner) chunk
         self.shard_width = self.layout.chunks[2]  # features per shard: a wider SAE's unit spans several shards
         # each config's SAE width; the feature axis is the widest, and a narrower SAE's features past its width are NaN
@@ -118,8 +120,10 @@ class Store:
     @functools.cached_property
     def extend_record(self) -> dict | None:
         """The record of an extension still in progress (`kept_fragments`, `kept_configs`), or None."""
-        record = self.path / STATE_GROUP / EXTEND_RECORD
-        return json.loads(record.read_text()) if record.is_file() else None
+        try:
+            return json.loads(self.storage.get(f"{STATE_GROUP}/{EXTEND_RECORD}"))
+        except KeyError:
+            return None
 
     def kept_rows(self, config_index: int, chunk: int) -> int:
         """Leading rows of a unit that an extension keeps from its shard as they were (0: none)."""
@@ -158,7 +162,7 @@ class Store:
 
     def has_coordinate(self, name: str) -> bool:
         """True if the store has the coordinate (stores built by older saezarr versions lack some)."""
-        return (self.path / name / "zarr.json").is_file()
+        return self.storage.exists(f"{name}/zarr.json")
 
     def chunk_bounds(self, chunk: int) -> tuple[int, int]:
         """Fragment index range [start, stop) of a fragment chunk."""
@@ -170,39 +174,51 @@ class Store:
         start, stop = self.chunk_bounds(chunk)
         return stop - start
 
-    def _mark(self, config_index: int, chunk: int) -> Path:
-        return self.marks / self.config_names[config_index] / str(chunk)
+    def _mark(self, config_index: int, chunk: int) -> str:
+        """The key of a unit's completion mark."""
+        return f"{MARKS}/{self.config_names[config_index]}/{chunk}"
+
+    def shard_keys(self, config_index: int, chunk: int) -> list[str]:
+        """The storage keys that hold one unit's latents (there once written): one shard per `shard_width`
+        features."""
+        n_shards = -(-int(self.widths[config_index]) // self.shard_width)
+        return [self._shard_key(config_index, chunk, s) for s in range(n_shards)]
 
     def shard_files(self, config_index: int, chunk: int) -> list[Path]:
-        """The files that hold one unit's latents (there once written): one shard per `shard_width` features."""
-        n_shards = -(-int(self.widths[config_index]) // self.shard_width)
-        return [self._shard_path(config_index, chunk, s) for s in range(n_shards)]
+        """The files of `shard_keys` (a store on the local file system)."""
+        return [self.path / key for key in self.shard_keys(config_index, chunk)]
 
-    def _shard_path(self, config_index: int, chunk: int, shard: int) -> Path:
-        return self.path / ACTIVATIONS / self.layout.chunk_key((config_index, chunk, shard))
+    def _shard_key(self, config_index: int, chunk: int, shard: int) -> str:
+        return f"{ACTIVATIONS}/{self.layout.chunk_key((config_index, chunk, shard))}"
 
     def is_done(self, config_index: int, chunk: int) -> bool:
         """True if the unit is marked complete and the data file it marks is there."""
-        return self._mark(config_index, chunk).exists() and self.shard_written(config_index, chunk)
+        return self.storage.exists(self._mark(config_index, chunk)) and self.shard_written(config_index, chunk)
 
     def shard_written(self, config_index: int, chunk: int) -> bool:
         """True if the unit's shard file (RESIDUAL_UNIT: each of the chunk's residual files) is there and not empty
         (marked or not)."""
-        if config_index == RESIDUAL_UNIT:
-            return all(f.is_file() and f.stat().st_size > 0 for f in self.residuals.files(chunk))
-        return all(f.is_file() and f.stat().st_size > 0 for f in self.shard_files(config_index, chunk))
+        keys = self.residuals.keys(chunk) if config_index == RESIDUAL_UNIT else self.shard_keys(config_index, chunk)
+        return all(_size(self.storage, key) > 0 for key in keys)
 
     def done_matrix(self) -> np.ndarray:
         """Completion of every (config, chunk) unit, as a boolean [n_configs, n_chunks] array."""
         done = np.zeros((self.n_configs, self.n_chunks), dtype=bool)
-        for ci, name in enumerate(self.config_names):
-            folder = self.marks / name
-            if not folder.is_dir():
-                continue
-            for entry in os.scandir(folder):
-                if entry.name.isdigit() and int(entry.name) < self.n_chunks:
-                    done[ci, int(entry.name)] = self.shard_written(ci, int(entry.name))
+        index = {name: ci for ci, name in enumerate(self.config_names)}
+        for key in self.storage.list_prefix(f"{MARKS}/"):
+            name, _, chunk = key.removeprefix(f"{MARKS}/").rpartition("/")
+            if name in index and chunk.isdigit() and int(chunk) < self.n_chunks:
+                done[index[name], int(chunk)] = self.shard_written(index[name], int(chunk))
         return done
+
+    def newest_mark_ns(self, config_indices: Sequence[int], residuals: bool = False) -> int:
+        """When the latest of the configs' completion marks (and the residual units', with `residuals`) was written
+        (ns; 0: none is): a store rebuilt after an export has newer marks than the export."""
+        prefixes = [f"{MARKS}/{self.config_names[ci]}/" for ci in config_indices]
+        if residuals and self.residuals is not None:
+            prefixes.append(self.residuals.marks_prefix)
+        keys = [key for prefix in prefixes for key in self.storage.list_prefix(prefix)]
+        return max((_modified_ns(self.storage, key) for key in keys), default=0)
 
     def read_chunk(
         self, config_index: int, chunk: int, reduce: Callable[[np.ndarray], np.ndarray], features: slice = slice(None)
@@ -256,15 +272,14 @@ class Store:
         )
 
     @contextlib.contextmanager
-    def _shard(self, config_index: int, chunk: int, shard: int) -> Iterator[ShardFile | None]:
+    def _shard(self, config_index: int, chunk: int, shard: int) -> Iterator[Ranges | None]:
         """One of the unit's shard files, read in parts: a unit of analysis reads one inner chunk of it, not all."""
-        try:
-            shard = ShardFile(self._shard_path(config_index, chunk, shard))
-        except FileNotFoundError:
-            yield None  # never written: zarr reads it as the fill value
-            return
-        with shard:
-            yield shard
+        with contextlib.ExitStack() as stack:
+            try:
+                ranges = stack.enter_context(self.storage.reader(self._shard_key(config_index, chunk, shard)))
+            except KeyError:
+                ranges = None  # never written: zarr reads it as the fill value
+            yield ranges
 
     def write_chunk(self, config_index: int, chunk: int, latents: np.ndarray) -> None:
         """Write one unit's latents, then mark it complete."""
@@ -276,11 +291,11 @@ class Store:
         expected = (self.chunk_size(chunk), int(self.widths[config_index]))
         if latents.shape != expected:
             raise ValueError(f"unit ({config_index}, {chunk}) takes latents of shape {expected}, got {latents.shape}")
-        files = self.shard_files(config_index, chunk)
-        data = [self._encode_shard(config_index, chunk, shard, latents) for shard in range(len(files))]
+        keys = self.shard_keys(config_index, chunk)
+        data = [self._encode_shard(config_index, chunk, shard, latents) for shard in range(len(keys))]
         refuse_if_replaced(self.path, self.identity)  # a task that began before the store was replaced stops here
-        for file, content in zip(files, data):
-            write_durably(file, content)
+        for key, content in zip(keys, data):
+            self.storage.put(key, content)
 
     def _encode_shard(self, config_index: int, chunk: int, shard: int, latents: np.ndarray) -> bytes:
         """One shard's bytes: its `shard_width` columns of the unit's latents, NaN past the SAE's width."""
@@ -298,9 +313,7 @@ class Store:
         if config_index == RESIDUAL_UNIT:
             self.residuals.mark_done(chunk)
             return
-        mark = self._mark(config_index, chunk)
-        mark.parent.mkdir(parents=True, exist_ok=True)
-        mark.touch()
+        self.storage.touch(self._mark(config_index, chunk))
 
     def _encode_with_zarr(self, config_index: int, chunk: int, shard: int, columns: np.ndarray) -> bytes:
         """One shard's bytes as zarr's array API encodes them, written to a scratch in-memory copy of the array."""
@@ -309,7 +322,7 @@ class Store:
         from zarr.storage import MemoryStore
 
         scratch: dict = {}
-        metadata = (self.path / ACTIVATIONS / "zarr.json").read_bytes()
+        metadata = self.storage.get(f"{ACTIVATIONS}/zarr.json")
         scratch["zarr.json"] = default_buffer_prototype().buffer.from_bytes(metadata)
         array = zarr.open_array(MemoryStore(scratch), mode="r+").with_config({"write_empty_chunks": True})
         start, stop = self.chunk_bounds(chunk)
@@ -325,9 +338,9 @@ class Store:
                 for path in (self.path / array).rglob(pattern):
                     path.unlink(missing_ok=True)
 
-    def lock(self) -> StoreLock:
+    def lock(self) -> WriterLock:
         """The store's writer lock (not yet acquired)."""
-        return store_lock(self.path)
+        return self.storage.lock(LOCK)
 
     def bytes_on_disk(self) -> int:
         """Total size of the store's files."""
@@ -346,14 +359,34 @@ def directory_bytes(path: Path) -> int:
 
 def read_saezarr_attrs(path: Path) -> dict:
     """The store's root attributes, or an error if the folder is not a saezarr store."""
-    meta = Path(path) / "zarr.json"
+    return read_attrs(open_storage(path))
+
+
+def read_attrs(storage: Storage) -> dict:
+    """The root attributes of the store in storage, or an error if it holds no saezarr store."""
     try:
-        attrs = json.loads(meta.read_text()).get("attributes", {})
-    except (OSError, ValueError):
+        attrs = json.loads(storage.get("zarr.json")).get("attributes", {})
+    except (OSError, ValueError, KeyError):
         attrs = {}
     if "saezarr_version" not in attrs:
-        raise StoreNotFound(f"{path}: not a saezarr store (no saezarr attributes in zarr.json)")
+        raise StoreNotFound(f"{storage.location}: not a saezarr store (no saezarr attributes in zarr.json)")
     return attrs
+
+
+def _size(storage: Storage, key: str) -> int:
+    """The object's size, 0 if there is none."""
+    try:
+        return storage.stat(key).size
+    except KeyError:
+        return 0
+
+
+def _modified_ns(storage: Storage, key: str) -> int:
+    """When the object was written (ns), 0 if it is gone."""
+    try:
+        return storage.stat(key).modified_ns
+    except KeyError:
+        return 0
 
 
 def store_identity(path: Path) -> str:
@@ -377,20 +410,17 @@ def _legacy_identity(path: Path) -> str:
     return f"legacy-{stat.st_ino}-{stat.st_mtime_ns}-{stat.st_size}"
 
 
-# `s3://b/x` as a Path is `s3:/b/x`; a scheme has two or more letters, so `C:/x` is no URL
-_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):/+")
-
-
 def check_output_path(path: Path) -> bool:
     """Return whether a saezarr store already exists at path; refuse URLs, files and foreign folders."""
-    url = _URL.match(str(path))
-    if url and url.group(1).lower() == "file":
-        local = str(path)[url.end() - 1 :]
+    url = url_scheme(path)
+    if url and url[0].lower() == "file":
+        local = str(path)[url[1] :]
         raise InputError(f"{option('output', f'file://{local}')}: a file:// URL; give the path itself ({local})")
     if url:
+        given = f"{url[0]}://{str(path)[url[1] :].lstrip('/')}"
         raise InputError(
-            f"{option('output', f'{url.group(1)}://{str(path)[url.end() :]}')}: a URL; saezarr writes stores to a file system path "
-            "only (object stores are not supported yet)"
+            f"{option('output', given)}: a URL; saezarr writes stores to a file system path only (object stores are "
+            "not supported yet)"
         )
     if path.is_file() or (path.exists() and not path.is_dir()):
         raise InputError(f"{option('output', path)}: is a file, not a store folder")
@@ -406,10 +436,10 @@ def check_output_path(path: Path) -> bool:
 def check_resume(path: Path, attrs: dict, configs: Sequence[SAEConfig] = ()) -> None:
     """Refuse to resume a store started with a different input, config selection, model, SAEs, tokens or options, or
     one that an extension has begun to grow."""
-    if (Path(path) / STATE_GROUP / EXTEND_RECORD).is_file():
+    if open_storage(path).exists(f"{STATE_GROUP}/{EXTEND_RECORD}"):
         raise ResumeMismatch(
-            f"{option('resume', True)} {path}: an extension of the store (build {option('extend')}) is in progress; rerun "
-            f"that same {option('extend')} command to finish it"
+            f"{option('resume', True)} {path}: an extension of the store (build {option('extend')}) is in progress; "
+            f"rerun that same {option('extend')} command to finish it"
         )
     stored = read_saezarr_attrs(path)
     for field in RESUME_FIELDS:
@@ -491,9 +521,9 @@ def create_store(
     return Store(path, mode="r+")
 
 
-def store_lock(path: Path) -> StoreLock:
+def store_lock(path: Path) -> WriterLock:
     """The writer lock of the store at path (not yet acquired), usable even if the store is damaged."""
-    return StoreLock(Path(path) / STATE_GROUP / "lock", Path(path))
+    return open_storage(path).lock(LOCK)
 
 
 def open_for_resume(path: Path) -> Store:

@@ -29,6 +29,7 @@ from saezarr.store.format import (
     _write_layout,
 )
 from saezarr.store.residual_arrays import EMBEDDINGS, RESIDUALS, write_consolidated
+from saezarr.store.storage import open_storage
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -62,8 +63,10 @@ class Growth:
 
 def read_record(path: Path) -> dict | None:
     """The record of an extension in progress in the store at path, or None."""
-    record = Path(path) / STATE_GROUP / EXTEND_RECORD
-    return json.loads(record.read_text()) if record.is_file() else None
+    try:
+        return json.loads(open_storage(path).get(f"{STATE_GROUP}/{EXTEND_RECORD}"))
+    except KeyError:
+        return None
 
 
 def grow_store(store: Store, growth: Growth) -> None:
@@ -75,7 +78,7 @@ def grow_store(store: Store, growth: Growth) -> None:
     if n_fragments > growth.kept_fragments and growth.kept_fragments % cf:
         partial = growth.kept_fragments // cf  # its shards gain rows: written again, the old rows kept
         for ci in range(growth.kept_configs):
-            store._mark(ci, partial).unlink(missing_ok=True)
+            store.storage.delete(store._mark(ci, partial))
         if store.residuals is not None:
             store.residuals.unmark(partial)
     width = max(store.width, *growth.widths)
@@ -90,7 +93,7 @@ def grow_store(store: Store, growth: Growth) -> None:
 
 def finish_growth(path: Path) -> None:
     """Forget the extension record once every unit of the grown store is done."""
-    (Path(path) / STATE_GROUP / EXTEND_RECORD).unlink(missing_ok=True)
+    open_storage(path).delete(f"{STATE_GROUP}/{EXTEND_RECORD}")
 
 
 def _replace_coordinates(

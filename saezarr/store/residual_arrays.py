@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from saezarr.durable.folders import write_durably
+from saezarr.store.storage import Storage, open_storage
 
 RESIDUALS = "residuals"
 EMBEDDINGS = "embeddings"
@@ -81,6 +82,7 @@ class ResidualArrays:
     n_fragments: int
     chunk_fragments: int
     dtype: np.dtype
+    storage: Storage = field(compare=False, repr=False)
 
     @classmethod
     def open(cls, path: Path) -> ResidualArrays | None:
@@ -93,7 +95,10 @@ class ResidualArrays:
 
         layout = ChunkLayout.read(path / RESIDUALS)
         layers = np.asarray(zarr.open_array(str(path / RESIDUAL_LAYER), mode="r")[...], dtype=np.int64)
-        return cls(path, tuple(layers.tolist()), layout.shape[2], layout.shape[1], layout.chunks[1], layout.dtype)
+        storage = open_storage(path)
+        return cls(
+            path, tuple(layers.tolist()), layout.shape[2], layout.shape[1], layout.chunks[1], layout.dtype, storage
+        )
 
     @property
     def n_chunks(self) -> int:
@@ -110,19 +115,26 @@ class ResidualArrays:
         start = chunk * self.chunk_fragments
         return start, min(start + self.chunk_fragments, self.n_fragments)
 
+    @property
+    def marks_prefix(self) -> str:
+        """The storage key prefix of the residual units' completion marks."""
+        return f"_saezarr/{MARKS}/"
+
+    def keys(self, chunk: int) -> list[str]:
+        """The storage keys of one unit's chunk files: each layer's residuals, then the embeddings."""
+        return [f"{RESIDUALS}/c/{i}/{chunk}/0" for i in range(len(self.layers))] + [f"{EMBEDDINGS}/c/{chunk}/0"]
+
     def files(self, chunk: int) -> list[Path]:
-        """The chunk files of one unit: each layer's residuals, then the embeddings."""
-        return [self.path / RESIDUALS / "c" / str(i) / str(chunk) / "0" for i in range(len(self.layers))] + [
-            self.path / EMBEDDINGS / "c" / str(chunk) / "0"
-        ]
+        """The chunk files of one unit (`keys` below the store's folder)."""
+        return [self.path / key for key in self.keys(chunk)]
 
     def done(self) -> np.ndarray:
         """Completion of every chunk's residual unit, as a boolean [n_chunks] array."""
         done = np.zeros(self.n_chunks, dtype=bool)
-        if self.marks.is_dir():
-            for entry in os.scandir(self.marks):
-                if entry.name.isdigit() and int(entry.name) < self.n_chunks:
-                    done[int(entry.name)] = all(f.is_file() for f in self.files(int(entry.name)))
+        for key in self.storage.list_prefix(self.marks_prefix):
+            chunk = key.removeprefix(self.marks_prefix)
+            if chunk.isdigit() and int(chunk) < self.n_chunks:
+                done[int(chunk)] = all(self.storage.exists(key) for key in self.keys(int(chunk)))
         return done
 
     def write_unit(self, chunk: int, residuals: np.ndarray, embeddings: np.ndarray) -> None:
@@ -132,31 +144,28 @@ class ResidualArrays:
         if residuals.shape != expected or embeddings.shape != expected[1:]:
             raise ValueError(f"residual unit {chunk} takes {expected}, got {residuals.shape} and {embeddings.shape}")
         blocks = [*residuals, embeddings]
-        for file, block in zip(self.files(chunk), blocks):
-            write_durably(file, self._encode(block))
+        for key, block in zip(self.keys(chunk), blocks):
+            self.storage.put(key, self._encode(block))
 
     def mark_done(self, chunk: int) -> None:
         """Mark a chunk's residual unit complete; only once its files are durable."""
-        self.marks.mkdir(parents=True, exist_ok=True)
-        (self.marks / str(chunk)).touch()
+        self.storage.touch(f"{self.marks_prefix}{chunk}")
 
     def unmark(self, chunk: int) -> None:
         """Remove a chunk's completion mark (its files stay)."""
-        (self.marks / str(chunk)).unlink(missing_ok=True)
+        self.storage.delete(f"{self.marks_prefix}{chunk}")
 
     def read(self, layers: list[int], start: int, stop: int) -> dict[int, np.ndarray]:
         """{layer: residuals [stop - start, hidden]} of kept layers for fragments within one written chunk."""
         chunk = start // self.chunk_fragments
         offset = chunk * self.chunk_fragments
-        files = self.files(chunk)
-        return {
-            layer: self._decode(files[self.layers.index(layer)])[start - offset : stop - offset] for layer in layers
-        }
+        keys = self.keys(chunk)
+        return {layer: self._decode(keys[self.layers.index(layer)])[start - offset : stop - offset] for layer in layers}
 
     def read_embeddings(self, start: int, stop: int) -> np.ndarray:
         """Embeddings [stop - start, hidden] of fragments within one written chunk."""
         offset = (start // self.chunk_fragments) * self.chunk_fragments
-        return self._decode(self.files(start // self.chunk_fragments)[-1])[start - offset : stop - offset]
+        return self._decode(self.keys(start // self.chunk_fragments)[-1])[start - offset : stop - offset]
 
     def _encode(self, block: np.ndarray) -> bytes:
         # zarr stores an edge chunk whole, the rows past the array's end holding the fill value
@@ -164,8 +173,8 @@ class ResidualArrays:
         full[: len(block)] = block
         return self._zstd().encode(full)
 
-    def _decode(self, file: Path) -> np.ndarray:
-        data = self._zstd().decode(file.read_bytes())
+    def _decode(self, key: str) -> np.ndarray:
+        data = self._zstd().decode(self.storage.get(key))
         return np.frombuffer(data, dtype=self.dtype.newbyteorder("<")).reshape(self.chunk_fragments, self.hidden)
 
     def _zstd(self):

@@ -21,6 +21,8 @@ import numpy as np
 if TYPE_CHECKING:
     from numcodecs import Zstd
 
+    from saezarr.store.storage.base import Ranges
+
 MISSING = 2**64 - 1  # an index entry (offset and length) for an inner chunk that holds only the fill value
 
 
@@ -90,7 +92,7 @@ class ShardEncoder:
 
     def decode(
         self,
-        data: bytes | ShardFile | None,
+        data: bytes | Ranges | None,
         n_rows: int,
         reduce: Callable[[np.ndarray], np.ndarray],
         inner: range | None = None,
@@ -109,7 +111,7 @@ class ShardEncoder:
             out[:, j * self.inner_width : (j + 1) * self.inner_width] = part
         return out
 
-    def decode_columns(self, data: bytes | ShardFile | None, n_rows: int, columns: np.ndarray) -> np.ndarray:
+    def decode_columns(self, data: bytes | Ranges | None, n_rows: int, columns: np.ndarray) -> np.ndarray:
         """A shard's rows [n_rows, len(columns)] of some feature columns (data None: never written), decoding only the
         inner chunks that hold them."""
         columns = np.asarray(columns, dtype=np.int64)
@@ -122,7 +124,7 @@ class ShardEncoder:
             out[:, here] = block[:n_rows, columns[here] - i * self.inner_width]
         return out
 
-    def _decode_inner_chunk(self, data: bytes | ShardFile | None, entry: tuple[int, int], block: np.ndarray) -> None:
+    def _decode_inner_chunk(self, data: bytes | Ranges | None, entry: tuple[int, int], block: np.ndarray) -> None:
         offset, length = entry
         if offset == MISSING and length == MISSING:
             block.fill(self.fill_value)
@@ -132,7 +134,7 @@ class ShardEncoder:
         except RuntimeError as exc:  # numcodecs' zstd: a bad frame or checksum
             raise ShardDamaged(str(exc)) from None
 
-    def _index(self, data: bytes | ShardFile | None) -> list[tuple[int, int]]:
+    def _index(self, data: bytes | Ranges | None) -> list[tuple[int, int]]:
         """(offset, length) of every inner chunk, from the CRC32C-checked index at the shard's end."""
         n_inner = self.width // self.inner_width
         if data is None:
@@ -163,29 +165,6 @@ class ShardEncoder:
         return self.zstd.encode(block)
 
 
-class ShardFile:
-    """A shard file read in parts, its index and then only the inner chunks asked for, instead of whole: it has the
-    len() and slices of the shard's bytes that ShardEncoder's decoding uses."""
-
-    def __init__(self, path: Path):
-        self.file = open(path, "rb", buffering=0)
-        self.size = os.fstat(self.file.fileno()).st_size
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __getitem__(self, part: slice) -> bytes:
-        start, stop, _ = part.indices(self.size)
-        self.file.seek(start)
-        return self.file.read(max(0, stop - start))
-
-    def __enter__(self) -> ShardFile:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.file.close()
-
-
 def _is_little_endian_bytes(codec: dict) -> bool:
     return codec.get("name") == "bytes" and codec.get("configuration", {}).get("endian") == "little"
 
@@ -214,7 +193,13 @@ class ChunkLayout:
     @classmethod
     def read(cls, path: Path) -> ChunkLayout:
         """The layout of the array at path (OSError, ValueError, KeyError or TypeError for a broken zarr.json)."""
-        meta = json.loads((Path(path) / "zarr.json").read_text())
+        return cls.parse((Path(path) / "zarr.json").read_bytes(), path)
+
+    @classmethod
+    def parse(cls, metadata: bytes, path: Path | str) -> ChunkLayout:
+        """The layout of the array at path whose zarr.json holds metadata (ValueError, KeyError or TypeError if it is
+        broken)."""
+        meta = json.loads(metadata)
         if meta.get("zarr_format") != 3 or meta.get("node_type") != "array":
             raise ValueError(f"{path} is no Zarr v3 array")
         chunks = tuple(meta["chunk_grid"]["configuration"]["chunk_shape"])

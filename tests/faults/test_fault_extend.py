@@ -41,13 +41,19 @@ PARTIAL_MARKS = 4 + 1  # the old last chunk's marks that the growth removes: its
 
 GROWTH_POINTS = [
     KillPoint("the extension record written, nothing else", "store.growing.write_durably", "after", 1),
-    KillPoint("the partial chunk's marks removed, no coordinate replaced", "store.growing._replace_coordinates", "before", 1),
+    KillPoint(
+        "the partial chunk's marks removed, no coordinate replaced", "store.growing._replace_coordinates", "before", 1
+    ),
     KillPoint("the first coordinate moved aside, its new folder not yet in place", "mid-swap", "after", 1),
     KillPoint("two coordinates replaced, the others not", "durable.folders.swap_into_place", "after", 2),
     KillPoint("a coordinate moved aside midway through the coordinates", "mid-swap", "after", 5),
     KillPoint("the activations' shape grown, the residuals' not", "store.growing._set_shape", "after", 1),
-    KillPoint("every data array's shape grown, the root zarr.json not", "store.growing.write_consolidated", "before", 1),
-    KillPoint("the root zarr.json written, the store id not yet renewed", "store.growing.write_consolidated", "after", 1),
+    KillPoint(
+        "every data array's shape grown, the root zarr.json not", "store.growing.write_consolidated", "before", 1
+    ),
+    KillPoint(
+        "the root zarr.json written, the store id not yet renewed", "store.growing.write_consolidated", "after", 1
+    ),
     KillPoint("the growth done, no new unit written", "store.format.Store.write_shard", "before", 1),
 ]
 

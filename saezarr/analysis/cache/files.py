@@ -68,9 +68,9 @@ def fingerprint(store: Store, pool: str, config_indices: Sequence[int]) -> str:
     units = []
     for ci in config_indices:
         for chunk in range(store.n_chunks):
-            for file in store.shard_files(ci, chunk):
-                stat = file.stat()
-                units.append([str(file.relative_to(store.path)), stat.st_size, stat.st_mtime_ns])
+            for key in store.shard_keys(ci, chunk):
+                stat = store.storage.stat(key)
+                units.append([key, stat.size, stat.modified_ns])
     identity = {
         "format": CACHE_FORMAT,
         "saezarr": saezarr.__version__,

@@ -1,0 +1,3 @@
+import pytest
+
+pytest.register_assert_rewrite("saezarr.testing.storage")  # the conformance suite's asserts explain their failures

@@ -1,0 +1,65 @@
+"""Every storage backend passes the same conformance suite: the local file system and the in-memory one."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from saezarr.durable.folders import TEMP_SUFFIX
+from saezarr.registry import UnknownEntry
+from saezarr.store.storage import open_storage
+from saezarr.store.storage.local import LocalStorage
+from saezarr.testing.memory_storage import MemoryStorage
+from saezarr.testing.storage import StorageTests
+
+
+class TestLocalStorage(StorageTests):
+    @pytest.fixture
+    def storage(self, tmp_path: Path) -> LocalStorage:
+        (tmp_path / "store.zarr").mkdir()  # as a store's folder is, once created
+        return LocalStorage(tmp_path / "store.zarr")
+
+
+class TestMemoryStorage(StorageTests):
+    @pytest.fixture
+    def storage(self) -> MemoryStorage:
+        return MemoryStorage()
+
+
+def test_local_put_is_a_durable_rename_that_leaves_no_temporary_file(tmp_path, monkeypatch):
+    """The file is fsynced before the rename and its folder after; nothing else is left beside it."""
+    storage = LocalStorage(tmp_path)
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def watching(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", watching)
+    storage.put("activations/c/0/0/0", b"shard")
+    assert synced[0].endswith(TEMP_SUFFIX) and synced[-1] == str(tmp_path / "activations/c/0/0")
+    assert os.listdir(tmp_path / "activations/c/0/0") == ["0"]
+
+
+def test_local_listing_skips_temporary_files_and_walks_only_the_prefix(tmp_path):
+    """A write's temporary file (a dot name) is never a key; a folder outside the prefix is not entered."""
+    storage = LocalStorage(tmp_path)
+    storage.put("_saezarr/done/a/0", b"")
+    (tmp_path / "_saezarr/done/a/.0.123.ab.tmp").write_bytes(b"half")
+    (tmp_path / "activations").mkdir()
+    (tmp_path / "activations").chmod(0)  # entering it would fail
+    try:
+        assert list(storage.list_prefix("_saezarr/")) == ["_saezarr/done/a/0"]
+    finally:
+        (tmp_path / "activations").chmod(0o755)
+
+
+def test_locations_open_their_backend(tmp_path):
+    """A path and a file:// URL are the local file system; an unknown scheme is refused naming the known ones."""
+    assert open_storage(tmp_path).root == tmp_path
+    assert open_storage(f"file://{tmp_path}").root == tmp_path
+    with pytest.raises(UnknownEntry, match="unknown storage backend 'nosuch' \\(known: file\\)"):
+        open_storage("nosuch://bucket/store.zarr")
