@@ -191,6 +191,16 @@ def select_configs(
     return tuple(chosen)
 
 
+def check_depth(configs: Sequence[SAEConfig], num_layers: int, config_file: object) -> None:
+    """Refuse a config reading a layer deeper than the model's last."""
+    deepest = max(configs, key=lambda c: c.layer)
+    if deepest.layer >= num_layers:
+        raise SaezarrError(
+            f"{config_file}: config {deepest.name} reads layer {deepest.layer}, but the model has "
+            f"{num_layers} layers (0-{num_layers - 1})"
+        )
+
+
 def suggest(name: str, known: Iterable[str]) -> str:
     """A ' (did you mean ...?)' hint for a misspelled name, or '' if nothing is close."""
     close = difflib.get_close_matches(name, list(known), n=1)
