@@ -375,8 +375,8 @@ def task_build(spec: dict) -> dict:
     import torch
 
     import saezarr.build.pipeline as B
-    from saezarr.build.options import DEFAULT_BATCH_SIZE
     from saezarr.build.memory import default_sae_memory
+    from saezarr.build.options import DEFAULT_BATCH_SIZE
     from saezarr.inputs.configs import load_config_file
     from saezarr.models.reading import resolve_model
     from saezarr.saes.encoder import plan_passes

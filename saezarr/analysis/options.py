@@ -6,11 +6,11 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass
 from pathlib import Path
 
-from saezarr.analysis.stats.pooling import POOLS
 from saezarr.execution.connect import ClusterOptions
 from saezarr.inputs.configs import parse_layers
 from saezarr.options import comma_list, count, option, options_of, positive_int
 
+POOLS = ("final", "max", "mean")  # one activation per sentence: its final token's, or the max or mean
 PROBE_PERMUTATIONS = 20  # permuted labellings behind each emergence chance level
 
 

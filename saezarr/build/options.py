@@ -14,7 +14,7 @@ from saezarr.inputs import catalogues
 from saezarr.inputs.configs import parse_layers
 from saezarr.machine import parse_size
 from saezarr.options import comma_list, option, options_of, positive_int
-from saezarr.store.format import DEFAULT_CHUNK_FRAGMENTS
+from saezarr.store import DEFAULT_CHUNK_FRAGMENTS
 
 DEFAULT_CONFIG = Path(catalogues.DEFAULT)  # a bundled catalogue, in the package
 DEMO_OUTPUT = Path("saezarr-demo.zarr")
