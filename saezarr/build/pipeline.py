@@ -395,7 +395,7 @@ class _ClusterRunner:
             write_threads=plan.write_threads,
         )
         if plan.cluster.local_workers is not None:
-            spec = local_spec(spec, plan.cluster.local_workers, plan.write_threads)
+            spec = local_spec(spec, plan.cluster.local_workers)
         # on CUDA the default budget is what the loaded model leaves free on the tightest worker
         self.sae_memory = plan.sae_memory or cluster_sae_memory(self.client, plan.cluster, spec)
         saes = [sae.resolved() for sae in plan.saes]  # absolute paths: as workers see them
