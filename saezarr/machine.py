@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from saezarr.errors import SaezarrError
+from saezarr.errors import InputError
 
 
 def human_bytes(n: float) -> str:
@@ -38,7 +38,7 @@ def parse_size(text: str, option: str = "size") -> int:
     except ValueError:
         value = -1
     if unit not in units or value <= 0:
-        raise SaezarrError(f"{option}: expected a size such as 8GiB or 500MB, got {text!r}")
+        raise InputError(f"{option}: expected a size such as 8GiB or 500MB, got {text!r}")
     return int(value * units[unit])
 
 

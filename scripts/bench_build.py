@@ -376,6 +376,7 @@ def task_build(spec: dict) -> dict:
 
     import saezarr.build.pipeline as B
     from saezarr.build.memory import default_sae_memory
+    from saezarr.build.options import DEFAULT_BATCH_SIZE
     from saezarr.inputs.configs import load_config_file
     from saezarr.models.reading import resolve_model
     from saezarr.saes.encoder import plan_passes
@@ -484,7 +485,7 @@ def task_build(spec: dict) -> dict:
         "activation_bytes": directory_bytes(options.output / "activations"),
         "chunk_fragments": store.chunk_fragments,
         "inner_chunk": list(store.array.chunks),
-        "batch_size": store.attrs.get("batch_size", B.DEFAULT_BATCH_SIZE),
+        "batch_size": store.attrs.get("batch_size", DEFAULT_BATCH_SIZE),
         "torch_threads": torch.get_num_threads(),
         "imports": imports,
     }

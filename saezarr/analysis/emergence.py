@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from saezarr.analysis.options import PROBE_PERMUTATIONS
 from saezarr.analysis.stats.features import FeatureMatrix
 from saezarr.analysis.stats.permutation import CHANCE_QUANTILE, Permutations
 from saezarr.analysis.stats.pooling import SentenceLayout, pool_sentences
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 SPARSE_KS = (1, 8, 64)
 CURVES = ("best_feature", *(f"sparse_probe_k{k}" for k in SPARSE_KS), "probe")
 SCORES = ("spearman", "auroc_3v0")
-PROBE_PERMUTATIONS = 20  # permuted labellings behind each emergence chance level
 
 
 def columns() -> list[str]:

@@ -15,7 +15,7 @@ import saezarr
 from saezarr.analysis.cache.coordinates import AnalysisCoordinates
 from saezarr.analysis.cache.files import PLOTS, AnalysisCache, cache_root, fingerprint
 from saezarr.analysis.cache.units import feature_units, units_on
-from saezarr.analysis.emergence import PROBE_PERMUTATIONS
+from saezarr.analysis.options import AnalyzeOptions
 from saezarr.analysis.outputs import OutputWriter, check_output
 from saezarr.analysis.resampling import Resampled, ResamplingOptions, resample, store_residuals
 from saezarr.analysis.stats.blocks import LABELS
@@ -39,28 +39,27 @@ NO_SOURCES_NOTE = (
 
 
 @dataclass(frozen=True)
-class AnalyzeOptions:
-    """What `saezarr analyze` was asked to do."""
+class AnalyzePlan:
+    """An analysis resolved from its options: the store and its finished selection, the cache root, the output, and
+    every threshold and resampling setting; `run` takes this, never the options."""
 
-    store: Path
+    store: Store
     output: Path
-    configs: list[str] | None = None
-    layers: list[int] | None = None
-    pool: str = "final"
-    min_pearson: float = 0.4
-    min_tpr: float = 0.5
-    max_fpr: float = 0.2
-    top_n: int = 50
-    examples_per_label: int = 5
-    overwrite: bool = False
-    allow_partial: bool = False
-    quiet: bool = False
-    cache: Path | None = None  # cache root; None: $SAEZARR_CACHE or ~/.cache/saezarr
-    permutations: int = 100  # label permutations of the family-wise null; 0: none
-    folds: int = 5  # held-out validation and emergence folds; 0: neither
-    probe_permutations: int = PROBE_PERMUTATIONS  # permuted labellings behind the emergence chance levels
-    seed: int = 0
-    cluster: ClusterOptions = field(default_factory=ClusterOptions)  # default: units run on threads here
+    cache_root: Path  # absolute: workers are sent paths below it
+    indices: list[int]  # store indices of the selected, finished configs
+    coordinates: AnalysisCoordinates
+    layout: SentenceLayout
+    pool: str
+    resampling: ResamplingOptions  # its thresholds: the filter and the top-n
+    examples_per_label: int
+    quiet: bool
+    cluster: ClusterOptions
+    planned_at: float  # time.perf_counter() when planning began: the summary's elapsed time counts from it
+
+    @property
+    def thresholds(self) -> Thresholds:
+        """The filter and how many top features are kept."""
+        return self.resampling.thresholds
 
 
 @dataclass
@@ -90,11 +89,16 @@ class AnalyzeSummary:
 
 def analyze(options: AnalyzeOptions) -> AnalyzeSummary:
     """Compute (or reuse) every selected feature's metrics, rank them, pick examples and write DIR."""
+    return run(plan_analysis(options))
+
+
+def plan_analysis(options: AnalyzeOptions) -> AnalyzePlan:
+    """Check the options, the store and the output, and resolve what the analysis reads; nothing is written."""
     started = time.perf_counter()
     check_options(options)
     store = open_existing(options.store)
     check_output(Path(options.output), options.overwrite, store.path)
-    root = Path(options.cache or cache_root()).absolute()  # workers are sent paths below it
+    root = Path(options.cache or cache_root()).absolute()
     coordinates = AnalysisCoordinates.of(store, root)
     indices = _finished_selection(store, coordinates["layer"].tolist(), options)
     layout = SentenceLayout.of(
@@ -105,7 +109,29 @@ def analyze(options: AnalyzeOptions) -> AnalyzeSummary:
         raise InputError(
             f"{option('folds')}: expected at most the number of sentences ({layout.n_sentences}), got {options.folds}"
         )
-    cache = AnalysisCache(fingerprint(store, options.pool, indices), root)  # checks the size cap
+    thresholds = Thresholds(options.min_pearson, options.min_tpr, options.max_fpr, options.top_n)
+    return AnalyzePlan(
+        store=store,
+        output=Path(options.output),
+        cache_root=root,
+        indices=indices,
+        coordinates=coordinates,
+        layout=layout,
+        pool=options.pool,
+        resampling=ResamplingOptions(
+            options.permutations, options.folds, options.probe_permutations, options.seed, thresholds
+        ),
+        examples_per_label=options.examples_per_label,
+        quiet=options.quiet,
+        cluster=options.cluster,
+        planned_at=started,
+    )
+
+
+def run(plan: AnalyzePlan) -> AnalyzeSummary:
+    """Compute (or reuse) the plan's metrics, rank the features, pick examples and write the output folder."""
+    store, indices, layout, coordinates = plan.store, plan.indices, plan.layout, plan.coordinates
+    cache = AnalysisCache(fingerprint(store, plan.pool, indices), plan.cache_root)  # checks the size cap
     coordinates.memoize()
     cache.remove_dead_fills()
     reused = cache.complete
@@ -113,47 +139,41 @@ def analyze(options: AnalyzeOptions) -> AnalyzeSummary:
         cache.touch()
     else:
         with (
-            units_on(options.cluster, store, root),
-            _progress(options.quiet, len(feature_units(store, indices))) as progress,
+            units_on(plan.cluster, store, plan.cache_root),
+            _progress(plan.quiet, len(feature_units(store, indices))) as progress,
         ):
-            cache.fill(store, indices, layout, options.pool, progress)
+            cache.fill(store, indices, layout, plan.pool, progress)
     configs = ConfigTable.of(store.config_names, coordinates.values, indices)
     notes = _notes(layout.labels, configs)
     for note in notes:
         warnings.warn(note, SaezarrNote, stacklevel=2)
     metrics = cache.metrics()
-    resampled = resample(
-        cache, configs, layout, options.pool, _resampling_options(options), store_residuals(store.path)
-    )
-    passing = passes_filter(metrics, options.min_pearson, options.min_tpr, options.max_fpr)
+    resampled = resample(cache, configs, layout, plan.pool, plan.resampling, store_residuals(store.path))
+    thresholds = plan.thresholds
+    passing = passes_filter(metrics, thresholds.min_pearson, thresholds.min_tpr, thresholds.max_fpr)
     features = features_table(metrics, passing, configs, resampled.p_values(metrics))
-    with OutputWriter(Path(options.output)) as output:
+    with OutputWriter(plan.output) as output:
         output.write_features(within_widths(features, store.widths[indices]))
-        n_passing = _write_findings(
-            output, options, store, features, configs, coordinates, layout, cache, notes, (metrics, resampled)
-        )
+        n_passing = _write_findings(output, plan, features, configs, cache, notes, (metrics, resampled))
     return AnalyzeSummary(
-        output=Path(options.output),
+        output=plan.output,
         n_configs=len(indices),
         n_features=int(store.widths[indices].max()),  # the widest selected SAE
         n_sentences=layout.n_sentences,
         n_passing=n_passing,
-        pool=options.pool,
+        pool=plan.pool,
         cache=cache.path,
         cache_reused=reused,
         notes=notes,
-        elapsed=time.perf_counter() - started,
+        elapsed=time.perf_counter() - plan.planned_at,
     )
 
 
 def _write_findings(
     output: OutputWriter,
-    options: AnalyzeOptions,
-    store: Store,
+    plan: AnalyzePlan,
     features: pa.Table,
     configs: ConfigTable,
-    coordinates: AnalysisCoordinates,
-    layout: SentenceLayout,
     cache: AnalysisCache,
     notes: list[str],
     resampling: tuple[dict, Resampled],
@@ -171,6 +191,7 @@ def _write_findings(
     )
 
     metrics, resampled = resampling
+    store, coordinates, layout = plan.store, plan.coordinates, plan.layout
     ranked = ranked_table(features)
     tables = {}
     if resampled.heldout is not None:
@@ -178,19 +199,19 @@ def _write_findings(
         tables["heldout"] = heldout_table(resampled.heldout, configs, features)
     if resampled.emergence is not None:
         tables["emergence"] = emergence_table(resampled.emergence)
-    top = ranked.head(options.top_n).copy()
+    top = ranked.head(plan.thresholds.top_n).copy()
     top["config_index"] = top.config.map({str(name): i for i, name in enumerate(configs.names)})
     top["store_index"] = configs.indices[top.config_index.to_numpy(dtype=np.int64)]
     fragment_texts = coordinates.values.get("fragment_text")  # None: one fragment per sentence, no token shading
     examples = feature_examples(
-        top, cache, coordinates["sentence_text"], store, layout, fragment_texts, options.examples_per_label
+        top, cache, coordinates["sentence_text"], store, layout, fragment_texts, plan.examples_per_label
     )
     passing = features["passes_filter"].to_numpy().reshape(len(configs.names), -1)
-    info = _info(store, options, passing, layout.labels, notes, fragment_texts is not None)
+    info = _info(plan, passing, notes, fragment_texts is not None)
     permutation = resampled.summary(metrics, configs.names)
     info["significant_features"] = None if permutation is None else permutation["significant_features"]
     info["permutation"] = permutation
-    info["heldout"] = None if resampled.heldout is None else heldout_summary(resampled.heldout, options.folds)
+    info["heldout"] = None if resampled.heldout is None else heldout_summary(resampled.heldout, plan.resampling.folds)
     info["emergence"] = resampled.emergence
     score = features["interpretability_score"].to_numpy().reshape(passing.shape)
     summary = config_summary(configs, score, passing)
@@ -204,11 +225,6 @@ def _write_findings(
         )
     output.write_rest(ranked, summary, examples, info, cache.path / PLOTS, tables)
     return len(ranked)
-
-
-def _resampling_options(options: AnalyzeOptions) -> ResamplingOptions:
-    thresholds = Thresholds(options.min_pearson, options.min_tpr, options.max_fpr, options.top_n)
-    return ResamplingOptions(options.permutations, options.folds, options.probe_permutations, options.seed, thresholds)
 
 
 def check_options(options: AnalyzeOptions) -> None:
@@ -295,14 +311,8 @@ def _notes(labels: np.ndarray, configs: ConfigTable) -> list[str]:
     return notes
 
 
-def _info(
-    store: Store,
-    options: AnalyzeOptions,
-    passing: np.ndarray,
-    labels: np.ndarray,
-    notes: list[str],
-    token_shading: bool,
-) -> dict:
+def _info(plan: AnalyzePlan, passing: np.ndarray, notes: list[str], token_shading: bool) -> dict:
+    store, labels, thresholds = plan.store, plan.layout.labels, plan.thresholds
     attrs = store.attrs
     return {
         "store": str(store.path),
@@ -319,10 +329,14 @@ def _info(
                 "fragments",
             )
         },
-        "pool": options.pool,
-        "thresholds": {"min_pearson": options.min_pearson, "min_tpr": options.min_tpr, "max_fpr": options.max_fpr},
-        "top_n": options.top_n,
-        "examples_per_label": options.examples_per_label,
+        "pool": plan.pool,
+        "thresholds": {
+            "min_pearson": thresholds.min_pearson,
+            "min_tpr": thresholds.min_tpr,
+            "max_fpr": thresholds.max_fpr,
+        },
+        "top_n": thresholds.top_n,
+        "examples_per_label": plan.examples_per_label,
         "counts": {
             "configs": int(passing.shape[0]),
             "features": int(passing.size),

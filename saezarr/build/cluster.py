@@ -49,11 +49,12 @@ if TYPE_CHECKING:
 MARK_THREADS = 16
 
 
-def local_spec(spec: ComputeSpec, n_workers: int, write_threads: int | None) -> ComputeSpec:
-    """A spec for N workers on this node: each gets its share of the cores for torch and for writing."""
+def local_spec(spec: ComputeSpec, n_workers: int) -> ComputeSpec:
+    """A spec for N workers on this node: each gets its share of the cores for torch and, unless the spec says how
+    many, for writing."""
     share = max(1, usable_cores() // n_workers)
     threads = share if torch.device(spec.device).type == "cpu" else None
-    return dataclasses.replace(spec, torch_threads=threads, write_threads=write_threads or share)
+    return dataclasses.replace(spec, torch_threads=threads, write_threads=spec.write_threads or share)
 
 
 def check_workers(

@@ -10,9 +10,17 @@ import numpy as np
 import pandas as pd
 
 from saezarr import __version__
-from saezarr.errors import ConfigError, ResumeMismatch, StoreUnfinished, option
+from saezarr.build.options import BuildOptions
+from saezarr.errors import ResumeMismatch, StoreUnfinished, option
 from saezarr.hub import Source
-from saezarr.inputs.configs import MISSING_L0, SAEConfig, load_config_file, select_configs, with_neuronpedia
+from saezarr.inputs.configs import (
+    MISSING_L0,
+    SAEConfig,
+    check_depth,
+    load_config_file,
+    select_configs,
+    with_neuronpedia,
+)
 from saezarr.inputs.fragments import FRAGMENT_FIELDS, Fragments, make_fragments
 from saezarr.inputs.sentences import LabeledSentences, read_labeled_csv
 from saezarr.models.reading import ModelInfo, check_weights, load_tokenizer, resolve_model
@@ -35,7 +43,7 @@ class Extension:
     n_sentences: int
 
 
-def plan_extension(options, store: Store) -> Extension:
+def plan_extension(options: BuildOptions, store: Store) -> Extension:
     """Check an extension of `store` by the options' config file and input, and say what it adds and what its units
     need; nothing is written here."""
     attrs = store.attrs
@@ -81,12 +89,7 @@ def plan_extension(options, store: Store) -> Extension:
     info = fragments = None
     if growing_sentences or any(c.layer not in kept for c in needed):
         info, fragments = _model_and_fragments(options, config_file.model, attrs, data, old_table, n_old, where)
-        deepest = max(configs, key=lambda c: c.layer)
-        if deepest.layer >= info.num_layers:
-            raise ConfigError(
-                f"{options.config_file}: config {deepest.name} reads layer {deepest.layer}, but the model has "
-                f"{info.num_layers} layers (0-{info.num_layers - 1})"
-            )
+        check_depth(configs, info.num_layers, options.config_file)
     saes = _locate(sae_repo, attrs, needed, info or _stored_model(attrs, store), where)
     check_context(saes, _token_counts(fragments, old_table), options.input or store.path)
     located = {sae.config.name: sae.config for sae in saes}  # completed from their files (width, architecture)
@@ -124,7 +127,7 @@ def _growth(store, record, attrs, configs, data, fragments, old_table, where) ->
     return growth
 
 
-def _refuse_other_options(options, attrs: dict, where: str) -> None:
+def _refuse_other_options(options: BuildOptions, attrs: dict, where: str) -> None:
     """Refuse a dtype or fragment granularity other than the store's."""
     for name, given, kept in (
         ("dtype", options.dtype, attrs.get("model_dtype")),
@@ -199,7 +202,13 @@ def _refuse_changed_rows(data: LabeledSentences, table: pd.DataFrame, n_old: int
 
 
 def _model_and_fragments(
-    options, model: str, attrs: dict, data: LabeledSentences | None, old_table: pd.DataFrame, n_old: int, where: str
+    options: BuildOptions,
+    model: str,
+    attrs: dict,
+    data: LabeledSentences | None,
+    old_table: pd.DataFrame,
+    n_old: int,
+    where: str,
 ) -> tuple[ModelInfo, Fragments]:
     """The model (the store's own, checked) and the fragments of the whole input, whose first part must be the
     store's."""

@@ -1,4 +1,4 @@
-"""The build loop: validate everything, then stream fragment chunks through the model and SAEs into the store."""
+"""The build loop: plan everything, then stream fragment chunks through the model and SAEs into the store."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from saezarr import __version__
 from saezarr.build.cluster import check_workers, cluster_sae_memory, local_spec, run_tasks
-from saezarr.build.extending import plan_extension
 from saezarr.build.memory import default_sae_memory
+from saezarr.build.options import BuildOptions, with_defaults
+from saezarr.build.planning import BuildPlan, check_kept_options, plan_build
 from saezarr.build.work import (
     ChunkWriter,
     ComputeSpec,
@@ -26,13 +26,11 @@ from saezarr.build.work import (
     Task,
     compute_chunk,
     needs_model,
-    overlaps_writes,
     pending_work,
 )
 from saezarr.durable.folders import restore_moved_aside
 from saezarr.durable.locking import StoreLock
 from saezarr.errors import (
-    ConfigError,
     InputError,
     Interrupted,
     OutOfMemory,
@@ -42,63 +40,21 @@ from saezarr.errors import (
     StoreNotFound,
     option,
 )
-from saezarr.execution.connect import ClusterOptions, cluster_client
-from saezarr.inputs.configs import SAEConfig, load_config_file, select_configs, with_neuronpedia
-from saezarr.inputs.fragments import Fragments, make_fragments
-from saezarr.inputs.sentences import read_labeled_csv
+from saezarr.execution.connect import cluster_client
 from saezarr.machine import human_bytes
-from saezarr.models.reading import (
-    ModelInfo,
-    SiteReader,
-    check_weights,
-    load_model,
-    load_tokenizer,
-    resolve_model,
-)
+from saezarr.models.reading import SiteReader, load_model
 from saezarr.saes.encoder import load_encoder
-from saezarr.saes.locate import SAEFile, check_context, describe_configs, locate_sae, resolve_sae_repo
 from saezarr.store.format import (
     Store,
     check_output_path,
-    check_resume,
     create_store,
-    default_chunk_fragments,
     open_for_resume,
     remove_stale_staging,
     store_lock,
 )
 from saezarr.store.growing import finish_growth, grow_store
 
-DEFAULT_BATCH_SIZE = 16
-
-
-@dataclass
-class BuildOptions:
-    """Everything `saezarr build` takes."""
-
-    input: Path | None  # None only with extend: the store's own sentences
-    output: Path
-    config_file: Path
-    model: str | None = None
-    sae_repo: str | None = None
-    layers: Sequence[int] | None = None
-    configs: Sequence[str] | None = None
-    fragments: str | None = None  # None: "token" (with extend: the store's own)
-    device: str | None = None
-    dtype: str | None = None  # None: "float32" (with extend: the store's own)
-    batch_size: int | None = None  # None: the store's own, else 16
-    sae_memory: int | None = None  # None: from the device's free memory (default_sae_memory)
-    chunk_fragments: int | None = None  # None: default_chunk_fragments(width), 512 up to 16k features
-    workers: int | None = None
-    overlap_writes: bool | None = None  # None: on GPUs only (overlaps_writes)
-    resume: bool = False
-    overwrite: bool = False
-    force_unlock: bool = False
-    quiet: bool = False
-    max_chunks: int | None = None
-    residuals: Sequence[int] | str | None = None  # None: no residual stream; "all": every layer; else these layers
-    extend: bool = False
-    cluster: ClusterOptions = field(default_factory=ClusterOptions)  # default: run in this process
+__all__ = ["BuildOptions", "BuildSummary", "ChunkWriter", "build", "run"]
 
 
 @dataclass
@@ -132,21 +88,9 @@ class BuildSummary:
         )
 
 
-@dataclass
-class _Plan:
-    """Everything validated before the output is touched."""
-
-    fragments: Fragments | None  # None: no task runs the model (an extension from stored residuals)
-    configs: tuple[SAEConfig, ...]
-    saes: list[SAEFile]
-    attrs: dict
-    model_info: ModelInfo | None = field(repr=False)
-    device: str
-    residual_layers: tuple[int, ...] | None = None  # the layers whose residual stream the store keeps
-
-
 def build(options: BuildOptions) -> BuildSummary:
-    """Build (or resume) a store; every input is validated before the output is touched."""
+    """Build (or resume, or extend) a store; every input is validated before the output is touched."""
+    options = with_defaults(options)
     with _sigterm_interrupts():
         try:
             return _build(options)
@@ -165,40 +109,31 @@ def _build(options: BuildOptions) -> BuildSummary:
             f"{option('output', options.output)}: a store exists there; use {option('resume', True)} to continue it or {option('overwrite', True)} to "
             "replace it"
         )
-    plan = _plan(options)
-    if exists and options.resume:
-        check_resume(options.output, plan.attrs, plan.configs)
-    with _cluster(options, plan) as client:  # connected, and every worker checked, before the store is touched
+    plan = plan_build(options)
+    with _cluster(plan) as client:  # connected, and every worker checked, before the store is touched
         store, lock = _open_or_create(options, plan, exists)
-        summary = BuildSummary(options.output, len(plan.configs), len(plan.fragments), plan.attrs["n_sentences"])
+        summary = BuildSummary(plan.output, len(plan.configs), len(plan.fragments), plan.n_sentences)
         with lock:
-            runner = (
-                _PassRunner(options, plan, store, summary)
-                if client is None
-                else _ClusterRunner(client, options, plan, store, summary)
-            )
-            _run(
-                runner,
-                options,
-                store,
-                f"rerun the same command with {option('resume', True)} (in place of {option('overwrite', True)}, if given)",
-            )
+            how = f"rerun the same command with {option('resume', True)} (in place of {option('overwrite', True)}, if given)"
+            run(plan, store, summary, client, how)
     return _finish(summary, store, started)
 
 
-def _run(runner: _PassRunner | _ClusterRunner, options: BuildOptions, store: Store, how: str) -> None:
-    """Run the pending tasks; an out-of-memory or an interruption is one line saying what is kept and `how` to go on."""
+def run(plan: BuildPlan, store: Store, summary: BuildSummary, client=None, how: str = "rerun the same command") -> None:
+    """Run the plan's pending tasks into the store (on the dask `client`'s workers, or in this process), counting
+    into `summary`; an out-of-memory or an interruption is one line saying what is kept and `how` to go on."""
+    runner = _PassRunner(plan, store, summary) if client is None else _ClusterRunner(client, plan, store, summary)
     try:
         runner.run()
     except torch.cuda.OutOfMemoryError:
-        raise _out_of_memory(options, store, runner) from None
+        raise _out_of_memory(plan, store, runner) from None
     except KeyboardInterrupt as stop:
         with _interrupts_ignored():
             done = store.done_matrix()
         terminated = isinstance(stop, _Terminated)
         raise Interrupted(
             f"{'terminated (SIGTERM)' if terminated else 'interrupted'}: {int(done.sum())} of {done.size} chunks "
-            f"of {options.output} are done and kept; {how} to continue",
+            f"of {plan.output} are done and kept; {how} to continue",
             exit_code=143 if terminated else 130,
         ) from None
 
@@ -229,33 +164,20 @@ def _extend(options: BuildOptions, started: float) -> BuildSummary:
         lock.acquire(force=options.force_unlock)
         restore_moved_aside(options.output)  # a coordinate a killed growth moved aside before its new one was in
         store = open_for_resume(options.output)
-        _check_resume_options(options, store)
-        extension = plan_extension(options, store)
-        plan = _Plan(
-            fragments=extension.fragments,
-            configs=extension.configs,
-            saes=extension.saes,
-            attrs=store.attrs,
-            model_info=extension.model_info,
-            device=resolve_device(options.device, here=not options.cluster.remote),
-        )
-        with _cluster(options, plan) as client:  # connected, and every worker checked, before the store is touched
+        check_kept_options(options.batch_size, options.chunk_fragments, store)
+        plan = plan_build(options, store)
+        with _cluster(plan) as client:  # connected, and every worker checked, before the store is touched
             store.discard_partial_writes()
-            remove_stale_staging(options.output)
-            if extension.growth is not None:
-                _grow(store, extension.growth)  # here, before any task: the tasks carry the new store id
-                store = Store(options.output, mode="r+")
+            remove_stale_staging(plan.output)
+            if plan.growth is not None:
+                _grow(store, plan.growth)  # here, before any task: the tasks carry the new store id
+                store = Store(plan.output, mode="r+")
                 plan.attrs = store.attrs
-            summary = BuildSummary(options.output, store.n_configs, store.n_fragments, extension.n_sentences)
-            runner = (
-                _PassRunner(options, plan, store, summary)
-                if client is None
-                else _ClusterRunner(client, options, plan, store, summary)
-            )
-            _run(runner, options, store, f"rerun the same {option('extend', True)} command")
+            summary = BuildSummary(plan.output, store.n_configs, store.n_fragments, plan.n_sentences)
+            run(plan, store, summary, client, f"rerun the same {option('extend', True)} command")
         _finish(summary, store, started)
         if summary.complete:
-            finish_growth(options.output)
+            finish_growth(plan.output)
     return summary
 
 
@@ -273,50 +195,37 @@ def _grow(store: Store, growth) -> None:
 
 
 @contextlib.contextmanager
-def _cluster(options: BuildOptions, plan: _Plan):
+def _cluster(plan: BuildPlan):
     """A dask client whose every worker can run this build, or None to run in this process."""
-    if not options.cluster.wanted:
+    if not plan.cluster.wanted:
         yield None
         return
-    with cluster_client(options.cluster, plan.device) as client:
+    with cluster_client(plan.cluster, plan.device) as client:
         check_workers(
             client,
-            options.cluster,
+            plan.cluster,
             plan.model_info,
             [sae.path for sae in plan.saes],
             plan.device,
-            options.output.resolve(),
+            plan.output.resolve(),
         )
         yield client
 
 
-def _out_of_memory(options: BuildOptions, store: Store, runner: _PassRunner | _ClusterRunner) -> OutOfMemory:
+def _out_of_memory(plan: BuildPlan, store: Store, runner: _PassRunner | _ClusterRunner) -> OutOfMemory:
     """The one line for a device out of memory: what is kept, and which options lower the need."""
     done = store.done_matrix()
     budget = human_bytes(runner.sae_memory) if runner.sae_memory else "not reached"
     return OutOfMemory(
-        f"{runner.plan.device}: out of memory ({int(done.sum())} of {done.size} chunks of {options.output} are done "
-        f"and kept); rerun the same command with {option('resume', True)} and a smaller {option('sae_memory')} (this run: {budget}), "
-        f"or start over with {option('overwrite', True)} and a smaller {option('batch_size')} (this run: "
-        f"{store.attrs.get('batch_size')})",
+        f"{plan.device}: out of memory ({int(done.sum())} of {done.size} chunks of {plan.output} are done "
+        f"and kept); rerun the same command with {option('resume', True)} and a smaller {option('sae_memory')} "
+        f"(this run: {budget}), or start over with {option('overwrite', True)} and a smaller "
+        f"{option('batch_size')} (this run: {store.attrs.get('batch_size')})",
         exit_code=1,
     )
 
 
-def _check_resume_options(options: BuildOptions, store: Store) -> None:
-    """Refuse a batch or chunk size other than the store's: a chunk's batches decide its last bits."""
-    for name, given, kept in (
-        ("batch_size", options.batch_size, store.attrs.get("batch_size", DEFAULT_BATCH_SIZE)),
-        ("chunk_fragments", options.chunk_fragments, store.chunk_fragments),
-    ):
-        if given is not None and given != kept:
-            raise ResumeMismatch(
-                f"{option(name, given)}: the store at {options.output} was started with {kept}; a resumed store "
-                f"must keep it to stay bitwise equal, so leave {option(name)} out (or use {option('overwrite', True)})"
-            )
-
-
-def _check_resume_residuals(options: BuildOptions, plan: _Plan, store: Store) -> None:
+def _check_resume_residuals(options: BuildOptions, plan: BuildPlan, store: Store) -> None:
     """Refuse a --residuals other than the store's: the layers kept are fixed when the store is created."""
     if options.residuals is None:
         return
@@ -324,7 +233,7 @@ def _check_resume_residuals(options: BuildOptions, plan: _Plan, store: Store) ->
     if plan.residual_layers != kept:
         has = "keeps no residual stream" if kept is None else f"keeps the residuals of layers {_layer_list(kept)}"
         raise ResumeMismatch(
-            f"{option('residuals')}: the store at {options.output} {has}; the layers kept are fixed when a store is "
+            f"{option('residuals')}: the store at {plan.output} {has}; the layers kept are fixed when a store is "
             f"created, so leave {option('residuals')} out (or use {option('overwrite', True)})"
         )
 
@@ -368,125 +277,43 @@ def _sigterm_interrupts():
         signal.signal(signal.SIGTERM, previous)
 
 
-def resolve_device(device: str | None, here: bool = True) -> str:
-    """The torch device to run on: as asked, else CUDA when available; refuse one this machine lacks (if `here`)."""
-    if device is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, ValueError):
-        parsed = None
-    if parsed is None or parsed.type not in ("cpu", "cuda"):
-        raise InputError(f"{option('device', device)}: not a device saezarr runs on (use cpu or cuda)")
-    if not here:
-        return device  # runs on the cluster's workers, which check it themselves
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(
-            f"{option('device', device)}: CUDA is not available here (torch {torch.__version__}); use "
-            f"{option('device', 'cpu')}"
-        )
-    if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
-        raise InputError(f"{option('device', device)}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return device
-
-
-def _plan(options: BuildOptions) -> _Plan:
-    device = resolve_device(options.device, here=not options.cluster.remote)
-    data = read_labeled_csv(options.input)
-    config_file = load_config_file(options.config_file)
-    sae_repo = options.sae_repo or config_file.sae_repo
-    described, sae_source = describe_configs(sae_repo, config_file.configs, options.config_file)
-    configs = with_neuronpedia(select_configs(described, options.layers, options.configs), sae_repo)
-    info = resolve_model(options.model or config_file.model)
-    deepest = max(configs, key=lambda c: c.layer)
-    if deepest.layer >= info.num_layers:
-        raise ConfigError(
-            f"{options.config_file}: config {deepest.name} reads layer {deepest.layer}, but the model has "
-            f"{info.num_layers} layers (0-{info.num_layers - 1})"
-        )
-    tokenizer = load_tokenizer(info)
-    fragments = make_fragments(data, tokenizer, options.fragments or "token", info.max_tokens)
-    sae_source = sae_source or resolve_sae_repo(sae_repo, configs[0])
-    saes = [locate_sae(sae_source, c, info, options.config_file) for c in configs]
-    check_context(saes, [len(ids) for ids in fragments.token_ids], data.path)
-    check_weights(info)  # after the SAEs: an SAE refused in a line costs no download of the model's weights
-    configs = tuple(sae.config for sae in saes)
-    attrs = {
-        "saezarr_version": __version__,
-        "model": info.source.name,
-        "model_revision": info.source.revision,
-        "sae_repo": sae_source.name,
-        "sae_revision": sae_source.revision,
-        "model_dtype": options.dtype or "float32",
-        "fragments": options.fragments or "token",
-        "tokens_sha256": fragments.tokens_sha256(),
-        "input_file": data.path.name,
-        "input_sha256": data.sha256,
-        "n_sentences": len(data),
-        "configs": [c.name for c in configs],
-        "batch_size": options.batch_size or DEFAULT_BATCH_SIZE,
-        "hidden_size": info.hidden_size,
-    }
-    return _Plan(
-        fragments=fragments,
-        configs=configs,
-        saes=saes,
-        attrs=attrs,
-        model_info=info,
-        device=device,
-        residual_layers=residual_layers(options.residuals, info.num_layers),
-    )
-
-
-def residual_layers(asked: Sequence[int] | str | None, num_layers: int) -> tuple[int, ...] | None:
-    """The layers `--residuals` keeps (None: no residual stream), checked against the model's depth."""
-    if asked is None:
-        return None
-    if asked == "all":
-        return tuple(range(num_layers))
-    wrong = [layer for layer in asked if not 0 <= layer < num_layers]
-    if wrong:
-        raise InputError(f"{option('residuals')}: layer {wrong[0]} is not a layer of the model (0-{num_layers - 1})")
-    return tuple(sorted(set(asked)))
-
-
-def _open_or_create(options: BuildOptions, plan: _Plan, exists: bool) -> tuple[Store, StoreLock]:
+def _open_or_create(options: BuildOptions, plan: BuildPlan, exists: bool) -> tuple[Store, StoreLock]:
     """Open the store to resume, or create it; an old store is replaced only while its lock is held."""
     if not exists:
-        store = _create(options, plan, replace=False)
+        store = _create(plan, replace=False)
     elif options.resume:
-        lock = store_lock(options.output)
+        lock = store_lock(plan.output)
         lock.acquire(force=options.force_unlock)
         try:
-            store = open_for_resume(options.output)
-            _check_resume_options(options, store)
+            store = open_for_resume(plan.output)
+            # the plan's batch size: the one given, else the store's as planned (refused if it changed since)
+            check_kept_options(plan.batch_size, options.chunk_fragments, store)
             _check_resume_residuals(options, plan, store)
         except BaseException:  # a refusal, Ctrl-C or SIGTERM: the lock goes back
             lock.release()
             raise
         store.discard_partial_writes()
-        remove_stale_staging(options.output)
+        remove_stale_staging(plan.output)
         return store, lock
     else:
         # held through the swap, so no --resume can take the old store and then write into the new one
-        with store_lock(options.output) as old_lock:
+        with store_lock(plan.output) as old_lock:
             old_lock.acquire(force=options.force_unlock)
-            store = _create(options, plan, replace=True)
+            store = _create(plan, replace=True)
     lock = store.lock()
     lock.acquire()
     return store, lock
 
 
-def _create(options: BuildOptions, plan: _Plan, replace: bool) -> Store:
-    """The new store of the plan, at --output (replacing the store there, if `replace`)."""
-    widths = [sae.width for sae in plan.saes]
+def _create(plan: BuildPlan, replace: bool) -> Store:
+    """The new store of the plan, at its output (replacing the store there, if `replace`)."""
     return create_store(
-        options.output,
+        plan.output,
         plan.fragments.table,
         plan.configs,
-        widths,
+        [sae.width for sae in plan.saes],
         plan.attrs,
-        options.chunk_fragments or default_chunk_fragments(max(widths)),
+        plan.chunk_fragments,
         replace=replace,
         residual_layers=plan.residual_layers,
         hidden_size=plan.model_info.hidden_size,
@@ -503,7 +330,7 @@ def _count_pending(store: Store, summary: BuildSummary) -> bool:
     return not (done.all() and residuals.all())
 
 
-def _fragment_index(plan: _Plan) -> FragmentIndex:
+def _fragment_index(plan: BuildPlan) -> FragmentIndex:
     """What the tasks read of the fragments: none if no task runs the model (an extension from stored residuals)."""
     return FragmentIndex.of(plan.fragments) if plan.fragments is not None else FragmentIndex.none()
 
@@ -511,8 +338,8 @@ def _fragment_index(plan: _Plan) -> FragmentIndex:
 class _PassRunner:
     """Runs the pending tasks of each SAE pass in this process, writing (and marking) through a ChunkWriter."""
 
-    def __init__(self, options: BuildOptions, plan: _Plan, store: Store, summary: BuildSummary):
-        self.options, self.plan, self.store, self.summary = options, plan, store, summary
+    def __init__(self, plan: BuildPlan, store: Store, summary: BuildSummary):
+        self.plan, self.store, self.summary = plan, store, summary
         self.sae_memory: int | None = None
 
     def run(self) -> None:
@@ -525,19 +352,17 @@ class _PassRunner:
                 raise SaezarrError(f"{self.store.path}: a unit to compute needs the model, which was not resolved")
             model = load_model(self.plan.model_info, self.plan.device, self.store.attrs["model_dtype"])
         # on CUDA the default budget is what the loaded model leaves free
-        self.sae_memory = self.options.sae_memory or default_sae_memory(self.plan.device)
-        work = pending_work(self.store, self.plan.saes, self.sae_memory, self.options.max_chunks)
+        self.sae_memory = self.plan.sae_memory or default_sae_memory(self.plan.device)
+        work = pending_work(self.store, self.plan.saes, self.sae_memory, self.plan.max_chunks)
         fragments = _fragment_index(self.plan)
         total = sum(self.store.chunk_size(task.chunk) for _, tasks in work for task in tasks)
-        with tqdm(
-            total=total, unit="frag", disable=self.options.quiet, desc="saezarr build", dynamic_ncols=True
-        ) as bar:
+        with tqdm(total=total, unit="frag", disable=self.plan.quiet, desc="saezarr build", dynamic_ncols=True) as bar:
             for pass_, tasks in work:
                 self._run_pass(model, fragments, pass_, tasks, bar)
 
     def _model_needed(self) -> bool:
         """Whether any pending task runs the model (none does if the store holds every residual they read)."""
-        work = pending_work(self.store, self.plan.saes, 2**62, self.options.max_chunks)
+        work = pending_work(self.store, self.plan.saes, 2**62, self.plan.max_chunks)
         done = self.store.residuals.done() if self.store.residuals is not None else None
         return any(needs_model(self.store, pass_, task, done) for pass_, tasks in work for task in tasks)
 
@@ -548,16 +373,12 @@ class _PassRunner:
         encoders = [load_encoder(sae, self.plan.device, pass_.sae_memory) for sae in pass_.saes]
         self.summary.sae_loads += len(pass_.saes)
         self.summary.model_passes += 1
-        overlap = self.options.overlap_writes
-        if overlap is None:
-            overlap = overlaps_writes(self.plan.device)
-        batch_size = self.store.attrs.get("batch_size", DEFAULT_BATCH_SIZE)  # on resume, the store's own
-        writer = ChunkWriter(self.store, self.options.workers, overlap)
+        writer = ChunkWriter(self.store, self.plan.write_threads, self.plan.overlap_writes)
         reader = contextlib.nullcontext() if model is None else SiteReader(model, pass_.sites)
         with reader as reading, writer:
             for task in tasks:
                 self.summary.forward_batches += compute_chunk(
-                    reading, encoders, pass_, fragments, task, batch_size, writer
+                    reading, encoders, pass_, fragments, task, self.plan.batch_size, writer
                 )
                 self.summary.units_written += len(task.rows) + task.residuals
                 bar.update(self.store.chunk_size(task.chunk))
@@ -566,32 +387,32 @@ class _PassRunner:
 class _ClusterRunner:
     """Runs the pending tasks on a dask cluster's workers; this process marks the units they report durable."""
 
-    def __init__(self, client, options: BuildOptions, plan: _Plan, store: Store, summary: BuildSummary):
-        self.client, self.options, self.plan, self.store, self.summary = client, options, plan, store, summary
+    def __init__(self, client, plan: BuildPlan, store: Store, summary: BuildSummary):
+        self.client, self.plan, self.store, self.summary = client, plan, store, summary
         self.sae_memory: int | None = None
 
     def run(self) -> None:
         """Submit every pending task, mark what comes back, and count it in the summary."""
         if not _count_pending(self.store, self.summary):
             return
-        options, plan = self.options, self.plan
+        plan = self.plan
         spec = ComputeSpec(
             model=plan.model_info,
             device=plan.device,
             dtype=self.store.attrs["model_dtype"],
-            batch_size=self.store.attrs.get("batch_size", DEFAULT_BATCH_SIZE),
+            batch_size=plan.batch_size,
             store=self.store.path.resolve(),
             store_id=self.store.identity,
-            write_threads=options.workers,
-            overlap_writes=options.overlap_writes,
+            overlap_writes=plan.overlap_writes,
+            write_threads=plan.write_threads,
         )
-        if options.cluster.local_workers is not None:
-            spec = local_spec(spec, options.cluster.local_workers, options.workers)
+        if plan.cluster.local_workers is not None:
+            spec = local_spec(spec, plan.cluster.local_workers)
         # on CUDA the default budget is what the loaded model leaves free on the tightest worker
-        self.sae_memory = options.sae_memory or cluster_sae_memory(self.client, options.cluster, spec)
+        self.sae_memory = plan.sae_memory or cluster_sae_memory(self.client, plan.cluster, spec)
         saes = [sae.resolved() for sae in plan.saes]  # absolute paths: as workers see them
-        work = pending_work(self.store, saes, self.sae_memory, options.max_chunks)
-        results = run_tasks(self.client, options.cluster, spec, _fragment_index(plan), work, self.store, options.quiet)
+        work = pending_work(self.store, saes, self.sae_memory, plan.max_chunks)
+        results = run_tasks(self.client, plan.cluster, spec, _fragment_index(plan), work, self.store, plan.quiet)
         # every task has finished: a temporary shard file left now is a killed worker's, whose task ran again
         self.store.discard_partial_writes()
         self.summary.model_passes = len(work)

@@ -67,9 +67,9 @@ class ComputeSpec:
     batch_size: int
     store: Path
     store_id: str  # the store's identity (Store.identity): a task for a store since replaced is refused
+    overlap_writes: bool  # whether units are written behind the compute (the build's plan decides)
     torch_threads: int | None = None  # None: the process's own setting
     write_threads: int | None = None  # None: one per usable core
-    overlap_writes: bool | None = None  # None: on GPUs only
 
 
 @dataclass(frozen=True)
@@ -471,13 +471,12 @@ def device_budget(spec: ComputeSpec) -> int:
 def run_task(spec: ComputeSpec, fragments: FragmentIndex, pass_: PassSpec, task: Task) -> TaskResult:
     """Compute one task and write its units' shards durably, unmarked; rerunning it writes the same bytes. Refused,
     nothing written, if the store at spec.store is no longer the one spec.store_id names."""
-    overlap = overlaps_writes(spec.device) if spec.overlap_writes is None else spec.overlap_writes
     with _one_task_at_a_time:
         store = current_store(spec.store, spec.store_id, mode="r+")
         model, model_loads = _model(spec) if spec.model is not None else (None, 0)  # None: every residual stored
         encoders, sae_loads = _encoders(spec, pass_)
         buffers, _ = process_cache.get("host buffers", None, list)  # latents' host buffers, recycled across tasks
-        writer = ChunkWriter(store, spec.write_threads, overlap, mark=False, buffers=buffers)
+        writer = ChunkWriter(store, spec.write_threads, spec.overlap_writes, mark=False, buffers=buffers)
         reading = contextlib.nullcontext() if model is None else SiteReader(model, pass_.sites)
         with reading as reader, writer:
             batches = compute_chunk(reader, encoders, pass_, fragments, task, spec.batch_size, writer)

@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from saezarr.errors import ClusterError, InputError, one_line
+from saezarr.options import option, positive_float, positive_int
 
 if TYPE_CHECKING:
     from distributed import Client
     from distributed.security import Security
-
-DEFAULT_WORKER_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True)
@@ -29,13 +28,25 @@ class ClusterOptions:
     """Where a command's dask work runs: a local cluster of N worker processes, or an existing scheduler (over TLS
     with the `tls_*` files, else as dask's config says)."""
 
-    local_workers: int | None = None
-    scheduler: str | None = None
-    scheduler_file: Path | None = None
-    worker_timeout: float = DEFAULT_WORKER_TIMEOUT
-    tls_ca_file: Path | None = None
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
+    local_workers: int | None = option(
+        help="run on a local dask cluster of N single-thread worker processes (on CUDA: one per GPU)",
+        type=positive_int,
+        group="where",
+    )
+    scheduler: str | None = option(
+        help="run on the dask cluster of this scheduler, e.g. tcp://host:8786", group="where"
+    )
+    scheduler_file: Path | None = option(
+        help="run on the dask cluster of this scheduler file", type=Path, group="where"
+    )
+    worker_timeout: float = option(
+        60.0,
+        help="seconds to wait for the scheduler and a first worker (default %(default)g)",
+        type=positive_float,
+    )
+    tls_ca_file: Path | None = option(help="TLS: the CA certificate the scheduler's is signed by", type=Path)
+    tls_cert: Path | None = option(help="TLS: this client's certificate", type=Path)
+    tls_key: Path | None = option(help="TLS: this client's private key", type=Path)
 
     def __post_init__(self):
         given = [name for name, value in self._options() if value is not None]

@@ -157,14 +157,14 @@ def refuse_repeats(where: object, configs: Sequence[SAEConfig]) -> None:
         seen[config.name] = config.path
 
 
-def parse_layers(text: str) -> list[int]:
-    """Parse a `--layers 3,12` option value."""
+def parse_layers(text: str, name: str = "layers") -> list[int]:
+    """Parse a `--layers 3,12` option value (of the option `name`)."""
     try:
         layers = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise InputError(f"{option('layers')}: expected comma-separated layer numbers, got {text!r}") from None
+        raise InputError(f"{option(name)}: expected comma-separated layer numbers, got {text!r}") from None
     if not layers:
-        raise InputError(f"{option('layers')}: no layer given")
+        raise InputError(f"{option(name)}: no layer given")
     return layers
 
 
@@ -189,6 +189,16 @@ def select_configs(
     if not chosen:
         raise InputError(f"{option('layers')}/{option('configs')}: the selection matches no config")
     return tuple(chosen)
+
+
+def check_depth(configs: Sequence[SAEConfig], num_layers: int, config_file: object) -> None:
+    """Refuse a config reading a layer deeper than the model's last."""
+    deepest = max(configs, key=lambda c: c.layer)
+    if deepest.layer >= num_layers:
+        raise ConfigError(
+            f"{config_file}: config {deepest.name} reads layer {deepest.layer}, but the model has "
+            f"{num_layers} layers (0-{num_layers - 1})"
+        )
 
 
 def suggest(name: str, known: Iterable[str]) -> str:

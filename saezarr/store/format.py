@@ -29,6 +29,7 @@ from saezarr.errors import (
     option,
 )
 from saezarr.inputs.configs import SAEConfig
+from saezarr.store import DEFAULT_CHUNK_FRAGMENTS
 from saezarr.store.residual_arrays import (
     EMBEDDINGS,
     RESIDUAL_UNIT,
@@ -47,7 +48,6 @@ if TYPE_CHECKING:
 
 ACTIVATIONS = "activations"
 STATE_GROUP = "_saezarr"
-DEFAULT_CHUNK_FRAGMENTS = 512
 DEFAULT_FEATURE_CHUNK = 2048
 UNIT_BYTES = 64 * 2**20  # a unit's float32 latents at most, by default, for SAEs wider than 32k (16k: 32 MiB)
 MIN_UNIT_FRAGMENTS = 128  # but no fewer: BLAS packs all of W_enc per unit, a cost per row of 1/fragments (1m: 512 MiB)

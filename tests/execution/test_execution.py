@@ -21,7 +21,8 @@ from faults.faultkit import compare_stores, one_error_line, tree_digest
 
 from saezarr.analysis.run import AnalyzeOptions, analyze
 from saezarr.build.cluster import _check_result
-from saezarr.build.pipeline import BuildOptions, _plan, build
+from saezarr.build.pipeline import BuildOptions, build
+from saezarr.build.planning import plan_build
 from saezarr.build.work import ComputeSpec, FragmentIndex, TaskResult, pending_work, run_task
 from saezarr.durable.folders import write_durably
 from saezarr.errors import SaezarrError
@@ -70,7 +71,7 @@ def long_reference(demo_config, csvs, tmp_path_factory) -> Path:
 
 
 def test_store_id_is_new_on_each_create_and_renew(demo_config, csvs, tmp_path):
-    plan = _plan(_options(csvs[0], tmp_path / "s.zarr", demo_config))
+    plan = plan_build(_options(csvs[0], tmp_path / "s.zarr", demo_config))
     store = create_store(tmp_path / "s.zarr", plan.fragments.table, plan.configs, plan.saes[0].width, plan.attrs)
     first = store.identity
     assert len(first) == 32 and store_identity(store.path) == first
@@ -97,12 +98,12 @@ def test_overwrite_on_a_warm_cluster_equals_a_fresh_build(demo_config, csvs, lon
 
 def test_a_task_for_a_replaced_store_is_refused_and_writes_nothing(demo_config, csvs, tmp_path):
     options = _options(csvs[0], tmp_path / "s.zarr", demo_config)
-    plan = _plan(options)
+    plan = plan_build(options)
     width = plan.saes[0].width
     old = create_store(options.output, plan.fragments.table, plan.configs, width, plan.attrs, CHUNK)
     new = create_store(options.output, plan.fragments.table, plan.configs, width, plan.attrs, CHUNK, replace=True)
     pass_, tasks = pending_work(new, plan.saes, 2**40)[0]
-    spec = ComputeSpec(plan.model_info, "cpu", "float32", 16, new.path.resolve(), old.identity)
+    spec = ComputeSpec(plan.model_info, "cpu", "float32", 16, new.path.resolve(), old.identity, False)
     before = tree_digest(new.path)
     with pytest.raises(SaezarrError) as refused:
         run_task(spec, FragmentIndex.of(plan.fragments), pass_, tasks[0])
@@ -111,7 +112,7 @@ def test_a_task_for_a_replaced_store_is_refused_and_writes_nothing(demo_config, 
         f"for store_id {old.identity}; none of its units was marked done: rerun the command against the store as it is now"
     )
     assert tree_digest(new.path) == before
-    current = ComputeSpec(plan.model_info, "cpu", "float32", 16, new.path.resolve(), new.identity)
+    current = ComputeSpec(plan.model_info, "cpu", "float32", 16, new.path.resolve(), new.identity, False)
     result = run_task(current, FragmentIndex.of(plan.fragments), pass_, tasks[0])  # the same task, for this store
     assert result.store_id == new.identity and result.bounds == new.chunk_bounds(tasks[0].chunk)
     assert all(new.shard_written(*unit) for unit in result.units)
@@ -119,7 +120,7 @@ def test_a_task_for_a_replaced_store_is_refused_and_writes_nothing(demo_config, 
 
 def test_the_client_marks_only_what_matches_the_unit(demo_config, csvs, tmp_path):
     options = _options(csvs[0], tmp_path / "s.zarr", demo_config)
-    plan = _plan(options)
+    plan = plan_build(options)
     store = create_store(options.output, plan.fragments.table, plan.configs, plan.saes[0].width, plan.attrs, CHUNK)
     _, tasks = pending_work(store, plan.saes, 2**40)[0]
     task = tasks[-1]  # the short last chunk

@@ -23,7 +23,7 @@ from faultkit import (
     unit_paths,
 )
 
-import saezarr.build.pipeline
+import saezarr.build.planning
 import saezarr.durable.folders
 import saezarr.store.format
 from saezarr.cli import main
@@ -61,7 +61,7 @@ def _check_failed_run(capsys, code: int, store, reference, *expect: str) -> str:
 @pytest.mark.parametrize("after", [0, 7])
 def test_enospc_in_store_write_chunk(demo_config, demo_reference, tmp_path, monkeypatch, capsys, after, overlap):
     store = tmp_path / "full.zarr"
-    monkeypatch.setattr(saezarr.build.pipeline, "overlaps_writes", lambda device: overlap)
+    monkeypatch.setattr(saezarr.build.planning, "overlaps_writes", lambda device: overlap)
     budget = _Budget(after, errno.ENOSPC)
     original = saezarr.store.format.Store.write_chunk
 

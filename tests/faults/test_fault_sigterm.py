@@ -8,7 +8,7 @@ import signal
 import pytest
 from faultkit import REPORT, Run, assert_same_store, count_marks, marked_units_wrong, one_error_line, tree_digest
 
-import saezarr.build.pipeline
+import saezarr.build.planning
 from saezarr.cli import main
 
 CHUNK = 8
@@ -68,13 +68,13 @@ def test_sigterm_before_the_store_is_touched_leaves_it_as_it_was(tiny, tiny_refe
     store = tmp_path / "kept.zarr"
     assert main(_args(tiny, store, "--max-chunks", "2")) == 0
     before = tree_digest(store)
-    resolve = saezarr.build.pipeline.resolve_model
+    resolve = saezarr.build.planning.resolve_model
 
     def terminated_while_resolving(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
         return resolve(*args, **kwargs)
 
-    monkeypatch.setattr(saezarr.build.pipeline, "resolve_model", terminated_while_resolving)
+    monkeypatch.setattr(saezarr.build.planning, "resolve_model", terminated_while_resolving)
     capsys.readouterr()
     previous = signal.getsignal(signal.SIGTERM)
     assert main(_args(tiny, store, "--resume")) == 143

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from saezarr.analysis.options import POOLS
 from saezarr.errors import InputError, StoreDamaged, option
 
-POOLS = ("final", "max", "mean")
 # reads one fragment chunk of one config's feature range: read(chunk, reduce) is reduce(rows [fragment, feature])
 ChunkReader = Callable[[int, Callable[[np.ndarray], np.ndarray]], np.ndarray]
 
