@@ -13,6 +13,8 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+from saezarr.inputs.configs import parse_layers
+
 _ARGPARSE_KEYS = ("type", "choices", "nargs", "const", "metavar", "required")
 
 
@@ -153,6 +155,16 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
+
+
+def configs_option() -> Any:
+    """The `--configs` option of a command that reads chosen configs of a store."""
+    return option(help="only these configs, e.g. layer_12_l0_82,layer_3_l0_59", parse=comma_list)
+
+
+def layers_option() -> Any:
+    """The `--layers` option of a command that reads the configs of chosen layers of a store."""
+    return option(help="only configs on these layers, e.g. 3,12", parse=parse_layers)
 
 
 def comma_list(text: str) -> list[str]:

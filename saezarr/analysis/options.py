@@ -7,8 +7,7 @@ from dataclasses import MISSING, dataclass
 from pathlib import Path
 
 from saezarr.execution.connect import ClusterOptions
-from saezarr.inputs.configs import parse_layers
-from saezarr.options import comma_list, count, option, options_of, positive_int
+from saezarr.options import configs_option, count, layers_option, option, options_of, positive_int
 
 POOLS = ("final", "max", "mean")  # one activation per sentence: its final token's, or the max or mean
 PROBE_PERMUTATIONS = 20  # permuted labellings behind each emergence chance level
@@ -20,8 +19,8 @@ class AnalyzeOptions:
 
     store: Path = option(MISSING, help=None, positional=True, type=Path)
     output: Path = option(MISSING, help="folder for the analysis files (must not exist)", type=Path, required=True)
-    configs: list[str] | None = option(help="only these configs, e.g. layer_12_l0_82,layer_3_l0_59", parse=comma_list)
-    layers: list[int] | None = option(help="only configs on these layers, e.g. 3,12", parse=parse_layers)
+    configs: list[str] | None = configs_option()
+    layers: list[int] | None = layers_option()
     pool: str = option(
         "final",
         help="one activation per sentence: its final token's, or the max or mean over its fragments",

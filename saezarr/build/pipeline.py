@@ -130,12 +130,16 @@ def run(plan: BuildPlan, store: Store, summary: BuildSummary, client=None, how: 
     except KeyboardInterrupt as stop:
         with _interrupts_ignored():
             done = store.done_matrix()
-        terminated = isinstance(stop, _Terminated)
-        raise Interrupted(
-            f"{'terminated (SIGTERM)' if terminated else 'interrupted'}: {int(done.sum())} of {done.size} chunks "
-            f"of {plan.output} are done and kept; {how} to continue",
-            exit_code=143 if terminated else 130,
+        raise _interrupted(
+            stop, f": {int(done.sum())} of {done.size} chunks of {plan.output} are done and kept; {how} to continue"
         ) from None
+
+
+def _interrupted(stop: KeyboardInterrupt, what: str) -> Interrupted:
+    """The one line for Ctrl-C or SIGTERM (exit 130 or 143): which of them, then `what` was kept and how to go on."""
+    terminated = isinstance(stop, _Terminated)
+    said = "terminated (SIGTERM)" if terminated else "interrupted"
+    return Interrupted(f"{said}{what}", exit_code=143 if terminated else 130)
 
 
 def _finish(summary: BuildSummary, store: Store, started: float) -> BuildSummary:
@@ -186,11 +190,9 @@ def _grow(store: Store, growth) -> None:
     try:
         grow_store(store, growth)
     except KeyboardInterrupt as stop:
-        terminated = isinstance(stop, _Terminated)
-        raise Interrupted(
-            f"{'terminated (SIGTERM)' if terminated else 'interrupted'} while {store.path} was growing; rerun the "
-            f"same {option('extend', True)} command to finish the extension",
-            exit_code=143 if terminated else 130,
+        raise _interrupted(
+            stop,
+            f" while {store.path} was growing; rerun the same {option('extend', True)} command to finish the extension",
         ) from None
 
 

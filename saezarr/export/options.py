@@ -7,8 +7,7 @@ from dataclasses import MISSING, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from saezarr.inputs.configs import parse_layers
-from saezarr.options import comma_list, option, positive_int
+from saezarr.options import configs_option, layers_option, option, positive_int
 
 if TYPE_CHECKING:
     from saezarr.export.per_config import ExportSummary
@@ -20,8 +19,8 @@ class ExportOptions:
 
     store: Path = option(MISSING, help=None, positional=True, type=Path)
     output: Path = option(MISSING, help="folder for the .npz files", type=Path, required=True)
-    configs: list[str] | None = option(help="only these configs, e.g. layer_12_l0_82,layer_3_l0_59", parse=comma_list)
-    layers: list[int] | None = option(help="only configs on these layers, e.g. 3,12", parse=parse_layers)
+    configs: list[str] | None = configs_option()
+    layers: list[int] | None = layers_option()
     uncompressed: bool = option(False, help="np.savez instead of np.savez_compressed")
     jobs: int | None = option(
         help="files written at once (default: one per usable core, fewer if memory is short)", type=positive_int
