@@ -34,6 +34,7 @@ __all__ = ["STATISTICS", "Resampled", "ResamplingOptions", "resample", "store_re
 
 FOLDER = "resampling"  # in the cache entry: one file per statistic and the options it depends on
 RESIDUALS = "residuals"
+# the statistics analyze computes, in this order (a new one: a class implementing ResampledStatistic, added here)
 STATISTICS: tuple[ResampledStatistic, ...] = (PermutationNull(), HeldoutValidation(), EmergenceCurves())
 
 
@@ -75,10 +76,12 @@ def resample(
     pool: str,
     options: ResamplingOptions,
     residuals: Path | None,
-    statistics: Sequence[ResampledStatistic] = STATISTICS,
+    statistics: Sequence[ResampledStatistic] | None = None,
 ) -> Resampled:
-    """The results for these options: read back from the cache entry where it has them, else computed in one pass
-    over its per-sentence activations (and the store's residual stream at `residuals`, if given) and kept there."""
+    """The results of the statistics (None: STATISTICS) for these options: read back from the cache entry where it
+    has them, else computed in one pass over its per-sentence activations (and the store's residual stream at
+    `residuals`, if given) and kept there."""
+    statistics = STATISTICS if statistics is None else statistics
     folder = cache.path / FOLDER
     paths = {s.name: _path(folder, s, _key(s.key_parts(options, residuals))) for s in statistics if s.wanted(options)}
     result = Resampled({})
@@ -86,17 +89,20 @@ def resample(
     if not missing:
         return result
     context = _context(configs, layout, pool, options, residuals, missing)
-    layers = sorted({*configs.layer.tolist(), *(layer for s in missing for layer in s.extra_layers(context))})
+    # each statistic's layers: the configs', and its own others (whichever others are computed in the same pass)
+    layers_of = [{*configs.layer.tolist(), *statistic.extra_layers(context)} for statistic in missing]
+    layers = sorted(set().union(*layers_of))
     pooled = cache.pooled()
 
     def one_layer(layer: int) -> list:
         positions = np.flatnonzero(configs.layer == layer)
         inputs = LayerInputs(layer, positions, [_pooled_matrix(pooled, p) for p in positions], context)
-        return [statistic.for_layer(inputs) for statistic in missing]
+        return [s.for_layer(inputs) if layer in covered else None for s, covered in zip(missing, layers_of)]
 
     shares = list(map_in_threads(one_layer, layers))
-    for i, statistic in enumerate(missing):
-        value = statistic.combine([layer_shares[i] for layer_shares in shares], context)
+    for i, (statistic, covered) in enumerate(zip(missing, layers_of)):
+        own = [layer_shares[i] for layer, layer_shares in zip(layers, shares) if layer in covered]
+        value = statistic.combine(own, context)
         result.values[statistic.name] = value
         # not parents: an entry evicted meanwhile must not come back as a stub holding only resampling/
         replace_file(paths[statistic.name], functools.partial(statistic.save, value=value), parents=False)
