@@ -14,11 +14,11 @@ from dataclasses import MISSING, dataclass
 from pathlib import Path
 from typing import Any
 
-from saezarr.analysis.options import AnalyzeOptions
-from saezarr.build.options import DEFAULT_CONFIG, BuildOptions
+from saezarr.analysis.analyze_options import AnalyzeOptions
+from saezarr.build.build_options import DEFAULT_CONFIG, BuildOptions
 from saezarr.errors import SaezarrError, SaezarrNote, render
-from saezarr.export.options import ExportOptions
-from saezarr.options import add_options, command_fields, flag, from_args, option
+from saezarr.export.export_options import ExportOptions
+from saezarr.option_fields import add_options, command_fields, flag, from_args, option
 
 __all__ = ["COMMANDS", "DEFAULT_CONFIG", "main", "parser"]
 
@@ -146,7 +146,7 @@ def _run_build(options: BuildOptions) -> int:
 
 
 def _run_export(options: ExportOptions) -> int:
-    from saezarr.export.options import export
+    from saezarr.export.export_options import export
 
     print(f"saezarr: {export(options).line()}")
     return 0

@@ -375,10 +375,10 @@ def task_build(spec: dict) -> dict:
     import torch
 
     import saezarr.build.pipeline as B
+    from saezarr.build.build_options import DEFAULT_BATCH_SIZE
     from saezarr.build.memory import default_sae_memory
-    from saezarr.build.options import DEFAULT_BATCH_SIZE
     from saezarr.inputs.configs import load_config_file
-    from saezarr.models.reading import resolve_model
+    from saezarr.models.language_model import resolve_model
     from saezarr.saes.encoder import plan_passes
     from saezarr.saes.locate import locate_sae, resolve_sae_repo
 
@@ -495,7 +495,7 @@ def _fragment_table(input_csv: str, config_path: str):
     from saezarr.inputs.configs import load_config_file
     from saezarr.inputs.fragments import make_fragments
     from saezarr.inputs.sentences import read_labeled_csv
-    from saezarr.models.reading import load_tokenizer, resolve_model
+    from saezarr.models.language_model import load_tokenizer, resolve_model
 
     config_file = load_config_file(config_path)
     info = resolve_model(config_file.model)
@@ -579,7 +579,7 @@ def task_floor(spec: dict) -> dict:
     import numpy as np
     import torch
 
-    from saezarr.models.reading import load_model, pad_batch
+    from saezarr.models.language_model import load_model, pad_batch
     from saezarr.store.format import Store
 
     if spec.get("torch_threads"):
@@ -671,7 +671,7 @@ def task_baseline(spec: dict) -> dict:
     from transformers import AutoModel, AutoTokenizer
 
     from saezarr.inputs.configs import load_config_file
-    from saezarr.models.reading import pad_batch
+    from saezarr.models.language_model import pad_batch
 
     if spec.get("torch_threads"):
         torch.set_num_threads(spec["torch_threads"])

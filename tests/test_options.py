@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from saezarr import cli
-from saezarr.analysis.options import PROBE_PERMUTATIONS, AnalyzeOptions
-from saezarr.build.options import DEFAULT_BATCH_SIZE, BuildOptions
+from saezarr.analysis.analyze_options import PROBE_PERMUTATIONS, AnalyzeOptions
+from saezarr.build.build_options import DEFAULT_BATCH_SIZE, BuildOptions
 from saezarr.execution.connect import ClusterOptions
-from saezarr.options import command_fields, flag, from_args
+from saezarr.option_fields import command_fields, flag, from_args
 from saezarr.store import DEFAULT_CHUNK_FRAGMENTS
 from tests.clitools import run_cli
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from saezarr.analysis.options import PROBE_PERMUTATIONS
+from saezarr.analysis.analyze_options import PROBE_PERMUTATIONS
 from saezarr.analysis.stats.features import FeatureMatrix
 from saezarr.analysis.stats.permutation import CHANCE_QUANTILE, Permutations
 from saezarr.analysis.stats.pooling import SentenceLayout, pool_sentences

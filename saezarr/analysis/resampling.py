@@ -18,7 +18,7 @@ import numpy as np
 from saezarr.analysis.cache.files import AnalysisCache
 from saezarr.analysis.emergence import emergence_targets, sentence_residuals
 from saezarr.analysis.resampled import LayerInputs, ResampledStatistic, ResamplingContext, ResamplingOptions
-from saezarr.analysis.resampled.emergence import EmergenceCurves
+from saezarr.analysis.resampled.emergence_curves import EmergenceCurves
 from saezarr.analysis.resampled.heldout import HeldoutValidation
 from saezarr.analysis.resampled.permutation_null import NullMaxima, PermutationNull
 from saezarr.analysis.stats.features import FeatureMatrix

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 import saezarr
+from saezarr.analysis.analyze_options import AnalyzeOptions
 from saezarr.analysis.cache.coordinates import AnalysisCoordinates
 from saezarr.analysis.cache.files import PLOTS, AnalysisCache, cache_root, fingerprint
 from saezarr.analysis.cache.units import feature_units, units_on
-from saezarr.analysis.options import AnalyzeOptions
 from saezarr.analysis.outputs import OutputWriter, check_output
 from saezarr.analysis.resampling import Resampled, ResamplingOptions, resample, store_residuals
 from saezarr.analysis.stats.blocks import LABELS

@@ -40,7 +40,7 @@ from saezarr.execution.checks import probe_marker, probe_workers
 from saezarr.execution.connect import ClusterOptions
 from saezarr.execution.running import completed, submit_checked
 from saezarr.machine import usable_cores
-from saezarr.models.reading import ModelInfo, check_weights
+from saezarr.models.language_model import ModelInfo, check_weights
 from saezarr.store.format import Store
 
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from saezarr import __version__
-from saezarr.build.options import BuildOptions
+from saezarr.build.build_options import BuildOptions
 from saezarr.errors import ResumeMismatch, StoreUnfinished, option
 from saezarr.hub import Source
 from saezarr.inputs.configs import (
@@ -23,7 +23,7 @@ from saezarr.inputs.configs import (
 )
 from saezarr.inputs.fragments import FRAGMENT_FIELDS, Fragments, make_fragments
 from saezarr.inputs.sentences import LabeledSentences, read_labeled_csv
-from saezarr.models.reading import ModelInfo, check_weights, load_tokenizer, resolve_model
+from saezarr.models.language_model import ModelInfo, check_weights, load_tokenizer, resolve_model
 from saezarr.saes.locate import SAEFile, check_context, describe_configs, locate_sae, resolve_sae_repo
 from saezarr.sites import resid_post
 from saezarr.store.format import WIDTHS, Store

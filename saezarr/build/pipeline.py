@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from saezarr.build.build_options import BuildOptions, with_defaults
 from saezarr.build.cluster import check_workers, cluster_sae_memory, local_spec, run_tasks
 from saezarr.build.memory import default_sae_memory
-from saezarr.build.options import BuildOptions, with_defaults
 from saezarr.build.planning import BuildPlan, check_kept_options, plan_build
 from saezarr.build.work import (
     ChunkWriter,
@@ -42,7 +42,7 @@ from saezarr.errors import (
 )
 from saezarr.execution.connect import cluster_client
 from saezarr.machine import human_bytes
-from saezarr.models.reading import SiteReader, load_model
+from saezarr.models.language_model import SiteReader, load_model
 from saezarr.saes.encoder import load_encoder
 from saezarr.store.format import (
     Store,

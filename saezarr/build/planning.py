@@ -10,15 +10,15 @@ from pathlib import Path
 import torch
 
 from saezarr import __version__
+from saezarr.build.build_options import DEFAULT_BATCH_SIZE, DEFAULT_DTYPE, DEFAULT_FRAGMENTS, BuildOptions
 from saezarr.build.extending import plan_extension
-from saezarr.build.options import DEFAULT_BATCH_SIZE, DEFAULT_DTYPE, DEFAULT_FRAGMENTS, BuildOptions
 from saezarr.build.work import overlaps_writes
 from saezarr.errors import InputError, ResumeMismatch, option
 from saezarr.execution.connect import ClusterOptions
 from saezarr.inputs.configs import SAEConfig, check_depth, load_config_file, select_configs, with_neuronpedia
 from saezarr.inputs.fragments import Fragments, make_fragments
 from saezarr.inputs.sentences import read_labeled_csv
-from saezarr.models.reading import ModelInfo, check_weights, load_tokenizer, resolve_model
+from saezarr.models.language_model import ModelInfo, check_weights, load_tokenizer, resolve_model
 from saezarr.saes.locate import SAEFile, check_context, describe_configs, locate_sae, resolve_sae_repo
 from saezarr.store.format import (
     Store,

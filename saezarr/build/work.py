@@ -23,7 +23,7 @@ from saezarr.build.memory import default_sae_memory, units_in_flight, writer_thr
 from saezarr.errors import SaezarrError, WriteFailed, option
 from saezarr.execution.caches import current_store, process_cache
 from saezarr.inputs.fragments import Fragments
-from saezarr.models.reading import ModelInfo, SiteReader, load_model
+from saezarr.models.language_model import ModelInfo, SiteReader, load_model
 from saezarr.saes.encoder import Encoder, load_encoder, plan_passes
 from saezarr.saes.locate import SAEFile
 from saezarr.sites import resid_post, resid_pre

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from saezarr.errors import ClusterError, InputError, one_line
-from saezarr.options import option, positive_float, positive_int
+from saezarr.option_fields import option, positive_float, positive_int
 
 if TYPE_CHECKING:
     from distributed import Client

@@ -20,7 +20,7 @@ from saezarr.saes.weights import WeightsUnreadable, read_header
 from saezarr.sites import Site, check_read, gemma_scope_1_site, resid_post
 
 if TYPE_CHECKING:
-    from saezarr.models.reading import ModelInfo
+    from saezarr.models.language_model import ModelInfo
 
 OPTION = "sae_repo"  # the option that names the SAE repository
 

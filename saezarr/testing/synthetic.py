@@ -272,7 +272,7 @@ def calibration_residuals(model_folder: Path, layers: list[int], sentences: Sequ
     """Residuals after each layer at every non-BOS token of the sentences, as float32 [tokens, d_model]."""
     from transformers import AutoModel, AutoTokenizer
 
-    from saezarr.models.reading import SiteReader
+    from saezarr.models.language_model import SiteReader
 
     tokenizer = AutoTokenizer.from_pretrained(model_folder)
     model = AutoModel.from_pretrained(model_folder, dtype=torch.float32, attn_implementation="eager").eval()
@@ -350,6 +350,6 @@ def model_of_width(d_model: int, name: str = "tiny"):
     """The ModelInfo of a model known only by its hidden size and name (a folder called `name`), for reading SAEs
     without a model."""
     from saezarr.hub import Source
-    from saezarr.models.reading import ModelInfo
+    from saezarr.models.language_model import ModelInfo
 
     return ModelInfo(Source(name, "local", Path(name)), num_layers=0, hidden_size=d_model, max_tokens=None)

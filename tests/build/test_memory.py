@@ -24,7 +24,7 @@ from saezarr.build.memory import (
 from saezarr.build.pipeline import BuildOptions, ChunkWriter, build
 from saezarr.cli import main
 from saezarr.inputs.configs import load_config_file
-from saezarr.models.reading import load_model, resolve_model
+from saezarr.models.language_model import load_model, resolve_model
 from saezarr.saes.description import SAEDescription
 from saezarr.saes.encoder import Encoder, plan_passes
 from saezarr.saes.locate import SAEFile

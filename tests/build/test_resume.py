@@ -323,7 +323,7 @@ def test_resume_after_a_tokenizer_change_is_refused(tiny, tmp_path):
     """A retrained tokenizer in the same model folder must not add a second tokenization to the store."""
     from saezarr.inputs.fragments import make_fragments
     from saezarr.inputs.sentences import read_labeled_csv
-    from saezarr.models.reading import load_tokenizer, resolve_model
+    from saezarr.models.language_model import load_tokenizer, resolve_model
     from saezarr.testing.synthetic import write_tokenizer
 
     model = shutil.copytree(tiny.model, tmp_path / "model")

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from saezarr.errors import SaezarrError
 from saezarr.inputs.fragments import FRAGMENT_FIELDS, GRANULARITIES, make_fragments, select_positions
 from saezarr.inputs.sentences import LabeledSentences, read_labeled_csv
-from saezarr.models.reading import load_tokenizer, resolve_model
+from saezarr.models.language_model import load_tokenizer, resolve_model
 
 WORD = re.compile(r"\S+")
 

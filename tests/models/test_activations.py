@@ -17,7 +17,7 @@ import saezarr
 from saezarr.build.pipeline import BuildOptions, build
 from saezarr.inputs.fragments import FRAGMENT_FIELDS, make_fragments
 from saezarr.inputs.sentences import read_labeled_csv
-from saezarr.models.reading import load_tokenizer, resolve_model
+from saezarr.models.language_model import load_tokenizer, resolve_model
 
 CHUNK = 64
 GATE_MARGIN = 1e-5  # entries whose pre-activation is this close to the threshold may flip either way

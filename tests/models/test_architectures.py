@@ -18,7 +18,7 @@ from clitools import run_cli
 from saezarr.cli import main
 from saezarr.inputs.configs import SAEConfig
 from saezarr.models.architectures import ARCHITECTURES, SiteNotInTable, layer_sites
-from saezarr.models.reading import SiteReader, resolve_model
+from saezarr.models.language_model import SiteReader, resolve_model
 from saezarr.testing.synthetic import DEMO_CSV, random_sae, write_config_file, write_gpt2_model
 
 LAYERS = 3

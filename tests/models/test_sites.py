@@ -15,8 +15,8 @@ from saezarr.cli import main
 from saezarr.errors import SaezarrError
 from saezarr.hub import Source
 from saezarr.inputs.configs import SAEConfig
+from saezarr.models.language_model import ModelInfo
 from saezarr.models.names import names_model
-from saezarr.models.reading import ModelInfo
 from saezarr.saes.locate import locate_sae
 from saezarr.sites import Site, hf_hook_site
 from saezarr.testing.synthetic import (

@@ -15,7 +15,7 @@ import zarr
 from saezarr.build.pipeline import BuildOptions, build
 from saezarr.inputs.fragments import make_fragments
 from saezarr.inputs.sentences import read_labeled_csv
-from saezarr.models.reading import load_tokenizer, resolve_model
+from saezarr.models.language_model import load_tokenizer, resolve_model
 
 CONFIG = "layer_12_l0_20"
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from saezarr.analysis.options import POOLS
+from saezarr.analysis.analyze_options import POOLS
 from saezarr.errors import InputError, StoreDamaged, option
 
 # reads one fragment chunk of one config's feature range: read(chunk, reduce) is reduce(rows [fragment, feature])

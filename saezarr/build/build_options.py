@@ -13,7 +13,7 @@ from saezarr.execution.connect import ClusterOptions
 from saezarr.inputs import catalogues
 from saezarr.inputs.configs import parse_layers
 from saezarr.machine import parse_size
-from saezarr.options import comma_list, option, options_of, positive_int
+from saezarr.option_fields import comma_list, option, options_of, positive_int
 from saezarr.store import DEFAULT_CHUNK_FRAGMENTS
 
 DEFAULT_CONFIG = Path(catalogues.DEFAULT)  # a bundled catalogue, in the package

@@ -7,7 +7,7 @@ from dataclasses import MISSING, dataclass
 from pathlib import Path
 
 from saezarr.execution.connect import ClusterOptions
-from saezarr.options import configs_option, count, layers_option, option, options_of, positive_int
+from saezarr.option_fields import configs_option, count, layers_option, option, options_of, positive_int
 
 POOLS = ("final", "max", "mean")  # one activation per sentence: its final token's, or the max or mean
 PROBE_PERMUTATIONS = 20  # permuted labellings behind each emergence chance level

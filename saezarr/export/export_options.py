@@ -7,7 +7,7 @@ from dataclasses import MISSING, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from saezarr.options import configs_option, layers_option, option, positive_int
+from saezarr.option_fields import configs_option, layers_option, option, positive_int
 
 if TYPE_CHECKING:
     from saezarr.export.per_config import ExportSummary
