@@ -44,6 +44,7 @@ from saezarr.store.storage.base import Ranges, WriterLock
 if TYPE_CHECKING:
     import pandas as pd
     import zarr
+    from zarr.storage import StorePath
 
 ACTIVATIONS = "activations"
 STATE_GROUP = "_saezarr"
@@ -106,7 +107,7 @@ class Store:
         import zarr
 
         try:
-            array = zarr.open_array(self.path / ACTIVATIONS, mode=self.mode)
+            array = zarr.open_array(self.zarr_location(ACTIVATIONS), mode=self.mode)
         except (OSError, ValueError, KeyError, TypeError, zarr.errors.BaseZarrError) as exc:
             raise StoreDamaged(f"{self.path}: {array_unreadable(exc)}") from None
         # every unit is written whole, so zarr need not test chunks for being all fill value
@@ -115,7 +116,7 @@ class Store:
     @functools.cached_property
     def residuals(self) -> ResidualArrays | None:
         """The store's residual stream arrays, or None if it keeps none."""
-        return ResidualArrays.open(self.path)
+        return ResidualArrays.open(self.path, self.storage)
 
     @functools.cached_property
     def extend_record(self) -> dict | None:
@@ -158,7 +159,13 @@ class Store:
         """One coordinate of the store, e.g. `sentence_index` or `layer`, read whole (strings as numpy StringDType)."""
         import zarr
 
-        return zarr.open_array(self.path / name, mode="r")[...]
+        return zarr.open_array(self.zarr_location(name, read_only=True), mode="r")[...]
+
+    def zarr_location(self, name: str = "", read_only: bool | None = None) -> Path | StorePath:
+        """Where zarr opens the node `name` of this store ('': its root): by path if local, else through its storage."""
+        from saezarr.store.storage.zarr_store import zarr_location
+
+        return zarr_location(self.storage, name, self.mode == "r" if read_only is None else read_only)
 
     def has_coordinate(self, name: str) -> bool:
         """True if the store has the coordinate (stores built by older saezarr versions lack some)."""
@@ -332,7 +339,10 @@ class Store:
         return scratch[array.metadata.encode_chunk_key((config_index, chunk, shard))].to_bytes()
 
     def discard_partial_writes(self) -> None:
-        """Delete the temporary files of writes that a killed build left (saezarr's and zarr's)."""
+        """Delete the temporary files of writes that a killed build left (saezarr's and zarr's); a storage other
+        than a folder writes each object whole and leaves none."""
+        if self.storage.folder is None:
+            return
         for pattern in ("*.partial", f".*{TEMP_SUFFIX}"):
             for array in (ACTIVATIONS, RESIDUALS, EMBEDDINGS):
                 for path in (self.path / array).rglob(pattern):
@@ -342,9 +352,12 @@ class Store:
         """The store's writer lock (not yet acquired)."""
         return self.storage.lock(LOCK)
 
-    def bytes_on_disk(self) -> int:
-        """Total size of the store's files."""
-        return directory_bytes(self.path)
+    def bytes_on_disk(self, name: str = "") -> int:
+        """Total size of the store's objects (of those below the node `name` only, if given)."""
+        folder = self.storage.folder
+        if folder is not None:
+            return directory_bytes(folder / name if name else folder)
+        return sum(_size(self.storage, key) for key in self.storage.list_prefix(f"{name}/" if name else ""))
 
 
 def directory_bytes(path: Path) -> int:
@@ -471,8 +484,12 @@ def _stored_sae_paths(path: Path) -> list[str]:
     """The store's `sae_path` coordinate, one per config."""
     import zarr
 
+    from saezarr.store.storage.zarr_store import zarr_location
+
     try:
-        return [str(value) for value in zarr.open_array(Path(path) / "sae_path", mode="r")[:]]
+        return [
+            str(value) for value in zarr.open_array(zarr_location(open_storage(path), "sae_path", True), mode="r")[:]
+        ]
     except (OSError, ValueError, KeyError, zarr.errors.BaseZarrError) as exc:
         raise StoreDamaged(
             f"{option('resume', True)} {path}: the store is damaged and cannot be resumed (its sae_path coordinate: "
