@@ -38,7 +38,7 @@ from saezarr.store.residual_arrays import (
     write_consolidated,
 )
 from saezarr.store.shards import ChunkLayout, ShardDamaged, ShardEncoder
-from saezarr.store.storage import Storage, open_storage, url_scheme
+from saezarr.store.storage import STORAGES, Storage, open_storage, url_scheme
 from saezarr.store.storage.base import Ranges, WriterLock
 
 if TYPE_CHECKING:
@@ -424,11 +424,14 @@ def _legacy_identity(path: Path) -> str:
 
 
 def check_output_path(path: Path) -> bool:
-    """Return whether a saezarr store already exists at path; refuse URLs, files and foreign folders."""
+    """Return whether a saezarr store already exists at path; refuse files, foreign folders and URLs of schemes that
+    no registered storage handles."""
     url = url_scheme(path)
     if url and url[0].lower() == "file":
         local = str(path)[url[1] :]
         raise InputError(f"{option('output', f'file://{local}')}: a file:// URL; give the path itself ({local})")
+    if url and url[0].lower() in STORAGES:
+        return _check_output_storage(path)
     if url:
         given = f"{url[0]}://{str(path)[url[1] :].lstrip('/')}"
         raise InputError(
@@ -441,6 +444,18 @@ def check_output_path(path: Path) -> bool:
         return False
     try:
         read_saezarr_attrs(path)
+    except SaezarrError as exc:
+        raise OutputExists(f"{option('output', exc)}; refusing to touch it") from None
+    return True
+
+
+def _check_output_storage(path: Path) -> bool:
+    """Return whether a saezarr store exists in the (non-local) storage at path; refuse one holding other objects."""
+    storage = open_storage(path)
+    if not storage.exists("zarr.json") and next(iter(storage.list_prefix("")), None) is None:
+        return False
+    try:
+        read_attrs(storage)
     except SaezarrError as exc:
         raise OutputExists(f"{option('output', exc)}; refusing to touch it") from None
     return True
@@ -514,17 +529,30 @@ def create_store(
     hidden_size: int | None = None,
 ) -> Store:
     """Create the store with its coordinates and unwritten activations (and, with `residual_layers`, residuals and
-    embeddings of `hidden_size`) arrays, atomically by rename; `widths` are each config's SAE width (an int: all)."""
-    path = Path(path)
+    embeddings of `hidden_size`) arrays, atomically; `widths` are each config's SAE width (an int: all)."""
+    widths = [widths] * len(configs) if isinstance(widths, int) else list(widths)
+    attrs = {**attrs, STORE_ID: uuid.uuid4().hex}
+
+    def write(root: Path) -> None:
+        _write_layout(root, fragments, configs, widths, attrs, chunk_fragments, shard_width=min(widths))
+        if residual_layers is not None:
+            add_residual_arrays(root, list(residual_layers), hidden_size, len(fragments), chunk_fragments)
+            write_consolidated(root)
+
+    storage = open_storage(path)
+    if storage.folder is None:
+        _create_in_storage(storage, write, replace)
+    else:
+        _create_in_folder(Path(path), write, replace)
+    return Store(path, mode="r+")
+
+
+def _create_in_folder(path: Path, write: Callable[[Path], None], replace: bool) -> None:
+    """Write a store into a staging folder beside path, then rename it into place (`replace`: swap it in)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = folders.make_staging(path, STAGING_SUFFIX)
     try:
-        widths = [widths] * len(configs) if isinstance(widths, int) else list(widths)
-        attrs = {**attrs, STORE_ID: uuid.uuid4().hex}
-        _write_layout(staging, fragments, configs, widths, attrs, chunk_fragments, shard_width=min(widths))
-        if residual_layers is not None:
-            add_residual_arrays(staging, list(residual_layers), hidden_size, len(fragments), chunk_fragments)
-            write_consolidated(staging)
+        write(staging)
         if replace:
             folders.swap_into_place(staging, path)
         else:
@@ -535,7 +563,26 @@ def create_store(
         ) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return Store(path, mode="r+")
+
+
+def _create_in_storage(storage: Storage, write: Callable[[Path], None], replace: bool) -> None:
+    """Write a store into a scratch folder, then put its files into a key-value storage, the root zarr.json last:
+    until that is in there is no store, as a folder's rename does. `replace`: the old store's objects (but its lock)
+    go first, its root before the rest."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="saezarr-create-") as scratch:
+        write(Path(scratch) / "store")
+        created = open_storage(Path(scratch) / "store")
+        if replace:
+            storage.delete("zarr.json")
+            for key in list(storage.list_prefix("")):
+                if key != LOCK:
+                    storage.delete(key)
+        for key in created.list_prefix(""):
+            if key != "zarr.json":
+                storage.put(key, created.get(key))
+        storage.put("zarr.json", created.get("zarr.json"))
 
 
 def store_lock(path: Path) -> WriterLock:
@@ -563,8 +610,10 @@ def array_unreadable(exc: Exception) -> str:
 
 
 def remove_stale_staging(path: Path) -> None:
-    """Delete this output's half-created stores (`.NAME.PID.RANDOM.creating`) whose creating process is gone."""
-    folders.remove_stale_staging(path, STAGING_SUFFIX)
+    """Delete this output's half-created stores (`.NAME.PID.RANDOM.creating`) whose creating process is gone (a
+    key-value storage has none: its stores are created in place)."""
+    if open_storage(path).folder is not None:
+        folders.remove_stale_staging(path, STAGING_SUFFIX)
 
 
 def _write_layout(

@@ -83,3 +83,23 @@ def test_zarr_writes_and_lists_through_the_adapter():
     assert [name for name, _ in zarr.open_group(StorageStore(storage), mode="r").members()] == ["x"]
     with pytest.raises(ValueError):
         zarr.open_array(StorageStore(storage, read_only=True), path="x", mode="r")[0, 0] = 1
+
+
+def test_a_build_in_memory_equals_the_build_on_disk(tiny, local_store, memory_scheme):
+    """A build into a memory:// storage (created in place, root last) holds the local build's data; a second build
+    over it with overwrite replaces it whole."""
+    url = f"memory://build-{next(_names)}"
+    options = BuildOptions(
+        input=tiny.csv, output=Path(url), config_file=tiny.config_file, quiet=True, chunk_fragments=64
+    )
+    summary = build(options)
+    assert summary.complete and summary.bytes_on_disk > 0
+    local, memory = Store(local_store), open_existing(url)
+    np.testing.assert_array_equal(memory.array[...], local.array[...])
+    assert memory.storage.get("activations/zarr.json") == local.storage.get("activations/zarr.json")
+    first = memory.identity
+    build(BuildOptions(**{**options.__dict__, "overwrite": True}))
+    again = open_existing(url)
+    assert again.identity != first
+    np.testing.assert_array_equal(again.array[...], local.array[...])
+    assert open_store(url).equals(open_store(local_store).load())  # all but the attributes (store_id differs)
