@@ -39,12 +39,13 @@ from saezarr.store.residual_arrays import (
     write_consolidated,
 )
 from saezarr.store.shards import ChunkLayout, ShardDamaged, ShardEncoder
-from saezarr.store.storage import Storage, open_storage, url_scheme
+from saezarr.store.storage import STORAGES, Storage, open_storage, url_scheme
 from saezarr.store.storage.base import Ranges, WriterLock
 
 if TYPE_CHECKING:
     import pandas as pd
     import zarr
+    from zarr.storage import StorePath
 
 ACTIVATIONS = "activations"
 STATE_GROUP = "_saezarr"
@@ -106,7 +107,7 @@ class Store:
         import zarr
 
         try:
-            array = zarr.open_array(self.path / ACTIVATIONS, mode=self.mode)
+            array = zarr.open_array(self.zarr_location(ACTIVATIONS), mode=self.mode)
         except (OSError, ValueError, KeyError, TypeError, zarr.errors.BaseZarrError) as exc:
             raise StoreDamaged(f"{self.path}: {array_unreadable(exc)}") from None
         # every unit is written whole, so zarr need not test chunks for being all fill value
@@ -115,7 +116,7 @@ class Store:
     @functools.cached_property
     def residuals(self) -> ResidualArrays | None:
         """The store's residual stream arrays, or None if it keeps none."""
-        return ResidualArrays.open(self.path)
+        return ResidualArrays.open(self.path, self.storage)
 
     @functools.cached_property
     def extend_record(self) -> dict | None:
@@ -158,7 +159,13 @@ class Store:
         """One coordinate of the store, e.g. `sentence_index` or `layer`, read whole (strings as numpy StringDType)."""
         import zarr
 
-        return zarr.open_array(self.path / name, mode="r")[...]
+        return zarr.open_array(self.zarr_location(name, read_only=True), mode="r")[...]
+
+    def zarr_location(self, name: str = "", read_only: bool | None = None) -> Path | StorePath:
+        """Where zarr opens the node `name` of this store ('': its root): by path if local, else through its storage."""
+        from saezarr.store.storage.zarr_store import zarr_location
+
+        return zarr_location(self.storage, name, self.mode == "r" if read_only is None else read_only)
 
     def has_coordinate(self, name: str) -> bool:
         """True if the store has the coordinate (stores built by older saezarr versions lack some)."""
@@ -332,7 +339,10 @@ class Store:
         return scratch[array.metadata.encode_chunk_key((config_index, chunk, shard))].to_bytes()
 
     def discard_partial_writes(self) -> None:
-        """Delete the temporary files of writes that a killed build left (saezarr's and zarr's)."""
+        """Delete the temporary files of writes that a killed build left (saezarr's and zarr's); a storage other
+        than a folder writes each object whole and leaves none."""
+        if self.storage.folder is None:
+            return
         for pattern in ("*.partial", f".*{TEMP_SUFFIX}"):
             for array in (ACTIVATIONS, RESIDUALS, EMBEDDINGS):
                 for path in (self.path / array).rglob(pattern):
@@ -342,9 +352,12 @@ class Store:
         """The store's writer lock (not yet acquired)."""
         return self.storage.lock(LOCK)
 
-    def bytes_on_disk(self) -> int:
-        """Total size of the store's files."""
-        return directory_bytes(self.path)
+    def bytes_on_disk(self, name: str = "") -> int:
+        """Total size of the store's objects (of those below the node `name` only, if given)."""
+        folder = self.storage.folder
+        if folder is not None:
+            return directory_bytes(folder / name if name else folder)
+        return sum(_size(self.storage, key) for key in self.storage.list_prefix(f"{name}/" if name else ""))
 
 
 def directory_bytes(path: Path) -> int:
@@ -411,11 +424,14 @@ def _legacy_identity(path: Path) -> str:
 
 
 def check_output_path(path: Path) -> bool:
-    """Return whether a saezarr store already exists at path; refuse URLs, files and foreign folders."""
+    """Return whether a saezarr store already exists at path; refuse files, foreign folders and URLs of schemes that
+    no registered storage handles."""
     url = url_scheme(path)
     if url and url[0].lower() == "file":
         local = str(path)[url[1] :]
         raise InputError(f"{option('output', f'file://{local}')}: a file:// URL; give the path itself ({local})")
+    if url and url[0].lower() in STORAGES:
+        return _check_output_storage(path)
     if url:
         given = f"{url[0]}://{str(path)[url[1] :].lstrip('/')}"
         raise InputError(
@@ -428,6 +444,18 @@ def check_output_path(path: Path) -> bool:
         return False
     try:
         read_saezarr_attrs(path)
+    except SaezarrError as exc:
+        raise OutputExists(f"{option('output', exc)}; refusing to touch it") from None
+    return True
+
+
+def _check_output_storage(path: Path) -> bool:
+    """Return whether a saezarr store exists in the (non-local) storage at path; refuse one holding other objects."""
+    storage = open_storage(path)
+    if not storage.exists("zarr.json") and next(iter(storage.list_prefix("")), None) is None:
+        return False
+    try:
+        read_attrs(storage)
     except SaezarrError as exc:
         raise OutputExists(f"{option('output', exc)}; refusing to touch it") from None
     return True
@@ -471,8 +499,12 @@ def _stored_sae_paths(path: Path) -> list[str]:
     """The store's `sae_path` coordinate, one per config."""
     import zarr
 
+    from saezarr.store.storage.zarr_store import zarr_location
+
     try:
-        return [str(value) for value in zarr.open_array(Path(path) / "sae_path", mode="r")[:]]
+        return [
+            str(value) for value in zarr.open_array(zarr_location(open_storage(path), "sae_path", True), mode="r")[:]
+        ]
     except (OSError, ValueError, KeyError, zarr.errors.BaseZarrError) as exc:
         raise StoreDamaged(
             f"{option('resume', True)} {path}: the store is damaged and cannot be resumed (its sae_path coordinate: "
@@ -497,17 +529,30 @@ def create_store(
     hidden_size: int | None = None,
 ) -> Store:
     """Create the store with its coordinates and unwritten activations (and, with `residual_layers`, residuals and
-    embeddings of `hidden_size`) arrays, atomically by rename; `widths` are each config's SAE width (an int: all)."""
-    path = Path(path)
+    embeddings of `hidden_size`) arrays, atomically; `widths` are each config's SAE width (an int: all)."""
+    widths = [widths] * len(configs) if isinstance(widths, int) else list(widths)
+    attrs = {**attrs, STORE_ID: uuid.uuid4().hex}
+
+    def write(root: Path) -> None:
+        _write_layout(root, fragments, configs, widths, attrs, chunk_fragments, shard_width=min(widths))
+        if residual_layers is not None:
+            add_residual_arrays(root, list(residual_layers), hidden_size, len(fragments), chunk_fragments)
+            write_consolidated(root)
+
+    storage = open_storage(path)
+    if storage.folder is None:
+        _create_in_storage(storage, write, replace)
+    else:
+        _create_in_folder(Path(path), write, replace)
+    return Store(path, mode="r+")
+
+
+def _create_in_folder(path: Path, write: Callable[[Path], None], replace: bool) -> None:
+    """Write a store into a staging folder beside path, then rename it into place (`replace`: swap it in)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = folders.make_staging(path, STAGING_SUFFIX)
     try:
-        widths = [widths] * len(configs) if isinstance(widths, int) else list(widths)
-        attrs = {**attrs, STORE_ID: uuid.uuid4().hex}
-        _write_layout(staging, fragments, configs, widths, attrs, chunk_fragments, shard_width=min(widths))
-        if residual_layers is not None:
-            add_residual_arrays(staging, list(residual_layers), hidden_size, len(fragments), chunk_fragments)
-            write_consolidated(staging)
+        write(staging)
         if replace:
             folders.swap_into_place(staging, path)
         else:
@@ -518,7 +563,26 @@ def create_store(
         ) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return Store(path, mode="r+")
+
+
+def _create_in_storage(storage: Storage, write: Callable[[Path], None], replace: bool) -> None:
+    """Write a store into a scratch folder, then put its files into a key-value storage, the root zarr.json last:
+    until that is in there is no store, as a folder's rename does. `replace`: the old store's objects (but its lock)
+    go first, its root before the rest."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="saezarr-create-") as scratch:
+        write(Path(scratch) / "store")
+        created = open_storage(Path(scratch) / "store")
+        if replace:
+            storage.delete("zarr.json")
+            for key in list(storage.list_prefix("")):
+                if key != LOCK:
+                    storage.delete(key)
+        for key in created.list_prefix(""):
+            if key != "zarr.json":
+                storage.put(key, created.get(key))
+        storage.put("zarr.json", created.get("zarr.json"))
 
 
 def store_lock(path: Path) -> WriterLock:
@@ -546,8 +610,10 @@ def array_unreadable(exc: Exception) -> str:
 
 
 def remove_stale_staging(path: Path) -> None:
-    """Delete this output's half-created stores (`.NAME.PID.RANDOM.creating`) whose creating process is gone."""
-    folders.remove_stale_staging(path, STAGING_SUFFIX)
+    """Delete this output's half-created stores (`.NAME.PID.RANDOM.creating`) whose creating process is gone (a
+    key-value storage has none: its stores are created in place)."""
+    if open_storage(path).folder is not None:
+        folders.remove_stale_staging(path, STAGING_SUFFIX)
 
 
 def _write_layout(

@@ -9,7 +9,8 @@ import numpy as np
 
 from saezarr.errors import InputError, StoreDamaged, StoreNotFound
 from saezarr.machine import human_bytes
-from saezarr.store.format import Store, array_unreadable, read_saezarr_attrs
+from saezarr.store.format import Store, array_unreadable, read_attrs
+from saezarr.store.storage import Storage, open_storage
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -23,9 +24,12 @@ def open_store(path: str | Path, dask: bool = True) -> xr.Dataset:
     with dask=False a lazily indexed zarr array (no graph to build: for readers of the shard files)."""
     import xarray as xr
 
-    path = _existing_store_path(path)
-    read_saezarr_attrs(path)
-    ds = xr.open_zarr(path) if dask else xr.open_zarr(path, chunks=None)
+    from saezarr.store.storage.zarr_store import zarr_location
+
+    storage = _existing_store(path)
+    read_attrs(storage)
+    root = zarr_location(storage, read_only=True)
+    ds = xr.open_zarr(root) if dask else xr.open_zarr(root, chunks=None)
     # boolean masks such as `ds.where(ds.is_final_token, drop=True)` need in-memory coordinates
     ds = ds.assign_coords({name: ds[name].compute() for name in ds.coords if name not in ds.indexes})
     return ds.assign_coords({name: _fixed_width(ds[name]) for name in _CONFIG_STRINGS})
@@ -34,21 +38,22 @@ def open_store(path: str | Path, dask: bool = True) -> xr.Dataset:
 def open_existing(path: str | Path) -> Store:
     """Open a saezarr store read-only, with one-line errors for a missing, foreign or broken folder (zarr itself
     opens the activations array on first use)."""
-    path = _existing_store_path(path)
-    read_saezarr_attrs(path)
+    read_attrs(_existing_store(path))
     try:
         return Store(path)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise StoreDamaged(f"{path}: {array_unreadable(exc)}") from None
 
 
-def _existing_store_path(path: str | Path) -> Path:
-    path = Path(path)
-    if not path.exists():
+def _existing_store(path: str | Path) -> Storage:
+    """The storage of the store at path; a local one must be a folder that exists."""
+    storage = open_storage(path)
+    folder = storage.folder
+    if folder is not None and not folder.exists():
         raise StoreNotFound(f"{path}: no such store")
-    if not path.is_dir():
+    if folder is not None and not folder.is_dir():
         raise InputError(f"{path}: is a file, not a store folder")
-    return path
+    return storage
 
 
 def _fixed_width(strings: xr.DataArray) -> xr.DataArray:
@@ -102,7 +107,6 @@ def store_info(path: str | Path) -> dict:
 
 def residuals_info(store: Store) -> dict | None:
     """What the store keeps of the residual stream (None: nothing): layers, hidden size, dtype, done chunks, bytes."""
-    from saezarr.store.format import directory_bytes
     from saezarr.store.residual_arrays import EMBEDDINGS, RESIDUALS
 
     residuals = store.residuals
@@ -114,7 +118,7 @@ def residuals_info(store: Store) -> dict | None:
         "dtype": str(residuals.dtype),
         "done_chunks": int(residuals.done().sum()),
         "total_chunks": residuals.n_chunks,
-        "bytes_on_disk": directory_bytes(store.path / RESIDUALS) + directory_bytes(store.path / EMBEDDINGS),
+        "bytes_on_disk": store.bytes_on_disk(RESIDUALS) + store.bytes_on_disk(EMBEDDINGS),
     }
 
 

@@ -85,17 +85,19 @@ class ResidualArrays:
     storage: Storage = field(compare=False, repr=False)
 
     @classmethod
-    def open(cls, path: Path) -> ResidualArrays | None:
-        """The residual arrays of the store at path, or None if it keeps no residual stream."""
+    def open(cls, path: Path, storage: Storage | None = None) -> ResidualArrays | None:
+        """The residual arrays of the store at path (in storage, if given), or None if it keeps no residual stream."""
         from saezarr.store.shards import ChunkLayout
+        from saezarr.store.storage.zarr_store import zarr_location
 
-        if not (path / RESIDUALS / "zarr.json").is_file():
+        storage = storage or open_storage(path)
+        if not storage.exists(f"{RESIDUALS}/zarr.json"):
             return None
         import zarr
 
-        layout = ChunkLayout.read(path / RESIDUALS)
-        layers = np.asarray(zarr.open_array(str(path / RESIDUAL_LAYER), mode="r")[...], dtype=np.int64)
-        storage = open_storage(path)
+        layout = ChunkLayout.parse(storage.get(f"{RESIDUALS}/zarr.json"), path / RESIDUALS)
+        layers = zarr.open_array(zarr_location(storage, RESIDUAL_LAYER, read_only=True), mode="r")[...]
+        layers = np.asarray(layers, dtype=np.int64)
         return cls(
             path, tuple(layers.tolist()), layout.shape[2], layout.shape[1], layout.chunks[1], layout.dtype, storage
         )

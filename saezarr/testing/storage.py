@@ -107,6 +107,15 @@ class StorageTests:
         assert list(storage.list_prefix("_saezarr/done/a")) == sorted(keys[1:4])
         assert list(storage.list_prefix("nothing/")) == []
 
+    def test_list_dir(self, storage: Storage) -> None:
+        """A folder lists the names directly below it, objects and subfolders alike, sorted."""
+        for key in ["zarr.json", "activations/zarr.json", "activations/c/0/0/0", "_saezarr/done/a/0"]:
+            storage.put(key, b"x")
+        assert storage.list_dir("") == ["_saezarr", "activations", "zarr.json"]
+        assert storage.list_dir("activations") == ["c", "zarr.json"]
+        assert storage.list_dir("activations/") == ["c", "zarr.json"]
+        assert storage.list_dir("nothing") == []
+
     def test_delete(self, storage: Storage) -> None:
         """A deleted key is gone from reads and listings; deleting a missing key is no error."""
         storage.put("a/1", b"1")

@@ -6,6 +6,7 @@ import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 
@@ -81,6 +82,16 @@ class Storage(ABC):
     @abstractmethod
     def lock(self, key: str) -> WriterLock:
         """The one-writer lock whose record is at key (not yet acquired)."""
+
+    @property
+    def folder(self) -> Path | None:
+        """The local folder whose files are the objects (zarr opens such a store by path), None for other backends."""
+        return None
+
+    def list_dir(self, folder: str) -> list[str]:
+        """The names directly below folder ('': the root): its objects' and its subfolders', sorted."""
+        prefix = f"{folder.rstrip('/')}/" if folder.strip("/") else ""
+        return sorted({key.removeprefix(prefix).partition("/")[0] for key in self.list_prefix(prefix)})
 
     def exists(self, key: str) -> bool:
         """True if there is an object at key."""

@@ -37,6 +37,18 @@ class LocalStorage(Storage):
         """The root folder's path."""
         return str(self.root)
 
+    @property
+    def folder(self) -> Path:
+        """The root folder: zarr opens the store by its path."""
+        return self.root
+
+    def list_dir(self, folder: str) -> list[str]:
+        """The names of the files and subfolders in the key's folder, sorted (backend's own '.' names left out)."""
+        try:
+            return sorted(entry.name for entry in os.scandir(self.root / folder) if not entry.name.startswith("."))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
     def path(self, key: str) -> Path:
         """The file of a key."""
         return self.root / key
