@@ -60,6 +60,11 @@ class SaezarrError(Exception):
     def __str__(self) -> str:
         return render(self.message)
 
+    def __reduce__(self) -> tuple:
+        # rebuilt by calling the class: tblib (which distributed installs) would otherwise call cls.__new__, which
+        # MemoryError's refuses for OutOfMemory
+        return (type(self), (self.message, self.exit_code), self.__dict__)
+
 
 class InputError(SaezarrError, ValueError):
     """An input file, option value or selection saezarr refuses; nothing was written."""

@@ -5,6 +5,8 @@ module but the command line prints."""
 from __future__ import annotations
 
 import ast
+import copyreg
+import io
 import logging
 import pickle
 import warnings
@@ -71,9 +73,21 @@ def test_each_error_is_a_saezarr_error_and_the_builtin_a_caller_catches(cls):
 @pytest.mark.parametrize("cls", [SaezarrError, *BUILTINS], ids=lambda cls: cls.__name__)
 def test_an_error_survives_pickling_as_dask_sends_it_from_a_worker(cls):
     error = cls(FLAGGED, exit_code=130)
-    back = pickle.loads(pickle.dumps(error))
-    assert type(back) is cls and back.exit_code == 130
-    assert back.message == FLAGGED and str(back) == str(error)
+    for dumped in (pickle.dumps(error), _pickled_as_distributed_does(error)):
+        back = pickle.loads(dumped)
+        assert type(back) is cls and back.exit_code == 130
+        assert back.message == FLAGGED and str(back) == str(error)
+
+
+def _pickled_as_distributed_does(error: Exception) -> bytes:
+    """The error pickled through tblib's reducer, which distributed installs for every exception class."""
+    from tblib.pickling_support import pickle_exception
+
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer)
+    pickler.dispatch_table = {**copyreg.dispatch_table, type(error): pickle_exception}
+    pickler.dump(error)
+    return buffer.getvalue()
 
 
 def test_a_message_names_keyword_arguments_to_python_and_anything_else_to_a_renderer():

@@ -108,7 +108,7 @@ def test_a_growth_killed_at_its_commit_finishes_on_the_warm_cluster_that_built_t
         old_id = Store(store).identity
         extend = ["build", "--input", str(assets["csv"]), "--output", str(store), "--config", str(assets["new_config"])]
         extend += ["--chunk-fragments", str(CHUNK), "--extend", "--quiet", "--scheduler", cluster.scheduler_address]
-        commit = KillPoint("the growth committed", "growing.write_consolidated", "after", 1)
+        commit = KillPoint("the growth committed", "store.growing.write_consolidated", "after", 1)
         assert killed_at(commit, extend, tmp_path / "killed.err")
         assert Store(store).attrs["configs"] == Store(assets["both"]).attrs["configs"]  # committed, no unit written
         assert build(options(assets["csv"], store, assets["new_config"], extend=True, cluster=on_cluster)).complete
