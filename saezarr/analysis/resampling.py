@@ -60,6 +60,7 @@ class Resampled:
         """p_value_fwer (of pearson_corr) and p_value_fwer_auroc (of auroc_3v0) per [config, feature]."""
         if self.null_pearson is None:
             return {}
+        assert self.null_auroc is not None  # the two nulls are computed together
         return {
             "p_value_fwer": fwer_p_values(np.asarray(metrics["pearson_corr"]), self.null_pearson.max(axis=0)),
             "p_value_fwer_auroc": fwer_p_values(np.asarray(metrics["auroc_3v0"]), self.null_auroc.max(axis=0)),
@@ -70,6 +71,7 @@ class Resampled:
         scores and the permuted maxima."""
         if self.null_pearson is None:
             return None
+        assert self.null_auroc is not None  # the two nulls are computed together
         p = self.p_values(metrics)
         overall = {"pearson": self.null_pearson.max(axis=0), "auroc_3v0": self.null_auroc.max(axis=0)}
         best = {
@@ -143,7 +145,7 @@ def resample(
                 (position, *null_maxima(matrix, labels, permutations)) for position, matrix in zip(positions, matrices)
             ]
         splits = None  # the layer's features split by the folds, shared by the held-out validation and emergence
-        if folds is not None and sum(matrix.shape[1] for matrix in matrices):
+        if folds is not None and sum(matrix.shape[1] for matrix in matrices) > 0:
             splits = fold_splits(FeatureMatrix.joined(matrices), targets, folds)
         chosen, rows = [], []
         if "heldout" in missing and splits is not None:
@@ -151,16 +153,17 @@ def resample(
             features = np.concatenate([np.arange(matrix.shape[1]) for matrix in matrices])
             chosen.append(chosen_in_splits(splits, labels, options.thresholds, owners, features))
         if "emergence" in missing:
+            assert folds is not None  # emergence is wanted only with folds
             rows.append(layer_row(layer, splits, residual_of.get(layer), targets, folds))
         return nulls, chosen, rows
 
     n_configs, n = len(configs.names), options.permutations
     null_pearson, null_auroc = np.full((n_configs, n), np.nan), np.full((n_configs, n), np.nan)
     all_chosen, rows = [], []
-    for nulls, chosen, layer_rows in map_in_threads(one_layer, layers):
+    for nulls, layer_chosen, layer_rows in map_in_threads(one_layer, layers):
         for position, pearson, auroc in nulls:
             null_pearson[position], null_auroc[position] = pearson, auroc
-        all_chosen += chosen
+        all_chosen += layer_chosen
         rows += layer_rows
     if "null" in missing:
         result.null_pearson, result.null_auroc = null_pearson, null_auroc
@@ -176,7 +179,7 @@ def resample(
     return result
 
 
-def _pooled_matrix(pooled: ChunkFiles, position: int) -> FeatureMatrix:
+def _pooled_matrix(pooled: ChunkFiles, position: int | np.integer) -> FeatureMatrix:
     """One config's cached per-sentence activations, read a chunk (a block of features) at a time."""
     return FeatureMatrix.of_blocks([block[0] for _, block in pooled.blocks(np.s_[position : position + 1, :, :])])
 
@@ -202,7 +205,7 @@ def _path(folder: Path, part: str, key: str) -> Path:
 
 def _save(folder: Path, part: str, key: str, arrays: dict[str, np.ndarray]) -> None:
     # not parents: an entry evicted meanwhile must not come back as a stub holding only resampling/
-    replace_file(_path(folder, part, key), lambda file: np.savez(file, **arrays), parents=False)
+    replace_file(_path(folder, part, key), lambda file: np.savez(file, **arrays), parents=False)  # type: ignore[arg-type]  # numpy's stubs: ** might be allow_pickle
 
 
 def _load(folder: Path, part: str, key: str, result: Resampled) -> bool:
@@ -234,4 +237,4 @@ def _sentence_residuals(path: Path, layout: SentenceLayout, pool: str) -> dict[i
 
     array = zarr.open_array(path, mode="r")
     layers = zarr.open_array(path.parent / "residual_layer", mode="r")[:]
-    return {int(layer): sentence_residuals(array[i], layout, pool) for i, layer in enumerate(layers.tolist())}
+    return {int(layer): sentence_residuals(array[i], layout, pool) for i, layer in enumerate(layers.tolist())}  # type: ignore[arg-type, union-attr]  # zarr: an N-d array's [i] and [:] are ndarrays

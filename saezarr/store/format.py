@@ -36,6 +36,7 @@ from saezarr.store.residual_arrays import (
     RESIDUALS,
     ResidualArrays,
     add_residual_arrays,
+    kept_residuals,
     write_consolidated,
 )
 from saezarr.store.shards import ChunkLayout, ShardDamaged, ShardEncoder
@@ -158,7 +159,7 @@ class Store:
         """One coordinate of the store, e.g. `sentence_index` or `layer`, read whole (strings as numpy StringDType)."""
         import zarr
 
-        return zarr.open_array(self.path / name, mode="r")[...]
+        return zarr.open_array(self.path / name, mode="r")[...]  # type: ignore[return-value]  # zarr: [...] of an N-d array is an ndarray
 
     def has_coordinate(self, name: str) -> bool:
         """True if the store has the coordinate (stores built by older saezarr versions lack some)."""
@@ -198,7 +199,9 @@ class Store:
     def shard_written(self, config_index: int, chunk: int) -> bool:
         """True if the unit's shard file (RESIDUAL_UNIT: each of the chunk's residual files) is there and not empty
         (marked or not)."""
-        keys = self.residuals.keys(chunk) if config_index == RESIDUAL_UNIT else self.shard_keys(config_index, chunk)
+        keys = (
+            kept_residuals(self).keys(chunk) if config_index == RESIDUAL_UNIT else self.shard_keys(config_index, chunk)
+        )
         return all(_size(self.storage, key) > 0 for key in keys)
 
     def done_matrix(self) -> np.ndarray:
@@ -228,7 +231,7 @@ class Store:
         start, stop = self.chunk_bounds(chunk)
         first, last, _ = features.indices(int(self.widths[config_index]))
         if self._shard_encoder is None:
-            return reduce(self.array[config_index, start:stop, first:last])
+            return reduce(self.array[config_index, start:stop, first:last])  # type: ignore[arg-type]  # zarr: an ndarray
         parts = []
         for shard in range(first // self.shard_width, -(-last // self.shard_width)):
             offset = shard * self.shard_width
@@ -248,7 +251,7 @@ class Store:
         """One unit's latents [fragment, len(features)] of some features."""
         start, stop = self.chunk_bounds(chunk)
         if self._shard_encoder is None:
-            return self.array.get_orthogonal_selection((config_index, slice(start, stop), features))
+            return self.array.get_orthogonal_selection((config_index, slice(start, stop), features))  # type: ignore[return-value]  # zarr: [...] of an N-d array is an ndarray
         features = np.asarray(features, dtype=np.int64)
         out = np.empty((stop - start, len(features)), dtype="<f4")
         shards = features // self.shard_width
@@ -311,7 +314,7 @@ class Store:
     def mark_done(self, config_index: int, chunk: int) -> None:
         """Mark a unit complete (RESIDUAL_UNIT: a chunk's residuals); only once its files are durable."""
         if config_index == RESIDUAL_UNIT:
-            self.residuals.mark_done(chunk)
+            kept_residuals(self).mark_done(chunk)
             return
         self.storage.touch(self._mark(config_index, chunk))
 
@@ -357,7 +360,7 @@ def directory_bytes(path: Path) -> int:
     return total
 
 
-def read_saezarr_attrs(path: Path) -> dict:
+def read_saezarr_attrs(path: str | Path) -> dict:
     """The store's root attributes, or an error if the folder is not a saezarr store."""
     return read_attrs(open_storage(path))
 
@@ -389,12 +392,12 @@ def _modified_ns(storage: Storage, key: str) -> int:
         return 0
 
 
-def store_identity(path: Path) -> str:
+def store_identity(path: str | Path) -> str:
     """The identity of the store at path as it is on disk now (see `Store.identity`)."""
     return read_saezarr_attrs(path).get(STORE_ID) or _legacy_identity(Path(path))
 
 
-def refuse_if_replaced(path: Path, identity: str) -> None:
+def refuse_if_replaced(path: str | Path, identity: str) -> None:
     """Refuse in one line when the store at path is no longer the store of this identity (replaced or grown)."""
     on_disk = store_identity(path)
     if on_disk != identity:
@@ -404,7 +407,7 @@ def refuse_if_replaced(path: Path, identity: str) -> None:
         )
 
 
-def _legacy_identity(path: Path) -> str:
+def _legacy_identity(path: str | Path) -> str:
     # a store from before store_id: its activations' metadata file, written anew whenever a store is created
     stat = (Path(path) / ACTIVATIONS / "zarr.json").stat()
     return f"legacy-{stat.st_ino}-{stat.st_mtime_ns}-{stat.st_size}"
@@ -472,7 +475,7 @@ def _stored_sae_paths(path: Path) -> list[str]:
     import zarr
 
     try:
-        return [str(value) for value in zarr.open_array(Path(path) / "sae_path", mode="r")[:]]
+        return [str(value) for value in zarr.open_array(Path(path) / "sae_path", mode="r")[:]]  # type: ignore[union-attr]  # zarr: [:] is an ndarray
     except (OSError, ValueError, KeyError, zarr.errors.BaseZarrError) as exc:
         raise StoreDamaged(
             f"{option('resume', True)} {path}: the store is damaged and cannot be resumed (its sae_path coordinate: "
@@ -506,6 +509,7 @@ def create_store(
         attrs = {**attrs, STORE_ID: uuid.uuid4().hex}
         _write_layout(staging, fragments, configs, widths, attrs, chunk_fragments, shard_width=min(widths))
         if residual_layers is not None:
+            assert hidden_size is not None  # the residuals' width comes with their layers
             add_residual_arrays(staging, list(residual_layers), hidden_size, len(fragments), chunk_fragments)
             write_consolidated(staging)
         if replace:
