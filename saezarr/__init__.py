@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from os import PathLike
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ def open_store(path: str | PathLike) -> xarray.Dataset:
     """Open a saezarr store as a lazy, dask-backed xarray Dataset."""
     from saezarr.store.reading import open_store as _open_store
 
-    return _open_store(path)
+    return _open_store(Path(path))  # it takes Path(path) first anyway
 
 
 def feature_metrics(ds: xarray.Dataset, pool: str = "final") -> xarray.Dataset:

@@ -81,7 +81,7 @@ class _library_log_lines:
 
 
 # library names of options the command line spells as their negation: (name, value) -> flag
-_NEGATED = {("compressed", "False"): "--uncompressed"}
+_NEGATED: dict[tuple[str, str | None], str] = {("compressed", "False"): "--uncompressed"}
 
 
 def _flag(name: str, value: str | None) -> str:

@@ -75,7 +75,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
     groups: dict[str, argparse._MutuallyExclusiveGroup] = {}
     for field in command_fields(cls):
         group = field.metadata["group"]
-        target = parser
+        target: argparse._ActionsContainer = parser
         if group is not None:
             target = groups.get(group) or groups.setdefault(group, parser.add_mutually_exclusive_group())
         target.add_argument(*_names(field), **_argument(field))

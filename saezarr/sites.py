@@ -127,7 +127,7 @@ def hf_hook_site(hf_hook: str, said_by: str) -> Site:
     """The site a Hugging Face module hook (`model.layers.L.output`, `...o_proj.input`) names."""
     match = _HF_HOOK.match(hf_hook)
     kind = _HF_MODULES.get(match.group(2)) if match else None
-    if kind is None:
+    if match is None or kind is None:
         return Site(hf_hook, said_by)  # a module saezarr does not know: refused as unread
     return Site(_at(int(match.group(1)), kind), said_by)
 

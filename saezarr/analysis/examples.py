@@ -158,7 +158,7 @@ def _pick_sentences(top: pd.DataFrame, pooled: ChunkFiles, labels: np.ndarray, p
 
 def _example_sentences(top: pd.DataFrame, picks: list[dict]) -> dict[tuple[int, int], list[int]]:
     """(store config index, feature) -> its example sentences, ascending."""
-    sentences = defaultdict(set)
+    sentences: defaultdict[tuple[int, int], set[int]] = defaultdict(set)
     for row, chosen in zip(top.itertuples(index=False), picks):
         sentences[(row.store_index, int(row.feature_id))].update(s for k in LABELS for s, _ in chosen[k])
     return {key: sorted(found) for key, found in sentences.items() if found}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from functools import partial
 
 import dask.array as da
@@ -47,7 +48,7 @@ def sentence_activations(ds: xr.Dataset, pool: str = "final") -> xr.DataArray:
         meta=np.empty((0, 0, 0), dtype=dtype),
     )
     starts = layout.starts
-    coords = {
+    coords: dict[Hashable, object] = {
         "sentence": np.arange(layout.n_sentences),
         "sentence_index": ("sentence", np.asarray(ds.sentence_index.values)[starts]),
         "concept_strength_label": ("sentence", layout.labels),

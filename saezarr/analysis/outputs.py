@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -128,7 +128,7 @@ class OutputWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.staging = make_staging(self.path, STAGING_SUFFIX)
         self.background = ThreadPoolExecutor(max_workers=1)
-        self.parquet = None
+        self.parquet: Future | None = None
         return self
 
     def write_features(self, features: pa.Table) -> None:

@@ -129,7 +129,7 @@ def _context(
     return ResamplingContext(configs, labels, options, folds, permutations, targets, read_residuals)
 
 
-def _pooled_matrix(pooled: ChunkFiles, position: int) -> FeatureMatrix:
+def _pooled_matrix(pooled: ChunkFiles, position: int | np.integer) -> FeatureMatrix:
     """One config's cached per-sentence activations, read a chunk (a block of features) at a time."""
     return FeatureMatrix.of_blocks([block[0] for _, block in pooled.blocks(np.s_[position : position + 1, :, :])])
 
@@ -164,4 +164,4 @@ def _sentence_residuals(path: Path, layout: SentenceLayout, pool: str) -> dict[i
 
     array = zarr.open_array(path, mode="r")
     layers = zarr.open_array(path.parent / "residual_layer", mode="r")[:]
-    return {int(layer): sentence_residuals(array[i], layout, pool) for i, layer in enumerate(layers.tolist())}
+    return {int(layer): sentence_residuals(array[i], layout, pool) for i, layer in enumerate(layers.tolist())}  # type: ignore[arg-type, union-attr]  # zarr: an N-d array's [i] and [:] are ndarrays

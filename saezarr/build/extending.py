@@ -28,6 +28,7 @@ from saezarr.saes.locate import SAEFile, check_context, describe_configs, locate
 from saezarr.sites import resid_post
 from saezarr.store.format import WIDTHS, Store
 from saezarr.store.growing import Growth, read_record
+from saezarr.store.residual_arrays import kept_residuals
 
 
 @dataclass
@@ -51,6 +52,7 @@ def plan_extension(options: BuildOptions, store: Store) -> Extension:
     record = read_record(store.path)
     stored = _stored_configs(store, len(attrs["configs"]))
     _refuse_other_options(options, attrs, where)
+    assert options.config_file is not None  # with_defaults: the bundled catalogue where none is given
     config_file = load_config_file(options.config_file)
     sae_repo = options.sae_repo or config_file.sae_repo
     described, _ = describe_configs(sae_repo, config_file.configs, options.config_file)
@@ -243,7 +245,7 @@ def _stored_model(attrs: dict, store: Store) -> ModelInfo:
     norm is not seen, so an SAE trained on centred residuals is refused."""
     local = attrs["model_revision"] == "local"
     source = Source(attrs["model"], attrs["model_revision"], Path(attrs["model"]) if local else None)
-    return ModelInfo(source, num_layers=0, hidden_size=store.residuals.hidden, max_tokens=None, rms_norm=None)
+    return ModelInfo(source, num_layers=0, hidden_size=kept_residuals(store).hidden, max_tokens=None, rms_norm=None)
 
 
 def _token_counts(fragments: Fragments | None, old_table: pd.DataFrame) -> list[int]:

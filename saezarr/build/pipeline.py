@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,7 +30,6 @@ from saezarr.build.work import (
     pending_work,
 )
 from saezarr.durable.folders import restore_moved_aside
-from saezarr.durable.locking import StoreLock
 from saezarr.errors import (
     InputError,
     Interrupted,
@@ -53,6 +53,10 @@ from saezarr.store.format import (
     store_lock,
 )
 from saezarr.store.growing import finish_growth, grow_store
+from saezarr.store.storage.base import WriterLock
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 __all__ = ["BuildOptions", "BuildSummary", "ChunkWriter", "build", "run"]
 
@@ -102,6 +106,7 @@ def _build(options: BuildOptions) -> BuildSummary:
     started = time.perf_counter()
     if options.extend:
         return _extend(options, started)
+    assert options.output is not None  # with_defaults: refused without one
     # the output and flags first: a forgotten --resume must not wait for gigabytes of downloads
     exists = check_output_path(options.output)
     if exists and not (options.resume or options.overwrite):
@@ -110,6 +115,7 @@ def _build(options: BuildOptions) -> BuildSummary:
             "replace it"
         )
     plan = plan_build(options)
+    assert plan.fragments is not None  # a new or resumed store's plan has its fragments
     with _cluster(plan) as client:  # connected, and every worker checked, before the store is touched
         store, lock = _open_or_create(options, plan, exists)
         summary = BuildSummary(plan.output, len(plan.configs), len(plan.fragments), plan.n_sentences)
@@ -159,6 +165,7 @@ def _extend(options: BuildOptions, started: float) -> BuildSummary:
             f"{option('extend', True)} grows the store in place (and finishes an interrupted extension itself): leave "
             f"out {option('overwrite', True)} and {option('resume', True)}"
         )
+    assert options.output is not None  # with_defaults: refused without one
     if not check_output_path(options.output):
         raise StoreNotFound(
             f"{option('extend', True)}: no store at {option('output', options.output)} to extend; build it first"
@@ -279,7 +286,7 @@ def _sigterm_interrupts():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _open_or_create(options: BuildOptions, plan: BuildPlan, exists: bool) -> tuple[Store, StoreLock]:
+def _open_or_create(options: BuildOptions, plan: BuildPlan, exists: bool) -> tuple[Store, WriterLock]:
     """Open the store to resume, or create it; an old store is replaced only while its lock is held."""
     if not exists:
         store = _create(plan, replace=False)
@@ -309,6 +316,8 @@ def _open_or_create(options: BuildOptions, plan: BuildPlan, exists: bool) -> tup
 
 def _create(plan: BuildPlan, replace: bool) -> Store:
     """The new store of the plan, at its output (replacing the store there, if `replace`)."""
+    # a new store's plan has its fragments, chunk size and model
+    assert plan.fragments is not None and plan.chunk_fragments is not None and plan.model_info is not None
     return create_store(
         plan.output,
         plan.fragments.table,
@@ -369,7 +378,7 @@ class _PassRunner:
         return any(needs_model(self.store, pass_, task, done) for pass_, tasks in work for task in tasks)
 
     def _run_pass(
-        self, model: torch.nn.Module | None, fragments: FragmentIndex, pass_: PassSpec, tasks: list[Task], bar: tqdm
+        self, model: PreTrainedModel | None, fragments: FragmentIndex, pass_: PassSpec, tasks: list[Task], bar: tqdm
     ) -> None:
         """One model pass: each pending chunk goes through the model once and through every SAE of the pass."""
         encoders = [load_encoder(sae, self.plan.device, pass_.sae_memory) for sae in pass_.saes]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -59,6 +60,7 @@ def plan_build(options: BuildOptions, store: Store | None = None) -> BuildPlan:
     """The plan of a build or, with `store` (the store to extend, held under its lock), of an extension: every input
     checked and every default resolved; nothing is written."""
     if options.extend:
+        assert store is not None  # an extension is planned for the store it grows
         extension = plan_extension(options, store)
         device = resolve_device(options.device, here=not options.cluster.remote)
         return _resolved(
@@ -75,6 +77,7 @@ def plan_build(options: BuildOptions, store: Store | None = None) -> BuildPlan:
         )
     device = resolve_device(options.device, here=not options.cluster.remote)
     plan = _new_store_plan(options, device)
+    assert options.output is not None  # with_defaults: refused without one
     if options.resume and check_output_path(options.output):  # a resumed store keeps its batches and chunks
         check_resume(options.output, plan.attrs, plan.configs)
         kept = read_saezarr_attrs(options.output).get("batch_size", DEFAULT_BATCH_SIZE)
@@ -84,6 +87,7 @@ def plan_build(options: BuildOptions, store: Store | None = None) -> BuildPlan:
 
 def _resolved(options: BuildOptions, device: str, **planned) -> BuildPlan:
     """A plan of what the options leave to defaults, around what was planned from the inputs."""
+    assert options.output is not None  # with_defaults: refused without one
     return BuildPlan(
         output=options.output,
         device=device,
@@ -99,7 +103,9 @@ def _resolved(options: BuildOptions, device: str, **planned) -> BuildPlan:
 
 def _new_store_plan(options: BuildOptions, device: str) -> BuildPlan:
     """The plan of a new store (or of the store a --resume continues) from the input, config file and model."""
+    assert options.input is not None and options.config_file is not None  # with_defaults: given, or refused
     data = read_labeled_csv(options.input)
+    assert data.path is not None  # read from its file
     config_file = load_config_file(options.config_file)
     sae_repo = options.sae_repo or config_file.sae_repo
     described, sae_source = describe_configs(sae_repo, config_file.configs, options.config_file)
@@ -174,10 +180,11 @@ def residual_layers(asked: Sequence[int] | str | None, num_layers: int) -> tuple
         return None
     if asked == "all":
         return tuple(range(num_layers))
-    wrong = [layer for layer in asked if not 0 <= layer < num_layers]
+    layers = cast("Sequence[int]", asked)  # parse_residuals lets no other word through
+    wrong = [layer for layer in layers if not 0 <= layer < num_layers]
     if wrong:
         raise InputError(f"{option('residuals')}: layer {wrong[0]} is not a layer of the model (0-{num_layers - 1})")
-    return tuple(sorted(set(asked)))
+    return tuple(sorted(set(layers)))
 
 
 def check_kept_options(batch_size: int | None, chunk_fragments: int | None, store: Store) -> None:

@@ -14,7 +14,9 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,7 +30,10 @@ from saezarr.saes.encoder import Encoder, load_encoder, plan_passes
 from saezarr.saes.locate import SAEFile
 from saezarr.sites import resid_post, resid_pre
 from saezarr.store.format import Store, refuse_if_replaced
-from saezarr.store.residual_arrays import RESIDUAL_UNIT
+from saezarr.store.residual_arrays import RESIDUAL_UNIT, kept_residuals
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 EMBEDDINGS = resid_pre(0)  # what the store's embeddings hold: the residual stream into decoder layer 0
 
@@ -125,7 +130,7 @@ def pending_work(
     done = store.done_matrix()
     index = {name: i for i, name in enumerate(store.config_names)}
     residual_chunks = set(store.pending_residuals().tolist())
-    work = []
+    work: list[tuple[PassSpec, list[Task]]] = []
     for group in plan_passes(list(saes), sae_memory):
         rows = tuple(index[sae.config.name] for sae in group)
         writes_residuals = bool(residual_chunks) and not work
@@ -144,7 +149,7 @@ def pending_work(
         if max_chunks is not None:
             tasks, max_chunks = tasks[:max_chunks], max_chunks - min(len(tasks), max_chunks)
         if tasks:
-            kept = store.residuals.layers if writes_residuals else ()
+            kept = kept_residuals(store).layers if writes_residuals else ()
             work.append((PassSpec(tuple(group), rows, sae_memory, kept), tasks))
     return work
 
@@ -200,15 +205,14 @@ def compute_chunk(
             _encode_as_a_full_chunk(encoder, residuals[sae.hook], latents, skip, store.chunk_fragments)
             kept = store.kept_rows(row, task.chunk)
             if kept:  # an extension keeps these rows' latents bitwise as they were
-                latents[:kept] = torch.from_numpy(
-                    store.read_chunk(row, task.chunk, lambda block, kept=kept: block[:kept].copy())
-                )
+                latents[:kept] = torch.from_numpy(store.read_chunk(row, task.chunk, partial(_first_rows, kept)))
             writer.submit(row, task.chunk, latents)
     if task.residuals:
-        layers, dtype = store.residuals.layers, store.residuals.dtype
+        arrays = kept_residuals(store)
+        layers, dtype = arrays.layers, arrays.dtype
         if skip:  # the kept rows' residuals, as stored
-            kept = _stored(store, _stored_sites(store), True, start, start + skip)
-            residuals = {key: torch.cat([value, residuals[key].cpu().float()]) for key, value in kept.items()}
+            stored = _stored(store, _stored_sites(store), True, start, start + skip)
+            residuals = {key: torch.cat([value, residuals[key].cpu().float()]) for key, value in stored.items()}
         writer.submit_residuals(
             task.chunk,
             np.stack([_host(residuals[resid_post(layer)], dtype) for layer in layers]),
@@ -259,7 +263,7 @@ def _task_sites(store: Store, pass_: PassSpec, task: Task) -> list[str]:
 
 def _stored_sites(store: Store) -> list[str]:
     """The sites whose activations the store keeps: the residual stream after each kept layer."""
-    return [resid_post(layer) for layer in store.residuals.layers]
+    return [resid_post(layer) for layer in kept_residuals(store).layers]
 
 
 def task_residuals(
@@ -300,20 +304,30 @@ def task_residuals(
     return residuals, batches
 
 
+def _first_rows(rows: int, block: np.ndarray) -> np.ndarray:
+    """A copy of a block's first `rows` rows."""
+    return block[:rows].copy()
+
+
 def _stored(store: Store, sites: Sequence[str], embeddings: bool, start: int, stop: int) -> dict[str, torch.Tensor]:
     """Residuals {site: [rows, hidden]} of the store's kept layers among `sites` (and the embeddings) of fragments
     [start, stop) of one chunk, read from the store."""
-    kept = [layer for layer in store.residuals.layers if resid_post(layer) in sites]
-    read = store.residuals.read(kept, start, stop)
+    arrays = kept_residuals(store)
+    kept = [layer for layer in arrays.layers if resid_post(layer) in sites]
+    read = arrays.read(kept, start, stop)
     out = {resid_post(layer): torch.from_numpy(values.copy()) for layer, values in read.items()}
     if embeddings:
-        out[EMBEDDINGS] = torch.from_numpy(store.residuals.read_embeddings(start, stop).copy())
+        out[EMBEDDINGS] = torch.from_numpy(arrays.read_embeddings(start, stop).copy())
     return out
 
 
 def _host(tensor: torch.Tensor, dtype: np.dtype) -> np.ndarray:
     """A tensor as a host numpy array of the store's residual dtype."""
     return tensor.detach().to("cpu", torch.float32).numpy().astype(dtype, copy=False)
+
+
+# what a writer is handed: a unit's latents [rows, width], or a residual unit's [layer, rows, hidden] and [rows, hidden]
+Unit = torch.Tensor | tuple[np.ndarray, np.ndarray]
 
 
 class ChunkWriter:
@@ -342,7 +356,7 @@ class ChunkWriter:
         self.units = units_in_flight(self.workers, 4 * store.chunk_fragments * store.width, overlap)
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="saezarr-write")
         self._slots = threading.BoundedSemaphore(self.units)
-        self._gathered: list[tuple[int, int, torch.Tensor]] = []
+        self._gathered: list[tuple[int, int, Unit]] = []
         self._free: list[torch.Tensor] = [] if buffers is None else buffers  # a list kept across writers, if given
         self._free_lock = threading.Lock()
         self._error: BaseException | None = None
@@ -356,8 +370,8 @@ class ChunkWriter:
                 return self._free.pop()
         return torch.empty((rows, width), dtype=torch.float32)
 
-    def _write(self, config_index: int, chunk: int, latents: torch.Tensor) -> None:
-        if config_index == RESIDUAL_UNIT:
+    def _write(self, config_index: int, chunk: int, latents: Unit) -> None:
+        if isinstance(latents, tuple):  # config_index is RESIDUAL_UNIT
             self._write_residuals(chunk, *latents)
             return
         if self.mark:
@@ -370,7 +384,7 @@ class ChunkWriter:
 
     def _write_residuals(self, chunk: int, residuals: np.ndarray, embeddings: np.ndarray) -> None:
         refuse_if_replaced(self.store.path, self.store.identity)
-        self.store.residuals.write_unit(chunk, residuals, embeddings)
+        kept_residuals(self.store).write_unit(chunk, residuals, embeddings)
         if self.mark:
             self.store.mark_done(RESIDUAL_UNIT, chunk)
         with self._free_lock:
@@ -381,7 +395,7 @@ class ChunkWriter:
         unit of latents."""
         self.submit(RESIDUAL_UNIT, chunk, (residuals, embeddings))
 
-    def submit(self, config_index: int, chunk: int, latents: torch.Tensor) -> None:
+    def submit(self, config_index: int, chunk: int, latents: Unit) -> None:
         """Hand over one unit; blocks while units are being written or the queue is full, and raises write errors."""
         self._raise_if_failed()
         if not self.overlap:
@@ -438,13 +452,15 @@ def write_error(error: BaseException, store: Path) -> BaseException:
 _one_task_at_a_time = threading.Lock()  # tasks share the model and its hooks: a worker with many threads queues them
 
 
-def _model(spec: ComputeSpec) -> tuple[torch.nn.Module, int]:
+def _model(spec: ComputeSpec) -> tuple[PreTrainedModel, int]:
     """This process's model for a spec, loaded unless kept (an old one goes first); also the model loads done."""
+    info = spec.model
+    assert info is not None  # callers ask for the model only of a spec whose tasks run it
 
-    def load() -> torch.nn.Module:
+    def load() -> PreTrainedModel:
         if spec.torch_threads:
             torch.set_num_threads(spec.torch_threads)
-        return load_model(spec.model, spec.device, spec.dtype)
+        return load_model(info, spec.device, spec.dtype)
 
     model, loaded = process_cache.get("model", (spec.model, spec.device, spec.dtype, spec.torch_threads), load)
     return model, int(loaded)

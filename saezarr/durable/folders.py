@@ -85,7 +85,7 @@ def restore_moved_aside(folder: Path) -> None:
             os.rename(trash, path)
 
 
-def replace_file(path: Path, write: Callable[[BinaryIO], None], parents: bool = True) -> bool:
+def replace_file(path: Path, write: Callable[[BinaryIO], object], parents: bool = True) -> bool:
     """Write a file by `write` beside path and rename it into place (making path's folder, and with `parents` the
     folders above it); False, leaving path as it was, if that fails: for caches, where a file that cannot be written
     only costs the next run a recomputation."""

@@ -27,7 +27,7 @@ from saezarr.errors import LockHeld, WriteFailed, option
 try:
     import fcntl
 except ImportError:  # Windows: no flock; the JSON alone decides
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]  # the module or None: every use checks
 
 _log = logging.getLogger(__name__)
 _ATTEMPTS = 20
@@ -116,6 +116,7 @@ class StoreLock:
     def release(self) -> None:
         """Drop the lock if this process holds it (unlink first, so a waiting opener sees a new file)."""
         if self.held:
+            assert self._fd is not None  # held: acquire opened it
             try:
                 if _is_same_file(self._fd, self.path):  # after --force-unlock elsewhere it is someone else's
                     self.path.unlink(missing_ok=True)

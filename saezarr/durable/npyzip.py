@@ -6,6 +6,7 @@ import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -62,5 +63,5 @@ def load_member(path: str | Path, member: NpyMember) -> np.ndarray:
     if member.data_offset is None or member.dtype.hasobject:
         with np.load(path) as archive:
             return archive[member.key]
-    order = "F" if member.fortran_order else "C"
+    order: Literal["C", "F"] = "F" if member.fortran_order else "C"
     return np.memmap(path, dtype=member.dtype, mode="c", offset=member.data_offset, shape=member.shape, order=order)

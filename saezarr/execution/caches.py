@@ -20,7 +20,7 @@ from saezarr.store.format import Store, refuse_if_replaced
 class ProcessCache:
     """Values kept by this process, a few per slot (least recently used dropped first), each under its key."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._slots: dict[str, OrderedDict] = {}
         self._lock = threading.RLock()
 

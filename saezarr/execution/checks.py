@@ -62,7 +62,7 @@ def probe_workers(
     client: Client,
     options: ClusterOptions,
     paths: list[tuple[Path, bool, str]],
-    needs: tuple[Callable[..., str | None], ...] | None = None,
+    needs: tuple[Callable[..., str | None], *tuple[object, ...]] | None = None,
 ) -> list[str]:
     """Check every worker's code and paths, then `needs` (a check run there and its arguments); watch the workers
     that join later; return the addresses of those present.

@@ -96,6 +96,7 @@ class ClusterOptions:
             return None
         from distributed.security import Security
 
+        assert self.tls_cert is not None and self.tls_key is not None  # checked: TLS needs all three files
         return Security(
             tls_ca_file=str(Path(self.tls_ca_file).resolve()),
             tls_client_cert=str(Path(self.tls_cert).resolve()),
@@ -148,6 +149,7 @@ def _tls_hint(address: str, security: Security | None) -> str:
 def _scheduler_address(options: ClusterOptions) -> str:
     if options.scheduler is not None:
         return options.scheduler
+    assert options.scheduler_file is not None  # a cluster not local is named by one of the two
     try:
         return json.loads(Path(options.scheduler_file).read_text())["address"]
     except (OSError, ValueError, KeyError, TypeError) as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from functools import partial
@@ -73,7 +73,7 @@ def submit_checked(client: Client, function: Callable, *args: Any, **options: An
     return client.submit(checked_call, function, code_digest(), *args, **options)
 
 
-def completed(client: Client, futures: dict[Future, T]) -> Iterator[tuple[T, Future]]:
+def completed(client: Client, futures: dict[Future, T]) -> Generator[tuple[T, Future], None, None]:
     """Each (item, future) of `futures` as its task finishes; the tasks left are cancelled once the caller stops."""
     from distributed import as_completed
 

@@ -206,7 +206,7 @@ def _begins_as_export(path: Path) -> bool:
 
 def _expected_headers(n: int, width: int) -> dict[str, tuple[str, tuple[int, ...]]]:
     kinds = {"fragments": "U", "original_sentences": "U", "is_final_token": "b"}
-    headers = {"activations": ("f", (n, width))}
+    headers: dict[str, tuple[str, tuple[int, ...]]] = {"activations": ("f", (n, width))}
     headers.update({key: (kinds.get(key, "i"), (n,)) for key in FRAGMENT_KEYS})
     headers.update({"layer": ("i", ()), "average_l0": ("f", ()), "num_features": ("i", ())})
     return headers
@@ -304,7 +304,7 @@ def write_config_npz(
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as file:
-            save(file, **arrays)
+            save(file, **arrays)  # type: ignore[arg-type]  # numpy's stubs: ** might be allow_pickle
             file.flush()
             os.fsync(file.fileno())
         os.replace(partial, target.path)

@@ -31,6 +31,7 @@ from saezarr.export.per_config import (
 from saezarr.machine import usable_cores
 from saezarr.store.format import Store
 from saezarr.store.reading import open_existing
+from saezarr.store.residual_arrays import kept_residuals
 
 # key -> (dtype kind, rank): `n` fragments, `c` configs, `w` width, `h` hidden
 _log = logging.getLogger(__name__)
@@ -233,7 +234,7 @@ class _RowWindow:
 
     def __init__(self, store: Store, targets: Sequence[ConfigTarget], with_residuals: bool):
         self.store, self.targets, self.with_residuals = store, targets, with_residuals
-        self.chunk, self.data = -1, {}
+        self.chunk, self.data = -1, dict[str, np.ndarray]()
 
     def take(self, start: int, stop: int) -> dict[str, np.ndarray]:
         """{activations, and hidden_states and embeddings if kept} of fragments [start, stop)."""
@@ -254,9 +255,10 @@ class _RowWindow:
         self.data = {"activations": activations.astype(np.float32, copy=False)}
         if self.with_residuals:
             start, stop = store.chunk_bounds(chunk)
-            kept = store.residuals.read(sorted({t.layer for t in self.targets}), start, stop)
+            arrays = kept_residuals(store)
+            kept = arrays.read(sorted({t.layer for t in self.targets}), start, stop)
             self.data["hidden_states"] = np.stack([kept[t.layer] for t in self.targets]).astype(np.float32)
-            self.data["embeddings"] = store.residuals.read_embeddings(start, stop).astype(np.float32)
+            self.data["embeddings"] = arrays.read_embeddings(start, stop).astype(np.float32)
         self.chunk = chunk
 
 

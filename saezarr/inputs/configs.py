@@ -48,6 +48,20 @@ class SAEConfig:
         return self.path.rsplit("/", 1)[-1]
 
     @property
+    def known_layer(self) -> int:
+        """The layer it reads: known once described (`describe_configs`) or located (`locate_sae`)."""
+        if self.layer is None:
+            raise AssertionError(f"config {self.name}: its layer is read before it is known")
+        return self.layer
+
+    @property
+    def known_width(self) -> int:
+        """The number of its features: known once located (`locate_sae`)."""
+        if self.width is None:
+            raise AssertionError(f"config {self.name}: its width is read before it is known")
+        return self.width
+
+    @property
     def l0_or_missing(self) -> int:
         """The average L0, or MISSING_L0 where it is not known."""
         return MISSING_L0 if self.average_l0 is None else self.average_l0
@@ -193,8 +207,8 @@ def select_configs(
 
 def check_depth(configs: Sequence[SAEConfig], num_layers: int, config_file: object) -> None:
     """Refuse a config reading a layer deeper than the model's last."""
-    deepest = max(configs, key=lambda c: c.layer)
-    if deepest.layer >= num_layers:
+    deepest = max(configs, key=lambda c: c.known_layer)
+    if deepest.known_layer >= num_layers:
         raise ConfigError(
             f"{config_file}: config {deepest.name} reads layer {deepest.layer}, but the model has "
             f"{num_layers} layers (0-{num_layers - 1})"

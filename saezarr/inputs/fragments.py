@@ -107,7 +107,9 @@ def select_positions(sentence: str, token_ends: Sequence[int], granularity: str)
     return positions or [last]
 
 
-def _with_bos(ids: Sequence[int], offsets: Sequence[tuple[int, int]], bos: int | None):
+def _with_bos(
+    ids: Sequence[int], offsets: Sequence[Sequence[int]], bos: int | None
+) -> tuple[list[int], list[Sequence[int]]]:
     ids, offsets = list(ids), [tuple(o) for o in offsets]
     if bos is not None and (not ids or ids[0] != bos):
         ids, offsets = [bos, *ids], [(0, 0), *offsets]

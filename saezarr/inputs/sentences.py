@@ -25,7 +25,7 @@ LABEL_PATTERN = re.compile(r"^\s*[0-3]\s*$")
 class LabeledSentences:
     """Sentences with their 0-3 concept-strength labels, as read from one CSV file."""
 
-    path: Path
+    path: Path | None  # None: an extension's sentences, as its store holds them
     sentences: list[str]
     labels: np.ndarray
     sha256: str

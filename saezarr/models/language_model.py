@@ -6,13 +6,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerFast
+    from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from saezarr.errors import InputError, SaezarrError, one_line, option
 from saezarr.hub import Source, resolve
@@ -142,10 +142,10 @@ def load_tokenizer(info: ModelInfo) -> PreTrainedTokenizerFast:
             f"{option('model', info.source.name)}: its tokenizer has no BOS token; saezarr puts BOS first and never encodes "
             "it, so each sentence's first real token would be lost: not implemented"
         )
-    return tokenizer
+    return cast("PreTrainedTokenizerFast", tokenizer)  # is_fast: a tokenizers-backed tokenizer
 
 
-def load_model(info: ModelInfo, device: str, dtype: str) -> torch.nn.Module:
+def load_model(info: ModelInfo, device: str, dtype: str) -> PreTrainedModel:
     """Load the base decoder (no LM head) with eager attention, which keeps Gemma 2's soft-capping.
 
     A multimodal checkpoint (Gemma 3 4B-27B) loads as its base model, whose language model is read by hooks.
@@ -178,12 +178,12 @@ class SiteReader:
     """Reads sites (hook names in TransformerLens' spelling) at chosen token positions, each by a hook on the module
     that the model's site table places it at; the forward stops once every site is read."""
 
-    def __init__(self, model: torch.nn.Module, hooks: Iterable[str]):
+    def __init__(self, model: PreTrainedModel, hooks: Iterable[str]):
         self.model = model
         self.hooks = sorted(set(hooks))
         self._selection: tuple[torch.Tensor, torch.Tensor] | None = None
         self._captured: dict[str, torch.Tensor] = {}
-        self._handles = []
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def __enter__(self) -> SiteReader:
         table = ARCHITECTURES[self.model.config.model_type]
@@ -216,6 +216,7 @@ class SiteReader:
         return read_output
 
     def _keep(self, hook: str, hidden: torch.Tensor) -> None:
+        assert self._selection is not None  # set by read() before the forward that calls the hooks
         rows, positions = self._selection
         self._captured[hook] = hidden[rows, positions]
         if len(self._captured) == len(self.hooks):

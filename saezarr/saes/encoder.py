@@ -35,7 +35,7 @@ class Encoder:
         self.threshold = self._vector(layout.threshold) if layout.threshold else None
         self.b_dec = self._vector(layout.b_dec) if layout.b_dec else None
         whole = budget is None or sae.encoder_bytes <= budget
-        self.tile = sae.width if whole else tile_features(sae, budget)
+        self.tile = sae.width if budget is None or whole else tile_features(sae, budget)
         self.W_enc = self._whole() if whole else None  # None: streamed tile by tile
         self._mapped = None if whole or not self._maps else mapped(layout.weights, self._header[layout.W_enc])
 
@@ -94,12 +94,14 @@ class Encoder:
 
     def _kth_largest(self, x: torch.Tensor) -> torch.Tensor:
         """Each row's k-th largest pre-activation [n, 1], over every tile."""
-        best = None
+        assert self.k is not None  # uses_k: locate_sae refuses such an SAE without k
+        best: torch.Tensor | None = None
         for start in range(0, self.sae.width, self.tile):
             stop = min(start + self.tile, self.sae.width)
             pre = torch.addmm(self.b_enc[start:stop], x, self._tile(start, stop))
             candidates = pre if best is None else torch.cat([best, pre], dim=1)
             best = candidates.topk(min(self.k, candidates.shape[1]), dim=1).values
+        assert best is not None  # an SAE has at least one feature, so one tile
         return best[:, -1:]
 
 
@@ -120,7 +122,7 @@ def plan_passes(saes: Sequence[SAEFile], budget_bytes: int) -> list[list[SAEFile
     An SAE wider than the budget is a pass of its own, encoded in tiles within the budget."""
     by_layer: dict[int, list[SAEFile]] = {}
     for sae in saes:
-        by_layer.setdefault(sae.config.layer, []).append(sae)
+        by_layer.setdefault(sae.config.known_layer, []).append(sae)
     passes: list[list[SAEFile]] = [[]]
     used = 0
     for layer in sorted(by_layer):

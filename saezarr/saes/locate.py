@@ -6,6 +6,7 @@ import dataclasses
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,7 +43,7 @@ class SAEFile:
     @property
     def hook(self) -> str:
         """The site the SAE reads; where nothing says it, the residual stream after its layer (with a note)."""
-        return self.config.hook or resid_post(self.config.layer)
+        return self.config.hook or resid_post(self.config.known_layer)
 
     def resolved(self) -> SAEFile:
         """The same SAE with its weights file as an absolute path."""
@@ -65,12 +66,13 @@ def resolve_sae_repo(name: str, first: SAEConfig, revision: str | None = None) -
     folder = Path(name).expanduser()
     if folder.is_dir():
         return resolve(name, first.path, OPTION, revision)
-    first_error = None
+    first_error: SaezarrError | None = None
     for marker in _markers(first.path):
         try:
             return resolve(name, marker, OPTION, revision)
         except SaezarrError as error:
             first_error = first_error or error  # the file the folder's name suggests: the one to name
+    assert first_error is not None  # every folder has at least one format's marker to try
     raise first_error
 
 
@@ -79,7 +81,7 @@ def _fetcher(source: Source, config: SAEConfig, misses: list[SaezarrError]):
     (a hub file that could not be had is added to `misses`)."""
 
     def fetch(filename: str, required: bool) -> Path | None:
-        if source.is_local:
+        if source.local_dir is not None:
             path = source.local_dir / config.path / filename
             if path.is_file():
                 return path
@@ -197,7 +199,7 @@ def locate_sae(source: Source, config: SAEConfig, model: ModelInfo, where: objec
     if config.hook is None:
         warnings.warn(
             f"config {config.name}: nothing says which site the SAE reads ({source.name} is not named as a Gemma "
-            f"Scope repository); read as {resid_post(config.layer)}, the residual stream after layer {config.layer}. "
+            f"Scope repository); read as {resid_post(config.known_layer)}, the residual stream after layer {config.layer}. "
             "Give the config entry a 'hook' to say it",
             SaezarrNote,
             stacklevel=2,
@@ -269,11 +271,10 @@ def _check_shapes(layout: SAEDescription, config: SAEConfig, d_model: int, at: s
 def check_context(saes: Sequence[SAEFile], token_counts: Sequence[int], where: object) -> None:
     """Refuse a sentence longer than the context an SAE was trained on (its cfg's `context_size`): refused, not
     truncated, so that every stored fragment is one the SAE could have seen."""
-    limited = [sae for sae in saes if sae.layout.context_size is not None]
+    limited = [(sae.layout.context_size, sae) for sae in saes if sae.layout.context_size is not None]
     if not limited:
         return
-    shortest = min(limited, key=lambda sae: sae.layout.context_size)
-    limit = shortest.layout.context_size
+    limit, shortest = min(limited, key=itemgetter(0))
     for row, count in enumerate(token_counts):
         if count > limit:
             raise InputError(

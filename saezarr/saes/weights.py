@@ -77,12 +77,9 @@ def _safetensors_header(path: Path) -> dict[str, Tensor]:
 
 def mapped(path: Path, tensor: Tensor) -> np.ndarray:
     """A tensor's data memory-mapped copy-on-write (read whole for a compressed `.npz` member), as stored."""
-    if path.suffix == ".npz":
-        if tensor.offset is None:
-            return load_member(path, next(m for k, m in read_members(path).items() if k == tensor.key))
-        dtype = np.dtype(tensor.dtype)
-    else:
-        dtype = np.dtype(_SAFETENSORS_DTYPES[tensor.dtype])
+    if tensor.offset is None:  # a compressed `.npz` member (a safetensors array always has an offset)
+        return load_member(path, next(m for k, m in read_members(path).items() if k == tensor.key))
+    dtype = np.dtype(tensor.dtype if path.suffix == ".npz" else _SAFETENSORS_DTYPES[tensor.dtype])
     return np.memmap(path, dtype=dtype, mode="c", offset=tensor.offset, shape=tensor.shape)
 
 

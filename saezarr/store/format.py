@@ -36,6 +36,7 @@ from saezarr.store.residual_arrays import (
     RESIDUALS,
     ResidualArrays,
     add_residual_arrays,
+    kept_residuals,
     write_consolidated,
 )
 from saezarr.store.shards import ChunkLayout, ShardDamaged, ShardEncoder
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
     import pandas as pd
     import zarr
     from zarr.storage import StorePath
+
+    from saezarr.store.storage.zarr_store import StorageStore
 
 ACTIVATIONS = "activations"
 STATE_GROUP = "_saezarr"
@@ -159,9 +162,9 @@ class Store:
         """One coordinate of the store, e.g. `sentence_index` or `layer`, read whole (strings as numpy StringDType)."""
         import zarr
 
-        return zarr.open_array(self.zarr_location(name, read_only=True), mode="r")[...]
+        return zarr.open_array(self.zarr_location(name, read_only=True), mode="r")[...]  # type: ignore[return-value]  # zarr: [...] of an N-d array is an ndarray
 
-    def zarr_location(self, name: str = "", read_only: bool | None = None) -> Path | StorePath:
+    def zarr_location(self, name: str = "", read_only: bool | None = None) -> Path | StorePath | StorageStore:
         """Where zarr opens the node `name` of this store ('': its root): by path if local, else through its storage."""
         from saezarr.store.storage.zarr_store import zarr_location
 
@@ -205,7 +208,9 @@ class Store:
     def shard_written(self, config_index: int, chunk: int) -> bool:
         """True if the unit's shard file (RESIDUAL_UNIT: each of the chunk's residual files) is there and not empty
         (marked or not)."""
-        keys = self.residuals.keys(chunk) if config_index == RESIDUAL_UNIT else self.shard_keys(config_index, chunk)
+        keys = (
+            kept_residuals(self).keys(chunk) if config_index == RESIDUAL_UNIT else self.shard_keys(config_index, chunk)
+        )
         return all(_size(self.storage, key) > 0 for key in keys)
 
     def done_matrix(self) -> np.ndarray:
@@ -235,7 +240,7 @@ class Store:
         start, stop = self.chunk_bounds(chunk)
         first, last, _ = features.indices(int(self.widths[config_index]))
         if self._shard_encoder is None:
-            return reduce(self.array[config_index, start:stop, first:last])
+            return reduce(self.array[config_index, start:stop, first:last])  # type: ignore[arg-type]  # zarr: an ndarray
         parts = []
         for shard in range(first // self.shard_width, -(-last // self.shard_width)):
             offset = shard * self.shard_width
@@ -255,7 +260,7 @@ class Store:
         """One unit's latents [fragment, len(features)] of some features."""
         start, stop = self.chunk_bounds(chunk)
         if self._shard_encoder is None:
-            return self.array.get_orthogonal_selection((config_index, slice(start, stop), features))
+            return self.array.get_orthogonal_selection((config_index, slice(start, stop), features))  # type: ignore[return-value]  # zarr: [...] of an N-d array is an ndarray
         features = np.asarray(features, dtype=np.int64)
         out = np.empty((stop - start, len(features)), dtype="<f4")
         shards = features // self.shard_width
@@ -318,7 +323,7 @@ class Store:
     def mark_done(self, config_index: int, chunk: int) -> None:
         """Mark a unit complete (RESIDUAL_UNIT: a chunk's residuals); only once its files are durable."""
         if config_index == RESIDUAL_UNIT:
-            self.residuals.mark_done(chunk)
+            kept_residuals(self).mark_done(chunk)
             return
         self.storage.touch(self._mark(config_index, chunk))
 
@@ -370,7 +375,7 @@ def directory_bytes(path: Path) -> int:
     return total
 
 
-def read_saezarr_attrs(path: Path) -> dict:
+def read_saezarr_attrs(path: str | Path) -> dict:
     """The store's root attributes, or an error if the folder is not a saezarr store."""
     return read_attrs(open_storage(path))
 
@@ -402,12 +407,12 @@ def _modified_ns(storage: Storage, key: str) -> int:
         return 0
 
 
-def store_identity(path: Path) -> str:
+def store_identity(path: str | Path) -> str:
     """The identity of the store at path as it is on disk now (see `Store.identity`)."""
     return read_saezarr_attrs(path).get(STORE_ID) or _legacy_identity(Path(path))
 
 
-def refuse_if_replaced(path: Path, identity: str) -> None:
+def refuse_if_replaced(path: str | Path, identity: str) -> None:
     """Refuse in one line when the store at path is no longer the store of this identity (replaced or grown)."""
     on_disk = store_identity(path)
     if on_disk != identity:
@@ -417,7 +422,7 @@ def refuse_if_replaced(path: Path, identity: str) -> None:
         )
 
 
-def _legacy_identity(path: Path) -> str:
+def _legacy_identity(path: str | Path) -> str:
     # a store from before store_id: its activations' metadata file, written anew whenever a store is created
     stat = (Path(path) / ACTIVATIONS / "zarr.json").stat()
     return f"legacy-{stat.st_ino}-{stat.st_mtime_ns}-{stat.st_size}"
@@ -503,7 +508,8 @@ def _stored_sae_paths(path: Path) -> list[str]:
 
     try:
         return [
-            str(value) for value in zarr.open_array(zarr_location(open_storage(path), "sae_path", True), mode="r")[:]
+            str(value)
+            for value in zarr.open_array(zarr_location(open_storage(path), "sae_path", True), mode="r")[:]  # type: ignore[union-attr]  # zarr: [:] is an ndarray
         ]
     except (OSError, ValueError, KeyError, zarr.errors.BaseZarrError) as exc:
         raise StoreDamaged(
@@ -536,6 +542,7 @@ def create_store(
     def write(root: Path) -> None:
         _write_layout(root, fragments, configs, widths, attrs, chunk_fragments, shard_width=min(widths))
         if residual_layers is not None:
+            assert hidden_size is not None  # the residuals' width comes with their layers
             add_residual_arrays(root, list(residual_layers), hidden_size, len(fragments), chunk_fragments)
             write_consolidated(root)
 

@@ -50,7 +50,7 @@ class Growth:
     @property
     def widths(self) -> list[int]:
         """Each config's SAE width after the extension."""
-        return [int(c.width) for c in self.configs]
+        return [c.known_width for c in self.configs]
 
     def record(self) -> dict:
         """The extension record kept in the store until the extension is complete."""

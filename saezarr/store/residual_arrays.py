@@ -8,11 +8,15 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from saezarr.durable.folders import write_durably
 from saezarr.store.storage import Storage, open_storage
+
+if TYPE_CHECKING:
+    from saezarr.store.format import Store
 
 RESIDUALS = "residuals"
 EMBEDDINGS = "embeddings"
@@ -31,7 +35,7 @@ def add_residual_arrays(
 
     chunk_fragments = max(1, min(chunk_fragments, n_fragments))
     compressor = ZstdCodec(level=ZSTD_LEVEL, checksum=True)  # a damaged chunk fails to decode
-    common = dict(dtype=dtype, fill_value=np.nan, compressors=compressor, zarr_format=3)
+    common: dict[str, Any] = dict(dtype=dtype, fill_value=np.nan, compressors=compressor, zarr_format=3)
     zarr.create_array(
         str(path / RESIDUALS),
         shape=(len(layers), n_fragments, hidden),
@@ -96,8 +100,8 @@ class ResidualArrays:
         import zarr
 
         layout = ChunkLayout.parse(storage.get(f"{RESIDUALS}/zarr.json"), path / RESIDUALS)
-        layers = zarr.open_array(zarr_location(storage, RESIDUAL_LAYER, read_only=True), mode="r")[...]
-        layers = np.asarray(layers, dtype=np.int64)
+        stored = zarr.open_array(zarr_location(storage, RESIDUAL_LAYER, read_only=True), mode="r")[...]
+        layers = np.asarray(stored, dtype=np.int64)
         return cls(
             path, tuple(layers.tolist()), layout.shape[2], layout.shape[1], layout.chunks[1], layout.dtype, storage
         )
@@ -183,3 +187,10 @@ class ResidualArrays:
         from numcodecs import Zstd
 
         return Zstd(level=ZSTD_LEVEL, checksum=True)
+
+
+def kept_residuals(store: Store) -> ResidualArrays:
+    """The residual arrays of a store that keeps them: what reads or writes residuals is only given such a store."""
+    if store.residuals is None:
+        raise AssertionError(f"{store.path}: the store keeps no residuals")
+    return store.residuals

@@ -102,13 +102,14 @@ class ShardEncoder:
         array, not a view."""
         inner = range(self.width // self.inner_width) if inner is None else inner
         index, block = self._index(data), self._block()
-        out = None
+        out: np.ndarray | None = None
         for j, i in enumerate(inner):
             self._decode_inner_chunk(data, index[i], block)
             part = reduce(block[:n_rows])
             if out is None:
                 out = np.empty((part.shape[0], len(inner) * self.inner_width), dtype=part.dtype)
             out[:, j * self.inner_width : (j + 1) * self.inner_width] = part
+        assert out is not None  # callers ask for at least one inner chunk
         return out
 
     def decode_columns(self, data: bytes | Ranges | None, n_rows: int, columns: np.ndarray) -> np.ndarray:
@@ -129,6 +130,7 @@ class ShardEncoder:
         if offset == MISSING and length == MISSING:
             block.fill(self.fill_value)
             return
+        assert data is not None  # a shard never written has only missing chunks (its index says so)
         try:
             self.zstd.decode(data[offset : offset + length], out=block)
         except RuntimeError as exc:  # numcodecs' zstd: a bad frame or checksum

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from functools import partial
 
 import pytest
 
@@ -12,6 +13,11 @@ from saezarr.store.storage.base import Storage
 
 RACERS = 8
 ROUNDS = 20
+
+
+def _write_as(storage: Storage, key: str, writer: int) -> bool:
+    """Writer `writer`'s put_if_absent of its own value."""
+    return storage.put_if_absent(key, f"writer {writer}".encode())
 
 
 def _race(racers: int, attempt: Callable[[int], object]) -> list[object]:
@@ -130,7 +136,7 @@ class StorageTests:
         """Of writers released together, exactly one writes, and its value is the one kept."""
         for round_ in range(ROUNDS):
             key = f"race/{round_}"
-            wins = _race(RACERS, lambda i, key=key: storage.put_if_absent(key, f"writer {i}".encode()))
+            wins = _race(RACERS, partial(_write_as, storage, key))
             assert wins.count(True) == 1, wins
             assert storage.get(key) == f"writer {wins.index(True)}".encode()
 

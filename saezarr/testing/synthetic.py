@@ -191,13 +191,14 @@ def write_saes(
 ) -> Path:
     """Write one Gemma Scope-layout `params.npz` per config, thresholds calibrated to its average_l0."""
     folder = Path(folder)
-    residuals = calibration_residuals(Path(model_folder), sorted({c.layer for c in configs}), calibration)
+    residuals = calibration_residuals(Path(model_folder), sorted({c.known_layer for c in configs}), calibration)
     rng = np.random.default_rng(seed)
     for config in configs:
-        weights = random_sae(residuals[config.layer], width, config.average_l0, rng)
+        assert config.average_l0 is not None, f"config {config.name}: a synthetic SAE is calibrated to its L0"
+        weights = random_sae(residuals[config.known_layer], width, config.average_l0, rng)
         target = folder / config.path
         target.mkdir(parents=True, exist_ok=True)
-        np.savez(target / "params.npz", **weights)
+        np.savez(target / "params.npz", **weights)  # type: ignore[arg-type]  # numpy's stubs: ** might be allow_pickle
     return folder
 
 
@@ -303,7 +304,7 @@ def demo_configs(layers: Sequence[int] = (0, 2, 5), l0s: Sequence[int] = (8, 24)
 def write_config_file(path: str | Path, model: str, sae_repo: str, configs: Sequence[SAEConfig]) -> Path:
     """Write a config file in the `gemma_scope_16k_configurations.json` schema, each entry with the site it reads."""
     entries = [
-        {"layer": c.layer, "average_l0": c.average_l0, "path": c.path, "hook": c.hook or resid_post(c.layer)}
+        {"layer": c.layer, "average_l0": c.average_l0, "path": c.path, "hook": c.hook or resid_post(c.known_layer)}
         for c in configs
     ]
     Path(path).write_text(json.dumps({"model": model, "sae_repo": sae_repo, "configs": entries}, indent=1))

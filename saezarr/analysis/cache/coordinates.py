@@ -108,7 +108,7 @@ def _save(memo: Path, identity: str, values: dict[str, np.ndarray]) -> None:
     arrays = {_IDENTITY: np.array(identity)}
     for name, array in values.items():
         arrays.update(_packed(name, array) if array.dtype == object else {name: array})
-    if replace_file(memo, lambda file: np.savez(file, **arrays)):
+    if replace_file(memo, lambda file: np.savez(file, **arrays)):  # type: ignore[arg-type]  # numpy's stubs: ** might be allow_pickle
         _remove_memos_of_stores_gone(memo.parent, keep=memo)
 
 

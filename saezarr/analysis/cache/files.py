@@ -11,6 +11,7 @@ import shutil
 import weakref
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -203,8 +204,8 @@ class AnalysisCache:
             return [((ci, feature), _tokens(fragments, block[:, j])) for j, feature in enumerate(features)]
 
         read_now = defaultdict(list)
-        for tokens in map_in_threads(read, lacking):
-            for key, part in tokens:
+        for parts in map_in_threads(read, lacking):
+            for key, part in parts:
                 read_now[key].append(part)
         out = {}
         for key, wanted in rows.items():
@@ -212,7 +213,7 @@ class AnalysisCache:
             if key in read_now:
                 tokens = np.sort(np.concatenate([tokens, *read_now[key]]), order="row")
                 # never parents: an entry evicted meanwhile must not come back as a stub holding only tokens/
-                replace_file(self._token_file(*key), lambda file, tokens=tokens: np.save(file, tokens), parents=False)
+                replace_file(self._token_file(*key), partial(np.save, arr=tokens), parents=False)
             out[key] = tokens["value"][np.searchsorted(tokens["row"], wanted)]
         return out
 

@@ -162,7 +162,7 @@ def _provenance(info: dict) -> str:
 def _overview(summary: pd.DataFrame, png: bytes) -> str:
     image = base64.b64encode(png).decode("ascii")
     rows = "".join(_overview_row(row) for row in summary.itertuples(index=False))
-    names = ("SAE", "layer", "L0", "best score", "best feature", "passing")
+    names: tuple[str, ...] = ("SAE", "layer", "L0", "best score", "best feature", "passing")
     if "chance_pearson" in summary:
         names += ("best pearson, chance (95th pct)",)
     head = "".join(f"<th>{h}</th>" for h in names)

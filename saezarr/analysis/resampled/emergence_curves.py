@@ -38,6 +38,7 @@ class EmergenceCurves:
         """The layer's row."""
         context = inputs.context
         residuals = context.residual_of.get(inputs.layer)
+        assert context.folds is not None  # emergence is wanted only with folds
         return layer_row(inputs.layer, inputs.splits, residuals, context.targets, context.folds)
 
     def combine(self, shares: list, context: ResamplingContext) -> list[dict]:

@@ -103,6 +103,11 @@ class Block:
         """Which columns hold one value for every sentence."""
         raise NotImplementedError
 
+    @property
+    def maximum(self) -> np.ndarray:
+        """Each column's greatest value."""
+        raise NotImplementedError
+
     def _compute(self, metric: Metric) -> np.ndarray:
         raise NotImplementedError
 

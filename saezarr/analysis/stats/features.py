@@ -41,13 +41,26 @@ class FeatureMatrix:
         """The matrices' columns side by side (same rows)."""
         n_rows = parts[0].shape[0]
         width = sum(part.shape[1] for part in parts)
-        if all(part.positives is not None for part in parts):
+        positives = [part.positives for part in parts if part.positives is not None]
+        if len(positives) == len(parts):
             offsets = np.cumsum([0, *(part.shape[1] for part in parts[:-1])])
-            rows = np.concatenate([part.positives[0] for part in parts])
-            cols = np.concatenate([part.positives[1] + offset for part, offset in zip(parts, offsets)])
-            values = np.concatenate([part.positives[2] for part in parts])
+            rows = np.concatenate([entries[0] for entries in positives])
+            cols = np.concatenate([entries[1] + offset for entries, offset in zip(positives, offsets)])
+            values = np.concatenate([entries[2] for entries in positives])
             return cls((n_rows, width), positives=(rows, cols, values))
         return cls((n_rows, width), dense=np.hstack([part.toarray() for part in parts]))
+
+    @property
+    def _dense_array(self) -> np.ndarray:
+        """`dense`, of a matrix held dense (one not held as positives)."""
+        assert self.dense is not None
+        return self.dense
+
+    @property
+    def _positive_entries(self) -> Positives:
+        """`positives`, of a matrix held as its positive entries."""
+        assert self.positives is not None
+        return self.positives
 
     def toarray(self) -> np.ndarray:
         """The matrix as a dense float64 array."""
@@ -58,7 +71,7 @@ class FeatureMatrix:
         keep = np.asarray(keep, dtype=bool)
         shape = (int(keep.sum()), self.shape[1])
         if self.positives is None:
-            return FeatureMatrix(shape, dense=self.dense[keep])
+            return FeatureMatrix(shape, dense=self._dense_array[keep])
         rows, cols, values = self.positives
         inside = keep[rows]
         renumber = np.cumsum(keep) - 1
@@ -68,7 +81,7 @@ class FeatureMatrix:
         """The columns `which` as a dense float64 [sentences, len(which)] array."""
         which = np.asarray(which, dtype=np.int64)
         if self.positives is None:
-            return self.dense[:, which]
+            return self._dense_array[:, which]
         rows, _, values = self.positives
         unique, repeats = np.unique(which, return_inverse=True)  # a column asked for twice is filled twice
         starts = self._column_starts()
@@ -84,7 +97,7 @@ class FeatureMatrix:
         keep = np.asarray(keep, dtype=bool)
         shape = (self.shape[0], int(keep.sum()))
         if self.positives is None:
-            return FeatureMatrix(shape, dense=self.dense[:, keep] * scale[keep])
+            return FeatureMatrix(shape, dense=self._dense_array[:, keep] * scale[keep])
         rows, cols, values = self.positives
         inside = keep[cols]
         renumber = np.cumsum(keep) - 1
@@ -95,20 +108,20 @@ class FeatureMatrix:
     def active(self) -> np.ndarray:
         """Which columns hold a value other than zero."""
         if self.positives is None:
-            return np.count_nonzero(self.dense, axis=0) > 0
+            return np.count_nonzero(self._dense_array, axis=0) > 0
         return np.bincount(self.positives[1], minlength=self.shape[1]) > 0
 
     def t_dot(self, w: np.ndarray) -> np.ndarray:
         """matrixᵀ @ w for a [sentences, k] array w: [features, k] float64."""
         if self.positives is None:
-            return self.dense.T @ w
+            return self._dense_array.T @ w
         return np.asarray(self._sparse().T @ w)
 
     def spread(self, keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """On the rows where the boolean mask keep is true (None: every row): which columns hold one value in every
         row, and each column's sum of squared deviations from its mean."""
         if self.positives is None:
-            x = self.dense if keep is None else self.dense[keep]
+            x = self._dense_array if keep is None else self._dense_array[keep]
             return x.max(axis=0) == x.min(axis=0), ((x - x.mean(axis=0)) ** 2).sum(axis=0)
         _, cols, values = self.positives
         n_rows, n_cols = self.shape
@@ -127,7 +140,7 @@ class FeatureMatrix:
     def ranks_t_dot(self, w: np.ndarray) -> np.ndarray:
         """(within-column average ranks)ᵀ @ w for a [sentences, k] array w: [features, k] float64."""
         if self.positives is None:
-            return average_ranks(self.dense).T @ w
+            return average_ranks(self._dense_array).T @ w
         _, cols, values = self.positives
         zeros, ranks = positive_ranks(*self.shape, cols, values)
         bottom = (zeros + 1) / 2  # the rank the zeros of a column share
@@ -144,12 +157,12 @@ class FeatureMatrix:
         rows within a column are valid CSC: nothing is sorted)."""
         import scipy.sparse as sp
 
-        return sp.csc_matrix((values, self.positives[0], self._column_starts()), shape=self.shape)
+        return sp.csc_matrix((values, self._positive_entries[0], self._column_starts()), shape=self.shape)
 
     def _column_starts(self) -> np.ndarray:
         """Where each column's positives start, and where the last one's end: [features + 1]."""
         if self._starts is None:
-            counts = np.bincount(self.positives[1], minlength=self.shape[1])
+            counts = np.bincount(self._positive_entries[1], minlength=self.shape[1])
             self._starts = np.concatenate([[0], np.cumsum(counts)])
         return self._starts
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
+from operator import itemgetter
 
 import numpy as np
 
@@ -32,9 +34,8 @@ class SentenceLayout:
         starts = sentence_starts(sentence)
         stops = np.r_[starts[1:], len(sentence)]
         finals = np.flatnonzero(np.asarray(is_final_token, dtype=bool))
-        if len(finals) != len(starts) or np.any(sentence[finals] != sentence[starts]):
-            finals = None
-        return cls(starts, stops, finals, np.asarray(labels)[starts].astype(np.int64))
+        one_each = len(finals) == len(starts) and not np.any(sentence[finals] != sentence[starts])
+        return cls(starts, stops, finals if one_each else None, np.asarray(labels)[starts].astype(np.int64))
 
     @property
     def n_sentences(self) -> int:
@@ -77,20 +78,19 @@ def pool_sentences(
         out.fill(-np.inf)
     for chunk, (start, stop) in enumerate(bounds):
         if pool == "final":
+            assert layout.finals is not None  # layout.check: every sentence has its final-token fragment
             first, last = np.searchsorted(layout.finals, (start, stop))
             rows = layout.finals[first:last] - start
-            out[first:last] = read(chunk, lambda block, rows=rows: block[rows])
+            out[first:last] = read(chunk, itemgetter(rows))
             continue
         # the sentences with fragments in this chunk, and where each one's part of the chunk begins
         first, last = np.searchsorted(layout.stops, start, side="right"), np.searchsorted(layout.starts, stop)
         segments = np.maximum(layout.starts[first:last], start) - start
         if pool == "max":
-            part = read(chunk, lambda block, s=segments: np.maximum.reduceat(block, s, axis=0))
+            part = read(chunk, partial(np.maximum.reduceat, indices=segments, axis=0))
             np.maximum(out[first:last], part, out=out[first:last])
         else:
-            out[first:last] += read(
-                chunk, lambda block, s=segments: np.add.reduceat(block, s, axis=0, dtype=np.float64)
-            )
+            out[first:last] += read(chunk, partial(np.add.reduceat, indices=segments, axis=0, dtype=np.float64))
     if pool == "mean":
         out /= (layout.stops - layout.starts).astype(np.float64)[:, None]
     return out

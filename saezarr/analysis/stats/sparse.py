@@ -15,7 +15,8 @@ def average_ranks(x: np.ndarray) -> np.ndarray:
     if positives is None:
         return _sorted_ranks(x)
     rows, cols, values = positives
-    zeros, ranks = positive_ranks(*x.shape, cols, values)
+    n_rows, n_cols = x.shape
+    zeros, ranks = positive_ranks(n_rows, n_cols, cols, values)
     out = np.broadcast_to((zeros + 1) / 2, x.shape).copy()
     out[rows, cols] = ranks
     return out
@@ -57,7 +58,7 @@ def positive_entries_of(blocks: list[np.ndarray], most: float = 0.25) -> Positiv
     n_rows, width = blocks[0].shape[0], sum(block.shape[1] for block in blocks)
     for block in blocks:
         nonzero = block != 0  # a C-ordered mask, even of a view: np.flatnonzero of it is far faster than np.nonzero
-        found += np.count_nonzero(nonzero)
+        found += int(np.count_nonzero(nonzero))
         if found > most * n_rows * width:
             return None
         rows, cols = np.divmod(np.flatnonzero(nonzero), block.shape[1])

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 
 def jumprelu(pre: Tensor, bounds: Bounds) -> Tensor:
     """`pre` where `pre > threshold`, else +0.0, in place."""
+    assert bounds.threshold is not None  # uses_threshold: the encoder passes the tile's thresholds
     return pre.masked_fill_(pre <= bounds.threshold, 0.0)
 
 

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
 def topk(pre: Tensor, bounds: Bounds) -> Tensor:
     """`pre` where it is at least its row's k-th largest and positive, else +0.0, in place."""
+    assert bounds.kth is not None  # uses_k: the encoder passes each row's k-th largest
     pre.masked_fill_(pre < bounds.kth, 0.0)
     return relu(pre, bounds)
 

@@ -130,6 +130,7 @@ def describe(config: SAEConfig, fetch: Fetch, repo: str) -> SAEDescription | Non
     read = site(cfg, path, where)
     facts = training_facts(cfg, where)
     weights = fetch(WEIGHTS, True)
+    assert weights is not None  # required: fetch raises rather than return None
     return SAEDescription(
         "saelens",
         weights,

@@ -107,7 +107,7 @@ class LocalStorage(Storage):
     def list_prefix(self, prefix: str) -> Iterator[str]:
         """The files whose keys start with prefix, sorted, walking only the folders that can hold them."""
         folder = prefix.rpartition("/")[0]
-        keys = []
+        keys: list[str] = []
         for parent, folders, files in os.walk(self.root / folder if folder else self.root):
             here = Path(parent).relative_to(self.root).as_posix()
             here = "" if here == "." else f"{here}/"
