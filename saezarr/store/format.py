@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     import zarr
     from zarr.storage import StorePath
 
-    from saezarr.store.storage.zarr_store import StorageStore
+    from saezarr.store.zarr_adapter import StorageStore
 
 ACTIVATIONS = "activations"
 STATE_GROUP = "_saezarr"
@@ -166,7 +166,7 @@ class Store:
 
     def zarr_location(self, name: str = "", read_only: bool | None = None) -> Path | StorePath | StorageStore:
         """Where zarr opens the node `name` of this store ('': its root): by path if local, else through its storage."""
-        from saezarr.store.storage.zarr_store import zarr_location
+        from saezarr.store.zarr_adapter import zarr_location
 
         return zarr_location(self.storage, name, self.mode == "r" if read_only is None else read_only)
 
@@ -504,7 +504,7 @@ def _stored_sae_paths(path: Path) -> list[str]:
     """The store's `sae_path` coordinate, one per config."""
     import zarr
 
-    from saezarr.store.storage.zarr_store import zarr_location
+    from saezarr.store.zarr_adapter import zarr_location
 
     try:
         return [

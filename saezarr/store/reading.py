@@ -24,7 +24,7 @@ def open_store(path: str | Path, dask: bool = True) -> xr.Dataset:
     with dask=False a lazily indexed zarr array (no graph to build: for readers of the shard files)."""
     import xarray as xr
 
-    from saezarr.store.storage.zarr_store import zarr_location
+    from saezarr.store.zarr_adapter import zarr_location
 
     storage = _existing_store(path)
     read_attrs(storage)

@@ -92,7 +92,7 @@ class ResidualArrays:
     def open(cls, path: Path, storage: Storage | None = None) -> ResidualArrays | None:
         """The residual arrays of the store at path (in storage, if given), or None if it keeps no residual stream."""
         from saezarr.store.shards import ChunkLayout
-        from saezarr.store.storage.zarr_store import zarr_location
+        from saezarr.store.zarr_adapter import zarr_location
 
         storage = storage or open_storage(path)
         if not storage.exists(f"{RESIDUALS}/zarr.json"):

@@ -15,7 +15,7 @@ from saezarr.store.format import ACTIVATIONS, Store
 from saezarr.store.reading import open_existing, open_store
 from saezarr.store.storage import STORAGES
 from saezarr.store.storage.local import LocalStorage
-from saezarr.store.storage.zarr_store import StorageStore, zarr_location
+from saezarr.store.zarr_adapter import StorageStore, zarr_location
 from saezarr.testing.memory_storage import MemoryStorage
 
 _names = itertools.count()

@@ -1,5 +1,6 @@
 """zarr v3's `Store` over a saezarr `Storage`, so that zarr and xarray open (and write) a store on any backend; a
-local store is still opened by its path, with zarr's own LocalStore, as it always was."""
+local store is still opened by its path, with zarr's own LocalStore, as it always was. (Not in `store/storage/`,
+whose modules are the backends its registry imports: this one imports zarr.)"""
 
 from __future__ import annotations
 
