@@ -19,6 +19,7 @@ from saezarr.build.build_options import DEFAULT_CONFIG, BuildOptions
 from saezarr.errors import SaezarrError, SaezarrNote, render
 from saezarr.export.export_options import ExportOptions
 from saezarr.option_fields import add_options, command_fields, flag, from_args, option
+from saezarr.store.storage import Location, as_location
 
 __all__ = ["COMMANDS", "DEFAULT_CONFIG", "main", "parser"]
 
@@ -115,7 +116,7 @@ class _Parser(argparse.ArgumentParser):
 class InfoOptions:
     """What `saezarr info` takes."""
 
-    store: Path = option(MISSING, help=None, positional=True, type=Path)
+    store: Location = option(MISSING, help=None, positional=True, type=as_location)
     json: bool = option(False, help="machine-readable output")
 
 

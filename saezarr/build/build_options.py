@@ -15,6 +15,7 @@ from saezarr.inputs.configs import parse_layers
 from saezarr.machine import parse_size
 from saezarr.option_fields import comma_list, option, options_of, positive_int
 from saezarr.store import DEFAULT_CHUNK_FRAGMENTS
+from saezarr.store.storage import Location, as_location
 
 DEFAULT_CONFIG = Path(catalogues.DEFAULT)  # a bundled catalogue, in the package
 DEMO_OUTPUT = Path("saezarr-demo.zarr")
@@ -40,7 +41,9 @@ class BuildOptions:
     """Everything `saezarr build` takes; None leaves an option to its default, resolved once in the build's plan."""
 
     input: Path | None = option(help="CSV with columns sentence,concept_strength_label", type=Path)
-    output: Path | None = option(help="the Zarr store folder to write", type=Path)
+    output: Location | None = option(
+        help="the Zarr store to write: a folder, or a URL (s3://BUCKET/NAME.zarr, gs://, az://)", type=as_location
+    )
     config_file: Path | None = option(
         help=f"SAE configuration file, or a bundled catalogue's name (`saezarr catalogues`; default: {DEFAULT_CONFIG})",
         flag="--config",
