@@ -51,7 +51,7 @@ from saezarr.store.format import (
     store_lock,
 )
 from saezarr.store.growing import finish_growth, grow_store, restore_interrupted_growth
-from saezarr.store.storage import Location, absolute_location
+from saezarr.store.storage import Location, absolute_location, is_url
 from saezarr.store.storage.base import WriterLock
 
 if TYPE_CHECKING:
@@ -287,6 +287,8 @@ def _sigterm_interrupts():
 
 def _open_or_create(options: BuildOptions, plan: BuildPlan, exists: bool) -> tuple[Store, WriterLock]:
     """Open the store to resume, or create it; an old store is replaced only while its lock is held."""
+    if not exists and is_url(plan.output):
+        return _create_locked(plan)
     if not exists:
         store = _create(plan, replace=False)
     elif options.resume:
@@ -311,6 +313,23 @@ def _open_or_create(options: BuildOptions, plan: BuildPlan, exists: bool) -> tup
     lock = store.lock()
     lock.acquire()
     return store, lock
+
+
+def _create_locked(plan: BuildPlan) -> tuple[Store, WriterLock]:
+    """Create a store in a key-value storage holding its lock from the start (a folder is created by one rename
+    instead): of two builds racing to create it, one does and the other is refused."""
+    lock = store_lock(plan.output)
+    lock.acquire()
+    try:
+        if check_output_path(plan.output):
+            raise OutputExists(
+                f"{option('output', plan.output)}: another build created a store there meanwhile; use "
+                f"{option('resume', True)} to continue it"
+            )
+        return _create(plan, replace=False), lock
+    except BaseException:
+        lock.release()
+        raise
 
 
 def _create(plan: BuildPlan, replace: bool) -> Store:

@@ -58,6 +58,7 @@ MIN_UNIT_FRAGMENTS = 128  # but no fewer: BLAS packs all of W_enc per unit, a co
 STAGING_SUFFIX = ".creating"
 MARKS = f"{STATE_GROUP}/done"  # a unit's completion mark: `MARKS/CONFIG/CHUNK`, an empty object
 LOCK = f"{STATE_GROUP}/lock"  # the writer lock's record
+CREATING = f"{STATE_GROUP}/creating"  # in a key-value storage, there while a store is being created
 EXTEND_RECORD = "extend.json"  # in _saezarr/: what an extension keeps of the store's last partial chunk
 WIDTHS = "widths"  # root attribute: each config's SAE width (absent in stores of one width from older versions)
 STORE_ID = "store_id"  # root attribute: a random id, new on each create or overwrite (or extend) of a store
@@ -462,8 +463,10 @@ def _check_output_storage(path: str) -> bool:
                 f"{path}: a read-only store (published over {path.partition(':')[0]}); build writes to a "
                 "path or to an object store (s3://, gs://, az://)"
             )
-        if not storage.exists("zarr.json") and next(iter(storage.list_prefix("")), None) is None:
-            return False
+        if not storage.exists("zarr.json"):
+            others = [key for key in storage.list_prefix("") if key != LOCK]
+            if not others or CREATING in others:  # nothing, or a store that saezarr began to create
+                return False
     except InputError as exc:
         raise InputError(option("output", exc.message)) from None
     try:
@@ -581,18 +584,21 @@ def _create_in_folder(path: Path, write: Callable[[Path], None], replace: bool) 
 
 def _create_in_storage(storage: Storage, write: Callable[[Path], None], replace: bool) -> None:
     """Write a store into a scratch folder, then put its files into a key-value storage, the root zarr.json last:
-    until that is in there is no store, as a folder's rename does. `replace`: the old store's objects (but its lock)
-    go first, its root before the rest."""
+    until that is in there is no store, as a folder's rename does. `replace` (or a store half-created by a killed
+    build, which the CREATING mark tells): the old objects (but the lock) go first, the root before the rest."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="saezarr-create-") as scratch:
         write(Path(scratch) / "store")
-        if replace:
+        half_created = storage.exists(CREATING)
+        storage.put(CREATING, b"")  # until the root is in, what is here is saezarr's, to replace on a rerun
+        if replace or half_created:
             storage.delete("zarr.json")
             for key in list(storage.list_prefix("")):
-                if key != LOCK:
+                if key not in (LOCK, CREATING):
                     storage.delete(key)
         copy_objects(open_storage(Path(scratch) / "store"), storage, last="zarr.json")
+        storage.delete(CREATING)
 
 
 def copy_objects(source: Storage, target: Storage, into: str = "", last: str | None = None) -> None:

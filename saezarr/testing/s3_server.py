@@ -107,6 +107,8 @@ class Proxy:
         self.fail_share = fail_share
         self.random = random.Random(seed)
         self.counts: Counter[str] = Counter()
+        self.failed = 0  # requests answered 503
+        self.stopped = False
         self.bytes_in = 0
         self.bytes_out = 0
         self.lock = threading.Lock()
@@ -127,7 +129,8 @@ class Proxy:
         return self
 
     def stop(self) -> None:
-        """Stop answering and close the port."""
+        """Stop answering (connections kept alive are dropped too) and close the port."""
+        self.stopped = True
         self.server.shutdown()
         self.server.server_close()
 
@@ -147,6 +150,9 @@ class Proxy:
                 pass
 
             def _forward(self) -> None:
+                if proxy.stopped:  # as a server that is gone: the connection drops without an answer
+                    self.close_connection = True
+                    return
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 kind = "LIST" if self.command == "GET" and "list-type" in self.path else self.command
@@ -155,6 +161,8 @@ class Proxy:
                     proxy.bytes_in += len(body)
                     fail = proxy.random.random() < proxy.fail_share
                 if fail:
+                    with proxy.lock:
+                        proxy.failed += 1
                     self.send_response(503)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
