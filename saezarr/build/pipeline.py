@@ -149,8 +149,10 @@ def _interrupted(stop: KeyboardInterrupt, what: str) -> Interrupted:
 
 def _finish(summary: BuildSummary, store: Store, started: float) -> BuildSummary:
     """The summary's final counts."""
-    done = store.done_matrix()
-    summary.complete = bool(done.all()) and not len(store.pending_residuals())
+    if summary.units_written == 0 and summary.units_total:  # nothing written: what the count found stands
+        summary.complete = summary.units_skipped == summary.units_total
+    else:
+        summary.complete = bool(store.done_matrix().all()) and not len(store.pending_residuals())
     summary.bytes_on_disk = store.bytes_on_disk()
     summary.elapsed = time.perf_counter() - started
     return summary
