@@ -124,7 +124,7 @@ class InfoOptions:
 class CataloguesOptions:
     """What `saezarr catalogues` takes."""
 
-    json: bool = option(False, help="machine-readable output")
+    json: bool = option(False, help="machine-readable output: a list of objects with the columns' fields")
 
 
 @dataclass(frozen=True)
@@ -168,13 +168,20 @@ def _run_catalogues(options: CataloguesOptions) -> int:
     import json
 
     from saezarr.inputs.catalogues import list_catalogues
+    from saezarr.inputs.configs import width_tag
 
     found = list_catalogues()
     if options.json:
         print(json.dumps([dataclasses.asdict(c) for c in found], indent=2))
         return 0
-    for catalogue in found:
-        print(f"{catalogue.name}  {catalogue.n_configs} SAEs  {catalogue.model}  {catalogue.sae_repo}")
+    rows = [("name", "model", "site", "width", "SAEs")]
+    rows += [
+        (c.name, c.model, c.site, "mixed" if c.width is None else width_tag(c.width), str(c.n_configs)) for c in found
+    ]
+    sizes = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:  # the words left-aligned, width and count right-aligned
+        cells = [cell.ljust(size) for cell, size in zip(row[:3], sizes)]
+        print("  ".join(cells + [cell.rjust(size) for cell, size in zip(row[3:], sizes[3:])]))
     return 0
 
 
