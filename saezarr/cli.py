@@ -141,7 +141,7 @@ class CompareOptions:
 def _run_build(options: BuildOptions) -> int:
     from saezarr.build.pipeline import build
 
-    _quiet_libraries()
+    _quiet_libraries(options.quiet)
     print(build(options).line())
     return 0
 
@@ -238,9 +238,15 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def _quiet_libraries() -> None:
+def _quiet_libraries(quiet: bool) -> None:
+    """transformers' own messages and bars off (saezarr says what it loads); the hub's download bars, with their
+    ETAs, only unless quiet."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
+    downloads_shown = not are_progress_bars_disabled()  # False where HF_HUB_DISABLE_PROGRESS_BARS=1 says so
+    hf_logging.disable_progress_bar()  # transformers' and the hub's
     hf_logging.set_verbosity_error()
+    if downloads_shown and not quiet:
+        enable_progress_bars()

@@ -153,7 +153,9 @@ def run(plan: AnalyzePlan) -> AnalyzeSummary:
     for note in notes:
         warnings.warn(note, SaezarrNote, stacklevel=2)
     metrics = cache.metrics()
-    resampled = resample(cache, configs, layout, plan.pool, plan.resampling, store_residuals(store.path))
+    resampled = resample(
+        cache, configs, layout, plan.pool, plan.resampling, store_residuals(store.path), quiet=plan.quiet
+    )
     thresholds = plan.thresholds
     passing = passes_filter(metrics, thresholds.min_pearson, thresholds.min_tpr, thresholds.max_fpr)
     features = features_table(metrics, passing, configs, resampled.p_values(metrics))
