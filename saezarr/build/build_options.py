@@ -90,6 +90,9 @@ class BuildOptions:
         group="mode",
     )
     force_unlock: bool = option(False, help="take the store's lock even if another build seems to hold it")
+    unsafe_lock: bool = option(
+        False, help="build on an object store that ignores conditional writes (its lock cannot keep a second build out)"
+    )
     quiet: bool = option(False, help="no progress bar")
     demo: bool = option(False, help="build from the bundled sample with a tiny generated model (offline)")
     cluster: ClusterOptions = options_of(ClusterOptions)  # default: run in this process

@@ -45,6 +45,7 @@ from saezarr.progress import say
 from saezarr.saes.encoder import load_encoder
 from saezarr.store.format import (
     Store,
+    check_conditional_writes,
     check_output_path,
     create_store,
     open_for_resume,
@@ -109,6 +110,7 @@ def _build(options: BuildOptions) -> BuildSummary:
     assert options.output is not None  # with_defaults: refused without one
     # the output and flags first: a forgotten --resume must not wait for gigabytes of downloads
     exists = check_output_path(options.output)
+    check_conditional_writes(options.output, options.unsafe_lock)
     if exists and not (options.resume or options.overwrite):
         raise OutputExists(
             f"{option('output', options.output)}: a store exists there; use {option('resume', True)} to continue it or {option('overwrite', True)} to "
@@ -168,6 +170,7 @@ def _extend(options: BuildOptions, started: float) -> BuildSummary:
             f"out {option('overwrite', True)} and {option('resume', True)}"
         )
     assert options.output is not None  # with_defaults: refused without one
+    check_conditional_writes(options.output, options.unsafe_lock)
     if not check_output_path(options.output):
         raise StoreNotFound(
             f"{option('extend', True)}: no store at {option('output', options.output)} to extend; build it first"

@@ -507,6 +507,25 @@ def _check_output_storage(path: str) -> bool:
     return True
 
 
+def check_conditional_writes(location: Location, unsafe: bool = False) -> None:
+    """Refuse a store in a key-value storage that ignores conditional writes, on which the lock could let a second
+    writer in (unless `unsafe`): a probe object is created twice with put-if-absent, and the second must fail."""
+    storage = open_storage(location)
+    if storage.folder is not None or unsafe:
+        return
+    probe = f"{STATE_GROUP}/.conditional-write-probe-{uuid.uuid4().hex}"  # '.': never listed
+    try:
+        honoured = storage.put_if_absent(probe, b"first") and not storage.put_if_absent(probe, b"second")
+    finally:
+        storage.delete(probe)
+    if not honoured:
+        raise InputError(
+            f"{option('output', location)}: this object store ignores conditional writes (If-None-Match), so the "
+            f"store's lock cannot keep a second build out; use {option('unsafe_lock', True)} to build anyway, one "
+            "build at a time"
+        )
+
+
 def check_resume(path: Location, attrs: dict, configs: Sequence[SAEConfig] = ()) -> None:
     """Refuse to resume a store started with a different input, config selection, model, SAEs, tokens or options, or
     one that an extension has begun to grow."""

@@ -103,8 +103,9 @@ class Proxy:
     """An HTTP proxy on loopback in front of a server: counts requests by kind, answers a share of them with 503
     (`fail_share`), and can stop answering altogether (`stop`)."""
 
-    def __init__(self, upstream_port: int, fail_share: float = 0.0, seed: int = 0):
+    def __init__(self, upstream_port: int, fail_share: float = 0.0, seed: int = 0, strip_conditions: bool = False):
         self.upstream_port = upstream_port
+        self.strip_conditions = strip_conditions  # drop If-Match/If-None-Match: a server that ignores them
         self.fail_share = fail_share
         self.random = random.Random(seed)
         self.counts: Counter[str] = Counter()
@@ -173,7 +174,8 @@ class Proxy:
                     return
                 upstream = http.client.HTTPConnection(HOST, proxy.upstream_port, timeout=60)
                 try:
-                    headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection",)}
+                    dropped = ("connection", "if-match", "if-none-match") if proxy.strip_conditions else ("connection",)
+                    headers = {k: v for k, v in self.headers.items() if k.lower() not in dropped}
                     upstream.request(self.command, self.path, body=body, headers=headers)
                     answer = upstream.getresponse()
                     data = answer.read()

@@ -174,3 +174,44 @@ def test_wrong_credentials_are_one_line_that_never_shows_the_secret(demo_config,
     ), line
     assert "s3cr3t" not in refused.stderr + refused.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_server_ignoring_conditional_writes_is_refused_unless_the_risk_is_accepted(
+    moto, bucket, demo_config, reference
+):
+    """A lock needs If-None-Match: a server that ignores it is refused in one line naming the flag that accepts the
+    risk, nothing written; with that flag the build runs and equals the reference."""
+    url = f"s3://{bucket}/unconditional.zarr"
+    proxy = Proxy(moto.port, strip_conditions=True).start()
+    try:
+        refused = run_cli(*_args(demo_config, url), env=moto.env(proxy.endpoint))
+        assert refused.returncode == 2, refused.stderr
+        line = refused.stderr.strip()
+        assert line == (
+            f"saezarr: error: --output {url}: this object store ignores conditional writes (If-None-Match), so the "
+            "store's lock cannot keep a second build out; use --unsafe-lock to build anyway, one build at a time"
+        ), line
+        assert list(open_storage(url).list_prefix("")) == []
+        accepted = run_cli(*_args(demo_config, url, "--unsafe-lock"), env=moto.env(proxy.endpoint))
+    finally:
+        proxy.stop()
+    assert accepted.returncode == 0, accepted.stderr
+    assert_same_objects(url, reference)
+
+
+def test_without_the_cloud_extra_a_url_is_one_line_naming_it(demo_config, tmp_path):
+    """obstore missing (as in an install without `saezarr[cloud]`): one line naming the extra, nothing written."""
+    script = "import sys; sys.modules['obstore'] = None; from saezarr.cli import main; sys.exit(main(sys.argv[1:]))"
+    done = subprocess.run(
+        [sys.executable, "-c", script, *_args(demo_config, "s3://bucket/acts.zarr")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (
+        "saezarr: error: --output s3://bucket/acts.zarr: object-store URLs need the cloud extra: "
+        "pip install 'saezarr[cloud]'"
+    )
+    assert list(tmp_path.iterdir()) == []
