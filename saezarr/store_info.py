@@ -7,13 +7,14 @@ from dataclasses import MISSING, dataclass
 from pathlib import Path
 
 from saezarr.option_fields import option
+from saezarr.store.storage import Location, as_location
 
 
 @dataclass(frozen=True)
 class InfoOptions:
     """What `saezarr info` takes."""
 
-    store: Path = option(MISSING, help=None, positional=True, type=Path)
+    store: Location = option(MISSING, help=None, positional=True, type=as_location)
     json: bool = option(False, help="machine-readable output")
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from s3tools import bucket, moto  # noqa: F401  (fixtures: a loopback S3 server, a bucket on it)
 
 from saezarr.inputs.configs import SAEConfig
 from saezarr.testing.synthetic import DEMO_CSV, demo_configs, write_config_file, write_model, write_saes

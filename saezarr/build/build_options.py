@@ -16,6 +16,7 @@ from saezarr.inputs.configs import parse_layers
 from saezarr.machine import parse_size
 from saezarr.option_fields import comma_list, option, options_of, positive_int
 from saezarr.store import DEFAULT_CHUNK_FRAGMENTS
+from saezarr.store.storage import Location, as_location
 
 if TYPE_CHECKING:
     from saezarr.inputs.sentences import SentenceTable
@@ -46,7 +47,9 @@ class BuildOptions:
     input: Path | SentenceTable | None = option(
         help="CSV with columns sentence,concept_strength_label (or a .tsv, .parquet or .jsonl file)", type=Path
     )  # from Python also a pandas DataFrame, or a table with a to_pandas() method (inputs.sentences.read_sentences)
-    output: Path | None = option(help="the Zarr store folder to write", type=Path)
+    output: Location | None = option(
+        help="the Zarr store to write: a folder, or a URL (s3://BUCKET/NAME.zarr, gs://, az://)", type=as_location
+    )
     config_file: Path | None = option(
         help=f"SAE configuration file, or a bundled catalogue's name (`saezarr catalogues`; default: {DEFAULT_CONFIG})",
         flag="--config",

@@ -8,7 +8,6 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -29,7 +28,6 @@ from saezarr.build.work import (
     needs_model,
     pending_work,
 )
-from saezarr.durable.folders import restore_moved_aside
 from saezarr.errors import (
     InputError,
     Interrupted,
@@ -52,7 +50,8 @@ from saezarr.store.format import (
     remove_stale_staging,
     store_lock,
 )
-from saezarr.store.growing import finish_growth, grow_store
+from saezarr.store.growing import finish_growth, grow_store, restore_interrupted_growth
+from saezarr.store.storage import Location, absolute_location, is_url
 from saezarr.store.storage.base import WriterLock
 
 if TYPE_CHECKING:
@@ -65,7 +64,7 @@ __all__ = ["BuildOptions", "BuildSummary", "ChunkWriter", "build", "run"]
 class BuildSummary:
     """What a build did, with the counters the benchmarks read."""
 
-    store: Path
+    store: Location
     n_configs: int
     n_fragments: int
     n_sentences: int
@@ -173,7 +172,7 @@ def _extend(options: BuildOptions, started: float) -> BuildSummary:
     # held from the start: the store is read as no other writer leaves it, and a growth a kill cut short is repaired
     with store_lock(options.output) as lock:
         lock.acquire(force=options.force_unlock)
-        restore_moved_aside(options.output)  # a coordinate a killed growth moved aside before its new one was in
+        restore_interrupted_growth(options.output)
         store = open_for_resume(options.output)
         check_kept_options(options.batch_size, options.chunk_fragments, store)
         plan = plan_build(options, store)
@@ -216,7 +215,7 @@ def _cluster(plan: BuildPlan):
             plan.model_info,
             [sae.path for sae in plan.saes],
             plan.device,
-            plan.output.resolve(),
+            plan.output,
         )
         yield client
 
@@ -288,6 +287,8 @@ def _sigterm_interrupts():
 
 def _open_or_create(options: BuildOptions, plan: BuildPlan, exists: bool) -> tuple[Store, WriterLock]:
     """Open the store to resume, or create it; an old store is replaced only while its lock is held."""
+    if not exists and is_url(plan.output):
+        return _create_locked(plan)
     if not exists:
         store = _create(plan, replace=False)
     elif options.resume:
@@ -312,6 +313,23 @@ def _open_or_create(options: BuildOptions, plan: BuildPlan, exists: bool) -> tup
     lock = store.lock()
     lock.acquire()
     return store, lock
+
+
+def _create_locked(plan: BuildPlan) -> tuple[Store, WriterLock]:
+    """Create a store in a key-value storage holding its lock from the start (a folder is created by one rename
+    instead): of two builds racing to create it, one does and the other is refused."""
+    lock = store_lock(plan.output)
+    lock.acquire()
+    try:
+        if check_output_path(plan.output):
+            raise OutputExists(
+                f"{option('output', plan.output)}: another build created a store there meanwhile; use "
+                f"{option('resume', True)} to continue it"
+            )
+        return _create(plan, replace=False), lock
+    except BaseException:
+        lock.release()
+        raise
 
 
 def _create(plan: BuildPlan, replace: bool) -> Store:
@@ -412,7 +430,7 @@ class _ClusterRunner:
             device=plan.device,
             dtype=self.store.attrs["model_dtype"],
             batch_size=plan.batch_size,
-            store=self.store.path.resolve(),
+            store=absolute_location(self.store.path),
             store_id=self.store.identity,
             overlap_writes=plan.overlap_writes,
             write_threads=plan.write_threads,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import cast
 
 import torch
@@ -29,6 +28,7 @@ from saezarr.store.format import (
     read_saezarr_attrs,
 )
 from saezarr.store.growing import Growth
+from saezarr.store.storage import Location
 
 
 @dataclass
@@ -36,7 +36,7 @@ class BuildPlan:
     """A build resolved from its options: what it computes, where and how, every default filled in; runners take
     this and the store, never the options."""
 
-    output: Path
+    output: Location
     fragments: Fragments | None  # None: no task runs the model (an extension from stored residuals)
     configs: tuple[SAEConfig, ...]
     saes: list[SAEFile]

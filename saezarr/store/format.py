@@ -40,7 +40,7 @@ from saezarr.store.residual_arrays import (
     write_consolidated,
 )
 from saezarr.store.shards import ChunkLayout, ShardDamaged, ShardEncoder
-from saezarr.store.storage import STORAGES, Storage, open_storage, url_scheme
+from saezarr.store.storage import STORAGES, Location, Storage, as_location, open_storage
 from saezarr.store.storage.base import Ranges, WriterLock
 
 if TYPE_CHECKING:
@@ -58,6 +58,7 @@ MIN_UNIT_FRAGMENTS = 128  # but no fewer: BLAS packs all of W_enc per unit, a co
 STAGING_SUFFIX = ".creating"
 MARKS = f"{STATE_GROUP}/done"  # a unit's completion mark: `MARKS/CONFIG/CHUNK`, an empty object
 LOCK = f"{STATE_GROUP}/lock"  # the writer lock's record
+CREATING = f"{STATE_GROUP}/creating"  # in a key-value storage, there while a store is being created
 EXTEND_RECORD = "extend.json"  # in _saezarr/: what an extension keeps of the store's last partial chunk
 WIDTHS = "widths"  # root attribute: each config's SAE width (absent in stores of one width from older versions)
 STORE_ID = "store_id"  # root attribute: a random id, new on each create or overwrite (or extend) of a store
@@ -84,11 +85,11 @@ class Store:
     without zarr, which opens the array on first use of `array` (or of a shard in another layout)."""
 
     def __init__(self, path: str | Path, mode: str = "r"):
-        self.path = Path(path)
+        self.path: Location = as_location(path)
         self.mode = mode
         self.storage = open_storage(self.path)
         self.attrs = read_attrs(self.storage)
-        self.layout = ChunkLayout.parse(self.storage.get(f"{ACTIVATIONS}/zarr.json"), self.path / ACTIVATIONS)
+        self.layout = ChunkLayout.parse(self.storage.get(f"{ACTIVATIONS}/zarr.json"), f"{self.path}/{ACTIVATIONS}")
         self.shape = self.n_configs, self.n_fragments, self.width = self.layout.shape
         self.dtype = self.layout.dtype
         self.chunk_fragments = self.layout.chunks[1]  # fragments per shard (or chunk, without sharding)
@@ -196,7 +197,7 @@ class Store:
 
     def shard_files(self, config_index: int, chunk: int) -> list[Path]:
         """The files of `shard_keys` (a store on the local file system)."""
-        return [self.path / key for key in self.shard_keys(config_index, chunk)]
+        return [local_folder(self.storage) / key for key in self.shard_keys(config_index, chunk)]
 
     def _shard_key(self, config_index: int, chunk: int, shard: int) -> str:
         return f"{ACTIVATIONS}/{self.layout.chunk_key((config_index, chunk, shard))}"
@@ -350,7 +351,7 @@ class Store:
             return
         for pattern in ("*.partial", f".*{TEMP_SUFFIX}"):
             for array in (ACTIVATIONS, RESIDUALS, EMBEDDINGS):
-                for path in (self.path / array).rglob(pattern):
+                for path in (self.storage.folder / array).rglob(pattern):
                     path.unlink(missing_ok=True)
 
     def lock(self) -> WriterLock:
@@ -428,21 +429,19 @@ def _legacy_identity(path: str | Path) -> str:
     return f"legacy-{stat.st_ino}-{stat.st_mtime_ns}-{stat.st_size}"
 
 
-def check_output_path(path: Path) -> bool:
-    """Return whether a saezarr store already exists at path; refuse files, foreign folders and URLs of schemes that
-    no registered storage handles."""
-    url = url_scheme(path)
-    if url and url[0].lower() == "file":
-        local = str(path)[url[1] :]
-        raise InputError(f"{option('output', f'file://{local}')}: a file:// URL; give the path itself ({local})")
-    if url and url[0].lower() in STORAGES:
-        return _check_output_storage(path)
-    if url:
-        given = f"{url[0]}://{str(path)[url[1] :].lstrip('/')}"
-        raise InputError(
-            f"{option('output', given)}: a URL; saezarr writes stores to a file system path only (object stores are "
-            "not supported yet)"
-        )
+def check_output_path(location: Location) -> bool:
+    """Return whether a saezarr store already exists at location; refuse files, foreign folders and URLs of schemes
+    that no registered storage handles."""
+    location = as_location(location)
+    if isinstance(location, str):
+        scheme = location.partition("://")[0]
+        if scheme not in STORAGES:
+            raise InputError(
+                f"{option('output', location)}: no storage handles {scheme}:// URLs (known: "
+                f"{', '.join(name for name in STORAGES if name != 'file')}, or a path)"
+            )
+        return _check_output_storage(location)
+    path = location
     if path.is_file() or (path.exists() and not path.is_dir()):
         raise InputError(f"{option('output', path)}: is a file, not a store folder")
     if not path.exists() or (path.is_dir() and not any(path.iterdir())):
@@ -454,11 +453,22 @@ def check_output_path(path: Path) -> bool:
     return True
 
 
-def _check_output_storage(path: Path) -> bool:
-    """Return whether a saezarr store exists in the (non-local) storage at path; refuse one holding other objects."""
-    storage = open_storage(path)
-    if not storage.exists("zarr.json") and next(iter(storage.list_prefix("")), None) is None:
-        return False
+def _check_output_storage(path: str) -> bool:
+    """Return whether a saezarr store exists in the (non-local) storage at path; refuse one holding other objects,
+    a read-only one, and one that cannot be reached."""
+    try:
+        storage = open_storage(path)
+        if storage.read_only:
+            raise InputError(
+                f"{path}: a read-only store (published over {path.partition(':')[0]}); build writes to a "
+                "path or to an object store (s3://, gs://, az://)"
+            )
+        if not storage.exists("zarr.json"):
+            others = [key for key in storage.list_prefix("") if key != LOCK]
+            if not others or CREATING in others:  # nothing, or a store that saezarr began to create
+                return False
+    except InputError as exc:
+        raise InputError(option("output", exc.message)) from None
     try:
         read_attrs(storage)
     except SaezarrError as exc:
@@ -466,7 +476,7 @@ def _check_output_storage(path: Path) -> bool:
     return True
 
 
-def check_resume(path: Path, attrs: dict, configs: Sequence[SAEConfig] = ()) -> None:
+def check_resume(path: Location, attrs: dict, configs: Sequence[SAEConfig] = ()) -> None:
     """Refuse to resume a store started with a different input, config selection, model, SAEs, tokens or options, or
     one that an extension has begun to grow."""
     if open_storage(path).exists(f"{STATE_GROUP}/{EXTEND_RECORD}"):
@@ -500,7 +510,7 @@ def check_resume(path: Path, attrs: dict, configs: Sequence[SAEConfig] = ()) -> 
             )
 
 
-def _stored_sae_paths(path: Path) -> list[str]:
+def _stored_sae_paths(path: Location) -> list[str]:
     """The store's `sae_path` coordinate, one per config."""
     import zarr
 
@@ -524,7 +534,7 @@ def _brief(value) -> str:
 
 
 def create_store(
-    path: Path,
+    path: Location,
     fragments: pd.DataFrame,
     configs: Sequence[SAEConfig],
     widths: int | Sequence[int],
@@ -544,7 +554,7 @@ def create_store(
         if residual_layers is not None:
             assert hidden_size is not None  # the residuals' width comes with their layers
             add_residual_arrays(root, list(residual_layers), hidden_size, len(fragments), chunk_fragments)
-            write_consolidated(root)
+            write_consolidated(open_storage(root))
 
     storage = open_storage(path)
     if storage.folder is None:
@@ -574,30 +584,45 @@ def _create_in_folder(path: Path, write: Callable[[Path], None], replace: bool) 
 
 def _create_in_storage(storage: Storage, write: Callable[[Path], None], replace: bool) -> None:
     """Write a store into a scratch folder, then put its files into a key-value storage, the root zarr.json last:
-    until that is in there is no store, as a folder's rename does. `replace`: the old store's objects (but its lock)
-    go first, its root before the rest."""
+    until that is in there is no store, as a folder's rename does. `replace` (or a store half-created by a killed
+    build, which the CREATING mark tells): the old objects (but the lock) go first, the root before the rest."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="saezarr-create-") as scratch:
         write(Path(scratch) / "store")
-        created = open_storage(Path(scratch) / "store")
-        if replace:
+        half_created = storage.exists(CREATING)
+        storage.put(CREATING, b"")  # until the root is in, what is here is saezarr's, to replace on a rerun
+        if replace or half_created:
             storage.delete("zarr.json")
             for key in list(storage.list_prefix("")):
-                if key != LOCK:
+                if key not in (LOCK, CREATING):
                     storage.delete(key)
-        for key in created.list_prefix(""):
-            if key != "zarr.json":
-                storage.put(key, created.get(key))
-        storage.put("zarr.json", created.get("zarr.json"))
+        copy_objects(open_storage(Path(scratch) / "store"), storage, last="zarr.json")
+        storage.delete(CREATING)
 
 
-def store_lock(path: Path) -> WriterLock:
+def copy_objects(source: Storage, target: Storage, into: str = "", last: str | None = None) -> None:
+    """Put every object of source into target, its key prefixed by `into`, the key `last` after the others."""
+    for key in source.list_prefix(""):
+        if key != last:
+            target.put(f"{into}{key}", source.get(key))
+    if last is not None:
+        target.put(f"{into}{last}", source.get(last))
+
+
+def local_folder(storage: Storage) -> Path:
+    """The folder of a storage on the local file system (what only such stores have, e.g. chunk files by path)."""
+    if storage.folder is None:
+        raise AssertionError(f"{storage.location}: not a store on the local file system")
+    return storage.folder
+
+
+def store_lock(path: Location) -> WriterLock:
     """The writer lock of the store at path (not yet acquired), usable even if the store is damaged."""
     return open_storage(path).lock(LOCK)
 
 
-def open_for_resume(path: Path) -> Store:
+def open_for_resume(path: Location) -> Store:
     """Open an existing store for writing, or say in one line that it is too damaged to resume."""
     try:
         store = Store(path, mode="r+")
@@ -616,11 +641,12 @@ def array_unreadable(exc: Exception) -> str:
     return f"cannot read the store's {ACTIVATIONS} array ({type(exc).__name__}: {exc})"
 
 
-def remove_stale_staging(path: Path) -> None:
+def remove_stale_staging(path: Location) -> None:
     """Delete this output's half-created stores (`.NAME.PID.RANDOM.creating`) whose creating process is gone (a
     key-value storage has none: its stores are created in place)."""
-    if open_storage(path).folder is not None:
-        folders.remove_stale_staging(path, STAGING_SUFFIX)
+    folder = open_storage(path).folder
+    if folder is not None:
+        folders.remove_stale_staging(folder, STAGING_SUFFIX)
 
 
 def _write_layout(

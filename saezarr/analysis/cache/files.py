@@ -26,6 +26,7 @@ from saezarr.execution.running import map_in_threads, map_units
 from saezarr.machine import human_bytes, parse_size
 from saezarr.store.format import Store
 from saezarr.store.shards import ChunkFiles, ShardDamaged, chunk_file_count
+from saezarr.store.storage import absolute_location
 
 _log = logging.getLogger(__name__)
 CACHE_FORMAT = 5  # bump when what the cache holds or how it is computed changes
@@ -76,7 +77,7 @@ def fingerprint(store: Store, pool: str, config_indices: Sequence[int]) -> str:
         "format": CACHE_FORMAT,
         "saezarr": saezarr.__version__,
         "code": code_digest(),
-        "store": str(store.path.resolve()),
+        "store": str(absolute_location(store.path)),
         "attrs": store.attrs,
         "shape": list(store.shape),
         "pool": pool,

@@ -11,6 +11,7 @@ import numpy as np
 
 from saezarr.analysis.resampled import LayerInputs, ResamplingContext, ResamplingOptions
 from saezarr.analysis.stats.permutation import ALPHA, chance_level, fwer_p_values, null_maxima
+from saezarr.store.storage import Location
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ class PermutationNull:
         """On unless --permutations 0."""
         return options.permutations > 0
 
-    def key_parts(self, options: ResamplingOptions, residuals: Path | None) -> list:
+    def key_parts(self, options: ResamplingOptions, residuals: Location | None) -> list:
         """The number of permutations and their seed."""
         return [options.permutations, options.seed]
 

@@ -84,6 +84,11 @@ class Storage(ABC):
         """The one-writer lock whose record is at key (not yet acquired)."""
 
     @property
+    def read_only(self) -> bool:
+        """True for a storage that can only be read (a store published over HTTP)."""
+        return False
+
+    @property
     def folder(self) -> Path | None:
         """The local folder whose files are the objects (zarr opens such a store by path), None for other backends."""
         return None
