@@ -116,13 +116,13 @@ class _Parser(argparse.ArgumentParser):
 class CataloguesOptions:
     """What `saezarr catalogues` takes."""
 
-    json: bool = option(False, help="machine-readable output")
+    json: bool = option(False, help="machine-readable output: a list of objects with the columns' fields")
 
 
 def _run_build(options: BuildOptions) -> int:
     from saezarr.api import run_build
 
-    _quiet_libraries()
+    _quiet_libraries(options.quiet)
     print(run_build(options).line())
     return 0
 
@@ -149,13 +149,20 @@ def _run_catalogues(options: CataloguesOptions) -> int:
     import json
 
     from saezarr.inputs.catalogues import list_catalogues
+    from saezarr.inputs.configs import width_tag
 
     found = list_catalogues()
     if options.json:
         print(json.dumps([dataclasses.asdict(c) for c in found], indent=2))
         return 0
-    for catalogue in found:
-        print(f"{catalogue.name}  {catalogue.n_configs} SAEs  {catalogue.model}  {catalogue.sae_repo}")
+    rows = [("name", "model", "site", "width", "SAEs")]
+    rows += [
+        (c.name, c.model, c.site, "mixed" if c.width is None else width_tag(c.width), str(c.n_configs)) for c in found
+    ]
+    sizes = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:  # the words left-aligned, width and count right-aligned
+        cells = [cell.ljust(size) for cell, size in zip(row[:3], sizes)]
+        print("  ".join(cells + [cell.rjust(size) for cell, size in zip(row[3:], sizes[3:])]))
     return 0
 
 
@@ -212,9 +219,15 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def _quiet_libraries() -> None:
+def _quiet_libraries(quiet: bool) -> None:
+    """transformers' own messages and bars off (saezarr says what it loads); the hub's download bars, with their
+    ETAs, only unless quiet."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
+    downloads_shown = not are_progress_bars_disabled()  # False where HF_HUB_DISABLE_PROGRESS_BARS=1 says so
+    hf_logging.disable_progress_bar()  # transformers' and the hub's
     hf_logging.set_verbosity_error()
+    if downloads_shown and not quiet:
+        enable_progress_bars()

@@ -56,6 +56,14 @@ def demo_config(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def demo_analysis(tmp_path_factory, demo_config) -> tuple[Path, str]:
+    """The README's demo, built and analysed through the command line: the analysis folder and analyze's stdout."""
+    from analyzetools import analyze_demo
+
+    return analyze_demo(tmp_path_factory.mktemp("demo-analysis"), demo_config)
+
+
+@pytest.fixture(scope="session")
 def planted(tmp_path_factory):
     """Stores of planted sentences (label 3 ends in a rare word) and of the same with shuffled labels, with
     residuals (tests/plantedtools.py)."""

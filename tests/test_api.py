@@ -145,7 +145,7 @@ def test_analyze_writes_beside_the_store_what_the_command_line_writes(demo, anal
     for name in ("ranked_features.csv", "heldout.csv", "emergence.csv", "feature_examples.json"):
         assert (analysis.folder / name).read_bytes() == (cli_folder / name).read_bytes(), name
     pd.testing.assert_frame_equal(analysis.features, pd.read_parquet(cli_folder / "features.parquet"))
-    assert "Which SAE features track the concept?" in analysis._repr_html_()
+    assert analysis.headline.text() == ours["headline"]["text"] and 'class="szc' in analysis._repr_html_()
     with pytest.raises(OutputExists) as caught:
         saezarr.analyze(demo / "demo.zarr", quiet=True)
     assert str(caught.value) == f"output={demo / 'demo-analysis'}: already exists; use overwrite=True to replace it"

@@ -34,7 +34,7 @@ def test_the_tutorial_runs_end_to_end(demo_config, tmp_path, monkeypatch):
     assert "(config: 6, fragment: 540, feature: 512)" in _shown(outputs["build"], "text/plain")
     assert "configs      6, 6 complete" in _shown(outputs["info"], "text/plain")
     card = _shown(outputs["analysis"], "text/html")
-    assert '<div class="saezarr-card">' in card and "Which SAE features track the concept?" in card
+    assert '<div class="szc-fact"><span>beat chance</span><b>0 of 3,072</b></div>' in card  # random weights
     assert "tutorial-analysis/report.html" in card
     assert "<xarray.Dataset>" in _shown(outputs["emergence"], "text/plain")
     for tag in ("plot_emergence", "plot_null", "traces"):

@@ -3,7 +3,7 @@ concept and its specificity, features specific to one concept vs shared, and the
 
 A feature's score for a concept is its Pearson correlation with that concept's labels (the statistic of the
 permutation null); its specificity is its score for its best concept minus its best score among the others. A
-feature counts for a concept when its p_value_fwer there is below 0.05 (or, in an analysis made without
+feature counts for a concept when its p_value_fwer there is at most 0.05 (or, in an analysis made without
 permutations, when it passes that analysis's filter)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from saezarr.analysis.results import Analysis
-from saezarr.analysis.stats.permutation import ALPHA
+from saezarr.analysis.stats.permutation import beats_chance
 from saezarr.durable.folders import make_staging, swap_into_place
 from saezarr.errors import InputError, OutputExists, option
 
@@ -149,9 +149,9 @@ def score_table(analyses: list[ConceptAnalysis]) -> pd.DataFrame:
 
 
 def _counts(analysis: ConceptAnalysis) -> np.ndarray:
-    """Which features count for the analysis's concept: p_value_fwer < ALPHA, else passing its filter."""
+    """Which features count for the analysis's concept: those that beat chance, else those passing its filter."""
     if "p_value_fwer" in analysis.features:
-        return (analysis.features.p_value_fwer < ALPHA).to_numpy()
+        return beats_chance(analysis.features.p_value_fwer.to_numpy())
     return analysis.features.passes_filter.to_numpy(dtype=bool)
 
 

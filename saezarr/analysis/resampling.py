@@ -78,10 +78,11 @@ def resample(
     options: ResamplingOptions,
     residuals: Location | None,
     statistics: Sequence[ResampledStatistic] | None = None,
+    quiet: bool = False,
 ) -> Resampled:
     """The results of the statistics (None: STATISTICS) for these options: read back from the cache entry where it
     has them, else computed in one pass over its per-sentence activations (and the store's residual stream at
-    `residuals`, if given) and kept there."""
+    `residuals`, if given), with a progress bar over the layers unless quiet, and kept there."""
     statistics = STATISTICS if statistics is None else statistics
     folder = cache.path / FOLDER
     paths = {s.name: _path(folder, s, _key(s.key_parts(options, residuals))) for s in statistics if s.wanted(options)}
@@ -100,7 +101,16 @@ def resample(
         inputs = LayerInputs(layer, positions, [_pooled_matrix(pooled, p) for p in positions], context)
         return [s.for_layer(inputs) if layer in covered else None for s, covered in zip(missing, layers_of)]
 
-    shares = list(map_in_threads(one_layer, layers))
+    from tqdm.auto import tqdm  # only now: a re-run that reads every result back need not import it
+
+    names = ", ".join(statistic.name for statistic in missing)
+    with tqdm(
+        total=len(layers), desc=f"saezarr: resampling ({names})", unit="layer", leave=False, disable=quiet
+    ) as bar:
+        shares = []
+        for share in map_in_threads(one_layer, layers):
+            shares.append(share)
+            bar.update()
     for i, (statistic, covered) in enumerate(zip(missing, layers_of)):
         own = [layer_shares[i] for layer, layer_shares in zip(layers, shares) if layer in covered]
         value = statistic.combine(own, context)

@@ -1,5 +1,5 @@
 """The folders `analyze` and `compare` write, read back as Python objects (`Analysis`, `Comparison`): their tables,
-plots and report, shown in Jupyter as the report's summary card."""
+plots and report, shown in Jupyter as their report's summary card."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from saezarr.analysis.headline import Headline
 from saezarr.analysis.outputs import FEATURES, INFO, RANKED
 from saezarr.errors import InputError, option
 
@@ -21,7 +22,8 @@ if TYPE_CHECKING:
 
 REPORT = "report.html"
 CARD_CLASS = "saezarr-card"
-# the report's CSS rules the summary card uses: scoped to the card, so that a notebook keeps its own styles
+# the CSS rules of the report's stylesheet that compare's header card uses: scoped to the card, so that a notebook
+# keeps its own styles (analyze's summary card carries its own)
 CARD_SELECTORS = (":root", "h1", "code", ".sub", ".muted", ".facts", ".fact")
 
 
@@ -51,14 +53,24 @@ class Analysis:
         return pd.read_csv(self.folder / RANKED)
 
     @property
+    def headline(self) -> Headline:
+        """What the analysis found, first what survives chance: the record behind its summary line and card."""
+        if "headline" in self.info:
+            return Headline.from_json(self.info["headline"])
+        counts = self.info["counts"]  # an analysis written before analysis.json held its headline
+        passing = (counts["configs"], counts["features"], counts["sentences"], counts["passing"])
+        return Headline.of(*passing, self.info.get("permutation"))
+
+    @property
     def significant(self) -> pd.DataFrame | None:
-        """The features that beat chance (p_value_fwer below the analysis's alpha), lowest p first; None when the
-        analysis has no permutation null (permutations=0)."""
-        permutation = self.info.get("permutation")
-        if permutation is None:
+        """The features that beat chance (p_value_fwer at most the family-wise alpha: those `headline.beat_chance`
+        counts), lowest p first; None when the analysis has no permutation null (permutations=0)."""
+        from saezarr.analysis.stats.permutation import beats_chance
+
+        if self.info.get("permutation") is None:
             return None
         features = self.features
-        found = features[features["p_value_fwer"] < permutation["alpha"]]
+        found = features[beats_chance(features["p_value_fwer"].to_numpy())]
         return found.sort_values(
             ["p_value_fwer", "pearson_corr"], ascending=[True, False], kind="stable", ignore_index=True
         )
@@ -115,10 +127,9 @@ class Analysis:
         return pd.read_csv(path) if path.is_file() else None
 
     def _repr_html_(self) -> str:
-        from saezarr.analysis.report.page import _header
+        from saezarr.analysis.report.summary_card import summary_card
 
-        summary = pd.DataFrame(index=range(int(self.info["counts"]["configs"])))  # the card counts its rows as SAEs
-        return _card(_header(self.info, summary, self.ranked), self.report_path)
+        return f"{summary_card(self.headline)}{_report_line(self.report_path)}"
 
 
 class Comparison:
@@ -161,7 +172,8 @@ class Comparison:
     def _repr_html_(self) -> str:
         from saezarr.analysis.report.compare_page import _header
 
-        return _card(_header(self.info, self.concepts), self.report_path)
+        header = _header(self.info, self.concepts)
+        return f'<div class="{CARD_CLASS}"><style>{_card_css()}</style>{header}{_report_line(self.report_path)}</div>'
 
 
 def _read_json(folder: Path, name: str, others: tuple[str, ...], written_by: str) -> dict:
@@ -182,19 +194,14 @@ def _figure(n_axes: int, size: tuple[float, float]):
     return axes
 
 
-def _card(header: str, report: Path) -> str:
-    """A report's summary card for Jupyter: its header, styled by the report's own CSS scoped to it, and the report's
-    path."""
-    return (
-        f'<div class="{CARD_CLASS}"><style>{_card_css()}</style>{header}'
-        f'<p class="sub">report: <code>{html.escape(str(report))}</code></p></div>'
-    )
+def _report_line(report: Path) -> str:
+    return f"<p>report: <code>{html.escape(str(report))}</code></p>"
 
 
 @functools.cache
 def _card_css() -> str:
     """The report CSS's rules for CARD_SELECTORS, each scoped to the card (`:root`'s variables set on it)."""
-    from saezarr.analysis.report.page import static_text
+    from saezarr.analysis.report.assets import static_text
 
     rules = []
     for selectors, body in re.findall(r"([^{}]+)\{([^{}]*)\}", static_text("report.css")):

@@ -41,6 +41,7 @@ from saezarr.errors import (
 from saezarr.execution.connect import cluster_client
 from saezarr.machine import human_bytes
 from saezarr.models.language_model import SiteReader, load_model
+from saezarr.progress import say
 from saezarr.saes.encoder import load_encoder
 from saezarr.store.format import (
     Store,
@@ -50,7 +51,7 @@ from saezarr.store.format import (
     remove_stale_staging,
     store_lock,
 )
-from saezarr.store.growing import finish_growth, grow_store, restore_interrupted_growth
+from saezarr.store.growing import Growth, finish_growth, grow_store, restore_interrupted_growth
 from saezarr.store.storage import Location, absolute_location, is_url
 from saezarr.store.storage.base import WriterLock
 
@@ -149,8 +150,10 @@ def _interrupted(stop: KeyboardInterrupt, what: str) -> Interrupted:
 
 def _finish(summary: BuildSummary, store: Store, started: float) -> BuildSummary:
     """The summary's final counts."""
-    done = store.done_matrix()
-    summary.complete = bool(done.all()) and not len(store.pending_residuals())
+    if summary.units_written == 0 and summary.units_total:  # nothing written: what the count found stands
+        summary.complete = summary.units_skipped == summary.units_total
+    else:
+        summary.complete = bool(store.done_matrix().all()) and not len(store.pending_residuals())
     summary.bytes_on_disk = store.bytes_on_disk()
     summary.elapsed = time.perf_counter() - started
     return summary
@@ -180,7 +183,7 @@ def _extend(options: BuildOptions, started: float) -> BuildSummary:
             store.discard_partial_writes()
             remove_stale_staging(plan.output)
             if plan.growth is not None:
-                _grow(store, plan.growth)  # here, before any task: the tasks carry the new store id
+                _grow(store, plan.growth, plan.quiet)  # here, before any task: the tasks carry the new store id
                 store = Store(plan.output, mode="r+")
                 plan.attrs = store.attrs
             summary = BuildSummary(plan.output, store.n_configs, store.n_fragments, plan.n_sentences)
@@ -191,8 +194,11 @@ def _extend(options: BuildOptions, started: float) -> BuildSummary:
     return summary
 
 
-def _grow(store: Store, growth) -> None:
+def _grow(store: Store, growth: Growth, quiet: bool) -> None:
     """Grow the store; an interruption says that rerunning the extension finishes it."""
+    configs = len(growth.configs) - growth.kept_configs
+    fragments = len(growth.fragments) - growth.kept_fragments
+    say(quiet, f"growing {store.path} by {configs} configs and {fragments} fragments (its coordinates are rewritten)")
     try:
         grow_store(store, growth)
     except KeyboardInterrupt as stop:
@@ -379,15 +385,17 @@ class _PassRunner:
         if self._model_needed():
             if self.plan.model_info is None:  # the extension's plan said no unit needs it
                 raise SaezarrError(f"{self.store.path}: a unit to compute needs the model, which was not resolved")
-            model = load_model(self.plan.model_info, self.plan.device, self.store.attrs["model_dtype"])
+            dtype = self.store.attrs["model_dtype"]
+            say(self.plan.quiet, f"loading model {self.plan.model_info.source.name} ({dtype}) on {self.plan.device}")
+            model = load_model(self.plan.model_info, self.plan.device, dtype)
         # on CUDA the default budget is what the loaded model leaves free
         self.sae_memory = self.plan.sae_memory or default_sae_memory(self.plan.device)
         work = pending_work(self.store, self.plan.saes, self.sae_memory, self.plan.max_chunks)
         fragments = _fragment_index(self.plan)
         total = sum(self.store.chunk_size(task.chunk) for _, tasks in work for task in tasks)
         with tqdm(total=total, unit="frag", disable=self.plan.quiet, desc="saezarr build", dynamic_ncols=True) as bar:
-            for pass_, tasks in work:
-                self._run_pass(model, fragments, pass_, tasks, bar)
+            for number, (pass_, tasks) in enumerate(work, 1):
+                self._run_pass(model, fragments, pass_, tasks, bar, f"pass {number}/{len(work)}")
 
     def _model_needed(self) -> bool:
         """Whether any pending task runs the model (none does if the store holds every residual they read)."""
@@ -396,10 +404,19 @@ class _PassRunner:
         return any(needs_model(self.store, pass_, task, done) for pass_, tasks in work for task in tasks)
 
     def _run_pass(
-        self, model: PreTrainedModel | None, fragments: FragmentIndex, pass_: PassSpec, tasks: list[Task], bar: tqdm
+        self,
+        model: PreTrainedModel | None,
+        fragments: FragmentIndex,
+        pass_: PassSpec,
+        tasks: list[Task],
+        bar: tqdm,
+        name: str,
     ) -> None:
-        """One model pass: each pending chunk goes through the model once and through every SAE of the pass."""
+        """One model pass (`name`d on the bar): each pending chunk goes through the model once and through every SAE
+        of the pass."""
+        bar.set_postfix_str(f"{name}: loading {len(pass_.saes)} SAEs")  # the bar stands still meanwhile
         encoders = [load_encoder(sae, self.plan.device, pass_.sae_memory) for sae in pass_.saes]
+        bar.set_postfix_str(name)
         self.summary.sae_loads += len(pass_.saes)
         self.summary.model_passes += 1
         writer = ChunkWriter(self.store, self.plan.write_threads, self.plan.overlap_writes)

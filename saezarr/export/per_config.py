@@ -20,6 +20,7 @@ from saezarr.durable.npyzip import read_members
 from saezarr.errors import InputError, OutOfMemory, OutputExists, StoreUnfinished, WriteFailed, call, option
 from saezarr.machine import available_memory as _available_memory
 from saezarr.machine import human_bytes, usable_cores
+from saezarr.progress import progress_off
 from saezarr.store.format import Store
 from saezarr.store.reading import open_existing
 from saezarr.store.selection import select_stored_configs
@@ -222,11 +223,6 @@ def is_up_to_date(target: ConfigTarget, store: Store) -> bool:
     # a store rebuilt (--overwrite) after the export has newer completion marks: the file is stale
     newest = store.newest_mark_ns([target.index])
     return target.path.stat().st_mtime_ns >= newest
-
-
-def progress_off(quiet: bool) -> bool | None:
-    """tqdm's `disable`: off when quiet, else on only where it can be seen (a terminal or a notebook)."""
-    return True if quiet else None
 
 
 def parallel_jobs(requested: int | None, n_files: int, array_bytes: int) -> int:

@@ -41,7 +41,7 @@ from saezarr.store.residual_arrays import (
 )
 from saezarr.store.shards import ChunkLayout, ShardDamaged, ShardEncoder
 from saezarr.store.storage import STORAGES, Location, Storage, as_location, open_storage
-from saezarr.store.storage.base import Ranges, WriterLock
+from saezarr.store.storage.base import ObjectStat, Ranges, WriterLock
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -99,6 +99,9 @@ class Store:
         self.shard_width = self.layout.chunks[2]  # features per shard: a wider SAE's unit spans several shards
         # each config's SAE width; the feature axis is the widest, and a narrower SAE's features past its width are NaN
         self.widths = np.array(self.attrs.get(WIDTHS) or [self.width] * self.n_configs, dtype=np.int64)
+        self._listing: dict[str, ObjectStat] | None = (
+            None  # done_matrix's, while this process has written nothing since
+        )
 
     @functools.cached_property
     def identity(self) -> str:
@@ -218,11 +221,40 @@ class Store:
         """Completion of every (config, chunk) unit, as a boolean [n_configs, n_chunks] array."""
         done = np.zeros((self.n_configs, self.n_chunks), dtype=bool)
         index = {name: ci for ci, name in enumerate(self.config_names)}
-        for key in self.storage.list_prefix(f"{MARKS}/"):
+        listed = self._listing = self.stats("")  # one listing: the marks and their shards, no request per unit
+        for key in (key for key in listed if key.startswith(f"{MARKS}/")):
             name, _, chunk = key.removeprefix(f"{MARKS}/").rpartition("/")
             if name in index and chunk.isdigit() and int(chunk) < self.n_chunks:
-                done[index[name], int(chunk)] = self.shard_written(index[name], int(chunk))
+                keys = self.shard_keys(index[name], int(chunk))
+                done[index[name], int(chunk)] = all(key in listed and listed[key].size > 0 for key in keys)
         return done
+
+    def stats(self, prefix: str) -> dict[str, ObjectStat]:
+        """Each object's size and time of writing, by key, for the keys that start with prefix: from the storage's
+        listing, or where it cannot list (a store published over HTTP), from asking for each key this store can
+        have."""
+        if self.storage.can_list:
+            return self.storage.stats(prefix)
+        found = {}
+        for key in self._possible_keys():
+            if key.startswith(prefix):
+                with contextlib.suppress(KeyError):
+                    found[key] = self.storage.stat(key)
+        return found
+
+    def _possible_keys(self) -> Iterator[str]:
+        """Every completion mark and shard this store can have (and each array's metadata), whether written or not."""
+        yield "zarr.json"
+        for name in json.loads(self.storage.get("zarr.json")).get("consolidated_metadata", {}).get("metadata", {}):
+            yield f"{name}/zarr.json"
+        for ci in range(self.n_configs):
+            for chunk in range(self.n_chunks):
+                yield self._mark(ci, chunk)
+                yield from self.shard_keys(ci, chunk)
+        if self.residuals is not None:
+            for chunk in range(self.n_chunks):
+                yield f"{self.residuals.marks_prefix}{chunk}"
+                yield from self.residuals.keys(chunk)
 
     def newest_mark_ns(self, config_indices: Sequence[int], residuals: bool = False) -> int:
         """When the latest of the configs' completion marks (and the residual units', with `residuals`) was written
@@ -230,8 +262,7 @@ class Store:
         prefixes = [f"{MARKS}/{self.config_names[ci]}/" for ci in config_indices]
         if residuals and self.residuals is not None:
             prefixes.append(self.residuals.marks_prefix)
-        keys = [key for prefix in prefixes for key in self.storage.list_prefix(prefix)]
-        return max((_modified_ns(self.storage, key) for key in keys), default=0)
+        return max((found.modified_ns for prefix in prefixes for found in self.stats(prefix).values()), default=0)
 
     def read_chunk(
         self, config_index: int, chunk: int, reduce: Callable[[np.ndarray], np.ndarray], features: slice = slice(None)
@@ -307,6 +338,7 @@ class Store:
         keys = self.shard_keys(config_index, chunk)
         data = [self._encode_shard(config_index, chunk, shard, latents) for shard in range(len(keys))]
         refuse_if_replaced(self.path, self.identity)  # a task that began before the store was replaced stops here
+        self._listing = None
         for key, content in zip(keys, data):
             self.storage.put(key, content)
 
@@ -323,6 +355,7 @@ class Store:
 
     def mark_done(self, config_index: int, chunk: int) -> None:
         """Mark a unit complete (RESIDUAL_UNIT: a chunk's residuals); only once its files are durable."""
+        self._listing = None
         if config_index == RESIDUAL_UNIT:
             kept_residuals(self).mark_done(chunk)
             return
@@ -363,7 +396,9 @@ class Store:
         folder = self.storage.folder
         if folder is not None:
             return directory_bytes(folder / name if name else folder)
-        return sum(_size(self.storage, key) for key in self.storage.list_prefix(f"{name}/" if name else ""))
+        # a resume that found every unit done lists the store once, not twice
+        listed = self._listing if self._listing is not None and not name else self.stats(f"{name}/" if name else "")
+        return sum(found.size for found in listed.values())
 
 
 def directory_bytes(path: Path) -> int:
@@ -385,6 +420,8 @@ def read_attrs(storage: Storage) -> dict:
     """The root attributes of the store in storage, or an error if it holds no saezarr store."""
     try:
         attrs = json.loads(storage.get("zarr.json")).get("attributes", {})
+    except SaezarrError:  # a storage that cannot be reached: not a store that is missing
+        raise
     except (OSError, ValueError, KeyError):
         attrs = {}
     if "saezarr_version" not in attrs:
@@ -396,14 +433,6 @@ def _size(storage: Storage, key: str) -> int:
     """The object's size, 0 if there is none."""
     try:
         return storage.stat(key).size
-    except KeyError:
-        return 0
-
-
-def _modified_ns(storage: Storage, key: str) -> int:
-    """When the object was written (ns), 0 if it is gone."""
-    try:
-        return storage.stat(key).modified_ns
     except KeyError:
         return 0
 
@@ -463,7 +492,9 @@ def _check_output_storage(path: str) -> bool:
                 f"{path}: a read-only store (published over {path.partition(':')[0]}); build writes to a "
                 "path or to an object store (s3://, gs://, az://)"
             )
-        if not storage.exists("zarr.json"):
+        try:
+            storage.get("zarr.json")  # one request, where there is a store: read again below
+        except KeyError:
             others = [key for key in storage.list_prefix("") if key != LOCK]
             if not others or CREATING in others:  # nothing, or a store that saezarr began to create
                 return False
@@ -479,7 +510,12 @@ def _check_output_storage(path: str) -> bool:
 def check_resume(path: Location, attrs: dict, configs: Sequence[SAEConfig] = ()) -> None:
     """Refuse to resume a store started with a different input, config selection, model, SAEs, tokens or options, or
     one that an extension has begun to grow."""
-    if open_storage(path).exists(f"{STATE_GROUP}/{EXTEND_RECORD}"):
+    try:
+        open_storage(path).get(f"{STATE_GROUP}/{EXTEND_RECORD}")
+        extending = True
+    except KeyError:
+        extending = False
+    if extending:
         raise ResumeMismatch(
             f"{option('resume', True)} {path}: an extension of the store (build {option('extend')}) is in progress; "
             f"rerun that same {option('extend')} command to finish it"

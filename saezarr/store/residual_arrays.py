@@ -4,6 +4,7 @@ chunk), written whole and durably per fragment chunk, then marked in `_saezarr/d
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from saezarr.store.storage import Location, Storage, open_storage
+from saezarr.store.storage import Location, ObjectStat, Storage, open_storage
 
 if TYPE_CHECKING:
     from saezarr.store.format import Store
@@ -92,11 +93,13 @@ class ResidualArrays:
         from saezarr.store.zarr_adapter import zarr_location
 
         storage = storage or open_storage(path)
-        if not storage.exists(f"{RESIDUALS}/zarr.json"):
+        try:
+            metadata = storage.get(f"{RESIDUALS}/zarr.json")
+        except KeyError:
             return None
         import zarr
 
-        layout = ChunkLayout.parse(storage.get(f"{RESIDUALS}/zarr.json"), f"{path}/{RESIDUALS}")
+        layout = ChunkLayout.parse(metadata, f"{path}/{RESIDUALS}")
         stored = zarr.open_array(zarr_location(storage, RESIDUAL_LAYER, read_only=True), mode="r")[...]
         layers = np.asarray(stored, dtype=np.int64)
         return cls(
@@ -125,11 +128,27 @@ class ResidualArrays:
     def done(self) -> np.ndarray:
         """Completion of every chunk's residual unit, as a boolean [n_chunks] array."""
         done = np.zeros(self.n_chunks, dtype=bool)
-        for key in self.storage.list_prefix(self.marks_prefix):
+        if self.storage.can_list:
+            prefixes = (self.marks_prefix, f"{RESIDUALS}/", f"{EMBEDDINGS}/")
+            listed = {key: found for prefix in prefixes for key, found in self.storage.stats(prefix).items()}
+        else:
+            listed = self._probed()
+        marks = [key for key in listed if key.startswith(self.marks_prefix)]
+        written = listed
+        for key in marks:
             chunk = key.removeprefix(self.marks_prefix)
             if chunk.isdigit() and int(chunk) < self.n_chunks:
-                done[int(chunk)] = all(self.storage.exists(key) for key in self.keys(int(chunk)))
+                done[int(chunk)] = all(key in written for key in self.keys(int(chunk)))
         return done
+
+    def _probed(self) -> dict[str, ObjectStat]:
+        """The marks and chunk files there are, asked for one by one (a storage that cannot list)."""
+        found = {}
+        for chunk in range(self.n_chunks):
+            for key in (f"{self.marks_prefix}{chunk}", *self.keys(chunk)):
+                with contextlib.suppress(KeyError):
+                    found[key] = self.storage.stat(key)
+        return found
 
     def write_unit(self, chunk: int, residuals: np.ndarray, embeddings: np.ndarray) -> None:
         """Write one chunk's residuals [layer, rows, hidden] and embeddings [rows, hidden] durably, unmarked."""

@@ -27,7 +27,8 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _wait_listening(port: int, process: subprocess.Popen | None = None, timeout_s: float = 30.0) -> None:
+def wait_listening(port: int, process: subprocess.Popen | None = None, timeout_s: float = 30.0) -> None:
+    """Wait until something listens on the loopback port (or the process serving it has exited: an error)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
@@ -74,7 +75,7 @@ class MotoServer:
             stderr=subprocess.DEVNULL,
             env=env,
         )
-        _wait_listening(self.port, self.process)
+        wait_listening(self.port, self.process)
         return self
 
     def make_bucket(self, name: str) -> str:
@@ -107,6 +108,7 @@ class Proxy:
         self.fail_share = fail_share
         self.random = random.Random(seed)
         self.counts: Counter[str] = Counter()
+        self.requests: list[tuple[str, str]] = []  # (kind, path) of each request, in order
         self.failed = 0  # requests answered 503
         self.stopped = False
         self.bytes_in = 0
@@ -125,7 +127,7 @@ class Proxy:
     def start(self) -> Proxy:
         """Serve in a thread."""
         self.thread.start()
-        _wait_listening(self.port)
+        wait_listening(self.port)
         return self
 
     def stop(self) -> None:
@@ -138,6 +140,7 @@ class Proxy:
         """Start counting afresh."""
         with self.lock:
             self.counts.clear()
+            self.requests.clear()
             self.bytes_in = self.bytes_out = 0
 
     def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
@@ -158,6 +161,7 @@ class Proxy:
                 kind = "LIST" if self.command == "GET" and "list-type" in self.path else self.command
                 with proxy.lock:
                     proxy.counts[kind] += 1
+                    proxy.requests.append((kind, self.path))
                     proxy.bytes_in += len(body)
                     fail = proxy.random.random() < proxy.fail_share
                 if fail:
@@ -181,7 +185,9 @@ class Proxy:
                 for key, value in answer.getheaders():
                     if key.lower() not in ("content-length", "transfer-encoding", "connection"):
                         self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
+                # a HEAD answer has no body but the length of the object's
+                object_length = answer.getheader("Content-Length") if self.command == "HEAD" else None
+                self.send_header("Content-Length", object_length or str(len(data)))
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)

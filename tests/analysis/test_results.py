@@ -15,6 +15,8 @@ import xarray as xr
 from clitools import run_cli
 
 import saezarr
+from saezarr.analysis.headline import Headline
+from saezarr.analysis.report.summary_card import summary_card
 from saezarr.analysis.results import Analysis, Comparison
 from saezarr.errors import InputError
 
@@ -63,9 +65,9 @@ def test_significant_features_are_those_below_the_analysis_alpha(folders):
     cued, shuffled, bare = (Analysis(folders / name) for name in ("cued", "shuffled", "bare"))
     alpha = cued.info["permutation"]["alpha"]
     significant = cued.significant
-    assert len(significant) == cued.info["significant_features"] > 0
-    assert (significant.p_value_fwer < alpha).all()
-    assert len(significant) == (cued.features.p_value_fwer < alpha).sum()
+    assert len(significant) == cued.info["significant_features"] == cued.headline.beat_chance > 0
+    assert (significant.p_value_fwer <= alpha).all()
+    assert len(significant) == (cued.features.p_value_fwer <= alpha).sum()
     assert significant.p_value_fwer.is_monotonic_increasing
     assert len(shuffled.significant) == shuffled.info["significant_features"] == 0
     assert bare.significant is None  # no permutation null: nothing can be said to beat chance
@@ -101,24 +103,27 @@ def test_the_plots_are_the_reports_figures_on_matplotlib_axes(folders):
         bare.plot_emergence()
 
 
-def _card_header(html: str) -> str:
-    return re.search(r'<header class="top">.*?</header>', html, flags=re.DOTALL).group(0)
-
-
 def test_jupyter_shows_the_reports_summary_card(folders):
-    for kind, name in ((Analysis, "cued"), (Comparison, "compared")):
-        shown = kind(folders / name)._repr_html_()
-        report = (folders / name / "report.html").read_text(encoding="utf-8")
-        assert _card_header(report) in shown
-        assert str(folders / name / "report.html") in shown
-        style = re.search(r"<style>(.*?)</style>", shown, flags=re.DOTALL).group(1)
-        rules = re.findall(r"([^{}]+)\{[^{}]*\}", style)
-        assert rules and all(rule.startswith(".saezarr-card") for rule in rules)  # the notebook keeps its own styles
-    card = Analysis(folders / "cued")._repr_html_()
-    facts = dict(re.findall(r'<div class="fact"><span>(.*?)</span><b>(.*?)</b></div>', card))
-    info = json.loads((folders / "cued" / "analysis.json").read_text())
-    assert facts["beat chance"] == f"{info['significant_features']:,}"
-    assert facts["passing"] == f"{len(pd.read_csv(folders / 'cued' / 'ranked_features.csv')):,}"
+    analysis = Analysis(folders / "cued")
+    shown = analysis._repr_html_()
+    card = summary_card(Headline.from_json(analysis.info["headline"]))
+    assert card in (folders / "cued" / "report.html").read_text(encoding="utf-8") and shown.startswith(card)
+    assert str(folders / "cued" / "report.html") in shown
+    facts = dict(re.findall(r'<div class="szc-fact"><span>(.*?)</span><b>(.*?)</b></div>', shown))
+    assert facts["beat chance"] == f"{len(analysis.significant):,} of {len(analysis.features):,}"
+    assert facts["pass in-sample filter"] == f"{len(analysis.ranked):,}"
+    assert analysis.headline == Headline.from_json(analysis.info["headline"])
+    assert Analysis(folders / "bare").headline.beat_chance is None
+
+
+def test_jupyter_shows_a_comparison_as_its_reports_header(folders):
+    shown = Comparison(folders / "compared")._repr_html_()
+    report = (folders / "compared" / "report.html").read_text(encoding="utf-8")
+    assert re.search(r'<header class="top">.*?</header>', report, flags=re.DOTALL).group(0) in shown
+    assert str(folders / "compared" / "report.html") in shown
+    style = re.search(r"<style>(.*?)</style>", shown, flags=re.DOTALL).group(1)
+    rules = re.findall(r"([^{}]+)\{[^{}]*\}", style)
+    assert rules and all(rule.startswith(".saezarr-card") for rule in rules)  # the notebook keeps its own styles
 
 
 def test_a_comparison_reads_its_folders_tables(folders):

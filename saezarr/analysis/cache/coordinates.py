@@ -65,8 +65,7 @@ def _identity(store: Store, names: list[str]) -> str:
     root = store.storage.folder
     for name in names:
         if root is None:
-            for key in store.storage.list_prefix(f"{name}/"):
-                found = store.storage.stat(key)
+            for key, found in store.stats(f"{name}/").items():
                 files.append([key, found.size, found.modified_ns, None])
             continue
         for folder, _, entries in os.walk(root / name):

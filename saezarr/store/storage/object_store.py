@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from saezarr.errors import InputError, StorageUnavailable
 from saezarr.store.storage import STORAGES, url_scheme
-from saezarr.store.storage.base import ObjectStat, Ranges, Storage
+from saezarr.store.storage.base import ObjectStat, Storage
 
 if TYPE_CHECKING:
     from saezarr.store.lease_lock import LeaseLock
@@ -51,6 +51,11 @@ class ObjectStorage(Storage):
     def read_only(self) -> bool:
         """True over HTTP: a published store is only read."""
         return self.scheme in READ_ONLY_SCHEMES
+
+    @property
+    def can_list(self) -> bool:
+        """False over HTTP: a web server lists no folders."""
+        return self.scheme not in READ_ONLY_SCHEMES
 
     def get(self, key: str) -> bytes:
         """The object's bytes (KeyError if there is none)."""
@@ -94,17 +99,22 @@ class ObjectStorage(Storage):
 
     def list_prefix(self, prefix: str) -> Iterator[str]:
         """The keys that start with prefix, sorted: one LIST request per 1000 keys below prefix's folder."""
+        return iter(self.stats(prefix))
+
+    def stats(self, prefix: str) -> dict[str, ObjectStat]:
+        """Each object's size and time of writing by key, for the keys that start with prefix, sorted: from the LIST
+        answers alone."""
         import obstore
 
         folder = prefix.rpartition("/")[0]
         with self._requests(prefix or "/"):
-            keys = [
-                meta["path"]
+            found = {
+                meta["path"]: _object_stat(meta)
                 for batch in obstore.list(self.store, folder or None, chunk_size=1000)
                 for meta in batch
-                if meta["path"].startswith(prefix)
-            ]
-        return iter(sorted(key for key in keys if not key.rpartition("/")[2].startswith(".")))
+                if meta["path"].startswith(prefix) and not meta["path"].rpartition("/")[2].startswith(".")
+            }
+        return dict(sorted(found.items()))
 
     def delete(self, key: str) -> None:
         """Remove the object (none there: nothing to do)."""
@@ -119,22 +129,7 @@ class ObjectStorage(Storage):
         import obstore
 
         with self._requests(key):
-            meta = obstore.head(self.store, key)
-        return ObjectStat(int(meta["size"]), int(meta["last_modified"].timestamp() * 1e9))
-
-    @contextlib.contextmanager
-    def reader(self, key: str) -> Iterator[Ranges]:
-        """The object read in ranges: its length from one HEAD, each slice one ranged GET."""
-        yield ObjectRanges(self, key, self.stat(key).size)
-
-    def read_range(self, key: str, start: int, stop: int) -> bytes:
-        """Bytes [start, stop) of the object."""
-        import obstore
-
-        if stop <= start:
-            return b""
-        with self._requests(key):
-            return bytes(obstore.get_range(self.store, key, start=start, end=stop))
+            return _object_stat(obstore.head(self.store, key))
 
     def lock(self, key: str) -> LeaseLock:
         """The lease lock whose record is the object at key, held by conditional writes."""
@@ -162,20 +157,9 @@ class ObjectStorage(Storage):
             raise translated from None
 
 
-class ObjectRanges:
-    """An object's bytes fetched in the slices asked for."""
-
-    def __init__(self, storage: ObjectStorage, key: str, size: int):
-        self.storage = storage
-        self.key = key
-        self.size = size
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __getitem__(self, part: slice) -> bytes:
-        start, stop, _ = part.indices(self.size)
-        return self.storage.read_range(self.key, start, stop)
+def _object_stat(meta: Any) -> ObjectStat:
+    """An object's size and time of writing, from obstore's metadata of it (a HEAD or a LIST entry)."""
+    return ObjectStat(int(meta["size"]), int(meta["last_modified"].timestamp() * 1e9))
 
 
 def _translated(url: str, key: str, exc: Exception) -> Exception | None:
@@ -226,7 +210,9 @@ def _open(url: str) -> Any:
     except ImportError:
         raise InputError(f"{url}: object-store URLs need the cloud extra: {CLOUD_EXTRA}") from None
     try:
-        return from_url(url, retry_config=_RETRIES)
+        # a plain-http web server (a published store) is asked as it is; S3 endpoints follow AWS_ALLOW_HTTP
+        client: Any = {"allow_http": True} if url.startswith("http://") else None
+        return from_url(url, retry_config=_RETRIES, client_options=client)
     except Exception as exc:  # an unknown host, a malformed URL
         raise InputError(f"{url}: cannot open this URL ({' '.join(str(exc).split())[:160]})") from None
 
