@@ -10,16 +10,16 @@ import os
 import sys
 import warnings
 from collections.abc import Callable
-from dataclasses import MISSING, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from saezarr.analysis.analyze_options import AnalyzeOptions
+from saezarr.analysis.compare_options import CompareOptions
 from saezarr.build.build_options import DEFAULT_CONFIG, BuildOptions
 from saezarr.errors import SaezarrError, SaezarrNote, render
 from saezarr.export.export_options import ExportOptions
 from saezarr.option_fields import add_options, command_fields, flag, from_args, option
-from saezarr.store.storage import Location, as_location
+from saezarr.store_info import InfoOptions
 
 __all__ = ["COMMANDS", "DEFAULT_CONFIG", "main", "parser"]
 
@@ -113,53 +113,34 @@ class _Parser(argparse.ArgumentParser):
 
 
 @dataclass(frozen=True)
-class InfoOptions:
-    """What `saezarr info` takes."""
-
-    store: Location = option(MISSING, help=None, positional=True, type=as_location)
-    json: bool = option(False, help="machine-readable output")
-
-
-@dataclass(frozen=True)
 class CataloguesOptions:
     """What `saezarr catalogues` takes."""
 
     json: bool = option(False, help="machine-readable output: a list of objects with the columns' fields")
 
 
-@dataclass(frozen=True)
-class CompareOptions:
-    """What `saezarr compare` takes."""
-
-    analyses: list[Path] = option(
-        MISSING, help="`saezarr analyze` output folders", positional=True, type=Path, nargs="+", metavar="DIR"
-    )
-    output: Path = option(MISSING, help="folder for the comparison (must not exist)", type=Path, required=True)
-    overwrite: bool = option(False, help="replace an output folder saezarr compare wrote")
-
-
 def _run_build(options: BuildOptions) -> int:
-    from saezarr.build.pipeline import build
+    from saezarr.api import run_build
 
     _quiet_libraries(options.quiet)
-    print(build(options).line())
+    print(run_build(options).line())
     return 0
 
 
 def _run_export(options: ExportOptions) -> int:
-    from saezarr.export.export_options import export
+    from saezarr.api import run_export
 
-    print(f"saezarr: {export(options).line()}")
+    print(f"saezarr: {run_export(options).line()}")
     return 0
 
 
 def _run_info(options: InfoOptions) -> int:
     import json
 
-    from saezarr.store.reading import format_info, store_info
+    from saezarr.api import run_info
 
-    info = store_info(options.store)
-    print(json.dumps(info, indent=2) if options.json else format_info(info))
+    info = run_info(options)
+    print(json.dumps(info.to_dict(), indent=2) if options.json else str(info))
     return 0
 
 
@@ -186,16 +167,16 @@ def _run_catalogues(options: CataloguesOptions) -> int:
 
 
 def _run_analyze(options: AnalyzeOptions) -> int:
-    from saezarr.analysis.run import analyze
+    from saezarr.api import run_analyze
 
-    print(analyze(options).line())
+    print(run_analyze(options).line())
     return 0
 
 
 def _run_compare(options: CompareOptions) -> int:
-    from saezarr.analysis.compare import compare
+    from saezarr.api import run_compare
 
-    output = compare(options.analyses, options.output, options.overwrite)
+    output = run_compare(options)
     print(f"saezarr: compared {len(options.analyses)} analyses; wrote {output}")
     return 0
 

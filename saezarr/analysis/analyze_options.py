@@ -19,7 +19,8 @@ class AnalyzeOptions:
     """What `saezarr analyze` was asked to do."""
 
     store: Location = option(MISSING, help=None, positional=True, type=as_location)
-    output: Path = option(MISSING, help="folder for the analysis files (must not exist)", type=Path, required=True)
+    # required on the command line; from Python, None writes STORE-analysis beside the store (run.analysis_folder)
+    output: Path | None = option(None, help="folder for the analysis files (must not exist)", type=Path, required=True)
     configs: list[str] | None = configs_option()
     layers: list[int] | None = layers_option()
     pool: str = option(

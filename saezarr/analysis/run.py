@@ -102,7 +102,8 @@ def plan_analysis(options: AnalyzeOptions) -> AnalyzePlan:
     started = time.perf_counter()
     check_options(options)
     store = open_existing(options.store)
-    check_output(Path(options.output), options.overwrite, store.path)
+    output = analysis_folder(options.output, store)
+    check_output(output, options.overwrite, store.path)
     root = Path(options.cache or cache_root()).absolute()
     coordinates = AnalysisCoordinates.of(store, root)
     indices = _finished_selection(store, coordinates["layer"].tolist(), options)
@@ -117,7 +118,7 @@ def plan_analysis(options: AnalyzeOptions) -> AnalyzePlan:
     thresholds = Thresholds(options.min_pearson, options.min_tpr, options.max_fpr, options.top_n)
     return AnalyzePlan(
         store=store,
-        output=Path(options.output),
+        output=output,
         cache_root=root,
         indices=indices,
         coordinates=coordinates,
@@ -131,6 +132,18 @@ def plan_analysis(options: AnalyzeOptions) -> AnalyzePlan:
         cluster=options.cluster,
         planned_at=started,
     )
+
+
+def analysis_folder(output: Path | None, store: Store) -> Path:
+    """Where the analysis is written: `output`, else beside a local store, named after it (x.zarr: x-analysis)."""
+    if output is not None:
+        return Path(output)
+    folder = store.storage.folder
+    if folder is None:
+        raise InputError(
+            f"{option('output')}: give a folder for the analysis of {store.path}, which is not a local folder"
+        )
+    return folder.parent / f"{folder.stem}-analysis"
 
 
 def run(plan: AnalyzePlan) -> AnalyzeSummary:

@@ -73,6 +73,9 @@ class ExportSummary:
         )
         return f"{text}; {skipped}" if self.skipped else text
 
+    def _repr_pretty_(self, printer, cycle: bool) -> None:
+        printer.text(self.line())  # in Jupyter: the summary line, not every path written
+
 
 def npz_name(layer: int, average_l0: int, config: str | None = None) -> str:
     """The legacy file name of a configuration's export; by the config's name where its average L0 is unknown (-1)."""

@@ -201,10 +201,12 @@ def _default_sigint() -> None:
 
 @dataclass
 class Run:
-    """One `python -m saezarr` subprocess, with its output going to files (no pipe can fill up)."""
+    """One `python -m saezarr` subprocess (or `python -c PROGRAM ARGS`), with its output going to files (no pipe can
+    fill up)."""
 
     args: list[str]
     logdir: Path
+    program: str | None = None
     proc: subprocess.Popen = field(init=False)
     started: float = field(init=False)
 
@@ -216,7 +218,7 @@ class Run:
         env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
-            cli_command(*self.args),
+            cli_command(*self.args) if self.program is None else [sys.executable, "-c", self.program, *self.args],
             stdout=self._out,
             stderr=self._err,
             env=env,
