@@ -130,7 +130,7 @@ def _run_build(options: BuildOptions) -> int:
 def _run_export(options: ExportOptions) -> int:
     from saezarr.api import run_export
 
-    print(f"saezarr: {run_export(options).line()}")
+    print(f"saezarr: {_flags(run_export(options).line())}")
     return 0
 
 

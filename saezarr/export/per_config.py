@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from saezarr.durable.locking import process_alive
 from saezarr.durable.npyzip import read_members
-from saezarr.errors import InputError, OutOfMemory, OutputExists, StoreUnfinished, WriteFailed, call, option
+from saezarr.errors import InputError, OutOfMemory, OutputExists, StoreUnfinished, WriteFailed, call, option, render
 from saezarr.machine import available_memory as _available_memory
 from saezarr.machine import human_bytes, usable_cores
 from saezarr.progress import progress_off
@@ -64,7 +64,9 @@ class ExportSummary:
 
     def line(self) -> str:
         """One summary line for the terminal."""
-        skipped = f"{len(self.skipped)} up-to-date files left as they were (use --overwrite to rewrite them)"
+        skipped = (
+            f"{len(self.skipped)} up-to-date files left as they were (use {option('overwrite', True)} to rewrite them)"
+        )
         if not self.written:
             return f"nothing to export to {self.output}: {skipped}"
         text = (
@@ -74,7 +76,7 @@ class ExportSummary:
         return f"{text}; {skipped}" if self.skipped else text
 
     def _repr_pretty_(self, printer, cycle: bool) -> None:
-        printer.text(self.line())  # in Jupyter: the summary line, not every path written
+        printer.text(render(self.line()))  # in Jupyter: the summary line (options as keywords), not every path
 
 
 def npz_name(layer: int, average_l0: int, config: str | None = None) -> str:
