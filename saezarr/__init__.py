@@ -6,10 +6,14 @@ from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from saezarr.compat import hide_zarr_codec_notice
+
 if TYPE_CHECKING:
     import xarray
 
     __version__: str
+
+hide_zarr_codec_notice()
 
 
 def __getattr__(name: str) -> str:

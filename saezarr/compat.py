@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import json
 import re
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
+    import zarr
 
 TRANSFORMERS_DTYPE = (4, 56)  # from here from_pretrained takes the weights' dtype as `dtype` (before: `torch_dtype`)
 MULTIMODAL_GEMMA3_BASE = (4, 52)  # from here AutoModel loads a multimodal Gemma 3 (as Gemma3Model)
@@ -71,3 +74,59 @@ def _base_model_class(model_type: str) -> Any:
 def _base_of(model: Any) -> Any:
     """The base model within a model of `_base_model_class`: a Gemma3ForCausalLM's `model`, or the model itself."""
     return model.model if type(model).__name__ == "Gemma3ForCausalLM" else model
+
+
+def hide_zarr_codec_notice() -> None:
+    """Silence zarr 3.0's warning, on every open of a string array, that the vlen-utf8 codec (which saezarr's string
+    coordinates use, as zarr 3.1 writes them too) is not in the Zarr v3 spec: it would break one-line errors."""
+    warnings.filterwarnings("ignore", message="The codec `vlen-utf8` is currently not part", module=r"zarr\.")
+
+
+def writing_empty_chunks(array: zarr.Array) -> zarr.Array:
+    """The array, writing every chunk even if all fill value (`with_config` from zarr 3.1.6, the constructor before)."""
+    if hasattr(array, "with_config"):
+        return array.with_config({"write_empty_chunks": True})
+    import zarr
+    from zarr.core.array import AsyncArray
+
+    config = {"write_empty_chunks": True}
+    return zarr.Array(AsyncArray(array.metadata, array.store_path, config=config))  # type: ignore[call-overload]  # one overload per metadata version
+
+
+def crc32c(data: bytes) -> int:
+    """The CRC32C checksum of data, from the library the installed zarr depends on (zarr 3.1: google-crc32c, 3.0:
+    crc32c); numcodecs' CRC32C codec needs the one its own version expects."""
+    try:
+        import google_crc32c
+    except ImportError:
+        from crc32c import crc32c as checksum
+
+        return checksum(data)
+    return google_crc32c.value(data)
+
+
+XARRAY_FILL_VALUE = (2025, 3, 1)  # from here xarray's to_zarr sets a Zarr v3 array's fill value
+
+
+def fill_value_encoding(fill_value: float) -> dict[str, float]:
+    """xarray's to_zarr encoding for a Zarr v3 array's fill value (none before 2025.3.1: `settle_layout` sets it)."""
+    return {"fill_value": fill_value} if release("xarray") >= XARRAY_FILL_VALUE else {}
+
+
+def settle_layout(folder: Path, fill_values: dict[str, str]) -> None:
+    """Rewrite the arrays' zarr.json that an older xarray's to_zarr wrote into folder as today's writes them: booleans
+    as Zarr `bool` (before 2026.9: `int8` with an attribute `dtype: bool`, the same chunk bytes) and the fill values
+    {array: JSON value} asked for (before 2025.3.1 it sets none). Files already right are left untouched."""
+    from saezarr.durable.folders import write_durably
+
+    for path in sorted(folder.glob("*/zarr.json")):
+        meta = json.loads(path.read_text())
+        before = json.dumps(meta)
+        if meta.get("data_type") == "int8" and meta.get("attributes", {}).get("dtype") == "bool":
+            del meta["attributes"]["dtype"]
+            meta["data_type"], meta["fill_value"] = "bool", bool(meta["fill_value"])
+            meta["codecs"] = [{"name": "bytes"} if c.get("name") == "bytes" else c for c in meta["codecs"]]
+        if path.parent.name in fill_values:
+            meta["fill_value"] = fill_values[path.parent.name]
+        if json.dumps(meta) != before:
+            write_durably(path, json.dumps(meta, indent=2).encode())
