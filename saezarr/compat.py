@@ -130,3 +130,12 @@ def settle_layout(folder: Path, fill_values: dict[str, str]) -> None:
             meta["fill_value"] = fill_values[path.parent.name]
         if json.dumps(meta) != before:
             write_durably(path, json.dumps(meta, indent=2).encode())
+
+
+PANDAS_EXACT_FLOATS = (3,)  # from here read_csv parses floats exactly by default (and deprecates float_precision)
+
+
+def exact_floats() -> dict[str, str]:
+    """pandas' read_csv keywords that parse each float to the value written: `round_trip` before pandas 3, whose
+    default parser is off by an ulp or so (the default from 3, which deprecates the keyword)."""
+    return {} if release("pandas") >= PANDAS_EXACT_FLOATS else {"float_precision": "round_trip"}

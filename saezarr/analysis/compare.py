@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from saezarr.analysis.stats.permutation import ALPHA
+from saezarr.compat import exact_floats
 from saezarr.durable.folders import make_staging, swap_into_place
 from saezarr.errors import InputError, OutputExists, option
 
@@ -92,7 +93,7 @@ def _read(folder: Path) -> Analysis:
     except (ValueError, KeyError, OSError) as exc:
         raise InputError(f"compare: {folder}: unreadable analysis ({type(exc).__name__}: {exc})") from None
     path = folder / "emergence.csv"
-    emergence = pd.read_csv(path) if path.is_file() else None
+    emergence = pd.read_csv(path, **exact_floats()) if path.is_file() else None
     return Analysis(folder, Path(str(info.get("input_file") or folder.name)).stem, info, features, emergence)
 
 
