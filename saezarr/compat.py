@@ -76,6 +76,14 @@ def _base_of(model: Any) -> Any:
     return model.model if type(model).__name__ == "Gemma3ForCausalLM" else model
 
 
+def offline_snapshot_kwargs() -> dict[str, bool]:
+    """snapshot_download's keywords under HF_HUB_OFFLINE=1: local_files_only, without which huggingface_hub 1.x to 2.1
+    ask the hub for a cached commit's file list (and fail offline)."""
+    from huggingface_hub import constants
+
+    return {"local_files_only": True} if constants.HF_HUB_OFFLINE else {}
+
+
 def hide_zarr_codec_notice() -> None:
     """Silence zarr 3.0's warning, on every open of a string array, that the vlen-utf8 codec (which saezarr's string
     coordinates use, as zarr 3.1 writes them too) is not in the Zarr v3 spec: it would break one-line errors."""

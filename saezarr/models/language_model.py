@@ -14,7 +14,7 @@ import torch
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
-from saezarr.compat import build_base_model, layer_output, load_base_model
+from saezarr.compat import build_base_model, layer_output, load_base_model, offline_snapshot_kwargs
 from saezarr.errors import InputError, SaezarrError, one_line, option
 from saezarr.hub import Source, resolve
 from saezarr.models.architectures import ARCHITECTURES, PLUGIN_HINT
@@ -115,7 +115,11 @@ def _fetch_weights(source: Source) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(source.name, revision=source.revision, allow_patterns=WEIGHT_FILES))
+        return Path(
+            snapshot_download(
+                source.name, revision=source.revision, allow_patterns=WEIGHT_FILES, **offline_snapshot_kwargs()
+            )
+        )
     except Exception as exc:  # the hub raises a zoo of types: offline, missing, gated, network
         raise SaezarrError(
             f"{option('model', source.name)}: could not get its weights ({type(exc).__name__}: {exc})"
