@@ -6,6 +6,8 @@ from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from saezarr.compat import hide_zarr_codec_notice
+
 if TYPE_CHECKING:
     import xarray
 
@@ -25,6 +27,8 @@ _LAZY = {
     "Comparison": "saezarr.analysis.results",
     "StoreInfo": "saezarr.store_info",
 }
+
+hide_zarr_codec_notice()
 
 
 def __getattr__(name: str) -> Any:

@@ -36,6 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from saezarr.compat import dtype_kwargs, layer_output
 from saezarr.machine import human_bytes
 
 REPO = Path(__file__).resolve().parent.parent
@@ -553,7 +554,7 @@ class _Capture:
 
     def _hook(self, layer, stop):
         def hook(module, args, output):
-            self.out[layer] = output[0] if isinstance(output, tuple) else output
+            self.out[layer] = layer_output(output)
             if stop:
                 raise _Capture.Stop
 
@@ -684,7 +685,9 @@ def task_baseline(spec: dict) -> dict:
     sentences = pd.read_csv(spec["input"])["sentence"].tolist()
     tokenizer = AutoTokenizer.from_pretrained(config_file.model)
     ids = [np.asarray(t) for t in tokenizer(sentences)["input_ids"]]
-    model = AutoModel.from_pretrained(config_file.model, dtype=torch.float32, attn_implementation="eager").eval()
+    model = AutoModel.from_pretrained(
+        config_file.model, attn_implementation="eager", **dtype_kwargs(torch.float32)
+    ).eval()
     forward = encode = save = 0.0
     npz_bytes = 0
     batch_size = 16

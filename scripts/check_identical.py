@@ -8,7 +8,10 @@ so it works on any code layout:
 
 `--code DIR` is a checkout whose `saezarr` package is used: the subprocesses run with PYTHONPATH=DIR prepended (it is
 checked that this copy, not an installed one, is imported), SAEZARR_CACHE=WORKDIR/cache (the demo's model, tokenizer
-and SAEs are generated afresh) and HF_HUB_OFFLINE=1, in the cwd WORKDIR/outputs; WORKDIR must be empty or new.
+and SAEs are generated afresh) and HF_HUB_OFFLINE=1, in the cwd WORKDIR/outputs; WORKDIR must be empty or new. The
+subprocesses run under the Python that runs this script: run it with another environment's to compare environments,
+with `--assets CACHE` (a SAEZARR_CACHE holding a generated demo, copied into WORKDIR/cache) so that both use the
+same demo model and SAEs rather than ones each generates with its own library versions.
 
 What runs (a demo build takes about 5 s; all of it about 1 min on 2 cores):
   demo.zarr, demo_res.zarr        build --demo, and with --residuals
@@ -67,6 +70,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--code", type=Path, help="checkout whose saezarr package is run")
     parser.add_argument("--work", type=Path, help="work folder, empty or new")
     parser.add_argument("--manifest", type=Path, help="JSON file to write: path -> sha256")
+    parser.add_argument("--assets", type=Path, help="a SAEZARR_CACHE with the demo generated, to use instead")
     parser.add_argument("--compare", nargs=2, type=Path, metavar=("A", "B"), help="compare two manifests")
     args = parser.parse_args(argv)
     if args.compare is None and None in (args.code, args.work, args.manifest):
@@ -151,10 +155,13 @@ def saezarr(args: list[str], env: dict[str, str], cwd: Path) -> str:
     return result.stdout
 
 
-def run_all(code: Path, work: Path) -> dict[str, float]:
-    """Run every step and `info` of every store in work/outputs; seconds per step."""
+def run_all(code: Path, work: Path, assets: Path | None) -> dict[str, float]:
+    """Run every step and `info` of every store in work/outputs (the demo assets copied from `assets`, if given);
+    seconds per step."""
     env, outputs = environment(code, work), work / "outputs"
     outputs.mkdir(parents=True)
+    if assets is not None:
+        copy_assets(assets, work / "cache")
     check_import(code, env, outputs)
     full, half = write_inputs(code, work / "inputs")
     seconds: dict[str, float] = {}
@@ -198,11 +205,19 @@ def normalise(path: Path, data: bytes, work: Path) -> tuple[bytes, list[str]]:
     return text.encode("utf-8"), applied
 
 
-def demo_assets(work: Path) -> Path:
-    """The folder of the generated demo assets in the cache (the one holding config.json)."""
-    found = sorted((work / "cache").glob("*/config.json"))
+def copy_assets(assets: Path, cache: Path) -> None:
+    """Copy the generated demo of the cache `assets` into the cache folder, its config file's paths made the copy's."""
+    source = demo_assets(assets)
+    shutil.copytree(source, cache / source.name)
+    config = cache / source.name / "config.json"
+    config.write_text(config.read_text().replace(str(assets), str(cache)))
+
+
+def demo_assets(cache: Path) -> Path:
+    """The folder of the generated demo assets in a SAEZARR_CACHE (the one holding config.json)."""
+    found = sorted(cache.glob("*/config.json"))
     if len(found) != 1:
-        sys.exit(f"check_identical: expected one demo asset folder in {work / 'cache'}, found {found}")
+        sys.exit(f"check_identical: expected one demo asset folder in {cache}, found {found}")
     return found[0].parent
 
 
@@ -218,13 +233,13 @@ def hash_tree(root: Path, prefix: str, work: Path) -> tuple[dict[str, str], dict
     return digests, notes
 
 
-def make_manifest(code: Path, work: Path) -> dict:
+def make_manifest(code: Path, work: Path, assets: Path | None = None) -> dict:
     """Run everything and hash every output; the manifest."""
     began = time.perf_counter()
-    seconds = run_all(code, work)
+    seconds = run_all(code, work, assets)
     outputs = work / "outputs"
     files, notes = hash_tree(outputs, "", work)
-    asset_files, asset_notes = hash_tree(demo_assets(work), "demo-assets/", work)
+    asset_files, asset_notes = hash_tree(demo_assets(work / "cache"), "demo-assets/", work)
     return {
         "meta": {
             "code": str(code),
@@ -256,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     code, work = args.code.resolve(), args.work.resolve()
     if work.exists() and any(work.iterdir()):
         sys.exit(f"check_identical: {work} is not empty; give a fresh --work folder")
-    manifest = make_manifest(code, work)
+    manifest = make_manifest(code, work, args.assets.resolve() if args.assets else None)
     args.manifest.write_text(json.dumps(manifest, indent=1) + "\n")
     meta = manifest["meta"]
     print(f"check_identical: {len(manifest['files'])} files hashed in {meta['seconds']} s -> {args.manifest}")

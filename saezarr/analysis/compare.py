@@ -18,6 +18,7 @@ import pandas as pd
 
 from saezarr.analysis.results import Analysis
 from saezarr.analysis.stats.permutation import beats_chance
+from saezarr.compat import exact_floats
 from saezarr.durable.folders import make_staging, swap_into_place
 from saezarr.errors import InputError, OutputExists, option
 
@@ -93,7 +94,7 @@ def _read(folder: Path) -> ConceptAnalysis:
     except (ValueError, KeyError, OSError) as exc:
         raise InputError(f"compare: {folder}: unreadable analysis ({type(exc).__name__}: {exc})") from None
     path = folder / "emergence.csv"
-    emergence = pd.read_csv(path) if path.is_file() else None
+    emergence = pd.read_csv(path, **exact_floats()) if path.is_file() else None
     return ConceptAnalysis(folder, Path(str(info.get("input_file") or folder.name)).stem, info, features, emergence)
 
 

@@ -85,9 +85,7 @@ def _feature_predictions(split: FoldSplit, targets: np.ndarray, predictions: dic
     best_kept = np.argmax(np.where(np.isnan(r), -np.inf, r), axis=0)
     best = kept[best_kept]
     strength = np.ascontiguousarray(np.where(np.isnan(r), -1.0, np.abs(r)).T)  # [targets, kept]
-    top = np.argpartition(-strength, k_max - 1, axis=1)[:, :k_max]  # [targets, k]: the strongest, in no order
-    order = np.lexsort((top, -np.take_along_axis(strength, top, axis=1)), axis=1)  # ties: the earlier kept one
-    top = kept[np.take_along_axis(top, order, axis=1)]  # [targets, k], strongest first
+    top = kept[strongest(strength, k_max)]  # [targets, k], strongest first
     # every target's columns gathered from one dense copy of the columns any target uses
     used, position = np.unique(np.concatenate([best, top.ravel()]), return_inverse=True)
     columns = split.matrix.columns(used)
@@ -105,6 +103,17 @@ def _feature_predictions(split: FoldSplit, targets: np.ndarray, predictions: dic
         k_train, k_test = (np.ascontiguousarray(x[:, :, :used_k]) for x in (x_train, x_test))
         fitted = ridge_predictions(k_train, y, k_test)
         predictions[f"sparse_probe_k{k}"][split.test] = fitted[:, :, 0].T
+
+
+def strongest(strength: np.ndarray, k: int) -> np.ndarray:
+    """Each row's k columns of largest strength [rows, columns], strongest first, ties going to the earlier column
+    (argpartition alone picks among ties at the k-th value differently across numpy versions)."""
+    kth = -np.partition(-strength, k - 1, axis=1)[:, k - 1 : k]  # each row's k-th largest value
+    above, tied = strength > kth, strength == kth
+    tied &= np.cumsum(tied, axis=1) <= k - above.sum(axis=1, keepdims=True)  # the earliest ties fill up to k
+    top = np.nonzero(above | tied)[1].reshape(len(strength), k)  # each row's k columns, in column order
+    order = np.lexsort((top, -np.take_along_axis(strength, top, axis=1)), axis=1)
+    return np.take_along_axis(top, order, axis=1)
 
 
 def emergence_targets(labels: np.ndarray, permutations: np.ndarray) -> np.ndarray:

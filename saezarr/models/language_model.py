@@ -14,6 +14,7 @@ import torch
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
+from saezarr.compat import build_base_model, layer_output, load_base_model, offline_snapshot_kwargs
 from saezarr.errors import InputError, SaezarrError, one_line, option
 from saezarr.hub import Source, resolve
 from saezarr.models.architectures import ARCHITECTURES, PLUGIN_HINT
@@ -83,11 +84,9 @@ def _check_sites(config, name: str) -> None:
 
 def _skeleton(config, name: str) -> torch.nn.Module:
     """The base model of a config, built on the meta device."""
-    from transformers import AutoModel
-
     try:
         with torch.device("meta"):
-            return AutoModel.from_config(config)
+            return build_base_model(config)
     except Exception as exc:  # transformers raises many types for an architecture it cannot build
         raise InputError(
             f"{option('model', name)}: transformers cannot build it ({type(exc).__name__}: {one_line(exc)})"
@@ -116,7 +115,11 @@ def _fetch_weights(source: Source) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(source.name, revision=source.revision, allow_patterns=WEIGHT_FILES))
+        return Path(
+            snapshot_download(
+                source.name, revision=source.revision, allow_patterns=WEIGHT_FILES, **offline_snapshot_kwargs()
+            )
+        )
     except Exception as exc:  # the hub raises a zoo of types: offline, missing, gated, network
         raise SaezarrError(
             f"{option('model', source.name)}: could not get its weights ({type(exc).__name__}: {exc})"
@@ -152,13 +155,11 @@ def load_model(info: ModelInfo, device: str, dtype: str) -> PreTrainedModel:
 
     Each weight goes from its safetensors file straight to the device in `dtype`: no whole copy in host memory.
     """
-    from transformers import AutoModel
-
     try:
-        model = AutoModel.from_pretrained(
+        model = load_base_model(
             _load_name(info.source),
+            DTYPES[dtype],
             revision=_load_revision(info.source),
-            dtype=DTYPES[dtype],
             attn_implementation="eager",
             device_map={"": torch.device(device)},
         )
@@ -211,7 +212,7 @@ class SiteReader:
 
     def _output_hook(self, hook: str):
         def read_output(module, args, output):
-            self._keep(hook, output[0] if isinstance(output, tuple) else output)  # tuple in transformers 4.x
+            self._keep(hook, layer_output(output))
 
         return read_output
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from saezarr.compat import fill_value_encoding, settle_layout, writing_empty_chunks
 from saezarr.durable import folders
 from saezarr.durable.folders import TEMP_SUFFIX
 from saezarr.errors import (
@@ -118,7 +119,7 @@ class Store:
         except (OSError, ValueError, KeyError, TypeError, zarr.errors.BaseZarrError) as exc:
             raise StoreDamaged(f"{self.path}: {array_unreadable(exc)}") from None
         # every unit is written whole, so zarr need not test chunks for being all fill value
-        return array.with_config({"write_empty_chunks": True})
+        return writing_empty_chunks(array)
 
     @functools.cached_property
     def residuals(self) -> ResidualArrays | None:
@@ -370,7 +371,7 @@ class Store:
         scratch: dict = {}
         metadata = self.storage.get(f"{ACTIVATIONS}/zarr.json")
         scratch["zarr.json"] = default_buffer_prototype().buffer.from_bytes(metadata)
-        array = zarr.open_array(MemoryStore(scratch), mode="r+").with_config({"write_empty_chunks": True})
+        array = writing_empty_chunks(zarr.open_array(MemoryStore(scratch), mode="r+"))
         start, stop = self.chunk_bounds(chunk)
         first = shard * self.shard_width
         last = min(first + self.shard_width, self.width)
@@ -711,7 +712,6 @@ def _write_layout(
     `shard_width` features."""
     import dask.array as da
     import xarray as xr
-    import zarr
     from zarr.codecs import ZstdCodec
 
     n_configs, n_fragments = len(configs), len(fragments)
@@ -741,14 +741,20 @@ def _write_layout(
             "chunks": (1, chunk_fragments, _feature_chunk(shard_width)),
             "shards": (1, chunk_fragments, shard_width),
             "compressors": (ZstdCodec(level=ZSTD_LEVEL, checksum=True),),  # a damaged chunk fails to decode
-            "fill_value": np.nan,
+            **fill_value_encoding(np.nan),
         }
     }
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
         dataset.to_zarr(path, mode="w-", compute=False, encoding=encoding, zarr_format=3, consolidated=True)
-    zarr.open_group(path, mode="r+").create_group(STATE_GROUP)
-    (path / STATE_GROUP / "done").mkdir()
+    settle_layout(path, {ACTIVATIONS: "NaN"})
+    (path / STATE_GROUP / "done").mkdir(parents=True)
+    # written here, not by zarr: zarr before 3.1 adds `"consolidated_metadata": null` to a group's zarr.json
+    (path / STATE_GROUP / "zarr.json").write_text(
+        json.dumps({"attributes": {}, "zarr_format": 3, "node_type": "group"}, indent=2)
+    )
+    # the arrays in name order, as zarr from 3.1 consolidates them (3.0: in creation order)
+    write_consolidated(open_storage(path))
 
 
 def _strings(values: Iterable) -> np.ndarray:

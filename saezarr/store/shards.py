@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from saezarr.compat import crc32c
+
 if TYPE_CHECKING:
     from numcodecs import Zstd
 
@@ -85,10 +87,8 @@ class ShardEncoder:
         parts = [self._encode_inner_chunk(rows, start) for start in range(0, rows.shape[1], self.inner_width)]
         lengths = np.array([len(part) for part in parts], dtype="<u8")
         offsets = np.cumsum(lengths) - lengths
-        index = np.stack([offsets, lengths], axis=1).astype("<u8")
-        from numcodecs import CRC32C
-
-        return [*parts, bytes(CRC32C().encode(index))]  # the index, then its little-endian CRC32C
+        index = np.stack([offsets, lengths], axis=1).astype("<u8").tobytes()
+        return [*parts, index + _checksum(index)]  # the index, then its little-endian CRC32C
 
     def decode(
         self,
@@ -142,14 +142,15 @@ class ShardEncoder:
         if data is None:
             return [(MISSING, MISSING)] * n_inner
         size = 16 * n_inner + 4
-        from numcodecs import CRC32C
-
         if len(data) < size:
             raise ShardDamaged(f"a shard of {len(data)} bytes is too short for its index of {size} bytes")
-        try:
-            index = np.frombuffer(CRC32C().decode(data[-size:]), dtype="<u8").reshape(n_inner, 2)
-        except RuntimeError as exc:  # numcodecs' CRC32C: the index does not match its checksum
-            raise ShardDamaged(str(exc)) from None
+        tail = bytes(data[-size:])  # one read: the index, then its checksum
+        stored, computed = tail[-4:], _checksum(tail[:-4])
+        if stored != computed:
+            raise ShardDamaged(
+                f"the shard index's CRC32C checksum does not match (stored {stored.hex()}, computed {computed.hex()})"
+            )
+        index = np.frombuffer(tail[:-4], dtype="<u8").reshape(n_inner, 2)
         return [(int(offset), int(length)) for offset, length in index]
 
     def _block(self) -> np.ndarray:
@@ -165,6 +166,10 @@ class ShardEncoder:
         block[:n_rows] = rows[:, start : start + self.inner_width]
         block[n_rows:] = self.fill_value  # rows past the array's last fragment hold the fill value, as zarr writes
         return self.zstd.encode(block)
+
+
+def _checksum(data: bytes) -> bytes:
+    return crc32c(data).to_bytes(4, "little")
 
 
 def _is_little_endian_bytes(codec: dict) -> bool:

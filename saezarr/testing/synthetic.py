@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from saezarr.compat import load_base_model
 from saezarr.inputs.configs import SAEConfig
 from saezarr.sites import resid_post
 
@@ -271,12 +272,12 @@ def saelens_cfg(
 
 def calibration_residuals(model_folder: Path, layers: list[int], sentences: Sequence[str]) -> dict[int, np.ndarray]:
     """Residuals after each layer at every non-BOS token of the sentences, as float32 [tokens, d_model]."""
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from saezarr.models.language_model import SiteReader
 
     tokenizer = AutoTokenizer.from_pretrained(model_folder)
-    model = AutoModel.from_pretrained(model_folder, dtype=torch.float32, attn_implementation="eager").eval()
+    model = load_base_model(model_folder, torch.float32, attn_implementation="eager").eval()
     ids = [np.asarray(t) for t in tokenizer(list(sentences))["input_ids"]]
     rows = np.concatenate([np.full(len(t) - 1, i) for i, t in enumerate(ids)])
     positions = np.concatenate([np.arange(1, len(t)) for t in ids])

@@ -13,6 +13,7 @@ from clitools import run_cli
 
 import saezarr
 from saezarr.build.pipeline import BuildOptions, build
+from saezarr.compat import dtype_kwargs, layer_output
 from saezarr.saes.encoder import load_encoder
 from saezarr.saes.locate import locate_sae, resolve_sae_repo
 from saezarr.testing.synthetic import model_of_width
@@ -57,7 +58,7 @@ def model_states(tiny, ds: xr.Dataset) -> tuple[np.ndarray, np.ndarray]:
     from transformers import AutoModel, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny.model)
-    model = AutoModel.from_pretrained(tiny.model, dtype=torch.float32, attn_implementation="eager").eval()
+    model = AutoModel.from_pretrained(tiny.model, attn_implementation="eager", **dtype_kwargs(torch.float32)).eval()
     sentences = ds.sentence_index.values
     positions = ds.token_position.values
     texts = [str(ds.original_sentence.values[np.flatnonzero(sentences == s)[0]]) for s in np.unique(sentences)]
@@ -73,8 +74,7 @@ def model_states(tiny, ds: xr.Dataset) -> tuple[np.ndarray, np.ndarray]:
             handle.remove()
             here = positions[sentences == s]
             out.append(torch.stack(states)[:, 0, here].numpy())
-            final = captured["last"][0] if isinstance(captured["last"], tuple) else captured["last"]
-            last.append(final[0, here].numpy())
+            last.append(layer_output(captured["last"])[0, here].numpy())
     return np.concatenate(out, axis=1), np.concatenate(last, axis=0)
 
 

@@ -18,6 +18,7 @@ import zarr
 from clitools import run_cli
 
 from saezarr import cli
+from saezarr.compat import dtype_kwargs, layer_output
 from saezarr.errors import SaezarrError
 from saezarr.export.per_config import NPZ_KEYS, export_npz, npz_name, parallel_jobs
 from saezarr.machine import usable_cores
@@ -106,12 +107,12 @@ def reference_residuals(model_dir: Path, all_ids: list[list[int]], layers: list[
     """The output of each decoder layer at every token but BOS, one unpadded sentence at a time."""
     from transformers import AutoModel
 
-    model = AutoModel.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager").eval()
+    model = AutoModel.from_pretrained(model_dir, attn_implementation="eager", **dtype_kwargs(torch.float32)).eval()
     captured: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}
 
     def hook_for(layer):
         def hook(module, args, output):
-            hidden = output[0] if isinstance(output, tuple) else output
+            hidden = layer_output(output)
             captured[layer].append(hidden[0, 1:].detach().numpy().copy())
 
         return hook

@@ -15,6 +15,7 @@ import zarr
 
 import saezarr
 from saezarr.build.pipeline import BuildOptions, build
+from saezarr.compat import dtype_kwargs, layer_output
 from saezarr.inputs.fragments import FRAGMENT_FIELDS, make_fragments
 from saezarr.inputs.sentences import read_labeled_csv
 from saezarr.models.language_model import load_tokenizer, resolve_model
@@ -51,14 +52,13 @@ def hooked_residuals(tiny, sentences):
     from transformers import AutoModel, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny.model)
-    model = AutoModel.from_pretrained(tiny.model, dtype=torch.float32, attn_implementation="eager").eval()
+    model = AutoModel.from_pretrained(tiny.model, attn_implementation="eager", **dtype_kwargs(torch.float32)).eval()
     layers = sorted({c.layer for c in tiny.configs})
     captured: dict[int, torch.Tensor] = {}
 
     def hook_for(layer):
         def hook(module, args, output):
-            assert isinstance(output, torch.Tensor), "transformers 5 decoder layers return a plain tensor"
-            captured[layer] = output.detach().clone()
+            captured[layer] = layer_output(output).detach().clone()
 
         return hook
 

@@ -16,6 +16,7 @@ import xarray as xr
 from clitools import run_cli
 
 from saezarr.cli import main
+from saezarr.compat import dtype_kwargs
 from saezarr.inputs.configs import SAEConfig
 from saezarr.models.architectures import ARCHITECTURES, SiteNotInTable, layer_sites
 from saezarr.models.language_model import SiteReader, resolve_model
@@ -37,7 +38,7 @@ def hidden_states(model_folder: Path, sentences: list[str], final_norm: bool) ->
     from transformers import AutoModel, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_folder)
-    model = AutoModel.from_pretrained(model_folder, dtype=torch.float32, attn_implementation="eager").eval()
+    model = AutoModel.from_pretrained(model_folder, attn_implementation="eager", **dtype_kwargs(torch.float32)).eval()
     if not final_norm:
         model.ln_f = torch.nn.Identity()
     out = []
@@ -165,7 +166,7 @@ def test_a_table_that_places_a_site_where_the_model_has_no_module_is_refused_in_
 def test_a_site_the_table_does_not_place_is_refused_by_the_reader(tiny):
     from transformers import AutoModel
 
-    model = AutoModel.from_pretrained(tiny.model, dtype=torch.float32, attn_implementation="eager").eval()
+    model = AutoModel.from_pretrained(tiny.model, attn_implementation="eager", **dtype_kwargs(torch.float32)).eval()
     with pytest.raises(
         SiteNotInTable, match="does not place blocks.0.hook_mlp_out .it places hook_resid_post, hook_resid_pre"
     ):

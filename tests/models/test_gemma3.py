@@ -17,6 +17,7 @@ from clitools import run_cli
 from safetensors.numpy import load_file
 
 from saezarr.build.pipeline import BuildOptions, build
+from saezarr.compat import gemma3_layers, layer_output, load_base_model
 from saezarr.testing.synthetic import (
     DEMO_CSV,
     calibration_residuals,
@@ -86,15 +87,16 @@ def gemma3(tmp_path_factory) -> Gemma3Assets:
 
 def per_sentence_residuals(model_folder: Path, sentences, layers) -> list[dict[int, np.ndarray]]:
     """Each sentence run alone through the HF model, resid_post of each layer taken by our own hooks."""
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_folder)
-    model = AutoModel.from_pretrained(model_folder, dtype=torch.float32, attn_implementation="eager").eval()
-    text_model = getattr(model, "language_model", model)  # the multimodal base model holds the text model
+    model = load_base_model(model_folder, torch.float32, attn_implementation="eager").eval()
+    # the multimodal model holds the text model's layers
+    decoder_layers = model.get_submodule(gemma3_layers() if model.config.model_type == "gemma3" else "layers")
     captured = {}
     handles = [
-        text_model.layers[layer].register_forward_hook(
-            lambda module, args, output, layer=layer: captured.__setitem__(layer, output[0].clone())
+        decoder_layers[layer].register_forward_hook(
+            lambda module, args, output, layer=layer: captured.__setitem__(layer, layer_output(output)[0].clone())
         )
         for layer in layers
     ]
