@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from clitools import run_cli
-from faultkit import KillPoint, killed_at
+from faultkit import KillPoint, build_args, killed_at
 from s3tools import assert_same_objects, storage_digest
 
 from saezarr.store.format import LOCK
@@ -21,30 +21,12 @@ from saezarr.store.storage import open_storage
 from saezarr.testing.s3_server import MotoServer, Proxy
 from saezarr.testing.synthetic import DEMO_CSV
 
-CHUNK = "16"  # many small units: many moments to fail at
-
-
-def _args(demo_config: Path, output: str | Path, *extra: str) -> list[str]:
-    return [
-        "build",
-        "--input",
-        str(DEMO_CSV),
-        "--output",
-        str(output),
-        "--config",
-        str(demo_config),
-        "--chunk-fragments",
-        CHUNK,
-        "--quiet",
-        *extra,
-    ]
-
 
 @pytest.fixture(scope="module")
 def reference(demo_config, tmp_path_factory) -> Path:
     """The demo built on local disk in one go, with this suite's chunking."""
     store = tmp_path_factory.mktemp("s3-reference") / "demo.zarr"
-    done = run_cli(*_args(demo_config, store))
+    done = run_cli(*build_args(DEMO_CSV, store, demo_config))
     assert done.returncode == 0, done.stderr
     return store
 
@@ -53,9 +35,11 @@ def test_kill_9_mid_build_then_resume_equals_an_uninterrupted_build(bucket, demo
     """Killed inside a PUT (a kill between units is the next test's first step): --resume finishes it bitwise."""
     point = KillPoint("inside the 40th PUT", "store.storage.object_store.ObjectStorage.put", "before", 40)
     url = f"s3://{bucket}/killed.zarr"
-    assert killed_at(point, _args(demo_config, url), tmp_path / "log"), "the build finished before the kill point"
+    assert killed_at(point, build_args(DEMO_CSV, url, demo_config), tmp_path / "log"), (
+        "the build finished before the kill point"
+    )
     assert open_storage(url).exists(LOCK), "the killed writer's lock is left behind"
-    resumed = run_cli(*_args(demo_config, url, "--resume"))
+    resumed = run_cli(*build_args(DEMO_CSV, url, demo_config, "--resume"))
     assert resumed.returncode == 0, resumed.stderr
     assert_same_objects(url, reference)
     assert not open_storage(url).exists(LOCK)
@@ -81,12 +65,14 @@ def test_a_live_writer_elsewhere_is_respected_until_its_lease_ends(bucket, demo_
     its lease has ended, --resume takes the lock over and finishes; --force-unlock takes it at once."""
     url = f"s3://{bucket}/held.zarr"
     assert killed_at(
-        KillPoint("5th shard", "store.format.Store.write_shard", "after", 5), _args(demo_config, url), tmp_path / "log"
+        KillPoint("5th shard", "store.format.Store.write_shard", "after", 5),
+        build_args(DEMO_CSV, url, demo_config),
+        tmp_path / "log",
     )
     storage = open_storage(url)
     storage.put(LOCK, _lock_record("gpu-node-7", expires_in=600))
     before = storage_digest(url)
-    refused = run_cli(*_args(demo_config, url, "--resume"))
+    refused = run_cli(*build_args(DEMO_CSV, url, demo_config, "--resume"))
     assert refused.returncode != 0
     line = refused.stderr.strip()
     assert len(line.splitlines()) == 1, line
@@ -95,12 +81,12 @@ def test_a_live_writer_elsewhere_is_respected_until_its_lease_ends(bucket, demo_
     assert storage_digest(url) == before
 
     storage.put(LOCK, _lock_record("gpu-node-7", expires_in=-1))  # the lease ended: its holder is gone
-    resumed = run_cli(*_args(demo_config, url, "--resume"))
+    resumed = run_cli(*build_args(DEMO_CSV, url, demo_config, "--resume"))
     assert resumed.returncode == 0, resumed.stderr
     assert_same_objects(url, reference)
 
     storage.put(LOCK, _lock_record("gpu-node-7", expires_in=600))
-    forced = run_cli(*_args(demo_config, url, "--resume", "--force-unlock"))
+    forced = run_cli(*build_args(DEMO_CSV, url, demo_config, "--resume", "--force-unlock"))
     assert forced.returncode == 0, forced.stderr
     assert not storage.exists(LOCK)
 
@@ -108,7 +94,7 @@ def test_a_live_writer_elsewhere_is_respected_until_its_lease_ends(bucket, demo_
 def test_two_writers_racing_to_create_one_store(bucket, demo_config, reference, tmp_path):
     """Two builds started together on one new URL: one builds the store, the other is refused in one line."""
     url = f"s3://{bucket}/raced.zarr"
-    command = [sys.executable, "-m", "saezarr", *_args(demo_config, url)]
+    command = [sys.executable, "-m", "saezarr", *build_args(DEMO_CSV, url, demo_config)]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     racers = [
         subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)
@@ -128,7 +114,7 @@ def test_a_server_answering_503_to_some_requests_is_retried_and_the_build_is_equ
     url = f"s3://{bucket}/flaky.zarr"
     proxy = Proxy(moto.port, fail_share=0.1, seed=3).start()
     try:
-        done = run_cli(*_args(demo_config, url), env=moto.env(proxy.endpoint))
+        done = run_cli(*build_args(DEMO_CSV, url, demo_config), env=moto.env(proxy.endpoint))
     finally:
         proxy.stop()
     assert done.returncode == 0, done.stderr
@@ -139,7 +125,7 @@ def test_a_server_answering_503_to_some_requests_is_retried_and_the_build_is_equ
 def test_a_server_that_stops_mid_build_is_one_line_and_a_later_resume_is_equal(moto, bucket, demo_config, reference):
     url = f"s3://{bucket}/stopped.zarr"
     proxy = Proxy(moto.port).start()
-    command = [sys.executable, "-m", "saezarr", *_args(demo_config, url)]
+    command = [sys.executable, "-m", "saezarr", *build_args(DEMO_CSV, url, demo_config)]
     env = {**os.environ, **moto.env(proxy.endpoint), "TOKENIZERS_PARALLELISM": "false"}
     build = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 120
@@ -151,7 +137,7 @@ def test_a_server_that_stops_mid_build_is_one_line_and_a_later_resume_is_equal(m
     assert code == 1, stderr
     assert len(stderr.splitlines()) == 1, stderr
     assert stderr.startswith(f"saezarr: error: {url}: "), stderr
-    resumed = run_cli(*_args(demo_config, url, "--resume", "--force-unlock"))
+    resumed = run_cli(*build_args(DEMO_CSV, url, demo_config, "--resume", "--force-unlock"))
     assert resumed.returncode == 0, resumed.stderr
     assert_same_objects(url, reference)
 
@@ -159,7 +145,7 @@ def test_a_server_that_stops_mid_build_is_one_line_and_a_later_resume_is_equal(m
 def test_wrong_credentials_are_one_line_that_never_shows_the_secret(demo_config, tmp_path):
     with MotoServer(check_credentials=True) as strict:
         env = {**strict.env(), "AWS_SECRET_ACCESS_KEY": "s3cr3t-never-printed"}
-        refused = run_cli(*_args(demo_config, "s3://bucket/acts.zarr"), env=env, cwd=tmp_path)
+        refused = run_cli(*build_args(DEMO_CSV, "s3://bucket/acts.zarr", demo_config), env=env, cwd=tmp_path)
     assert refused.returncode == 2, refused.stderr
     line = refused.stderr.strip()
     assert line == (
@@ -178,7 +164,7 @@ def test_a_server_ignoring_conditional_writes_is_refused_unless_the_risk_is_acce
     url = f"s3://{bucket}/unconditional.zarr"
     proxy = Proxy(moto.port, strip_conditions=True).start()
     try:
-        refused = run_cli(*_args(demo_config, url), env=moto.env(proxy.endpoint))
+        refused = run_cli(*build_args(DEMO_CSV, url, demo_config), env=moto.env(proxy.endpoint))
         assert refused.returncode == 2, refused.stderr
         line = refused.stderr.strip()
         assert line == (
@@ -186,7 +172,7 @@ def test_a_server_ignoring_conditional_writes_is_refused_unless_the_risk_is_acce
             "store's lock cannot keep a second build out; use --unsafe-lock to build anyway, one build at a time"
         ), line
         assert list(open_storage(url).list_prefix("")) == []
-        accepted = run_cli(*_args(demo_config, url, "--unsafe-lock"), env=moto.env(proxy.endpoint))
+        accepted = run_cli(*build_args(DEMO_CSV, url, demo_config, "--unsafe-lock"), env=moto.env(proxy.endpoint))
     finally:
         proxy.stop()
     assert accepted.returncode == 0, accepted.stderr
@@ -197,7 +183,7 @@ def test_without_the_cloud_extra_a_url_is_one_line_naming_it(demo_config, tmp_pa
     """obstore missing (as in an install without `saezarr[cloud]`): one line naming the extra, nothing written."""
     script = "import sys; sys.modules['obstore'] = None; from saezarr.cli import main; sys.exit(main(sys.argv[1:]))"
     done = subprocess.run(
-        [sys.executable, "-c", script, *_args(demo_config, "s3://bucket/acts.zarr")],
+        [sys.executable, "-c", script, *build_args(DEMO_CSV, "s3://bucket/acts.zarr", demo_config)],
         capture_output=True,
         text=True,
         cwd=tmp_path,

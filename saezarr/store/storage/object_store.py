@@ -174,7 +174,7 @@ def _translated(url: str, key: str, exc: Exception) -> Exception | None:
 
     if isinstance(exc, (AlreadyExistsError, PreconditionError)):
         return None  # the caller's to handle
-    if isinstance(exc, (PermissionDeniedError, UnauthenticatedError)) or _status(exc) in (401, 403):
+    if isinstance(exc, (PermissionDeniedError, UnauthenticatedError)) or _denied(exc):
         return InputError(f"{url}: access denied ({_status_text(exc)}); check the credentials in the environment")
     if isinstance(exc, (BaseError, OSError, ConnectionError)):
         return StorageUnavailable(
@@ -183,12 +183,9 @@ def _translated(url: str, key: str, exc: Exception) -> Exception | None:
     return None
 
 
-def _status(exc: Exception) -> int | None:
-    text = str(exc)
-    for code in (401, 403, 404, 500, 502, 503):
-        if f"{code} " in text:
-            return code
-    return None
+def _denied(exc: Exception) -> bool:
+    """True for an answer of 401 or 403 that obstore did not classify as one."""
+    return any(f"{code} " in str(exc) for code in (401, 403))
 
 
 def _status_text(exc: Exception) -> str:
