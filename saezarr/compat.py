@@ -58,6 +58,14 @@ def gemma3_layers() -> str:
     return "language_model.model.layers"  # Gemma3ForConditionalGeneration, whose language model is a Gemma3ForCausalLM
 
 
+def portable_tokenizer(folder: Path) -> None:
+    """Make the PreTrainedTokenizerFast saved in folder load in transformers 4.x and 5.x alike: 5.x records its class
+    as `TokenizersBackend`, unknown to 4.x, which both know as PreTrainedTokenizerFast."""
+    path = folder / "tokenizer_config.json"
+    config = {**json.loads(path.read_text(encoding="utf-8")), "tokenizer_class": "PreTrainedTokenizerFast"}
+    path.write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def _base_model_class(model_type: str) -> Any:
     """The Auto class whose model holds a model type's base model: AutoModel, but before transformers 5 a Gemma 3 text
     checkpoint loads its weights only as Gemma3ForCausalLM (the base model's `language_model` prefix does not match
