@@ -122,11 +122,26 @@ def crc32c(data: bytes) -> int:
 
 
 XARRAY_FILL_VALUE = (2025, 3, 1)  # from here xarray's to_zarr sets a Zarr v3 array's fill value
+XARRAY_READS_ZARR_3_1 = (2025, 6)  # from here xarray's open_zarr reads the arrays zarr 3.1's data types describe
 
 
 def fill_value_encoding(fill_value: float) -> dict[str, float]:
     """xarray's to_zarr encoding for a Zarr v3 array's fill value (none before 2025.3.1: `settle_layout` sets it)."""
     return {"fill_value": fill_value} if release("xarray") >= XARRAY_FILL_VALUE else {}
+
+
+def check_xarray_reads_zarr() -> None:
+    """Refuse in one line xarray before 2025.6 beside zarr 3.1 or later: its open_zarr fails on every Zarr v3 array
+    (AttributeError: 'Float32' object has no attribute 'value'), and pip installs the pair without complaint."""
+    from saezarr.errors import SaezarrError
+
+    if release("xarray") < XARRAY_READS_ZARR_3_1 and release("zarr") >= (3, 1):
+        from importlib.metadata import version
+
+        raise SaezarrError(
+            f"xarray {version('xarray')} cannot open Zarr v3 stores with zarr {version('zarr')} (xarray before 2025.6 "
+            "reads zarr 3.0's data types only); install xarray>=2025.6 or zarr<3.1"
+        )
 
 
 def settle_layout(folder: Path, fill_values: dict[str, str]) -> None:
