@@ -84,12 +84,12 @@ def _base_of(model: Any) -> Any:
     return model.model if type(model).__name__ == "Gemma3ForCausalLM" else model
 
 
-def offline_snapshot_kwargs() -> dict[str, bool]:
-    """snapshot_download's keywords under HF_HUB_OFFLINE=1: local_files_only, without which huggingface_hub 1.x to 2.1
-    ask the hub for a cached commit's file list (and fail offline)."""
+def hub_offline() -> bool:
+    """Whether HF_HUB_OFFLINE=1, as snapshot_download's local_files_only: without it huggingface_hub 1.x to 2.1 ask
+    the hub for a cached commit's file list, and fail offline."""
     from huggingface_hub import constants
 
-    return {"local_files_only": True} if constants.HF_HUB_OFFLINE else {}
+    return bool(constants.HF_HUB_OFFLINE)
 
 
 def hide_zarr_codec_notice() -> None:
