@@ -4,19 +4,40 @@ from __future__ import annotations
 
 from os import PathLike
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from saezarr.compat import hide_zarr_codec_notice
 
 if TYPE_CHECKING:
     import xarray
 
+    from saezarr.analysis.results import Analysis, Comparison
+    from saezarr.api import analyze, compare, export_npz, info
+    from saezarr.store_info import StoreInfo
+
     __version__: str
+
+# the API, imported on first use: `import saezarr` stays cheap (the options and what they import cost ~40 ms)
+_LAZY = {
+    "analyze": "saezarr.api",
+    "compare": "saezarr.api",
+    "export_npz": "saezarr.api",
+    "info": "saezarr.api",
+    "Analysis": "saezarr.analysis.results",
+    "Comparison": "saezarr.analysis.results",
+    "StoreInfo": "saezarr.store_info",
+}
 
 hide_zarr_codec_notice()
 
 
-def __getattr__(name: str) -> str:
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from importlib import import_module
+
+        found = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = found
+        return found
     # looked up on first use: importlib.metadata costs every command ~10 ms of start-up
     if name != "__version__":
         raise AttributeError(f"module 'saezarr' has no attribute {name!r}")
@@ -68,4 +89,26 @@ def emergence(
     return _emergence(ds, pool, folds, seed, permutations, layers)
 
 
-__all__ = ["__version__", "emergence", "feature_metrics", "open_store", "plot_token_traces", "token_traces"]
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
+# `saezarr.build(...)`: the build package is callable as the API's build (saezarr/build/__init__.py)
+from saezarr import build as build  # noqa: E402
+
+__all__ = [
+    "Analysis",
+    "Comparison",
+    "StoreInfo",
+    "__version__",
+    "analyze",
+    "build",
+    "compare",
+    "emergence",
+    "export_npz",
+    "feature_metrics",
+    "info",
+    "open_store",
+    "plot_token_traces",
+    "token_traces",
+]

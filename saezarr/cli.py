@@ -10,15 +10,16 @@ import os
 import sys
 import warnings
 from collections.abc import Callable
-from dataclasses import MISSING, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from saezarr.analysis.analyze_options import AnalyzeOptions
+from saezarr.analysis.compare_options import CompareOptions
 from saezarr.build.build_options import DEFAULT_CONFIG, BuildOptions
 from saezarr.errors import SaezarrError, SaezarrNote, render
 from saezarr.export.export_options import ExportOptions
 from saezarr.option_fields import add_options, command_fields, flag, from_args, option
+from saezarr.store_info import InfoOptions
 
 __all__ = ["COMMANDS", "DEFAULT_CONFIG", "main", "parser"]
 
@@ -112,53 +113,34 @@ class _Parser(argparse.ArgumentParser):
 
 
 @dataclass(frozen=True)
-class InfoOptions:
-    """What `saezarr info` takes."""
-
-    store: Path = option(MISSING, help=None, positional=True, type=Path)
-    json: bool = option(False, help="machine-readable output")
-
-
-@dataclass(frozen=True)
 class CataloguesOptions:
     """What `saezarr catalogues` takes."""
 
-    json: bool = option(False, help="machine-readable output")
-
-
-@dataclass(frozen=True)
-class CompareOptions:
-    """What `saezarr compare` takes."""
-
-    analyses: list[Path] = option(
-        MISSING, help="`saezarr analyze` output folders", positional=True, type=Path, nargs="+", metavar="DIR"
-    )
-    output: Path = option(MISSING, help="folder for the comparison (must not exist)", type=Path, required=True)
-    overwrite: bool = option(False, help="replace an output folder saezarr compare wrote")
+    json: bool = option(False, help="machine-readable output: a list of objects with the columns' fields")
 
 
 def _run_build(options: BuildOptions) -> int:
-    from saezarr.build.pipeline import build
+    from saezarr.api import run_build
 
-    _quiet_libraries()
-    print(build(options).line())
+    _quiet_libraries(options.quiet)
+    print(run_build(options).line())
     return 0
 
 
 def _run_export(options: ExportOptions) -> int:
-    from saezarr.export.export_options import export
+    from saezarr.api import run_export
 
-    print(f"saezarr: {export(options).line()}")
+    print(f"saezarr: {_flags(run_export(options).line())}")
     return 0
 
 
 def _run_info(options: InfoOptions) -> int:
     import json
 
-    from saezarr.store.reading import format_info, store_info
+    from saezarr.api import run_info
 
-    info = store_info(options.store)
-    print(json.dumps(info, indent=2) if options.json else format_info(info))
+    info = run_info(options)
+    print(json.dumps(info.to_dict(), indent=2) if options.json else str(info))
     return 0
 
 
@@ -167,27 +149,34 @@ def _run_catalogues(options: CataloguesOptions) -> int:
     import json
 
     from saezarr.inputs.catalogues import list_catalogues
+    from saezarr.inputs.configs import width_tag
 
     found = list_catalogues()
     if options.json:
         print(json.dumps([dataclasses.asdict(c) for c in found], indent=2))
         return 0
-    for catalogue in found:
-        print(f"{catalogue.name}  {catalogue.n_configs} SAEs  {catalogue.model}  {catalogue.sae_repo}")
+    rows = [("name", "model", "site", "width", "SAEs")]
+    rows += [
+        (c.name, c.model, c.site, "mixed" if c.width is None else width_tag(c.width), str(c.n_configs)) for c in found
+    ]
+    sizes = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:  # the words left-aligned, width and count right-aligned
+        cells = [cell.ljust(size) for cell, size in zip(row[:3], sizes)]
+        print("  ".join(cells + [cell.rjust(size) for cell, size in zip(row[3:], sizes[3:])]))
     return 0
 
 
 def _run_analyze(options: AnalyzeOptions) -> int:
-    from saezarr.analysis.run import analyze
+    from saezarr.api import run_analyze
 
-    print(analyze(options).line())
+    print(run_analyze(options).line())
     return 0
 
 
 def _run_compare(options: CompareOptions) -> int:
-    from saezarr.analysis.compare import compare
+    from saezarr.api import run_compare
 
-    output = compare(options.analyses, options.output, options.overwrite)
+    output = run_compare(options)
     print(f"saezarr: compared {len(options.analyses)} analyses; wrote {output}")
     return 0
 
@@ -230,9 +219,15 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def _quiet_libraries() -> None:
+def _quiet_libraries(quiet: bool) -> None:
+    """transformers' own messages and bars off (saezarr says what it loads); the hub's download bars, with their
+    ETAs, only unless quiet."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
+    downloads_shown = not are_progress_bars_disabled()  # False where HF_HUB_DISABLE_PROGRESS_BARS=1 says so
+    hf_logging.disable_progress_bar()  # transformers' and the hub's
     hf_logging.set_verbosity_error()
+    if downloads_shown and not quiet:
+        enable_progress_bars()

@@ -106,6 +106,13 @@ class ClusterError(SaezarrError, RuntimeError):
     """The dask cluster could not be reached, or a worker or task on it failed."""
 
 
+class StorageUnavailable(SaezarrError, ConnectionError):
+    """An object store that did not answer, or failed, after its retries; what was written whole is kept."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message, exit_code)
+
+
 class WriteFailed(SaezarrError, OSError):
     """Writing a file failed (disk full, permissions); what was written whole is kept."""
 

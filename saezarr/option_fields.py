@@ -1,18 +1,26 @@
-"""A command's options as the fields of one dataclass, and the argparse parser built from them.
+"""A command's options as the fields of one dataclass: the argparse parser built from them, and the Python API's
+keyword arguments.
 
 Each option's default, help text and flag live once, on its field (`option`); `add_options` turns the fields into
-arguments and `from_args` turns the parsed arguments back into the dataclass. A field without help text is for the
-Python API alone. `parse` converts an option's text after argparse, so its errors are saezarr's own one-line
-`SaezarrError`s; an argparse `type` is for values argparse itself refuses.
+arguments and `from_args` turns the parsed arguments back into the dataclass; `from_keywords` makes the dataclass from
+a Python call's keyword arguments, named as the fields, and `keyword_signature` is that call's signature. A field
+without help text is for the Python API alone. `parse` converts an option's text after argparse, so its errors are
+saezarr's own one-line `SaezarrError`s; an argparse `type` is for values argparse itself refuses.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Callable
+import difflib
+import inspect
+from collections.abc import Callable, Sequence
+from os import PathLike
+from pathlib import Path
 from typing import Any
 
+from saezarr.errors import InputError
+from saezarr.errors import option as named
 from saezarr.inputs.configs import parse_layers
 
 _ARGPARSE_KEYS = ("type", "choices", "nargs", "const", "metavar", "required")
@@ -122,6 +130,62 @@ def _value(field: dataclasses.Field, args: argparse.Namespace) -> Any:
     if parse is None:
         return value
     return parse(value) if value else field.default
+
+
+def from_keywords(cls: type, function: str, keywords: dict[str, Any]) -> Any:
+    """The options dataclass from a Python call's keyword arguments, one per field: text is read as the command line
+    reads it (a path, "3,12", "8GiB"), a number checked as its flag's value is, a value outside the choices refused."""
+    fields = {field.name: field for field in dataclasses.fields(cls)}
+    for name in keywords:
+        if name not in fields:
+            # the field a flag names (config: --config is config_file), else the closest field name
+            flags = {flag(f).lstrip("-").replace("-", "_"): f.name for f in command_fields(cls)}
+            close = [flags[name]] if name in flags else difflib.get_close_matches(name, list(fields), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise TypeError(f"{function}() got an unexpected keyword argument {name!r}{hint}")
+    return cls(**{name: _keyword_value(fields[name], value) for name, value in keywords.items()})
+
+
+def _keyword_value(field: dataclasses.Field, value: Any) -> Any:
+    """A keyword argument's value as its option takes it (the field's default, None, as it is)."""
+    meta = field.metadata
+    convert = meta.get("parse") or meta.get("type")
+    if convert is Path:
+        if isinstance(value, (str, PathLike)):
+            return Path(value)
+        if isinstance(value, list):  # nargs="+": a list of paths
+            return [Path(item) if isinstance(item, (str, PathLike)) else item for item in value]
+        return value
+    if convert is not None and value is not None:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and meta.get("type") is convert:
+            value = str(value)  # a number is checked as the flag's text is
+        if isinstance(value, str):
+            try:
+                value = convert(value)
+            except argparse.ArgumentTypeError as exc:
+                raise InputError(f"{named(field.name, value)}: {exc}") from None
+    choices = meta.get("choices")
+    if choices is not None and value is not None and value not in choices:
+        raise InputError(f"{named(field.name, value)}: expected one of {', '.join(map(str, choices))}")
+    return value
+
+
+def keyword_signature(cls: type, positional: Sequence[str]) -> inspect.Signature:
+    """The signature of a Python call whose keyword arguments are the fields of `cls`, with their defaults; the
+    `positional` ones first, which may also be given by position."""
+    fields = {field.name: field for field in dataclasses.fields(cls)}
+    order = [*positional, *(name for name in fields if name not in positional)]
+    parameters = []
+    for name in order:
+        field = fields[name]
+        default: Any = inspect.Parameter.empty
+        if field.default is not dataclasses.MISSING:
+            default = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            default = field.default_factory()
+        kind = inspect.Parameter.POSITIONAL_OR_KEYWORD if name in positional else inspect.Parameter.KEYWORD_ONLY
+        parameters.append(inspect.Parameter(name, kind, default=default, annotation=field.type))
+    return inspect.Signature(parameters)
 
 
 def positive_int(text: str) -> int:

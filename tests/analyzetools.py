@@ -18,6 +18,7 @@ from saezarr.testing.synthetic import DEMO_CSV
 
 # the tiny SAEs' Neuronpedia sources: a canonical SAE, a published variant of the same layer, the rest unpublished
 SOURCES = {"layer_12_l0_6": "tiny-model/12-res-16k", "layer_12_l0_20": "tiny-model/12-res-16k__l0-20"}
+DEMO_THRESHOLDS = ("--min-pearson", "0.2", "--min-tpr", "0.2", "--max-fpr", "0.3")  # the README's, for the demo
 LEVELS = np.array([0.25, 0.5, 1.5, 3.0])  # dyadic: label means are exact, so equal ones tie in every summation order
 
 
@@ -36,6 +37,20 @@ def build_store(folder: Path, config: Path, csv: Path = DEMO_CSV, *extra: str) -
     result = run_cli("build", "--input", csv, "--output", store, "--config", config, "--quiet", *extra)
     assert result.returncode == 0, result.stderr
     return store
+
+
+def analyze_demo(folder: Path, demo_config: Path) -> tuple[Path, str]:
+    """The README's demo through the command line, in folder: `build --demo`, then `analyze` with its looser
+    thresholds; the analysis folder and the analyze command's stdout."""
+    built = run_cli("build", "--demo", "--config", demo_config, "--quiet", cwd=folder)
+    assert built.returncode == 0, built.stderr
+    analysis = folder / "analysis"
+    result = run_cli(
+        "analyze", "saezarr-demo.zarr", "--output", analysis, "--quiet", *DEMO_THRESHOLDS,
+        cwd=folder, env={"SAEZARR_CACHE": str(folder / "cache")},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return analysis, result.stdout
 
 
 def dead_pid() -> int:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from s3tools import bucket, moto  # noqa: F401  (fixtures: a loopback S3 server, a bucket on it)
 
 from saezarr.inputs.configs import SAEConfig
 from saezarr.testing.synthetic import DEMO_CSV, demo_configs, write_config_file, write_model, write_saes
@@ -52,6 +53,14 @@ def demo_config(tmp_path_factory) -> Path:
     from saezarr.testing.synthetic import ensure_demo
 
     return ensure_demo(tmp_path_factory.mktemp("demo-cache"))
+
+
+@pytest.fixture(scope="session")
+def demo_analysis(tmp_path_factory, demo_config) -> tuple[Path, str]:
+    """The README's demo, built and analysed through the command line: the analysis folder and analyze's stdout."""
+    from analyzetools import analyze_demo
+
+    return analyze_demo(tmp_path_factory.mktemp("demo-analysis"), demo_config)
 
 
 @pytest.fixture(scope="session")

@@ -148,10 +148,10 @@ def test_a_held_lock_is_lock_held_naming_the_keyword_that_takes_it(tmp_path):
 
 
 def test_library_notes_are_warnings_and_log_records_not_prints(tmp_path, caplog, capsys):
-    from saezarr.durable.locking import _say_taken_over
+    from saezarr.durable.locking import say_taken_over
 
     caplog.set_level(logging.INFO, logger="saezarr")
-    _say_taken_over({"pid": 7, "host": "h"})
+    say_taken_over({"pid": 7, "host": "h"})
     assert caplog.messages == ["taking over the lock of pid 7 on h, which is gone"]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

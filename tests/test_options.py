@@ -10,8 +10,9 @@ import pytest
 from saezarr import cli
 from saezarr.analysis.analyze_options import PROBE_PERMUTATIONS, AnalyzeOptions
 from saezarr.build.build_options import DEFAULT_BATCH_SIZE, BuildOptions
+from saezarr.errors import InputError
 from saezarr.execution.connect import ClusterOptions
-from saezarr.option_fields import command_fields, flag, from_args
+from saezarr.option_fields import command_fields, flag, from_args, from_keywords, keyword_signature
 from saezarr.store import DEFAULT_CHUNK_FRAGMENTS
 from tests.clitools import run_cli
 
@@ -121,3 +122,63 @@ def test_option_parse_errors_are_saezarr_errors(capsys):
     """Text that `parse` refuses is one `saezarr: error:` line naming the option, exit code 2."""
     assert cli.main(["build", "--residuals", "3,x", "--output", "o.zarr", "--input", "i.csv"]) == 2
     assert capsys.readouterr().err == "saezarr: error: --residuals: expected comma-separated layer numbers, got '3,x'\n"
+
+
+def test_keywords_are_read_as_the_command_line_reads_their_text():
+    """From Python, an option given as text is read as its flag's text is: the two make the same options."""
+    keywords = {"input": "in.csv", "layers": "3,12", "sae_memory": "2GiB", "residuals": "all", "batch_size": 8}
+    argv = [
+        "build",
+        "--input",
+        "in.csv",
+        "--layers",
+        "3,12",
+        "--sae-memory",
+        "2GiB",
+        "--residuals",
+        "--batch-size",
+        "8",
+    ]
+    options = from_keywords(BuildOptions, "build", keywords)
+    assert options == from_args(BuildOptions, cli.parser().parse_args(argv))
+    assert options.input == Path("in.csv") and options.layers == [3, 12] and options.sae_memory == 2 * 2**30
+    given = from_keywords(BuildOptions, "build", {"layers": [12, 3], "sae_memory": 1024, "input": None})
+    assert (given.layers, given.sae_memory, given.input) == ([12, 3], 1024, None)  # values as they are
+
+
+@pytest.mark.parametrize(
+    ("keywords", "message"),
+    [
+        ({"batch_size": 0}, "batch_size=0: expected a positive integer, got '0'"),
+        ({"batch_size": 2.5}, "batch_size=2.5: expected a positive integer, got '2.5'"),
+        ({"dtype": "float16"}, "dtype=float16: expected one of float32, bfloat16"),
+        ({"layers": "3,x"}, "layers: expected comma-separated layer numbers, got '3,x'"),
+    ],
+)
+def test_a_bad_keyword_value_is_an_input_error_naming_the_keyword(keywords, message):
+    with pytest.raises(InputError) as caught:
+        from_keywords(BuildOptions, "build", keywords)
+    assert str(caught.value) == message
+
+
+def test_an_unknown_keyword_is_a_type_error_with_the_closest_field():
+    with pytest.raises(TypeError) as caught:
+        from_keywords(BuildOptions, "build", {"config": "x.json"})
+    assert str(caught.value) == "build() got an unexpected keyword argument 'config' (did you mean 'config_file'?)"
+    with pytest.raises(TypeError, match=r"^analyze\(\) got an unexpected keyword argument 'zzz'$"):
+        from_keywords(AnalyzeOptions, "analyze", {"store": "s.zarr", "zzz": 1})
+
+
+@pytest.mark.parametrize("name", sorted(REQUIRED))
+def test_the_keyword_signature_is_the_fields_with_their_defaults(name):
+    options = COMMANDS[name].options
+    argv, required = REQUIRED[name]
+    signature = keyword_signature(options, tuple(required))
+    assert list(signature.parameters) == [
+        *required,
+        *(f.name for f in dataclasses.fields(options) if f.name not in required),
+    ]
+    called = signature.bind(**required)
+    called.apply_defaults()
+    assert options(**called.arguments) == options(**required)
+    assert all(p.kind is p.KEYWORD_ONLY for p in signature.parameters.values() if p.name not in required)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from saezarr.execution.connect import ClusterOptions
 from saezarr.option_fields import configs_option, count, layers_option, option, options_of, positive_int
+from saezarr.store.storage import Location, as_location
 
 POOLS = ("final", "max", "mean")  # one activation per sentence: its final token's, or the max or mean
 PROBE_PERMUTATIONS = 20  # permuted labellings behind each emergence chance level
@@ -17,8 +18,9 @@ PROBE_PERMUTATIONS = 20  # permuted labellings behind each emergence chance leve
 class AnalyzeOptions:
     """What `saezarr analyze` was asked to do."""
 
-    store: Path = option(MISSING, help=None, positional=True, type=Path)
-    output: Path = option(MISSING, help="folder for the analysis files (must not exist)", type=Path, required=True)
+    store: Location = option(MISSING, help=None, positional=True, type=as_location)
+    # required on the command line; from Python, None writes STORE-analysis beside the store (run.analysis_folder)
+    output: Path | None = option(None, help="folder for the analysis files (must not exist)", type=Path, required=True)
     configs: list[str] | None = configs_option()
     layers: list[int] | None = layers_option()
     pool: str = option(

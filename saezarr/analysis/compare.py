@@ -3,7 +3,7 @@ concept and its specificity, features specific to one concept vs shared, and the
 
 A feature's score for a concept is its Pearson correlation with that concept's labels (the statistic of the
 permutation null); its specificity is its score for its best concept minus its best score among the others. A
-feature counts for a concept when its p_value_fwer there is below 0.05 (or, in an analysis made without
+feature counts for a concept when its p_value_fwer there is at most 0.05 (or, in an analysis made without
 permutations, when it passes that analysis's filter)."""
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from saezarr.analysis.stats.permutation import ALPHA
+from saezarr.analysis.results import Analysis
+from saezarr.analysis.stats.permutation import beats_chance
 from saezarr.compat import exact_floats
 from saezarr.durable.folders import make_staging, swap_into_place
 from saezarr.errors import InputError, OutputExists, option
@@ -28,7 +29,7 @@ KEY = ["config", "layer", "average_l0", "feature_id"]
 
 
 @dataclass(frozen=True)
-class Analysis:
+class ConceptAnalysis:
     """One `analyze` output folder: its concept name, analysis.json, features and emergence rows (or None)."""
 
     folder: Path
@@ -80,13 +81,13 @@ def _check_output(output: Path, overwrite: bool) -> None:
         )
 
 
-def _read(folder: Path) -> Analysis:
+def _read(folder: Path) -> ConceptAnalysis:
     """An analyze output folder, refused in one line if it is not one."""
-    info_path = folder / "analysis.json"
-    if not folder.is_dir() or not info_path.is_file() or not (folder / "features.parquet").is_file():
-        raise InputError(f"compare: {folder}: not a saezarr analyze output (no analysis.json and features.parquet)")
     try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
+        info = Analysis(folder).info
+    except InputError as exc:
+        raise InputError(f"compare: {exc.message}") from None
+    try:
         columns = [*KEY, "pearson_corr", "passes_filter"]
         features = pd.read_parquet(folder / "features.parquet")
         features = features[[*columns, *(["p_value_fwer"] if "p_value_fwer" in features else [])]]
@@ -94,23 +95,24 @@ def _read(folder: Path) -> Analysis:
         raise InputError(f"compare: {folder}: unreadable analysis ({type(exc).__name__}: {exc})") from None
     path = folder / "emergence.csv"
     emergence = pd.read_csv(path, **exact_floats()) if path.is_file() else None
-    return Analysis(folder, Path(str(info.get("input_file") or folder.name)).stem, info, features, emergence)
+    return ConceptAnalysis(folder, Path(str(info.get("input_file") or folder.name)).stem, info, features, emergence)
 
 
-def _named(analyses: list[Analysis]) -> list[Analysis]:
+def _named(analyses: list[ConceptAnalysis]) -> list[ConceptAnalysis]:
     """The analyses named by their input file, or by their folder where two share an input file name."""
     names = [a.concept for a in analyses]
     if len(set(names)) == len(names):
         return analyses
-    named = [Analysis(a.folder, a.folder.name, a.info, a.features, a.emergence) for a in analyses]
+    named = [ConceptAnalysis(a.folder, a.folder.name, a.info, a.features, a.emergence) for a in analyses]
     if len({a.concept for a in named}) < len(named):
         return [
-            Analysis(a.folder, f"{a.folder.name}#{i}", a.info, a.features, a.emergence) for i, a in enumerate(named)
+            ConceptAnalysis(a.folder, f"{a.folder.name}#{i}", a.info, a.features, a.emergence)
+            for i, a in enumerate(named)
         ]
     return named
 
 
-def _check_same_model_and_saes(analyses: list[Analysis]) -> None:
+def _check_same_model_and_saes(analyses: list[ConceptAnalysis]) -> None:
     """Refuse, in one line, analyses of different models or SAE sets (or of different features of them)."""
     first = analyses[0]
     for other in analyses[1:]:
@@ -128,7 +130,7 @@ def _check_same_model_and_saes(analyses: list[Analysis]) -> None:
             )
 
 
-def score_table(analyses: list[Analysis]) -> pd.DataFrame:
+def score_table(analyses: list[ConceptAnalysis]) -> pd.DataFrame:
     """Per feature: its pearson_<concept> (and p_value_fwer_<concept>) per concept, best_concept and specificity."""
     table = analyses[0].features[KEY].copy()
     scores = np.column_stack([a.features.pearson_corr.to_numpy(dtype=np.float64) for a in analyses])
@@ -147,14 +149,14 @@ def score_table(analyses: list[Analysis]) -> pd.DataFrame:
     return table
 
 
-def _counts(analysis: Analysis) -> np.ndarray:
-    """Which features count for the analysis's concept: p_value_fwer < ALPHA, else passing its filter."""
+def _counts(analysis: ConceptAnalysis) -> np.ndarray:
+    """Which features count for the analysis's concept: those that beat chance, else those passing its filter."""
     if "p_value_fwer" in analysis.features:
-        return (analysis.features.p_value_fwer < ALPHA).to_numpy()
+        return beats_chance(analysis.features.p_value_fwer.to_numpy())
     return analysis.features.passes_filter.to_numpy(dtype=bool)
 
 
-def concept_features(analyses: list[Analysis], scores: pd.DataFrame) -> pd.DataFrame:
+def concept_features(analyses: list[ConceptAnalysis], scores: pd.DataFrame) -> pd.DataFrame:
     """concept_features.csv: every feature counting for some concept, `specific` to one or `shared` by several,
     with the concepts it counts for, its scores and specificity; most specific first."""
     counted = np.column_stack([_counts(a) for a in analyses])
@@ -166,7 +168,7 @@ def concept_features(analyses: list[Analysis], scores: pd.DataFrame) -> pd.DataF
     return table.sort_values(["kind", "specificity"], ascending=[False, False], kind="stable", ignore_index=True)
 
 
-def emergence_by_concept(analyses: list[Analysis]) -> pd.DataFrame | None:
+def emergence_by_concept(analyses: list[ConceptAnalysis]) -> pd.DataFrame | None:
     """The analyses' emergence.csv rows, with a `concept` column first (None if no analysis has them)."""
     parts = [a.emergence.assign(concept=a.concept) for a in analyses if a.emergence is not None]
     if not parts:
@@ -175,7 +177,7 @@ def emergence_by_concept(analyses: list[Analysis]) -> pd.DataFrame | None:
     return table[["concept", *[c for c in table.columns if c != "concept"]]]
 
 
-def _info(analyses: list[Analysis], counted: pd.DataFrame) -> dict:
+def _info(analyses: list[ConceptAnalysis], counted: pd.DataFrame) -> dict:
     first = analyses[0].info
     return {
         **{key: first.get(key) for key in IDENTITY},

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from saezarr.durable.folders import make_staging, swap_into_place
 from saezarr.errors import InputError, OutputExists, option
+from saezarr.store.storage import Location
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -49,12 +50,12 @@ WRITTEN_BY = "saezarr analyze"  # analysis.json's signature: the folder is one t
 _BEFORE_SIGNATURES = {FEATURES, RANKED, EXAMPLES, INFO, "report.html"}
 
 
-def check_output(path: Path, overwrite: bool, store: Path | None = None) -> None:
+def check_output(path: Path, overwrite: bool, store: Location | None = None) -> None:
     """Refuse a DIR that is a file, is or holds the input store, or exists without --overwrite; with --overwrite,
     refuse any DIR but an empty one or one that analyze wrote and nobody added to."""
     if path.exists() and not path.is_dir():
         raise InputError(f"{option('output', path)}: is a file, not a folder")
-    if store is not None:
+    if isinstance(store, Path):  # a store at a URL cannot overlap a local folder
         _refuse_store_overlap(path, store)
     if not path.exists():
         return

@@ -28,12 +28,13 @@ from saezarr.analysis.stats.validation import fold_ids
 from saezarr.analysis.tables import ConfigTable
 from saezarr.durable.folders import replace_file
 from saezarr.execution.running import map_in_threads
+from saezarr.store.residual_arrays import RESIDUAL_LAYER, RESIDUALS
 from saezarr.store.shards import ChunkFiles
+from saezarr.store.storage import Location, open_storage
 
 __all__ = ["STATISTICS", "Resampled", "ResamplingOptions", "resample", "store_residuals"]
 
 FOLDER = "resampling"  # in the cache entry: one file per statistic and the options it depends on
-RESIDUALS = "residuals"
 # the statistics analyze computes, in this order (a new one: a class implementing ResampledStatistic, added here)
 STATISTICS: tuple[ResampledStatistic, ...] = (PermutationNull(), HeldoutValidation(), EmergenceCurves())
 
@@ -75,12 +76,13 @@ def resample(
     layout: SentenceLayout,
     pool: str,
     options: ResamplingOptions,
-    residuals: Path | None,
+    residuals: Location | None,
     statistics: Sequence[ResampledStatistic] | None = None,
+    quiet: bool = False,
 ) -> Resampled:
     """The results of the statistics (None: STATISTICS) for these options: read back from the cache entry where it
     has them, else computed in one pass over its per-sentence activations (and the store's residual stream at
-    `residuals`, if given) and kept there."""
+    `residuals`, if given), with a progress bar over the layers unless quiet, and kept there."""
     statistics = STATISTICS if statistics is None else statistics
     folder = cache.path / FOLDER
     paths = {s.name: _path(folder, s, _key(s.key_parts(options, residuals))) for s in statistics if s.wanted(options)}
@@ -99,7 +101,16 @@ def resample(
         inputs = LayerInputs(layer, positions, [_pooled_matrix(pooled, p) for p in positions], context)
         return [s.for_layer(inputs) if layer in covered else None for s, covered in zip(missing, layers_of)]
 
-    shares = list(map_in_threads(one_layer, layers))
+    from tqdm.auto import tqdm  # only now: a re-run that reads every result back need not import it
+
+    names = ", ".join(statistic.name for statistic in missing)
+    with tqdm(
+        total=len(layers), desc=f"saezarr: resampling ({names})", unit="layer", leave=False, disable=quiet
+    ) as bar:
+        shares = []
+        for share in map_in_threads(one_layer, layers):
+            shares.append(share)
+            bar.update()
     for i, (statistic, covered) in enumerate(zip(missing, layers_of)):
         own = [layer_shares[i] for layer, layer_shares in zip(layers, shares) if layer in covered]
         value = statistic.combine(own, context)
@@ -114,7 +125,7 @@ def _context(
     layout: SentenceLayout,
     pool: str,
     options: ResamplingOptions,
-    residuals: Path | None,
+    residuals: Location | None,
     missing: list[ResampledStatistic],
 ) -> ResamplingContext:
     """What the statistics to compute share: the folds, the null's permutations, and the targets of the fold splits
@@ -152,16 +163,18 @@ def _load(statistic: ResampledStatistic, path: Path, result: Resampled) -> bool:
         return False
 
 
-def store_residuals(store_path: Path) -> Path | None:
-    """The store's residual-stream array (`residuals`: residual_layer x fragment x hidden), if it holds one."""
-    path = Path(store_path) / RESIDUALS
-    return path if (path / "zarr.json").is_file() else None
+def store_residuals(store: Location) -> Location | None:
+    """The store itself if it holds a residual stream (`residuals`: residual_layer x fragment x hidden), else None."""
+    return store if open_storage(store).exists(f"{RESIDUALS}/zarr.json") else None
 
 
-def _sentence_residuals(path: Path, layout: SentenceLayout, pool: str) -> dict[int, np.ndarray]:
+def _sentence_residuals(store: Location, layout: SentenceLayout, pool: str) -> dict[int, np.ndarray]:
     """Each residual layer's per-sentence residuals [sentence, hidden], pooled like the activations."""
     import zarr
 
-    array = zarr.open_array(path, mode="r")
-    layers = zarr.open_array(path.parent / "residual_layer", mode="r")[:]
+    from saezarr.store.zarr_adapter import zarr_location
+
+    storage = open_storage(store)
+    array = zarr.open_array(zarr_location(storage, RESIDUALS, read_only=True), mode="r")
+    layers = zarr.open_array(zarr_location(storage, RESIDUAL_LAYER, read_only=True), mode="r")[:]
     return {int(layer): sentence_residuals(array[i], layout, pool) for i, layer in enumerate(layers.tolist())}  # type: ignore[arg-type, union-attr]  # zarr: an N-d array's [i] and [:] are ndarrays

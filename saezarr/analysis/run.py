@@ -16,6 +16,7 @@ from saezarr.analysis.analyze_options import AnalyzeOptions
 from saezarr.analysis.cache.coordinates import AnalysisCoordinates
 from saezarr.analysis.cache.files import PLOTS, AnalysisCache, cache_root, fingerprint
 from saezarr.analysis.cache.units import feature_units, units_on
+from saezarr.analysis.headline import Headline
 from saezarr.analysis.outputs import OutputWriter, check_output
 from saezarr.analysis.resampling import Resampled, ResamplingOptions, resample, store_residuals
 from saezarr.analysis.stats.blocks import LABELS
@@ -68,22 +69,26 @@ class AnalyzeSummary:
 
     output: Path
     n_configs: int
-    n_features: int
+    n_features: int  # of the widest selected SAE
     n_sentences: int
-    n_passing: int
+    headline: Headline  # what survives chance, and what passes the in-sample filter
     pool: str
     cache: Path
     cache_reused: bool
     notes: list[str] = field(default_factory=list)
     elapsed: float = 0.0
 
+    @property
+    def n_passing(self) -> int:
+        """How many features pass the in-sample filter."""
+        return self.headline.passing
+
     def line(self) -> str:
-        """One summary line for the terminal."""
+        """One summary line for the terminal, leading with what survives chance."""
         reused = "cached activations and metrics reused" if self.cache_reused else "activations and metrics cached"
         return (
-            f"saezarr: analysed {self.n_configs} configs x {self.n_features} features over {self.n_sentences} "
-            f"sentences (pool {self.pool}): {self.n_passing} pass the filter; wrote {self.output} in "
-            f"{self.elapsed:.1f} s ({reused})"
+            f"saezarr: {self.headline.text()}; analysed {self.n_configs} configs x {self.n_features} features over "
+            f"{self.n_sentences} sentences (pool {self.pool}), wrote {self.output} in {self.elapsed:.1f} s ({reused})"
         )
 
 
@@ -97,7 +102,8 @@ def plan_analysis(options: AnalyzeOptions) -> AnalyzePlan:
     started = time.perf_counter()
     check_options(options)
     store = open_existing(options.store)
-    check_output(Path(options.output), options.overwrite, store.path)
+    output = analysis_folder(options.output, store)
+    check_output(output, options.overwrite, store.path)
     root = Path(options.cache or cache_root()).absolute()
     coordinates = AnalysisCoordinates.of(store, root)
     indices = _finished_selection(store, coordinates["layer"].tolist(), options)
@@ -112,7 +118,7 @@ def plan_analysis(options: AnalyzeOptions) -> AnalyzePlan:
     thresholds = Thresholds(options.min_pearson, options.min_tpr, options.max_fpr, options.top_n)
     return AnalyzePlan(
         store=store,
-        output=Path(options.output),
+        output=output,
         cache_root=root,
         indices=indices,
         coordinates=coordinates,
@@ -126,6 +132,18 @@ def plan_analysis(options: AnalyzeOptions) -> AnalyzePlan:
         cluster=options.cluster,
         planned_at=started,
     )
+
+
+def analysis_folder(output: Path | None, store: Store) -> Path:
+    """Where the analysis is written: `output`, else beside a local store, named after it (x.zarr: x-analysis)."""
+    if output is not None:
+        return Path(output)
+    folder = store.storage.folder
+    if folder is None:
+        raise InputError(
+            f"{option('output')}: give a folder for the analysis of {store.path}, which is not a local folder"
+        )
+    return folder.parent / f"{folder.stem}-analysis"
 
 
 def run(plan: AnalyzePlan) -> AnalyzeSummary:
@@ -148,19 +166,21 @@ def run(plan: AnalyzePlan) -> AnalyzeSummary:
     for note in notes:
         warnings.warn(note, SaezarrNote, stacklevel=2)
     metrics = cache.metrics()
-    resampled = resample(cache, configs, layout, plan.pool, plan.resampling, store_residuals(store.path))
+    resampled = resample(
+        cache, configs, layout, plan.pool, plan.resampling, store_residuals(store.path), quiet=plan.quiet
+    )
     thresholds = plan.thresholds
     passing = passes_filter(metrics, thresholds.min_pearson, thresholds.min_tpr, thresholds.max_fpr)
     features = features_table(metrics, passing, configs, resampled.p_values(metrics))
     with OutputWriter(plan.output) as output:
         output.write_features(within_widths(features, store.widths[indices]))
-        n_passing = _write_findings(output, plan, features, configs, cache, notes, (metrics, resampled))
+        headline = _write_findings(output, plan, features, configs, cache, notes, (metrics, resampled))
     return AnalyzeSummary(
         output=plan.output,
         n_configs=len(indices),
         n_features=int(store.widths[indices].max()),  # the widest selected SAE
         n_sentences=layout.n_sentences,
-        n_passing=n_passing,
+        headline=headline,
         pool=plan.pool,
         cache=cache.path,
         cache_reused=reused,
@@ -177,8 +197,8 @@ def _write_findings(
     cache: AnalysisCache,
     notes: list[str],
     resampling: tuple[dict, Resampled],
-) -> int:
-    """Write the ranked features, their examples, analysis.json and the report; return how many features pass."""
+) -> Headline:
+    """Write the ranked features, their examples, analysis.json and the report; return the analysis's headline."""
     # imported only now, once features.parquet is being written on its thread: pandas' import (0.2 s) overlaps it
     from saezarr.analysis.examples import feature_examples
     from saezarr.analysis.ranking import (
@@ -207,9 +227,12 @@ def _write_findings(
         top, cache, coordinates["sentence_text"], store, layout, fragment_texts, plan.examples_per_label
     )
     passing = features["passes_filter"].to_numpy().reshape(len(configs.names), -1)
-    info = _info(plan, passing, notes, fragment_texts is not None)
     permutation = resampled.summary(metrics, configs.names)
-    info["significant_features"] = None if permutation is None else permutation["significant_features"]
+    widths = store.widths[configs.indices]
+    headline = Headline.of(len(configs.names), int(widths.sum()), layout.n_sentences, int(passing.sum()), permutation)
+    info = _info(plan, headline, notes, fragment_texts is not None)
+    info["headline"] = headline.to_json()
+    info["significant_features"] = headline.beat_chance
     info["permutation"] = permutation
     info["heldout"] = None if resampled.heldout is None else heldout_summary(resampled.heldout, plan.resampling.folds)
     info["emergence"] = resampled.emergence
@@ -224,7 +247,7 @@ def _write_findings(
             ]
         )
     output.write_rest(ranked, summary, examples, info, cache.path / PLOTS, tables)
-    return len(ranked)
+    return headline
 
 
 def check_options(options: AnalyzeOptions) -> None:
@@ -311,7 +334,7 @@ def _notes(labels: np.ndarray, configs: ConfigTable) -> list[str]:
     return notes
 
 
-def _info(plan: AnalyzePlan, passing: np.ndarray, notes: list[str], token_shading: bool) -> dict:
+def _info(plan: AnalyzePlan, headline: Headline, notes: list[str], token_shading: bool) -> dict:
     store, labels, thresholds = plan.store, plan.layout.labels, plan.thresholds
     attrs = store.attrs
     return {
@@ -338,11 +361,11 @@ def _info(plan: AnalyzePlan, passing: np.ndarray, notes: list[str], token_shadin
         "top_n": thresholds.top_n,
         "examples_per_label": plan.examples_per_label,
         "counts": {
-            "configs": int(passing.shape[0]),
-            "features": int(passing.size),
-            "sentences": len(labels),
+            "configs": headline.configs,
+            "features": headline.features,
+            "sentences": headline.sentences,
             "sentences_by_label": {str(k): int((labels == k).sum()) for k in LABELS},
-            "passing": int(passing.sum()),
+            "passing": headline.passing,
         },
         "token_shading": token_shading,
         "notes": notes,

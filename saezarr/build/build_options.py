@@ -7,6 +7,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from saezarr import errors
 from saezarr.execution.connect import ClusterOptions
@@ -15,6 +16,10 @@ from saezarr.inputs.configs import parse_layers
 from saezarr.machine import parse_size
 from saezarr.option_fields import comma_list, option, options_of, positive_int
 from saezarr.store import DEFAULT_CHUNK_FRAGMENTS
+from saezarr.store.storage import Location, as_location
+
+if TYPE_CHECKING:
+    from saezarr.inputs.sentences import SentenceTable
 
 DEFAULT_CONFIG = Path(catalogues.DEFAULT)  # a bundled catalogue, in the package
 DEMO_OUTPUT = Path("saezarr-demo.zarr")
@@ -39,8 +44,12 @@ def parse_sae_memory(text: str) -> int:
 class BuildOptions:
     """Everything `saezarr build` takes; None leaves an option to its default, resolved once in the build's plan."""
 
-    input: Path | None = option(help="CSV with columns sentence,concept_strength_label", type=Path)
-    output: Path | None = option(help="the Zarr store folder to write", type=Path)
+    input: Path | SentenceTable | None = option(
+        help="CSV with columns sentence,concept_strength_label (or a .tsv, .parquet or .jsonl file)", type=Path
+    )  # from Python also a pandas DataFrame, or a table with a to_pandas() method (inputs.sentences.read_sentences)
+    output: Location | None = option(
+        help="the Zarr store to write: a folder, or a URL (s3://BUCKET/NAME.zarr, gs://, az://)", type=as_location
+    )
     config_file: Path | None = option(
         help=f"SAE configuration file, or a bundled catalogue's name (`saezarr catalogues`; default: {DEFAULT_CONFIG})",
         flag="--config",
@@ -87,6 +96,9 @@ class BuildOptions:
         group="mode",
     )
     force_unlock: bool = option(False, help="take the store's lock even if another build seems to hold it")
+    unsafe_lock: bool = option(
+        False, help="build on an object store that ignores conditional writes (its lock cannot keep a second build out)"
+    )
     quiet: bool = option(False, help="no progress bar")
     demo: bool = option(False, help="build from the bundled sample with a tiny generated model (offline)")
     cluster: ClusterOptions = options_of(ClusterOptions)  # default: run in this process
@@ -102,7 +114,7 @@ def with_defaults(options: BuildOptions) -> BuildOptions:
         options = dataclasses.replace(
             options,
             overwrite=options.overwrite or (options.output is None and not options.resume),  # rebuilt each time
-            input=options.input or DEMO_CSV,
+            input=DEMO_CSV if options.input is None else options.input,
             output=options.output or DEMO_OUTPUT,
             config_file=options.config_file or ensure_demo(),
         )

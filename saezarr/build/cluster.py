@@ -42,6 +42,7 @@ from saezarr.execution.running import completed, submit_checked
 from saezarr.machine import usable_cores
 from saezarr.models.language_model import ModelInfo, check_weights
 from saezarr.store.format import Store
+from saezarr.store.storage import Location, unreachable
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -58,9 +59,18 @@ def local_spec(spec: ComputeSpec, n_workers: int) -> ComputeSpec:
 
 
 def check_workers(
-    client: Client, options: ClusterOptions, model: ModelInfo | None, saes: Sequence[Path], device: str, output: Path
+    client: Client,
+    options: ClusterOptions,
+    model: ModelInfo | None,
+    saes: Sequence[Path],
+    device: str,
+    output: Location,
 ) -> list[str]:
-    """Check on every worker what a build needs there; refuse in one line naming the first worker that lacks it."""
+    """Check on every worker what a build needs there; refuse in one line naming the first worker that lacks it. A
+    store at a URL needs no shared file system: each worker is asked to reach it instead."""
+    if isinstance(output, str):
+        return probe_workers(client, options, [], (check_build_needs, model, tuple(saes), device, output))
+    output = output.resolve()
     output.parent.mkdir(parents=True, exist_ok=True)
     with probe_marker(output.parent, output.name) as marker:
         return probe_workers(
@@ -71,13 +81,16 @@ def check_workers(
         )
 
 
-def check_build_needs(model: ModelInfo | None, saes: Sequence[Path], device: str) -> str | None:
-    """On a worker: what it lacks of a build's model (None: no task runs it), SAE files and device, or None."""
+def check_build_needs(model: ModelInfo | None, saes: Sequence[Path], device: str, url: str | None = None) -> str | None:
+    """On a worker: what it lacks of a build's model (None: no task runs it), SAE files, device and, for a store at
+    a URL, access to it; or None."""
     try:
         if model is not None:
             check_weights(model)
     except SaezarrError as exc:
         return f"lacks the model: {exc.message}"
+    if url is not None and (problem := unreachable(url)):
+        return problem
     for path in saes:
         if not os.access(path, os.R_OK):
             return f"cannot read the SAE file {path}"

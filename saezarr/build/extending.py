@@ -4,6 +4,7 @@ is written; the model is resolved only when some new unit needs it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from saezarr.inputs.configs import (
     with_neuronpedia,
 )
 from saezarr.inputs.fragments import FRAGMENT_FIELDS, Fragments, make_fragments
-from saezarr.inputs.sentences import LabeledSentences, read_labeled_csv
+from saezarr.inputs.sentences import LabeledSentences, data_row, read_sentences
 from saezarr.models.language_model import ModelInfo, check_weights, load_tokenizer, resolve_model
 from saezarr.saes.locate import SAEFile, check_context, describe_configs, locate_sae, resolve_sae_repo
 from saezarr.sites import resid_post
@@ -65,11 +66,11 @@ def plan_extension(options: BuildOptions, store: Store) -> Extension:
                 f"config file {options.config_file} gives {config.path!r}; a store holds one SAE per name"
             )
     new_configs = tuple(c for c in chosen if c.name not in by_name)
-    data = read_labeled_csv(options.input) if options.input is not None else None
+    data = read_sentences(options.input) if options.input is not None else None
     n_old = int(attrs["n_sentences"])
     old_table = _stored_table(store, n_old)
     if data is not None:
-        _refuse_changed_rows(data, old_table, n_old, where, options.input)
+        _refuse_changed_rows(data, old_table, n_old, where)
     new_sentences = data is not None and len(data) > n_old
     done = store.done_matrix()
     if not (new_configs or new_sentences or record):
@@ -93,7 +94,9 @@ def plan_extension(options: BuildOptions, store: Store) -> Extension:
         info, fragments = _model_and_fragments(options, config_file.model, attrs, data, old_table, n_old, where)
         check_depth(configs, info.num_layers, options.config_file)
     saes = _locate(sae_repo, attrs, needed, info or _stored_model(attrs, store), where)
-    check_context(saes, _token_counts(fragments, old_table), options.input or store.path)
+    check_context(
+        saes, _token_counts(fragments, old_table), data.row if data is not None else partial(data_row, store.path)
+    )
     located = {sae.config.name: sae.config for sae in saes}  # completed from their files (width, architecture)
     configs = (*stored, *(located.get(c.name, c) for c in new_configs))
     growth = None
@@ -113,7 +116,7 @@ def _growth(store, record, attrs, configs, data, fragments, old_table, where) ->
         WIDTHS: [int(c.width) for c in configs],
     }
     if data is not None:
-        new_attrs.update(input_file=data.path.name, input_sha256=data.sha256)
+        new_attrs.update(input_file=data.name, input_sha256=data.sha256)
     if fragments is not None:
         new_attrs["tokens_sha256"] = fragments.tokens_sha256()
     table = fragments.table if fragments is not None else old_table
@@ -185,7 +188,7 @@ def _stored_table(store: Store, n_sentences: int) -> pd.DataFrame:
     return table
 
 
-def _refuse_changed_rows(data: LabeledSentences, table: pd.DataFrame, n_old: int, where: str, path) -> None:
+def _refuse_changed_rows(data: LabeledSentences, table: pd.DataFrame, n_old: int, where: str) -> None:
     """Refuse an input whose first rows are not exactly the store's sentences and labels, in order."""
     _, first = np.unique(table["sentence_index"].to_numpy(), return_index=True)
     sentences = table["original_sentence"].to_numpy()[first]
@@ -193,12 +196,12 @@ def _refuse_changed_rows(data: LabeledSentences, table: pd.DataFrame, n_old: int
     for row in range(n_old):
         if row >= len(data):
             raise ResumeMismatch(
-                f"{where}: {path} has {len(data)} data rows, the store {n_old}: rows were removed; an extension only "
+                f"{where}: {data.where} has {len(data)} data rows, the store {n_old}: rows were removed; an extension only "
                 "adds rows after the store's"
             )
         if data.sentences[row] != sentences[row] or int(data.labels[row]) != int(labels[row]):
             raise ResumeMismatch(
-                f"{where}: {path} data row {row + 1} differs from the store's sentence {row + 1} (changed, reordered "
+                f"{where}: {data.row(row)} differs from the store's sentence {row + 1} (changed, reordered "
                 "or removed); an extension keeps the store's rows as they are, in order, and adds rows after them"
             )
 
@@ -225,7 +228,7 @@ def _model_and_fragments(
     if data is None:
         sentences = old_table.groupby("sentence_index", sort=True)
         data = LabeledSentences(
-            path=options.input,
+            path=None,  # no input: the store's own sentences
             sentences=[group["original_sentence"].iloc[0] for _, group in sentences],
             labels=np.array([group["concept_strength_label"].iloc[0] for _, group in sentences]),
             sha256=attrs["input_sha256"],

@@ -8,7 +8,6 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -29,7 +28,6 @@ from saezarr.build.work import (
     needs_model,
     pending_work,
 )
-from saezarr.durable.folders import restore_moved_aside
 from saezarr.errors import (
     InputError,
     Interrupted,
@@ -43,16 +41,19 @@ from saezarr.errors import (
 from saezarr.execution.connect import cluster_client
 from saezarr.machine import human_bytes
 from saezarr.models.language_model import SiteReader, load_model
+from saezarr.progress import say
 from saezarr.saes.encoder import load_encoder
 from saezarr.store.format import (
     Store,
+    check_conditional_writes,
     check_output_path,
     create_store,
     open_for_resume,
     remove_stale_staging,
     store_lock,
 )
-from saezarr.store.growing import finish_growth, grow_store
+from saezarr.store.growing import Growth, finish_growth, grow_store, restore_interrupted_growth
+from saezarr.store.storage import Location, absolute_location, is_url
 from saezarr.store.storage.base import WriterLock
 
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ __all__ = ["BuildOptions", "BuildSummary", "ChunkWriter", "build", "run"]
 class BuildSummary:
     """What a build did, with the counters the benchmarks read."""
 
-    store: Path
+    store: Location
     n_configs: int
     n_fragments: int
     n_sentences: int
@@ -109,6 +110,7 @@ def _build(options: BuildOptions) -> BuildSummary:
     assert options.output is not None  # with_defaults: refused without one
     # the output and flags first: a forgotten --resume must not wait for gigabytes of downloads
     exists = check_output_path(options.output)
+    check_conditional_writes(options.output, options.unsafe_lock)
     if exists and not (options.resume or options.overwrite):
         raise OutputExists(
             f"{option('output', options.output)}: a store exists there; use {option('resume', True)} to continue it or {option('overwrite', True)} to "
@@ -150,8 +152,10 @@ def _interrupted(stop: KeyboardInterrupt, what: str) -> Interrupted:
 
 def _finish(summary: BuildSummary, store: Store, started: float) -> BuildSummary:
     """The summary's final counts."""
-    done = store.done_matrix()
-    summary.complete = bool(done.all()) and not len(store.pending_residuals())
+    if summary.units_written == 0 and summary.units_total:  # nothing written: what the count found stands
+        summary.complete = summary.units_skipped == summary.units_total
+    else:
+        summary.complete = bool(store.done_matrix().all()) and not len(store.pending_residuals())
     summary.bytes_on_disk = store.bytes_on_disk()
     summary.elapsed = time.perf_counter() - started
     return summary
@@ -166,6 +170,7 @@ def _extend(options: BuildOptions, started: float) -> BuildSummary:
             f"out {option('overwrite', True)} and {option('resume', True)}"
         )
     assert options.output is not None  # with_defaults: refused without one
+    check_conditional_writes(options.output, options.unsafe_lock)
     if not check_output_path(options.output):
         raise StoreNotFound(
             f"{option('extend', True)}: no store at {option('output', options.output)} to extend; build it first"
@@ -173,7 +178,7 @@ def _extend(options: BuildOptions, started: float) -> BuildSummary:
     # held from the start: the store is read as no other writer leaves it, and a growth a kill cut short is repaired
     with store_lock(options.output) as lock:
         lock.acquire(force=options.force_unlock)
-        restore_moved_aside(options.output)  # a coordinate a killed growth moved aside before its new one was in
+        restore_interrupted_growth(options.output)
         store = open_for_resume(options.output)
         check_kept_options(options.batch_size, options.chunk_fragments, store)
         plan = plan_build(options, store)
@@ -181,7 +186,7 @@ def _extend(options: BuildOptions, started: float) -> BuildSummary:
             store.discard_partial_writes()
             remove_stale_staging(plan.output)
             if plan.growth is not None:
-                _grow(store, plan.growth)  # here, before any task: the tasks carry the new store id
+                _grow(store, plan.growth, plan.quiet)  # here, before any task: the tasks carry the new store id
                 store = Store(plan.output, mode="r+")
                 plan.attrs = store.attrs
             summary = BuildSummary(plan.output, store.n_configs, store.n_fragments, plan.n_sentences)
@@ -192,8 +197,11 @@ def _extend(options: BuildOptions, started: float) -> BuildSummary:
     return summary
 
 
-def _grow(store: Store, growth) -> None:
+def _grow(store: Store, growth: Growth, quiet: bool) -> None:
     """Grow the store; an interruption says that rerunning the extension finishes it."""
+    configs = len(growth.configs) - growth.kept_configs
+    fragments = len(growth.fragments) - growth.kept_fragments
+    say(quiet, f"growing {store.path} by {configs} configs and {fragments} fragments (its coordinates are rewritten)")
     try:
         grow_store(store, growth)
     except KeyboardInterrupt as stop:
@@ -216,7 +224,7 @@ def _cluster(plan: BuildPlan):
             plan.model_info,
             [sae.path for sae in plan.saes],
             plan.device,
-            plan.output.resolve(),
+            plan.output,
         )
         yield client
 
@@ -288,6 +296,8 @@ def _sigterm_interrupts():
 
 def _open_or_create(options: BuildOptions, plan: BuildPlan, exists: bool) -> tuple[Store, WriterLock]:
     """Open the store to resume, or create it; an old store is replaced only while its lock is held."""
+    if not exists and is_url(plan.output):
+        return _create_locked(plan)
     if not exists:
         store = _create(plan, replace=False)
     elif options.resume:
@@ -312,6 +322,23 @@ def _open_or_create(options: BuildOptions, plan: BuildPlan, exists: bool) -> tup
     lock = store.lock()
     lock.acquire()
     return store, lock
+
+
+def _create_locked(plan: BuildPlan) -> tuple[Store, WriterLock]:
+    """Create a store in a key-value storage holding its lock from the start (a folder is created by one rename
+    instead): of two builds racing to create it, one does and the other is refused."""
+    lock = store_lock(plan.output)
+    lock.acquire()
+    try:
+        if check_output_path(plan.output):
+            raise OutputExists(
+                f"{option('output', plan.output)}: another build created a store there meanwhile; use "
+                f"{option('resume', True)} to continue it"
+            )
+        return _create(plan, replace=False), lock
+    except BaseException:
+        lock.release()
+        raise
 
 
 def _create(plan: BuildPlan, replace: bool) -> Store:
@@ -361,15 +388,17 @@ class _PassRunner:
         if self._model_needed():
             if self.plan.model_info is None:  # the extension's plan said no unit needs it
                 raise SaezarrError(f"{self.store.path}: a unit to compute needs the model, which was not resolved")
-            model = load_model(self.plan.model_info, self.plan.device, self.store.attrs["model_dtype"])
+            dtype = self.store.attrs["model_dtype"]
+            say(self.plan.quiet, f"loading model {self.plan.model_info.source.name} ({dtype}) on {self.plan.device}")
+            model = load_model(self.plan.model_info, self.plan.device, dtype)
         # on CUDA the default budget is what the loaded model leaves free
         self.sae_memory = self.plan.sae_memory or default_sae_memory(self.plan.device)
         work = pending_work(self.store, self.plan.saes, self.sae_memory, self.plan.max_chunks)
         fragments = _fragment_index(self.plan)
         total = sum(self.store.chunk_size(task.chunk) for _, tasks in work for task in tasks)
         with tqdm(total=total, unit="frag", disable=self.plan.quiet, desc="saezarr build", dynamic_ncols=True) as bar:
-            for pass_, tasks in work:
-                self._run_pass(model, fragments, pass_, tasks, bar)
+            for number, (pass_, tasks) in enumerate(work, 1):
+                self._run_pass(model, fragments, pass_, tasks, bar, f"pass {number}/{len(work)}")
 
     def _model_needed(self) -> bool:
         """Whether any pending task runs the model (none does if the store holds every residual they read)."""
@@ -378,10 +407,19 @@ class _PassRunner:
         return any(needs_model(self.store, pass_, task, done) for pass_, tasks in work for task in tasks)
 
     def _run_pass(
-        self, model: PreTrainedModel | None, fragments: FragmentIndex, pass_: PassSpec, tasks: list[Task], bar: tqdm
+        self,
+        model: PreTrainedModel | None,
+        fragments: FragmentIndex,
+        pass_: PassSpec,
+        tasks: list[Task],
+        bar: tqdm,
+        name: str,
     ) -> None:
-        """One model pass: each pending chunk goes through the model once and through every SAE of the pass."""
+        """One model pass (`name`d on the bar): each pending chunk goes through the model once and through every SAE
+        of the pass."""
+        bar.set_postfix_str(f"{name}: loading {len(pass_.saes)} SAEs")  # the bar stands still meanwhile
         encoders = [load_encoder(sae, self.plan.device, pass_.sae_memory) for sae in pass_.saes]
+        bar.set_postfix_str(name)
         self.summary.sae_loads += len(pass_.saes)
         self.summary.model_passes += 1
         writer = ChunkWriter(self.store, self.plan.write_threads, self.plan.overlap_writes)
@@ -412,7 +450,7 @@ class _ClusterRunner:
             device=plan.device,
             dtype=self.store.attrs["model_dtype"],
             batch_size=plan.batch_size,
-            store=self.store.path.resolve(),
+            store=absolute_location(self.store.path),
             store_id=self.store.identity,
             overlap_writes=plan.overlap_writes,
             write_threads=plan.write_threads,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import cast
 
 import torch
@@ -18,7 +17,7 @@ from saezarr.errors import InputError, ResumeMismatch, option
 from saezarr.execution.connect import ClusterOptions
 from saezarr.inputs.configs import SAEConfig, check_depth, load_config_file, select_configs, with_neuronpedia
 from saezarr.inputs.fragments import Fragments, make_fragments
-from saezarr.inputs.sentences import read_labeled_csv
+from saezarr.inputs.sentences import read_sentences
 from saezarr.models.language_model import ModelInfo, check_weights, load_tokenizer, resolve_model
 from saezarr.saes.locate import SAEFile, check_context, describe_configs, locate_sae, resolve_sae_repo
 from saezarr.store.format import (
@@ -29,6 +28,7 @@ from saezarr.store.format import (
     read_saezarr_attrs,
 )
 from saezarr.store.growing import Growth
+from saezarr.store.storage import Location
 
 
 @dataclass
@@ -36,7 +36,7 @@ class BuildPlan:
     """A build resolved from its options: what it computes, where and how, every default filled in; runners take
     this and the store, never the options."""
 
-    output: Path
+    output: Location
     fragments: Fragments | None  # None: no task runs the model (an extension from stored residuals)
     configs: tuple[SAEConfig, ...]
     saes: list[SAEFile]
@@ -104,8 +104,7 @@ def _resolved(options: BuildOptions, device: str, **planned) -> BuildPlan:
 def _new_store_plan(options: BuildOptions, device: str) -> BuildPlan:
     """The plan of a new store (or of the store a --resume continues) from the input, config file and model."""
     assert options.input is not None and options.config_file is not None  # with_defaults: given, or refused
-    data = read_labeled_csv(options.input)
-    assert data.path is not None  # read from its file
+    data = read_sentences(options.input)
     config_file = load_config_file(options.config_file)
     sae_repo = options.sae_repo or config_file.sae_repo
     described, sae_source = describe_configs(sae_repo, config_file.configs, options.config_file)
@@ -117,7 +116,7 @@ def _new_store_plan(options: BuildOptions, device: str) -> BuildPlan:
     fragments = make_fragments(data, tokenizer, granularity, info.max_tokens)
     sae_source = sae_source or resolve_sae_repo(sae_repo, configs[0])
     saes = [locate_sae(sae_source, c, info, options.config_file) for c in configs]
-    check_context(saes, [len(ids) for ids in fragments.token_ids], data.path)
+    check_context(saes, [len(ids) for ids in fragments.token_ids], data.row)
     check_weights(info)  # after the SAEs: an SAE refused in a line costs no download of the model's weights
     configs = tuple(sae.config for sae in saes)
     batch_size = options.batch_size or DEFAULT_BATCH_SIZE
@@ -130,7 +129,7 @@ def _new_store_plan(options: BuildOptions, device: str) -> BuildPlan:
         "model_dtype": options.dtype or DEFAULT_DTYPE,
         "fragments": granularity,
         "tokens_sha256": fragments.tokens_sha256(),
-        "input_file": data.path.name,
+        "input_file": data.name,
         "input_sha256": data.sha256,
         "n_sentences": len(data),
         "configs": [c.name for c in configs],

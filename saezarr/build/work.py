@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -31,6 +30,7 @@ from saezarr.saes.locate import SAEFile
 from saezarr.sites import resid_post, resid_pre
 from saezarr.store.format import Store, refuse_if_replaced
 from saezarr.store.residual_arrays import RESIDUAL_UNIT, kept_residuals
+from saezarr.store.storage import Location
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -70,7 +70,7 @@ class ComputeSpec:
     device: str
     dtype: str
     batch_size: int
-    store: Path
+    store: Location
     store_id: str  # the store's identity (Store.identity): a task for a store since replaced is refused
     overlap_writes: bool  # whether units are written behind the compute (the build's plan decides)
     torch_threads: int | None = None  # None: the process's own setting
@@ -436,7 +436,7 @@ class ChunkWriter:
             self._raise_if_failed()
 
 
-def write_error(error: BaseException, store: Path) -> BaseException:
+def write_error(error: BaseException, store: Location) -> BaseException:
     """A failed write as one line saying how to continue; other errors unchanged."""
     if isinstance(error, OSError) and not isinstance(error, SaezarrError):  # a StoreDamaged is an OSError too
         where = error.filename or store

@@ -71,7 +71,7 @@ class StoreLock:
                 self._close()
                 continue
             holder = _read_json(fd)
-            if locked is None and holder is not None and not force and not _is_stale(holder):
+            if locked is None and holder is not None and not force and not holder_is_gone(holder):
                 # no flock to ask: a holder on another host, or a live one on this host, is respected
                 self._close()
                 raise self._held_error(holder)
@@ -80,10 +80,10 @@ class StoreLock:
                 self._close()
                 time.sleep(0.05)
                 continue
-            _write_json(fd, _me())
+            _write_json(fd, holder_record())
             self.held = True
             if holder is not None and holder.get("pid") is not None and not force:
-                _say_taken_over(holder)
+                say_taken_over(holder)
             return
         raise LockHeld(
             f"{self.store}: could not take the lock {self.path}; use {option('force_unlock', True)}", exit_code=1
@@ -137,7 +137,7 @@ class StoreLock:
         self.release()
 
 
-def _say_taken_over(holder: dict) -> None:
+def say_taken_over(holder: dict) -> None:
     """One log line: whose lock this build took over, so a requeued job's log tells why it could start."""
     _log.info(f"taking over the lock of pid {holder.get('pid')} on {holder.get('host')}, which is gone")
 
@@ -192,7 +192,8 @@ def _age(fd: int) -> float:
     return time.time() - os.fstat(fd).st_mtime
 
 
-def _me() -> dict:
+def holder_record() -> dict:
+    """Who this process is, as a lock record names its holder."""
     return {
         "pid": os.getpid(),
         "host": socket.gethostname(),
@@ -232,7 +233,8 @@ def process_alive(pid: int) -> bool:
     return not (fields and fields[0] in ("Z", "X"))
 
 
-def _is_stale(holder: dict) -> bool:
+def holder_is_gone(holder: dict) -> bool:
+    """True if the holder a lock record names is a process of this host that is gone (or whose pid was reused)."""
     if holder.get("host") != socket.gethostname():
         return False  # can't tell from here
     try:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from saezarr import errors
 from saezarr.errors import ClusterError, InputError, one_line
 from saezarr.option_fields import option, positive_float, positive_int
 
@@ -49,31 +50,31 @@ class ClusterOptions:
     tls_key: Path | None = option(help="TLS: this client's private key", type=Path)
 
     def __post_init__(self):
-        given = [name for name, value in self._options() if value is not None]
+        given = [errors.option(name) for name, value in self._options() if value is not None]
         if len(given) > 1:
             raise InputError(f"{' and '.join(given)}: give only one of them")
-        tls = [name for name, value in self._tls_options() if value is not None]
+        tls = [errors.option(name) for name, value in self._tls_options() if value is not None]
         if tls and not self.remote:
             raise InputError(
-                f"{tls[0]}: TLS options secure the connection to a running scheduler; give --scheduler or "
-                "--scheduler-file too (a --local-workers cluster is this process's own)"
+                f"{tls[0]}: TLS options secure the connection to a running scheduler; give {errors.option('scheduler')} or "
+                f"{errors.option('scheduler_file')} too (a {errors.option('local_workers')} cluster is this process's own)"
             )
         if tls and len(tls) < 3:
-            missing = [name for name, value in self._tls_options() if value is None]
+            missing = [errors.option(name) for name, value in self._tls_options() if value is None]
             raise InputError(f"{tls[0]}: TLS needs {', '.join(missing)} too (the CA, and this client's certificate)")
         for name, value in self._tls_options():
             if value is not None and not Path(value).is_file():
-                raise InputError(f"{name} {value}: no such file")
+                raise InputError(f"{errors.option(name, value)}: no such file")
 
     def _options(self) -> list[tuple[str, object]]:
         return [
-            ("--local-workers", self.local_workers),
-            ("--scheduler", self.scheduler),
-            ("--scheduler-file", self.scheduler_file),
+            ("local_workers", self.local_workers),
+            ("scheduler", self.scheduler),
+            ("scheduler_file", self.scheduler_file),
         ]
 
     def _tls_options(self) -> list[tuple[str, Path | None]]:
-        return [("--tls-ca-file", self.tls_ca_file), ("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key)]
+        return [("tls_ca_file", self.tls_ca_file), ("tls_cert", self.tls_cert), ("tls_key", self.tls_key)]
 
     @property
     def wanted(self) -> bool:
@@ -88,7 +89,7 @@ class ClusterOptions:
     @property
     def option(self) -> str:
         """The option naming the cluster, for messages."""
-        return next(f"{name} {value}" for name, value in self._options() if value is not None)
+        return next(errors.option(name, value) for name, value in self._options() if value is not None)
 
     def security(self) -> Security | None:
         """TLS from the `tls_*` files, encryption required; None: dask's config decides (`distributed.comm.tls.*`)."""
@@ -124,7 +125,7 @@ def cluster_client(options: ClusterOptions, device: str) -> Iterator[Client]:
         except (OSError, TimeoutError, ValueError, TypeError) as exc:
             raise ClusterError(
                 f"{options.option}: cannot reach the dask scheduler at {address} within {options.worker_timeout:g} s "
-                f"(--worker-timeout) ({type(exc).__name__}: {one_line(exc)}){_tls_hint(address, security)}; "
+                f"({errors.option('worker_timeout')}) ({type(exc).__name__}: {one_line(exc)}){_tls_hint(address, security)}; "
                 "nothing was written"
             ) from None
         try:
@@ -132,7 +133,7 @@ def cluster_client(options: ClusterOptions, device: str) -> Iterator[Client]:
         except (TimeoutError, OSError):
             raise ClusterError(
                 f"{options.option}: no dask worker joined the scheduler at {address} within "
-                f"{options.worker_timeout:g} s (--worker-timeout); start some with `dask worker {address}`"
+                f"{options.worker_timeout:g} s ({errors.option('worker_timeout')}); start some with `dask worker {address}`"
             ) from None
         yield client
 
@@ -141,7 +142,8 @@ def _tls_hint(address: str, security: Security | None) -> str:
     """What to add when a tls:// scheduler was reached without TLS files (dask's config may lack them too)."""
     if address.startswith("tls://") and security is None:
         return (
-            "; a tls:// scheduler needs --tls-ca-file, --tls-cert and --tls-key (or dask's distributed.comm.tls config)"
+            f"; a tls:// scheduler needs {errors.option('tls_ca_file')}, {errors.option('tls_cert')} and {errors.option('tls_key')} (or "
+            "dask's distributed.comm.tls config)"
         )
     return ""
 
@@ -154,7 +156,7 @@ def _scheduler_address(options: ClusterOptions) -> str:
         return json.loads(Path(options.scheduler_file).read_text())["address"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ClusterError(
-            f"--scheduler-file {options.scheduler_file}: not a dask scheduler file ({type(exc).__name__}: {one_line(exc)})"
+            f"{errors.option('scheduler_file', options.scheduler_file)}: not a dask scheduler file ({type(exc).__name__}: {one_line(exc)})"
         ) from None
 
 
@@ -168,7 +170,7 @@ def _local_cluster(n_workers: int, device: str) -> Iterator[str]:
 
         if torch.device(device).type == "cuda" and n_workers > torch.cuda.device_count():
             raise InputError(
-                f"--local-workers {n_workers}: one worker per GPU, and this node has {torch.cuda.device_count()}"
+                f"{errors.option('local_workers', n_workers)}: one worker per GPU, and this node has {torch.cuda.device_count()}"
             )
     # memory_limit=0: the nanny must not kill a worker for holding a model; saezarr bounds its own memory
     with LocalCluster(

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from saezarr.option_fields import configs_option, layers_option, option, positive_int
+from saezarr.store.storage import Location, as_location
 
 if TYPE_CHECKING:
     from saezarr.export.per_config import ExportSummary
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
 class ExportOptions:
     """What `saezarr export-npz` was asked to do."""
 
-    store: Path = option(MISSING, help=None, positional=True, type=Path)
+    store: Location = option(MISSING, help=None, positional=True, type=as_location)
     output: Path = option(MISSING, help="folder for the .npz files", type=Path, required=True)
     configs: list[str] | None = configs_option()
     layers: list[int] | None = layers_option()

@@ -17,9 +17,10 @@ from tqdm.auto import tqdm
 
 from saezarr.durable.locking import process_alive
 from saezarr.durable.npyzip import read_members
-from saezarr.errors import InputError, OutOfMemory, OutputExists, StoreUnfinished, WriteFailed, call, option
+from saezarr.errors import InputError, OutOfMemory, OutputExists, StoreUnfinished, WriteFailed, call, option, render
 from saezarr.machine import available_memory as _available_memory
 from saezarr.machine import human_bytes, usable_cores
+from saezarr.progress import progress_off
 from saezarr.store.format import Store
 from saezarr.store.reading import open_existing
 from saezarr.store.selection import select_stored_configs
@@ -63,7 +64,9 @@ class ExportSummary:
 
     def line(self) -> str:
         """One summary line for the terminal."""
-        skipped = f"{len(self.skipped)} up-to-date files left as they were (use --overwrite to rewrite them)"
+        skipped = (
+            f"{len(self.skipped)} up-to-date files left as they were (use {option('overwrite', True)} to rewrite them)"
+        )
         if not self.written:
             return f"nothing to export to {self.output}: {skipped}"
         text = (
@@ -71,6 +74,9 @@ class ExportSummary:
             f"{self.elapsed:.1f} s, {self.jobs} at a time)"
         )
         return f"{text}; {skipped}" if self.skipped else text
+
+    def _repr_pretty_(self, printer, cycle: bool) -> None:
+        printer.text(render(self.line()))  # in Jupyter: the summary line (options as keywords), not every path
 
 
 def npz_name(layer: int, average_l0: int, config: str | None = None) -> str:
@@ -219,11 +225,6 @@ def is_up_to_date(target: ConfigTarget, store: Store) -> bool:
     # a store rebuilt (--overwrite) after the export has newer completion marks: the file is stale
     newest = store.newest_mark_ns([target.index])
     return target.path.stat().st_mtime_ns >= newest
-
-
-def progress_off(quiet: bool) -> bool | None:
-    """tqdm's `disable`: off when quiet, else on only where it can be seen (a terminal or a notebook)."""
-    return True if quiet else None
 
 
 def parallel_jobs(requested: int | None, n_files: int, array_bytes: int) -> int:

@@ -23,12 +23,12 @@ from saezarr.export.per_config import (
     ConfigTarget,
     ExportSummary,
     prepare_output,
-    progress_off,
     refuse_incomplete,
     remove_stale_partials,
     select_targets,
 )
 from saezarr.machine import usable_cores
+from saezarr.progress import progress_off
 from saezarr.store.format import Store
 from saezarr.store.reading import open_existing
 from saezarr.store.residual_arrays import kept_residuals

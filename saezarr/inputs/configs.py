@@ -159,6 +159,15 @@ def parse_width(value: object, where: str) -> int:
     raise ConfigError(f"{where} must be a positive number of features or a tag like '16k' or '1m', got {value!r}")
 
 
+def width_tag(width: int) -> str:
+    """A number of features as Gemma Scope tags it (16384: `16k`, 2**20: `1m`), where a tag gives it back exactly."""
+    for suffix, unit in sorted(WIDTH_TAGS.items(), key=lambda item: -item[1]):
+        tag = f"{width // unit}{suffix}"
+        if width >= unit and parse_width(tag, "") == width:
+            return tag
+    return str(width)
+
+
 def refuse_repeats(where: object, configs: Sequence[SAEConfig]) -> None:
     """Refuse two configs with one name (a store keys its configs by name)."""
     seen: dict[str, str] = {}

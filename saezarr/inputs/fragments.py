@@ -63,11 +63,11 @@ def make_fragments(
         ids, offsets = _with_bos(encoded["input_ids"][row], encoded["offset_mapping"][row], bos)
         if max_tokens is not None and len(ids) > max_tokens:
             raise InputError(
-                f"{data.path}: data row {row + 1}: the sentence is {len(ids)} tokens long, more than the "
+                f"{data.row(row)}: the sentence is {len(ids)} tokens long, more than the "
                 f"model's context of {max_tokens} tokens; shorten or split it"
             )
         if len(ids) < 2:
-            raise InputError(f"{data.path}: data row {row + 1}: the sentence has no tokens")
+            raise InputError(f"{data.row(row)}: the sentence has no tokens")
         token_ids.append(np.asarray(ids, dtype=np.int64))
         ends = [end for _, end in offsets]
         positions = select_positions(sentence, ends, granularity)

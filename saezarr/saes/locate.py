@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
@@ -268,16 +268,16 @@ def _check_shapes(layout: SAEDescription, config: SAEConfig, d_model: int, at: s
     return width
 
 
-def check_context(saes: Sequence[SAEFile], token_counts: Sequence[int], where: object) -> None:
+def check_context(saes: Sequence[SAEFile], token_counts: Sequence[int], row: Callable[[int], str]) -> None:
     """Refuse a sentence longer than the context an SAE was trained on (its cfg's `context_size`): refused, not
-    truncated, so that every stored fragment is one the SAE could have seen."""
+    truncated, so that every stored fragment is one the SAE could have seen; `row(i)` names data row i."""
     limited = [(sae.layout.context_size, sae) for sae in saes if sae.layout.context_size is not None]
     if not limited:
         return
     limit, shortest = min(limited, key=itemgetter(0))
-    for row, count in enumerate(token_counts):
+    for i, count in enumerate(token_counts):
         if count > limit:
             raise InputError(
-                f"{where}: data row {row + 1}: the sentence is {count} tokens long (BOS included), more than the "
+                f"{row(i)}: the sentence is {count} tokens long (BOS included), more than the "
                 f"{limit}-token context SAE {shortest.config.name} was trained on; shorten or split it"
             )

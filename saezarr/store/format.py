@@ -41,8 +41,8 @@ from saezarr.store.residual_arrays import (
     write_consolidated,
 )
 from saezarr.store.shards import ChunkLayout, ShardDamaged, ShardEncoder
-from saezarr.store.storage import STORAGES, Storage, open_storage, url_scheme
-from saezarr.store.storage.base import Ranges, WriterLock
+from saezarr.store.storage import STORAGES, Location, Storage, as_location, open_storage
+from saezarr.store.storage.base import ObjectStat, Ranges, WriterLock
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -59,6 +59,7 @@ MIN_UNIT_FRAGMENTS = 128  # but no fewer: BLAS packs all of W_enc per unit, a co
 STAGING_SUFFIX = ".creating"
 MARKS = f"{STATE_GROUP}/done"  # a unit's completion mark: `MARKS/CONFIG/CHUNK`, an empty object
 LOCK = f"{STATE_GROUP}/lock"  # the writer lock's record
+CREATING = f"{STATE_GROUP}/creating"  # in a key-value storage, there while a store is being created
 EXTEND_RECORD = "extend.json"  # in _saezarr/: what an extension keeps of the store's last partial chunk
 WIDTHS = "widths"  # root attribute: each config's SAE width (absent in stores of one width from older versions)
 STORE_ID = "store_id"  # root attribute: a random id, new on each create or overwrite (or extend) of a store
@@ -85,11 +86,11 @@ class Store:
     without zarr, which opens the array on first use of `array` (or of a shard in another layout)."""
 
     def __init__(self, path: str | Path, mode: str = "r"):
-        self.path = Path(path)
+        self.path: Location = as_location(path)
         self.mode = mode
         self.storage = open_storage(self.path)
         self.attrs = read_attrs(self.storage)
-        self.layout = ChunkLayout.parse(self.storage.get(f"{ACTIVATIONS}/zarr.json"), self.path / ACTIVATIONS)
+        self.layout = ChunkLayout.parse(self.storage.get(f"{ACTIVATIONS}/zarr.json"), f"{self.path}/{ACTIVATIONS}")
         self.shape = self.n_configs, self.n_fragments, self.width = self.layout.shape
         self.dtype = self.layout.dtype
         self.chunk_fragments = self.layout.chunks[1]  # fragments per shard (or chunk, without sharding)
@@ -99,6 +100,9 @@ class Store:
         self.shard_width = self.layout.chunks[2]  # features per shard: a wider SAE's unit spans several shards
         # each config's SAE width; the feature axis is the widest, and a narrower SAE's features past its width are NaN
         self.widths = np.array(self.attrs.get(WIDTHS) or [self.width] * self.n_configs, dtype=np.int64)
+        self._listing: dict[str, ObjectStat] | None = (
+            None  # done_matrix's, while this process has written nothing since
+        )
 
     @functools.cached_property
     def identity(self) -> str:
@@ -197,7 +201,7 @@ class Store:
 
     def shard_files(self, config_index: int, chunk: int) -> list[Path]:
         """The files of `shard_keys` (a store on the local file system)."""
-        return [self.path / key for key in self.shard_keys(config_index, chunk)]
+        return [local_folder(self.storage) / key for key in self.shard_keys(config_index, chunk)]
 
     def _shard_key(self, config_index: int, chunk: int, shard: int) -> str:
         return f"{ACTIVATIONS}/{self.layout.chunk_key((config_index, chunk, shard))}"
@@ -218,11 +222,40 @@ class Store:
         """Completion of every (config, chunk) unit, as a boolean [n_configs, n_chunks] array."""
         done = np.zeros((self.n_configs, self.n_chunks), dtype=bool)
         index = {name: ci for ci, name in enumerate(self.config_names)}
-        for key in self.storage.list_prefix(f"{MARKS}/"):
+        listed = self._listing = self.stats("")  # one listing: the marks and their shards, no request per unit
+        for key in (key for key in listed if key.startswith(f"{MARKS}/")):
             name, _, chunk = key.removeprefix(f"{MARKS}/").rpartition("/")
             if name in index and chunk.isdigit() and int(chunk) < self.n_chunks:
-                done[index[name], int(chunk)] = self.shard_written(index[name], int(chunk))
+                keys = self.shard_keys(index[name], int(chunk))
+                done[index[name], int(chunk)] = all(key in listed and listed[key].size > 0 for key in keys)
         return done
+
+    def stats(self, prefix: str) -> dict[str, ObjectStat]:
+        """Each object's size and time of writing, by key, for the keys that start with prefix: from the storage's
+        listing, or where it cannot list (a store published over HTTP), from asking for each key this store can
+        have."""
+        if self.storage.can_list:
+            return self.storage.stats(prefix)
+        found = {}
+        for key in self._possible_keys():
+            if key.startswith(prefix):
+                with contextlib.suppress(KeyError):
+                    found[key] = self.storage.stat(key)
+        return found
+
+    def _possible_keys(self) -> Iterator[str]:
+        """Every completion mark and shard this store can have (and each array's metadata), whether written or not."""
+        yield "zarr.json"
+        for name in json.loads(self.storage.get("zarr.json")).get("consolidated_metadata", {}).get("metadata", {}):
+            yield f"{name}/zarr.json"
+        for ci in range(self.n_configs):
+            for chunk in range(self.n_chunks):
+                yield self._mark(ci, chunk)
+                yield from self.shard_keys(ci, chunk)
+        if self.residuals is not None:
+            for chunk in range(self.n_chunks):
+                yield f"{self.residuals.marks_prefix}{chunk}"
+                yield from self.residuals.keys(chunk)
 
     def newest_mark_ns(self, config_indices: Sequence[int], residuals: bool = False) -> int:
         """When the latest of the configs' completion marks (and the residual units', with `residuals`) was written
@@ -230,8 +263,7 @@ class Store:
         prefixes = [f"{MARKS}/{self.config_names[ci]}/" for ci in config_indices]
         if residuals and self.residuals is not None:
             prefixes.append(self.residuals.marks_prefix)
-        keys = [key for prefix in prefixes for key in self.storage.list_prefix(prefix)]
-        return max((_modified_ns(self.storage, key) for key in keys), default=0)
+        return max((found.modified_ns for prefix in prefixes for found in self.stats(prefix).values()), default=0)
 
     def read_chunk(
         self, config_index: int, chunk: int, reduce: Callable[[np.ndarray], np.ndarray], features: slice = slice(None)
@@ -307,6 +339,7 @@ class Store:
         keys = self.shard_keys(config_index, chunk)
         data = [self._encode_shard(config_index, chunk, shard, latents) for shard in range(len(keys))]
         refuse_if_replaced(self.path, self.identity)  # a task that began before the store was replaced stops here
+        self._listing = None
         for key, content in zip(keys, data):
             self.storage.put(key, content)
 
@@ -323,6 +356,7 @@ class Store:
 
     def mark_done(self, config_index: int, chunk: int) -> None:
         """Mark a unit complete (RESIDUAL_UNIT: a chunk's residuals); only once its files are durable."""
+        self._listing = None
         if config_index == RESIDUAL_UNIT:
             kept_residuals(self).mark_done(chunk)
             return
@@ -351,7 +385,7 @@ class Store:
             return
         for pattern in ("*.partial", f".*{TEMP_SUFFIX}"):
             for array in (ACTIVATIONS, RESIDUALS, EMBEDDINGS):
-                for path in (self.path / array).rglob(pattern):
+                for path in (self.storage.folder / array).rglob(pattern):
                     path.unlink(missing_ok=True)
 
     def lock(self) -> WriterLock:
@@ -363,7 +397,9 @@ class Store:
         folder = self.storage.folder
         if folder is not None:
             return directory_bytes(folder / name if name else folder)
-        return sum(_size(self.storage, key) for key in self.storage.list_prefix(f"{name}/" if name else ""))
+        # a resume that found every unit done lists the store once, not twice
+        listed = self._listing if self._listing is not None and not name else self.stats(f"{name}/" if name else "")
+        return sum(found.size for found in listed.values())
 
 
 def directory_bytes(path: Path) -> int:
@@ -385,6 +421,8 @@ def read_attrs(storage: Storage) -> dict:
     """The root attributes of the store in storage, or an error if it holds no saezarr store."""
     try:
         attrs = json.loads(storage.get("zarr.json")).get("attributes", {})
+    except SaezarrError:  # a storage that cannot be reached: not a store that is missing
+        raise
     except (OSError, ValueError, KeyError):
         attrs = {}
     if "saezarr_version" not in attrs:
@@ -396,14 +434,6 @@ def _size(storage: Storage, key: str) -> int:
     """The object's size, 0 if there is none."""
     try:
         return storage.stat(key).size
-    except KeyError:
-        return 0
-
-
-def _modified_ns(storage: Storage, key: str) -> int:
-    """When the object was written (ns), 0 if it is gone."""
-    try:
-        return storage.stat(key).modified_ns
     except KeyError:
         return 0
 
@@ -429,21 +459,19 @@ def _legacy_identity(path: str | Path) -> str:
     return f"legacy-{stat.st_ino}-{stat.st_mtime_ns}-{stat.st_size}"
 
 
-def check_output_path(path: Path) -> bool:
-    """Return whether a saezarr store already exists at path; refuse files, foreign folders and URLs of schemes that
-    no registered storage handles."""
-    url = url_scheme(path)
-    if url and url[0].lower() == "file":
-        local = str(path)[url[1] :]
-        raise InputError(f"{option('output', f'file://{local}')}: a file:// URL; give the path itself ({local})")
-    if url and url[0].lower() in STORAGES:
-        return _check_output_storage(path)
-    if url:
-        given = f"{url[0]}://{str(path)[url[1] :].lstrip('/')}"
-        raise InputError(
-            f"{option('output', given)}: a URL; saezarr writes stores to a file system path only (object stores are "
-            "not supported yet)"
-        )
+def check_output_path(location: Location) -> bool:
+    """Return whether a saezarr store already exists at location; refuse files, foreign folders and URLs of schemes
+    that no registered storage handles."""
+    location = as_location(location)
+    if isinstance(location, str):
+        scheme = location.partition("://")[0]
+        if scheme not in STORAGES:
+            raise InputError(
+                f"{option('output', location)}: no storage handles {scheme}:// URLs (known: "
+                f"{', '.join(name for name in STORAGES if name != 'file')}, or a path)"
+            )
+        return _check_output_storage(location)
+    path = location
     if path.is_file() or (path.exists() and not path.is_dir()):
         raise InputError(f"{option('output', path)}: is a file, not a store folder")
     if not path.exists() or (path.is_dir() and not any(path.iterdir())):
@@ -455,11 +483,24 @@ def check_output_path(path: Path) -> bool:
     return True
 
 
-def _check_output_storage(path: Path) -> bool:
-    """Return whether a saezarr store exists in the (non-local) storage at path; refuse one holding other objects."""
-    storage = open_storage(path)
-    if not storage.exists("zarr.json") and next(iter(storage.list_prefix("")), None) is None:
-        return False
+def _check_output_storage(path: str) -> bool:
+    """Return whether a saezarr store exists in the (non-local) storage at path; refuse one holding other objects,
+    a read-only one, and one that cannot be reached."""
+    try:
+        storage = open_storage(path)
+        if storage.read_only:
+            raise InputError(
+                f"{path}: a read-only store (published over {path.partition(':')[0]}); build writes to a "
+                "path or to an object store (s3://, gs://, az://)"
+            )
+        try:
+            storage.get("zarr.json")  # one request, where there is a store: read again below
+        except KeyError:
+            others = [key for key in storage.list_prefix("") if key != LOCK]
+            if not others or CREATING in others:  # nothing, or a store that saezarr began to create
+                return False
+    except InputError as exc:
+        raise InputError(option("output", exc.message)) from None
     try:
         read_attrs(storage)
     except SaezarrError as exc:
@@ -467,10 +508,34 @@ def _check_output_storage(path: Path) -> bool:
     return True
 
 
-def check_resume(path: Path, attrs: dict, configs: Sequence[SAEConfig] = ()) -> None:
+def check_conditional_writes(location: Location, unsafe: bool = False) -> None:
+    """Refuse a store in a key-value storage that ignores conditional writes, on which the lock could let a second
+    writer in (unless `unsafe`): a probe object is created twice with put-if-absent, and the second must fail."""
+    storage = open_storage(location)
+    if storage.folder is not None or unsafe:
+        return
+    probe = f"{STATE_GROUP}/.conditional-write-probe-{uuid.uuid4().hex}"  # '.': never listed
+    try:
+        honoured = storage.put_if_absent(probe, b"first") and not storage.put_if_absent(probe, b"second")
+    finally:
+        storage.delete(probe)
+    if not honoured:
+        raise InputError(
+            f"{option('output', location)}: this object store ignores conditional writes (If-None-Match), so the "
+            f"store's lock cannot keep a second build out; use {option('unsafe_lock', True)} to build anyway, one "
+            "build at a time"
+        )
+
+
+def check_resume(path: Location, attrs: dict, configs: Sequence[SAEConfig] = ()) -> None:
     """Refuse to resume a store started with a different input, config selection, model, SAEs, tokens or options, or
     one that an extension has begun to grow."""
-    if open_storage(path).exists(f"{STATE_GROUP}/{EXTEND_RECORD}"):
+    try:
+        open_storage(path).get(f"{STATE_GROUP}/{EXTEND_RECORD}")
+        extending = True
+    except KeyError:
+        extending = False
+    if extending:
         raise ResumeMismatch(
             f"{option('resume', True)} {path}: an extension of the store (build {option('extend')}) is in progress; "
             f"rerun that same {option('extend')} command to finish it"
@@ -501,7 +566,7 @@ def check_resume(path: Path, attrs: dict, configs: Sequence[SAEConfig] = ()) -> 
             )
 
 
-def _stored_sae_paths(path: Path) -> list[str]:
+def _stored_sae_paths(path: Location) -> list[str]:
     """The store's `sae_path` coordinate, one per config."""
     import zarr
 
@@ -525,7 +590,7 @@ def _brief(value) -> str:
 
 
 def create_store(
-    path: Path,
+    path: Location,
     fragments: pd.DataFrame,
     configs: Sequence[SAEConfig],
     widths: int | Sequence[int],
@@ -545,7 +610,7 @@ def create_store(
         if residual_layers is not None:
             assert hidden_size is not None  # the residuals' width comes with their layers
             add_residual_arrays(root, list(residual_layers), hidden_size, len(fragments), chunk_fragments)
-            write_consolidated(root)
+            write_consolidated(open_storage(root))
 
     storage = open_storage(path)
     if storage.folder is None:
@@ -575,30 +640,45 @@ def _create_in_folder(path: Path, write: Callable[[Path], None], replace: bool) 
 
 def _create_in_storage(storage: Storage, write: Callable[[Path], None], replace: bool) -> None:
     """Write a store into a scratch folder, then put its files into a key-value storage, the root zarr.json last:
-    until that is in there is no store, as a folder's rename does. `replace`: the old store's objects (but its lock)
-    go first, its root before the rest."""
+    until that is in there is no store, as a folder's rename does. `replace` (or a store half-created by a killed
+    build, which the CREATING mark tells): the old objects (but the lock) go first, the root before the rest."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="saezarr-create-") as scratch:
         write(Path(scratch) / "store")
-        created = open_storage(Path(scratch) / "store")
-        if replace:
+        half_created = storage.exists(CREATING)
+        storage.put(CREATING, b"")  # until the root is in, what is here is saezarr's, to replace on a rerun
+        if replace or half_created:
             storage.delete("zarr.json")
             for key in list(storage.list_prefix("")):
-                if key != LOCK:
+                if key not in (LOCK, CREATING):
                     storage.delete(key)
-        for key in created.list_prefix(""):
-            if key != "zarr.json":
-                storage.put(key, created.get(key))
-        storage.put("zarr.json", created.get("zarr.json"))
+        copy_objects(open_storage(Path(scratch) / "store"), storage, last="zarr.json")
+        storage.delete(CREATING)
 
 
-def store_lock(path: Path) -> WriterLock:
+def copy_objects(source: Storage, target: Storage, into: str = "", last: str | None = None) -> None:
+    """Put every object of source into target, its key prefixed by `into`, the key `last` after the others."""
+    for key in source.list_prefix(""):
+        if key != last:
+            target.put(f"{into}{key}", source.get(key))
+    if last is not None:
+        target.put(f"{into}{last}", source.get(last))
+
+
+def local_folder(storage: Storage) -> Path:
+    """The folder of a storage on the local file system (what only such stores have, e.g. chunk files by path)."""
+    if storage.folder is None:
+        raise AssertionError(f"{storage.location}: not a store on the local file system")
+    return storage.folder
+
+
+def store_lock(path: Location) -> WriterLock:
     """The writer lock of the store at path (not yet acquired), usable even if the store is damaged."""
     return open_storage(path).lock(LOCK)
 
 
-def open_for_resume(path: Path) -> Store:
+def open_for_resume(path: Location) -> Store:
     """Open an existing store for writing, or say in one line that it is too damaged to resume."""
     try:
         store = Store(path, mode="r+")
@@ -617,11 +697,12 @@ def array_unreadable(exc: Exception) -> str:
     return f"cannot read the store's {ACTIVATIONS} array ({type(exc).__name__}: {exc})"
 
 
-def remove_stale_staging(path: Path) -> None:
+def remove_stale_staging(path: Location) -> None:
     """Delete this output's half-created stores (`.NAME.PID.RANDOM.creating`) whose creating process is gone (a
     key-value storage has none: its stores are created in place)."""
-    if open_storage(path).folder is not None:
-        folders.remove_stale_staging(path, STAGING_SUFFIX)
+    folder = open_storage(path).folder
+    if folder is not None:
+        folders.remove_stale_staging(folder, STAGING_SUFFIX)
 
 
 def _write_layout(
@@ -672,7 +753,8 @@ def _write_layout(
     (path / STATE_GROUP / "zarr.json").write_text(
         json.dumps({"attributes": {}, "zarr_format": 3, "node_type": "group"}, indent=2)
     )
-    write_consolidated(path)  # the arrays in name order, as zarr from 3.1 consolidates them (3.0: in creation order)
+    # the arrays in name order, as zarr from 3.1 consolidates them (3.0: in creation order)
+    write_consolidated(open_storage(path))
 
 
 def _strings(values: Iterable) -> np.ndarray:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from saezarr.durable import folders
-from saezarr.durable.folders import write_durably
 from saezarr.inputs.configs import SAEConfig
 from saezarr.store.format import (
     ACTIVATIONS,
@@ -27,9 +27,10 @@ from saezarr.store.format import (
     STORE_ID,
     Store,
     _write_layout,
+    copy_objects,
 )
 from saezarr.store.residual_arrays import EMBEDDINGS, RESIDUALS, write_consolidated
-from saezarr.store.storage import open_storage
+from saezarr.store.storage import Location, Storage, open_storage
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -61,7 +62,7 @@ class Growth:
         }
 
 
-def read_record(path: Path) -> dict | None:
+def read_record(path: Location) -> dict | None:
     """The record of an extension in progress in the store at path, or None."""
     try:
         return json.loads(open_storage(path).get(f"{STATE_GROUP}/{EXTEND_RECORD}"))
@@ -71,8 +72,8 @@ def read_record(path: Path) -> dict | None:
 
 def grow_store(store: Store, growth: Growth) -> None:
     """Grow the store to `growth` (idempotent: a rerun after a kill finishes it), then give it a fresh identity."""
-    path = store.path
-    write_durably(path / STATE_GROUP / EXTEND_RECORD, json.dumps(growth.record()).encode())
+    storage = store.storage
+    storage.put(f"{STATE_GROUP}/{EXTEND_RECORD}", json.dumps(growth.record()).encode())
     n_fragments, n_configs = len(growth.fragments), len(growth.configs)
     cf = store.chunk_fragments
     if n_fragments > growth.kept_fragments and growth.kept_fragments % cf:
@@ -82,26 +83,36 @@ def grow_store(store: Store, growth: Growth) -> None:
         if store.residuals is not None:
             store.residuals.unmark(partial)
     width = max(store.width, *growth.widths)
-    _replace_coordinates(path, growth, cf, store.shard_width, grown_features=width > store.width)
-    _set_shape(path / ACTIVATIONS, [n_configs, n_fragments, width])
+    _replace_coordinates(storage, growth, cf, store.shard_width, grown_features=width > store.width)
+    _set_shape(storage, ACTIVATIONS, [n_configs, n_fragments, width])
     if store.residuals is not None:
-        _set_shape(path / RESIDUALS, [len(store.residuals.layers), n_fragments, store.residuals.hidden])
-        _set_shape(path / EMBEDDINGS, [n_fragments, store.residuals.hidden])
+        _set_shape(storage, RESIDUALS, [len(store.residuals.layers), n_fragments, store.residuals.hidden])
+        _set_shape(storage, EMBEDDINGS, [n_fragments, store.residuals.hidden])
     # the commit point, with the fresh identity in the same write: a kill cannot commit the growth under the old id
-    write_consolidated(path, {**growth.attrs, STORE_ID: uuid.uuid4().hex})
+    write_consolidated(storage, {**growth.attrs, STORE_ID: uuid.uuid4().hex})
 
 
-def finish_growth(path: Path) -> None:
+def restore_interrupted_growth(path: Location) -> None:
+    """Put back a coordinate folder that a killed growth moved aside before its new one was in (a key-value storage
+    moves nothing aside: its coordinates are rewritten in place, and the rerun writes them again)."""
+    folder = open_storage(path).folder
+    if folder is not None:
+        folders.restore_moved_aside(folder)
+
+
+def finish_growth(path: Location) -> None:
     """Forget the extension record once every unit of the grown store is done."""
     open_storage(path).delete(f"{STATE_GROUP}/{EXTEND_RECORD}")
 
 
 def _replace_coordinates(
-    path: Path, growth: Growth, chunk_fragments: int, shard_width: int, grown_features: bool
+    storage: Storage, growth: Growth, chunk_fragments: int, shard_width: int, grown_features: bool
 ) -> None:
     """Each coordinate on `config` or `fragment` (and `feature`, if it grew), written whole for the grown store and
-    swapped in."""
-    staging = folders.make_staging(path, GROWING_SUFFIX)
+    swapped in (a folder by rename; in a key-value storage its objects put, its zarr.json last, then the old
+    ones it no longer has deleted)."""
+    folder = storage.folder
+    staging = folders.make_staging(folder, GROWING_SUFFIX) if folder else Path(tempfile.mkdtemp(GROWING_SUFFIX))
     grown = ("config", "fragment", "feature") if grown_features else ("config", "fragment")
     try:
         _write_layout(
@@ -110,14 +121,23 @@ def _replace_coordinates(
         for meta in sorted(staging.glob("*/zarr.json")):
             name = meta.parent.name
             dims = json.loads(meta.read_text()).get("dimension_names") or []
-            if name != ACTIVATIONS and len(dims) == 1 and dims[0] in grown:
-                folders.swap_into_place(meta.parent, path / name)
+            if name == ACTIVATIONS or len(dims) != 1 or dims[0] not in grown:
+                continue
+            if folder is not None:
+                folders.swap_into_place(meta.parent, folder / name)
+                continue
+            written = open_storage(meta.parent)
+            copy_objects(written, storage, into=f"{name}/", last="zarr.json")
+            kept = set(written.list_prefix(""))
+            for key in list(storage.list_prefix(f"{name}/")):
+                if key.removeprefix(f"{name}/") not in kept:
+                    storage.delete(key)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _set_shape(array: Path, shape: Sequence[int]) -> None:
+def _set_shape(storage: Storage, array: str, shape: Sequence[int]) -> None:
     """Set an array's shape in its zarr.json (its chunk files stay; new ones fill the grown part)."""
-    meta = json.loads((array / "zarr.json").read_text())
+    meta = json.loads(storage.get(f"{array}/zarr.json"))
     meta["shape"] = list(shape)
-    write_durably(array / "zarr.json", json.dumps(meta, indent=2).encode())
+    storage.put(f"{array}/zarr.json", json.dumps(meta, indent=2).encode())

@@ -4,16 +4,15 @@ chunk), written whole and durably per fragment chunk, then marked in `_saezarr/d
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from saezarr.durable.folders import write_durably
-from saezarr.store.storage import Storage, open_storage
+from saezarr.store.storage import Location, ObjectStat, Storage, open_storage
 
 if TYPE_CHECKING:
     from saezarr.store.format import Store
@@ -62,25 +61,24 @@ def add_residual_arrays(
     coordinate[:] = np.asarray(layers, dtype=np.int64)
 
 
-def write_consolidated(path: Path, attrs: dict | None = None) -> None:
+def write_consolidated(storage: Storage, attrs: dict | None = None) -> None:
     """Rewrite the root zarr.json durably: the arrays' metadata consolidated, and `attrs` as attributes if given."""
-    root = json.loads((path / "zarr.json").read_text())
+    root = json.loads(storage.get("zarr.json"))
     if attrs is not None:
         root["attributes"] = attrs
     metadata = {}
-    for entry in sorted(os.scandir(path), key=lambda e: e.name):
-        meta = Path(entry.path) / "zarr.json"
-        if entry.is_dir() and not entry.name.startswith(("_", ".")) and meta.is_file():
-            metadata[entry.name] = json.loads(meta.read_text())
+    for name in storage.list_dir(""):
+        if not name.startswith(("_", ".")) and storage.exists(f"{name}/zarr.json"):
+            metadata[name] = json.loads(storage.get(f"{name}/zarr.json"))
     root["consolidated_metadata"] = {"kind": "inline", "must_understand": False, "metadata": metadata}
-    write_durably(path / "zarr.json", json.dumps(root, indent=2).encode())
+    storage.put("zarr.json", json.dumps(root, indent=2).encode())
 
 
 @dataclass(frozen=True)
 class ResidualArrays:
     """A store's residual arrays: the layers kept, and their chunk files written and read without zarr."""
 
-    path: Path
+    path: Location
     layers: tuple[int, ...]
     hidden: int
     n_fragments: int
@@ -89,17 +87,19 @@ class ResidualArrays:
     storage: Storage = field(compare=False, repr=False)
 
     @classmethod
-    def open(cls, path: Path, storage: Storage | None = None) -> ResidualArrays | None:
+    def open(cls, path: Location, storage: Storage | None = None) -> ResidualArrays | None:
         """The residual arrays of the store at path (in storage, if given), or None if it keeps no residual stream."""
         from saezarr.store.shards import ChunkLayout
         from saezarr.store.zarr_adapter import zarr_location
 
         storage = storage or open_storage(path)
-        if not storage.exists(f"{RESIDUALS}/zarr.json"):
+        try:
+            metadata = storage.get(f"{RESIDUALS}/zarr.json")
+        except KeyError:
             return None
         import zarr
 
-        layout = ChunkLayout.parse(storage.get(f"{RESIDUALS}/zarr.json"), path / RESIDUALS)
+        layout = ChunkLayout.parse(metadata, f"{path}/{RESIDUALS}")
         stored = zarr.open_array(zarr_location(storage, RESIDUAL_LAYER, read_only=True), mode="r")[...]
         layers = np.asarray(stored, dtype=np.int64)
         return cls(
@@ -110,11 +110,6 @@ class ResidualArrays:
     def n_chunks(self) -> int:
         """Fragment chunks of the arrays."""
         return -(-self.n_fragments // self.chunk_fragments)
-
-    @property
-    def marks(self) -> Path:
-        """The folder of the residual units' completion marks."""
-        return self.path / "_saezarr" / MARKS
 
     def bounds(self, chunk: int) -> tuple[int, int]:
         """Fragment index range [start, stop) of a chunk."""
@@ -130,18 +125,30 @@ class ResidualArrays:
         """The storage keys of one unit's chunk files: each layer's residuals, then the embeddings."""
         return [f"{RESIDUALS}/c/{i}/{chunk}/0" for i in range(len(self.layers))] + [f"{EMBEDDINGS}/c/{chunk}/0"]
 
-    def files(self, chunk: int) -> list[Path]:
-        """The chunk files of one unit (`keys` below the store's folder)."""
-        return [self.path / key for key in self.keys(chunk)]
-
     def done(self) -> np.ndarray:
         """Completion of every chunk's residual unit, as a boolean [n_chunks] array."""
         done = np.zeros(self.n_chunks, dtype=bool)
-        for key in self.storage.list_prefix(self.marks_prefix):
+        if self.storage.can_list:
+            prefixes = (self.marks_prefix, f"{RESIDUALS}/", f"{EMBEDDINGS}/")
+            listed = {key: found for prefix in prefixes for key, found in self.storage.stats(prefix).items()}
+        else:
+            listed = self._probed()
+        marks = [key for key in listed if key.startswith(self.marks_prefix)]
+        written = listed
+        for key in marks:
             chunk = key.removeprefix(self.marks_prefix)
             if chunk.isdigit() and int(chunk) < self.n_chunks:
-                done[int(chunk)] = all(self.storage.exists(key) for key in self.keys(int(chunk)))
+                done[int(chunk)] = all(key in written for key in self.keys(int(chunk)))
         return done
+
+    def _probed(self) -> dict[str, ObjectStat]:
+        """The marks and chunk files there are, asked for one by one (a storage that cannot list)."""
+        found = {}
+        for chunk in range(self.n_chunks):
+            for key in (f"{self.marks_prefix}{chunk}", *self.keys(chunk)):
+                with contextlib.suppress(KeyError):
+                    found[key] = self.storage.stat(key)
+        return found
 
     def write_unit(self, chunk: int, residuals: np.ndarray, embeddings: np.ndarray) -> None:
         """Write one chunk's residuals [layer, rows, hidden] and embeddings [rows, hidden] durably, unmarked."""

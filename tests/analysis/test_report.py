@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from saezarr.analysis.headline import Headline
 from saezarr.analysis.ranking import config_summary
 from saezarr.analysis.report.page import FINAL_FRAGMENTS_NOTE, write_report
 from saezarr.analysis.tables import ConfigTable
@@ -177,6 +178,7 @@ def _examples(ds, acts, per_sentence, labels, sentences, ranked, top_n: int = 10
 
 def _info(ds, store: Path, features: pd.DataFrame, ranked: pd.DataFrame, labels: np.ndarray, shading: bool) -> dict:
     attrs = ds.attrs
+    headline = Headline.of(ds.sizes["config"], len(features), len(labels), len(ranked), None)  # no null
     return {
         "store": str(store),
         "saezarr_version": attrs["saezarr_version"],
@@ -200,6 +202,7 @@ def _info(ds, store: Path, features: pd.DataFrame, ranked: pd.DataFrame, labels:
         },
         "token_shading": shading,
         "notes": ["Layers 0 and 5 at L0 8 have no Neuronpedia source: their features are not linked."],
+        "headline": headline.to_json(),
     }
 
 

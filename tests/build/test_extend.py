@@ -19,6 +19,7 @@ from saezarr import cli
 from saezarr.analysis.cache.files import fingerprint
 from saezarr.build.pipeline import BuildOptions, build
 from saezarr.store.format import Store
+from saezarr.store.storage import open_storage
 from saezarr.testing.synthetic import write_config_file
 
 CHUNK = 32
@@ -296,7 +297,7 @@ def test_a_kill_while_the_store_grows_is_finished_by_rerunning(assets, grown, tm
     growth = extension.growth
     # the first steps of grow_store, as a kill after the coordinates were swapped in would leave them
     (store / "_saezarr" / "extend.json").write_text(json.dumps(growth.record()))
-    growing._replace_coordinates(store, growth, CHUNK, Store(store).shard_width, grown_features=False)
+    growing._replace_coordinates(open_storage(store), growth, CHUNK, Store(store).shard_width, grown_features=False)
     assert Store(store).attrs["n_sentences"] == OLD_SENTENCES  # not committed yet
     build(options(assets["csv"], store, assets["all_config"], extend=True))
     assert data_files(store) == data_files(grown["extended"])

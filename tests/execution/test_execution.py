@@ -147,7 +147,7 @@ def test_the_client_marks_only_what_matches_the_unit(demo_config, csvs, tmp_path
         with pytest.raises(SaezarrError) as refused:
             _check_result(store, cluster, task, result)
         assert str(refused.value) == (
-            f"--scheduler tcp://127.0.0.1:1: worker w {message}; nothing of it was marked: rerun the same command "
+            f"scheduler=tcp://127.0.0.1:1: worker w {message}; nothing of it was marked: rerun the same command "
             "with resume=True"
         )
 

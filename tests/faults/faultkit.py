@@ -201,10 +201,12 @@ def _default_sigint() -> None:
 
 @dataclass
 class Run:
-    """One `python -m saezarr` subprocess, with its output going to files (no pipe can fill up)."""
+    """One `python -m saezarr` subprocess (or `python -c PROGRAM ARGS`), with its output going to files (no pipe can
+    fill up)."""
 
     args: list[str]
     logdir: Path
+    program: str | None = None
     proc: subprocess.Popen = field(init=False)
     started: float = field(init=False)
 
@@ -216,7 +218,7 @@ class Run:
         env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
-            cli_command(*self.args),
+            cli_command(*self.args) if self.program is None else [sys.executable, "-c", self.program, *self.args],
             stdout=self._out,
             stderr=self._err,
             env=env,
@@ -297,7 +299,7 @@ def one_error_line(stderr: str) -> str:
 # POINT (`package.module.function`, or `package.module.Class.method`, under saezarr), or within `folders.swap_into_place` once the n-th coordinate
 # folder was moved aside and before its new one is renamed in (POINT `mid-swap`)
 KILLER = r"""
-import importlib, os, signal, sys, threading
+import importlib, importlib.util, os, signal, sys, threading
 point, when, n, argv = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
 calls = [0]
 one_at_a_time = threading.Lock()  # units are written (and marked) by a pool of threads: the n-th call is exact
@@ -333,8 +335,18 @@ if point == "mid-swap":
 
     folders.os = Renames()
 else:
-    package, module, *attributes = point.split(".")
-    owner = importlib.import_module(f"saezarr.{package}.{module}")
+    parts = point.split(".")
+    depth = 2  # `package.module.attr...`; a deeper module (`store.storage.local.write_durably`) is imported too
+    def is_module(name):
+        try:
+            return importlib.util.find_spec(name) is not None
+        except ModuleNotFoundError:  # a name below a module that is no package
+            return False
+
+    while depth < len(parts) - 1 and is_module(f"saezarr.{'.'.join(parts[: depth + 1])}"):
+        depth += 1
+    owner = importlib.import_module(f"saezarr.{'.'.join(parts[:depth])}")
+    attributes = parts[depth:]
     for attribute in attributes[:-1]:
         owner = getattr(owner, attribute)
     setattr(owner, attributes[-1], counted(getattr(owner, attributes[-1])))

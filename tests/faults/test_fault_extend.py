@@ -40,7 +40,7 @@ DATA_ARRAYS = ("activations", "residuals", "embeddings")
 PARTIAL_MARKS = 4 + 1  # the old last chunk's marks that the growth removes: its four configs' and its residuals'
 
 GROWTH_POINTS = [
-    KillPoint("the extension record written, nothing else", "store.growing.write_durably", "after", 1),
+    KillPoint("the extension record written, nothing else", "store.storage.local.write_durably", "after", 1),
     KillPoint(
         "the partial chunk's marks removed, no coordinate replaced", "store.growing._replace_coordinates", "before", 1
     ),

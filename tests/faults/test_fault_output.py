@@ -76,20 +76,21 @@ def test_an_output_that_is_no_store_is_refused_before_the_model_is_fetched(demo_
     ("url", "expect"),
     [
         (
-            "s3://bucket/acts.zarr",
-            "--output s3://bucket/acts.zarr: a URL; saezarr writes stores to a file system path "
-            "only (object stores are not supported yet)",
+            "s3://saezarr-no-such-bucket/acts.zarr",
+            "--output s3://saezarr-no-such-bucket/acts.zarr: the bucket does not exist",
         ),
-        ("gs://bucket/acts.zarr", "--output gs://bucket/acts.zarr: a URL;"),
-        ("http://example.org/acts.zarr", "--output http://example.org/acts.zarr: a URL;"),
+        ("s3://saezarr-bucket", "--output s3://saezarr-bucket: a URL with no path; name the store inside the bucket"),
+        ("ftp://example.org/acts.zarr", "--output ftp://example.org/acts.zarr: no storage handles ftp:// URLs"),
         (
-            "file:///data/acts.zarr",
-            "--output file:///data/acts.zarr: a file:// URL; give the path itself (/data/acts.zarr)",
+            "http://127.0.0.1:9/acts.zarr",
+            "--output http://127.0.0.1:9/acts.zarr: a read-only store (published over http)",
         ),
     ],
 )
 @pytest.mark.parametrize("mode", ["new", "--resume", "--overwrite"])
-def test_a_url_output_is_refused_and_nothing_is_written(demo_config, tmp_path, url, expect, mode):
+def test_a_bad_url_output_is_refused_in_one_line_and_nothing_is_written(moto, demo_config, tmp_path, url, expect, mode):
+    """A missing bucket, a URL with no path, a scheme nothing supports, a read-only http:// store: exit 2, one line
+    naming the URL, before anything is fetched, and nothing written (no local folder such as `s3:` either)."""
     args = build_args(DEMO_CSV, Path("placeholder"), demo_config, *(() if mode == "new" else (mode,)))
     args[args.index("--output") + 1] = url
     line = _refused_before_fetching(args, tmp_path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ from clitools import REPO, run_cli
 
 from saezarr.errors import SaezarrError
 from saezarr.inputs.catalogues import DEFAULT, list_catalogues, neuronpedia_source
-from saezarr.inputs.configs import SAEConfig, load_config_file, with_neuronpedia
+from saezarr.inputs.configs import SAEConfig, load_config_file, parse_width, width_tag, with_neuronpedia
 from saezarr.saes.locate import describe_configs
 
 BUNDLED = REPO / "saezarr" / "data" / "catalogues"
@@ -83,15 +84,47 @@ def test_an_unknown_name_is_one_line(tmp_path):
         load_config_file("gemma-scope-nope")
 
 
-def test_the_catalogues_command_lists_them():
+def test_the_catalogues_command_lists_them_for_scripts():
     result = run_cli("catalogues", "--json")
     assert result.returncode == 0, result.stderr
     listed = json.loads(result.stdout)
     assert [c["name"] for c in listed] == sorted(p.stem for p in BUNDLED.glob("*.json"))
     one = next(c for c in listed if c["name"] == "gemma-scope-2-1b-pt-res-all-16k")
     assert one["model"] == "google/gemma-3-1b-pt" and one["n_configs"] == 52
+    assert one["site"] == "blocks.L.hook_resid_post" and one["width"] == 16384
+    for catalogue in listed:  # each as its config file says: the site its SAEs read, their width, their number
+        loaded = load_config_file(catalogue["name"])
+        configs, _ = describe_configs(loaded.sae_repo, loaded.configs, catalogue["name"])
+        assert catalogue["model"] == loaded.model and catalogue["n_configs"] == len(configs)
+        assert catalogue["site"] == "blocks.L.hook_resid_post"  # every bundled catalogue is of residual SAEs
+        tag = re.search(r"width_(\w+?)[/_]", configs[0].path).group(1)
+        assert catalogue["width"] == parse_width(tag, "") and catalogue["name"].endswith(f"-{tag}")
+
+
+def test_the_catalogues_command_prints_aligned_sorted_columns():
     plain = run_cli("catalogues")
-    assert plain.returncode == 0 and DEFAULT in plain.stdout
+    assert plain.returncode == 0 and plain.stderr == ""
+    lines = plain.stdout.splitlines()
+    listed = json.loads(run_cli("catalogues", "--json").stdout)
+    assert lines[0].split() == ["name", "model", "site", "width", "SAEs"]
+    rows = [line.split() for line in lines[1:]]
+    assert rows == [[c["name"], c["model"], c["site"], width_tag(c["width"]), str(c["n_configs"])] for c in listed]
+    assert [row[0] for row in rows] == sorted(row[0] for row in rows)
+    assert ["gemma-scope-2b-pt-res-16k", "google/gemma-2-2b", "blocks.L.hook_resid_post", "16k", "135"] in rows
+    # aligned: every column starts, and every number column ends, at one place on every line
+    starts = [[m.start() for m in re.finditer(r"\S+", line)] for line in lines]
+    ends = [[m.end() for m in re.finditer(r"\S+", line)] for line in lines]
+    assert len({tuple(s[:3]) for s in starts}) == 1 and len({tuple(e[3:]) for e in ends}) == 1
+
+
+def test_catalogues_piped_into_head_ends_quietly():
+    """`saezarr catalogues | head -1`: the first line, and no traceback when head leaves."""
+    result = subprocess.run(
+        f"{shlex.quote(sys.executable)} -m saezarr catalogues | head -1",
+        shell=True, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert result.stdout.split() == ["name", "model", "site", "width", "SAEs"]
 
 
 def test_catalogues_into_a_closed_pipe_ends_quietly():

@@ -10,6 +10,7 @@ import pytest
 from saezarr.durable.folders import TEMP_SUFFIX
 from saezarr.registry import UnknownEntry
 from saezarr.store.storage import open_storage
+from saezarr.store.storage.base import Storage
 from saezarr.store.storage.local import LocalStorage
 from saezarr.testing.memory_storage import MemoryStorage
 from saezarr.testing.storage import StorageTests
@@ -61,5 +62,15 @@ def test_locations_open_their_backend(tmp_path):
     """A path and a file:// URL are the local file system; an unknown scheme is refused naming the known ones."""
     assert open_storage(tmp_path).root == tmp_path
     assert open_storage(f"file://{tmp_path}").root == tmp_path
-    with pytest.raises(UnknownEntry, match="unknown storage backend 'nosuch' \\(known: file\\)"):
+    with pytest.raises(
+        UnknownEntry, match="unknown storage backend 'nosuch' \\(known: abfs, abfss, az, file, gs, http, https, s3\\)"
+    ):
         open_storage("nosuch://bucket/store.zarr")
+
+
+class TestObjectStorage(StorageTests):
+    """The object-store backend against a real S3 server on loopback (moto), conditional writes included."""
+
+    @pytest.fixture
+    def storage(self, bucket: str) -> Storage:
+        return open_storage(f"s3://{bucket}/store.zarr")

@@ -16,6 +16,7 @@ import numpy as np
 from saezarr.analysis.stats.pooling import sentence_starts
 from saezarr.durable.folders import replace_file
 from saezarr.store.format import Store
+from saezarr.store.storage import absolute_location
 
 # each config's layer, L0 and Neuronpedia source; each fragment's sentence, final-token flag and label
 NAMES = ("layer", "average_l0", "neuronpedia_source", "sentence_index", "is_final_token", "concept_strength_label")
@@ -41,7 +42,7 @@ class AnalysisCoordinates:
         """From the memo under root if the store's coordinate files are unchanged, else read with zarr."""
         names = [name for name in NAMES if store.has_coordinate(name)]
         identity = _identity(store, [*names, *TEXTS])
-        memo = root / FOLDER / f"{hashlib.sha256(str(store.path.resolve()).encode()).hexdigest()[:32]}.npz"
+        memo = root / FOLDER / f"{hashlib.sha256(str(absolute_location(store.path)).encode()).hexdigest()[:32]}.npz"
         values = _load(memo, identity)
         if values is not None:
             return cls(values, memo, identity, memoized=True)
@@ -58,21 +59,27 @@ class AnalysisCoordinates:
 
 
 def _identity(store: Store, names: list[str]) -> str:
-    """The store's path and every file of the coordinates (name, size, mtime, inode): a rebuilt store differs."""
+    """The store's location and every file of the coordinates (name, size, mtime, inode; in a key-value storage
+    each object's key, size and time of writing): a rebuilt store differs."""
     files = []
+    root = store.storage.folder
     for name in names:
-        for folder, _, entries in os.walk(store.path / name):
+        if root is None:
+            for key, found in store.stats(f"{name}/").items():
+                files.append([key, found.size, found.modified_ns, None])
+            continue
+        for folder, _, entries in os.walk(root / name):
             for entry in sorted(entries):
                 stat = os.stat(os.path.join(folder, entry))
                 files.append(
                     [
-                        os.path.relpath(os.path.join(folder, entry), store.path),
+                        os.path.relpath(os.path.join(folder, entry), root),
                         stat.st_size,
                         stat.st_mtime_ns,
                         stat.st_ino,
                     ]
                 )
-    return json.dumps({"store": str(store.path.resolve()), "files": sorted(files)})
+    return json.dumps({"store": str(absolute_location(store.path)), "files": sorted(files)})
 
 
 def _read(store: Store, names: list[str]) -> dict[str, np.ndarray]:

@@ -24,8 +24,9 @@ from saezarr.durable.locking import SharedLease, exclusive_if_free
 from saezarr.errors import SaezarrError, WriteFailed
 from saezarr.execution.running import map_in_threads, map_units
 from saezarr.machine import human_bytes, parse_size
-from saezarr.store.format import Store
+from saezarr.store.format import ACTIVATIONS, Store
 from saezarr.store.shards import ChunkFiles, ShardDamaged, chunk_file_count
+from saezarr.store.storage import absolute_location
 
 _log = logging.getLogger(__name__)
 CACHE_FORMAT = 5  # bump when what the cache holds or how it is computed changes
@@ -67,16 +68,17 @@ def fingerprint(store: Store, pool: str, config_indices: Sequence[int]) -> str:
     from saezarr.execution.checks import code_digest
 
     units = []
+    listed = store.stats(f"{ACTIVATIONS}/")  # one listing, not a request per shard
     for ci in config_indices:
         for chunk in range(store.n_chunks):
             for key in store.shard_keys(ci, chunk):
-                stat = store.storage.stat(key)
+                stat = listed[key] if key in listed else store.storage.stat(key)
                 units.append([key, stat.size, stat.modified_ns])
     identity = {
         "format": CACHE_FORMAT,
         "saezarr": saezarr.__version__,
         "code": code_digest(),
-        "store": str(store.path.resolve()),
+        "store": str(absolute_location(store.path)),
         "attrs": store.attrs,
         "shape": list(store.shape),
         "pool": pool,

@@ -17,6 +17,7 @@ from saezarr.execution.caches import current_store
 from saezarr.execution.connect import ClusterOptions
 from saezarr.store.format import Store
 from saezarr.store.shards import ChunkFiles
+from saezarr.store.storage import absolute_location, unreachable
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ def unit_function(
     store: Store, layout: SentenceLayout, pool: str, pooled: ChunkFiles
 ) -> Callable[[FeatureUnit], np.ndarray]:
     """compute_unit bound to one analysis (picklable)."""
-    path = Path(store.path).resolve()
+    path = absolute_location(store.path)
     return partial(
         compute_unit, store_path=str(path), store_identity=store.identity, layout=layout, pool=pool, pooled=pooled
     )
@@ -84,13 +85,11 @@ def units_on(cluster: ClusterOptions, store: Store, cache_root: Path) -> Iterato
     with cluster_client(cluster, "cpu") as client:
         cache_root.mkdir(parents=True, exist_ok=True)
         with probe_marker(cache_root, "analysis") as marker:
-            probe_workers(
-                client,
-                cluster,
-                [
-                    (Path(store.path).resolve() / "zarr.json", False, f"the store {store.path}"),
-                    (marker, True, f"the analysis cache folder {cache_root}"),
-                ],
-            )
+            cache = (marker, True, f"the analysis cache folder {cache_root}")
+            if isinstance(store.path, str):  # a store at a URL: each worker must reach it, no shared folder needed
+                probe_workers(client, cluster, [cache], (unreachable, store.path))
+            else:
+                store_file = (store.path.resolve() / "zarr.json", False, f"the store {store.path}")
+                probe_workers(client, cluster, [store_file, cache])
         with units_run_on(client):
             yield

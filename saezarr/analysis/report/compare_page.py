@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from saezarr.analysis.report.page import _esc, _num, _sortkey, static_text
+from saezarr.analysis.report.assets import static_text
+from saezarr.analysis.report.page import _esc, _num, _sortkey
 from saezarr.analysis.report.plots import concepts_png
 
 SHOWN_FEATURES = 100  # rows of the specific/shared table in the page (all of them in concept_features.csv)
@@ -60,7 +61,7 @@ def _concepts(analyses: list, info: dict) -> str:
     head = "".join(f"<th>{h}</th>" for h in ("concept", "analysis", "pool", "beat chance", "counted here"))
     return (
         '<section id="concepts"><h2>Concepts</h2><p class="hint">A feature counts for a concept when its '
-        "family-wise p-value there is below 0.05 (in an analysis without permutations: when it passes that "
+        "family-wise p-value there is at most 0.05 (in an analysis without permutations: when it passes that "
         "analysis's filter). Scores are Pearson correlations with each concept's labels.</p>"
         f'<table class="data"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></section>'
     )

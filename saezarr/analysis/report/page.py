@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import base64
-import functools
 import html
 import math
 import re
-from importlib import resources
 from pathlib import Path
 
 import pandas as pd
 
 from saezarr.analysis.examples import example_key
+from saezarr.analysis.headline import Headline
+from saezarr.analysis.report.assets import static_text
 from saezarr.analysis.report.plots import EMERGENCE_CURVES, emergence_png, null_png, overview_png
+from saezarr.analysis.report.summary_card import summary_card
 
 RANKED_ROWS = 200  # the table shows at least this many ranked features (all top-n ones in any case)
 LABELS = ("0", "1", "2", "3")
@@ -41,7 +42,7 @@ def write_report(
     entries = sorted(examples.items(), key=lambda item: item[1]["rank"])
     rows = _top_feature_rows(ranked, [entry for _, entry in entries])
     body = [
-        _header(info, summary, ranked),
+        _header(info, ranked),
         _provenance(info),
         _overview(summary, png),
         _chance(info, (tables or {}).get("heldout"), directory, plot_memo),
@@ -95,28 +96,20 @@ def _np_link(url, text: str) -> str:
 # ---------------------------------------------------------------- sections
 
 
-def _header(info: dict, summary: pd.DataFrame, ranked: pd.DataFrame) -> str:
-    counts = info.get("counts", {})
-    facts = [
-        ("SAEs", f"{len(summary):,}"),
-        ("features", f"{int(counts.get('features', 0)):,}"),
-        ("sentences", f"{int(counts.get('sentences', 0)):,}"),
-        ("passing", f"{len(ranked):,}"),
-    ]
-    if info.get("significant_features") is not None:
-        facts.append(("beat chance", f"{int(info['significant_features']):,}"))
+def _header(info: dict, ranked: pd.DataFrame) -> str:
+    """The page's title and its summary card (what beats chance first), then the best feature of the ranking."""
+    best = ""
     if len(ranked):
         top = ranked.iloc[0]
         best = (
-            f"feature {int(top['feature_id'])} · layer {int(top['layer'])} · "
-            f"L0 {_l0(top['average_l0'])} · score {_num(top['interpretability_score'])}"
+            f'<p class="sub">Top of the in-sample ranking: <b>{_esc(top.get("config", ""))}</b> feature '
+            f"{int(top['feature_id'])} · layer {int(top['layer'])} · L0 {_l0(top['average_l0'])} · score "
+            f"{_num(top['interpretability_score'])}</p>"
         )
-        facts.append(("best", best))
-    strip = "".join(f'<div class="fact"><span>{_esc(k)}</span><b>{v}</b></div>' for k, v in facts)
     return (
         f'<header class="top"><h1>Which SAE features track the concept?</h1>'
         f'<p class="sub">{_esc(info.get("input_file", ""))} · pool <b>{_esc(info.get("pool", ""))}</b> · '
-        f'saezarr analyze</p><div class="facts">{strip}</div></header>'
+        f"saezarr analyze</p>{summary_card(Headline.from_json(info['headline']))}{best}</header>"
     )
 
 
@@ -293,16 +286,16 @@ def _chance(info: dict, heldout: pd.DataFrame | None, directory: Path, memo: Pat
             "in-sample, with no chance baseline.</p>"
         )
     else:
-        parts.append(_verdict(permutation))
+        parts.append(_verdict(Headline.from_json(info["headline"])))
         parts.append(_image(directory, "null", null_png(permutation, memo), "best score under permuted labels"))
     parts.append(_heldout(info.get("heldout"), heldout))
     parts.append("</section>")
     return "".join(parts)
 
 
-def _verdict(permutation: dict) -> str:
-    n, significant = permutation["permutations"], permutation["significant_features"]
-    best, chance = permutation["best"].get("pearson"), permutation["chance"].get("pearson")
+def _verdict(headline: Headline) -> str:
+    n, significant = headline.permutations, headline.beat_chance
+    best, chance = headline.best_pearson, headline.chance_pearson
     scores = (
         f"The best Pearson correlation of any feature is {_num(best)}; under {n} random permutations of the labels "
         f"the best feature reaches {_num(chance)} or less 95% of the time (the chance level)."
@@ -319,7 +312,7 @@ def _verdict(permutation: dict) -> str:
         )
     return (
         f'<p class="verdict some"><b>{significant:,} feature{"s" if significant != 1 else ""} beat'
-        f"{'' if significant != 1 else 's'} chance</b> (p_value_fwer &lt; {permutation['alpha']}). {scores}</p>"
+        f"{'' if significant != 1 else 's'} chance</b> (p_value_fwer ≤ {headline.alpha:g}). {scores}</p>"
         f'<p class="hint">{method}</p>'
     )
 
@@ -600,12 +593,6 @@ def _trace_figure(trace: dict) -> str:
 
 
 # ---------------------------------------------------------------- the page
-
-
-@functools.cache
-def static_text(name: str) -> str:
-    """A file of the report's static/ folder (its CSS and JS), read from the installed package."""
-    return resources.files(__package__).joinpath("static", name).read_text(encoding="utf-8")
 
 
 def _page(info: dict, body: str) -> str:

@@ -127,33 +127,41 @@ def null_png(permutation: dict, memo: Path | None = None) -> bytes:
     return memoized_png("null", shown, lambda: _draw_null(permutation), memo)
 
 
+NULL_SCORES = {"pearson": "Pearson correlation", "auroc_3v0": "AUROC 3 vs 0"}  # the null's scores, and their titles
+
+
 def _draw_null(permutation: dict) -> bytes:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(10, 3.2), dpi=110)
-    titles = {"pearson": "Pearson correlation", "auroc_3v0": "AUROC 3 vs 0"}
-    for i, (name, title) in enumerate(titles.items()):
-        ax = fig.add_axes((0.06 + i * 0.5, 0.2, 0.4, 0.65))
-        null = np.array([v for v in permutation["null_maxima"][name] if v is not None], dtype=float)
-        if len(null):
-            ax.hist(null, bins=min(30, max(5, len(null) // 4)), color="#94a3b8", label="best under permuted labels")
-        chance, best = permutation["chance"].get(name), permutation["best"].get(name)
-        if chance is not None and np.isfinite(chance):
-            ax.axvline(chance, color="#475569", linestyle="--", linewidth=1.2, label=f"chance (95th pct) {chance:.3f}")
-        if best is not None:
-            ax.axvline(best, color="#c2410c", linewidth=2, label=f"best real {best:.3f}")
-        ax.set_title(f"Best {title} of any feature", fontsize=10, loc="left")
-        ax.set_xlabel(title)
-        ax.set_ylabel("permutations")
-        ax.legend(fontsize=7, frameon=False, loc="upper left")
-        _plain(ax)
+    for i, name in enumerate(NULL_SCORES):
+        draw_null(fig.add_axes((0.06 + i * 0.5, 0.2, 0.4, 0.65)), permutation, name)
     return _png(fig)
+
+
+def draw_null(ax, permutation: dict, name: str) -> None:
+    """Draw on ax the permuted maxima of one score (`pearson` or `auroc_3v0`) as a histogram, with the best real score
+    and the chance level; permutation: analysis.json's `permutation` part."""
+    title = NULL_SCORES[name]
+    null = np.array([v for v in permutation["null_maxima"][name] if v is not None], dtype=float)
+    if len(null):
+        ax.hist(null, bins=min(30, max(5, len(null) // 4)), color="#94a3b8", label="best under permuted labels")
+    chance, best = permutation["chance"].get(name), permutation["best"].get(name)
+    if chance is not None and np.isfinite(chance):
+        ax.axvline(chance, color="#475569", linestyle="--", linewidth=1.2, label=f"chance (95th pct) {chance:.3f}")
+    if best is not None:
+        ax.axvline(best, color="#c2410c", linewidth=2, label=f"best real {best:.3f}")
+    ax.set_title(f"Best {title} of any feature", fontsize=10, loc="left")
+    ax.set_xlabel(title)
+    ax.set_ylabel("permutations")
+    ax.legend(fontsize=7, frameon=False, loc="upper left")
+    _plain(ax)
 
 
 def emergence_png(emergence: pd.DataFrame, memo: Path | None = None) -> bytes:
     """Per layer, the held-out Spearman ρ of the best feature and the probes, with the chance band."""
     shown = pd.util.hash_pandas_object(emergence, index=False).to_numpy().tobytes()
-    return memoized_png("emergence", shown, lambda: _draw_emergence(emergence), memo)
+    return memoized_png("emergence", shown, lambda: _png(emergence_figure(emergence)), memo)
 
 
 EMERGENCE_CURVES = {
@@ -164,31 +172,49 @@ EMERGENCE_CURVES = {
 }
 
 
-def _draw_emergence(emergence: pd.DataFrame) -> bytes:
+def emergence_figure(emergence: pd.DataFrame):
+    """The emergence plot as a matplotlib Figure: every curve and the chance band inside its y-limits."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(10, 3.8), dpi=110)
-    ax = fig.add_axes((0.065, 0.15, 0.62, 0.75))
+    draw_emergence(fig.add_axes((0.065, 0.15, 0.62, 0.75)), emergence)
+    return fig
+
+
+def draw_emergence(ax, emergence: pd.DataFrame) -> None:
+    """Draw on ax, per layer, the held-out Spearman ρ of the best feature and the probes, with the chance band
+    (emergence: emergence.csv's table)."""
     layers = emergence["layer"].to_numpy()
     chance = emergence["chance_spearman"].to_numpy(dtype=float)
     known = np.isfinite(chance)
     if known.any():
         label = "chance (95th pct under permuted labels)"
         ax.fill_between(layers[known], -1, chance[known], color="#e2e8f0", label=label)
+    shown = [chance]
     for curve, (label, color) in EMERGENCE_CURVES.items():
         values = emergence[f"{curve}_heldout_spearman"].to_numpy(dtype=float)
         known = np.isfinite(values)  # a layer without SAEs (or residuals) has no point: the line joins the others
         if known.any():
             ax.plot(layers[known], values[known], marker="o", markersize=3.5, color=color, label=label)
+            shown.append(values)
     ax.set_xticks(layers)
-    ax.set_ylim(min(-0.2, np.nanmin(chance, initial=0.0)), 1.0)
+    ax.set_ylim(*_spearman_limits(np.concatenate(shown)))
     ax.set_xlabel("layer")
     ax.set_ylabel("held-out Spearman ρ")
     ax.set_title("Where the concept becomes linearly readable", fontsize=11, loc="left")
     ax.axhline(0, color="#94a3b8", linewidth=0.6)
     ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.02, 1))
     _plain(ax)
-    return _png(fig)
+
+
+MARGIN = 0.05  # room between the outermost point and the plot's edge, in Spearman ρ
+
+
+def _spearman_limits(values: np.ndarray) -> tuple[float, float]:
+    """y-limits for Spearman ρ: at least -0.2 to 1, widened to hold every finite value with a margin."""
+    finite = values[np.isfinite(values)]
+    low, high = (finite.min(), finite.max()) if len(finite) else (0.0, 0.0)
+    return min(-0.2, float(low) - MARGIN), max(1.0, float(high) + MARGIN)
 
 
 def _plain(ax) -> None:

@@ -21,6 +21,7 @@ from saezarr.analysis.stats.features import FeatureMatrix
 from saezarr.analysis.stats.permutation import Permutations
 from saezarr.analysis.stats.validation import FoldSplit, Thresholds, fold_splits
 from saezarr.analysis.tables import ConfigTable
+from saezarr.store.storage import Location
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ class ResampledStatistic(Protocol):
         """Whether these options ask for it."""
         ...
 
-    def key_parts(self, options: ResamplingOptions, residuals: Path | None) -> list:
+    def key_parts(self, options: ResamplingOptions, residuals: Location | None) -> list:
         """What its results depend on beyond the cache entry (JSON values): the options, and the residual stream's
         identity where it reads that."""
         ...

@@ -9,6 +9,8 @@ from typing import BinaryIO
 
 from saezarr.analysis.emergence import layer_row
 from saezarr.analysis.resampled import LayerInputs, ResamplingContext, ResamplingOptions
+from saezarr.store.residual_arrays import RESIDUALS
+from saezarr.store.storage import Location, absolute_location, open_storage
 
 
 class EmergenceCurves:
@@ -22,12 +24,12 @@ class EmergenceCurves:
         """On unless --folds 0."""
         return options.folds > 0
 
-    def key_parts(self, options: ResamplingOptions, residuals: Path | None) -> list:
+    def key_parts(self, options: ResamplingOptions, residuals: Location | None) -> list:
         """The folds, their seed, the permuted labellings and the residual stream's identity (None: none)."""
         residual_identity = None
         if residuals is not None:
-            stat = (residuals / "zarr.json").stat()
-            residual_identity = [str(residuals.resolve()), stat.st_mtime_ns, stat.st_size]
+            stat = open_storage(residuals).stat(f"{RESIDUALS}/zarr.json")
+            residual_identity = [f"{absolute_location(residuals)}/{RESIDUALS}", stat.modified_ns, stat.size]
         return [options.folds, options.seed, options.probe_permutations, residual_identity]
 
     def extra_layers(self, context: ResamplingContext) -> list[int]:

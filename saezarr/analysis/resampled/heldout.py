@@ -10,6 +10,7 @@ import numpy as np
 
 from saezarr.analysis.resampled import LayerInputs, ResamplingContext, ResamplingOptions
 from saezarr.analysis.stats.validation import CHOSEN, chosen_in_splits, top_of_each_fold
+from saezarr.store.storage import Location
 
 
 class HeldoutValidation:
@@ -23,7 +24,7 @@ class HeldoutValidation:
         """On unless --folds 0."""
         return options.folds > 0
 
-    def key_parts(self, options: ResamplingOptions, residuals: Path | None) -> list:
+    def key_parts(self, options: ResamplingOptions, residuals: Location | None) -> list:
         """The folds, their seed and the filter."""
         t = options.thresholds
         return [options.folds, options.seed, t.min_pearson, t.min_tpr, t.max_fpr, t.top_n]

@@ -10,7 +10,8 @@ from typing import BinaryIO
 import numpy as np
 
 from saezarr.analysis.resampled import LayerInputs, ResamplingContext, ResamplingOptions
-from saezarr.analysis.stats.permutation import ALPHA, chance_level, fwer_p_values, null_maxima
+from saezarr.analysis.stats.permutation import ALPHA, beats_chance, chance_level, fwer_p_values, null_maxima
+from saezarr.store.storage import Location
 
 
 @dataclass(frozen=True)
@@ -38,8 +39,8 @@ class NullMaxima:
         return {
             "permutations": int(self.pearson.shape[1]),
             "alpha": ALPHA,
-            "significant_features": int(np.sum(p["p_value_fwer"] < ALPHA)),
-            "significant_features_auroc": int(np.sum(p["p_value_fwer_auroc"] < ALPHA)),
+            "significant_features": int(beats_chance(p["p_value_fwer"]).sum()),
+            "significant_features_auroc": int(beats_chance(p["p_value_fwer_auroc"]).sum()),
             "best": best,
             "chance": {name: _finite(chance_level(values)) for name, values in overall.items()},
             "chance_per_sae": {
@@ -73,7 +74,7 @@ class PermutationNull:
         """On unless --permutations 0."""
         return options.permutations > 0
 
-    def key_parts(self, options: ResamplingOptions, residuals: Path | None) -> list:
+    def key_parts(self, options: ResamplingOptions, residuals: Location | None) -> list:
         """The number of permutations and their seed."""
         return [options.permutations, options.seed]
 

@@ -16,11 +16,11 @@ import numpy as np
 
 from saezarr.analysis.stats.features import FeatureMatrix, max_auroc, max_pearson
 
-ALPHA = 0.05  # p_value_fwer below this counts as significant
+ALPHA = 0.05  # the family-wise error rate: a feature whose p_value_fwer is at most this beats chance
 # a permuted maximum this close below a score counts as reaching it: permutations that only reorder tied values give
 # the observed score again, computed in another order (sparse features tie at zero often)
 TIE = 1e-12
-CHANCE_QUANTILE = 95  # the chance level: this percentile of the permuted maxima
+CHANCE_QUANTILE = 100 * (1 - ALPHA)  # the chance level: this percentile (95) of the permuted maxima
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,15 @@ def fwer_p_values(observed: np.ndarray, maxima: np.ndarray) -> np.ndarray:
         return np.where(np.isnan(observed), np.nan, (1.0 + at_least) / (1.0 + len(maxima)))
 
 
+def beats_chance(p_values: np.ndarray) -> np.ndarray:
+    """Which family-wise p-values beat chance: p_value_fwer <= ALPHA (False where NaN)."""
+    with np.errstate(invalid="ignore"):
+        return np.asarray(p_values, dtype=np.float64) <= ALPHA
+
+
 def chance_level(maxima: np.ndarray) -> float:
-    """The 95th percentile of permuted maxima (NaN without any finite one)."""
+    """The (1 - ALPHA) quantile, the 95th percentile, of permuted maxima: the score the best feature reaches under
+    permuted labels at the family-wise error rate (NaN without any finite one)."""
     finite = np.asarray(maxima, dtype=np.float64)
     finite = finite[np.isfinite(finite)]
     return float(np.percentile(finite, CHANCE_QUANTILE)) if len(finite) else float("nan")

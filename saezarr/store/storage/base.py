@@ -84,6 +84,16 @@ class Storage(ABC):
         """The one-writer lock whose record is at key (not yet acquired)."""
 
     @property
+    def can_list(self) -> bool:
+        """False for a storage whose keys cannot be listed (a store published over plain HTTP)."""
+        return True
+
+    @property
+    def read_only(self) -> bool:
+        """True for a storage that can only be read (a store published over HTTP)."""
+        return False
+
+    @property
     def folder(self) -> Path | None:
         """The local folder whose files are the objects (zarr opens such a store by path), None for other backends."""
         return None
@@ -92,6 +102,17 @@ class Storage(ABC):
         """The names directly below folder ('': the root): its objects' and its subfolders', sorted."""
         prefix = f"{folder.rstrip('/')}/" if folder.strip("/") else ""
         return sorted({key.removeprefix(prefix).partition("/")[0] for key in self.list_prefix(prefix)})
+
+    def stats(self, prefix: str) -> dict[str, ObjectStat]:
+        """Each object's size and time of writing, by key, for the keys that start with prefix, sorted (a backend
+        whose listing tells both needs no request per object)."""
+        found = {}
+        for key in self.list_prefix(prefix):
+            try:
+                found[key] = self.stat(key)
+            except KeyError:  # deleted meanwhile
+                continue
+        return found
 
     def exists(self, key: str) -> bool:
         """True if there is an object at key."""
