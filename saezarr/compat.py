@@ -58,6 +58,14 @@ def gemma3_layers() -> str:
     return "language_model.model.layers"  # Gemma3ForConditionalGeneration, whose language model is a Gemma3ForCausalLM
 
 
+def portable_tokenizer(folder: Path) -> None:
+    """Make the PreTrainedTokenizerFast saved in folder load in transformers 4.x and 5.x alike: 5.x records its class
+    as `TokenizersBackend`, unknown to 4.x, which both know as PreTrainedTokenizerFast."""
+    path = folder / "tokenizer_config.json"
+    config = {**json.loads(path.read_text(encoding="utf-8")), "tokenizer_class": "PreTrainedTokenizerFast"}
+    path.write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def _base_model_class(model_type: str) -> Any:
     """The Auto class whose model holds a model type's base model: AutoModel, but before transformers 5 a Gemma 3 text
     checkpoint loads its weights only as Gemma3ForCausalLM (the base model's `language_model` prefix does not match
@@ -76,12 +84,12 @@ def _base_of(model: Any) -> Any:
     return model.model if type(model).__name__ == "Gemma3ForCausalLM" else model
 
 
-def offline_snapshot_kwargs() -> dict[str, Any]:
-    """snapshot_download's keywords under HF_HUB_OFFLINE=1: local_files_only, without which huggingface_hub 1.x to 2.1
-    ask the hub for a cached commit's file list (and fail offline)."""
+def hub_offline() -> bool:
+    """Whether HF_HUB_OFFLINE=1, as snapshot_download's local_files_only: without it huggingface_hub 1.x to 2.1 ask
+    the hub for a cached commit's file list, and fail offline."""
     from huggingface_hub import constants
 
-    return {"local_files_only": True} if constants.HF_HUB_OFFLINE else {}
+    return bool(constants.HF_HUB_OFFLINE)
 
 
 def hide_zarr_codec_notice() -> None:
@@ -114,11 +122,26 @@ def crc32c(data: bytes) -> int:
 
 
 XARRAY_FILL_VALUE = (2025, 3, 1)  # from here xarray's to_zarr sets a Zarr v3 array's fill value
+XARRAY_READS_ZARR_3_1 = (2025, 6)  # from here xarray's open_zarr reads the arrays zarr 3.1's data types describe
 
 
 def fill_value_encoding(fill_value: float) -> dict[str, float]:
     """xarray's to_zarr encoding for a Zarr v3 array's fill value (none before 2025.3.1: `settle_layout` sets it)."""
     return {"fill_value": fill_value} if release("xarray") >= XARRAY_FILL_VALUE else {}
+
+
+def check_xarray_reads_zarr() -> None:
+    """Refuse in one line xarray before 2025.6 beside zarr 3.1 or later: its open_zarr fails on every Zarr v3 array
+    (AttributeError: 'Float32' object has no attribute 'value'), and pip installs the pair without complaint."""
+    from saezarr.errors import SaezarrError
+
+    if release("xarray") < XARRAY_READS_ZARR_3_1 and release("zarr") >= (3, 1):
+        from importlib.metadata import version
+
+        raise SaezarrError(
+            f"xarray {version('xarray')} cannot open Zarr v3 stores with zarr {version('zarr')} (xarray before 2025.6 "
+            "reads zarr 3.0's data types only); install xarray>=2025.6 or zarr<3.1"
+        )
 
 
 def settle_layout(folder: Path, fill_values: dict[str, str]) -> None:

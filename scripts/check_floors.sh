@@ -9,8 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${TMPDIR:-/tmp}/saezarr-floors"
-TESTS=(tests/store/test_shards.py tests/store/test_open_zarr.py tests/store/test_info.py tests/build/test_resume.py
-       tests/build/test_residuals.py tests/export/test_export.py tests/test_usage_examples.py
+TESTS=(tests/test_compat.py tests/store/test_shards.py tests/store/test_open_zarr.py tests/store/test_info.py
+       tests/build/test_resume.py tests/build/test_residuals.py tests/export/test_export.py tests/test_usage_examples.py
        tests/models/test_hub_offline.py tests/models/test_gemma3.py tests/analysis/test_analyze_cli.py
        tests/analysis/test_emergence.py tests/analysis/test_compare.py
        tests/build/test_cluster.py::test_local_cluster_build_equals_single_process

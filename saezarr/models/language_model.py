@@ -14,7 +14,7 @@ import torch
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
-from saezarr.compat import build_base_model, layer_output, load_base_model, offline_snapshot_kwargs
+from saezarr.compat import build_base_model, hub_offline, layer_output, load_base_model
 from saezarr.errors import InputError, SaezarrError, one_line, option
 from saezarr.hub import Source, resolve
 from saezarr.models.architectures import ARCHITECTURES, PLUGIN_HINT
@@ -117,7 +117,7 @@ def _fetch_weights(source: Source) -> Path:
     try:
         return Path(
             snapshot_download(
-                source.name, revision=source.revision, allow_patterns=WEIGHT_FILES, **offline_snapshot_kwargs()
+                source.name, revision=source.revision, allow_patterns=WEIGHT_FILES, local_files_only=hub_offline()
             )
         )
     except Exception as exc:  # the hub raises a zoo of types: offline, missing, gated, network

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from saezarr.compat import check_xarray_reads_zarr
 from saezarr.errors import InputError, StoreDamaged, StoreNotFound
 from saezarr.machine import human_bytes
 from saezarr.store.format import Store, array_unreadable, read_attrs
@@ -28,6 +29,7 @@ def open_store(path: str | Path, dask: bool = True) -> xr.Dataset:
 
     storage = _existing_store(path)
     read_attrs(storage)
+    check_xarray_reads_zarr()
     root = zarr_location(storage, read_only=True)
     ds = xr.open_zarr(root) if dask else xr.open_zarr(root, chunks=None)
     # boolean masks such as `ds.where(ds.is_final_token, drop=True)` need in-memory coordinates

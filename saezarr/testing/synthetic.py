@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from saezarr.compat import load_base_model
+from saezarr.compat import load_base_model, portable_tokenizer
 from saezarr.inputs.configs import SAEConfig
 from saezarr.sites import resid_post
 
@@ -50,6 +50,7 @@ def write_tokenizer(folder: Path, corpus: Iterable[str], vocab_size: int = 512) 
         tokenizer_object=tokenizer, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK, padding_side="right"
     )
     fast.save_pretrained(folder)
+    portable_tokenizer(Path(folder))  # one generated demo serves environments of transformers 4.x and 5.x
 
 
 def _with_tokenizer(folder: str | Path, corpus: Iterable[str], vocab_size: int) -> tuple[Path, int]:
