@@ -1,4 +1,4 @@
-"""Which site of the model an SAE reads, as its source says it, and the refusal of sites saezarr does not read yet.
+"""Which site of the model an SAE reads, as its source says it, and the refusal of sites saezarr does not read.
 
 A site is named as TransformerLens and SAELens name it (`blocks.12.hook_resid_post`, `blocks.2.hook_mlp_out`,
 `hook_embed`). What says it, by family:
@@ -16,7 +16,21 @@ from dataclasses import dataclass
 
 from saezarr.errors import SaezarrError
 
-READ_SITES = ("hook_resid_post",)  # what saezarr reads today: the residual stream after decoder layer L
+# the site kinds saezarr reads, where a model's site table places them (saezarr.models.architectures); all but
+# hook_embed belong to a decoder layer. `mlp.hook_in` is the MLP's own input, its norm's output with the gain (what
+# Gemma Scope 2's transcoders read); TransformerLens' `hook_mlp_in` is the residual stream that norm reads.
+READ_SITES = (
+    "hook_embed",
+    "hook_resid_pre",
+    "hook_resid_mid",
+    "hook_resid_post",
+    "hook_attn_out",
+    "attn.hook_z",
+    "hook_mlp_out",
+    "hook_mlp_in",
+    "ln2.hook_normalized",
+    "mlp.hook_in",
+)
 _HOOK = re.compile(r"^(?:blocks\.(\d+)\.)?([a-z0-9_.]+)$")
 _GEMMA_SCOPE_1_REPO = re.compile(r"gemma-scope-\d+b-(?:pt|it)-(res|att|mlp|transcoders)(?![a-z])", re.IGNORECASE)
 _GEMMA_SCOPE_1_SITES = {
@@ -29,8 +43,8 @@ _GEMMA_SCOPE_2_PREFIXES = {
     "resid_post": "hook_resid_post",
     "attn_out": "attn.hook_z",
     "mlp_out": "hook_mlp_out",
-    "transcoder": "hook_mlp_in",
-    "clt": "hook_mlp_in",
+    "transcoder": "mlp.hook_in",
+    "clt": "mlp.hook_in",
 }
 # Gemma Scope 2's `hf_hook_point_in`: the output or input of a Hugging Face module of decoder layer L, and its site
 _HF_MODULES = {
@@ -38,7 +52,8 @@ _HF_MODULES = {
     "output": "hook_resid_post",
     "self_attn.o_proj.input": "attn.hook_z",
     "post_attention_layernorm.output": "hook_attn_out",
-    "pre_feedforward_layernorm.output": "hook_mlp_in",
+    "pre_feedforward_layernorm.input": "hook_resid_mid",
+    "pre_feedforward_layernorm.output": "mlp.hook_in",
     "post_feedforward_layernorm.output": "hook_mlp_out",
 }
 _HF_HOOK = re.compile(r"^model\.(?:language_model\.)?layers\.(\d+)\.?(.*)$")
@@ -57,8 +72,10 @@ class Site:
 
     @property
     def layer(self) -> int | None:
-        """The decoder layer the site belongs to (None: before the first one, e.g. hook_embed)."""
-        return split_hook(self.hook)[0]
+        """The decoder layer the site belongs to; hook_embed's is 0, the layer it feeds (None: a hook with no layer
+        that saezarr does not read)."""
+        layer, kind = split_hook(self.hook)
+        return 0 if kind == "hook_embed" else layer
 
     @property
     def kind(self) -> str:
@@ -67,8 +84,8 @@ class Site:
 
     @property
     def is_read(self) -> bool:
-        """True if saezarr reads this site."""
-        return self.layer is not None and self.kind in READ_SITES
+        """True if saezarr reads this site (where the model's site table places it)."""
+        return self.kind in READ_SITES and (split_hook(self.hook)[0] is None) == (self.kind == "hook_embed")
 
 
 def split_hook(hook: str) -> tuple[int | None, str]:
@@ -132,18 +149,15 @@ def hf_hook_site(hf_hook: str, said_by: str) -> Site:
     return Site(_at(int(match.group(1)), kind), said_by)
 
 
-def check_read(site: Site, entry_hook: str | None, name: str, where: str, layer: int | None = None) -> Site:
-    """The SAE's site, agreed by its source and its config entry; refuse one saezarr does not read yet (naming
-    the residual stream after `layer`, or the site's own layer, as what it would have read)."""
+def check_read(site: Site, entry_hook: str | None, name: str, where: str) -> Site:
+    """The SAE's site, agreed by its source and its config entry; refuse one saezarr does not read."""
     if entry_hook is not None and entry_hook != site.hook:
         raise SiteRefused(
             f"{where}: config {name}: the config file says hook {entry_hook} but {site.said_by} says {site.hook}"
         )
     if not site.is_read:
-        layer = site.layer if site.layer is not None else layer
-        instead = f", and would have read {resid_post(layer)} instead" if layer is not None else ""
         raise SiteRefused(
-            f"{where}: config {name}: the SAE reads {site.hook} ({site.said_by}); saezarr reads only "
-            f"blocks.L.hook_resid_post yet{instead}: refused rather than encode the wrong activations"
+            f"{where}: config {name}: the SAE reads {site.hook} ({site.said_by}), a site saezarr does not read "
+            f"(it reads {', '.join(READ_SITES)}): refused rather than encode the wrong activations"
         )
     return site

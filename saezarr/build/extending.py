@@ -164,13 +164,13 @@ def _stored_configs(store: Store, n_configs: int) -> tuple[SAEConfig, ...]:
             width=int(store.widths[i]),
             given_name=str(names[i]),
             architecture=_optional(optional["architecture"], i),
-            hook=resid_post(int(layers[i])),  # every store so far holds resid_post SAEs alone: checked when built
+            hook=_optional(optional["hook"], i) or resid_post(int(layers[i])),  # stores without it: resid_post alone
         )
         for i in range(n_configs)
     )
 
 
-_OPTIONAL = ("neuronpedia_source", "architecture")  # coordinates that stores of older versions lack
+_OPTIONAL = ("neuronpedia_source", "architecture", "hook")  # coordinates that stores of older versions lack
 
 
 def _optional(values: np.ndarray | None, i: int) -> str | None:

@@ -19,7 +19,14 @@ from saezarr.inputs.configs import SAEConfig, check_depth, load_config_file, sel
 from saezarr.inputs.fragments import Fragments, make_fragments
 from saezarr.inputs.sentences import read_sentences
 from saezarr.models.language_model import ModelInfo, check_weights, load_tokenizer, resolve_model
-from saezarr.saes.locate import SAEFile, check_context, describe_configs, locate_sae, resolve_sae_repo
+from saezarr.saes.locate import (
+    SAEFile,
+    check_context,
+    describe_configs,
+    known_from_path,
+    locate_sae,
+    resolve_sae_repo,
+)
 from saezarr.store.format import (
     Store,
     check_output_path,
@@ -107,7 +114,8 @@ def _new_store_plan(options: BuildOptions, device: str) -> BuildPlan:
     data = read_sentences(options.input)
     config_file = load_config_file(options.config_file)
     sae_repo = options.sae_repo or config_file.sae_repo
-    described, sae_source = describe_configs(sae_repo, config_file.configs, options.config_file)
+    chosen = selected_early(config_file.configs, options.layers, options.configs)
+    described, sae_source = describe_configs(sae_repo, chosen, options.config_file)
     configs = with_neuronpedia(select_configs(described, options.layers, options.configs), sae_repo)
     info = resolve_model(options.model or config_file.model)
     check_depth(configs, info.num_layers, options.config_file)
@@ -149,6 +157,19 @@ def _new_store_plan(options: BuildOptions, device: str) -> BuildPlan:
         residual_layers=residual_layers(options.residuals, info.num_layers),
         n_sentences=len(data),
     )
+
+
+def selected_early(
+    configs: Sequence[SAEConfig], layers: Sequence[int] | None, names: Sequence[str] | None
+) -> tuple[SAEConfig, ...]:
+    """The configs a selection keeps, chosen before any SAE is described where the config file and folder names
+    already say what the selection reads (every layer, every final name): an SAE outside it is never looked at."""
+    configs = tuple(map(known_from_path, configs))
+    if layers is not None and any(c.layer is None for c in configs):
+        return configs
+    if names is not None and any(not c.given_name and (c.layer is None or c.average_l0 is None) for c in configs):
+        return configs
+    return select_configs(configs, layers, names) if (layers, names) != (None, None) else configs
 
 
 def resolve_device(device: str | None, here: bool = True) -> str:

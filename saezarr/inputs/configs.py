@@ -12,7 +12,7 @@ from pathlib import Path
 
 from saezarr.errors import ConfigError, InputError, option
 from saezarr.inputs import catalogues
-from saezarr.sites import parse_hook
+from saezarr.sites import parse_hook, resid_post
 
 MISSING_L0 = -1  # the store's average_l0 of an SAE whose average L0 is not known
 WIDTH_TAGS = {"k": 1000, "m": 1000**2}  # Gemma Scope's width tags round a power of two down: 65k = 65536
@@ -46,6 +46,11 @@ class SAEConfig:
         if canonical:
             return f"layer_{canonical.group(1)}_canonical"
         return self.path.rsplit("/", 1)[-1]
+
+    @property
+    def site_hook(self) -> str:
+        """The site it reads: its hook, else the residual stream after its layer."""
+        return self.hook or resid_post(self.known_layer)
 
     @property
     def known_layer(self) -> int:

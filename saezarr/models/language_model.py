@@ -17,8 +17,9 @@ if TYPE_CHECKING:
 from saezarr.compat import build_base_model, hub_offline, layer_output, load_base_model
 from saezarr.errors import InputError, SaezarrError, one_line, option
 from saezarr.hub import Source, resolve
-from saezarr.models.architectures import ARCHITECTURES, PLUGIN_HINT
+from saezarr.models.architectures import ARCHITECTURES, PLUGIN_HINT, ModuleSite, Norm
 from saezarr.registry import UnknownEntry
+from saezarr.sites import split_hook
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 WEIGHT_FILES = ["*.safetensors", "*.safetensors.index.json", "*.json"]
@@ -34,6 +35,23 @@ class ModelInfo:
     max_tokens: int | None
     # False: LayerNorm, whose residuals TransformerLens' center_writing_weights changes; None: not known
     rms_norm: bool | None = True
+    model_type: str | None = None  # None: not known (a store's model, read back without its config)
+    attention_width: int | None = None  # heads × head_dim: the width of attn.hook_z, which may differ from hidden
+
+    def width_of(self, hook: str) -> int:
+        """The width of a site's activations: the hidden size, or heads × head_dim for attn.hook_z."""
+        if split_hook(hook)[1] == "attn.hook_z" and self.attention_width is not None:
+            return self.attention_width
+        return self.hidden_size
+
+    def check_site(self, hook: str, where: str) -> None:
+        """Refuse a site the model's architecture does not have or its site table does not place."""
+        if self.model_type is None:
+            return
+        try:
+            ARCHITECTURES[self.model_type].where(hook)
+        except UnknownEntry as exc:
+            raise InputError(f"{where}: the SAE reads {hook}, but {self.model_type} models: {exc}") from None
 
 
 def resolve_model(name: str, revision: str | None = None) -> ModelInfo:
@@ -49,6 +67,7 @@ def resolve_model(name: str, revision: str | None = None) -> ModelInfo:
             f"{option('model', name)}: cannot read its config.json as a model config ({type(exc).__name__}: {text[:200]})"
         ) from None
     _check_sites(config, name)
+    model_type = config.model_type
     config = getattr(config, "text_config", config)
     return ModelInfo(
         source=source,
@@ -56,7 +75,16 @@ def resolve_model(name: str, revision: str | None = None) -> ModelInfo:
         hidden_size=int(config.hidden_size),
         max_tokens=int(getattr(config, "max_position_embeddings", 0) or 0) or None,
         rms_norm=hasattr(config, "rms_norm_eps"),
+        model_type=model_type,
+        attention_width=_attention_width(config),
     )
+
+
+def _attention_width(config) -> int:
+    """Heads × head_dim: the width of the attention output projection's input (hook_z)."""
+    heads = int(config.num_attention_heads)
+    head_dim = getattr(config, "head_dim", None) or int(config.hidden_size) // heads
+    return heads * int(head_dim)
 
 
 def _check_sites(config, name: str) -> None:
@@ -191,35 +219,41 @@ class SiteReader:
         places = {hook: table.where(hook) for hook in self.hooks}  # every site placed before any hook is added
         modules = {hook: self.model.get_submodule(place.path) for hook, place in places.items()}
         for hook, place in places.items():
-            module = modules[hook]
-            if place.value == "input":
-                # a pre-hook sees exactly what the module reads, whatever the model scales or adds before it
-                self._handles.append(module.register_forward_pre_hook(self._input_hook(hook), with_kwargs=True))
-            else:
-                self._handles.append(module.register_forward_hook(self._output_hook(hook)))
+            self._handles.append(self._attach(hook, place, modules[hook]))
         return self
+
+    def _attach(self, hook: str, place: ModuleSite, module: torch.nn.Module) -> torch.utils.hooks.RemovableHandle:
+        if place.value == "output":
+            return module.register_forward_hook(self._output_hook(hook))
+        # a pre-hook sees exactly what the module reads, whatever the model scales or adds before it
+        norm = place.norm if place.value == "normalized" else None
+        return module.register_forward_pre_hook(self._input_hook(hook, norm), with_kwargs=True)
 
     def __exit__(self, *exc) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
 
-    def _input_hook(self, hook: str):
+    def _input_hook(self, hook: str, norm: Norm | None):
         def read_input(module, args, kwargs):
-            self._keep(hook, args[0] if args else kwargs["hidden_states"])
+            hidden = self._selected(args[0] if args else kwargs["hidden_states"])
+            self._keep(hook, hidden if norm is None else normalized(hidden, norm, norm_eps(module)))
 
         return read_input
 
     def _output_hook(self, hook: str):
         def read_output(module, args, output):
-            self._keep(hook, layer_output(output))
+            self._keep(hook, self._selected(layer_output(output)))
 
         return read_output
 
-    def _keep(self, hook: str, hidden: torch.Tensor) -> None:
+    def _selected(self, hidden: torch.Tensor) -> torch.Tensor:
         assert self._selection is not None  # set by read() before the forward that calls the hooks
         rows, positions = self._selection
-        self._captured[hook] = hidden[rows, positions]
+        return hidden[rows, positions]
+
+    def _keep(self, hook: str, selected: torch.Tensor) -> None:
+        self._captured[hook] = selected
         if len(self._captured) == len(self.hooks):
             raise _StopForward
 
@@ -239,6 +273,23 @@ class SiteReader:
         if missing:
             raise SaezarrError(f"{type(self.model).__name__}: the forward never reached {', '.join(missing)}")
         return captured
+
+
+def normalized(x: torch.Tensor, norm: Norm, eps: float) -> torch.Tensor:
+    """x as a LayerNorm (centred, then scaled) or an RMSNorm (scaled) normalises it before its gain, in float32;
+    eps inside the square root, as TransformerLens' hook_normalized."""
+    x = x.float()
+    if norm == "layer":
+        x = x - x.mean(dim=-1, keepdim=True)
+    return x / (x.pow(2).mean(dim=-1, keepdim=True) + eps).sqrt()
+
+
+def norm_eps(module: torch.nn.Module) -> float:
+    """A LayerNorm's or RMSNorm's epsilon (`eps`, or Llama's `variance_epsilon`)."""
+    eps = getattr(module, "eps", getattr(module, "variance_epsilon", None))
+    if eps is None:
+        raise SaezarrError(f"{type(module).__name__}: a norm module with no eps or variance_epsilon")
+    return float(eps)
 
 
 def pad_batch(token_ids: Sequence[np.ndarray], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -43,7 +43,7 @@ class SAEFile:
     @property
     def hook(self) -> str:
         """The site the SAE reads; where nothing says it, the residual stream after its layer (with a note)."""
-        return self.config.hook or resid_post(self.config.known_layer)
+        return self.config.site_hook
 
     def resolved(self) -> SAEFile:
         """The same SAE with its weights file as an absolute path."""
@@ -140,7 +140,7 @@ def checked_site(config: SAEConfig, site: Site | None, where: object) -> Site | 
     says it."""
     if site is None and config.hook is not None:
         site = Site(config.hook, "the config file's hook")
-    return check_read(site, config.hook, config.name, str(where), config.layer) if site is not None else None
+    return check_read(site, config.hook, config.name, str(where)) if site is not None else None
 
 
 def complete(config: SAEConfig, layout: SAEDescription, where: object) -> SAEConfig:
@@ -195,7 +195,12 @@ def locate_sae(source: Source, config: SAEConfig, model: ModelInfo, where: objec
     at = f"{layout.weights}: config {config.name}"
     _check_training(layout, config, model, at)
     _check_activation(layout, at)
-    width = _check_shapes(layout, config, model.hidden_size, at)
+    hook = config.site_hook
+    model.check_site(hook, at)
+    d_in = model.width_of(hook)
+    width = _check_shapes(
+        layout, config, d_in, at, "the model's hidden size" if d_in == model.hidden_size else f"{hook}'s width"
+    )
     if config.hook is None:
         warnings.warn(
             f"config {config.name}: nothing says which site the SAE reads ({source.name} is not named as a Gemma "
@@ -205,7 +210,7 @@ def locate_sae(source: Source, config: SAEConfig, model: ModelInfo, where: objec
             stacklevel=2,
         )
     config = dataclasses.replace(config, width=width)
-    return SAEFile(config=config, layout=layout, d_model=model.hidden_size, width=width)
+    return SAEFile(config=config, layout=layout, d_model=d_in, width=width)
 
 
 def _check_training(layout: SAEDescription, config: SAEConfig, model: ModelInfo, at: str) -> None:
@@ -236,7 +241,7 @@ def _check_activation(layout: SAEDescription, at: str) -> None:
         raise SAEFormatError(f"{at}: a {activation.name} SAE needs a positive integer 'k', got None")
 
 
-def _check_shapes(layout: SAEDescription, config: SAEConfig, d_model: int, at: str) -> int:
+def _check_shapes(layout: SAEDescription, config: SAEConfig, d_model: int, at: str, what: str) -> int:
     """The SAE's width; refuse weights whose shapes disagree with each other, with its settings or with the model."""
     try:
         shapes = {key: tensor.shape for key, tensor in read_header(layout.weights).items()}
@@ -250,13 +255,13 @@ def _check_shapes(layout: SAEDescription, config: SAEConfig, d_model: int, at: s
         raise SAEFormatError(f"{at}: {layout.W_enc} must be 2-D, got shape {w_enc}")
     d_in, width = w_enc
     if layout.d_in is not None and layout.d_in != d_model:
-        raise SAEFormatError(f"{at}: its settings say d_in {layout.d_in} but the model's hidden size is {d_model}")
+        raise SAEFormatError(f"{at}: its settings say d_in {layout.d_in} but {what} is {d_model}")
     if (layout.d_in, layout.d_sae) != (None, None) and (layout.d_in or d_in, layout.d_sae or width) != (d_in, width):
         raise SAEFormatError(
             f"{at}: its settings say {layout.d_in} x {layout.d_sae} but {layout.W_enc} is {d_in} x {width}"
         )
     if d_in != d_model:
-        raise SAEFormatError(f"{at}: {layout.W_enc} is {d_in} x {width} but the model's hidden size is {d_model}")
+        raise SAEFormatError(f"{at}: {layout.W_enc} is {d_in} x {width} but {what} is {d_model}")
     expected = {"b_enc": (width,), "threshold": (width,), "b_dec": (d_model,)}
     for role, key in layout.keys.items():
         if role in expected and shapes[key] != expected[role]:

@@ -726,6 +726,7 @@ def _write_layout(
         "width": ("config", np.array(widths, dtype=np.int64)),
         "architecture": ("config", _strings(c.architecture or "jumprelu" for c in configs)),
         "sae_path": ("config", _strings(c.path for c in configs)),
+        "hook": ("config", _strings(c.site_hook for c in configs)),  # the site each SAE reads
         "neuronpedia_source": ("config", _strings(c.neuronpedia or "" for c in configs)),
         "feature": ("feature", np.arange(width, dtype=np.int64)),
     }

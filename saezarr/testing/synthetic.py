@@ -183,6 +183,72 @@ def write_gemma3_model(
     return folder
 
 
+# per model type: the config fields of a tiny model laid out as the named checkpoints of its architecture are
+# (parallel attention, rotary fraction, sandwich norms, rope scaling, ...), the dims filled in by `_tiny_dims`
+ARCHITECTURE_FIELDS: dict[str, dict] = {
+    "gpt2": {"n_ctx": 1024},
+    "gptj": {"rotary_dim": 4},
+    "gpt_neox": {"rotary_pct": 0.25, "use_parallel_residual": True},
+    "llama": {
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 500000.0,
+        "rope_scaling": {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+    },
+    "mistral": {"sliding_window": 4096, "rope_theta": 10000.0},
+    "qwen2": {"rope_theta": 1000000.0},
+    "qwen3": {"rope_theta": 1000000.0},
+    "gemma": {"hidden_act": "gelu", "hidden_activation": "gelu"},  # as TransformerLens' table has Gemma 1
+    "gemma2": {"query_pre_attn_scalar": 256, "sliding_window": 4096},
+    "gemma3_text": {"query_pre_attn_scalar": 256, "sliding_window": 512, "rope_local_base_freq": 10000.0},
+}
+
+
+def _tiny_dims(model_type: str, vocab: int, num_layers: int, hidden_size: int, num_heads: int) -> dict:
+    """The dims of a tiny model of `model_type`, in its config's own field names."""
+    if model_type in ("gpt2", "gptj"):
+        return {"vocab_size": vocab, "n_embd": hidden_size, "n_layer": num_layers, "n_head": num_heads}
+    head_dim = hidden_size // num_heads
+    dims = {"vocab_size": vocab, "hidden_size": hidden_size, "num_hidden_layers": num_layers}
+    dims |= {"num_attention_heads": num_heads, "intermediate_size": 2 * hidden_size}
+    if model_type != "gpt_neox":
+        dims |= {"num_key_value_heads": max(1, num_heads // 2), "head_dim": head_dim}
+    return dims
+
+
+def write_architecture_model(
+    folder: str | Path,
+    corpus: Iterable[str],
+    model_type: str,
+    *,
+    num_layers: int = 2,
+    hidden_size: int = 32,
+    num_heads: int = 4,
+    vocab_size: int = 256,
+    seed: int = 0,
+) -> Path:
+    """Write a random-weight checkpoint of `model_type` (laid out as ARCHITECTURE_FIELDS says, other types with their
+    config's defaults) with a tokenizer that puts BOS first; every weight is perturbed (norm gains and biases too), so no site equals another by accident."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder, vocab = _with_tokenizer(folder, corpus, vocab_size)
+    dims = _tiny_dims(model_type, vocab, num_layers, hidden_size, num_heads)
+    special = {"pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2}
+    config = AutoConfig.for_model(model_type, **dims, **special, **ARCHITECTURE_FIELDS.get(model_type, {}))
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    model.save_pretrained(folder)
+    return folder
+
+
 def write_saes(
     folder: str | Path,
     model_folder: str | Path,
@@ -305,10 +371,7 @@ def demo_configs(layers: Sequence[int] = (0, 2, 5), l0s: Sequence[int] = (8, 24)
 
 def write_config_file(path: str | Path, model: str, sae_repo: str, configs: Sequence[SAEConfig]) -> Path:
     """Write a config file in the `gemma_scope_16k_configurations.json` schema, each entry with the site it reads."""
-    entries = [
-        {"layer": c.layer, "average_l0": c.average_l0, "path": c.path, "hook": c.hook or resid_post(c.known_layer)}
-        for c in configs
-    ]
+    entries = [{"layer": c.layer, "average_l0": c.average_l0, "path": c.path, "hook": c.site_hook} for c in configs]
     Path(path).write_text(json.dumps({"model": model, "sae_repo": sae_repo, "configs": entries}, indent=1))
     return Path(path)
 

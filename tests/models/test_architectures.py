@@ -1,5 +1,5 @@
 """Site tables: where each site lives, per model type. A table registered from outside the package (an entry point of
-a distribution on PYTHONPATH) makes `build` read GPT-2, whose blocks are in `.h`; without it GPT-2 is refused in one
+a distribution on PYTHONPATH) makes `build` read BLOOM, whose blocks are in `.h`; without it BLOOM is refused in one
 line. The stored latents and residuals equal the model's own hidden states, taken before the final LayerNorm as
 TransformerLens takes hook_resid_post."""
 
@@ -20,7 +20,7 @@ from saezarr.compat import dtype_kwargs
 from saezarr.inputs.configs import SAEConfig
 from saezarr.models.architectures import ARCHITECTURES, SiteNotInTable, layer_sites
 from saezarr.models.language_model import SiteReader, resolve_model
-from saezarr.testing.synthetic import DEMO_CSV, random_sae, write_config_file, write_gpt2_model
+from saezarr.testing.synthetic import DEMO_CSV, random_sae, write_architecture_model, write_config_file
 
 LAYERS = 3
 SAE_LAYERS = (0, LAYERS - 1)  # the last layer's resid_post is before ln_f, which HF's last hidden state is after
@@ -28,7 +28,7 @@ WIDTH, L0 = 48, 6
 GATE_MARGIN = 1e-5  # entries whose pre-activation is this close to the threshold may flip either way
 PLUGIN = """from saezarr.models.architectures import layer_sites
 
-gpt2 = layer_sites("h")
+bloom = layer_sites("h")
 """
 
 
@@ -52,13 +52,13 @@ def hidden_states(model_folder: Path, sentences: list[str], final_norm: bool) ->
 
 
 @pytest.fixture(scope="module")
-def gpt2(tmp_path_factory):
-    """A tiny GPT-2, JumpReLU SAEs on its first and last layers calibrated on its own hidden states, a config file,
+def bloom(tmp_path_factory):
+    """A tiny BLOOM, JumpReLU SAEs on its first and last layers calibrated on its own hidden states, a config file,
     a CSV, the hidden states with and without ln_f, and a folder holding the site-table plugin."""
-    root = tmp_path_factory.mktemp("gpt2")
+    root = tmp_path_factory.mktemp("bloom")
     corpus = pd.read_csv(DEMO_CSV)["sentence"].tolist()
     sentences = corpus[:8]
-    model = write_gpt2_model(root / "gpt2", corpus, num_layers=LAYERS)
+    model = write_architecture_model(root / "bloom", corpus, "bloom", num_layers=LAYERS)
     states = hidden_states(model, sentences, final_norm=False)
     rng = np.random.default_rng(5)
     configs = [SAEConfig(layer, L0, f"layer_{layer}/width_16k/average_l0_{L0}") for layer in SAE_LAYERS]
@@ -76,7 +76,7 @@ def gpt2(tmp_path_factory):
         "Metadata-Version: 2.1\nName: toyplugin\nVersion: 0.1\n"
     )
     (plugin / "toyplugin-0.1.dist-info" / "entry_points.txt").write_text(
-        "[saezarr.architectures]\ngpt2 = toyplugin:gpt2\n"
+        "[saezarr.architectures]\nbloom = toyplugin:bloom\n"
     )
     return {
         "root": root,
@@ -89,36 +89,36 @@ def gpt2(tmp_path_factory):
     }
 
 
-def _build(gpt2, name: str, plugin: bool, *extra: str):
-    env = {"PYTHONPATH": os.pathsep.join([str(gpt2["plugin"]), os.environ.get("PYTHONPATH", "")])} if plugin else None
-    output = gpt2["root"] / f"{name}.zarr"
-    args = ["build", "--input", gpt2["csv"], "--output", output, "--config", gpt2["config"], "--quiet", *extra]
+def _build(bloom, name: str, plugin: bool, *extra: str):
+    env = {"PYTHONPATH": os.pathsep.join([str(bloom["plugin"]), os.environ.get("PYTHONPATH", "")])} if plugin else None
+    output = bloom["root"] / f"{name}.zarr"
+    args = ["build", "--input", bloom["csv"], "--output", output, "--config", bloom["config"], "--quiet", *extra]
     return run_cli(*args, env=env), output
 
 
-def test_without_a_site_table_gpt2_is_refused_in_one_line(gpt2):
-    result, output = _build(gpt2, "refused", plugin=False)
+def test_without_a_site_table_bloom_is_refused_in_one_line(bloom):
+    result, output = _build(bloom, "refused", plugin=False)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and len(lines) == 1, result.stderr
-    assert f"--model {gpt2['model']}: unknown model type 'gpt2' (known: gemma, gemma2" in lines[0]
+    assert f"--model {bloom['model']}: unknown model type 'bloom' (known: gemma, gemma2" in lines[0]
     assert "saezarr does not know where its sites are" in lines[0] and "saezarr.architectures" in lines[0]
     assert not output.exists()
 
 
-def test_a_site_table_from_a_plugin_makes_build_read_gpt2_before_its_final_layernorm(gpt2):
-    result, output = _build(gpt2, "read", True, "--residuals", "all", "--chunk-fragments", "32")
+def test_a_site_table_from_a_plugin_makes_build_read_bloom_before_its_final_layernorm(bloom):
+    result, output = _build(bloom, "read", True, "--residuals", "all", "--chunk-fragments", "32")
     assert result.returncode == 0, result.stderr
     ds = xr.open_zarr(output)
     sentences, positions = ds.sentence_index.values, ds.token_position.values
-    states = np.stack([gpt2["states"][s][:, p] for s, p in zip(sentences, positions)], axis=1)
+    states = np.stack([bloom["states"][s][:, p] for s, p in zip(sentences, positions)], axis=1)
     assert ds.residuals.shape == (LAYERS, len(sentences), 32)
     np.testing.assert_allclose(ds.embeddings.values, states[0], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(ds.residuals.values, states[1:], rtol=1e-5, atol=1e-5)
     # HF's last hidden state is after ln_f; TransformerLens' (and saezarr's) resid_post of the last layer is before
-    normed = np.stack([gpt2["normed"][s][-1, p] for s, p in zip(sentences, positions)])
+    normed = np.stack([bloom["normed"][s][-1, p] for s, p in zip(sentences, positions)])
     assert not np.allclose(ds.residuals.values[-1], normed, atol=1e-2)
     for index, layer in enumerate(SAE_LAYERS):
-        with np.load(gpt2["root"] / "saes" / f"layer_{layer}/width_16k/average_l0_{L0}" / "params.npz") as sae:
+        with np.load(bloom["root"] / "saes" / f"layer_{layer}/width_16k/average_l0_{L0}" / "params.npz") as sae:
             pre = states[layer + 1].astype(np.float64) @ sae["W_enc"] + sae["b_enc"]
             threshold = sae["threshold"]
         expected = np.where(pre > threshold, pre, 0.0)
@@ -150,17 +150,17 @@ def test_every_built_in_table_places_its_sites_in_its_model_types_skeleton(model
     assert info.num_layers == 2 and info.hidden_size == 32
 
 
-def test_a_table_that_places_a_site_where_the_model_has_no_module_is_refused_in_one_line(gpt2, capsys):
-    ARCHITECTURES.register("gpt2", layer_sites("layers"))
+def test_a_table_that_places_a_site_where_the_model_has_no_module_is_refused_in_one_line(bloom, capsys):
+    ARCHITECTURES.register("bloom", layer_sites("layers"))
     try:
-        code = main(["build", "--input", str(gpt2["csv"]), "--output", str(gpt2["root"] / "wrong.zarr")]
-                    + ["--config", str(gpt2["config"]), "--quiet"])  # fmt: skip
+        code = main(["build", "--input", str(bloom["csv"]), "--output", str(bloom["root"] / "wrong.zarr")]
+                    + ["--config", str(bloom["config"]), "--quiet"])  # fmt: skip
     finally:
-        ARCHITECTURES.unregister("gpt2")
+        ARCHITECTURES.unregister("bloom")
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("saezarr:")]
     assert code == 2 and len(lines) == 1, lines
-    assert "its site table places hook_resid_pre of layer 0 at layers.0, which GPT2Model does not have" in lines[0]
-    assert not (gpt2["root"] / "wrong.zarr").exists()
+    assert "its site table places hook_resid_pre of layer 0 at layers.0, which BloomModel does not have" in lines[0]
+    assert not (bloom["root"] / "wrong.zarr").exists()
 
 
 def test_a_site_the_table_does_not_place_is_refused_by_the_reader(tiny):
@@ -168,8 +168,8 @@ def test_a_site_the_table_does_not_place_is_refused_by_the_reader(tiny):
 
     model = AutoModel.from_pretrained(tiny.model, attn_implementation="eager", **dtype_kwargs(torch.float32)).eval()
     with pytest.raises(
-        SiteNotInTable, match="does not place blocks.0.hook_mlp_out .it places hook_resid_post, hook_resid_pre"
+        SiteNotInTable, match="does not place blocks.0.mlp.hook_post .it places attn.hook_z, hook_attn_out, "
     ):
-        with SiteReader(model, ["blocks.0.hook_mlp_out"]):
+        with SiteReader(model, ["blocks.0.mlp.hook_post"]):
             pass
     assert not model._forward_hooks and not any(m._forward_hooks for m in model.modules())

@@ -66,6 +66,7 @@ def sites(tiny, tmp_path_factory):
     for prefix in ("mlp_out_all", "attn_out", "transcoder_all", "resid_post_all"):  # Gemma Scope 2 prefixes
         write_gemma_scope_2_sae(root / "gs2" / prefix / "layer_0_width_16k_l0_small", weights)
     hooks = {"mlp": "model.layers.0.post_feedforward_layernorm.output", "resid": "model.layers.0.output"}
+    hooks |= {"down": "model.layers.0.mlp.down_proj.output", "act": "model.layers.0.mlp.act_fn.output"}
     for name, hook in hooks.items():
         write_gemma_scope_2_sae(
             root / f"gs2-{name}" / "layer_0_width_16k_l0_small",
@@ -83,46 +84,69 @@ def sites(tiny, tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    "repo, path, message",
+    "repo, path, site",
     [
-        ("gemma-scope-2b-pt-mlp", "layer_0/width_16k/average_l0_6", "reads blocks.0.hook_mlp_out"),
-        ("gemma-scope-2b-pt-att", "layer_0/width_16k/average_l0_6", "reads blocks.0.attn.hook_z"),
-        ("gemma-scope-2b-pt-transcoders", "layer_0/width_16k/average_l0_6", "reads blocks.0.ln2.hook_normalized"),
-        ("gemma-scope-2b-pt-res", "embedding/width_4k/average_l0_6", "reads hook_embed"),
-        ("gs2", "mlp_out_all/layer_0_width_16k_l0_small", "reads blocks.0.hook_mlp_out (the folder's prefix"),
-        ("gs2", "attn_out/layer_0_width_16k_l0_small", "reads blocks.0.attn.hook_z"),
-        ("gs2", "transcoder_all/layer_0_width_16k_l0_small", "reads blocks.0.hook_mlp_in"),
-        ("gs2-mlp", "layer_0_width_16k_l0_small", "reads blocks.0.hook_mlp_out (hf_hook_point_in in"),
+        ("gemma-scope-2b-pt-mlp", "layer_0/width_16k/average_l0_6", "blocks.0.hook_mlp_out"),
+        ("gemma-scope-2b-pt-att", "layer_0/width_16k/average_l0_6", "blocks.0.attn.hook_z"),
+        ("gemma-scope-2b-pt-transcoders", "layer_0/width_16k/average_l0_6", "blocks.0.ln2.hook_normalized"),
+        ("gemma-scope-2b-pt-res", "embedding/width_4k/average_l0_6", "hook_embed"),
+        ("gs2", "mlp_out_all/layer_0_width_16k_l0_small", "blocks.0.hook_mlp_out"),
+        ("gs2", "attn_out/layer_0_width_16k_l0_small", "blocks.0.attn.hook_z"),
+        ("gs2", "transcoder_all/layer_0_width_16k_l0_small", "blocks.0.mlp.hook_in"),
+        ("gs2-mlp", "layer_0_width_16k_l0_small", "blocks.0.hook_mlp_out"),
+    ],
+)
+def test_each_gemma_scope_family_reads_the_site_its_name_or_config_says(
+    tiny, sites, repo, path, site, tmp_path, capsys
+):
+    root, csv = sites
+    code, lines, output = _build(tmp_path, csv, str(tiny.model), str(root / repo), [{"path": path}], "read", capsys)
+    assert code == 0 and not lines, lines
+    store = saezarr.open_store(output)
+    assert list(store.hook.values) == [site] and int(store.layer.values[0]) == 0
+    assert np.isfinite(store.activations.values).all()  # the values, site by site: tests/build/test_build_sites.py
+
+
+@pytest.mark.parametrize(
+    "repo, entry, message",
+    [
+        (
+            "plain",
+            {"path": "sae", "hook": "blocks.0.mlp.hook_post"},
+            "reads blocks.0.mlp.hook_post (the config file's hook), a site saezarr does not read",
+        ),
+        ("gs2-down", {"path": "layer_0_width_16k_l0_small"}, "reads model.layers.0.mlp.down_proj.output"),
+        ("gs2-act", {"path": "layer_0_width_16k_l0_small"}, "reads model.layers.0.mlp.act_fn.output"),
     ],
 )
 def test_a_site_saezarr_does_not_read_is_refused_in_one_line_before_the_model_loads(
-    tiny, sites, repo, path, message, tmp_path, capsys
+    tiny, sites, repo, entry, message, tmp_path, capsys
 ):
     root, csv = sites
     before = _snapshot(root)
-    entry = {"path": path, "layer": 0} if "embedding" in path else {"path": path}
-    said_by_a_file = repo == "gs2-mlp"  # else the names say it: refused before the model is even looked for
-    for model in [str(tiny.model)] + ([] if said_by_a_file else [str(root / "no-such-model")]):
-        code, lines, output = _build(tmp_path, csv, model, str(root / repo), [entry], "refused", capsys)
-        assert code == 2 and len(lines) == 1 and message in lines[0], lines
-        assert "saezarr reads only blocks.L.hook_resid_post" in lines[0]
-        assert "would have read blocks.0.hook_resid_post instead" in lines[0]
-        assert not output.exists()
+    code, lines, output = _build(tmp_path, csv, str(tiny.model), str(root / repo), [entry], "refused", capsys)
+    assert code == 2 and len(lines) == 1 and message in lines[0], lines
+    assert not output.exists()
     assert _snapshot(root) == before
 
 
-def test_a_gemma_scope_hub_id_is_refused_by_its_name_without_a_download(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    entry = {"path": "layer_2/width_16k/average_l0_41"}
-    csv = _csv(tmp_path, ["one two three"])
-    code, lines, output = _build(
-        tmp_path, csv, "google/gemma-2-2b", "google/gemma-scope-2b-pt-mlp", [entry], "m", capsys
-    )
+def test_a_site_the_models_architecture_lacks_is_refused_naming_both(tmp_path, capsys):
+    from saezarr.testing.synthetic import write_architecture_model
+
+    sentences = ["one two three", "four five six"]
+    model = write_architecture_model(tmp_path / "pythia", sentences, "gpt_neox")
+    rng = np.random.default_rng(0)
+    weights = random_sae(rng.standard_normal((50, 32)).astype(np.float32), 16, 4, rng)
+    cfg = saelens_cfg(0, 32, 16, "jumprelu")
+    cfg["metadata"]["hook_name"] = "blocks.0.hook_resid_mid"
+    write_saelens_sae(tmp_path / "saes" / "mid", weights, cfg)
+    csv = _csv(tmp_path, sentences)
+    code, lines, output = _build(tmp_path, csv, str(model), str(tmp_path / "saes"), [{"path": "mid"}], "mid", capsys)
     assert code == 2 and len(lines) == 1, lines
-    assert "config layer_2_l0_41: the SAE reads blocks.2.hook_mlp_out (the repository's name" in lines[0]
-    assert "would have read blocks.2.hook_resid_post" in lines[0]
-    assert not output.exists() and not (tmp_path / "hf").exists()
+    assert (
+        "the SAE reads blocks.0.hook_resid_mid, but gpt_neox models: the model's site table does not place" in lines[0]
+    )
+    assert not output.exists()
 
 
 def test_every_reading_of_the_residual_stream_gives_the_same_store_and_no_note(tiny, sites, capsys):
@@ -200,41 +224,64 @@ def test_hugging_face_module_hooks_name_their_sites():
         "model.language_model.layers.4": "blocks.4.hook_resid_post",
         "model.layers.4.self_attn.o_proj.input": "blocks.4.attn.hook_z",
         "model.layers.4.post_attention_layernorm.output": "blocks.4.hook_attn_out",
-        "model.layers.4.pre_feedforward_layernorm.output": "blocks.4.hook_mlp_in",
+        "model.layers.4.pre_feedforward_layernorm.output": "blocks.4.mlp.hook_in",
         "model.layers.4.post_feedforward_layernorm.output": "blocks.4.hook_mlp_out",
         "model.layers.4.mlp.down_proj.output": "model.layers.4.mlp.down_proj.output",  # unknown: refused
     }
     for hook, site in expected.items():
         assert hf_hook_site(hook, "x").hook == site
-    assert Site("blocks.4.hook_resid_post", "x").is_read and not Site("hook_embed", "x").is_read
+    assert Site("blocks.4.hook_resid_post", "x").is_read and Site("hook_embed", "x").is_read
+    assert not Site("blocks.4.mlp.hook_post", "x").is_read and not Site("blocks.4.hook_embed", "x").is_read
 
 
-def test_extending_a_store_with_an_sae_of_another_site_leaves_it_unchanged(tiny, sites, tmp_path, capsys):
+def test_extending_a_store_with_an_sae_of_another_site_equals_building_it_alone(tiny, sites, tmp_path, capsys):
     root, csv = sites
-    res = str(root / "gemma-scope-2b-pt-res")
-    entry = {"path": "layer_0/width_16k/average_l0_6"}
-    code, _, store = _build(tmp_path, csv, str(tiny.model), res, [entry], "store", capsys)
+    repo = str(root / "gs2")  # one repository holds both sites' SAEs
+    res = [{"path": "resid_post_all/layer_0_width_16k_l0_small", "name": "res"}]
+    mlp = [{"path": "mlp_out_all/layer_0_width_16k_l0_small", "name": "mlp"}]
+    code, _, store = _build(tmp_path, csv, str(tiny.model), repo, res, "store", capsys)
     assert code == 0
-    before = _snapshot(store)
     config = tmp_path / "more.json"
-    mlp = str(root / "gemma-scope-2b-pt-mlp")
-    config.write_text(json.dumps({"model": str(tiny.model), "sae_repo": mlp, "configs": [entry]}))
+    config.write_text(json.dumps({"model": str(tiny.model), "sae_repo": repo, "configs": mlp}))
     code = main(["build", "--output", str(store), "--extend", "--config", str(config), "--quiet"])
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("saezarr:")]
-    assert code == 2 and len(lines) == 1 and "the SAE reads blocks.0.hook_mlp_out" in lines[0], lines
-    assert _snapshot(store) == before
+    assert code == 0, capsys.readouterr().err
+    code, _, alone = _build(tmp_path, csv, str(tiny.model), repo, mlp, "alone", capsys)
+    grown, fresh = saezarr.open_store(store), saezarr.open_store(alone)
+    assert list(grown.hook.values) == ["blocks.0.hook_resid_post", "blocks.0.hook_mlp_out"]
+    np.testing.assert_array_equal(
+        grown.activations.sel(config="mlp").values, fresh.activations.sel(config="mlp").values
+    )
 
 
 def test_a_model_type_without_a_site_table_is_refused_before_its_weights(tiny, tmp_path, capsys):
-    from transformers import GPT2Config
+    from transformers import BloomConfig
 
-    model = tmp_path / "gpt2-like"
-    GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=512, bos_token_id=0, eos_token_id=0).save_pretrained(model)
+    model = tmp_path / "bloom-like"
+    BloomConfig(n_layer=2, hidden_size=32, n_head=2, vocab_size=512, bos_token_id=0, eos_token_id=0).save_pretrained(
+        model
+    )
     csv = _csv(tmp_path, tiny.sentences)
     before = _snapshot(tmp_path)
     entry = {"path": tiny.configs[0].path, "hook": "blocks.0.hook_resid_post"}
-    code, lines, output = _build(tmp_path, csv, str(model), str(tiny.saes), [entry], "gpt2", capsys)
+    code, lines, output = _build(tmp_path, csv, str(model), str(tiny.saes), [entry], "bloom", capsys)
     assert code == 2 and len(lines) == 1, lines
-    assert f"--model {model}: unknown model type 'gpt2' (known: gemma, gemma2" in lines[0]
+    assert f"--model {model}: unknown model type 'bloom' (known: gemma, gemma2" in lines[0]
     assert "saezarr does not know where its sites are" in lines[0]
     assert not output.exists() and all(path.read_bytes() == data for path, data in before)
+
+
+def test_a_selection_never_looks_at_the_saes_it_leaves_out(tiny, sites, tmp_path, capsys):
+    root, csv = sites
+    entries = [
+        {"path": "sae", "layer": 0, "name": "kept"},
+        {"path": "sae", "layer": 1, "name": "left", "hook": "blocks.1.mlp.hook_post"},  # refused if looked at
+    ]
+    config = tmp_path / "two.json"
+    config.write_text(json.dumps({"model": str(tiny.model), "sae_repo": str(root / "plain"), "configs": entries}))
+    output = tmp_path / "two.zarr"
+    args = ["build", "--input", str(csv), "--config", str(config), "--quiet", "--output"]
+    assert main([*args, str(output), "--layers", "0"]) == 0
+    assert list(saezarr.open_store(output).config.values) == ["kept"]
+    assert main([*args, str(tmp_path / "named.zarr"), "--configs", "kept"]) == 0
+    assert main([*args, str(tmp_path / "all.zarr")]) == 2
+    assert "blocks.1.mlp.hook_post" in capsys.readouterr().err

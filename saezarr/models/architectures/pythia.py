@@ -1,6 +1,8 @@
-"""Pythia's sites (GPT-NeoX): decoder layers in `.layers`; attention and MLP run in parallel inside each, so the
-residual stream is still a layer's input and output."""
+"""Pythia's sites (GPT-NeoX): decoder layers in `.layers`; attention and MLP run in parallel inside each, both
+reading the layer's input through norms of their own, so there is no hook_resid_mid."""
 
-from saezarr.models.architectures import ARCHITECTURES, layer_sites
+from saezarr.models.architectures import ARCHITECTURES, Block, ModuleSite, block_sites
 
-ARCHITECTURES.register("gpt_neox", layer_sites("layers"))
+NEOX = Block("attention", "dense", "post_attention_layernorm", "layer", parallel=True)
+
+ARCHITECTURES.register("gpt_neox", block_sites("layers", ModuleSite("embed_in"), NEOX))

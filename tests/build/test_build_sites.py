@@ -1,0 +1,69 @@
+"""A build reads every site its SAEs name, in one forward pass, and stores what SAELens encodes from
+TransformerLens' activations at that site: `sae.encode` of the `run_with_cache` value, sentence by sentence, BOS
+left out. The store records each config's site as its `hook` coordinate."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import xarray as xr
+from tlref import hooked_transformer, site_value
+
+from saezarr.cli import main
+from saezarr.models.architectures import ARCHITECTURES
+from saezarr.testing.synthetic import DEMO_CSV, random_sae, saelens_cfg, write_architecture_model, write_saelens_sae
+
+pytest.importorskip("sae_lens")
+LAYERS, WIDTH, L0 = 3, 64, 8
+SENTENCES = 6
+
+
+def sites_of(model_type: str) -> list[str]:
+    """One hook of every kind the model type's table places: at layer 1, hook_embed, and the last layer's output."""
+    kinds = ARCHITECTURES[model_type].sites
+    hooks = [kind if kind == "hook_embed" else f"blocks.1.{kind}" for kind in kinds]
+    return sorted(hooks) + [f"blocks.{LAYERS - 1}.hook_resid_post"]
+
+
+@pytest.mark.parametrize("model_type", ["gemma2", "gpt2", "gpt_neox"])
+def test_every_site_stores_what_saelens_encodes_from_transformer_lens(model_type, tmp_path, capsys):
+    from sae_lens import SAE
+    from transformers import AutoTokenizer
+
+    sentences = pd.read_csv(DEMO_CSV)["sentence"].tolist()
+    model = write_architecture_model(tmp_path / "model", sentences[:50], model_type, num_layers=LAYERS)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    tokens = [tokenizer(s, return_tensors="pt")["input_ids"][0] for s in sentences[:SENTENCES]]
+    tl = hooked_transformer(model)
+    hooks = sites_of(model_type)
+    entries, rng = [], np.random.default_rng(0)
+    for i, hook in enumerate(hooks):
+        x = torch.cat([site_value(tl, t, hook)[1:] for t in tokens]).numpy()
+        cfg = saelens_cfg(0, x.shape[1], WIDTH, "jumprelu")
+        cfg["metadata"]["hook_name"] = hook
+        weights = random_sae(x, WIDTH, L0, rng)
+        weights["threshold"] *= np.float32(1.01)  # off the calibration tokens' own pre-activations, where noise flips
+        write_saelens_sae(tmp_path / "saes" / f"sae{i}", weights, cfg)
+        entries.append({"path": f"sae{i}", "name": f"sae{i}"})
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"model": str(model), "sae_repo": str(tmp_path / "saes"), "configs": entries}))
+    csv = tmp_path / "few.csv"
+    pd.DataFrame({"sentence": sentences[:SENTENCES], "concept_strength_label": 1}).to_csv(csv, index=False)
+    output = tmp_path / "store.zarr"
+    code = main(["build", "--input", str(csv), "--output", str(output), "--config", str(config), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    ds = xr.open_zarr(output)
+    assert list(ds.hook.values) == hooks
+    rows, positions = ds.sentence_index.values, ds.token_position.values
+    for i, hook in enumerate(hooks):
+        sae = SAE.load_from_disk(str(tmp_path / "saes" / f"sae{i}"), device="cpu")
+        with torch.no_grad():
+            expected = [sae.encode(site_value(tl, t, hook)).numpy() for t in tokens]
+        want = np.stack([expected[s][p] for s, p in zip(rows, positions)])
+        stored = ds.activations.values[i, :, :WIDTH]
+        assert (stored > 0).mean() > 0.02, hook
+        np.testing.assert_allclose(stored, want, rtol=1e-4, atol=1e-5 * np.abs(want).max(), err_msg=hook)
