@@ -4,6 +4,7 @@ config file by name (`--config RELEASE`), without the network."""
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import re
 import subprocess
 import sys
@@ -80,7 +81,7 @@ def test_widths_are_the_folders_tags(registry):
 def test_the_data_is_the_scripts_output(registry, tmp_path):
     output = tmp_path / "saelens_releases.json"
     script = [sys.executable, str(REPO / "scripts" / "make_saelens_catalogue.py"), "--output", str(output)]
-    subprocess.run(script, check=True, capture_output=True, env={"PYTHONPATH": str(REPO), "PATH": ""})
+    subprocess.run(script, check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert output.read_bytes() == DATA.read_bytes()
 
 
