@@ -29,8 +29,10 @@ from saezarr.sites import split_hook
 
 OUTPUT = Path(__file__).resolve().parent.parent / "saezarr" / "data" / "saelens_releases.json"
 # hooks SAELens' ids write without the module TransformerLens names them under (`blocks.0.hook_z`)
-SUBMODULES = {"attn": ("hook_q", "hook_k", "hook_v", "hook_z", "hook_pattern", "hook_attn_scores", "hook_result")}
-SUBMODULES["mlp"] = ("hook_pre", "hook_post")
+SUBMODULES = {
+    "attn": ("hook_q", "hook_k", "hook_v", "hook_z", "hook_pattern", "hook_attn_scores", "hook_result"),
+    "mlp": ("hook_pre", "hook_post"),
+}
 RESID_POST_LAYER = re.compile(r"(?:^|/)resid_post_layer_(\d+)(?:[/_]|$)")  # dictionary_learning folders
 LAYER = (
     re.compile(r"(?:^|[/_])layer_?(\d+)(?:\D|$)"),  # layer_12, layer12, layer_0.safetensors
