@@ -11,7 +11,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from saezarr.analysis.analyze_options import AnalyzeOptions
 from saezarr.analysis.compare_options import CompareOptions
@@ -20,6 +20,9 @@ from saezarr.errors import SaezarrError, SaezarrNote, render
 from saezarr.export.export_options import ExportOptions
 from saezarr.option_fields import add_options, command_fields, flag, from_args, option
 from saezarr.store_info import InfoOptions
+
+if TYPE_CHECKING:
+    from saezarr.inputs.catalogues import Catalogue
 
 __all__ = ["COMMANDS", "DEFAULT_CONFIG", "main", "parser"]
 
@@ -149,21 +152,27 @@ def _run_catalogues(options: CataloguesOptions) -> int:
     import json
 
     from saezarr.inputs.catalogues import list_catalogues
-    from saezarr.inputs.configs import width_tag
 
-    found = list_catalogues()
+    found = list_catalogues(with_releases=True)
     if options.json:
         print(json.dumps([dataclasses.asdict(c) for c in found], indent=2))
         return 0
     rows = [("name", "model", "site", "width", "SAEs")]
-    rows += [
-        (c.name, c.model, c.site, "mixed" if c.width is None else width_tag(c.width), str(c.n_configs)) for c in found
-    ]
+    rows += [(c.name, c.model, c.site, _width_cell(c), str(c.n_configs)) for c in found]
     sizes = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:  # the words left-aligned, width and count right-aligned
         cells = [cell.ljust(size) for cell, size in zip(row[:3], sizes)]
         print("  ".join(cells + [cell.rjust(size) for cell, size in zip(row[3:], sizes[3:])]))
     return 0
+
+
+def _width_cell(catalogue: Catalogue) -> str:
+    """A catalogue's width as `saezarr catalogues` prints it: its tag, `mixed` where they differ, `?` if unknown."""
+    from saezarr.inputs.configs import width_tag
+
+    if catalogue.width is not None:
+        return width_tag(catalogue.width)
+    return "mixed" if len(catalogue.widths) > 1 else "?"
 
 
 def _run_analyze(options: AnalyzeOptions) -> int:
@@ -201,7 +210,7 @@ COMMANDS = (
     ),
     _Command(
         "catalogues",
-        "list the bundled SAE catalogues, usable as build --config NAME",
+        "list the bundled SAE catalogues and SAELens' releases, usable as build --config NAME",
         CataloguesOptions,
         _run_catalogues,
     ),

@@ -17,6 +17,9 @@ python="$work/venv/bin/python"
 "$python" -m saezarr analyze saezarr-demo.zarr --output demo-analysis --quiet \
     --min-pearson 0.2 --min-tpr 0.2 --max-fpr 0.3
 test -s demo-analysis/report.html
+# SAELens' registry ships inside the package: its releases are listed, and usable as --config RELEASE
+"$python" -m saezarr catalogues > catalogues.txt
+grep -q "^gpt2-small-res-jb " catalogues.txt || { echo "check_wheel: no SAELens release in the listing" >&2; exit 1; }
 # the default config ships inside the package: offline, the build gets as far as asking the hub for its model
 printf 'sentence,concept_strength_label\nYou are a fool.,3\nThe sky is blue.,0\n' > two.csv
 if HF_HUB_OFFLINE=1 HF_HOME="$work/hf" "$python" -m saezarr build --input two.csv --output default.zarr 2> default.err; then

@@ -9,9 +9,10 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from saezarr.errors import ConfigError, InputError, option
-from saezarr.inputs import catalogues
+from saezarr.inputs import catalogues, saelens
 from saezarr.sites import parse_hook, resid_post
 
 MISSING_L0 = -1  # the store's average_l0 of an SAE whose average L0 is not known
@@ -34,6 +35,7 @@ class SAEConfig:
     given_name: str | None = None
     architecture: str | None = None
     hook: str | None = None  # the site it reads (`blocks.12.hook_resid_post`): as given, else as its source says
+    norm_scaling_factor: float | None = None
 
     @property
     def name(self) -> str:
@@ -80,26 +82,17 @@ class ConfigFile:
     sae_repo: str
     configs: tuple[SAEConfig, ...]
     source: str = ""  # the file, or `catalogue NAME`, for messages
+    # how the SAEs' activations were made, where the file says it: TransformerLens' from_pretrained keyword
+    # arguments (`center_writing_weights`), and whether a BOS token was prepended
+    model_from_pretrained_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False)
+    prepend_bos: bool | None = None
 
 
 def load_config_file(path: str | Path) -> ConfigFile:
-    """Read and validate a configuration file, or a bundled catalogue by name (`saezarr catalogues`)."""
+    """Read and validate a configuration file, a bundled catalogue or a SAELens release by name (`saezarr
+    catalogues`)."""
     path = Path(path)
-    if path.is_file() or not catalogues.exists(str(path)):
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError(
-                f"{path}: no such config file or bundled catalogue (`saezarr catalogues` lists them)"
-            ) from None
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"{path}: not valid JSON ({exc})") from None
-    else:
-        text = catalogues.read_text(str(path))
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    data = _config_data(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object with keys 'model', 'sae_repo', 'configs'")
     missing = [key for key in ("model", "sae_repo", "configs") if key not in data]
@@ -109,7 +102,50 @@ def load_config_file(path: str | Path) -> ConfigFile:
         raise ConfigError(f"{path}: 'configs' must be a non-empty list")
     configs = tuple(_parse_entry(path, i, entry) for i, entry in enumerate(data["configs"]))
     refuse_repeats(path, configs)
-    return ConfigFile(model=str(data["model"]), sae_repo=str(data["sae_repo"]), configs=configs, source=str(path))
+    return ConfigFile(
+        model=str(data["model"]),
+        sae_repo=str(data["sae_repo"]),
+        configs=configs,
+        source=str(path),
+        **_processing(path, data),
+    )
+
+
+def _config_data(path: Path) -> object:
+    """The file's JSON data, else the bundled catalogue's or the SAELens release's of that name."""
+    name = str(path)
+    if path.is_file() or not (catalogues.exists(name) or saelens.exists(name)):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            known = [*catalogues.names(), *saelens.names()]
+            raise ConfigError(
+                f"{path}: no such config file or bundled catalogue or SAELens release given as "
+                f"{option('config_file')}{suggest(name, known, 3)}; `saezarr catalogues` lists them"
+            ) from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    elif catalogues.exists(name):
+        text = catalogues.read_text(name)
+    else:
+        return saelens.config_data(name)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+
+
+def _processing(path: Path, data: dict) -> dict[str, Any]:
+    """The optional processing facts (`model_from_pretrained_kwargs`, `prepend_bos`), checked."""
+    kwargs = data.get("model_from_pretrained_kwargs")
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise ConfigError(
+            f"{path}: 'model_from_pretrained_kwargs' must be an object of keyword arguments, got {kwargs!r}"
+        )
+    prepend_bos = data.get("prepend_bos")
+    if prepend_bos is not None and not isinstance(prepend_bos, bool):
+        raise ConfigError(f"{path}: 'prepend_bos' must be true or false, got {prepend_bos!r}")
+    return {"model_from_pretrained_kwargs": kwargs or {}, "prepend_bos": prepend_bos}
 
 
 def _parse_entry(path: Path, index: int, entry: object) -> SAEConfig:
@@ -140,6 +176,7 @@ def _parse_entry(path: Path, index: int, entry: object) -> SAEConfig:
         neuronpedia=neuronpedia,
         width=parse_width(entry["width"], f"{where}: 'width'") if entry.get("width") is not None else None,
         given_name=name.strip() if name else None,
+        norm_scaling_factor=_positive(where, entry, "norm_scaling_factor"),
     )
 
 
@@ -148,6 +185,13 @@ def _count(where: str, entry: dict, key: str) -> int | None:
     if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
         raise ConfigError(f"{where}: {key!r} must be a non-negative integer, got {value!r}")
     return value
+
+
+def _positive(where: str, entry: dict, key: str) -> float | None:
+    value = entry.get(key)
+    if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0):
+        raise ConfigError(f"{where}: {key!r} must be a positive number, got {value!r}")
+    return None if value is None else float(value)
 
 
 def parse_width(value: object, where: str) -> int:
@@ -229,10 +273,12 @@ def check_depth(configs: Sequence[SAEConfig], num_layers: int, config_file: obje
         )
 
 
-def suggest(name: str, known: Iterable[str]) -> str:
-    """A ' (did you mean ...?)' hint for a misspelled name, or '' if nothing is close."""
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+def suggest(name: str, known: Iterable[str], n: int = 1) -> str:
+    """A ' (did you mean ...?)' hint for a misspelled name (up to `n` close names), or '' if nothing is close."""
+    close = [repr(match) for match in difflib.get_close_matches(name, list(known), n=n)]
+    if len(close) > 1:
+        close[-2:] = [f"{close[-2]} or {close[-1]}"]
+    return f" (did you mean {', '.join(close)}?)" if close else ""
 
 
 def with_neuronpedia(configs: Sequence[SAEConfig], sae_repo: str) -> tuple[SAEConfig, ...]:

@@ -13,6 +13,7 @@ import pytest
 from clitools import REPO, run_cli
 
 from saezarr.errors import SaezarrError
+from saezarr.inputs import saelens
 from saezarr.inputs.catalogues import DEFAULT, list_catalogues, neuronpedia_source
 from saezarr.inputs.configs import SAEConfig, load_config_file, parse_width, width_tag, with_neuronpedia
 from saezarr.saes.locate import describe_configs
@@ -88,17 +89,28 @@ def test_the_catalogues_command_lists_them_for_scripts():
     result = run_cli("catalogues", "--json")
     assert result.returncode == 0, result.stderr
     listed = json.loads(result.stdout)
-    assert [c["name"] for c in listed] == sorted(p.stem for p in BUNDLED.glob("*.json"))
+    bundled = [c for c in listed if c["origin"] == "bundled"]
+    assert [c["name"] for c in bundled] == sorted(p.stem for p in BUNDLED.glob("*.json"))
     one = next(c for c in listed if c["name"] == "gemma-scope-2-1b-pt-res-all-16k")
     assert one["model"] == "google/gemma-3-1b-pt" and one["n_configs"] == 52
     assert one["site"] == "blocks.L.hook_resid_post" and one["width"] == 16384
-    for catalogue in listed:  # each as its config file says: the site its SAEs read, their width, their number
+    for catalogue in bundled:  # each as its config file says: the site its SAEs read, their width, their number
         loaded = load_config_file(catalogue["name"])
         configs, _ = describe_configs(loaded.sae_repo, loaded.configs, catalogue["name"])
         assert catalogue["model"] == loaded.model and catalogue["n_configs"] == len(configs)
         assert catalogue["site"] == "blocks.L.hook_resid_post"  # every bundled catalogue is of residual SAEs
         tag = re.search(r"width_(\w+?)[/_]", configs[0].path).group(1)
         assert catalogue["width"] == parse_width(tag, "") and catalogue["name"].endswith(f"-{tag}")
+    releases = [c for c in listed if c["origin"] != "bundled"]  # and every SAELens release
+    assert [c["name"] for c in releases] == saelens.names()
+    assert {c["origin"] for c in releases} == {f"sae-lens {saelens.version()}"}
+    assert [c["n_configs"] for c in releases] == [len(saelens.saes(c["name"])) for c in releases]
+
+
+def _width_cell(catalogue: dict) -> str:
+    if catalogue["width"] is not None:
+        return width_tag(catalogue["width"])
+    return "mixed" if len(catalogue["widths"]) > 1 else "?"
 
 
 def test_the_catalogues_command_prints_aligned_sorted_columns():
@@ -108,9 +120,15 @@ def test_the_catalogues_command_prints_aligned_sorted_columns():
     listed = json.loads(run_cli("catalogues", "--json").stdout)
     assert lines[0].split() == ["name", "model", "site", "width", "SAEs"]
     rows = [line.split() for line in lines[1:]]
-    assert rows == [[c["name"], c["model"], c["site"], width_tag(c["width"]), str(c["n_configs"])] for c in listed]
+    assert rows == [[c["name"], c["model"], c["site"], _width_cell(c), str(c["n_configs"])] for c in listed]
     assert [row[0] for row in rows] == sorted(row[0] for row in rows)
     assert ["gemma-scope-2b-pt-res-16k", "google/gemma-2-2b", "blocks.L.hook_resid_post", "16k", "135"] in rows
+    # SAELens' releases: sites as the registry's names say them, widths where known, `mixed` where they differ
+    gpt2 = ["gpt2-small-res-jb", "gpt2", "blocks.L.hook_resid_post,blocks.L.hook_resid_pre", "?", "13"]
+    assert gpt2 in rows
+    assert ["gemma-scope-2b-pt-res", "google/gemma-2-2b", "blocks.L.hook_resid_post,hook_embed", "mixed"] in [
+        row[:4] for row in rows
+    ]
     # aligned: every column starts, and every number column ends, at one place on every line
     starts = [[m.start() for m in re.finditer(r"\S+", line)] for line in lines]
     ends = [[m.end() for m in re.finditer(r"\S+", line)] for line in lines]
