@@ -81,15 +81,16 @@ def layer_from_names(sae_id: str, path: str) -> int | None:
 
 
 def site(release: dict, sae_id: str, path: str) -> tuple[str | None, int | None]:
-    """The SAE's hook and layer as its id, folder or release say them, else as saezarr's Gemma Scope rules do."""
-    hook = tl_hook(sae_id) or tl_hook(path) or (release.get("config_overrides") or {}).get("hook_name")
-    if hook is not None:
-        return hook, split_hook(hook)[0]
+    """The SAE's hook and layer as saezarr's Gemma Scope rules say them (a Gemma Scope 2 transcoder reads
+    `mlp.hook_in`, whatever TransformerLens name its release gives), else as its id, folder or release say them."""
     known = known_from_path(SAEConfig(None, None, path)).layer
     layer = known if known is not None else layer_from_names(sae_id, path)
     named = named_site(release["repo_id"], SAEConfig(layer, None, path))
     if named is not None and (named.layer is not None or named.hook == "hook_embed"):
         return named.hook, named.layer
+    hook = tl_hook(sae_id) or tl_hook(path) or (release.get("config_overrides") or {}).get("hook_name")
+    if hook is not None:
+        return hook, split_hook(hook)[0]
     return None, layer
 
 
