@@ -34,6 +34,7 @@ class SAEConfig:
     given_name: str | None = None
     architecture: str | None = None
     hook: str | None = None  # the site it reads (`blocks.12.hook_resid_post`): as given, else as its source says
+    norm_scaling_factor: float | None = None
 
     @property
     def name(self) -> str:
