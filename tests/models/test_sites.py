@@ -91,7 +91,7 @@ def sites(tiny, tmp_path_factory):
         ("gemma-scope-2b-pt-res", "embedding/width_4k/average_l0_6", "reads hook_embed"),
         ("gs2", "mlp_out_all/layer_0_width_16k_l0_small", "reads blocks.0.hook_mlp_out (the folder's prefix"),
         ("gs2", "attn_out/layer_0_width_16k_l0_small", "reads blocks.0.attn.hook_z"),
-        ("gs2", "transcoder_all/layer_0_width_16k_l0_small", "reads blocks.0.hook_mlp_in"),
+        ("gs2", "transcoder_all/layer_0_width_16k_l0_small", "reads blocks.0.mlp.hook_in"),
         ("gs2-mlp", "layer_0_width_16k_l0_small", "reads blocks.0.hook_mlp_out (hf_hook_point_in in"),
     ],
 )
