@@ -5,6 +5,7 @@ which unpickles tensors and plain containers only."""
 from __future__ import annotations
 
 import json
+import pickle
 import struct
 import zipfile
 from dataclasses import dataclass
@@ -42,6 +43,9 @@ def read_header(path: Path) -> dict[str, Tensor]:
         return _safetensors_header(path)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError, TypeError, struct.error, RuntimeError) as exc:
         raise WeightsUnreadable(str(exc) or type(exc).__name__) from None
+    except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) met something other than tensors
+        unsafe = next((line.strip() for line in str(exc).splitlines() if "Unsupported global" in line), "")
+        raise WeightsUnreadable(f"it holds more than tensors, which saezarr never unpickles ({unsafe})") from None
 
 
 def _npz_header(path: Path) -> dict[str, Tensor]:
