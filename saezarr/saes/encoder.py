@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from saezarr.errors import SAEFormatError
 from saezarr.saes.activations import ACTIVATIONS, Bounds
 from saezarr.saes.locate import SAEFile
 from saezarr.saes.normalise import NORMALISATIONS
@@ -104,7 +105,13 @@ class Encoder:
         layout, d_in = self.sae.layout, self.sae.d_model
         x = x.to(device=self.device, dtype=torch.float32)
         if layout.head_index is not None:  # attn.hook_z arrives [n, heads * d_head], head by head
-            x = x[:, layout.head_index * d_in : (layout.head_index + 1) * d_in]
+            stop = (layout.head_index + 1) * d_in
+            if x.shape[1] < stop or x.shape[1] % d_in:
+                raise SAEFormatError(
+                    f"{layout.weights}: config {self.sae.config.name}: hook_head_index {layout.head_index} of heads of "
+                    f"{d_in} columns, but the site has {x.shape[1]} columns"
+                )
+            x = x[:, stop - d_in : stop]
         if layout.centred:
             x = x - x.mean(dim=-1, keepdim=True)
         x = NORMALISATIONS[layout.normalise](x, d_in)
