@@ -24,9 +24,16 @@ from saezarr.inputs.configs import SAEConfig
 from saezarr.saes.locate import known_from_path, named_site
 
 # conversion functions whose files one of saezarr's layouts reads (None: SAELens' own cfg.json format)
-LAYOUTS = {None: "saelens", "gemma_2": "gemma_scope", "gemma_2_transcoder": "gemma_scope", "gemma_3": "gemma_scope_2"}
+LAYOUTS = {
+    None: "saelens",
+    "gemma_2": "gemma_scope",
+    "gemma_2_transcoder": "gemma_scope",
+    "gemma_3": "gemma_scope_2",
+    "llama_scope": "llama_scope",
+    "dictionary_learning_1": "dictionary_learning",
+    "sparsify": "sparsify",
+}
 HOOK = re.compile(r"(blocks\.\d+\.(?:[a-z0-9]+\.)?hook_[a-z]+(?:_[a-z]+)*|hook_embed)")
-LAYER_NORM_MODELS = ("gpt2", "pythia")  # TransformerLens' center_writing_weights changes their residuals
 NO_TABLE_MODELS = ("gpt2",)  # model types with no built-in site table (saezarr/models/architectures)
 
 
@@ -54,13 +61,9 @@ def classify(release: dict, sae: dict) -> str:
     if any(name in model for name in NO_TABLE_MODELS):
         return "refused: model (GPT-2 has no built-in site table)"
     overrides = release.get("config_overrides") or {}
-    kwargs = overrides.get("model_from_pretrained_kwargs") or {}
-    if kwargs.get("center_writing_weights") and any(name in model for name in LAYER_NORM_MODELS):
-        return "refused: centred residuals of a LayerNorm model"
-    if overrides.get("normalize_activations") not in (None, "none"):
-        return f"refused: normalize_activations {overrides['normalize_activations']}"
-    if sae.get("norm_scaling_factor") is not None:
-        return "refused: normalize_activations (a norm scaling factor)"
+    if overrides.get("normalize_activations") not in (None, "none", "layer_norm", "constant_norm_rescale"):
+        if conversion != "llama_scope" and sae.get("norm_scaling_factor") is None:
+            return f"refused: normalize_activations {overrides['normalize_activations']} without a norm_scaling_factor"
     if conversion is None:
         hook = HOOK.search(path) or HOOK.search(str(sae["id"]))
         if hook is None:
@@ -68,7 +71,7 @@ def classify(release: dict, sae: dict) -> str:
         return "read" if hook.group(1).endswith(".hook_resid_post") else f"refused: site {_kind(hook.group(1))}"
     site = named_site(release["repo_id"], known_from_path(SAEConfig(None, None, path)))
     if site is None:
-        return "cfg.json decides: its name says no site"
+        return "its files decide: its name says no site"
     return "read" if site.is_read else f"refused: site {site.kind}"
 
 

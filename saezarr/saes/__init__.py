@@ -1,8 +1,10 @@
 """SAEs of every supported format behind one encoder contract.
 
 `formats` is the registry of SAE formats, one module each (`gemma_scope`: Gemma Scope 1 `params.npz`;
-`gemma_scope_2`: Gemma Scope 2 `params.safetensors`; `saelens`: SAELens `cfg.json` + `sae_weights.safetensors`),
-and `activations` the registry of activation functions an SAE's `architecture` names (`jumprelu`, `relu`, `topk`);
+`gemma_scope_2`: Gemma Scope 2 `params.safetensors`; `saelens`: SAELens `cfg.json` + `sae_weights.safetensors`;
+`llama_scope`: `hyperparams.json` + `checkpoints/final.safetensors`; `dictionary_learning`: `ae.pt` + `config.json`;
+`sparsify`: `cfg.json` + `sae.safetensors`), and `activations` the registry of activation functions an SAE's
+`architecture` names (`gated`, `jumprelu`, `relu`, `topk`); `normalise` holds SAELens' input normalisations;
 other packages add either through the `saezarr.sae_formats` and `saezarr.activations` entry-point groups. `locate`
 finds an SAE's files and asks the formats, in their order of trying, to read them into a
 `description.SAEDescription`; `encoder` encodes activations with it and its activation function, whole on the

@@ -14,13 +14,15 @@ Fetch = Callable[[str, bool], "Path | None"]
 
 @dataclass(frozen=True)
 class SAEDescription:
-    """One SAE as its layout describes it; `keys` names its arrays W_enc, b_enc, threshold and b_dec (or None)."""
+    """One SAE as its layout describes it; `keys` names its arrays W_enc, b_enc, threshold, b_dec and the vectors
+    its activation reads (or None), and the other fields how its input is prepared before W_enc: one head's columns
+    (`head_index`), centred (`centred`), normalised (`normalise`), scaled (`input_scale`), then less b_dec."""
 
     layout: str
     weights: Path
     architecture: str  # the name of a registered activation function (saezarr.saes.activations)
     W_enc: str
-    b_enc: str
+    b_enc: str | None  # None: no encoder bias (a gated SAE's biases are among its `vectors`)
     threshold: str | None = None
     b_dec: str | None = None  # set only when b_dec is subtracted from the input before encoding
     k: int | None = None
@@ -33,9 +35,19 @@ class SAEDescription:
     model_name: str | None = None  # the model it was trained on, as TransformerLens names it
     context_size: int | None = None  # the longest token sequence it was trained on
     centred: bool = False  # trained on TransformerLens' center_writing_weights (mean over the hidden size removed)
+    W_enc_transposed: bool = False  # stored [d_sae, d_in] (an nn.Linear's weight) rather than [d_in, d_sae]
+    threshold_value: float | None = None  # one threshold for every feature, where the SAE stores none
+    vectors: tuple[tuple[str, str], ...] = ()  # (role, key): the per-feature arrays its activation reads
+    rescale_by: str | None = None  # W_dec [d_sae, d_in]: pre-activations times its rows' norms (SAELens' TopK)
+    head_index: int | None = None  # reads one attention head's d_in columns of attn.hook_z
+    normalise: str = "none"  # "layer_norm" or "constant_norm_rescale" of the input, as SAELens applies them
+    input_scale: float | None = None  # the input times this (a folded norm scaling factor) before b_dec
 
     @property
     def keys(self) -> dict[str, str]:
         """The arrays the encoder reads, by role."""
         roles = {"W_enc": self.W_enc, "b_enc": self.b_enc, "threshold": self.threshold, "b_dec": self.b_dec}
+        roles.update(self.vectors)
+        if self.rescale_by is not None:
+            roles["W_dec"] = self.rescale_by
         return {role: key for role, key in roles.items() if key is not None}

@@ -18,17 +18,24 @@ from saezarr.saes.activations import ACTIVATIONS, known_activations
 from saezarr.saes.description import SAEDescription
 from saezarr.saes.formats import by_priority, claiming, formats_for
 from saezarr.saes.weights import WeightsUnreadable, read_header
-from saezarr.sites import Site, check_read, gemma_scope_1_site, resid_post
+from saezarr.sites import Site, check_read, gemma_scope_1_site, resid_post, split_hook
 
 if TYPE_CHECKING:
     from saezarr.models.language_model import ModelInfo
 
 OPTION = "sae_repo"  # the option that names the SAE repository
+# the sites TransformerLens' center_writing_weights centres (on a LayerNorm model): what is written to the residual
+# stream, and the stream itself; not attn.hook_z nor a norm's output
+CENTRED_KINDS = frozenset(
+    {"hook_embed", "hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out"}
+)
+HEADS_KIND = "attn.hook_z"  # every head's d_head columns: its width is not the model's hidden size
 
 
 @dataclass(frozen=True)
 class SAEFile:
-    """One located SAE: its (completed) config, its layout and weights file, and its encoder's shape."""
+    """One located SAE: its (completed) config, its layout and weights file, and its encoder's shape (`d_model`:
+    its input's width, the model's hidden size but for attn.hook_z)."""
 
     config: SAEConfig
     layout: SAEDescription
@@ -193,14 +200,12 @@ def locate_sae(source: Source, config: SAEConfig, model: ModelInfo, where: objec
     layout = read_description(source, config)
     config = complete(config, layout, where or option(OPTION, source.name))
     at = f"{layout.weights}: config {config.name}"
-    _check_training(layout, config, model, at)
+    _check_training(layout, model, at)
+    layout = _centring(layout, config, model)
     _check_activation(layout, at)
     hook = config.site_hook
     model.check_site(hook, at)
-    d_in = model.width_of(hook)
-    width = _check_shapes(
-        layout, config, d_in, at, "the model's hidden size" if d_in == model.hidden_size else f"{hook}'s width"
-    )
+    d_in, width = _check_shapes(layout, config, _site_width(model, hook, layout), at)
     if config.hook is None:
         warnings.warn(
             f"config {config.name}: nothing says which site the SAE reads ({source.name} is not named as a Gemma "
@@ -213,7 +218,15 @@ def locate_sae(source: Source, config: SAEConfig, model: ModelInfo, where: objec
     return SAEFile(config=config, layout=layout, d_model=d_in, width=width)
 
 
-def _check_training(layout: SAEDescription, config: SAEConfig, model: ModelInfo, at: str) -> None:
+def _centring(layout: SAEDescription, config: SAEConfig, model: ModelInfo) -> SAEDescription:
+    """The layout centring its input only where TransformerLens' center_writing_weights changed it: a LayerNorm
+    model (RMSNorm models are left as they are) and a site it centres."""
+    kind = split_hook(config.hook or resid_post(config.known_layer))[1]
+    centred = layout.centred and model.rms_norm is False and kind in CENTRED_KINDS
+    return layout if centred == layout.centred else dataclasses.replace(layout, centred=centred)
+
+
+def _check_training(layout: SAEDescription, model: ModelInfo, at: str) -> None:
     """Refuse an SAE trained on another model, or on activations that TransformerLens processed in a way the model
     as saezarr reads it does not reproduce."""
     if layout.model_name and not names_model(layout.model_name, model.source):
@@ -221,11 +234,10 @@ def _check_training(layout: SAEDescription, config: SAEConfig, model: ModelInfo,
             f"{at}: the SAE was trained on {layout.model_name!r}, but {option('model')} is {model.source.name} (a "
             "folder is matched by its name); use the model it was trained on"
         )
-    if layout.centred and model.rms_norm is not True:  # on an RMSNorm model TransformerLens skips the centring
-        norm = "a LayerNorm model" if model.rms_norm is False else "a model whose norm is not read here"
+    if layout.centred and model.rms_norm is None:  # RMSNorm: TransformerLens skips it; LayerNorm: centred here
         raise SAEFormatError(
             f"{at}: the SAE was trained on residuals centred by TransformerLens' center_writing_weights, which "
-            f"saezarr does not compute for {model.source.name} ({norm}): not implemented"
+            f"saezarr cannot tell applies to {model.source.name} (a model whose norm is not read here): not implemented"
         )
 
 
@@ -235,14 +247,27 @@ def _check_activation(layout: SAEDescription, at: str) -> None:
     if layout.architecture not in ACTIVATIONS:
         raise SAEFormatError(f"{at}: architecture {layout.architecture!r} is not implemented ({known_activations()})")
     activation = ACTIVATIONS[layout.architecture]
-    if activation.uses_threshold and layout.threshold is None:
+    if activation.uses_threshold and layout.threshold is None and layout.threshold_value is None:
         raise SAEFormatError(f"{at}: a {activation.name} SAE needs a threshold array, and its format names none")
+    missing = [role for role in activation.reads if role not in dict(layout.vectors)]
+    if missing:
+        raise SAEFormatError(f"{at}: a {activation.name} SAE needs a {missing[0]} array, and its format names none")
     if activation.uses_k and layout.k is None:
         raise SAEFormatError(f"{at}: a {activation.name} SAE needs a positive integer 'k', got None")
 
 
-def _check_shapes(layout: SAEDescription, config: SAEConfig, d_model: int, at: str, what: str) -> int:
-    """The SAE's width; refuse weights whose shapes disagree with each other, with its settings or with the model."""
+def _site_width(model: ModelInfo, hook: str, layout: SAEDescription) -> tuple[int, str] | None:
+    """The width the site gives the SAE, and what to call it in a message; None where it is not known here (one
+    head of attn.hook_z, checked when encoding; attn.hook_z of a model whose config is not read)."""
+    if layout.head_index is not None or (split_hook(hook)[1] == HEADS_KIND and model.attention_width is None):
+        return None
+    width = model.width_of(hook)
+    return width, ("the model's hidden size" if width == model.hidden_size else f"{hook}'s width")
+
+
+def _check_shapes(layout: SAEDescription, config: SAEConfig, site: tuple[int, str] | None, at: str) -> tuple[int, int]:
+    """The SAE's input width and its width; refuse weights whose shapes disagree with each other, with its settings
+    or with the site's width (`site`: that width and its name, None if not known here)."""
     try:
         shapes = {key: tensor.shape for key, tensor in read_header(layout.weights).items()}
     except WeightsUnreadable as exc:
@@ -253,24 +278,34 @@ def _check_shapes(layout: SAEDescription, config: SAEConfig, d_model: int, at: s
     w_enc = shapes[layout.W_enc]
     if len(w_enc) != 2:
         raise SAEFormatError(f"{at}: {layout.W_enc} must be 2-D, got shape {w_enc}")
-    d_in, width = w_enc
-    if layout.d_in is not None and layout.d_in != d_model:
-        raise SAEFormatError(f"{at}: its settings say d_in {layout.d_in} but {what} is {d_model}")
+    d_in, width = w_enc[::-1] if layout.W_enc_transposed else w_enc
+    if site is not None and layout.d_in is not None and layout.d_in != site[0]:
+        raise SAEFormatError(f"{at}: its settings say d_in {layout.d_in} but {site[1]} is {site[0]}")
     if (layout.d_in, layout.d_sae) != (None, None) and (layout.d_in or d_in, layout.d_sae or width) != (d_in, width):
         raise SAEFormatError(
             f"{at}: its settings say {layout.d_in} x {layout.d_sae} but {layout.W_enc} is {d_in} x {width}"
         )
-    if d_in != d_model:
-        raise SAEFormatError(f"{at}: {layout.W_enc} is {d_in} x {width} but {what} is {d_model}")
-    expected = {"b_enc": (width,), "threshold": (width,), "b_dec": (d_model,)}
-    for role, key in layout.keys.items():
-        if role in expected and shapes[key] != expected[role]:
-            raise SAEFormatError(f"{at}: {key} has shape {shapes[key]}, expected {expected[role]}")
+    if site is not None and d_in != site[0]:
+        raise SAEFormatError(f"{at}: {layout.W_enc} is {d_in} x {width} but {site[1]} is {site[0]}")
+    _check_arrays(layout, shapes, d_in, width, at)
     if config.width is not None and config.width != width:
         raise SAEFormatError(f"{at}: the config says width {config.width} but the SAE has {width} features")
     if layout.k is not None and layout.k > width:
         raise SAEFormatError(f"{at}: k = {layout.k} is more than the SAE's {width} features")
-    return width
+    return d_in, width
+
+
+def _check_arrays(layout: SAEDescription, shapes: dict[str, tuple[int, ...]], d_in: int, width: int, at: str) -> None:
+    """Refuse arrays besides W_enc whose shapes disagree with it (a threshold may be one value for every feature)."""
+    expected: dict[str, list[tuple[int, ...]]] = {
+        "threshold": [(width,), ()],
+        "b_dec": [(d_in,)],
+        "W_dec": [(width, d_in)],
+    }
+    for role, key in layout.keys.items():
+        allowed = expected.get(role, [(width,)])  # b_enc and the activation's vectors: one value per feature
+        if role != "W_enc" and shapes[key] not in allowed:
+            raise SAEFormatError(f"{at}: {key} has shape {shapes[key]}, expected {allowed[0]}")
 
 
 def check_context(saes: Sequence[SAEFile], token_counts: Sequence[int], row: Callable[[int], str]) -> None:

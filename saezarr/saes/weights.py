@@ -1,8 +1,11 @@
-"""Weight files read by their headers (`.npz` or `.safetensors`): shapes first, data memory-mapped on demand."""
+"""Weight files read by their headers (`.npz` or `.safetensors`): shapes first, data memory-mapped on demand; a
+PyTorch state dict (`.pt`, dictionary_learning's `ae.pt`) is read with `torch.load(weights_only=True, mmap=True)`,
+which unpickles tensors and plain containers only."""
 
 from __future__ import annotations
 
 import json
+import pickle
 import struct
 import zipfile
 from dataclasses import dataclass
@@ -35,9 +38,14 @@ def read_header(path: Path) -> dict[str, Tensor]:
     try:
         if path.suffix == ".npz":
             return _npz_header(path)
+        if path.suffix == ".pt":
+            return _pt_header(path)
         return _safetensors_header(path)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError, TypeError, struct.error) as exc:
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError, TypeError, struct.error, RuntimeError) as exc:
         raise WeightsUnreadable(str(exc) or type(exc).__name__) from None
+    except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) met something other than tensors
+        unsafe = next((line.strip() for line in str(exc).splitlines() if "Unsupported global" in line), "")
+        raise WeightsUnreadable(f"it holds more than tensors, which saezarr never unpickles ({unsafe})") from None
 
 
 def _npz_header(path: Path) -> dict[str, Tensor]:
@@ -51,6 +59,34 @@ def _npz_header(path: Path) -> dict[str, Tensor]:
             raise WeightsUnreadable(f"{key} is stored in Fortran order, which saezarr does not read")
         tensors[key] = Tensor(key, member.shape, member.dtype.str, member.data_offset)
     return tensors
+
+
+def _pt_state(path: Path) -> dict:
+    """A `.pt` state dict's tensors by name (memory-mapped; nothing but tensors and containers is unpickled)."""
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if not isinstance(state, dict):
+        raise WeightsUnreadable(f"expected a state dict, got {type(state).__name__}")
+    return {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
+
+
+def _pt_header(path: Path) -> dict[str, Tensor]:
+    tensors = {}
+    for key, value in _pt_state(path).items():
+        dtype = "BF16" if str(value.dtype) == "torch.bfloat16" else value.numpy().dtype.str
+        tensors[key] = Tensor(key, tuple(value.shape), dtype, None)
+    return tensors
+
+
+def _pt_array(path: Path, key: str) -> np.ndarray:
+    """One tensor of a `.pt` state dict as numpy (bfloat16 as its uint16 bits, as `as_float32` widens them)."""
+    import torch
+
+    value = _pt_state(path)[key]
+    if value.dtype == torch.bfloat16:
+        return value.view(torch.int16).numpy().view(np.uint16)
+    return value.numpy()
 
 
 def _safetensors_header(path: Path) -> dict[str, Tensor]:
@@ -77,6 +113,8 @@ def _safetensors_header(path: Path) -> dict[str, Tensor]:
 
 def mapped(path: Path, tensor: Tensor) -> np.ndarray:
     """A tensor's data memory-mapped copy-on-write (read whole for a compressed `.npz` member), as stored."""
+    if path.suffix == ".pt":
+        return _pt_array(path, tensor.key)
     if tensor.offset is None:  # a compressed `.npz` member (a safetensors array always has an offset)
         return load_member(path, next(m for k, m in read_members(path).items() if k == tensor.key))
     dtype = np.dtype(tensor.dtype if path.suffix == ".npz" else _SAFETENSORS_DTYPES[tensor.dtype])
@@ -98,6 +136,11 @@ def read_columns(path: Path, tensor: Tensor, start: int, stop: int) -> np.ndarra
             if file.readinto(memoryview(tile[row]).cast("B")) != tile[row].nbytes:
                 raise WeightsUnreadable(f"{tensor.key} is truncated")
     return as_float32(tile, tensor)
+
+
+def read_rows(path: Path, tensor: Tensor, start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) of a stored 2-D tensor, read into this process's memory, as float32."""
+    return as_float32(np.array(mapped(path, tensor)[start:stop]), tensor)
 
 
 def as_float32(array: np.ndarray, tensor: Tensor) -> np.ndarray:

@@ -197,15 +197,18 @@ def test_a_model_whose_tokenizer_has_no_bos_is_refused(tiny, tmp_path, capsys):
     assert all(path.read_bytes() == data for path, data in before)
 
 
-def test_centred_residuals_are_refused_on_a_layernorm_model(sites):
+def test_centred_residuals_are_centred_on_a_layernorm_model_only(sites):
     root, _ = sites
     holding = Source(str(root / "holding"), "local", root / "holding")
     model = Source(str(root / "model"), "local", root / "model")
     layer_norm = ModelInfo(model, num_layers=1, hidden_size=32, max_tokens=None, rms_norm=False)
-    with pytest.raises(SaezarrError, match="center_writing_weights, which saezarr does not compute .* LayerNorm"):
-        locate_sae(holding, SAEConfig(0, None, "sae"), layer_norm)
+    assert locate_sae(holding, SAEConfig(0, None, "sae"), layer_norm).layout.centred
     rms = ModelInfo(model, num_layers=1, hidden_size=32, max_tokens=None, rms_norm=True)
-    assert locate_sae(holding, SAEConfig(0, None, "sae"), rms).config.hook == "blocks.0.hook_resid_post"
+    located = locate_sae(holding, SAEConfig(0, None, "sae"), rms)
+    assert located.config.hook == "blocks.0.hook_resid_post" and not located.layout.centred
+    unknown = ModelInfo(model, num_layers=1, hidden_size=32, max_tokens=None, rms_norm=None)
+    with pytest.raises(SaezarrError, match="center_writing_weights, which saezarr cannot tell applies"):
+        locate_sae(holding, SAEConfig(0, None, "sae"), unknown)
 
 
 def test_model_names_are_compared_as_transformer_lens_names_them(tmp_path):

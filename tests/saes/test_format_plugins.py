@@ -110,10 +110,11 @@ def test_a_toy_activation_from_outside_is_applied_in_any_format(plugged):
 @pytest.mark.parametrize(
     ("folder", "message"),
     [
-        ("gelu.toy", "architecture 'gelu' is not implemented (capped_relu, jumprelu, relu, topk)"),
+        ("gelu.toy", "architecture 'gelu' is not implemented (capped_relu, gated, jumprelu, relu, topk)"),
         (
             "empty",
-            "(looked for cfg.json + sae_weights.safetensors, params.safetensors, params.npz, toy.json + toy.npz)",
+            "(looked for cfg.json + sae.safetensors, cfg.json + sae_weights.safetensors, params.safetensors, params.npz, "
+            "hyperparams.json + checkpoints/final.safetensors, ae.pt + config.json, toy.json + toy.npz)",
         ),
     ],
 )
@@ -134,12 +135,17 @@ def test_refusals_list_the_registered_formats_and_activations(plugged, folder, m
     assert not store.exists()
 
 
+BY_PRIORITY = ["sparsify", "saelens", "gemma_scope_2", "gemma_scope", "llama_scope", "dictionary_learning"]
+
+
 @pytest.mark.parametrize(
     ("path", "order"),
     [
-        ("anything", ["saelens", "gemma_scope_2", "gemma_scope"]),
-        ("resid_post/layer_3_width_16k_l0_small", ["gemma_scope_2", "saelens", "gemma_scope"]),
-        ("layer_3/width_16k/average_l0_59", ["gemma_scope", "saelens", "gemma_scope_2"]),
+        ("anything", [*BY_PRIORITY]),
+        ("resid_post/layer_3_width_16k_l0_small", ["gemma_scope_2", *(f for f in BY_PRIORITY if f != "gemma_scope_2")]),
+        ("layer_3/width_16k/average_l0_59", ["gemma_scope", *(f for f in BY_PRIORITY if f != "gemma_scope")]),
+        ("EleutherAI/sae-pythia-70m/layers.3", [*BY_PRIORITY]),  # sparsify: already first
+        ("Llama3_1-8B-Base-L3R-8x", ["llama_scope", *(f for f in BY_PRIORITY if f != "llama_scope")]),
     ],
 )
 def test_the_built_in_formats_are_tried_by_priority_after_the_one_the_folders_name_claims(path, order):

@@ -124,19 +124,19 @@ def bad_saes(root: Path) -> dict[str, tuple[dict, str]]:
     (root / "empty").mkdir(parents=True)
     cases = {"unknown layout": ({"path": "empty", "layer": 0}, "no SAE in a known layout in empty")}
     for name, fields, message in (
-        ("gated", {}, "architecture 'gated' is not implemented"),
+        ("abstopk", {}, "architecture 'abstopk' is not implemented"),
         ("normalised", {"normalize_activations": "expected_average_only_in"}, "normalize_activations"),
-        ("mlp_out", {"metadata": {"hook_name": "blocks.3.hook_mlp_out"}}, "the SAE reads blocks.3.hook_mlp_out"),
+        ("mlp_out", {"metadata": {"hook_name": "blocks.3.mlp.hook_post"}}, "the SAE reads blocks.3.mlp.hook_post"),
         (
             "resid_pre",
-            {"metadata": {"hook_name": "blocks.3.hook_resid_pre"}},
-            "would have read blocks.3.hook_resid_post",
+            {"metadata": {"hook_name": "blocks.3.attn.hook_q"}},
+            "blocks.3.attn.hook_q (hook_name in",
         ),
-        ("head", {"hook_head_index": 1}, "hook_head_index 1: the SAE reads one attention head"),
+        ("head", {"hook_head_index": 1}, "hook_head_index 1 of blocks.3.hook_resid_post: one head is read only of"),
         (
             "old head",
             {"metadata": None, "hook_point": "blocks.3.hook_resid_post", "hook_point_head_index": 0},
-            "index 0: ",
+            "hook_head_index 0 of blocks.3.hook_resid_post",
         ),
         ("no bos", {"prepend_bos": False}, "prepend_bos is false"),
         ("kwargs", {"model_from_pretrained_kwargs": {"fold_ln": True, "n_ctx": 64}}, "kwargs n_ctx=64"),
@@ -144,7 +144,7 @@ def bad_saes(root: Path) -> dict[str, tuple[dict, str]]:
         ("context", {"context_size": 4}, "more than the 4-token context SAE context was trained on"),
         ("no hook", {"metadata": {}}, "the cfg names no hook_name"),
     ):
-        architecture = "gated" if name == "gated" else "jumprelu"
+        architecture = "abstopk" if name == "abstopk" else "jumprelu"
         write_saelens_sae(root / name, weights, saelens_cfg(3, d_model, 64, architecture, **fields))
         cases[name] = ({"path": name}, message)
     narrow = random_sae(rng.standard_normal((50, 16)).astype(np.float32), 64, 8, rng)
@@ -162,8 +162,8 @@ def bad_saes(root: Path) -> dict[str, tuple[dict, str]]:
     )
     write_gemma_scope_2_sae(root / "resid_post/layer_12_width_16k_l0_small", weights)
     cases["entry hook"] = (
-        {"path": "layer_0/width_16k/average_l0_6", "layer": 0, "hook": "blocks.0.hook_mlp_out"},
-        "the SAE reads blocks.0.hook_mlp_out (the config file's hook)",
+        {"path": "layer_0/width_16k/average_l0_6", "layer": 0, "hook": "blocks.0.mlp.hook_post"},
+        "the SAE reads blocks.0.mlp.hook_post (the config file's hook), a site saezarr does not read",
     )
     cases["entry contradicts"] = (
         {"path": "resid_post/layer_12_width_16k_l0_small", "hook": "blocks.12.hook_mlp_out"},
@@ -180,7 +180,7 @@ def refused(tiny, tmp_path_factory):
 
 @pytest.mark.parametrize(
     "case",
-    ["unknown layout", "gated", "normalised", "d_in", "d_in cfg", "width", "one name"]
+    ["unknown layout", "abstopk", "normalised", "d_in", "d_in cfg", "width", "one name"]
     + ["mlp_out", "resid_pre", "head", "old head", "no bos", "kwargs", "other model", "context", "no hook"]
     + ["entry hook", "entry contradicts"],
 )

@@ -5,8 +5,8 @@ entry-point group, naming an `Activation` (or a module that registers its own). 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from saezarr.registry import Registry
@@ -21,6 +21,7 @@ class Bounds:
 
     threshold: Tensor | None = None  # the tile's features' thresholds [tile] (an SAE with a threshold array)
     kth: Tensor | None = None  # each row's k-th largest pre-activation over every feature [n, 1] (uses_k)
+    vectors: Mapping[str, Tensor] = field(default_factory=dict)  # the tile's slice of each array in `reads`
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class Activation:
     activate: Callable[[Tensor, Bounds], Tensor]
     uses_threshold: bool = False  # reads the SAE's per-feature `threshold` array
     uses_k: bool = False  # reads each row's k-th largest pre-activation, found across every tile first
+    reads: tuple[str, ...] = ()  # the per-feature arrays it reads besides the threshold (an SAE's `vectors` roles)
+    biased: bool = True  # False: its pre-activations are x @ W_enc without b_enc (it adds its own biases)
 
 
 ACTIVATIONS: Registry[Activation] = Registry("activations", "activation function", __name__)

@@ -1,7 +1,12 @@
 """Gemma Scope 2 (`google/gemma-scope-2-*`): `params.safetensors` with lowercase keys, optional `config.json`.
 
-Residual SAEs are in `resid_post_all/layer_{L}_width_{W}_l0_{small|big}` (every layer) and
-`resid_post/layer_{L}_width_{W}_l0_{small|medium|big}` (a few layers); the folder's name is the config's name.
+Every folder (`resid_post`, `attn_out`, `mlp_out`, `transcoder`, each also `*_all`) holds
+`layer_{L}_width_{W}_l0_{small|medium|big}[_affine]`, the folder's name the config's name; as SAELens' `gemma_3` loader
+reads them: JumpReLU (config.json's architecture must be `jump_relu`), `w_enc` [d_in, d_sae], b_dec never on the input
+(a transcoder's b_dec, and its affine skip connection, are its output's). Sites: config.json's `hf_hook_point_in`, else
+the folder's prefix; attn_out SAEs read attn.hook_z (o_proj's input, every head), transcoders the MLP's input as
+pre_feedforward_layernorm leaves it, gain included (`blocks.L.mlp.hook_in`). Cross-layer transcoders (`clt/`) are
+refused.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ CONFIG = "config.json"
 MARKER = WEIGHTS  # the file whose presence says the layout
 FOLDER = re.compile(r"(?:^|/)(layer_(\d+)_width_\w+_l0_\w+)$")
 JUMPRELU_NAMES = ("jumprelu", "jump_relu")
+MLP_INPUT = "mlp.hook_in"  # what a transcoder reads: pre_feedforward_layernorm's output
+TRANSCODER_PREFIXES = ("transcoder", "clt")
 
 
 def matches(path: str) -> bool:
@@ -38,12 +45,36 @@ def describe(config: SAEConfig, fetch: Fetch, repo: str) -> SAEDescription | Non
     says its site, else the folder's prefix does."""
     weights = fetch(WEIGHTS, False)
     if weights is None:
+        if "clt" in config.path.split("/"):
+            raise SAEFormatError(
+                f"{config.path}: config {config.name}: a Gemma Scope 2 cross-layer transcoder (clt/): not implemented"
+            )
         return None
     known = from_path(config.path)
     settings = fetch(CONFIG, False)
     site = _settings_site(settings, config) if settings is not None else None
-    site = site or gemma_scope_2_site(config.path, known.get("layer", config.layer))
+    site = _mlp_input(site) if site is not None else folder_site(config.path, known.get("layer", config.layer))
     return SAEDescription("gemma_scope_2", weights, "jumprelu", "w_enc", "b_enc", "threshold", site=site, **known)
+
+
+def _prefix(path: str) -> str | None:
+    """The folder's Gemma Scope 2 prefix (`resid_post`, `transcoder`, ...; `_all` dropped), if it has one."""
+    parts = path.strip("/").split("/")
+    return parts[-2].removesuffix("_all") if len(parts) > 1 else None
+
+
+def _mlp_input(site: Site) -> Site:
+    """The site, with the MLP's input read where pre_feedforward_layernorm's output is meant (TransformerLens'
+    hook_mlp_in, SAELens' name for it, is the residual stream before that norm)."""
+    if site.kind != "hook_mlp_in" or site.layer is None:
+        return site
+    return Site(f"blocks.{site.layer}.{MLP_INPUT}", site.said_by)
+
+
+def folder_site(path: str, layer: int | None) -> Site | None:
+    """The site the folder's prefix says (a transcoder's: the MLP's input)."""
+    site = gemma_scope_2_site(path, layer)
+    return _mlp_input(site) if site is not None and _prefix(path) in TRANSCODER_PREFIXES else site
 
 
 def _settings_site(path, config: SAEConfig) -> Site | None:
@@ -75,6 +106,6 @@ FORMAT = register_format(
         priority=20,
         can_open=matches,
         from_path=from_path,
-        site_from_path=gemma_scope_2_site,
+        site_from_path=folder_site,
     )
 )
