@@ -67,3 +67,62 @@ def test_every_site_stores_what_saelens_encodes_from_transformer_lens(model_type
         stored = ds.activations.values[i, :, :WIDTH]
         assert (stored > 0).mean() > 0.02, hook
         np.testing.assert_allclose(stored, want, rtol=1e-4, atol=1e-5 * np.abs(want).max(), err_msg=hook)
+
+
+def test_centred_head_and_normalised_saes_on_gpt2_store_what_saelens_encodes(tmp_path, capsys):
+    """GPT-2 SAEs trained on TransformerLens' center_writing_weights (embedding, resid_pre, attn_out, mlp_out
+    centred; hook_z not), one head of hook_z, and a layer_norm-normalised SAE, against SAELens' encode of the centred
+    model's activations."""
+    from sae_lens import SAE
+    from transformers import AutoTokenizer
+
+    sentences = pd.read_csv(DEMO_CSV)["sentence"].tolist()
+    model = write_architecture_model(tmp_path / "model", sentences[:50], "gpt2", num_layers=LAYERS)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    tokens = [tokenizer(s, return_tensors="pt")["input_ids"][0] for s in sentences[:SENTENCES]]
+    tl = hooked_transformer(model, {"center_writing_weights": True})
+    centring = {"model_from_pretrained_kwargs": {"center_writing_weights": True}}
+    saes = {  # name: (hook, head, extra cfg fields)
+        "embed": ("hook_embed", None, {}),
+        "pre": ("blocks.1.hook_resid_pre", None, {}),
+        "attn": ("blocks.1.hook_attn_out", None, {}),
+        "mlp": ("blocks.1.hook_mlp_out", None, {}),
+        "z": ("blocks.1.attn.hook_z", None, {}),
+        "head": ("blocks.1.attn.hook_z", 2, {}),
+        "normed": ("blocks.2.hook_resid_post", None, {"normalize_activations": "layer_norm"}),
+    }
+
+    def site(hook: str, head: int | None, t: torch.Tensor) -> torch.Tensor:
+        value = site_value(tl, t, hook)
+        return value if head is None else value.reshape(len(t), tl.cfg.n_heads, -1)[:, head]
+
+    rng = np.random.default_rng(0)
+    for name, (hook, head, fields) in saes.items():
+        x = torch.cat([site(hook, head, t)[1:] for t in tokens]).numpy()
+        cfg = saelens_cfg(0, x.shape[1], WIDTH, "jumprelu", **fields)
+        cfg["metadata"] |= {"hook_name": hook, "hook_head_index": head, **centring}
+        weights = random_sae(x, WIDTH, L0, rng)
+        weights["threshold"] *= np.float32(1.01)
+        write_saelens_sae(tmp_path / "saes" / name, weights, cfg)
+    entries = [{"path": name, "name": name} for name in saes]
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"model": str(model), "sae_repo": str(tmp_path / "saes"), "configs": entries}))
+    csv = tmp_path / "few.csv"
+    pd.DataFrame({"sentence": sentences[:SENTENCES], "concept_strength_label": 1}).to_csv(csv, index=False)
+    output = tmp_path / "store.zarr"
+    code = main(["build", "--input", str(csv), "--output", str(output), "--config", str(config), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    ds = xr.open_zarr(output)
+    rows, positions = ds.sentence_index.values, ds.token_position.values
+    for name, (hook, head, _) in saes.items():
+        sae = SAE.load_from_disk(str(tmp_path / "saes" / name), device="cpu")
+        with torch.no_grad():
+            expected = [sae.encode(site(hook, head, t)).numpy() for t in tokens]
+        want = np.stack([expected[s][p] for s, p in zip(rows, positions)])
+        stored = ds.activations.sel(config=name).values[:, :WIDTH]
+        assert (stored > 0).mean() > 0.02, name
+        np.testing.assert_allclose(stored, want, rtol=1e-4, atol=1e-5 * np.abs(want).max(), err_msg=name)
+    uncentred = hooked_transformer(model)
+    assert not np.allclose(
+        site_value(uncentred, tokens[0], "blocks.1.hook_resid_pre"), site("blocks.1.hook_resid_pre", None, tokens[0])
+    )
