@@ -21,6 +21,7 @@ from saezarr.errors import InputError, OutOfMemory, OutputExists, StoreUnfinishe
 from saezarr.machine import available_memory as _available_memory
 from saezarr.machine import human_bytes, usable_cores
 from saezarr.progress import progress_off
+from saezarr.sites import split_hook
 from saezarr.store.format import Store
 from saezarr.store.reading import open_existing
 from saezarr.store.selection import select_stored_configs
@@ -79,11 +80,15 @@ class ExportSummary:
         printer.text(render(self.line()))  # in Jupyter: the summary line (options as keywords), not every path
 
 
-def npz_name(layer: int, average_l0: int, config: str | None = None) -> str:
-    """The legacy file name of a configuration's export; by the config's name where its average L0 is unknown (-1)."""
+def npz_name(layer: int, average_l0: int, config: str | None = None, hook: str | None = None) -> str:
+    """The file name of a configuration's export: the legacy name for an SAE of the residual stream after its layer
+    (`hook` None or resid_post), the site's kind after the layer for another site, so that two sites of one layer
+    never collide; by the config's name where its average L0 is unknown (-1)."""
     if average_l0 < 0 and config is not None:
         return f"{config}_activations.npz"
-    return f"layer_{layer}_l0_{average_l0}_activations.npz"
+    kind = split_hook(hook)[1] if hook is not None else "hook_resid_post"
+    site = "" if kind == "hook_resid_post" else f"{kind.replace('.', '-')}_"
+    return f"layer_{layer}_{site}l0_{average_l0}_activations.npz"
 
 
 def export_npz(
@@ -129,8 +134,9 @@ def select_targets(
 def all_targets(store: Store, output: Path) -> list[ConfigTarget]:
     """Every configuration of the store, with its output file in the output folder."""
     layers, l0s = store.coordinate("layer").tolist(), store.coordinate("average_l0").tolist()
+    hooks = store.coordinate("hook").tolist() if store.has_coordinate("hook") else [None] * len(layers)
     return [
-        ConfigTarget(ci, name, layers[ci], l0s[ci], output / npz_name(layers[ci], l0s[ci], name))
+        ConfigTarget(ci, name, layers[ci], l0s[ci], output / npz_name(layers[ci], l0s[ci], name, hooks[ci]))
         for ci, name in enumerate(store.config_names)
     ]
 
