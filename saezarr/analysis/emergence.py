@@ -21,6 +21,7 @@ from saezarr.analysis.stats.pooling import SentenceLayout, pool_sentences
 from saezarr.analysis.stats.probes import auroc_columns, ridge_predictions, spearman_columns, standardised
 from saezarr.analysis.stats.validation import FoldSplit, fold_ids, fold_splits
 from saezarr.execution.running import map_in_threads
+from saezarr.sites import RESID_POST
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -130,23 +131,23 @@ def layer_row(
 
 
 def emergence_rows(
-    layers: Sequence[int],
-    features_of: dict[int, FeatureMatrix],
-    residuals_of: dict[int, np.ndarray],
+    groups: Sequence[tuple[int, str]],
+    features_of: dict[tuple[int, str], FeatureMatrix],
+    residuals_of: dict[tuple[int, str], np.ndarray],
     labels: np.ndarray,
     folds: np.ndarray,
     permutations: np.ndarray,
 ) -> list[dict]:
-    """emergence.csv's rows, one per layer (None for what a layer lacks), from each layer's SAE features and
-    residuals (either may be absent); permutations [P, sentences] give the chance levels."""
+    """emergence.csv's rows, one per group (layer, site kind; None for what a group lacks), from each group's SAE
+    features and residuals (either may be absent); permutations [P, sentences] give the chance levels."""
     targets = emergence_targets(labels, permutations)
 
-    def row(layer: int) -> dict:
-        features = features_of.get(layer)
+    def row(group: tuple[int, str]) -> dict:
+        features = features_of.get(group)
         splits = fold_splits(features, targets, folds) if features is not None and features.shape[1] else None
-        return layer_row(layer, splits, residuals_of.get(layer), targets, folds)
+        return layer_row(group[0], splits, residuals_of.get(group), targets, folds)
 
-    return list(map_in_threads(row, layers))
+    return list(map_in_threads(row, groups))
 
 
 def sentence_residuals(values: np.ndarray, layout: SentenceLayout, pool: str) -> np.ndarray:
@@ -174,24 +175,31 @@ def emergence(
     import xarray as xr
 
     from saezarr.analysis.lazy import sentence_activations
+    from saezarr.analysis.ranking import emergence_table
+    from saezarr.analysis.tables import site_kinds
 
     layout = SentenceLayout.of(ds.sentence_index.values, ds.is_final_token.values, ds.concept_strength_label.values)
     layout.check(pool)
     config_layers = np.asarray(ds.layer.values, dtype=np.int64)
+    sites = site_kinds(ds.hook.values if "hook" in ds.coords else None, len(config_layers))
     residual_layers = ds.residual_layer.values.astype(np.int64).tolist() if "residuals" in ds else []
     wanted = sorted({*config_layers.tolist(), *residual_layers}) if layers is None else sorted(layers)
+    groups = sorted({(layer, site) for layer, site in zip(config_layers.tolist(), sites) if layer in wanted})
+    groups = sorted({*groups, *((layer, RESID_POST) for layer in residual_layers if layer in wanted)})
     features_of, residuals_of = {}, {}
-    for layer in wanted:
-        chosen = np.flatnonzero(config_layers == layer)
+    for layer, site in groups:
+        chosen = np.flatnonzero((config_layers == layer) & (sites == site))
         if len(chosen):
             pooled = sentence_activations(ds.isel(config=chosen), pool).values
-            features_of[layer] = FeatureMatrix.joined([FeatureMatrix.of(part) for part in pooled])
-        if layer in residual_layers:
-            residuals_of[layer] = sentence_residuals(ds.residuals.sel(residual_layer=layer).values, layout, pool)
+            features_of[(layer, site)] = FeatureMatrix.joined([FeatureMatrix.of(part) for part in pooled])
+        if site == RESID_POST and layer in residual_layers:
+            residuals_of[(layer, site)] = sentence_residuals(
+                ds.residuals.sel(residual_layer=layer).values, layout, pool
+            )
     fold = fold_ids(layout.labels, folds, seed)
     null = Permutations.draw(layout.labels, permutations, seed).all
-    rows = emergence_rows(wanted, features_of, residuals_of, layout.labels, fold, null)
-    names = columns()[1:]
-    data = {name: ("layer", np.array([np.nan if r[name] is None else r[name] for r in rows])) for name in names}
+    rows = emergence_rows(groups, features_of, residuals_of, layout.labels, fold, null)
     attrs = {"pool": pool, "folds": folds, "seed": seed, "permutations": permutations}
-    return xr.Dataset(data, coords={"layer": np.array(wanted, dtype=np.int64)}, attrs=attrs)
+    several = len({site for _, site in groups}) > 1
+    table = emergence_table([{"site": site, **row} if several else row for (_, site), row in zip(groups, rows)])
+    return xr.Dataset.from_dataframe(table.set_index(["site", "layer"] if several else "layer")).assign_attrs(attrs)

@@ -108,8 +108,10 @@ def _mean(values: np.ndarray) -> float | None:
 
 
 def emergence_table(rows: list[dict]) -> pd.DataFrame:
-    """emergence.csv: one row per layer, in emergence.columns() order."""
+    """emergence.csv: one row per layer (per layer and site, with a `site` column first, where the configs read
+    several kinds of site), in emergence.columns() order."""
     from saezarr.analysis.emergence import columns
 
-    table = pd.DataFrame(rows, columns=columns())
+    sites = ["site"] if any("site" in row for row in rows) else []
+    table = pd.DataFrame(rows, columns=sites + columns())
     return table.astype({name: np.float64 for name in columns()[1:]})

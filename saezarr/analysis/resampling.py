@@ -28,6 +28,7 @@ from saezarr.analysis.stats.validation import fold_ids
 from saezarr.analysis.tables import ConfigTable
 from saezarr.durable.folders import replace_file
 from saezarr.execution.running import map_in_threads
+from saezarr.sites import RESID_POST
 from saezarr.store.residual_arrays import RESIDUAL_LAYER, RESIDUALS
 from saezarr.store.shards import ChunkFiles
 from saezarr.store.storage import Location, open_storage
@@ -91,28 +92,30 @@ def resample(
     if not missing:
         return result
     context = _context(configs, layout, pool, options, residuals, missing)
-    # each statistic's layers: the configs', and its own others (whichever others are computed in the same pass)
-    layers_of = [{*configs.layer.tolist(), *statistic.extra_layers(context)} for statistic in missing]
-    layers = sorted(set().union(*layers_of))
+    # each statistic's groups (layer, site kind): the configs', and its own others (whichever others are computed in
+    # the same pass: the residual stream's layers, as resid_post)
+    groups_of = [{*configs.groups(), *((layer, RESID_POST) for layer in s.extra_layers(context))} for s in missing]
+    groups = sorted(set().union(*groups_of))
     pooled = cache.pooled()
 
-    def one_layer(layer: int) -> list:
-        positions = np.flatnonzero(configs.layer == layer)
-        inputs = LayerInputs(layer, positions, [_pooled_matrix(pooled, p) for p in positions], context)
-        return [s.for_layer(inputs) if layer in covered else None for s, covered in zip(missing, layers_of)]
+    def one_group(group: tuple[int, str]) -> list:
+        layer, site = group
+        positions = np.flatnonzero((configs.layer == layer) & (configs.site == site))
+        inputs = LayerInputs(layer, positions, [_pooled_matrix(pooled, p) for p in positions], context, site)
+        return [s.for_layer(inputs) if group in covered else None for s, covered in zip(missing, groups_of)]
 
     from tqdm.auto import tqdm  # only now: a re-run that reads every result back need not import it
 
     names = ", ".join(statistic.name for statistic in missing)
     with tqdm(
-        total=len(layers), desc=f"saezarr: resampling ({names})", unit="layer", leave=False, disable=quiet
+        total=len(groups), desc=f"saezarr: resampling ({names})", unit="layer", leave=False, disable=quiet
     ) as bar:
         shares = []
-        for share in map_in_threads(one_layer, layers):
+        for share in map_in_threads(one_group, groups):
             shares.append(share)
             bar.update()
-    for i, (statistic, covered) in enumerate(zip(missing, layers_of)):
-        own = [layer_shares[i] for layer, layer_shares in zip(layers, shares) if layer in covered]
+    for i, (statistic, covered) in enumerate(zip(missing, groups_of)):
+        own = [group_shares[i] for group, group_shares in zip(groups, shares) if group in covered]
         value = statistic.combine(own, context)
         result.values[statistic.name] = value
         # not parents: an entry evicted meanwhile must not come back as a stub holding only resampling/

@@ -84,13 +84,15 @@ class Analysis:
     @functools.cached_property
     def emergence(self) -> xr.Dataset | None:
         """Per layer, the held-out scores of the best SAE feature and of the probes, with their chance levels: a
-        Dataset over `layer`, as `saezarr.emergence` returns (None: folds=0)."""
+        Dataset over `layer` (over `site` and `layer` where the SAEs read several kinds of site), as
+        `saezarr.emergence` returns (None: folds=0)."""
         import xarray as xr
 
         table = self._emergence_table()
         if table is None:
             return None
-        return xr.Dataset.from_dataframe(table.set_index("layer")).assign_attrs(pool=self.info.get("pool"))
+        index = ["site", "layer"] if "site" in table else "layer"
+        return xr.Dataset.from_dataframe(table.set_index(index)).assign_attrs(pool=self.info.get("pool"))
 
     def plot_emergence(self, ax=None):
         """Plot the emergence curves (the report's figure) with matplotlib; return the axes."""

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from saezarr.analysis.stats.metrics import METRICS
+from saezarr.sites import RESID_POST, split_hook
 
 NEURONPEDIA = "https://www.neuronpedia.org"
 
@@ -25,30 +26,51 @@ def arrow_pool() -> pa.MemoryPool:
 
 @dataclass(frozen=True)
 class ConfigTable:
-    """The analysed configs: store indices, names, layers, average L0s and Neuronpedia sources ("" for none)."""
+    """The analysed configs: store indices, names, layers, average L0s, Neuronpedia sources ("" for none) and the
+    kind of site each reads (`hook_resid_post`, `hook_mlp_out`, ...: a layer's SAEs of two sites are two groups)."""
 
     indices: np.ndarray
     names: np.ndarray
     layer: np.ndarray
     average_l0: np.ndarray
     sources: np.ndarray | None  # None: the store predates recorded sources
+    site: np.ndarray  # the site's kind; resid_post where the store predates its hook coordinate
 
     @classmethod
     def of(cls, names: Sequence[str], coordinates: Mapping[str, np.ndarray], indices: list[int]) -> ConfigTable:
         """The table of the configs at indices, given all config names and the store's coordinates by name."""
-        sources = coordinates.get("neuronpedia_source")
+        sources, hooks = coordinates.get("neuronpedia_source"), coordinates.get("hook")
+        layers = coordinates["layer"][indices].astype(np.int64)
         return cls(
             np.asarray(indices, dtype=np.int64),
             np.asarray(names, dtype=object)[indices],
-            coordinates["layer"][indices].astype(np.int64),
+            layers,
             coordinates["average_l0"][indices].astype(np.int64),
             None if sources is None else np.asarray(sources)[indices].astype(str),
+            site_kinds(None if hooks is None else np.asarray(hooks)[indices], len(layers)),
         )
+
+    @property
+    def several_sites(self) -> bool:
+        """True if the configs read more than one kind of site (then tables say each row's site)."""
+        return len(set(self.site.tolist())) > 1
+
+    def groups(self) -> list[tuple[int, str]]:
+        """Each config's (layer, site kind): the groups that per-layer results are computed over."""
+        return list(zip(self.layer.tolist(), self.site.tolist()))
 
     def links(self) -> list[str]:
         """Each config's Neuronpedia page prefix `https://www.neuronpedia.org/{source}/`, "" where it has none."""
         sources = self.sources if self.sources is not None else [""] * len(self.names)
         return [f"{NEURONPEDIA}/{source}/" if source else "" for source in sources]
+
+
+def site_kinds(hooks: np.ndarray | None, count: int) -> np.ndarray:
+    """The site kind of each hook (`blocks.5.hook_mlp_out`: `hook_mlp_out`); resid_post for each of `count` configs
+    of a store without hooks."""
+    if hooks is None:
+        return np.full(count, RESID_POST, dtype=object)
+    return np.array([split_hook(str(hook))[1] for hook in hooks], dtype=object)
 
 
 def features_table(
@@ -65,6 +87,7 @@ def features_table(
         "config": _per_config([str(name) for name in configs.names], width, _repeated_text),
         "layer": _per_config(configs.layer.tolist(), width, _repeated_number),
         "average_l0": _per_config(configs.average_l0.tolist(), width, _repeated_number),
+        **({"site": _per_config(configs.site.tolist(), width, _repeated_text)} if configs.several_sites else {}),
         "feature_id": pa.chunked_array([_numbers(np.arange(width, dtype=np.int64))] * n_configs),
         **{name: _numbers(metrics[name].ravel()) for name in METRICS},
         "passes_filter": _numbers(passing.ravel()),

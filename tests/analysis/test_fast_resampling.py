@@ -13,6 +13,7 @@ from saezarr.analysis.stats.metrics import block_metrics, passes_filter
 from saezarr.analysis.stats.permutation import CHANCE_QUANTILE
 from saezarr.analysis.stats.probes import ALPHAS, TIE_DIGITS
 from saezarr.analysis.stats.validation import Thresholds, chosen_in_splits, fold_ids, fold_splits
+from saezarr.sites import RESID_POST
 
 N_SENTENCES, WIDTHS, HIDDEN = 40, (60, 50, 70), 12
 
@@ -103,7 +104,9 @@ def test_emergence_row_equals_a_loop_over_labellings_folds_and_probes(seed):
     # the first permutation leaves the labels as they are: it shares every choice with them
     permutations = np.array([np.arange(N_SENTENCES), *(rng.permutation(N_SENTENCES) for _ in range(5))])
     matrix = FeatureMatrix.joined([FeatureMatrix.of(x) for x in configs])
-    (fast,) = emergence_rows([7], {7: matrix}, {7: residuals}, labels, folds, permutations)
+    (fast,) = emergence_rows(
+        [(7, RESID_POST)], {(7, RESID_POST): matrix}, {(7, RESID_POST): residuals}, labels, folds, permutations
+    )
     plain = _plain_row(np.hstack(configs).astype(np.float64), residuals, labels, folds, permutations)
     assert fast.pop("layer") == 7
     assert fast.keys() == plain.keys()
@@ -148,7 +151,10 @@ def test_features_nan_past_a_narrower_width_and_too_few_varying_ones_change_no_c
     padded = np.hstack([x, np.full((N_SENTENCES, 30), np.nan, dtype=np.float32)])  # a wider SAE's feature axis
     folds = fold_ids(labels, 5, 0)
     permutations = np.array([np.random.default_rng(k).permutation(N_SENTENCES) for k in range(4)])
-    rows = [emergence_rows([0], {0: FeatureMatrix.of(m)}, {}, labels, folds, permutations)[0] for m in (x, padded)]
+    rows = [
+        emergence_rows([(0, RESID_POST)], {(0, RESID_POST): FeatureMatrix.of(m)}, {}, labels, folds, permutations)[0]
+        for m in (x, padded)
+    ]
     assert np.isfinite(rows[0]["sparse_probe_k64_heldout_spearman"])
     for name, value in rows[0].items():
         assert rows[1][name] == pytest.approx(value, abs=1e-10, nan_ok=True), name

@@ -15,7 +15,7 @@ import pytest
 from saezarr.analysis.headline import Headline
 from saezarr.analysis.ranking import config_summary
 from saezarr.analysis.report.page import FINAL_FRAGMENTS_NOTE, write_report
-from saezarr.analysis.tables import ConfigTable
+from saezarr.analysis.tables import ConfigTable, site_kinds
 from saezarr.build.pipeline import BuildOptions, build
 from saezarr.store.reading import open_store
 from saezarr.testing.synthetic import DEMO_CSV
@@ -215,6 +215,7 @@ def summary_of(features: pd.DataFrame) -> pd.DataFrame:
         first["layer"].to_numpy(),
         first["average_l0"].to_numpy(),
         np.array([_source(layer, l0) for layer, l0 in zip(first["layer"], first["average_l0"])]),
+        site_kinds(None, len(first)),
     )
     shape = (len(first), -1)
     return config_summary(

@@ -125,7 +125,7 @@ def test_the_resampling_of_a_small_analysis_never_imports_scipy_stats():
         "x = np.where(rng.random((40, 50)) < 0.2, rng.random((40, 50)), 0.0)\n"
         "matrix = FeatureMatrix.of(x)\n"
         "null_maxima(matrix, labels, Permutations.draw(labels, 5, 0))\n"
-        "rows = emergence_rows([3], {3: matrix}, {3: rng.standard_normal((40, 6))}, labels, labels % 2,\n"
+        "rows = emergence_rows([(3, 'r')], {(3, 'r'): matrix}, {(3, 'r'): rng.standard_normal((40, 6))}, labels, labels % 2,\n"
         "                      Permutations.draw(labels, 3, 0).all)\n"
         "assert rows[0]['probe_heldout_spearman'] is not None\n"
         "sys.exit(3 if 'scipy.stats' in sys.modules else 0)\n"

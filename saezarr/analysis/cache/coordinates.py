@@ -18,8 +18,16 @@ from saezarr.durable.folders import replace_file
 from saezarr.store.format import Store
 from saezarr.store.storage import absolute_location
 
-# each config's layer, L0 and Neuronpedia source; each fragment's sentence, final-token flag and label
-NAMES = ("layer", "average_l0", "neuronpedia_source", "sentence_index", "is_final_token", "concept_strength_label")
+# each config's layer, L0, Neuronpedia source and site; each fragment's sentence, final-token flag and label
+NAMES = (
+    "layer",
+    "average_l0",
+    "neuronpedia_source",
+    "hook",
+    "sentence_index",
+    "is_final_token",
+    "concept_strength_label",
+)
 # and the texts: `sentence_text`, each sentence's (original_sentence at its first fragment); each fragment's text
 TEXTS = ("original_sentence", "fragment_text")
 FOLDER = "coordinates"  # under the cache root: one memo per store path, `<digest of the path>.npz`

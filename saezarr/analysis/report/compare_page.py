@@ -11,7 +11,7 @@ import pandas as pd
 
 from saezarr.analysis.report.assets import static_text
 from saezarr.analysis.report.page import _esc, _num, _sortkey
-from saezarr.analysis.report.plots import concepts_png
+from saezarr.analysis.report.plots import concepts_png, main_site
 
 SHOWN_FEATURES = 100  # rows of the specific/shared table in the page (all of them in concept_features.csv)
 
@@ -104,6 +104,7 @@ def _features(counted: pd.DataFrame, concepts: list[str]) -> str:
 def _emergence(directory: Path, emergence: pd.DataFrame | None) -> str:
     if emergence is None or not len(emergence):
         return ""
+    emergence, site = main_site(emergence)  # one site's rows: an attn_out SAE at layer 5 is no resid_post SAE there
     curve = "probe" if emergence["probe_heldout_spearman"].notna().any() else "sparse_probe_k8"
     png = concepts_png(emergence, curve)
     (directory / "plots").mkdir(exist_ok=True)
@@ -117,8 +118,8 @@ def _emergence(directory: Path, emergence: pd.DataFrame | None) -> str:
     image = base64.b64encode(png).decode("ascii")
     return (
         '<section id="emergence"><h2>Emergence by concept</h2><p class="hint">Per concept and layer, the out-of-fold '
-        f"Spearman ρ of the {_esc(curve.replace('_', ' '))} (from each analysis's emergence.csv), beside its chance "
-        "level.</p>"
+        f"Spearman ρ of the {_esc(curve.replace('_', ' '))} (from each analysis's emergence.csv"
+        f"{f', the SAEs of {_esc(site)}' if site else ''}), beside its chance level.</p>"
         f'<img class="plot" alt="held-out Spearman by layer and concept" src="data:image/png;base64,{image}">'
         f'<div class="scroll"><table class="data"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>'
         "</section>"

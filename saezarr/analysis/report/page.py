@@ -372,9 +372,12 @@ def _emergence(info: dict, table: pd.DataFrame | None, directory: Path, memo: Pa
         return ""
     png = emergence_png(table, memo)
     names = [(curve, label) for curve, (label, _) in EMERGENCE_CURVES.items()]
-    head = "<th>layer</th>" + "".join(f"<th>{_esc(label)}</th>" for _, label in names) + "<th>chance</th>"
+    sites = "site" in table  # SAEs of several sites: a row per layer and site
+    head = "<th>layer</th>" + ("<th>site</th>" if sites else "")
+    head += "".join(f"<th>{_esc(label)}</th>" for _, label in names) + "<th>chance</th>"
     rows = "".join(
         f"<tr><td class=n>{int(r['layer'])}</td>"
+        + (f"<td>{_esc(r['site'])}</td>" if sites else "")
         + "".join(f"<td class=n>{_num(r[f'{curve}_heldout_spearman'])}</td>" for curve, _ in names)
         + f"<td class=n>{_num(r['chance_spearman'])}</td></tr>"
         for r in table.to_dict("records")

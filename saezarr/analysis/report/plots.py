@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from saezarr.durable.folders import replace_file
+from saezarr.sites import RESID_POST
 
 SCORE_CMAP = "viridis"
 
@@ -183,28 +184,55 @@ def emergence_figure(emergence: pd.DataFrame):
 
 def draw_emergence(ax, emergence: pd.DataFrame) -> None:
     """Draw on ax, per layer, the held-out Spearman ρ of the best feature and the probes, with the chance band
-    (emergence: emergence.csv's table)."""
-    layers = emergence["layer"].to_numpy()
-    chance = emergence["chance_spearman"].to_numpy(dtype=float)
+    (emergence: emergence.csv's table); where its rows are of several sites, those of resid_post (else of the first
+    site) as one set of curves, and each other site's best feature dashed."""
+    sites = list(dict.fromkeys(emergence["site"])) if "site" in emergence else []
+    table, main = main_site(emergence)
+    layers = table["layer"].to_numpy()
+    chance = table["chance_spearman"].to_numpy(dtype=float)
     known = np.isfinite(chance)
     if known.any():
         label = "chance (95th pct under permuted labels)"
         ax.fill_between(layers[known], -1, chance[known], color="#e2e8f0", label=label)
     shown = [chance]
     for curve, (label, color) in EMERGENCE_CURVES.items():
-        values = emergence[f"{curve}_heldout_spearman"].to_numpy(dtype=float)
-        known = np.isfinite(values)  # a layer without SAEs (or residuals) has no point: the line joins the others
-        if known.any():
-            ax.plot(layers[known], values[known], marker="o", markersize=3.5, color=color, label=label)
-            shown.append(values)
-    ax.set_xticks(layers)
+        values = table[f"{curve}_heldout_spearman"].to_numpy(dtype=float)
+        shown += _curve(ax, layers, values, label, color)
+    for other, dash in zip([site for site in sites if site != main], SITE_DASHES):
+        rows = emergence[emergence["site"] == other]
+        values = rows["best_feature_heldout_spearman"].to_numpy(dtype=float)
+        label = f"best feature, {other}"
+        shown += _curve(ax, rows["layer"].to_numpy(), values, label, "#64748b", linestyle=dash)
+    ax.set_xticks(sorted(set(emergence["layer"].tolist())))
     ax.set_ylim(*_spearman_limits(np.concatenate(shown)))
-    ax.set_xlabel("layer")
+    ax.set_xlabel("layer" if len(sites) < 2 else f"layer (solid: SAEs of {main}; dashed: of other sites)")
     ax.set_ylabel("held-out Spearman ρ")
     ax.set_title("Where the concept becomes linearly readable", fontsize=11, loc="left")
     ax.axhline(0, color="#94a3b8", linewidth=0.6)
     ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.02, 1))
     _plain(ax)
+
+
+def main_site(emergence: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
+    """emergence.csv's rows of one site, and which: resid_post's (else the first site's) where the rows are of several
+    sites; all rows and None where the table has no `site` column."""
+    if "site" not in emergence:
+        return emergence, None
+    sites = list(dict.fromkeys(emergence["site"]))
+    main = RESID_POST if RESID_POST in sites else sites[0]
+    return emergence[emergence["site"] == main], main
+
+
+SITE_DASHES = ["--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1))] * 4  # the other sites' lines, in turn
+
+
+def _curve(ax, layers: np.ndarray, values: np.ndarray, label: str, color: str, linestyle="-") -> list[np.ndarray]:
+    """One curve where it has values (a layer without SAEs or residuals has no point: the line joins the others)."""
+    known = np.isfinite(values)
+    if not known.any():
+        return []
+    ax.plot(layers[known], values[known], marker="o", markersize=3.5, color=color, label=label, linestyle=linestyle)
+    return [values]
 
 
 MARGIN = 0.05  # room between the outermost point and the plot's edge, in Spearman ρ

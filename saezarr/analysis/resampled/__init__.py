@@ -21,6 +21,7 @@ from saezarr.analysis.stats.features import FeatureMatrix
 from saezarr.analysis.stats.permutation import Permutations
 from saezarr.analysis.stats.validation import FoldSplit, Thresholds, fold_splits
 from saezarr.analysis.tables import ConfigTable
+from saezarr.sites import RESID_POST
 from saezarr.store.storage import Location
 
 
@@ -65,6 +66,7 @@ class LayerInputs:
     positions: np.ndarray
     matrices: list[FeatureMatrix]
     context: ResamplingContext
+    site: str = RESID_POST  # the kind of site the configs read: a layer's SAEs of two sites are two shares
 
     @cached_property
     def splits(self) -> list[FoldSplit] | None:

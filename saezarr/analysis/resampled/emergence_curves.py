@@ -9,6 +9,7 @@ from typing import BinaryIO
 
 from saezarr.analysis.emergence import layer_row
 from saezarr.analysis.resampled import LayerInputs, ResamplingContext, ResamplingOptions
+from saezarr.sites import RESID_POST
 from saezarr.store.residual_arrays import RESIDUALS
 from saezarr.store.storage import Location, absolute_location, open_storage
 
@@ -37,11 +38,13 @@ class EmergenceCurves:
         return list(context.residual_of)
 
     def for_layer(self, inputs: LayerInputs) -> dict:
-        """The layer's row."""
+        """The layer's row (of one site: the residual probe beside resid_post SAEs alone; the row says its site where
+        the configs read several kinds)."""
         context = inputs.context
-        residuals = context.residual_of.get(inputs.layer)
+        residuals = context.residual_of.get(inputs.layer) if inputs.site == RESID_POST else None
         assert context.folds is not None  # emergence is wanted only with folds
-        return layer_row(inputs.layer, inputs.splits, residuals, context.targets, context.folds)
+        row = layer_row(inputs.layer, inputs.splits, residuals, context.targets, context.folds)
+        return {"site": inputs.site, **row} if context.configs.several_sites else row
 
     def combine(self, shares: list, context: ResamplingContext) -> list[dict]:
         """The rows in layer order."""
