@@ -97,6 +97,13 @@ def split_hook(hook: str) -> tuple[int | None, str]:
     return (int(match.group(1)) if match.group(1) else None), match.group(2)
 
 
+def site_tag(hook: str | None) -> str:
+    """What names of configs and files add for a site: "" for resid_post (or no hook: names stay as they were), else
+    its kind with dots as dashes and a trailing underscore (`hook_mlp_out_`, `attn-hook_z_`)."""
+    kind = split_hook(hook)[1] if hook is not None else RESID_POST
+    return "" if kind == RESID_POST else f"{kind.replace('.', '-')}_"
+
+
 def resid_post(layer: int) -> str:
     """The hook of the residual stream after decoder layer `layer`."""
     return f"blocks.{layer}.hook_resid_post"

@@ -167,7 +167,7 @@ def selected_early(
     configs = tuple(map(known_from_path, configs))
     if layers is not None and any(c.layer is None for c in configs):
         return configs
-    if names is not None and any(not c.given_name and (c.layer is None or c.average_l0 is None) for c in configs):
+    if names is not None and not all(c.given_name for c in configs):  # a derived name may gain its site's kind
         return configs
     return select_configs(configs, layers, names) if (layers, names) != (None, None) else configs
 

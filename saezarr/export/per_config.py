@@ -21,7 +21,7 @@ from saezarr.errors import InputError, OutOfMemory, OutputExists, StoreUnfinishe
 from saezarr.machine import available_memory as _available_memory
 from saezarr.machine import human_bytes, usable_cores
 from saezarr.progress import progress_off
-from saezarr.sites import split_hook
+from saezarr.sites import site_tag
 from saezarr.store.format import Store
 from saezarr.store.reading import open_existing
 from saezarr.store.selection import select_stored_configs
@@ -86,9 +86,7 @@ def npz_name(layer: int, average_l0: int, config: str | None = None, hook: str |
     never collide; by the config's name where its average L0 is unknown (-1)."""
     if average_l0 < 0 and config is not None:
         return f"{config}_activations.npz"
-    kind = split_hook(hook)[1] if hook is not None else "hook_resid_post"
-    site = "" if kind == "hook_resid_post" else f"{kind.replace('.', '-')}_"
-    return f"layer_{layer}_{site}l0_{average_l0}_activations.npz"
+    return f"layer_{layer}_{site_tag(hook)}l0_{average_l0}_activations.npz"
 
 
 def export_npz(

@@ -13,7 +13,7 @@ from typing import Any
 
 from saezarr.errors import ConfigError, InputError, option
 from saezarr.inputs import catalogues, saelens
-from saezarr.sites import parse_hook, resid_post
+from saezarr.sites import parse_hook, resid_post, site_tag
 
 MISSING_L0 = -1  # the store's average_l0 of an SAE whose average L0 is not known
 WIDTH_TAGS = {"k": 1000, "m": 1000**2}  # Gemma Scope's width tags round a power of two down: 65k = 65536
@@ -39,11 +39,12 @@ class SAEConfig:
 
     @property
     def name(self) -> str:
-        """The config's name: as given, else `layer_{layer}_l0_{average_l0}`, else derived from its folder."""
+        """The config's name: as given, else `layer_{layer}_l0_{average_l0}` (with the site's kind after the layer for
+        a site other than resid_post: `layer_5_hook_mlp_out_l0_24`), else derived from its folder."""
         if self.given_name:
             return self.given_name
         if self.layer is not None and self.average_l0 is not None:
-            return f"layer_{self.layer}_l0_{self.average_l0}"
+            return f"layer_{self.layer}_{site_tag(self.hook)}l0_{self.average_l0}"
         canonical = _CANONICAL.search(self.path)
         if canonical:
             return f"layer_{canonical.group(1)}_canonical"

@@ -44,3 +44,13 @@ def test_bad_values_are_refused_in_one_line(tmp_path, entry, top, message):
     with pytest.raises(ConfigError, match=message) as caught:
         load_config_file(path)
     assert str(caught.value).startswith(f"{path}: ") and "\n" not in str(caught.value)
+
+
+def test_a_derived_name_says_a_site_other_than_resid_post():
+    from saezarr.inputs.configs import SAEConfig
+
+    assert SAEConfig(5, 24, "x", hook="blocks.5.hook_resid_post").name == "layer_5_l0_24"
+    assert SAEConfig(5, 24, "x").name == "layer_5_l0_24"
+    assert SAEConfig(5, 24, "x", hook="blocks.5.hook_mlp_out").name == "layer_5_hook_mlp_out_l0_24"
+    assert SAEConfig(5, 24, "x", hook="blocks.5.attn.hook_z").name == "layer_5_attn-hook_z_l0_24"
+    assert SAEConfig(5, 24, "x", hook="blocks.5.attn.hook_z", given_name="z").name == "z"
