@@ -49,14 +49,15 @@ class Fragments:
 def make_fragments(
     data: LabeledSentences, tokenizer, granularity: str = "token", max_tokens: int | None = None
 ) -> Fragments:
-    """Tokenize every sentence (BOS first) and select its fragments at the given granularity."""
+    """Tokenize every sentence (BOS first; EOS where the tokenizer has no BOS, as TransformerLens does) and select its
+    fragments at the given granularity."""
     if granularity not in GRANULARITIES:
         raise InputError(f"{option('fragments')}: expected one of {', '.join(GRANULARITIES)}, got {granularity!r}")
     # user text is text: a literal "<bos>" or "<start_of_turn>" in a sentence must not become a control token
     encoded = tokenizer(
         list(data.sentences), add_special_tokens=True, return_offsets_mapping=True, split_special_tokens=True
     )
-    bos = tokenizer.bos_token_id
+    bos = start_token_id(tokenizer)
     columns: dict[str, list] = {field: [] for field in FRAGMENT_FIELDS}
     token_ids = []
     for row, sentence in enumerate(data.sentences):
@@ -84,6 +85,11 @@ def make_fragments(
         table[field] = table[field].astype(np.int64)
     table["is_final_token"] = table["is_final_token"].astype(bool)
     return Fragments(table=table, token_ids=token_ids)
+
+
+def start_token_id(tokenizer) -> int | None:
+    """The token put before every sentence, as TransformerLens prepends it: BOS, else EOS (Qwen has no BOS)."""
+    return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
 
 
 def select_positions(sentence: str, token_ends: Sequence[int], granularity: str) -> list[int]:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 from saezarr.compat import build_base_model, hub_offline, layer_output, load_base_model
 from saezarr.errors import InputError, SaezarrError, one_line, option
 from saezarr.hub import Source, resolve
+from saezarr.inputs.fragments import start_token_id
 from saezarr.models.architectures import ARCHITECTURES, PLUGIN_HINT, ModuleSite, Norm
 from saezarr.registry import UnknownEntry
 from saezarr.sites import split_hook
@@ -168,10 +169,11 @@ def load_tokenizer(info: ModelInfo) -> PreTrainedTokenizerFast:
         raise InputError(
             f"{option('model', info.source.name)}: a fast tokenizer (tokenizer.json) is required for offsets"
         )
-    if tokenizer.bos_token_id is None:
+    if start_token_id(tokenizer) is None:
         raise InputError(
-            f"{option('model', info.source.name)}: its tokenizer has no BOS token; saezarr puts BOS first and never encodes "
-            "it, so each sentence's first real token would be lost: not implemented"
+            f"{option('model', info.source.name)}: its tokenizer has neither a BOS nor an EOS token; saezarr puts one "
+            "first (as TransformerLens does: BOS, else EOS) and never encodes it, so each sentence's first real token "
+            "would be lost: not implemented"
         )
     return cast("PreTrainedTokenizerFast", tokenizer)  # is_fast: a tokenizers-backed tokenizer
 

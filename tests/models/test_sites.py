@@ -8,7 +8,9 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+import torch
 
 import saezarr
 from saezarr.cli import main
@@ -181,18 +183,63 @@ def test_a_site_nothing_says_is_read_as_resid_post_with_a_note_unless_the_entry_
     assert code == 0 and not [line for line in lines if "note" in line], lines
 
 
-def test_a_model_whose_tokenizer_has_no_bos_is_refused(tiny, tmp_path, capsys):
+def _without_bos(model: Path) -> None:
+    """Make the model's tokenizer one with no BOS token (as Qwen's): none named, none put before a sentence."""
+    settings = json.loads((model / "tokenizer_config.json").read_text())
+    settings.update(bos_token=None, add_bos_token=False)
+    (model / "tokenizer_config.json").write_text(json.dumps(settings))
+    tokenizer = json.loads((model / "tokenizer.json").read_text())
+    tokenizer["post_processor"] = None
+    (model / "tokenizer.json").write_text(json.dumps(tokenizer))
+
+
+def test_a_tokenizer_without_bos_gets_eos_first_as_transformer_lens_puts_it(tmp_path, capsys):
+    pytest.importorskip("transformer_lens")
+    from tlref import hooked_transformer
+
+    from saezarr.testing.synthetic import DEMO_CSV, write_architecture_model
+
+    sentences = pd.read_csv(DEMO_CSV)["sentence"].tolist()[:6]
+    model = write_architecture_model(tmp_path / "qwen3", sentences, "qwen3")
+    _without_bos(model)
+    rng = np.random.default_rng(0)
+    cfg = saelens_cfg(1, 32, 16, "jumprelu")
+    write_saelens_sae(
+        tmp_path / "saes" / "sae", random_sae(rng.standard_normal((50, 32)).astype(np.float32), 16, 4, rng), cfg
+    )
+    csv = _csv(tmp_path, sentences)
+    code, lines, output = _build(tmp_path, csv, str(model), str(tmp_path / "saes"), [{"path": "sae"}], "nobos", capsys)
+    assert code == 0, lines
+    code = main(["build", "--output", str(tmp_path / "res.zarr"), "--input", str(csv), "--quiet", "--residuals", "1"]
+                + ["--config", str(tmp_path / "nobos.json")])  # fmt: skip
+    assert code == 0
+    stored = saezarr.open_store(tmp_path / "res.zarr")
+    tl = hooked_transformer(model)
+    assert tl.tokenizer.bos_token_id == tl.tokenizer.eos_token_id == 1  # TransformerLens' own fallback
+    for row, sentence in enumerate(sentences):
+        # TransformerLens puts its BOS (here EOS) first as text; this Gemma-like tokenizer would then drop the first
+        # word's '▁' (Qwen's byte-level one does not change), so the reference runs on EOS + the sentence's own ids
+        ids = tl.tokenizer(sentence)["input_ids"]
+        tokens = torch.tensor([tl.tokenizer.bos_token_id, *ids])
+        _, cache = tl.run_with_cache(tokens[None])
+        expected = cache["blocks.1.hook_resid_post"][0].detach().numpy()
+        mine = stored.isel(fragment=np.flatnonzero(stored.sentence_index.values == row))
+        np.testing.assert_allclose(
+            mine.residuals.sel(residual_layer=1).values, expected[mine.token_position.values], rtol=1e-4, atol=1e-5
+        )
+
+
+def test_a_model_whose_tokenizer_has_neither_bos_nor_eos_is_refused(tiny, tmp_path, capsys):
     model = tmp_path / "no-bos-model"
     shutil.copytree(tiny.model, model)
+    _without_bos(model)
     settings = json.loads((model / "tokenizer_config.json").read_text())
-    settings["bos_token"] = None
-    settings["add_bos_token"] = False
-    (model / "tokenizer_config.json").write_text(json.dumps(settings))
+    (model / "tokenizer_config.json").write_text(json.dumps({**settings, "eos_token": None}))
     csv = _csv(tmp_path, tiny.sentences)
     before = _snapshot(tmp_path)
     entry = {"path": tiny.configs[0].path, "hook": "blocks.0.hook_resid_post"}
     code, lines, output = _build(tmp_path, csv, str(model), str(tiny.saes), [entry], "nobos", capsys)
-    assert code == 2 and len(lines) == 1 and "its tokenizer has no BOS token" in lines[0], lines
+    assert code == 2 and len(lines) == 1 and "its tokenizer has neither a BOS nor an EOS token" in lines[0], lines
     assert not output.exists()
     assert all(path.read_bytes() == data for path, data in before)
 
