@@ -96,6 +96,15 @@ def _activations(store) -> np.ndarray:
     return zarr.open_group(store, mode="r")["activations"][:]
 
 
+def test_a_quiet_build_shows_no_bar_of_transformers(demo, demo_config, tmp_path, capfd):
+    from transformers.utils import logging as hf_logging
+
+    assert hf_logging.is_progress_bar_enabled()
+    saezarr.build(DEMO_CSV, tmp_path / "quiet.zarr", config_file=demo_config, quiet=True, max_chunks=1)
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()  # as it was
+
+
 def test_a_dataframe_builds_the_store_its_csv_builds_and_the_command_line_resumes_it(demo, demo_config, tmp_path):
     """A build from a DataFrame records the sha256 of the CSV pandas writes of it: the store one is resumed from the
     other, and ends bitwise equal to the CSV's own build."""

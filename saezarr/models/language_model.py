@@ -3,7 +3,8 @@ architecture's site table places them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -186,19 +187,35 @@ def load_model(info: ModelInfo, device: str, dtype: str) -> PreTrainedModel:
     Each weight goes from its safetensors file straight to the device in `dtype`: no whole copy in host memory.
     """
     try:
-        model = load_base_model(
-            _load_name(info.source),
-            DTYPES[dtype],
-            revision=_load_revision(info.source),
-            attn_implementation="eager",
-            device_map={"": torch.device(device)},
-        )
+        with _no_transformers_bars():
+            model = load_base_model(
+                _load_name(info.source),
+                DTYPES[dtype],
+                revision=_load_revision(info.source),
+                attn_implementation="eager",
+                device_map={"": torch.device(device)},
+            )
         return model.eval()
     except (OSError, ValueError, RuntimeError, KeyError) as exc:  # RuntimeError includes out of memory
         text = " ".join(str(exc).split())[:300]
         raise SaezarrError(
             f"{option('model', info.source.name)}: could not load it ({type(exc).__name__}: {text})", exit_code=1
         ) from None
+
+
+@contextlib.contextmanager
+def _no_transformers_bars() -> Iterator[None]:
+    """transformers' own "Loading weights" bar off while saezarr loads a model (its own line says what it loads), in
+    a notebook as on the command line; the setting as it was afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
 
 
 class _StopForward(Exception):
