@@ -29,6 +29,19 @@ def sites_of(model_type: str) -> list[str]:
     return sorted(hooks) + [f"blocks.{LAYERS - 1}.hook_resid_post"]
 
 
+def built(tmp_path, model, sentences: list[str], names: list[str], capsys) -> xr.Dataset:
+    """The store `build` writes of the sentences with the SAEs tmp_path/saes/NAME, each named as its folder."""
+    entries = [{"path": name, "name": name} for name in names]
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"model": str(model), "sae_repo": str(tmp_path / "saes"), "configs": entries}))
+    csv = tmp_path / "few.csv"
+    pd.DataFrame({"sentence": sentences, "concept_strength_label": 1}).to_csv(csv, index=False)
+    output = tmp_path / "store.zarr"
+    code = main(["build", "--input", str(csv), "--output", str(output), "--config", str(config), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    return xr.open_zarr(output)
+
+
 @pytest.mark.parametrize("model_type", ["gemma2", "gpt2", "gpt_neox"])
 def test_every_site_stores_what_saelens_encodes_from_transformer_lens(model_type, tmp_path, capsys):
     from sae_lens import SAE
@@ -40,7 +53,7 @@ def test_every_site_stores_what_saelens_encodes_from_transformer_lens(model_type
     tokens = [tokenizer(s, return_tensors="pt")["input_ids"][0] for s in sentences[:SENTENCES]]
     tl = hooked_transformer(model)
     hooks = sites_of(model_type)
-    entries, rng = [], np.random.default_rng(0)
+    names, rng = [], np.random.default_rng(0)
     for i, hook in enumerate(hooks):
         x = torch.cat([site_value(tl, t, hook)[1:] for t in tokens]).numpy()
         cfg = saelens_cfg(0, x.shape[1], WIDTH, "jumprelu")
@@ -48,15 +61,8 @@ def test_every_site_stores_what_saelens_encodes_from_transformer_lens(model_type
         weights = random_sae(x, WIDTH, L0, rng)
         weights["threshold"] *= np.float32(1.01)  # off the calibration tokens' own pre-activations, where noise flips
         write_saelens_sae(tmp_path / "saes" / f"sae{i}", weights, cfg)
-        entries.append({"path": f"sae{i}", "name": f"sae{i}"})
-    config = tmp_path / "config.json"
-    config.write_text(json.dumps({"model": str(model), "sae_repo": str(tmp_path / "saes"), "configs": entries}))
-    csv = tmp_path / "few.csv"
-    pd.DataFrame({"sentence": sentences[:SENTENCES], "concept_strength_label": 1}).to_csv(csv, index=False)
-    output = tmp_path / "store.zarr"
-    code = main(["build", "--input", str(csv), "--output", str(output), "--config", str(config), "--quiet"])
-    assert code == 0, capsys.readouterr().err
-    ds = xr.open_zarr(output)
+        names.append(f"sae{i}")
+    ds = built(tmp_path, model, sentences[:SENTENCES], names, capsys)
     assert list(ds.hook.values) == hooks
     rows, positions = ds.sentence_index.values, ds.token_position.values
     for i, hook in enumerate(hooks):
@@ -104,15 +110,7 @@ def test_centred_head_and_normalised_saes_on_gpt2_store_what_saelens_encodes(tmp
         weights = random_sae(x, WIDTH, L0, rng)
         weights["threshold"] *= np.float32(1.01)
         write_saelens_sae(tmp_path / "saes" / name, weights, cfg)
-    entries = [{"path": name, "name": name} for name in saes]
-    config = tmp_path / "config.json"
-    config.write_text(json.dumps({"model": str(model), "sae_repo": str(tmp_path / "saes"), "configs": entries}))
-    csv = tmp_path / "few.csv"
-    pd.DataFrame({"sentence": sentences[:SENTENCES], "concept_strength_label": 1}).to_csv(csv, index=False)
-    output = tmp_path / "store.zarr"
-    code = main(["build", "--input", str(csv), "--output", str(output), "--config", str(config), "--quiet"])
-    assert code == 0, capsys.readouterr().err
-    ds = xr.open_zarr(output)
+    ds = built(tmp_path, model, sentences[:SENTENCES], list(saes), capsys)
     rows, positions = ds.sentence_index.values, ds.token_position.values
     for name, (hook, head, _) in saes.items():
         sae = SAE.load_from_disk(str(tmp_path / "saes" / name), device="cpu")

@@ -8,9 +8,12 @@ through the `saezarr.sae_formats` entry-point group, naming an `SAEFormat` (or a
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+from saezarr.errors import SAEFormatError
 from saezarr.inputs.configs import SAEConfig
 from saezarr.registry import Registry
 from saezarr.saes.description import Fetch, SAEDescription
@@ -41,6 +44,24 @@ class SAEFormat:
     can_open: Callable[[str], bool] = _claims_no_folder  # True if the folder's name says this format
     from_path: Callable[[str], dict] = _knows_nothing  # the config fields (layer, average_l0) the folder's name gives
     site_from_path: Callable[[str, int | None], Site | None] = _names_no_site  # the site the folder's name says
+
+
+def json_object(path: Path, config: SAEConfig) -> dict:
+    """A format's settings file (cfg.json, config.json, hyperparams.json) as a dict; refused in one line naming the
+    file and the config unless it is a readable JSON object."""
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SAEFormatError(f"{path}: config {config.name}: not readable JSON ({exc})") from None
+    if not isinstance(settings, dict):
+        raise SAEFormatError(f"{path}: config {config.name}: expected a JSON object")
+    return settings
+
+
+def read_settings(config: SAEConfig, fetch: Fetch, filename: str) -> tuple[dict, Path] | None:
+    """The SAE folder's settings file as a dict (None if the folder has none), and the file's path."""
+    path = fetch(filename, False)
+    return None if path is None else (json_object(path, config), path)
 
 
 SAE_FORMATS: Registry[SAEFormat] = Registry("sae_formats", "SAE format", __name__)

@@ -11,13 +11,12 @@ refused.
 
 from __future__ import annotations
 
-import json
 import re
 
 from saezarr.errors import SAEFormatError
 from saezarr.inputs.configs import SAEConfig
 from saezarr.saes.description import Fetch, SAEDescription
-from saezarr.saes.formats import SAEFormat, register_format
+from saezarr.saes.formats import SAEFormat, json_object, register_format
 from saezarr.sites import Site, gemma_scope_2_site, hf_hook_site
 
 WEIGHTS = "params.safetensors"
@@ -79,12 +78,7 @@ def folder_site(path: str, layer: int | None) -> Site | None:
 
 def _settings_site(path, config: SAEConfig) -> Site | None:
     """The site config.json names (None if it names none); refuse what else it says that is not implemented."""
-    try:
-        settings = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise SAEFormatError(f"{path}: config {config.name}: not readable JSON ({exc})") from None
-    if not isinstance(settings, dict):
-        raise SAEFormatError(f"{path}: config {config.name}: expected a JSON object")
+    settings = json_object(path, config)
     architecture = str(settings.get("architecture", "jumprelu")).lower()
     if architecture not in JUMPRELU_NAMES:
         raise SAEFormatError(

@@ -9,13 +9,12 @@ factor into W_enc; the config entry's `norm_scaling_factor` gives it here, else 
 
 from __future__ import annotations
 
-import json
 import re
 
 from saezarr.errors import SAEFormatError
 from saezarr.inputs.configs import SAEConfig
 from saezarr.saes.description import Fetch, SAEDescription
-from saezarr.saes.formats import SAEFormat, register_format
+from saezarr.saes.formats import SAEFormat, read_settings, register_format
 from saezarr.sites import Site
 
 CONFIG = "hyperparams.json"
@@ -31,17 +30,8 @@ def matches(path: str) -> bool:
 
 def read_hyperparams(config: SAEConfig, fetch: Fetch) -> tuple[dict, str] | None:
     """hyperparams.json as a dict (None if the folder has none), and where it is, as refusals name it."""
-    path = fetch(CONFIG, False)
-    if path is None:
-        return None
-    where = f"{path}: config {config.name}"
-    try:
-        settings = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise SAEFormatError(f"{where}: not readable JSON ({exc})") from None
-    if not isinstance(settings, dict):
-        raise SAEFormatError(f"{where}: expected a JSON object")
-    return settings, where
+    found = read_settings(config, fetch, CONFIG)
+    return None if found is None else (found[0], f"{found[1]}: config {config.name}")
 
 
 def number(settings: dict, name: str, where: str) -> float:

@@ -9,14 +9,13 @@ under `metadata` from 6 on (`hook_name`, `hook_head_index`); both are read. Arch
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from saezarr.errors import SAEFormatError
 from saezarr.inputs.configs import SAEConfig
 from saezarr.saes.activations import ACTIVATIONS
 from saezarr.saes.description import Fetch, SAEDescription
-from saezarr.saes.formats import SAEFormat, register_format
+from saezarr.saes.formats import SAEFormat, read_settings, register_format
 from saezarr.saes.weights import WeightsUnreadable, read_header
 from saezarr.sites import Site
 
@@ -50,18 +49,9 @@ NEUTRAL_MODEL_KWARGS = frozenset(
 )
 
 
-def read_cfg(config: SAEConfig, fetch: Fetch) -> tuple[dict, object] | None:
+def read_cfg(config: SAEConfig, fetch: Fetch) -> tuple[dict, Path] | None:
     """The SAE's cfg.json as a dict (None if its folder has none), and the file's path."""
-    path = fetch(CONFIG, False)
-    if path is None:
-        return None
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise SAEFormatError(f"{path}: config {config.name}: not readable JSON ({exc})") from None
-    if not isinstance(cfg, dict):
-        raise SAEFormatError(f"{path}: config {config.name}: expected a JSON object")
-    return cfg, path
+    return read_settings(config, fetch, CONFIG)
 
 
 def field(cfg: dict, *names: str, default=None):
