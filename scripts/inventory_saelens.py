@@ -22,6 +22,7 @@ import yaml
 
 from saezarr.inputs.configs import SAEConfig
 from saezarr.saes.locate import known_from_path, named_site
+from saezarr.sites import Site
 
 # conversion functions whose files one of saezarr's layouts reads (None: SAELens' own cfg.json format)
 LAYOUTS = {
@@ -34,7 +35,6 @@ LAYOUTS = {
     "sparsify": "sparsify",
 }
 HOOK = re.compile(r"(blocks\.\d+\.(?:[a-z0-9]+\.)?hook_[a-z]+(?:_[a-z]+)*|hook_embed)")
-NO_TABLE_MODELS = ("gpt2",)  # model types with no built-in site table (saezarr/models/architectures)
 
 
 def registry(source: str | None) -> dict:
@@ -57,9 +57,6 @@ def classify(release: dict, sae: dict) -> str:
     path = str(sae["path"])
     if conversion == "gemma_3" and path.startswith("clt"):
         return "refused: format (Gemma Scope 2 CLT files are not folders)"
-    model = str(release["model"]).lower()
-    if any(name in model for name in NO_TABLE_MODELS):
-        return "refused: model (GPT-2 has no built-in site table)"
     overrides = release.get("config_overrides") or {}
     if overrides.get("normalize_activations") not in (None, "none", "layer_norm", "constant_norm_rescale"):
         if conversion != "llama_scope" and sae.get("norm_scaling_factor") is None:
@@ -68,15 +65,12 @@ def classify(release: dict, sae: dict) -> str:
         hook = HOOK.search(path) or HOOK.search(str(sae["id"]))
         if hook is None:
             return "cfg.json decides: its hook_name is not in the registry"
-        return "read" if hook.group(1).endswith(".hook_resid_post") else f"refused: site {_kind(hook.group(1))}"
+        site = Site(re.sub(r"\.hook_z$", ".attn.hook_z", hook.group(1).replace(".attn.hook_z", ".hook_z")), "")
+        return "read" if site.is_read else f"refused: site {site.kind}"
     site = named_site(release["repo_id"], known_from_path(SAEConfig(None, None, path)))
     if site is None:
         return "its files decide: its name says no site"
     return "read" if site.is_read else f"refused: site {site.kind}"
-
-
-def _kind(hook: str) -> str:
-    return re.sub(r"^blocks\.\d+\.", "", hook)
 
 
 def main() -> int:
