@@ -88,12 +88,15 @@ def plan_extension(options: BuildOptions, store: Store) -> Extension:
     growing_sentences = new_sentences or (record is not None and record["kept_fragments"] < store.n_fragments)
     unfinished = {stored[i].name for i in range(min(len(stored), done.shape[0])) if not done[i].all()}
     needed = configs if growing_sentences else tuple(c for c in configs if c in new_configs or c.name in unfinished)
-    kept = store.residuals.layers if store.residuals is not None else ()
+    stored_sites = {resid_post(layer) for layer in (store.residuals.layers if store.residuals is not None else ())}
     info = fragments = None
-    if growing_sentences or any(c.layer not in kept for c in needed):
+    saes = []
+    if not growing_sentences and all(c.site_hook in stored_sites for c in needed):
+        saes = _locate(sae_repo, attrs, needed, _stored_model(attrs, store), where)  # their files say their sites
+    if growing_sentences or any(sae.config.site_hook not in stored_sites for sae in saes) or len(saes) < len(needed):
         info, fragments = _model_and_fragments(options, config_file.model, attrs, data, old_table, n_old, where)
         check_depth(configs, info.num_layers, options.config_file)
-    saes = _locate(sae_repo, attrs, needed, info or _stored_model(attrs, store), where)
+        saes = _locate(sae_repo, attrs, needed, info, where)
     check_context(
         saes, _token_counts(fragments, old_table), data.row if data is not None else partial(data_row, store.path)
     )

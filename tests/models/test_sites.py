@@ -284,12 +284,23 @@ def test_hugging_face_module_hooks_name_their_sites():
     assert not Site("blocks.4.mlp.hook_post", "x").is_read and not Site("blocks.4.hook_embed", "x").is_read
 
 
-def test_extending_a_store_with_an_sae_of_another_site_equals_building_it_alone(tiny, sites, tmp_path, capsys):
+@pytest.mark.parametrize("residuals", [False, True])
+def test_extending_a_store_with_an_sae_of_another_site_equals_building_it_alone(
+    tiny, sites, residuals, tmp_path, capsys
+):
+    """With the residual stream kept too (resid_post only), the new site is read from the model all the same."""
     root, csv = sites
     repo = str(root / "gs2")  # one repository holds both sites' SAEs
     res = [{"path": "resid_post_all/layer_0_width_16k_l0_small", "name": "res"}]
     mlp = [{"path": "mlp_out_all/layer_0_width_16k_l0_small", "name": "mlp"}]
-    code, _, store = _build(tmp_path, csv, str(tiny.model), repo, res, "store", capsys)
+    if residuals:
+        config = tmp_path / "store.json"
+        config.write_text(json.dumps({"model": str(tiny.model), "sae_repo": repo, "configs": res}))
+        store = tmp_path / "store.zarr"
+        args = ["build", "--input", str(csv), "--output", str(store), "--config", str(config), "--quiet"]
+        code = main([*args, "--residuals", "0"])
+    else:
+        code, _, store = _build(tmp_path, csv, str(tiny.model), repo, res, "store", capsys)
     assert code == 0
     config = tmp_path / "more.json"
     config.write_text(json.dumps({"model": str(tiny.model), "sae_repo": repo, "configs": mlp}))
