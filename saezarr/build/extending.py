@@ -3,6 +3,7 @@ is written; the model is resolved only when some new unit needs it."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -12,7 +13,7 @@ import pandas as pd
 
 from saezarr import __version__
 from saezarr.build.build_options import BuildOptions
-from saezarr.errors import ResumeMismatch, StoreUnfinished, option
+from saezarr.errors import ConfigError, ResumeMismatch, StoreUnfinished, option
 from saezarr.hub import Source
 from saezarr.inputs.configs import (
     MISSING_L0,
@@ -22,7 +23,7 @@ from saezarr.inputs.configs import (
     select_configs,
     with_neuronpedia,
 )
-from saezarr.inputs.fragments import FRAGMENT_FIELDS, Fragments, make_fragments
+from saezarr.inputs.fragments import FRAGMENT_FIELDS, PREPEND_BOS, Fragments, make_fragments
 from saezarr.inputs.sentences import LabeledSentences, data_row, read_sentences
 from saezarr.models.language_model import ModelInfo, check_weights, load_tokenizer, resolve_model
 from saezarr.saes.locate import SAEFile, check_context, describe_configs, locate_sae, resolve_sae_repo
@@ -97,6 +98,7 @@ def plan_extension(options: BuildOptions, store: Store) -> Extension:
         info, fragments = _model_and_fragments(options, config_file.model, attrs, data, old_table, n_old, where)
         check_depth(configs, info.num_layers, options.config_file)
         saes = _locate(sae_repo, attrs, needed, info, where)
+    sentence_start(saes, where, attrs.get(PREPEND_BOS, True))
     check_context(
         saes, _token_counts(fragments, old_table), data.row if data is not None else partial(data_row, store.path)
     )
@@ -236,7 +238,7 @@ def _model_and_fragments(
             labels=np.array([group["concept_strength_label"].iloc[0] for _, group in sentences]),
             sha256=attrs["input_sha256"],
         )
-    fragments = make_fragments(data, tokenizer, attrs["fragments"], info.max_tokens)
+    fragments = make_fragments(data, tokenizer, attrs["fragments"], info.max_tokens, attrs.get(PREPEND_BOS, True))
     old = Fragments(fragments.table.iloc[: len(old_table)], fragments.token_ids[:n_old])
     if len(old_table) > len(fragments) or old.tokens_sha256() != attrs.get("tokens_sha256"):
         raise ResumeMismatch(
@@ -244,6 +246,26 @@ def _model_and_fragments(
             "tokenization, so build a new store"
         )
     return info, fragments
+
+
+def sentence_start(saes: Sequence[SAEFile], where: object, stored: bool | None = None) -> bool:
+    """Whether BOS (else EOS) precedes every sentence: as the SAEs were trained (SAELens' prepend_bos); a store
+    holds one tokenization, so SAEs that disagree (with each other, or with the store's `stored`) are refused in
+    one line naming one of each."""
+    without = [sae.config.name for sae in saes if not sae.layout.prepend_bos]
+    with_bos = [sae.config.name for sae in saes if sae.layout.prepend_bos]
+    if without and with_bos:
+        raise ConfigError(
+            f"{where}: config {without[0]} was trained with nothing before a sentence (prepend_bos false) and config "
+            f"{with_bos[0]} with BOS first; a store holds one tokenization: build them into two stores"
+        )
+    if stored is not None and (without if stored else with_bos):
+        name = (without if stored else with_bos)[0]
+        raise ConfigError(
+            f"{where}: config {name} was trained {'with nothing' if stored else 'with BOS'} before a sentence, but the "
+            f"store's sentences have {'BOS' if stored else 'nothing'} first; a store holds one tokenization"
+        )
+    return not without
 
 
 def _stored_model(attrs: dict, store: Store) -> ModelInfo:

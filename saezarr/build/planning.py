@@ -11,12 +11,12 @@ import torch
 
 from saezarr import __version__
 from saezarr.build.build_options import DEFAULT_BATCH_SIZE, DEFAULT_DTYPE, DEFAULT_FRAGMENTS, BuildOptions
-from saezarr.build.extending import plan_extension
+from saezarr.build.extending import plan_extension, sentence_start
 from saezarr.build.work import overlaps_writes
 from saezarr.errors import InputError, ResumeMismatch, option
 from saezarr.execution.connect import ClusterOptions
 from saezarr.inputs.configs import SAEConfig, check_depth, load_config_file, select_configs, with_neuronpedia
-from saezarr.inputs.fragments import Fragments, make_fragments
+from saezarr.inputs.fragments import PREPEND_BOS, Fragments, make_fragments
 from saezarr.inputs.sentences import read_sentences
 from saezarr.models.language_model import ModelInfo, check_weights, load_tokenizer, resolve_model
 from saezarr.saes.locate import (
@@ -121,9 +121,10 @@ def _new_store_plan(options: BuildOptions, device: str) -> BuildPlan:
     check_depth(configs, info.num_layers, options.config_file)
     tokenizer = load_tokenizer(info)
     granularity = options.fragments or DEFAULT_FRAGMENTS
-    fragments = make_fragments(data, tokenizer, granularity, info.max_tokens)
     sae_source = sae_source or resolve_sae_repo(sae_repo, configs[0])
     saes = [locate_sae(sae_source, c, info, options.config_file) for c in configs]
+    prepend_bos = sentence_start(saes, options.config_file)
+    fragments = make_fragments(data, tokenizer, granularity, info.max_tokens, prepend_bos)
     check_context(saes, [len(ids) for ids in fragments.token_ids], data.row)
     check_weights(info)  # after the SAEs: an SAE refused in a line costs no download of the model's weights
     configs = tuple(sae.config for sae in saes)
@@ -143,6 +144,7 @@ def _new_store_plan(options: BuildOptions, device: str) -> BuildPlan:
         "configs": [c.name for c in configs],
         "batch_size": batch_size,
         "hidden_size": info.hidden_size,
+        **({} if prepend_bos else {PREPEND_BOS: False}),  # recorded only where nothing precedes a sentence
     }
     return _resolved(
         options,

@@ -14,6 +14,7 @@ from saezarr.errors import InputError, option
 from saezarr.inputs.sentences import LabeledSentences
 
 GRANULARITIES = ("token", "word", "final")
+PREPEND_BOS = "prepend_bos"  # the store attribute that says, where False, that nothing precedes a sentence
 FRAGMENT_FIELDS = (
     "fragment_text",
     "original_sentence",
@@ -47,17 +48,23 @@ class Fragments:
 
 
 def make_fragments(
-    data: LabeledSentences, tokenizer, granularity: str = "token", max_tokens: int | None = None
+    data: LabeledSentences,
+    tokenizer,
+    granularity: str = "token",
+    max_tokens: int | None = None,
+    prepend_bos: bool = True,
 ) -> Fragments:
-    """Tokenize every sentence (BOS first; EOS where the tokenizer has no BOS, as TransformerLens does) and select its
-    fragments at the given granularity."""
+    """Tokenize every sentence (BOS first; EOS where the tokenizer has no BOS, as TransformerLens does; nothing
+    without `prepend_bos`, its first real token then a fragment at position 0) and select its fragments at the given
+    granularity."""
     if granularity not in GRANULARITIES:
         raise InputError(f"{option('fragments')}: expected one of {', '.join(GRANULARITIES)}, got {granularity!r}")
     # user text is text: a literal "<bos>" or "<start_of_turn>" in a sentence must not become a control token
     encoded = tokenizer(
-        list(data.sentences), add_special_tokens=True, return_offsets_mapping=True, split_special_tokens=True
+        list(data.sentences), add_special_tokens=prepend_bos, return_offsets_mapping=True, split_special_tokens=True
     )
-    bos = start_token_id(tokenizer)
+    bos = start_token_id(tokenizer) if prepend_bos else None
+    first = 1 if prepend_bos else 0  # the first position that is a real token
     columns: dict[str, list] = {field: [] for field in FRAGMENT_FIELDS}
     token_ids = []
     for row, sentence in enumerate(data.sentences):
@@ -67,11 +74,11 @@ def make_fragments(
                 f"{data.row(row)}: the sentence is {len(ids)} tokens long, more than the "
                 f"model's context of {max_tokens} tokens; shorten or split it"
             )
-        if len(ids) < 2:
+        if len(ids) <= first:
             raise InputError(f"{data.row(row)}: the sentence has no tokens")
         token_ids.append(np.asarray(ids, dtype=np.int64))
         ends = [end for _, end in offsets]
-        positions = select_positions(sentence, ends, granularity)
+        positions = select_positions(sentence, ends, granularity, first)
         texts = [sentence[: ends[position]] for position in positions]
         columns["fragment_text"] += texts
         columns["original_sentence"] += [sentence] * len(positions)
@@ -92,15 +99,16 @@ def start_token_id(tokenizer) -> int | None:
     return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
 
 
-def select_positions(sentence: str, token_ends: Sequence[int], granularity: str) -> list[int]:
-    """Token positions (BOS is 0) that become fragments, given each token's end offset in the sentence."""
+def select_positions(sentence: str, token_ends: Sequence[int], granularity: str, first: int = 1) -> list[int]:
+    """Token positions that become fragments, given each token's end offset in the sentence; `first` is the first
+    real token's (1 after BOS, 0 with nothing before the sentence)."""
     last = len(token_ends) - 1
     if granularity == "final":
         return [last]
     if granularity == "token":
-        return list(range(1, last + 1))
+        return list(range(first, last + 1))
     positions: list[int] = []
-    position = 1
+    position = first
     for word in _WORD.finditer(sentence):
         # the word's last token is the first token that reaches the word's end, or the last of the tokens
         # sharing that end offset (byte-fallback pieces of one character, a prepended '▁' and its character)

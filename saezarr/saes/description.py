@@ -35,6 +35,7 @@ class SAEDescription:
     model_name: str | None = None  # the model it was trained on, as TransformerLens names it
     context_size: int | None = None  # the longest token sequence it was trained on
     centred: bool = False  # trained on TransformerLens' center_writing_weights (mean over the hidden size removed)
+    prepend_bos: bool = True  # False: trained on sentences with nothing before them (SAELens' prepend_bos: false)
     W_enc_transposed: bool = False  # stored [d_sae, d_in] (an nn.Linear's weight) rather than [d_in, d_sae]
     threshold_value: float | None = None  # one threshold for every feature, where the SAE stores none
     vectors: tuple[tuple[str, str], ...] = ()  # (role, key): the per-feature arrays its activation reads

@@ -124,3 +124,51 @@ def test_centred_head_and_normalised_saes_on_gpt2_store_what_saelens_encodes(tmp
     assert not np.allclose(
         site_value(uncentred, tokens[0], "blocks.1.hook_resid_pre"), site("blocks.1.hook_resid_pre", None, tokens[0])
     )
+
+
+def test_saes_trained_without_bos_read_every_token_from_position_0(tmp_path, capsys):
+    """SAELens' prepend_bos: false: nothing before a sentence, its first token a fragment at position 0; against
+    SAELens' encode of TransformerLens' activations of `to_tokens(prepend_bos=False)`. SAEs that disagree on it are
+    refused in one line, in one build and when extending a store."""
+    from sae_lens import SAE
+
+    sentences = pd.read_csv(DEMO_CSV)["sentence"].tolist()
+    model = write_architecture_model(tmp_path / "model", sentences[:50], "gpt2", num_layers=LAYERS)
+    tl = hooked_transformer(model)
+    tokens = [tl.to_tokens(s, prepend_bos=False)[0] for s in sentences[:SENTENCES]]
+    hook = "blocks.1.hook_resid_post"
+    x = torch.cat([site_value(tl, t, hook) for t in tokens]).numpy()
+    rng = np.random.default_rng(0)
+    for name, prepend in [("nobos", False), ("bos", True)]:
+        cfg = saelens_cfg(1, x.shape[1], WIDTH, "jumprelu")
+        cfg["metadata"] |= {"hook_name": hook, "prepend_bos": prepend}
+        weights = random_sae(x, WIDTH, L0, rng)
+        weights["threshold"] *= np.float32(1.01)
+        write_saelens_sae(tmp_path / "saes" / name, weights, cfg)
+    ds = built(tmp_path, model, sentences[:SENTENCES], ["nobos"], capsys)
+    assert ds.attrs["prepend_bos"] is False
+    rows, positions = ds.sentence_index.values, ds.token_position.values
+    assert (positions == 0).sum() == SENTENCES and len(positions) == sum(len(t) for t in tokens)
+    sae = SAE.load_from_disk(str(tmp_path / "saes" / "nobos"), device="cpu")
+    with torch.no_grad():
+        expected = [sae.encode(site_value(tl, t, hook)).numpy() for t in tokens]
+    want = np.stack([expected[s][p] for s, p in zip(rows, positions)])
+    stored = ds.activations.values[0, :, :WIDTH]
+    assert (stored > 0).mean() > 0.02
+    np.testing.assert_allclose(stored, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+    before = sorted((p, p.read_bytes()) for p in (tmp_path / "store.zarr").rglob("*") if p.is_file())
+    config = tmp_path / "more.json"
+    config.write_text(
+        json.dumps({"model": str(model), "sae_repo": str(tmp_path / "saes"), "configs": [{"path": "bos"}]})
+    )
+    code = main(["build", "--output", str(tmp_path / "store.zarr"), "--extend", "--config", str(config), "--quiet"])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("saezarr:")]
+    assert code == 2 and len(lines) == 1 and "the store's sentences have nothing first" in lines[0], lines
+    assert sorted((p, p.read_bytes()) for p in (tmp_path / "store.zarr").rglob("*") if p.is_file()) == before
+    entries = [{"path": "nobos"}, {"path": "bos"}]
+    config.write_text(json.dumps({"model": str(model), "sae_repo": str(tmp_path / "saes"), "configs": entries}))
+    csv = tmp_path / "few.csv"
+    code = main(["build", "--input", str(csv), "--output", str(tmp_path / "mixed.zarr"), "--config", str(config)])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("saezarr:")]
+    assert code == 2 and len(lines) == 1 and "a store holds one tokenization" in lines[0], lines
+    assert not (tmp_path / "mixed.zarr").exists()

@@ -138,7 +138,6 @@ def bad_saes(root: Path) -> dict[str, tuple[dict, str]]:
             {"metadata": None, "hook_point": "blocks.3.hook_resid_post", "hook_point_head_index": 0},
             "hook_head_index 0 of blocks.3.hook_resid_post",
         ),
-        ("no bos", {"prepend_bos": False}, "prepend_bos is false"),
         ("kwargs", {"model_from_pretrained_kwargs": {"fold_ln": True, "n_ctx": 64}}, "kwargs n_ctx=64"),
         ("other model", {"model_name": "gemma-2-2b"}, "trained on 'gemma-2-2b', but --model is"),
         ("context", {"context_size": 4}, "more than the 4-token context SAE context was trained on"),
@@ -181,7 +180,7 @@ def refused(tiny, tmp_path_factory):
 @pytest.mark.parametrize(
     "case",
     ["unknown layout", "abstopk", "normalised", "d_in", "d_in cfg", "width", "one name"]
-    + ["mlp_out", "resid_pre", "head", "old head", "no bos", "kwargs", "other model", "context", "no hook"]
+    + ["mlp_out", "resid_pre", "head", "old head", "kwargs", "other model", "context", "no hook"]
     + ["entry hook", "entry contradicts"],
 )
 def test_a_bad_sae_or_config_is_one_line_and_nothing_is_written(tiny, refused, case, capsys):

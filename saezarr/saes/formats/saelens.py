@@ -83,12 +83,7 @@ def site(cfg: dict, path: object, where: str) -> tuple[Site, int | None]:
 
 def training_facts(cfg: dict, where: str) -> dict:
     """What the cfg says of the model's activations in training that decides the numbers; refuse what saezarr does
-    not reproduce (no BOS, a TransformerLens processing it does not apply)."""
-    if field(cfg, "prepend_bos", default=True) is False:
-        raise SAEFormatError(
-            f"{where}: prepend_bos is false (trained without BOS); saezarr prepends BOS to every sentence and never "
-            "encodes it, so it would read other activations: not implemented"
-        )
+    not reproduce (a TransformerLens processing it does not apply)."""
     kwargs = field(cfg, "model_from_pretrained_kwargs") or {}
     if not isinstance(kwargs, dict):
         raise SAEFormatError(f"{where}: model_from_pretrained_kwargs must be an object, got {kwargs!r}")
@@ -104,6 +99,7 @@ def training_facts(cfg: dict, where: str) -> dict:
         "model_name": str(model_name) if model_name else None,
         "context_size": context if isinstance(context, int) and not isinstance(context, bool) and context > 0 else None,
         "centred": bool(kwargs.get("center_writing_weights", False)),
+        "prepend_bos": field(cfg, "prepend_bos", default=True) is not False,
     }
 
 
