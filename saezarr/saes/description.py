@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from saezarr.errors import SAEFormatError
 from saezarr.sites import Site
+
+# TransformerLens' from_pretrained kwargs that change none of the sites saezarr reads; center_writing_weights is
+# checked against the model (a no-op without LayerNorm), any other kwarg is refused
+NEUTRAL_MODEL_KWARGS = frozenset(
+    {"fold_ln", "center_unembed", "fold_value_biases", "refactor_factored_attn_matrices", "dtype", "torch_dtype"}
+    | {"device", "n_devices", "move_to_device", "default_padding_side", "first_n_layers"}
+)
+
+
+def check_model_kwargs(kwargs: Mapping[str, object], where: str) -> None:
+    """Refuse TransformerLens from_pretrained keyword arguments that process the model in a way saezarr does not
+    reproduce (all but NEUTRAL_MODEL_KWARGS and center_writing_weights)."""
+    unknown = sorted(set(kwargs) - NEUTRAL_MODEL_KWARGS - {"center_writing_weights"})
+    if unknown:
+        raise SAEFormatError(
+            f"{where}: model_from_pretrained_kwargs {unknown[0]}={kwargs[unknown[0]]!r}: the model was processed in "
+            "a way saezarr does not reproduce; not implemented"
+        )
+
 
 # fetch(filename, required) -> the file of the SAE's folder on local disk, or None if absent and not required
 Fetch = Callable[[str, bool], "Path | None"]

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from saezarr.errors import ConfigError, InputError, SAEFormatError, SaezarrError, SaezarrNote, option
 from saezarr.hub import Source, download, resolve
 from saezarr.inputs.configs import SAEConfig, refuse_repeats
 from saezarr.models.names import names_model
 from saezarr.saes.activations import ACTIVATIONS, known_activations
-from saezarr.saes.description import SAEDescription
+from saezarr.saes.description import SAEDescription, check_model_kwargs
 from saezarr.saes.formats import by_priority, claiming, formats_for
 from saezarr.saes.weights import WeightsUnreadable, read_header
 from saezarr.sites import Site, check_read, gemma_scope_1_site, resid_post, split_hook
@@ -194,10 +194,12 @@ def describe_configs(
     return tuple(described), source
 
 
-def locate_sae(source: Source, config: SAEConfig, model: ModelInfo, where: object = None) -> SAEFile:
+def locate_sae(
+    source: Source, config: SAEConfig, model: ModelInfo, where: object = None, release: Release | None = None
+) -> SAEFile:
     """Get one SAE's files, complete its config from its layout, and check its shapes and training against the
-    model's."""
-    layout = read_description(source, config)
+    model's; what the config file says of the SAEs' training (`release`) overrides what their files say."""
+    layout = with_release(read_description(source, config), release, f"{where or option(OPTION, source.name)}")
     config = complete(config, layout, where or option(OPTION, source.name))
     at = f"{layout.weights}: config {config.name}"
     _check_training(layout, model, at)
@@ -216,6 +218,27 @@ def locate_sae(source: Source, config: SAEConfig, model: ModelInfo, where: objec
         )
     config = dataclasses.replace(config, width=width)
     return SAEFile(config=config, layout=layout, d_model=d_in, width=width)
+
+
+@dataclass(frozen=True)
+class Release:
+    """What a config file says of its SAEs' training, as SAELens' registry overrides a release's cfgs with it:
+    TransformerLens' from_pretrained keyword arguments and whether BOS was prepended (None: it does not say)."""
+
+    model_from_pretrained_kwargs: Mapping[str, Any]
+    prepend_bos: bool | None = None
+
+
+def with_release(layout: SAEDescription, release: Release | None, where: str) -> SAEDescription:
+    """The layout with the release's training facts in place of its files' (`gpt2-small-res-jb`'s centring comes from
+    the registry alone); a from_pretrained keyword that changes sites saezarr does not reproduce is refused."""
+    if release is None:
+        return layout
+    kwargs = release.model_from_pretrained_kwargs
+    check_model_kwargs(kwargs, where)
+    centred = bool(kwargs.get("center_writing_weights", layout.centred))
+    prepend_bos = layout.prepend_bos if release.prepend_bos is None else release.prepend_bos
+    return dataclasses.replace(layout, centred=centred, prepend_bos=prepend_bos)
 
 
 def _centring(layout: SAEDescription, config: SAEConfig, model: ModelInfo) -> SAEDescription:

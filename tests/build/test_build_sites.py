@@ -29,11 +29,13 @@ def sites_of(model_type: str) -> list[str]:
     return sorted(hooks) + [f"blocks.{LAYERS - 1}.hook_resid_post"]
 
 
-def built(tmp_path, model, sentences: list[str], names: list[str], capsys) -> xr.Dataset:
-    """The store `build` writes of the sentences with the SAEs tmp_path/saes/NAME, each named as its folder."""
+def built(tmp_path, model, sentences: list[str], names: list[str], capsys, **release) -> xr.Dataset:
+    """The store `build` writes of the sentences with the SAEs tmp_path/saes/NAME, each named as its folder (and the
+    config file's `release` keys, e.g. model_from_pretrained_kwargs)."""
     entries = [{"path": name, "name": name} for name in names]
     config = tmp_path / "config.json"
-    config.write_text(json.dumps({"model": str(model), "sae_repo": str(tmp_path / "saes"), "configs": entries}))
+    file = {"model": str(model), "sae_repo": str(tmp_path / "saes"), "configs": entries, **release}
+    config.write_text(json.dumps(file))
     csv = tmp_path / "few.csv"
     pd.DataFrame({"sentence": sentences, "concept_strength_label": 1}).to_csv(csv, index=False)
     output = tmp_path / "store.zarr"
@@ -172,3 +174,30 @@ def test_saes_trained_without_bos_read_every_token_from_position_0(tmp_path, cap
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("saezarr:")]
     assert code == 2 and len(lines) == 1 and "a store holds one tokenization" in lines[0], lines
     assert not (tmp_path / "mixed.zarr").exists()
+
+
+def test_a_release_that_says_its_saes_were_centred_is_centred_as_saelens_overrides_the_cfg(tmp_path, capsys):
+    """gpt2-small-res-jb's centring comes from SAELens' registry (config_overrides), not its cfg.json: the config
+    file's model_from_pretrained_kwargs override the SAE's own."""
+    from sae_lens import SAE
+
+    sentences = pd.read_csv(DEMO_CSV)["sentence"].tolist()
+    model = write_architecture_model(tmp_path / "model", sentences[:50], "gpt2", num_layers=LAYERS)
+    tl = hooked_transformer(model, {"center_writing_weights": True})
+    tokens = [tl.to_tokens(s)[0] for s in sentences[:SENTENCES]]
+    hook = "blocks.1.hook_resid_pre"
+    x = torch.cat([site_value(tl, t, hook)[1:] for t in tokens]).numpy()
+    cfg = saelens_cfg(1, x.shape[1], WIDTH, "jumprelu")
+    cfg["metadata"]["hook_name"] = hook  # no model_from_pretrained_kwargs of its own
+    weights = random_sae(x, WIDTH, L0, np.random.default_rng(0))
+    weights["threshold"] *= np.float32(1.01)
+    write_saelens_sae(tmp_path / "saes" / "pre", weights, cfg)
+    centring = {"center_writing_weights": True}
+    ds = built(tmp_path, model, sentences[:SENTENCES], ["pre"], capsys, model_from_pretrained_kwargs=centring)
+    sae = SAE.load_from_disk(str(tmp_path / "saes" / "pre"), device="cpu")
+    with torch.no_grad():
+        expected = [sae.encode(site_value(tl, t, hook)).numpy() for t in tokens]
+    want = np.stack([expected[s][p] for s, p in zip(ds.sentence_index.values, ds.token_position.values)])
+    stored = ds.activations.values[0, :, :WIDTH]
+    assert (stored > 0).mean() > 0.02
+    np.testing.assert_allclose(stored, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())

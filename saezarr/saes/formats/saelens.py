@@ -14,7 +14,7 @@ from pathlib import Path
 from saezarr.errors import SAEFormatError
 from saezarr.inputs.configs import SAEConfig
 from saezarr.saes.activations import ACTIVATIONS
-from saezarr.saes.description import Fetch, SAEDescription
+from saezarr.saes.description import Fetch, SAEDescription, check_model_kwargs
 from saezarr.saes.formats import SAEFormat, read_settings, register_format
 from saezarr.saes.weights import WeightsUnreadable, read_header
 from saezarr.sites import Site
@@ -41,12 +41,6 @@ GATED_VECTORS = ("b_gate", "r_mag", "b_mag")
 HEADS_KIND = "attn.hook_z"  # the only site of which one head is read
 NO_NORMALISATION = (None, False, "none")
 RUN_TIME_NORMALISATIONS = ("layer_norm", "constant_norm_rescale")  # saezarr.saes.normalise applies them
-# TransformerLens' from_pretrained kwargs that change none of the sites saezarr reads; center_writing_weights is
-# checked against the model (a no-op without LayerNorm), any other kwarg is refused
-NEUTRAL_MODEL_KWARGS = frozenset(
-    {"fold_ln", "center_unembed", "fold_value_biases", "refactor_factored_attn_matrices", "dtype", "torch_dtype"}
-    | {"device", "n_devices", "move_to_device", "default_padding_side", "first_n_layers"}
-)
 
 
 def read_cfg(config: SAEConfig, fetch: Fetch) -> tuple[dict, Path] | None:
@@ -87,12 +81,7 @@ def training_facts(cfg: dict, where: str) -> dict:
     kwargs = field(cfg, "model_from_pretrained_kwargs") or {}
     if not isinstance(kwargs, dict):
         raise SAEFormatError(f"{where}: model_from_pretrained_kwargs must be an object, got {kwargs!r}")
-    unknown = sorted(set(kwargs) - NEUTRAL_MODEL_KWARGS - {"center_writing_weights"})
-    if unknown:
-        raise SAEFormatError(
-            f"{where}: model_from_pretrained_kwargs {unknown[0]}={kwargs[unknown[0]]!r}: the model was processed "
-            "in a way saezarr does not reproduce; not implemented"
-        )
+    check_model_kwargs(kwargs, where)
     context = field(cfg, "context_size")
     model_name = field(cfg, "model_name")
     return {
