@@ -110,7 +110,7 @@ def test_a_toy_activation_from_outside_is_applied_in_any_format(plugged):
 @pytest.mark.parametrize(
     ("folder", "message"),
     [
-        ("gelu.toy", "architecture 'gelu' is not implemented (capped_relu, gated, jumprelu, relu, topk)"),
+        ("gelu.toy", "architecture 'gelu' is not implemented (capped_relu, gated, jumprelu, log_jumprelu, relu, topk)"),
         (
             "empty",
             "(looked for cfg.json + sae.safetensors, cfg.json + sae_weights.safetensors, params.safetensors, params.npz, "
