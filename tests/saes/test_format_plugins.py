@@ -116,7 +116,8 @@ def test_a_toy_activation_from_outside_is_applied_in_any_format(plugged):
             "(looked for cfg.json + sae.safetensors, cfg.json + sae_weights.safetensors, params.safetensors, params.npz, "
             "hyperparams.json + checkpoints/final.safetensors, config.json + sae_weights.safetensors, ae.pt + "
             "config.json, layer{L}.sae.pt, layer_{L}.safetensors, {model}-SAE-l{L}.pt (encoder.*), "
-            "{model}-SAE-l{L}.pt(h) (encoder_linear.*), {name}.pt + {name}_cfg.json, toy.json + toy.npz)",
+            "{model}-SAE-l{L}.pt(h) (encoder_linear.*), {name}.pt + {name}_cfg.json, toy.json + toy.npz, "
+            "conf.yaml + latest_ckpt.safetensors, W_enc_{L}.safetensors + W_dec_{L}.safetensors)",
         ),
     ],
 )
@@ -150,6 +151,8 @@ BY_PRIORITY = [
     "deepseek_r1",
     "goodfire",
     "connor_rob_hook_z",
+    "temporal",
+    "mntss_clt_layer_transcoder",
 ]
 
 
@@ -171,6 +174,7 @@ def claimed_first(*claimed: str) -> list[str]:
         ("layer_3.safetensors", claimed_first("mwhanna_transcoder")),
         ("DeepSeek-R1-Distill-Llama-8B-SAE-l19.pt", claimed_first("deepseek_r1", "goodfire")),
         ("gpt2-small_L3_Hcat_z_lr1.20e-03_v9.pt", claimed_first("connor_rob_hook_z")),
+        ("3", claimed_first("mntss_clt_layer_transcoder")),
     ],
 )
 def test_the_built_in_formats_are_tried_by_priority_after_the_one_the_folders_name_claims(path, order):

@@ -1,6 +1,6 @@
 """Qwen Scope, Michael Hanna's Qwen 3 transcoders, Llama Scope R1 Distill, Connor and Rob's hook_z SAEs, qresearch's
 DeepSeek R1 and Goodfire's SAEs give the latents SAELens' own loaders give (reading these files instead of the hub);
-what is not implemented is refused in one line naming the file and the field."""
+temporal SAEs and cross-layer transcoders are refused in one line naming the file and the field."""
 
 from __future__ import annotations
 
@@ -252,6 +252,30 @@ def test_deepseek_r1_and_goodfire_saes_give_saelens_latents(
     assert_latents(encode(tmp_path / repo, x, path), sae.encode(x))
 
 
+# refused: temporal SAEs and cross-layer transcoders
+
+
+def test_a_temporal_sae_is_refused(tmp_path):
+    folder = tmp_path / "canrager/temporalSAEs/gemma-2-2B/layer_12/temporal"
+    folder.mkdir(parents=True)
+    conf = {"llm": {"dimin": D_IN}, "sae": {"exp_factor": 4, "n_heads": 2, "n_attn_layers": 1, "scaling_factor": 1.0}}
+    (folder / "conf.yaml").write_text(yaml.safe_dump(conf))
+    save_file({"D": random(D_SAE, D_IN, seed=0), "b": random(D_IN, seed=1)}, folder / "latest_ckpt.safetensors")
+    refused(
+        tmp_path / "canrager/temporalSAEs",
+        "gemma-2-2B/layer_12/temporal",
+        r"temporal/conf.yaml: config temporal: sae.n_attn_layers 1: a temporal SAE's latents depend on the earlier",
+    )
+
+
+def test_a_cross_layer_transcoders_layer_is_refused(tmp_path):
+    repo = tmp_path / "mntss/clt-gemma-2-2b-2.5M"
+    repo.mkdir(parents=True)
+    (repo / "config.yaml").write_text(yaml.safe_dump({"model_kind": "cross_layer_transcoder"}))
+    save_file({"W_enc_3": random(D_SAE, D_IN, seed=0), "b_enc_3": random(D_SAE, seed=1)}, repo / "W_enc_3.safetensors")
+    refused(repo, "3", r"W_enc_3.safetensors: config 3: W_dec_3 decodes layer 3's features into every later layer")
+
+
 # SAEs that are one file: their files are fetched beside them, and the hub is probed for the file itself
 
 
@@ -281,4 +305,4 @@ def test_a_hub_file_sae_downloads_its_file_and_the_files_beside_it(tmp_path, mon
 
 def test_every_new_format_is_registered():
     new = {"qwen_scope", "mwhanna_transcoder", "llama_scope_r1_distill", "connor_rob_hook_z", "deepseek_r1"}
-    assert new | {"goodfire"} <= set(SAE_FORMATS)
+    assert new | {"goodfire", "temporal", "mntss_clt_layer_transcoder"} <= set(SAE_FORMATS)
