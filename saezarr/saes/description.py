@@ -9,6 +9,7 @@ from pathlib import Path
 from saezarr.sites import Site
 
 # fetch(filename, required) -> the file of the SAE's folder on local disk, or None if absent and not required
+# ("." is the SAE's path itself where the SAE is one file, "../name" a file beside it)
 Fetch = Callable[[str, bool], "Path | None"]
 
 
