@@ -8,6 +8,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -21,6 +22,7 @@ from saezarr.saes.formats import SAE_FORMATS
 pytest.importorskip("sae_lens")
 
 D_IN, D_SAE, N = 16, 80, 40
+LAYER, D_MODEL = 12, 32  # the tiny model's layer and hidden size
 
 
 def inputs(seed: int = 1) -> torch.Tensor:
@@ -306,3 +308,58 @@ def test_a_hub_file_sae_downloads_its_file_and_the_files_beside_it(tmp_path, mon
 def test_every_new_format_is_registered():
     new = {"qwen_scope", "mwhanna_transcoder", "llama_scope_r1_distill", "connor_rob_hook_z", "deepseek_r1"}
     assert new | {"goodfire", "temporal", "mntss_clt_layer_transcoder"} <= set(SAE_FORMATS)
+
+
+# through the real build: one-file SAEs give the latents of the same weights in SAELens' format
+
+
+def one_file_saes(folder: Path, weights: dict[str, np.ndarray], model: str) -> dict[str, str]:
+    """The same weights as SAELens folders and as the one-file formats: {config name: path}."""
+    from saezarr.testing.synthetic import saelens_cfg, write_saelens_sae
+
+    tensors = {key: torch.from_numpy(value) for key, value in weights.items() if key != "threshold"}
+    linear = {"weight": tensors["W_enc"].T.contiguous(), "bias": tensors["b_enc"]}
+    width = tensors["W_enc"].shape[1]
+    mlp_in = {"sae_lens_version": "6.12.1", "hook_name": f"blocks.{LAYER}.mlp.hook_in"}
+    relu = {key: value for key, value in weights.items() if key != "threshold"}
+    write_saelens_sae(folder / "relu", relu, saelens_cfg(LAYER, D_MODEL, width, "standard"))
+    write_saelens_sae(folder / "topk", relu, saelens_cfg(LAYER, D_MODEL, width, "topk", k=5))
+    write_saelens_sae(folder / "transcoder", relu, saelens_cfg(LAYER, D_MODEL, width, "transcoder", metadata=mlp_in))
+    torch.save({f"encoder.{key}": value for key, value in linear.items()}, folder / f"{model}-SAE-l{LAYER}.pt")
+    (folder / "goodfire").mkdir()
+    torch.save({f"encoder_linear.{k}": v for k, v in linear.items()}, folder / f"goodfire/{model}-SAE-l{LAYER}.pth")
+    torch.save({"W_enc": linear["weight"], "b_enc": linear["bias"]}, folder / f"layer{LAYER}.sae.pt")
+    save_file({"W_enc": linear["weight"], "b_enc": linear["bias"]}, folder / f"layer_{LAYER}.safetensors")
+    return {
+        "relu": "relu",
+        "topk": "topk",
+        "transcoder": "transcoder",
+        "deepseek": f"{model}-SAE-l{LAYER}.pt",
+        "goodfire": f"goodfire/{model}-SAE-l{LAYER}.pth",
+        "qwen": f"layer{LAYER}.sae.pt",
+        "mwhanna": f"layer_{LAYER}.safetensors",
+    }
+
+
+def test_one_file_saes_build_the_latents_of_the_same_weights_in_saelens_format(tiny, tmp_path):
+    import zarr
+    from clitools import run_cli
+
+    from saezarr.testing.synthetic import calibration_residuals, random_sae
+
+    x = calibration_residuals(tiny.model, [LAYER], tiny.sentences)[LAYER]
+    weights = random_sae(x, 1024, 30, np.random.default_rng(7))
+    saes = tmp_path / "SAE-Res-model-W1K-L0_5"  # Qwen Scope's k: the repository's name
+    paths = one_file_saes(saes, weights, tiny.model.name)
+    entries = [{"path": path, "name": name} for name, path in paths.items()]
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"model": str(tiny.model), "sae_repo": str(saes), "configs": entries}))
+    store = tmp_path / "store.zarr"
+    built = run_cli("build", "--input", tiny.csv, "--output", store, "--config", config, "--quiet")
+    assert built.returncode == 0, built.stderr
+    group = zarr.open_group(store, mode="r")
+    latents = {str(name): group["activations"][i] for i, name in enumerate(group["config"][:])}
+    for name in ("relu", "topk", "transcoder"):
+        assert (latents[name] > 0).any() and (latents[name] == 0).any()
+    for name, same in (("deepseek", "relu"), ("goodfire", "relu"), ("qwen", "topk"), ("mwhanna", "transcoder")):
+        np.testing.assert_array_equal(latents[name], latents[same])
