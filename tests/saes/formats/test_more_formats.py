@@ -291,8 +291,15 @@ def test_a_file_sae_fetches_its_files_from_the_folder_that_holds_it():
     assert "." not in locate._markers(".") and "cfg.json" in locate._markers(".")
 
 
-def test_a_hub_file_sae_downloads_its_file_and_the_files_beside_it(tmp_path, monkeypatch):
-    qwen_scope_folder(tmp_path)
+@pytest.mark.parametrize(
+    "repo, path, fetched",
+    [
+        (QWEN, "layer3.sae.pt", [(None, "layer3.sae.pt")]),
+        (MWHANNA, "layer_3.safetensors", [(None, "layer_3.safetensors"), (None, "config.yaml")]),
+    ],
+)
+def test_a_hub_file_sae_downloads_its_file_and_the_files_beside_it(tmp_path, monkeypatch, repo, path, fetched):
+    (qwen_scope_folder if repo == QWEN else mwhanna_folder)(tmp_path)
     got = []
 
     def download(repo, filename, option_name, revision=None, subfolder=None):
@@ -300,9 +307,8 @@ def test_a_hub_file_sae_downloads_its_file_and_the_files_beside_it(tmp_path, mon
         return tmp_path / repo / (subfolder or "") / filename
 
     monkeypatch.setattr(locate, "download", download)
-    source = locate.Source(QWEN, "main", None)
-    layout = locate.read_description(source, locate.SAEConfig(3, None, "layer3.sae.pt"))
-    assert layout.layout == "qwen_scope" and got == [(None, "layer3.sae.pt")]
+    layout = locate.read_description(locate.Source(repo, "main", None), locate.SAEConfig(3, None, path))
+    assert layout.site is not None and layout.site.layer == 3 and got == fetched
 
 
 def test_every_new_format_is_registered():
