@@ -33,7 +33,20 @@ LAYOUTS = {
     "llama_scope": "llama_scope",
     "dictionary_learning_1": "dictionary_learning",
     "sparsify": "sparsify",
+    "qwen_scope": "qwen_scope",
+    "mwhanna_transcoder": "mwhanna_transcoder",
+    "llama_scope_r1_distill": "llama_scope_r1_distill",
+    "connor_rob_hook_z": "connor_rob_hook_z",
+    "deepseek_r1": "deepseek_r1",
+    "goodfire": "goodfire",
 }
+# conversion functions whose files a format of saezarr's recognises and refuses, and why
+REFUSED = {
+    "temporal": "a temporal SAE's latents depend on earlier tokens",
+    "mntss_clt_layer_transcoder": "a cross-layer transcoder's layer",
+}
+# conversion functions whose input SAELens' registry scales by its norm_scaling_factor (expected_average_only_in)
+SCALED = ("llama_scope_r1_distill",)
 HOOK = re.compile(r"(blocks\.\d+\.(?:[a-z0-9]+\.)?hook_[a-z]+(?:_[a-z]+)*|hook_embed)")
 
 
@@ -52,6 +65,10 @@ def registry(source: str | None) -> dict:
 def classify(release: dict, sae: dict) -> str:
     """`read` or `refused: why` (or `cfg.json decides: ...` where only the SAE's hub cfg says its site)."""
     conversion = sae.get("conversion_func", release.get("conversion_func"))
+    if conversion in REFUSED:
+        return f"refused: format ({conversion}: {REFUSED[conversion]})"
+    if conversion in SCALED and sae.get("norm_scaling_factor") is None:
+        return f"refused: {conversion} without a norm_scaling_factor"
     if conversion not in LAYOUTS:
         return f"refused: format ({conversion}) is none of saezarr's layouts"
     path = str(sae["path"])

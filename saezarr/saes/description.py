@@ -29,6 +29,7 @@ def check_model_kwargs(kwargs: Mapping[str, object], where: str) -> None:
 
 
 # fetch(filename, required) -> the file of the SAE's folder on local disk, or None if absent and not required
+# ("." is the SAE's path itself where the SAE is one file, "../name" a file beside it)
 Fetch = Callable[[str, bool], "Path | None"]
 
 

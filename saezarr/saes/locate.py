@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import posixpath
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -63,9 +64,20 @@ class SAEFile:
         return 4 * (self.d_model * self.width + vectors * max(self.width, self.d_model))
 
 
+def in_repo(path: str, filename: str) -> str:
+    """A file of the SAE's folder `path` as a path in its repository: `filename` may be `.` (the SAE is the file
+    `path`) or `../name` (a file beside it); refused if it leaves the repository."""
+    joined = posixpath.normpath(posixpath.join(path, filename))
+    if joined == ".." or joined.startswith("../") or posixpath.isabs(joined):
+        raise SAEFormatError(f"{filename} of the SAE at {path}: outside its repository")
+    return joined
+
+
 def _markers(path: str) -> list[str]:
-    """The files that would say each format of the folder, in the order they are tried."""
-    return [found.marker if path == "." else f"{path}/{found.marker}" for found in formats_for(path)]
+    """The files that would say each format of the folder, in the order they are tried (a marker that names no file
+    of the repository for this path, e.g. the SAE's own file where the path is ".", is left out)."""
+    joined = (posixpath.normpath(posixpath.join(path, found.marker)) for found in formats_for(path))
+    return [marker for marker in joined if marker != "." and not marker.startswith(("../", "/")) and marker != ".."]
 
 
 def resolve_sae_repo(name: str, first: SAEConfig, revision: str | None = None) -> Source:
@@ -88,18 +100,19 @@ def _fetcher(source: Source, config: SAEConfig, misses: list[SaezarrError]):
     (a hub file that could not be had is added to `misses`)."""
 
     def fetch(filename: str, required: bool) -> Path | None:
+        relative = in_repo(config.path, filename)
         if source.local_dir is not None:
-            path = source.local_dir / config.path / filename
+            path = source.local_dir / relative
             if path.is_file():
                 return path
             if required:
                 raise SAEFormatError(
-                    f"{option(OPTION, source.name)}: config {config.name}: no {filename} in {path.parent}"
+                    f"{option(OPTION, source.name)}: config {config.name}: no {path.name} in {path.parent}"
                 )
             return None
-        subfolder = None if config.path == "." else config.path
+        subfolder, name = posixpath.split(relative)
         try:
-            return download(source.name, filename, OPTION, source.revision, subfolder=subfolder)
+            return download(source.name, name, OPTION, source.revision, subfolder=subfolder or None)
         except SaezarrError as error:
             if required:
                 raise

@@ -15,6 +15,7 @@ import numpy as np
 
 from saezarr.durable.npyzip import load_member, read_members
 
+PT_SUFFIXES = (".pt", ".pth")  # PyTorch state dicts, read with torch.load(weights_only=True)
 # safetensors dtypes numpy reads as they are; BF16 is read as uint16 and widened
 _SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16}
 
@@ -38,7 +39,7 @@ def read_header(path: Path) -> dict[str, Tensor]:
     try:
         if path.suffix == ".npz":
             return _npz_header(path)
-        if path.suffix == ".pt":
+        if path.suffix in PT_SUFFIXES:
             return _pt_header(path)
         return _safetensors_header(path)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError, TypeError, struct.error, RuntimeError) as exc:
@@ -113,7 +114,7 @@ def _safetensors_header(path: Path) -> dict[str, Tensor]:
 
 def mapped(path: Path, tensor: Tensor) -> np.ndarray:
     """A tensor's data memory-mapped copy-on-write (read whole for a compressed `.npz` member), as stored."""
-    if path.suffix == ".pt":
+    if path.suffix in PT_SUFFIXES:
         return _pt_array(path, tensor.key)
     if tensor.offset is None:  # a compressed `.npz` member (a safetensors array always has an offset)
         return load_member(path, next(m for k, m in read_members(path).items() if k == tensor.key))

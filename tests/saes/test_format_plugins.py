@@ -110,11 +110,14 @@ def test_a_toy_activation_from_outside_is_applied_in_any_format(plugged):
 @pytest.mark.parametrize(
     ("folder", "message"),
     [
-        ("gelu.toy", "architecture 'gelu' is not implemented (capped_relu, gated, jumprelu, relu, topk)"),
+        ("gelu.toy", "architecture 'gelu' is not implemented (capped_relu, gated, jumprelu, log_jumprelu, relu, topk)"),
         (
             "empty",
             "(looked for cfg.json + sae.safetensors, cfg.json + sae_weights.safetensors, params.safetensors, params.npz, "
-            "hyperparams.json + checkpoints/final.safetensors, ae.pt + config.json, toy.json + toy.npz)",
+            "hyperparams.json + checkpoints/final.safetensors, config.json + sae_weights.safetensors, ae.pt + "
+            "config.json, layer{L}.sae.pt, layer_{L}.safetensors, {model}-SAE-l{L}.pt (encoder.*), "
+            "{model}-SAE-l{L}.pt(h) (encoder_linear.*), {name}.pt + {name}_cfg.json, toy.json + toy.npz, "
+            "conf.yaml + latest_ckpt.safetensors, W_enc_{L}.safetensors + W_dec_{L}.safetensors)",
         ),
     ],
 )
@@ -135,17 +138,43 @@ def test_refusals_list_the_registered_formats_and_activations(plugged, folder, m
     assert not store.exists()
 
 
-BY_PRIORITY = ["sparsify", "saelens", "gemma_scope_2", "gemma_scope", "llama_scope", "dictionary_learning"]
+BY_PRIORITY = [
+    "sparsify",
+    "saelens",
+    "gemma_scope_2",
+    "gemma_scope",
+    "llama_scope",
+    "llama_scope_r1_distill",
+    "dictionary_learning",
+    "qwen_scope",
+    "mwhanna_transcoder",
+    "deepseek_r1",
+    "goodfire",
+    "connor_rob_hook_z",
+    "temporal",
+    "mntss_clt_layer_transcoder",
+]
+
+
+def claimed_first(*claimed: str) -> list[str]:
+    """The formats in the order they are tried where the folder's name claims `claimed`."""
+    return [*claimed, *(f for f in BY_PRIORITY if f not in claimed)]
 
 
 @pytest.mark.parametrize(
     ("path", "order"),
     [
         ("anything", [*BY_PRIORITY]),
-        ("resid_post/layer_3_width_16k_l0_small", ["gemma_scope_2", *(f for f in BY_PRIORITY if f != "gemma_scope_2")]),
-        ("layer_3/width_16k/average_l0_59", ["gemma_scope", *(f for f in BY_PRIORITY if f != "gemma_scope")]),
+        ("resid_post/layer_3_width_16k_l0_small", claimed_first("gemma_scope_2")),
+        ("layer_3/width_16k/average_l0_59", claimed_first("gemma_scope")),
         ("EleutherAI/sae-pythia-70m/layers.3", [*BY_PRIORITY]),  # sparsify: already first
-        ("Llama3_1-8B-Base-L3R-8x", ["llama_scope", *(f for f in BY_PRIORITY if f != "llama_scope")]),
+        ("Llama3_1-8B-Base-L3R-8x", claimed_first("llama_scope")),
+        ("800M-Slimpajama-0-OpenR1-Math-220k/L3R", claimed_first("llama_scope_r1_distill")),
+        ("layer3.sae.pt", claimed_first("qwen_scope")),
+        ("layer_3.safetensors", claimed_first("mwhanna_transcoder")),
+        ("DeepSeek-R1-Distill-Llama-8B-SAE-l19.pt", claimed_first("deepseek_r1", "goodfire")),
+        ("gpt2-small_L3_Hcat_z_lr1.20e-03_v9.pt", claimed_first("connor_rob_hook_z")),
+        ("3", claimed_first("mntss_clt_layer_transcoder")),
     ],
 )
 def test_the_built_in_formats_are_tried_by_priority_after_the_one_the_folders_name_claims(path, order):

@@ -9,6 +9,7 @@ through the `saezarr.sae_formats` entry-point group, naming an `SAEFormat` (or a
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,10 @@ from saezarr.errors import SAEFormatError
 from saezarr.inputs.configs import SAEConfig
 from saezarr.registry import Registry
 from saezarr.saes.description import Fetch, SAEDescription
+from saezarr.saes.weights import Tensor, WeightsUnreadable, read_header
 from saezarr.sites import Site
+
+ITSELF = "."  # what a format fetches where the SAE is one file (its config's path), not a folder
 
 
 def _claims_no_folder(path: str) -> bool:
@@ -62,6 +66,27 @@ def read_settings(config: SAEConfig, fetch: Fetch, filename: str) -> tuple[dict,
     """The SAE folder's settings file as a dict (None if the folder has none), and the file's path."""
     path = fetch(filename, False)
     return None if path is None else (json_object(path, config), path)
+
+
+def beside(filename: str) -> str:
+    """What a format fetches for a file beside an SAE that is one file (in the folder holding it)."""
+    return f"../{filename}"
+
+
+def sae_file(config: SAEConfig, fetch: Fetch, name: re.Pattern) -> tuple[Path, re.Match] | None:
+    """An SAE that is one file: the file, and the match of its name; None if the config's path is not so named or
+    the file is not there."""
+    found = name.search(config.path)
+    path = fetch(ITSELF, False) if found is not None else None
+    return None if path is None or found is None else (path, found)
+
+
+def arrays_of(weights: Path, config: SAEConfig) -> dict[str, Tensor]:
+    """The arrays a weights file holds by name, from its header; refused in one line unless it is readable."""
+    try:
+        return read_header(weights)
+    except WeightsUnreadable as exc:
+        raise SAEFormatError(f"{weights}: config {config.name}: not a readable {weights.name} ({exc})") from None
 
 
 SAE_FORMATS: Registry[SAEFormat] = Registry("sae_formats", "SAE format", __name__)
