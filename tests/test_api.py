@@ -99,10 +99,14 @@ def _activations(store) -> np.ndarray:
 def test_a_quiet_build_shows_no_bar_of_transformers(demo, demo_config, tmp_path, capfd):
     from transformers.utils import logging as hf_logging
 
-    assert hf_logging.is_progress_bar_enabled()
-    saezarr.build(DEMO_CSV, tmp_path / "quiet.zarr", config_file=demo_config, quiet=True, max_chunks=1)
-    assert "Loading weights" not in capfd.readouterr().err
-    assert hf_logging.is_progress_bar_enabled()  # as it was
+    was = hf_logging.is_progress_bar_enabled()  # the command line, run in this process before, turns it off
+    hf_logging.enable_progress_bar()  # as a fresh notebook has it
+    try:
+        saezarr.build(DEMO_CSV, tmp_path / "quiet.zarr", config_file=demo_config, quiet=True, max_chunks=1)
+        assert "Loading weights" not in capfd.readouterr().err
+        assert hf_logging.is_progress_bar_enabled()  # as it was
+    finally:
+        (hf_logging.enable_progress_bar if was else hf_logging.disable_progress_bar)()
 
 
 def test_a_dataframe_builds_the_store_its_csv_builds_and_the_command_line_resumes_it(demo, demo_config, tmp_path):
