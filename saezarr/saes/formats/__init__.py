@@ -89,6 +89,31 @@ def arrays_of(weights: Path, config: SAEConfig) -> dict[str, Tensor]:
         raise SAEFormatError(f"{weights}: config {config.name}: not a readable {weights.name} ({exc})") from None
 
 
+@dataclass(frozen=True)
+class LayerFiles:
+    """SAEs that are single files named for the layer they read (`layer_12.safetensors`): what the name says. The
+    pattern's group `layer` is the layer; `kind` the site there (`hook_resid_post`, `mlp.hook_in`)."""
+
+    pattern: re.Pattern
+    kind: str
+
+    def matches(self, path: str) -> bool:
+        """True if the SAE's path is named so."""
+        return self.pattern.search(path) is not None
+
+    def from_path(self, path: str) -> dict:
+        """The layer the file's name gives."""
+        found = self.pattern.search(path)
+        return {"layer": int(found.group("layer"))} if found else {}
+
+    def site(self, path: str, layer: int | None = None) -> Site | None:
+        """The site at the layer the file's name gives (None: not so named)."""
+        found = self.pattern.search(path)
+        if found is None:
+            return None
+        return Site(f"blocks.{found.group('layer')}.{self.kind}", f"the file's name {found.group(0).lstrip('/')}")
+
+
 SAE_FORMATS: Registry[SAEFormat] = Registry("sae_formats", "SAE format", __name__)
 
 

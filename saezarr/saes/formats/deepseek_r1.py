@@ -14,29 +14,13 @@ import re
 
 from saezarr.inputs.configs import SAEConfig
 from saezarr.saes.description import Fetch, SAEDescription
-from saezarr.saes.formats import ITSELF, SAEFormat, arrays_of, register_format, sae_file
-from saezarr.sites import Site, resid_post
+from saezarr.saes.formats import ITSELF, LayerFiles, SAEFormat, arrays_of, register_format, sae_file
+from saezarr.sites import RESID_POST
 
-FILE = re.compile(r"(?:^|/)([^/]+)-SAE-l(\d+)\.pth?$")  # {model}-SAE-l{layer}.pt (Goodfire's also .pth)
+FILE = re.compile(r"(?:^|/)([^/]+)-SAE-l(?P<layer>\d+)\.pth?$")  # {model}-SAE-l{layer}.pt (Goodfire's also .pth)
 ENCODER = "encoder"  # the nn.Linear whose weight and bias are W_enc and b_enc
 CONTEXT_SIZE = 1024  # what SAELens' deepseek_r1 config says
-
-
-def matches(path: str) -> bool:
-    """True if the SAE's path is named `{model}-SAE-l{L}.pt`."""
-    return FILE.search(path) is not None
-
-
-def from_path(path: str) -> dict:
-    """The layer the file's name gives."""
-    found = FILE.search(path)
-    return {"layer": int(found.group(2))} if found else {}
-
-
-def file_site(path: str, layer: int | None) -> Site | None:
-    """The residual stream after the layer the file's name gives."""
-    found = FILE.search(path)
-    return Site(resid_post(int(found.group(2))), f"the file's name {found.group(0).lstrip('/')}") if found else None
+NAMES = LayerFiles(FILE, RESID_POST)
 
 
 def describe_linear(
@@ -48,7 +32,7 @@ def describe_linear(
     if found is None or f"{encoder}.weight" not in arrays_of(found[0], config):
         return None
     weights, name = found
-    site = file_site(config.path, None)
+    site = NAMES.site(config.path)
     assert site is not None  # sae_file matched FILE
     return SAEDescription(
         layout,
@@ -76,8 +60,8 @@ FORMAT = register_format(
         ITSELF,
         "{model}-SAE-l{L}.pt (encoder.*)",
         priority=62,
-        can_open=matches,
-        from_path=from_path,
-        site_from_path=file_site,
+        can_open=NAMES.matches,
+        from_path=NAMES.from_path,
+        site_from_path=NAMES.site,
     )
 )

@@ -12,7 +12,7 @@ from __future__ import annotations
 from saezarr.inputs.configs import SAEConfig
 from saezarr.saes.description import Fetch, SAEDescription
 from saezarr.saes.formats import ITSELF, SAEFormat, register_format
-from saezarr.saes.formats.deepseek_r1 import describe_linear, file_site, from_path, matches
+from saezarr.saes.formats.deepseek_r1 import NAMES, describe_linear
 
 ENCODER = "encoder_linear"  # the nn.Linear whose weight and bias are W_enc and b_enc
 
@@ -29,8 +29,8 @@ FORMAT = register_format(
         ITSELF,
         "{model}-SAE-l{L}.pt(h) (encoder_linear.*)",
         priority=63,
-        can_open=matches,
-        from_path=from_path,
-        site_from_path=file_site,
+        can_open=NAMES.matches,
+        from_path=NAMES.from_path,
+        site_from_path=NAMES.site,
     )
 )

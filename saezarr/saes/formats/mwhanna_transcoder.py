@@ -16,32 +16,13 @@ from pathlib import Path
 from saezarr.errors import SAEFormatError
 from saezarr.inputs.configs import SAEConfig
 from saezarr.saes.description import Fetch, SAEDescription
-from saezarr.saes.formats import ITSELF, SAEFormat, beside, register_format, sae_file
-from saezarr.sites import Site
+from saezarr.saes.formats import ITSELF, LayerFiles, SAEFormat, beside, register_format, sae_file
 
-FILE = re.compile(r"(?:^|/)layer_(\d+)\.safetensors$")
+FILE = re.compile(r"(?:^|/)layer_(?P<layer>\d+)\.safetensors$")
 SETTINGS = "config.yaml"  # circuit-tracer's transcoder-set config, at the repository's root
 INPUT_HOOK = "mlp.hook_in"  # what SAELens says the features read, and circuit-tracer's feature_input_hook
 QWEN_3 = re.compile(r"qwen3-(\d+(?:\.\d+)?)b", re.IGNORECASE)
-
-
-def matches(path: str) -> bool:
-    """True if the SAE's path is named as these transcoders' files are."""
-    return FILE.search(path) is not None
-
-
-def from_path(path: str) -> dict:
-    """The layer the file's name gives."""
-    found = FILE.search(path)
-    return {"layer": int(found.group(1))} if found else {}
-
-
-def file_site(path: str, layer: int | None) -> Site | None:
-    """The MLP's input at the layer the file's name gives."""
-    found = FILE.search(path)
-    if found is None:
-        return None
-    return Site(f"blocks.{found.group(1)}.{INPUT_HOOK}", f"the file's name {found.group(0).lstrip('/')}")
+NAMES = LayerFiles(FILE, INPUT_HOOK)
 
 
 def read_yaml(path: Path, config: SAEConfig) -> dict:
@@ -80,7 +61,7 @@ def describe(config: SAEConfig, fetch: Fetch, repo: str) -> SAEDescription | Non
             f"{settings_path}: config {config.name}: feature_input_hook {hook!r}: SAELens reads these transcoders at "
             f"{INPUT_HOOK}; not implemented"
         )
-    site = file_site(config.path, None)
+    site = NAMES.site(config.path)
     assert site is not None  # sae_file matched FILE
     return SAEDescription(
         "mwhanna_transcoder",
@@ -102,8 +83,8 @@ FORMAT = register_format(
         ITSELF,
         "layer_{L}.safetensors",
         priority=61,
-        can_open=matches,
-        from_path=from_path,
-        site_from_path=file_site,
+        can_open=NAMES.matches,
+        from_path=NAMES.from_path,
+        site_from_path=NAMES.site,
     )
 )

@@ -13,29 +13,13 @@ import re
 from saezarr.errors import SAEFormatError
 from saezarr.inputs.configs import SAEConfig
 from saezarr.saes.description import Fetch, SAEDescription
-from saezarr.saes.formats import ITSELF, SAEFormat, register_format, sae_file
-from saezarr.sites import Site, resid_post
+from saezarr.saes.formats import ITSELF, LayerFiles, SAEFormat, register_format, sae_file
+from saezarr.sites import RESID_POST
 
-FILE = re.compile(r"(?:^|/)layer(\d+)\.sae\.pt$")
+FILE = re.compile(r"(?:^|/)layer(?P<layer>\d+)\.sae\.pt$")
 REPO = re.compile(r"SAE-Res-(.+?)-W(\d+)K-L0_(\d+)")  # the repository's name: its model, width in 1024s and k
 CONTEXT_SIZE = 1024  # what SAELens' qwen_scope config says
-
-
-def matches(path: str) -> bool:
-    """True if the SAE's path is named as Qwen Scope names its files."""
-    return FILE.search(path) is not None
-
-
-def from_path(path: str) -> dict:
-    """The layer the file's name gives."""
-    found = FILE.search(path)
-    return {"layer": int(found.group(1))} if found else {}
-
-
-def file_site(path: str, layer: int | None) -> Site | None:
-    """The residual stream after the layer the file's name gives."""
-    found = FILE.search(path)
-    return Site(resid_post(int(found.group(1))), f"the file's name {found.group(0).lstrip('/')}") if found else None
+NAMES = LayerFiles(FILE, RESID_POST)
 
 
 def describe(config: SAEConfig, fetch: Fetch, repo: str) -> SAEDescription | None:
@@ -50,7 +34,7 @@ def describe(config: SAEConfig, fetch: Fetch, repo: str) -> SAEDescription | Non
             f"{weights}: config {config.name}: the repository's name {repo!r} does not say k "
             "(SAE-Res-{model}-W{N}K-L0_{k}, as Qwen Scope names its repositories)"
         )
-    site = file_site(config.path, None)
+    site = NAMES.site(config.path)
     assert site is not None  # sae_file matched FILE
     return SAEDescription(
         "qwen_scope",
@@ -75,8 +59,8 @@ FORMAT = register_format(
         ITSELF,
         "layer{L}.sae.pt",
         priority=60,
-        can_open=matches,
-        from_path=from_path,
-        site_from_path=file_site,
+        can_open=NAMES.matches,
+        from_path=NAMES.from_path,
+        site_from_path=NAMES.site,
     )
 )
