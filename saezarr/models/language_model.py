@@ -98,6 +98,9 @@ def _check_sites(config, name: str) -> None:
         raise InputError(
             f"{option('model', name)}: {exc}: saezarr does not know where its sites are; {PLUGIN_HINT}"
         ) from None
+    misfit = table.misfit(getattr(config, "text_config", config))
+    if misfit is not None:
+        raise InputError(f"{option('model', name)}: {misfit}: not implemented, refused rather than read wrong sites")
     skeleton = _skeleton(config, name)
     last = int(getattr(config, "text_config", config).num_hidden_layers) - 1
     for kind, place in table.sites.items():

@@ -5,6 +5,7 @@ TransformerLens takes hook_resid_post."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -173,3 +174,15 @@ def test_a_site_the_table_does_not_place_is_refused_by_the_reader(tiny):
         with SiteReader(model, ["blocks.0.mlp.hook_post"]):
             pass
     assert not model._forward_hooks and not any(m._forward_hooks for m in model.modules())
+
+
+def test_a_gpt_neox_without_parallel_blocks_is_refused_from_its_config(tmp_path):
+    from saezarr.errors import InputError
+
+    folder = _config_folder(tmp_path, "gpt_neox")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "use_parallel_residual": False}))
+    with pytest.raises(InputError, match="use_parallel_residual is false .attention, then the MLP.*refused"):
+        resolve_model(str(folder))
+    (folder / "config.json").write_text(json.dumps({**config, "use_parallel_residual": True}))
+    assert resolve_model(str(folder)).model_type == "gpt_neox"

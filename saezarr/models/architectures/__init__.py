@@ -11,9 +11,9 @@ entry-point group `saezarr.architectures`, the entry point named for the model t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from saezarr.registry import Registry, UnknownEntry
 from saezarr.sites import split_hook
@@ -40,11 +40,17 @@ class ModuleSite:
         return ModuleSite(self.path.format(layer=layer), self.value, self.norm)
 
 
+def _fits_every_config(config: Any) -> str | None:
+    return None
+
+
 @dataclass(frozen=True)
 class SiteTable:
-    """Where each site kind (`hook_resid_post`, ...) of one architecture lives in its base model."""
+    """Where each site kind (`hook_resid_post`, ...) of one architecture lives in its base model; `misfit` says why
+    a config of the model type is laid out otherwise than the table places its sites (None: it is not)."""
 
     sites: Mapping[str, ModuleSite]
+    misfit: Callable[[Any], str | None] = _fits_every_config
 
     def where(self, hook: str) -> ModuleSite:
         """The module and value a hook reads, for `model.get_submodule`."""
@@ -81,7 +87,9 @@ class Block:
     parallel: bool = False  # attention and MLP both read the layer's input (GPT-J, GPT-NeoX): no hook_resid_mid
 
 
-def block_sites(layers: str, embed: ModuleSite, block: Block) -> SiteTable:
+def block_sites(
+    layers: str, embed: ModuleSite, block: Block, misfit: Callable[[Any], str | None] = _fits_every_config
+) -> SiteTable:
     """The table of a decoder whose layers are the module list at `layers`, its embedding read at `embed`."""
     at = f"{layers}.{{layer}}"
     mlp_input = ModuleSite(at, "input") if block.parallel else ModuleSite(f"{at}.{block.mlp_norm}", "input")
@@ -97,7 +105,7 @@ def block_sites(layers: str, embed: ModuleSite, block: Block) -> SiteTable:
     }
     if not block.parallel:
         sites["hook_resid_mid"] = mlp_input
-    return SiteTable(sites)
+    return SiteTable(sites, misfit)
 
 
 ARCHITECTURES: Registry[SiteTable] = Registry("architectures", "model type", "saezarr.models.architectures")
