@@ -25,7 +25,6 @@ MARKER = WEIGHTS  # the file whose presence says the layout
 FOLDER = re.compile(r"(?:^|/)(layer_(\d+)_width_\w+_l0_\w+)$")
 JUMPRELU_NAMES = ("jumprelu", "jump_relu")
 MLP_INPUT = "mlp.hook_in"  # what a transcoder reads: pre_feedforward_layernorm's output
-TRANSCODER_PREFIXES = ("transcoder", "clt")
 
 
 def matches(path: str) -> bool:
@@ -52,28 +51,17 @@ def describe(config: SAEConfig, fetch: Fetch, repo: str) -> SAEDescription | Non
     known = from_path(config.path)
     settings = fetch(CONFIG, False)
     site = _settings_site(settings, config) if settings is not None else None
-    site = _mlp_input(site) if site is not None else folder_site(config.path, known.get("layer", config.layer))
+    site = _mlp_input(site) if site is not None else gemma_scope_2_site(config.path, known.get("layer", config.layer))
     return SAEDescription("gemma_scope_2", weights, "jumprelu", "w_enc", "b_enc", "threshold", site=site, **known)
 
 
-def _prefix(path: str) -> str | None:
-    """The folder's Gemma Scope 2 prefix (`resid_post`, `transcoder`, ...; `_all` dropped), if it has one."""
-    parts = path.strip("/").split("/")
-    return parts[-2].removesuffix("_all") if len(parts) > 1 else None
-
-
 def _mlp_input(site: Site) -> Site:
-    """The site, with the MLP's input read where pre_feedforward_layernorm's output is meant (TransformerLens'
-    hook_mlp_in, SAELens' name for it, is the residual stream before that norm)."""
+    """The site a config.json names, with the MLP's input read where a TransformerLens `hook_mlp_in` names
+    pre_feedforward_layernorm's output (hook_mlp_in, SAELens' name for it, is the residual stream before that norm;
+    the folder prefixes and hf hooks already say mlp.hook_in: saezarr.sites)."""
     if site.kind != "hook_mlp_in" or site.layer is None:
         return site
     return Site(f"blocks.{site.layer}.{MLP_INPUT}", site.said_by)
-
-
-def folder_site(path: str, layer: int | None) -> Site | None:
-    """The site the folder's prefix says (a transcoder's: the MLP's input)."""
-    site = gemma_scope_2_site(path, layer)
-    return _mlp_input(site) if site is not None and _prefix(path) in TRANSCODER_PREFIXES else site
 
 
 def _settings_site(path, config: SAEConfig) -> Site | None:
@@ -100,6 +88,6 @@ FORMAT = register_format(
         priority=20,
         can_open=matches,
         from_path=from_path,
-        site_from_path=folder_site,
+        site_from_path=gemma_scope_2_site,
     )
 )

@@ -10,6 +10,7 @@ factor into W_enc; the config entry's `norm_scaling_factor` gives it here, else 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from saezarr.errors import SAEFormatError
 from saezarr.inputs.configs import SAEConfig
@@ -28,12 +29,6 @@ def matches(path: str) -> bool:
     return FOLDER.search(path) is not None
 
 
-def read_hyperparams(config: SAEConfig, fetch: Fetch) -> tuple[dict, str] | None:
-    """hyperparams.json as a dict (None if the folder has none), and where it is, as refusals name it."""
-    found = read_settings(config, fetch, CONFIG)
-    return None if found is None else (found[0], f"{found[1]}: config {config.name}")
-
-
 def number(settings: dict, name: str, where: str) -> float:
     """A positive number the hyperparams must give (`dataset_average_activation_norm.in` by its dotted name)."""
     value: object = settings
@@ -44,23 +39,29 @@ def number(settings: dict, name: str, where: str) -> float:
     return float(value)
 
 
-def describe(config: SAEConfig, fetch: Fetch, repo: str) -> SAEDescription | None:
-    """The SAE's layout if its folder holds a hyperparams.json; refuse what SAELens' reading does not cover."""
-    found = read_hyperparams(config, fetch)
-    if found is None:
-        return None
-    settings, where = found
+def jumprelu_site(settings: dict, path: Path, where: str) -> Site:
+    """The site a Llama Scope settings file's `hook_point_in` names; refuse an act_fn other than JumpReLU."""
     if str(settings.get("act_fn", "jumprelu")).lower() != "jumprelu":
         raise SAEFormatError(f"{where}: act_fn {settings.get('act_fn')!r} is not implemented (jumprelu)")
     hook = settings.get("hook_point_in")
     if not isinstance(hook, str) or not hook:
         raise SAEFormatError(f"{where}: hook_point_in must name the site the SAE reads, got {hook!r}")
+    return Site(hook, f"hook_point_in in {path}")
+
+
+def describe(config: SAEConfig, fetch: Fetch, repo: str) -> SAEDescription | None:
+    """The SAE's layout if its folder holds a hyperparams.json; refuse what SAELens' reading does not cover."""
+    found = read_settings(config, fetch, CONFIG)
+    if found is None:
+        return None
+    settings, path = found
+    where = f"{path}: config {config.name}"
+    site = jumprelu_site(settings, path, where)
     d_in = int(number(settings, "d_model", where))
     factor = d_in**0.5 / number(settings, "dataset_average_activation_norm.in", where)
     threshold = number(settings, "jump_relu_threshold", where) * factor
     weights = fetch(WEIGHTS, True)
     assert weights is not None  # required: fetch raises rather than return None
-    site = Site(hook, f"hook_point_in in {where.split(': ')[0]}")
     return SAEDescription(
         "llama_scope",
         weights,

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import re
 
-from saezarr.errors import SAEFormatError
 from saezarr.inputs.configs import SAEConfig
 from saezarr.saes.description import Fetch, SAEDescription
 from saezarr.saes.formats import SAEFormat, read_settings, register_format
-from saezarr.saes.formats.llama_scope import number
+from saezarr.saes.formats.llama_scope import jumprelu_site, number
 from saezarr.saes.formats.saelens import normalisation
-from saezarr.sites import Site
 
 CONFIG = "config.json"
 WEIGHTS = "sae_weights.safetensors"
@@ -40,17 +38,12 @@ def describe(config: SAEConfig, fetch: Fetch, repo: str) -> SAEDescription | Non
         return None
     settings, path = found
     where = f"{path}: config {config.name}"
-    if str(settings.get("act_fn", "jumprelu")).lower() != "jumprelu":
-        raise SAEFormatError(f"{where}: act_fn {settings.get('act_fn')!r} is not implemented (jumprelu)")
-    hook = settings["hook_point_in"]
-    if not isinstance(hook, str) or not hook:
-        raise SAEFormatError(f"{where}: hook_point_in must name the site the SAE reads, got {hook!r}")
+    site = jumprelu_site(settings, path, where)
     d_in = int(number(settings, "d_model", where))
     d_sae = d_in * int(number(settings, "expansion_factor", where))
     scaling = normalisation(NORMALISATION, config, where)
     weights = fetch(WEIGHTS, True)
     assert weights is not None  # required: fetch raises rather than return None
-    site = Site(hook, f"hook_point_in in {path}")
     return SAEDescription(
         "llama_scope_r1_distill",
         weights,
