@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from saezarr.errors import SaezarrError
 
+HEADS_KIND = "attn.hook_z"  # every head's d_head columns: its width is heads × head_dim, not the hidden size
 RESID_POST = "hook_resid_post"  # the residual stream after a layer: the site of every store before sites were recorded
 # the site kinds saezarr reads, where a model's site table places them (saezarr.models.architectures); all but
 # hook_embed belong to a decoder layer. `mlp.hook_in` is the MLP's own input, its norm's output with the gain (what

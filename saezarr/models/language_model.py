@@ -21,7 +21,7 @@ from saezarr.hub import Source, resolve
 from saezarr.inputs.fragments import start_token_id
 from saezarr.models.architectures import ARCHITECTURES, PLUGIN_HINT, ModuleSite, Norm
 from saezarr.registry import UnknownEntry
-from saezarr.sites import split_hook
+from saezarr.sites import HEADS_KIND, split_hook
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 WEIGHT_FILES = ["*.safetensors", "*.safetensors.index.json", "*.json"]
@@ -42,7 +42,7 @@ class ModelInfo:
 
     def width_of(self, hook: str) -> int:
         """The width of a site's activations: the hidden size, or heads × head_dim for attn.hook_z."""
-        if split_hook(hook)[1] == "attn.hook_z" and self.attention_width is not None:
+        if split_hook(hook)[1] == HEADS_KIND and self.attention_width is not None:
             return self.attention_width
         return self.hidden_size
 
@@ -98,11 +98,12 @@ def _check_sites(config, name: str) -> None:
         raise InputError(
             f"{option('model', name)}: {exc}: saezarr does not know where its sites are; {PLUGIN_HINT}"
         ) from None
-    misfit = table.misfit(getattr(config, "text_config", config))
+    text = getattr(config, "text_config", config)  # a multimodal model's decoder
+    misfit = table.misfit(text)
     if misfit is not None:
         raise InputError(f"{option('model', name)}: {misfit}: not implemented, refused rather than read wrong sites")
     skeleton = _skeleton(config, name)
-    last = int(getattr(config, "text_config", config).num_hidden_layers) - 1
+    last = int(text.num_hidden_layers) - 1
     for kind, place in table.sites.items():
         for layer in sorted({0, last}):
             path = place.at(layer).path

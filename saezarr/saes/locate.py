@@ -19,7 +19,7 @@ from saezarr.saes.activations import ACTIVATIONS, known_activations
 from saezarr.saes.description import SAEDescription, check_model_kwargs
 from saezarr.saes.formats import by_priority, claiming, formats_for
 from saezarr.saes.weights import WeightsUnreadable, read_header
-from saezarr.sites import Site, check_read, gemma_scope_1_site, resid_post, split_hook
+from saezarr.sites import HEADS_KIND, Site, check_read, gemma_scope_1_site, resid_post, split_hook
 
 if TYPE_CHECKING:
     from saezarr.models.language_model import ModelInfo
@@ -30,7 +30,6 @@ OPTION = "sae_repo"  # the option that names the SAE repository
 CENTRED_KINDS = frozenset(
     {"hook_embed", "hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out"}
 )
-HEADS_KIND = "attn.hook_z"  # every head's d_head columns: its width is not the model's hidden size
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,10 @@ from saezarr.errors import SAEFormatError
 from saezarr.inputs.configs import SAEConfig
 from saezarr.saes.description import Fetch, SAEDescription
 from saezarr.saes.formats import ITSELF, SAEFormat, beside, read_settings, register_format, sae_file
-from saezarr.sites import Site
+from saezarr.sites import HEADS_KIND, Site
 
 FILE = re.compile(r"(?:^|/)([^/]+)\.pt$")
 NAMED = re.compile(r"(?:^|/)[^/]*_L(\d+)_Hcat_z_[^/]*\.pt$")  # how the repository names its files
-HEADS_KIND = "attn.hook_z"
 MODEL_NAME, CONTEXT_SIZE = "gpt2-small", 128  # what SAELens' config says
 
 

@@ -17,7 +17,7 @@ from saezarr.saes.activations import ACTIVATIONS
 from saezarr.saes.description import Fetch, SAEDescription, check_model_kwargs
 from saezarr.saes.formats import SAEFormat, read_settings, register_format
 from saezarr.saes.weights import WeightsUnreadable, read_header
-from saezarr.sites import Site
+from saezarr.sites import HEADS_KIND, Site
 
 CONFIG = "cfg.json"
 WEIGHTS = "sae_weights.safetensors"
@@ -38,7 +38,6 @@ ARCHITECTURES = {
 }
 TOPK_TRAINING = ("batchtopk", "matryoshka_batchtopk")  # saved for inference as JumpReLU SAEs
 GATED_VECTORS = ("b_gate", "r_mag", "b_mag")
-HEADS_KIND = "attn.hook_z"  # the only site of which one head is read
 NO_NORMALISATION = (None, False, "none")
 RUN_TIME_NORMALISATIONS = ("layer_norm", "constant_norm_rescale")  # saezarr.saes.normalise applies them
 
