@@ -161,6 +161,21 @@ def sentence_residuals(values: np.ndarray, layout: SentenceLayout, pool: str) ->
     return pool_sentences(read, [(0, len(values))], layout, pool, values.shape[1], values.dtype).astype(np.float64)
 
 
+def emergence_groups(
+    config_layers: Sequence[int], sites: Sequence[str], residual_layers: Sequence[int], wanted: Sequence[int]
+) -> list[tuple[int, str]]:
+    """The (layer, site kind) groups of the wanted layers: each config's, each kept residual layer's (resid_post), and
+    a wanted layer that has neither under the store's one site kind (resid_post where it has several), as a row of
+    nothing."""
+    found = {*zip(config_layers, sites), *((layer, RESID_POST) for layer in residual_layers)}
+    kinds = {site for _, site in found}
+    empty = kinds.pop() if len(kinds) == 1 else RESID_POST
+    covered = {layer for layer, _ in found}
+    return sorted(
+        {group for group in found if group[0] in wanted} | {(layer, empty) for layer in wanted if layer not in covered}
+    )
+
+
 def emergence(
     ds: xr.Dataset,
     pool: str = "final",
@@ -184,8 +199,7 @@ def emergence(
     sites = site_kinds(ds.hook.values if "hook" in ds.coords else None, len(config_layers))
     residual_layers = ds.residual_layer.values.astype(np.int64).tolist() if "residuals" in ds else []
     wanted = sorted({*config_layers.tolist(), *residual_layers}) if layers is None else sorted(layers)
-    groups = sorted({(layer, site) for layer, site in zip(config_layers.tolist(), sites) if layer in wanted})
-    groups = sorted({*groups, *((layer, RESID_POST) for layer in residual_layers if layer in wanted)})
+    groups = emergence_groups(config_layers.tolist(), sites.tolist(), residual_layers, wanted)
     features_of, residuals_of = {}, {}
     for layer, site in groups:
         chosen = np.flatnonzero((config_layers == layer) & (sites == site))

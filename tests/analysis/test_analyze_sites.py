@@ -54,6 +54,9 @@ def test_emergence_has_a_row_per_layer_and_site(two_sites):
     stored = table.set_index(["site", "layer"])["best_feature_heldout_spearman"]
     for (site, layer), value in stored.items():
         np.testing.assert_allclose(lazy.best_feature_heldout_spearman.sel(site=site, layer=layer), value, rtol=1e-9)
+    asked = saezarr.emergence(saezarr.open_store(store), folds=3, permutations=20, layers=[0, 5])
+    assert asked.layer.values.tolist() == [0, 5]  # a layer with neither SAEs nor residuals: a row of nothing
+    assert np.isnan(asked.best_feature_heldout_spearman.sel(layer=5).values).all()
     analysis = saezarr.Analysis(output)
     assert set(analysis.emergence.sizes) == {"site", "layer"}
     analysis.plot_emergence()  # resid_post's curves, mlp_out's best feature dashed

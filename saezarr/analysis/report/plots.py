@@ -186,8 +186,8 @@ def draw_emergence(ax, emergence: pd.DataFrame) -> None:
     """Draw on ax, per layer, the held-out Spearman ρ of the best feature and the probes, with the chance band
     (emergence: emergence.csv's table); where its rows are of several sites, those of resid_post (else of the first
     site) as one set of curves, and each other site's best feature dashed."""
-    sites = list(dict.fromkeys(emergence["site"])) if "site" in emergence else []
     table, main = main_site(emergence)
+    others = [] if main is None else [site for site in dict.fromkeys(emergence["site"]) if site != main]
     layers = table["layer"].to_numpy()
     chance = table["chance_spearman"].to_numpy(dtype=float)
     known = np.isfinite(chance)
@@ -198,14 +198,14 @@ def draw_emergence(ax, emergence: pd.DataFrame) -> None:
     for curve, (label, color) in EMERGENCE_CURVES.items():
         values = table[f"{curve}_heldout_spearman"].to_numpy(dtype=float)
         shown += _curve(ax, layers, values, label, color)
-    for other, dash in zip([site for site in sites if site != main], SITE_DASHES):
+    for other, dash in zip(others, SITE_DASHES):
         rows = emergence[emergence["site"] == other]
         values = rows["best_feature_heldout_spearman"].to_numpy(dtype=float)
         label = f"best feature, {other}"
         shown += _curve(ax, rows["layer"].to_numpy(), values, label, "#64748b", linestyle=dash)
     ax.set_xticks(sorted(set(emergence["layer"].tolist())))
     ax.set_ylim(*_spearman_limits(np.concatenate(shown)))
-    ax.set_xlabel("layer" if len(sites) < 2 else f"layer (solid: SAEs of {main}; dashed: of other sites)")
+    ax.set_xlabel(f"layer (solid: SAEs of {main}; dashed: of other sites)" if others else "layer")
     ax.set_ylabel("held-out Spearman ρ")
     ax.set_title("Where the concept becomes linearly readable", fontsize=11, loc="left")
     ax.axhline(0, color="#94a3b8", linewidth=0.6)
