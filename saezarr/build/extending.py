@@ -17,6 +17,7 @@ from saezarr.errors import ConfigError, ResumeMismatch, StoreUnfinished, option
 from saezarr.hub import Source
 from saezarr.inputs.configs import (
     MISSING_L0,
+    ConfigFile,
     SAEConfig,
     check_depth,
     load_config_file,
@@ -26,7 +27,7 @@ from saezarr.inputs.configs import (
 from saezarr.inputs.fragments import FRAGMENT_FIELDS, PREPEND_BOS, Fragments, make_fragments
 from saezarr.inputs.sentences import LabeledSentences, data_row, read_sentences
 from saezarr.models.language_model import ModelInfo, check_weights, load_tokenizer, resolve_model
-from saezarr.saes.locate import Release, SAEFile, check_context, describe_configs, locate_sae, resolve_sae_repo
+from saezarr.saes.locate import SAEFile, check_context, describe_configs, locate_sae, resolve_sae_repo
 from saezarr.sites import resid_post
 from saezarr.store.format import WIDTHS, Store
 from saezarr.store.growing import Growth, read_record
@@ -89,18 +90,15 @@ def plan_extension(options: BuildOptions, store: Store) -> Extension:
     growing_sentences = new_sentences or (record is not None and record["kept_fragments"] < store.n_fragments)
     unfinished = {stored[i].name for i in range(min(len(stored), done.shape[0])) if not done[i].all()}
     needed = configs if growing_sentences else tuple(c for c in configs if c in new_configs or c.name in unfinished)
-    release = Release(config_file.model_from_pretrained_kwargs, config_file.prepend_bos)
     stored_sites = {resid_post(layer) for layer in (store.residuals.layers if store.residuals is not None else ())}
     info = fragments = None
-    saes = []
-    if not growing_sentences and all(c.site_hook in stored_sites for c in needed):
-        saes = _locate(
-            sae_repo, attrs, needed, _stored_model(attrs, store), where, release
-        )  # their files say their sites
-    if growing_sentences or any(sae.config.site_hook not in stored_sites for sae in saes) or len(saes) < len(needed):
+    # from the stored residual stream where every SAE to compute reads a stored site, as its entry, else its files, say
+    from_store = not growing_sentences and all(c.site_hook in stored_sites for c in needed)
+    saes = _locate(sae_repo, attrs, needed, _stored_model(attrs, store), where, config_file) if from_store else []
+    if not from_store or any(sae.config.site_hook not in stored_sites for sae in saes):
         info, fragments = _model_and_fragments(options, config_file.model, attrs, data, old_table, n_old, where)
         check_depth(configs, info.num_layers, options.config_file)
-        saes = _locate(sae_repo, attrs, needed, info, where, release)
+        saes = _locate(sae_repo, attrs, needed, info, where, config_file)
     sentence_start(saes, where, attrs.get(PREPEND_BOS, True))
     check_context(
         saes, _token_counts(fragments, old_table), data.row if data is not None else partial(data_row, store.path)
@@ -287,7 +285,7 @@ def _token_counts(fragments: Fragments | None, old_table: pd.DataFrame) -> list[
     return [int(position) + 1 for position in last]
 
 
-def _locate(repo: str, attrs: dict, configs, model: ModelInfo, where: str, release: Release) -> list[SAEFile]:
+def _locate(repo: str, attrs: dict, configs, model: ModelInfo, where: str, release: ConfigFile) -> list[SAEFile]:
     """The SAE files of the configs whose units are still to compute, from the store's SAE repository (checked)."""
     if not configs:
         return []

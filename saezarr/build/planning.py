@@ -20,7 +20,6 @@ from saezarr.inputs.fragments import PREPEND_BOS, Fragments, make_fragments
 from saezarr.inputs.sentences import read_sentences
 from saezarr.models.language_model import ModelInfo, check_weights, load_tokenizer, resolve_model
 from saezarr.saes.locate import (
-    Release,
     SAEFile,
     check_context,
     describe_configs,
@@ -123,8 +122,7 @@ def _new_store_plan(options: BuildOptions, device: str) -> BuildPlan:
     tokenizer = load_tokenizer(info)
     granularity = options.fragments or DEFAULT_FRAGMENTS
     sae_source = sae_source or resolve_sae_repo(sae_repo, configs[0])
-    release = Release(config_file.model_from_pretrained_kwargs, config_file.prepend_bos)
-    saes = [locate_sae(sae_source, c, info, options.config_file, release) for c in configs]
+    saes = [locate_sae(sae_source, c, info, options.config_file, config_file) for c in configs]
     prepend_bos = sentence_start(saes, options.config_file)
     fragments = make_fragments(data, tokenizer, granularity, info.max_tokens, prepend_bos)
     check_context(saes, [len(ids) for ids in fragments.token_ids], data.row)

@@ -5,15 +5,15 @@ from __future__ import annotations
 import dataclasses
 import posixpath
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from saezarr.errors import ConfigError, InputError, SAEFormatError, SaezarrError, SaezarrNote, option
 from saezarr.hub import Source, download, resolve
-from saezarr.inputs.configs import SAEConfig, refuse_repeats
+from saezarr.inputs.configs import ConfigFile, SAEConfig, refuse_repeats
 from saezarr.models.names import names_model
 from saezarr.saes.activations import ACTIVATIONS, known_activations
 from saezarr.saes.description import SAEDescription, check_model_kwargs
@@ -207,7 +207,7 @@ def describe_configs(
 
 
 def locate_sae(
-    source: Source, config: SAEConfig, model: ModelInfo, where: object = None, release: Release | None = None
+    source: Source, config: SAEConfig, model: ModelInfo, where: object = None, release: ConfigFile | None = None
 ) -> SAEFile:
     """Get one SAE's files, complete its config from its layout, and check its shapes and training against the
     model's; what the config file says of the SAEs' training (`release`) overrides what their files say."""
@@ -232,18 +232,10 @@ def locate_sae(
     return SAEFile(config=config, layout=layout, d_model=d_in, width=width)
 
 
-@dataclass(frozen=True)
-class Release:
-    """What a config file says of its SAEs' training, as SAELens' registry overrides a release's cfgs with it:
-    TransformerLens' from_pretrained keyword arguments and whether BOS was prepended (None: it does not say)."""
-
-    model_from_pretrained_kwargs: Mapping[str, Any]
-    prepend_bos: bool | None = None
-
-
-def with_release(layout: SAEDescription, release: Release | None, where: str) -> SAEDescription:
-    """The layout with the release's training facts in place of its files' (`gpt2-small-res-jb`'s centring comes from
-    the registry alone); a from_pretrained keyword that changes sites saezarr does not reproduce is refused."""
+def with_release(layout: SAEDescription, release: ConfigFile | None, where: str) -> SAEDescription:
+    """The layout with what the config file says of its SAEs' training (TransformerLens' from_pretrained keywords,
+    prepend_bos) in place of what their files say, as SAELens' registry overrides a release's cfgs
+    (`gpt2-small-res-jb`'s centring comes from the registry alone); a keyword saezarr does not reproduce is refused."""
     if release is None:
         return layout
     kwargs = release.model_from_pretrained_kwargs
