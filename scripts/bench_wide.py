@@ -49,19 +49,21 @@ def sample():  # anonymous memory, sampled: mapped weights are page cache, count
         time.sleep(0.01)
 threading.Thread(target=sample, daemon=True).start()
 if spec["kind"] == "build":
-    import saezarr.build.pipeline as B
+    import saezarr.build.runner as R
     from saezarr.build.pipeline import BuildOptions, build
     from saezarr.store.format import Store
     passes = []
-    run_pass = B._PassRunner._run_pass
     cpu = []
-    def timed_pass(*args, **kwargs):  # one model pass: the encoder's load, each chunk's forward, encode and write
-        t, c = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
-        run_pass(*args, **kwargs)
-        passes.append(time.perf_counter() - t)
-        d = resource.getrusage(resource.RUSAGE_SELF)
-        cpu.append(d.ru_utime - c.ru_utime + d.ru_stime - c.ru_stime)
-    B._PassRunner._run_pass = timed_pass
+    def timed(function):  # a pass's encoder loads and each chunk's forward, encode and write
+        def run(*args, **kwargs):
+            t, c = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+            result = function(*args, **kwargs)
+            passes.append(time.perf_counter() - t)
+            d = resource.getrusage(resource.RUSAGE_SELF)
+            cpu.append(d.ru_utime - c.ru_utime + d.ru_stime - c.ru_stime)
+            return result
+        return run
+    R.run_task, R.pass_encoders = timed(R.run_task), timed(R.pass_encoders)
     started = time.perf_counter()
     summary = build(BuildOptions(input=Path(spec["csv"]), output=Path(spec["output"]), config_file=Path(spec["config"]),
                                  device="cpu", sae_memory=spec["sae_memory"], quiet=True, overwrite=True))

@@ -1,11 +1,11 @@
-"""A build's tasks on dask.distributed workers: what a worker needs for them, and marking what comes back.
+"""A build's tasks on dask.distributed workers: what a worker needs for them, and the executor that runs them there.
 
 Connecting, checking every worker's code and shared folders, and running tasks is `saezarr.execution`'s job; this
-module adds what only a build needs (the model, SAEs, device, GPU memory) and what the client checks before it marks.
+module adds what only a build needs (the model, SAEs, device, GPU memory).
 
-The build process stays the client and the only writer of marks: workers compute tasks (`work.run_task`) and write
-their shards straight into the store on the shared filesystem; the client marks a unit once its task reports the
-shard durable, for this very store (its identity) and this chunk's fragments, and the client itself sees the file.
+The build process stays the client and the only writer of marks (`runner.Runner`): workers compute tasks
+(`work.run_task`) and write their shards straight into the store on the shared filesystem or bucket; the client
+marks a unit once its task reports the shard durable, for this very store and chunk, and the client itself sees it.
 A worker that dies mid-task has its task rerun elsewhere by the scheduler (up to
 `distributed.scheduler.allowed-failures` times); a task is idempotent, so a rerun rewrites the same bytes.
 """
@@ -16,8 +16,7 @@ import contextlib
 import dataclasses
 import os
 import uuid
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from saezarr.build.memory import default_sae_memory
+from saezarr.build.runner import Work
 from saezarr.build.work import (
     ComputeSpec,
     FragmentIndex,
@@ -33,7 +33,6 @@ from saezarr.build.work import (
     TaskResult,
     device_budget,
     run_task,
-    write_error,
 )
 from saezarr.errors import ClusterError, SaezarrError, one_line, option
 from saezarr.execution.checks import probe_marker, probe_workers
@@ -41,13 +40,10 @@ from saezarr.execution.connect import ClusterOptions
 from saezarr.execution.running import completed, submit_checked
 from saezarr.machine import usable_cores
 from saezarr.models.language_model import ModelInfo, check_weights
-from saezarr.store.format import Store
 from saezarr.store.storage import Location, unreachable
 
 if TYPE_CHECKING:
     from distributed import Client
-
-MARK_THREADS = 16
 
 
 def local_spec(spec: ComputeSpec, n_workers: int) -> ComputeSpec:
@@ -128,98 +124,67 @@ def _budget_on_worker(spec: ComputeSpec, pin: bool) -> int:
     return device_budget(_on_this_worker(spec, pin))
 
 
-def run_tasks(
-    client: Client,
-    options: ClusterOptions,
-    spec: ComputeSpec,
-    fragments: FragmentIndex,
-    work: list[tuple[PassSpec, list[Task]]],
-    store: Store,
-    quiet: bool,
-) -> list[TaskResult]:
-    """Run every task on the cluster, marking each unit once its task reports it durable; return the results."""
-    scattered = client.scatter(fragments, broadcast=True, hash=False)  # token ids reach each worker once
-    build_id = uuid.uuid4().hex[:8]
-    pin = _pins(options, spec)
-    futures = {
-        submit_checked(
-            client,
-            _task_on_worker,
-            spec,
-            scattered,
-            pass_,
-            task,
-            pin,
-            priority=-task.pass_index,
-            key=f"saezarr-{build_id}-pass{task.pass_index}-chunk{task.chunk}",
-        ): task
-        for pass_, tasks in work
-        for task in tasks
-    }
-    results = []
-    total = sum(store.chunk_size(task.chunk) for task in futures.values())
-    # marks are file creates: on a network filesystem each is a round trip, so a task's are made at once
-    marker = ThreadPoolExecutor(max_workers=MARK_THREADS, thread_name_prefix="saezarr-mark")
-    with (
-        contextlib.closing(completed(client, futures)) as finished,  # closed: the tasks left are cancelled
-        marker,
-        tqdm(
-            total=total,
-            unit="frag",
-            disable=quiet,
-            dynamic_ncols=True,
-            desc=f"saezarr build on {len(client.scheduler_info()['workers'])} workers",
-        ) as bar,
-    ):
-        for task, future in finished:
-            result = _result(future, options, store)
-            _check_result(store, options, task, result)
-            list(marker.map(lambda unit, result=result: _mark(store, options, result, unit), result.units))
-            results.append(result)
-            bar.update(store.chunk_size(task.chunk))
-    return results
+class DaskExecutor:
+    """Runs the tasks on a dask cluster's checked workers, each pass's before the next's where it can."""
+
+    remote = True
+
+    def __init__(self, client: Client, options: ClusterOptions):
+        self.client, self.options = client, options
+        self.label = options.option
+
+    def prepared(self, spec: ComputeSpec) -> ComputeSpec:
+        """A local cluster's spec shares this node's cores among its workers."""
+        if self.options.local_workers is None:
+            return spec
+        return local_spec(spec, self.options.local_workers)
+
+    def sae_memory(self, spec: ComputeSpec) -> int:
+        """The least any worker's device leaves free with the model loaded."""
+        return cluster_sae_memory(self.client, self.options, spec)
+
+    def description(self) -> str:
+        """The bar's name, with the workers counted."""
+        return f"saezarr build on {len(self.client.scheduler_info()['workers'])} workers"
+
+    def results(
+        self, spec: ComputeSpec, fragments: FragmentIndex, work: Work, bar: tqdm
+    ) -> Generator[tuple[Task, TaskResult], None, None]:
+        """Submit every task, then yield each with its result as it finishes; the tasks left are cancelled on close."""
+        client = self.client
+        scattered = client.scatter(fragments, broadcast=True, hash=False)  # token ids reach each worker once
+        build_id = uuid.uuid4().hex[:8]
+        pin = _pins(self.options, spec)
+        futures = {
+            submit_checked(
+                client,
+                _task_on_worker,
+                spec,
+                scattered,
+                pass_,
+                task,
+                pin,
+                priority=-task.pass_index,
+                key=f"saezarr-{build_id}-pass{task.pass_index}-chunk{task.chunk}",
+            ): task
+            for pass_, tasks in work
+            for task in tasks
+        }
+        with contextlib.closing(completed(client, futures)) as finished:  # closed: the tasks left are cancelled
+            for task, future in finished:
+                yield task, _result(future, self.label)
 
 
-def _check_result(store: Store, options: ClusterOptions, task: Task, result: TaskResult) -> None:
-    """Refuse a task's report unless it wrote this store (its identity), the chunk's fragments, and the task's units."""
-    wrong = None
-    if result.store_id != store.identity:
-        wrong = f"into store_id {result.store_id}, but the store at {store.path} is {store.identity}"
-    elif tuple(result.bounds) != store.chunk_bounds(task.chunk):
-        wrong = f"fragments {tuple(result.bounds)} for chunk {task.chunk}, which holds {store.chunk_bounds(task.chunk)}"
-    elif sorted(result.units) != sorted(task.units):
-        wrong = f"units {result.units} for task units {task.units}"
-    if wrong:
-        raise ClusterError(
-            f"{options.option}: worker {result.worker} wrote {wrong}; nothing of it was marked: rerun the same "
-            f"command with {option('resume', True)}",
-            exit_code=1,
-        )
-
-
-def _mark(store: Store, options: ClusterOptions, result: TaskResult, unit: tuple[int, int]) -> None:
-    """Mark a unit a worker wrote, once this client sees its shard (a worker on another filesystem would not)."""
-    if not store.shard_written(*unit):
-        raise ClusterError(
-            f"{options.option}: worker {result.worker} wrote unit {unit} but this client cannot see its shard in "
-            f"{store.path}; the store must be on a filesystem shared by every worker",
-            exit_code=1,
-        )
-    store.mark_done(*unit)
-
-
-def _result(future, options: ClusterOptions, store: Store) -> TaskResult:
+def _result(future, label: str) -> TaskResult:
     from distributed.scheduler import KilledWorker
 
     try:
         return future.result()
-    except torch.cuda.OutOfMemoryError:
-        raise  # the build says which options lower the need
-    except OSError as exc:
-        raise write_error(exc, store.path) from None
+    except (torch.cuda.OutOfMemoryError, OSError):
+        raise  # the build says which options lower the need, or how to go on after a failed write
     except KilledWorker as exc:
         raise ClusterError(
-            f"{options.option}: task {future.key} was lost with every worker that ran it ({one_line(exc)}); "
+            f"{label}: task {future.key} was lost with every worker that ran it ({one_line(exc)}); "
             f"the units done are kept: rerun the same command with {option('resume', True)}",
             exit_code=1,
         ) from None
@@ -227,7 +192,7 @@ def _result(future, options: ClusterOptions, store: Store) -> TaskResult:
         if isinstance(exc, SaezarrError):
             raise
         raise ClusterError(
-            f"{options.option}: task {future.key} failed ({type(exc).__name__}: {one_line(exc)}); the units done "
+            f"{label}: task {future.key} failed ({type(exc).__name__}: {one_line(exc)}); the units done "
             f"are kept: rerun the same command with {option('resume', True)}",
             exit_code=1,
         ) from None

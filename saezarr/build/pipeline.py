@@ -8,25 +8,15 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from saezarr.build.build_options import BuildOptions, with_defaults
-from saezarr.build.cluster import check_workers, cluster_sae_memory, local_spec, run_tasks
-from saezarr.build.memory import default_sae_memory
+from saezarr.build.cluster import DaskExecutor, check_workers
 from saezarr.build.planning import BuildPlan, check_kept_options, plan_build
+from saezarr.build.runner import InProcess, Runner
 from saezarr.build.work import (
     ChunkWriter,
-    ComputeSpec,
-    FragmentIndex,
-    PassSpec,
-    Task,
-    compute_chunk,
-    needs_model,
-    pending_work,
 )
 from saezarr.errors import (
     InputError,
@@ -34,15 +24,12 @@ from saezarr.errors import (
     OutOfMemory,
     OutputExists,
     ResumeMismatch,
-    SaezarrError,
     StoreNotFound,
     option,
 )
 from saezarr.execution.connect import cluster_client
 from saezarr.machine import human_bytes
-from saezarr.models.language_model import SiteReader, load_model
 from saezarr.progress import say
-from saezarr.saes.encoder import load_encoder
 from saezarr.store.format import (
     Store,
     check_conditional_writes,
@@ -53,11 +40,8 @@ from saezarr.store.format import (
     store_lock,
 )
 from saezarr.store.growing import Growth, finish_growth, grow_store, restore_interrupted_growth
-from saezarr.store.storage import Location, absolute_location, is_url
+from saezarr.store.storage import Location, is_url
 from saezarr.store.storage.base import WriterLock
-
-if TYPE_CHECKING:
-    from transformers import PreTrainedModel
 
 __all__ = ["BuildOptions", "BuildSummary", "ChunkWriter", "build", "run"]
 
@@ -130,7 +114,8 @@ def _build(options: BuildOptions) -> BuildSummary:
 def run(plan: BuildPlan, store: Store, summary: BuildSummary, client=None, how: str = "rerun the same command") -> None:
     """Run the plan's pending tasks into the store (on the dask `client`'s workers, or in this process), counting
     into `summary`; an out-of-memory or an interruption is one line saying what is kept and `how` to go on."""
-    runner = _PassRunner(plan, store, summary) if client is None else _ClusterRunner(client, plan, store, summary)
+    executor = InProcess(plan.quiet) if client is None else DaskExecutor(client, plan.cluster)
+    runner = Runner(plan, store, summary, executor)
     try:
         runner.run()
     except torch.cuda.OutOfMemoryError:
@@ -229,7 +214,7 @@ def _cluster(plan: BuildPlan):
         yield client
 
 
-def _out_of_memory(plan: BuildPlan, store: Store, runner: _PassRunner | _ClusterRunner) -> OutOfMemory:
+def _out_of_memory(plan: BuildPlan, store: Store, runner: Runner) -> OutOfMemory:
     """The one line for a device out of memory: what is kept, and which options lower the need."""
     done = store.done_matrix()
     budget = human_bytes(runner.sae_memory) if runner.sae_memory else "not reached"
@@ -356,116 +341,3 @@ def _create(plan: BuildPlan, replace: bool) -> Store:
         residual_layers=plan.residual_layers,
         hidden_size=plan.model_info.hidden_size,
     )
-
-
-def _count_pending(store: Store, summary: BuildSummary) -> bool:
-    """Count the store's done and total units (residual units included) into the summary; return whether any unit is
-    left."""
-    done = store.done_matrix()
-    residuals = store.residuals.done() if store.residuals is not None else np.zeros(0, dtype=bool)
-    summary.units_total = done.size + residuals.size
-    summary.units_skipped = int(done.sum()) + int(residuals.sum())
-    return not (done.all() and residuals.all())
-
-
-def _fragment_index(plan: BuildPlan) -> FragmentIndex:
-    """What the tasks read of the fragments: none if no task runs the model (an extension from stored residuals)."""
-    return FragmentIndex.of(plan.fragments) if plan.fragments is not None else FragmentIndex.none()
-
-
-class _PassRunner:
-    """Runs the pending tasks of each SAE pass in this process, writing (and marking) through a ChunkWriter."""
-
-    def __init__(self, plan: BuildPlan, store: Store, summary: BuildSummary):
-        self.plan, self.store, self.summary = plan, store, summary
-        self.sae_memory: int | None = None
-
-    def run(self) -> None:
-        """Run every pass that has pending chunks; the model is loaded only if something is left."""
-        if not _count_pending(self.store, self.summary):
-            return
-        model = None
-        if self._model_needed():
-            if self.plan.model_info is None:  # the extension's plan said no unit needs it
-                raise SaezarrError(f"{self.store.path}: a unit to compute needs the model, which was not resolved")
-            dtype = self.store.attrs["model_dtype"]
-            say(self.plan.quiet, f"loading model {self.plan.model_info.source.name} ({dtype}) on {self.plan.device}")
-            model = load_model(self.plan.model_info, self.plan.device, dtype)
-        # on CUDA the default budget is what the loaded model leaves free
-        self.sae_memory = self.plan.sae_memory or default_sae_memory(self.plan.device)
-        work = pending_work(self.store, self.plan.saes, self.sae_memory, self.plan.max_chunks)
-        fragments = _fragment_index(self.plan)
-        total = sum(self.store.chunk_size(task.chunk) for _, tasks in work for task in tasks)
-        with tqdm(total=total, unit="frag", disable=self.plan.quiet, desc="saezarr build", dynamic_ncols=True) as bar:
-            for number, (pass_, tasks) in enumerate(work, 1):
-                self._run_pass(model, fragments, pass_, tasks, bar, f"pass {number}/{len(work)}")
-
-    def _model_needed(self) -> bool:
-        """Whether any pending task runs the model (none does if the store holds every residual they read)."""
-        work = pending_work(self.store, self.plan.saes, 2**62, self.plan.max_chunks)
-        done = self.store.residuals.done() if self.store.residuals is not None else None
-        return any(needs_model(self.store, pass_, task, done) for pass_, tasks in work for task in tasks)
-
-    def _run_pass(
-        self,
-        model: PreTrainedModel | None,
-        fragments: FragmentIndex,
-        pass_: PassSpec,
-        tasks: list[Task],
-        bar: tqdm,
-        name: str,
-    ) -> None:
-        """One model pass (`name`d on the bar): each pending chunk goes through the model once and through every SAE
-        of the pass."""
-        bar.set_postfix_str(f"{name}: loading {len(pass_.saes)} SAEs")  # the bar stands still meanwhile
-        encoders = [load_encoder(sae, self.plan.device, pass_.sae_memory) for sae in pass_.saes]
-        bar.set_postfix_str(name)
-        self.summary.sae_loads += len(pass_.saes)
-        self.summary.model_passes += 1
-        writer = ChunkWriter(self.store, self.plan.write_threads, self.plan.overlap_writes)
-        reader = contextlib.nullcontext() if model is None else SiteReader(model, pass_.sites)
-        with reader as reading, writer:
-            for task in tasks:
-                self.summary.forward_batches += compute_chunk(
-                    reading, encoders, pass_, fragments, task, self.plan.batch_size, writer
-                )
-                self.summary.units_written += len(task.rows) + task.residuals
-                bar.update(self.store.chunk_size(task.chunk))
-
-
-class _ClusterRunner:
-    """Runs the pending tasks on a dask cluster's workers; this process marks the units they report durable."""
-
-    def __init__(self, client, plan: BuildPlan, store: Store, summary: BuildSummary):
-        self.client, self.plan, self.store, self.summary = client, plan, store, summary
-        self.sae_memory: int | None = None
-
-    def run(self) -> None:
-        """Submit every pending task, mark what comes back, and count it in the summary."""
-        if not _count_pending(self.store, self.summary):
-            return
-        plan = self.plan
-        spec = ComputeSpec(
-            model=plan.model_info,
-            device=plan.device,
-            dtype=self.store.attrs["model_dtype"],
-            batch_size=plan.batch_size,
-            store=absolute_location(self.store.path),
-            store_id=self.store.identity,
-            overlap_writes=plan.overlap_writes,
-            write_threads=plan.write_threads,
-        )
-        if plan.cluster.local_workers is not None:
-            spec = local_spec(spec, plan.cluster.local_workers)
-        # on CUDA the default budget is what the loaded model leaves free on the tightest worker
-        self.sae_memory = plan.sae_memory or cluster_sae_memory(self.client, plan.cluster, spec)
-        saes = [sae.resolved() for sae in plan.saes]  # absolute paths: as workers see them
-        work = pending_work(self.store, saes, self.sae_memory, plan.max_chunks)
-        results = run_tasks(self.client, plan.cluster, spec, _fragment_index(plan), work, self.store, plan.quiet)
-        # every task has finished: a temporary shard file left now is a killed worker's, whose task ran again
-        self.store.discard_partial_writes()
-        self.summary.model_passes = len(work)
-        self.summary.sae_loads = sum(result.sae_loads for result in results)
-        self.summary.forward_batches = sum(result.forward_batches for result in results)
-        self.summary.units_written = sum(len(result.units) for result in results)
-        self.summary.workers = sorted({result.worker for result in results})

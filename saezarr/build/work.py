@@ -3,8 +3,8 @@
 What a task computes is described by picklable values (`ComputeSpec`, `FragmentIndex`, `PassSpec`); `run_task`
 computes one (pass, chunk) task and writes its shards durably without marking them, so running it twice writes
 the same bytes. A process keeps its model, its current pass's encoders and the open store across tasks
-(`saezarr.execution.caches`, the store by its identity). Runners decide
-where tasks run and mark what they report: `pipeline` in this process, `cluster` on dask.distributed workers.
+(`saezarr.execution.caches`, the store by its identity). Executors decide where tasks run (`runner.InProcess` here,
+`cluster.DaskExecutor` on dask.distributed workers); `runner.Runner` marks what they report.
 """
 
 from __future__ import annotations
@@ -335,8 +335,8 @@ class ChunkWriter:
 
     With `overlap` (for GPUs), units queue behind the compute. Without it (for CPUs), units gather until there is one
     per thread, then all are written at once while the compute waits: writer threads running beside the model's
-    OpenMP threads stall its matmuls, which made overlapped builds slower (scripts/BENCHMARKS.md). With `mark`, each
-    unit is marked done once written; without, the units written are listed in `written` for a runner to mark.
+    OpenMP threads stall its matmuls, which made overlapped builds slower (scripts/BENCHMARKS.md). Units are written
+    durably and unmarked, and listed in `written` once written, for a runner to mark.
     """
 
     def __init__(
@@ -344,13 +344,11 @@ class ChunkWriter:
         store: Store,
         workers: int | None = None,
         overlap: bool = True,
-        mark: bool = True,
         buffers: list[torch.Tensor] | None = None,
     ):
         self.store = store
         self.workers = writer_threads(workers)
         self.overlap = overlap
-        self.mark = mark
         self.written: list[tuple[int, int]] = []
         # units held on the host at once (queued, or gathered), each a chunk_fragments x width float32 buffer
         self.units = units_in_flight(self.workers, 4 * store.chunk_fragments * store.width, overlap)
@@ -374,10 +372,7 @@ class ChunkWriter:
         if isinstance(latents, tuple):  # config_index is RESIDUAL_UNIT
             self._write_residuals(chunk, *latents)
             return
-        if self.mark:
-            self.store.write_chunk(config_index, chunk, latents.numpy())
-        else:
-            self.store.write_shard(config_index, chunk, latents.numpy())
+        self.store.write_shard(config_index, chunk, latents.numpy())
         with self._free_lock:
             self._free.append(latents)
             self.written.append((config_index, chunk))
@@ -385,14 +380,12 @@ class ChunkWriter:
     def _write_residuals(self, chunk: int, residuals: np.ndarray, embeddings: np.ndarray) -> None:
         refuse_if_replaced(self.store.path, self.store.identity)
         kept_residuals(self.store).write_unit(chunk, residuals, embeddings)
-        if self.mark:
-            self.store.mark_done(RESIDUAL_UNIT, chunk)
         with self._free_lock:
             self.written.append((RESIDUAL_UNIT, chunk))
 
     def submit_residuals(self, chunk: int, residuals: np.ndarray, embeddings: np.ndarray) -> None:
-        """Hand over one chunk's residual unit ([layer, rows, hidden] and [rows, hidden]), written and marked like a
-        unit of latents."""
+        """Hand over one chunk's residual unit ([layer, rows, hidden] and [rows, hidden]), written like a unit of
+        latents."""
         self.submit(RESIDUAL_UNIT, chunk, (residuals, embeddings))
 
     def submit(self, config_index: int, chunk: int, latents: Unit) -> None:
@@ -452,7 +445,7 @@ def write_error(error: BaseException, store: Location) -> BaseException:
 _one_task_at_a_time = threading.Lock()  # tasks share the model and its hooks: a worker with many threads queues them
 
 
-def _model(spec: ComputeSpec) -> tuple[PreTrainedModel, int]:
+def task_model(spec: ComputeSpec) -> tuple[PreTrainedModel, int]:
     """This process's model for a spec, loaded unless kept (an old one goes first); also the model loads done."""
     info = spec.model
     assert info is not None  # callers ask for the model only of a spec whose tasks run it
@@ -466,7 +459,7 @@ def _model(spec: ComputeSpec) -> tuple[PreTrainedModel, int]:
     return model, int(loaded)
 
 
-def _encoders(spec: ComputeSpec, pass_: PassSpec) -> tuple[list[Encoder], int]:
+def pass_encoders(spec: ComputeSpec, pass_: PassSpec) -> tuple[list[Encoder], int]:
     """This process's encoders for a pass, one pass's at a time (what --sae-memory budgets); also the SAE loads."""
     encoders, loaded = process_cache.get(
         "encoders",
@@ -480,7 +473,7 @@ def device_budget(spec: ComputeSpec) -> int:
     """This process's default `--sae-memory`: what its device leaves free once the model is loaded (kept for tasks)."""
     with _one_task_at_a_time:
         if spec.model is not None:
-            _model(spec)
+            task_model(spec)
     return default_sae_memory(spec.device)
 
 
@@ -489,10 +482,10 @@ def run_task(spec: ComputeSpec, fragments: FragmentIndex, pass_: PassSpec, task:
     nothing written, if the store at spec.store is no longer the one spec.store_id names."""
     with _one_task_at_a_time:
         store = current_store(spec.store, spec.store_id, mode="r+")
-        model, model_loads = _model(spec) if spec.model is not None else (None, 0)  # None: every residual stored
-        encoders, sae_loads = _encoders(spec, pass_)
+        model, model_loads = task_model(spec) if spec.model is not None else (None, 0)  # None: every residual stored
+        encoders, sae_loads = pass_encoders(spec, pass_)
         buffers, _ = process_cache.get("host buffers", None, list)  # latents' host buffers, recycled across tasks
-        writer = ChunkWriter(store, spec.write_threads, spec.overlap_writes, mark=False, buffers=buffers)
+        writer = ChunkWriter(store, spec.write_threads, spec.overlap_writes, buffers=buffers)
         reading = contextlib.nullcontext() if model is None else SiteReader(model, pass_.sites)
         with reading as reader, writer:
             batches = compute_chunk(reader, encoders, pass_, fragments, task, spec.batch_size, writer)

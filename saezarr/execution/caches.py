@@ -37,6 +37,11 @@ class ProcessCache:
             values[key] = value = make()
             return value, True
 
+    def count(self, slot: str) -> int:
+        """How many values the slot keeps."""
+        with self._lock:
+            return len(self._slots.get(slot, ()))
+
     def drop(self, slot: str) -> None:
         """Forget what the slot keeps."""
         with self._lock:

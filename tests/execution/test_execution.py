@@ -20,9 +20,9 @@ from clustertools import in_process_cluster
 from faults.faultkit import compare_stores, one_error_line, tree_digest
 
 from saezarr.analysis.run import AnalyzeOptions, analyze
-from saezarr.build.cluster import _check_result
 from saezarr.build.pipeline import BuildOptions, build
 from saezarr.build.planning import plan_build
+from saezarr.build.runner import check_result
 from saezarr.build.work import ComputeSpec, FragmentIndex, TaskResult, pending_work, run_task
 from saezarr.durable.folders import write_durably
 from saezarr.errors import SaezarrError
@@ -127,7 +127,7 @@ def test_the_client_marks_only_what_matches_the_unit(demo_config, csvs, tmp_path
     units = [(row, task.chunk) for row in task.rows]
     cluster = ClusterOptions(scheduler="tcp://127.0.0.1:1")
     right = TaskResult(units, worker="w", store_id=store.identity, bounds=store.chunk_bounds(task.chunk))
-    _check_result(store, cluster, task, right)
+    check_result(store, cluster.option, task, right)
     start, stop = store.chunk_bounds(task.chunk)
     wrong = {
         "store": (
@@ -145,7 +145,7 @@ def test_the_client_marks_only_what_matches_the_unit(demo_config, csvs, tmp_path
     }
     for result, message in wrong.values():
         with pytest.raises(SaezarrError) as refused:
-            _check_result(store, cluster, task, result)
+            check_result(store, cluster.option, task, result)
         assert str(refused.value) == (
             f"scheduler=tcp://127.0.0.1:1: worker w {message}; nothing of it was marked: rerun the same command "
             "with resume=True"

@@ -59,17 +59,17 @@ def _check_failed_run(capsys, code: int, store, reference, *expect: str) -> str:
 
 @pytest.mark.parametrize("overlap", [False, True], ids=["CPU writes", "GPU-mode writes"])
 @pytest.mark.parametrize("after", [0, 7])
-def test_enospc_in_store_write_chunk(demo_config, demo_reference, tmp_path, monkeypatch, capsys, after, overlap):
+def test_enospc_in_store_write_shard(demo_config, demo_reference, tmp_path, monkeypatch, capsys, after, overlap):
     store = tmp_path / "full.zarr"
     monkeypatch.setattr(saezarr.build.planning, "overlaps_writes", lambda device: overlap)
     budget = _Budget(after, errno.ENOSPC)
-    original = saezarr.store.format.Store.write_chunk
+    original = saezarr.store.format.Store.write_shard
 
-    def write_chunk(self, config_index, chunk, latents):
+    def write_shard(self, config_index, chunk, latents):
         budget.spend(str(self.path / ACTIVATIONS / f"c/{config_index}/{chunk}/0"))
         return original(self, config_index, chunk, latents)
 
-    monkeypatch.setattr(saezarr.store.format.Store, "write_chunk", write_chunk)
+    monkeypatch.setattr(saezarr.store.format.Store, "write_shard", write_shard)
     code = main(build_args(DEMO_CSV, store, demo_config))
     _check_failed_run(capsys, code, store, demo_reference, "No space left on device")
     assert count_marks(store) <= after
