@@ -267,7 +267,7 @@ def task_residuals(
     batch_size: int,
     skip: int = 0,
 ) -> tuple[dict[str, torch.Tensor], int]:
-    """The activations a task reads for its chunk's rows after the first `skip`, {site: [rows, hidden]}, read from the store where it holds them and from the model for the other rows;
+    """The activations a task reads for its chunk's rows after the first `skip`, {site: [rows, width]}, read from the store where it holds them and from the model for the other rows;
     and the forward batches run."""
     start, stop = store.chunk_bounds(task.chunk)
     first = start + skip

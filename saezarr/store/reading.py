@@ -166,10 +166,10 @@ def format_info(info: dict) -> str:
     residuals = info.get("residuals")
     if residuals:
         layers = residuals["layers"]
-        shown = _layer_list(layers)
         lines.append(
-            f"residuals    {len(layers)} layers ({shown}) + embeddings{_sites(residuals)}, {residuals['hidden']} hidden, "
-            f"{residuals['dtype']}; {residuals['done_chunks']}/{residuals['total_chunks']} chunks, "
+            f"residuals    {len(layers)} layers ({_layer_list(layers)}) + embeddings{_sites(residuals)}, "
+            f"{residuals['hidden']} hidden, {residuals['dtype']}; "
+            f"{residuals['done_chunks']}/{residuals['total_chunks']} chunks, "
             f"{human_bytes(residuals['bytes_on_disk'])} on disk"
         )
     ratio = info["compression_ratio"]
