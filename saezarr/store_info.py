@@ -31,8 +31,18 @@ class ConfigProgress:
 
 
 @dataclass(frozen=True)
+class SiteInfo:
+    """A site kind other than resid_post whose activations a store keeps: its layers and width."""
+
+    kind: str
+    layers: list[int]
+    width: int
+
+
+@dataclass(frozen=True)
 class ResidualsInfo:
-    """What a store keeps of the residual stream: its layers, hidden size, dtype, done chunks and bytes on disk."""
+    """What a store keeps of the residual stream: its layers, hidden size, dtype, done chunks and bytes on disk, and
+    the other sites its SAEs read at those layers."""
 
     layers: list[int]
     hidden: int
@@ -40,6 +50,7 @@ class ResidualsInfo:
     done_chunks: int
     total_chunks: int
     bytes_on_disk: int
+    sites: list[SiteInfo]
 
 
 @dataclass(frozen=True)
@@ -80,7 +91,7 @@ class StoreInfo:
             **{
                 **info,
                 "configs": [ConfigProgress(**config) for config in info["configs"]],
-                "residuals": None if residuals is None else ResidualsInfo(**residuals),
+                "residuals": None if residuals is None else _residuals_info(residuals),
             }
         )
 
@@ -95,3 +106,7 @@ class StoreInfo:
 
     def _repr_pretty_(self, printer, cycle: bool) -> None:
         printer.text(str(self))
+
+
+def _residuals_info(residuals: dict) -> ResidualsInfo:
+    return ResidualsInfo(**{**residuals, "sites": [SiteInfo(**site) for site in residuals["sites"]]})

@@ -28,7 +28,7 @@ from saezarr.inputs.fragments import FRAGMENT_FIELDS, PREPEND_BOS, Fragments, ma
 from saezarr.inputs.sentences import LabeledSentences, data_row, read_sentences
 from saezarr.models.language_model import ModelInfo, check_weights, load_tokenizer, resolve_model
 from saezarr.saes.locate import SAEFile, check_context, describe_configs, locate_sae, resolve_sae_repo
-from saezarr.sites import resid_post
+from saezarr.sites import HEADS_KIND, resid_post
 from saezarr.store.format import WIDTHS, Store
 from saezarr.store.growing import Growth, read_record
 from saezarr.store.residual_arrays import kept_residuals
@@ -90,7 +90,7 @@ def plan_extension(options: BuildOptions, store: Store) -> Extension:
     growing_sentences = new_sentences or (record is not None and record["kept_fragments"] < store.n_fragments)
     unfinished = {stored[i].name for i in range(min(len(stored), done.shape[0])) if not done[i].all()}
     needed = configs if growing_sentences else tuple(c for c in configs if c in new_configs or c.name in unfinished)
-    stored_sites = {resid_post(layer) for layer in (store.residuals.layers if store.residuals is not None else ())}
+    stored_sites = set(store.residuals.hooks if store.residuals is not None else ())
     info = fragments = None
     # from the stored residual stream where every SAE to compute reads a stored site, as its entry, else its files, say
     from_store = not growing_sentences and all(c.site_hook in stored_sites for c in needed)
@@ -274,7 +274,11 @@ def _stored_model(attrs: dict, store: Store) -> ModelInfo:
     norm is not seen, so an SAE trained on centred residuals is refused."""
     local = attrs["model_revision"] == "local"
     source = Source(attrs["model"], attrs["model_revision"], Path(attrs["model"]) if local else None)
-    return ModelInfo(source, num_layers=0, hidden_size=kept_residuals(store).hidden, max_tokens=None, rms_norm=None)
+    arrays = kept_residuals(store)
+    heads = next((site.width for site in arrays.sites if site.kind == HEADS_KIND), None)  # attn.hook_z's, if kept
+    return ModelInfo(
+        source, num_layers=0, hidden_size=arrays.hidden, max_tokens=None, rms_norm=None, attention_width=heads
+    )
 
 
 def _token_counts(fragments: Fragments | None, old_table: pd.DataFrame) -> list[int]:

@@ -228,15 +228,19 @@ def _out_of_memory(plan: BuildPlan, store: Store, runner: Runner) -> OutOfMemory
 
 
 def _check_resume_residuals(options: BuildOptions, plan: BuildPlan, store: Store) -> None:
-    """Refuse a --residuals other than the store's: the layers kept are fixed when the store is created."""
+    """Refuse a --residuals other than the store's: the layers and sites kept are fixed when the store is created."""
     if options.residuals is None:
         return
     kept = None if store.residuals is None else store.residuals.layers
-    if plan.residual_layers != kept:
+    sites = () if store.residuals is None else store.residuals.sites
+    if plan.residual_layers != kept or plan.residual_sites != sites:
         has = "keeps no residual stream" if kept is None else f"keeps the residuals of layers {_layer_list(kept)}"
+        if kept is not None and plan.residual_sites != sites:
+            others = ", ".join(f"{site.kind} of layers {_layer_list(site.layers)}" for site in sites)
+            has += f" and {others or 'no other site'}"
         raise ResumeMismatch(
-            f"{option('residuals')}: the store at {plan.output} {has}; the layers kept are fixed when a store is "
-            f"created, so leave {option('residuals')} out (or use {option('overwrite', True)})"
+            f"{option('residuals')}: the store at {plan.output} {has}; the layers and sites kept are fixed when a "
+            f"store is created, so leave {option('residuals')} out (or use {option('overwrite', True)})"
         )
 
 
@@ -340,4 +344,5 @@ def _create(plan: BuildPlan, replace: bool) -> Store:
         replace=replace,
         residual_layers=plan.residual_layers,
         hidden_size=plan.model_info.hidden_size,
+        residual_sites=plan.residual_sites,
     )

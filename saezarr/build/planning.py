@@ -35,6 +35,7 @@ from saezarr.store.format import (
     read_saezarr_attrs,
 )
 from saezarr.store.growing import Growth
+from saezarr.store.residual_arrays import KeptSite, kept_sites
 from saezarr.store.storage import Location
 
 
@@ -54,6 +55,7 @@ class BuildPlan:
     overlap_writes: bool  # whether units are written behind the compute
     chunk_fragments: int | None = None  # a new store's fragments per chunk; None: the store's own
     residual_layers: tuple[int, ...] | None = None  # the layers whose residual stream the store keeps
+    residual_sites: tuple[KeptSite, ...] = ()  # the other sites the store keeps at those layers
     sae_memory: int | None = None  # None: what the device leaves free once the model is loaded (measured there)
     write_threads: int | None = None  # None: one per usable core where the tasks run
     max_chunks: int | None = None
@@ -129,6 +131,7 @@ def _new_store_plan(options: BuildOptions, device: str) -> BuildPlan:
     check_weights(info)  # after the SAEs: an SAE refused in a line costs no download of the model's weights
     configs = tuple(sae.config for sae in saes)
     batch_size = options.batch_size or DEFAULT_BATCH_SIZE
+    layers = residual_layers(options.residuals, info.num_layers)
     attrs = {
         "saezarr_version": __version__,
         "model": info.source.name,
@@ -156,7 +159,8 @@ def _new_store_plan(options: BuildOptions, device: str) -> BuildPlan:
         model_info=info,
         batch_size=batch_size,
         chunk_fragments=options.chunk_fragments or default_chunk_fragments(max(sae.width for sae in saes)),
-        residual_layers=residual_layers(options.residuals, info.num_layers),
+        residual_layers=layers,
+        residual_sites=kept_sites([sae.hook for sae in saes], layers or (), info.width_of),
         n_sentences=len(data),
     )
 

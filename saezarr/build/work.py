@@ -27,15 +27,12 @@ from saezarr.inputs.fragments import Fragments
 from saezarr.models.language_model import ModelInfo, SiteReader, load_model
 from saezarr.saes.encoder import Encoder, load_encoder, plan_passes
 from saezarr.saes.locate import SAEFile
-from saezarr.sites import resid_post, resid_pre
 from saezarr.store.format import Store, refuse_if_replaced
 from saezarr.store.residual_arrays import RESIDUAL_UNIT, kept_residuals
 from saezarr.store.storage import Location
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
-
-EMBEDDINGS = resid_pre(0)  # what the store's embeddings hold: the residual stream into decoder layer 0
 
 
 @dataclass(frozen=True)
@@ -84,13 +81,12 @@ class PassSpec:
     saes: tuple[SAEFile, ...]
     rows: tuple[int, ...]
     sae_memory: int | None = None  # an encoder wider than this is encoded in tiles within it
-    residual_layers: tuple[int, ...] = ()  # the store's kept layers, in the pass that writes residual units
+    residual_hooks: tuple[str, ...] = ()  # the hooks a residual unit holds, in the pass that writes residual units
 
     @property
     def sites(self) -> list[str]:
-        """The sites the pass reads: its SAEs', and with residual units the kept layers' and the embeddings."""
-        kept = [resid_post(layer) for layer in self.residual_layers] + [EMBEDDINGS] if self.residual_layers else []
-        return sorted({sae.hook for sae in self.saes} | set(kept))
+        """The sites the pass reads: its SAEs', and with residual units every hook they hold."""
+        return sorted({sae.hook for sae in self.saes} | set(self.residual_hooks))
 
 
 @dataclass(frozen=True)
@@ -149,7 +145,7 @@ def pending_work(
         if max_chunks is not None:
             tasks, max_chunks = tasks[:max_chunks], max_chunks - min(len(tasks), max_chunks)
         if tasks:
-            kept = kept_residuals(store).layers if writes_residuals else ()
+            kept = kept_residuals(store).hooks if writes_residuals else ()
             work.append((PassSpec(tuple(group), rows, sae_memory, kept), tasks))
     return work
 
@@ -209,15 +205,10 @@ def compute_chunk(
             writer.submit(row, task.chunk, latents)
     if task.residuals:
         arrays = kept_residuals(store)
-        layers, dtype = arrays.layers, arrays.dtype
         if skip:  # the kept rows' residuals, as stored
-            stored = _stored(store, _stored_sites(store), True, start, start + skip)
+            stored = _stored(store, arrays.hooks, start, start + skip)
             residuals = {key: torch.cat([value, residuals[key].cpu().float()]) for key, value in stored.items()}
-        writer.submit_residuals(
-            task.chunk,
-            np.stack([_host(residuals[resid_post(layer)], dtype) for layer in layers]),
-            _host(residuals[EMBEDDINGS], dtype),
-        )
+        writer.submit_residuals(task.chunk, {hook: _host(residuals[hook], arrays.dtype) for hook in arrays.hooks})
     return batches
 
 
@@ -256,14 +247,15 @@ def _rows_from_store(store: Store, pass_: PassSpec, task: Task, residuals_done: 
 
 
 def _task_sites(store: Store, pass_: PassSpec, task: Task) -> list[str]:
-    """The sites a task's units read: its SAEs', and every kept layer's if it writes the residual unit."""
+    """The sites a task's units read: its SAEs', and every stored site if it writes the residual unit."""
     sites = {sae.hook for sae, row in zip(pass_.saes, pass_.rows) if row in task.rows}
     return sorted(sites | (set(_stored_sites(store)) if task.residuals else set()))
 
 
 def _stored_sites(store: Store) -> list[str]:
-    """The sites whose activations the store keeps: the residual stream after each kept layer."""
-    return [resid_post(layer) for layer in kept_residuals(store).layers]
+    """The sites whose activations the store keeps: resid_post of each kept layer, the embeddings (resid_pre of
+    layer 0) and the kept sites of other kinds."""
+    return list(kept_residuals(store).hooks)
 
 
 def task_residuals(
@@ -275,14 +267,14 @@ def task_residuals(
     batch_size: int,
     skip: int = 0,
 ) -> tuple[dict[str, torch.Tensor], int]:
-    """The activations a task reads for its chunk's rows after the first `skip`, {site: [rows, hidden]}, read from the store where it holds them and from the model for the other rows;
+    """The activations a task reads for its chunk's rows after the first `skip`, {site: [rows, width]}, read from the store where it holds them and from the model for the other rows;
     and the forward batches run."""
     start, stop = store.chunk_bounds(task.chunk)
     first = start + skip
     stored_stop = max(first, start + _rows_from_store(store, pass_, task))
     parts: list[dict[str, torch.Tensor]] = []
     if stored_stop > first:
-        parts.append(_stored(store, _task_sites(store, pass_, task), task.residuals, first, stored_stop))
+        parts.append(_stored(store, _task_sites(store, pass_, task), first, stored_stop))
     batches = 0
     if stored_stop < stop:
         if reader is None:
@@ -297,7 +289,7 @@ def task_residuals(
         residuals = {key: torch.cat([p[key].cpu().float() for p in parts]) for key in parts[0]}
     kept = start + store.residual_rows_stored(task.chunk) if task.residuals else first
     if stored_stop == first and kept > first:  # an extension keeps these rows' residuals bitwise as they were
-        stored = _stored(store, _stored_sites(store), True, first, kept)
+        stored = _stored(store, _stored_sites(store), first, kept)
         residuals = {key: value.cpu().float() for key, value in residuals.items()}
         for key, value in stored.items():
             residuals[key][: kept - first] = value
@@ -309,25 +301,22 @@ def _first_rows(rows: int, block: np.ndarray) -> np.ndarray:
     return block[:rows].copy()
 
 
-def _stored(store: Store, sites: Sequence[str], embeddings: bool, start: int, stop: int) -> dict[str, torch.Tensor]:
-    """Residuals {site: [rows, hidden]} of the store's kept layers among `sites` (and the embeddings) of fragments
-    [start, stop) of one chunk, read from the store."""
+def _stored(store: Store, sites: Sequence[str], start: int, stop: int) -> dict[str, torch.Tensor]:
+    """Activations {site: [rows, width]} of the stored sites among `sites` of fragments [start, stop) of one chunk,
+    read from the store."""
     arrays = kept_residuals(store)
-    kept = [layer for layer in arrays.layers if resid_post(layer) in sites]
-    read = arrays.read(kept, start, stop)
-    out = {resid_post(layer): torch.from_numpy(values.copy()) for layer, values in read.items()}
-    if embeddings:
-        out[EMBEDDINGS] = torch.from_numpy(arrays.read_embeddings(start, stop).copy())
-    return out
+    read = arrays.read([hook for hook in arrays.hooks if hook in sites], start, stop)
+    return {hook: torch.from_numpy(values.copy()) for hook, values in read.items()}
 
 
 def _host(tensor: torch.Tensor, dtype: np.dtype) -> np.ndarray:
-    """A tensor as a host numpy array of the store's residual dtype."""
-    return tensor.detach().to("cpu", torch.float32).numpy().astype(dtype, copy=False)
+    """A tensor as a host numpy array of the store's residual dtype, of its own: the writer may write it after the
+    tensor's memory serves the next chunk."""
+    return tensor.detach().to("cpu", torch.float32, copy=True).numpy().astype(dtype, copy=False)
 
 
-# what a writer is handed: a unit's latents [rows, width], or a residual unit's [layer, rows, hidden] and [rows, hidden]
-Unit = torch.Tensor | tuple[np.ndarray, np.ndarray]
+# what a writer is handed: a unit's latents [rows, width], or a residual unit's activations {hook: [rows, width]}
+Unit = torch.Tensor | dict[str, np.ndarray]
 
 
 class ChunkWriter:
@@ -369,24 +358,24 @@ class ChunkWriter:
         return torch.empty((rows, width), dtype=torch.float32)
 
     def _write(self, config_index: int, chunk: int, latents: Unit) -> None:
-        if isinstance(latents, tuple):  # config_index is RESIDUAL_UNIT
-            self._write_residuals(chunk, *latents)
+        if isinstance(latents, dict):  # config_index is RESIDUAL_UNIT
+            self._write_residuals(chunk, latents)
             return
         self.store.write_shard(config_index, chunk, latents.numpy())
         with self._free_lock:
             self._free.append(latents)
             self.written.append((config_index, chunk))
 
-    def _write_residuals(self, chunk: int, residuals: np.ndarray, embeddings: np.ndarray) -> None:
+    def _write_residuals(self, chunk: int, activations: dict[str, np.ndarray]) -> None:
         refuse_if_replaced(self.store.path, self.store.identity)
-        kept_residuals(self.store).write_unit(chunk, residuals, embeddings)
+        kept_residuals(self.store).write_unit(chunk, activations)
         with self._free_lock:
             self.written.append((RESIDUAL_UNIT, chunk))
 
-    def submit_residuals(self, chunk: int, residuals: np.ndarray, embeddings: np.ndarray) -> None:
-        """Hand over one chunk's residual unit ([layer, rows, hidden] and [rows, hidden]), written like a unit of
+    def submit_residuals(self, chunk: int, activations: dict[str, np.ndarray]) -> None:
+        """Hand over one chunk's residual unit ({hook: [rows, width]} of every stored hook), written like a unit of
         latents."""
-        self.submit(RESIDUAL_UNIT, chunk, (residuals, embeddings))
+        self.submit(RESIDUAL_UNIT, chunk, activations)
 
     def submit(self, config_index: int, chunk: int, latents: Unit) -> None:
         """Hand over one unit; blocks while units are being written or the queue is full, and raises write errors."""

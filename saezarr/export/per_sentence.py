@@ -29,9 +29,10 @@ from saezarr.export.per_config import (
 )
 from saezarr.machine import usable_cores
 from saezarr.progress import progress_off
+from saezarr.sites import resid_post
 from saezarr.store.format import Store
 from saezarr.store.reading import open_existing
-from saezarr.store.residual_arrays import kept_residuals
+from saezarr.store.residual_arrays import EMBEDDINGS_HOOK, kept_residuals
 
 # key -> (dtype kind, rank): `n` fragments, `c` configs, `w` width, `h` hidden
 _log = logging.getLogger(__name__)
@@ -256,9 +257,9 @@ class _RowWindow:
         if self.with_residuals:
             start, stop = store.chunk_bounds(chunk)
             arrays = kept_residuals(store)
-            kept = arrays.read(sorted({t.layer for t in self.targets}), start, stop)
-            self.data["hidden_states"] = np.stack([kept[t.layer] for t in self.targets]).astype(np.float32)
-            self.data["embeddings"] = arrays.read_embeddings(start, stop).astype(np.float32)
+            kept = arrays.read({resid_post(t.layer) for t in self.targets} | {EMBEDDINGS_HOOK}, start, stop)
+            self.data["hidden_states"] = np.stack([kept[resid_post(t.layer)] for t in self.targets]).astype(np.float32)
+            self.data["embeddings"] = kept[EMBEDDINGS_HOOK].astype(np.float32)
         self.chunk = chunk
 
 

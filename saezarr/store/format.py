@@ -32,9 +32,8 @@ from saezarr.errors import (
 from saezarr.inputs.configs import SAEConfig
 from saezarr.store import DEFAULT_CHUNK_FRAGMENTS
 from saezarr.store.residual_arrays import (
-    EMBEDDINGS,
     RESIDUAL_UNIT,
-    RESIDUALS,
+    KeptSite,
     ResidualArrays,
     add_residual_arrays,
     kept_residuals,
@@ -384,7 +383,7 @@ class Store:
         if self.storage.folder is None:
             return
         for pattern in ("*.partial", f".*{TEMP_SUFFIX}"):
-            for array in (ACTIVATIONS, RESIDUALS, EMBEDDINGS):
+            for array in (ACTIVATIONS, *(self.residuals.arrays if self.residuals is not None else ())):
                 for path in (self.storage.folder / array).rglob(pattern):
                     path.unlink(missing_ok=True)
 
@@ -599,9 +598,11 @@ def create_store(
     replace: bool = False,
     residual_layers: Sequence[int] | None = None,
     hidden_size: int | None = None,
+    residual_sites: Sequence[KeptSite] = (),
 ) -> Store:
     """Create the store with its coordinates and unwritten activations (and, with `residual_layers`, residuals and
-    embeddings of `hidden_size`) arrays, atomically; `widths` are each config's SAE width (an int: all)."""
+    embeddings of `hidden_size` and the `residual_sites` kept) arrays, atomically; `widths` are each config's SAE
+    width (an int: all)."""
     widths = [widths] * len(configs) if isinstance(widths, int) else list(widths)
     attrs = {**attrs, STORE_ID: uuid.uuid4().hex}
 
@@ -609,7 +610,9 @@ def create_store(
         _write_layout(root, fragments, configs, widths, attrs, chunk_fragments, shard_width=min(widths))
         if residual_layers is not None:
             assert hidden_size is not None  # the residuals' width comes with their layers
-            add_residual_arrays(root, list(residual_layers), hidden_size, len(fragments), chunk_fragments)
+            add_residual_arrays(
+                root, list(residual_layers), hidden_size, len(fragments), chunk_fragments, sites=residual_sites
+            )
             write_consolidated(open_storage(root))
 
     storage = open_storage(path)

@@ -29,7 +29,7 @@ from saezarr.store.format import (
     _write_layout,
     copy_objects,
 )
-from saezarr.store.residual_arrays import EMBEDDINGS, RESIDUALS, write_consolidated
+from saezarr.store.residual_arrays import write_consolidated
 from saezarr.store.storage import Location, Storage, open_storage
 
 if TYPE_CHECKING:
@@ -86,8 +86,8 @@ def grow_store(store: Store, growth: Growth) -> None:
     _replace_coordinates(storage, growth, cf, store.shard_width, grown_features=width > store.width)
     _set_shape(storage, ACTIVATIONS, [n_configs, n_fragments, width])
     if store.residuals is not None:
-        _set_shape(storage, RESIDUALS, [len(store.residuals.layers), n_fragments, store.residuals.hidden])
-        _set_shape(storage, EMBEDDINGS, [n_fragments, store.residuals.hidden])
+        for name, shape in store.residuals.shapes(n_fragments).items():
+            _set_shape(storage, name, shape)
     # the commit point, with the fresh identity in the same write: a kill cannot commit the growth under the old id
     write_consolidated(storage, {**growth.attrs, STORE_ID: uuid.uuid4().hex})
 

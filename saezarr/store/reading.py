@@ -108,9 +108,8 @@ def store_info(path: str | Path) -> dict:
 
 
 def residuals_info(store: Store) -> dict | None:
-    """What the store keeps of the residual stream (None: nothing): layers, hidden size, dtype, done chunks, bytes."""
-    from saezarr.store.residual_arrays import EMBEDDINGS, RESIDUALS
-
+    """What the store keeps of the residual stream (None: nothing): layers, hidden size, dtype, done chunks, bytes,
+    and the other sites kept."""
     residuals = store.residuals
     if residuals is None:
         return None
@@ -120,7 +119,8 @@ def residuals_info(store: Store) -> dict | None:
         "dtype": str(residuals.dtype),
         "done_chunks": int(residuals.done().sum()),
         "total_chunks": residuals.n_chunks,
-        "bytes_on_disk": store.bytes_on_disk(RESIDUALS) + store.bytes_on_disk(EMBEDDINGS),
+        "bytes_on_disk": sum(store.bytes_on_disk(name) for name in residuals.arrays),
+        "sites": [{"kind": s.kind, "layers": list(s.layers), "width": s.width} for s in residuals.sites],
     }
 
 
@@ -130,6 +130,21 @@ def _features(configs: list[dict], n_features: int) -> str:
     if len(widths) <= 1:
         return f"{n_features} features"
     return f"{n_features} features (SAE widths {', '.join(map(str, widths))}; NaN past a narrower SAE's width)"
+
+
+def _sites(residuals: dict) -> str:
+    """The other sites kept, as the residuals line adds them: ` + hook_mlp_out (1,2) + attn.hook_z (1; 64 wide)`."""
+    return "".join(
+        f" + {site['kind']} ({_layer_list(site['layers'])}"
+        + ("" if site["width"] == residuals["hidden"] else f"; {site['width']} wide")
+        + ")"
+        for site in residuals.get("sites", [])
+    )
+
+
+def _layer_list(layers: list[int]) -> str:
+    """Layers as the info lines show them: all of up to 8, else the first and last."""
+    return ",".join(map(str, layers)) if len(layers) <= 8 else f"{layers[0]}-{layers[-1]}"
 
 
 def format_info(info: dict) -> str:
@@ -151,10 +166,10 @@ def format_info(info: dict) -> str:
     residuals = info.get("residuals")
     if residuals:
         layers = residuals["layers"]
-        shown = ",".join(map(str, layers)) if len(layers) <= 8 else f"{layers[0]}-{layers[-1]}"
         lines.append(
-            f"residuals    {len(layers)} layers ({shown}) + embeddings, {residuals['hidden']} hidden, "
-            f"{residuals['dtype']}; {residuals['done_chunks']}/{residuals['total_chunks']} chunks, "
+            f"residuals    {len(layers)} layers ({_layer_list(layers)}) + embeddings{_sites(residuals)}, "
+            f"{residuals['hidden']} hidden, {residuals['dtype']}; "
+            f"{residuals['done_chunks']}/{residuals['total_chunks']} chunks, "
             f"{human_bytes(residuals['bytes_on_disk'])} on disk"
         )
     ratio = info["compression_ratio"]

@@ -209,11 +209,13 @@ ARCHITECTURE_FIELDS: dict[str, dict] = {
 }
 
 
-def _tiny_dims(model_type: str, vocab: int, num_layers: int, hidden_size: int, num_heads: int) -> dict:
+def _tiny_dims(
+    model_type: str, vocab: int, num_layers: int, hidden_size: int, num_heads: int, head_dim: int | None = None
+) -> dict:
     """The dims of a tiny model of `model_type`, in its config's own field names."""
     if model_type in ("gpt2", "gptj"):
         return {"vocab_size": vocab, "n_embd": hidden_size, "n_layer": num_layers, "n_head": num_heads}
-    head_dim = hidden_size // num_heads
+    head_dim = head_dim or hidden_size // num_heads
     dims = {"vocab_size": vocab, "hidden_size": hidden_size, "num_hidden_layers": num_layers}
     dims |= {"num_attention_heads": num_heads, "intermediate_size": 2 * hidden_size}
     if model_type != "gpt_neox":
@@ -231,13 +233,15 @@ def write_architecture_model(
     num_heads: int = 4,
     vocab_size: int = 256,
     seed: int = 0,
+    head_dim: int | None = None,
 ) -> Path:
     """Write a random-weight checkpoint of `model_type` (laid out as ARCHITECTURE_FIELDS says, other types with their
-    config's defaults) with a tokenizer that puts BOS first; every weight is perturbed (norm gains and biases too), so no site equals another by accident."""
+    config's defaults) with a tokenizer that puts BOS first; every weight is perturbed (norm gains and biases too), so
+    no site equals another by accident. `head_dim`: one other than hidden / heads (not for GPT-2 and GPT-J)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     folder, vocab = _with_tokenizer(folder, corpus, vocab_size)
-    dims = _tiny_dims(model_type, vocab, num_layers, hidden_size, num_heads)
+    dims = _tiny_dims(model_type, vocab, num_layers, hidden_size, num_heads, head_dim)
     special = {"pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2}
     config = AutoConfig.for_model(model_type, **dims, **special, **ARCHITECTURE_FIELDS.get(model_type, {}))
     torch.manual_seed(seed)
