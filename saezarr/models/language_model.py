@@ -226,16 +226,29 @@ class _StopForward(Exception):
     """Raised by the hook that reads the last site still unread: nothing after it is needed."""
 
 
+Batch = tuple[
+    Sequence[np.ndarray], np.ndarray, np.ndarray
+]  # a forward's token ids, and its selection's rows, positions
+
+
 class SiteReader:
     """Reads sites (hook names in TransformerLens' spelling) at chosen token positions, each by a hook on the module
-    that the model's site table places it at; the forward stops once every site is read."""
+    that the model's site table places it at; the forward stops once every site is read.
+
+    `read` copies each site's selection into a buffer of the reader's that its next read reuses (fresh tensors each
+    forward grew and shrank the heap, and the memory was faulted in again every forward); `read_batches` copies
+    several forwards' selections into tensors that it returns to keep."""
 
     def __init__(self, model: PreTrainedModel, hooks: Iterable[str]):
         self.model = model
         self.hooks = sorted(set(hooks))
-        self._selection: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._index: torch.Tensor | None = None  # the selected tokens' rows in a hidden state's [batch × width, ...]
+        self._width = 0  # the padded batch's width
         self._captured: dict[str, torch.Tensor] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._buffers: dict[str, torch.Tensor] = {}  # per hook, reused from read to read (kept across `with`s)
+        self._outputs: dict[str, torch.Tensor] | None = None  # read_batches' results, a forward's rows at a time
+        self._offset = self._total = 0  # where the forward's rows start in _outputs, and the rows of all forwards
 
     def __enter__(self) -> SiteReader:
         table = ARCHITECTURES[self.model.config.model_type]
@@ -259,21 +272,66 @@ class SiteReader:
 
     def _input_hook(self, hook: str, norm: Norm | None):
         def read_input(module, args, kwargs):
-            hidden = self._selected(args[0] if args else kwargs["hidden_states"])
-            self._keep(hook, hidden if norm is None else normalized(hidden, norm, norm_eps(module)))
+            hidden = args[0] if args else kwargs["hidden_states"]
+            if norm is None:
+                self._keep(hook, self._selected(hook, hidden))
+            else:
+                self._keep(hook, self._normalized(hook, hidden, norm, norm_eps(module)))
 
         return read_input
 
     def _output_hook(self, hook: str):
         def read_output(module, args, output):
-            self._keep(hook, self._selected(layer_output(output)))
+            self._keep(hook, self._selected(hook, layer_output(output)))
 
         return read_output
 
-    def _selected(self, hidden: torch.Tensor) -> torch.Tensor:
-        assert self._selection is not None  # set by read() before the forward that calls the hooks
-        rows, positions = self._selection
-        return hidden[rows, positions]
+    def _selected(self, hook: str, hidden: torch.Tensor) -> torch.Tensor:
+        """The selected tokens of hidden [batch, width, ...], copied to where this forward keeps the hook's."""
+        return self._select(hidden, self._place(hook, hidden.shape[2:], hidden.dtype, hidden.device))
+
+    def _select(self, hidden: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        assert self._index is not None and hidden.shape[1] == self._width  # set by read() before the forward
+        return torch.index_select(hidden.flatten(0, 1), 0, self._index, out=out)
+
+    def _normalized(self, hook: str, hidden: torch.Tensor, norm: Norm, eps: float) -> torch.Tensor:
+        """The selected tokens of hidden normalised (see `normalize_`), in float32."""
+        assert self._index is not None
+        x = self._buffer(hook, len(self._index), hidden.shape[2:], torch.float32, hidden.device)
+        if hidden.dtype == torch.float32:
+            self._select(hidden, x)
+        else:
+            x.copy_(hidden.flatten(0, 1)[self._index])
+        normalize_(x, norm, eps)
+        if self._outputs is None:
+            return x
+        # normalised in the buffer, which starts where a fresh tensor would, then placed: on a GPU a reduction's
+        # rounding can depend on the alignment of its rows
+        return self._place(hook, x.shape[1:], x.dtype, x.device).copy_(x)
+
+    def _place(self, hook: str, shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """Where this forward's selection of the hook goes: its rows of read_batches' output, or the hook's buffer."""
+        assert self._index is not None
+        if self._outputs is None:
+            return self._buffer(hook, len(self._index), shape, dtype, device)
+        if hook not in self._outputs:
+            with torch.inference_mode(False):  # ordinary tensors, as torch.cat made them outside the reader before
+                self._outputs[hook] = torch.empty((self._total, *shape), dtype=dtype, device=device)
+        return self._outputs[hook][self._offset : self._offset + len(self._index)]
+
+    def _buffer(
+        self, hook: str, rows: int, shape: torch.Size, dtype: torch.dtype, device: torch.device
+    ) -> torch.Tensor:
+        """The first `rows` rows of the hook's reused buffer, made anew if too small or of another kind."""
+        buffer = self._buffers.get(hook)
+        if (
+            buffer is None
+            or len(buffer) < rows
+            or (buffer.shape[1:], buffer.dtype, buffer.device) != (shape, dtype, device)
+        ):
+            self._buffers.pop(hook, None)  # freed first, so that its memory can serve the new one
+            buffer = self._buffers[hook] = torch.empty((rows, *shape), dtype=dtype, device=device)
+        return buffer[:rows]
 
     def _keep(self, hook: str, selected: torch.Tensor) -> None:
         self._captured[hook] = selected
@@ -282,10 +340,32 @@ class SiteReader:
 
     @torch.inference_mode()
     def read(self, token_ids: Sequence[np.ndarray], rows: np.ndarray, positions: np.ndarray) -> dict[str, torch.Tensor]:
-        """Run the sentences (right-padded batch) and return {hook: activations at (rows, positions)}."""
+        """Run the sentences (right-padded batch) and return {hook: activations at (rows, positions)}, held in the
+        reader's buffers: valid until its next read, which overwrites them (copy what must outlive it)."""
+        return self._forward(token_ids, rows, positions)
+
+    @torch.inference_mode()
+    def read_batches(self, batches: Sequence[Batch]) -> dict[str, torch.Tensor]:
+        """Read each (token ids, rows, positions) batch as `read` does and return {hook: the batches' activations one
+        after the other}, written in place into tensors of their own (no reader buffer, no concatenation)."""
+        outputs: dict[str, torch.Tensor] = {}
+        self._outputs, self._offset, self._total = outputs, 0, sum(len(rows) for _, rows, _ in batches)
+        try:
+            for token_ids, rows, positions in batches:
+                self._forward(token_ids, rows, positions)
+                self._offset += len(rows)
+        finally:
+            self._outputs = None
+        return outputs
+
+    def _forward(
+        self, token_ids: Sequence[np.ndarray], rows: np.ndarray, positions: np.ndarray
+    ) -> dict[str, torch.Tensor]:
         device = next(self.model.parameters()).device
         input_ids, mask = pad_batch(token_ids)
-        self._selection = (torch.as_tensor(rows, device=device), torch.as_tensor(positions, device=device))
+        self._width = input_ids.shape[1]
+        index = np.asarray(rows, dtype=np.int64) * self._width + np.asarray(positions, dtype=np.int64)
+        self._index = torch.as_tensor(index, device=device)
         self._captured = {}
         try:
             self.model(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False)
@@ -298,13 +378,12 @@ class SiteReader:
         return captured
 
 
-def normalized(x: torch.Tensor, norm: Norm, eps: float) -> torch.Tensor:
-    """x as a LayerNorm (centred, then scaled) or an RMSNorm (scaled) normalises it before its gain, in float32;
-    eps inside the square root, as TransformerLens' hook_normalized."""
-    x = x.float()
+def normalize_(x: torch.Tensor, norm: Norm, eps: float) -> torch.Tensor:
+    """x (float32) normalised in place, as a LayerNorm (centred, then scaled) or an RMSNorm (scaled) normalises it
+    before its gain; eps inside the square root, as TransformerLens' hook_normalized."""
     if norm == "layer":
-        x = x - x.mean(dim=-1, keepdim=True)
-    return x / (x.pow(2).mean(dim=-1, keepdim=True) + eps).sqrt()
+        x.sub_(x.mean(dim=-1, keepdim=True))
+    return x.div_((x.pow(2).mean(dim=-1, keepdim=True) + eps).sqrt())
 
 
 def norm_eps(module: torch.nn.Module) -> float:
