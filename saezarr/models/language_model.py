@@ -226,17 +226,16 @@ class _StopForward(Exception):
     """Raised by the hook that reads the last site still unread: nothing after it is needed."""
 
 
-Batch = tuple[
-    Sequence[np.ndarray], np.ndarray, np.ndarray
-]  # a forward's token ids, and its selection's rows, positions
+# a forward's token ids, and the rows and positions of the tokens it selects
+Batch = tuple[Sequence[np.ndarray], np.ndarray, np.ndarray]
 
 
 class SiteReader:
     """Reads sites (hook names in TransformerLens' spelling) at chosen token positions, each by a hook on the module
     that the model's site table places it at; the forward stops once every site is read.
 
-    `read` copies each site's selection into a buffer of the reader's that its next read reuses (fresh tensors each
-    forward grew and shrank the heap, and the memory was faulted in again every forward); `read_batches` copies
+    `read` copies each site's selection into a buffer of the reader's that its next read reuses (fresh tensors every
+    forward would grow and shrink the heap, and the next forward fault the memory in again); `read_batches` copies
     several forwards' selections into tensors that it returns to keep."""
 
     def __init__(self, model: PreTrainedModel, hooks: Iterable[str]):
