@@ -175,7 +175,7 @@ def chunk_residuals(
         # a causal model needs no token after the chunk's last fragment of a sentence
         token_ids = [fragments.token_ids[s][: positions[sentences == s].max() + 1] for s in batch]
         batches.append((token_ids, rows, positions[in_batch]))
-    return reader.read_batches(batches), len(batches)
+    return reader.read(batches), len(batches)
 
 
 def compute_chunk(
@@ -318,8 +318,9 @@ def _stored(store: Store, sites: Sequence[str], embeddings: bool, start: int, st
 
 
 def _host(tensor: torch.Tensor, dtype: np.dtype) -> np.ndarray:
-    """A tensor as a host numpy array of the store's residual dtype."""
-    return tensor.detach().to("cpu", torch.float32).numpy().astype(dtype, copy=False)
+    """A copy of a tensor as a host numpy array of the store's residual dtype: a writer thread may write it after the
+    reader's next read has overwritten the tensor."""
+    return tensor.detach().to("cpu", torch.float32).numpy().astype(dtype)
 
 
 # what a writer is handed: a unit's latents [rows, width], or a residual unit's [layer, rows, hidden] and [rows, hidden]
