@@ -234,20 +234,19 @@ class SiteReader:
     """Reads sites (hook names in TransformerLens' spelling) at chosen token positions, each by a hook on the module
     that the model's site table places it at; the forward stops once every site is read.
 
-    `read` copies each site's selection into a buffer of the reader's that its next read reuses (fresh tensors every
-    forward would grow and shrink the heap, and the next forward fault the memory in again); `read_batches` copies
-    several forwards' selections into tensors that it returns to keep."""
+    Each site's selections are copied into a buffer of the reader's that its next read overwrites: fresh tensors for
+    every chunk would grow and shrink the heap, and the next forward fault the memory in again."""
 
     def __init__(self, model: PreTrainedModel, hooks: Iterable[str]):
         self.model = model
         self.hooks = sorted(set(hooks))
         self._index: torch.Tensor | None = None  # the selected tokens' rows in a hidden state's [batch × width, ...]
         self._width = 0  # the padded batch's width
-        self._captured: dict[str, torch.Tensor] = {}
+        self._rows = slice(0, 0)  # the forward's rows in the buffers
+        self._total = 0  # the rows of the read, all its batches
+        self._read: set[str] = set()  # the hooks the forward has read
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._buffers: dict[str, torch.Tensor] = {}  # per hook, reused from read to read (kept across `with`s)
-        self._outputs: dict[str, torch.Tensor] | None = None  # read_batches' results, a forward's rows at a time
-        self._offset = self._total = 0  # where the forward's rows start in _outputs, and the rows of all forwards
 
     def __enter__(self) -> SiteReader:
         table = ARCHITECTURES[self.model.config.model_type]
@@ -273,108 +272,73 @@ class SiteReader:
         def read_input(module, args, kwargs):
             hidden = args[0] if args else kwargs["hidden_states"]
             if norm is None:
-                self._keep(hook, self._selected(hook, hidden))
+                self._select(hook, hidden)
             else:
-                self._keep(hook, self._normalized(hook, hidden, norm, norm_eps(module)))
+                normalize_(self._select(hook, hidden, torch.float32), norm, norm_eps(module))
+            self._done(hook)
 
         return read_input
 
     def _output_hook(self, hook: str):
         def read_output(module, args, output):
-            self._keep(hook, self._selected(hook, layer_output(output)))
+            self._select(hook, layer_output(output))
+            self._done(hook)
 
         return read_output
 
-    def _selected(self, hook: str, hidden: torch.Tensor) -> torch.Tensor:
-        """The selected tokens of hidden [batch, width, ...], copied to where this forward keeps the hook's."""
-        return self._select(hidden, self._place(hook, hidden.shape[2:], hidden.dtype, hidden.device))
+    def _select(self, hook: str, hidden: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The selected tokens of hidden [batch, width, ...], copied (as `dtype`) into the forward's rows of the
+        hook's buffer."""
+        assert self._index is not None and hidden.shape[1] == self._width  # set by _forward
+        out = self._buffer(hook, hidden.shape[2:], dtype or hidden.dtype, hidden.device)[self._rows]
+        if out.dtype == hidden.dtype:
+            return torch.index_select(hidden.flatten(0, 1), 0, self._index, out=out)
+        return out.copy_(hidden.flatten(0, 1)[self._index])
 
-    def _select(self, hidden: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        assert self._index is not None and hidden.shape[1] == self._width  # set by read() before the forward
-        return torch.index_select(hidden.flatten(0, 1), 0, self._index, out=out)
-
-    def _normalized(self, hook: str, hidden: torch.Tensor, norm: Norm, eps: float) -> torch.Tensor:
-        """The selected tokens of hidden normalised (see `normalize_`), in float32."""
-        assert self._index is not None
-        x = self._buffer(hook, len(self._index), hidden.shape[2:], torch.float32, hidden.device)
-        if hidden.dtype == torch.float32:
-            self._select(hidden, x)
-        else:
-            x.copy_(hidden.flatten(0, 1)[self._index])
-        normalize_(x, norm, eps)
-        if self._outputs is None:
-            return x
-        # normalised in the buffer, which starts where a fresh tensor would, then placed: on a GPU a reduction's
-        # rounding can depend on the alignment of its rows
-        return self._place(hook, x.shape[1:], x.dtype, x.device).copy_(x)
-
-    def _place(self, hook: str, shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """Where this forward's selection of the hook goes: its rows of read_batches' output, or the hook's buffer."""
-        assert self._index is not None
-        if self._outputs is None:
-            return self._buffer(hook, len(self._index), shape, dtype, device)
-        if hook not in self._outputs:
-            with torch.inference_mode(False):  # ordinary tensors, as torch.cat made them outside the reader before
-                self._outputs[hook] = torch.empty((self._total, *shape), dtype=dtype, device=device)
-        return self._outputs[hook][self._offset : self._offset + len(self._index)]
-
-    def _buffer(
-        self, hook: str, rows: int, shape: torch.Size, dtype: torch.dtype, device: torch.device
-    ) -> torch.Tensor:
-        """The first `rows` rows of the hook's reused buffer, made anew if too small or of another kind."""
+    def _buffer(self, hook: str, shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """The hook's buffer, made anew if it has fewer rows than the read or is of another kind."""
         buffer = self._buffers.get(hook)
         if (
             buffer is None
-            or len(buffer) < rows
+            or len(buffer) < self._total
             or (buffer.shape[1:], buffer.dtype, buffer.device) != (shape, dtype, device)
         ):
             self._buffers.pop(hook, None)  # freed first, so that its memory can serve the new one
-            buffer = self._buffers[hook] = torch.empty((rows, *shape), dtype=dtype, device=device)
-        return buffer[:rows]
+            with torch.inference_mode(False):  # callers write into what read returns, outside inference mode
+                buffer = self._buffers[hook] = torch.empty((self._total, *shape), dtype=dtype, device=device)
+        return buffer
 
-    def _keep(self, hook: str, selected: torch.Tensor) -> None:
-        self._captured[hook] = selected
-        if len(self._captured) == len(self.hooks):
+    def _done(self, hook: str) -> None:
+        self._read.add(hook)
+        if len(self._read) == len(self.hooks):
             raise _StopForward
 
     @torch.inference_mode()
-    def read(self, token_ids: Sequence[np.ndarray], rows: np.ndarray, positions: np.ndarray) -> dict[str, torch.Tensor]:
-        """Run the sentences (right-padded batch) and return {hook: activations at (rows, positions)}, held in the
-        reader's buffers: valid until its next read, which overwrites them (copy what must outlive it)."""
-        return self._forward(token_ids, rows, positions)
+    def read(self, batches: Sequence[Batch]) -> dict[str, torch.Tensor]:
+        """Run each (token ids, rows, positions) batch, its sentences right-padded, and return {hook: activations at
+        (rows, positions), batch after batch}. The tensors are views of the reader's buffers (ordinary tensors, not
+        inference tensors): valid until the reader's next read, which overwrites them; copy what must outlive it."""
+        self._total = sum(len(rows) for _, rows, _ in batches)
+        self._rows = slice(0, 0)
+        for token_ids, rows, positions in batches:
+            self._rows = slice(self._rows.stop, self._rows.stop + len(rows))
+            self._forward(token_ids, rows, positions)
+        return {hook: self._buffers[hook][: self._total] for hook in self.hooks} if batches else {}
 
-    @torch.inference_mode()
-    def read_batches(self, batches: Sequence[Batch]) -> dict[str, torch.Tensor]:
-        """Read each (token ids, rows, positions) batch as `read` does and return {hook: the batches' activations one
-        after the other}, written in place into tensors of their own (no reader buffer, no concatenation)."""
-        outputs: dict[str, torch.Tensor] = {}
-        self._outputs, self._offset, self._total = outputs, 0, sum(len(rows) for _, rows, _ in batches)
-        try:
-            for token_ids, rows, positions in batches:
-                self._forward(token_ids, rows, positions)
-                self._offset += len(rows)
-        finally:
-            self._outputs = None
-        return outputs
-
-    def _forward(
-        self, token_ids: Sequence[np.ndarray], rows: np.ndarray, positions: np.ndarray
-    ) -> dict[str, torch.Tensor]:
+    def _forward(self, token_ids: Sequence[np.ndarray], rows: np.ndarray, positions: np.ndarray) -> None:
         device = next(self.model.parameters()).device
         input_ids, mask = pad_batch(token_ids)
         self._width = input_ids.shape[1]
         index = np.asarray(rows, dtype=np.int64) * self._width + np.asarray(positions, dtype=np.int64)
         self._index = torch.as_tensor(index, device=device)
-        self._captured = {}
+        self._read = set()
         try:
             self.model(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False)
         except _StopForward:
             pass
-        captured, self._captured = self._captured, {}
-        missing = [hook for hook in self.hooks if hook not in captured]
+        missing = [hook for hook in self.hooks if hook not in self._read]
         if missing:
             raise SaezarrError(f"{type(self.model).__name__}: the forward never reached {', '.join(missing)}")
-        return captured
 
 
 def normalize_(x: torch.Tensor, norm: Norm, eps: float) -> torch.Tensor:

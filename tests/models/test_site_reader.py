@@ -1,5 +1,5 @@
-"""SiteReader's reuse of its buffers: each read returns what a fresh reader reads, whatever the reads before it, and
-read_batches returns tensors of their own, equal to the batches read one by one."""
+"""SiteReader's reuse of its buffers: each read, of one batch or several, returns what fresh readers read of its
+batches one by one, whatever the reads before it; what it returns is writable outside inference mode."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from saezarr.models.language_model import SiteReader
 from saezarr.testing.synthetic import DEMO_CSV, write_architecture_model
 
 LAYERS = 2
-# sentences per read: the buffers grow, then serve smaller reads, then grow again
+# the sentences of each batch
 BATCHES = [(0, 2), (2, 9), (9, 10), (10, 22)]
 
 
@@ -49,38 +49,40 @@ def batches(folder) -> list[tuple[list[np.ndarray], np.ndarray, np.ndarray]]:
 
 def fresh_read(model, hooks, batch) -> dict[str, torch.Tensor]:
     with SiteReader(model, hooks) as reader:
-        return reader.read(*batch)
+        return reader.read([batch])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_each_read_of_a_reader_equals_a_fresh_readers(model_folder, dtype):
+def test_each_read_of_a_reader_equals_its_batches_read_by_fresh_readers(model_folder, dtype):
     folder, model_type = model_folder
     model = load_base_model(folder, dtype, attn_implementation="eager").eval()
     hooks = every_hook(model_type)
     assert any(hook.endswith("hook_normalized") for hook in hooks)
+    every = batches(folder)
+    expected = [fresh_read(model, hooks, batch) for batch in every]
     reader = SiteReader(model, hooks)
-    for batch in batches(folder) + batches(folder)[:1]:
-        expected = fresh_read(model, hooks, batch)
-        with reader:  # one reader, its hooks attached around each read (not beside the fresh one's)
-            got = reader.read(*batch)
-        assert got.keys() == expected.keys()
+    # the buffers grow, serve smaller reads, then grow again
+    for read in ([0], [1, 2], [2], [3, 0], [0, 1, 2, 3], [1]):
+        with reader:  # one reader, its hooks attached around each read (not beside a fresh one's)
+            got = reader.read([every[i] for i in read])
+        assert got.keys() == set(hooks)
         for hook in hooks:
-            assert got[hook].dtype == expected[hook].dtype, hook
-            assert got[hook].shape == (len(batch[1]), *expected[hook].shape[1:]), hook
-            assert torch.equal(got[hook], expected[hook]), hook
+            assert got[hook].dtype == expected[0][hook].dtype, hook
+            assert torch.equal(got[hook], torch.cat([expected[i][hook] for i in read])), hook
 
 
-def test_read_batches_lands_each_batch_in_place_in_tensors_of_its_own(model_folder):
+def test_what_a_read_returns_is_an_ordinary_tensor_that_the_next_read_overwrites(model_folder):
     folder, model_type = model_folder
     model = load_base_model(folder, torch.float32, attn_implementation="eager").eval()
     hooks = every_hook(model_type)
-    every = batches(folder)
+    first, second = batches(folder)[1:3]
     with SiteReader(model, hooks) as reader:
-        together = reader.read_batches(every)
-        reader.read(*every[-1])  # neither this read nor the next read_batches touches them
-        reader.read_batches(every[:2])
-        assert reader.read_batches([]) == {}
+        got = reader.read([first])
+        assert not any(tensor.is_inference() for tensor in got.values())
+        for tensor in got.values():
+            tensor[:2] = 0  # as task_residuals writes stored rows over the computed ones, outside inference mode
+        again = reader.read([second])
+        assert reader.read([]) == {}
     for hook in hooks:
-        one_by_one = torch.cat([fresh_read(model, hooks, batch)[hook] for batch in every])
-        assert torch.equal(together[hook], one_by_one), hook
-        assert not together[hook].is_inference()  # ordinary tensors, as torch.cat's were
+        assert again[hook].data_ptr() == got[hook].data_ptr(), hook  # the same buffer, overwritten
+        assert torch.equal(again[hook], fresh_read(model, hooks, second)[hook]), hook
