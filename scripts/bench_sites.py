@@ -3,8 +3,9 @@
 measured in the same run (the issue's target: several sites in one pass cost at most 1.1x one site).
 
 A random-weight model of each `--models` type (`saezarr.testing.synthetic.write_architecture_model`, `--layers`
-layers of hidden size `--hidden`, float32, eager attention) reads a batch of `--batch` demo sentences, every token
-position selected, through `saezarr.models.language_model.SiteReader`, in three cases:
+layers of hidden size `--hidden`, float32, eager attention) reads a chunk of `--batch` demo sentences, every token
+position selected, in forwards of `--batch-size` sentences (the build's default, 16), through
+`saezarr.models.language_model.SiteReader.read` as the build's `chunk_residuals` calls it, in three cases:
 
 1. baseline: one site, the deepest layer's `hook_resid_post`;
 2. every site kind of the model's site table at that deepest layer, and `hook_embed`;
@@ -14,7 +15,9 @@ The forward stops after the last site needed, the deepest `hook_resid_post` in e
 of `--repeats` reads after `--warmup` untimed ones, the cases interleaved (each repeat runs every case once, in a
 rotating order) so that load from other work falls on all of them alike: wall time, the process's CPU time (all
 threads; the steadier figure on a shared machine) and minor page faults of `reader.read()` alone, the hooks attached
-before the clock starts. `ratio` is the case's median over the baseline's; `paired` the median of each repeat's
+before the clock starts. Each case has one reader for all its reads (a build pass has one for all its chunks), so
+that `read` reuses its buffers from read to read (its hooks are attached around each read alone: the cases share the
+model and the process). `ratio` is the case's median over the baseline's; `paired` the median of each repeat's
 ratio to the baseline run beside it. The target is checked on the wall-time ratio of medians. OMP_WAIT_POLICY is
 PASSIVE unless set, as `python -m saezarr` runs.
 
@@ -23,8 +26,9 @@ Where case 3's time over the baseline goes, measured (benchmark-only subclasses 
 - `hooks alone`: case 3's hooks keeping an empty tensor (nothing selected, copied or normalised): the cost of the
   hooks themselves (PyTorch's hooked-module path, the Python calls, the bookkeeping);
 - the CPU time spent inside case 3's hooks (selecting the tokens, which copies them, and normalising
-  `ln2.hook_normalized`), per site kind, and the page faults taken inside them, from a few more reads (on a GPU
-  this is host time: launching the kernels). `--device cuda` was not run on the machine that wrote this script.
+  `ln2.hook_normalized`), per site kind, and the page faults taken inside them, from a few more reads of one reader
+  after a warm-up read (on a GPU this is host time: launching the kernels). `--device cuda` was not run on the
+  machine that wrote this script.
 
     python scripts/bench_sites.py                         # gemma2 and gpt2, 6 layers, hidden 256: ~30 s on 2 cores
     python scripts/bench_sites.py --hidden 1024 --repeats 10
@@ -69,7 +73,8 @@ class HooksAloneReader(SiteReader):
     def _input_hook(self, hook, norm):
         return super()._input_hook(hook, None)
 
-    def _selected(self, hidden):
+    def _select(self, hook, hidden, dtype=None):
+        self._buffers[hook] = self.NOTHING  # what read returns
         return self.NOTHING
 
 
@@ -144,34 +149,35 @@ def bench_model(model_type: str, args: argparse.Namespace, corpus: list[str], ro
     tokenizer = AutoTokenizer.from_pretrained(folder)
     batch = [corpus[i % len(corpus)] for i in range(args.batch)]
     token_ids = [np.asarray(ids) for ids in tokenizer(batch)["input_ids"]]
-    rows = np.concatenate([np.full(len(ids), row) for row, ids in enumerate(token_ids)])
-    positions = np.concatenate([np.arange(len(ids)) for ids in token_ids])  # every token, BOS included
+    chunk = [every_token(token_ids[first : first + args.batch_size]) for first in range(0, len(batch), args.batch_size)]
     cases = sites(model_type, args.layers)
     runs: dict[str, tuple[type[SiteReader], list[str]]] = {name: (SiteReader, hooks) for name, hooks in cases.items()}
     runs[ALONE] = (HooksAloneReader, cases[EVERY])
     timer = Timer(device)
     names = list(runs)
+    readers = {name: kind(model, hooks) for name, (kind, hooks) in runs.items()}
     samples: dict[str, list[tuple[float, float, int]]] = {name: [] for name in names}
     for repeat in range(args.warmup + args.repeats):
         for name in names[repeat % len(names) :] + names[: repeat % len(names)]:  # a rotating order
-            kind, hooks = runs[name]
-            with kind(model, hooks) as reader:
-                sample = timer(lambda reader=reader: reader.read(token_ids, rows, positions))
+            with readers[name] as reader:  # its hooks attached for this read alone: the cases share the model
+                sample = timer(lambda reader=reader: reader.read(chunk))
             if repeat >= args.warmup:
                 samples[name].append(sample)
-    inside, faults_inside = [], []  # inside case 3's hooks, in a few more reads
-    for _ in range(max(3, args.repeats // 2)):
-        timed = TimedReader(model, cases[EVERY])
-        with timed:
-            read = timed.read(token_ids, rows, positions)
-        inside.append(timed.inside)
-        faults_inside.append(timed.faults)
+    inside, faults_inside = [], []  # inside case 3's hooks, in a few more reads of one reader after a warm-up read
+    timed = TimedReader(model, cases[EVERY])
+    with timed:
+        for repeat in range(1 + max(3, args.repeats // 2)):
+            timed.inside, timed.faults = {}, 0
+            read = timed.read(chunk)
+            if repeat:
+                inside.append(timed.inside)
+                faults_inside.append(timed.faults)
     median = statistics.median
     return {
         "model_type": model_type,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "batch_shape": (len(token_ids), max(len(ids) for ids in token_ids)),
-        "tokens": len(rows),
+        "batch_shapes": [(len(ids), max(len(i) for i in ids)) for ids, _, _ in chunk],
+        "tokens": sum(len(rows) for _, rows, _ in chunk),
         "sites": {name: len(hooks) for name, (_, hooks) in runs.items()},
         "read_bytes": sum(t.numel() * t.element_size() for t in read.values()),
         "wall": {name: median(s[0] for s in samples[name]) for name in names},
@@ -185,6 +191,12 @@ def bench_model(model_type: str, args: argparse.Namespace, corpus: list[str], ro
     }
 
 
+def every_token(token_ids: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """A batch of sentences with every token position selected, BOS included."""
+    rows = np.concatenate([np.full(len(ids), row) for row, ids in enumerate(token_ids)])
+    return token_ids, rows, np.concatenate([np.arange(len(ids)) for ids in token_ids])
+
+
 def _quartiles(values: list[float]) -> tuple[float, float]:
     q1, _, q3 = statistics.quantiles(values, n=4)
     return q1, q3
@@ -193,9 +205,9 @@ def _quartiles(values: list[float]) -> tuple[float, float]:
 def report(result: dict) -> str:
     wall, cpu, faults = result["wall"], result["cpu"], result["faults"]
     lines = [
-        f"{result['model_type']}: {result['parameters'] / 1e6:.2f} M parameters, batch {result['batch_shape'][0]} "
-        f"sentences x {result['batch_shape'][1]} tokens (padded), {result['tokens']} positions selected; case 3 "
-        f"reads {result['read_bytes'] / 2**20:.1f} MiB",
+        f"{result['model_type']}: {result['parameters'] / 1e6:.2f} M parameters, a chunk of "
+        f"{' + '.join(f'{n} x {w}' for n, w in result['batch_shapes'])} tokens (sentences x padded width, a forward "
+        f"each), {result['tokens']} positions selected; case 3 reads {result['read_bytes'] / 2**20:.1f} MiB",
         f"  {'case':<25} {'sites':>5} {'wall ms':>8} {'q1-q3':>11} {'ratio':>6} {'paired':>6} {'CPU ms':>7} "
         f"{'ratio':>6} {'faults':>6}",
     ]
@@ -235,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=32, help="sentences per forward (default 32)")
+    parser.add_argument("--batch", type=int, default=32, help="sentences per read: a chunk (default 32)")
+    parser.add_argument("--batch-size", type=int, default=16, help="sentences per forward (default 16, the build's)")
     parser.add_argument("--models", default="gemma2,gpt2", help="comma-separated model types (default gemma2,gpt2)")
     args = parser.parse_args(argv)
     corpus = pd.read_csv(DEMO_CSV)["sentence"].tolist()

@@ -162,8 +162,7 @@ def chunk_residuals(
     alone decides its batches."""
     sentences, positions = fragments.sentences[start:stop], fragments.positions[start:stop]
     unique = list(dict.fromkeys(sentences.tolist()))
-    parts: dict[str, list[torch.Tensor]] = {}
-    batches = 0
+    batches = []
     for first in range(0, len(unique), batch_size):
         batch = unique[first : first + batch_size]
         in_batch = np.isin(sentences, batch)
@@ -171,11 +170,8 @@ def chunk_residuals(
         rows = np.array([row_of[s] for s in sentences[in_batch]])
         # a causal model needs no token after the chunk's last fragment of a sentence
         token_ids = [fragments.token_ids[s][: positions[sentences == s].max() + 1] for s in batch]
-        captured = reader.read(token_ids, rows, positions[in_batch])
-        batches += 1
-        for hook, tensor in captured.items():
-            parts.setdefault(hook, []).append(tensor)
-    return {hook: torch.cat(tensors) for hook, tensors in parts.items()}, batches
+        batches.append((token_ids, rows, positions[in_batch]))
+    return reader.read(batches), len(batches)
 
 
 def compute_chunk(

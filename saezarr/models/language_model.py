@@ -226,16 +226,27 @@ class _StopForward(Exception):
     """Raised by the hook that reads the last site still unread: nothing after it is needed."""
 
 
+# a forward's token ids, and the rows and positions of the tokens it selects
+Batch = tuple[Sequence[np.ndarray], np.ndarray, np.ndarray]
+
+
 class SiteReader:
     """Reads sites (hook names in TransformerLens' spelling) at chosen token positions, each by a hook on the module
-    that the model's site table places it at; the forward stops once every site is read."""
+    that the model's site table places it at; the forward stops once every site is read.
+
+    Each site's selections are copied into a buffer of the reader's that its next read overwrites: fresh tensors for
+    every chunk would grow and shrink the heap, and the next forward fault the memory in again."""
 
     def __init__(self, model: PreTrainedModel, hooks: Iterable[str]):
         self.model = model
         self.hooks = sorted(set(hooks))
-        self._selection: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._captured: dict[str, torch.Tensor] = {}
+        self._index: torch.Tensor | None = None  # the selected tokens' rows in a hidden state's [batch × width, ...]
+        self._width = 0  # the padded batch's width
+        self._rows = slice(0, 0)  # the forward's rows in the buffers
+        self._total = 0  # the rows of the read, all its batches
+        self._read: set[str] = set()  # the hooks the forward has read
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._buffers: dict[str, torch.Tensor] = {}  # per hook, reused from read to read (kept across `with`s)
 
     def __enter__(self) -> SiteReader:
         table = ARCHITECTURES[self.model.config.model_type]
@@ -259,52 +270,83 @@ class SiteReader:
 
     def _input_hook(self, hook: str, norm: Norm | None):
         def read_input(module, args, kwargs):
-            hidden = self._selected(args[0] if args else kwargs["hidden_states"])
-            self._keep(hook, hidden if norm is None else normalized(hidden, norm, norm_eps(module)))
+            hidden = args[0] if args else kwargs["hidden_states"]
+            if norm is None:
+                self._select(hook, hidden)
+            else:
+                normalize_(self._select(hook, hidden, torch.float32), norm, norm_eps(module))
+            self._done(hook)
 
         return read_input
 
     def _output_hook(self, hook: str):
         def read_output(module, args, output):
-            self._keep(hook, self._selected(layer_output(output)))
+            self._select(hook, layer_output(output))
+            self._done(hook)
 
         return read_output
 
-    def _selected(self, hidden: torch.Tensor) -> torch.Tensor:
-        assert self._selection is not None  # set by read() before the forward that calls the hooks
-        rows, positions = self._selection
-        return hidden[rows, positions]
+    def _select(self, hook: str, hidden: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The selected tokens of hidden [batch, width, ...], copied (as `dtype`) into the forward's rows of the
+        hook's buffer."""
+        assert self._index is not None and hidden.shape[1] == self._width  # set by _forward
+        out = self._buffer(hook, hidden.shape[2:], dtype or hidden.dtype, hidden.device)[self._rows]
+        if out.dtype == hidden.dtype:
+            return torch.index_select(hidden.flatten(0, 1), 0, self._index, out=out)
+        return out.copy_(hidden.flatten(0, 1)[self._index])
 
-    def _keep(self, hook: str, selected: torch.Tensor) -> None:
-        self._captured[hook] = selected
-        if len(self._captured) == len(self.hooks):
+    def _buffer(self, hook: str, shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """The hook's buffer, made anew if it has fewer rows than the read or is of another kind."""
+        buffer = self._buffers.get(hook)
+        if (
+            buffer is None
+            or len(buffer) < self._total
+            or (buffer.shape[1:], buffer.dtype, buffer.device) != (shape, dtype, device)
+        ):
+            self._buffers.pop(hook, None)  # freed first, so that its memory can serve the new one
+            with torch.inference_mode(False):  # callers write into what read returns, outside inference mode
+                buffer = self._buffers[hook] = torch.empty((self._total, *shape), dtype=dtype, device=device)
+        return buffer
+
+    def _done(self, hook: str) -> None:
+        self._read.add(hook)
+        if len(self._read) == len(self.hooks):
             raise _StopForward
 
     @torch.inference_mode()
-    def read(self, token_ids: Sequence[np.ndarray], rows: np.ndarray, positions: np.ndarray) -> dict[str, torch.Tensor]:
-        """Run the sentences (right-padded batch) and return {hook: activations at (rows, positions)}."""
+    def read(self, batches: Sequence[Batch]) -> dict[str, torch.Tensor]:
+        """Run each (token ids, rows, positions) batch, its sentences right-padded, and return {hook: activations at
+        (rows, positions), batch after batch}. The tensors are views of the reader's buffers (ordinary tensors, not
+        inference tensors): valid until the reader's next read, which overwrites them; copy what must outlive it."""
+        self._total = sum(len(rows) for _, rows, _ in batches)
+        self._rows = slice(0, 0)
+        for token_ids, rows, positions in batches:
+            self._rows = slice(self._rows.stop, self._rows.stop + len(rows))
+            self._forward(token_ids, rows, positions)
+        return {hook: self._buffers[hook][: self._total] for hook in self.hooks} if batches else {}
+
+    def _forward(self, token_ids: Sequence[np.ndarray], rows: np.ndarray, positions: np.ndarray) -> None:
         device = next(self.model.parameters()).device
         input_ids, mask = pad_batch(token_ids)
-        self._selection = (torch.as_tensor(rows, device=device), torch.as_tensor(positions, device=device))
-        self._captured = {}
+        self._width = input_ids.shape[1]
+        index = np.asarray(rows, dtype=np.int64) * self._width + np.asarray(positions, dtype=np.int64)
+        self._index = torch.as_tensor(index, device=device)
+        self._read = set()
         try:
             self.model(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False)
         except _StopForward:
             pass
-        captured, self._captured = self._captured, {}
-        missing = [hook for hook in self.hooks if hook not in captured]
+        missing = [hook for hook in self.hooks if hook not in self._read]
         if missing:
             raise SaezarrError(f"{type(self.model).__name__}: the forward never reached {', '.join(missing)}")
-        return captured
 
 
-def normalized(x: torch.Tensor, norm: Norm, eps: float) -> torch.Tensor:
-    """x as a LayerNorm (centred, then scaled) or an RMSNorm (scaled) normalises it before its gain, in float32;
-    eps inside the square root, as TransformerLens' hook_normalized."""
-    x = x.float()
+def normalize_(x: torch.Tensor, norm: Norm, eps: float) -> torch.Tensor:
+    """x (float32) normalised in place, as a LayerNorm (centred, then scaled) or an RMSNorm (scaled) normalises it
+    before its gain; eps inside the square root, as TransformerLens' hook_normalized."""
     if norm == "layer":
-        x = x - x.mean(dim=-1, keepdim=True)
-    return x / (x.pow(2).mean(dim=-1, keepdim=True) + eps).sqrt()
+        x.sub_(x.mean(dim=-1, keepdim=True))
+    return x.div_((x.pow(2).mean(dim=-1, keepdim=True) + eps).sqrt())
 
 
 def norm_eps(module: torch.nn.Module) -> float:

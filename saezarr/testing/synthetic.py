@@ -353,7 +353,7 @@ def calibration_residuals(model_folder: Path, layers: list[int], sentences: Sequ
     rows = np.concatenate([np.full(len(t) - 1, i) for i, t in enumerate(ids)])
     positions = np.concatenate([np.arange(1, len(t)) for t in ids])
     with SiteReader(model, map(resid_post, layers)) as reader:
-        captured = reader.read(ids, rows, positions)
+        captured = reader.read([(ids, rows, positions)])
     return {layer: captured[resid_post(layer)].float().numpy() for layer in layers}
 
 

@@ -41,7 +41,7 @@ def test_every_site_reads_what_transformer_lens_caches(model_type, tmp_path):
     positions = np.concatenate([np.arange(len(t)) for t in tokens])
     base = load_base_model(folder, torch.float32, attn_implementation="eager").eval()
     with SiteReader(base, hooks) as reader:
-        read = reader.read([t.numpy() for t in tokens], rows, positions)
+        read = reader.read([([t.numpy() for t in tokens], rows, positions)])
     tl = hooked_transformer(folder)
     for hook in hooks:
         expected = np.concatenate([site_value(tl, t, hook).numpy() for t in tokens])
