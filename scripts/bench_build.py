@@ -414,15 +414,17 @@ def task_build(spec: dict) -> dict:
 
         return wrapper
 
-    real_encoder_load, real_model_load = B.load_encoder, B.load_model
+    import saezarr.build.work as W  # where a task loads the model and the encoders, in this process as on a worker
+
+    real_encoder_load, real_model_load = W.load_encoder, W.load_model
     timed_encoder_load = timing("sae_load", real_encoder_load)
 
     def counting_encoder_load(sae, *args, **kwargs):
         observed["sae_load_calls"][str(sae.path)] = observed["sae_load_calls"].get(str(sae.path), 0) + 1
         return timed_encoder_load(sae, *args, **kwargs)
 
-    B.load_encoder = counting_encoder_load
-    B.load_model = timing("model_load", real_model_load)
+    W.load_encoder = counting_encoder_load
+    W.load_model = timing("model_load", real_model_load)
     rss_before = _current_rss()
     cpu_before = os.times()
     profiler = sampler = None
@@ -447,7 +449,7 @@ def task_build(spec: dict) -> dict:
         Path(spec["stacks"]).write_text(sampler.report())
     cpu_after = os.times()
     peak = _peak_rss()
-    B.load_encoder, B.load_model = real_encoder_load, real_model_load
+    W.load_encoder, W.load_model = real_encoder_load, real_model_load
     handle.remove()
     config_file = load_config_file(options.config_file)
     source = resolve_sae_repo(config_file.sae_repo, config_file.configs[0])
