@@ -19,6 +19,7 @@ build process).  No timing includes Python imports (each child imports first and
 ratio's two sides run in the same invocation, with torch's default thread count unless the build set another.
 
     python scripts/bench_build.py --quick                         # < 2 min on 2 cores
+    python scripts/bench_build.py --smoke                         # runs every step on the least data: no figures
     python scripts/bench_build.py --out-md scripts/BENCHMARKS.md  # full run, < 10 min on 2 cores
 """
 
@@ -58,6 +59,13 @@ SIZES = {
         "w2_layers": 2,
         "w2_l0s_per_layer": 4,
         "w2_fragments": 1000,
+        "rss_factor": 4,
+    },
+    "smoke": {  # the least data that runs every step: the test suite's check that this script works
+        "w1_fragments": 16,
+        "w2_layers": 1,
+        "w2_l0s_per_layer": 2,
+        "w2_fragments": 250,
         "rss_factor": 4,
     },
 }
@@ -1236,6 +1244,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="small data (workload 1 keeps its shapes; workload 2 uses 8 SAEs), under 2 minutes on 2 cores",
     )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the least data that runs every step (how the test suite checks this script); its figures mean nothing",
+    )
     parser.add_argument("--workloads", default="1,2,3", help="which workloads, e.g. 1,3 (default 1,2,3)")
     parser.add_argument("--out-md", type=Path, help="insert the results into this Markdown file, newest first")
     parser.add_argument(
@@ -1267,7 +1280,7 @@ def main(argv: list[str] | None = None) -> int:
     selected = {int(w) for w in args.workloads.split(",") if w.strip()}
     if not selected <= {1, 2, 3}:
         parser.error("--workloads: choose from 1,2,3")
-    mode = "quick" if args.quick else "full"
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     command = "python " + " ".join([os.path.relpath(__file__)] + (argv if argv is not None else sys.argv[1:]))
     started = time.perf_counter()
     info = machine()
@@ -1287,7 +1300,7 @@ def main(argv: list[str] | None = None) -> int:
             w1, raw["w1"] = workload_1(root, scratch, mode, args.repeat, log)
             lines += w1
         if selected & {2, 3}:
-            rss_runs = args.rss_runs or (1 if args.quick else 2)
+            rss_runs = args.rss_runs or (1 if args.quick or args.smoke else 2)
             w23, raw["w23"] = workload_2_3(root, scratch, mode, selected, args.repeat, rss_runs, log)
             lines += w23
         profiles = []

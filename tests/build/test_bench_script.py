@@ -11,13 +11,13 @@ from clitools import REPO
 
 
 @pytest.mark.slow
-def test_quick_storage_benchmark_runs_and_records_its_figures(tmp_path):
+def test_storage_benchmark_runs_and_records_its_figures(tmp_path):
     record = tmp_path / "BENCHMARKS.md"
     record.write_text("# results\n\nolder text\n")
     command = [
         sys.executable,
         str(REPO / "scripts" / "bench_build.py"),
-        "--quick",
+        "--smoke",
         "--workloads",
         "3",
         "--cache",
@@ -30,7 +30,7 @@ def test_quick_storage_benchmark_runs_and_records_its_figures(tmp_path):
     text = record.read_text()
     assert text.startswith("# results\n\nolder text\n"), "earlier results must be kept"
     entry = text.split("<!-- newest first: bench_build.py inserts new results below this line -->", 1)[1]
-    assert "quick run, workloads 3" in entry and "- command: `python " in entry
+    assert "smoke run, workloads 3" in entry and "- command: `python " in entry
     figures = {
         name: float(value)
         for name, value in re.findall(
