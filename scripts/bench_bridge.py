@@ -57,8 +57,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import bench_sites  # noqa: E402  (this folder's: run as `python scripts/bench_bridge.py`)
+from bench_sites import Timer, quartiles  # noqa: E402
+
 from saezarr.compat import load_base_model
-from saezarr.models.architectures import ARCHITECTURES
 from saezarr.models.language_model import SiteReader, pad_batch
 from saezarr.testing.synthetic import DEMO_CSV, write_architecture_model
 
@@ -68,25 +70,8 @@ BR_NONE, BR_ONE, BR_EVERY = "bridge, no cache", "bridge, 1 site", "bridge, every
 
 def sites(model_type: str, layers: int) -> dict[str, list[str]]:
     """The hooks read by the one-site and every-site cases: every kind of the site table, at every layer."""
-    kinds = sorted(kind for kind in ARCHITECTURES[model_type].sites if kind != "hook_embed")
-    return {
-        "one": [f"blocks.{layers - 1}.hook_resid_post"],
-        "every": ["hook_embed"] + [f"blocks.{layer}.{kind}" for layer in range(layers) for kind in kinds],
-    }
-
-
-class Timer:
-    """Wall and CPU seconds of a call, the device synchronised on both sides."""
-
-    def __init__(self, device: torch.device):
-        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-    def __call__(self, run) -> tuple[float, float]:
-        self.sync()
-        wall, cpu = time.perf_counter(), time.process_time()
-        run()
-        self.sync()
-        return time.perf_counter() - wall, time.process_time() - cpu
+    cases = bench_sites.sites(model_type, layers)
+    return {"one": cases[bench_sites.BASE], "every": cases[bench_sites.EVERY]}
 
 
 def boot_bridge(folder: Path, device: torch.device):
@@ -156,7 +141,7 @@ def bench_model(model_type: str, args: argparse.Namespace, corpus: list[str], ro
     def reader(which):
         def run():
             with SiteReader(model, hooks[which]) as site_reader:
-                return site_reader.read(token_ids, rows, positions)
+                return site_reader.read([(token_ids, rows, positions)])
 
         return run
 
@@ -186,7 +171,7 @@ def bench_model(model_type: str, args: argparse.Namespace, corpus: list[str], ro
 
         runs |= {BR_NONE: bridge_none, BR_ONE: bridge_reader("one"), BR_EVERY: bridge_reader("every")}
         result["sites"] |= {BR_NONE: 0, BR_ONE: len(hooks["one"]), BR_EVERY: len(hooks["every"])}
-    timer = Timer(device)
+    timer = Timer(device)  # (wall, CPU, page faults)
     names = list(runs)
     samples: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
     for repeat in range(args.warmup + args.repeats):
@@ -197,16 +182,9 @@ def bench_model(model_type: str, args: argparse.Namespace, corpus: list[str], ro
     median = statistics.median
     result["wall"] = {name: median(s[0] for s in samples[name]) for name in names}
     result["cpu"] = {name: median(s[1] for s in samples[name]) for name in names}
-    result["wall_quartiles"] = {name: _quartiles([s[0] for s in samples[name]]) for name in names}
+    result["wall_quartiles"] = {name: quartiles([s[0] for s in samples[name]]) for name in names}
     result["paired"] = {name: median(s[0] / f[0] for s, f in zip(samples[name], samples[FLOOR])) for name in names}
     return result
-
-
-def _quartiles(values: list[float]) -> tuple[float, float]:
-    if len(values) < 2:
-        return values[0], values[0]
-    q1, _, q3 = statistics.quantiles(values, n=4)
-    return q1, q3
 
 
 def report(result: dict) -> str:

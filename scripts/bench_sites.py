@@ -183,7 +183,7 @@ def bench_model(model_type: str, args: argparse.Namespace, corpus: list[str], ro
         "wall": {name: median(s[0] for s in samples[name]) for name in names},
         "cpu": {name: median(s[1] for s in samples[name]) for name in names},
         "faults": {name: median(s[2] for s in samples[name]) for name in names},
-        "wall_quartiles": {name: _quartiles([s[0] for s in samples[name]]) for name in names},
+        "wall_quartiles": {name: quartiles([s[0] for s in samples[name]]) for name in names},
         # each repeat's case against the baseline of the same repeat, run beside it
         "paired": {name: median(s[0] / b[0] for s, b in zip(samples[name], samples[BASE])) for name in names},
         "inside": {kind: median(i[kind] for i in inside) for kind in inside[0]},
@@ -197,7 +197,10 @@ def every_token(token_ids: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarr
     return token_ids, rows, np.concatenate([np.arange(len(ids)) for ids in token_ids])
 
 
-def _quartiles(values: list[float]) -> tuple[float, float]:
+def quartiles(values: list[float]) -> tuple[float, float]:
+    """The first and third quartiles (the one value twice, for one)."""
+    if len(values) < 2:
+        return values[0], values[0]
     q1, _, q3 = statistics.quantiles(values, n=4)
     return q1, q3
 

@@ -288,7 +288,7 @@ def _open_or_create(options: BuildOptions, plan: BuildPlan, exists: bool) -> tup
     if not exists and is_url(plan.output):
         return _create_locked(plan)
     if not exists:
-        store = _create(plan, replace=False)
+        store = create_planned_store(plan)
     elif options.resume:
         lock = store_lock(plan.output)
         lock.acquire(force=options.force_unlock)
@@ -307,7 +307,7 @@ def _open_or_create(options: BuildOptions, plan: BuildPlan, exists: bool) -> tup
         # held through the swap, so no --resume can take the old store and then write into the new one
         with store_lock(plan.output) as old_lock:
             old_lock.acquire(force=options.force_unlock)
-            store = _create(plan, replace=True)
+            store = create_planned_store(plan, replace=True)
     lock = store.lock()
     lock.acquire()
     return store, lock
@@ -324,13 +324,13 @@ def _create_locked(plan: BuildPlan) -> tuple[Store, WriterLock]:
                 f"{option('output', plan.output)}: another build created a store there meanwhile; use "
                 f"{option('resume', True)} to continue it"
             )
-        return _create(plan, replace=False), lock
+        return create_planned_store(plan), lock
     except BaseException:
         lock.release()
         raise
 
 
-def _create(plan: BuildPlan, replace: bool) -> Store:
+def create_planned_store(plan: BuildPlan, replace: bool = False) -> Store:
     """The new store of the plan, at its output (replacing the store there, if `replace`)."""
     # a new store's plan has its fragments, chunk size and model
     assert plan.fragments is not None and plan.chunk_fragments is not None and plan.model_info is not None

@@ -6,11 +6,10 @@ from pathlib import Path
 
 from faults.faultkit import assert_same_store
 
-from saezarr.build.pipeline import BuildOptions, BuildSummary, build
+from saezarr.build.pipeline import BuildOptions, BuildSummary, build, create_planned_store
 from saezarr.build.planning import plan_build
 from saezarr.build.runner import InProcess, Runner
 from saezarr.execution.caches import process_cache
-from saezarr.store.format import create_store
 from saezarr.testing.synthetic import DEMO_CSV
 
 CHUNK = 64
@@ -31,16 +30,8 @@ def test_an_executor_of_its_own_builds_the_same_store(demo_config, tmp_path):
     reference = tmp_path / "reference.zarr"
     build(_options(reference, demo_config))
     plan = plan_build(_options(tmp_path / "reversed.zarr", demo_config))
-    assert plan.fragments is not None and plan.model_info is not None and plan.chunk_fragments is not None
-    store = create_store(
-        plan.output,
-        plan.fragments.table,
-        plan.configs,
-        [sae.width for sae in plan.saes],
-        plan.attrs,
-        plan.chunk_fragments,
-        hidden_size=plan.model_info.hidden_size,
-    )
+    assert plan.fragments is not None
+    store = create_planned_store(plan)
     summary = BuildSummary(plan.output, len(plan.configs), len(plan.fragments), plan.n_sentences)
     Runner(plan, store, summary, _Reversed(quiet=True)).run()
     assert summary.units_written == summary.units_total == store.done_matrix().size
