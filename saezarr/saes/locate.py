@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import posixpath
 import warnings
 from collections.abc import Callable, Sequence
@@ -53,8 +54,10 @@ class SAEFile:
         return self.config.site_hook
 
     def resolved(self) -> SAEFile:
-        """The same SAE with its weights file as an absolute path."""
-        return dataclasses.replace(self, layout=dataclasses.replace(self.layout, weights=self.layout.weights.resolve()))
+        """The same SAE with its weights file as an absolute path, links kept: a file in the hub's cache is a link
+        whose target's name (a hash) no longer says the file's format."""
+        weights = Path(os.path.abspath(self.layout.weights))
+        return dataclasses.replace(self, layout=dataclasses.replace(self.layout, weights=weights))
 
     @property
     def encoder_bytes(self) -> int:
