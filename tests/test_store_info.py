@@ -15,13 +15,10 @@ from saezarr.store_info import ConfigProgress, ResidualsInfo, StoreInfo
 
 
 @pytest.fixture(scope="module")
-def stores(planted, demo_config, tmp_path_factory) -> dict:
-    """A store with its residual stream (the planted one) and a partly built demo store without."""
-    partial = tmp_path_factory.mktemp("store-info") / "partial.zarr"
-    args = ("build", "--demo", "--config", demo_config, "--output", partial, "--max-chunks", "1")
-    result = run_cli(*args, "--chunk-fragments", "64", "--quiet")
-    assert result.returncode == 0, result.stderr
-    return {"residuals": planted.cued, "partial": partial}
+def stores(planted, demo_partial) -> dict:
+    """A store with its residual stream (the planted one) and a partly built demo store without (`build --demo
+    --max-chunks 1 --chunk-fragments 64`, tests/conftest.py)."""
+    return {"residuals": planted.cued, "partial": demo_partial}
 
 
 def _key_order(value):

@@ -22,8 +22,9 @@ REUSED = "cached activations and metrics reused"
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, tiny):
-    return build_store(tmp_path_factory.mktemp("cache-store"), tiny.config_file, tiny.csv, "--chunk-fragments", "7")
+def store(cli_store_chunk7):
+    """`saezarr build` of the tiny model and the demo CSV in chunks of 7 fragments (tests/conftest.py): read only."""
+    return cli_store_chunk7
 
 
 def analyze(store, output, *args, cache, max_bytes=None):
@@ -141,13 +142,13 @@ def test_a_bad_cap_is_one_line_before_anything_is_written(store, tmp_path, value
     assert not (tmp_path / "out").exists() and not cache.exists()
 
 
-def test_a_store_rebuilt_in_place_is_read_anew_by_the_same_process(tmp_path, tiny):
+def test_a_store_rebuilt_in_place_is_read_anew_by_the_same_process(tmp_path, tiny, cli_store_chunk7):
     # the units open their store once per process (a cluster worker runs many); a notebook or a long-lived worker
     # that analyses a store, which is then rebuilt at the same path with other chunks, must read the new one
     from saezarr.analysis.run import AnalyzeOptions
     from saezarr.analysis.run import analyze as analyze_here
 
-    store = build_store(tmp_path, tiny.config_file, tiny.csv, "--chunk-fragments", "7")
+    store = shutil.copytree(cli_store_chunk7, tmp_path / "store.zarr")  # as build_store(tmp_path, ..., "7") makes it
     analyze_here(AnalyzeOptions(store, tmp_path / "before", cache=tmp_path / "cache", quiet=True))
     rebuilt = run_cli(
         "build",
@@ -174,10 +175,10 @@ def memos(cache: Path) -> list[Path]:
     return sorted((cache / "coordinates").glob("*.npz"))
 
 
-def test_coordinates_are_memoized_per_store_and_read_anew_once_it_changes(tmp_path, tiny):
+def test_coordinates_are_memoized_per_store_and_read_anew_once_it_changes(tmp_path, tiny, cli_store):
     # a re-run takes the coordinates from the memo (no zarr before features.parquet: test_analyze_cli); a store
     # rebuilt in place from other sentences gets its own coordinates, equal to a fresh cache's analysis of it
-    store = build_store(tmp_path / "a", tiny.config_file, tiny.csv)
+    store = shutil.copytree(cli_store, tmp_path / "a" / "store.zarr")  # as build_store(tmp_path / "a", ...) makes it
     cache = tmp_path / "cache"
     assert analyze(store, tmp_path / "first", cache=cache).returncode == 0
     [memo] = memos(cache)
@@ -223,12 +224,14 @@ def test_a_damaged_memo_is_rewritten_and_the_memos_of_deleted_stores_go(tmp_path
     ).read_bytes()
 
 
-def test_token_activations_of_features_shown_are_kept_and_a_rerun_reads_no_shard(tmp_path, tiny, monkeypatch):
+def test_token_activations_of_features_shown_are_kept_and_a_rerun_reads_no_shard(
+    tmp_path, cli_store_chunk7, monkeypatch
+):
     from saezarr.analysis.run import AnalyzeOptions
     from saezarr.analysis.run import analyze as analyze_here
     from saezarr.store.format import Store
 
-    store = build_store(tmp_path, tiny.config_file, tiny.csv, "--chunk-fragments", "7")
+    store = shutil.copytree(cli_store_chunk7, tmp_path / "store.zarr")  # as build_store(tmp_path, ..., "7") makes it
     cache = tmp_path / "cache"
     loose = dict(min_pearson=-1.0, min_tpr=0.0, max_fpr=1.0, quiet=True, cache=cache)
     analyze_here(AnalyzeOptions(store, tmp_path / "first", top_n=6, **loose))

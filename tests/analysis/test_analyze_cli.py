@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import zarr
-from analyzetools import SOURCES, build_store, csv_without, dead_pid, strip_neuronpedia, write_linked_config
+from analyzetools import SOURCES, build_store, csv_without, dead_pid, strip_neuronpedia
 from clitools import run_cli
 
 import saezarr
@@ -22,9 +22,10 @@ LOOSE = ("--min-pearson", "0.1", "--min-tpr", "0.1", "--max-fpr", "0.5")  # the 
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, tiny):
-    folder = tmp_path_factory.mktemp("analyze-cli")
-    return build_store(folder, write_linked_config(folder / "config.json", tiny), tiny.csv, "--chunk-fragments", "7")
+def store(linked_store_chunk7):
+    """`saezarr build` of the tiny model (its SAEs' Neuronpedia sources named) and the demo CSV in chunks of 7
+    fragments (tests/conftest.py): read only, a test that changes it copies it."""
+    return linked_store_chunk7
 
 
 def analyze(store, output, *args, cache):

@@ -7,7 +7,7 @@ import pickle
 
 import numpy as np
 import pytest
-from analyzetools import build_store, reference_metrics, reference_pooled
+from analyzetools import reference_metrics, reference_pooled
 
 import saezarr
 from saezarr.analysis.cache.files import AnalysisCache
@@ -21,9 +21,10 @@ CHUNK = 7  # fragments per chunk: sentences span chunk edges
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, tiny):
-    folder = tmp_path_factory.mktemp("analyze-fast")
-    return build_store(folder, tiny.config_file, tiny.csv, "--chunk-fragments", str(CHUNK))
+def store(cli_store_chunk7):
+    """`saezarr build` of the tiny model and the demo CSV in chunks of CHUNK fragments (tests/conftest.py): read only."""
+    assert CHUNK == 7
+    return cli_store_chunk7
 
 
 @pytest.mark.parametrize("pool", ["final", "max", "mean"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dask.array as da
 import numpy as np
 import pytest
-from analyzetools import build_store, csv_without, reference_metrics, reference_pooled, write_linked_config
+from analyzetools import build_store, csv_without, reference_metrics, reference_pooled
 
 import saezarr
 from saezarr.analysis.lazy import sentence_activations
@@ -15,11 +15,11 @@ CHUNK = 7  # fragments per chunk: the demo's sentences (9-16 tokens) span two or
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, tiny):
-    folder = tmp_path_factory.mktemp("analyze-metrics")
-    return build_store(
-        folder, write_linked_config(folder / "config.json", tiny), tiny.csv, "--chunk-fragments", str(CHUNK)
-    )
+def store(linked_store_chunk7):
+    """`saezarr build` of the tiny model (its SAEs' Neuronpedia sources named) and the demo CSV in chunks of CHUNK
+    fragments (tests/conftest.py): read only."""
+    assert CHUNK == 7
+    return linked_store_chunk7
 
 
 @pytest.mark.parametrize("pool", ["final", "max", "mean"])

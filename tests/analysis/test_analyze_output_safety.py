@@ -16,8 +16,9 @@ LOOSE = ("--min-pearson", "-1", "--min-tpr", "0", "--max-fpr", "1", "--top-n", "
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, tiny) -> Path:
-    return build_store(tmp_path_factory.mktemp("safety-store"), tiny.config_file, tiny.csv)
+def store(cli_store) -> Path:
+    """`saezarr build` of the tiny model and the demo CSV, every option its default (tests/conftest.py): read only."""
+    return cli_store
 
 
 def analyze(store: Path, output: Path, cache: Path, *args: str):

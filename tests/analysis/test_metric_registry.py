@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import toymetric
-from analyzetools import build_store, reference_pooled, sae_like
+from analyzetools import reference_pooled, sae_like
 from clitools import run_cli
 
 from saezarr.analysis.stats.blocks import GROUPED, DenseBlock
@@ -112,8 +112,9 @@ def analyze(store: Path, output: Path, cache: Path, plugin: Path | None = None):
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, tiny) -> Path:
-    return build_store(tmp_path_factory.mktemp("metric-plugin"), tiny.config_file, tiny.csv)
+def store(cli_store) -> Path:
+    """`saezarr build` of the tiny model and the demo CSV, every option its default (tests/conftest.py): read only."""
+    return cli_store
 
 
 def test_a_plugin_metric_runs_through_analyze_after_the_built_ins(store, tmp_path):

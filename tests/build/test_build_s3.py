@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from clitools import run_cli
 from s3tools import assert_same_objects
 
@@ -24,6 +25,15 @@ def _build(demo_config: Path, output: str | Path, *extra: str, csv: Path = DEMO_
     return done.stdout
 
 
+@pytest.fixture(scope="module")
+def local_demo(demo_config, tmp_path_factory) -> Path:
+    """The demo built on local disk by the command line (`_build`): what the builds into the bucket must hold. Read
+    only."""
+    local = tmp_path_factory.mktemp("local-demo") / "demo.zarr"
+    _build(demo_config, local)
+    return local
+
+
 def _exports_equal(store: str | Path, reference: str | Path, tmp_path: Path, *extra: str) -> None:
     ours, theirs = tmp_path / "npz-ours", tmp_path / "npz-theirs"
     for source, target in ((store, ours), (reference, theirs)):
@@ -35,12 +45,11 @@ def _exports_equal(store: str | Path, reference: str | Path, tmp_path: Path, *ex
         assert (ours / name).read_bytes() == (theirs / name).read_bytes(), name
 
 
-def test_build_info_export_analyze_and_open_store_on_s3(bucket, demo_config, tmp_path):
+def test_build_info_export_analyze_and_open_store_on_s3(bucket, demo_config, local_demo, tmp_path):
     """A store built into a bucket holds the local build's objects byte for byte; info, export-npz, analyze and
     open_store read it as they read the local one; --resume finds it done; nothing local is made for the URL."""
     url = f"s3://{bucket}/runs/demo.zarr"
-    local = tmp_path / "demo.zarr"
-    _build(demo_config, local)
+    local = local_demo
     _build(demo_config, url)
     assert_same_objects(url, local)
 
@@ -85,11 +94,10 @@ def test_overwrite_residuals_and_extend_on_s3_equal_local(bucket, demo_config, t
     _exports_equal(url, local, tmp_path, "--per-sentence")
 
 
-def test_dask_workers_write_straight_to_the_bucket(bucket, demo_config, tmp_path):
+def test_dask_workers_write_straight_to_the_bucket(bucket, demo_config, local_demo, tmp_path):
     """--local-workers: the worker check asks each worker to reach the bucket (no shared folder is probed) and the
     workers' shards are the local build's."""
-    url, local = f"s3://{bucket}/dask.zarr", tmp_path / "local.zarr"
-    _build(demo_config, local)
+    url, local = f"s3://{bucket}/dask.zarr", local_demo
     summary = _build(demo_config, url, "--local-workers", "2")
     assert "2 workers" in summary
     assert_same_objects(url, local)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from clitools import run_cli
+from faults.faultkit import CHUNK as FAULTS_CHUNK
 from faults.faultkit import compare_stores, count_marks, one_error_line
 
 from saezarr.build.pipeline import BuildOptions, build
@@ -46,11 +47,10 @@ def build_args(store: Path, config: Path, *extra) -> list:
 
 
 @pytest.fixture(scope="module")
-def reference(demo_config, tmp_path_factory) -> Path:
-    """A single-process build in this process (torch's default threads)."""
-    store = tmp_path_factory.mktemp("cluster-reference") / "reference.zarr"
-    build(BuildOptions(input=DEMO_CSV, output=store, config_file=demo_config, chunk_fragments=CHUNK, quiet=True))
-    return store
+def reference(demo_reference) -> Path:
+    """A single-process build in a test process (tests/conftest.py: the demo CSV, chunks of CHUNK fragments)."""
+    assert CHUNK == FAULTS_CHUNK  # the chunking demo_reference is built with
+    return demo_reference
 
 
 def _env() -> dict:

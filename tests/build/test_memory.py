@@ -117,13 +117,16 @@ def test_units_in_flight_stay_within_the_host_budget(monkeypatch, available, ove
 
 
 @pytest.mark.parametrize("overlap", [True, False], ids=["GPU mode", "CPU mode"])
-def test_a_small_host_budget_bounds_the_writers_buffers_and_keeps_results(tiny, tmp_path, monkeypatch, overlap):
-    """With room for 2 units, a build holds at most 3 host buffers (2 held, 1 being filled) and gives the same store."""
-    reference = tmp_path / "reference.zarr"
+def test_a_small_host_budget_bounds_the_writers_buffers_and_keeps_results(
+    tiny, tiny_store, tmp_path, monkeypatch, overlap
+):
+    """With room for 2 units, a build holds at most 3 host buffers (2 held, 1 being filled) and gives the same store
+    as one without a budget (tiny_store: the same input, config and chunks; the write mode and the writer threads
+    change no byte, tests/build/test_resume.py)."""
+    reference = tiny_store.path
     kwargs = dict(
         input=tiny.csv, config_file=tiny.config_file, quiet=True, chunk_fragments=32, workers=4, overlap_writes=overlap
     )
-    build(BuildOptions(output=reference, **kwargs))
     unit = 4 * 32 * 128
     monkeypatch.setattr("saezarr.build.memory.available_memory", lambda: 4 * 2 * unit)
     live, most, real_host_buffer = set(), [0], ChunkWriter.host_buffer
@@ -163,10 +166,9 @@ def test_model_is_loaded_straight_in_its_dtype(tiny, monkeypatch, dtype):
     assert moves == []
 
 
-def test_device_out_of_memory_is_one_line_and_the_store_resumes(tiny, tmp_path, monkeypatch, capsys):
+def test_device_out_of_memory_is_one_line_and_the_store_resumes(tiny, tiny_store, tmp_path, monkeypatch, capsys):
     """torch's out-of-memory error from the 20th real encode: exit 1, one line naming both options, resumable."""
-    full = tmp_path / "full.zarr"
-    build(BuildOptions(input=tiny.csv, output=full, config_file=tiny.config_file, quiet=True, chunk_fragments=32))
+    full = tiny_store.path  # the same input, config file and chunks, built in one go
     calls, real_encode = [], Encoder.encode
 
     def encode_until_out_of_memory(self, x, out=None):

@@ -56,12 +56,13 @@ def parse_summary(stdout: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def runs(tiny, tmp_path_factory):
-    """An uninterrupted store; a store stopped by --max-chunks then resumed (both by the command line);
-    and the command-line refusals, run two at a time."""
+def runs(tiny, tiny_store, tmp_path_factory):
+    """An uninterrupted store (tests/conftest.py's tiny_store: `options(tiny, ...)`, built once for the files that
+    compare with it); a store stopped by --max-chunks then resumed (both by the command line); and the command-line
+    refusals, run two at a time."""
     root = tmp_path_factory.mktemp("resume")
-    full = root / "full.zarr"
-    full_summary = build(options(tiny, full))
+    full, full_summary = tiny_store.path, tiny_store.summary
+    assert full_summary.complete and full_summary.n_fragments == N_FRAGMENTS
     guarded = root / "guarded.zarr"  # a partial store that refused commands must leave alone
     build(options(tiny, guarded, max_chunks=2))
     guarded_before = files(guarded)

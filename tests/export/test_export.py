@@ -34,16 +34,16 @@ def build_demo(path: Path, demo_config: Path, *options: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def demo_store(tmp_path_factory, demo_config) -> Path:
-    """A complete demo store (6 configs, 512 features, chunks of 256 fragments: the last one short)."""
-    return build_demo(tmp_path_factory.mktemp("export") / "demo.zarr", demo_config)
+def demo_store(demo_complete) -> Path:
+    """A complete demo store (6 configs, 512 features, chunks of 256 fragments: the last one short), built by
+    `cli.main` (tests/conftest.py): read only, a test that changes it copies it."""
+    return demo_complete
 
 
 @pytest.fixture(scope="module")
-def partial_store(tmp_path_factory, demo_config) -> Path:
-    """A demo store whose build stopped after its first chunk of 64 fragments."""
-    path = tmp_path_factory.mktemp("partial") / "partial.zarr"
-    return build_demo(path, demo_config, "--max-chunks", "1", "--chunk-fragments", "64")
+def partial_store(demo_partial) -> Path:
+    """A demo store whose build stopped after its first chunk of 64 fragments (tests/conftest.py): read only."""
+    return demo_partial
 
 
 def store_activations(store: Path, config: str) -> np.ndarray:

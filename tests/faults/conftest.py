@@ -1,23 +1,9 @@
-"""Fixtures of the fault-injection suite: uninterrupted reference builds, made once per session, in-process."""
+"""The fault-injection suite's end-of-run report. Its uninterrupted reference build, `demo_reference`, is in
+tests/conftest.py (other suites compare with the same store)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
-from faultkit import NOTES, REPORT, build_args
-
-from saezarr.cli import main
-from saezarr.testing.synthetic import DEMO_CSV
-
-
-@pytest.fixture(scope="session")
-def demo_reference(demo_config, tmp_path_factory) -> Path:
-    """An uninterrupted build of the demo CSV (540 fragments, 6 configs, 16-fragment chunks: 204 units)."""
-    store = tmp_path_factory.mktemp("demo-reference") / "reference.zarr"
-    assert main(build_args(DEMO_CSV, store, demo_config)) == 0
-    assert not (store / "_saezarr" / "lock").exists()
-    return store
+from faultkit import NOTES, REPORT
 
 
 def pytest_sessionfinish(session):

@@ -23,12 +23,9 @@ from saezarr.testing.synthetic import DEMO_CSV
 
 
 @pytest.fixture(scope="module")
-def reference(demo_config, tmp_path_factory) -> Path:
-    """The demo built on local disk in one go, with this suite's chunking."""
-    store = tmp_path_factory.mktemp("s3-reference") / "demo.zarr"
-    done = run_cli(*build_args(DEMO_CSV, store, demo_config))
-    assert done.returncode == 0, done.stderr
-    return store
+def reference(demo_reference) -> Path:
+    """The demo built on local disk in one go, with this suite's chunking (tests/conftest.py)."""
+    return demo_reference
 
 
 def test_kill_9_mid_build_then_resume_equals_an_uninterrupted_build(bucket, demo_config, reference, tmp_path):

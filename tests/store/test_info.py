@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from clitools import run_cli
 
-from saezarr import cli
 from saezarr.inputs.sentences import file_sha256
 from saezarr.machine import human_bytes
 from saezarr.store.format import Store, directory_bytes
@@ -16,15 +15,10 @@ from saezarr.testing.synthetic import DEMO_CSV
 
 
 @pytest.fixture(scope="module")
-def stores(tmp_path_factory, demo_config) -> dict[str, Path]:
-    """A complete demo store and one whose build stopped after its first chunk of 64 fragments."""
-    root = tmp_path_factory.mktemp("info")
-    base = ["build", "--demo", "--config", str(demo_config), "--quiet"]
-    assert cli.main([*base, "--output", str(root / "complete.zarr")]) == 0
-    assert (
-        cli.main([*base, "--output", str(root / "partial.zarr"), "--max-chunks", "1", "--chunk-fragments", "64"]) == 0
-    )
-    return {"complete": root / "complete.zarr", "partial": root / "partial.zarr"}
+def stores(demo_complete, demo_partial) -> dict[str, Path]:
+    """A complete demo store and one whose build stopped after its first chunk of 64 fragments, both built by
+    `cli.main(["build", "--demo", ...])` (tests/conftest.py)."""
+    return {"complete": demo_complete, "partial": demo_partial}
 
 
 def info_json(path: Path) -> dict:

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import zarr
 
-from saezarr.build.pipeline import BuildOptions, build
 from saezarr.inputs.fragments import make_fragments
 from saezarr.inputs.sentences import read_labeled_csv
 from saezarr.models.language_model import load_tokenizer, resolve_model
@@ -74,10 +73,9 @@ READER = textwrap.dedent(
 
 
 @pytest.fixture(scope="module")
-def store(tiny, tmp_path_factory):
-    path = tmp_path_factory.mktemp("open-zarr") / "store.zarr"
-    build(BuildOptions(input=tiny.csv, output=path, config_file=tiny.config_file, quiet=True, chunk_fragments=64))
-    return path
+def store(tiny_store_chunk64):
+    """`build()` of the tiny model and the demo CSV in chunks of 64 fragments (tests/conftest.py): read only."""
+    return tiny_store_chunk64.path
 
 
 def test_open_zarr_without_saezarr(tiny, store, tmp_path):

@@ -30,11 +30,9 @@ def memory_scheme():
 
 
 @pytest.fixture(scope="module")
-def local_store(tiny, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("storage-zarr") / "store.zarr"
-    options = BuildOptions(input=tiny.csv, output=path, config_file=tiny.config_file, quiet=True, chunk_fragments=64)
-    build(options)
-    return path
+def local_store(tiny_store_chunk64) -> Path:
+    """`build()` of the tiny model and the demo CSV in chunks of 64 fragments (tests/conftest.py): read only."""
+    return tiny_store_chunk64.path
 
 
 def copy_to_memory(path: Path) -> str:
