@@ -325,11 +325,6 @@ class Store:
                 ranges = None  # never written: zarr reads it as the fill value
             yield ranges
 
-    def write_chunk(self, config_index: int, chunk: int, latents: np.ndarray) -> None:
-        """Write one unit's latents, then mark it complete."""
-        self.write_shard(config_index, chunk, latents)
-        self.mark_done(config_index, chunk)
-
     def write_shard(self, config_index: int, chunk: int, latents: np.ndarray) -> None:
         """Write one unit's latents durably, without marking it: any process may do this, the writer marks."""
         expected = (self.chunk_size(chunk), int(self.widths[config_index]))
