@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 
-import pandas as pd
-import pytest
-from madeonce import BuiltStore, TinyAssets, made_once
-from s3tools import bucket, moto  # noqa: F401  (fixtures: a loopback S3 server, a bucket on it)
 
-from saezarr.testing.synthetic import DEMO_CSV, demo_configs, write_config_file, write_model, write_saes
+def _share_the_cores() -> None:
+    """pytest-xdist runs a test process per core (`-n 2` on 2 cores): a compute thread per core in each of them, and in
+    each command it starts, would oversubscribe the cores, OpenMP's threads spinning as they wait. Each worker gets
+    its share of the cores, before torch is imported, and every command it starts inherits it (unless set already)."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:  # on the controller, which starts the workers, the variable is not set yet
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // int(workers))))
+
+
+_share_the_cores()
+
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+from madeonce import BuiltStore, TinyAssets, made_once  # noqa: E402
+from s3tools import bucket, moto  # noqa: E402, F401  (fixtures: a loopback S3 server, a bucket on it)
+
+from saezarr.testing.synthetic import DEMO_CSV, demo_configs, write_config_file, write_model, write_saes  # noqa: E402
 
 TINY_LAYERS = 26
 TINY_SAE_LAYERS = (0, 12, 25)
