@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import zarr
-from clitools import run_cli
+from clitools import run_cli, run_main
 from scipy import stats
 
 from saezarr.testing.synthetic import DEMO_CSV
@@ -32,9 +32,9 @@ def write_linked_config(path: Path, tiny) -> Path:
 
 
 def build_store(folder: Path, config: Path, csv: Path = DEMO_CSV, *extra: str) -> Path:
-    """Build a store from a CSV with the tiny model, through the command line."""
+    """Build a store from a CSV with the tiny model, through the command line (its `main`, in this process)."""
     store = folder / "store.zarr"
-    result = run_cli("build", "--input", csv, "--output", store, "--config", config, "--quiet", *extra)
+    result = run_main("build", "--input", csv, "--output", store, "--config", config, "--quiet", *extra)
     assert result.returncode == 0, result.stderr
     return store
 

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 import zarr
-from clitools import run_cli
+from clitools import run_cli, run_main
 
 import saezarr
 from saezarr import api
@@ -36,7 +36,7 @@ def demo(demo_config, tmp_path_factory, monkeypatch_module):
     """A folder with the demo store built by the command line, and the analysis cache kept there."""
     root = tmp_path_factory.mktemp("api")
     monkeypatch_module.setenv("SAEZARR_CACHE", str(root / "cache"))
-    result = run_cli("build", "--input", DEMO_CSV, "--output", root / "demo.zarr", "--config", demo_config, "--quiet")
+    result = run_main("build", "--input", DEMO_CSV, "--output", root / "demo.zarr", "--config", demo_config, "--quiet")
     assert result.returncode == 0, result.stderr
     return root
 
@@ -122,10 +122,10 @@ def test_a_dataframe_builds_the_store_its_csv_builds_and_the_command_line_resume
     assert dict(ds.sizes) == {"config": 6, "fragment": 540, "feature": 512}
     assert not saezarr.info(store).complete
     flags = ("--config", demo_config, "--chunk-fragments", "64", "--quiet")
-    resumed = run_cli("build", "--input", csv, "--output", store, *flags, "--resume")
+    resumed = run_main("build", "--input", csv, "--output", store, *flags, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     reference = tmp_path / "csv.zarr"
-    built = run_cli("build", "--input", csv, "--output", reference, *flags)
+    built = run_main("build", "--input", csv, "--output", reference, *flags)
     assert built.returncode == 0, built.stderr
     np.testing.assert_array_equal(_activations(store), _activations(reference))
     assert saezarr.info(store).input_sha256 == saezarr.info(reference).input_sha256

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
-from clitools import REPO, run_cli
+from clitools import REPO, run_main
 
 import saezarr
 from saezarr.errors import SaezarrError
@@ -22,7 +22,7 @@ DEMO_STORE = "saezarr-demo.zarr"
 def demo_folder(tmp_path_factory, demo_config) -> Path:
     """A folder holding the demo store, made as USAGE.md says (`python -m saezarr build --demo`)."""
     folder = tmp_path_factory.mktemp("usage")
-    result = run_cli("build", "--demo", "--config", demo_config, "--quiet", cwd=folder)
+    result = run_main("build", "--demo", "--config", demo_config, "--quiet", cwd=folder)
     assert result.returncode == 0, result.stderr
     assert (folder / DEMO_STORE).is_dir()
     return folder

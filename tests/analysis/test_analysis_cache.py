@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import zarr
 from analyzetools import build_store, csv_without, dead_pid
-from clitools import run_cli
+from clitools import run_cli, run_main
 
 from saezarr.machine import human_bytes
 
@@ -150,7 +150,7 @@ def test_a_store_rebuilt_in_place_is_read_anew_by_the_same_process(tmp_path, tin
 
     store = shutil.copytree(cli_store_chunk7, tmp_path / "store.zarr")  # as build_store(tmp_path, ..., "7") makes it
     analyze_here(AnalyzeOptions(store, tmp_path / "before", cache=tmp_path / "cache", quiet=True))
-    rebuilt = run_cli(
+    rebuilt = run_main(
         "build",
         "--input",
         tiny.csv,
@@ -185,7 +185,7 @@ def test_coordinates_are_memoized_per_store_and_read_anew_once_it_changes(tmp_pa
     written = memo.stat().st_mtime_ns
     assert analyze(store, tmp_path / "again", "--min-pearson", "0.1", cache=cache).returncode == 0
     assert memos(cache) == [memo] and memo.stat().st_mtime_ns == written  # read, not rewritten
-    rebuilt = run_cli(
+    rebuilt = run_main(
         "build",
         "--input",
         csv_without(tmp_path, 3),

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from clitools import run_cli
+from clitools import run_cli, run_main
 from s3tools import assert_same_objects
 
 import saezarr
@@ -20,7 +20,7 @@ CHUNK = "64"
 
 def _build(demo_config: Path, output: str | Path, *extra: str, csv: Path = DEMO_CSV) -> str:
     args = ["build", "--input", csv, "--output", output, "--config", demo_config, "--chunk-fragments", CHUNK]
-    done = run_cli(*args, "--quiet", *extra)
+    done = run_main(*args, "--quiet", *extra)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -72,7 +72,7 @@ def test_build_info_export_analyze_and_open_store_on_s3(bucket, demo_config, loc
     np.testing.assert_array_equal(ours["activations"].values, theirs["activations"].values)
     assert list(ours["original_sentence"].values) == list(theirs["original_sentence"].values)
 
-    resumed = run_cli("build", "--input", DEMO_CSV, "--output", url, "--config", demo_config, "--resume")
+    resumed = run_main("build", "--input", DEMO_CSV, "--output", url, "--config", demo_config, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert "chunks written 0, already done 54 of 54" in resumed.stdout
     assert_same_objects(url, local)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from clitools import run_cli
+from clitools import run_cli, run_main
 
 import saezarr
 from saezarr import cli
@@ -74,7 +74,7 @@ def grown(assets, tmp_path_factory):
     old_store_id = old.attrs["store_id"]
     old_fingerprint = fingerprint(old, "final", range(old.n_configs))
     partial = xr.open_zarr(extended).activations.isel(fragment=slice((old.n_fragments // CHUNK) * CHUNK, None)).values
-    result = run_cli(
+    result = run_main(
         "build", "--input", assets["csv"], "--output", extended, "--config", assets["all_config"], "--extend", "--quiet"
     )
     assert result.returncode == 0, result.stderr
@@ -338,7 +338,7 @@ def test_ctrl_c_while_the_store_grows_says_how_to_finish_and_resume_is_refused(a
         f"interrupted while {store} was growing; rerun the same extend=True command to finish the extension"
     )
     before = all_files(store)
-    result = run_cli(
+    result = run_main(
         "build", "--input", assets["csv"], "--output", store, "--config", assets["all_config"], "--resume", "--quiet"
     )
     assert result.returncode == 2

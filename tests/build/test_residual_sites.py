@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 import xarray as xr
-from clitools import run_cli
+from clitools import run_cli, run_main
 from tlref import hooked_transformer, site_value
 
 import saezarr
@@ -206,7 +206,7 @@ def test_an_extension_by_rows_grows_and_fills_the_site_arrays(gpt2):
 def test_resume_with_other_residual_layers_is_one_line_and_the_store_unchanged(gpt2):
     store = gpt2["one_go"]
     before = all_files(store)
-    result = run_cli(
+    result = run_main(
         "build", "--input", gpt2["csv"], "--output", store, "--config", gpt2["every"], "--resume", "--residuals",
         "--chunk-fragments", CHUNK,
     )  # fmt: skip

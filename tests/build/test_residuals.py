@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from clitools import run_cli
+from clitools import run_cli, run_main
 
 import saezarr
 from saezarr.build.pipeline import BuildOptions, build
@@ -40,7 +40,7 @@ def stores(tiny, tmp_path_factory):
     root = tmp_path_factory.mktemp("residuals")
     base = dict(input=tiny.csv, config_file=tiny.config_file, quiet=True, chunk_fragments=CHUNK)
     everything = root / "all.zarr"
-    result = run_cli(
+    result = run_main(
         "build", "--input", tiny.csv, "--output", everything, "--config", tiny.config_file, "--quiet",
         "--chunk-fragments", CHUNK, "--residuals",
     )  # fmt: skip
@@ -132,7 +132,9 @@ def test_info_shows_the_residuals_with_their_size(stores):
 
 def test_bad_residual_layers_are_one_line_and_nothing_is_written(tiny, tmp_path):
     out = tmp_path / "bad.zarr"
-    result = run_cli("build", "--input", tiny.csv, "--output", out, "--config", tiny.config_file, "--residuals", "3,99")
+    result = run_main(
+        "build", "--input", tiny.csv, "--output", out, "--config", tiny.config_file, "--residuals", "3,99"
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "saezarr: error: --residuals: layer 99 is not a layer of the model (0-25)"
@@ -143,7 +145,7 @@ def test_bad_residual_layers_are_one_line_and_nothing_is_written(tiny, tmp_path)
 def test_resume_with_other_residual_layers_is_refused_and_the_store_unchanged(tiny, stores, tmp_path):
     _, some, _ = stores
     before = all_files(some)
-    result = run_cli(
+    result = run_main(
         "build", "--input", tiny.csv, "--output", some, "--config", tiny.config_file, "--resume", "--residuals"
     )
     assert result.returncode == 2

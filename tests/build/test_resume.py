@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from clitools import run_cli
+from clitools import run_cli, run_main
 from faults.faultkit import compare_stores
 
 from saezarr.build.pipeline import BuildOptions, build
@@ -77,7 +77,7 @@ def runs(tiny, tiny_store, tmp_path_factory):
     with ThreadPoolExecutor(max_workers=2) as pool:
         processes = dict(zip(first, pool.map(lambda args: run_cli(*args), first.values())))
     partial_files = files(resumed)
-    processes["resume"] = run_cli("build", "--output", resumed, *common, "--resume")
+    processes["resume"] = run_main("build", "--output", resumed, *common, "--resume")
     return {
         "root": root,
         "full": full,

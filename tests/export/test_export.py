@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from clitools import run_cli
+from clitools import run_cli, run_main
 
 from saezarr import cli
 from saezarr.compat import dtype_kwargs, layer_output
@@ -136,7 +136,7 @@ def jumprelu(residuals: np.ndarray, params_path: Path) -> tuple[np.ndarray, np.n
 
 def test_export_matches_an_independent_reference(tiny, tmp_path):
     store, out = tmp_path / "tiny.zarr", tmp_path / "npz"
-    built = run_cli(
+    built = run_main(
         "build",
         "--input",
         tiny.csv,

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from clitools import run_cli
+from clitools import run_cli, run_main
 from faultkit import KillPoint, build_args, killed_at
 from s3tools import assert_same_objects, storage_digest
 
@@ -36,7 +36,7 @@ def test_kill_9_mid_build_then_resume_equals_an_uninterrupted_build(bucket, demo
         "the build finished before the kill point"
     )
     assert open_storage(url).exists(LOCK), "the killed writer's lock is left behind"
-    resumed = run_cli(*build_args(DEMO_CSV, url, demo_config, "--resume"))
+    resumed = run_main(*build_args(DEMO_CSV, url, demo_config, "--resume"))
     assert resumed.returncode == 0, resumed.stderr
     assert_same_objects(url, reference)
     assert not open_storage(url).exists(LOCK)
@@ -69,7 +69,7 @@ def test_a_live_writer_elsewhere_is_respected_until_its_lease_ends(bucket, demo_
     storage = open_storage(url)
     storage.put(LOCK, _lock_record("gpu-node-7", expires_in=600))
     before = storage_digest(url)
-    refused = run_cli(*build_args(DEMO_CSV, url, demo_config, "--resume"))
+    refused = run_main(*build_args(DEMO_CSV, url, demo_config, "--resume"))
     assert refused.returncode != 0
     line = refused.stderr.strip()
     assert len(line.splitlines()) == 1, line
@@ -78,12 +78,12 @@ def test_a_live_writer_elsewhere_is_respected_until_its_lease_ends(bucket, demo_
     assert storage_digest(url) == before
 
     storage.put(LOCK, _lock_record("gpu-node-7", expires_in=-1))  # the lease ended: its holder is gone
-    resumed = run_cli(*build_args(DEMO_CSV, url, demo_config, "--resume"))
+    resumed = run_main(*build_args(DEMO_CSV, url, demo_config, "--resume"))
     assert resumed.returncode == 0, resumed.stderr
     assert_same_objects(url, reference)
 
     storage.put(LOCK, _lock_record("gpu-node-7", expires_in=600))
-    forced = run_cli(*build_args(DEMO_CSV, url, demo_config, "--resume", "--force-unlock"))
+    forced = run_main(*build_args(DEMO_CSV, url, demo_config, "--resume", "--force-unlock"))
     assert forced.returncode == 0, forced.stderr
     assert not storage.exists(LOCK)
 
@@ -134,7 +134,7 @@ def test_a_server_that_stops_mid_build_is_one_line_and_a_later_resume_is_equal(m
     assert code == 1, stderr
     assert len(stderr.splitlines()) == 1, stderr
     assert stderr.startswith(f"saezarr: error: {url}: "), stderr
-    resumed = run_cli(*build_args(DEMO_CSV, url, demo_config, "--resume", "--force-unlock"))
+    resumed = run_main(*build_args(DEMO_CSV, url, demo_config, "--resume", "--force-unlock"))
     assert resumed.returncode == 0, resumed.stderr
     assert_same_objects(url, reference)
 

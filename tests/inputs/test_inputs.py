@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
-from clitools import run_cli, write_csv
+from clitools import run_main, write_csv
 
 from saezarr.errors import SaezarrError
 from saezarr.inputs.sentences import read_labeled_csv
@@ -118,7 +117,7 @@ def test_invalid_utf8_offset_is_the_bad_byte(tmp_path):
 
 @pytest.fixture(scope="module")
 def cli_refusals(tmp_path_factory, tiny):
-    """Run the command line once per CLI case (two at a time): {name: (csv path, output path, process)}."""
+    """Run the command line (its `main`, in this process) once per CLI case: {name: (csv path, output path, result)}."""
     root = tmp_path_factory.mktemp("cli-refusals")
 
     def one(name):
@@ -126,7 +125,7 @@ def cli_refusals(tmp_path_factory, tiny):
         folder.mkdir()
         path = _case_file(folder, name)
         output = folder / "out.zarr"
-        process = run_cli(
+        process = run_main(
             "build",
             "--input",
             path,
@@ -139,8 +138,7 @@ def cli_refusals(tmp_path_factory, tiny):
         )
         return name, (path, output, process)
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(pool.map(one, CLI_CASES))
+    return dict(map(one, CLI_CASES))
 
 
 @pytest.mark.parametrize("name", CLI_CASES)

@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from clitools import REPO, run_cli, write_csv
+from clitools import REPO, run_main, write_csv
 
 from saezarr.errors import ConfigError
 from saezarr.inputs import catalogues, saelens
@@ -157,7 +157,7 @@ def test_an_unknown_release_is_one_line_with_close_names():
 
 def test_an_unknown_release_on_the_command_line_names_the_flag(tmp_path):
     data = write_csv(tmp_path / "two.csv", "sentence,concept_strength_label\nHello.,1\n")
-    result = run_cli(
+    result = run_main(
         "build", "--input", data, "--output", tmp_path / "out.zarr", "--config", "llama_scope_lxr_8", "--quiet"
     )
     assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr

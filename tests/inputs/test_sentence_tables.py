@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 import zarr
-from clitools import run_cli
+from clitools import run_main
 
 from saezarr.errors import InputError
 from saezarr.inputs.fragments import make_fragments
@@ -154,7 +154,7 @@ def test_the_command_line_builds_from_a_parquet_file_as_from_its_csv(tiny, tmp_p
     for name, path in (("csv", DEMO_CSV), ("parquet", parquet)):
         stores[name] = tmp_path / f"{name}.zarr"
         args = ("--input", path, "--output", stores[name], "--config", tiny.config_file, "--layers", "12")
-        result = run_cli("build", *args, "--quiet")
+        result = run_main("build", *args, "--quiet")
         assert result.returncode == 0, result.stderr
     groups = {name: zarr.open_group(store, mode="r") for name, store in stores.items()}
     assert np.array_equal(groups["csv"]["activations"][:], groups["parquet"]["activations"][:], equal_nan=True)

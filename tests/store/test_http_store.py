@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
-from clitools import run_cli
+from clitools import run_cli, run_main
 
 import saezarr
 from saezarr.testing.s3_server import HOST, free_port, wait_listening
@@ -16,7 +16,7 @@ from saezarr.testing.synthetic import DEMO_CSV
 
 def test_a_published_store_reads_over_http_as_on_disk(demo_config, tmp_path):
     store = tmp_path / "site" / "demo.zarr"
-    built = run_cli("build", "--input", DEMO_CSV, "--output", store, "--config", demo_config, "--quiet")
+    built = run_main("build", "--input", DEMO_CSV, "--output", store, "--config", demo_config, "--quiet")
     assert built.returncode == 0, built.stderr
     port = free_port()
     server = subprocess.Popen(

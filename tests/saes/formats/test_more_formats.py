@@ -349,7 +349,7 @@ def one_file_saes(folder: Path, weights: dict[str, np.ndarray], model: str) -> d
 
 def test_one_file_saes_build_the_latents_of_the_same_weights_in_saelens_format(tiny, tmp_path):
     import zarr
-    from clitools import run_cli
+    from clitools import run_main
 
     from saezarr.testing.synthetic import calibration_residuals, random_sae
 
@@ -361,7 +361,7 @@ def test_one_file_saes_build_the_latents_of_the_same_weights_in_saelens_format(t
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"model": str(tiny.model), "sae_repo": str(saes), "configs": entries}))
     store = tmp_path / "store.zarr"
-    built = run_cli("build", "--input", tiny.csv, "--output", store, "--config", config, "--quiet")
+    built = run_main("build", "--input", tiny.csv, "--output", store, "--config", config, "--quiet")
     assert built.returncode == 0, built.stderr
     group = zarr.open_group(store, mode="r")
     latents = {str(name): group["activations"][i] for i, name in enumerate(group["config"][:])}
