@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -43,6 +44,18 @@ def make_tiny(root: Path) -> TinyAssets:
     write_saes(root / "saes", root / "model", configs, sentences, width=TINY_WIDTH)
     config_file = write_config_file(root / "config.json", str(root / "model"), str(root / "saes"), configs)
     return TinyAssets(root / "model", root / "saes", config_file, DEMO_CSV, configs, tuple(sentences))
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_as_they_were():
+    """A test that sets torch's threads in this process (a dask worker in it does) gives them back: the builds of the
+    next tests, here and in the commands they start, then run on as many threads and round alike."""
+    yield
+    torch = sys.modules.get("torch")
+    if torch is not None and os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        threads = int(os.environ["OMP_NUM_THREADS"])
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
@@ -184,26 +197,26 @@ def linked_store_chunk7(tiny, tmp_path_factory) -> Path:
 # built once for a file's tests) is made once, not once per worker that gets some of the file's tests, and the long
 # files do not end up alone at the end of the run while the other worker idles.
 LONGEST_FILES = (
-    "tests/faults/test_fault_extend.py",
-    "tests/analysis/test_analysis_cache.py",
-    "tests/build/test_extend.py",
     "tests/build/test_cluster.py",
-    "tests/build/test_resume.py",
-    "tests/faults/test_fault_disk.py",
-    "tests/build/test_build_s3.py",
-    "tests/build/test_memory.py",
-    "tests/faults/test_fault_crash.py",
-    "tests/build/test_bench_script.py",
-    "tests/analysis/test_bench_analyze_script.py",
-    "tests/analysis/test_analyze_cli.py",
-    "tests/build/test_residuals.py",
     "tests/faults/test_fault_s3.py",
+    "tests/faults/test_fault_extend.py",
+    "tests/faults/test_fault_crash.py",
+    "tests/analysis/test_bench_analyze_script.py",
+    "tests/test_progress.py",
     "tests/build/test_cluster_extend.py",
+    "tests/build/test_bench_script.py",
+    "tests/analysis/test_analysis_cache.py",
+    "tests/analysis/test_analyze_cli.py",
+    "tests/build/test_build_s3.py",
+    "tests/models/test_hub_offline.py",
+    "tests/build/test_extend.py",
+    "tests/build/test_residual_sites.py",
+    "tests/faults/test_fault_sigterm.py",
     "tests/analysis/test_analyze_metrics.py",
-    "tests/analysis/test_permutation.py",
-    "tests/analysis/test_compare.py",
-    "tests/faults/test_fault_output.py",
-    "tests/analysis/test_analyze_output_safety.py",
+    "tests/build/test_resume.py",
+    "tests/faults/test_fault_readers.py",
+    "tests/build/test_residuals.py",
+    "tests/analysis/test_headline.py",
 )
 
 

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 import pandas as pd
-from clitools import run_cli
+from clitools import run_cli, run_main
 from hubtools import local_hub
 
 from saezarr.store.reading import open_store
@@ -24,8 +24,8 @@ def _lines(stderr: str) -> list[str]:
     return [line.strip() for line in stderr.replace("\r", "\n").splitlines() if line.strip()]
 
 
-def _build(csv: Path, store: Path, config: Path, *extra: str, env: dict | None = None):
-    result = run_cli("build", "--input", csv, "--output", store, "--config", config, "--device", "cpu", *extra, env=env)
+def _build(csv: Path, store: Path, config: Path, *extra: str, env: dict | None = None, run=run_cli):
+    result = run("build", "--input", csv, "--output", store, "--config", config, "--device", "cpu", *extra, env=env)
     assert result.returncode == 0, result.stderr
     return result
 
@@ -69,7 +69,7 @@ def test_an_extension_says_it_grows_the_store_and_shows_its_bar(demo_config, tmp
     pd.read_csv(DEMO_CSV).head(30).to_csv(first, index=False)
     stores = {name: tmp_path / f"{name}.zarr" for name in ("loud", "quiet")}
     for store in stores.values():
-        _build(first, store, demo_config, "--quiet")
+        _build(first, store, demo_config, "--quiet", run=run_main)  # the stores to extend: what it shows is not asked
     before = open_store(stores["loud"]).sizes["fragment"]
     lines = _lines(_build(DEMO_CSV, stores["loud"], demo_config, "--extend").stderr)
     added = open_store(stores["loud"]).sizes["fragment"] - before
@@ -84,7 +84,7 @@ def test_an_extension_says_it_grows_the_store_and_shows_its_bar(demo_config, tmp
 
 def test_an_analysis_shows_its_bars_unless_quiet(demo_config, tmp_path):
     store = tmp_path / "store.zarr"
-    _build(DEMO_CSV, store, demo_config, "--quiet")
+    _build(DEMO_CSV, store, demo_config, "--quiet", run=run_main)
     runs = {}
     for quiet in (False, True):
         runs[quiet] = run_cli(

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from clitools import run_cli
+from clitools import run_main
 from faultkit import STATE, assert_same_store, build_args, copy_store, one_error_line, tree_digest
 
 from saezarr.cli import main
@@ -20,6 +20,14 @@ MISSING_MODEL = "no-such-org/no-such-model"  # resolving it offline fails; it mu
 OFFLINE = {"HF_HUB_OFFLINE": "1"}
 
 
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    """The hub offline for the commands run in this process too: huggingface_hub read HF_HUB_OFFLINE at its import."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+
 @pytest.fixture(scope="module")
 def kept(demo_reference, tmp_path_factory) -> Path:
     """A finished store that the refused builds point at."""
@@ -27,8 +35,8 @@ def kept(demo_reference, tmp_path_factory) -> Path:
 
 
 def _refused_before_fetching(args: list[str], cwd: Path, *expect: str) -> str:
-    """A real process, offline, with a model that does not exist: the output's error must come first."""
-    out = run_cli(*args, "--model", MISSING_MODEL, env=OFFLINE, cwd=cwd)
+    """The command line, offline, with a model that does not exist: the output's error must come first."""
+    out = run_main(*args, "--model", MISSING_MODEL, env=OFFLINE, cwd=cwd)
     assert out.returncode == 2, out.stderr
     line = one_error_line(out.stderr)
     assert MISSING_MODEL not in line, f"the model was resolved before the output was checked: {line}"
@@ -39,7 +47,7 @@ def _refused_before_fetching(args: list[str], cwd: Path, *expect: str) -> str:
 
 def test_the_missing_model_is_an_error_of_its_own(demo_config, tmp_path):
     """The control: on a fresh output, the same command fails on the model, so the tests below test the order."""
-    out = run_cli(*build_args(DEMO_CSV, tmp_path / "fresh.zarr", demo_config), "--model", MISSING_MODEL, env=OFFLINE)
+    out = run_main(*build_args(DEMO_CSV, tmp_path / "fresh.zarr", demo_config), "--model", MISSING_MODEL, env=OFFLINE)
     assert out.returncode == 2, out.stderr
     assert f"--model {MISSING_MODEL}" in one_error_line(out.stderr)
     assert not (tmp_path / "fresh.zarr").exists()
