@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import zarr
 from analyzetools import build_store
-from clitools import run_cli
+from clitools import run_main
 
 LOOSE = ("--min-pearson", "-1", "--min-tpr", "0", "--max-fpr", "1", "--top-n", "3", "--quiet")
 
@@ -22,7 +22,7 @@ def store(cli_store) -> Path:
 
 
 def analyze(store: Path, output: Path, cache: Path, *args: str):
-    return run_cli("analyze", store, "--output", output, *LOOSE, *args, env={"SAEZARR_CACHE": str(cache)})
+    return run_main("analyze", store, "--output", output, *LOOSE, *args, env={"SAEZARR_CACHE": str(cache)})
 
 
 def snapshot(folder: Path) -> dict[str, str]:

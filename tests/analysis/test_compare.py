@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from clitools import run_cli
+from clitools import run_main
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,7 @@ def analyses(planted, tmp_path_factory):
     out = {}
     for name, store in (("cued", planted.cued), ("shuffled", planted.shuffled)):
         out[name] = folder / f"analysis-{name}"
-        result = run_cli(
+        result = run_main(
             "analyze",
             store,
             "--output",
@@ -33,7 +33,7 @@ def analyses(planted, tmp_path_factory):
 
 
 def _compare(*args):
-    return run_cli("compare", *args)
+    return run_main("compare", *args)
 
 
 def _snapshot(folder):

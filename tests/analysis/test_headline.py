@@ -11,7 +11,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-from clitools import run_cli
+from clitools import run_main
 
 CARD = re.compile(
     r'<div class="szc szc-(?P<state>\w+)"><p class="szc-verdict">(?P<verdict>.*?)</p>'
@@ -33,7 +33,7 @@ def _card(report: str) -> tuple[str, str, dict[str, str]]:
 def _analyze(store, folder, *extra) -> tuple[str, dict, pd.DataFrame, tuple[str, str, dict[str, str]]]:
     """analyze's stdout, analysis.json, features.parquet and the report's card."""
     out = folder / "out"
-    result = run_cli(
+    result = run_main(
         "analyze", store, "--output", out, "--quiet", "--probe-permutations", "5", *extra,
         env={"SAEZARR_CACHE": folder / "cache"},
     )  # fmt: skip

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from clitools import run_cli
+from clitools import run_main
 
 from saezarr.analysis.outputs import LEGACY_COLUMNS
 from saezarr.analysis.stats.features import FeatureMatrix
@@ -72,7 +72,7 @@ def test_permutations_are_fixed_by_the_seed_and_keep_the_labels():
 
 
 def _analyze(store, out, cache, *extra):
-    result = run_cli(
+    result = run_main(
         "analyze", store, "--output", out, "--quiet", "--probe-permutations", "5", *extra, env={"SAEZARR_CACHE": cache}
     )
     assert result.returncode == 0, result.stderr
@@ -121,7 +121,7 @@ def test_no_permutations_no_p_values(planted, tmp_path):
     ],
 )
 def test_bad_resampling_options_are_one_line_and_write_nothing(planted, tmp_path, option, value, message):
-    result = run_cli(
+    result = run_main(
         "analyze", planted.cued, "--output", tmp_path / "out", option, value, env={"SAEZARR_CACHE": tmp_path / "c"}
     )
     assert result.returncode == 2

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from clitools import run_cli
+from clitools import run_cli, run_main
 from faults.faultkit import CHUNK as FAULTS_CHUNK
 from faults.faultkit import compare_stores, count_marks, one_error_line
 
@@ -204,7 +204,7 @@ def test_killed_client_resumes_without_a_cluster(demo_config, reference, tmp_pat
     finally:
         _stop(client)  # the rest of its process group: orphaned local workers
     assert count_marks(store) < 204
-    resumed = run_cli(*build_args(store, demo_config, "--resume"), timeout=TIMEOUT)
+    resumed = run_main(*build_args(store, demo_config, "--resume"))
     assert resumed.returncode == 0, resumed.stderr
     assert "already done" in resumed.stdout and "workers" not in resumed.stdout
     assert compare_stores(store, reference) == []

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
-from clitools import run_cli, run_main
+from clitools import run_main
 from faults.faultkit import compare_stores
 
 from saezarr.build.pipeline import BuildOptions, build
@@ -59,7 +58,7 @@ def parse_summary(stdout: str) -> dict:
 def runs(tiny, tiny_store, tmp_path_factory):
     """An uninterrupted store (tests/conftest.py's tiny_store: `options(tiny, ...)`, built once for the files that
     compare with it); a store stopped by --max-chunks then resumed (both by the command line); and the command-line
-    refusals, run two at a time."""
+    refusals."""
     root = tmp_path_factory.mktemp("resume")
     full, full_summary = tiny_store.path, tiny_store.summary
     assert full_summary.complete and full_summary.n_fragments == N_FRAGMENTS
@@ -74,8 +73,7 @@ def runs(tiny, tiny_store, tmp_path_factory):
         "exists": ("build", "--output", guarded, *common),
         "dtype": ("build", "--output", guarded, *common, "--resume", "--dtype", "bfloat16"),
     }
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        processes = dict(zip(first, pool.map(lambda args: run_cli(*args), first.values())))
+    processes = {name: run_main(*args) for name, args in first.items()}
     partial_files = files(resumed)
     processes["resume"] = run_main("build", "--output", resumed, *common, "--resume")
     return {
