@@ -40,10 +40,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
 import statistics
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -52,7 +50,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `python -m saezarr` ru
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; the bridge must not reach for the hub
 
 import numpy as np
-import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -60,9 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import bench_sites  # noqa: E402  (this folder's: run as `python scripts/bench_bridge.py`)
 from bench_sites import Timer, quartiles  # noqa: E402
 
-from saezarr.compat import load_base_model
 from saezarr.models.language_model import SiteReader, pad_batch
-from saezarr.testing.synthetic import DEMO_CSV, write_architecture_model
 
 FLOOR, SZ_ONE, SZ_EVERY = "HF forward (floor)", "saezarr, 1 site", "saezarr, every site"
 BR_NONE, BR_ONE, BR_EVERY = "bridge, no cache", "bridge, 1 site", "bridge, every site"
@@ -114,16 +109,8 @@ def agreement(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) ->
 
 
 def bench_model(model_type: str, args: argparse.Namespace, corpus: list[str], root: Path) -> dict:
-    from transformers import AutoTokenizer
-
     device = torch.device(args.device)
-    folder = write_architecture_model(
-        root / model_type, corpus, model_type, num_layers=args.layers, hidden_size=args.hidden, num_heads=args.heads
-    )
-    model = load_base_model(folder, torch.float32, attn_implementation="eager").eval().to(device)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    batch = [corpus[i % len(corpus)] for i in range(args.batch)]
-    token_ids = [np.asarray(ids) for ids in tokenizer(batch)["input_ids"]]
+    folder, model, token_ids = bench_sites.tiny_model(model_type, args, corpus, root)
     rows = np.concatenate([np.full(len(ids), row) for row, ids in enumerate(token_ids)])
     positions = np.concatenate([np.arange(len(ids)) for ids in token_ids])  # every token, BOS included
     input_ids, mask = (tensor.to(device) for tensor in pad_batch(token_ids))
@@ -227,38 +214,21 @@ def report(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=10, help="timed runs per case (default 10)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed runs per case first (default 2)")
-    parser.add_argument("--layers", type=int, default=6)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=32, help="sentences per forward (default 32)")
+    bench_sites.add_model_options(parser, "runs", "sentences per forward (default 32)")
     parser.add_argument("--models", default="gpt2,gemma2,llama", help="comma-separated model types")
     args = parser.parse_args(argv)
     torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
     logging.disable(logging.WARNING)  # the bridge's and transformers' notes on the tiny configs
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
     import importlib.metadata
 
     import transformers
+    from transformers.utils import logging as hf_logging
 
-    corpus = pd.read_csv(DEMO_CSV)["sentence"].tolist()
-    started = time.perf_counter()
-    print(
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} with "
-        f"{torch.get_num_threads()} threads, transformers {transformers.__version__}, transformer-lens "
-        f"{importlib.metadata.version('transformer-lens')}, device {args.device}, load average "
-        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}; {args.layers} layers, hidden {args.hidden}, "
-        f"{args.heads} heads, medians of {args.repeats} runs after {args.warmup} warm-up",
-        flush=True,
+    hf_logging.disable_progress_bar()
+    versions = (
+        f", transformers {transformers.__version__}, transformer-lens {importlib.metadata.version('transformer-lens')}"
     )
-    with tempfile.TemporaryDirectory(prefix="bench-bridge-") as root:
-        for model_type in args.models.split(","):
-            print(report(bench_model(model_type, args, corpus, Path(root))), flush=True)
-    print(f"{time.perf_counter() - started:.0f} s, load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    bench_sites.run_models(args, bench_model, report, "runs", versions)
     return 0
 
 

@@ -138,18 +138,25 @@ class Timer:
         return wall, cpu, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
 
 
-def bench_model(model_type: str, args: argparse.Namespace, corpus: list[str], root: Path) -> dict:
+def tiny_model(model_type: str, args: argparse.Namespace, corpus: list[str], root: Path):
+    """A random model of the type in the options' shape written under root, loaded (eager attention, on their device),
+    and the token ids of a batch of `--batch` corpus sentences: (its folder, the model, the ids)."""
     from transformers import AutoTokenizer
 
-    device = torch.device(args.device)
     folder = write_architecture_model(
         root / model_type, corpus, model_type, num_layers=args.layers, hidden_size=args.hidden, num_heads=args.heads
     )
-    model = load_base_model(folder, torch.float32, attn_implementation="eager").eval().to(device)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = load_base_model(folder, torch.float32, attn_implementation="eager").eval().to(torch.device(args.device))
     batch = [corpus[i % len(corpus)] for i in range(args.batch)]
-    token_ids = [np.asarray(ids) for ids in tokenizer(batch)["input_ids"]]
-    chunk = [every_token(token_ids[first : first + args.batch_size]) for first in range(0, len(batch), args.batch_size)]
+    return folder, model, [np.asarray(ids) for ids in AutoTokenizer.from_pretrained(folder)(batch)["input_ids"]]
+
+
+def bench_model(model_type: str, args: argparse.Namespace, corpus: list[str], root: Path) -> dict:
+    device = torch.device(args.device)
+    _, model, token_ids = tiny_model(model_type, args, corpus, root)
+    chunk = [
+        every_token(token_ids[first : first + args.batch_size]) for first in range(0, len(token_ids), args.batch_size)
+    ]
     cases = sites(model_type, args.layers)
     runs: dict[str, tuple[type[SiteReader], list[str]]] = {name: (SiteReader, hooks) for name, hooks in cases.items()}
     runs[ALONE] = (HooksAloneReader, cases[EVERY])
@@ -242,31 +249,41 @@ def report(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_model_options(parser: argparse.ArgumentParser, unit: str, batch_help: str) -> None:
+    """The options of a site benchmark: the device, how many runs, and the tiny models' shape."""
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=10, help="timed reads per case (default 10)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed reads per case first (default 2)")
+    parser.add_argument("--repeats", type=int, default=10, help=f"timed {unit} per case (default 10)")
+    parser.add_argument("--warmup", type=int, default=2, help=f"untimed {unit} per case first (default 2)")
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=32, help="sentences per read: a chunk (default 32)")
-    parser.add_argument("--batch-size", type=int, default=16, help="sentences per forward (default 16, the build's)")
-    parser.add_argument("--models", default="gemma2,gpt2", help="comma-separated model types (default gemma2,gpt2)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--batch", type=int, default=32, help=batch_help)
+
+
+def run_models(args: argparse.Namespace, bench_model, report, unit: str, versions: str = "") -> None:
+    """Print the machine and settings, each model type's report (`report(bench_model(type, args, corpus, root))`),
+    then the time taken."""
     corpus = pd.read_csv(DEMO_CSV)["sentence"].tolist()
     started = time.perf_counter()
     print(
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} with "
-        f"{torch.get_num_threads()} threads, device {args.device}, load average "
+        f"{torch.get_num_threads()} threads{versions}, device {args.device}, load average "
         f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}; {args.layers} layers, hidden {args.hidden}, "
-        f"{args.heads} heads, medians of {args.repeats} reads after {args.warmup} warm-up",
+        f"{args.heads} heads, medians of {args.repeats} {unit} after {args.warmup} warm-up",
         flush=True,
     )
     with tempfile.TemporaryDirectory(prefix="bench-sites-") as root:
         for model_type in args.models.split(","):
             print(report(bench_model(model_type, args, corpus, Path(root))), flush=True)
     print(f"{time.perf_counter() - started:.0f} s, load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_model_options(parser, "reads", "sentences per read: a chunk (default 32)")
+    parser.add_argument("--batch-size", type=int, default=16, help="sentences per forward (default 16, the build's)")
+    parser.add_argument("--models", default="gemma2,gpt2", help="comma-separated model types (default gemma2,gpt2)")
+    run_models(parser.parse_args(argv), bench_model, report, "reads")
     return 0
 
 
