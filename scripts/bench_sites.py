@@ -45,6 +45,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `python -m saezarr` runs: no spinning on shared cores
@@ -138,7 +139,9 @@ class Timer:
         return wall, cpu, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
 
 
-def tiny_model(model_type: str, args: argparse.Namespace, corpus: list[str], root: Path):
+def tiny_model(
+    model_type: str, args: argparse.Namespace, corpus: list[str], root: Path
+) -> tuple[Path, torch.nn.Module, list[np.ndarray]]:
     """A random model of the type in the options' shape written under root, loaded (eager attention, on their device),
     and the token ids of a batch of `--batch` corpus sentences: (its folder, the model, the ids)."""
     from transformers import AutoTokenizer
@@ -260,7 +263,13 @@ def add_model_options(parser: argparse.ArgumentParser, unit: str, batch_help: st
     parser.add_argument("--batch", type=int, default=32, help=batch_help)
 
 
-def run_models(args: argparse.Namespace, bench_model, report, unit: str, versions: str = "") -> None:
+def run_models(
+    args: argparse.Namespace,
+    bench_model: Callable[[str, argparse.Namespace, list[str], Path], dict],
+    report: Callable[[dict], str],
+    unit: str,
+    versions: str = "",
+) -> None:
     """Print the machine and settings, each model type's report (`report(bench_model(type, args, corpus, root))`),
     then the time taken."""
     corpus = pd.read_csv(DEMO_CSV)["sentence"].tolist()

@@ -8,7 +8,6 @@ import io
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,31 +34,21 @@ def run_main(*args: str, env: dict | None = None, cwd: Path | None = None) -> su
     The same command without a new interpreter: a build in a fresh process spends 4-5 s importing torch and
     transformers and tracing the model's code, which this process has done once. For tests of what a command does;
     tests of what a process does (signals, exit, imports, the hub's settings read at import) use run_cli."""
+    import pytest
+
     from saezarr.cli import main
 
     out, err = io.StringIO(), io.StringIO()
-    with _environment({"TOKENIZERS_PARALLELISM": "false", **(env or {})}), contextlib.chdir(cwd or os.getcwd()):
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                code = main(list(map(str, args)))
-            except SystemExit as exc:  # argparse's refusals
-                code = exc.code if isinstance(exc.code, int) else 1
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        for key, value in {"TOKENIZERS_PARALLELISM": "false", **(env or {})}.items():
+            patch.setenv(key, str(value))
+        if cwd is not None:
+            patch.chdir(cwd)
+        try:
+            code = main(list(map(str, args)))
+        except SystemExit as exc:  # argparse's refusals
+            code = exc.code if isinstance(exc.code, int) else 1
     return subprocess.CompletedProcess(["saezarr", *map(str, args)], code, out.getvalue(), err.getvalue())
-
-
-@contextlib.contextmanager
-def _environment(values: dict) -> Iterator[None]:
-    """os.environ with these values set, as it was afterwards."""
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update({key: str(value) for key, value in values.items()})
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def write_csv(path: Path, text: str, encoding: str = "utf-8") -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -12,10 +11,11 @@ def _share_the_cores() -> None:
     """pytest-xdist runs a test process per core (`-n 2` on 2 cores): a compute thread per core in each of them, and in
     each command it starts, would oversubscribe the cores (measured: the suite took 17 % longer). Each worker gets
     its share of the cores, before torch is imported, and every command it starts inherits it (unless set already)."""
+    from saezarr.machine import usable_cores  # imports neither torch nor numpy
+
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if workers:  # on the controller, which starts the workers, the variable is not set yet
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // int(workers))))
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, usable_cores() // int(workers))))
 
 
 _share_the_cores()
@@ -44,18 +44,6 @@ def make_tiny(root: Path) -> TinyAssets:
     write_saes(root / "saes", root / "model", configs, sentences, width=TINY_WIDTH)
     config_file = write_config_file(root / "config.json", str(root / "model"), str(root / "saes"), configs)
     return TinyAssets(root / "model", root / "saes", config_file, DEMO_CSV, configs, tuple(sentences))
-
-
-@pytest.fixture(autouse=True)
-def _torch_threads_as_they_were():
-    """A test that sets torch's threads in this process (a dask worker in it does) gives them back: the builds of the
-    next tests, here and in the commands they start, then run on as many threads and round alike."""
-    yield
-    torch = sys.modules.get("torch")
-    if torch is not None and os.environ.get("OMP_NUM_THREADS", "").isdigit():
-        threads = int(os.environ["OMP_NUM_THREADS"])
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

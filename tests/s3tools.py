@@ -23,14 +23,10 @@ _BUCKETS = itertools.count()
 def moto() -> Iterator[MotoServer]:
     """moto_server on loopback, its AWS variables set in this process (and so in the CLI runs it starts)."""
     server = MotoServer().start()
-    saved = {key: os.environ.get(key) for key in server.env()}
-    os.environ.update(server.env())
-    yield server
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in server.env().items():
+            patch.setenv(key, value)
+        yield server
     server.stop()
 
 

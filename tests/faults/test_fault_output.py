@@ -17,14 +17,15 @@ from saezarr.cli import main
 from saezarr.testing.synthetic import DEMO_CSV
 
 MISSING_MODEL = "no-such-org/no-such-model"  # resolving it offline fails; it must never be tried here
-OFFLINE = {"HF_HUB_OFFLINE": "1"}
 
 
 @pytest.fixture(autouse=True)
 def offline(monkeypatch):
-    """The hub offline for the commands run in this process too: huggingface_hub read HF_HUB_OFFLINE at its import."""
+    """The hub offline for the commands, which run in this process: HF_HUB_OFFLINE=1, and huggingface_hub's own
+    setting, which it read from the environment at its import."""
     from huggingface_hub import constants
 
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
 
 
@@ -36,7 +37,7 @@ def kept(demo_reference, tmp_path_factory) -> Path:
 
 def _refused_before_fetching(args: list[str], cwd: Path, *expect: str) -> str:
     """The command line, offline, with a model that does not exist: the output's error must come first."""
-    out = run_main(*args, "--model", MISSING_MODEL, env=OFFLINE, cwd=cwd)
+    out = run_main(*args, "--model", MISSING_MODEL, cwd=cwd)
     assert out.returncode == 2, out.stderr
     line = one_error_line(out.stderr)
     assert MISSING_MODEL not in line, f"the model was resolved before the output was checked: {line}"
@@ -47,7 +48,7 @@ def _refused_before_fetching(args: list[str], cwd: Path, *expect: str) -> str:
 
 def test_the_missing_model_is_an_error_of_its_own(demo_config, tmp_path):
     """The control: on a fresh output, the same command fails on the model, so the tests below test the order."""
-    out = run_main(*build_args(DEMO_CSV, tmp_path / "fresh.zarr", demo_config), "--model", MISSING_MODEL, env=OFFLINE)
+    out = run_main(*build_args(DEMO_CSV, tmp_path / "fresh.zarr", demo_config), "--model", MISSING_MODEL)
     assert out.returncode == 2, out.stderr
     assert f"--model {MISSING_MODEL}" in one_error_line(out.stderr)
     assert not (tmp_path / "fresh.zarr").exists()
