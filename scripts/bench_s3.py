@@ -2,7 +2,7 @@
 """Benchmark stores in object storage against local disk, both measured in the same run: requests per build, per
 resume, per `info` and per `analyze`, bytes sent and received, and wall time.
 
-A real S3 server runs on loopback (moto's `moto_server`, `pip install 'moto[server]'`) behind a counting proxy
+A real S3 server runs on loopback (moto's server app, one write at a time, `pip install 'moto[server]'`) behind a counting proxy
 (`saezarr.testing.s3_server.Proxy`); every command runs as `python -m saezarr` in a child process, so the counts
 are what a user's command sends. The workload is the offline demo model and SAEs on the demo sentences repeated
 (`--repeat`), built once with the default unit size and once with small units (`--chunk-fragments 32`), where

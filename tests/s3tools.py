@@ -21,7 +21,7 @@ _BUCKETS = itertools.count()
 
 @pytest.fixture(scope="session")
 def moto() -> Iterator[MotoServer]:
-    """moto_server on loopback, its AWS variables set in this process (and so in the CLI runs it starts)."""
+    """moto's S3 server on loopback, its AWS variables set in this process (and so in the CLI runs it starts)."""
     server = MotoServer().start()
     with pytest.MonkeyPatch.context() as patch:
         for key, value in server.env().items():

@@ -1,21 +1,26 @@
-"""A real S3-compatible server on loopback for tests and benchmarks (moto's standalone server, `moto[server]`), and
-a proxy in front of it that counts requests, answers some with 503, or stops answering."""
+"""A real S3-compatible server on loopback for tests and benchmarks (moto's server, `moto[server]`, each write
+applied whole as S3 applies it), and a proxy in front of it that counts requests, answers some with 503, or stops
+answering."""
 
 from __future__ import annotations
 
+import argparse
 import http.client
 import http.server
+import importlib.util
+import io
 import os
 import random
-import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 HOST = "127.0.0.1"
 
@@ -41,11 +46,13 @@ def wait_listening(port: int, process: subprocess.Popen | None = None, timeout_s
 
 
 class MotoServer:
-    """`moto_server` on a free loopback port, with the environment that points obstore (and boto) at it."""
+    """moto's S3 server on a free loopback port, one write at a time, with the environment that points obstore (and
+    boto) at it."""
 
-    def __init__(self, check_credentials: bool = False):
+    def __init__(self, check_credentials: bool = False, switch_interval_s: float | None = None):
         self.port = free_port()
         self.check_credentials = check_credentials
+        self.switch_interval_s = switch_interval_s  # the server's GIL switch interval: small, its threads interleave
         self.process: subprocess.Popen | None = None
 
     @property
@@ -65,12 +72,14 @@ class MotoServer:
 
     def start(self) -> MotoServer:
         """Start the server and wait until it listens."""
-        command = shutil.which("moto_server")
-        if command is None:
-            raise RuntimeError("moto_server is not installed: pip install 'moto[server]'")
+        if importlib.util.find_spec("moto") is None:
+            raise RuntimeError("moto's server is not installed: pip install 'moto[server]'")
         env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0" if self.check_credentials else "inf"}
+        command = [sys.executable, "-m", __name__, "--port", str(self.port)]
+        if self.switch_interval_s is not None:
+            command += ["--switch-interval", str(self.switch_interval_s)]
         self.process = subprocess.Popen(
-            [command, "-H", HOST, "-p", str(self.port)],
+            command,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             env=env,
@@ -204,3 +213,52 @@ def s3_server(check_credentials: bool = False) -> Iterator[MotoServer]:
     """A running moto server, stopped afterwards."""
     with MotoServer(check_credentials) as server:
         yield server
+
+
+class OneWriteAtATime:
+    """WSGI middleware that applies each write request whole: S3 checks a write's If-Match or If-None-Match when the
+    write lands, but moto checks it and then writes, and on its threaded server another write can land in between,
+    so two compare-and-swaps of one version could both succeed. The body is read before the lock is taken, so a slow
+    or dying client holds up no one."""
+
+    WRITES = frozenset({"PUT", "POST", "DELETE"})
+
+    def __init__(self, app: Callable[..., Iterable[bytes]]):
+        self.app = app
+        self.lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ["REQUEST_METHOD"] not in self.WRITES:
+            return self.app(environ, start_response)
+        from werkzeug.wsgi import get_input_stream
+
+        body = get_input_stream(environ).read()
+        environ.pop("HTTP_TRANSFER_ENCODING", None)
+        environ.update(
+            {"wsgi.input": io.BytesIO(body), "wsgi.input_terminated": False, "CONTENT_LENGTH": str(len(body))}
+        )
+        with self.lock:
+            answer = self.app(environ, start_response)
+            try:
+                return [b"".join(answer)]
+            finally:
+                getattr(answer, "close", lambda: None)()
+
+
+def serve(port: int, switch_interval_s: float | None = None) -> None:
+    """Serve moto's S3 (and its other services) on loopback at port, one write at a time, until terminated."""
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+    from werkzeug.serving import run_simple
+
+    if switch_interval_s is not None:
+        sys.setswitchinterval(switch_interval_s)
+    os.environ.setdefault("MOTO_PORT", str(port))  # moto builds some URLs of its answers from it
+    run_simple(HOST, port, OneWriteAtATime(DomainDispatcherApplication(create_backend_app)), threaded=True)
+
+
+if __name__ == "__main__":
+    arguments = argparse.ArgumentParser(description=serve.__doc__)
+    arguments.add_argument("--port", type=int, required=True)
+    arguments.add_argument("--switch-interval", type=float, default=None)
+    options = arguments.parse_args()
+    serve(options.port, options.switch_interval)
