@@ -46,8 +46,8 @@ def run_main(*args: str, env: dict | None = None, cwd: Path | None = None) -> su
             patch.chdir(cwd)
         try:
             code = main(list(map(str, args)))
-        except SystemExit as exc:  # argparse's refusals
-            code = exc.code if isinstance(exc.code, int) else 1
+        except SystemExit as exc:  # argparse's refusals; the exit code a process would end with
+            code = 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
     return subprocess.CompletedProcess(["saezarr", *map(str, args)], code, out.getvalue(), err.getvalue())
 
 

@@ -8,6 +8,7 @@ import itertools
 import json
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -23,11 +24,18 @@ _BUCKETS = itertools.count()
 def moto() -> Iterator[MotoServer]:
     """moto's S3 server on loopback, its AWS variables set in this process (and so in the CLI runs it starts)."""
     server = MotoServer().start()
+    with clients_of(server):
+        yield server
+    server.stop()
+
+
+@contextmanager
+def clients_of(server: MotoServer) -> Iterator[None]:
+    """This process's AWS variables point at the server (and so do the CLI runs it starts), restored afterwards."""
     with pytest.MonkeyPatch.context() as patch:
         for key, value in server.env().items():
             patch.setenv(key, value)
-        yield server
-    server.stop()
+        yield
 
 
 @pytest.fixture

@@ -30,6 +30,12 @@ def _latents(rng: np.random.Generator, rows: int, width: int) -> np.ndarray:
     return latents
 
 
+def _write_unit(store: Store, config_index: int, chunk: int, latents: np.ndarray) -> None:
+    """Write one unit's latents, then mark it complete, as the build's runner does."""
+    store.write_shard(config_index, chunk, latents)
+    store.mark_done(config_index, chunk)
+
+
 def _new_store(path, n_fragments: int, width: int, chunk_fragments: int) -> Store:
     texts = [f"f{i}" for i in range(n_fragments)]
     fragments = pd.DataFrame({"fragment_text": texts, "sentence_id": np.arange(n_fragments)})
@@ -53,10 +59,8 @@ def test_shard_bytes_equal_zarrs_and_read_back(tmp_path, n_fragments, width, chu
         for chunk in range(ours.n_chunks):
             start, stop = ours.chunk_bounds(chunk)
             written[ci, start:stop] = _latents(rng, stop - start, width)
-            ours.write_shard(ci, chunk, written[ci, start:stop])
-            ours.mark_done(ci, chunk)
-            theirs.write_shard(ci, chunk, written[ci, start:stop])
-            theirs.mark_done(ci, chunk)
+            _write_unit(ours, ci, chunk, written[ci, start:stop])
+            _write_unit(theirs, ci, chunk, written[ci, start:stop])
             assert ours.shard_files(ci, chunk)[0].read_bytes() == theirs.shard_files(ci, chunk)[0].read_bytes()
     assert ours.done_matrix().all()
     read = xr.open_zarr(tmp_path / "ours.zarr")[ACTIVATIONS].values
@@ -90,8 +94,7 @@ def test_an_unknown_layout_falls_back_to_zarr(tmp_path):
 def test_latents_of_the_wrong_shape_are_refused_before_anything_is_written(tmp_path):
     store = _new_store(tmp_path / "s.zarr", 250, 512, 100)
     with pytest.raises(ValueError, match=r"unit \(1, 2\) takes latents of shape \(50, 512\), got \(100, 512\)"):
-        store.write_shard(1, 2, np.zeros((100, 512), dtype=np.float32))
-        store.mark_done(1, 2)
+        _write_unit(store, 1, 2, np.zeros((100, 512), dtype=np.float32))
     assert not store.shard_files(1, 2)[0].exists()
     assert not store.done_matrix().any()
 
@@ -108,8 +111,7 @@ def test_read_chunk_equals_zarrs_read_including_unwritten_units(tmp_path, layout
     rng = np.random.default_rng(5)
     for ci, chunk in [(0, 0), (0, 2), (1, 1)]:  # (0, 1), (1, 0) and (1, 2) are never written: NaN
         start, stop = store.chunk_bounds(chunk)
-        store.write_shard(ci, chunk, _latents(rng, stop - start, 6144))
-        store.mark_done(ci, chunk)
+        _write_unit(store, ci, chunk, _latents(rng, stop - start, 6144))
     expected = zarr.open_array(tmp_path / "s.zarr" / ACTIVATIONS, mode="r")[:]
     rows = np.array([0, 3, 3, 17])
     for ci in range(len(CONFIGS)):
@@ -137,8 +139,7 @@ def test_inner_chunks_zarr_left_out_read_as_the_fill_value(tmp_path):
 
 def test_a_damaged_shard_index_is_refused(tmp_path):
     store = _new_store(tmp_path / "s.zarr", 100, 4096, 100)
-    store.write_shard(0, 0, _latents(np.random.default_rng(7), 100, 4096))
-    store.mark_done(0, 0)
+    _write_unit(store, 0, 0, _latents(np.random.default_rng(7), 100, 4096))
     path = store.shard_files(0, 0)[0]
     data = bytearray(path.read_bytes())
     data[-10] ^= 0xFF
@@ -156,8 +157,7 @@ def test_read_columns_equals_zarrs_read(tmp_path, layout):
     rng = np.random.default_rng(9)
     for chunk in range(store.n_chunks):
         start, stop = store.chunk_bounds(chunk)
-        store.write_shard(0, chunk, _latents(rng, stop - start, 6144))
-        store.mark_done(0, chunk)
+        _write_unit(store, 0, chunk, _latents(rng, stop - start, 6144))
     expected = zarr.open_array(tmp_path / "s.zarr" / ACTIVATIONS, mode="r")[:]
     features = np.array([5, 2047, 2048, 6000, 6143])  # in the first and last inner chunks, and across an edge
     for ci in range(len(CONFIGS)):  # config 1 was never written: NaN
@@ -173,8 +173,7 @@ def test_a_pickled_store_reads_the_same(tmp_path):
     import pickle
 
     store = _new_store(tmp_path / "s.zarr", 100, 4096, 100)
-    store.write_shard(0, 0, _latents(np.random.default_rng(10), 100, 4096))
-    store.mark_done(0, 0)
+    _write_unit(store, 0, 0, _latents(np.random.default_rng(10), 100, 4096))
     store.read_chunk(0, 0, np.copy)  # the buffer exists before pickling
     copy = pickle.loads(pickle.dumps(store))
     np.testing.assert_array_equal(_bits(copy.read_chunk(0, 0, np.copy)), _bits(store.read_chunk(0, 0, np.copy)))

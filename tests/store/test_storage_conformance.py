@@ -1,4 +1,5 @@
-"""Every storage backend passes the same conformance suite: the local file system and the in-memory one."""
+"""Every storage backend passes the same conformance suite: the local file system, the in-memory one and object
+storage on a loopback S3 server."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from s3tools import clients_of
 
 from saezarr.durable.folders import TEMP_SUFFIX
 from saezarr.registry import UnknownEntry
@@ -77,12 +79,10 @@ class TestObjectStorage(StorageTests):
         return open_storage(f"s3://{bucket}/store.zarr")
 
 
-def test_the_loopback_s3_server_applies_each_conditional_write_whole(monkeypatch):
+def test_the_loopback_s3_server_applies_each_conditional_write_whole():
     """Racing compare-and-swaps lose no update even where the server's threads switch every microsecond: moto alone
     checks a PUT's If-Match and then writes, and so lost updates in 3 of 5 such races (1 to 2 of 160 each)."""
-    with MotoServer(switch_interval_s=1e-6) as server:
-        for key, value in server.env().items():
-            monkeypatch.setenv(key, value)
+    with MotoServer(switch_interval_s=1e-6) as server, clients_of(server):
         for race in range(3):
             storage = open_storage(f"s3://{server.make_bucket(f'race-{race}')}/store.zarr")
             StorageTests().test_racing_compare_and_swap_loses_no_update(storage)
